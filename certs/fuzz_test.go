@@ -56,3 +56,15 @@ func FuzzParseCSR(f *testing.F) {
 		_, _ = ParseCSR(b)
 	})
 }
+
+// FuzzParseBundle checks the device bundle parser and verifier on arbitrary bytes.
+func FuzzParseBundle(f *testing.F) {
+	f.Add([]byte(`{"v":1,"device_id":"cam-0001","cert":"","ca":"","root_key":"","keyset":{},"broker":"mqtts://127.0.0.1:8883"}`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		bu, err := ParseBundle(b)
+		if err != nil {
+			return
+		}
+		_, _ = bu.Verify(nil, t0)
+	})
+}

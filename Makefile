@@ -1,0 +1,68 @@
+# camagent — see README.md. Targets: build cross demo test bench lint fuzz clean.
+SHELL := /bin/bash
+GO ?= go
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+BUILD_TIME ?= $(shell git log -1 --format=%ct 2>/dev/null || date +%s)
+PKG := github.com/camagent/camagent/internal/buildinfo
+LDFLAGS := -X $(PKG).version=$(VERSION) -X $(PKG).buildTime=$(BUILD_TIME)
+BINS := camagent:./agent/cmd/camagent fleetctl:./tools/fleetctl
+# Real parts the tests use, as debian-package:command.
+TEST_DEPS := mosquitto:/usr/sbin/mosquitto
+STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
+FUZZTIME ?= 30s
+
+.PHONY: all build cross demo test test-deps bench lint fuzz clean
+
+all: build
+
+build:
+	@mkdir -p bin
+	@for b in $(BINS); do \
+	  $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o bin/$${b%%:*} $${b#*:} || exit 1; \
+	done
+	@echo "built bin/camagent bin/fleetctl ($(VERSION))"
+
+# Static, stripped binaries for the cameras (Pi Zero/1: arm v6; Pi 2/3 32-bit: arm v7;
+# Pi 3/4/5 64-bit: arm64) and for amd64 hosts.
+cross:
+	@for t in linux/arm/6 linux/arm/7 linux/arm64/- linux/amd64/-; do \
+	  IFS=/ read -r os arch arm <<<"$$t"; \
+	  dir=dist/$$os-$$arch$$( [ "$$arm" != - ] && echo v$$arm ); mkdir -p $$dir; \
+	  for b in $(BINS); do \
+	    CGO_ENABLED=0 GOOS=$$os GOARCH=$$arch GOARM=$$( [ "$$arm" != - ] && echo $$arm ) \
+	      $(GO) build -trimpath -ldflags "-s -w $(LDFLAGS)" -o $$dir/$${b%%:*} $${b#*:} || exit 1; \
+	  done; \
+	  echo "$$dir: $$(ls -l $$dir | awk 'NR>1{printf "%s %.1f MiB  ", $$9, $$5/1048576}')"; \
+	done
+
+demo: build
+	@tools/demo/demo.sh
+
+test-deps:
+	@tools/deps.sh $(TEST_DEPS)
+
+test: test-deps
+	$(GO) vet ./...
+	$(GO) test -race -count=1 -timeout 20m ./...
+	@$(MAKE) --no-print-directory fuzz FUZZTIME=3s
+
+# Runs every fuzz target for FUZZTIME each (make fuzz FUZZTIME=5m for a real session).
+fuzz:
+	@set -e; for pkg in $$($(GO) list ./...); do \
+	  dir=$$($(GO) list -f '{{.Dir}}' $$pkg); \
+	  for f in $$(grep -ho '^func Fuzz[A-Za-z0-9_]*' $$dir/*_test.go 2>/dev/null | sed 's/func //'); do \
+	    echo "fuzz $$pkg $$f ($(FUZZTIME))"; \
+	    $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $$pkg >/tmp/fuzz-$$f.log 2>&1 || { cat /tmp/fuzz-$$f.log; exit 1; }; \
+	  done; \
+	done
+
+bench: test-deps build
+	@tools/bench/bench.sh
+
+lint:
+	$(GO) vet ./...
+	$(GO) run $(STATICCHECK) ./...
+	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); exit 1; }
+
+clean:
+	rm -rf bin dist

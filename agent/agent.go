@@ -1,0 +1,317 @@
+package agent
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/camagent/camagent/agent/state"
+	"github.com/camagent/camagent/agent/wire"
+	"github.com/camagent/camagent/certs"
+	"github.com/camagent/camagent/internal/clock"
+	"github.com/camagent/camagent/transport/mqtt"
+	"github.com/camagent/camagent/transport/mqtt/topic"
+)
+
+// Config configures an Agent. Defaults are applied by New.
+type Config struct {
+	// StateDir holds the device key, bundle and state (0700). Required.
+	StateDir string
+	// BrokerURL overrides the bundle's broker (mqtts://host:port); "" uses the bundle's.
+	BrokerURL string
+	// Firmware is the version string the device reports; "" means "dev".
+	Firmware string
+	// BuildTime is a time the device's clock has certainly passed (the binary's build time);
+	// a clock below it is known to be wrong. Zero means no such floor.
+	BuildTime time.Time
+	// ClockRetry is how often a clock known to be behind is looked at again; 0 means 15s.
+	ClockRetry time.Duration
+	// TimeFloorInterval is how often the time floor is persisted while running; 0 means 1h.
+	TimeFloorInterval time.Duration
+	// MinBackoff, MaxBackoff and KeepAlive tune the MQTT session; 0 means transport/mqtt's
+	// defaults (sized for a large fleet).
+	MinBackoff, MaxBackoff, KeepAlive time.Duration
+	// Clock is the time source; nil means the system clock.
+	Clock clock.Clock
+	// Logger receives the agent's logs; nil means slog.Default().
+	Logger *slog.Logger
+}
+
+// Publisher is what the agent needs to send a message: the MQTT client, or a guard wrapping it.
+type Publisher interface {
+	Publish(ctx context.Context, topic string, qos byte, retained bool, payload []byte) error
+}
+
+// Agent is the device daemon. Create it with New and start it with Run.
+type Agent struct {
+	cfg    Config
+	log    *slog.Logger
+	clk    clock.Clock
+	id     *identity
+	holder *certs.Holder
+	store  state.Store
+	start  time.Time
+
+	mu       sync.Mutex
+	st       state.State
+	verifier *certs.Verifier
+	keySet   uint64
+
+	pub          atomic.Pointer[publisherBox]
+	cmdsOK       atomic.Uint64
+	cmdsRejected atomic.Uint64
+	connected    chan struct{} // closed at the first successful connect
+	connOnce     sync.Once
+}
+
+type publisherBox struct{ Publisher }
+
+// New loads the device's identity and state from cfg.StateDir. A corrupt state file is
+// quarantined and replaced with safe values (the command high-water mark jumps to now, so no
+// command issued before can be replayed); New fails only when the device is not enrolled or its
+// files are unusable.
+func New(cfg Config) (*Agent, error) {
+	if cfg.StateDir == "" {
+		return nil, errors.New("agent: Config.StateDir is required")
+	}
+	if cfg.Firmware == "" {
+		cfg.Firmware = "dev"
+	}
+	if cfg.ClockRetry == 0 {
+		cfg.ClockRetry = 15 * time.Second
+	}
+	if cfg.TimeFloorInterval == 0 {
+		cfg.TimeFloorInterval = time.Hour
+	}
+	if cfg.Clock == nil {
+		cfg.Clock = clock.Real{}
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	id, err := loadIdentity(cfg.StateDir)
+	if err != nil {
+		return nil, err
+	}
+	if cfg.BrokerURL != "" {
+		if _, err := certs.BrokerHost(cfg.BrokerURL); err != nil {
+			return nil, fmt.Errorf("agent: Config.BrokerURL: %w", err)
+		}
+	}
+	tc, err := certs.TLSCertificate(id.bundle.Cert, id.key)
+	if err != nil {
+		return nil, fmt.Errorf("agent: %w", err)
+	}
+	a := &Agent{
+		cfg:       cfg,
+		log:       cfg.Logger.With("device", id.bundle.Bundle.DeviceID),
+		clk:       cfg.Clock,
+		id:        id,
+		holder:    certs.NewHolder(tc),
+		store:     state.NewFileStore(filepath.Join(cfg.StateDir, StateFile), cfg.Clock.Now),
+		start:     cfg.Clock.Now(),
+		verifier:  id.bundle.KeySet.CommandVerifier(),
+		keySet:    id.bundle.KeySet.Version,
+		connected: make(chan struct{}),
+	}
+	st, err := a.store.Load()
+	var ce *state.CorruptError
+	switch {
+	case errors.As(err, &ce):
+		// Recover with values that cannot be abused: no command sequence below now (fleetctl
+		// sequences are Unix nanoseconds) is accepted again.
+		st = state.State{CommandHWM: uint64(max(cfg.Clock.Now().UnixNano(), 0))}
+		a.log.Error("state file was corrupt; quarantined it and recovered", "quarantined", ce.Quarantined, "err", ce.Err)
+		if err := a.store.Save(st); err != nil {
+			return nil, fmt.Errorf("agent: %w", err)
+		}
+	case err != nil:
+		return nil, fmt.Errorf("agent: %w", err)
+	}
+	a.st = st
+	return a, nil
+}
+
+// DeviceID returns the device's id.
+func (a *Agent) DeviceID() string { return a.id.bundle.Bundle.DeviceID }
+
+// Certificate returns the client certificate currently in use.
+func (a *Agent) Certificate() *x509.Certificate { return a.holder.Get().Leaf }
+
+// Connected returns a channel closed once the agent has connected to the broker.
+func (a *Agent) Connected() <-chan struct{} { return a.connected }
+
+func (a *Agent) brokerURL() string {
+	if a.cfg.BrokerURL != "" {
+		return a.cfg.BrokerURL
+	}
+	return a.id.bundle.Bundle.Broker
+}
+
+// Run waits for a plausible clock, then holds the MQTT session and serves commands until ctx
+// is cancelled. It returns nil on cancel; it does not return on broker or network errors, which
+// it logs and retries with backoff.
+func (a *Agent) Run(ctx context.Context) error {
+	if !a.waitForClock(ctx) {
+		return nil
+	}
+	serverName, err := certs.BrokerHost(a.brokerURL())
+	if err != nil {
+		return fmt.Errorf("agent: %w", err)
+	}
+	tlsConf := certs.ClientTLSConfig(a.id.bundle.Pool, serverName, a.holder)
+	tlsConf.Time = a.clk.Now
+	id := a.DeviceID()
+	client, err := mqtt.New(mqtt.Config{
+		BrokerURL:    a.brokerURL(),
+		ClientID:     id,
+		TLS:          tlsConf,
+		CleanSession: false,
+		Subscriptions: []mqtt.Subscription{
+			{Filter: "dev/" + id + "/down/#", QoS: 1},
+			{Filter: topic.FleetDownFilter, QoS: 1},
+		},
+		Handler:        a.handleMessage,
+		OnConnect:      a.onConnect,
+		OnConnectError: a.onConnectError,
+		MinBackoff:     a.cfg.MinBackoff,
+		MaxBackoff:     a.cfg.MaxBackoff,
+		KeepAlive:      a.cfg.KeepAlive,
+		Logger:         a.log,
+	})
+	if err != nil {
+		return fmt.Errorf("agent: %w", err)
+	}
+	a.pub.Store(&publisherBox{client})
+
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		a.timeFloorLoop(ctx)
+	}()
+	err = client.Run(ctx)
+	wg.Wait()
+	a.raiseTimeFloor()
+	return err
+}
+
+// waitForClock blocks while the clock is below the certificate's NotBefore, the persisted time
+// floor or the build time (a Raspberry Pi boots with no RTC, R5). It says why, looks again every
+// ClockRetry, and returns false if ctx ends first.
+func (a *Agent) waitForClock(ctx context.Context) bool {
+	for {
+		now := a.clk.Now()
+		floor, why := a.clockFloor()
+		if !now.Before(floor) {
+			return true
+		}
+		a.log.Warn("device clock is behind; waiting for time sync before connecting",
+			"clock", now.UTC().Format(time.RFC3339), "must_be_after", floor.UTC().Format(time.RFC3339), "because", why, "retry_in", a.cfg.ClockRetry)
+		select {
+		case <-ctx.Done():
+			return false
+		case <-a.clk.After(a.cfg.ClockRetry):
+		}
+	}
+}
+
+func (a *Agent) clockFloor() (time.Time, string) {
+	a.mu.Lock()
+	floor := time.Unix(a.st.TimeFloor, 0)
+	a.mu.Unlock()
+	why := "the persisted time floor (the clock was seen later than this before)"
+	if nb := a.holder.Get().Leaf.NotBefore; nb.After(floor) {
+		floor, why = nb, "the device certificate is not valid before then"
+	}
+	if a.cfg.BuildTime.After(floor) {
+		floor, why = a.cfg.BuildTime, "the agent was built after then"
+	}
+	return floor, why
+}
+
+func (a *Agent) timeFloorLoop(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-a.clk.After(a.cfg.TimeFloorInterval):
+			a.raiseTimeFloor()
+		}
+	}
+}
+
+// raiseTimeFloor persists the current time as the floor if it is later.
+func (a *Agent) raiseTimeFloor() {
+	now := a.clk.Now().Unix()
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if now <= a.st.TimeFloor {
+		return
+	}
+	st := a.st
+	st.TimeFloor = now
+	if err := a.store.Save(st); err != nil {
+		a.log.Error("could not persist time floor", "err", err)
+		return
+	}
+	a.st = st
+}
+
+func (a *Agent) onConnect(ctx context.Context) {
+	a.connOnce.Do(func() { close(a.connected) })
+	a.log.Info("connected to broker", "broker", a.brokerURL(), "cert_serial", serialHex(a.Certificate()))
+	a.raiseTimeFloor()
+	if err := a.publishState(ctx); err != nil {
+		a.log.Warn("could not publish device state", "err", err)
+	}
+}
+
+func (a *Agent) onConnectError(err error) {
+	var inv x509.CertificateInvalidError
+	var ae tls.AlertError
+	switch {
+	case errors.As(err, &inv) && inv.Reason == x509.Expired:
+		a.log.Warn("cannot connect: the broker's certificate is not valid at this device's clock; is the clock right?", "clock", a.clk.Now().UTC().Format(time.RFC3339), "err", err)
+	case errors.As(err, &ae) && ae == 45: // certificate_expired, RFC 8446 §6.2
+		a.log.Warn("cannot connect: the broker refused this device's certificate as expired", "not_after", a.Certificate().NotAfter.UTC().Format(time.RFC3339), "err", err)
+	default:
+		a.log.Warn("cannot connect to broker", "broker", a.brokerURL(), "err", err)
+	}
+}
+
+func (a *Agent) publish(ctx context.Context, t string, retained bool, m interface{ Validate() error }) error {
+	b, err := wire.Encode(m)
+	if err != nil {
+		return fmt.Errorf("agent: encode %s: %w", t, err)
+	}
+	box := a.pub.Load()
+	if box == nil {
+		return fmt.Errorf("agent: publish %s: not running", t)
+	}
+	return box.Publish(ctx, t, 1, retained, b)
+}
+
+func (a *Agent) publishState(ctx context.Context) error {
+	c := a.Certificate()
+	a.mu.Lock()
+	ks := a.keySet
+	a.mu.Unlock()
+	return a.publish(ctx, topic.State(a.DeviceID()), true, &wire.DeviceState{
+		V:            wire.Version,
+		Firmware:     a.cfg.Firmware,
+		CertSerial:   serialHex(c),
+		CertNotAfter: c.NotAfter.Unix(),
+		KeySet:       ks,
+		Updated:      a.clk.Now().Unix(),
+	})
+}
+
+func serialHex(c *x509.Certificate) string { return c.SerialNumber.Text(16) }

@@ -1,0 +1,107 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/camagent/camagent/agent/wire"
+	"github.com/camagent/camagent/certs"
+	"github.com/camagent/camagent/transport/mqtt"
+	"github.com/camagent/camagent/transport/mqtt/topic"
+)
+
+// handleMessage is the MQTT handler. transport/mqtt calls it on one worker goroutine, in
+// arrival order; a redelivered message is harmless because every command must carry a
+// sequence above the persisted high-water mark.
+func (a *Agent) handleMessage(ctx context.Context, m mqtt.Message) {
+	switch m.Topic {
+	case topic.DeviceCmd(a.DeviceID()), topic.FleetCmd:
+		a.handleCommand(ctx, m.Topic, m.Payload)
+	default:
+		a.log.Debug("ignoring message on unhandled topic", "topic", m.Topic, "bytes", len(m.Payload))
+	}
+}
+
+// handleCommand verifies a command envelope, persists its sequence, then executes it. The
+// sequence is persisted before the command runs, so a crash after running it can never make the
+// redelivered copy run twice.
+func (a *Agent) handleCommand(ctx context.Context, t string, payload []byte) {
+	a.mu.Lock()
+	v := a.verifier
+	a.mu.Unlock()
+	c, kid, err := certs.OpenCommand(v, payload)
+	if err != nil {
+		a.reject(t, kid, nil, err)
+		return
+	}
+	a.mu.Lock()
+	err = certs.CheckCommand(c, a.DeviceID(), a.clk.Now(), a.st.CommandHWM)
+	if err == nil {
+		st := a.st
+		st.CommandHWM = c.Seq
+		if err = a.store.Save(st); err == nil {
+			a.st = st
+		}
+	}
+	a.mu.Unlock()
+	if err != nil {
+		a.reject(t, kid, c, err)
+		return
+	}
+	a.cmdsOK.Add(1)
+	a.log.Info("command accepted", "type", c.Type, "seq", c.Seq, "kid", kid)
+	reply := a.execute(ctx, c)
+	if err := a.publish(ctx, topic.Reply(a.DeviceID()), false, reply); err != nil {
+		a.log.Warn("could not publish reply", "type", c.Type, "seq", c.Seq, "err", err)
+	}
+}
+
+func (a *Agent) reject(t, kid string, c *certs.Command, err error) {
+	a.cmdsRejected.Add(1)
+	attrs := []any{"topic", t, "reason", err}
+	if kid != "" {
+		attrs = append(attrs, "kid", kid)
+	}
+	if c != nil {
+		attrs = append(attrs, "type", c.Type, "seq", c.Seq)
+	}
+	if errors.Is(err, certs.ErrReplay) {
+		// A QoS 1 redelivery looks the same as a replay; both are harmless.
+		a.log.Info("command refused", attrs...)
+		return
+	}
+	a.log.Warn("command refused", attrs...)
+}
+
+func (a *Agent) execute(ctx context.Context, c *certs.Command) *wire.Reply {
+	r := &wire.Reply{V: wire.Version, Seq: c.Seq, Type: c.Type}
+	switch c.Type {
+	case "ping":
+		if len(c.Args) != 0 && string(c.Args) != "null" && string(c.Args) != "{}" {
+			r.Error = wire.ErrCodeBadArgs
+			return r
+		}
+		r.OK = true
+		r.Status = a.status()
+	default:
+		r.Error = wire.ErrCodeUnknownType
+	}
+	return r
+}
+
+func (a *Agent) status() *wire.Status {
+	c := a.Certificate()
+	a.mu.Lock()
+	ks := a.keySet
+	a.mu.Unlock()
+	return &wire.Status{
+		Firmware:     a.cfg.Firmware,
+		UptimeS:      int64(a.clk.Now().Sub(a.start) / time.Second),
+		CertSerial:   serialHex(c),
+		CertNotAfter: c.NotAfter.Unix(),
+		KeySet:       ks,
+		CmdsOK:       a.cmdsOK.Load(),
+		CmdsRejected: a.cmdsRejected.Load(),
+	}
+}

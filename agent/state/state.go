@@ -1,0 +1,166 @@
+// Package state persists the agent's small mutable state: the command high-water mark, the
+// time floor and the trusted key set version. It writes atomically (R6) and never crash-loops
+// on a corrupt file: the file is quarantined beside itself and the caller is told, so it can
+// recover with safe values.
+//
+// It holds no secrets; keys live in their own 0600 files (certs.WriteKeyFile).
+package state
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/camagent/camagent/internal/atomicfile"
+	"github.com/camagent/camagent/internal/strictjson"
+)
+
+// State is what survives a restart.
+type State struct {
+	// CommandHWM is the highest command sequence accepted; a command must carry a higher one.
+	CommandHWM uint64 `json:"command_hwm"`
+	// TimeFloor is a Unix time the device's clock has certainly passed (it was seen while
+	// connected, or is the build time). A clock below it is known to be wrong (R5).
+	TimeFloor int64 `json:"time_floor"`
+}
+
+// Store loads and saves State. Implementations are safe for concurrent use.
+type Store interface {
+	// Load returns the saved state; a store with nothing saved returns the zero State and no
+	// error. A corrupt store returns the zero State and a *CorruptError after quarantining it.
+	Load() (State, error)
+	// Save replaces the saved state durably before returning.
+	Save(State) error
+}
+
+// MaxFileSize caps the state file; anything larger is treated as corrupt.
+const MaxFileSize = 64 << 10
+
+// ErrCorrupt is matched (errors.Is) by a *CorruptError.
+var ErrCorrupt = errors.New("state: corrupt state file")
+
+// CorruptError reports a state file that could not be parsed and where it was moved.
+type CorruptError struct {
+	Path        string
+	Quarantined string
+	Err         error
+}
+
+func (e *CorruptError) Error() string {
+	return fmt.Sprintf("state: corrupt state file %s (moved to %s): %v", e.Path, e.Quarantined, e.Err)
+}
+
+// Unwrap lets errors.Is match both ErrCorrupt and the parse error.
+func (e *CorruptError) Unwrap() []error { return []error{ErrCorrupt, e.Err} }
+
+// FileStore keeps State as JSON in one 0600 file.
+type FileStore struct {
+	path string
+	now  func() time.Time
+	mu   sync.Mutex
+}
+
+var _ Store = (*FileStore)(nil)
+
+// NewFileStore returns a store at path; its directory must exist. now stamps quarantined
+// files; nil means time.Now.
+func NewFileStore(path string, now func() time.Time) *FileStore {
+	if now == nil {
+		now = time.Now
+	}
+	return &FileStore{path: path, now: now}
+}
+
+// Load implements Store.
+func (s *FileStore) Load() (State, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	f, err := os.Open(s.path)
+	if errors.Is(err, os.ErrNotExist) {
+		return State{}, nil
+	}
+	if err != nil {
+		return State{}, fmt.Errorf("state: %w", err)
+	}
+	b := make([]byte, MaxFileSize+1)
+	n, rerr := readFull(f, b)
+	f.Close()
+	if rerr != nil {
+		return State{}, fmt.Errorf("state: read %s: %w", s.path, rerr)
+	}
+	var st State
+	perr := error(nil)
+	if n > MaxFileSize {
+		perr = fmt.Errorf("over %d bytes", MaxFileSize)
+	} else {
+		perr = strictjson.Unmarshal(b[:n], &st)
+	}
+	if perr == nil {
+		return st, nil
+	}
+	q := fmt.Sprintf("%s.corrupt-%d", s.path, s.now().UnixNano())
+	if err := os.Rename(s.path, q); err != nil {
+		return State{}, fmt.Errorf("state: quarantine %s: %w", s.path, err)
+	}
+	if err := atomicfile.SyncDir(filepath.Dir(s.path)); err != nil {
+		return State{}, err
+	}
+	return State{}, &CorruptError{Path: s.path, Quarantined: q, Err: perr}
+}
+
+func readFull(f *os.File, b []byte) (int, error) {
+	n := 0
+	for n < len(b) {
+		m, err := f.Read(b[n:])
+		n += m
+		if err != nil {
+			if errors.Is(err, io.EOF) {
+				return n, nil
+			}
+			return n, err
+		}
+	}
+	return n, nil
+}
+
+// Save implements Store.
+func (s *FileStore) Save(st State) error {
+	b, err := json.Marshal(st)
+	if err != nil {
+		return fmt.Errorf("state: %w", err)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := atomicfile.WriteFile(s.path, b, 0o600); err != nil {
+		return fmt.Errorf("state: save: %w", err)
+	}
+	return nil
+}
+
+// MemStore is the in-memory twin of FileStore, for tests and tools.
+type MemStore struct {
+	mu sync.Mutex
+	st State
+}
+
+var _ Store = (*MemStore)(nil)
+
+// Load implements Store.
+func (m *MemStore) Load() (State, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.st, nil
+}
+
+// Save implements Store.
+func (m *MemStore) Save(st State) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.st = st
+	return nil
+}

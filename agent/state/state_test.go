@@ -1,0 +1,73 @@
+package state
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestFileStoreRoundTrip(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "state.json")
+	s := NewFileStore(p, nil)
+	st, err := s.Load()
+	if err != nil || st != (State{}) {
+		t.Fatalf("empty store: %+v, %v", st, err)
+	}
+	want := State{CommandHWM: 42, TimeFloor: 1700000000}
+	if err := s.Save(want); err != nil {
+		t.Fatal(err)
+	}
+	got, err := NewFileStore(p, nil).Load()
+	if err != nil || got != want {
+		t.Fatalf("reload: %+v, %v", got, err)
+	}
+	fi, _ := os.Stat(p)
+	if fi.Mode().Perm() != 0o600 {
+		t.Fatalf("mode %v", fi.Mode().Perm())
+	}
+}
+
+func TestCorruptFilesAreQuarantinedNotFatal(t *testing.T) {
+	for _, tc := range []struct{ name, content string }{
+		{"a truncated file", `{"command_hwm":4`},
+		{"random bytes", "\x00\xff\x13garbage"},
+		{"an unknown field", `{"command_hwm":4,"evil":1}`},
+		{"an oversized file", `{"command_hwm":4}` + strings.Repeat(" ", MaxFileSize)},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			p := filepath.Join(dir, "state.json")
+			os.WriteFile(p, []byte(tc.content), 0o600)
+			s := NewFileStore(p, func() time.Time { return time.Unix(0, 77) })
+			st, err := s.Load()
+			var ce *CorruptError
+			if !errors.As(err, &ce) || !errors.Is(err, ErrCorrupt) {
+				t.Fatalf("err = %v, want CorruptError", err)
+			}
+			if st != (State{}) {
+				t.Fatalf("state %+v from a corrupt file", st)
+			}
+			if b, _ := os.ReadFile(ce.Quarantined); string(b) != tc.content {
+				t.Fatal("quarantined copy differs from the corrupt file")
+			}
+			// The next load starts clean: no crash loop.
+			if _, err := s.Load(); err != nil {
+				t.Fatalf("second load: %v", err)
+			}
+			if err := s.Save(State{CommandHWM: 5}); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}
+
+func TestMemStore(t *testing.T) {
+	var m MemStore
+	m.Save(State{CommandHWM: 3})
+	if st, _ := m.Load(); st.CommandHWM != 3 {
+		t.Fatal(st)
+	}
+}

@@ -1,0 +1,57 @@
+package wire
+
+import (
+	"errors"
+	"testing"
+)
+
+func TestReplyRoundTrip(t *testing.T) {
+	r := Reply{V: Version, Seq: 9, Type: "ping", OK: true, Status: &Status{Firmware: "1.0.0", CertSerial: "ab12"}}
+	b, err := Encode(&r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got Reply
+	if err := Decode(b, &got); err != nil {
+		t.Fatal(err)
+	}
+	if got.Seq != 9 || got.Status.CertSerial != "ab12" {
+		t.Fatalf("%+v", got)
+	}
+}
+
+func TestFieldsCannotCarryFreeText(t *testing.T) {
+	for name, m := range map[string]validator{
+		"a firmware string with spaces":   &Reply{V: 1, Type: "ping", Status: &Status{Firmware: "my home wifi"}},
+		"a serial that is not hex":        &DeviceState{V: 1, Firmware: "1", CertSerial: "HomeNet"},
+		"an error code that is free text": &Reply{V: 1, Type: "ping", Error: "ssid=HomeNet"},
+		"a wrong version":                 &DeviceState{V: 2, Firmware: "1"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			if _, err := Encode(m); !errors.Is(err, ErrMalformed) {
+				t.Fatalf("Encode = %v, want ErrMalformed", err)
+			}
+		})
+	}
+}
+
+func FuzzDecodeReply(f *testing.F) {
+	f.Add([]byte(`{"v":1,"seq":3,"type":"ping","ok":true,"status":{"fw":"1","uptime_s":1,"cert_serial":"a","cert_not_after":1,"keyset":1,"cmds_ok":1,"cmds_rejected":0}}`))
+	f.Add([]byte(`{"v":1,"seq":3,"type":"ping","ok":false,"error":"bad_args"}`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		var r Reply
+		if Decode(b, &r) == nil {
+			if _, err := Encode(&r); err != nil {
+				t.Fatalf("decoded reply does not re-encode: %v", err)
+			}
+		}
+	})
+}
+
+func FuzzDecodeDeviceState(f *testing.F) {
+	f.Add([]byte(`{"v":1,"fw":"1.0","cert_serial":"ff","cert_not_after":5,"keyset":1,"updated":7}`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		var s DeviceState
+		_ = Decode(b, &s)
+	})
+}

@@ -1,0 +1,424 @@
+// Package fleet is the operator's side of a camagent fleet: the fleet directory (CA, offline
+// root key, command and grant signing keys, key set, operator and broker certificates), device
+// enrollment, command signing and the operator's MQTT session.
+//
+// The fleet directory holds the fleet's secrets. It is 0700 and every key file in it 0600; the
+// offline root key lives in its own subdirectory so it can be moved off the machine after
+// `fleetctl init` (it is needed again only by `fleetctl keys rotate`). Nothing here ever
+// handles a device's private key.
+package fleet
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/camagent/camagent/certs"
+	"github.com/camagent/camagent/internal/atomicfile"
+	"github.com/camagent/camagent/internal/strictjson"
+)
+
+// Files in the fleet directory.
+const (
+	fleetFile    = "fleet.json"
+	caCertFile   = "ca.crt"
+	caKeyFile    = "ca.key"
+	rootKeyFile  = "offline/root.key"
+	keySetFile   = "keyset.json"
+	keysDir      = "keys"
+	operatorCert = "operator/operator.crt"
+	operatorKey  = "operator/operator.key"
+	serverCert   = "broker/server.crt"
+	serverKey    = "broker/server.key"
+	seqFile      = "seq"
+)
+
+// DefaultOperator is the operator identity name `fleetctl init` issues for itself.
+const DefaultOperator = "admin"
+
+// ErrNoFleet reports a directory that holds no fleet.
+var ErrNoFleet = errors.New("fleet: no fleet in directory; run fleetctl init")
+
+// Meta is fleet.json: the fleet's public settings.
+type Meta struct {
+	Name string `json:"name"`
+	// Broker is the URL devices and operators connect to, mqtts://host:port.
+	Broker string `json:"broker"`
+	// DeviceValidity is the lifetime of device certificates, in seconds.
+	DeviceValidity int64 `json:"device_validity_s"`
+}
+
+// InitOptions configures Init.
+type InitOptions struct {
+	// Name names the fleet CA; "" means "camagent fleet".
+	Name string
+	// Broker is the broker URL written into device bundles; "" means mqtts://127.0.0.1:8883.
+	Broker string
+	// BrokerHosts are the names and addresses the broker's server certificate covers;
+	// nil means localhost, 127.0.0.1 and ::1 plus the Broker URL's host.
+	BrokerHosts []string
+	// DeviceValidity is the device certificate lifetime; 0 means certs.DefaultDeviceValidity.
+	DeviceValidity time.Duration
+	// Now is the creation time; zero means time.Now().
+	Now time.Time
+}
+
+// Init creates a new fleet in dir, which must not hold one already.
+func Init(dir string, o InitOptions) (*Fleet, error) {
+	if o.Name == "" {
+		o.Name = "camagent fleet"
+	}
+	if o.Broker == "" {
+		o.Broker = "mqtts://127.0.0.1:8883"
+	}
+	host, err := certs.BrokerHost(o.Broker)
+	if err != nil {
+		return nil, fmt.Errorf("fleet: init: %w", err)
+	}
+	if o.BrokerHosts == nil {
+		o.BrokerHosts = []string{"localhost", "127.0.0.1", "::1"}
+	}
+	if !contains(o.BrokerHosts, host) {
+		o.BrokerHosts = append(o.BrokerHosts, host)
+	}
+	if o.DeviceValidity == 0 {
+		o.DeviceValidity = certs.DefaultDeviceValidity
+	}
+	if o.Now.IsZero() {
+		o.Now = time.Now()
+	}
+	if _, err := os.Stat(filepath.Join(dir, fleetFile)); err == nil {
+		return nil, fmt.Errorf("fleet: init: %s already holds a fleet", dir)
+	}
+	for _, d := range []string{dir, filepath.Join(dir, "offline"), filepath.Join(dir, keysDir), filepath.Join(dir, "operator"), filepath.Join(dir, "broker")} {
+		if err := atomicfile.EnsurePrivateDir(d); err != nil {
+			return nil, fmt.Errorf("fleet: init: %w", err)
+		}
+	}
+	ca, err := certs.NewCA(o.Name, o.Now, 0)
+	if err != nil {
+		return nil, err
+	}
+	if err := writeFile(dir, caCertFile, certs.EncodeCertPEM(ca.Cert), 0o644); err != nil {
+		return nil, err
+	}
+	if err := certs.WriteKeyFile(filepath.Join(dir, caKeyFile), ca.Key); err != nil {
+		return nil, err
+	}
+	root, err := certs.NewSigningKey()
+	if err != nil {
+		return nil, err
+	}
+	if err := writeSigningKey(dir, rootKeyFile, root); err != nil {
+		return nil, err
+	}
+	cmdKey, err := newKeyFile(dir, "command")
+	if err != nil {
+		return nil, err
+	}
+	grantKey, err := newKeyFile(dir, "grant")
+	if err != nil {
+		return nil, err
+	}
+	ks, err := certs.SignKeySet(root, certs.KeySet{
+		Version:     1,
+		IssuedAt:    o.Now.Unix(),
+		CommandKeys: []certs.PublicKey{cmdKey.Public()},
+		GrantKeys:   []certs.PublicKey{grantKey.Public()},
+	})
+	if err != nil {
+		return nil, err
+	}
+	if err := writeFile(dir, keySetFile, ks, 0o644); err != nil {
+		return nil, err
+	}
+	if err := issueKeyPair(dir, ca, certs.IssueRequest{Role: certs.RoleOperator, Name: DefaultOperator, Now: o.Now}, operatorCert, operatorKey); err != nil {
+		return nil, err
+	}
+	sreq := certs.IssueRequest{Role: certs.RoleServer, Name: "camagent broker", Now: o.Now}
+	for _, h := range o.BrokerHosts {
+		if ip := net.ParseIP(h); ip != nil {
+			sreq.IPs = append(sreq.IPs, ip)
+		} else {
+			sreq.DNSNames = append(sreq.DNSNames, h)
+		}
+	}
+	if err := issueKeyPair(dir, ca, sreq, serverCert, serverKey); err != nil {
+		return nil, err
+	}
+	meta, _ := json.MarshalIndent(Meta{Name: o.Name, Broker: o.Broker, DeviceValidity: int64(o.DeviceValidity / time.Second)}, "", "  ")
+	if err := writeFile(dir, fleetFile, meta, 0o644); err != nil {
+		return nil, err
+	}
+	return Open(dir)
+}
+
+func contains(l []string, s string) bool {
+	for _, x := range l {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+func writeFile(dir, name string, b []byte, mode os.FileMode) error {
+	if err := atomicfile.WriteFile(filepath.Join(dir, name), b, mode); err != nil {
+		return fmt.Errorf("fleet: %w", err)
+	}
+	return nil
+}
+
+func writeSigningKey(dir, name string, k *certs.SigningKey) error {
+	b, err := certs.MarshalSigningKeyPEM(k)
+	if err != nil {
+		return err
+	}
+	return writeFile(dir, name, b, 0o600)
+}
+
+func newKeyFile(dir, kind string) (*certs.SigningKey, error) {
+	k, err := certs.NewSigningKey()
+	if err != nil {
+		return nil, err
+	}
+	return k, writeSigningKey(dir, filepath.Join(keysDir, kind+"-"+k.ID()+".key"), k)
+}
+
+func issueKeyPair(dir string, ca *certs.CA, req certs.IssueRequest, certName, keyName string) error {
+	key, err := certs.GenerateKey()
+	if err != nil {
+		return err
+	}
+	req.PublicKey = key.Public()
+	c, err := ca.Issue(req)
+	if err != nil {
+		return err
+	}
+	if err := certs.WriteKeyFile(filepath.Join(dir, keyName), key); err != nil {
+		return err
+	}
+	return writeFile(dir, certName, certs.EncodeCertPEM(c), 0o644)
+}
+
+// Fleet is an opened fleet directory.
+type Fleet struct {
+	Dir    string
+	Meta   Meta
+	CA     *certs.CA
+	CAPEM  []byte
+	Pool   *x509.CertPool
+	keySet []byte
+	ks     *certs.KeySet
+	root   []byte
+
+	seqMu sync.Mutex
+}
+
+// Open loads the fleet in dir. It does not load the offline root key.
+func Open(dir string) (*Fleet, error) {
+	mb, err := os.ReadFile(filepath.Join(dir, fleetFile))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("%w: %s", ErrNoFleet, dir)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("fleet: %w", err)
+	}
+	var meta Meta
+	if err := strictjson.Unmarshal(mb, &meta); err != nil {
+		return nil, fmt.Errorf("fleet: %s: %w", fleetFile, err)
+	}
+	caPEM, err := os.ReadFile(filepath.Join(dir, caCertFile))
+	if err != nil {
+		return nil, fmt.Errorf("fleet: %w", err)
+	}
+	caKey, err := certs.LoadKeyFile(filepath.Join(dir, caKeyFile))
+	if err != nil {
+		return nil, fmt.Errorf("fleet: %w", err)
+	}
+	caKeyPEM, _ := certs.MarshalKeyPEM(caKey)
+	ca, err := certs.LoadCA(caPEM, caKeyPEM)
+	if err != nil {
+		return nil, fmt.Errorf("fleet: %w", err)
+	}
+	pool, err := certs.NewPool(caPEM)
+	if err != nil {
+		return nil, fmt.Errorf("fleet: %w", err)
+	}
+	ksb, err := os.ReadFile(filepath.Join(dir, keySetFile))
+	if err != nil {
+		return nil, fmt.Errorf("fleet: %w", err)
+	}
+	f := &Fleet{Dir: dir, Meta: meta, CA: ca, CAPEM: caPEM, Pool: pool, keySet: ksb}
+	if err := f.loadKeySet(); err != nil {
+		return nil, err
+	}
+	return f, nil
+}
+
+// loadKeySet parses the signed key set without the root private key: its root public key is
+// recorded beside it when the set is written.
+func (f *Fleet) loadKeySet() error {
+	rootPub, err := f.rootPublic()
+	if err != nil {
+		return err
+	}
+	ks, err := certs.OpenKeySet(rootPub, f.keySet)
+	if err != nil {
+		return fmt.Errorf("fleet: %s: %w", keySetFile, err)
+	}
+	f.ks, f.root = ks, rootPub
+	return nil
+}
+
+// rootPublic returns the root public key: from root.pub if present (written when the root key
+// is moved offline), else from the root private key.
+func (f *Fleet) rootPublic() ([]byte, error) {
+	if b, err := os.ReadFile(filepath.Join(f.Dir, "root.pub")); err == nil {
+		return b, nil
+	}
+	k, err := f.loadRoot()
+	if err != nil {
+		return nil, err
+	}
+	pub := k.Public().Key
+	if err := writeFile(f.Dir, "root.pub", pub, 0o644); err != nil {
+		return nil, err
+	}
+	return pub, nil
+}
+
+func (f *Fleet) loadRoot() (*certs.SigningKey, error) {
+	b, err := os.ReadFile(filepath.Join(f.Dir, rootKeyFile))
+	if err != nil {
+		return nil, fmt.Errorf("fleet: offline root key: %w", err)
+	}
+	return certs.ParseSigningKeyPEM(b)
+}
+
+// KeySet returns the fleet's current key set.
+func (f *Fleet) KeySet() *certs.KeySet { return f.ks }
+
+// signingKey loads the newest key of a kind ("command" or "grant") that the key set trusts.
+func (f *Fleet) signingKey(kind string) (*certs.SigningKey, error) {
+	trusted := f.ks.CommandKeys
+	if kind == "grant" {
+		trusted = f.ks.GrantKeys
+	}
+	for i := len(trusted) - 1; i >= 0; i-- {
+		b, err := os.ReadFile(filepath.Join(f.Dir, keysDir, kind+"-"+trusted[i].ID+".key"))
+		if err != nil {
+			continue
+		}
+		return certs.ParseSigningKeyPEM(b)
+	}
+	return nil, fmt.Errorf("fleet: no %s signing key in %s that the key set trusts", kind, filepath.Join(f.Dir, keysDir))
+}
+
+// Enroll signs a device CSR and returns the device bundle. The CSR's CN must be a valid
+// device id; it becomes the device's identity.
+func (f *Fleet) Enroll(csrPEM []byte, now time.Time) ([]byte, *x509.Certificate, error) {
+	csr, err := certs.ParseCSR(csrPEM)
+	if err != nil {
+		return nil, nil, fmt.Errorf("fleet: enroll: %w", err)
+	}
+	id := csr.Subject.CommonName
+	if err := certs.ValidDeviceID(id); err != nil {
+		return nil, nil, fmt.Errorf("fleet: enroll: %w", err)
+	}
+	c, err := f.CA.Issue(certs.IssueRequest{Role: certs.RoleDevice, Name: id, CSR: csr, Now: now, Validity: time.Duration(f.Meta.DeviceValidity) * time.Second})
+	if err != nil {
+		return nil, nil, fmt.Errorf("fleet: enroll: %w", err)
+	}
+	b, err := json.MarshalIndent(certs.Bundle{
+		V:        1,
+		DeviceID: id,
+		CertPEM:  string(certs.EncodeCertPEM(c)),
+		CAPEM:    string(f.CAPEM),
+		RootKey:  f.root,
+		KeySet:   f.keySet,
+		Broker:   f.Meta.Broker,
+	}, "", "  ")
+	if err != nil {
+		return nil, nil, fmt.Errorf("fleet: enroll: %w", err)
+	}
+	return b, c, nil
+}
+
+// OperatorCertificate loads the operator's TLS client certificate.
+func (f *Fleet) OperatorCertificate() (*tls.Certificate, error) {
+	return loadPair(f.Dir, operatorCert, operatorKey)
+}
+
+// ServerCertificate loads the broker's TLS server certificate.
+func (f *Fleet) ServerCertificate() (*tls.Certificate, error) {
+	return loadPair(f.Dir, serverCert, serverKey)
+}
+
+// ServerFiles returns the paths of the broker's certificate and key, for Mosquitto.
+func (f *Fleet) ServerFiles() (caFile, certFile, keyFile string) {
+	return filepath.Join(f.Dir, caCertFile), filepath.Join(f.Dir, serverCert), filepath.Join(f.Dir, serverKey)
+}
+
+func loadPair(dir, certName, keyName string) (*tls.Certificate, error) {
+	cb, err := os.ReadFile(filepath.Join(dir, certName))
+	if err != nil {
+		return nil, fmt.Errorf("fleet: %w", err)
+	}
+	c, err := certs.ParseCertPEM(cb)
+	if err != nil {
+		return nil, fmt.Errorf("fleet: %s: %w", certName, err)
+	}
+	k, err := certs.LoadKeyFile(filepath.Join(dir, keyName))
+	if err != nil {
+		return nil, fmt.Errorf("fleet: %w", err)
+	}
+	return certs.TLSCertificate(c, k)
+}
+
+// NextSeq returns a command sequence above every one this fleet directory handed out before:
+// max(now in Unix nanoseconds, last+1). Sequences from several operator machines stay ordered
+// as long as their clocks roughly agree.
+func (f *Fleet) NextSeq(now time.Time) (uint64, error) {
+	f.seqMu.Lock()
+	defer f.seqMu.Unlock()
+	var last uint64
+	if b, err := os.ReadFile(filepath.Join(f.Dir, seqFile)); err == nil {
+		last, _ = strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64)
+	}
+	seq := uint64(max(now.UnixNano(), 0))
+	if seq <= last {
+		seq = last + 1
+	}
+	if err := writeFile(f.Dir, seqFile, []byte(strconv.FormatUint(seq, 10)+"\n"), 0o600); err != nil {
+		return 0, err
+	}
+	return seq, nil
+}
+
+// SignCommand makes a signed command envelope for target (a device id or certs.TargetFleet)
+// valid for ttl.
+func (f *Fleet) SignCommand(typ, target string, args json.RawMessage, now time.Time, ttl time.Duration) ([]byte, uint64, error) {
+	k, err := f.signingKey("command")
+	if err != nil {
+		return nil, 0, err
+	}
+	seq, err := f.NextSeq(now)
+	if err != nil {
+		return nil, 0, err
+	}
+	b, err := certs.SignCommand(k, certs.Command{
+		Type: typ, Target: target, Seq: seq,
+		IssuedAt: now.Unix(), ExpiresAt: now.Add(ttl).Unix(), Args: args,
+	})
+	return b, seq, err
+}

@@ -1,0 +1,177 @@
+package fleet
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/camagent/camagent/agent/wire"
+	"github.com/camagent/camagent/certs"
+	"github.com/camagent/camagent/transport/mqtt"
+	"github.com/camagent/camagent/transport/mqtt/topic"
+)
+
+// DefaultCommandTTL is how long a command stays valid when the caller does not say.
+const DefaultCommandTTL = 5 * time.Minute
+
+// Operator is an operator's live MQTT session: it sends signed commands and collects device
+// replies. Close it when done.
+type Operator struct {
+	f      *Fleet
+	client *mqtt.Client
+	log    *slog.Logger
+	cancel context.CancelFunc
+	done   chan error
+
+	closeOnce sync.Once
+	closeErr  error
+
+	mu      sync.Mutex
+	waiters map[uint64]chan *wire.Reply
+}
+
+// OperatorOptions configures Dial.
+type OperatorOptions struct {
+	// Broker overrides the fleet's broker URL; "" uses fleet.json's.
+	Broker string
+	// Logger receives the session's logs; nil discards them.
+	Logger *slog.Logger
+}
+
+// ClientID returns a unique MQTT client ID for one session of identity: the identity, "~" and
+// 8 random hex digits. Several sessions of one operator identity can then coexist; the brokers
+// bind non-device client IDs to the identity prefix (docs/protocol.md).
+func ClientID(identity string) string {
+	var b [4]byte
+	rand.Read(b[:])
+	return identity + "~" + hex.EncodeToString(b[:])
+}
+
+// Dial connects to the broker as the fleet's operator and waits until connected or ctx ends.
+func (f *Fleet) Dial(ctx context.Context, o OperatorOptions) (*Operator, error) {
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	broker := o.Broker
+	if broker == "" {
+		broker = f.Meta.Broker
+	}
+	host, err := certs.BrokerHost(broker)
+	if err != nil {
+		return nil, fmt.Errorf("fleet: %w", err)
+	}
+	cert, err := f.OperatorCertificate()
+	if err != nil {
+		return nil, err
+	}
+	op := &Operator{f: f, log: o.Logger, done: make(chan error, 1), waiters: map[uint64]chan *wire.Reply{}}
+	client, err := mqtt.New(mqtt.Config{
+		BrokerURL:     broker,
+		ClientID:      ClientID(certs.CertIdentity(cert.Leaf)),
+		TLS:           certs.ClientTLSConfig(f.Pool, host, certs.NewHolder(cert)),
+		CleanSession:  true,
+		Subscriptions: []mqtt.Subscription{{Filter: "dev/+/up/reply", QoS: 1}},
+		Handler:       op.handle,
+		MinBackoff:    100 * time.Millisecond,
+		MaxBackoff:    2 * time.Second,
+		Logger:        o.Logger,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("fleet: %w", err)
+	}
+	op.client = client
+	runCtx, cancel := context.WithCancel(context.Background())
+	op.cancel = cancel
+	go func() { op.done <- client.Run(runCtx) }()
+	if err := client.WaitConnected(ctx); err != nil {
+		op.Close()
+		return nil, fmt.Errorf("fleet: connect to %s: %w", broker, err)
+	}
+	return op, nil
+}
+
+// Close ends the session and waits for it. It is idempotent.
+func (o *Operator) Close() error {
+	o.closeOnce.Do(func() {
+		o.cancel()
+		o.closeErr = <-o.done
+	})
+	return o.closeErr
+}
+
+// Client returns the underlying MQTT client, for publishing desired state.
+func (o *Operator) Client() *mqtt.Client { return o.client }
+
+func (o *Operator) handle(_ context.Context, m mqtt.Message) {
+	id, dir, leaf, ok := topic.Parse(m.Topic)
+	if !ok || dir != topic.Up || leaf != topic.LeafReply {
+		return
+	}
+	var r wire.Reply
+	if err := wire.Decode(m.Payload, &r); err != nil {
+		o.log.Warn("malformed reply", "device", id, "err", err)
+		return
+	}
+	o.mu.Lock()
+	ch := o.waiters[r.Seq]
+	delete(o.waiters, r.Seq)
+	o.mu.Unlock()
+	if ch != nil {
+		ch <- &r
+	}
+}
+
+// Command signs and sends one command to target and, for a single device, waits for its reply.
+// It returns the reply and the time from publish to reply.
+func (o *Operator) Command(ctx context.Context, typ, target string, args json.RawMessage) (*wire.Reply, time.Duration, error) {
+	env, seq, err := o.f.SignCommand(typ, target, args, time.Now(), DefaultCommandTTL)
+	if err != nil {
+		return nil, 0, err
+	}
+	t := topic.FleetCmd
+	if target != certs.TargetFleet {
+		t = topic.DeviceCmd(target)
+	}
+	ch := make(chan *wire.Reply, 1)
+	o.mu.Lock()
+	o.waiters[seq] = ch
+	o.mu.Unlock()
+	defer func() {
+		o.mu.Lock()
+		delete(o.waiters, seq)
+		o.mu.Unlock()
+	}()
+	start := time.Now()
+	if err := o.client.Publish(ctx, t, 1, false, env); err != nil {
+		return nil, 0, fmt.Errorf("fleet: send %s: %w", typ, err)
+	}
+	if target == certs.TargetFleet {
+		return nil, time.Since(start), nil
+	}
+	select {
+	case r := <-ch:
+		return r, time.Since(start), nil
+	case <-ctx.Done():
+		return nil, 0, fmt.Errorf("fleet: no reply from %s to %s (seq %d): %w", target, typ, seq, ctx.Err())
+	}
+}
+
+// Ping sends a signed ping to device and returns its status reply and the round-trip time.
+func (o *Operator) Ping(ctx context.Context, device string) (*wire.Reply, time.Duration, error) {
+	if err := certs.ValidDeviceID(device); err != nil {
+		return nil, 0, err
+	}
+	r, rtt, err := o.Command(ctx, "ping", device, nil)
+	if err != nil {
+		return nil, 0, err
+	}
+	if !r.OK {
+		return r, rtt, fmt.Errorf("fleet: %s answered ping with error %q", device, r.Error)
+	}
+	return r, rtt, nil
+}
