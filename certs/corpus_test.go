@@ -1,6 +1,7 @@
 package certs
 
 import (
+	"encoding/json"
 	"flag"
 	"fmt"
 	"os"
@@ -19,7 +20,15 @@ func TestSeedCorpus(t *testing.T) {
 	ks, _ := SignKeySet(k, KeySet{Version: 3, CommandKeys: []PublicKey{k.Public()}, GrantKeys: []PublicKey{k.Public()}})
 	key, _ := GenerateKey()
 	csr, _ := NewCSR(key, "cam-0001")
+	grant, _ := SignGrant(k, Grant{Device: "cam-0001", Epoch: 2, Scope: ScopeView, Subject: "viewer-1", IssuedAt: t0.Unix(), ExpiresAt: t0.Unix() + 3600})
+	desired, _ := SignDesired(k, Desired{Target: TargetFleet, Version: 9, Epoch: 2, Incident: "INC-1", KeySet: ks, IssuedAt: t0.Unix()})
+	ca, _ := NewCA("fuzz", t0, 0)
+	dc, _ := ca.Issue(IssueRequest{Role: RoleDevice, Name: "cam-0001", PublicKey: key.Public(), Now: t0})
+	bundle, _ := json.Marshal(Bundle{V: 1, DeviceID: "cam-0001", CertPEM: string(EncodeCertPEM(dc)), CAPEM: string(EncodeCertPEM(ca.Cert)), RootKey: k.Public().Key, KeySet: ks, Broker: "mqtts://127.0.0.1:8883"})
 	seeds := map[string][][]byte{
+		"FuzzParseBundle": {bundle},
+		"FuzzOpenGrant":   {grant},
+		"FuzzOpenDesired": {desired},
 		"FuzzOpenCommand": {cmd, fleet, []byte(`{"v":1,"kid":"k-0123456789abcdef","body":"e30","sig":"AA"}`)},
 		"FuzzOpenKeySet":  {ks},
 		"FuzzParseCSR":    {csr},
