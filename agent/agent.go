@@ -38,6 +38,20 @@ type Config struct {
 	// MinBackoff, MaxBackoff and KeepAlive tune the MQTT session; 0 means transport/mqtt's
 	// defaults (sized for a large fleet).
 	MinBackoff, MaxBackoff, KeepAlive time.Duration
+	// RequestTimeout is how long a rotation waits for the signer's certificate; 0 means 30s.
+	RequestTimeout time.Duration
+	// SwitchTimeout is how long a rotation waits to connect with its new certificate before it
+	// falls back to the old one; 0 means 30s.
+	SwitchTimeout time.Duration
+	// RetryMin and RetryMax bound the jittered backoff between failed rotation attempts;
+	// 0 means 2s and 5min.
+	RetryMin, RetryMax time.Duration
+	// RenewJitter is the spread of scheduled renewal around two thirds of the certificate's
+	// lifetime, as a fraction of the lifetime; 0 means 0.05.
+	RenewJitter float64
+	// AuthFailuresBeforeBootstrap is how many consecutive refusals of the device's certificate
+	// by the broker make the agent recover through its bootstrap identity; 0 means 3.
+	AuthFailuresBeforeBootstrap int
 	// Clock is the time source; nil means the system clock.
 	Clock clock.Clock
 	// Logger receives the agent's logs; nil means slog.Default().
@@ -59,16 +73,28 @@ type Agent struct {
 	store  state.Store
 	start  time.Time
 
-	mu       sync.Mutex
-	st       state.State
-	verifier *certs.Verifier
-	keySet   uint64
+	mu        sync.Mutex
+	st        state.State
+	verifier  *certs.Verifier // command and desired-state keys
+	grants    *certs.Verifier // grant keys
+	keySet    uint64
+	active    *credential // the generation in use
+	next      *credential // the generation a rotation is making, or nil
+	rotStatus string      // wire.Rotation* value
+	lastError string      // wire.ErrCode* value of the last failed rotation step
+	epochHook []func(epoch uint64)
 
+	client       *mqtt.Client // set by Run
 	pub          atomic.Pointer[publisherBox]
 	cmdsOK       atomic.Uint64
 	cmdsRejected atomic.Uint64
+	authFails    atomic.Int32
 	connected    chan struct{} // closed at the first successful connect
 	connOnce     sync.Once
+	connEv       chan string                 // serial of each new connection's certificate
+	certResp     chan *wire.CertResponse     // signer answers
+	wake         chan struct{}               // pokes the reconcile loop
+	rotations    atomic.Uint64               // committed rotations, for tests and status
 }
 
 type publisherBox struct{ Publisher }
@@ -93,6 +119,24 @@ func New(cfg Config) (*Agent, error) {
 	if cfg.Clock == nil {
 		cfg.Clock = clock.Real{}
 	}
+	if cfg.RequestTimeout == 0 {
+		cfg.RequestTimeout = 30 * time.Second
+	}
+	if cfg.SwitchTimeout == 0 {
+		cfg.SwitchTimeout = 30 * time.Second
+	}
+	if cfg.RetryMin == 0 {
+		cfg.RetryMin = 2 * time.Second
+	}
+	if cfg.RetryMax == 0 {
+		cfg.RetryMax = 5 * time.Minute
+	}
+	if cfg.RenewJitter == 0 {
+		cfg.RenewJitter = 0.05
+	}
+	if cfg.AuthFailuresBeforeBootstrap == 0 {
+		cfg.AuthFailuresBeforeBootstrap = 3
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
@@ -105,30 +149,29 @@ func New(cfg Config) (*Agent, error) {
 			return nil, fmt.Errorf("agent: Config.BrokerURL: %w", err)
 		}
 	}
-	tc, err := certs.TLSCertificate(id.bundle.Cert, id.key)
-	if err != nil {
-		return nil, fmt.Errorf("agent: %w", err)
-	}
 	a := &Agent{
 		cfg:       cfg,
 		log:       cfg.Logger.With("device", id.bundle.Bundle.DeviceID),
 		clk:       cfg.Clock,
 		id:        id,
-		holder:    certs.NewHolder(tc),
+		holder:    new(certs.Holder),
 		store:     state.NewFileStore(filepath.Join(cfg.StateDir, StateFile), cfg.Clock.Now),
 		start:     cfg.Clock.Now(),
-		verifier:  id.bundle.KeySet.CommandVerifier(),
-		keySet:    id.bundle.KeySet.Version,
+		rotStatus: wire.RotationIdle,
 		connected: make(chan struct{}),
+		connEv:    make(chan string, 16),
+		certResp:  make(chan *wire.CertResponse, 8),
+		wake:      make(chan struct{}, 1),
 	}
 	st, err := a.store.Load()
 	var ce *state.CorruptError
 	switch {
 	case errors.As(err, &ce):
 		// Recover with values that cannot be abused: no command sequence below now (fleetctl
-		// sequences are Unix nanoseconds) is accepted again.
-		st = state.State{CommandHWM: uint64(max(cfg.Clock.Now().UnixNano(), 0))}
-		a.log.Error("state file was corrupt; quarantined it and recovered", "quarantined", ce.Quarantined, "err", ce.Err)
+		// sequences are Unix nanoseconds) is accepted again, and the newest credential that
+		// still loads becomes the active one.
+		st = state.State{CommandHWM: uint64(max(cfg.Clock.Now().UnixNano(), 0)), Cred: a.recoverCred()}
+		a.log.Error("state file was corrupt; quarantined it and recovered", "quarantined", ce.Quarantined, "err", ce.Err, "active_generation", st.Cred.Active)
 		if err := a.store.Save(st); err != nil {
 			return nil, fmt.Errorf("agent: %w", err)
 		}
@@ -136,14 +179,38 @@ func New(cfg Config) (*Agent, error) {
 		return nil, fmt.Errorf("agent: %w", err)
 	}
 	a.st = st
+	if err := a.loadKeySet(); err != nil {
+		return nil, err
+	}
+	if err := a.loadCredentials(); err != nil {
+		return nil, err
+	}
 	return a, nil
 }
 
 // DeviceID returns the device's id.
 func (a *Agent) DeviceID() string { return a.id.bundle.Bundle.DeviceID }
 
-// Certificate returns the client certificate currently in use.
+// Certificate returns the client certificate currently presented to the broker.
 func (a *Agent) Certificate() *x509.Certificate { return a.holder.Get().Leaf }
+
+// Epoch returns the device's credential and grant epoch.
+func (a *Agent) Epoch() uint64 {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.st.Cred.Epoch
+}
+
+// Rotations returns how many rotations this agent committed since it started.
+func (a *Agent) Rotations() uint64 { return a.rotations.Load() }
+
+// OnEpoch registers f to run, on the rotation goroutine, after each rise of the grant epoch;
+// the video layer closes every live viewer session there (S7). Register before Run.
+func (a *Agent) OnEpoch(f func(epoch uint64)) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.epochHook = append(a.epochHook, f)
+}
 
 // Connected returns a channel closed once the agent has connected to the broker.
 func (a *Agent) Connected() <-chan struct{} { return a.connected }
@@ -189,13 +256,18 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("agent: %w", err)
 	}
+	a.client = client
 	a.pub.Store(&publisherBox{client})
 
 	var wg sync.WaitGroup
-	wg.Add(1)
+	wg.Add(2)
 	go func() {
 		defer wg.Done()
 		a.timeFloorLoop(ctx)
+	}()
+	go func() {
+		defer wg.Done()
+		a.reconcile(ctx)
 	}()
 	err = client.Run(ctx)
 	wg.Wait()
@@ -228,7 +300,7 @@ func (a *Agent) clockFloor() (time.Time, string) {
 	floor := time.Unix(a.st.TimeFloor, 0)
 	a.mu.Unlock()
 	why := "the persisted time floor (the clock was seen later than this before)"
-	if nb := a.holder.Get().Leaf.NotBefore; nb.After(floor) {
+	if nb := a.activeCred().cert.NotBefore; nb.After(floor) {
 		floor, why = nb, "the device certificate is not valid before then"
 	}
 	if a.cfg.BuildTime.After(floor) {
@@ -267,6 +339,12 @@ func (a *Agent) raiseTimeFloor() {
 
 func (a *Agent) onConnect(ctx context.Context) {
 	a.connOnce.Do(func() { close(a.connected) })
+	a.authFails.Store(0)
+	select {
+	case a.connEv <- serialHex(a.Certificate()):
+	default:
+	}
+	a.poke()
 	a.log.Info("connected to broker", "broker", a.brokerURL(), "cert_serial", serialHex(a.Certificate()))
 	a.raiseTimeFloor()
 	if err := a.publishState(ctx); err != nil {
@@ -277,6 +355,11 @@ func (a *Agent) onConnect(ctx context.Context) {
 func (a *Agent) onConnectError(err error) {
 	var inv x509.CertificateInvalidError
 	var ae tls.AlertError
+	if refusedCredential(err) {
+		if int(a.authFails.Add(1)) >= a.cfg.AuthFailuresBeforeBootstrap {
+			a.poke()
+		}
+	}
 	switch {
 	case errors.As(err, &inv) && inv.Reason == x509.Expired:
 		a.log.Warn("cannot connect: the broker's certificate is not valid at this device's clock; is the clock right?", "clock", a.clk.Now().UTC().Format(time.RFC3339), "err", err)
@@ -302,16 +385,19 @@ func (a *Agent) publish(ctx context.Context, t string, retained bool, m interfac
 func (a *Agent) publishState(ctx context.Context) error {
 	c := a.Certificate()
 	a.mu.Lock()
-	ks := a.keySet
-	a.mu.Unlock()
-	return a.publish(ctx, topic.State(a.DeviceID()), true, &wire.DeviceState{
+	ds := &wire.DeviceState{
 		V:            wire.Version,
 		Firmware:     a.cfg.Firmware,
 		CertSerial:   serialHex(c),
 		CertNotAfter: c.NotAfter.Unix(),
-		KeySet:       ks,
+		KeySet:       a.keySet,
+		Epoch:        a.st.Cred.Epoch,
+		Rotation:     a.rotStatus,
+		LastError:    a.lastError,
 		Updated:      a.clk.Now().Unix(),
-	})
+	}
+	a.mu.Unlock()
+	return a.publish(ctx, topic.State(a.DeviceID()), true, ds)
 }
 
 func serialHex(c *x509.Certificate) string { return c.SerialNumber.Text(16) }

@@ -15,9 +15,14 @@ import (
 // arrival order; a redelivered message is harmless because every command must carry a
 // sequence above the persisted high-water mark.
 func (a *Agent) handleMessage(ctx context.Context, m mqtt.Message) {
+	id := a.DeviceID()
 	switch m.Topic {
-	case topic.DeviceCmd(a.DeviceID()), topic.FleetCmd:
+	case topic.DeviceCmd(id), topic.FleetCmd:
 		a.handleCommand(ctx, m.Topic, m.Payload)
+	case topic.DeviceDesired(id), topic.FleetDesired:
+		a.handleDesired(ctx, m.Topic, m.Payload)
+	case topic.Cert(id):
+		a.handleCertResponse(m.Payload)
 	default:
 		a.log.Debug("ignoring message on unhandled topic", "topic", m.Topic, "bytes", len(m.Payload))
 	}

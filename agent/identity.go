@@ -1,7 +1,6 @@
 package agent
 
 import (
-	"crypto"
 	"errors"
 	"fmt"
 	"os"
@@ -23,9 +22,12 @@ const (
 // ErrNotEnrolled reports a state directory without a key or bundle.
 var ErrNotEnrolled = errors.New("agent: device is not enrolled")
 
-// Enroll makes the device's private key (if there is none yet) and returns a CSR for id. The
-// key is written 0600 in the 0700 state directory and never leaves the device (S2); the CSR is
-// written beside it and returned. Enrolling again with the same id reuses the key.
+// Enroll makes the device's private key, its device token and its bootstrap key (those that do
+// not exist yet) and returns the enrollment request for id: two PEM CSRs, one for the device
+// identity carrying the token's SHA-256, one for the bootstrap identity (used only to recover a
+// device whose certificate expired or was revoked, R7). Keys and token are written 0600 in the
+// 0700 state directory and never leave the device (S2); the request is written beside them as
+// device.csr. Enrolling again with the same id reuses keys and token.
 func Enroll(stateDir, id string) ([]byte, error) {
 	if err := certs.ValidDeviceID(id); err != nil {
 		return nil, fmt.Errorf("agent: enroll: %w", err)
@@ -46,10 +48,32 @@ func Enroll(stateDir, id string) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("agent: enroll: %w", err)
 	}
-	csr, err := certs.NewCSR(key, id)
+	th, err := tokenHash(stateDir, 0)
+	if err != nil {
+		if th, err = newToken(stateDir); err != nil {
+			return nil, fmt.Errorf("agent: enroll: %w", err)
+		}
+	}
+	bp := filepath.Join(stateDir, BootstrapKey)
+	bkey, err := certs.LoadKeyFile(bp)
+	if errors.Is(err, os.ErrNotExist) {
+		if bkey, err = certs.GenerateKey(); err == nil {
+			err = certs.WriteKeyFile(bp, bkey)
+		}
+	}
 	if err != nil {
 		return nil, fmt.Errorf("agent: enroll: %w", err)
 	}
+	csr, err := certs.NewCSRWithTokenHash(key, id, th)
+	if err != nil {
+		return nil, fmt.Errorf("agent: enroll: %w", err)
+	}
+	bid, _ := certs.IdentityFor(certs.RoleBootstrap, id)
+	bcsr, err := certs.NewCSR(bkey, bid)
+	if err != nil {
+		return nil, fmt.Errorf("agent: enroll: %w", err)
+	}
+	csr = append(csr, bcsr...)
 	if err := atomicfile.WriteFile(filepath.Join(stateDir, CSRFile), csr, 0o600); err != nil {
 		return nil, fmt.Errorf("agent: enroll: %w", err)
 	}
@@ -74,26 +98,37 @@ func InstallBundle(stateDir string, bundle []byte, now time.Time) (*certs.Verifi
 	if err != nil {
 		return nil, fmt.Errorf("agent: install bundle: %w", err)
 	}
+	if err := checkBootstrap(stateDir, vb); err != nil {
+		return nil, fmt.Errorf("agent: install bundle: %w", err)
+	}
 	if err := atomicfile.WriteFile(filepath.Join(stateDir, BundleFile), bundle, 0o600); err != nil {
 		return nil, fmt.Errorf("agent: install bundle: %w", err)
 	}
 	return vb, nil
 }
 
-// identity is the device's loaded key and bundle.
+// checkBootstrap checks the bundle's bootstrap certificate, if it has one, against the
+// device's bootstrap key.
+func checkBootstrap(stateDir string, vb *certs.VerifiedBundle) error {
+	if vb.Bootstrap == nil {
+		return nil
+	}
+	bkey, err := certs.LoadKeyFile(filepath.Join(stateDir, BootstrapKey))
+	if err != nil {
+		return fmt.Errorf("bootstrap key: %w", err)
+	}
+	if !certs.SamePublicKey(vb.Bootstrap, bkey) {
+		return fmt.Errorf("bootstrap certificate: %w", certs.ErrKeyMismatch)
+	}
+	return nil
+}
+
+// identity is the device's loaded enrollment key and bundle.
 type identity struct {
-	key    crypto.Signer
 	bundle *certs.VerifiedBundle
 }
 
 func loadIdentity(stateDir string) (*identity, error) {
-	key, err := certs.LoadKeyFile(filepath.Join(stateDir, KeyFile))
-	if errors.Is(err, os.ErrNotExist) {
-		return nil, fmt.Errorf("%w: no %s in %s; run camagent enroll", ErrNotEnrolled, KeyFile, stateDir)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("agent: %w", err)
-	}
 	b, err := os.ReadFile(filepath.Join(stateDir, BundleFile))
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("%w: no %s in %s; install the bundle from fleetctl enroll", ErrNotEnrolled, BundleFile, stateDir)
@@ -107,9 +142,9 @@ func loadIdentity(stateDir string) (*identity, error) {
 	}
 	// Check at the certificate's own start: an expired certificate still loads, so the run loop
 	// can say so and recover, instead of the agent crash-looping.
-	vb, err := bu.Verify(key, time.Time{})
+	vb, err := bu.Verify(nil, time.Time{})
 	if err != nil {
 		return nil, fmt.Errorf("agent: %s: %w", BundleFile, err)
 	}
-	return &identity{key: key, bundle: vb}, nil
+	return &identity{bundle: vb}, nil
 }

@@ -30,6 +30,9 @@ type Bundle struct {
 	KeySet json.RawMessage `json:"keyset"`
 	// Broker is the broker URL, mqtts://host:port.
 	Broker string `json:"broker"`
+	// BootstrapCertPEM is the long-lived bootstrap certificate (identity bootstrap:<id>), used
+	// only to ask for a new certificate when the device's own expired or was revoked.
+	BootstrapCertPEM string `json:"bootstrap_cert,omitempty"`
 }
 
 // ParseBundle decodes a bundle strictly; Verify checks it.
@@ -56,6 +59,8 @@ type VerifiedBundle struct {
 	KeySet *KeySet
 	// ServerName is the host part of Broker, used to verify the broker's certificate.
 	ServerName string
+	// Bootstrap is the bootstrap certificate, or nil.
+	Bootstrap *x509.Certificate
 }
 
 // Verify checks that the certificate chains to the bundle's CA for the bundle's device id with
@@ -101,7 +106,22 @@ func (bu *Bundle) Verify(key crypto.Signer, now time.Time) (*VerifiedBundle, err
 	if err != nil {
 		return nil, fmt.Errorf("certs: bundle: %w", err)
 	}
-	return &VerifiedBundle{Bundle: bu, Cert: c, Pool: pool, Root: root, KeySet: ks, ServerName: host}, nil
+	vb := &VerifiedBundle{Bundle: bu, Cert: c, Pool: pool, Root: root, KeySet: ks, ServerName: host}
+	if bu.BootstrapCertPEM != "" {
+		bc, err := ParseCertPEM([]byte(bu.BootstrapCertPEM))
+		if err != nil {
+			return nil, fmt.Errorf("certs: bundle bootstrap certificate: %w", err)
+		}
+		want, _ := IdentityFor(RoleBootstrap, bu.DeviceID)
+		if CertIdentity(bc) != want {
+			return nil, fmt.Errorf("certs: bundle: %w: bootstrap certificate for %q", ErrBadIdentity, CertIdentity(bc))
+		}
+		if _, err := VerifyClient(bc, pool, bc.NotBefore); err != nil {
+			return nil, fmt.Errorf("certs: bundle bootstrap certificate: %w", err)
+		}
+		vb.Bootstrap = bc
+	}
+	return vb, nil
 }
 
 // BrokerHost checks that u is an mqtts:// (or ssl://, tls://) URL with a host and port and

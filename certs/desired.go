@@ -1,6 +1,7 @@
 package certs
 
 import (
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"regexp"
@@ -75,4 +76,27 @@ func OpenDesired(v *Verifier, b []byte) (*Desired, error) {
 		return nil, err
 	}
 	return &d, nil
+}
+
+// PeekDesiredKeySet returns the key set a signed desired-state document carries, without
+// checking the document's own signature. That is safe only because a key set is itself signed
+// by the offline root and must be checked with AcceptKeySet before use; it lets a device learn a
+// new command key from the same breach notice that the new key signed.
+func PeekDesiredKeySet(b []byte) (json.RawMessage, bool) {
+	if len(b) > MaxDesiredSize {
+		return nil, false
+	}
+	var s signed
+	if strictjson.Unmarshal(b, &s) != nil {
+		return nil, false
+	}
+	body, err := base64.RawURLEncoding.DecodeString(s.Body)
+	if err != nil {
+		return nil, false
+	}
+	var d Desired
+	if strictjson.Unmarshal(body, &d) != nil || len(d.KeySet) == 0 {
+		return nil, false
+	}
+	return d.KeySet, true
 }

@@ -7,6 +7,7 @@ import (
 	"crypto/rand"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/asn1"
 	"encoding/pem"
 	"fmt"
 	"os"
@@ -159,4 +160,38 @@ func SamePublicKey(c *x509.Certificate, key crypto.Signer) bool {
 	type equaler interface{ Equal(crypto.PublicKey) bool }
 	pub, ok := key.Public().(equaler)
 	return ok && pub.Equal(c.PublicKey)
+}
+
+// oidTokenHash is a private extension a device puts in its enrollment CSR to register the
+// SHA-256 of its device token: the token itself never leaves the device.
+var oidTokenHash = asn1.ObjectIdentifier{1, 3, 6, 1, 4, 1, 59999, 1, 1}
+
+// NewCSRWithTokenHash is NewCSR with the device token's SHA-256 hash as a CSR extension.
+func NewCSRWithTokenHash(key crypto.Signer, identity string, tokenHash [32]byte) ([]byte, error) {
+	val, err := asn1.Marshal(tokenHash[:])
+	if err != nil {
+		return nil, fmt.Errorf("certs: token hash: %w", err)
+	}
+	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{
+		Subject:         pkix.Name{CommonName: identity},
+		ExtraExtensions: []pkix.Extension{{Id: oidTokenHash, Value: val}},
+	}, key)
+	if err != nil {
+		return nil, fmt.Errorf("certs: create csr: %w", err)
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der}), nil
+}
+
+// CSRTokenHash returns the token hash a CSR registers, if it has one.
+func CSRTokenHash(csr *x509.CertificateRequest) ([]byte, bool) {
+	for _, e := range csr.Extensions {
+		if e.Id.Equal(oidTokenHash) {
+			var h []byte
+			if rest, err := asn1.Unmarshal(e.Value, &h); err != nil || len(rest) != 0 || len(h) != 32 {
+				return nil, false
+			}
+			return h, true
+		}
+	}
+	return nil, false
 }

@@ -27,6 +27,45 @@ type State struct {
 	// TimeFloor is a Unix time the device's clock has certainly passed (it was seen while
 	// connected, or is the build time). A clock below it is known to be wrong (R5).
 	TimeFloor int64 `json:"time_floor"`
+	// KeySet is the newest root-signed key set accepted after enrollment, as received; ""
+	// means the bundle's.
+	KeySet string `json:"keyset,omitempty"`
+	// FleetDesired and DeviceDesired are the versions of the last accepted fleet-wide and
+	// per-device desired-state documents; older ones are ignored.
+	FleetDesired  uint64 `json:"fleet_desired,omitempty"`
+	DeviceDesired uint64 `json:"device_desired,omitempty"`
+	// DesiredEpoch is the highest credential epoch any accepted desired state asked for.
+	DesiredEpoch uint64 `json:"desired_epoch,omitempty"`
+	// Cred is the credential journal (rotation issue): which credential generation is in use
+	// and where an unfinished rotation stands.
+	Cred Cred `json:"cred"`
+}
+
+// Rotation phases of the credential journal.
+const (
+	PhaseNone    = ""
+	PhasePending = "pending" // the next generation's key and token exist; no certificate yet
+	PhaseIssued  = "issued"  // its certificate arrived and verified; not yet confirmed
+)
+
+// Cred is the credential journal. A rotation moves Phase from PhaseNone to PhasePending to
+// PhaseIssued and back to PhaseNone with Active = Next: each step is one atomic write, and the
+// active generation's files are never touched before that last write, so the device always has
+// a working credential (R1).
+type Cred struct {
+	// Active is the credential generation in use; 0 is the enrollment key and bundle.
+	Active uint64 `json:"active"`
+	// Epoch is the credential and grant epoch of the active generation.
+	Epoch uint64 `json:"epoch"`
+	// Phase is where an unfinished rotation stands.
+	Phase string `json:"phase,omitempty"`
+	// Next is the generation being made, TargetEpoch the epoch it is for, ReqID the attempt's id.
+	Next        uint64 `json:"next,omitempty"`
+	TargetEpoch uint64 `json:"target_epoch,omitempty"`
+	ReqID       string `json:"req_id,omitempty"`
+	// Bootstrap is set when the next generation is being requested through the bootstrap
+	// identity, because the active certificate expired or was revoked.
+	Bootstrap bool `json:"bootstrap,omitempty"`
 }
 
 // Store loads and saves State. Implementations are safe for concurrent use.

@@ -72,6 +72,12 @@ type DeviceState struct {
 	CertSerial   string `json:"cert_serial"`
 	CertNotAfter int64  `json:"cert_not_after"`
 	KeySet       uint64 `json:"keyset"`
+	// Epoch is the device's credential and grant epoch.
+	Epoch uint64 `json:"epoch"`
+	// Rotation is one of the Rotation constants.
+	Rotation string `json:"rotation"`
+	// LastError is the error code of the last failed rotation step, or "".
+	LastError string `json:"last_error,omitempty"`
 	// Updated is when the device published this, Unix seconds by its clock.
 	Updated int64 `json:"updated"`
 }
@@ -114,6 +120,9 @@ func (s *Status) validate() error {
 func (s *DeviceState) Validate() error {
 	if s.V != Version {
 		return fmt.Errorf("%w: version %d", ErrMalformed, s.V)
+	}
+	if !rotStatuses[s.Rotation] || !rotErrCodes[s.LastError] {
+		return fmt.Errorf("%w: rotation %q / last_error %q", ErrMalformed, s.Rotation, s.LastError)
 	}
 	if !firmwareRe.MatchString(s.Firmware) {
 		return fmt.Errorf("%w: firmware %q", ErrMalformed, s.Firmware)

@@ -55,3 +55,24 @@ func FuzzDecodeDeviceState(f *testing.F) {
 		_ = Decode(b, &s)
 	})
 }
+
+func FuzzDecodeCertRequest(f *testing.F) {
+	f.Add([]byte(`{"v":1,"kind":"confirm","req_id":"0123456789abcdef","epoch":2,"new_serial":"ab","old_serial":"cd"}`))
+	f.Add([]byte(`{"v":1,"kind":"request","req_id":"0123456789abcdef","epoch":2,"csr":"-----BEGIN CERTIFICATE REQUEST-----\nAA==\n-----END CERTIFICATE REQUEST-----\n","token_hash":"` + "0000000000000000000000000000000000000000000000000000000000000000" + `"}`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		var r CertRequest
+		if Decode(b, &r) == nil {
+			if _, err := Encode(&r); err != nil {
+				t.Fatal(err)
+			}
+		}
+	})
+}
+
+func FuzzDecodeCertResponse(f *testing.F) {
+	f.Add([]byte(`{"v":1,"req_id":"0123456789abcdef","error":"refused"}`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		var r CertResponse
+		_ = Decode(b, &r)
+	})
+}

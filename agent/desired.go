@@ -1,0 +1,114 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/camagent/camagent/agent/state"
+	"github.com/camagent/camagent/certs"
+	"github.com/camagent/camagent/transport/mqtt/topic"
+)
+
+// loadKeySet sets the trusted command and grant keys: the newest key set accepted after
+// enrollment, else the bundle's.
+func (a *Agent) loadKeySet() error {
+	ks := a.id.bundle.KeySet
+	if a.st.KeySet != "" {
+		got, err := certs.OpenKeySet(a.id.bundle.Root, []byte(a.st.KeySet))
+		if err != nil {
+			return fmt.Errorf("agent: stored key set: %w", err)
+		}
+		if got.Version > ks.Version {
+			ks = got
+		}
+	}
+	a.verifier, a.grants, a.keySet = ks.CommandVerifier(), ks.GrantVerifier(), ks.Version
+	return nil
+}
+
+// handleDesired applies a signed, retained desired-state document. A key set it carries is
+// accepted first if the root signed it and it is newer; then the document is verified with the
+// (possibly new) command keys. Documents not above the last version accepted for their slot are
+// ignored, so duplicates, late and reordered copies change nothing (R2).
+func (a *Agent) handleDesired(_ context.Context, t string, payload []byte) {
+	if len(payload) == 0 {
+		return // a cleared retained message
+	}
+	if ksb, ok := certs.PeekDesiredKeySet(payload); ok {
+		a.acceptKeySet(ksb)
+	}
+	a.mu.Lock()
+	v := a.verifier
+	a.mu.Unlock()
+	d, err := certs.OpenDesired(v, payload)
+	if err != nil {
+		a.log.Warn("desired state refused", "topic", t, "reason", err)
+		return
+	}
+	fleetWide := t == topic.FleetDesired
+	if (fleetWide && d.Target != certs.TargetFleet) || (!fleetWide && d.Target != a.DeviceID()) {
+		a.log.Warn("desired state refused", "topic", t, "reason", fmt.Errorf("%w: target %q", certs.ErrWrongTarget, d.Target))
+		return
+	}
+	changed := false
+	err = a.save(func(st *state.State) {
+		slot := &st.DeviceDesired
+		if fleetWide {
+			slot = &st.FleetDesired
+		}
+		if d.Version <= *slot {
+			return
+		}
+		*slot = d.Version
+		changed = d.Epoch > st.DesiredEpoch
+		st.DesiredEpoch = max(st.DesiredEpoch, d.Epoch)
+	})
+	if err != nil {
+		a.log.Error("could not persist desired state", "err", err)
+		return
+	}
+	if changed {
+		a.log.Info("desired credential epoch raised", "epoch", d.Epoch, "incident", d.Incident, "fleet_wide", fleetWide)
+		a.poke()
+	}
+}
+
+func (a *Agent) acceptKeySet(b []byte) {
+	a.mu.Lock()
+	cur := a.keySet
+	a.mu.Unlock()
+	ks, err := certs.AcceptKeySet(a.id.bundle.Root, b, cur)
+	if errors.Is(err, certs.ErrNotNewer) {
+		return
+	}
+	if err != nil {
+		a.log.Warn("key set refused", "reason", err)
+		return
+	}
+	if err := a.save(func(st *state.State) { st.KeySet = string(b) }); err != nil {
+		a.log.Error("could not persist key set", "err", err)
+		return
+	}
+	a.mu.Lock()
+	a.verifier, a.grants, a.keySet = ks.CommandVerifier(), ks.GrantVerifier(), ks.Version
+	a.mu.Unlock()
+	a.log.Info("key set accepted", "version", ks.Version, "command_keys", len(ks.CommandKeys), "grant_keys", len(ks.GrantKeys))
+}
+
+// CheckGrant verifies a signed viewer or integration grant for this device and scope: signed
+// by a trusted grant key, for this device, not from an epoch before the current one, not
+// expired.
+func (a *Agent) CheckGrant(b []byte, scope string) (*certs.Grant, error) {
+	a.mu.Lock()
+	v, epoch := a.grants, a.st.Cred.Epoch
+	a.mu.Unlock()
+	g, err := certs.OpenGrant(v, b)
+	if err != nil {
+		return nil, err
+	}
+	if err := certs.CheckGrant(g, a.DeviceID(), epoch, scope, a.clk.Now()); err != nil {
+		return nil, err
+	}
+	return g, nil
+}

@@ -1,0 +1,582 @@
+package agent
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	mrand "math/rand/v2"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/camagent/camagent/agent/state"
+	"github.com/camagent/camagent/agent/wire"
+	"github.com/camagent/camagent/certs"
+	"github.com/camagent/camagent/transport/mqtt"
+	"github.com/camagent/camagent/transport/mqtt/topic"
+)
+
+// rotationError is a failed rotation step with the code the device reports for it.
+type rotationError struct {
+	code string
+	err  error
+}
+
+func (e *rotationError) Error() string { return e.code + ": " + e.err.Error() }
+func (e *rotationError) Unwrap() error { return e.err }
+
+func rotErr(code string, format string, args ...any) error {
+	return &rotationError{code: code, err: fmt.Errorf(format, args...)}
+}
+
+// loadCredentials loads the active generation and, if a rotation is under way, the next one.
+// After a crash in PhaseIssued the new certificate is presented first: it is the one the
+// signer may already have made the only valid one.
+func (a *Agent) loadCredentials() error {
+	c := a.st.Cred
+	act, err := loadGeneration(a.cfg.StateDir, c.Active, a.id.bundle.Cert)
+	if err != nil {
+		return fmt.Errorf("agent: active credential (generation %d): %w", c.Active, err)
+	}
+	a.active = act
+	present := act
+	switch c.Phase {
+	case state.PhasePending, state.PhaseIssued:
+		next, err := loadGeneration(a.cfg.StateDir, c.Next, nil)
+		if err != nil || (c.Phase == state.PhaseIssued && next.cert == nil) {
+			// The half-made generation is unusable; start that rotation over.
+			a.log.Warn("unfinished rotation's credential is unusable; starting it over", "generation", c.Next, "err", err)
+			a.st.Cred.Phase, a.st.Cred.Next, a.st.Cred.ReqID = state.PhaseNone, 0, ""
+			if err := a.store.Save(a.st); err != nil {
+				return fmt.Errorf("agent: %w", err)
+			}
+			break
+		}
+		a.next = next
+		if c.Phase == state.PhaseIssued {
+			present = next
+			a.rotStatus = wire.RotationIssued
+		} else {
+			a.rotStatus = wire.RotationPending
+		}
+	}
+	tc, err := certs.TLSCertificate(present.cert, present.key)
+	if err != nil {
+		return fmt.Errorf("agent: %w", err)
+	}
+	a.holder.Set(tc)
+	return nil
+}
+
+// recoverCred rebuilds the credential journal after state.json was lost: the newest
+// generation whose key and certificate load and chain to the fleet CA becomes active.
+func (a *Agent) recoverCred() state.Cred {
+	gens := []uint64{0}
+	ents, _ := os.ReadDir(filepath.Join(a.cfg.StateDir, credsDir))
+	for _, e := range ents {
+		if g, err := strconv.ParseUint(e.Name(), 10, 64); err == nil {
+			gens = append(gens, g)
+		}
+	}
+	slices.Sort(gens)
+	for i := len(gens) - 1; i >= 0; i-- {
+		c, err := loadGeneration(a.cfg.StateDir, gens[i], a.id.bundle.Cert)
+		if err != nil || c.cert == nil {
+			continue
+		}
+		if _, err := certs.VerifyClient(c.cert, a.id.bundle.Pool, c.cert.NotBefore); err != nil {
+			continue
+		}
+		// The epoch is unknown; 0 makes the device rotate again if the fleet wants more, which
+		// is always safe.
+		return state.Cred{Active: gens[i]}
+	}
+	return state.Cred{}
+}
+
+func (a *Agent) activeCred() *credential {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.active
+}
+
+// poke wakes the reconcile loop.
+func (a *Agent) poke() {
+	select {
+	case a.wake <- struct{}{}:
+	default:
+	}
+}
+
+// refusedCredential reports whether a connect error means the broker refused this device's
+// certificate (rather than the network failing): a TLS alert about the certificate, or an MQTT
+// CONNACK refusal.
+func refusedCredential(err error) bool {
+	var ae tls.AlertError
+	if errors.As(err, &ae) {
+		switch ae {
+		case 42, 43, 44, 45, 46, 48, 49: // bad/unsupported/revoked/expired/unknown certificate, unknown CA, access denied (RFC 8446 §6.2)
+			return true
+		}
+	}
+	s := err.Error()
+	return strings.Contains(s, "not Authorized") || strings.Contains(s, "bad user name or password") ||
+		strings.Contains(s, "certificate revoked") || strings.Contains(s, "bad certificate") || strings.Contains(s, "expired certificate")
+}
+
+// renewAt is when the active certificate should be renewed: at two thirds of its lifetime,
+// moved by up to ±RenewJitter of the lifetime, by an amount fixed per certificate so that a
+// fleet enrolled at once spreads its renewals.
+func (a *Agent) renewAt(c *credential) time.Time {
+	life := c.cert.NotAfter.Sub(c.cert.NotBefore)
+	h := fnv.New64a()
+	h.Write(c.cert.Raw)
+	frac := float64(h.Sum64()%10001)/10000*2 - 1 // [-1, 1]
+	return c.cert.NotBefore.Add(life*2/3 + time.Duration(frac*a.cfg.RenewJitter*float64(life)))
+}
+
+// needs reports whether a rotation is under way or due, and why.
+func (a *Agent) needs() (bool, string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	c, act, now := a.st.Cred, a.active, a.clk.Now()
+	switch {
+	case c.Phase != state.PhaseNone:
+		return true, "resuming " + c.Phase + " rotation"
+	case a.st.DesiredEpoch > c.Epoch:
+		return true, fmt.Sprintf("fleet wants epoch %d, device is at %d", a.st.DesiredEpoch, c.Epoch)
+	case !now.Before(act.cert.NotAfter):
+		return true, "certificate expired"
+	case int(a.authFails.Load()) >= a.cfg.AuthFailuresBeforeBootstrap:
+		return true, "broker refuses the certificate"
+	case !now.Before(a.renewAt(act)):
+		return true, "scheduled renewal"
+	}
+	return false, ""
+}
+
+// reconcile is the credential loop: whenever the desired state, the clock or the broker's
+// answers say the credential must change, it runs the rotation to completion, retrying failed
+// attempts with jittered backoff. It returns when ctx ends.
+func (a *Agent) reconcile(ctx context.Context) {
+	var failures int
+	for {
+		if ok, why := a.needs(); ok && a.canRotate() {
+			a.log.Info("rotating credentials", "why", why)
+			err := a.rotate(ctx)
+			if ctx.Err() != nil {
+				return
+			}
+			if err != nil {
+				failures++
+				code := wire.ErrCodeInternal
+				var re *rotationError
+				if errors.As(err, &re) {
+					code = re.code
+				}
+				a.setStatus(wire.RotationFailed, code)
+				a.log.Warn("rotation step failed; will retry", "err", err, "failures", failures)
+				if err := a.publishState(ctx); err != nil {
+					a.log.Debug("could not publish state", "err", err)
+				}
+				if !a.sleep(ctx, a.retryDelay(failures)) {
+					return
+				}
+				continue
+			}
+			failures = 0
+			continue
+		}
+		wait := time.Hour
+		if act := a.activeCred(); act != nil {
+			if d := a.renewAt(act).Sub(a.clk.Now()); d > 0 && d < wait {
+				wait = d
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-a.wake:
+		case <-a.clk.After(wait):
+		}
+	}
+}
+
+func (a *Agent) sleep(ctx context.Context, d time.Duration) bool {
+	select {
+	case <-ctx.Done():
+		return false
+	case <-a.wake:
+		return true
+	case <-a.clk.After(d):
+		return true
+	}
+}
+
+// retryDelay is full-jitter exponential backoff between failed rotation attempts.
+func (a *Agent) retryDelay(failures int) time.Duration {
+	ceil := a.cfg.RetryMin << min(failures-1, 20)
+	if ceil > a.cfg.RetryMax || ceil <= 0 {
+		ceil = a.cfg.RetryMax
+	}
+	return a.cfg.RetryMin/2 + time.Duration(mrand.Int64N(int64(ceil)))
+}
+
+// canRotate reports whether a rotation step can make progress now: over the live session, or
+// through the bootstrap identity, or (for a certificate already issued) by trying it.
+func (a *Agent) canRotate() bool {
+	a.mu.Lock()
+	issued := a.st.Cred.Phase == state.PhaseIssued
+	a.mu.Unlock()
+	return issued || a.client.Connected() || a.mustBootstrap()
+}
+
+// mustBootstrap reports whether the operational certificate cannot be used any more (expired,
+// or refused by the broker several times in a row), so the rotation must go through the
+// bootstrap identity.
+func (a *Agent) mustBootstrap() bool {
+	if a.id.bundle.Bootstrap == nil {
+		return false
+	}
+	act := a.activeCred()
+	return !a.clk.Now().Before(act.cert.NotAfter) || int(a.authFails.Load()) >= a.cfg.AuthFailuresBeforeBootstrap
+}
+
+func (a *Agent) setStatus(status, code string) {
+	a.mu.Lock()
+	a.rotStatus, a.lastError = status, code
+	a.mu.Unlock()
+}
+
+func (a *Agent) save(mut func(*state.State)) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	st := a.st
+	mut(&st)
+	if err := a.store.Save(st); err != nil {
+		return err
+	}
+	a.st = st
+	return nil
+}
+
+// rotate runs one rotation from wherever the journal stands to committed.
+func (a *Agent) rotate(ctx context.Context) error {
+	a.mu.Lock()
+	phase := a.st.Cred.Phase
+	a.mu.Unlock()
+	if phase == state.PhaseNone {
+		if err := a.begin(); err != nil {
+			return err
+		}
+		phase = state.PhasePending
+	}
+	if phase == state.PhasePending {
+		if err := a.request(ctx); err != nil {
+			return err
+		}
+	}
+	return a.switchAndCommit(ctx)
+}
+
+// begin makes the next generation's key and token and journals PhasePending.
+func (a *Agent) begin() error {
+	a.mu.Lock()
+	c := a.st.Cred
+	target := max(a.st.DesiredEpoch, c.Epoch)
+	a.mu.Unlock()
+	gen := max(c.Active, c.Next) + 1
+	key, _, err := makeGeneration(a.cfg.StateDir, gen)
+	if err != nil {
+		return rotErr(wire.ErrCodeInternal, "make generation %d: %w", gen, err)
+	}
+	var rid [8]byte
+	rand.Read(rid[:])
+	if err := a.save(func(st *state.State) {
+		st.Cred.Phase, st.Cred.Next, st.Cred.TargetEpoch, st.Cred.ReqID = state.PhasePending, gen, target, hex.EncodeToString(rid[:])
+		st.Cred.Bootstrap = false
+	}); err != nil {
+		return rotErr(wire.ErrCodeInternal, "journal pending: %w", err)
+	}
+	a.mu.Lock()
+	a.next = &credential{gen: gen, key: key}
+	a.rotStatus, a.lastError = wire.RotationPending, ""
+	a.mu.Unlock()
+	a.log.Info("rotation pending: new key made", "generation", gen, "target_epoch", target)
+	return nil
+}
+
+// request sends the CSR and token hash to the signer, waits for the certificate, verifies it
+// and journals PhaseIssued. It goes through the bootstrap identity when the operational
+// certificate cannot be used.
+func (a *Agent) request(ctx context.Context) error {
+	a.mu.Lock()
+	c, next := a.st.Cred, a.next
+	a.mu.Unlock()
+	id := a.DeviceID()
+	csr, err := certs.NewCSR(next.key, id)
+	if err != nil {
+		return rotErr(wire.ErrCodeInternal, "csr: %w", err)
+	}
+	th, err := tokenHash(a.cfg.StateDir, next.gen)
+	if err != nil {
+		return rotErr(wire.ErrCodeInternal, "%w", err)
+	}
+	req, err := wire.Encode(&wire.CertRequest{V: wire.Version, Kind: wire.KindRequest, ReqID: c.ReqID, Epoch: c.TargetEpoch, CSR: string(csr), TokenHash: hex.EncodeToString(th[:])})
+	if err != nil {
+		return rotErr(wire.ErrCodeInternal, "%w", err)
+	}
+	for len(a.certResp) > 0 {
+		<-a.certResp
+	}
+	rctx, cancel := context.WithTimeout(ctx, a.cfg.RequestTimeout)
+	defer cancel()
+	if a.mustBootstrap() {
+		a.log.Warn("operational certificate unusable; asking for a new one through the bootstrap identity", "not_after", a.activeCred().cert.NotAfter.UTC().Format(time.RFC3339))
+		if err := a.save(func(st *state.State) { st.Cred.Bootstrap = true }); err != nil {
+			return rotErr(wire.ErrCodeInternal, "journal: %w", err)
+		}
+		bs, err := a.bootstrapSession(rctx)
+		if err != nil {
+			return err
+		}
+		defer bs.stop()
+		if err := bs.publish(rctx, topic.BootCSR(id), req); err != nil {
+			return rotErr(wire.ErrCodeTimeout, "send bootstrap csr: %w", err)
+		}
+	} else if err := a.publishRaw(rctx, topic.CSR(id), req); err != nil {
+		return rotErr(wire.ErrCodeTimeout, "send csr: %w", err)
+	}
+	var resp *wire.CertResponse
+	for resp == nil {
+		select {
+		case <-rctx.Done():
+			return rotErr(wire.ErrCodeTimeout, "no certificate from the signer within %s", a.cfg.RequestTimeout)
+		case r := <-a.certResp:
+			if r.ReqID == c.ReqID {
+				resp = r
+			}
+		}
+	}
+	if resp.Error != "" {
+		return rotErr(resp.Error, "signer refused the request")
+	}
+	cert, err := certs.ParseCertPEM([]byte(resp.Cert))
+	if err != nil {
+		return rotErr(wire.ErrCodeBadCert, "%w", err)
+	}
+	if err := a.checkIssued(cert, next); err != nil {
+		return rotErr(wire.ErrCodeBadCert, "%w", err)
+	}
+	if err := writeCert(a.cfg.StateDir, next.gen, cert); err != nil {
+		return rotErr(wire.ErrCodeInternal, "%w", err)
+	}
+	if err := a.save(func(st *state.State) { st.Cred.Phase = state.PhaseIssued }); err != nil {
+		return rotErr(wire.ErrCodeInternal, "journal issued: %w", err)
+	}
+	a.mu.Lock()
+	a.next = &credential{gen: next.gen, key: next.key, cert: cert}
+	a.rotStatus = wire.RotationIssued
+	a.mu.Unlock()
+	a.log.Info("rotation issued: certificate verified", "generation", next.gen, "serial", serialHex(cert), "not_after", cert.NotAfter.UTC().Format(time.RFC3339))
+	return nil
+}
+
+// maxIssuedLifetime bounds the validity of a certificate the agent accepts from the signer.
+const maxIssuedLifetime = 400 * 24 * time.Hour
+
+// checkIssued verifies a certificate from the signer: it chains to the pinned fleet CA with
+// the clientAuth EKU, names this device, carries the pending key, and has a sane validity.
+func (a *Agent) checkIssued(c *x509.Certificate, next *credential) error {
+	id, err := certs.VerifyClient(c, a.id.bundle.Pool, a.clk.Now())
+	if err != nil && !errors.Is(err, certs.ErrNotYetValid) {
+		return err
+	}
+	if errors.Is(err, certs.ErrNotYetValid) && c.NotBefore.After(a.clk.Now().Add(certs.ClockSkew)) {
+		return err
+	}
+	if id = certs.CertIdentity(c); id != a.DeviceID() {
+		return fmt.Errorf("%w: issued for %q", certs.ErrBadIdentity, id)
+	}
+	if !certs.SamePublicKey(c, next.key) {
+		return fmt.Errorf("issued certificate: %w", certs.ErrKeyMismatch)
+	}
+	if c.NotAfter.Sub(c.NotBefore) > maxIssuedLifetime {
+		return fmt.Errorf("issued certificate valid for %s, over %s", c.NotAfter.Sub(c.NotBefore), maxIssuedLifetime)
+	}
+	return nil
+}
+
+// switchAndCommit presents the new certificate, reconnects, confirms to the signer and
+// commits. If the broker does not accept the new certificate within SwitchTimeout, the old one
+// is presented again and the rotation stays in PhaseIssued to be retried.
+func (a *Agent) switchAndCommit(ctx context.Context) error {
+	a.mu.Lock()
+	next, old, c := a.next, a.active, a.st.Cred
+	a.mu.Unlock()
+	newTLS, err := certs.TLSCertificate(next.cert, next.key)
+	if err != nil {
+		return rotErr(wire.ErrCodeInternal, "%w", err)
+	}
+	newSerial := serialHex(next.cert)
+	if serialHex(a.Certificate()) != newSerial || !a.client.Connected() {
+		for len(a.connEv) > 0 {
+			<-a.connEv
+		}
+		a.holder.Set(newTLS)
+		a.client.Reconnect()
+		if !a.awaitConnection(ctx, newSerial) {
+			oldTLS, _ := certs.TLSCertificate(old.cert, old.key)
+			a.holder.Set(oldTLS)
+			a.client.Reconnect()
+			return rotErr(wire.ErrCodeBrokerRefuse, "broker did not accept certificate %s within %s; back on %s", newSerial, a.cfg.SwitchTimeout, serialHex(old.cert))
+		}
+	}
+	confirm, err := wire.Encode(&wire.CertRequest{V: wire.Version, Kind: wire.KindConfirm, ReqID: c.ReqID, Epoch: c.TargetEpoch, NewSerial: newSerial, OldSerial: serialHex(old.cert)})
+	if err != nil {
+		return rotErr(wire.ErrCodeInternal, "%w", err)
+	}
+	cctx, cancel := context.WithTimeout(ctx, a.cfg.RequestTimeout)
+	err = a.publishRaw(cctx, topic.CSR(a.DeviceID()), confirm)
+	cancel()
+	if err != nil {
+		return rotErr(wire.ErrCodeTimeout, "send confirmation: %w", err)
+	}
+	// Commit: one atomic write makes the new generation the active one.
+	var epoch uint64
+	if err := a.save(func(st *state.State) {
+		st.Cred = state.Cred{Active: next.gen, Epoch: max(st.Cred.Epoch, c.TargetEpoch)}
+		epoch = st.Cred.Epoch
+	}); err != nil {
+		return rotErr(wire.ErrCodeInternal, "journal commit: %w", err)
+	}
+	a.mu.Lock()
+	raised := epoch > c.Epoch
+	a.active, a.next = next, nil
+	a.rotStatus, a.lastError = wire.RotationIdle, ""
+	hooks := slices.Clone(a.epochHook)
+	a.mu.Unlock()
+	a.authFails.Store(0)
+	a.rotations.Add(1)
+	if err := wipeGeneration(a.cfg.StateDir, old.gen); err != nil {
+		a.log.Error("could not wipe the old credential", "generation", old.gen, "err", err)
+	}
+	a.log.Info("rotation committed", "generation", next.gen, "serial", newSerial, "old_serial", serialHex(old.cert), "epoch", epoch)
+	if raised {
+		for _, h := range hooks {
+			h(epoch)
+		}
+	}
+	if err := a.publishState(ctx); err != nil {
+		a.log.Warn("could not publish state", "err", err)
+	}
+	return nil
+}
+
+// awaitConnection waits until the MQTT session is up with the certificate of serial.
+func (a *Agent) awaitConnection(ctx context.Context, serial string) bool {
+	deadline := a.clk.After(a.cfg.SwitchTimeout)
+	for {
+		select {
+		case <-ctx.Done():
+			return false
+		case <-deadline:
+			return false
+		case s := <-a.connEv:
+			if s == serial {
+				return true
+			}
+		}
+	}
+}
+
+func (a *Agent) publishRaw(ctx context.Context, t string, b []byte) error {
+	box := a.pub.Load()
+	if box == nil {
+		return fmt.Errorf("agent: publish %s: not running", t)
+	}
+	return box.Publish(ctx, t, 1, false, b)
+}
+
+// handleCertResponse passes a signer answer to the waiting rotation.
+func (a *Agent) handleCertResponse(payload []byte) {
+	var r wire.CertResponse
+	if err := wire.Decode(payload, &r); err != nil {
+		a.log.Warn("malformed certificate response", "err", err)
+		return
+	}
+	select {
+	case a.certResp <- &r:
+	default:
+		a.log.Warn("certificate response dropped: nobody waiting", "req_id", r.ReqID)
+	}
+}
+
+// bootSession is a short-lived MQTT session as the bootstrap identity.
+type bootSession struct {
+	client *mqtt.Client
+	cancel context.CancelFunc
+	done   chan error
+}
+
+func (b *bootSession) publish(ctx context.Context, t string, p []byte) error {
+	return b.client.Publish(ctx, t, 1, false, p)
+}
+
+// bootstrapSession connects as bootstrap:<id>, whose ACL allows nothing but asking for a new
+// certificate, and routes the signer's answers to the waiting rotation. Call the returned
+// session's stop when done.
+func (a *Agent) bootstrapSession(ctx context.Context) (*bootSession, error) {
+	bkey, err := certs.LoadKeyFile(filepath.Join(a.cfg.StateDir, BootstrapKey))
+	if err != nil {
+		return nil, rotErr(wire.ErrCodeInternal, "bootstrap key: %w", err)
+	}
+	btls, err := certs.TLSCertificate(a.id.bundle.Bootstrap, bkey)
+	if err != nil {
+		return nil, rotErr(wire.ErrCodeInternal, "bootstrap: %w", err)
+	}
+	serverName, _ := certs.BrokerHost(a.brokerURL())
+	conf := certs.ClientTLSConfig(a.id.bundle.Pool, serverName, certs.NewHolder(btls))
+	conf.Time = a.clk.Now
+	id := a.DeviceID()
+	bid, _ := certs.IdentityFor(certs.RoleBootstrap, id)
+	client, err := mqtt.New(mqtt.Config{
+		BrokerURL:     a.brokerURL(),
+		ClientID:      bid,
+		TLS:           conf,
+		CleanSession:  true,
+		Subscriptions: []mqtt.Subscription{{Filter: topic.BootCert(id), QoS: 1}},
+		Handler: func(_ context.Context, m mqtt.Message) {
+			if m.Topic == topic.BootCert(id) {
+				a.handleCertResponse(m.Payload)
+			}
+		},
+		MinBackoff: a.cfg.MinBackoff,
+		MaxBackoff: a.cfg.MaxBackoff,
+		Logger:     a.log.With("identity", bid),
+	})
+	if err != nil {
+		return nil, rotErr(wire.ErrCodeInternal, "bootstrap: %w", err)
+	}
+	runCtx, cancel := context.WithCancel(context.Background())
+	bs := &bootSession{client: client, cancel: cancel, done: make(chan error, 1)}
+	go func() { bs.done <- client.Run(runCtx) }()
+	if err := client.WaitConnected(ctx); err != nil {
+		bs.stop()
+		return nil, rotErr(wire.ErrCodeTimeout, "bootstrap connect: %w", err)
+	}
+	return bs, nil
+}
+
+func (b *bootSession) stop() {
+	b.cancel()
+	<-b.done
+}

@@ -1,0 +1,119 @@
+package wire
+
+import (
+	"encoding/pem"
+	"fmt"
+	"regexp"
+)
+
+// Rotation message kinds on dev/<id>/up/csr (and boot/<id>/up/csr for the bootstrap identity).
+const (
+	// KindRequest asks the signer for a certificate for a new key.
+	KindRequest = "request"
+	// KindConfirm tells the signer the device is connected with the new certificate, so the
+	// signer may revoke the old one.
+	KindConfirm = "confirm"
+)
+
+// Rotation status values in DeviceState.Rotation.
+const (
+	RotationIdle    = "idle"
+	RotationPending = "pending" // new key made, waiting for a certificate
+	RotationIssued  = "issued"  // certificate received and verified, switching to it
+	RotationFailed  = "failed"  // the last attempt failed; LastError says why; it will retry
+)
+
+// Error codes for rotation (DeviceState.LastError, CertResponse.Error).
+const (
+	ErrCodeRefused      = "refused"       // the signer refused the request
+	ErrCodeBadCert      = "bad_cert"      // the issued certificate did not verify
+	ErrCodeBrokerRefuse = "broker_refuse" // the broker refused the new certificate
+	ErrCodeTimeout      = "timeout"       // no certificate arrived in time
+	ErrCodeRateLimited  = "rate_limited"  // the signer is pacing the rollout; retry later
+)
+
+var (
+	reqIDRe     = regexp.MustCompile(`^[0-9a-f]{16,32}$`)
+	tokenHashRe = regexp.MustCompile(`^[0-9a-f]{64}$`)
+	rotErrCodes = map[string]bool{"": true, ErrCodeRefused: true, ErrCodeBadCert: true, ErrCodeBrokerRefuse: true, ErrCodeTimeout: true, ErrCodeRateLimited: true, ErrCodeInternal: true}
+	rotStatuses = map[string]bool{"": true, RotationIdle: true, RotationPending: true, RotationIssued: true, RotationFailed: true}
+)
+
+// CertRequest is what a device sends the signer during a rotation.
+type CertRequest struct {
+	V    int    `json:"v"`
+	Kind string `json:"kind"`
+	// ReqID names one rotation attempt (random hex); the signer's answer carries it back.
+	ReqID string `json:"req_id"`
+	// Epoch is the credential epoch the new certificate is for.
+	Epoch uint64 `json:"epoch"`
+	// CSR is the PEM CSR for the new key (KindRequest).
+	CSR string `json:"csr,omitempty"`
+	// TokenHash is the hex SHA-256 of the new device token (KindRequest). The token itself never
+	// leaves the device over MQTT, so no broker queue or signer log can hold it (S6).
+	TokenHash string `json:"token_hash,omitempty"`
+	// NewSerial and OldSerial are hex certificate serials (KindConfirm).
+	NewSerial string `json:"new_serial,omitempty"`
+	OldSerial string `json:"old_serial,omitempty"`
+}
+
+// Validate checks every field's shape.
+func (r *CertRequest) Validate() error {
+	if r.V != Version {
+		return fmt.Errorf("%w: version %d", ErrMalformed, r.V)
+	}
+	if !reqIDRe.MatchString(r.ReqID) {
+		return fmt.Errorf("%w: req_id %q", ErrMalformed, r.ReqID)
+	}
+	switch r.Kind {
+	case KindRequest:
+		if blk, _ := pem.Decode([]byte(r.CSR)); blk == nil || blk.Type != "CERTIFICATE REQUEST" {
+			return fmt.Errorf("%w: csr is not a PEM CERTIFICATE REQUEST", ErrMalformed)
+		}
+		if !tokenHashRe.MatchString(r.TokenHash) {
+			return fmt.Errorf("%w: token_hash", ErrMalformed)
+		}
+		if r.NewSerial != "" || r.OldSerial != "" {
+			return fmt.Errorf("%w: serials in a request", ErrMalformed)
+		}
+	case KindConfirm:
+		if r.CSR != "" || r.TokenHash != "" {
+			return fmt.Errorf("%w: csr or token hash in a confirmation", ErrMalformed)
+		}
+		if !serialRe.MatchString(r.NewSerial) || !serialRe.MatchString(r.OldSerial) {
+			return fmt.Errorf("%w: confirmation serials", ErrMalformed)
+		}
+	default:
+		return fmt.Errorf("%w: kind %q", ErrMalformed, r.Kind)
+	}
+	return nil
+}
+
+// CertResponse is the signer's answer on dev/<id>/down/cert (boot/<id>/down/cert).
+type CertResponse struct {
+	V     int    `json:"v"`
+	ReqID string `json:"req_id"`
+	// Cert is the PEM certificate, when issued.
+	Cert string `json:"cert,omitempty"`
+	// Error is an error code when refused.
+	Error string `json:"error,omitempty"`
+}
+
+// Validate checks every field's shape.
+func (r *CertResponse) Validate() error {
+	if r.V != Version {
+		return fmt.Errorf("%w: version %d", ErrMalformed, r.V)
+	}
+	if !reqIDRe.MatchString(r.ReqID) {
+		return fmt.Errorf("%w: req_id %q", ErrMalformed, r.ReqID)
+	}
+	if !rotErrCodes[r.Error] || (r.Error == "") == (r.Cert == "") {
+		return fmt.Errorf("%w: a response carries a certificate or an error code, not both", ErrMalformed)
+	}
+	if r.Cert != "" {
+		if blk, _ := pem.Decode([]byte(r.Cert)); blk == nil || blk.Type != "CERTIFICATE" {
+			return fmt.Errorf("%w: cert is not a PEM CERTIFICATE", ErrMalformed)
+		}
+	}
+	return nil
+}
