@@ -91,10 +91,10 @@ type Agent struct {
 	authFails    atomic.Int32
 	connected    chan struct{} // closed at the first successful connect
 	connOnce     sync.Once
-	connEv       chan string                 // serial of each new connection's certificate
-	certResp     chan *wire.CertResponse     // signer answers
-	wake         chan struct{}               // pokes the reconcile loop
-	rotations    atomic.Uint64               // committed rotations, for tests and status
+	connEv       chan string             // serial of each new connection's certificate
+	certResp     chan *wire.CertResponse // signer answers
+	wake         chan struct{}           // pokes the reconcile loop
+	rotations    atomic.Uint64           // committed rotations, for tests and status
 }
 
 type publisherBox struct{ Publisher }

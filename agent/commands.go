@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"errors"
+	"fmt"
 	"time"
 
 	"github.com/camagent/camagent/agent/wire"
@@ -30,7 +31,8 @@ func (a *Agent) handleMessage(ctx context.Context, m mqtt.Message) {
 
 // handleCommand verifies a command envelope, persists its sequence, then executes it. The
 // sequence is persisted before the command runs, so a crash after running it can never make the
-// redelivered copy run twice.
+// redelivered copy run twice; the replay window (state.AcceptCommand) accepts each sequence
+// once even when the broker redelivers queued commands out of order.
 func (a *Agent) handleCommand(ctx context.Context, t string, payload []byte) {
 	a.mu.Lock()
 	v := a.verifier
@@ -44,8 +46,9 @@ func (a *Agent) handleCommand(ctx context.Context, t string, payload []byte) {
 	err = certs.CheckCommand(c, a.DeviceID(), a.clk.Now(), a.st.CommandHWM)
 	if err == nil {
 		st := a.st
-		st.CommandHWM = c.Seq
-		if err = a.store.Save(st); err == nil {
+		if !st.AcceptCommand(c.Seq) {
+			err = fmt.Errorf("%w: seq %d was accepted before", certs.ErrReplay, c.Seq)
+		} else if err = a.store.Save(st); err == nil {
 			a.st = st
 		}
 	}

@@ -201,3 +201,25 @@ func TestSigningKeyNeverPrintsItself(t *testing.T) {
 		t.Fatalf("String() = %q", s)
 	}
 }
+
+func TestClientIDAllowed(t *testing.T) {
+	for _, tc := range []struct {
+		identity, clientID string
+		ok                 bool
+	}{
+		{"cam-0001", "cam-0001", true},
+		{"cam-0001", "cam-0001~1", false},
+		{"cam-0001", "cam-0002", false},
+		{"operator:admin", "operator:admin", true},
+		{"operator:admin", "operator:admin~3f2a9c1b", true},
+		{"operator:admin", "operator:admin~", false},
+		{"operator:admin", "operator:admin~X", false},
+		{"operator:admin", "operator:bob~1", false},
+		{"operator:admin", "cam-0001", false},
+		{"signer:default", "signer:default~s1", true},
+	} {
+		if got := ClientIDAllowed(tc.identity, tc.clientID); got != tc.ok {
+			t.Errorf("ClientIDAllowed(%q, %q) = %v, want %v", tc.identity, tc.clientID, got, tc.ok)
+		}
+	}
+}

@@ -90,3 +90,31 @@ func ParseIdentity(identity string) (Role, string, error) {
 
 // CertIdentity returns the identity a client certificate carries: its Subject CN.
 func CertIdentity(c *x509.Certificate) string { return c.Subject.CommonName }
+
+var sessionSuffixRe = regexp.MustCompile(`^[0-9a-z]{1,32}$`)
+
+// ClientIDAllowed reports whether an MQTT client ID may be used by a client whose certificate
+// carries identity. A device's client ID is exactly its identity, so one device can never take
+// over another's session. Other roles may add "~" and 1 to 32 lower-case letters or digits,
+// so that several sessions of one operator or signer identity can coexist
+// (operator:alice~3f2a9c1b); the broker still authorises by identity, never by client ID.
+func ClientIDAllowed(identity, clientID string) bool {
+	if clientID == identity {
+		return true
+	}
+	role, _, err := ParseIdentity(identity)
+	if err != nil || role == RoleDevice {
+		return false
+	}
+	base, suffix, ok := strings.Cut(clientID, "~")
+	return ok && base == identity && sessionSuffixRe.MatchString(suffix)
+}
+
+// ClientIDIdentity returns the identity part of a client ID that ClientIDAllowed admitted:
+// the client ID without its "~" suffix.
+func ClientIDIdentity(clientID string) string {
+	if base, _, ok := strings.Cut(clientID, "~"); ok {
+		return base
+	}
+	return clientID
+}

@@ -13,6 +13,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"time"
 
@@ -22,8 +23,12 @@ import (
 
 // State is what survives a restart.
 type State struct {
-	// CommandHWM is the highest command sequence accepted; a command must carry a higher one.
-	CommandHWM uint64 `json:"command_hwm"`
+	// CommandHWM is the command high-water mark: no command with a sequence at or below it is
+	// accepted. SeenCommands are the sequences above it already accepted (at most
+	// ReplayWindow, sorted): a command is accepted once, in whatever order the broker delivers
+	// it, and when the window is full its lowest entry becomes the new mark (RFC 4303 §3.4.3).
+	CommandHWM   uint64   `json:"command_hwm"`
+	SeenCommands []uint64 `json:"seen_commands,omitempty"`
 	// TimeFloor is a Unix time the device's clock has certainly passed (it was seen while
 	// connected, or is the build time). A clock below it is known to be wrong (R5).
 	TimeFloor int64 `json:"time_floor"`
@@ -75,6 +80,27 @@ type Store interface {
 	Load() (State, error)
 	// Save replaces the saved state durably before returning.
 	Save(State) error
+}
+
+// ReplayWindow is how many accepted command sequences above the high-water mark are kept.
+const ReplayWindow = 64
+
+// AcceptCommand records seq as accepted, if it is new: above the high-water mark and not in
+// the window. It reports whether it was new.
+func (s *State) AcceptCommand(seq uint64) bool {
+	if seq <= s.CommandHWM {
+		return false
+	}
+	i, found := slices.BinarySearch(s.SeenCommands, seq)
+	if found {
+		return false
+	}
+	s.SeenCommands = slices.Insert(slices.Clone(s.SeenCommands), i, seq)
+	if len(s.SeenCommands) > ReplayWindow {
+		s.CommandHWM = s.SeenCommands[0]
+		s.SeenCommands = s.SeenCommands[1:]
+	}
+	return true
 }
 
 // MaxFileSize caps the state file; anything larger is treated as corrupt.

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -13,7 +14,7 @@ func TestFileStoreRoundTrip(t *testing.T) {
 	p := filepath.Join(t.TempDir(), "state.json")
 	s := NewFileStore(p, nil)
 	st, err := s.Load()
-	if err != nil || st != (State{}) {
+	if err != nil || !reflect.DeepEqual(st, State{}) {
 		t.Fatalf("empty store: %+v, %v", st, err)
 	}
 	want := State{CommandHWM: 42, TimeFloor: 1700000000}
@@ -21,7 +22,7 @@ func TestFileStoreRoundTrip(t *testing.T) {
 		t.Fatal(err)
 	}
 	got, err := NewFileStore(p, nil).Load()
-	if err != nil || got != want {
+	if err != nil || !reflect.DeepEqual(got, want) {
 		t.Fatalf("reload: %+v, %v", got, err)
 	}
 	fi, _ := os.Stat(p)
@@ -47,7 +48,7 @@ func TestCorruptFilesAreQuarantinedNotFatal(t *testing.T) {
 			if !errors.As(err, &ce) || !errors.Is(err, ErrCorrupt) {
 				t.Fatalf("err = %v, want CorruptError", err)
 			}
-			if st != (State{}) {
+			if !reflect.DeepEqual(st, State{}) {
 				t.Fatalf("state %+v from a corrupt file", st)
 			}
 			if b, _ := os.ReadFile(ce.Quarantined); string(b) != tc.content {
@@ -69,5 +70,31 @@ func TestMemStore(t *testing.T) {
 	m.Save(State{CommandHWM: 3})
 	if st, _ := m.Load(); st.CommandHWM != 3 {
 		t.Fatal(st)
+	}
+}
+
+func TestReplayWindowAcceptsReorderedOnceAndRefusesReplays(t *testing.T) {
+	var s State
+	for _, seq := range []uint64{10, 12, 11} {
+		if !s.AcceptCommand(seq) {
+			t.Fatalf("seq %d refused", seq)
+		}
+	}
+	for _, seq := range []uint64{10, 11, 12, 0} {
+		if s.AcceptCommand(seq) {
+			t.Fatalf("replayed seq %d accepted", seq)
+		}
+	}
+	for i := uint64(100); i < 100+ReplayWindow; i++ {
+		s.AcceptCommand(i)
+	}
+	if len(s.SeenCommands) != ReplayWindow || s.CommandHWM != 12 {
+		t.Fatalf("window %d, mark %d", len(s.SeenCommands), s.CommandHWM)
+	}
+	if s.AcceptCommand(11) || s.AcceptCommand(12) {
+		t.Fatal("a sequence below the mark was accepted")
+	}
+	if !s.AcceptCommand(13) {
+		t.Fatal("a new sequence above the mark was refused")
 	}
 }

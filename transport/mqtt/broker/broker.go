@@ -1,0 +1,284 @@
+// Package broker is the fleet's embedded MQTT broker, built on mochi-mqtt, for demos
+// (`fleetctl broker`), QA benches and integration tests. It enforces the same contract as the
+// Mosquitto deployment rendered by transport/mqtt/mosquitto (docs/protocol.md):
+//
+//   - mutual TLS only: a client must present a certificate that chains to the fleet CA, is
+//     valid now and is not revoked (S3, S5);
+//   - the client's identity is its certificate CN, never the MQTT username, and its MQTT
+//     client ID must equal it (S3; CVE-2021-28372 is the reason);
+//   - every publish, subscription and delivery is checked with acl.Allowed, and a will message
+//     is checked when the client connects;
+//   - sessions, subscriptions, queued QoS 1/2 messages and retained messages survive a restart
+//     when Config.DataDir is set (R3).
+//
+// The broker must never let a client act under another identity, never deliver a message the
+// ACL refuses, never log a payload (packets mochi logs are reduced to type, topic and size),
+// and never leave a goroutine of its own running after Close. It has no inline client:
+// nothing inside the process publishes around the ACL.
+package broker
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+	"log/slog"
+	"math"
+	"math/big"
+	"path/filepath"
+	"sync"
+	"time"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/hooks/storage/bolt"
+	"go.etcd.io/bbolt"
+
+	"github.com/camagent/camagent/internal/atomicfile"
+)
+
+// Defaults applied by New to zero Config fields.
+const (
+	// DefaultMaxPacketSize caps an MQTT packet, in bytes, as Mosquitto's rendered
+	// configuration does.
+	DefaultMaxPacketSize = 262144
+	// DefaultConnectTimeout is how long a new connection has for its TLS handshake and CONNECT.
+	DefaultConnectTimeout = 10 * time.Second
+)
+
+// listenerID is the one listener's id; mochi stores it with each persisted session.
+const listenerID = "camagent-mqtts"
+
+// dbFile is the bbolt database inside Config.DataDir.
+const dbFile = "broker.db"
+
+// Config configures a Broker. New applies the defaults and validates it.
+type Config struct {
+	// Addr is the TCP listen address, e.g. "127.0.0.1:8883". Port 0 picks a free port; Addr
+	// then tells which. Required.
+	Addr string
+	// TLS is the server side of mutual TLS, normally certs.ServerTLSConfig. It must require
+	// and verify client certificates (tls.RequireAndVerifyClientCert with ClientCAs set); nil
+	// is an error. The broker uses a clone and never modifies it.
+	TLS *tls.Config
+	// DataDir keeps sessions, subscriptions, retained and in-flight messages (a bbolt database,
+	// mode 0600 in a 0700 directory made if needed). Empty keeps them in memory only.
+	DataDir string
+	// Revoked, if set, reports certificate serials to refuse at CONNECT. It is called once per
+	// connection attempt, from the connection's goroutine, and must be safe for concurrent use.
+	// Nil refuses none.
+	Revoked func(serial *big.Int) bool
+	// MaxPacketSize caps an incoming MQTT packet, in bytes; a client that sends a larger one is
+	// disconnected. Zero means DefaultMaxPacketSize.
+	MaxPacketSize int
+	// ConnectTimeout bounds the TLS handshake plus the CONNECT packet of a new connection.
+	// Zero means DefaultConnectTimeout.
+	ConnectTimeout time.Duration
+	// Logger receives connection refusals, ACL denials (identity and topic, never payloads) and
+	// mochi's own messages. Nil discards them.
+	Logger *slog.Logger
+	// OnPublish, if set, observes every publish the ACL accepted, will messages included, after
+	// it was handed to subscribers. It runs on the publishing client's goroutine, so it must
+	// not block, and must copy payload to keep it.
+	OnPublish func(clientID, topic string, payload []byte, retained bool)
+	// Now, if set, is the clock certificate validity is checked against, in the TLS handshake
+	// and again at CONNECT. Nil means TLS.Time if that is set, else time.Now.
+	Now func() time.Time
+}
+
+// Broker is an embedded MQTT 3.1.1/5 broker over mutual TLS. Start it once; Close it once
+// (more calls are harmless). Its methods are safe for concurrent use.
+type Broker struct {
+	cfg Config
+	tls *tls.Config
+	log *slog.Logger
+
+	mu      sync.Mutex
+	started bool
+	closed  bool
+	srv     *mqtt.Server
+	ln      *listener
+
+	closeOnce sync.Once
+}
+
+// New validates cfg, applies its defaults and returns a broker that is not yet listening.
+func New(cfg Config) (*Broker, error) {
+	if cfg.Addr == "" {
+		return nil, fmt.Errorf("broker: Config.Addr is required")
+	}
+	if cfg.TLS == nil {
+		return nil, fmt.Errorf("broker: Config.TLS is required")
+	}
+	if cfg.TLS.ClientAuth != tls.RequireAndVerifyClientCert {
+		return nil, fmt.Errorf("broker: Config.TLS.ClientAuth must be tls.RequireAndVerifyClientCert, is %v", cfg.TLS.ClientAuth)
+	}
+	if cfg.TLS.ClientCAs == nil {
+		return nil, fmt.Errorf("broker: Config.TLS.ClientCAs is required: the fleet CA")
+	}
+	if len(cfg.TLS.Certificates) == 0 && cfg.TLS.GetCertificate == nil && cfg.TLS.GetConfigForClient == nil {
+		return nil, fmt.Errorf("broker: Config.TLS has no server certificate")
+	}
+	if cfg.TLS.GetConfigForClient != nil {
+		// A per-client config could drop the client-certificate requirement checked above.
+		return nil, fmt.Errorf("broker: Config.TLS.GetConfigForClient is not supported")
+	}
+	if cfg.TLS.MinVersion != 0 && cfg.TLS.MinVersion < tls.VersionTLS12 {
+		return nil, fmt.Errorf("broker: Config.TLS.MinVersion must be TLS 1.2 or later")
+	}
+	if cfg.MaxPacketSize < 0 || cfg.MaxPacketSize > math.MaxUint32 {
+		return nil, fmt.Errorf("broker: Config.MaxPacketSize %d is out of range", cfg.MaxPacketSize)
+	}
+	if cfg.MaxPacketSize == 0 {
+		cfg.MaxPacketSize = DefaultMaxPacketSize
+	}
+	if cfg.ConnectTimeout < 0 {
+		return nil, fmt.Errorf("broker: Config.ConnectTimeout %v is negative", cfg.ConnectTimeout)
+	}
+	if cfg.ConnectTimeout == 0 {
+		cfg.ConnectTimeout = DefaultConnectTimeout
+	}
+	if cfg.Now == nil {
+		cfg.Now = cfg.TLS.Time
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	logger := slog.New(slog.DiscardHandler)
+	if cfg.Logger != nil {
+		logger = slog.New(redactHandler{cfg.Logger.Handler()})
+	}
+	conf := cfg.TLS.Clone()
+	if conf.MinVersion == 0 {
+		conf.MinVersion = tls.VersionTLS12
+	}
+	conf.Time = cfg.Now
+	return &Broker{cfg: cfg, tls: conf, log: logger}, nil
+}
+
+// Start binds Config.Addr, loads persisted state from Config.DataDir and starts serving. The
+// broker is accepting connections when Start returns nil. On error nothing is left running.
+func (b *Broker) Start() error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.closed {
+		return ErrClosed
+	}
+	if b.started {
+		return ErrStarted
+	}
+
+	caps := mqtt.NewDefaultServerCapabilities()
+	caps.MaximumPacketSize = uint32(b.cfg.MaxPacketSize)
+	// mochi drops retained and queued messages older than a day by default; Mosquitto keeps
+	// them, and a device's retained state or a command queued for a device that is off for
+	// a weekend must survive (R2, R3). MQTT 5 message expiry still applies.
+	caps.MaximumMessageExpiryInterval = 0
+	srv := mqtt.New(&mqtt.Options{
+		Capabilities: caps,
+		Logger:       b.log,
+		// $SYS topics are readable by no one (see acl), so there is no point refreshing them;
+		// the huge interval also keeps mochi's ticker from writing to the store while it
+		// closes.
+		SysTopicResendInterval: math.MaxInt32,
+	})
+	if err := srv.AddHook(&hook{b: b, srv: srv}, nil); err != nil {
+		return fmt.Errorf("broker: add acl hook: %w", err)
+	}
+	if b.cfg.DataDir != "" {
+		if err := atomicfile.EnsurePrivateDir(b.cfg.DataDir); err != nil {
+			return fmt.Errorf("broker: data dir: %w", err)
+		}
+		err := srv.AddHook(boltStore{new(bolt.Hook)}, &bolt.Options{
+			Path:    filepath.Join(b.cfg.DataDir, dbFile),
+			Options: &bbolt.Options{Timeout: time.Second},
+		})
+		if err != nil {
+			srv.Close()
+			return fmt.Errorf("broker: open %s: %w", filepath.Join(b.cfg.DataDir, dbFile), err)
+		}
+	}
+	ln := newListener(listenerID, b.cfg.Addr, b.tls, b.cfg.ConnectTimeout, b.log)
+	if err := srv.AddListener(ln); err != nil {
+		srv.Close()
+		return fmt.Errorf("broker: listen on %s: %w", b.cfg.Addr, err)
+	}
+	if err := srv.Serve(); err != nil {
+		srv.Close()
+		return fmt.Errorf("broker: serve: %w", err)
+	}
+	b.srv, b.ln, b.started = srv, ln, true
+	return nil
+}
+
+// Addr returns the host:port the broker is bound to, or "" before Start.
+func (b *Broker) Addr() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.ln == nil || b.ln.ln == nil {
+		return ""
+	}
+	return b.ln.Address()
+}
+
+// URL returns "mqtts://host:port" for Addr, the form paho takes.
+func (b *Broker) URL() string {
+	addr := b.Addr()
+	if addr == "" {
+		return ""
+	}
+	return "mqtts://" + addr
+}
+
+// DisconnectSerial cuts every live connection whose client certificate has serial and returns
+// how many it cut. It does not stop the same certificate from connecting again: make
+// Config.Revoked report the serial first.
+func (b *Broker) DisconnectSerial(serial *big.Int) int {
+	b.mu.Lock()
+	ln := b.ln
+	b.mu.Unlock()
+	if ln == nil || serial == nil {
+		return 0
+	}
+	n := ln.disconnectSerial(serial)
+	if n > 0 {
+		b.log.Info("broker: disconnected clients by certificate serial", "serial", serial.Text(16), "count", n)
+	}
+	return n
+}
+
+// Close stops the broker: it stops listening, disconnects every client, waits for every
+// connection goroutine, and flushes and closes the store. Persistent sessions stay in the
+// store. Close is idempotent and may be called before Start; it returns nil.
+func (b *Broker) Close() error {
+	b.closeOnce.Do(func() {
+		b.mu.Lock()
+		b.closed = true
+		srv := b.srv
+		b.mu.Unlock()
+		if srv != nil {
+			// mochi closes the listener (which waits for its goroutines), waits for the
+			// clients it attached, then stops the hooks, closing the store last.
+			_ = srv.Close() // it never fails; the store's close error is logged by mochi.
+		}
+	})
+	return nil
+}
+
+// Run starts the broker, serves until ctx is done, then closes it. It returns Start's error,
+// or Close's.
+func (b *Broker) Run(ctx context.Context) error {
+	if err := b.Start(); err != nil {
+		return err
+	}
+	<-ctx.Done()
+	return b.Close()
+}
+
+// verifiedLeaf returns the client certificate crypto/tls verified on conn, or nil.
+func verifiedLeaf(conn *tls.Conn) *x509.Certificate {
+	st := conn.ConnectionState()
+	if !st.HandshakeComplete || len(st.VerifiedChains) == 0 || len(st.VerifiedChains[0]) == 0 {
+		return nil
+	}
+	return st.VerifiedChains[0][0]
+}

@@ -1,0 +1,180 @@
+package broker
+
+import (
+	"bytes"
+	"crypto/tls"
+	"fmt"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/camagent/camagent/certs"
+	"github.com/camagent/camagent/transport/mqtt/acl"
+)
+
+// hook is where the broker's rules meet mochi: admission at CONNECT and the ACL on every
+// publish, subscription and delivery.
+//
+// mochi's Hooks allow a connection or a topic if any hook allows it; the bolt storage hook
+// provides neither, so this hook decides alone.
+type hook struct {
+	mqtt.HookBase
+	b   *Broker
+	srv *mqtt.Server
+}
+
+var _ mqtt.Hook = (*hook)(nil)
+
+// ID names the hook in mochi's logs.
+func (h *hook) ID() string { return "camagent-acl" }
+
+// Provides lists the events the hook handles.
+func (h *hook) Provides(event byte) bool {
+	return bytes.Contains([]byte{
+		mqtt.OnConnect,
+		mqtt.OnConnectAuthenticate,
+		mqtt.OnACLCheck,
+		mqtt.OnPublish,
+		mqtt.OnPublished,
+		mqtt.OnWillSent,
+	}, []byte{event})
+}
+
+// OnConnect admits or refuses a client once its CONNECT packet is read. A refused client gets
+// CONNACK "not authorized" (0x05 in MQTT 3.1.1, 0x87 in MQTT 5) and is disconnected.
+func (h *hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
+	identity, err := h.b.admit(cl, pk)
+	if err != nil {
+		h.b.log.Warn("broker: connection refused",
+			"client_id", clip(cl.ID), "remote", cl.Net.Remote, "reason", err.Error())
+		code := packets.ErrNotAuthorized
+		if cl.Properties.ProtocolVersion < 5 {
+			code = packets.Err3NotAuthorized
+		}
+		if err := h.srv.SendConnack(cl, code, false, nil); err != nil {
+			h.b.log.Debug("broker: send refusal", "remote", cl.Net.Remote, "error", err)
+		}
+		return code
+	}
+	// What mochi stores and shows as the username is the certificate identity, never what
+	// the client sent (Mosquitto's use_identity_as_username).
+	cl.Properties.Username = []byte(identity)
+	h.b.log.Info("broker: client connected", "identity", identity, "remote", cl.Net.Remote,
+		"clean", cl.Properties.Clean, "protocol", cl.Properties.ProtocolVersion)
+	return nil
+}
+
+// OnConnectAuthenticate lets through a client that OnConnect admitted. mochi refuses every
+// client no hook authenticates; this checks again that the client ID, the username OnConnect
+// set and the certificate identity agree.
+func (h *hook) OnConnectAuthenticate(cl *mqtt.Client, _ packets.Packet) bool {
+	conn, ok := cl.Net.Conn.(*tls.Conn)
+	if !ok {
+		return false
+	}
+	leaf := verifiedLeaf(conn)
+	return leaf != nil && certs.ClientIDAllowed(certs.CertIdentity(leaf), cl.ID) && string(cl.Properties.Username) == certs.CertIdentity(leaf)
+}
+
+// admit checks a connecting client and returns its identity.
+func (b *Broker) admit(cl *mqtt.Client, pk packets.Packet) (string, error) {
+	// mochi keeps the net.Conn the listener handed it; ours are always *tls.Conn.
+	conn, ok := cl.Net.Conn.(*tls.Conn)
+	if !ok {
+		return "", fmt.Errorf("%w: connection is %T", ErrNoPeerCertificate, cl.Net.Conn)
+	}
+	leaf := verifiedLeaf(conn)
+	if leaf == nil {
+		return "", ErrNoPeerCertificate
+	}
+	// crypto/tls verified the chain, the clientAuth EKU and the validity at Config.Now; doing
+	// it again keeps the promise even for a Config.TLS with its own VerifyPeerCertificate.
+	identity, err := certs.VerifyClient(leaf, b.tls.ClientCAs, b.cfg.Now())
+	if err != nil {
+		return "", err
+	}
+	if _, _, err := certs.ParseIdentity(identity); err != nil {
+		return "", err
+	}
+	if !certs.ClientIDAllowed(identity, cl.ID) {
+		return "", fmt.Errorf("%w: client id %q, certificate %q", ErrClientID, clip(cl.ID), identity)
+	}
+	if b.cfg.Revoked != nil && b.cfg.Revoked(leaf.SerialNumber) {
+		return "", fmt.Errorf("%w: %s serial %s", ErrRevoked, identity, leaf.SerialNumber.Text(16))
+	}
+	if pk.Connect.WillFlag && !acl.Allowed(identity, pk.Connect.WillTopic, true) {
+		return "", fmt.Errorf("%w: %s may not publish to %q", ErrWillDenied, identity, clip(pk.Connect.WillTopic))
+	}
+	return identity, nil
+}
+
+// OnACLCheck decides a publish (write) on topic, a subscription (!write) to the filter topic,
+// or the delivery of a message on topic (!write, called by mochi for each subscriber).
+//
+// The client's identity is its client ID without any "~session" suffix
+// (certs.ClientIDAllowed): OnConnect refuses any other client ID, and sessions restored from
+// the store were admitted the same way before.
+func (h *hook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
+	if write {
+		if acl.Allowed(certs.ClientIDIdentity(cl.ID), topic, true) {
+			return true
+		}
+		if cl.Properties.ProtocolVersion >= 5 && topic != "" {
+			// MQTT 5 can say no: mochi answers PUBACK/PUBREC 0x87 (or drops a QoS 0 message).
+			h.denied(cl, "publish", topic)
+			return false
+		}
+		// MQTT 3.1.1 has no negative acknowledgement, and for QoS 1 and 2 mochi would
+		// disconnect the client, which then resends the same message after reconnecting,
+		// forever. So the decision moves to OnPublish, which acknowledges and drops the
+		// message as Mosquitto does. An MQTT 5 publish by topic alias only (empty topic)
+		// goes the same way, since mochi resolves the alias after this check.
+		return true
+	}
+	if acl.Allowed(certs.ClientIDIdentity(cl.ID), topic, false) {
+		return true
+	}
+	h.denied(cl, "subscribe or receive", topic)
+	return false
+}
+
+// OnPublish is the last word on a publish, with the topic resolved from any alias: one the
+// ACL refuses is acknowledged, then neither retained nor delivered.
+func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+	if acl.Allowed(certs.ClientIDIdentity(cl.ID), pk.TopicName, true) {
+		return pk, nil
+	}
+	h.denied(cl, "publish", pk.TopicName)
+	// Beware: mochi goes on to deliver a packet whose hook returned any error other than
+	// these two (or a Code, for MQTT 5 QoS > 0). CodeSuccessIgnore acknowledges and drops.
+	return pk, packets.CodeSuccessIgnore
+}
+
+// OnPublished hands each delivered publish to Config.OnPublish.
+func (h *hook) OnPublished(cl *mqtt.Client, pk packets.Packet) {
+	if pk.Ignore || h.b.cfg.OnPublish == nil {
+		return
+	}
+	h.b.cfg.OnPublish(cl.ID, pk.TopicName, pk.Payload, pk.FixedHeader.Retain)
+}
+
+// OnWillSent hands each published will message to Config.OnPublish.
+func (h *hook) OnWillSent(cl *mqtt.Client, pk packets.Packet) {
+	if h.b.cfg.OnPublish == nil {
+		return
+	}
+	h.b.cfg.OnPublish(cl.ID, pk.TopicName, pk.Payload, pk.FixedHeader.Retain)
+}
+
+func (h *hook) denied(cl *mqtt.Client, what, topic string) {
+	h.b.log.Info("broker: acl denied", "identity", cl.ID, "action", what, "topic", clip(topic))
+}
+
+// clip shortens a client-chosen string for a log line or an error.
+func clip(s string) string {
+	const max = 128
+	if len(s) <= max {
+		return s
+	}
+	return s[:max] + "..."
+}

@@ -1,0 +1,204 @@
+package broker
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"io"
+	"log/slog"
+	"math/big"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/mochi-mqtt/server/v2/listeners"
+)
+
+// listener is the broker's only network listener: TCP with TLS, implementing mochi's
+// listeners.Listener. It replaces mochi's listeners.TCP for three reasons: every goroutine it
+// starts is tracked and awaited by Close; the TLS handshake and the CONNECT packet must arrive
+// within a deadline (mochi sets none before CONNECT, so an idle socket would hold a goroutine
+// forever); and it keeps every live connection so that DisconnectSerial and Close can cut
+// them at the socket, which never blocks on a stalled peer.
+type listener struct {
+	id      string
+	addr    string
+	tls     *tls.Config
+	timeout time.Duration
+	log     *slog.Logger
+
+	ln     net.Listener
+	ctx    context.Context // cancelled by Close: aborts handshakes in progress
+	cancel context.CancelFunc
+
+	mu     sync.Mutex
+	closed bool
+	conns  map[*tls.Conn]*liveConn // live connections
+	wg     sync.WaitGroup          // Serve's loop and one goroutine per connection
+}
+
+var _ listeners.Listener = (*listener)(nil)
+
+// liveConn is what the listener knows of one connection.
+type liveConn struct {
+	raw  net.Conn          // the socket under the TLS connection
+	leaf *x509.Certificate // the verified client certificate, once the handshake is done
+}
+
+func newListener(id, addr string, conf *tls.Config, timeout time.Duration, log *slog.Logger) *listener {
+	ctx, cancel := context.WithCancel(context.Background())
+	return &listener{
+		id: id, addr: addr, tls: conf, timeout: timeout, log: log,
+		ctx: ctx, cancel: cancel,
+		conns: make(map[*tls.Conn]*liveConn),
+	}
+}
+
+// Init binds the address. mochi calls it from Server.AddListener.
+func (l *listener) Init(*slog.Logger) error {
+	ln, err := net.Listen("tcp", l.addr)
+	if err != nil {
+		return err
+	}
+	l.ln = ln
+	return nil
+}
+
+// ID returns the listener id mochi files clients under.
+func (l *listener) ID() string { return l.id }
+
+// Protocol returns "tcp".
+func (l *listener) Protocol() string { return "tcp" }
+
+// Address returns the bound address once Init has run, the configured one before.
+func (l *listener) Address() string {
+	if l.ln != nil {
+		return l.ln.Addr().String()
+	}
+	return l.addr
+}
+
+// Serve accepts connections until Close. mochi runs it on a goroutine of its own; it returns
+// at once if Close came first.
+func (l *listener) Serve(establish listeners.EstablishFn) {
+	l.mu.Lock()
+	if l.closed {
+		l.mu.Unlock()
+		return
+	}
+	l.wg.Add(1)
+	l.mu.Unlock()
+	defer l.wg.Done()
+
+	var backoff time.Duration
+	for {
+		raw, err := l.ln.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			// A transient failure such as running out of file descriptors: say so, wait a
+			// little (or for Close) and go on, as net/http does.
+			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+			l.log.Warn("broker: accept failed", "error", err, "retry_in", backoff)
+			select {
+			case <-time.After(backoff):
+			case <-l.ctx.Done():
+				return
+			}
+			continue
+		}
+		backoff = 0
+		conn := tls.Server(raw, l.tls)
+		l.mu.Lock()
+		if l.closed {
+			l.mu.Unlock()
+			raw.Close()
+			return
+		}
+		l.conns[conn] = &liveConn{raw: raw}
+		l.wg.Add(1)
+		l.mu.Unlock()
+		go l.handle(conn, raw, establish)
+	}
+}
+
+// handle runs one connection: the TLS handshake, then mochi's session until it ends.
+func (l *listener) handle(conn *tls.Conn, raw net.Conn, establish listeners.EstablishFn) {
+	defer l.wg.Done()
+	defer func() {
+		l.mu.Lock()
+		delete(l.conns, conn)
+		l.mu.Unlock()
+		raw.Close()
+	}()
+	remote := raw.RemoteAddr().String()
+	// The deadline covers the handshake and the CONNECT packet; mochi replaces it with one
+	// derived from the keepalive once the client is accepted.
+	if err := raw.SetDeadline(time.Now().Add(l.timeout)); err != nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(l.ctx, l.timeout)
+	err := conn.HandshakeContext(ctx)
+	cancel()
+	if err != nil {
+		level := slog.LevelWarn
+		if errors.Is(err, io.EOF) {
+			level = slog.LevelDebug // a port probe or a client that gave up
+		}
+		l.log.Log(context.Background(), level, "broker: tls handshake refused", "remote", remote, "error", err)
+		return
+	}
+	leaf := verifiedLeaf(conn)
+	l.mu.Lock()
+	l.conns[conn].leaf = leaf
+	l.mu.Unlock()
+	if err := establish(l.id, conn); err != nil {
+		l.log.Debug("broker: connection ended", "remote", remote, "error", err)
+	}
+}
+
+// Close stops accepting, cuts every connection at the socket, lets mochi forget its clients
+// (closeClients) and waits for every goroutine the listener started.
+func (l *listener) Close(closeClients listeners.CloseFn) {
+	l.mu.Lock()
+	if l.closed {
+		l.mu.Unlock()
+		return
+	}
+	l.closed = true
+	raws := make([]net.Conn, 0, len(l.conns))
+	for _, c := range l.conns {
+		raws = append(raws, c.raw)
+	}
+	l.mu.Unlock()
+
+	l.cancel()
+	if l.ln != nil {
+		l.ln.Close()
+	}
+	for _, raw := range raws {
+		raw.Close()
+	}
+	closeClients(l.id)
+	l.wg.Wait()
+}
+
+// disconnectSerial cuts every connection whose verified client certificate has serial, and
+// returns how many it cut. Connections still in their handshake are left alone: they meet
+// Config.Revoked at CONNECT.
+func (l *listener) disconnectSerial(serial *big.Int) int {
+	l.mu.Lock()
+	var cut []net.Conn
+	for _, c := range l.conns {
+		if c.leaf != nil && c.leaf.SerialNumber.Cmp(serial) == 0 {
+			cut = append(cut, c.raw)
+		}
+	}
+	l.mu.Unlock()
+	for _, raw := range cut {
+		raw.Close()
+	}
+	return len(cut)
+}

@@ -1,0 +1,168 @@
+package mqtt
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/camagent/camagent/certs"
+)
+
+func validConfig() Config {
+	return Config{
+		BrokerURL:     "mqtts://broker.example:8883",
+		ClientID:      "cam-0001",
+		TLS:           certs.ClientTLSConfig(x509.NewCertPool(), "broker.example", certs.NewHolder(nil)),
+		Subscriptions: []Subscription{{Filter: "dev/cam-0001/down/#", QoS: 1}, {Filter: "fleet/down/#", QoS: 1}},
+		Handler:       func(context.Context, Message) {},
+	}
+}
+
+func TestNewRefusesBadConfig(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		edit  func(*Config)
+		field string
+	}{
+		{"a tcp:// broker URL is refused as plaintext", func(c *Config) { c.BrokerURL = "tcp://broker.example:1883" }, "BrokerURL"},
+		{"an mqtt:// broker URL is refused as plaintext", func(c *Config) { c.BrokerURL = "mqtt://broker.example:1883" }, "BrokerURL"},
+		{"a ws:// broker URL is refused as plaintext", func(c *Config) { c.BrokerURL = "ws://broker.example/mqtt" }, "BrokerURL"},
+		{"a URL without scheme is refused", func(c *Config) { c.BrokerURL = "broker.example:8883" }, "BrokerURL"},
+		{"an empty broker URL is refused", func(c *Config) { c.BrokerURL = "" }, "BrokerURL"},
+		{"a URL with credentials is refused", func(c *Config) { c.BrokerURL = "mqtts://user:pw@broker.example" }, "BrokerURL"},
+		{"a URL with a path is refused", func(c *Config) { c.BrokerURL = "mqtts://broker.example/x" }, "BrokerURL"},
+		{"a URL without host is refused", func(c *Config) { c.BrokerURL = "mqtts://:8883" }, "BrokerURL"},
+		{"an empty client id is refused", func(c *Config) { c.ClientID = "" }, "ClientID"},
+		{"a nil TLS config is refused", func(c *Config) { c.TLS = nil }, "TLS"},
+		{"InsecureSkipVerify is refused", func(c *Config) { c.TLS.InsecureSkipVerify = true }, "TLS"},
+		{"a TLS config trusting the system roots is refused", func(c *Config) { c.TLS.RootCAs = nil }, "TLS"},
+		{"a TLS config without client certificate is refused", func(c *Config) { c.TLS.GetClientCertificate = nil }, "TLS"},
+		{"an empty filter is refused", func(c *Config) { c.Subscriptions[0].Filter = "" }, "Subscriptions[0].Filter"},
+		{"a # that is not last is refused", func(c *Config) { c.Subscriptions[1].Filter = "fleet/#/cmd" }, "Subscriptions[1].Filter"},
+		{"a + inside a level is refused", func(c *Config) { c.Subscriptions[0].Filter = "dev/cam+/down/#" }, "Subscriptions[0].Filter"},
+		{"a duplicate filter is refused", func(c *Config) { c.Subscriptions[1].Filter = c.Subscriptions[0].Filter }, "Subscriptions[1].Filter"},
+		{"QoS 2 is refused", func(c *Config) { c.Subscriptions[0].QoS = 2 }, "Subscriptions[0].QoS"},
+		{"subscriptions without handler are refused", func(c *Config) { c.Handler = nil }, "Handler"},
+		{"a negative payload cap is refused", func(c *Config) { c.MaxPayload = -1 }, "MaxPayload"},
+		{"a negative queue length is refused", func(c *Config) { c.QueueLength = -1 }, "QueueLength"},
+		{"a sub-second keepalive is refused", func(c *Config) { c.KeepAlive = 500 * time.Millisecond }, "KeepAlive"},
+		{"a fractional keepalive is refused", func(c *Config) { c.KeepAlive = 1500 * time.Millisecond }, "KeepAlive"},
+		{"a negative connect timeout is refused", func(c *Config) { c.ConnectTimeout = -time.Second }, "ConnectTimeout"},
+		{"a negative min backoff is refused", func(c *Config) { c.MinBackoff = -time.Second }, "MinBackoff"},
+		{"a max backoff below the min is refused", func(c *Config) { c.MinBackoff, c.MaxBackoff = time.Minute, time.Second }, "MaxBackoff"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := validConfig()
+			tc.edit(&cfg)
+			_, err := New(cfg)
+			var ce *ConfigError
+			if !errors.As(err, &ce) || !errors.Is(err, ErrInvalidConfig) {
+				t.Fatalf("New = %v, want a *ConfigError", err)
+			}
+			if ce.Field != tc.field {
+				t.Errorf("error names field %q, want %q (%v)", ce.Field, tc.field, err)
+			}
+		})
+	}
+}
+
+func TestNewAcceptsTLSSchemesAndAppliesDefaults(t *testing.T) {
+	for _, tc := range []struct {
+		name, url, host string
+	}{
+		{"mqtts:// with a port is accepted", "mqtts://broker.example:18883", "broker.example:18883"},
+		{"ssl:// is accepted", "ssl://broker.example:8883", "broker.example:8883"},
+		{"tls:// is accepted", "tls://broker.example:8883", "broker.example:8883"},
+		{"the port defaults to 8883", "mqtts://broker.example", "broker.example:8883"},
+		{"the scheme is case-insensitive", "MQTTS://broker.example", "broker.example:8883"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := validConfig()
+			cfg.BrokerURL = tc.url
+			c, err := New(cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if c.url.Host != tc.host {
+				t.Errorf("dials %q, want %q", c.url.Host, tc.host)
+			}
+		})
+	}
+
+	t.Run("zero fields get their documented defaults", func(t *testing.T) {
+		cfg := validConfig()
+		cfg.TLS.ServerName = ""
+		cfg.TLS.MinVersion = tls.VersionTLS10
+		cfg.TLS.CipherSuites = nil
+		cfg.TLS.ClientSessionCache = tls.NewLRUClientSessionCache(4)
+		c, err := New(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := c.cfg
+		if got.MaxPayload != 64<<10 || got.QueueLength != 1024 || got.KeepAlive != 30*time.Second ||
+			got.ConnectTimeout != 10*time.Second || got.MinBackoff != time.Second || got.MaxBackoff != 5*time.Minute {
+			t.Errorf("defaults = payload %d, queue %d, keepalive %v, connect %v, backoff %v..%v",
+				got.MaxPayload, got.QueueLength, got.KeepAlive, got.ConnectTimeout, got.MinBackoff, got.MaxBackoff)
+		}
+		if got.Rand == nil || got.Clock == nil || got.Logger == nil {
+			t.Error("Rand, Clock or Logger left nil")
+		}
+		if got.TLS == cfg.TLS {
+			t.Error("the TLS config was not cloned")
+		}
+		if got.TLS.ServerName != "broker.example" || got.TLS.MinVersion != tls.VersionTLS12 {
+			t.Errorf("TLS ServerName %q, MinVersion %x; want the URL host and TLS 1.2", got.TLS.ServerName, got.TLS.MinVersion)
+		}
+		if len(got.TLS.CipherSuites) == 0 {
+			t.Error("nil CipherSuites left to Go's defaults")
+		}
+		if got.TLS.ClientSessionCache != nil {
+			t.Error("TLS session resumption left on: a swapped certificate would not be presented")
+		}
+	})
+
+	t.Run("a publish-only client needs no handler", func(t *testing.T) {
+		cfg := validConfig()
+		cfg.Subscriptions, cfg.Handler = nil, nil
+		if _, err := New(cfg); err != nil {
+			t.Fatal(err)
+		}
+	})
+}
+
+func TestPublishRefusesBadArgumentsAndOfflineCalls(t *testing.T) {
+	c, err := New(validConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	for _, tc := range []struct {
+		name  string
+		topic string
+		qos   byte
+		want  error
+	}{
+		{"publishing while offline fails at once", "dev/cam-0001/up/state", 1, ErrNotConnected},
+		{"QoS 2 is refused", "dev/cam-0001/up/state", 2, ErrInvalidQoS},
+		{"a wildcard topic is refused", "dev/+/up/state", 0, ErrInvalidTopic},
+		{"a multi-level wildcard topic is refused", "dev/#", 0, ErrInvalidTopic},
+		{"an empty topic is refused", "", 0, ErrInvalidTopic},
+		{"a topic with NUL is refused", "dev/\x00", 0, ErrInvalidTopic},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if err := c.Publish(ctx, tc.topic, tc.qos, false, []byte("x")); !errors.Is(err, tc.want) {
+				t.Errorf("Publish = %v, want %v", err, tc.want)
+			}
+		})
+	}
+	if got := c.Stats().PublishErrors; got != 6 {
+		t.Errorf("PublishErrors = %d, want 6", got)
+	}
+	if c.Connected() {
+		t.Error("Connected before Run")
+	}
+}

@@ -1,0 +1,157 @@
+// Package topic builds and parses the MQTT topic names of the camagent protocol
+// (docs/protocol.md), so that no other package spells a topic by hand.
+//
+// Device topics live under dev/<id>/{up,down}/<leaf>, fleet-wide commands under
+// fleet/down/<leaf>, and the bootstrap identity's topics under boot/<id>/{up,down}/<leaf>.
+// "up" is device → cloud, "down" is cloud → device.
+//
+// The builders do not validate their argument: they must only be given device ids that have
+// already been validated (certs.ValidDeviceID, or the identity of a verified certificate).
+// The parsers are strict and are what must be used on topic names that arrive from a broker:
+// they accept only the topics listed in the protocol, with a well-formed device id, and
+// never panic. This package never touches the network.
+package topic
+
+import (
+	"strings"
+
+	"github.com/camagent/camagent/certs"
+)
+
+// Directions: the third segment of a device topic.
+const (
+	// Up is device → cloud.
+	Up = "up"
+	// Down is cloud → device.
+	Down = "down"
+)
+
+// Leaves: the last segment of a topic.
+const (
+	LeafCmd       = "cmd"       // signed command envelope (down)
+	LeafDesired   = "desired"   // desired state (down)
+	LeafReply     = "reply"     // command reply (up)
+	LeafState     = "state"     // device state, retained (up)
+	LeafCSR       = "csr"       // certificate signing request (up)
+	LeafCert      = "cert"      // issued certificate (down)
+	LeafSignal    = "signal"    // WebRTC signaling (up and down)
+	LeafTelemetry = "telemetry" // telemetry (up)
+)
+
+// Fleet-wide topics, delivered to every device.
+const (
+	// FleetCmd carries signed commands whose target is "*".
+	FleetCmd = "fleet/down/" + LeafCmd
+	// FleetDesired carries the fleet-wide desired state.
+	FleetDesired = "fleet/down/" + LeafDesired
+	// FleetDownFilter is the subscription filter matching every fleet-wide topic.
+	FleetDownFilter = "fleet/down/#"
+)
+
+const (
+	devPrefix   = "dev/"
+	fleetPrefix = "fleet/"
+	bootPrefix  = "boot/"
+)
+
+func dev(id, dir, leaf string) string { return devPrefix + id + "/" + dir + "/" + leaf }
+
+// DeviceCmd is dev/<id>/down/cmd: signed commands for one device.
+func DeviceCmd(id string) string { return dev(id, Down, LeafCmd) }
+
+// DeviceDesired is dev/<id>/down/desired: the desired state of one device.
+func DeviceDesired(id string) string { return dev(id, Down, LeafDesired) }
+
+// Reply is dev/<id>/up/reply: the device's replies to commands.
+func Reply(id string) string { return dev(id, Up, LeafReply) }
+
+// State is dev/<id>/up/state: the device's retained state.
+func State(id string) string { return dev(id, Up, LeafState) }
+
+// CSR is dev/<id>/up/csr: the device's certificate signing requests.
+func CSR(id string) string { return dev(id, Up, LeafCSR) }
+
+// Cert is dev/<id>/down/cert: certificates issued to the device.
+func Cert(id string) string { return dev(id, Down, LeafCert) }
+
+// Signal is dev/<id>/down/signal: WebRTC signaling from viewers to the device.
+func Signal(id string) string { return dev(id, Down, LeafSignal) }
+
+// SignalUp is dev/<id>/up/signal: WebRTC signaling from the device to viewers.
+func SignalUp(id string) string { return dev(id, Up, LeafSignal) }
+
+// Telemetry is dev/<id>/up/telemetry: the device's telemetry.
+func Telemetry(id string) string { return dev(id, Up, LeafTelemetry) }
+
+// DeviceDownFilter is dev/<id>/down/#, the subscription filter matching every topic addressed
+// to one device.
+func DeviceDownFilter(id string) string { return devPrefix + id + "/" + Down + "/#" }
+
+// BootCSR is boot/<id>/up/csr: certificate requests sent with the bootstrap identity.
+func BootCSR(id string) string { return bootPrefix + id + "/" + Up + "/" + LeafCSR }
+
+// BootCert is boot/<id>/down/cert: certificates issued in answer to a BootCSR.
+func BootCert(id string) string { return bootPrefix + id + "/" + Down + "/" + LeafCert }
+
+// BootDownFilter is boot/<id>/down/#, the bootstrap identity's subscription filter.
+func BootDownFilter(id string) string { return bootPrefix + id + "/" + Down + "/#" }
+
+// devLeaves lists, per direction, the leaves a dev/<id>/<dir>/ topic may have.
+var devLeaves = map[string]map[string]bool{
+	Down: {LeafCmd: true, LeafDesired: true, LeafCert: true, LeafSignal: true},
+	Up:   {LeafReply: true, LeafState: true, LeafCSR: true, LeafSignal: true, LeafTelemetry: true},
+}
+
+// fleetLeaves lists the leaves of fleet/down/ topics.
+var fleetLeaves = map[string]bool{LeafCmd: true, LeafDesired: true}
+
+// bootLeaves lists, per direction, the leaves of boot/<id>/<dir>/ topics.
+var bootLeaves = map[string]map[string]bool{
+	Down: {LeafCert: true},
+	Up:   {LeafCSR: true},
+}
+
+// Parse splits a device or fleet topic of the protocol into its parts. For
+// dev/<id>/<dir>/<leaf> it returns the device id, the direction (Up or Down) and the leaf; for
+// fleet/down/<leaf> it returns an empty device id, Down and the leaf. Anything else — another
+// prefix, a malformed device id, a wildcard, an extra or missing level, a leaf the protocol does
+// not define for that direction — returns ok == false and empty strings.
+func Parse(topic string) (deviceID, dir, leaf string, ok bool) {
+	switch {
+	case strings.HasPrefix(topic, devPrefix):
+		return parseDevice(topic[len(devPrefix):], devLeaves)
+	case strings.HasPrefix(topic, fleetPrefix):
+		rest := topic[len(fleetPrefix):]
+		d, l, found := strings.Cut(rest, "/")
+		if !found || d != Down || !fleetLeaves[l] {
+			return "", "", "", false
+		}
+		return "", d, l, true
+	}
+	return "", "", "", false
+}
+
+// ParseBoot splits a bootstrap topic boot/<id>/<dir>/<leaf> into the device id the bootstrap
+// identity serves, the direction and the leaf. Anything else returns ok == false.
+func ParseBoot(topic string) (deviceID, dir, leaf string, ok bool) {
+	if !strings.HasPrefix(topic, bootPrefix) {
+		return "", "", "", false
+	}
+	return parseDevice(topic[len(bootPrefix):], bootLeaves)
+}
+
+// parseDevice parses "<id>/<dir>/<leaf>" against the allowed leaves.
+func parseDevice(rest string, leaves map[string]map[string]bool) (deviceID, dir, leaf string, ok bool) {
+	id, rest, found := strings.Cut(rest, "/")
+	if !found {
+		return "", "", "", false
+	}
+	d, l, found := strings.Cut(rest, "/")
+	if !found || !leaves[d][l] {
+		return "", "", "", false
+	}
+	if certs.ValidDeviceID(id) != nil {
+		return "", "", "", false
+	}
+	return id, d, l, true
+}
