@@ -52,6 +52,10 @@ type Config struct {
 	// AuthFailuresBeforeBootstrap is how many consecutive refusals of the device's certificate
 	// by the broker make the agent recover through its bootstrap identity; 0 means 3.
 	AuthFailuresBeforeBootstrap int
+	// AfterStep, if set, is called after each durable step of a rotation with the step's name
+	// (one of the Step constants). It exists for fault injection: the crash tests kill the
+	// process there. Nil in production.
+	AfterStep func(step string)
 	// Clock is the time source; nil means the system clock.
 	Clock clock.Clock
 	// Logger receives the agent's logs; nil means slog.Default().

@@ -24,6 +24,26 @@ import (
 	"github.com/camagent/camagent/transport/mqtt/topic"
 )
 
+// Rotation steps passed to Config.AfterStep, in order.
+const (
+	StepPending   = "pending"   // next key and token made, journal says pending
+	StepRequested = "requested" // CSR published and acknowledged by the broker
+	StepIssued    = "issued"    // certificate verified and stored, journal says issued
+	StepSwitched  = "switched"  // connected with the new certificate
+	StepConfirmed = "confirmed" // confirmation acknowledged by the broker
+	StepCommitted = "committed" // journal says the new generation is active
+	StepWiped     = "wiped"     // the old generation's secrets are gone
+)
+
+// Steps lists the rotation steps in order.
+var Steps = []string{StepPending, StepRequested, StepIssued, StepSwitched, StepConfirmed, StepCommitted, StepWiped}
+
+func (a *Agent) step(name string) {
+	if a.cfg.AfterStep != nil {
+		a.cfg.AfterStep(name)
+	}
+}
+
 // rotationError is a failed rotation step with the code the device reports for it.
 type rotationError struct {
 	code string
@@ -73,7 +93,36 @@ func (a *Agent) loadCredentials() error {
 		return fmt.Errorf("agent: %w", err)
 	}
 	a.holder.Set(tc)
+	a.wipeStale()
 	return nil
+}
+
+// wipeStale removes generations the journal no longer names: the old generation of a rotation
+// that committed just before a crash, and abandoned attempts.
+func (a *Agent) wipeStale() {
+	keep := map[uint64]bool{a.st.Cred.Active: true}
+	if a.st.Cred.Phase != state.PhaseNone {
+		keep[a.st.Cred.Next] = true
+	}
+	stale := []uint64{}
+	if !keep[0] {
+		if _, err := os.Stat(filepath.Join(a.cfg.StateDir, KeyFile)); err == nil {
+			stale = append(stale, 0)
+		}
+	}
+	ents, _ := os.ReadDir(filepath.Join(a.cfg.StateDir, credsDir))
+	for _, e := range ents {
+		if g, err := strconv.ParseUint(e.Name(), 10, 64); err == nil && !keep[g] {
+			stale = append(stale, g)
+		}
+	}
+	for _, g := range stale {
+		if err := wipeGeneration(a.cfg.StateDir, g); err != nil {
+			a.log.Error("could not wipe a stale credential", "generation", g, "err", err)
+			continue
+		}
+		a.log.Info("wiped stale credential", "generation", g)
+	}
 }
 
 // recoverCred rebuilds the credential journal after state.json was lost: the newest
@@ -311,6 +360,7 @@ func (a *Agent) begin() error {
 	a.rotStatus, a.lastError = wire.RotationPending, ""
 	a.mu.Unlock()
 	a.log.Info("rotation pending: new key made", "generation", gen, "target_epoch", target)
+	a.step(StepPending)
 	return nil
 }
 
@@ -355,6 +405,7 @@ func (a *Agent) request(ctx context.Context) error {
 	} else if err := a.publishRaw(rctx, topic.CSR(id), req); err != nil {
 		return rotErr(wire.ErrCodeTimeout, "send csr: %w", err)
 	}
+	a.step(StepRequested)
 	var resp *wire.CertResponse
 	for resp == nil {
 		select {
@@ -387,6 +438,7 @@ func (a *Agent) request(ctx context.Context) error {
 	a.rotStatus = wire.RotationIssued
 	a.mu.Unlock()
 	a.log.Info("rotation issued: certificate verified", "generation", next.gen, "serial", serialHex(cert), "not_after", cert.NotAfter.UTC().Format(time.RFC3339))
+	a.step(StepIssued)
 	return nil
 }
 
@@ -440,6 +492,7 @@ func (a *Agent) switchAndCommit(ctx context.Context) error {
 			return rotErr(wire.ErrCodeBrokerRefuse, "broker did not accept certificate %s within %s; back on %s", newSerial, a.cfg.SwitchTimeout, serialHex(old.cert))
 		}
 	}
+	a.step(StepSwitched)
 	confirm, err := wire.Encode(&wire.CertRequest{V: wire.Version, Kind: wire.KindConfirm, ReqID: c.ReqID, Epoch: c.TargetEpoch, NewSerial: newSerial, OldSerial: serialHex(old.cert)})
 	if err != nil {
 		return rotErr(wire.ErrCodeInternal, "%w", err)
@@ -450,6 +503,7 @@ func (a *Agent) switchAndCommit(ctx context.Context) error {
 	if err != nil {
 		return rotErr(wire.ErrCodeTimeout, "send confirmation: %w", err)
 	}
+	a.step(StepConfirmed)
 	// Commit: one atomic write makes the new generation the active one.
 	var epoch uint64
 	if err := a.save(func(st *state.State) {
@@ -466,9 +520,11 @@ func (a *Agent) switchAndCommit(ctx context.Context) error {
 	a.mu.Unlock()
 	a.authFails.Store(0)
 	a.rotations.Add(1)
+	a.step(StepCommitted)
 	if err := wipeGeneration(a.cfg.StateDir, old.gen); err != nil {
 		a.log.Error("could not wipe the old credential", "generation", old.gen, "err", err)
 	}
+	a.step(StepWiped)
 	a.log.Info("rotation committed", "generation", next.gen, "serial", newSerial, "old_serial", serialHex(old.cert), "epoch", epoch)
 	if raised {
 		for _, h := range hooks {

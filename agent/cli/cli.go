@@ -11,6 +11,8 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
+	"syscall"
 	"time"
 
 	"github.com/camagent/camagent/agent"
@@ -109,8 +111,20 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	broker := fs.String("broker", "", "broker URL (mqtts://host:port); default: the bundle's")
 	level := fs.String("log-level", "info", "log level: debug, info, warn, error")
 	format := fs.String("log-format", "text", "log format: text or json")
+	crashAfter := fs.String("crash-after", "", "fault injection for crash tests: SIGKILL this process right after the named rotation step (pending, requested, issued, switched, confirmed, committed, wiped)")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	var afterStep func(string)
+	if *crashAfter != "" {
+		if !slices.Contains(agent.Steps, *crashAfter) {
+			return fmt.Errorf("--crash-after %q: want one of %v", *crashAfter, agent.Steps)
+		}
+		afterStep = func(step string) {
+			if step == *crashAfter {
+				syscall.Kill(os.Getpid(), syscall.SIGKILL)
+			}
+		}
 	}
 	log, err := newLogger(stderr, *level, *format)
 	if err != nil {
@@ -122,6 +136,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		Firmware:  buildinfo.Version(),
 		BuildTime: buildinfo.BuildTime(),
 		Logger:    log,
+		AfterStep: afterStep,
 	})
 	if err != nil {
 		return err

@@ -31,6 +31,10 @@ step "fleetctl broker: embedded mTLS broker on 127.0.0.1:$PORT (log: $DEMO/broke
 "$BIN/fleetctl" broker --dir "$DEMO/fleet" >"$DEMO/broker.log" 2>&1 &
 pids+=($!)
 
+step "fleetctl serve: the fleet's certificate signer (log: $DEMO/signer.log)"
+"$BIN/fleetctl" serve --dir "$DEMO/fleet" >"$DEMO/signer.log" 2>&1 &
+pids+=($!)
+
 step "camagent enroll: the device makes its own key and a CSR"
 csr=$("$BIN/camagent" enroll --state "$DEMO/$DEV" --id "$DEV")
 echo "CSR: $csr (key: $DEMO/$DEV/device.key, mode $(stat -c %a "$DEMO/$DEV/device.key"))"
@@ -45,6 +49,16 @@ pids+=($!)
 
 step "fleetctl ping: a signed command and the agent's reply"
 "$BIN/fleetctl" ping --dir "$DEMO/fleet" --device "$DEV" --wait 30s --count 3
+serial() { "$BIN/fleetctl" ping --dir "$DEMO/fleet" --device "$DEV" | sed -n 's/.*cert_serial=\([0-9a-f]*\).*/\1/p'; }
+before=$(serial)
+echo "certificate serial before the breach: $before"
+
+step "fleetctl breach: every device rotates key, certificate and token; every grant issued before is void"
+"$BIN/fleetctl" breach --dir "$DEMO/fleet" --incident DEMO-2019-12
+"$BIN/fleetctl" status --dir "$DEMO/fleet" --wait 60s
+after=$(serial)
+echo "certificate serial after the breach:  $after"
+[ "$before" != "$after" ] || { echo "the certificate did not change" >&2; exit 1; }
 
 echo
 echo "The agent and the broker keep running. Try: $BIN/fleetctl ping --dir $DEMO/fleet --device $DEV"

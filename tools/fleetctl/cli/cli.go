@@ -1,5 +1,3 @@
-// Package cli is fleetctl's command line. It parses arguments, calls the fleet package and
-// prints results; it never exits the process (main does).
 package cli
 
 import (
@@ -17,6 +15,8 @@ import (
 
 	"github.com/camagent/camagent/certs"
 	"github.com/camagent/camagent/tools/fleetctl/fleet"
+	"github.com/camagent/camagent/tools/fleetctl/registry"
+	"github.com/camagent/camagent/tools/fleetctl/signer"
 	"github.com/camagent/camagent/transport/mqtt/broker"
 	"github.com/camagent/camagent/transport/mqtt/mosquitto"
 )
@@ -24,10 +24,17 @@ import (
 const usage = `usage: fleetctl <command> [flags]
 
 commands:
-  init              create a fleet: CA, offline root key, signing keys, key set, operator and broker certificates
-  enroll            sign a device CSR and write its bundle
-  broker            run the embedded mTLS MQTT broker
-  mosquitto-config  write a Mosquitto configuration and ACL for the fleet
+  init              create a fleet: CA, offline root key, signing keys, key set, operator, signer and broker certificates
+  enroll            sign a device's enrollment request (device and bootstrap CSRs) and write its bundle
+  broker            run the embedded mTLS MQTT broker; it refuses revoked certificates at once
+  mosquitto-config  write a Mosquitto configuration, ACL and CRL for the fleet
+  serve             run the fleet's certificate signer (several instances share the load)
+  rotate            make one device (--device ID) or every device (--all) rotate its credentials
+  breach            breach response: every device rotates, every grant issued before is void
+  status            rotation status from retained state: counts and a per-device table
+  keys rotate       make the next root-signed key set (needs the offline root key)
+  crl               write the fleet's certificate revocation list
+  rollout resume    let the signer issue again after it aborted a rollout
   ping              send a signed ping to a device and print its reply and the round-trip time
 
 Every command takes --dir, the fleet directory (default ./fleet).
@@ -45,10 +52,21 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		"enroll":           enrollCmd,
 		"broker":           brokerCmd,
 		"mosquitto-config": mosquittoCmd,
+		"serve":            serveCmd,
+		"rotate":           rotateCmd,
+		"breach":           breachCmd,
+		"status":           statusCmd,
+		"keys":             keysCmd,
+		"crl":              crlCmd,
+		"rollout":          rolloutCmd,
 		"ping":             pingCmd,
 	}
 	if c, ok := cmds[args[0]]; ok {
-		return c(ctx, args[1:], stdout, stderr)
+		err := c(ctx, args[1:], stdout, stderr)
+		if errors.Is(err, flag.ErrHelp) {
+			return nil // -h: the flag package printed the command's flags
+		}
+		return err
 	}
 	if args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
 		fmt.Fprint(stdout, usage)
@@ -65,6 +83,20 @@ func newFlags(name string, stderr io.Writer) (*flag.FlagSet, *string) {
 }
 
 func logger(w io.Writer) *slog.Logger { return slog.New(slog.NewTextHandler(w, nil)) }
+
+// subcommand returns the name of a two-word command's subcommand ("keys rotate") and the
+// remaining arguments.
+func subcommand(cmd string, args []string, subs ...string) (string, []string, error) {
+	if len(args) == 0 || strings.HasPrefix(args[0], "-") {
+		return "", nil, fmt.Errorf("%s: want a subcommand: %s", cmd, strings.Join(subs, ", "))
+	}
+	for _, s := range subs {
+		if args[0] == s {
+			return s, args[1:], nil
+		}
+	}
+	return "", nil, fmt.Errorf("%s: unknown subcommand %q; want %s", cmd, args[0], strings.Join(subs, ", "))
+}
 
 func initCmd(_ context.Context, args []string, stdout, stderr io.Writer) error {
 	fs, dir := newFlags("init", stderr)
@@ -90,7 +122,7 @@ func initCmd(_ context.Context, args []string, stdout, stderr io.Writer) error {
 
 func enrollCmd(_ context.Context, args []string, stdout, stderr io.Writer) error {
 	fs, dir := newFlags("enroll", stderr)
-	csrPath := fs.String("csr", "", "device CSR (from camagent enroll --id)")
+	csrPath := fs.String("csr", "", "the device's enrollment request: its device and bootstrap CSRs (from camagent enroll --id)")
 	out := fs.String("out", "", "where to write the device bundle (default <device-id>.bundle.json)")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -102,7 +134,7 @@ func enrollCmd(_ context.Context, args []string, stdout, stderr io.Writer) error
 	if err != nil {
 		return err
 	}
-	csr, err := os.ReadFile(*csrPath)
+	csr, err := readCapped(*csrPath, fleet.MaxEnrollmentSize)
 	if err != nil {
 		return fmt.Errorf("enroll: %w", err)
 	}
@@ -117,15 +149,34 @@ func enrollCmd(_ context.Context, args []string, stdout, stderr io.Writer) error
 	if err := os.WriteFile(path, b, 0o644); err != nil {
 		return fmt.Errorf("enroll: %w", err)
 	}
-	fmt.Fprintf(stdout, "enrolled %s: certificate serial %s valid until %s; bundle written to %s\n",
+	fmt.Fprintf(stdout, "enrolled %s: certificate serial %s valid until %s, and its bootstrap identity; bundle written to %s\n",
 		certs.CertIdentity(c), c.SerialNumber.Text(16), c.NotAfter.UTC().Format(time.RFC3339), path)
+	fmt.Fprintf(stdout, "With Mosquitto, run fleetctl mosquitto-config again and send it SIGHUP so the ACL knows bootstrap:%s.\n", certs.CertIdentity(c))
 	return nil
+}
+
+// readCapped reads a file of at most max bytes.
+func readCapped(path string, max int64) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, max+1))
+	if err != nil {
+		return nil, err
+	}
+	if int64(len(b)) > max {
+		return nil, fmt.Errorf("%s is over %d bytes", path, max)
+	}
+	return b, nil
 }
 
 func brokerCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs, dir := newFlags("broker", stderr)
 	listen := fs.String("listen", "", "listen address host:port (default: the fleet's broker URL)")
 	data := fs.String("data", "", "persistence directory for sessions and retained messages (default <dir>/broker/data)")
+	poll := fs.Duration("revocation-poll", signer.DefaultEnforceInterval, "how often to look for newly revoked certificates, to cut their live sessions")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -148,11 +199,21 @@ func brokerCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err != nil {
 		return err
 	}
+	log := logger(stderr)
+	reg, err := f.OpenRegistry(log)
+	if err != nil {
+		return err
+	}
+	defer reg.Close()
+	// Revocations made before the broker starts are refused at CONNECT; the enforcer only
+	// needs to cut sessions for the ones that come after.
+	before := len(reg.Revocations())
 	b, err := broker.New(broker.Config{
 		Addr:    addr,
 		TLS:     certs.ServerTLSConfig(f.Pool, sc),
 		DataDir: *data,
-		Logger:  logger(stderr),
+		Revoked: reg.Revoked,
+		Logger:  log,
 	})
 	if err != nil {
 		return err
@@ -160,9 +221,12 @@ func brokerCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err := b.Start(); err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "broker listening on %s (mTLS, fleet CA %q)\n", b.URL(), f.Meta.Name)
-	<-ctx.Done()
-	return b.Close()
+	fmt.Fprintf(stdout, "broker listening on %s (mTLS, fleet CA %q, %d revoked serials)\n", b.URL(), f.Meta.Name, before)
+	// Revoked refuses a revoked certificate at CONNECT; the enforcer cuts the sessions that
+	// were live when it was revoked.
+	enf := &signer.Enforcer{Registry: reg, Broker: b, From: before, Interval: *poll, Logger: log}
+	err = enf.Run(ctx)
+	return errors.Join(err, b.Close())
 }
 
 func mosquittoCmd(_ context.Context, args []string, stdout, stderr io.Writer) error {
@@ -180,22 +244,50 @@ func mosquittoCmd(_ context.Context, args []string, stdout, stderr io.Writer) er
 	if err := os.MkdirAll(*out, 0o755); err != nil {
 		return err
 	}
+	reg, err := f.OpenRegistry(logger(stderr))
+	if err != nil {
+		return err
+	}
+	defer reg.Close()
+	// Mosquitto has no roles: every non-device identity needs its own user block, including
+	// each device's bootstrap identity.
+	identities := []string{"operator:" + fleet.DefaultOperator, "signer:" + fleet.DefaultSigner}
+	for _, id := range reg.Devices() {
+		for _, c := range reg.DeviceCerts(id) {
+			if c.Role == certs.RoleBootstrap && !c.IsRevoked() {
+				identities = append(identities, "bootstrap:"+id)
+				break
+			}
+		}
+	}
+	// Mosquitto refuses to start without its crlfile, and reads it only then: write a fresh
+	// one now, under the registry lock so a signer's newer one is not overwritten.
+	if err := reg.Update(func(tx *registry.Tx) error {
+		return signer.WriteCRL(f.CRLPath(), f.CA, tx.Revocations(), time.Now())
+	}); err != nil {
+		return err
+	}
 	ca, crt, key := f.ServerFiles()
 	abs := func(p string) string { a, _ := filepath.Abs(p); return a }
 	acl := filepath.Join(abs(*out), "acl")
-	if err := os.WriteFile(acl, mosquitto.RenderACL([]string{"operator:" + fleet.DefaultOperator}), 0o644); err != nil {
+	if err := os.WriteFile(acl, mosquitto.RenderACL(identities), 0o644); err != nil {
 		return err
 	}
-	conf := mosquitto.RenderConf(mosquitto.Conf{
+	mc := mosquitto.Conf{
 		Bind: *bind, Port: *port,
 		CAFile: abs(ca), CertFile: abs(crt), KeyFile: abs(key),
+		CRLFile:        abs(f.CRLPath()),
 		ACLFile:        acl,
 		PersistenceDir: filepath.Join(abs(*out), "data") + "/",
-	})
-	if err := os.WriteFile(filepath.Join(*out, "mosquitto.conf"), conf, 0o644); err != nil {
+	}
+	if err := mc.Validate(); err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "wrote %s and %s\n", filepath.Join(*out, "mosquitto.conf"), acl)
+	if err := os.WriteFile(filepath.Join(*out, "mosquitto.conf"), mosquitto.RenderConf(mc), 0o644); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "wrote %s and %s (%d identities besides devices); crlfile %s\n", filepath.Join(*out, "mosquitto.conf"), acl, len(identities), abs(f.CRLPath()))
+	fmt.Fprintln(stdout, "Mosquitto reads the CRL only when it starts (SIGHUP reloads the ACL and certificates, not the CRL): restart it after revocations.")
 	return nil
 }
 

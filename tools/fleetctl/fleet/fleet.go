@@ -1,14 +1,33 @@
 // Package fleet is the operator's side of a camagent fleet: the fleet directory (CA, offline
-// root key, command and grant signing keys, key set, operator and broker certificates), device
-// enrollment, command signing and the operator's MQTT session.
+// root key, command and grant signing keys, key set, operator, signer and broker
+// certificates, the signer's registry), device enrollment, key-set rotation, command and
+// desired-state signing, and the operator's MQTT session.
 //
 // The fleet directory holds the fleet's secrets. It is 0700 and every key file in it 0600; the
 // offline root key lives in its own subdirectory so it can be moved off the machine after
 // `fleetctl init` (it is needed again only by `fleetctl keys rotate`). Nothing here ever
-// handles a device's private key.
+// handles a device's private key or device token: enrollment records the certificates and the
+// token's hash only (S6).
+//
+// Layout:
+//
+//	fleet.json              public settings (name, broker URL, device certificate lifetime)
+//	ca.crt, ca.key          the fleet CA
+//	offline/root.key        the offline root key (move it off the machine)
+//	root.pub                its public half
+//	keyset.json             the root-signed key set in force
+//	keysets/keyset-vN.json  key sets made by `keys rotate`, not yet published
+//	keys/                   command and grant signing keys
+//	operator/, broker/      the operator's client and the broker's server certificates
+//	signer/signer.{crt,key} the signer identity (signer:default)
+//	signer/log.jsonl        the registry of issued, confirmed and revoked certificates
+//	signer/rollout.json     the rollout-control state (aborted or not)
+//	crl.pem                 the CRL for Mosquitto's crlfile
+//	seq                     the last command sequence / desired-state version handed out
 package fleet
 
 import (
+	"crypto/ed25519"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
@@ -17,6 +36,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -39,11 +59,23 @@ const (
 	operatorKey  = "operator/operator.key"
 	serverCert   = "broker/server.crt"
 	serverKey    = "broker/server.key"
+	signerDir    = "signer"
+	signerCert   = "signer/signer.crt"
+	signerKey    = "signer/signer.key"
+	registryFile = "signer/log.jsonl"
+	rolloutFile  = "signer/rollout.json"
+	crlFile      = "crl.pem"
+	keySetsDir   = "keysets"
 	seqFile      = "seq"
 )
 
 // DefaultOperator is the operator identity name `fleetctl init` issues for itself.
 const DefaultOperator = "admin"
+
+// DefaultSigner is the signer identity name `fleetctl init` issues: signer:default. Every
+// `fleetctl serve` instance of the fleet presents it; instances differ by MQTT client id
+// (SignerClientID).
+const DefaultSigner = "default"
 
 // ErrNoFleet reports a directory that holds no fleet.
 var ErrNoFleet = errors.New("fleet: no fleet in directory; run fleetctl init")
@@ -99,7 +131,7 @@ func Init(dir string, o InitOptions) (*Fleet, error) {
 	if _, err := os.Stat(filepath.Join(dir, fleetFile)); err == nil {
 		return nil, fmt.Errorf("fleet: init: %s already holds a fleet", dir)
 	}
-	for _, d := range []string{dir, filepath.Join(dir, "offline"), filepath.Join(dir, keysDir), filepath.Join(dir, "operator"), filepath.Join(dir, "broker")} {
+	for _, d := range []string{dir, filepath.Join(dir, "offline"), filepath.Join(dir, keysDir), filepath.Join(dir, "operator"), filepath.Join(dir, "broker"), filepath.Join(dir, signerDir)} {
 		if err := atomicfile.EnsurePrivateDir(d); err != nil {
 			return nil, fmt.Errorf("fleet: init: %w", err)
 		}
@@ -142,6 +174,9 @@ func Init(dir string, o InitOptions) (*Fleet, error) {
 		return nil, err
 	}
 	if err := issueKeyPair(dir, ca, certs.IssueRequest{Role: certs.RoleOperator, Name: DefaultOperator, Now: o.Now}, operatorCert, operatorKey); err != nil {
+		return nil, err
+	}
+	if err := issueKeyPair(dir, ca, certs.IssueRequest{Role: certs.RoleSigner, Name: DefaultSigner, Now: o.Now}, signerCert, signerKey); err != nil {
 		return nil, err
 	}
 	sreq := certs.IssueRequest{Role: certs.RoleServer, Name: "camagent broker", Now: o.Now}
@@ -210,7 +245,8 @@ func issueKeyPair(dir string, ca *certs.CA, req certs.IssueRequest, certName, ke
 	return writeFile(dir, certName, certs.EncodeCertPEM(c), 0o644)
 }
 
-// Fleet is an opened fleet directory.
+// Fleet is an opened fleet directory. Its methods may be called from several goroutines,
+// except InstallKeySet, which changes the key set the others sign with.
 type Fleet struct {
 	Dir    string
 	Meta   Meta
@@ -308,11 +344,18 @@ func (f *Fleet) loadRoot() (*certs.SigningKey, error) {
 // KeySet returns the fleet's current key set.
 func (f *Fleet) KeySet() *certs.KeySet { return f.ks }
 
-// signingKey loads the newest key of a kind ("command" or "grant") that the key set trusts.
-func (f *Fleet) signingKey(kind string) (*certs.SigningKey, error) {
-	trusted := f.ks.CommandKeys
+// RootKey returns the offline root's public key, which devices pin.
+func (f *Fleet) RootKey() ed25519.PublicKey { return ed25519.PublicKey(slices.Clone(f.root)) }
+
+// signingKey loads the newest key of a kind ("command" or "grant") that the key set in force
+// trusts.
+func (f *Fleet) signingKey(kind string) (*certs.SigningKey, error) { return f.signingKeyOf(f.ks, kind) }
+
+// signingKeyOf loads the newest key of a kind that ks trusts and whose private half is in keys/.
+func (f *Fleet) signingKeyOf(ks *certs.KeySet, kind string) (*certs.SigningKey, error) {
+	trusted := ks.CommandKeys
 	if kind == "grant" {
-		trusted = f.ks.GrantKeys
+		trusted = ks.GrantKeys
 	}
 	for i := len(trusted) - 1; i >= 0; i-- {
 		b, err := os.ReadFile(filepath.Join(f.Dir, keysDir, kind+"-"+trusted[i].ID+".key"))
@@ -321,37 +364,7 @@ func (f *Fleet) signingKey(kind string) (*certs.SigningKey, error) {
 		}
 		return certs.ParseSigningKeyPEM(b)
 	}
-	return nil, fmt.Errorf("fleet: no %s signing key in %s that the key set trusts", kind, filepath.Join(f.Dir, keysDir))
-}
-
-// Enroll signs a device CSR and returns the device bundle. The CSR's CN must be a valid
-// device id; it becomes the device's identity.
-func (f *Fleet) Enroll(csrPEM []byte, now time.Time) ([]byte, *x509.Certificate, error) {
-	csr, err := certs.ParseCSR(csrPEM)
-	if err != nil {
-		return nil, nil, fmt.Errorf("fleet: enroll: %w", err)
-	}
-	id := csr.Subject.CommonName
-	if err := certs.ValidDeviceID(id); err != nil {
-		return nil, nil, fmt.Errorf("fleet: enroll: %w", err)
-	}
-	c, err := f.CA.Issue(certs.IssueRequest{Role: certs.RoleDevice, Name: id, CSR: csr, Now: now, Validity: time.Duration(f.Meta.DeviceValidity) * time.Second})
-	if err != nil {
-		return nil, nil, fmt.Errorf("fleet: enroll: %w", err)
-	}
-	b, err := json.MarshalIndent(certs.Bundle{
-		V:        1,
-		DeviceID: id,
-		CertPEM:  string(certs.EncodeCertPEM(c)),
-		CAPEM:    string(f.CAPEM),
-		RootKey:  f.root,
-		KeySet:   f.keySet,
-		Broker:   f.Meta.Broker,
-	}, "", "  ")
-	if err != nil {
-		return nil, nil, fmt.Errorf("fleet: enroll: %w", err)
-	}
-	return b, c, nil
+	return nil, fmt.Errorf("fleet: no %s signing key in %s that key set v%d trusts", kind, filepath.Join(f.Dir, keysDir), ks.Version)
 }
 
 // OperatorCertificate loads the operator's TLS client certificate.

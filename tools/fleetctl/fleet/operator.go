@@ -5,8 +5,10 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 	"time"
 
@@ -31,8 +33,12 @@ type Operator struct {
 	closeOnce sync.Once
 	closeErr  error
 
+	onMessage func(topic string, payload []byte)
+	syncTopic string
+
 	mu      sync.Mutex
 	waiters map[uint64]chan *wire.Reply
+	syncs   map[string]chan struct{}
 }
 
 // OperatorOptions configures Dial.
@@ -41,7 +47,19 @@ type OperatorOptions struct {
 	Broker string
 	// Logger receives the session's logs; nil discards them.
 	Logger *slog.Logger
+	// Subscriptions are topic filters to subscribe to besides the devices' replies, at QoS 0
+	// (retained state is re-read on every connect, and QoS 0 keeps it in order with Sync).
+	// Their messages, retained ones included, go to OnMessage.
+	Subscriptions []string
+	// OnMessage receives the messages of Subscriptions, one at a time, in arrival order, on
+	// the session's delivery goroutine; an empty payload is a cleared retained message. It must
+	// not keep payload. Required when Subscriptions is set.
+	OnMessage func(topic string, payload []byte)
 }
+
+// operatorQueueLength is how many inbound messages may wait for the session's handler: a
+// fleet's worth of retained device state arrives at once.
+const operatorQueueLength = 1 << 16
 
 // ClientID returns a unique MQTT client ID for one session of identity: the identity, "~" and
 // 8 random hex digits. Several sessions of one operator identity can then coexist; the brokers
@@ -69,14 +87,30 @@ func (f *Fleet) Dial(ctx context.Context, o OperatorOptions) (*Operator, error) 
 	if err != nil {
 		return nil, err
 	}
-	op := &Operator{f: f, log: o.Logger, done: make(chan error, 1), waiters: map[uint64]chan *wire.Reply{}}
+	if len(o.Subscriptions) > 0 && o.OnMessage == nil {
+		return nil, fmt.Errorf("fleet: OperatorOptions.OnMessage is required with Subscriptions")
+	}
+	clientID := ClientID(certs.CertIdentity(cert.Leaf))
+	op := &Operator{
+		f: f, log: o.Logger, done: make(chan error, 1), onMessage: o.OnMessage,
+		// The sync topic is private to this session: under fleet/ (which the operator may
+		// use) but outside fleet/down/, so no device ever receives it.
+		syncTopic: "fleet/sync/" + clientID[strings.LastIndexByte(clientID, '~')+1:],
+		waiters:   map[uint64]chan *wire.Reply{},
+		syncs:     map[string]chan struct{}{},
+	}
+	subs := []mqtt.Subscription{{Filter: "dev/+/up/reply", QoS: 1}, {Filter: op.syncTopic, QoS: 0}}
+	for _, s := range o.Subscriptions {
+		subs = append(subs, mqtt.Subscription{Filter: s, QoS: 0})
+	}
 	client, err := mqtt.New(mqtt.Config{
 		BrokerURL:     broker,
-		ClientID:      ClientID(certs.CertIdentity(cert.Leaf)),
+		ClientID:      clientID,
 		TLS:           certs.ClientTLSConfig(f.Pool, host, certs.NewHolder(cert)),
 		CleanSession:  true,
-		Subscriptions: []mqtt.Subscription{{Filter: "dev/+/up/reply", QoS: 1}},
+		Subscriptions: subs,
 		Handler:       op.handle,
+		QueueLength:   operatorQueueLength,
 		MinBackoff:    100 * time.Millisecond,
 		MaxBackoff:    2 * time.Second,
 		Logger:        o.Logger,
@@ -108,8 +142,21 @@ func (o *Operator) Close() error {
 func (o *Operator) Client() *mqtt.Client { return o.client }
 
 func (o *Operator) handle(_ context.Context, m mqtt.Message) {
+	if m.Topic == o.syncTopic {
+		o.mu.Lock()
+		ch := o.syncs[string(m.Payload)]
+		delete(o.syncs, string(m.Payload))
+		o.mu.Unlock()
+		if ch != nil {
+			close(ch)
+		}
+		return
+	}
 	id, dir, leaf, ok := topic.Parse(m.Topic)
 	if !ok || dir != topic.Up || leaf != topic.LeafReply {
+		if o.onMessage != nil {
+			o.onMessage(m.Topic, m.Payload)
+		}
 		return
 	}
 	var r wire.Reply
@@ -174,4 +221,68 @@ func (o *Operator) Ping(ctx context.Context, device string) (*wire.Reply, time.D
 		return r, rtt, fmt.Errorf("fleet: %s answered ping with error %q", device, r.Error)
 	}
 	return r, rtt, nil
+}
+
+// Sync returns once every message the broker had for this session's subscriptions when Sync
+// was called has been handed to OnMessage — in particular every retained message sent when
+// the session subscribed. It publishes a nonce on the session's private sync topic and waits
+// for it to come back: both brokers send a subscription's retained messages before they
+// process the client's next packet, and deliver one session's QoS 0 messages in order.
+func (o *Operator) Sync(ctx context.Context) error {
+	var b [8]byte
+	rand.Read(b[:])
+	nonce := hex.EncodeToString(b[:])
+	ch := make(chan struct{})
+	o.mu.Lock()
+	o.syncs[nonce] = ch
+	o.mu.Unlock()
+	defer func() {
+		o.mu.Lock()
+		delete(o.syncs, nonce)
+		o.mu.Unlock()
+	}()
+	for {
+		err := o.client.Publish(ctx, o.syncTopic, 1, false, []byte(nonce))
+		if err == nil {
+			break
+		}
+		if ctx.Err() != nil || !(errors.Is(err, mqtt.ErrNotConnected) || errors.Is(err, mqtt.ErrConnectionLost)) {
+			return fmt.Errorf("fleet: sync: %w", err)
+		}
+		if err := o.client.WaitConnected(ctx); err != nil {
+			return fmt.Errorf("fleet: sync: %w", err)
+		}
+	}
+	select {
+	case <-ch:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("fleet: sync: %w", ctx.Err())
+	}
+}
+
+// PublishDesired signs d (SignDesired) and publishes it retained, QoS 1, on the target's
+// desired-state topic: fleet/down/desired for certs.TargetFleet, else dev/<id>/down/desired.
+// It sets d.Version from NextSeq and d.IssuedAt from now, and returns the document as signed.
+func (o *Operator) PublishDesired(ctx context.Context, d certs.Desired, now time.Time) (*certs.Desired, error) {
+	t := topic.FleetDesired
+	if d.Target != certs.TargetFleet {
+		if err := certs.ValidDeviceID(d.Target); err != nil {
+			return nil, fmt.Errorf("fleet: desired state: %w", err)
+		}
+		t = topic.DeviceDesired(d.Target)
+	}
+	seq, err := o.f.NextSeq(now)
+	if err != nil {
+		return nil, err
+	}
+	d.Version, d.IssuedAt = seq, now.Unix()
+	b, err := o.f.SignDesired(d)
+	if err != nil {
+		return nil, err
+	}
+	if err := o.client.Publish(ctx, t, 1, true, b); err != nil {
+		return nil, fmt.Errorf("fleet: publish desired state on %s: %w", t, err)
+	}
+	return &d, nil
 }

@@ -296,7 +296,7 @@ func FuzzRenderConf(f *testing.F) {
 	f.Add("", "/ca.pem\nallow_anonymous true", "", "/data\r\nlistener 1883", "", 0, 100)
 	f.Add("::1 ", " /ca.pem", "/crl\u2028acl_file /x", "/d", "mosquitto\tx", -1, 19)
 	known := map[string]bool{
-		"per_listener_settings": true, "allow_anonymous": true, "acl_file": true, "max_packet_size": true,
+		"per_listener_settings": true, "allow_anonymous": true, "acl_file": true, "max_packet_size": true, "set_tcp_nodelay": true, "max_queued_messages": true,
 		"persistence": true, "persistence_location": true, "user": true, "log_dest": true,
 		"connection_messages": true, "log_timestamp": true, "listener": true, "protocol": true,
 		"cafile": true, "certfile": true, "keyfile": true, "crlfile": true, "require_certificate": true,

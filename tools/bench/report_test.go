@@ -1,0 +1,256 @@
+//go:build bench
+
+package bench
+
+import (
+	"bytes"
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/camagent/camagent/agent"
+	"github.com/camagent/camagent/tools/fleetctl/fleet"
+	"github.com/camagent/camagent/transport/mqtt/mqtttest"
+)
+
+var (
+	out  = flag.String("report", "", "write the report to this file")
+	runs = flag.Int("runs", 5, "repetitions of each measurement; the report quotes medians")
+)
+
+// row is one line of the report.
+type row struct {
+	figure, goal, measured, note string
+}
+
+type report struct{ rows []row }
+
+func (r *report) add(figure, goal, measured, note string) {
+	r.rows = append(r.rows, row{figure, goal, measured, note})
+}
+
+func median(xs []float64) float64 {
+	s := slices.Clone(xs)
+	slices.Sort(s)
+	if len(s) == 0 {
+		return 0
+	}
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
+func percentile(ds []time.Duration, p float64) time.Duration {
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	if len(s) == 0 {
+		return 0
+	}
+	i := int(p * float64(len(s)-1))
+	return s[i]
+}
+
+func ms(d float64) string { return strconv.FormatFloat(d, 'f', 2, 64) + " ms" }
+
+func TestReport(t *testing.T) {
+	if *out == "" {
+		t.Fatal("run through make bench (needs -report FILE)")
+	}
+	var r report
+	measurePing(t, &r)
+	measureIdleRSS(t, &r)
+	measureBinarySizes(t, &r)
+	writeReport(t, &r)
+}
+
+func newFleet(t *testing.T) (*fleet.Fleet, *mqtttest.PKI) {
+	f, err := fleet.Init(filepath.Join(t.TempDir(), "fleet"), fleet.InitOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return f, &mqtttest.PKI{CA: f.CA, CAPEM: f.CAPEM, Pool: f.Pool}
+}
+
+func enroll(t testing.TB, f *fleet.Fleet, id string) string {
+	dir := filepath.Join(t.TempDir(), id)
+	csr, err := agent.Enroll(dir, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _, err := f.Enroll(csr, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := agent.InstallBundle(dir, b, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+// measurePing: signed ping round trip, operator → broker → agent → broker → operator, over
+// loopback mTLS, on both brokers. Goal p50 ≤ 5 ms.
+func measurePing(t *testing.T, r *report) {
+	f, pki := newFleet(t)
+	ids := mqtttest.WithIdentities("operator:" + fleet.DefaultOperator)
+	for _, start := range []func(testing.TB, *mqtttest.PKI, ...mqtttest.Option) mqtttest.Broker{
+		func(t testing.TB, p *mqtttest.PKI, o ...mqtttest.Option) mqtttest.Broker { return mqtttest.StartEmbedded(t, p, o...) },
+		func(t testing.TB, p *mqtttest.PKI, o ...mqtttest.Option) mqtttest.Broker { return mqtttest.StartMosquitto(t, p, o...) },
+	} {
+		b := start(t, pki, ids)
+		dir := enroll(t, f, "cam-bench")
+		a, err := agent.New(agent.Config{StateDir: dir, BrokerURL: b.URL()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() { done <- a.Run(ctx) }()
+		<-a.Connected()
+		op, err := f.Dial(ctx, fleet.OperatorOptions{Broker: b.URL()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var p50s, p99s []float64
+		for run := 0; run < *runs; run++ {
+			var rtts []time.Duration
+			for i := 0; i < 500; i++ {
+				pctx, pc := context.WithTimeout(ctx, 10*time.Second)
+				_, rtt, err := op.Ping(pctx, "cam-bench")
+				pc()
+				if err != nil {
+					t.Fatal(err)
+				}
+				if i >= 50 { // warm-up
+					rtts = append(rtts, rtt)
+				}
+			}
+			p50s = append(p50s, float64(percentile(rtts, 0.5).Microseconds())/1000)
+			p99s = append(p99s, float64(percentile(rtts, 0.99).Microseconds())/1000)
+		}
+		op.Close()
+		cancel()
+		<-done
+		b.Stop(t)
+		r.add("Signed ping round trip, loopback mTLS, "+b.Name()+" broker: p50", "≤ 5 ms", ms(median(p50s)),
+			fmt.Sprintf("p99 %s; %d runs × 450 pings, median of runs", ms(median(p99s)), *runs))
+	}
+}
+
+// measureIdleRSS: resident memory of the real camagent binary, connected and idle.
+func measureIdleRSS(t *testing.T, r *report) {
+	bin, err := filepath.Abs("../../bin/camagent")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(bin); err != nil {
+		t.Fatalf("%s missing: make bench builds it first", bin)
+	}
+	f, pki := newFleet(t)
+	b := mqtttest.StartEmbedded(t, pki)
+	var kib []float64
+	for run := 0; run < *runs; run++ {
+		dir := enroll(t, f, fmt.Sprintf("cam-rss-%d", run))
+		cmd := exec.Command(bin, "run", "--state", dir, "--broker", b.URL(), "--log-level", "warn")
+		var stderr bytes.Buffer
+		cmd.Stderr = &stderr
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		op, err := f.Dial(ctx, fleet.OperatorOptions{Broker: b.URL()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for {
+			pctx, pc := context.WithTimeout(ctx, time.Second)
+			_, _, err := op.Ping(pctx, fmt.Sprintf("cam-rss-%d", run))
+			pc()
+			if err == nil {
+				break
+			}
+			if ctx.Err() != nil {
+				t.Fatalf("agent never answered: %v\n%s", err, stderr.String())
+			}
+		}
+		op.Close()
+		cancel()
+		time.Sleep(5 * time.Second) // idle, connected
+		kib = append(kib, float64(vmRSS(t, cmd.Process.Pid)))
+		cmd.Process.Signal(os.Interrupt)
+		cmd.Wait()
+	}
+	r.add("Resident memory of a connected idle agent (camagent "+runtime.GOOS+"/"+runtime.GOARCH+")", "≤ 12 MiB",
+		fmt.Sprintf("%.1f MiB", median(kib)/1024), fmt.Sprintf("VmRSS after 5 s idle, median of %d runs", *runs))
+}
+
+func vmRSS(t *testing.T, pid int) int {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(l, "VmRSS:") {
+			n, _ := strconv.Atoi(strings.Fields(l)[1])
+			return n
+		}
+	}
+	t.Fatal("no VmRSS")
+	return 0
+}
+
+// measureBinarySizes reads the stripped static binaries `make cross` built.
+func measureBinarySizes(t *testing.T, r *report) {
+	for _, arch := range []string{"linux-arm64", "linux-armv6", "linux-armv7", "linux-amd64"} {
+		fi, err := os.Stat(filepath.Join("../../dist", arch, "camagent"))
+		if err != nil {
+			t.Fatalf("%v: make bench runs make cross first", err)
+		}
+		r.add("camagent binary size, "+arch+", static, stripped", "≤ 12 MiB", fmt.Sprintf("%.1f MiB", float64(fi.Size())/(1<<20)), "CGO_ENABLED=0 -trimpath -ldflags=-s -w")
+	}
+}
+
+func machine() string {
+	model := "unknown CPU"
+	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for _, l := range strings.Split(string(b), "\n") {
+			if strings.HasPrefix(l, "model name") {
+				model = strings.TrimSpace(strings.SplitN(l, ":", 2)[1])
+				break
+			}
+		}
+	}
+	mem := ""
+	if b, err := os.ReadFile("/proc/meminfo"); err == nil {
+		f := strings.Fields(strings.SplitN(string(b), "\n", 2)[0])
+		if len(f) >= 2 {
+			kb, _ := strconv.Atoi(f[1])
+			mem = fmt.Sprintf(", %.0f GiB RAM", float64(kb)/(1<<20))
+		}
+	}
+	kernel, _ := os.ReadFile("/proc/sys/kernel/osrelease")
+	return fmt.Sprintf("%s, %d cores%s, Linux %s, %s", model, runtime.NumCPU(), mem, strings.TrimSpace(string(kernel)), runtime.Version())
+}
+
+func writeReport(t *testing.T, r *report) {
+	var b strings.Builder
+	fmt.Fprintf(&b, "# Benchmarks\n\nGenerated by `make bench` on %s.\n\nMachine: %s.\n\n", time.Now().UTC().Format("2006-01-02 15:04 UTC"), machine())
+	b.WriteString("The machines are shared and noisy: every figure is the median of several runs in one session, and ratios are measured side by side in the same run. Nothing here is asserted by a test.\n\n")
+	b.WriteString("| figure | goal | measured | how |\n|---|---|---|---|\n")
+	for _, x := range r.rows {
+		fmt.Fprintf(&b, "| %s | %s | %s | %s |\n", x.figure, x.goal, x.measured, x.note)
+	}
+	if err := os.WriteFile(*out, []byte(b.String()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("wrote %s:\n%s", *out, b.String())
+}

@@ -1,0 +1,232 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/schollz/progressbar/v3"
+
+	"github.com/camagent/camagent/certs"
+	"github.com/camagent/camagent/tools/fleetctl/fleet"
+	"github.com/camagent/camagent/tools/fleetctl/status"
+)
+
+// operatorFlags are the flags of every command that talks to the broker as the operator.
+type operatorFlags struct {
+	broker  *string
+	timeout *time.Duration
+}
+
+func addOperatorFlags(fs *flag.FlagSet) operatorFlags {
+	return operatorFlags{
+		broker:  fs.String("broker", "", "broker URL (default: the fleet's)"),
+		timeout: fs.Duration("timeout", 15*time.Second, "how long to wait for the broker: to connect, and for the retained state"),
+	}
+}
+
+// readFleetState connects as the operator, subscribed to every device's retained state and
+// to the desired state, and returns once the retained messages are in the collector. Close
+// the session when done; it keeps feeding the collector until then.
+func readFleetState(ctx context.Context, f *fleet.Fleet, of operatorFlags) (*fleet.Operator, *status.Collector, error) {
+	col := status.NewCollector(f.RootKey(), f.KeySet())
+	ctx, cancel := context.WithTimeout(ctx, *of.timeout)
+	defer cancel()
+	op, err := f.Dial(ctx, fleet.OperatorOptions{Broker: *of.broker, Subscriptions: status.Filters(), OnMessage: col.Add})
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := op.Sync(ctx); err != nil {
+		op.Close()
+		return nil, nil, fmt.Errorf("reading retained state: %w", err)
+	}
+	return op, col, nil
+}
+
+func rotateCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs, dir := newFlags("rotate", stderr)
+	device := fs.String("device", "", "device id: raise this device's desired credential epoch")
+	all := fs.Bool("all", false, "raise the fleet-wide desired credential epoch: every device rotates")
+	of := addOperatorFlags(fs)
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if (*device == "") == !*all {
+		return errors.New("rotate: give exactly one of --device ID and --all")
+	}
+	if *device != "" {
+		if err := certs.ValidDeviceID(*device); err != nil {
+			return fmt.Errorf("rotate: %w", err)
+		}
+	}
+	f, err := fleet.Open(*dir)
+	if err != nil {
+		return err
+	}
+	op, col, err := readFleetState(ctx, f, of)
+	if err != nil {
+		return err
+	}
+	defer op.Close()
+	d := certs.Desired{Target: certs.TargetFleet, Epoch: col.MaxEpoch() + 1}
+	if *device != "" {
+		cur, known := col.DeviceEpoch(*device)
+		d = certs.Desired{Target: *device, Epoch: max(col.DesiredEpoch(*device), cur) + 1}
+		if !known {
+			fmt.Fprintf(stderr, "rotate: %s has published no state; it will rotate when it connects\n", *device)
+		}
+	}
+	pctx, cancel := context.WithTimeout(ctx, *of.timeout)
+	defer cancel()
+	got, err := op.PublishDesired(pctx, d, time.Now())
+	if err != nil {
+		return err
+	}
+	target := "every device"
+	if *device != "" {
+		target = *device
+	}
+	fmt.Fprintf(stdout, "desired credential epoch of %s raised to %d (version %d); follow it with fleetctl status --wait 10m\n", target, got.Epoch, got.Version)
+	return nil
+}
+
+func breachCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs, dir := newFlags("breach", stderr)
+	incident := fs.String("incident", "", "incident id for the record (letters, digits, '.', '_', '-')")
+	keyset := fs.String("keyset", "", "a key set made by fleetctl keys rotate, to publish with the breach notice and put in force")
+	of := addOperatorFlags(fs)
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *incident == "" {
+		return errors.New("breach: --incident is required")
+	}
+	f, err := fleet.Open(*dir)
+	if err != nil {
+		return err
+	}
+	var ksb []byte
+	var ks *certs.KeySet
+	if *keyset != "" {
+		if ksb, err = readCapped(*keyset, certs.MaxKeySetSize); err != nil {
+			return fmt.Errorf("breach: %w", err)
+		}
+		if ks, err = f.OpenNewKeySet(ksb); err != nil {
+			return fmt.Errorf("breach: --keyset %s: %w", *keyset, err)
+		}
+	}
+	op, col, err := readFleetState(ctx, f, of)
+	if err != nil {
+		return err
+	}
+	defer op.Close()
+	pctx, cancel := context.WithTimeout(ctx, *of.timeout)
+	defer cancel()
+	got, err := op.PublishDesired(pctx, certs.Desired{Target: certs.TargetFleet, Epoch: col.MaxEpoch() + 1, Incident: *incident, KeySet: ksb}, time.Now())
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "breach %s: every device rotates its key, certificate and token to epoch %d; grants from earlier epochs are void (version %d)\n", got.Incident, got.Epoch, got.Version)
+	if ks != nil {
+		// Only now: the breach notice that carries the set is out, so devices can learn the
+		// keys that sign from here on.
+		if err := f.InstallKeySet(ksb); err != nil {
+			return fmt.Errorf("breach: the notice carries key set v%d but it could not be put in force here: %w", ks.Version, err)
+		}
+		fmt.Fprintf(stdout, "key set v%d published and in force (%d command keys, %d grant keys)\n", ks.Version, len(ks.CommandKeys), len(ks.GrantKeys))
+	}
+	fmt.Fprintln(stdout, "follow it with: fleetctl status --wait 10m")
+	return nil
+}
+
+// statusEvery bounds how often --wait recomputes the report while messages stream in.
+const statusEvery = 200 * time.Millisecond
+
+func statusCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs, dir := newFlags("status", stderr)
+	asJSON := fs.Bool("json", false, "print the report as JSON")
+	wait := fs.Duration("wait", 0, "follow the rollout with a progress bar until every device converged, for at most this long; exit non-zero if it did not")
+	of := addOperatorFlags(fs)
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	f, err := fleet.Open(*dir)
+	if err != nil {
+		return err
+	}
+	op, col, err := readFleetState(ctx, f, of)
+	if err != nil {
+		return err
+	}
+	defer op.Close()
+	r := col.Report()
+	if *wait > 0 {
+		r, err = follow(ctx, col, *wait, stderr)
+		if err != nil {
+			return err
+		}
+	}
+	if *asJSON {
+		err = r.WriteJSON(stdout)
+	} else {
+		err = r.WriteTable(stdout)
+	}
+	if err != nil {
+		return err
+	}
+	if *wait > 0 && !r.Converged {
+		return fmt.Errorf("status: not converged within %s: %d of %d devices converged (%d rotating, %d failed, %d behind)",
+			*wait, r.Counts.Converged, r.Total, r.Counts.Rotating, r.Counts.Failed, r.Counts.Behind)
+	}
+	return nil
+}
+
+// follow shows a progress bar on w while devices converge, until all have or wait has passed,
+// and returns the last report.
+func follow(ctx context.Context, col *status.Collector, wait time.Duration, w io.Writer) (status.Report, error) {
+	deadline := time.NewTimer(wait)
+	defer deadline.Stop()
+	r := col.Report()
+	bar := progressbar.NewOptions(max(r.Total, 1),
+		progressbar.OptionSetWriter(w),
+		progressbar.OptionSetDescription("converged"),
+		progressbar.OptionShowCount(),
+		progressbar.OptionSetElapsedTime(true),
+		progressbar.OptionSetPredictTime(false),
+		progressbar.OptionThrottle(statusEvery),
+	)
+	for {
+		changed := col.Changed()
+		r = col.Report()
+		bar.ChangeMax(max(r.Total, 1))
+		bar.Describe(fmt.Sprintf("converged (%d rotating, %d failed, %d behind)", r.Counts.Rotating, r.Counts.Failed, r.Counts.Behind))
+		if r.Converged {
+			bar.Set(max(r.Total, 1))
+			bar.Finish()
+			fmt.Fprintln(w)
+			return r, nil
+		}
+		bar.Set(r.Counts.Converged)
+		select {
+		case <-changed:
+		case <-deadline.C:
+			fmt.Fprintln(w)
+			return r, nil
+		case <-ctx.Done():
+			fmt.Fprintln(w)
+			return r, ctx.Err()
+		}
+		// Let a burst of state messages land before computing the next report.
+		select {
+		case <-time.After(statusEvery):
+		case <-deadline.C:
+			fmt.Fprintln(w)
+			return col.Report(), nil
+		case <-ctx.Done():
+			return col.Report(), ctx.Err()
+		}
+	}
+}

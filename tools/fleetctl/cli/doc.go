@@ -1,0 +1,43 @@
+// Package cli is fleetctl's command line. It parses arguments, calls the fleet, signer,
+// registry and status packages and prints results; it never exits the process (main does).
+//
+// # Breach response, step by step
+//
+//	fleetctl init --dir fleet --broker mqtts://broker.example:8883
+//	fleetctl broker --dir fleet               # or Mosquitto: fleetctl mosquitto-config
+//	fleetctl serve --dir fleet --name s1      # the signer; run more with other names
+//	fleetctl serve --dir fleet --name s2 --max-rate 600 --abort-ratio 0.2
+//
+//	fleetctl rotate --dir fleet --device cam-0001     # one device
+//	fleetctl breach --dir fleet --incident INC-42     # every device, every grant voided
+//	fleetctl status --dir fleet --wait 30m            # progress bar; non-zero exit if not converged
+//
+// A breach that may have reached the online signing keys also replaces them: `fleetctl keys
+// rotate` (with the offline root key) makes the next key set, printing its path, and `fleetctl
+// breach --incident ID --keyset PATH` publishes it inside the retained breach notice, then puts
+// it in force. Every desired-state document carries the key set in force, so a device that was
+// offline learns it from whichever document it reads first.
+//
+// Desired state is retained and versioned: `rotate` and `breach` read the retained documents
+// and every device's retained state first and raise the epoch above all of them, so a device
+// that was offline for months converges when it returns (R2).
+//
+// # Revocation on Mosquitto
+//
+// The embedded broker (`fleetctl broker`) refuses a revoked certificate at its next CONNECT and
+// cuts live sessions using it within about a second. Mosquitto learns revocations only from its
+// crlfile, which `fleetctl serve` rewrites (fleet/crl.pem) after every revocation — and
+// Mosquitto 2.0 reads that file only when it starts: SIGHUP reloads its ACL and certificates but
+// not the CRL. Restart Mosquitto after a rotation wave to enforce the revocations; until then
+// the replaced certificates still connect there (short device-certificate lifetimes bound how
+// long). `fleetctl crl --out FILE` writes the CRL on demand. After enrolling devices, render
+// the configuration again (`fleetctl mosquitto-config`) and send Mosquitto SIGHUP: each
+// device's bootstrap identity needs its own ACL user block.
+//
+// # Signer instances
+//
+// Each `fleetctl serve --name N` keeps a persistent MQTT session (client id
+// signer:default~<hash of N>) so requests queued while it restarts are not lost. The brokers
+// also keep handing a share of the requests to a stopped instance's session; when an instance
+// is taken out of service for good, run `fleetctl serve --name N --retire` once.
+package cli

@@ -1,0 +1,136 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"strings"
+	"time"
+
+	"github.com/camagent/camagent/certs"
+	"github.com/camagent/camagent/internal/atomicfile"
+	"github.com/camagent/camagent/tools/fleetctl/fleet"
+	"github.com/camagent/camagent/tools/fleetctl/registry"
+	"github.com/camagent/camagent/tools/fleetctl/signer"
+)
+
+func keysCmd(_ context.Context, args []string, stdout, stderr io.Writer) error {
+	_, args, err := subcommand("keys", args, "rotate")
+	if err != nil {
+		return err
+	}
+	fs, dir := newFlags("keys rotate", stderr)
+	root := fs.String("root", "", "the offline root key (default <dir>/offline/root.key)")
+	var drop []string
+	fs.Func("drop", "id of a command or grant key to leave out of the new key set (repeat for several)", func(s string) error {
+		drop = append(drop, s)
+		return nil
+	})
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	f, err := fleet.Open(*dir)
+	if err != nil {
+		return err
+	}
+	if *root == "" {
+		*root = f.RootKeyPath()
+	}
+	rk, err := f.LoadRootKey(*root)
+	if err != nil {
+		return err
+	}
+	path, ks, err := f.RotateKeys(rk, drop, time.Now())
+	if err != nil {
+		return err
+	}
+	ids := func(keys []certs.PublicKey) string {
+		var s []string
+		for _, k := range keys {
+			s = append(s, k.ID)
+		}
+		return strings.Join(s, " ")
+	}
+	fmt.Fprintf(stderr, "key set v%d signed by the root %s\n  command keys: %s\n  grant keys:   %s\nIt is not in force yet: publish it with fleetctl breach --incident ID --keyset %s\n",
+		ks.Version, rk.ID(), ids(ks.CommandKeys), ids(ks.GrantKeys), path)
+	// Only the path on stdout, for scripts: ks=$(fleetctl keys rotate).
+	fmt.Fprintln(stdout, path)
+	return nil
+}
+
+func crlCmd(_ context.Context, args []string, stdout, stderr io.Writer) error {
+	fs, dir := newFlags("crl", stderr)
+	out := fs.String("out", "", "where to write the PEM CRL (default <dir>/crl.pem, Mosquitto's crlfile)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	f, err := fleet.Open(*dir)
+	if err != nil {
+		return err
+	}
+	if *out == "" {
+		*out = f.CRLPath()
+	}
+	reg, err := f.OpenRegistry(logger(stderr))
+	if err != nil {
+		return err
+	}
+	defer reg.Close()
+	var n int
+	err = reg.Update(func(tx *registry.Tx) error {
+		revs := tx.Revocations()
+		b, err := signer.CRL(f.CA, revs, time.Now(), 0)
+		if err != nil {
+			return err
+		}
+		n = len(revs)
+		return atomicfile.WriteFile(*out, b, 0o644)
+	})
+	if err != nil {
+		return fmt.Errorf("crl: %w", err)
+	}
+	fmt.Fprintf(stdout, "wrote %s (%d serials revoked so far; certificates expired for over a day are left out)\nMosquitto reads its crlfile only when it starts: restart it to apply.\n", *out, n)
+	return nil
+}
+
+func rolloutCmd(_ context.Context, args []string, stdout, stderr io.Writer) error {
+	sub, args, err := subcommand("rollout", args, "resume", "status")
+	if err != nil {
+		return err
+	}
+	fs, dir := newFlags("rollout "+sub, stderr)
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	f, err := fleet.Open(*dir)
+	if err != nil {
+		return err
+	}
+	if sub == "status" {
+		st, err := signer.LoadRollout(f.RolloutPath())
+		if err != nil {
+			return err
+		}
+		if st.Aborted {
+			fmt.Fprintf(stdout, "aborted at %s: %s\n", st.AbortedAt.Format(time.RFC3339), st.Reason)
+		} else {
+			fmt.Fprintln(stdout, "running")
+		}
+		return nil
+	}
+	reg, err := f.OpenRegistry(logger(stderr))
+	if err != nil {
+		return err
+	}
+	defer reg.Close()
+	before, _, err := signer.Resume(reg, f.RolloutPath(), time.Now())
+	if err != nil {
+		return err
+	}
+	if before.Aborted {
+		fmt.Fprintf(stdout, "rollout resumed; it was aborted at %s: %s\n", before.AbortedAt.Format(time.RFC3339), before.Reason)
+	} else {
+		fmt.Fprintln(stdout, "rollout was not aborted; the abort threshold counts from now")
+	}
+	return nil
+}

@@ -1,0 +1,102 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"time"
+
+	"github.com/camagent/camagent/certs"
+	"github.com/camagent/camagent/tools/fleetctl/fleet"
+	"github.com/camagent/camagent/tools/fleetctl/signer"
+)
+
+func serveCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs, dir := newFlags("serve", stderr)
+	name := fs.String("name", "default", "this signer instance's name: its MQTT client id and persistent session; give each instance its own")
+	brokerURL := fs.String("broker", "", "broker URL (default: the fleet's)")
+	maxRate := fs.Float64("max-rate", 0, "new certificates per minute across every signer of the fleet (0: no limit); beyond it devices are told rate_limited and retry")
+	burst := fs.Int("burst", 0, "certificates that may be issued at once (0: ten seconds' worth of --max-rate)")
+	abortRatio := fs.Float64("abort-ratio", 0, "abort the rollout when more than this share (0..1) of certificates is not confirmed in time (0: never)")
+	abortMin := fs.Int("abort-min", signer.DefaultAbortMin, "certificates issued before --abort-ratio is looked at")
+	confirmTimeout := fs.Duration("confirm-timeout", signer.DefaultConfirmTimeout, "how long a device has to confirm its new certificate")
+	abortWindow := fs.Duration("abort-window", signer.DefaultAbortWindow, "how far back certificates count towards --abort-ratio")
+	level := fs.String("log-level", "info", "log level: debug, info, warn, error")
+	retire := fs.Bool("retire", false, "do not serve: discard this instance's persistent session on the broker (and the requests queued in it), for an instance taken out of service for good")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	var lv slog.Level
+	if err := lv.UnmarshalText([]byte(*level)); err != nil {
+		return fmt.Errorf("serve: --log-level: %w", err)
+	}
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: lv}))
+	f, err := fleet.Open(*dir)
+	if err != nil {
+		return err
+	}
+	broker := *brokerURL
+	if broker == "" {
+		broker = f.Meta.Broker
+	}
+	host, err := certs.BrokerHost(broker)
+	if err != nil {
+		return fmt.Errorf("serve: %w", err)
+	}
+	cert, err := f.SignerCertificate()
+	if err != nil {
+		return err
+	}
+	identity := certs.CertIdentity(cert.Leaf)
+	clientID := fleet.SignerClientID(identity, *name)
+	tlsConf := certs.ClientTLSConfig(f.Pool, host, certs.NewHolder(cert))
+	if *retire {
+		rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
+		if err := signer.Retire(rctx, broker, clientID, tlsConf, log); err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "signer %q retired: the broker discarded session %s\n", *name, clientID)
+		return nil
+	}
+	reg, err := f.OpenRegistry(log)
+	if err != nil {
+		return err
+	}
+	defer reg.Close()
+	if st, err := signer.LoadRollout(f.RolloutPath()); err != nil {
+		return err
+	} else if st.Aborted {
+		log.Error("serve: the rollout is aborted; no new certificates until fleetctl rollout resume", "reason", st.Reason)
+	}
+	s, err := signer.New(signer.Config{
+		CA:             f.CA,
+		Registry:       reg,
+		RolloutPath:    f.RolloutPath(),
+		CRLPath:        f.CRLPath(),
+		Validity:       f.DeviceValidity(),
+		BrokerURL:      broker,
+		ClientID:       clientID,
+		TLS:            tlsConf,
+		MinBackoff:     100 * time.Millisecond,
+		MaxBackoff:     10 * time.Second,
+		MaxRate:        *maxRate,
+		Burst:          *burst,
+		AbortRatio:     *abortRatio,
+		AbortMin:       *abortMin,
+		ConfirmTimeout: *confirmTimeout,
+		AbortWindow:    *abortWindow,
+		Logger:         log.With("signer", *name),
+	})
+	if err != nil {
+		return err
+	}
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	// WaitConnected returns once connected, or when ctx ends or Run returns.
+	if s.WaitConnected(ctx) == nil {
+		fmt.Fprintf(stdout, "signer %q serving %s as %s (client id %s)\n", *name, broker, identity, clientID)
+	}
+	return <-done
+}

@@ -1,0 +1,168 @@
+package fleet
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"time"
+
+	"github.com/camagent/camagent/certs"
+	"github.com/camagent/camagent/internal/atomicfile"
+)
+
+// ErrPendingKeySet reports a `keys rotate` when a key set it made earlier was never published.
+var ErrPendingKeySet = errors.New("fleet: a newer key set is already waiting to be published")
+
+// RootKeyPath is where `fleetctl init` put the offline root key.
+func (f *Fleet) RootKeyPath() string { return filepath.Join(f.Dir, rootKeyFile) }
+
+// LoadRootKey reads the offline root key from path (RootKeyPath if it was not moved) and
+// checks that it is this fleet's root: the one whose public half devices pin.
+func (f *Fleet) LoadRootKey(path string) (*certs.SigningKey, error) {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return nil, fmt.Errorf("fleet: offline root key: %w", err)
+	}
+	if fi.Mode().Perm()&0o077 != 0 {
+		return nil, fmt.Errorf("fleet: offline root key %s has mode %v, want 0600", path, fi.Mode().Perm())
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("fleet: offline root key: %w", err)
+	}
+	k, err := certs.ParseSigningKeyPEM(b)
+	if err != nil {
+		return nil, fmt.Errorf("fleet: offline root key %s: %w", path, err)
+	}
+	if !bytes.Equal(k.Public().Key, f.root) {
+		return nil, fmt.Errorf("fleet: %s is not this fleet's root key (%s)", path, certs.KeyID(f.root))
+	}
+	return k, nil
+}
+
+// RotateKeys makes the next key set: a new command key and a new grant key (written to keys/,
+// 0600), added to the keys of the set in force except those whose ids are in drop, with
+// version+1, signed by root. It writes the signed set to keysets/keyset-v<N>.json and returns
+// that path and the set. The set in force does not change: `fleetctl breach --keyset` publishes
+// the new one to the fleet and then installs it (InstallKeySet), so nothing is signed with a
+// key devices cannot know yet.
+func (f *Fleet) RotateKeys(root *certs.SigningKey, drop []string, now time.Time) (string, *certs.KeySet, error) {
+	if !bytes.Equal(root.Public().Key, f.root) {
+		return "", nil, fmt.Errorf("fleet: keys rotate: %s is not this fleet's root key", root.ID())
+	}
+	cur := f.ks
+	next := certs.KeySet{Version: cur.Version + 1, IssuedAt: now.Unix()}
+	path := filepath.Join(f.Dir, keySetsDir, "keyset-v"+strconv.FormatUint(next.Version, 10)+".json")
+	if _, err := os.Stat(path); err == nil {
+		return "", nil, fmt.Errorf("%w: %s (publish it with fleetctl breach --keyset, or remove it)", ErrPendingKeySet, path)
+	}
+	dropped := map[string]bool{}
+	for _, kid := range drop {
+		if !slices.ContainsFunc(cur.CommandKeys, func(k certs.PublicKey) bool { return k.ID == kid }) &&
+			!slices.ContainsFunc(cur.GrantKeys, func(k certs.PublicKey) bool { return k.ID == kid }) {
+			return "", nil, fmt.Errorf("fleet: keys rotate: --drop %s: no such key in key set v%d", kid, cur.Version)
+		}
+		dropped[kid] = true
+	}
+	keep := func(keys []certs.PublicKey) []certs.PublicKey {
+		return slices.DeleteFunc(slices.Clone(keys), func(k certs.PublicKey) bool { return dropped[k.ID] })
+	}
+	if err := atomicfile.EnsurePrivateDir(filepath.Join(f.Dir, keySetsDir)); err != nil {
+		return "", nil, fmt.Errorf("fleet: %w", err)
+	}
+	cmdKey, err := newKeyFile(f.Dir, "command")
+	if err != nil {
+		return "", nil, err
+	}
+	grantKey, err := newKeyFile(f.Dir, "grant")
+	if err != nil {
+		return "", nil, err
+	}
+	next.CommandKeys = append(keep(cur.CommandKeys), cmdKey.Public())
+	next.GrantKeys = append(keep(cur.GrantKeys), grantKey.Public())
+	b, err := certs.SignKeySet(root, next)
+	if err != nil {
+		return "", nil, fmt.Errorf("fleet: keys rotate: %w (drop old keys with --drop)", err)
+	}
+	if err := writeFile(f.Dir, filepath.Join(keySetsDir, filepath.Base(path)), b, 0o644); err != nil {
+		return "", nil, err
+	}
+	return path, &next, nil
+}
+
+// OpenNewKeySet checks a signed key set for publication: signed by this fleet's root and newer
+// than the set in force.
+func (f *Fleet) OpenNewKeySet(b []byte) (*certs.KeySet, error) {
+	ks, err := certs.AcceptKeySet(f.root, b, f.ks.Version)
+	if err != nil {
+		return nil, fmt.Errorf("fleet: %w", err)
+	}
+	return ks, nil
+}
+
+// InstallKeySet makes a signed key set (checked as OpenNewKeySet does) the set in force:
+// keyset.json is replaced atomically, and commands, desired state and grants are signed with
+// its newest keys from now on. The pending copy under keysets/ is removed.
+func (f *Fleet) InstallKeySet(b []byte) error {
+	ks, err := f.OpenNewKeySet(b)
+	if err != nil {
+		return err
+	}
+	if err := writeFile(f.Dir, keySetFile, b, 0o644); err != nil {
+		return err
+	}
+	f.keySet, f.ks = b, ks
+	pending := filepath.Join(f.Dir, keySetsDir, "keyset-v"+strconv.FormatUint(ks.Version, 10)+".json")
+	if err := os.Remove(pending); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("fleet: %w", err)
+	}
+	return nil
+}
+
+// KeySetBytes returns the signed key set in force, as devices receive it.
+func (f *Fleet) KeySetBytes() []byte { return slices.Clone(f.keySet) }
+
+// SignDesired signs a desired-state document. It embeds a key set — d.KeySet if set (a new
+// key set being published), else the set in force — and signs with that set's newest command
+// key: a device that missed a key-set rotation learns the set from any document it receives
+// before it verifies the document (agent/desired.go). Version must be set (NextSeq).
+func (f *Fleet) SignDesired(d certs.Desired) ([]byte, error) {
+	ks := f.ks
+	if len(d.KeySet) == 0 {
+		d.KeySet = f.keySet
+	} else {
+		got, err := certs.OpenKeySet(f.root, d.KeySet)
+		if err != nil {
+			return nil, fmt.Errorf("fleet: desired state key set: %w", err)
+		}
+		ks = got
+	}
+	k, err := f.signingKeyOf(ks, "command")
+	if err != nil {
+		return nil, err
+	}
+	b, err := certs.SignDesired(k, d)
+	if err != nil {
+		return nil, fmt.Errorf("fleet: %w", err)
+	}
+	return b, nil
+}
+
+// SignGrant signs a viewer or integration grant with the newest grant key of the key set in
+// force. The grant's Epoch must be the device's current epoch (from its retained state): a
+// grant from an older epoch is refused by the device.
+func (f *Fleet) SignGrant(g certs.Grant) ([]byte, error) {
+	k, err := f.signingKeyOf(f.ks, "grant")
+	if err != nil {
+		return nil, err
+	}
+	b, err := certs.SignGrant(k, g)
+	if err != nil {
+		return nil, fmt.Errorf("fleet: %w", err)
+	}
+	return b, nil
+}

@@ -1,0 +1,59 @@
+package fleet
+
+import (
+	"crypto/sha256"
+	"crypto/tls"
+	"encoding/hex"
+	"errors"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/camagent/camagent/certs"
+	"github.com/camagent/camagent/internal/atomicfile"
+	"github.com/camagent/camagent/tools/fleetctl/registry"
+)
+
+// RegistryPath is the signer's registry of certificates.
+func (f *Fleet) RegistryPath() string { return filepath.Join(f.Dir, registryFile) }
+
+// RolloutPath is the signers' shared rollout-control state.
+func (f *Fleet) RolloutPath() string { return filepath.Join(f.Dir, rolloutFile) }
+
+// CRLPath is the CRL the signer keeps up to date for Mosquitto's crlfile.
+func (f *Fleet) CRLPath() string { return filepath.Join(f.Dir, crlFile) }
+
+// DeviceValidity is the lifetime of device certificates, from fleet.json.
+func (f *Fleet) DeviceValidity() time.Duration {
+	return time.Duration(f.Meta.DeviceValidity) * time.Second
+}
+
+// OpenRegistry opens the fleet's registry; close it when done. log may be nil.
+func (f *Fleet) OpenRegistry(log *slog.Logger) (*registry.Registry, error) {
+	return registry.Open(f.RegistryPath(), registry.Options{Logger: log})
+}
+
+// SignerCertificate loads the signer's TLS client certificate (signer:default), issuing it
+// first for a fleet made before signers existed.
+func (f *Fleet) SignerCertificate() (*tls.Certificate, error) {
+	if _, err := os.Stat(filepath.Join(f.Dir, signerCert)); errors.Is(err, os.ErrNotExist) {
+		if err := atomicfile.EnsurePrivateDir(filepath.Join(f.Dir, signerDir)); err != nil {
+			return nil, err
+		}
+		req := certs.IssueRequest{Role: certs.RoleSigner, Name: DefaultSigner, Now: time.Now()}
+		if err := issueKeyPair(f.Dir, f.CA, req, signerCert, signerKey); err != nil {
+			return nil, err
+		}
+	}
+	return loadPair(f.Dir, signerCert, signerKey)
+}
+
+// SignerClientID returns the stable MQTT client id of the signer instance named instance:
+// the signer identity, "~" and the first 8 hex digits of the name's SHA-256. A restarted
+// instance finds its persistent session again; instances with different names never take
+// over each other's.
+func SignerClientID(identity, instance string) string {
+	sum := sha256.Sum256([]byte(instance))
+	return identity + "~" + hex.EncodeToString(sum[:4])
+}

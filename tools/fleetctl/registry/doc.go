@@ -1,0 +1,19 @@
+// Package registry is the fleet signer's log of certificates: an append-only JSON-lines file
+// (fleetctl keeps it at <fleet>/signer/log.jsonl) recording every certificate the fleet
+// issued — serial, device, role, epoch, token hash, request id, expiry, issue time and the
+// certificate itself — and every confirmation and revocation (rotation issue, item 5).
+//
+// Several processes share one log: `fleetctl enroll`, any number of `fleetctl serve` signer
+// instances and `fleetctl broker`. Writers append under an exclusive flock(2) on the file, one
+// fsync per transaction (Registry.Update), so a decision such as "has this request been
+// answered already?" and the record that answers it are atomic across processes. Readers need
+// no lock: each Registry keeps an in-memory index that it extends whenever the file has grown,
+// so Revoked is a stat(2) and a map lookup, cheap enough for every broker CONNECT.
+//
+// A record half-written by a process that died is cut off by the next writer; a line that does
+// not parse is logged and skipped, never a reason to stop serving.
+//
+// What it must never hold: a private key or a device token. Records carry certificates,
+// serials and SHA-256 token hashes only (S6 in SECURITY-BAR.md); Append refuses anything that
+// looks like a private key.
+package registry

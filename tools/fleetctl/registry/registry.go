@@ -1,0 +1,400 @@
+package registry
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/big"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/camagent/camagent/internal/atomicfile"
+	"github.com/camagent/camagent/internal/strictjson"
+)
+
+// Options configures Open.
+type Options struct {
+	// Logger receives reports of skipped lines and repaired tails; never record contents.
+	// Nil discards them.
+	Logger *slog.Logger
+}
+
+// Registry is an open log. Its methods are safe for concurrent use; reads see every record
+// any process appended before the call.
+type Registry struct {
+	path string
+	log  *slog.Logger
+
+	mu     sync.RWMutex // guards everything below; Update holds it for writing throughout
+	f      *os.File
+	off    int64 // end of the last complete line indexed
+	seen   int64 // file size at the last read
+	idx    *index
+	closed bool
+}
+
+// Open opens (creating it if needed, mode 0600 in a 0700 directory) the log at path and
+// indexes it.
+func Open(path string, o Options) (*Registry, error) {
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if err := atomicfile.EnsurePrivateDir(filepath.Dir(path)); err != nil {
+		return nil, fmt.Errorf("registry: %w", err)
+	}
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_APPEND|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("registry: %w", err)
+	}
+	if err := f.Chmod(0o600); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("registry: %w", err)
+	}
+	r := &Registry{path: path, log: o.Logger, f: f, idx: newIndex()}
+	if err := r.readLocked(false); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return r, nil
+}
+
+// Path returns the log's path.
+func (r *Registry) Path() string { return r.path }
+
+// Close closes the log. It is idempotent; later calls of other methods return ErrClosed or
+// report nothing.
+func (r *Registry) Close() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closed {
+		return nil
+	}
+	r.closed = true
+	if err := r.f.Close(); err != nil {
+		return fmt.Errorf("registry: %w", err)
+	}
+	return nil
+}
+
+// Refresh indexes the records other processes appended since the last read. Every read
+// method calls it; it is a stat(2) when nothing changed.
+func (r *Registry) Refresh() error {
+	r.mu.RLock()
+	if r.closed {
+		r.mu.RUnlock()
+		return ErrClosed
+	}
+	fi, err := r.f.Stat()
+	seen := r.seen
+	r.mu.RUnlock()
+	if err != nil {
+		return fmt.Errorf("registry: %w", err)
+	}
+	if fi.Size() == seen {
+		return nil
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closed {
+		return ErrClosed
+	}
+	return r.readLocked(false)
+}
+
+// refresh is Refresh for read methods: a failure is logged and the index as it stands is used.
+func (r *Registry) refresh() {
+	if err := r.Refresh(); err != nil && !errors.Is(err, ErrClosed) {
+		r.log.Error("registry: cannot read the log; answering from what was read before", "path", r.path, "err", err)
+	}
+}
+
+// readLocked indexes the complete lines after r.off. With repair set (the caller holds the
+// file lock, so no writer is mid-line) a partial last line is the remains of a writer that
+// died, and is cut off.
+func (r *Registry) readLocked(repair bool) error {
+	fi, err := r.f.Stat()
+	if err != nil {
+		return fmt.Errorf("registry: %w", err)
+	}
+	size := fi.Size()
+	if size < r.off {
+		r.log.Warn("registry: the log shrank; indexing it again from the start", "path", r.path, "size", size, "indexed", r.off)
+		r.idx, r.off = newIndex(), 0
+	}
+	br := bufio.NewReaderSize(io.NewSectionReader(r.f, r.off, size-r.off), 64<<10)
+	for {
+		line, err := br.ReadBytes('\n')
+		if errors.Is(err, io.EOF) {
+			if len(line) > 0 && repair {
+				r.log.Warn("registry: cutting off a record left half-written by a process that died", "path", r.path, "offset", r.off, "bytes", len(line))
+				if err := r.f.Truncate(r.off); err != nil {
+					return fmt.Errorf("registry: repair %s: %w", r.path, err)
+				}
+				size = r.off
+			}
+			break
+		}
+		if err != nil {
+			return fmt.Errorf("registry: read %s: %w", r.path, err)
+		}
+		r.parseLine(line, r.off)
+		r.off += int64(len(line))
+	}
+	r.seen = size
+	return nil
+}
+
+func (r *Registry) parseLine(line []byte, off int64) {
+	var rec Record
+	err := error(nil)
+	if len(line) > MaxRecordSize {
+		err = fmt.Errorf("line of %d bytes, cap %d", len(line), MaxRecordSize)
+	} else if err = strictjson.Unmarshal(bytes.TrimSuffix(line, []byte("\n")), &rec); err == nil {
+		err = rec.Validate()
+	}
+	if err != nil {
+		r.log.Error("registry: skipping a malformed record", "path", r.path, "offset", off, "err", err)
+		return
+	}
+	r.idx.apply(&rec, off, nil)
+}
+
+// certificateLocked returns the certificate of e, from memory or from its line in the file.
+func (r *Registry) certificateLocked(e *entry) (*x509.Certificate, error) {
+	der := e.der
+	if der == nil {
+		br := bufio.NewReader(io.NewSectionReader(r.f, e.off, MaxRecordSize+1))
+		line, err := br.ReadBytes('\n')
+		if err != nil {
+			return nil, fmt.Errorf("registry: read certificate %s: %w", e.Serial, err)
+		}
+		var rec Record
+		if err := strictjson.Unmarshal(bytes.TrimSuffix(line, []byte("\n")), &rec); err != nil || rec.Serial != e.Serial {
+			return nil, fmt.Errorf("registry: certificate %s: the log changed under its index", e.Serial)
+		}
+		der = rec.Cert
+	}
+	c, err := x509.ParseCertificate(der)
+	if err != nil {
+		return nil, fmt.Errorf("registry: certificate %s: %w", e.Serial, err)
+	}
+	return c, nil
+}
+
+// Revoked reports whether serial was revoked. It is meant for broker.Config.Revoked: a
+// stat(2) and a map lookup, and it sees revocations by other processes at once.
+func (r *Registry) Revoked(serial *big.Int) bool {
+	if serial == nil {
+		return false
+	}
+	r.refresh()
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	return r.idx.revoked[SerialHex(serial)]
+}
+
+// Revocations returns every revoked serial, in the order they were revoked.
+func (r *Registry) Revocations() []Revocation {
+	rv, _ := r.RevocationsFrom(0)
+	return rv
+}
+
+// RevocationsFrom returns the revocations after the first from, and the cursor to pass next
+// time to get only newer ones.
+func (r *Registry) RevocationsFrom(from int) ([]Revocation, int) {
+	r.refresh()
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	return r.idx.revocationsFrom(from), len(r.idx.revocations)
+}
+
+// Cert returns what the log says about the certificate with serial (lower-case hex).
+func (r *Registry) Cert(serial string) (Cert, bool) {
+	r.refresh()
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	return r.idx.cert(serial)
+}
+
+// DeviceCerts returns the certificates issued for device (its own and its bootstrap
+// identity's), in issue order.
+func (r *Registry) DeviceCerts(device string) []Cert {
+	r.refresh()
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	return r.idx.deviceCerts(device)
+}
+
+// Devices returns the ids of every device the log has issued a certificate for, sorted.
+func (r *Registry) Devices() []string {
+	r.refresh()
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	return r.idx.deviceIDs()
+}
+
+// Outcomes counts the rotation certificates issued at or after since and what became of them
+// by now, given confirmTimeout.
+func (r *Registry) Outcomes(since, now time.Time, confirmTimeout time.Duration) Outcome {
+	r.refresh()
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	return r.idx.outcomes(since, now, confirmTimeout)
+}
+
+// Update runs fn as one transaction: under an exclusive lock on the log shared with every
+// other process, with the index brought up to date first. The records fn appends are written
+// with one write and one fsync when fn returns nil, and then the functions fn registered with
+// Tx.AfterCommit run, still under the lock. When fn returns an error, or writing fails,
+// nothing is written and the index forgets what fn appended. fn must read through tx only:
+// the Registry's own methods would wait for the lock fn runs under.
+func (r *Registry) Update(fn func(tx *Tx) error) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closed {
+		return ErrClosed
+	}
+	if err := lockFile(r.f); err != nil {
+		return fmt.Errorf("registry: lock %s: %w", r.path, err)
+	}
+	defer func() {
+		if err := unlockFile(r.f); err != nil {
+			r.log.Error("registry: unlock", "path", r.path, "err", err)
+		}
+	}()
+	if err := r.readLocked(true); err != nil {
+		return err
+	}
+	tx := &Tx{r: r}
+	err := fn(tx)
+	tx.done = true
+	if err == nil && tx.buf.Len() > 0 {
+		err = r.commitLocked(tx)
+	}
+	if err != nil {
+		if tx.buf.Len() > 0 {
+			r.rollbackLocked()
+		}
+		return err
+	}
+	for _, f := range tx.after {
+		f()
+	}
+	return nil
+}
+
+func (r *Registry) commitLocked(tx *Tx) error {
+	if _, err := r.f.Write(tx.buf.Bytes()); err != nil {
+		r.f.Truncate(r.off) // best effort; the next writer cuts off a partial line anyway
+		return fmt.Errorf("registry: append to %s: %w", r.path, err)
+	}
+	if err := r.f.Sync(); err != nil {
+		r.f.Truncate(r.off)
+		return fmt.Errorf("registry: fsync %s: %w", r.path, err)
+	}
+	r.off += int64(tx.buf.Len())
+	r.seen = r.off
+	for _, e := range tx.added {
+		e.der = nil
+	}
+	return nil
+}
+
+// rollbackLocked drops what a failed transaction added to the index by indexing the file
+// again; the file holds nothing of it.
+func (r *Registry) rollbackLocked() {
+	r.idx, r.off, r.seen = newIndex(), 0, 0
+	if err := r.readLocked(true); err != nil {
+		r.log.Error("registry: re-reading the log after a failed transaction", "path", r.path, "err", err)
+	}
+}
+
+// Tx is a transaction of Update. Its reads see the records it appended. It must not be used
+// after Update returned.
+type Tx struct {
+	r     *Registry
+	buf   bytes.Buffer
+	added []*entry
+	after []func()
+	done  bool
+}
+
+// Append validates rec and adds it to the transaction.
+func (tx *Tx) Append(rec Record) error {
+	if tx.done {
+		return ErrTxDone
+	}
+	if err := rec.Validate(); err != nil {
+		return err
+	}
+	line, err := json.Marshal(rec)
+	if err != nil {
+		return fmt.Errorf("registry: %w", err)
+	}
+	if bytes.Contains(line, []byte("PRIVATE KEY")) || len(line)+1 > MaxRecordSize {
+		return fmt.Errorf("%w: %s record for %s refused", ErrInvalidRecord, rec.Type, rec.Device)
+	}
+	off := tx.r.off + int64(tx.buf.Len())
+	tx.buf.Write(line)
+	tx.buf.WriteByte('\n')
+	var der []byte
+	if rec.Type == TypeIssued {
+		der = rec.Cert
+	}
+	tx.r.idx.apply(&rec, off, der)
+	if der != nil {
+		if e := tx.r.idx.serials[rec.Serial]; e != nil && e.der != nil {
+			tx.added = append(tx.added, e)
+		}
+	}
+	return nil
+}
+
+// AfterCommit registers f to run once the transaction's records are durable, before the log
+// is unlocked: for example to write a CRL that must not be overtaken by another process's.
+func (tx *Tx) AfterCommit(f func()) { tx.after = append(tx.after, f) }
+
+// Cert returns what the log says about the certificate with serial.
+func (tx *Tx) Cert(serial string) (Cert, bool) { return tx.r.idx.cert(serial) }
+
+// DeviceCerts returns the certificates issued for device, in issue order.
+func (tx *Tx) DeviceCerts(device string) []Cert { return tx.r.idx.deviceCerts(device) }
+
+// Known reports whether the log holds a device certificate for device, i.e. it was enrolled.
+func (tx *Tx) Known(device string) bool { return tx.r.idx.known(device) }
+
+// FindRequest returns the device certificate last issued to device for the rotation attempt
+// reqID, with the certificate itself.
+func (tx *Tx) FindRequest(device, reqID string) (Cert, *x509.Certificate, bool, error) {
+	e, ok := tx.r.idx.findRequest(device, reqID)
+	if !ok {
+		return Cert{}, nil, false, nil
+	}
+	c, err := tx.r.certificateLocked(e)
+	if err != nil {
+		return Cert{}, nil, false, err
+	}
+	return e.Cert, c, true, nil
+}
+
+// Issues returns the rotation certificates (ViaCSR, ViaBoot) from the from-th on, in log
+// order; NumIssues tells how many there are.
+func (tx *Tx) Issues(from int) []Cert { return tx.r.idx.issuesFrom(from) }
+
+// NumIssues returns how many rotation certificates the log holds.
+func (tx *Tx) NumIssues() int { return len(tx.r.idx.issues) }
+
+// Outcomes is Registry.Outcomes within the transaction.
+func (tx *Tx) Outcomes(since, now time.Time, confirmTimeout time.Duration) Outcome {
+	return tx.r.idx.outcomes(since, now, confirmTimeout)
+}
+
+// Revocations returns every revoked serial, in the order they were revoked.
+func (tx *Tx) Revocations() []Revocation { return tx.r.idx.revocationsFrom(0) }

@@ -1,0 +1,356 @@
+package registry_test
+
+import (
+	"bytes"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/camagent/camagent/certs"
+	"github.com/camagent/camagent/tools/fleetctl/registry"
+)
+
+var t0 = time.Date(2026, 11, 1, 12, 0, 0, 0, time.UTC)
+
+type fixture struct {
+	ca   *certs.CA
+	path string
+}
+
+func newFixture(t *testing.T) *fixture {
+	t.Helper()
+	ca, err := certs.NewCA("registry test", t0, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &fixture{ca: ca, path: filepath.Join(t.TempDir(), "signer", "log.jsonl")}
+}
+
+func (fx *fixture) open(t *testing.T) *registry.Registry {
+	t.Helper()
+	r, err := registry.Open(fx.path, registry.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.Close() })
+	return r
+}
+
+func (fx *fixture) issue(t *testing.T, role certs.Role, device string) *x509.Certificate {
+	t.Helper()
+	key, err := certs.GenerateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := fx.ca.Issue(certs.IssueRequest{Role: role, Name: device, PublicKey: key.Public(), Now: t0})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func (fx *fixture) issued(t *testing.T, c *x509.Certificate, via, reqID string, at time.Time) registry.Record {
+	t.Helper()
+	_, device, _ := certs.ParseIdentity(certs.CertIdentity(c))
+	th := ""
+	if certs.CertIdentity(c) == device {
+		th = strings.Repeat("ab", 32)
+	}
+	rec, err := registry.IssuedRecord(c, device, via, 1, th, reqID, at)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rec
+}
+
+func appendAll(t *testing.T, r *registry.Registry, recs ...registry.Record) {
+	t.Helper()
+	if err := r.Update(func(tx *registry.Tx) error {
+		for _, rec := range recs {
+			if err := tx.Append(rec); err != nil {
+				return err
+			}
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func revoked(serial, device string, at time.Time) registry.Record {
+	return registry.Record{Type: registry.TypeRevoked, Serial: serial, Device: device, Time: at}
+}
+
+func TestARecordAppendedByOneProcessIsSeenByAnother(t *testing.T) {
+	fx := newFixture(t)
+	a, b := fx.open(t), fx.open(t) // two open files: flock treats them as two processes
+	c := fx.issue(t, certs.RoleDevice, "cam-0001")
+	appendAll(t, a, fx.issued(t, c, registry.ViaCSR, "0123456789abcdef", t0))
+	if b.Revoked(c.SerialNumber) {
+		t.Fatal("revoked before any revocation")
+	}
+	appendAll(t, a, revoked(registry.SerialHex(c.SerialNumber), "cam-0001", t0.Add(time.Second)))
+	if !b.Revoked(c.SerialNumber) {
+		t.Fatal("the other registry does not see the revocation")
+	}
+	got, ok := b.Cert(registry.SerialHex(c.SerialNumber))
+	if !ok || !got.IsRevoked() || got.Device != "cam-0001" || got.Epoch != 1 || got.ReqID != "0123456789abcdef" {
+		t.Fatalf("Cert = %+v, %v", got, ok)
+	}
+	revs := b.Revocations()
+	if len(revs) != 1 || revs[0].Serial.Cmp(c.SerialNumber) != 0 || !revs[0].NotAfter.Equal(c.NotAfter) {
+		t.Fatalf("Revocations = %+v", revs)
+	}
+	fi, err := os.Stat(fx.path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Mode().Perm() != 0o600 {
+		t.Errorf("log mode %v, want 0600", fi.Mode().Perm())
+	}
+	if di, _ := os.Stat(filepath.Dir(fx.path)); di.Mode().Perm() != 0o700 {
+		t.Errorf("log directory mode %v, want 0700", di.Mode().Perm())
+	}
+}
+
+func TestConcurrentWritersInterleaveWholeRecords(t *testing.T) {
+	fx := newFixture(t)
+	const writers, each = 4, 25
+	certsBy := make([][]*x509.Certificate, writers)
+	for w := range certsBy {
+		for i := range each {
+			certsBy[w] = append(certsBy[w], fx.issue(t, certs.RoleDevice, fmt.Sprintf("cam-%d-%d", w, i)))
+		}
+	}
+	var wg sync.WaitGroup
+	for w := range writers {
+		r := fx.open(t)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for _, c := range certsBy[w] {
+				rec, err := registry.IssuedRecord(c, certs.CertIdentity(c), registry.ViaCSR, 1, "", "0123456789abcdef", t0)
+				if err == nil {
+					err = r.Update(func(tx *registry.Tx) error { return tx.Append(rec) })
+				}
+				if err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	r := fx.open(t)
+	if n := len(r.Devices()); n != writers*each {
+		t.Fatalf("%d devices in the log, want %d", n, writers*each)
+	}
+}
+
+func TestATornLastRecordIsCutOffByTheNextWriter(t *testing.T) {
+	fx := newFixture(t)
+	r := fx.open(t)
+	c1 := fx.issue(t, certs.RoleDevice, "cam-0001")
+	appendAll(t, r, fx.issued(t, c1, registry.ViaEnroll, "", t0))
+	// A writer died half-way through its record.
+	f, err := os.OpenFile(fx.path, os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.WriteString(`{"type":"revoked","serial":"`)
+	f.Close()
+
+	reader := fx.open(t)
+	if reader.Revoked(c1.SerialNumber) {
+		t.Fatal("a half-written record took effect")
+	}
+	c2 := fx.issue(t, certs.RoleDevice, "cam-0002")
+	appendAll(t, fx.open(t), fx.issued(t, c2, registry.ViaEnroll, "", t0))
+	if _, ok := reader.Cert(registry.SerialHex(c2.SerialNumber)); !ok {
+		t.Fatal("the record after the repaired tail is not seen")
+	}
+	b, _ := os.ReadFile(fx.path)
+	if lines := bytes.Count(b, []byte("\n")); lines != 2 || !bytes.HasSuffix(b, []byte("\n")) {
+		t.Fatalf("log after repair has %d lines:\n%s", lines, b)
+	}
+}
+
+func TestAMalformedLineIsSkipped(t *testing.T) {
+	fx := newFixture(t)
+	r := fx.open(t)
+	c := fx.issue(t, certs.RoleDevice, "cam-0001")
+	appendAll(t, r, fx.issued(t, c, registry.ViaEnroll, "", t0))
+	f, _ := os.OpenFile(fx.path, os.O_WRONLY|os.O_APPEND, 0)
+	f.WriteString("not json\n{\"type\":\"revoked\",\"serial\":\"XYZ\",\"device\":\"cam-0001\",\"time\":\"2026-11-01T12:00:00Z\"}\n")
+	f.Close()
+	appendAll(t, r, revoked(registry.SerialHex(c.SerialNumber), "cam-0001", t0))
+	if !fx.open(t).Revoked(c.SerialNumber) {
+		t.Fatal("the record after malformed lines was lost")
+	}
+}
+
+func TestAFailedTransactionLeavesNoTrace(t *testing.T) {
+	fx := newFixture(t)
+	r := fx.open(t)
+	c := fx.issue(t, certs.RoleDevice, "cam-0001")
+	boom := errors.New("boom")
+	err := r.Update(func(tx *registry.Tx) error {
+		if err := tx.Append(fx.issued(t, c, registry.ViaCSR, "0123456789abcdef", t0)); err != nil {
+			return err
+		}
+		if !tx.Known("cam-0001") {
+			t.Error("a transaction does not see its own record")
+		}
+		return boom
+	})
+	if !errors.Is(err, boom) {
+		t.Fatalf("Update = %v", err)
+	}
+	if _, ok := r.Cert(registry.SerialHex(c.SerialNumber)); ok {
+		t.Fatal("the index kept a record of a failed transaction")
+	}
+	if b, _ := os.ReadFile(fx.path); len(b) != 0 {
+		t.Fatalf("the file kept a record of a failed transaction: %s", b)
+	}
+}
+
+func TestRecordsThatCouldHoldSecretsAreRefused(t *testing.T) {
+	fx := newFixture(t)
+	r := fx.open(t)
+	c := fx.issue(t, certs.RoleDevice, "cam-0001")
+	good := fx.issued(t, c, registry.ViaCSR, "0123456789abcdef", t0)
+	for name, mutate := range map[string]func(*registry.Record){
+		"a certificate that is a PEM private key": func(r *registry.Record) {
+			key, _ := certs.GenerateKey()
+			r.Cert, _ = certs.MarshalKeyPEM(key)
+		},
+		"a certificate for another device": func(r *registry.Record) { r.Device = "cam-0002" },
+		"a token that is not a hash":       func(r *registry.Record) { r.TokenHash = "my-secret-token" },
+		"a revocation carrying a certificate": func(r *registry.Record) {
+			r.Type = registry.TypeRevoked
+		},
+		"a malformed serial": func(r *registry.Record) { r.Serial = "0xAB" },
+	} {
+		t.Run(name, func(t *testing.T) {
+			rec := good
+			mutate(&rec)
+			err := r.Update(func(tx *registry.Tx) error { return tx.Append(rec) })
+			if !errors.Is(err, registry.ErrInvalidRecord) {
+				t.Fatalf("Append = %v, want ErrInvalidRecord", err)
+			}
+		})
+	}
+	if b, _ := os.ReadFile(fx.path); len(b) != 0 {
+		t.Fatalf("refused records reached the log: %s", b)
+	}
+}
+
+func TestFindRequestReturnsTheRecordedCertificate(t *testing.T) {
+	fx := newFixture(t)
+	r := fx.open(t)
+	c := fx.issue(t, certs.RoleDevice, "cam-0001")
+	appendAll(t, r, fx.issued(t, c, registry.ViaCSR, "0123456789abcdef", t0))
+	err := fx.open(t).Update(func(tx *registry.Tx) error {
+		got, gotCert, ok, err := tx.FindRequest("cam-0001", "0123456789abcdef")
+		if err != nil || !ok {
+			return fmt.Errorf("FindRequest: %v, %v", ok, err)
+		}
+		if got.Serial != registry.SerialHex(c.SerialNumber) || !bytes.Equal(gotCert.Raw, c.Raw) {
+			return fmt.Errorf("FindRequest returned %s", got.Serial)
+		}
+		if _, _, ok, _ := tx.FindRequest("cam-0001", "fedcba9876543210"); ok {
+			return errors.New("found a request that was never made")
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestOutcomesCountConfirmationsWithinTheTimeout(t *testing.T) {
+	fx := newFixture(t)
+	r := fx.open(t)
+	var recs []registry.Record
+	var cs []*x509.Certificate
+	for i := range 4 {
+		c := fx.issue(t, certs.RoleDevice, fmt.Sprintf("cam-000%d", i))
+		cs = append(cs, c)
+		recs = append(recs, fx.issued(t, c, registry.ViaCSR, "0123456789abcdef", t0))
+	}
+	confirm := func(c *x509.Certificate, at time.Time) registry.Record {
+		return registry.Record{Type: registry.TypeConfirmed, Serial: registry.SerialHex(c.SerialNumber), Device: certs.CertIdentity(c), Time: at}
+	}
+	// 0 confirmed in time, 1 confirmed late, 2 never, 3 still within its timeout below.
+	recs = append(recs, confirm(cs[0], t0.Add(time.Minute)), confirm(cs[1], t0.Add(10*time.Minute)))
+	appendAll(t, r, recs...)
+	got := r.Outcomes(t0.Add(-time.Hour), t0.Add(20*time.Minute), 5*time.Minute)
+	if want := (registry.Outcome{Issued: 4, Confirmed: 1, Failed: 3}); got != want {
+		t.Errorf("after the timeout: %+v, want %+v", got, want)
+	}
+	got = r.Outcomes(t0.Add(-time.Hour), t0.Add(2*time.Minute), 5*time.Minute)
+	if want := (registry.Outcome{Issued: 4, Confirmed: 1, Pending: 3}); got != want {
+		t.Errorf("within the timeout: %+v, want %+v", got, want)
+	}
+	if got := r.Outcomes(t0.Add(time.Second), t0.Add(time.Hour), time.Minute); got.Issued != 0 {
+		t.Errorf("since after every issue: %+v", got)
+	}
+}
+
+func TestEnrollmentsAreNotRotations(t *testing.T) {
+	fx := newFixture(t)
+	r := fx.open(t)
+	appendAll(t, r,
+		fx.issued(t, fx.issue(t, certs.RoleDevice, "cam-0001"), registry.ViaEnroll, "", t0),
+		fx.issued(t, fx.issue(t, certs.RoleBootstrap, "cam-0001"), registry.ViaEnroll, "", t0))
+	if o := r.Outcomes(t0.Add(-time.Hour), t0.Add(time.Hour), time.Minute); o.Issued != 0 {
+		t.Fatalf("enrollments counted as rotations: %+v", o)
+	}
+	cs := r.DeviceCerts("cam-0001")
+	if len(cs) != 2 || cs[0].Role != certs.RoleDevice || cs[1].Role != certs.RoleBootstrap || cs[1].TokenHash != "" {
+		t.Fatalf("DeviceCerts = %+v", cs)
+	}
+}
+
+func TestCloseIsIdempotent(t *testing.T) {
+	fx := newFixture(t)
+	r, err := registry.Open(fx.path, registry.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Update(func(*registry.Tx) error { return nil }); !errors.Is(err, registry.ErrClosed) {
+		t.Fatalf("Update after Close = %v", err)
+	}
+}
+
+// FuzzOpen feeds arbitrary log contents to Open: it must index what parses and never panic.
+func FuzzOpen(f *testing.F) {
+	f.Add([]byte(`{"type":"revoked","serial":"ab","device":"cam-0001","time":"2026-11-01T12:00:00Z"}` + "\n"))
+	f.Add([]byte("{\"type\":\"confirmed\",\"serial\":\"ab\",\"device\":\"cam-0001\",\"time\":\"2026-11-01T12:00:00Z\"}\n{\"type\""))
+	f.Add([]byte("\n\n{}\n"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		path := filepath.Join(t.TempDir(), "log.jsonl")
+		if err := os.WriteFile(path, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		r, err := registry.Open(path, registry.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer r.Close()
+		r.Revocations()
+		r.Devices()
+	})
+}

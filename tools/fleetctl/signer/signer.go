@@ -1,0 +1,301 @@
+package signer
+
+import (
+	"context"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+
+	"github.com/camagent/camagent/agent/wire"
+	"github.com/camagent/camagent/certs"
+	"github.com/camagent/camagent/internal/clock"
+	"github.com/camagent/camagent/tools/fleetctl/registry"
+	"github.com/camagent/camagent/transport/mqtt"
+	"github.com/camagent/camagent/transport/mqtt/topic"
+)
+
+// Subscriptions returns the shared-subscription filters every signer subscribes to, at QoS 1.
+func Subscriptions() []mqtt.Subscription {
+	return []mqtt.Subscription{
+		{Filter: "$share/" + ShareGroup + "/dev/+/up/" + topic.LeafCSR, QoS: 1},
+		{Filter: "$share/" + ShareGroup + "/boot/+/up/" + topic.LeafCSR, QoS: 1},
+	}
+}
+
+// Signer answers the fleet's certificate requests. Create it with New, run it with Run.
+type Signer struct {
+	cfg    Config
+	log    *slog.Logger
+	clk    clock.Clock
+	reg    *registry.Registry
+	client *mqtt.Client
+
+	in  chan request // from the message handler to the decision loop
+	out chan answer  // from the decision loop to the publishers
+
+	bucket *bucket // used by the decision loop only, under the registry lock
+
+	stats struct {
+		issued, reissued, refused, rateLimited, confirmed, revoked, ignored, dropped atomic.Uint64
+	}
+}
+
+// Stats are counters since New. They only grow.
+type Stats struct {
+	// Issued counts new certificates.
+	Issued uint64
+	// Reissued counts retried requests answered with the certificate issued before.
+	Reissued uint64
+	// Refused counts requests answered wire.ErrCodeRefused (or wire.ErrCodeInternal).
+	Refused uint64
+	// RateLimited counts requests answered wire.ErrCodeRateLimited.
+	RateLimited uint64
+	// Confirmed counts confirmations that confirmed a certificate for the first time.
+	Confirmed uint64
+	// Revoked counts serials revoked.
+	Revoked uint64
+	// Ignored counts messages that were malformed or had no effect (e.g. a duplicate
+	// confirmation).
+	Ignored uint64
+	// Dropped counts answers that could not be published; the device asks again.
+	Dropped uint64
+}
+
+// request is one message from a device, with its CSR parsed outside the registry lock.
+type request struct {
+	via    string // registry.ViaCSR or registry.ViaBoot
+	device string
+	msg    wire.CertRequest
+	csr    *x509.CertificateRequest
+	csrErr error
+}
+
+// answer is one response to publish.
+type answer struct {
+	topic string
+	resp  wire.CertResponse
+}
+
+// New validates cfg and returns a Signer that is not yet connected.
+func New(cfg Config) (*Signer, error) {
+	cfg, err := withDefaults(cfg)
+	if err != nil {
+		return nil, err
+	}
+	s := &Signer{
+		cfg:    cfg,
+		log:    cfg.Logger,
+		clk:    cfg.Clock,
+		reg:    cfg.Registry,
+		in:     make(chan request, cfg.BatchSize),
+		out:    make(chan answer, cfg.BatchSize*2),
+		bucket: newBucket(cfg.MaxRate, cfg.Burst),
+	}
+	client, err := mqtt.New(mqtt.Config{
+		BrokerURL:     cfg.BrokerURL,
+		ClientID:      cfg.ClientID,
+		TLS:           cfg.TLS,
+		CleanSession:  false,
+		Subscriptions: Subscriptions(),
+		Handler:       s.handle,
+		MinBackoff:    cfg.MinBackoff,
+		MaxBackoff:    cfg.MaxBackoff,
+		Logger:        cfg.Logger,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("signer: %w", err)
+	}
+	s.client = client
+	return s, nil
+}
+
+// Run connects and serves until ctx is done, then waits for every goroutine it started and
+// returns nil (or the MQTT client's error). It may be called once. When Config.CRLPath is set
+// it first writes a fresh CRL.
+func (s *Signer) Run(ctx context.Context) error {
+	if s.cfg.CRLPath != "" {
+		if err := s.reg.Update(func(tx *registry.Tx) error {
+			return WriteCRL(s.cfg.CRLPath, s.cfg.CA, tx.Revocations(), s.clk.Now())
+		}); err != nil {
+			return err
+		}
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	start := func(f func(context.Context)) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			f(ctx)
+		}()
+	}
+	start(s.decideLoop)
+	for range s.cfg.Publishers {
+		start(s.publishLoop)
+	}
+	start(s.monitorLoop)
+	err := s.client.Run(ctx)
+	cancel()
+	wg.Wait()
+	if n := len(s.in); n > 0 {
+		s.log.Warn("signer: stopping with requests not decided; the devices will ask again", "requests", n)
+	}
+	if err != nil {
+		return fmt.Errorf("signer: %w", err)
+	}
+	return nil
+}
+
+// WaitConnected returns once the signer is connected and subscribed, or ctx.Err().
+func (s *Signer) WaitConnected(ctx context.Context) error { return s.client.WaitConnected(ctx) }
+
+// Stats returns the counters.
+func (s *Signer) Stats() Stats {
+	return Stats{
+		Issued:      s.stats.issued.Load(),
+		Reissued:    s.stats.reissued.Load(),
+		Refused:     s.stats.refused.Load(),
+		RateLimited: s.stats.rateLimited.Load(),
+		Confirmed:   s.stats.confirmed.Load(),
+		Revoked:     s.stats.revoked.Load(),
+		Ignored:     s.stats.ignored.Load(),
+		Dropped:     s.stats.dropped.Load(),
+	}
+}
+
+// handle is the MQTT client's Handler. It runs on the client's own delivery goroutine (never
+// paho's) and only parses and queues; when the decision loop is behind it waits, which holds
+// back further deliveries without touching the connection.
+func (s *Signer) handle(ctx context.Context, m mqtt.Message) {
+	r, ok := s.parse(m)
+	if !ok {
+		s.stats.ignored.Add(1)
+		return
+	}
+	select {
+	case s.in <- r:
+	case <-ctx.Done():
+	}
+}
+
+func (s *Signer) parse(m mqtt.Message) (request, bool) {
+	var r request
+	if id, dir, leaf, ok := topic.Parse(m.Topic); ok && dir == topic.Up && leaf == topic.LeafCSR {
+		r.via, r.device = registry.ViaCSR, id
+	} else if id, dir, leaf, ok := topic.ParseBoot(m.Topic); ok && dir == topic.Up && leaf == topic.LeafCSR {
+		r.via, r.device = registry.ViaBoot, id
+	} else {
+		s.log.Warn("signer: message on a topic it does not serve", "topic", clip(m.Topic))
+		return r, false
+	}
+	if err := wire.Decode(m.Payload, &r.msg); err != nil {
+		s.log.Warn("signer: malformed certificate request", "device", r.device, "via", r.via, "err", err)
+		return r, false
+	}
+	if r.msg.Kind == wire.KindRequest {
+		r.csr, r.csrErr = certs.ParseCSR([]byte(r.msg.CSR))
+	}
+	return r, true
+}
+
+// decideLoop decides queued requests in batches and hands the answers to the publishers.
+func (s *Signer) decideLoop(ctx context.Context) {
+	batch := make([]request, 0, s.cfg.BatchSize)
+	for {
+		batch = batch[:0]
+		select {
+		case r := <-s.in:
+			batch = append(batch, r)
+		case <-ctx.Done():
+			return
+		}
+	fill:
+		for len(batch) < s.cfg.BatchSize {
+			select {
+			case r := <-s.in:
+				batch = append(batch, r)
+			default:
+				break fill
+			}
+		}
+		for _, a := range s.decide(batch) {
+			select {
+			case s.out <- a:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}
+}
+
+// publishLoop publishes answers, one at a time; Config.Publishers of them run at once.
+func (s *Signer) publishLoop(ctx context.Context) {
+	for {
+		select {
+		case a := <-s.out:
+			if err := s.publish(ctx, a); err != nil {
+				s.stats.dropped.Add(1)
+				s.log.Warn("signer: answer not delivered; the device will ask again", "topic", a.topic, "req_id", a.resp.ReqID, "err", err)
+			}
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+func (s *Signer) publish(ctx context.Context, a answer) error {
+	b, err := wire.Encode(&a.resp)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.PublishTimeout)
+	defer cancel()
+	for {
+		err := s.client.Publish(ctx, a.topic, 1, false, b)
+		if err == nil || ctx.Err() != nil {
+			return err
+		}
+		if !errors.Is(err, mqtt.ErrNotConnected) && !errors.Is(err, mqtt.ErrConnectionLost) {
+			return err
+		}
+		if err := s.client.WaitConnected(ctx); err != nil {
+			return fmt.Errorf("signer: publish %s: %w", a.topic, err)
+		}
+	}
+}
+
+// monitorLoop checks the abort threshold every CheckInterval, so that an aborted rollout is
+// reported and persisted even while no request comes in.
+func (s *Signer) monitorLoop(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-s.clk.After(s.cfg.CheckInterval):
+		}
+		err := s.reg.Update(func(tx *registry.Tx) error {
+			st, err := LoadRollout(s.cfg.RolloutPath)
+			if err != nil {
+				return err
+			}
+			s.checkAbort(tx, &st, s.clk.Now())
+			return nil
+		})
+		if err != nil {
+			s.log.Error("signer: rollout check failed", "err", err)
+		}
+	}
+}
+
+// clip shortens a peer-chosen string for a log line.
+func clip(s string) string {
+	const max = 128
+	if len(s) <= max {
+		return s
+	}
+	return s[:max] + "..."
+}

@@ -1,0 +1,323 @@
+// Package status turns the fleet's retained MQTT state into a rollout report: each device's
+// retained state (dev/<id>/up/state), the fleet-wide desired state (fleet/down/desired) and
+// each device's desired state (dev/<id>/down/desired) go into a Collector, which says per
+// device whether it has converged on the credential epoch the operators want, and counts.
+//
+// Desired-state documents are believed only when signed by a command key of the fleet's key
+// set (or of a newer set, signed by the fleet's root, that the document carries), the check a
+// device makes. The package never touches the network and never writes anything.
+package status
+
+import (
+	"crypto/ed25519"
+	"encoding/json"
+	"fmt"
+	"io"
+	"sort"
+	"sync"
+	"text/tabwriter"
+	"time"
+
+	"github.com/camagent/camagent/agent/wire"
+	"github.com/camagent/camagent/certs"
+	"github.com/camagent/camagent/transport/mqtt/topic"
+)
+
+// Device states in a report.
+const (
+	// Converged: the device's epoch is at least its desired epoch and no rotation is under way.
+	Converged = "converged"
+	// Rotating: a rotation is under way (pending or issued).
+	Rotating = "rotating"
+	// Failed: the last rotation attempt failed; the device retries by itself.
+	Failed = "failed"
+	// Behind: the device's epoch is below its desired epoch and it has not started rotating
+	// (it may be offline), or it never published its state.
+	Behind = "behind"
+)
+
+// Filters returns the topic filters whose messages a Collector takes.
+func Filters() []string {
+	return []string{"dev/+/up/" + topic.LeafState, topic.FleetDesired, "dev/+/down/" + topic.LeafDesired}
+}
+
+// Collector accumulates retained messages. It is safe for concurrent use.
+type Collector struct {
+	root ed25519.PublicKey
+	ks   *certs.KeySet
+
+	mu       sync.Mutex
+	fleet    *certs.Desired
+	desired  map[string]*certs.Desired
+	states   map[string]*wire.DeviceState
+	rejected int
+	changed  chan struct{}
+}
+
+// NewCollector returns a Collector that believes desired-state documents signed by ks's
+// command keys, or by a newer key set signed by root.
+func NewCollector(root ed25519.PublicKey, ks *certs.KeySet) *Collector {
+	return &Collector{root: root, ks: ks, desired: map[string]*certs.Desired{}, states: map[string]*wire.DeviceState{}, changed: make(chan struct{})}
+}
+
+// Add takes one message; an empty payload clears what the topic said. Messages on other
+// topics, malformed states and unverifiable documents are counted (Rejected) and ignored.
+func (c *Collector) Add(t string, payload []byte) {
+	id, dir, leaf, ok := topic.Parse(t)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	defer c.notifyLocked()
+	switch {
+	case ok && id != "" && dir == topic.Up && leaf == topic.LeafState:
+		if len(payload) == 0 {
+			delete(c.states, id)
+			return
+		}
+		var s wire.DeviceState
+		if err := wire.Decode(payload, &s); err != nil {
+			c.rejected++
+			return
+		}
+		c.states[id] = &s
+	case ok && dir == topic.Down && leaf == topic.LeafDesired:
+		fleetWide := id == ""
+		if len(payload) == 0 {
+			if fleetWide {
+				c.fleet = nil
+			} else {
+				delete(c.desired, id)
+			}
+			return
+		}
+		d, err := c.open(payload)
+		if err != nil || (fleetWide && d.Target != certs.TargetFleet) || (!fleetWide && d.Target != id) {
+			c.rejected++
+			return
+		}
+		if fleetWide {
+			c.fleet = d
+		} else {
+			c.desired[id] = d
+		}
+	default:
+		c.rejected++
+	}
+}
+
+// open verifies a desired-state document as a device would: with the key set it carries if
+// that is signed by the root and newer, else with the fleet's.
+func (c *Collector) open(b []byte) (*certs.Desired, error) {
+	v := c.ks.CommandVerifier()
+	if ksb, ok := certs.PeekDesiredKeySet(b); ok {
+		if ks, err := certs.AcceptKeySet(c.root, ksb, c.ks.Version); err == nil {
+			v = ks.CommandVerifier()
+		}
+	}
+	return certs.OpenDesired(v, b)
+}
+
+func (c *Collector) notifyLocked() {
+	close(c.changed)
+	c.changed = make(chan struct{})
+}
+
+// Changed returns a channel closed at the next Add.
+func (c *Collector) Changed() <-chan struct{} {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.changed
+}
+
+// Rejected counts the messages ignored so far.
+func (c *Collector) Rejected() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.rejected
+}
+
+// DesiredEpoch returns the epoch wanted of device: the highest of the fleet-wide and the
+// device's own desired state.
+func (c *Collector) DesiredEpoch(device string) uint64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.desiredEpochLocked(device)
+}
+
+func (c *Collector) desiredEpochLocked(device string) uint64 {
+	var e uint64
+	if c.fleet != nil {
+		e = c.fleet.Epoch
+	}
+	if d := c.desired[device]; d != nil {
+		e = max(e, d.Epoch)
+	}
+	return e
+}
+
+// DeviceEpoch returns the epoch device reports, and whether it reported any state.
+func (c *Collector) DeviceEpoch(device string) (uint64, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	s := c.states[device]
+	if s == nil {
+		return 0, false
+	}
+	return s.Epoch, true
+}
+
+// MaxEpoch returns the highest epoch anything says: the fleet-wide and every device's desired
+// state, and every device's reported epoch. A fleet-wide rotation raises the fleet's desired
+// epoch above it, so that every device rotates.
+func (c *Collector) MaxEpoch() uint64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var e uint64
+	if c.fleet != nil {
+		e = c.fleet.Epoch
+	}
+	for _, d := range c.desired {
+		e = max(e, d.Epoch)
+	}
+	for _, s := range c.states {
+		e = max(e, s.Epoch)
+	}
+	return e
+}
+
+// Report is the fleet's rollout status.
+type Report struct {
+	// FleetEpoch is the fleet-wide desired epoch (0 when none was published).
+	FleetEpoch uint64 `json:"fleet_epoch"`
+	// Incident is the incident id of the fleet-wide desired state, if any.
+	Incident string `json:"incident,omitempty"`
+	// Total is the number of devices in Devices.
+	Total int `json:"total"`
+	// Counts are the devices by state.
+	Counts Counts `json:"counts"`
+	// Converged is set when every device has converged (and vacuously for no devices).
+	Converged bool `json:"converged"`
+	// Devices are the devices that published state or were given a desired state, by id.
+	Devices []Device `json:"devices"`
+}
+
+// Counts are the devices by state.
+type Counts struct {
+	Converged int `json:"converged"`
+	Rotating  int `json:"rotating"`
+	Failed    int `json:"failed"`
+	Behind    int `json:"behind"`
+}
+
+// Device is one device's row.
+type Device struct {
+	ID string `json:"device"`
+	// State is Converged, Rotating, Failed or Behind.
+	State        string `json:"state"`
+	Epoch        uint64 `json:"epoch"`
+	DesiredEpoch uint64 `json:"desired_epoch"`
+	CertSerial   string `json:"cert_serial,omitempty"`
+	// CertNotAfter is the certificate's expiry.
+	CertNotAfter time.Time `json:"cert_not_after,omitzero"`
+	// Rotation is the device's rotation status (wire.Rotation*); empty when it never reported.
+	Rotation  string `json:"rotation,omitempty"`
+	LastError string `json:"last_error,omitempty"`
+	Firmware  string `json:"fw,omitempty"`
+	KeySet    uint64 `json:"keyset,omitempty"`
+	// Updated is when the device last published its state, by its clock.
+	Updated time.Time `json:"updated,omitzero"`
+}
+
+// Report returns the status as of the messages added so far.
+func (c *Collector) Report() Report {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var r Report
+	if c.fleet != nil {
+		r.FleetEpoch, r.Incident = c.fleet.Epoch, c.fleet.Incident
+	}
+	ids := make(map[string]bool, len(c.states))
+	for id := range c.states {
+		ids[id] = true
+	}
+	for id := range c.desired {
+		ids[id] = true
+	}
+	for id := range ids {
+		d := Device{ID: id, DesiredEpoch: c.desiredEpochLocked(id), State: Behind}
+		if s := c.states[id]; s != nil {
+			d.Epoch, d.CertSerial, d.Rotation, d.LastError, d.Firmware, d.KeySet = s.Epoch, s.CertSerial, s.Rotation, s.LastError, s.Firmware, s.KeySet
+			if s.CertNotAfter > 0 {
+				d.CertNotAfter = time.Unix(s.CertNotAfter, 0).UTC()
+			}
+			if s.Updated > 0 {
+				d.Updated = time.Unix(s.Updated, 0).UTC()
+			}
+			switch {
+			case s.Rotation == wire.RotationFailed:
+				d.State = Failed
+			case s.Rotation == wire.RotationPending || s.Rotation == wire.RotationIssued:
+				d.State = Rotating
+			case s.Epoch >= d.DesiredEpoch:
+				d.State = Converged
+			}
+		}
+		switch d.State {
+		case Converged:
+			r.Counts.Converged++
+		case Rotating:
+			r.Counts.Rotating++
+		case Failed:
+			r.Counts.Failed++
+		default:
+			r.Counts.Behind++
+		}
+		r.Devices = append(r.Devices, d)
+	}
+	sort.Slice(r.Devices, func(i, j int) bool { return r.Devices[i].ID < r.Devices[j].ID })
+	r.Total = len(r.Devices)
+	r.Converged = r.Counts.Converged == r.Total
+	if r.Devices == nil {
+		r.Devices = []Device{}
+	}
+	return r
+}
+
+// WriteJSON writes the report as indented JSON.
+func (r Report) WriteJSON(w io.Writer) error {
+	b, err := json.MarshalIndent(r, "", "  ")
+	if err != nil {
+		return fmt.Errorf("status: %w", err)
+	}
+	_, err = w.Write(append(b, '\n'))
+	return err
+}
+
+// WriteTable writes a summary line and one row per device.
+func (r Report) WriteTable(w io.Writer) error {
+	fleet := fmt.Sprintf("fleet epoch %d", r.FleetEpoch)
+	if r.Incident != "" {
+		fleet += " (incident " + r.Incident + ")"
+	}
+	if _, err := fmt.Fprintf(w, "%s: %d devices: %d converged, %d rotating, %d failed, %d behind\n\n",
+		fleet, r.Total, r.Counts.Converged, r.Counts.Rotating, r.Counts.Failed, r.Counts.Behind); err != nil {
+		return err
+	}
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "DEVICE\tSTATE\tEPOCH\tDESIRED\tCERT SERIAL\tNOT AFTER\tROTATION\tLAST ERROR")
+	for _, d := range r.Devices {
+		notAfter := "-"
+		if !d.CertNotAfter.IsZero() {
+			notAfter = d.CertNotAfter.Format(time.RFC3339)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\t%s\t%s\t%s\n", d.ID, d.State, d.Epoch, d.DesiredEpoch,
+			orDash(d.CertSerial), notAfter, orDash(d.Rotation), orDash(d.LastError))
+	}
+	return tw.Flush()
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}

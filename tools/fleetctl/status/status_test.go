@@ -1,0 +1,132 @@
+package status_test
+
+import (
+	"bytes"
+	"encoding/json"
+	"flag"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/camagent/camagent/agent/wire"
+	"github.com/camagent/camagent/certs"
+	"github.com/camagent/camagent/tools/fleetctl/fleet"
+	"github.com/camagent/camagent/tools/fleetctl/status"
+)
+
+var update = flag.Bool("update", false, "rewrite the golden files in testdata")
+
+func state(epoch uint64, rotation, lastError string) []byte {
+	b, err := wire.Encode(&wire.DeviceState{V: wire.Version, Firmware: "1.2.0", CertSerial: "abc123", CertNotAfter: 1798761600,
+		KeySet: 1, Epoch: epoch, Rotation: rotation, LastError: lastError, Updated: 1795000000})
+	if err != nil {
+		panic(err)
+	}
+	return b
+}
+
+func newFleet(t *testing.T) *fleet.Fleet {
+	t.Helper()
+	f, err := fleet.Init(filepath.Join(t.TempDir(), "fleet"), fleet.InitOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
+func desired(t *testing.T, f *fleet.Fleet, target string, epoch uint64, incident string) []byte {
+	t.Helper()
+	b, err := f.SignDesired(certs.Desired{Target: target, Version: 1, Epoch: epoch, Incident: incident, IssuedAt: 1795000000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func golden(t *testing.T, name string, got []byte) {
+	t.Helper()
+	path := filepath.Join("testdata", name)
+	if *update {
+		if err := os.WriteFile(path, got, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Errorf("%s differs (run go test -update):\ngot:\n%s\nwant:\n%s", name, got, want)
+	}
+}
+
+func TestAReportCountsDevicesByState(t *testing.T) {
+	f := newFleet(t)
+	c := status.NewCollector(f.RootKey(), f.KeySet())
+	c.Add("fleet/down/desired", desired(t, f, certs.TargetFleet, 2, "INC-7"))
+	c.Add("dev/cam-0005/down/desired", desired(t, f, "cam-0005", 3, ""))
+	c.Add("dev/cam-0001/up/state", state(2, wire.RotationIdle, ""))
+	c.Add("dev/cam-0002/up/state", state(1, wire.RotationPending, ""))
+	c.Add("dev/cam-0003/up/state", state(1, wire.RotationFailed, wire.ErrCodeRateLimited))
+	c.Add("dev/cam-0004/up/state", state(1, wire.RotationIdle, ""))
+	c.Add("dev/cam-0005/up/state", state(2, wire.RotationIdle, ""))      // its own desired epoch is 3
+	c.Add("dev/cam-0006/down/desired", desired(t, f, "cam-0006", 1, "")) // never reported
+	r := c.Report()
+	if want := (status.Counts{Converged: 1, Rotating: 1, Failed: 1, Behind: 3}); r.Counts != want || r.Total != 6 || r.Converged {
+		t.Fatalf("counts %+v, total %d, converged %v; want %+v", r.Counts, r.Total, r.Converged, want)
+	}
+	var js, table bytes.Buffer
+	if err := r.WriteJSON(&js); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.WriteTable(&table); err != nil {
+		t.Fatal(err)
+	}
+	golden(t, "report.json", js.Bytes())
+	golden(t, "report.txt", table.Bytes())
+	var back status.Report
+	if err := json.Unmarshal(js.Bytes(), &back); err != nil || back.Counts != r.Counts {
+		t.Fatalf("JSON does not round-trip: %v", err)
+	}
+
+	// Convergence: every device reaches its epoch.
+	for _, id := range []string{"cam-0002", "cam-0003", "cam-0004"} {
+		c.Add("dev/"+id+"/up/state", state(2, wire.RotationIdle, ""))
+	}
+	c.Add("dev/cam-0005/up/state", state(3, wire.RotationIdle, ""))
+	c.Add("dev/cam-0006/down/desired", nil) // cleared
+	if r := c.Report(); !r.Converged || r.Counts.Converged != 5 {
+		t.Fatalf("after convergence: %+v", r.Counts)
+	}
+}
+
+func TestForgedOrMisaddressedDocumentsAreIgnored(t *testing.T) {
+	f := newFleet(t)
+	other := newFleet(t)
+	c := status.NewCollector(f.RootKey(), f.KeySet())
+	c.Add("fleet/down/desired", desired(t, other, certs.TargetFleet, 9, "")) // another fleet's key
+	c.Add("dev/cam-0001/down/desired", desired(t, f, "cam-0002", 9, ""))     // wrong target
+	c.Add("fleet/down/desired", desired(t, f, "cam-0001", 9, ""))            // a device doc fleet-wide
+	c.Add("dev/cam-0001/up/state", []byte(`{"v":1,"fw":"my home wifi"}`))    // malformed
+	c.Add("dev/cam-0001/up/reply", state(1, "", ""))                         // not a status topic
+	if got := c.Rejected(); got != 5 {
+		t.Fatalf("rejected %d, want 5", got)
+	}
+	if e := c.MaxEpoch(); e != 0 {
+		t.Fatalf("MaxEpoch %d after only forged documents", e)
+	}
+}
+
+func TestMaxEpochCoversDevicesAheadOfTheFleet(t *testing.T) {
+	f := newFleet(t)
+	c := status.NewCollector(f.RootKey(), f.KeySet())
+	c.Add("fleet/down/desired", desired(t, f, certs.TargetFleet, 2, ""))
+	c.Add("dev/cam-0001/down/desired", desired(t, f, "cam-0001", 5, ""))
+	c.Add("dev/cam-0002/up/state", state(7, wire.RotationIdle, ""))
+	if e := c.MaxEpoch(); e != 7 {
+		t.Fatalf("MaxEpoch %d, want 7", e)
+	}
+	if e := c.DesiredEpoch("cam-0001"); e != 5 {
+		t.Fatalf("DesiredEpoch %d, want 5", e)
+	}
+}
