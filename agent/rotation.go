@@ -519,12 +519,12 @@ func (a *Agent) switchAndCommit(ctx context.Context) error {
 	hooks := slices.Clone(a.epochHook)
 	a.mu.Unlock()
 	a.authFails.Store(0)
-	a.rotations.Add(1)
 	a.step(StepCommitted)
 	if err := wipeGeneration(a.cfg.StateDir, old.gen); err != nil {
 		a.log.Error("could not wipe the old credential", "generation", old.gen, "err", err)
 	}
 	a.step(StepWiped)
+	a.rotations.Add(1)
 	a.log.Info("rotation committed", "generation", next.gen, "serial", newSerial, "old_serial", serialHex(old.cert), "epoch", epoch)
 	if raised {
 		for _, h := range hooks {

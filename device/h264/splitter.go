@@ -48,8 +48,9 @@ const (
 // §7.4.1.2.3: a new access unit begins at an access unit delimiter, SPS, PPS, SEI or NAL unit
 // types 15–18, or at a slice whose first_mb_in_slice is 0, whenever the access unit being
 // assembled already holds a slice. This is exact for single-layer streams without redundant
-// pictures or arbitrary slice order, which is what camera encoders produce; SVC/MVC layers and
-// redundant pictures are kept in the access unit of the picture before them only by chance.
+// pictures or arbitrary slice order, which is what camera encoders produce. Streams with
+// SVC/MVC layers, redundant pictures or arbitrary slice order are not split reliably: telling
+// their pictures apart needs the slice header comparisons of §7.4.1.2.4.
 //
 // An access unit is yielded as soon as the first NAL unit of the next one has started, or at
 // the end of the stream, so a live stream without access unit delimiters is one frame behind

@@ -103,8 +103,12 @@ func measurePing(t *testing.T, r *report) {
 	f, pki := newFleet(t)
 	ids := mqtttest.WithIdentities("operator:" + fleet.DefaultOperator)
 	for _, start := range []func(testing.TB, *mqtttest.PKI, ...mqtttest.Option) mqtttest.Broker{
-		func(t testing.TB, p *mqtttest.PKI, o ...mqtttest.Option) mqtttest.Broker { return mqtttest.StartEmbedded(t, p, o...) },
-		func(t testing.TB, p *mqtttest.PKI, o ...mqtttest.Option) mqtttest.Broker { return mqtttest.StartMosquitto(t, p, o...) },
+		func(t testing.TB, p *mqtttest.PKI, o ...mqtttest.Option) mqtttest.Broker {
+			return mqtttest.StartEmbedded(t, p, o...)
+		},
+		func(t testing.TB, p *mqtttest.PKI, o ...mqtttest.Option) mqtttest.Broker {
+			return mqtttest.StartMosquitto(t, p, o...)
+		},
 	} {
 		b := start(t, pki, ids)
 		dir := enroll(t, f, "cam-bench")

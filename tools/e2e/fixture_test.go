@@ -83,7 +83,12 @@ func startAgent(t testing.TB, dir, url string, tune func(*agent.Config)) *runnin
 	ctx, cancel := context.WithCancel(context.Background())
 	r := &runningAgent{Agent: a, log: rec, cancel: cancel, done: make(chan error, 1)}
 	go func() { r.done <- a.Run(ctx) }()
-	t.Cleanup(func() { r.stop(t) })
+	t.Cleanup(func() {
+		r.stop(t)
+		if t.Failed() && testing.Verbose() {
+			t.Logf("agent %s log:\n%s", a.DeviceID(), rec.Text())
+		}
+	})
 	return r
 }
 

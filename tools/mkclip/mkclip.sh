@@ -60,6 +60,7 @@ ffmpeg -hide_banner -loglevel error -nostdin -y \
 	-fflags +bitexact -flags:v +bitexact \
 	-bsf:v h264_mp4toannexb -f h264 "$tmp"
 
+chmod 0644 "$tmp" # mktemp makes it 0600
 mv -f "$tmp" "$out"
 trap - EXIT
 echo "mkclip: wrote $out ($(wc -c <"$out") bytes, $frames frames, ${width}x${height} @ ${fps} fps, GOP $gop)"
