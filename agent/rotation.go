@@ -259,12 +259,13 @@ func (a *Agent) reconcile(ctx context.Context) {
 	}
 }
 
+// sleep waits out the backoff after a failed attempt. Pokes do not cut it short: every
+// reconnect pokes, and a broker that refuses the new certificate would otherwise be retried
+// in a tight loop.
 func (a *Agent) sleep(ctx context.Context, d time.Duration) bool {
 	select {
 	case <-ctx.Done():
 		return false
-	case <-a.wake:
-		return true
 	case <-a.clk.After(d):
 		return true
 	}

@@ -6,6 +6,7 @@ import (
 	"bytes"
 	"context"
 	"flag"
+	"log/slog"
 	"fmt"
 	"os"
 	"os/exec"
@@ -60,6 +61,8 @@ func percentile(ds []time.Duration, p float64) time.Duration {
 	return s[i]
 }
 
+var discard = slog.New(slog.DiscardHandler)
+
 func ms(d float64) string { return strconv.FormatFloat(d, 'f', 2, 64) + " ms" }
 
 func TestReport(t *testing.T) {
@@ -69,6 +72,8 @@ func TestReport(t *testing.T) {
 	var r report
 	measurePing(t, &r)
 	measureIdleRSS(t, &r)
+	measureRotationLatency(t, &r)
+	measureFleetRotation(t, &r)
 	measureBinarySizes(t, &r)
 	writeReport(t, &r)
 }

@@ -234,6 +234,7 @@ func mosquittoCmd(_ context.Context, args []string, stdout, stderr io.Writer) er
 	out := fs.String("out", "mosquitto", "directory to write mosquitto.conf and acl into")
 	port := fs.Int("port", 8883, "listener port")
 	bind := fs.String("bind", "127.0.0.1", "listener address")
+	user := fs.String("user", "", "account Mosquitto runs as when started as root (it must be able to read the broker key and the CRL in the fleet directory); empty: Mosquitto's default, mosquitto")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -279,6 +280,7 @@ func mosquittoCmd(_ context.Context, args []string, stdout, stderr io.Writer) er
 		CRLFile:        abs(f.CRLPath()),
 		ACLFile:        acl,
 		PersistenceDir: filepath.Join(abs(*out), "data") + "/",
+		User:           *user,
 	}
 	if err := mc.Validate(); err != nil {
 		return err

@@ -1,0 +1,111 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	paho "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/camagent/camagent/agent/state"
+	"github.com/camagent/camagent/agent/wire"
+	"github.com/camagent/camagent/certs"
+	"github.com/camagent/camagent/internal/logtest"
+	"github.com/camagent/camagent/transport/mqtt/mqtttest"
+	"github.com/camagent/camagent/transport/mqtt/topic"
+)
+
+// If the broker refuses the new certificate, the agent goes back to the old one, keeps
+// serving, and keeps the issued certificate journaled to try again (rotation issue, item 3).
+func TestBrokerRefusingTheNewCertificateFallsBackToTheOldOne(t *testing.T) {
+	pki := mqtttest.NewPKI(t)
+	b := mqtttest.StartEmbedded(t, pki)
+	now := time.Now()
+
+	// Enroll cam-0001 against the test PKI.
+	root, _ := certs.NewSigningKey()
+	cmdKey, _ := certs.NewSigningKey()
+	ks, _ := certs.SignKeySet(root, certs.KeySet{Version: 1, CommandKeys: []certs.PublicKey{cmdKey.Public()}, GrantKeys: []certs.PublicKey{cmdKey.Public()}})
+	dir := filepath.Join(t.TempDir(), "state")
+	csrPEM, err := Enroll(dir, "cam-0001")
+	if err != nil {
+		t.Fatal(err)
+	}
+	csr, _ := certs.ParseCSR(csrPEM)
+	c, _ := pki.CA.Issue(certs.IssueRequest{Role: certs.RoleDevice, Name: "cam-0001", CSR: csr, Now: now})
+	bundle, _ := json.Marshal(certs.Bundle{V: 1, DeviceID: "cam-0001", CertPEM: string(certs.EncodeCertPEM(c)), CAPEM: string(pki.CAPEM), RootKey: root.Public().Key, KeySet: ks, Broker: b.URL()})
+	if _, err := InstallBundle(dir, bundle, now); err != nil {
+		t.Fatal(err)
+	}
+
+	// A signer that answers with a certificate valid from one minute ahead: within the
+	// device's clock tolerance, so the device accepts it, but the broker refuses it.
+	signer := mqtttest.Connect(t, mqtttest.ClientOptions(b, pki.ClientTLS(t, pki.ClientCert(t, certs.RoleSigner, "test")), "signer:test"))
+	tok := signer.Subscribe(topic.CSR("cam-0001"), 1, func(cl paho.Client, m paho.Message) {
+		var req wire.CertRequest
+		if wire.Decode(m.Payload(), &req) != nil || req.Kind != wire.KindRequest {
+			return
+		}
+		r, err := certs.ParseCSR([]byte(req.CSR))
+		if err != nil {
+			return
+		}
+		early, err := pki.CA.Issue(certs.IssueRequest{Role: certs.RoleDevice, Name: "cam-0001", CSR: r, Now: time.Now().Add(certs.Backdate + time.Minute)})
+		if err != nil {
+			return
+		}
+		resp, _ := wire.Encode(&wire.CertResponse{V: 1, ReqID: req.ReqID, Cert: string(certs.EncodeCertPEM(early))})
+		cl.Publish(topic.Cert("cam-0001"), 1, false, resp)
+	})
+	mqtttest.Wait(t, tok, "signer subscribe")
+
+	log, rec := logtest.New()
+	a, err := New(Config{StateDir: dir, Logger: log, SwitchTimeout: 2 * time.Second, RetryMin: time.Hour, RetryMax: time.Hour,
+		MinBackoff: 50 * time.Millisecond, MaxBackoff: 200 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	<-a.Connected()
+	old := a.Certificate().SerialNumber
+
+	// Ask for a rotation as a desired epoch would.
+	if err := a.save(func(st *state.State) { st.DesiredEpoch = 1 }); err != nil {
+		t.Fatal(err)
+	}
+	a.poke()
+	rec.WaitFor(t, 20*time.Second, "rotation issued")
+	rec.WaitFor(t, 20*time.Second, "broker did not accept certificate", "back on "+old.Text(16))
+	waitConn := time.Now().Add(20 * time.Second)
+	for !a.client.Connected() || a.Certificate().SerialNumber.Cmp(old) != 0 {
+		if time.Now().After(waitConn) {
+			t.Fatalf("not back on the old certificate; log:\n%s", rec.Text())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	a.mu.Lock()
+	phase, epoch := a.st.Cred.Phase, a.st.Cred.Epoch
+	a.mu.Unlock()
+	if phase != state.PhaseIssued || epoch != 0 {
+		t.Fatalf("journal phase %q epoch %d; want the issued certificate kept for a later try at epoch 0", phase, epoch)
+	}
+	rec.WaitFor(t, 10*time.Second, "rotation step failed", wire.ErrCodeBrokerRefuse)
+	// And it stays there, backing off, instead of retrying at once: the reconnect on the old
+	// certificate (which pokes the rotation loop) did not start another attempt.
+	deadline := time.Now().Add(10 * time.Second)
+	for strings.Count(rec.Text(), "connected to broker") < 2 {
+		if time.Now().After(deadline) {
+			t.Fatal("no reconnect on the old certificate logged")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if n := strings.Count(rec.Text(), "rotating credentials"); n != 1 {
+		t.Fatalf("%d rotation attempts during the backoff; log:\n%s", n, rec.Text())
+	}
+}
