@@ -449,14 +449,20 @@ const maxIssuedLifetime = 400 * 24 * time.Hour
 // checkIssued verifies a certificate from the signer: it chains to the pinned fleet CA with
 // the clientAuth EKU, names this device, carries the pending key, and has a sane validity.
 func (a *Agent) checkIssued(c *x509.Certificate, next *credential) error {
-	id, err := certs.VerifyClient(c, a.id.bundle.Pool, a.clk.Now())
-	if err != nil && !errors.Is(err, certs.ErrNotYetValid) {
+	// A certificate valid from a little later than this device's clock (within ClockSkew) is
+	// accepted, but its chain is always verified: at its own NotBefore in that case.
+	now := a.clk.Now()
+	at := now
+	if c.NotBefore.After(now) {
+		if c.NotBefore.After(now.Add(certs.ClockSkew)) {
+			return fmt.Errorf("%w: issued certificate valid from %s, device clock %s", certs.ErrNotYetValid, c.NotBefore.UTC().Format(time.RFC3339), now.UTC().Format(time.RFC3339))
+		}
+		at = c.NotBefore
+	}
+	if _, err := certs.VerifyClient(c, a.id.bundle.Pool, at); err != nil {
 		return err
 	}
-	if errors.Is(err, certs.ErrNotYetValid) && c.NotBefore.After(a.clk.Now().Add(certs.ClockSkew)) {
-		return err
-	}
-	if id = certs.CertIdentity(c); id != a.DeviceID() {
+	if id := certs.CertIdentity(c); id != a.DeviceID() {
 		return fmt.Errorf("%w: issued for %q", certs.ErrBadIdentity, id)
 	}
 	if !certs.SamePublicKey(c, next.key) {

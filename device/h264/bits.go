@@ -47,9 +47,6 @@ func (r *bitReader) bit() uint32 {
 	return uint32(r.cur>>r.left) & 1
 }
 
-// flag reads u(1) as a bool.
-func (r *bitReader) flag() bool { return r.bit() == 1 }
-
 // bits reads u(n) for n <= 32.
 func (r *bitReader) bits(n int) uint32 {
 	var v uint32

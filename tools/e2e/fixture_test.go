@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"context"
-	"crypto/tls"
 	"path/filepath"
 	"sync"
 	"testing"
@@ -180,12 +179,4 @@ func (r *replies) await(t testing.TB, seq uint64, timeout time.Duration) *wire.R
 			return nil
 		}
 	}
-}
-
-func operatorTLS(t testing.TB, f *fleet.Fleet) *tls.Certificate {
-	c, err := f.OperatorCertificate()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return c
 }

@@ -239,9 +239,7 @@ func TestTheRenderedACLGrantsWhatAclAllowedGrants(t *testing.T) {
 		{"up", "down", "csr", "x"},
 		{"cmd", "reply", "state", "csr", "cert", "signal"},
 	}
-	for _, id := range identities {
-		alphabet[1] = append(alphabet[1], id)
-	}
+	alphabet[1] = append(alphabet[1], identities...)
 	var topics []string
 	var walk func(prefix []string, depth int)
 	walk = func(prefix []string, depth int) {
