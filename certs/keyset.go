@@ -2,6 +2,7 @@ package certs
 
 import (
 	"crypto/ed25519"
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"time"
@@ -83,8 +84,13 @@ func OpenKeySet(root ed25519.PublicKey, b []byte) (*KeySet, error) {
 }
 
 // AcceptKeySet opens a signed key set and accepts it only if its version is above current
-// (0 when the device holds none yet).
+// (0 when the device holds none yet). A set whose (unverified) version is not above current is
+// refused with ErrNotNewer before its signature is checked: refusing trusts nothing, and every
+// desired-state document carries the key set in force, so this is the common case.
 func AcceptKeySet(root ed25519.PublicKey, b []byte, current uint64) (*KeySet, error) {
+	if v, ok := peekKeySetVersion(b); ok && v <= current {
+		return nil, fmt.Errorf("%w: version %d, holding %d", ErrNotNewer, v, current)
+	}
 	ks, err := OpenKeySet(root, b)
 	if err != nil {
 		return nil, err
@@ -121,4 +127,26 @@ func (v *Verifier) Trusts(kid string) bool { _, ok := v.keys[kid]; return ok }
 func (v *Verifier) lookup(kid string) (ed25519.PublicKey, bool) {
 	k, ok := v.keys[kid]
 	return k, ok
+}
+
+// peekKeySetVersion reads a signed key set's version without checking its signature.
+func peekKeySetVersion(b []byte) (uint64, bool) {
+	if len(b) > MaxKeySetSize {
+		return 0, false
+	}
+	var s signed
+	if strictjson.Unmarshal(b, &s) != nil {
+		return 0, false
+	}
+	body, err := base64.RawURLEncoding.DecodeString(s.Body)
+	if err != nil {
+		return 0, false
+	}
+	var v struct {
+		Version uint64 `json:"version"`
+	}
+	if json.Unmarshal(body, &v) != nil {
+		return 0, false
+	}
+	return v.Version, true
 }

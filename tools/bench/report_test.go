@@ -87,7 +87,12 @@ func newFleet(t *testing.T) (*fleet.Fleet, *mqtttest.PKI) {
 }
 
 func enroll(t testing.TB, f *fleet.Fleet, id string) string {
-	dir := filepath.Join(t.TempDir(), id)
+	return enrollIn(t, f, t.TempDir(), id)
+}
+
+// enrollIn enrolls id with its state directory under base.
+func enrollIn(t testing.TB, f *fleet.Fleet, base, id string) string {
+	dir := filepath.Join(base, id)
 	csr, err := agent.Enroll(dir, id)
 	if err != nil {
 		t.Fatal(err)

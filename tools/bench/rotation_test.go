@@ -8,7 +8,9 @@ import (
 	"crypto/tls"
 	"fmt"
 	"net"
+	"os"
 	"runtime"
+	"runtime/pprof"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -189,15 +191,37 @@ func handshakeRate(t *testing.T, f *fleet.Fleet, d time.Duration) float64 {
 // measureFleetRotation: 1,000 in-process agents, each with its own key, certificate, state
 // directory and MQTT connection, rotate after `fleetctl breach`; the rate is set against the raw
 // mTLS handshake rate measured in the same run. Goal ≥ 0.5 of it.
+//
+// Each simulated device gets its state directory on tmpfs: a real camera fsyncs its own
+// storage, while 1,000 simulated ones would otherwise queue on this machine's one disk (about
+// 1,200 atomic writes a second here, and a rotation makes about 8), which measures the host's
+// disk, not the protocol. The single-device latency above runs on the real disk, and the
+// broker's and the signer's files stay on it. The shared-disk figure is reported too.
 func measureFleetRotation(t *testing.T, r *report) {
 	const n = 1000
-	for _, kind := range []string{"embedded", "mosquitto"} {
+	shm, err := os.MkdirTemp("/dev/shm", "camagent-bench")
+	if err != nil {
+		t.Fatalf("tmpfs for simulated device state: %v", err)
+	}
+	t.Cleanup(func() { os.RemoveAll(shm) })
+	for _, c := range []struct{ kind, base, where string }{
+		{"embedded", shm, "device state on tmpfs"},
+		{"mosquitto", shm, "device state on tmpfs"},
+		{"embedded", "", "device state of all 1000 on this machine's one disk"},
+	} {
+		kind := c.kind
+		base := c.base
+		if base == "" {
+			base = t.TempDir()
+		} else {
+			base, _ = os.MkdirTemp(shm, kind)
+		}
 		e := startFleet(t, kind)
 		var done atomic.Int64
 		all := make(chan struct{})
 		agents := make([]*agent.Agent, n)
 		for i := range n {
-			dir := enroll(t, e.f, fmt.Sprintf("cam-%04d", i))
+			dir := enrollIn(t, e.f, base, fmt.Sprintf("cam-%04d", i))
 			agents[i] = runAgent(t, dir, e.url, func(uint64) {
 				if done.Add(1) == n {
 					close(all)
@@ -213,6 +237,13 @@ func measureFleetRotation(t *testing.T, r *report) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		if p := os.Getenv("BENCH_CPUPROFILE"); p != "" {
+			pf, err := os.Create(p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			pprof.StartCPUProfile(pf)
+		}
 		start := time.Now()
 		if _, err := op.PublishDesired(ctx, certs.Desired{Target: certs.TargetFleet, Epoch: 1, Incident: "BENCH"}, start); err != nil {
 			t.Fatal(err)
@@ -223,11 +254,13 @@ func measureFleetRotation(t *testing.T, r *report) {
 			t.Fatalf("%d of %d rotated", done.Load(), n)
 		}
 		took := time.Since(start)
+		pprof.StopCPUProfile()
 		op.Close()
 		cancel()
 		rate := float64(n) / took.Seconds()
-		r.add(fmt.Sprintf("Fleet rotation rate, %d in-process agents after a breach, %s broker", n, kind), "≥ 0.5 × raw mTLS handshake rate",
+		r.add(fmt.Sprintf("Fleet rotation rate, %d in-process agents after a breach, %s broker, %s", n, kind, c.where), "≥ 0.5 × raw mTLS handshake rate",
 			fmt.Sprintf("%.0f rotations/s = %.2f × %.0f handshakes/s", rate, rate/hs, hs),
 			fmt.Sprintf("all %d converged in %.1f s; handshake rate measured in the same run (Go TLS 1.3 mutual auth, loopback, %d clients)", n, took.Seconds(), 4*runtime.NumCPU()))
 	}
 }
+

@@ -127,6 +127,8 @@ func forEachFleetBroker(t *testing.T, fn func(t *testing.T, e *env), bootstrap .
 		}
 		m := mqtttest.StartMosquitto(t, pki, mqtttest.WithIdentities(ids...), mqtttest.WithCRL(crlPEM))
 		e := &env{name: "mosquitto", f: f, url: m.URL(), applyCRL: func(t testing.TB) {
+			// What an operator does: write the CRL from the registry and restart Mosquitto.
+			fleetctl(t, "crl", "--dir", f.Dir)
 			b, err := os.ReadFile(f.CRLPath())
 			if err != nil {
 				t.Fatal(err)

@@ -138,6 +138,7 @@ func enrollCmd(_ context.Context, args []string, stdout, stderr io.Writer) error
 	if err != nil {
 		return fmt.Errorf("enroll: %w", err)
 	}
+	defer f.Close()
 	b, c, err := f.Enroll(csr, time.Now())
 	if err != nil {
 		return err

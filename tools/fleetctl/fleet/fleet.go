@@ -45,6 +45,7 @@ import (
 	"github.com/camagent/camagent/certs"
 	"github.com/camagent/camagent/internal/atomicfile"
 	"github.com/camagent/camagent/internal/strictjson"
+	"github.com/camagent/camagent/tools/fleetctl/registry"
 )
 
 // Files in the fleet directory.
@@ -258,6 +259,9 @@ type Fleet struct {
 	root   []byte
 
 	seqMu sync.Mutex
+
+	regMu sync.Mutex
+	reg   *registry.Registry // kept open by Enroll
 }
 
 // Open loads the fleet in dir. It does not load the offline root key.

@@ -47,14 +47,7 @@ func (s *Signer) decide(batch []request) []answer {
 			}
 		}
 		if revoked > 0 && s.cfg.CRLPath != "" {
-			tx.AfterCommit(func() {
-				revs := tx.Revocations()
-				if err := WriteCRL(s.cfg.CRLPath, s.cfg.CA, revs, now); err != nil {
-					s.log.Error("signer: cannot write the CRL; Mosquitto will not learn of the revocation", "path", s.cfg.CRLPath, "err", err)
-					return
-				}
-				s.log.Info("signer: crl written; Mosquitto applies it when it restarts", "path", s.cfg.CRLPath, "revoked", len(revs))
-			})
+			tx.AfterCommit(s.crlDirty)
 		}
 		return nil
 	})

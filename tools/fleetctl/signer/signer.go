@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/camagent/camagent/agent/wire"
 	"github.com/camagent/camagent/certs"
@@ -37,6 +38,8 @@ type Signer struct {
 	out chan answer  // from the decision loop to the publishers
 
 	bucket *bucket // used by the decision loop only, under the registry lock
+
+	crl chan struct{} // capacity 1: revocations not yet in the CRL file
 
 	stats struct {
 		issued, reissued, refused, rateLimited, confirmed, revoked, ignored, dropped atomic.Uint64
@@ -92,6 +95,7 @@ func New(cfg Config) (*Signer, error) {
 		reg:    cfg.Registry,
 		in:     make(chan request, cfg.BatchSize),
 		out:    make(chan answer, cfg.BatchSize*2),
+		crl:    make(chan struct{}, 1),
 		bucket: newBucket(cfg.MaxRate, cfg.Burst),
 	}
 	client, err := mqtt.New(mqtt.Config{
@@ -134,6 +138,9 @@ func (s *Signer) Run(ctx context.Context) error {
 		}()
 	}
 	start(s.decideLoop)
+	if s.cfg.CRLPath != "" {
+		start(s.crlLoop)
+	}
 	for range s.cfg.Publishers {
 		start(s.publishLoop)
 	}
@@ -298,4 +305,47 @@ func clip(s string) string {
 		return s
 	}
 	return s[:max] + "..."
+}
+
+// crlDirty notes that the CRL file is behind the registry.
+func (s *Signer) crlDirty() {
+	select {
+	case s.crl <- struct{}{}:
+	default:
+	}
+}
+
+// crlInterval is the least time between two CRL writes. A breach campaign revokes thousands
+// of serials; re-signing the whole list after every batch cost more than the issuing.
+// Mosquitto reads the CRL only when it starts, so a second of delay costs nothing.
+const crlInterval = time.Second
+
+// crlLoop writes the CRL when revocations were recorded, at most once per crlInterval, and
+// once more on the way out if anything is pending.
+func (s *Signer) crlLoop(ctx context.Context) {
+	write := func() {
+		revs := s.reg.Revocations()
+		if err := WriteCRL(s.cfg.CRLPath, s.cfg.CA, revs, s.clk.Now()); err != nil {
+			s.log.Error("signer: cannot write the CRL; Mosquitto will not learn of the revocation", "path", s.cfg.CRLPath, "err", err)
+			return
+		}
+		s.log.Info("signer: crl written; Mosquitto applies it when it restarts", "path", s.cfg.CRLPath, "revoked", len(revs))
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			select {
+			case <-s.crl:
+				write()
+			default:
+			}
+			return
+		case <-s.crl:
+			write()
+		}
+		select {
+		case <-ctx.Done():
+		case <-s.clk.After(crlInterval):
+		}
+	}
 }
