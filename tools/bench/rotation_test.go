@@ -263,4 +263,3 @@ func measureFleetRotation(t *testing.T, r *report) {
 			fmt.Sprintf("all %d converged in %.1f s; handshake rate measured in the same run (Go TLS 1.3 mutual auth, loopback, %d clients)", n, took.Seconds(), 4*runtime.NumCPU()))
 	}
 }
-
