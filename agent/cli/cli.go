@@ -17,6 +17,7 @@ import (
 
 	"github.com/camagent/camagent/agent"
 	"github.com/camagent/camagent/internal/buildinfo"
+	"github.com/camagent/camagent/internal/cappedfile"
 )
 
 const usage = `usage: camagent <command> [flags]
@@ -67,7 +68,7 @@ func enroll(args []string, stdout, stderr io.Writer) error {
 	case *bundle != "" && *id != "":
 		return errors.New("enroll: give either --id or --bundle, not both")
 	case *bundle != "":
-		b, err := readCapped(*bundle, 64<<10)
+		b, err := cappedfile.Read(*bundle, 64<<10)
 		if err != nil {
 			return fmt.Errorf("enroll: %w", err)
 		}
@@ -86,22 +87,6 @@ func enroll(args []string, stdout, stderr io.Writer) error {
 		return nil
 	}
 	return errors.New("enroll: --id or --bundle is required")
-}
-
-func readCapped(path string, max int64) ([]byte, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	b, err := io.ReadAll(io.LimitReader(f, max+1))
-	if err != nil {
-		return nil, err
-	}
-	if int64(len(b)) > max {
-		return nil, fmt.Errorf("%s is over %d bytes", path, max)
-	}
-	return b, nil
 }
 
 func run(ctx context.Context, args []string, stderr io.Writer) error {

@@ -3,11 +3,9 @@
 package bench
 
 import (
-	"bytes"
 	"context"
 	"crypto/tls"
 	"fmt"
-	"net"
 	"os"
 	"runtime"
 	"runtime/pprof"
@@ -18,8 +16,8 @@ import (
 
 	"github.com/camagent/camagent/agent"
 	"github.com/camagent/camagent/certs"
-	"github.com/camagent/camagent/tools/fleetctl/cli"
 	"github.com/camagent/camagent/tools/fleetctl/fleet"
+	"github.com/camagent/camagent/tools/fleetctl/fleettest"
 	"github.com/camagent/camagent/transport/mqtt/mqtttest"
 )
 
@@ -31,58 +29,17 @@ type fleetEnv struct {
 	name string
 }
 
-func background(t testing.TB, args ...string) {
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	var out bytes.Buffer
-	var mu sync.Mutex
-	w := writerFunc(func(p []byte) (int, error) { mu.Lock(); defer mu.Unlock(); return out.Write(p) })
-	go func() { done <- cli.Run(ctx, args, w, w) }()
-	t.Cleanup(func() { cancel(); <-done })
-}
-
-type writerFunc func([]byte) (int, error)
-
-func (f writerFunc) Write(p []byte) (int, error) { return f(p) }
-
-func freeAddr(t testing.TB) string {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
-}
-
-func waitTLS(t testing.TB, f *fleet.Fleet, addr string) {
-	cert, _ := f.OperatorCertificate()
-	for deadline := time.Now().Add(20 * time.Second); ; {
-		c, err := tls.Dial("tcp", addr, certs.ClientTLSConfig(f.Pool, "127.0.0.1", certs.NewHolder(cert)))
-		if err == nil {
-			c.Close()
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatal(err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 func startFleet(t *testing.T, kind string) *fleetEnv {
 	f, pki := newFleet(t)
 	e := &fleetEnv{f: f, name: kind}
 	switch kind {
 	case "embedded":
-		addr := freeAddr(t)
-		background(t, "broker", "--dir", f.Dir, "--listen", addr)
-		waitTLS(t, f, addr)
-		e.url = "mqtts://" + addr
+		e.url = fleettest.StartBroker(t, f)
 	case "mosquitto":
 		m := mqtttest.StartMosquitto(t, pki, mqtttest.WithIdentities("operator:"+fleet.DefaultOperator, "signer:"+fleet.DefaultSigner))
 		e.url = m.URL()
 	}
-	background(t, "serve", "--dir", f.Dir, "--broker", e.url, "--log-level", "error")
+	fleettest.Background(t, "serve", "--dir", f.Dir, "--broker", e.url, "--log-level", "error")
 	return e
 }
 

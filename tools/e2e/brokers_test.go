@@ -2,52 +2,23 @@ package e2e
 
 import (
 	"bytes"
-	"context"
-	"crypto/tls"
-	"net"
 	"os"
 	"path/filepath"
 	"sync"
 	"testing"
-	"time"
 
-	"github.com/camagent/camagent/certs"
-	"github.com/camagent/camagent/tools/fleetctl/cli"
 	"github.com/camagent/camagent/tools/fleetctl/fleet"
+	"github.com/camagent/camagent/tools/fleetctl/fleettest"
 	"github.com/camagent/camagent/transport/mqtt/mqtttest"
 )
 
 // fleetctl runs one fleetctl command in this process and returns its standard output.
 func fleetctl(t testing.TB, args ...string) string {
 	t.Helper()
-	var out, errb bytes.Buffer
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	if err := cli.Run(ctx, args, &out, &errb); err != nil {
-		t.Fatalf("fleetctl %v: %v\nstdout:\n%s\nstderr:\n%s", args, err, out.String(), errb.String())
-	}
-	return out.String()
+	return fleettest.Run(t, args...)
 }
 
-// background runs a long-lived fleetctl command (broker, serve) until the test ends.
-func background(t testing.TB, args ...string) {
-	t.Helper()
-	var out syncBuf
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- cli.Run(ctx, args, &out, &out) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil && ctx.Err() == nil {
-			t.Errorf("fleetctl %v: %v", args, err)
-		}
-		if t.Failed() {
-			t.Logf("fleetctl %v output:\n%s", args, out.String())
-		}
-	})
-}
-
-// syncBuf is a bytes.Buffer safe for concurrent writers.
+// syncBuf is a bytes.Buffer safe for concurrent writers (the crash tests' process logs).
 type syncBuf struct {
 	mu sync.Mutex
 	b  bytes.Buffer
@@ -75,43 +46,14 @@ type env struct {
 	applyCRL func(t testing.TB)
 }
 
-func freePort(t testing.TB) string {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
-}
-
-// waitTLS waits until something accepts a TLS handshake at addr.
-func waitTLS(t testing.TB, f *fleet.Fleet, addr string) {
-	cert, _ := f.OperatorCertificate()
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		c, err := tls.Dial("tcp", addr, certs.ClientTLSConfig(f.Pool, "127.0.0.1", certs.NewHolder(cert)))
-		if err == nil {
-			c.Close()
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("broker at %s not up: %v", addr, err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 // forEachFleetBroker runs fn against the real `fleetctl broker` (embedded) and a real Mosquitto,
 // each with a `fleetctl serve` signer. bootstrap lists the devices whose bootstrap identity the
 // Mosquitto ACL must know.
 func forEachFleetBroker(t *testing.T, fn func(t *testing.T, e *env), bootstrap ...string) {
 	t.Run("embedded", func(t *testing.T) {
 		f, _ := newFleet(t)
-		addr := freePort(t)
-		background(t, "broker", "--dir", f.Dir, "--listen", addr, "--revocation-poll", "100ms")
-		waitTLS(t, f, addr)
-		e := &env{name: "embedded", f: f, url: "mqtts://" + addr, applyCRL: func(testing.TB) {}}
-		background(t, "serve", "--dir", f.Dir, "--broker", e.url, "--log-level", "warn")
+		e := &env{name: "embedded", f: f, url: fleettest.StartBroker(t, f, "--revocation-poll", "100ms"), applyCRL: func(testing.TB) {}}
+		fleettest.Background(t, "serve", "--dir", f.Dir, "--broker", e.url, "--log-level", "warn")
 		fn(t, e)
 	})
 	t.Run("mosquitto", func(t *testing.T) {
@@ -138,7 +80,7 @@ func forEachFleetBroker(t *testing.T, fn func(t *testing.T, e *env), bootstrap .
 			}
 			m.Restart(t)
 		}}
-		background(t, "serve", "--dir", f.Dir, "--broker", e.url, "--log-level", "warn")
+		fleettest.Background(t, "serve", "--dir", f.Dir, "--broker", e.url, "--log-level", "warn")
 		fn(t, e)
 	})
 }

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/camagent/camagent/certs"
+	"github.com/camagent/camagent/internal/cappedfile"
 	"github.com/camagent/camagent/tools/fleetctl/fleet"
 	"github.com/camagent/camagent/tools/fleetctl/registry"
 	"github.com/camagent/camagent/tools/fleetctl/signer"
@@ -134,7 +135,7 @@ func enrollCmd(_ context.Context, args []string, stdout, stderr io.Writer) error
 	if err != nil {
 		return err
 	}
-	csr, err := readCapped(*csrPath, fleet.MaxEnrollmentSize)
+	csr, err := cappedfile.Read(*csrPath, fleet.MaxEnrollmentSize)
 	if err != nil {
 		return fmt.Errorf("enroll: %w", err)
 	}
@@ -154,23 +155,6 @@ func enrollCmd(_ context.Context, args []string, stdout, stderr io.Writer) error
 		certs.CertIdentity(c), c.SerialNumber.Text(16), c.NotAfter.UTC().Format(time.RFC3339), path)
 	fmt.Fprintf(stdout, "With Mosquitto, run fleetctl mosquitto-config again and send it SIGHUP so the ACL knows bootstrap:%s.\n", certs.CertIdentity(c))
 	return nil
-}
-
-// readCapped reads a file of at most max bytes.
-func readCapped(path string, max int64) ([]byte, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	b, err := io.ReadAll(io.LimitReader(f, max+1))
-	if err != nil {
-		return nil, err
-	}
-	if int64(len(b)) > max {
-		return nil, fmt.Errorf("%s is over %d bytes", path, max)
-	}
-	return b, nil
 }
 
 func brokerCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {

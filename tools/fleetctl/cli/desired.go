@@ -11,6 +11,7 @@ import (
 	"github.com/schollz/progressbar/v3"
 
 	"github.com/camagent/camagent/certs"
+	"github.com/camagent/camagent/internal/cappedfile"
 	"github.com/camagent/camagent/tools/fleetctl/fleet"
 	"github.com/camagent/camagent/tools/fleetctl/status"
 )
@@ -111,7 +112,7 @@ func breachCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	var ksb []byte
 	var ks *certs.KeySet
 	if *keyset != "" {
-		if ksb, err = readCapped(*keyset, certs.MaxKeySetSize); err != nil {
+		if ksb, err = cappedfile.Read(*keyset, certs.MaxKeySetSize); err != nil {
 			return fmt.Errorf("breach: %w", err)
 		}
 		if ks, err = f.OpenNewKeySet(ksb); err != nil {
