@@ -52,12 +52,15 @@ test: test-deps
 	@$(MAKE) --no-print-directory fuzz FUZZTIME=3s
 
 # Runs every fuzz target for FUZZTIME each (make fuzz FUZZTIME=5m for a real session).
+# Minimising new inputs is off: a worker still minimising when -fuzztime runs out makes
+# go test fail with "context deadline exceeded" (a known flake of the Go fuzzer); a failing
+# input is still reported and saved under testdata/fuzz.
 fuzz:
 	@set -e; for pkg in $$($(GO) list ./...); do \
 	  dir=$$($(GO) list -f '{{.Dir}}' $$pkg); \
 	  for f in $$(grep -ho '^func Fuzz[A-Za-z0-9_]*' $$dir/*_test.go 2>/dev/null | sed 's/func //'); do \
 	    echo "fuzz $$pkg $$f ($(FUZZTIME))"; \
-	    $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $$pkg >/tmp/fuzz-$$f.log 2>&1 || { cat /tmp/fuzz-$$f.log; exit 1; }; \
+	    $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) -fuzzminimizetime 0 $$pkg >/tmp/fuzz-$$f.log 2>&1 || { cat /tmp/fuzz-$$f.log; exit 1; }; \
 	  done; \
 	done
 
