@@ -15,6 +15,7 @@ import (
 	"github.com/camagent/camagent/agent/state"
 	"github.com/camagent/camagent/agent/wire"
 	"github.com/camagent/camagent/certs"
+	"github.com/camagent/camagent/device/camera"
 	"github.com/camagent/camagent/internal/clock"
 	"github.com/camagent/camagent/transport/mqtt"
 	"github.com/camagent/camagent/transport/mqtt/topic"
@@ -52,6 +53,13 @@ type Config struct {
 	// AuthFailuresBeforeBootstrap is how many consecutive refusals of the device's certificate
 	// by the broker make the agent recover through its bootstrap identity; 0 means 3.
 	AuthFailuresBeforeBootstrap int
+	// Video is the camera's H.264 source, shared by every viewer; nil means the agent serves
+	// no video.
+	Video camera.Source
+	// MaxViewers caps live viewers; 0 means transport/webrtc's default.
+	MaxViewers int
+	// VideoLoopbackOnly confines ICE to 127.0.0.1, for tests and single-machine demos.
+	VideoLoopbackOnly bool
 	// AfterStep, if set, is called after each durable step of a rotation with the step's name
 	// (one of the Step constants). It exists for fault injection: the crash tests kill the
 	// process there. Nil in production.
@@ -95,6 +103,7 @@ type Agent struct {
 	authFails    atomic.Int32
 	connected    chan struct{} // closed at the first successful connect
 	connOnce     sync.Once
+	video        atomic.Pointer[video]   // set by Run when Config.Video is set
 	connEv       chan string             // serial of each new connection's certificate
 	certResp     chan *wire.CertResponse // signer answers
 	wake         chan struct{}           // pokes the reconcile loop
@@ -264,6 +273,21 @@ func (a *Agent) Run(ctx context.Context) error {
 	a.pub.Store(&publisherBox{client})
 
 	var wg sync.WaitGroup
+	if a.cfg.Video != nil {
+		v, err := a.startVideo(ctx)
+		if err != nil {
+			return fmt.Errorf("agent: video: %w", err)
+		}
+		a.video.Store(v)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := v.s.Run(ctx); err != nil && ctx.Err() == nil {
+				a.log.Error("video stopped", "err", err)
+			}
+			v.wg.Wait()
+		}()
+	}
 	wg.Add(2)
 	go func() {
 		defer wg.Done()

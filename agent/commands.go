@@ -24,6 +24,10 @@ func (a *Agent) handleMessage(ctx context.Context, m mqtt.Message) {
 		a.handleDesired(ctx, m.Topic, m.Payload)
 	case topic.Cert(id):
 		a.handleCertResponse(m.Payload)
+	case topic.Signal(id):
+		if v := a.video.Load(); v != nil {
+			v.handle(ctx, m.Payload)
+		}
 	default:
 		a.log.Debug("ignoring message on unhandled topic", "topic", m.Topic, "bytes", len(m.Payload))
 	}

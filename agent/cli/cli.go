@@ -12,10 +12,12 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"syscall"
 	"time"
 
 	"github.com/camagent/camagent/agent"
+	"github.com/camagent/camagent/device/camera"
 	"github.com/camagent/camagent/internal/buildinfo"
 	"github.com/camagent/camagent/internal/cappedfile"
 )
@@ -96,6 +98,10 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	broker := fs.String("broker", "", "broker URL (mqtts://host:port); default: the bundle's")
 	level := fs.String("log-level", "info", "log level: debug, info, warn, error")
 	format := fs.String("log-format", "text", "log format: text or json")
+	videoFile := fs.String("video-file", "", "serve live video from this H.264 Annex B file, looped in real time (constrained baseline for browsers)")
+	videoExec := fs.String("video-exec", "", "serve live video from this command's H.264 Annex B standard output, e.g. \"rpicam-vid -t 0 --inline --codec h264 --profile baseline -o -\" (split on spaces; no shell)")
+	maxViewers := fs.Int("max-viewers", 0, "live viewers at most (0: the default, 16)")
+	loopback := fs.Bool("video-loopback", false, "offer ICE candidates on 127.0.0.1 only (a demo or test on one machine)")
 	crashAfter := fs.String("crash-after", "", "fault injection for crash tests: SIGKILL this process right after the named rotation step (pending, requested, issued, switched, confirmed, committed, wiped)")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -115,13 +121,29 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	var src camera.Source
+	switch {
+	case *videoFile != "" && *videoExec != "":
+		return errors.New("run: give --video-file or --video-exec, not both")
+	case *videoFile != "":
+		if src, err = camera.NewFileSource(camera.FileConfig{Path: *videoFile, Logger: log}); err != nil {
+			return fmt.Errorf("run: --video-file: %w", err)
+		}
+	case *videoExec != "":
+		if src, err = camera.NewExecSource(camera.ExecConfig{Argv: strings.Fields(*videoExec), Logger: log}); err != nil {
+			return fmt.Errorf("run: --video-exec: %w", err)
+		}
+	}
 	a, err := agent.New(agent.Config{
-		StateDir:  *dir,
-		BrokerURL: *broker,
-		Firmware:  buildinfo.Version(),
-		BuildTime: buildinfo.BuildTime(),
-		Logger:    log,
-		AfterStep: afterStep,
+		Video:             src,
+		MaxViewers:        *maxViewers,
+		VideoLoopbackOnly: *loopback,
+		StateDir:          *dir,
+		BrokerURL:         *broker,
+		Firmware:          buildinfo.Version(),
+		BuildTime:         buildinfo.BuildTime(),
+		Logger:            log,
+		AfterStep:         afterStep,
 	})
 	if err != nil {
 		return err

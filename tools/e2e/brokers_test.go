@@ -58,7 +58,7 @@ func forEachFleetBroker(t *testing.T, fn func(t *testing.T, e *env), bootstrap .
 	})
 	t.Run("mosquitto", func(t *testing.T) {
 		f, pki := newFleet(t)
-		ids := []string{"operator:" + fleet.DefaultOperator, "signer:" + fleet.DefaultSigner}
+		ids := []string{"operator:" + fleet.DefaultOperator, "signer:" + fleet.DefaultSigner, "viewer:test"}
 		for _, id := range bootstrap {
 			ids = append(ids, "bootstrap:"+id)
 		}

@@ -1,0 +1,196 @@
+package signal_test
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"reflect"
+	"strings"
+	"testing"
+
+	"github.com/camagent/camagent/certs"
+	"github.com/camagent/camagent/transport/webrtc/signal"
+)
+
+const (
+	session = "0123456789abcdef0123456789abcdef"
+	sdp     = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n"
+)
+
+func ptr[T any](v T) *T { return &v }
+
+func validOffer() signal.Offer {
+	return signal.Offer{
+		V: signal.Version, Session: session, SDP: sdp, Grant: []byte("signed-grant-bytes"),
+		ICEServers: []signal.ICEServer{
+			{URLs: []string{"stun:127.0.0.1:3478"}},
+			{URLs: []string{"turn:127.0.0.1:3478?transport=udp", "turns:turn.example.com"}, Username: "1700000000:viewer", Credential: "s3cret-turn-credential"},
+		},
+	}
+}
+
+func TestMaxGrantSizeMatchesCerts(t *testing.T) {
+	if signal.MaxGrantSize != certs.MaxGrantSize {
+		t.Fatalf("signal.MaxGrantSize = %d, certs.MaxGrantSize = %d", signal.MaxGrantSize, certs.MaxGrantSize)
+	}
+}
+
+func TestNewSessionIsValidAndFresh(t *testing.T) {
+	a, b := signal.NewSession(), signal.NewSession()
+	if !signal.ValidSession(a) || !signal.ValidSession(b) || a == b || len(a) != 32 {
+		t.Fatalf("NewSession gave %q and %q", a, b)
+	}
+}
+
+func TestRoundTrip(t *testing.T) {
+	msgs := []signal.Message{
+		validOffer(),
+		signal.Offer{V: 1, Session: session, SDP: sdp, Grant: []byte{1}},
+		signal.Answer{V: 1, Session: session, SDP: sdp},
+		signal.Candidate{V: 1, Session: session, Candidate: signal.ICECandidate{
+			Candidate: "candidate:1 1 udp 2130706431 127.0.0.1 50000 typ host", SDPMid: ptr("0"), SDPMLineIndex: ptr(uint16(0)), UsernameFragment: ptr("abcd"),
+		}},
+		signal.Candidate{V: 1, Session: session}, // end of candidates
+		signal.Bye{V: 1, Session: session, Reason: signal.ByeExpired},
+		signal.Refusal{V: 1, Session: session, Reason: signal.RefuseLimit},
+	}
+	for _, m := range msgs {
+		t.Run(string(m.MessageType()), func(t *testing.T) {
+			b, err := signal.Encode(m)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !strings.Contains(string(b), `"type":"`+string(m.MessageType())+`"`) {
+				t.Fatalf("encoding %s lacks its type", b)
+			}
+			got, err := signal.Decode(b)
+			if err != nil {
+				t.Fatalf("Decode(%s): %v", b, err)
+			}
+			if !reflect.DeepEqual(got, m) {
+				t.Fatalf("round trip changed the message:\n got %#v\nwant %#v", got, m)
+			}
+		})
+	}
+}
+
+func TestDecodeRefuses(t *testing.T) {
+	tests := []struct {
+		name string
+		in   string
+		want error
+	}{
+		{"an empty input", ``, signal.ErrMalformed},
+		{"a JSON array", `[]`, signal.ErrMalformed},
+		{"an unknown type", `{"type":"hello","v":1}`, signal.ErrUnknownType},
+		{"a message without type", `{"v":1,"session":"` + session + `"}`, signal.ErrUnknownType},
+		{"an unknown field", `{"type":"bye","v":1,"session":"` + session + `","reason":"hangup","x":1}`, signal.ErrMalformed},
+		{"trailing data", `{"type":"bye","v":1,"session":"` + session + `","reason":"hangup"} {}`, signal.ErrMalformed},
+		{"a wrong version", `{"type":"bye","v":2,"session":"` + session + `","reason":"hangup"}`, signal.ErrMalformed},
+		{"a missing version", `{"type":"bye","session":"` + session + `","reason":"hangup"}`, signal.ErrMalformed},
+		{"an upper-case session", `{"type":"bye","v":1,"session":"` + strings.ToUpper(session) + `","reason":"hangup"}`, signal.ErrMalformed},
+		{"a short session", `{"type":"bye","v":1,"session":"abc","reason":"hangup"}`, signal.ErrMalformed},
+		{"a free-text bye reason", `{"type":"bye","v":1,"session":"` + session + `","reason":"my cat"}`, signal.ErrMalformed},
+		{"a free-text refusal reason", `{"type":"refusal","v":1,"session":"` + session + `","reason":"nope"}`, signal.ErrMalformed},
+		{"an offer without grant", `{"type":"offer","v":1,"session":"` + session + `","sdp":"v=0\n"}`, signal.ErrMalformed},
+		{"an offer whose grant is not base64", `{"type":"offer","v":1,"session":"` + session + `","sdp":"v=0\n","grant":"!!"}`, signal.ErrMalformed},
+		{"an offer whose SDP is not SDP", `{"type":"offer","v":1,"session":"` + session + `","sdp":"hello","grant":"AQ=="}`, signal.ErrMalformed},
+		{"an answer with a NUL in its SDP", `{"type":"answer","v":1,"session":"` + session + `","sdp":"v=0\n\u0000"}`, signal.ErrMalformed},
+		{"a candidate that is not a candidate line", `{"type":"candidate","v":1,"session":"` + session + `","candidate":{"candidate":"rm -rf"}}`, signal.ErrMalformed},
+		{"a candidate with a huge mline index", `{"type":"candidate","v":1,"session":"` + session + `","candidate":{"candidate":"","sdpMLineIndex":9999}}`, signal.ErrMalformed},
+		{"a duplicate-typed message", `{"type":"bye","type":"offer","v":1,"session":"` + session + `","reason":"hangup"}`, signal.ErrMalformed},
+		{"an oversized message", `{"type":"bye","v":1,"session":"` + session + `","reason":"hangup","pad":"` + strings.Repeat("x", signal.MaxMessageSize) + `"}`, signal.ErrTooLarge},
+	}
+	for _, tt := range tests {
+		t.Run("refuses "+tt.name, func(t *testing.T) {
+			m, err := signal.Decode([]byte(tt.in))
+			if !errors.Is(err, tt.want) {
+				t.Fatalf("Decode = %v, %v; want %v", m, err, tt.want)
+			}
+		})
+	}
+}
+
+func TestTypedDecodersRefuseOtherTypes(t *testing.T) {
+	b, err := signal.Encode(signal.Bye{V: 1, Session: session, Reason: signal.ByeHangup})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := signal.DecodeRefusal(b); !errors.Is(err, signal.ErrMalformed) {
+		t.Fatalf("DecodeRefusal(bye) = %v, want ErrMalformed", err)
+	}
+	if _, err := signal.DecodeOffer(b); !errors.Is(err, signal.ErrMalformed) {
+		t.Fatalf("DecodeOffer(bye) = %v, want ErrMalformed", err)
+	}
+}
+
+func TestOfferValidate(t *testing.T) {
+	tests := []struct {
+		name   string
+		change func(*signal.Offer)
+		want   error
+	}{
+		{"accepts a full offer", func(*signal.Offer) {}, nil},
+		{"refuses an SDP over the cap", func(o *signal.Offer) { o.SDP = sdp + strings.Repeat("a=x\r\n", signal.MaxSDPSize/5) }, signal.ErrTooLarge},
+		{"refuses a grant over the cap", func(o *signal.Offer) { o.Grant = make([]byte, signal.MaxGrantSize+1) }, signal.ErrTooLarge},
+		{"refuses too many ICE servers", func(o *signal.Offer) {
+			o.ICEServers = make([]signal.ICEServer, signal.MaxICEServers+1)
+			for i := range o.ICEServers {
+				o.ICEServers[i] = signal.ICEServer{URLs: []string{"stun:127.0.0.1"}}
+			}
+		}, signal.ErrTooLarge},
+		{"refuses an http URL", func(o *signal.Offer) { o.ICEServers[0].URLs = []string{"http://example.com"} }, signal.ErrMalformed},
+		{"refuses a stun URL with a path", func(o *signal.Offer) { o.ICEServers[0].URLs = []string{"stun://example.com"} }, signal.ErrMalformed},
+		{"refuses a URL without host", func(o *signal.Offer) { o.ICEServers[0].URLs = []string{"turn:?transport=udp"} }, signal.ErrMalformed},
+		{"refuses a server without URLs", func(o *signal.Offer) { o.ICEServers[0].URLs = nil }, signal.ErrMalformed},
+		{"refuses too many URLs", func(o *signal.Offer) {
+			o.ICEServers[0].URLs = []string{"stun:a", "stun:b", "stun:c", "stun:d", "stun:e"}
+		}, signal.ErrTooLarge},
+		{"refuses a URL over the cap", func(o *signal.Offer) {
+			o.ICEServers[0].URLs = []string{"stun:" + strings.Repeat("a", signal.MaxURLSize)}
+		}, signal.ErrTooLarge},
+		{"refuses TURN without credential", func(o *signal.Offer) { o.ICEServers[1].Credential = "" }, signal.ErrMalformed},
+		{"refuses a credential with control characters", func(o *signal.Offer) { o.ICEServers[1].Credential = "a\nb" }, signal.ErrMalformed},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			o := validOffer()
+			tt.change(&o)
+			err := o.Validate()
+			if tt.want == nil && err != nil || tt.want != nil && !errors.Is(err, tt.want) {
+				t.Fatalf("Validate = %v, want %v", err, tt.want)
+			}
+			if err != nil && strings.Contains(err.Error(), "s3cret") {
+				t.Fatalf("error %q carries the credential", err)
+			}
+		})
+	}
+}
+
+func TestStringsLeaveSecretsAndAddressesOut(t *testing.T) {
+	o := validOffer()
+	o.SDP = sdp + "a=candidate:1 1 udp 1 192.0.2.7 5000 typ host\r\n"
+	a := signal.Answer{V: 1, Session: session, SDP: o.SDP}
+	c := signal.Candidate{V: 1, Session: session, Candidate: signal.ICECandidate{Candidate: "candidate:1 1 udp 1 192.0.2.7 5000 typ host"}}
+	var logged strings.Builder
+	log := slog.New(slog.NewTextHandler(&logged, nil))
+	log.Info("m", "offer", o, "answer", a, "candidate", c, "server", o.ICEServers[1])
+	for _, s := range []string{fmt.Sprint(o), fmt.Sprintf("%+v", o), fmt.Sprint(a), fmt.Sprint(c), fmt.Sprint(o.ICEServers[1]), logged.String()} {
+		for _, secret := range []string{"s3cret", "signed-grant", "192.0.2.7"} {
+			if strings.Contains(s, secret) {
+				t.Errorf("%q shows %q", s, secret)
+			}
+		}
+	}
+}
+
+func TestReasonsAreAFixedList(t *testing.T) {
+	for _, r := range []signal.RefusalReason{"grant", "limit", "privacy", "busy", "bad_offer"} {
+		if !r.Valid() {
+			t.Errorf("refusal reason %q not valid", r)
+		}
+	}
+	if signal.RefusalReason("other").Valid() || signal.ByeReason("").Valid() {
+		t.Error("an unlisted reason is valid")
+	}
+}

@@ -1,0 +1,312 @@
+package webrtc
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"sync"
+	"sync/atomic"
+
+	pion "github.com/pion/webrtc/v4"
+
+	"github.com/camagent/camagent/transport/webrtc/signal"
+)
+
+// maxRemoteCandidates caps the trickled candidates one session accepts.
+const maxRemoteCandidates = 64
+
+// Streamer serves one camera source to up to Config.MaxViewers WebRTC viewers. Its methods
+// are safe for concurrent use.
+type Streamer struct {
+	cfg      Config
+	log      *slog.Logger
+	pionLog  pionLogger
+	settings pion.SettingEngine
+	fan      *fanout
+	apis     apiCache
+	// keyframes carries keyframe requests to the goroutine that passes them to the source,
+	// so the source is never called from its own callback or from pion's goroutines.
+	keyframes chan struct{}
+
+	certMu sync.Mutex
+	cert   *pion.Certificate
+
+	ran atomic.Bool
+
+	mu       sync.Mutex
+	sessions map[string]*session
+	closed   bool
+	wg       sync.WaitGroup // one per session, from reservation to end
+
+	peerConnections atomic.Uint64
+	keyframeReqs    atomic.Uint64
+	keyframesAsked  atomic.Uint64
+}
+
+// New checks cfg, applies its defaults and makes the DTLS certificate all sessions will
+// present. It starts nothing: call Run.
+func New(cfg Config) (*Streamer, error) {
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	s := &Streamer{
+		cfg:       cfg,
+		log:       cfg.Logger,
+		pionLog:   pionLogger{cfg.Logger},
+		keyframes: make(chan struct{}, 1),
+		sessions:  map[string]*session{},
+	}
+	s.fan = newFanout(cfg.GOPBytes, s.requestKeyframe)
+	if s.settings, err = newSettingEngine(cfg, s.pionLog); err != nil {
+		return nil, err
+	}
+	if _, err := s.certificate(); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// Run runs the source and fans its frames out to the viewers until ctx is done or the source
+// fails. Before it returns it ends every session (signal.ByeShutdown) and waits for all of
+// them; after that, Offer returns ErrClosed. Run may be called once. It returns ctx's error,
+// or the source's.
+func (s *Streamer) Run(ctx context.Context) error {
+	if !s.ran.CompareAndSwap(false, true) {
+		return ErrRunning
+	}
+	runCtx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		s.forwardKeyframeRequests(runCtx)
+	}()
+
+	err := s.cfg.Source.Run(runCtx, s.fan.push)
+
+	s.mu.Lock()
+	s.closed = true
+	s.mu.Unlock()
+	s.CloseAll(signal.ByeShutdown)
+	s.wg.Wait()
+	cancel()
+	wg.Wait()
+
+	if err != nil && ctx.Err() == nil {
+		err = fmt.Errorf("webrtc: source: %w", err)
+	}
+	return err
+}
+
+// Offer answers a viewer's offer. In order, it
+//   - validates the offer (signal.Offer.Validate);
+//   - reserves a session, refusing beyond Config.MaxViewers and a session id already live;
+//   - calls check with the offer's grant, before any PeerConnection exists;
+//   - makes the session's PeerConnection, applies the offer, adds the video track, and waits
+//     for ICE gathering (at most Config.GatherTimeout, or until ctx is done);
+//   - returns the answer, with the camera's candidates and the source's profile-level-id.
+//
+// Refusals are *RefusalError values (see its Reason); other errors are failures the viewer
+// should see as signal.RefuseBusy. Once Offer has returned an answer the session streams on
+// its own goroutine until it ends (Config.OnEnd).
+func (s *Streamer) Offer(ctx context.Context, offer signal.Offer, check GrantChecker) (signal.Answer, error) {
+	if check == nil {
+		return signal.Answer{}, errors.New("webrtc: Offer: nil GrantChecker")
+	}
+	if err := offer.Validate(); err != nil {
+		return signal.Answer{}, refuse(signal.RefuseBadOffer, fmt.Errorf("%w: %w", ErrBadOffer, err))
+	}
+	ss, err := s.reserve(offer.Session)
+	if err != nil {
+		return signal.Answer{}, err
+	}
+	answer, err := ss.negotiate(ctx, offer, check)
+	if err != nil {
+		ss.abort()
+		return signal.Answer{}, err
+	}
+	s.log.Info("webrtc: session started", "session", ss.id, "viewers", s.viewerCount())
+	go ss.run()
+	return answer, nil
+}
+
+// reserve registers a new session for id, counted against MaxViewers.
+func (s *Streamer) reserve(id string) (*session, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch {
+	case s.closed:
+		return nil, ErrClosed
+	case s.sessions[id] != nil:
+		return nil, refuse(signal.RefuseBadOffer, fmt.Errorf("%w: session %s is already live", ErrBadOffer, id))
+	case len(s.sessions) >= s.cfg.MaxViewers:
+		return nil, refuse(signal.RefuseLimit, fmt.Errorf("%w: %d viewers", ErrLimit, s.cfg.MaxViewers))
+	}
+	ss := newSession(s, id)
+	s.sessions[id] = ss
+	s.wg.Add(1)
+	return ss, nil
+}
+
+// remove forgets ss; its slot is free again.
+func (s *Streamer) remove(ss *session) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.sessions[ss.id] == ss {
+		delete(s.sessions, ss.id)
+	}
+}
+
+func (s *Streamer) viewerCount() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.sessions)
+}
+
+// AddCandidate adds a candidate the viewer trickled for session. Candidates that arrive
+// while the offer is still being applied are kept and added after it. The empty candidate
+// marks the end of the viewer's candidates.
+func (s *Streamer) AddCandidate(session string, c signal.ICECandidate) error {
+	if err := c.Validate(); err != nil {
+		return fmt.Errorf("webrtc: candidate: %w", err)
+	}
+	s.mu.Lock()
+	ss := s.sessions[session]
+	s.mu.Unlock()
+	if ss == nil {
+		return ErrUnknownSession
+	}
+	return ss.addCandidate(pion.ICECandidateInit{
+		Candidate: c.Candidate, SDPMid: c.SDPMid, SDPMLineIndex: c.SDPMLineIndex, UsernameFragment: c.UsernameFragment,
+	})
+}
+
+// Close ends session for reason and returns once its goroutines have ended and Config.OnEnd
+// has returned. Closing an unknown or already ended session does nothing.
+func (s *Streamer) Close(session string, reason signal.ByeReason) {
+	s.mu.Lock()
+	ss := s.sessions[session]
+	s.mu.Unlock()
+	if ss != nil {
+		ss.stop(reason)
+		<-ss.finished
+	}
+}
+
+// CloseAll ends every session for reason (signal.ByeRevoked when a rotation raised the grant
+// epoch, signal.ByePrivacy when privacy mode starts), including offers still being answered,
+// and returns once they have all ended. Offers that arrive afterwards are served: the caller
+// refuses them itself (in its GrantChecker) while it wants none.
+func (s *Streamer) CloseAll(reason signal.ByeReason) {
+	s.mu.Lock()
+	all := make([]*session, 0, len(s.sessions))
+	for _, ss := range s.sessions {
+		all = append(all, ss)
+	}
+	s.mu.Unlock()
+	for _, ss := range all {
+		ss.stop(reason)
+	}
+	for _, ss := range all {
+		<-ss.finished
+	}
+}
+
+// Stats is a snapshot of a Streamer's counters.
+type Stats struct {
+	// Viewers is the number of live sessions, including offers being answered.
+	Viewers int
+	// PeerConnections counts the PeerConnections made since New: one per offer that passed
+	// its grant check and the viewer limit.
+	PeerConnections uint64
+	// FramesIn counts the frames received from the source.
+	FramesIn uint64
+	// KeyframeRequests counts picture loss indications and full intra requests received from
+	// viewers (RFC 4585 §6.3.1, RFC 5104 §4.3.1).
+	KeyframeRequests uint64
+	// KeyframesRequested counts keyframe requests the source accepted (requests are paced by
+	// Config.KeyframeInterval; sources that cannot make keyframes accept none).
+	KeyframesRequested uint64
+	// Sessions describes each live session, by session id.
+	Sessions []SessionStats
+}
+
+// SessionStats describes one session.
+type SessionStats struct {
+	Session string
+	// Connected reports that ICE and DTLS have connected and media flows.
+	Connected bool
+	// FramesSent counts frames sent whole; FramesDropped counts frames the viewer's queue
+	// had no room for, and the frames after them up to the next keyframe.
+	FramesSent, FramesDropped uint64
+	// KeyframeRequests counts this viewer's picture loss indications and full intra
+	// requests.
+	KeyframeRequests uint64
+}
+
+// Stats returns the Streamer's counters.
+func (s *Streamer) Stats() Stats {
+	s.mu.Lock()
+	all := make([]*session, 0, len(s.sessions))
+	for _, ss := range s.sessions {
+		all = append(all, ss)
+	}
+	s.mu.Unlock()
+	st := Stats{
+		Viewers:            len(all),
+		PeerConnections:    s.peerConnections.Load(),
+		FramesIn:           s.fan.framesIn.Load(),
+		KeyframeRequests:   s.keyframeReqs.Load(),
+		KeyframesRequested: s.keyframesAsked.Load(),
+		Sessions:           make([]SessionStats, 0, len(all)),
+	}
+	for _, ss := range all {
+		st.Sessions = append(st.Sessions, SessionStats{
+			Session:          ss.id,
+			Connected:        ss.isConnected(),
+			FramesSent:       ss.v.sent.Load(),
+			FramesDropped:    ss.v.dropped.Load(),
+			KeyframeRequests: ss.keyframeReqs.Load(),
+		})
+	}
+	slices.SortFunc(st.Sessions, func(a, b SessionStats) int { return cmp.Compare(a.Session, b.Session) })
+	return st
+}
+
+// requestKeyframe asks for a keyframe without blocking; requests made while one is pending
+// merge into it.
+func (s *Streamer) requestKeyframe() {
+	select {
+	case s.keyframes <- struct{}{}:
+	default:
+	}
+}
+
+// forwardKeyframeRequests passes keyframe requests to the source, at most one per
+// Config.KeyframeInterval, until ctx is done.
+func (s *Streamer) forwardKeyframeRequests(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-s.keyframes:
+		}
+		switch err := s.cfg.Source.RequestKeyframe(); {
+		case err == nil:
+			s.keyframesAsked.Add(1)
+		case errors.Is(err, errors.ErrUnsupported):
+			// The source makes keyframes on its own schedule; viewers wait for the next.
+		default:
+			s.log.Warn("webrtc: keyframe request failed", "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-s.cfg.Clock.After(s.cfg.KeyframeInterval):
+		}
+	}
+}
