@@ -403,7 +403,7 @@ func (a *Agent) request(ctx context.Context) error {
 		if err := bs.publish(rctx, topic.BootCSR(id), req); err != nil {
 			return rotErr(wire.ErrCodeTimeout, "send bootstrap csr: %w", err)
 		}
-	} else if err := a.publishRaw(rctx, topic.CSR(id), req); err != nil {
+	} else if err := a.publishRaw(rctx, topic.CSR(id), 1, req); err != nil {
 		return rotErr(wire.ErrCodeTimeout, "send csr: %w", err)
 	}
 	a.step(StepRequested)
@@ -505,7 +505,7 @@ func (a *Agent) switchAndCommit(ctx context.Context) error {
 		return rotErr(wire.ErrCodeInternal, "%w", err)
 	}
 	cctx, cancel := context.WithTimeout(ctx, a.cfg.RequestTimeout)
-	err = a.publishRaw(cctx, topic.CSR(a.DeviceID()), confirm)
+	err = a.publishRaw(cctx, topic.CSR(a.DeviceID()), 1, confirm)
 	cancel()
 	if err != nil {
 		return rotErr(wire.ErrCodeTimeout, "send confirmation: %w", err)
@@ -561,12 +561,13 @@ func (a *Agent) awaitConnection(ctx context.Context, serial string) bool {
 	}
 }
 
-func (a *Agent) publishRaw(ctx context.Context, t string, b []byte) error {
+// publishRaw publishes an already encoded message, not retained.
+func (a *Agent) publishRaw(ctx context.Context, t string, qos byte, b []byte) error {
 	box := a.pub.Load()
 	if box == nil {
 		return fmt.Errorf("agent: publish %s: not running", t)
 	}
-	return box.Publish(ctx, t, 1, false, b)
+	return box.Publish(ctx, t, qos, false, b)
 }
 
 // handleCertResponse passes a signer answer to the waiting rotation.

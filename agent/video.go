@@ -98,11 +98,7 @@ func (v *video) send(ctx context.Context, m signal.Message) {
 		v.a.log.Error("could not encode signaling message", "type", m.MessageType(), "err", err)
 		return
 	}
-	box := v.a.pub.Load()
-	if box == nil {
-		return
-	}
-	if err := box.Publish(ctx, topic.SignalUp(v.a.DeviceID()), 0, false, b); err != nil {
+	if err := v.a.publishRaw(ctx, topic.SignalUp(v.a.DeviceID()), 0, b); err != nil {
 		v.a.log.Warn("could not send signaling message", "type", m.MessageType(), "err", err)
 	}
 }
