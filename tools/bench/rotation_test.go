@@ -39,7 +39,7 @@ func startFleet(t *testing.T, kind string) *fleetEnv {
 		m := mqtttest.StartMosquitto(t, pki, mqtttest.WithIdentities("operator:"+fleet.DefaultOperator, "signer:"+fleet.DefaultSigner))
 		e.url = m.URL()
 	}
-	fleettest.Background(t, "serve", "--dir", f.Dir, "--broker", e.url, "--log-level", "error")
+	fleettest.StartSigner(t, f, e.url, "--log-level", "error")
 	return e
 }
 

@@ -53,7 +53,7 @@ func forEachFleetBroker(t *testing.T, fn func(t *testing.T, e *env), bootstrap .
 	t.Run("embedded", func(t *testing.T) {
 		f, _ := newFleet(t)
 		e := &env{name: "embedded", f: f, url: fleettest.StartBroker(t, f, "--revocation-poll", "100ms"), applyCRL: func(testing.TB) {}}
-		fleettest.Background(t, "serve", "--dir", f.Dir, "--broker", e.url, "--log-level", "warn")
+		fleettest.StartSigner(t, f, e.url, "--log-level", "warn")
 		fn(t, e)
 	})
 	t.Run("mosquitto", func(t *testing.T) {
@@ -80,7 +80,7 @@ func forEachFleetBroker(t *testing.T, fn func(t *testing.T, e *env), bootstrap .
 			}
 			m.Restart(t)
 		}}
-		fleettest.Background(t, "serve", "--dir", f.Dir, "--broker", e.url, "--log-level", "warn")
+		fleettest.StartSigner(t, f, e.url, "--log-level", "warn")
 		fn(t, e)
 	})
 }

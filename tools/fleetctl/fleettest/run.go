@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/tls"
 	"net"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -28,13 +29,14 @@ func Run(t testing.TB, args ...string) string {
 }
 
 // Background runs a long-lived fleetctl command (broker, serve) in this process until the
-// test ends; its output is shown if the test failed.
-func Background(t testing.TB, args ...string) {
+// test ends; its output is shown if the test failed. The returned Output lets the test wait
+// for the command to say it is ready.
+func Background(t testing.TB, args ...string) *Output {
 	t.Helper()
-	var out syncBuf
+	out := &Output{}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- cli.Run(ctx, args, &out, &out) }()
+	go func() { done <- cli.Run(ctx, args, out, out) }()
 	t.Cleanup(func() {
 		cancel()
 		if err := <-done; err != nil && ctx.Err() == nil {
@@ -44,24 +46,44 @@ func Background(t testing.TB, args ...string) {
 			t.Logf("fleetctl %v output:\n%s", args, out.String())
 		}
 	})
+	return out
 }
 
-// syncBuf is a bytes.Buffer safe for concurrent writers.
-type syncBuf struct {
+// Output is a background command's output, safe for concurrent writers.
+type Output struct {
 	mu sync.Mutex
 	b  bytes.Buffer
 }
 
-func (s *syncBuf) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
+func (o *Output) Write(p []byte) (int, error) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.b.Write(p)
 }
 
-func (s *syncBuf) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
+func (o *Output) String() string {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.b.String()
+}
+
+// WaitFor waits until the output contains s, failing the test after Timeout.
+func (o *Output) WaitFor(t testing.TB, s string) {
+	t.Helper()
+	deadline := time.Now().Add(Timeout)
+	for !strings.Contains(o.String(), s) {
+		if time.Now().After(deadline) {
+			t.Fatalf("no %q in the output within %s:\n%s", s, Timeout, o.String())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// StartSigner runs `fleetctl serve` for f against url until the test ends, and returns once it
+// is subscribed: a request published before that would reach no signer.
+func StartSigner(t testing.TB, f *fleet.Fleet, url string, flags ...string) {
+	t.Helper()
+	Background(t, append([]string{"serve", "--dir", f.Dir, "--broker", url}, flags...)...).WaitFor(t, "serving")
 }
 
 // FreeAddr returns a loopback address nothing listens on (yet).
