@@ -3,9 +3,7 @@ package webrtc_test
 import (
 	"context"
 	"errors"
-	"io"
 	"net"
-	"os"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -140,28 +138,16 @@ func fileSource(t *testing.T) *camera.FileSource {
 	return src
 }
 
-// clipAUs returns the clip's access units.
+// clipAUs returns the clip's access units that carry a picture.
 func clipAUs(t testing.TB) []h264.AccessUnit {
 	t.Helper()
-	f, err := os.Open(clipPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	sp := h264.NewSplitter(f, 0)
 	var aus []h264.AccessUnit
-	for {
-		au, err := sp.Next()
-		if errors.Is(err, io.EOF) {
-			return aus
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
+	for _, au := range webrtc.ClipAUs(t) {
 		if au.HasPicture() {
 			aus = append(aus, au)
 		}
 	}
+	return aus
 }
 
 // startStreamer makes a loopback-only Streamer with cfg's other fields, runs it, and stops it
