@@ -37,6 +37,7 @@ commands:
   crl               write the fleet's certificate revocation list
   rollout resume    let the signer issue again after it aborted a rollout
   ping              send a signed ping to a device and print its reply and the round-trip time
+  grant             sign a grant to watch one device's live video (for camview), valid until it expires or the next rotation
 
 Every command takes --dir, the fleet directory (default ./fleet).
 Run 'fleetctl <command> -h' for a command's flags.
@@ -61,6 +62,7 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		"crl":              crlCmd,
 		"rollout":          rolloutCmd,
 		"ping":             pingCmd,
+		"grant":            grantCmd,
 	}
 	if c, ok := cmds[args[0]]; ok {
 		err := c(ctx, args[1:], stdout, stderr)

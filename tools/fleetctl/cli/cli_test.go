@@ -3,6 +3,7 @@ package cli_test
 import (
 	"bytes"
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"os"
 	"path/filepath"
@@ -452,5 +453,57 @@ func TestServeRetireDiscardsTheInstanceSession(t *testing.T) {
 	out := mustRun(t, "serve", "--dir", dir, "--broker", brk.URL(), "--name", "old", "--retire")
 	if !strings.Contains(out, `signer "old" retired`) {
 		t.Fatalf("serve --retire said %q", out)
+	}
+}
+
+func TestGrantIsForTheEpochTheDeviceWillHold(t *testing.T) {
+	dir, f := initFleet(t)
+	pki := &mqtttest.PKI{CA: f.CA, CAPEM: f.CAPEM, Pool: f.Pool}
+	b := mqtttest.StartEmbedded(t, pki)
+	url := b.URL()
+
+	// Unknown device: its epoch is unknown, so no grant.
+	if _, _, err := run(t, "grant", "--dir", dir, "--broker", url, "--device", "cam-0001"); err == nil || !strings.Contains(err.Error(), "published no state") {
+		t.Fatalf("grant for a device that never connected: %v", err)
+	}
+	open := func(out string) *certs.Grant {
+		t.Helper()
+		raw, err := base64.RawURLEncoding.DecodeString(strings.TrimSpace(out))
+		if err != nil {
+			t.Fatalf("grant printed %q: %v", out, err)
+		}
+		g, err := certs.OpenGrant(f.KeySet().GrantVerifier(), raw)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return g
+	}
+	publishState(t, f, url, "cam-0001", wire.DeviceState{Epoch: 2, Rotation: wire.RotationIdle})
+	g := open(mustRun(t, "grant", "--dir", dir, "--broker", url, "--device", "cam-0001", "--ttl", "10m", "--subject", "viewer-7"))
+	if g.Device != "cam-0001" || g.Epoch != 2 || g.Scope != certs.ScopeView || g.Subject != "viewer-7" || g.ExpiresAt-g.IssuedAt != 600 {
+		t.Fatalf("grant %+v", g)
+	}
+	if err := certs.CheckGrant(g, "cam-0001", 2, certs.ScopeView, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	// A rotation is asked for: the grant is made for the epoch the device is going to, so it
+	// still works after the rotation (and no earlier grant does).
+	mustRun(t, "rotate", "--dir", dir, "--broker", url, "--device", "cam-0001")
+	if g := open(mustRun(t, "grant", "--dir", dir, "--broker", url, "--device", "cam-0001")); g.Epoch != 3 {
+		t.Fatalf("grant epoch %d after rotate, want 3", g.Epoch)
+	}
+	page := mustRun(t, "grant", "--dir", dir, "--broker", url, "--device", "cam-0001", "--url", "http://127.0.0.1:8889/")
+	if !regexp.MustCompile(`^http://127\.0\.0\.1:8889/#device=cam-0001&grant=[A-Za-z0-9_-]+\n$`).MatchString(page) {
+		t.Fatalf("grant --url printed %q", page)
+	}
+	for _, bad := range [][]string{
+		{"--device", "cam-0001", "--ttl", "0s"},
+		{"--device", "cam-0001", "--ttl", "800h"},
+		{"--device", "bad id"},
+		{"--device", "cam-0001", "--url", "ftp://x/"},
+	} {
+		if _, _, err := run(t, append([]string{"grant", "--dir", dir, "--broker", url}, bad...)...); err == nil {
+			t.Errorf("grant %v succeeded", bad)
+		}
 	}
 }

@@ -61,6 +61,7 @@ const (
 	serverCert   = "broker/server.crt"
 	serverKey    = "broker/server.key"
 	signerDir    = "signer"
+	viewerDir    = "viewer"
 	signerCert   = "signer/signer.crt"
 	signerKey    = "signer/signer.key"
 	registryFile = "signer/log.jsonl"

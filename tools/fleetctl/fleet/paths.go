@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -56,4 +57,25 @@ func (f *Fleet) SignerCertificate() (*tls.Certificate, error) {
 func SignerClientID(identity, instance string) string {
 	sum := sha256.Sum256([]byte(instance))
 	return identity + "~" + hex.EncodeToString(sum[:4])
+}
+
+// ViewerCertificate loads the TLS client certificate of the viewer relay identity
+// viewer:<name> (camview's), issuing it on first use. A viewer relay may only carry WebRTC
+// signaling (docs/protocol.md); what it may watch is decided by the grants it relays.
+func (f *Fleet) ViewerCertificate(name string) (*tls.Certificate, error) {
+	if _, _, err := certs.ParseIdentity(string(certs.RoleViewer) + ":" + name); err != nil {
+		return nil, fmt.Errorf("fleet: viewer name: %w", err)
+	}
+	certName := filepath.Join(viewerDir, name+".crt")
+	keyName := filepath.Join(viewerDir, name+".key")
+	if _, err := os.Stat(filepath.Join(f.Dir, certName)); errors.Is(err, os.ErrNotExist) {
+		if err := atomicfile.EnsurePrivateDir(filepath.Join(f.Dir, viewerDir)); err != nil {
+			return nil, err
+		}
+		req := certs.IssueRequest{Role: certs.RoleViewer, Name: name, Now: time.Now()}
+		if err := issueKeyPair(f.Dir, f.CA, req, certName, keyName); err != nil {
+			return nil, err
+		}
+	}
+	return loadPair(f.Dir, certName, keyName)
 }
