@@ -19,6 +19,7 @@ import (
 	"github.com/camagent/camagent/internal/clock"
 	"github.com/camagent/camagent/transport/mqtt"
 	"github.com/camagent/camagent/transport/mqtt/topic"
+	"github.com/camagent/camagent/transport/webrtc/signal"
 )
 
 // Config configures an Agent. Defaults are applied by New.
@@ -60,6 +61,14 @@ type Config struct {
 	MaxViewers int
 	// VideoLoopbackOnly confines ICE to 127.0.0.1, for tests and single-machine demos.
 	VideoLoopbackOnly bool
+	// VideoICEServers are STUN and TURN servers the camera uses for every viewer, besides
+	// those each offer brings (transport/webrtc Config.ICEServers); nil means none. TURN
+	// credentials here are secret and never logged.
+	VideoICEServers []signal.ICEServer
+	// VideoRelayOnly makes the camera use relayed candidates only, through VideoICEServers'
+	// TURN servers or the offer's (transport/webrtc Config.RelayOnly); offers for which
+	// neither has a TURN server are refused.
+	VideoRelayOnly bool
 	// AfterStep, if set, is called after each durable step of a rotation with the step's name
 	// (one of the Step constants). It exists for fault injection: the crash tests kill the
 	// process there. Nil in production.

@@ -27,6 +27,8 @@ func (a *Agent) startVideo(ctx context.Context) (*video, error) {
 		Source:       a.cfg.Video,
 		MaxViewers:   a.cfg.MaxViewers,
 		LoopbackOnly: a.cfg.VideoLoopbackOnly,
+		ICEServers:   a.cfg.VideoICEServers,
+		RelayOnly:    a.cfg.VideoRelayOnly,
 		OnEnd:        v.ended,
 		Logger:       a.log,
 	})
@@ -54,7 +56,16 @@ func (v *video) handle(ctx context.Context, payload []byte) {
 			v.offer(ctx, m)
 		}()
 	case signal.Candidate:
-		if err := v.s.AddCandidate(m.Session, m.Candidate); err != nil {
+		err := v.s.AddCandidate(m.Session, m.Candidate)
+		var dropped *webrtc.DroppedCandidateError
+		switch {
+		case err == nil:
+		case errors.As(err, &dropped):
+			// A viewer over its trickle limits may send many more: say so once a session.
+			if dropped.Dropped == 1 {
+				v.a.log.Debug("viewer's candidates over the session's trickle limits are dropped; later drops are not logged", "session", m.Session, "reason", dropped.Err)
+			}
+		default:
 			v.a.log.Debug("candidate refused", "session", m.Session, "reason", err)
 		}
 	case signal.Bye:

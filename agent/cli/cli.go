@@ -20,6 +20,7 @@ import (
 	"github.com/camagent/camagent/device/camera"
 	"github.com/camagent/camagent/internal/buildinfo"
 	"github.com/camagent/camagent/internal/cappedfile"
+	"github.com/camagent/camagent/transport/webrtc/signal"
 )
 
 const usage = `usage: camagent <command> [flags]
@@ -102,6 +103,14 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	videoExec := fs.String("video-exec", "", "serve live video from this command's H.264 Annex B standard output, e.g. \"rpicam-vid -t 0 --inline --codec h264 --profile baseline -o -\" (split on spaces; no shell)")
 	maxViewers := fs.Int("max-viewers", 0, "live viewers at most (0: the default, 16)")
 	loopback := fs.Bool("video-loopback", false, "offer ICE candidates on 127.0.0.1 only (a demo or test on one machine)")
+	var iceURLs []string
+	fs.Func("video-ice-server", "a STUN or TURN server the camera uses for every viewer, besides those a viewer's offer brings: stun:HOST:PORT, turn:HOST:PORT?transport=udp (or tcp), turns:HOST:PORT; repeat for more, at most 4. TURN servers take --video-ice-user and --video-ice-credential-file; no credentials in the URL", func(u string) error {
+		iceURLs = append(iceURLs, u)
+		return nil
+	})
+	iceUser := fs.String("video-ice-user", "", "TURN username for every turn: and turns: --video-ice-server")
+	iceCredFile := fs.String("video-ice-credential-file", "", "file holding the TURN credential for every turn: and turns: --video-ice-server, on its first line; not readable by others (a credential on the command line would be visible to every local user). Never logged")
+	relayOnly := fs.Bool("video-relay-only", false, "relay every viewer's video through a TURN server (ICE transport policy relay): the camera offers no address of its own; an offer is refused when neither --video-ice-server nor the offer names a TURN server")
 	crashAfter := fs.String("crash-after", "", "fault injection for crash tests: SIGKILL this process right after the named rotation step (pending, requested, issued, switched, confirmed, committed, wiped)")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -121,6 +130,10 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	iceServers, err := videoICEServers(iceURLs, *iceUser, *iceCredFile)
+	if err != nil {
+		return fmt.Errorf("run: %w", err)
+	}
 	var src camera.Source
 	switch {
 	case *videoFile != "" && *videoExec != "":
@@ -138,6 +151,8 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		Video:             src,
 		MaxViewers:        *maxViewers,
 		VideoLoopbackOnly: *loopback,
+		VideoICEServers:   iceServers,
+		VideoRelayOnly:    *relayOnly,
 		StateDir:          *dir,
 		BrokerURL:         *broker,
 		Firmware:          buildinfo.Version(),
@@ -150,6 +165,58 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	log.Info("camagent starting", "version", buildinfo.Version(), "state", *dir)
 	return a.Run(ctx)
+}
+
+// videoICEServers makes the --video-ice-server flags into ICE servers, one per URL, each TURN
+// server with the username and the credential read from credFile. Its errors never carry the
+// credential.
+func videoICEServers(urls []string, user, credFile string) ([]signal.ICEServer, error) {
+	if len(urls) > signal.MaxICEServers {
+		return nil, fmt.Errorf("--video-ice-server given %d times, at most %d", len(urls), signal.MaxICEServers)
+	}
+	var cred string
+	if credFile != "" {
+		fi, err := os.Stat(credFile)
+		if err != nil {
+			return nil, fmt.Errorf("--video-ice-credential-file: %w", err)
+		}
+		if fi.Mode().Perm()&0o007 != 0 {
+			return nil, fmt.Errorf("--video-ice-credential-file %s is accessible to others (mode %v); make it 0600", credFile, fi.Mode().Perm())
+		}
+		b, err := cappedfile.Read(credFile, signal.MaxCredentialSize+2)
+		if err != nil {
+			return nil, fmt.Errorf("--video-ice-credential-file: %w", err)
+		}
+		cred, _, _ = strings.Cut(string(b), "\n")
+		cred = strings.TrimSuffix(cred, "\r")
+		if cred == "" {
+			return nil, fmt.Errorf("--video-ice-credential-file %s: the first line is empty", credFile)
+		}
+	}
+	var servers []signal.ICEServer
+	turn := false
+	for i, u := range urls {
+		if strings.Contains(u, "@") {
+			// Not echoed: it may hold a credential.
+			return nil, fmt.Errorf("--video-ice-server #%d has an @: credentials go in --video-ice-user and --video-ice-credential-file, not in the URL", i+1)
+		}
+		srv := signal.ICEServer{URLs: []string{u}}
+		if strings.HasPrefix(u, "turn:") || strings.HasPrefix(u, "turns:") {
+			turn = true
+			if user == "" || cred == "" {
+				return nil, fmt.Errorf("--video-ice-server %s: a TURN server needs --video-ice-user and --video-ice-credential-file", u)
+			}
+			srv.Username, srv.Credential = user, cred
+		}
+		if err := srv.Validate(); err != nil {
+			return nil, fmt.Errorf("--video-ice-server %s: %w", u, err)
+		}
+		servers = append(servers, srv)
+	}
+	if !turn && (user != "" || credFile != "") {
+		return nil, errors.New("--video-ice-user and --video-ice-credential-file are for a turn: or turns: --video-ice-server, and none is given")
+	}
+	return servers, nil
 }
 
 func newLogger(w io.Writer, level, format string) (*slog.Logger, error) {

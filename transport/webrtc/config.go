@@ -51,14 +51,26 @@ type Config struct {
 
 	// ICEServers are STUN and TURN servers the camera itself uses for every session, added
 	// to those of each offer. Nil means none: the camera then offers only host candidates
-	// (and relayed ones through the viewer's TURN servers).
+	// (and relayed ones through the viewer's TURN servers). TURN credentials here are
+	// secret: they are never logged.
 	ICEServers []signal.ICEServer
+	// RelayOnly sets the ICE transport policy "relay" (W3C WebRTC 1.0,
+	// RTCIceTransportPolicy): the camera gathers and offers only relayed candidates (RFC 8445
+	// §5.1.1.2), from the TURN servers of ICEServers and of each offer, so its own addresses
+	// never reach a viewer and its media always leaves through a TURN relay. An offer for
+	// which no TURN server is known is refused with ErrNoTURNServer, and one for which no
+	// TURN server gave a relayed candidate within GatherTimeout with ErrNoRelay, rather than
+	// answered with no candidates. False means every candidate type (host, server-reflexive,
+	// relayed).
+	RelayOnly bool
 	// LoopbackOnly confines ICE to 127.0.0.1 over UDP: only loopback candidates are gathered
 	// and accepted, and every ICE server must be on loopback. For tests and demos on hosts
-	// that may send traffic to loopback only.
+	// that may send traffic to loopback only. With RelayOnly, the loopback TURN server's
+	// relayed candidates (on 127.0.0.1 when it relays there) are the only ones.
 	LoopbackOnly bool
-	// UDPPortMin and UDPPortMax bound the UDP ports ICE binds, for a firewall that opens a
-	// range. Both zero means any ephemeral port.
+	// UDPPortMin and UDPPortMax bound the UDP ports ICE binds for host candidates, for a
+	// firewall that opens a range. Both zero means any ephemeral port. The sockets that talk
+	// to TURN servers take any ephemeral port: they exchange packets with the server only.
 	UDPPortMin, UDPPortMax uint16
 
 	// GatherTimeout bounds how long Offer waits for ICE gathering before it answers with the

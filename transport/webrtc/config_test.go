@@ -34,6 +34,17 @@ func TestNewRefusesBadConfigNamingTheField(t *testing.T) {
 			}
 		})
 	}
+	t.Run("accepts relay-only mode without a TURN server of its own, since offers may bring one", func(t *testing.T) {
+		if _, err := webrtc.New(webrtc.Config{Source: src, RelayOnly: true}); err != nil {
+			t.Fatal(err)
+		}
+	})
+	t.Run("refuses a TURN server off loopback in relay-only, loopback-only mode", func(t *testing.T) {
+		_, err := webrtc.New(webrtc.Config{Source: src, RelayOnly: true, LoopbackOnly: true, ICEServers: []signal.ICEServer{{URLs: []string{"turn:192.0.2.1:3478"}, Username: "u", Credential: "c"}}})
+		if err == nil || !strings.Contains(err.Error(), "Config.ICEServers") {
+			t.Fatalf("New = %v, want an error naming Config.ICEServers", err)
+		}
+	})
 	t.Run("accepts a loopback STUN server in loopback-only mode", func(t *testing.T) {
 		if _, err := webrtc.New(webrtc.Config{Source: src, LoopbackOnly: true, ICEServers: []signal.ICEServer{{URLs: []string{"stun:127.0.0.1:3478"}}}}); err != nil {
 			t.Fatal(err)

@@ -13,6 +13,22 @@
 // losses are counted (Stats). It never holds up the camera or the other viewers (R8).
 // Picture loss indications from viewers become keyframe requests to the source.
 //
+// ICE candidates are UDP only (a TURN server may be reached over TCP or TLS; what it relays is
+// still UDP). The camera uses the STUN and TURN servers of Config.ICEServers plus those of
+// each offer (a viewer behind symmetric NAT sends its TURN relay with short-lived
+// credentials). With Config.RelayOnly the camera gathers relayed candidates only, so media
+// always leaves through a TURN server and the answer carries no address of the camera's own
+// (the related addresses of its candidates are zeroed); an offer for which no TURN server is
+// known is refused with ErrNoTURNServer, and one whose TURN servers gave no relayed candidate
+// with ErrNoRelay, instead of an answer the viewer could never connect to. SessionStats.Relayed
+// tells whether a session runs through a relay. Config.LoopbackOnly confines all of it,
+// TURN servers included, to 127.0.0.1.
+//
+// The camera does not trickle: the answer holds all its candidates. A viewer may trickle its
+// own (AddCandidate); each session takes at most MaxRemoteCandidates of them, at
+// CandidateRate per second after a burst of CandidateBurst, and drops the rest, counting them
+// in SessionStats.CandidatesDropped and returning a *DroppedCandidateError.
+//
 // Sessions end when the viewer leaves or its connection fails, when its grant expires, on
 // Close and CloseAll (the agent calls CloseAll when a rotation raises the grant epoch and when
 // privacy mode starts), and when Run's context ends; every goroutine a session starts is
@@ -27,6 +43,8 @@
 //   - receive media: offers to send video to the camera are refused;
 //   - log SDP, candidates, grants or TURN credentials: logs carry session ids, reasons and
 //     counts (P2b, P4);
+//   - in relay-only mode, let a viewer learn a network address of the camera: only relayed
+//     candidates are gathered, and their related addresses are zeroed in the answer (P2b);
 //   - block the source: the Source's callback only appends to bounded queues.
 //
 // The signaling message types live in the subpackage signal, which does not import pion.

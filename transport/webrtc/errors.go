@@ -32,10 +32,40 @@ var (
 	ErrEnded = errors.New("webrtc: session ended before it was answered")
 	// ErrUnknownSession is returned by AddCandidate for a session that is not live.
 	ErrUnknownSession = errors.New("webrtc: unknown session")
-	// ErrTooManyCandidates is returned by AddCandidate beyond maxRemoteCandidates per
-	// session.
+	// ErrTooManyCandidates drops a candidate a viewer trickled beyond MaxRemoteCandidates in
+	// its session. AddCandidate returns it inside a *DroppedCandidateError.
 	ErrTooManyCandidates = errors.New("webrtc: too many remote candidates")
+	// ErrCandidateRate drops a candidate a viewer trickled faster than CandidateRate per
+	// second after a burst of CandidateBurst. AddCandidate returns it inside a
+	// *DroppedCandidateError.
+	ErrCandidateRate = errors.New("webrtc: remote candidates too fast")
+	// ErrNoTURNServer refuses an offer to a Config.RelayOnly Streamer when neither the offer
+	// nor Config.ICEServers names a turn: or turns: server, so no relayed candidate could be
+	// gathered (reason signal.RefuseBadOffer; ErrBadOffer is wrapped beside it).
+	ErrNoTURNServer = errors.New("webrtc: relay-only and no TURN server for the session")
+	// ErrNoRelay refuses an offer to a Config.RelayOnly Streamer when ICE gathering found no
+	// relayed candidate: the TURN servers could not be reached in Config.GatherTimeout, or
+	// refused the credentials (reason signal.RefuseBusy).
+	ErrNoRelay = errors.New("webrtc: no TURN server gave a relayed candidate")
 )
+
+// DroppedCandidateError is AddCandidate's error for a candidate it dropped because the
+// viewer went over the session's trickle limits. It unwraps to ErrTooManyCandidates or
+// ErrCandidateRate.
+type DroppedCandidateError struct {
+	// Err is ErrTooManyCandidates or ErrCandidateRate.
+	Err error
+	// Dropped counts the candidates of this session dropped so far, this one included: it
+	// is 1 for the first, so a caller can log once per session.
+	Dropped uint64
+}
+
+func (e *DroppedCandidateError) Error() string {
+	return fmt.Sprintf("webrtc: candidate dropped (%d so far in this session): %v", e.Dropped, e.Err)
+}
+
+// Unwrap returns Err.
+func (e *DroppedCandidateError) Unwrap() error { return e.Err }
 
 // RefusalError is Offer's error when the offer is refused rather than failed: it carries the
 // reason to send back in a signal.Refusal. It unwraps to one of the sentinels above (and, for

@@ -223,6 +223,7 @@ type testViewer struct {
 	frames  []receivedFrame
 	seqs    map[uint16]int // packets received per sequence number
 	lastSeq uint16
+	bytes   int // RTP bytes received
 	ssrc    uint32
 	ended   bool // the track ended or the connection closed or failed
 	changed chan struct{}
@@ -240,6 +241,13 @@ type viewerOptions struct {
 	dataChannel bool
 	// acceptReplays turns SRTP replay protection off, so retransmitted packets get through.
 	acceptReplays bool
+	// iceServers are the viewer's STUN and TURN servers; relayOnly sets its ICE transport
+	// policy to relay, so it gathers relayed candidates only.
+	iceServers []pion.ICEServer
+	relayOnly  bool
+	// closeByCaller leaves closing the viewer to the caller instead of the test's cleanup,
+	// so a test making a thousand viewers does not keep them all until it ends.
+	closeByCaller bool
 }
 
 func h264Codec(pt pion.PayloadType, profile string) pion.RTPCodecParameters {
@@ -277,7 +285,11 @@ func newTestViewer(t *testing.T, opts viewerOptions) (*testViewer, signal.Offer)
 	se := loopbackSettings()
 	se.DisableSRTPReplayProtection(opts.acceptReplays)
 	api := pion.NewAPI(pion.WithMediaEngine(me), pion.WithInterceptorRegistry(reg), pion.WithSettingEngine(se))
-	pc, err := api.NewPeerConnection(pion.Configuration{})
+	conf := pion.Configuration{ICEServers: opts.iceServers}
+	if opts.relayOnly {
+		conf.ICETransportPolicy = pion.ICETransportPolicyRelay
+	}
+	pc, err := api.NewPeerConnection(conf)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -285,7 +297,9 @@ func newTestViewer(t *testing.T, opts viewerOptions) (*testViewer, signal.Offer)
 	if !opts.blocked {
 		v.unblock()
 	}
-	t.Cleanup(v.close)
+	if !opts.closeByCaller {
+		t.Cleanup(v.close)
+	}
 	pc.OnConnectionStateChange(func(st pion.PeerConnectionState) {
 		if st == pion.PeerConnectionStateClosed || st == pion.PeerConnectionStateFailed {
 			v.update(func() { v.ended = true })
@@ -387,6 +401,7 @@ func (v *testViewer) read(tr *pion.TrackRemote) {
 		v.update(func() {
 			v.seqs[pkt.SequenceNumber]++
 			v.lastSeq = pkt.SequenceNumber
+			v.bytes += n
 		})
 		if v.seqs[pkt.SequenceNumber] > 1 {
 			continue // a retransmission

@@ -73,7 +73,11 @@ func newSettingEngine(cfg Config, lf logging.LoggerFactory) (pion.SettingEngine,
 		}
 	}
 	if cfg.LoopbackOnly {
-		// pion skips loopback interfaces unless told otherwise.
+		// pion skips loopback interfaces unless told otherwise. The filters below choose the
+		// addresses host candidates and TURN client sockets bind to, and the remote
+		// candidates accepted; pion applies none of them to the TURN server's address or to
+		// the relayed address it allocates, so relaying through a loopback TURN server
+		// (checkLoopbackServer) works, with relayed candidates on 127.0.0.1.
 		se.SetIncludeLoopbackCandidate(true)
 		se.SetNetworkTypes([]pion.NetworkType{pion.NetworkTypeUDP4})
 		se.SetInterfaceFilter(isLoopbackInterface)
@@ -159,14 +163,14 @@ func (s *Streamer) certificate() (pion.Certificate, error) {
 	return *cert, nil
 }
 
-// iceServers returns the pion ICE servers for one session: the camera's own, then the
-// offer's.
-func (s *Streamer) iceServers(fromOffer []signal.ICEServer) ([]pion.ICEServer, error) {
+// iceServers returns the pion ICE servers for one session, the camera's own then the
+// offer's, and how many turn: and turns: URLs they have.
+func (s *Streamer) iceServers(fromOffer []signal.ICEServer) (servers []pion.ICEServer, turnURLs int, err error) {
 	all := make([]pion.ICEServer, 0, len(s.cfg.ICEServers)+len(fromOffer))
 	for _, srv := range append(append([]signal.ICEServer(nil), s.cfg.ICEServers...), fromOffer...) {
 		if s.cfg.LoopbackOnly {
 			if err := checkLoopbackServer(srv); err != nil {
-				return nil, err
+				return nil, 0, err
 			}
 		}
 		all = append(all, pion.ICEServer{
@@ -176,7 +180,20 @@ func (s *Streamer) iceServers(fromOffer []signal.ICEServer) ([]pion.ICEServer, e
 			CredentialType: pion.ICECredentialTypePassword,
 		})
 	}
-	return all, nil
+	return all, turnURLCount(s.cfg.ICEServers) + turnURLCount(fromOffer), nil
+}
+
+// turnURLCount counts the turn: and turns: URLs of servers (RFC 7065 §3).
+func turnURLCount(servers []signal.ICEServer) int {
+	n := 0
+	for _, srv := range servers {
+		for _, u := range srv.URLs {
+			if strings.HasPrefix(u, "turn:") || strings.HasPrefix(u, "turns:") {
+				n++
+			}
+		}
+	}
+	return n
 }
 
 // checkLoopbackServer refuses an ICE server that is not on loopback. Its errors are wrapped
@@ -251,6 +268,36 @@ func setProfileLevelID(sdp, profileLevelID string) string {
 			}
 		}
 		lines[i] = "a=fmtp:" + pt + " " + strings.Join(ps, ";") + l[len(t):]
+	}
+	return strings.Join(lines, "")
+}
+
+// zeroRelatedAddresses rewrites the related address and port (RFC 8839 §5.1 "raddr" and
+// "rport") of every candidate line of an SDP to 0.0.0.0 and 0, as browsers do. pion fills a
+// relayed candidate's related address with the local address of its socket to the TURN
+// server, which over TCP or TLS is the camera's own LAN address; relay-only mode promises the
+// viewer never learns it. Like setProfileLevelID, it is applied to the copy sent to the
+// viewer: the related address plays no part in connectivity checks (RFC 8445 §5.1.1.2 keeps
+// it for diagnostics).
+func zeroRelatedAddresses(sdp string) string {
+	lines := strings.SplitAfter(sdp, "\n")
+	for i, l := range lines {
+		t := strings.TrimRight(l, "\r\n")
+		if !strings.HasPrefix(t, "a=candidate:") {
+			continue
+		}
+		fields := strings.Split(t, " ")
+		for j := 0; j+1 < len(fields); j++ {
+			switch fields[j] {
+			case "raddr":
+				fields[j+1] = "0.0.0.0"
+				j++
+			case "rport":
+				fields[j+1] = "0"
+				j++
+			}
+		}
+		lines[i] = strings.Join(fields, " ") + l[len(t):]
 	}
 	return strings.Join(lines, "")
 }

@@ -73,3 +73,28 @@ func TestPionLogsHaveTheirAddressesMasked(t *testing.T) {
 		}
 	}
 }
+
+func TestZeroRelatedAddressesHidesTheCamerasOwnAddress(t *testing.T) {
+	in := strings.Join([]string{
+		"v=0",
+		"m=video 9 UDP/TLS/RTP/SAVPF 102",
+		"a=candidate:1 1 udp 16777215 203.0.113.9 50000 typ relay raddr 192.168.1.23 rport 41234",
+		"a=candidate:2 1 udp 16777215 203.0.113.9 50002 typ relay raddr 0.0.0.0 rport 41236 generation 0",
+		"a=rtpmap:102 H264/90000",
+		"",
+	}, "\r\n")
+	want := strings.Join([]string{
+		"v=0",
+		"m=video 9 UDP/TLS/RTP/SAVPF 102",
+		"a=candidate:1 1 udp 16777215 203.0.113.9 50000 typ relay raddr 0.0.0.0 rport 0",
+		"a=candidate:2 1 udp 16777215 203.0.113.9 50002 typ relay raddr 0.0.0.0 rport 0 generation 0",
+		"a=rtpmap:102 H264/90000",
+		"",
+	}, "\r\n")
+	if got := zeroRelatedAddresses(in); got != want {
+		t.Fatalf("got\n%q\nwant\n%q", got, want)
+	}
+	if !hasRelayCandidate(in) || hasRelayCandidate("v=0\r\na=candidate:1 1 udp 1 127.0.0.1 5000 typ host\r\n") {
+		t.Fatal("hasRelayCandidate is wrong")
+	}
+}

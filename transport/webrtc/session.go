@@ -40,22 +40,25 @@ type session struct {
 
 	finished chan struct{} // closed once everything of the session has ended
 
-	candMu     sync.Mutex
-	remoteSet  bool                    // the offer is applied; candidates go straight to pion
-	pending    []pion.ICECandidateInit // candidates that came before it
-	candidates int
+	candMu      sync.Mutex
+	remoteSet   bool                    // the offer is applied; candidates go straight to pion
+	pending     []pion.ICECandidateInit // candidates that came before it
+	candidates  int                     // candidates taken, at most MaxRemoteCandidates
+	candBucket  tokenBucket             // paces them to CandidateRate, bursts of CandidateBurst
+	candDropped atomic.Uint64           // candidates dropped over those limits
 
 	keyframeReqs atomic.Uint64
 }
 
 func newSession(s *Streamer, id string) *session {
 	return &session{
-		s:         s,
-		id:        id,
-		v:         newViewer(s.cfg.QueueLength),
-		connected: make(chan struct{}),
-		done:      make(chan struct{}),
-		finished:  make(chan struct{}),
+		s:          s,
+		id:         id,
+		v:          newViewer(s.cfg.QueueLength),
+		candBucket: newTokenBucket(CandidateRate, CandidateBurst, s.cfg.Clock.Now()),
+		connected:  make(chan struct{}),
+		done:       make(chan struct{}),
+		finished:   make(chan struct{}),
 	}
 }
 
@@ -74,6 +77,18 @@ func (ss *session) isConnected() bool {
 	default:
 		return false
 	}
+}
+
+// isRelayed reports whether the session is connected over a candidate pair whose local
+// (camera's) candidate is relayed through a TURN server.
+func (ss *session) isRelayed() bool {
+	// ss.sender is written before the PeerConnection starts to connect, so once connected
+	// it may be read.
+	if !ss.isConnected() {
+		return false
+	}
+	pair, err := ss.sender.Transport().ICETransport().GetSelectedCandidatePair()
+	return err == nil && pair != nil && pair.Local != nil && pair.Local.Typ == pion.ICECandidateTypeRelay
 }
 
 // negotiate checks the grant and, if it holds, makes the PeerConnection and the answer.
@@ -110,14 +125,24 @@ func (ss *session) negotiate(ctx context.Context, offer signal.Offer, check Gran
 	if err != nil {
 		return signal.Answer{}, err
 	}
-	servers, err := s.iceServers(offer.ICEServers)
+	servers, turnURLs, err := s.iceServers(offer.ICEServers)
 	if err != nil {
 		return signal.Answer{}, refuse(signal.RefuseBadOffer, fmt.Errorf("%w: %w", ErrBadOffer, err))
 	}
+	policy := pion.ICETransportPolicyAll
+	if s.cfg.RelayOnly {
+		if turnURLs == 0 {
+			// Gathering would find nothing and the viewer would wait for a connection that
+			// cannot come.
+			return signal.Answer{}, refuse(signal.RefuseBadOffer, fmt.Errorf("%w: %w: neither the offer's ice_servers nor Config.ICEServers has a turn: or turns: URL", ErrBadOffer, ErrNoTURNServer))
+		}
+		policy = pion.ICETransportPolicyRelay
+	}
 	pc, err := api.NewPeerConnection(pion.Configuration{
-		ICEServers:   servers,
-		Certificates: []pion.Certificate{cert},
-		BundlePolicy: pion.BundlePolicyMaxBundle,
+		ICEServers:         servers,
+		ICETransportPolicy: policy,
+		Certificates:       []pion.Certificate{cert},
+		BundlePolicy:       pion.BundlePolicyMaxBundle,
 	})
 	if err != nil {
 		// The only input is the ICE server list.
@@ -165,7 +190,14 @@ func (ss *session) negotiate(ctx context.Context, offer signal.Offer, check Gran
 	if err := ss.ended(); err != nil {
 		return signal.Answer{}, err
 	}
-	a := signal.Answer{V: signal.Version, Session: ss.id, SDP: setProfileLevelID(pc.LocalDescription().SDP, profile)}
+	sdp := pc.LocalDescription().SDP
+	if s.cfg.RelayOnly {
+		if !hasRelayCandidate(sdp) {
+			return signal.Answer{}, refuse(signal.RefuseBusy, fmt.Errorf("%w: %d TURN URLs tried", ErrNoRelay, turnURLs))
+		}
+		sdp = zeroRelatedAddresses(sdp)
+	}
+	a := signal.Answer{V: signal.Version, Session: ss.id, SDP: setProfileLevelID(sdp, profile)}
 	if err := a.Validate(); err != nil {
 		return signal.Answer{}, fmt.Errorf("webrtc: answer: %w", err)
 	}
@@ -186,6 +218,17 @@ func (ss *session) ended() error {
 func hasApplicationSection(sdp string) bool {
 	for _, l := range strings.Split(sdp, "\n") {
 		if strings.HasPrefix(l, "m=application ") {
+			return true
+		}
+	}
+	return false
+}
+
+// hasRelayCandidate reports whether an SDP has a relayed candidate (RFC 8839 §5.1: "typ
+// relay").
+func hasRelayCandidate(sdp string) bool {
+	for _, l := range strings.Split(sdp, "\n") {
+		if strings.HasPrefix(l, "a=candidate:") && strings.Contains(l, " typ relay") {
 			return true
 		}
 	}
@@ -373,12 +416,16 @@ func (ss *session) readRTCP() {
 	}
 }
 
-// addCandidate adds a remote candidate now, or after the offer is applied.
+// addCandidate adds a remote candidate now, or after the offer is applied; or drops it if the
+// viewer went over its limits (MaxRemoteCandidates, CandidateRate and CandidateBurst).
 func (ss *session) addCandidate(c pion.ICECandidateInit) error {
 	ss.candMu.Lock()
 	defer ss.candMu.Unlock()
-	if ss.candidates >= maxRemoteCandidates {
-		return ErrTooManyCandidates
+	switch {
+	case ss.candidates >= MaxRemoteCandidates:
+		return &DroppedCandidateError{Err: ErrTooManyCandidates, Dropped: ss.candDropped.Add(1)}
+	case !ss.candBucket.take(ss.s.cfg.Clock.Now()):
+		return &DroppedCandidateError{Err: ErrCandidateRate, Dropped: ss.candDropped.Add(1)}
 	}
 	ss.candidates++
 	if !ss.remoteSet {

@@ -15,9 +15,6 @@ import (
 	"github.com/camagent/camagent/transport/webrtc/signal"
 )
 
-// maxRemoteCandidates caps the trickled candidates one session accepts.
-const maxRemoteCandidates = 64
-
 // Streamer serves one camera source to up to Config.MaxViewers WebRTC viewers. Its methods
 // are safe for concurrent use.
 type Streamer struct {
@@ -66,6 +63,9 @@ func New(cfg Config) (*Streamer, error) {
 	}
 	if _, err := s.certificate(); err != nil {
 		return nil, err
+	}
+	if cfg.RelayOnly && turnURLCount(cfg.ICEServers) == 0 {
+		s.log.Info("webrtc: relay-only with no TURN server of the camera's own: offers without one are refused")
 	}
 	return s, nil
 }
@@ -170,6 +170,12 @@ func (s *Streamer) viewerCount() int {
 // AddCandidate adds a candidate the viewer trickled for session. Candidates that arrive
 // while the offer is still being applied are kept and added after it. The empty candidate
 // marks the end of the viewer's candidates.
+//
+// Each session takes at most MaxRemoteCandidates candidates, at CandidateRate per second
+// after a burst of CandidateBurst. A candidate over those limits is dropped, counted in
+// SessionStats.CandidatesDropped, and reported as a *DroppedCandidateError (unwrapping to
+// ErrTooManyCandidates or ErrCandidateRate) whose Dropped field lets the caller log once per
+// session. A session that does not exist (yet, or any more) gives ErrUnknownSession.
 func (s *Streamer) AddCandidate(session string, c signal.ICECandidate) error {
 	if err := c.Validate(); err != nil {
 		return fmt.Errorf("webrtc: candidate: %w", err)
@@ -246,6 +252,12 @@ type SessionStats struct {
 	// KeyframeRequests counts this viewer's picture loss indications and full intra
 	// requests.
 	KeyframeRequests uint64
+	// CandidatesDropped counts the candidates the viewer trickled over the session's limits
+	// (see AddCandidate).
+	CandidatesDropped uint64
+	// Relayed reports that the session is connected through the camera's relayed candidate
+	// (a TURN allocation), as it always is with Config.RelayOnly.
+	Relayed bool
 }
 
 // Stats returns the Streamer's counters.
@@ -266,11 +278,13 @@ func (s *Streamer) Stats() Stats {
 	}
 	for _, ss := range all {
 		st.Sessions = append(st.Sessions, SessionStats{
-			Session:          ss.id,
-			Connected:        ss.isConnected(),
-			FramesSent:       ss.v.sent.Load(),
-			FramesDropped:    ss.v.dropped.Load(),
-			KeyframeRequests: ss.keyframeReqs.Load(),
+			Session:           ss.id,
+			Connected:         ss.isConnected(),
+			FramesSent:        ss.v.sent.Load(),
+			FramesDropped:     ss.v.dropped.Load(),
+			KeyframeRequests:  ss.keyframeReqs.Load(),
+			CandidatesDropped: ss.candDropped.Load(),
+			Relayed:           ss.isRelayed(),
 		})
 	}
 	slices.SortFunc(st.Sessions, func(a, b SessionStats) int { return cmp.Compare(a.Session, b.Session) })
