@@ -12,6 +12,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/camagent/camagent/agent/privacy/egress"
+	"github.com/camagent/camagent/agent/privacy/seal"
 	"github.com/camagent/camagent/agent/state"
 	"github.com/camagent/camagent/agent/wire"
 	"github.com/camagent/camagent/certs"
@@ -69,6 +71,14 @@ type Config struct {
 	// TURN servers or the offer's (transport/webrtc Config.RelayOnly); offers for which
 	// neither has a TURN server are refused.
 	VideoRelayOnly bool
+	// Guard is the egress guard every publish passes through (P3): it holds the device's
+	// sensitive values and refuses a message carrying one. Nil means the agent makes one from
+	// the settings sealed in StateDir (LoadPrivacy). The CLI makes it first, to redact its
+	// logs with it too.
+	Guard *egress.Guard
+	// TelemetryInterval is how often the agent publishes telemetry while connected; 0 means
+	// 5 minutes, negative means never.
+	TelemetryInterval time.Duration
 	// AfterStep, if set, is called after each durable step of a rotation with the step's name
 	// (one of the Step constants). It exists for fault injection: the crash tests kill the
 	// process there. Nil in production.
@@ -104,6 +114,11 @@ type Agent struct {
 	rotStatus string      // wire.Rotation* value
 	lastError string      // wire.ErrCode* value of the last failed rotation step
 	epochHook []func(epoch uint64)
+
+	guard    *egress.Guard
+	privMu   sync.Mutex     // serialises privacy changes and claim forwarding
+	secret   *seal.Secret   // nil when never onboarded
+	settings *seal.Settings // nil when never onboarded; guarded by privMu
 
 	client       *mqtt.Client // set by Run
 	pub          atomic.Pointer[publisherBox]
@@ -159,6 +174,9 @@ func New(cfg Config) (*Agent, error) {
 	if cfg.AuthFailuresBeforeBootstrap == 0 {
 		cfg.AuthFailuresBeforeBootstrap = 3
 	}
+	if cfg.TelemetryInterval == 0 {
+		cfg.TelemetryInterval = 5 * time.Minute
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
@@ -201,6 +219,16 @@ func New(cfg Config) (*Agent, error) {
 		return nil, fmt.Errorf("agent: %w", err)
 	}
 	a.st = st
+	if a.secret, a.settings, err = loadSettings(cfg.StateDir); err != nil {
+		return nil, err
+	}
+	a.guard = cfg.Guard
+	if a.guard == nil {
+		a.guard = egress.New()
+		if a.settings != nil {
+			setGuard(a.guard, *a.settings)
+		}
+	}
 	if err := a.loadKeySet(); err != nil {
 		return nil, err
 	}
@@ -279,7 +307,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		return fmt.Errorf("agent: %w", err)
 	}
 	a.client = client
-	a.pub.Store(&publisherBox{client})
+	a.pub.Store(&publisherBox{egress.Wrap(client, a.guard)})
 
 	var wg sync.WaitGroup
 	if a.cfg.Video != nil {
@@ -297,10 +325,14 @@ func (a *Agent) Run(ctx context.Context) error {
 			v.wg.Wait()
 		}()
 	}
-	wg.Add(2)
+	wg.Add(3)
 	go func() {
 		defer wg.Done()
 		a.timeFloorLoop(ctx)
+	}()
+	go func() {
+		defer wg.Done()
+		a.telemetryLoop(ctx)
 	}()
 	go func() {
 		defer wg.Done()
@@ -387,6 +419,7 @@ func (a *Agent) onConnect(ctx context.Context) {
 	if err := a.publishState(ctx); err != nil {
 		a.log.Warn("could not publish device state", "err", err)
 	}
+	a.forwardClaim(ctx)
 }
 
 func (a *Agent) onConnectError(err error) {
@@ -431,6 +464,7 @@ func (a *Agent) publishState(ctx context.Context) error {
 		Epoch:        a.st.Cred.Epoch,
 		Rotation:     a.rotStatus,
 		LastError:    a.lastError,
+		Privacy:      a.st.Privacy,
 		Updated:      a.clk.Now().Unix(),
 	}
 	a.mu.Unlock()

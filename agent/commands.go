@@ -8,6 +8,7 @@ import (
 
 	"github.com/camagent/camagent/agent/wire"
 	"github.com/camagent/camagent/certs"
+	"github.com/camagent/camagent/internal/strictjson"
 	"github.com/camagent/camagent/transport/mqtt"
 	"github.com/camagent/camagent/transport/mqtt/topic"
 )
@@ -107,10 +108,39 @@ func (a *Agent) execute(ctx context.Context, c *certs.Command) *wire.Reply {
 		}
 		r.OK = true
 		r.Status = a.status()
+	case "privacy":
+		r.Error = a.privacyCommand(ctx, c.Args)
+		r.OK = r.Error == ""
 	default:
 		r.Error = wire.ErrCodeUnknownType
 	}
 	return r
+}
+
+// privacyArgs are the arguments of the "privacy" command. An operator alone cannot watch or
+// unmute a home's camera: the command must carry a grant of scope owner for this device,
+// which only the owner's app obtains.
+type privacyArgs struct {
+	On    *bool  `json:"on"`
+	Grant []byte `json:"grant"` // signed owner grant (certs.SignGrant), base64
+}
+
+// privacyCommand turns privacy mode on or off for a command carrying the owner's grant, and
+// returns the reply's error code ("" on success).
+func (a *Agent) privacyCommand(ctx context.Context, args []byte) string {
+	var p privacyArgs
+	if err := strictjson.Unmarshal(args, &p); err != nil || p.On == nil || len(p.Grant) == 0 || len(p.Grant) > certs.MaxGrantSize {
+		return wire.ErrCodeBadArgs
+	}
+	if _, err := a.CheckGrant(p.Grant, certs.ScopeOwner); err != nil {
+		a.log.Warn("privacy command refused", "reason", err)
+		return wire.ErrCodeGrant
+	}
+	if err := a.SetPrivacy(ctx, *p.On, "owner command"); err != nil {
+		a.log.Error("could not change privacy mode", "err", err)
+		return wire.ErrCodeInternal
+	}
+	return ""
 }
 
 func (a *Agent) status() *wire.Status {

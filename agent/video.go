@@ -6,6 +6,7 @@ import (
 	"sync"
 
 	"github.com/camagent/camagent/certs"
+	"github.com/camagent/camagent/device/camera"
 	"github.com/camagent/camagent/transport/mqtt/topic"
 	"github.com/camagent/camagent/transport/webrtc"
 	"github.com/camagent/camagent/transport/webrtc/signal"
@@ -16,15 +17,16 @@ import (
 // dev/<id>/up/signal, at QoS 0 and never retained, so no broker queues them for a party that is
 // offline (P2b). Every offer's grant is checked before anything is made for it (S9).
 type video struct {
-	a  *Agent
-	s  *webrtc.Streamer
-	wg sync.WaitGroup // offers being answered
+	a    *Agent
+	s    *webrtc.Streamer
+	gate *camera.Gate   // closed in privacy mode: the camera stops
+	wg   sync.WaitGroup // offers being answered
 }
 
 func (a *Agent) startVideo(ctx context.Context) (*video, error) {
-	v := &video{a: a}
+	v := &video{a: a, gate: camera.NewGate(a.cfg.Video, !a.Privacy())}
 	s, err := webrtc.New(webrtc.Config{
-		Source:       a.cfg.Video,
+		Source:       v.gate,
 		MaxViewers:   a.cfg.MaxViewers,
 		LoopbackOnly: a.cfg.VideoLoopbackOnly,
 		ICEServers:   a.cfg.VideoICEServers,
@@ -39,6 +41,8 @@ func (a *Agent) startVideo(ctx context.Context) (*video, error) {
 	a.OnEpoch(func(uint64) { s.CloseAll(signal.ByeRevoked) })
 	return v, nil
 }
+
+var errPrivacy = errors.New("agent: privacy mode is on")
 
 // handle takes one signaling message from a viewer.
 func (v *video) handle(ctx context.Context, payload []byte) {
@@ -77,6 +81,9 @@ func (v *video) handle(ctx context.Context, payload []byte) {
 
 func (v *video) offer(ctx context.Context, o signal.Offer) {
 	answer, err := v.s.Offer(ctx, o, func(grant []byte) (webrtc.Grant, error) {
+		if v.a.Privacy() {
+			return webrtc.Grant{}, &webrtc.RefusalError{Reason: signal.RefusePrivacy, Err: errPrivacy}
+		}
 		g, err := v.a.CheckGrant(grant, certs.ScopeView)
 		if err != nil {
 			return webrtc.Grant{}, err

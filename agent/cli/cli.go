@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/camagent/camagent/agent"
+	"github.com/camagent/camagent/agent/privacy/egress"
 	"github.com/camagent/camagent/device/camera"
 	"github.com/camagent/camagent/internal/buildinfo"
 	"github.com/camagent/camagent/internal/cappedfile"
@@ -29,6 +30,8 @@ commands:
   enroll --state DIR --id ID      make the device key (once) and a CSR for fleetctl enroll
   enroll --state DIR --bundle F   install the bundle fleetctl enroll wrote for this device
   run --state DIR                 run the agent until SIGINT/SIGTERM
+  onboard --state DIR --file F    seal the setup payload a phone app handed the camera (F or - for stdin)
+  reset --state DIR --yes         factory reset: wipe keys, token, sealed settings and journal
   version                         print the version
 
 Run 'camagent <command> -h' for a command's flags.
@@ -45,6 +48,10 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return enroll(args[1:], stdout, stderr)
 	case "run":
 		return run(ctx, args[1:], stderr)
+	case "onboard":
+		return onboardCmd(args[1:], os.Stdin, stdout, stderr)
+	case "reset":
+		return resetCmd(args[1:], stdout, stderr)
 	case "version":
 		fmt.Fprintln(stdout, "camagent", buildinfo.Version())
 		return nil
@@ -126,7 +133,13 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 			}
 		}
 	}
-	log, err := newLogger(stderr, *level, *format)
+	// The guard holds the values onboarding sealed (network name, passphrase, nickname): it
+	// redacts every log line and refuses every publish that carries one.
+	guard := egress.New()
+	if err := agent.LoadPrivacy(*dir, guard); err != nil {
+		return err
+	}
+	log, err := newLogger(stderr, *level, *format, guard)
 	if err != nil {
 		return err
 	}
@@ -158,6 +171,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		Firmware:          buildinfo.Version(),
 		BuildTime:         buildinfo.BuildTime(),
 		Logger:            log,
+		Guard:             guard,
 		AfterStep:         afterStep,
 	})
 	if err != nil {
@@ -219,17 +233,20 @@ func videoICEServers(urls []string, user, credFile string) ([]signal.ICEServer, 
 	return servers, nil
 }
 
-func newLogger(w io.Writer, level, format string) (*slog.Logger, error) {
+func newLogger(w io.Writer, level, format string, guard *egress.Guard) (*slog.Logger, error) {
 	var l slog.Level
 	if err := l.UnmarshalText([]byte(level)); err != nil {
 		return nil, fmt.Errorf("--log-level: %w", err)
 	}
 	opts := &slog.HandlerOptions{Level: l}
+	var h slog.Handler
 	switch format {
 	case "text":
-		return slog.New(slog.NewTextHandler(w, opts)), nil
+		h = slog.NewTextHandler(w, opts)
 	case "json":
-		return slog.New(slog.NewJSONHandler(w, opts)), nil
+		h = slog.NewJSONHandler(w, opts)
+	default:
+		return nil, fmt.Errorf("--log-format %q: want text or json", format)
 	}
-	return nil, fmt.Errorf("--log-format %q: want text or json", format)
+	return slog.New(egress.NewRedactingHandler(h, guard)), nil
 }

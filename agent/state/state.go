@@ -44,6 +44,9 @@ type State struct {
 	// Cred is the credential journal (rotation issue): which credential generation is in use
 	// and where an unfinished rotation stands.
 	Cred Cred `json:"cred"`
+	// Privacy is privacy mode: the camera is stopped and viewers are refused until it is
+	// turned off. It survives a reboot.
+	Privacy bool `json:"privacy,omitempty"`
 }
 
 // Rotation phases of the credential journal.

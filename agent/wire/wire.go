@@ -29,9 +29,12 @@ const (
 	ErrCodeUnknownType = "unknown_type"
 	ErrCodeBadArgs     = "bad_args"
 	ErrCodeInternal    = "internal"
+	// ErrCodeGrant: the command needs the owner's grant, and its grant is missing, not
+	// signed by a trusted grant key, for another device, scope or an older epoch, or expired.
+	ErrCodeGrant = "grant"
 )
 
-var errCodes = map[string]bool{"": true, ErrCodeUnknownType: true, ErrCodeBadArgs: true, ErrCodeInternal: true}
+var errCodes = map[string]bool{"": true, ErrCodeUnknownType: true, ErrCodeBadArgs: true, ErrCodeInternal: true, ErrCodeGrant: true}
 
 // Reply answers a verified command on dev/<id>/up/reply.
 type Reply struct {
@@ -78,8 +81,86 @@ type DeviceState struct {
 	Rotation string `json:"rotation"`
 	// LastError is the error code of the last failed rotation step, or "".
 	LastError string `json:"last_error,omitempty"`
+	// Privacy is whether privacy mode is on (camera stopped, viewers refused): the one thing
+	// the cloud learns of it.
+	Privacy bool `json:"privacy"`
 	// Updated is when the device published this, Unix seconds by its clock.
 	Updated int64 `json:"updated"`
+}
+
+// Claim carries the owner's opaque claim token from onboarding to the cloud, once, on
+// dev/<id>/up/claim: the only onboarding value that leaves the device.
+type Claim struct {
+	V int `json:"v"`
+	// Claim is the token as the phone app issued it (base64url, 16..128 characters).
+	Claim string `json:"claim"`
+	// Updated is when the device sent it, Unix seconds by its clock.
+	Updated int64 `json:"updated"`
+}
+
+var claimRe = regexp.MustCompile(`^[A-Za-z0-9_-]{16,128}$`)
+
+// Validate checks the claim's fields.
+func (c *Claim) Validate() error {
+	if c.V != Version {
+		return fmt.Errorf("%w: version %d", ErrMalformed, c.V)
+	}
+	if !claimRe.MatchString(c.Claim) {
+		return fmt.Errorf("%w: claim token of %d characters", ErrMalformed, len(c.Claim))
+	}
+	return nil
+}
+
+// Telemetry is the device's periodic health report on dev/<id>/up/telemetry (QoS 0, not
+// retained). Every field is a count, a duration, a version or a keyed tag: never a network
+// name, an address, a nickname or anything a person typed (docs/privacy.md lists each).
+type Telemetry struct {
+	V        int    `json:"v"`
+	Firmware string `json:"fw"`
+	UptimeS  int64  `json:"uptime_s"`
+	// CertSerial and Epoch identify the credential in use.
+	CertSerial string `json:"cert_serial"`
+	Epoch      uint64 `json:"epoch"`
+	Privacy    bool   `json:"privacy"`
+	// Viewers is the number of live viewer sessions; Sessions counts the viewer sessions
+	// started since start, FramesCaptured the pictures the camera produced.
+	Viewers        int    `json:"viewers"`
+	Sessions       uint64 `json:"sessions"`
+	FramesCaptured uint64 `json:"frames_captured"`
+	// WiFiSignalDBm is the Wi-Fi signal level; absent without Wi-Fi.
+	WiFiSignalDBm *int `json:"wifi_signal_dbm,omitempty"`
+	// NetworkTag is a keyed hash of the Wi-Fi network the device was onboarded to: it changes
+	// when the network does, and cannot be compared across devices (32 hex digits); "" when
+	// never onboarded.
+	NetworkTag string `json:"network_tag,omitempty"`
+	// EgressRefusals counts publishes the egress guard refused since start.
+	EgressRefusals uint64 `json:"egress_refusals"`
+	Updated        int64  `json:"updated"`
+}
+
+var tagRe = regexp.MustCompile(`^[0-9a-f]{32}$`)
+
+// Validate checks the telemetry's fields.
+func (t *Telemetry) Validate() error {
+	if t.V != Version {
+		return fmt.Errorf("%w: version %d", ErrMalformed, t.V)
+	}
+	if !firmwareRe.MatchString(t.Firmware) {
+		return fmt.Errorf("%w: firmware %q", ErrMalformed, t.Firmware)
+	}
+	if t.CertSerial != "" && !serialRe.MatchString(t.CertSerial) {
+		return fmt.Errorf("%w: cert serial %q", ErrMalformed, t.CertSerial)
+	}
+	if t.NetworkTag != "" && !tagRe.MatchString(t.NetworkTag) {
+		return fmt.Errorf("%w: network tag", ErrMalformed)
+	}
+	if t.WiFiSignalDBm != nil && (*t.WiFiSignalDBm < -120 || *t.WiFiSignalDBm > 0) {
+		return fmt.Errorf("%w: wifi signal %d dBm", ErrMalformed, *t.WiFiSignalDBm)
+	}
+	if t.UptimeS < 0 || t.Viewers < 0 {
+		return fmt.Errorf("%w: negative count", ErrMalformed)
+	}
+	return nil
 }
 
 var (

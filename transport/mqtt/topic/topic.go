@@ -36,6 +36,7 @@ const (
 	LeafCert      = "cert"      // issued certificate (down)
 	LeafSignal    = "signal"    // WebRTC signaling (up and down)
 	LeafTelemetry = "telemetry" // telemetry (up)
+	LeafClaim     = "claim"     // the owner's claim token from onboarding, once (up)
 )
 
 // Fleet-wide topics, delivered to every device.
@@ -83,6 +84,9 @@ func SignalUp(id string) string { return dev(id, Up, LeafSignal) }
 // Telemetry is dev/<id>/up/telemetry: the device's telemetry.
 func Telemetry(id string) string { return dev(id, Up, LeafTelemetry) }
 
+// Claim is where a device forwards its owner's opaque claim token, once after onboarding.
+func Claim(id string) string { return dev(id, Up, LeafClaim) }
+
 // DeviceDownFilter is dev/<id>/down/#, the subscription filter matching every topic addressed
 // to one device.
 func DeviceDownFilter(id string) string { return devPrefix + id + "/" + Down + "/#" }
@@ -99,7 +103,7 @@ func BootDownFilter(id string) string { return bootPrefix + id + "/" + Down + "/
 // devLeaves lists, per direction, the leaves a dev/<id>/<dir>/ topic may have.
 var devLeaves = map[string]map[string]bool{
 	Down: {LeafCmd: true, LeafDesired: true, LeafCert: true, LeafSignal: true},
-	Up:   {LeafReply: true, LeafState: true, LeafCSR: true, LeafSignal: true, LeafTelemetry: true},
+	Up:   {LeafReply: true, LeafState: true, LeafCSR: true, LeafSignal: true, LeafTelemetry: true, LeafClaim: true},
 }
 
 // fleetLeaves lists the leaves of fleet/down/ topics.

@@ -1,0 +1,70 @@
+package cli
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+
+	"github.com/camagent/camagent/agent"
+	"github.com/camagent/camagent/agent/privacy/onboard"
+)
+
+// onboardCmd seals the setup payload. The payload is read from a file or standard input,
+// never from an argument: arguments are visible to every local user in /proc and stay in
+// shell history.
+func onboardCmd(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("camagent onboard", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	dir := fs.String("state", defaultStateDir, "state directory (0700)")
+	file := fs.String("file", "", "the setup payload (CAMSETUP:… text from the phone app's QR code), or - for standard input")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	var s onboard.Setup
+	var err error
+	switch *file {
+	case "":
+		return errors.New("onboard: --file is required (a file, or - for standard input)")
+	case "-":
+		b, rerr := io.ReadAll(io.LimitReader(stdin, onboard.MaxPayload+1))
+		if rerr != nil {
+			return fmt.Errorf("onboard: standard input: %w", rerr)
+		}
+		s, err = onboard.Parse(b)
+	default:
+		s, err = onboard.ReadFile(*file)
+	}
+	if err != nil {
+		return err
+	}
+	if err := agent.Onboard(*dir, s); err != nil {
+		return err
+	}
+	// Setup's String leaves out the network name, passphrase and nickname.
+	fmt.Fprintf(stdout, "onboarded: %v (sealed in %s; only the claim token will be sent to the cloud)\n", s, *dir)
+	return nil
+}
+
+// resetCmd is the factory reset.
+func resetCmd(args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("camagent reset", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	dir := fs.String("state", defaultStateDir, "state directory")
+	yes := fs.Bool("yes", false, "really wipe: the device forgets its identity and settings and must be enrolled again")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if !*yes {
+		return errors.New("reset: this wipes the device's keys, token, sealed settings and journal, and it must then be enrolled again; stop the agent and pass --yes")
+	}
+	left, err := agent.Reset(*dir)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "reset: %s wiped; enroll the device again to use it\n", *dir)
+	if len(left) > 0 {
+		fmt.Fprintf(stdout, "reset: left alone (not the agent's): %v\n", left)
+	}
+	return nil
+}

@@ -1,0 +1,214 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/camagent/camagent/agent/privacy/egress"
+	"github.com/camagent/camagent/agent/privacy/onboard"
+	"github.com/camagent/camagent/agent/privacy/seal"
+	"github.com/camagent/camagent/agent/state"
+	"github.com/camagent/camagent/agent/wire"
+	"github.com/camagent/camagent/internal/atomicfile"
+	"github.com/camagent/camagent/transport/mqtt/topic"
+	"github.com/camagent/camagent/transport/webrtc/signal"
+)
+
+// LoadPrivacy registers the device's sensitive values, from the settings sealed in dir at
+// onboarding, with g: the Wi-Fi network name, its passphrase and the camera's nickname. From
+// then on g refuses any publish, and redacts any log line, that carries one of them in any
+// common encoding (P1, P3). A device never onboarded has none and g is left empty. The claim
+// token is not registered: it is the one value that is meant to reach the cloud.
+func LoadPrivacy(dir string, g *egress.Guard) error {
+	_, st, err := loadSettings(dir)
+	if err != nil || st == nil {
+		return err
+	}
+	setGuard(g, *st)
+	return nil
+}
+
+func setGuard(g *egress.Guard, st seal.Settings) {
+	g.Set(egress.KindSSID, nonEmpty(st.SSID)...)
+	g.Set(egress.KindPassphrase, nonEmpty(st.Passphrase)...)
+	g.Set(egress.KindNickname, nonEmpty(st.Nickname)...)
+}
+
+func nonEmpty(s string) []string {
+	if s == "" {
+		return nil
+	}
+	return []string{s}
+}
+
+// loadSettings opens the sealed settings; nil settings mean the device was never onboarded.
+func loadSettings(dir string) (*seal.Secret, *seal.Settings, error) {
+	sec, err := seal.LoadSecret(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil, nil
+	}
+	if err != nil {
+		return nil, nil, fmt.Errorf("agent: %w", err)
+	}
+	st, err := seal.LoadSettings(dir, sec)
+	if errors.Is(err, fs.ErrNotExist) {
+		return sec, nil, nil
+	}
+	if err != nil {
+		return nil, nil, fmt.Errorf("agent: %w", err)
+	}
+	return sec, &st, nil
+}
+
+// Onboard seals the setup a phone app handed the camera into dir: the Wi-Fi network name and
+// passphrase, the nickname and the time zone never leave the device; the opaque claim token is
+// kept, sealed too, until the agent has forwarded it to the cloud once. Onboarding again
+// replaces the settings. It does not need the device to be enrolled.
+func Onboard(dir string, s onboard.Setup) error {
+	if err := s.Validate(); err != nil {
+		return err
+	}
+	sec, err := seal.LoadOrCreateSecret(dir)
+	if err != nil {
+		return fmt.Errorf("agent: onboard: %w", err)
+	}
+	return seal.SaveSettings(dir, sec, seal.Settings{
+		SSID: s.SSID, Passphrase: s.Passphrase, Hidden: s.Hidden,
+		Nickname: s.Nickname, TimeZone: s.TimeZone, Claim: s.Claim,
+	})
+}
+
+// forwardClaim sends the onboarding claim token to the cloud once, in its typed message, then
+// forgets it: the sealed settings are saved without it, so it is sent at most until the broker
+// has acknowledged it once.
+func (a *Agent) forwardClaim(ctx context.Context) {
+	a.privMu.Lock()
+	defer a.privMu.Unlock()
+	if a.settings == nil || a.settings.Claim == "" {
+		return
+	}
+	m := &wire.Claim{V: wire.Version, Claim: a.settings.Claim, Updated: a.clk.Now().Unix()}
+	if err := a.publish(ctx, topic.Claim(a.DeviceID()), false, m); err != nil {
+		a.log.Warn("could not forward the owner's claim token; will try at the next connect", "err", err)
+		return
+	}
+	st := *a.settings
+	st.Claim = ""
+	if err := seal.SaveSettings(a.cfg.StateDir, a.secret, st); err != nil {
+		a.log.Error("could not forget the forwarded claim token", "err", err)
+		return
+	}
+	a.settings = &st
+	a.log.Info("forwarded the owner's claim token to the cloud", "claim", onboardClaimHash(m.Claim))
+}
+
+func onboardClaimHash(c string) string { return onboard.Setup{Claim: c}.ClaimHash() }
+
+// Privacy reports whether privacy mode is on.
+func (a *Agent) Privacy() bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.st.Privacy
+}
+
+// SetPrivacy turns privacy mode on or off, from the local switch or an owner's command. On,
+// the camera stops (its source is closed, not merely muted), every live viewer session ends
+// with "privacy" and new offers are refused until it is turned off. The setting is persisted,
+// so a camera that reboots stays private; the cloud sees only the one boolean in the device
+// state.
+func (a *Agent) SetPrivacy(ctx context.Context, on bool, why string) error {
+	a.privMu.Lock()
+	defer a.privMu.Unlock()
+	if a.Privacy() != on {
+		if err := a.save(func(st *state.State) { st.Privacy = on }); err != nil {
+			return err
+		}
+		a.log.Info("privacy mode", "on", on, "by", why)
+	}
+	a.applyPrivacy(on)
+	if a.pub.Load() != nil {
+		if err := a.publishState(ctx); err != nil {
+			a.log.Warn("could not publish the device state", "err", err)
+		}
+	}
+	return nil
+}
+
+// applyPrivacy makes the video layer follow privacy mode.
+func (a *Agent) applyPrivacy(on bool) {
+	v := a.video.Load()
+	if v == nil {
+		return
+	}
+	v.gate.SetOpen(!on)
+	if on {
+		v.s.CloseAll(signal.ByePrivacy)
+	}
+}
+
+// resetPatterns are what a factory reset removes from the state directory, as glob patterns.
+var resetPatterns = []string{
+	KeyFile, CSRFile, BundleFile, StateFile, TokenFile, BootstrapKey, credsDir,
+	StateFile + ".corrupt*", ".*.tmp*", ".tmp*",
+}
+
+// Reset wipes the device back to the factory: the device secret first (which makes every
+// sealed value unreadable at once), then the sealed settings, the device and bootstrap keys,
+// the device token, the certificates, the bundle and the journal. Afterwards the device cannot
+// connect until it is enrolled again. The agent must not be running. Key files are overwritten
+// with zeros before they are removed; on flash storage that is best effort (the sealed
+// settings do not depend on it: their key is gone with the secret).
+//
+// It returns the names of files in dir it did not recognise and left alone.
+func Reset(dir string) (left []string, err error) {
+	if _, err := os.Stat(dir); err != nil {
+		return nil, fmt.Errorf("agent: reset: %w", err)
+	}
+	var errs []error
+	if err := seal.Wipe(dir); err != nil {
+		errs = append(errs, err)
+	}
+	for _, p := range resetPatterns {
+		paths, _ := filepath.Glob(filepath.Join(dir, p))
+		for _, path := range paths {
+			if err := shredTree(path); err != nil {
+				errs = append(errs, err)
+			}
+			if err := os.RemoveAll(path); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	if err := atomicfile.SyncDir(dir); err != nil {
+		errs = append(errs, err)
+	}
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		errs = append(errs, err)
+	}
+	for _, e := range entries {
+		left = append(left, e.Name())
+	}
+	if err := errors.Join(errs...); err != nil {
+		return left, fmt.Errorf("agent: reset: %w", err)
+	}
+	return left, nil
+}
+
+// shredTree zeroes and removes every key and token file at or under path (see shred).
+func shredTree(path string) error {
+	return filepath.WalkDir(path, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.Type().IsRegular() && (strings.HasSuffix(p, ".key") || strings.HasSuffix(p, ".token")) {
+			return shred(p)
+		}
+		return nil
+	})
+}
