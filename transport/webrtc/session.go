@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/pion/rtcp"
 	pion "github.com/pion/webrtc/v4"
@@ -354,13 +355,42 @@ func (ss *session) stream() signal.ByeReason {
 	if snap == nil {
 		s.requestKeyframe()
 	}
-	for _, fr := range snap {
-		select {
-		case <-ss.done:
-			return ss.reason
-		case <-expired:
-			return signal.ByeExpired
-		default:
+	// The keyframe leaves at once; the rest of the group is paced (catchUpSchedule). Pacing
+	// is a transmission rate, so it runs on real time, not on the configured clock.
+	due := catchUpSchedule(snap)
+	start := time.Now()
+	var pace *time.Timer
+	defer func() {
+		if pace != nil {
+			pace.Stop()
+		}
+	}()
+	for i, fr := range snap {
+		var wait <-chan time.Time
+		if d := due[i] - time.Since(start); d > 0 {
+			if pace == nil {
+				pace = time.NewTimer(d)
+			} else {
+				pace.Reset(d)
+			}
+			wait = pace.C
+		}
+		if wait != nil {
+			select {
+			case <-ss.done:
+				return ss.reason
+			case <-expired:
+				return signal.ByeExpired
+			case <-wait:
+			}
+		} else {
+			select {
+			case <-ss.done:
+				return ss.reason
+			case <-expired:
+				return signal.ByeExpired
+			default:
+			}
 		}
 		if done, reason := ss.send(out, fr); done {
 			return reason
