@@ -1,0 +1,146 @@
+package main
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+)
+
+// stubs are the commands the maintainer scripts may run. Each stub records its arguments;
+// getent finds what the test says exists, and deb-systemd-helper was-enabled answers as told.
+// Any other command is absent from PATH, so a script that ran rm, deluser or chown would fail.
+var stubs = []string{"getent", "adduser", "addgroup", "install", "deb-systemd-helper", "deb-systemd-invoke", "systemctl"}
+
+// runScript runs a maintainer script of packaging/ with /bin/sh and PATH holding only the
+// stubs, and returns the commands it ran.
+func runScript(t *testing.T, script string, existing []string, wasEnabled bool, args ...string) []string {
+	t.Helper()
+	return runScriptWith(t, stubs, script, existing, wasEnabled, args...)
+}
+
+// runScriptWith is runScript with only the given stubs on PATH.
+func runScriptWith(t *testing.T, commands []string, script string, existing []string, wasEnabled bool, args ...string) []string {
+	t.Helper()
+	sh := need(t, "sh", "dash")
+	dir := t.TempDir()
+	calls := filepath.Join(dir, "calls")
+	for _, name := range commands {
+		body := "#!/bin/sh\necho \"" + name + " $*\" >> \"$CALLS\"\n"
+		switch name {
+		case "getent":
+			body += "case \" $EXISTING \" in *\" $1:$2 \"*) exit 0;; esac\nexit 2\n"
+		case "deb-systemd-helper":
+			body += "[ \"$2\" = was-enabled ] && exit $WAS_ENABLED\nexit 0\n"
+		}
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(body), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	enabled := "1"
+	if wasEnabled {
+		enabled = "0"
+	}
+	cmd := exec.Command(sh, append([]string{filepath.Join(packagingDir, script)}, args...)...)
+	cmd.Env = []string{"PATH=" + dir, "CALLS=" + calls, "EXISTING=" + strings.Join(existing, " "), "WAS_ENABLED=" + enabled}
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s %s: %v\n%s", script, strings.Join(args, " "), err, out)
+	}
+	b, err := os.ReadFile(calls)
+	if err != nil && !os.IsNotExist(err) {
+		t.Fatal(err)
+	}
+	return strings.Split(strings.TrimSpace(string(b)), "\n")
+}
+
+// systemdRunning says whether this machine runs systemd, which the scripts check for.
+func systemdRunning() bool {
+	fi, err := os.Stat("/run/systemd/system")
+	return err == nil && fi.IsDir()
+}
+
+func TestScriptsParse(t *testing.T) {
+	sh := need(t, "sh", "dash")
+	for _, s := range []string{"postinst", "prerm", "postrm"} {
+		if out, err := exec.Command(sh, "-n", filepath.Join(packagingDir, s)).CombinedOutput(); err != nil {
+			t.Errorf("%s: %v\n%s", s, err, out)
+		}
+	}
+}
+
+func TestPostinst(t *testing.T) {
+	_, statErr := os.Stat("/var/lib/camagent")
+	stateDirMissing := os.IsNotExist(statErr)
+	t.Run("a first install creates the user, the groups, the state directory, and enables the service", func(t *testing.T) {
+		calls := runScript(t, "postinst", nil, true, "configure")
+		want := []string{
+			"getent passwd camagent",
+			"adduser --system --group --quiet --home /var/lib/camagent --no-create-home --shell /usr/sbin/nologin camagent",
+			"getent group gpio", "addgroup --system --quiet gpio", "adduser --quiet camagent gpio",
+			"getent group video", "addgroup --system --quiet video", "adduser --quiet camagent video",
+			"deb-systemd-helper unmask camagent.service",
+			"deb-systemd-helper --quiet was-enabled camagent.service",
+			"deb-systemd-helper enable camagent.service",
+		}
+		if stateDirMissing {
+			want = slices.Insert(want, 8, "install -d -m 0700 -o camagent -g camagent /var/lib/camagent")
+		}
+		if systemdRunning() {
+			want = append(want, "systemctl --system daemon-reload", "deb-systemd-invoke start camagent.service")
+		}
+		if !slices.Equal(calls, want) {
+			t.Errorf("calls:\n  %s\nwant:\n  %s", strings.Join(calls, "\n  "), strings.Join(want, "\n  "))
+		}
+	})
+	t.Run("without init-system-helpers, a first install enables the service with systemctl", func(t *testing.T) {
+		calls := runScriptWith(t, []string{"getent", "adduser", "addgroup", "install", "systemctl"}, "postinst", nil, true, "configure")
+		if !slices.Contains(calls, "systemctl enable camagent.service") {
+			t.Errorf("calls %q lack systemctl enable", calls)
+		}
+	})
+	t.Run("an upgrade keeps the user, its groups, and an administrator's disable", func(t *testing.T) {
+		calls := runScript(t, "postinst", []string{"passwd:camagent", "group:gpio", "group:video"}, false, "configure", "1.0.0")
+		for _, c := range calls {
+			if strings.HasPrefix(c, "adduser --system") || strings.HasPrefix(c, "addgroup") || c == "deb-systemd-helper enable camagent.service" {
+				t.Errorf("an upgrade ran %q", c)
+			}
+		}
+		if !slices.Contains(calls, "deb-systemd-helper update-state camagent.service") {
+			t.Errorf("an upgrade did not update the unit's state: %q", calls)
+		}
+		if systemdRunning() && !slices.Contains(calls, "deb-systemd-invoke restart camagent.service") {
+			t.Errorf("an upgrade did not restart the service: %q", calls)
+		}
+	})
+}
+
+func TestRemovalKeepsTheDevicesKeys(t *testing.T) {
+	for _, tc := range []struct {
+		script string
+		args   []string
+	}{
+		{"prerm", []string{"remove"}},
+		{"prerm", []string{"upgrade", "1.1.0"}},
+		{"postrm", []string{"remove"}},
+		{"postrm", []string{"purge"}},
+		{"postrm", []string{"upgrade", "1.1.0"}},
+	} {
+		t.Run(tc.script+" "+strings.Join(tc.args, " ")+" leaves /var/lib/camagent and the user alone", func(t *testing.T) {
+			calls := runScript(t, tc.script, []string{"passwd:camagent"}, true, tc.args...)
+			for _, c := range calls {
+				if strings.Contains(c, "/var/lib") || strings.HasPrefix(c, "deluser") || strings.HasPrefix(c, "delgroup") {
+					t.Errorf("ran %q", c)
+				}
+			}
+			if tc.script == "postrm" && tc.args[0] == "purge" {
+				want := []string{"deb-systemd-helper purge camagent.service", "deb-systemd-helper unmask camagent.service"}
+				if !slices.Equal(calls, want) {
+					t.Errorf("purge ran %q, want %q", calls, want)
+				}
+			}
+		})
+	}
+}
