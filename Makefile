@@ -5,13 +5,14 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 BUILD_TIME ?= $(shell git log -1 --format=%ct 2>/dev/null || date +%s)
 PKG := github.com/camagent/camagent/internal/buildinfo
 LDFLAGS := -X $(PKG).version=$(VERSION) -X $(PKG).buildTime=$(BUILD_TIME)
-BINS := camagent:./agent/cmd/camagent fleetctl:./tools/fleetctl
+BINS := camagent:./agent/cmd/camagent fleetctl:./tools/fleetctl camview:./tools/camview
 # Real parts the tests use, as debian-package:command.
-TEST_DEPS := mosquitto:/usr/sbin/mosquitto
+TEST_DEPS := mosquitto:/usr/sbin/mosquitto ffmpeg:/usr/bin/ffprobe chromium:/usr/bin/chromium \
+  qemu-user:/usr/bin/qemu-arm dpkg:/usr/bin/dpkg-deb systemd:/usr/bin/systemd-analyze
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 FUZZTIME ?= 30s
 
-.PHONY: all build cross demo test test-deps bench lint fuzz clean
+.PHONY: all build cross deb demo test test-deps test-arm bench lint fuzz clean
 
 all: build
 
@@ -20,7 +21,7 @@ build:
 	@for b in $(BINS); do \
 	  $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o bin/$${b%%:*} $${b#*:} || exit 1; \
 	done
-	@echo "built bin/camagent bin/fleetctl ($(VERSION))"
+	@echo "built bin/camagent bin/fleetctl bin/camview ($(VERSION))"
 
 # Static, stripped binaries for the cameras (Pi Zero/1: arm v6; Pi 2/3 32-bit: arm v7;
 # Pi 3/4/5 64-bit: arm64) and for amd64 hosts.
@@ -33,6 +34,16 @@ cross:
 	      $(GO) build -trimpath -ldflags "-s -w $(LDFLAGS)" -o $$dir/$${b%%:*} $${b#*:} || exit 1; \
 	  done; \
 	  echo "$$dir: $$(ls -l $$dir | awk 'NR>1{printf "%s %.1f MiB  ", $$9, $$5/1048576}')"; \
+	done
+
+# Debian packages (armhf = the ARMv6 build, so one package runs on every Pi; arm64; amd64),
+# from the binaries of make cross. See packaging/README.md.
+DEB_ARCHES := armhf:linux-armv6 arm64:linux-arm64 amd64:linux-amd64
+deb: cross
+	@$(GO) build -o bin/mkdeb ./tools/mkdeb
+	@for a in $(DEB_ARCHES); do d=dist/$${a#*:}; \
+	  bin/mkdeb --version $(VERSION) --mtime $(BUILD_TIME) --arch $${a%%:*} \
+	    --bin $$d/camagent --bin-fleetctl $$d/fleetctl --out dist || exit 1; \
 	done
 
 demo: build
@@ -49,7 +60,21 @@ test: test-deps
 	$(GO) vet ./...
 	$(GO) test -race -count=1 -timeout 20m $$($(GO) list ./... | grep -v '/tools/e2e$$')
 	$(GO) test -count=1 -timeout 20m $(E2E)
+	@$(MAKE) --no-print-directory test-arm
 	@$(MAKE) --no-print-directory fuzz FUZZTIME=20000x
+
+# The camera-side unit tests (everything but the operator tools), cross-compiled for the Pis'
+# architectures and run under qemu-user, so 32-bit alignment and similar bugs fail here rather
+# than on a camera. -short keeps the slowest loops short under emulation.
+ARM_TARGETS := arm/6:qemu-arm arm/7:qemu-arm arm64/-:qemu-aarch64
+test-arm: test-deps
+	@set -eo pipefail; pkgs=$$($(GO) list ./... | grep -v -e '/tools/' -e '/cmd/'); \
+	for t in $(ARM_TARGETS); do \
+	  IFS=/: read -r arch arm qemu <<<"$$t"; \
+	  echo "== unit tests for linux/$$arch$$( [ "$$arm" != - ] && echo " v$$arm" ) under $$qemu"; \
+	  CGO_ENABLED=0 GOOS=linux GOARCH=$$arch GOARM=$$( [ "$$arm" != - ] && echo $$arm ) \
+	    $(GO) test -exec $$qemu -short -count=1 -timeout 20m $$pkgs | grep -v '^?' ; \
+	done
 
 # Runs every fuzz target for FUZZTIME each (make fuzz FUZZTIME=5m for a real session).
 # make test gives each target a count (20000x) rather than a duration: when a duration runs

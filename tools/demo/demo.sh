@@ -8,6 +8,8 @@ BIN=${BIN:-bin}
 DEMO=${DEMO_DIR:-demo}
 PORT=${DEMO_PORT:-18883}
 DEV=${DEMO_DEVICE:-cam-0001}
+VIEW=${DEMO_VIEW_ADDR:-127.0.0.1:8889}
+CLIP=${DEMO_CLIP:-device/camera/testdata/clip.h264}
 
 pids=()
 stop() {
@@ -43,8 +45,13 @@ step "fleetctl enroll: the fleet signs the CSR into a bundle"
 "$BIN/fleetctl" enroll --dir "$DEMO/fleet" --csr "$csr" --out "$DEMO/$DEV.bundle.json"
 "$BIN/camagent" enroll --state "$DEMO/$DEV" --bundle "$DEMO/$DEV.bundle.json"
 
-step "camagent run (log: $DEMO/agent.log)"
-"$BIN/camagent" run --state "$DEMO/$DEV" >"$DEMO/agent.log" 2>&1 &
+step "camagent run, streaming $CLIP in a loop as its camera (log: $DEMO/agent.log)"
+# --video-loopback keeps WebRTC on 127.0.0.1: the demo is watched from this machine.
+"$BIN/camagent" run --state "$DEMO/$DEV" --video-file "$CLIP" --video-loopback >"$DEMO/agent.log" 2>&1 &
+pids+=($!)
+
+step "camview serve: the viewer relay and its web page on http://$VIEW/ (log: $DEMO/camview.log)"
+"$BIN/camview" serve --fleet "$DEMO/fleet" --listen "$VIEW" >"$DEMO/camview.log" 2>&1 &
 pids+=($!)
 
 step "fleetctl ping: a signed command and the agent's reply"
@@ -53,6 +60,10 @@ serial() { "$BIN/fleetctl" ping --dir "$DEMO/fleet" --device "$DEV" | sed -n 's/
 before=$(serial)
 echo "certificate serial before the breach: $before"
 
+step "fleetctl grant: a signed one-hour grant to watch $DEV, as a camview link"
+old_link=$("$BIN/fleetctl" grant --dir "$DEMO/fleet" --device "$DEV" --ttl 1h --url "http://$VIEW/")
+echo "watch the camera live: $old_link"
+
 step "fleetctl breach: every device rotates key, certificate and token; every grant issued before is void"
 "$BIN/fleetctl" breach --dir "$DEMO/fleet" --incident DEMO-2019-12
 "$BIN/fleetctl" status --dir "$DEMO/fleet" --wait 60s
@@ -60,8 +71,14 @@ after=$(serial)
 echo "certificate serial after the breach:  $after"
 [ "$before" != "$after" ] || { echo "the certificate did not change" >&2; exit 1; }
 
+step "fleetctl grant: the breach voided the link above (the camera now refuses it); a fresh one"
+link=$("$BIN/fleetctl" grant --dir "$DEMO/fleet" --device "$DEV" --ttl 1h --url "http://$VIEW/")
+echo "watch the camera live: $link"
+
 echo
-echo "The agent and the broker keep running. Try: $BIN/fleetctl ping --dir $DEMO/fleet --device $DEV"
+echo "The agent, the broker and camview keep running. Open the link above in a browser on this machine."
+echo "Try also: $BIN/fleetctl ping --dir $DEMO/fleet --device $DEV"
+echo "      or: $BIN/camview record --fleet $DEMO/fleet --device $DEV --seconds 5 --out $DEMO/rec.h264 --loopback --grant <grant from fleetctl grant>"
 echo "Press Ctrl-C to stop."
 wait -n "${pids[@]}" || true
 echo "a component exited; see $DEMO/*.log"

@@ -1,0 +1,138 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"strings"
+	"time"
+
+	"github.com/camagent/camagent/tools/camview/relay"
+	"github.com/camagent/camagent/tools/fleetctl/fleet"
+	"github.com/camagent/camagent/transport/webrtc/signal"
+)
+
+const usage = `usage: camview <command> [flags]
+
+commands:
+  serve   serve the camview web page and its WHEP endpoint (POST /whep/<device>)
+  record  record one camera's live video to an H.264 file and print its figures
+
+Every command takes --fleet, the fleet directory (default ./fleet), and connects to the
+fleet's broker as the viewer relay identity viewer:<name> (--name, default web).
+Grants come from 'fleetctl grant --device ID'. Run 'camview <command> -h' for its flags.
+`
+
+// connectTimeout bounds the wait for the broker at start.
+const connectTimeout = 30 * time.Second
+
+// Run runs one camview command.
+func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return errors.New("no command given")
+	}
+	cmds := map[string]func(context.Context, []string, io.Writer, io.Writer) error{
+		"serve":  serveCmd,
+		"record": recordCmd,
+	}
+	if c, ok := cmds[args[0]]; ok {
+		err := c(ctx, args[1:], stdout, stderr)
+		if errors.Is(err, flag.ErrHelp) {
+			return nil // -h: the flag package printed the command's flags
+		}
+		return err
+	}
+	if args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+		fmt.Fprint(stdout, usage)
+		return nil
+	}
+	fmt.Fprint(stderr, usage)
+	return fmt.Errorf("unknown command %q", args[0])
+}
+
+// common are the flags every command takes.
+type common struct {
+	fleet, broker, name, logLevel *string
+	ice                           *iceServerFlags
+}
+
+func newFlags(name string, stderr io.Writer) (*flag.FlagSet, *common) {
+	fs := flag.NewFlagSet("camview "+name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	c := &common{
+		fleet:    fs.String("fleet", "fleet", "fleet directory (for the viewer relay's certificate and the fleet CA)"),
+		broker:   fs.String("broker", "", "broker URL (default: the fleet's)"),
+		name:     fs.String("name", "web", "viewer relay name: connects as viewer:<name>"),
+		logLevel: fs.String("log-level", "info", "log level: debug, info, warn, error"),
+		ice:      &iceServerFlags{},
+	}
+	fs.Var(c.ice, "ice-server", "STUN or TURN server for the camera (and the recorder): stun:host:port, or turn:host:port?user=U&credential=C[&transport=udp]; repeatable, at most 4")
+	return fs, c
+}
+
+// logger returns the command's logger, writing text to stderr.
+func (c *common) logger(stderr io.Writer) (*slog.Logger, error) {
+	var lv slog.Level
+	if err := lv.UnmarshalText([]byte(*c.logLevel)); err != nil {
+		return nil, fmt.Errorf("--log-level: %w", err)
+	}
+	return slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: lv})), nil
+}
+
+// dial opens the fleet and connects its viewer relay.
+func (c *common) dial(ctx context.Context, log *slog.Logger) (*relay.Relay, error) {
+	f, err := fleet.Open(*c.fleet)
+	if err != nil {
+		return nil, err
+	}
+	dctx, cancel := context.WithTimeout(ctx, connectTimeout)
+	defer cancel()
+	return relay.DialFleet(dctx, f, *c.name, *c.broker, log)
+}
+
+// refusalText explains a camera's refusal to a person.
+func refusalText(r signal.RefusalReason) string {
+	switch r {
+	case signal.RefuseGrant:
+		return "grant: it is expired, for another camera, or from before the camera's last credential rotation; get a new one with fleetctl grant"
+	case signal.RefuseLimit:
+		return "limit: the camera serves as many viewers as it can; try again later"
+	case signal.RefusePrivacy:
+		return "privacy: the camera is in privacy mode"
+	case signal.RefuseBusy:
+		return "busy: the camera cannot stream now; try again later"
+	case signal.RefuseBadOffer:
+		return "bad_offer: the camera cannot answer this offer"
+	default:
+		return string(r)
+	}
+}
+
+// iceServerFlags collects repeated --ice-server flags.
+type iceServerFlags struct {
+	servers []signal.ICEServer
+}
+
+func (f *iceServerFlags) String() string {
+	var urls []string
+	for _, s := range f.servers {
+		urls = append(urls, s.URLs...) // URLs carry no credential: ParseICEServer takes it out
+	}
+	return strings.Join(urls, ",")
+}
+
+func (f *iceServerFlags) Set(v string) error {
+	if len(f.servers) == signal.MaxICEServers {
+		return fmt.Errorf("at most %d ICE servers", signal.MaxICEServers)
+	}
+	s, err := ParseICEServer(v)
+	if err != nil {
+		return err
+	}
+	f.servers = append(f.servers, s)
+	return nil
+}

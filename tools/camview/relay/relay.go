@@ -1,0 +1,384 @@
+package relay
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/camagent/camagent/certs"
+	"github.com/camagent/camagent/tools/fleetctl/fleet"
+	"github.com/camagent/camagent/transport/mqtt"
+	"github.com/camagent/camagent/transport/mqtt/topic"
+	"github.com/camagent/camagent/transport/webrtc/signal"
+)
+
+// signalUpFilter subscribes to what every camera sends viewers: dev/+/up/signal. The broker's
+// ACL gives a viewer identity read access to exactly these topics and write access to
+// dev/+/down/signal.
+const signalUpFilter = "dev/+/" + topic.Up + "/" + topic.LeafSignal
+
+// candidateBuffer is how many trickled camera candidates wait for a session's reader before
+// later ones are dropped (and logged). A camera gathers a handful.
+const candidateBuffer = 32
+
+// byeTimeout bounds the Bye sent on a viewer's behalf when its offer timed out.
+const byeTimeout = 2 * time.Second
+
+// Config configures a Relay. Every field but Logger is required.
+type Config struct {
+	// BrokerURL is the fleet's broker, mqtts://host:port.
+	BrokerURL string
+	// TLS is the client TLS configuration with the viewer certificate, normally
+	// certs.ClientTLSConfig over the fleet CA pool.
+	TLS *tls.Config
+	// ClientID is the MQTT client id: the viewer identity viewer:<name>, optionally with a
+	// "~suffix" (fleet.ClientID("viewer:web")) so several relays of one identity can coexist.
+	// Another role's identity is refused: a relay carries signaling only.
+	ClientID string
+	// Logger receives connection events and per-session signaling events (session, device,
+	// message type; never SDP, candidates or grants). Nil discards them.
+	Logger *slog.Logger
+}
+
+// Relay is one MQTT session carrying the signaling of many viewer sessions. Its methods are
+// safe for concurrent use. Close it when done.
+type Relay struct {
+	c      *mqtt.Client
+	log    *slog.Logger
+	cancel context.CancelFunc
+	done   chan error    // Run's result
+	closed chan struct{} // closed by Close
+
+	closeOnce sync.Once
+	closeErr  error
+
+	mu       sync.Mutex
+	sessions map[string]*entry
+}
+
+// entry is one live session: offered, perhaps answered, not yet hung up or forgotten.
+type entry struct {
+	device  string
+	reply   chan signal.Message // capacity 1: the Answer, Refusal or early Bye
+	replied bool                // reply has been sent (guarded by Relay.mu)
+	ended   chan signal.Bye     // capacity 1: the camera's Bye
+	cands   chan signal.ICECandidate
+}
+
+// Dial connects to the broker and returns once connected, or with an error when ctx ends
+// first (naming the last connection error) or cfg is invalid. The session reconnects by
+// itself until Close.
+func Dial(ctx context.Context, cfg Config) (*Relay, error) {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	role, _, err := certs.ParseIdentity(certs.ClientIDIdentity(cfg.ClientID))
+	switch {
+	case cfg.ClientID == "":
+		return nil, errors.New("relay: Config.ClientID is required")
+	case err != nil:
+		return nil, fmt.Errorf("relay: Config.ClientID: %w", err)
+	case role != certs.RoleViewer:
+		return nil, fmt.Errorf("relay: Config.ClientID %q is not a viewer identity", cfg.ClientID)
+	case cfg.TLS == nil:
+		return nil, errors.New("relay: Config.TLS is required")
+	}
+	r := &Relay{
+		log:      cfg.Logger,
+		done:     make(chan error, 1),
+		closed:   make(chan struct{}),
+		sessions: map[string]*entry{},
+	}
+	var lastMu sync.Mutex
+	var last error
+	c, err := mqtt.New(mqtt.Config{
+		BrokerURL: cfg.BrokerURL,
+		ClientID:  cfg.ClientID,
+		TLS:       cfg.TLS,
+		// A clean session: nothing is queued for the relay while it is away (P2b).
+		CleanSession:  true,
+		Subscriptions: []mqtt.Subscription{{Filter: signalUpFilter, QoS: 0}},
+		Handler:       r.handle,
+		MaxPayload:    signal.MaxMessageSize,
+		MinBackoff:    100 * time.Millisecond,
+		MaxBackoff:    5 * time.Second,
+		Logger:        cfg.Logger,
+		OnConnectError: func(err error) {
+			lastMu.Lock()
+			last = err
+			lastMu.Unlock()
+		},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("relay: %w", err)
+	}
+	r.c = c
+	runCtx, cancel := context.WithCancel(context.Background())
+	r.cancel = cancel
+	go func() { r.done <- c.Run(runCtx) }()
+	if err := c.WaitConnected(ctx); err != nil {
+		r.Close()
+		lastMu.Lock()
+		defer lastMu.Unlock()
+		if last != nil {
+			return nil, fmt.Errorf("relay: connect to %s: %w (last attempt: %v)", cfg.BrokerURL, err, last)
+		}
+		return nil, fmt.Errorf("relay: connect to %s: %w", cfg.BrokerURL, err)
+	}
+	return r, nil
+}
+
+// DialFleet dials the broker of fleet f (or brokerOverride when not empty) as the viewer
+// relay identity viewer:<name>, with that identity's certificate from the fleet directory
+// (issued there on first use). log may be nil.
+func DialFleet(ctx context.Context, f *fleet.Fleet, name, brokerOverride string, log *slog.Logger) (*Relay, error) {
+	identity, err := certs.IdentityFor(certs.RoleViewer, name)
+	if err != nil {
+		return nil, fmt.Errorf("relay: viewer name: %w", err)
+	}
+	cert, err := f.ViewerCertificate(name)
+	if err != nil {
+		return nil, fmt.Errorf("relay: %w", err)
+	}
+	broker := brokerOverride
+	if broker == "" {
+		broker = f.Meta.Broker
+	}
+	host, err := certs.BrokerHost(broker)
+	if err != nil {
+		return nil, fmt.Errorf("relay: %w", err)
+	}
+	return Dial(ctx, Config{
+		BrokerURL: broker,
+		TLS:       certs.ClientTLSConfig(f.Pool, host, certs.NewHolder(cert)),
+		ClientID:  fleet.ClientID(identity),
+		Logger:    log,
+	})
+}
+
+// Close ends the MQTT session and waits for it. Offers still waiting return ErrClosed. Close
+// sends no Bye: cameras end sessions whose viewer went away by themselves (ICE consent). It
+// is idempotent.
+func (r *Relay) Close() error {
+	r.closeOnce.Do(func() {
+		close(r.closed)
+		r.cancel()
+		r.closeErr = <-r.done
+		r.mu.Lock()
+		clear(r.sessions)
+		r.mu.Unlock()
+	})
+	return r.closeErr
+}
+
+// Offer sends o to device (topic.Signal(device), QoS 0, not retained) and waits for the
+// camera's answer. It returns a *RefusedError when the camera refused the offer, and ctx's
+// error when ctx ends first; in that case it also sends the camera a Bye for the session, so
+// that an answer still in the making does not hold a viewer slot. o must be complete and valid
+// (signal.Offer.Validate) and its session id unused on this relay.
+//
+// After an answer, the session stays known to the relay, for Candidate, Candidates and Ended,
+// until Hangup or Forget.
+func (r *Relay) Offer(ctx context.Context, device string, o signal.Offer) (signal.Answer, error) {
+	if err := certs.ValidDeviceID(device); err != nil {
+		return signal.Answer{}, fmt.Errorf("relay: offer: %w", err)
+	}
+	b, err := signal.Encode(o)
+	if err != nil {
+		return signal.Answer{}, fmt.Errorf("relay: offer: %w", err)
+	}
+	e := &entry{
+		device: device,
+		reply:  make(chan signal.Message, 1),
+		ended:  make(chan signal.Bye, 1),
+		cands:  make(chan signal.ICECandidate, candidateBuffer),
+	}
+	if err := r.add(o.Session, e); err != nil {
+		return signal.Answer{}, err
+	}
+	if err := r.c.Publish(ctx, topic.Signal(device), 0, false, b); err != nil {
+		r.Forget(o.Session)
+		return signal.Answer{}, fmt.Errorf("relay: send offer to %s: %w", device, err)
+	}
+	r.log.Debug("relay: offer sent", "session", o.Session, "device", device)
+	select {
+	case m := <-e.reply:
+		switch m := m.(type) {
+		case signal.Answer:
+			r.log.Debug("relay: answered", "session", o.Session, "device", device)
+			return m, nil
+		case signal.Refusal:
+			r.Forget(o.Session)
+			r.log.Info("relay: offer refused", "session", o.Session, "device", device, "reason", m.Reason)
+			return signal.Answer{}, &RefusedError{Refusal: m}
+		case signal.Bye:
+			r.Forget(o.Session)
+			return signal.Answer{}, fmt.Errorf("%w (%s)", ErrEnded, m.Reason)
+		default: // handle sends only the three above
+			r.Forget(o.Session)
+			return signal.Answer{}, fmt.Errorf("relay: unexpected %s in reply to an offer", m.MessageType())
+		}
+	case <-ctx.Done():
+		r.Forget(o.Session)
+		bctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), byeTimeout)
+		defer cancel()
+		if err := r.send(bctx, device, signal.Bye{V: signal.Version, Session: o.Session, Reason: signal.ByeHangup}); err != nil {
+			r.log.Debug("relay: bye after an unanswered offer not sent", "session", o.Session, "device", device, "err", err)
+		}
+		return signal.Answer{}, fmt.Errorf("relay: no answer from %s: %w", device, ctx.Err())
+	case <-r.closed:
+		return signal.Answer{}, ErrClosed
+	}
+}
+
+// Candidate sends one of the viewer's trickled ICE candidates (an empty Candidate line marks
+// the end of them) for a live session of device.
+func (r *Relay) Candidate(ctx context.Context, device, session string, c signal.ICECandidate) error {
+	r.mu.Lock()
+	e := r.sessions[session]
+	r.mu.Unlock()
+	if e == nil || e.device != device {
+		return fmt.Errorf("%w: %s", ErrUnknownSession, session)
+	}
+	return r.send(ctx, device, signal.Candidate{V: signal.Version, Session: session, Candidate: c})
+}
+
+// Hangup ends a session: the relay forgets it and sends device a Bye with reason hangup. It
+// sends the Bye even for a session the relay does not know (harmless to the camera).
+func (r *Relay) Hangup(ctx context.Context, device, session string) error {
+	if err := certs.ValidDeviceID(device); err != nil {
+		return fmt.Errorf("relay: hangup: %w", err)
+	}
+	r.Forget(session)
+	return r.send(ctx, device, signal.Bye{V: signal.Version, Session: session, Reason: signal.ByeHangup})
+}
+
+// Forget drops a session without telling the camera, for one the camera ended itself.
+func (r *Relay) Forget(session string) {
+	r.mu.Lock()
+	delete(r.sessions, session)
+	r.mu.Unlock()
+}
+
+// Ended returns the channel that receives the camera's Bye for a live session (buffered 1,
+// so a Bye that came before the call is not lost). It returns nil for a session the relay
+// does not know: one never offered, refused, hung up or forgotten.
+func (r *Relay) Ended(session string) <-chan signal.Bye {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if e := r.sessions[session]; e != nil {
+		return e.ended
+	}
+	return nil
+}
+
+// Candidates returns the channel that receives the ICE candidates the camera trickles for a
+// live session; nil for a session the relay does not know. Up to 32 wait there; later ones
+// are dropped while nobody reads. (The camera puts its candidates in its answer; trickled
+// ones are an addition.)
+func (r *Relay) Candidates(session string) <-chan signal.ICECandidate {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if e := r.sessions[session]; e != nil {
+		return e.cands
+	}
+	return nil
+}
+
+// Sessions returns how many sessions the relay knows.
+func (r *Relay) Sessions() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.sessions)
+}
+
+// Connected reports whether the MQTT session is up.
+func (r *Relay) Connected() bool { return r.c.Connected() }
+
+func (r *Relay) add(session string, e *entry) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	select {
+	case <-r.closed:
+		return ErrClosed
+	default:
+	}
+	if _, dup := r.sessions[session]; dup {
+		return fmt.Errorf("%w: %s", ErrSessionInUse, session)
+	}
+	r.sessions[session] = e
+	return nil
+}
+
+// send publishes m to device at QoS 0, not retained: signaling is never queued for a party
+// that is offline (P2b).
+func (r *Relay) send(ctx context.Context, device string, m signal.Message) error {
+	select {
+	case <-r.closed:
+		return ErrClosed
+	default:
+	}
+	b, err := signal.Encode(m)
+	if err != nil {
+		return fmt.Errorf("relay: %s: %w", m.MessageType(), err)
+	}
+	if err := r.c.Publish(ctx, topic.Signal(device), 0, false, b); err != nil {
+		return fmt.Errorf("relay: send %s to %s: %w", m.MessageType(), device, err)
+	}
+	return nil
+}
+
+// handle routes one message from a camera to its session. It runs on the MQTT client's
+// delivery goroutine and never blocks.
+func (r *Relay) handle(_ context.Context, m mqtt.Message) {
+	device, dir, leaf, ok := topic.Parse(m.Topic)
+	if !ok || dir != topic.Up || leaf != topic.LeafSignal {
+		return
+	}
+	msg, err := signal.Decode(m.Payload)
+	if err != nil {
+		// signal's errors name fields and sizes, never values that could be secret.
+		r.log.Warn("relay: malformed signaling message", "device", device, "err", err)
+		return
+	}
+	session := msg.SessionID()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	e := r.sessions[session]
+	if e == nil {
+		return // another relay's session, or one that ended
+	}
+	if e.device != device {
+		r.log.Warn("relay: signaling for a session from a device it was not offered to", "session", session, "device", device, "offered_to", e.device, "type", msg.MessageType())
+		return
+	}
+	switch msg := msg.(type) {
+	case signal.Answer, signal.Refusal:
+		if !e.replied {
+			e.replied = true
+			e.reply <- msg // capacity 1, sent once
+		}
+	case signal.Candidate:
+		select {
+		case e.cands <- msg.Candidate:
+		default:
+			r.log.Warn("relay: camera candidate dropped: nobody reads them", "session", session, "device", device)
+		}
+	case signal.Bye:
+		r.log.Info("relay: the camera ended the session", "session", session, "device", device, "reason", msg.Reason)
+		select {
+		case e.ended <- msg:
+		default: // a repeated Bye
+		}
+		if !e.replied {
+			e.replied = true
+			e.reply <- msg
+		}
+	default:
+		r.log.Debug("relay: ignored a camera's signaling message", "session", session, "device", device, "type", msg.MessageType())
+	}
+}

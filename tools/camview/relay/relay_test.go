@@ -1,0 +1,263 @@
+package relay_test
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/camagent/camagent/certs"
+	"github.com/camagent/camagent/tools/camview/camviewtest"
+	"github.com/camagent/camagent/tools/camview/relay"
+	"github.com/camagent/camagent/tools/fleetctl/fleettest"
+	"github.com/camagent/camagent/transport/mqtt"
+	"github.com/camagent/camagent/transport/mqtt/topic"
+	"github.com/camagent/camagent/transport/webrtc/signal"
+)
+
+// pionOffer returns the SDP of a real viewer's offer.
+func pionOffer(t *testing.T) string { return camviewtest.NewViewer(t).SDP }
+
+func offer(t *testing.T, sdp string, grant []byte) signal.Offer {
+	t.Helper()
+	return signal.Offer{V: signal.Version, Session: signal.NewSession(), SDP: sdp, Grant: grant}
+}
+
+func timeout(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), camviewtest.Timeout)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func TestConcurrentOffersAreAnsweredEachInItsSession(t *testing.T) {
+	cam := camviewtest.Start(t, camviewtest.Options{})
+	a, b := cam.Relay(t, "a"), cam.Relay(t, "b")
+	grant := cam.Grant(t, nil)
+
+	type result struct {
+		relay   *relay.Relay
+		session string
+		answer  signal.Answer
+		err     error
+	}
+	results := make(chan result, 4)
+	var wg sync.WaitGroup
+	for _, r := range []*relay.Relay{a, a, b, b} {
+		o := offer(t, pionOffer(t), grant)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ans, err := r.Offer(timeout(t), cam.ID, o)
+			results <- result{r, o.Session, ans, err}
+		}()
+	}
+	wg.Wait()
+	close(results)
+	for res := range results {
+		if res.err != nil {
+			t.Fatalf("Offer: %v", res.err)
+		}
+		if res.answer.Session != res.session || res.answer.SDP == "" {
+			t.Errorf("session %s got an answer for %s", res.session, res.answer.Session)
+		}
+		if res.relay.Ended(res.session) == nil || res.relay.Candidates(res.session) == nil {
+			t.Errorf("session %s is not live on its relay after the answer", res.session)
+		}
+		if err := res.relay.Hangup(timeout(t), cam.ID, res.session); err != nil {
+			t.Errorf("Hangup: %v", err)
+		}
+		if res.relay.Ended(res.session) != nil {
+			t.Errorf("session %s still live after Hangup", res.session)
+		}
+	}
+	if a.Sessions() != 0 || b.Sessions() != 0 {
+		t.Errorf("sessions left: %d and %d", a.Sessions(), b.Sessions())
+	}
+}
+
+func TestARefusalComesBackAsRefusedError(t *testing.T) {
+	cam := camviewtest.Start(t, camviewtest.Options{})
+	r := cam.Relay(t, "test")
+	for _, tc := range []struct {
+		name  string
+		grant []byte
+		want  signal.RefusalReason
+	}{
+		{"an expired grant", cam.ExpiredGrant(t), signal.RefuseGrant},
+		{"another camera's grant", cam.Grant(t, func(g *certs.Grant) { g.Device = "cam-0002" }), signal.RefuseGrant},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := r.Offer(timeout(t), cam.ID, offer(t, pionOffer(t), tc.grant))
+			var refused *relay.RefusedError
+			if !errors.As(err, &refused) || refused.Refusal.Reason != tc.want {
+				t.Fatalf("Offer = %v, want a %s refusal", err, tc.want)
+			}
+			if r.Sessions() != 0 {
+				t.Errorf("a refused session stays known")
+			}
+		})
+	}
+	t.Run("an offer without an H.264 video section", func(t *testing.T) {
+		sdp := "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n"
+		_, err := r.Offer(timeout(t), cam.ID, offer(t, sdp, cam.Grant(t, nil)))
+		var refused *relay.RefusedError
+		if !errors.As(err, &refused) || refused.Refusal.Reason != signal.RefuseBadOffer {
+			t.Fatalf("Offer = %v, want a bad_offer refusal", err)
+		}
+	})
+}
+
+func TestTheCamerasByeReachesItsSession(t *testing.T) {
+	cam := camviewtest.Start(t, camviewtest.Options{})
+	r := cam.Relay(t, "test")
+	o := offer(t, pionOffer(t), cam.Grant(t, nil))
+	if _, err := r.Offer(timeout(t), cam.ID, o); err != nil {
+		t.Fatal(err)
+	}
+	ended := r.Ended(o.Session)
+	cam.Rotate(t) // ends every session with "revoked"
+	select {
+	case bye := <-ended:
+		if bye.Session != o.Session || bye.Reason != signal.ByeRevoked {
+			t.Fatalf("got %v, want bye revoked for %s", bye, o.Session)
+		}
+	case <-time.After(camviewtest.Timeout):
+		t.Fatal("no bye")
+	}
+}
+
+// deviceClient is an MQTT session as a device of cam's fleet: a camera that says what the
+// test tells it to.
+func deviceClient(t *testing.T, cam *camviewtest.Camera, id string) *mqtt.Client {
+	t.Helper()
+	dev := fleettest.Enroll(t, cam.Fleet, id)
+	host, _ := certs.BrokerHost(cam.URL)
+	c, err := mqtt.New(mqtt.Config{BrokerURL: cam.URL, ClientID: id, TLS: certs.ClientTLSConfig(cam.Fleet.Pool, host, certs.NewHolder(dev.Cert))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- c.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	if err := c.WaitConnected(timeout(t)); err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func TestOnlyTheCameraOfferedToCanAnswer(t *testing.T) {
+	cam := camviewtest.Start(t, camviewtest.Options{})
+	r := cam.Relay(t, "test")
+	other := deviceClient(t, cam, "cam-0002")
+	target := deviceClient(t, cam, "cam-0003")
+
+	o := offer(t, "v=0\r\n", []byte("grant"))
+	send := func(dev *mqtt.Client, id string, m signal.Message) {
+		b, err := signal.Encode(m)
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		if err := dev.Publish(context.Background(), topic.SignalUp(id), 0, false, b); err != nil {
+			t.Error(err)
+		}
+	}
+	answer := signal.Answer{V: signal.Version, Session: o.Session, SDP: "v=0\r\n"}
+
+	// Another camera's answer for the session is ignored: the offer times out.
+	go func() {
+		waitSessions(t, r, 1)
+		send(other, "cam-0002", answer)
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if _, err := r.Offer(ctx, "cam-0003", o); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Offer with an answer from another camera = %v, want a timeout", err)
+	}
+	if r.Sessions() != 0 {
+		t.Fatal("a timed-out session stays known")
+	}
+
+	// The camera offered to is heard.
+	go func() {
+		waitSessions(t, r, 1)
+		send(target, "cam-0003", answer)
+	}()
+	got, err := r.Offer(timeout(t), "cam-0003", o)
+	if err != nil || got.Session != o.Session {
+		t.Fatalf("Offer = %v, %v; want the answer of cam-0003", got, err)
+	}
+}
+
+// waitSessions waits until r knows n sessions.
+func waitSessions(t *testing.T, r *relay.Relay, n int) {
+	deadline := time.Now().Add(camviewtest.Timeout)
+	for r.Sessions() != n && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func TestMisuseIsRefused(t *testing.T) {
+	cam := camviewtest.Start(t, camviewtest.Options{})
+	r := cam.Relay(t, "test")
+	o := offer(t, "v=0\r\n", []byte("grant"))
+
+	// A session id in use is refused while the first offer waits.
+	first := make(chan error, 1)
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() {
+		_, err := r.Offer(ctx, "cam-0009", o)
+		first <- err
+	}()
+	waitSessions(t, r, 1)
+	if _, err := r.Offer(timeout(t), "cam-0009", o); !errors.Is(err, relay.ErrSessionInUse) {
+		t.Errorf("a second offer for the session: %v, want ErrSessionInUse", err)
+	}
+	cancel()
+	if err := <-first; !errors.Is(err, context.Canceled) {
+		t.Errorf("cancelled offer: %v", err)
+	}
+
+	for name, f := range map[string]func() error{
+		"an invalid device id": func() error { _, err := r.Offer(timeout(t), "../x", offer(t, "v=0\r\n", []byte("g"))); return err },
+		"an offer without a grant": func() error {
+			_, err := r.Offer(timeout(t), cam.ID, offer(t, "v=0\r\n", nil))
+			return err
+		},
+		"a candidate for an unknown session": func() error {
+			return r.Candidate(timeout(t), cam.ID, signal.NewSession(), signal.ICECandidate{})
+		},
+	} {
+		if err := f(); err == nil {
+			t.Errorf("%s was accepted", name)
+		}
+	}
+
+	if err := r.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Close(); err != nil {
+		t.Fatalf("second Close: %v", err)
+	}
+	if _, err := r.Offer(timeout(t), cam.ID, offer(t, "v=0\r\n", []byte("g"))); !errors.Is(err, relay.ErrClosed) {
+		t.Errorf("Offer after Close: %v, want ErrClosed", err)
+	}
+}
+
+func TestDialRefusesAnIdentityThatIsNotAViewer(t *testing.T) {
+	cam := camviewtest.Start(t, camviewtest.Options{})
+	cert, err := cam.Fleet.OperatorCertificate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	host, _ := certs.BrokerHost(cam.URL)
+	_, err = relay.Dial(timeout(t), relay.Config{
+		BrokerURL: cam.URL, ClientID: "operator:admin",
+		TLS: certs.ClientTLSConfig(cam.Fleet.Pool, host, certs.NewHolder(cert)),
+	})
+	if err == nil {
+		t.Fatal("a relay dialled as an operator")
+	}
+}

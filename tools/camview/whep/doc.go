@@ -1,0 +1,22 @@
+// Package whep serves WHEP, the WebRTC-HTTP Egress Protocol (draft-ietf-wish-whep), in front
+// of camview's signaling relay, so that a browser (or any WHEP player) can watch a camera:
+//
+//	POST   /whep/{device}            an SDP offer (application/sdp), Authorization: Bearer <grant>
+//	                                 → 201 Created, the camera's SDP answer, Location: /whep/{device}/{session}
+//	DELETE /whep/{device}/{session}  → 200 OK; the camera gets a Bye
+//
+// The grant is the signed view grant in base64url without padding, as `fleetctl grant`
+// prints it; the handler passes it to the camera, which alone decides (S9). There is no trickle
+// ICE over WHEP (PATCH is answered 405): the client sends its offer once ICE gathering has
+// completed, and the camera's answer carries its candidates. Errors: a missing or malformed
+// grant 401 with WWW-Authenticate: Bearer; the camera's refusal 403 (grant, privacy), 503 with
+// Retry-After (viewer limit, busy) or 400 (bad offer); wrong content type 415; an offer over
+// MaxOfferSize 413; no answer within the answer timeout 504.
+//
+// The handler sends no CORS headers: the page that uses it is served from the same origin,
+// and other origins cannot send it an Authorization header or an application/sdp body.
+//
+// What it must never do: log, or echo in a response, a grant, an SDP or a candidate (they
+// carry secrets and network addresses, P2b); it logs the session id, the device, the status
+// and the refusal reason.
+package whep

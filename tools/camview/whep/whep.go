@@ -1,0 +1,349 @@
+package whep
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"mime"
+	"net/http"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/camagent/camagent/certs"
+	"github.com/camagent/camagent/tools/camview/relay"
+	"github.com/camagent/camagent/transport/mqtt"
+	"github.com/camagent/camagent/transport/webrtc/signal"
+)
+
+// Defaults and limits.
+const (
+	// DefaultAnswerTimeout is how long a POST waits for the camera's answer when
+	// Config.AnswerTimeout is zero. A camera answers once its ICE gathering is done, within
+	// its gather timeout (5 s by default).
+	DefaultAnswerTimeout = 15 * time.Second
+	// DefaultMaxSessions caps live sessions and offers waiting for an answer when
+	// Config.MaxSessions is zero.
+	DefaultMaxSessions = 64
+	// MaxOfferSize caps a POST body: the largest SDP a camera accepts (S8).
+	MaxOfferSize = signal.MaxSDPSize
+	// RetryAfter is the Retry-After, in seconds, of a 503.
+	RetryAfter = 5
+	// hangupTimeout bounds the Bye of a DELETE and of Close.
+	hangupTimeout = 5 * time.Second
+)
+
+// Relay is what the handler needs of a signaling relay; *relay.Relay is one.
+type Relay interface {
+	// Offer sends an offer to a camera and waits for its answer (or its refusal, as a
+	// *relay.RefusedError).
+	Offer(ctx context.Context, device string, o signal.Offer) (signal.Answer, error)
+	// Hangup ends a session and tells the camera.
+	Hangup(ctx context.Context, device, session string) error
+	// Ended returns the channel of the camera's Bye for a session, nil for an unknown one.
+	Ended(session string) <-chan signal.Bye
+	// Forget drops a session the camera ended.
+	Forget(session string)
+}
+
+var _ Relay = (*relay.Relay)(nil)
+
+// Config configures a Handler.
+type Config struct {
+	// Relay carries the signaling to the cameras. Required.
+	Relay Relay
+	// ICEServers are STUN and TURN servers sent to the camera with every offer (a TURN relay
+	// for viewers behind symmetric NAT). Nil means none.
+	ICEServers []signal.ICEServer
+	// AnswerTimeout bounds the wait for a camera's answer; zero means DefaultAnswerTimeout.
+	AnswerTimeout time.Duration
+	// MaxSessions caps the live sessions and the offers waiting for an answer; beyond it a
+	// POST gets 503. Zero means DefaultMaxSessions.
+	MaxSessions int
+	// Logger receives one line per request outcome (session id, device, status, refusal
+	// reason; never grants, SDP or addresses). Nil discards them.
+	Logger *slog.Logger
+}
+
+// Handler is the WHEP endpoint. Create it with New; Close it to hang up its sessions.
+type Handler struct {
+	cfg  Config
+	log  *slog.Logger
+	mux  *http.ServeMux
+	stop chan struct{} // closed by Close
+	wg   sync.WaitGroup
+
+	mu       sync.Mutex
+	closed   bool
+	pending  int // offers waiting for an answer
+	sessions map[string]*resource
+}
+
+// resource is one live WHEP session.
+type resource struct {
+	device string
+	gone   chan struct{} // closed when the session is deleted
+}
+
+var _ http.Handler = (*Handler)(nil)
+
+// New checks cfg and returns a Handler serving POST /whep/{device} and
+// DELETE /whep/{device}/{session}.
+func New(cfg Config) (*Handler, error) {
+	if cfg.Relay == nil {
+		return nil, errors.New("whep: Config.Relay is required")
+	}
+	if cfg.AnswerTimeout < 0 {
+		return nil, fmt.Errorf("whep: Config.AnswerTimeout %v is negative", cfg.AnswerTimeout)
+	}
+	if cfg.AnswerTimeout == 0 {
+		cfg.AnswerTimeout = DefaultAnswerTimeout
+	}
+	if cfg.MaxSessions < 0 {
+		return nil, fmt.Errorf("whep: Config.MaxSessions %d is negative", cfg.MaxSessions)
+	}
+	if cfg.MaxSessions == 0 {
+		cfg.MaxSessions = DefaultMaxSessions
+	}
+	if len(cfg.ICEServers) > signal.MaxICEServers {
+		return nil, fmt.Errorf("whep: Config.ICEServers: %d servers, at most %d", len(cfg.ICEServers), signal.MaxICEServers)
+	}
+	for i, s := range cfg.ICEServers {
+		if err := s.Validate(); err != nil {
+			return nil, fmt.Errorf("whep: Config.ICEServers[%d]: %w", i, err)
+		}
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	h := &Handler{cfg: cfg, log: cfg.Logger, mux: http.NewServeMux(), stop: make(chan struct{}), sessions: map[string]*resource{}}
+	// Other methods get 405 with Allow from the mux: PATCH (trickle ICE, ICE restart) too,
+	// which this endpoint does not support.
+	h.mux.HandleFunc("POST /whep/{device}", h.post)
+	h.mux.HandleFunc("DELETE /whep/{device}/{session}", h.delete)
+	return h, nil
+}
+
+// ServeHTTP serves the WHEP endpoint.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	// Answers carry network addresses: no cache may keep them.
+	w.Header().Set("Cache-Control", "no-store")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	h.mux.ServeHTTP(w, r)
+}
+
+// Sessions returns how many sessions are live.
+func (h *Handler) Sessions() int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return len(h.sessions)
+}
+
+// Close hangs up every live session (each camera gets a Bye) and waits for the handler's
+// goroutines. Later POSTs get 503. It is idempotent and returns the hangups' errors.
+func (h *Handler) Close() error {
+	h.mu.Lock()
+	if h.closed {
+		h.mu.Unlock()
+		return nil
+	}
+	h.closed = true
+	close(h.stop)
+	live := h.sessions
+	h.sessions = map[string]*resource{}
+	h.mu.Unlock()
+	h.wg.Wait()
+	ctx, cancel := context.WithTimeout(context.Background(), hangupTimeout)
+	defer cancel()
+	var errs []error
+	for id, res := range live {
+		if err := h.cfg.Relay.Hangup(ctx, res.device, id); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (h *Handler) post(w http.ResponseWriter, r *http.Request) {
+	device := r.PathValue("device")
+	if certs.ValidDeviceID(device) != nil {
+		h.fail(w, http.StatusNotFound, device, "", "no such camera", "bad device id")
+		return
+	}
+	grant, err := ParseBearer(r.Header.Get("Authorization"))
+	if err != nil {
+		code := "invalid_request"
+		if !errors.Is(err, ErrNoGrant) {
+			code = "invalid_token"
+		}
+		// RFC 6750 §3.
+		w.Header().Set("WWW-Authenticate", `Bearer realm="camview", error="`+code+`"`)
+		h.fail(w, http.StatusUnauthorized, device, "", "a grant is required: Authorization: Bearer <grant from fleetctl grant>", err.Error())
+		return
+	}
+	if mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type")); err != nil || mt != "application/sdp" {
+		h.fail(w, http.StatusUnsupportedMediaType, device, "", "the offer must be application/sdp", "content type")
+		return
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxOfferSize))
+	if err != nil {
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			h.fail(w, http.StatusRequestEntityTooLarge, device, "", fmt.Sprintf("the offer is over %d bytes", MaxOfferSize), "offer too large")
+			return
+		}
+		h.fail(w, http.StatusBadRequest, device, "", "could not read the offer", err.Error())
+		return
+	}
+	o := signal.Offer{V: signal.Version, Session: signal.NewSession(), SDP: string(body), Grant: grant, ICEServers: h.cfg.ICEServers}
+	if err := o.Validate(); err != nil {
+		// signal's errors name the field, never its value.
+		h.fail(w, http.StatusBadRequest, device, o.Session, "the offer is not an SDP offer", err.Error())
+		return
+	}
+	if !h.reserve() {
+		w.Header().Set("Retry-After", strconv.Itoa(RetryAfter))
+		h.fail(w, http.StatusServiceUnavailable, device, o.Session, "too many sessions", "session limit")
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), h.cfg.AnswerTimeout)
+	answer, err := h.cfg.Relay.Offer(ctx, device, o)
+	cancel()
+	if err != nil {
+		h.release()
+		if r.Context().Err() != nil {
+			// The client went away, or the server is stopping; the relay told the camera.
+			w.Header().Set("Retry-After", strconv.Itoa(RetryAfter))
+			h.fail(w, http.StatusServiceUnavailable, device, o.Session, "the request ended before the camera answered", "request ended")
+			return
+		}
+		st, msg := statusFor(err)
+		if st == http.StatusServiceUnavailable {
+			w.Header().Set("Retry-After", strconv.Itoa(RetryAfter))
+		}
+		h.fail(w, st, device, o.Session, msg, err.Error())
+		return
+	}
+	if !h.add(device, o.Session) {
+		// Close ran meanwhile: the session must not outlive the handler.
+		hctx, hcancel := context.WithTimeout(context.Background(), hangupTimeout)
+		h.cfg.Relay.Hangup(hctx, device, o.Session)
+		hcancel()
+		w.Header().Set("Retry-After", strconv.Itoa(RetryAfter))
+		h.fail(w, http.StatusServiceUnavailable, device, o.Session, "shutting down", "closed")
+		return
+	}
+	w.Header().Set("Content-Type", "application/sdp")
+	w.Header().Set("Location", "/whep/"+device+"/"+o.Session)
+	w.WriteHeader(http.StatusCreated)
+	io.WriteString(w, answer.SDP)
+	h.log.Info("whep: session started", "session", o.Session, "device", device, "status", http.StatusCreated)
+}
+
+func (h *Handler) delete(w http.ResponseWriter, r *http.Request) {
+	device, session := r.PathValue("device"), r.PathValue("session")
+	h.mu.Lock()
+	res := h.sessions[session]
+	if res == nil || res.device != device {
+		h.mu.Unlock()
+		h.fail(w, http.StatusNotFound, device, "", "no such session", "unknown session")
+		return
+	}
+	delete(h.sessions, session)
+	close(res.gone)
+	h.mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), hangupTimeout)
+	defer cancel()
+	if err := h.cfg.Relay.Hangup(ctx, device, session); err != nil {
+		// The session is gone here; the camera ends its side when ICE consent stops.
+		h.log.Warn("whep: bye not sent", "session", session, "device", device, "err", err)
+	}
+	w.WriteHeader(http.StatusOK)
+	h.log.Info("whep: session deleted", "session", session, "device", device, "status", http.StatusOK)
+}
+
+// statusFor maps an Offer error to the HTTP status and the text for the client.
+func statusFor(err error) (int, string) {
+	var refused *relay.RefusedError
+	switch {
+	case errors.As(err, &refused):
+		switch reason := refused.Refusal.Reason; reason {
+		case signal.RefuseGrant:
+			return http.StatusForbidden, "the camera refused the grant (grant): it is expired, for another camera, or from before the camera's last credential rotation"
+		case signal.RefusePrivacy:
+			return http.StatusForbidden, "the camera is in privacy mode (privacy)"
+		case signal.RefuseLimit:
+			return http.StatusServiceUnavailable, "the camera serves as many viewers as it can (limit)"
+		case signal.RefuseBusy:
+			return http.StatusServiceUnavailable, "the camera cannot stream now (busy)"
+		case signal.RefuseBadOffer:
+			return http.StatusBadRequest, "the camera cannot answer this offer: it needs to receive H.264 (bad_offer)"
+		default:
+			return http.StatusForbidden, "the camera refused (" + string(reason) + ")"
+		}
+	case errors.Is(err, context.DeadlineExceeded):
+		return http.StatusGatewayTimeout, "the camera did not answer in time (is it online?)"
+	case errors.Is(err, relay.ErrClosed), errors.Is(err, relay.ErrEnded),
+		errors.Is(err, mqtt.ErrNotConnected), errors.Is(err, mqtt.ErrConnectionLost):
+		return http.StatusServiceUnavailable, "the camera cannot be reached now"
+	default:
+		return http.StatusBadGateway, "the offer could not be sent to the camera"
+	}
+}
+
+// fail writes a plain-text error and logs the outcome. why is for the log only: it must
+// carry no grant or SDP.
+func (h *Handler) fail(w http.ResponseWriter, status int, device, session, msg, why string) {
+	http.Error(w, msg, status)
+	h.log.Info("whep: request refused", "session", session, "device", device, "status", status, "reason", why)
+}
+
+// reserve counts an offer against MaxSessions; false when the handler is full or closed.
+func (h *Handler) reserve() bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.closed || h.pending+len(h.sessions) >= h.cfg.MaxSessions {
+		return false
+	}
+	h.pending++
+	return true
+}
+
+func (h *Handler) release() {
+	h.mu.Lock()
+	h.pending--
+	h.mu.Unlock()
+}
+
+// add turns a reserved offer into a live session and watches for the camera's Bye. It
+// returns false when the handler was closed meanwhile.
+func (h *Handler) add(device, session string) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.pending--
+	if h.closed {
+		return false
+	}
+	res := &resource{device: device, gone: make(chan struct{})}
+	h.sessions[session] = res
+	ended := h.cfg.Relay.Ended(session)
+	h.wg.Add(1)
+	go func() {
+		defer h.wg.Done()
+		select {
+		case bye := <-ended:
+			h.mu.Lock()
+			if h.sessions[session] == res {
+				delete(h.sessions, session)
+			}
+			h.mu.Unlock()
+			h.cfg.Relay.Forget(session)
+			h.log.Info("whep: the camera ended the session", "session", session, "device", device, "reason", bye.Reason)
+		case <-res.gone:
+		case <-h.stop:
+		}
+	}()
+	return true
+}
