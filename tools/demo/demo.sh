@@ -78,7 +78,8 @@ echo "watch the camera live: $link"
 echo
 echo "The agent, the broker and camview keep running. Open the link above in a browser on this machine."
 echo "Try also: $BIN/fleetctl ping --dir $DEMO/fleet --device $DEV"
-echo "      or: $BIN/camview record --fleet $DEMO/fleet --device $DEV --seconds 5 --out $DEMO/rec.h264 --loopback --grant <grant from fleetctl grant>"
+echo "      or: $BIN/camview record --fleet $DEMO/fleet --device $DEV --seconds 5 --out $DEMO/rec.h264 --loopback \\"
+echo "            --grant-file <($BIN/fleetctl grant --dir $DEMO/fleet --device $DEV)"
 echo "Press Ctrl-C to stop."
 wait -n "${pids[@]}" || true
 echo "a component exited; see $DEMO/*.log"

@@ -222,6 +222,14 @@ func mosquittoCmd(_ context.Context, args []string, stdout, stderr io.Writer) er
 	port := fs.Int("port", 8883, "listener port")
 	bind := fs.String("bind", "127.0.0.1", "listener address")
 	user := fs.String("user", "", "account Mosquitto runs as when started as root (it must be able to read the broker key and the CRL in the fleet directory); empty: Mosquitto's default, mosquitto")
+	viewers := []string{fleet.DefaultViewer}
+	fs.Func("viewer", "name of a viewer relay identity (camview --name) to allow besides "+fleet.DefaultViewer+" and those the fleet has issued; repeatable", func(n string) error {
+		if _, _, err := certs.ParseIdentity("viewer:" + n); err != nil {
+			return err
+		}
+		viewers = append(viewers, n)
+		return nil
+	})
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -240,6 +248,13 @@ func mosquittoCmd(_ context.Context, args []string, stdout, stderr io.Writer) er
 	// Mosquitto has no roles: every non-device identity needs its own user block, including
 	// each device's bootstrap identity.
 	identities := []string{"operator:" + fleet.DefaultOperator, "signer:" + fleet.DefaultSigner}
+	issued, err := f.ViewerNames()
+	if err != nil {
+		return err
+	}
+	for _, n := range append(viewers, issued...) {
+		identities = append(identities, "viewer:"+n)
+	}
 	for _, id := range reg.Devices() {
 		for _, c := range reg.DeviceCerts(id) {
 			if c.Role == certs.RoleBootstrap && !c.IsRevoked() {

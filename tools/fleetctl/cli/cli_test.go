@@ -385,10 +385,14 @@ func TestMosquittoConfigNamesTheSignerAndBootstrapIdentities(t *testing.T) {
 	dir, f := initFleet(t)
 	fleettest.Enroll(t, f, "cam-0001")
 	fleettest.Enroll(t, f, "cam-0002")
+	if _, err := f.ViewerCertificate("lobby"); err != nil {
+		t.Fatal(err)
+	}
 	out := filepath.Join(t.TempDir(), "mosquitto")
-	mustRun(t, "mosquitto-config", "--dir", dir, "--out", out, "--port", "18883")
+	mustRun(t, "mosquitto-config", "--dir", dir, "--out", out, "--port", "18883", "--viewer", "qa")
 	acl, _ := os.ReadFile(filepath.Join(out, "acl"))
-	for _, want := range []string{"user operator:admin\n", "user signer:default\n", "user bootstrap:cam-0001\n", "user bootstrap:cam-0002\n", "topic write boot/cam-0001/up/csr\n", "topic read dev/+/up/csr\n"} {
+	for _, want := range []string{"user operator:admin\n", "user signer:default\n", "user bootstrap:cam-0001\n", "user bootstrap:cam-0002\n", "topic write boot/cam-0001/up/csr\n", "topic read dev/+/up/csr\n",
+		"user viewer:web\n", "user viewer:lobby\n", "user viewer:qa\n", "topic write dev/+/down/signal\n"} {
 		if !bytes.Contains(acl, []byte(want)) {
 			t.Errorf("acl lacks %q:\n%s", want, acl)
 		}

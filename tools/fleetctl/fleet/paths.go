@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/camagent/camagent/certs"
@@ -78,4 +79,25 @@ func (f *Fleet) ViewerCertificate(name string) (*tls.Certificate, error) {
 		}
 	}
 	return loadPair(f.Dir, certName, keyName)
+}
+
+// DefaultViewer is camview's default viewer relay name: viewer:web.
+const DefaultViewer = "web"
+
+// ViewerNames lists the viewer relay identities issued so far (by ViewerCertificate).
+func (f *Fleet) ViewerNames() ([]string, error) {
+	entries, err := os.ReadDir(filepath.Join(f.Dir, viewerDir))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var names []string
+	for _, e := range entries {
+		if n, ok := strings.CutSuffix(e.Name(), ".crt"); ok {
+			names = append(names, n)
+		}
+	}
+	return names, nil
 }
