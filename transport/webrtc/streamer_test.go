@@ -450,7 +450,7 @@ func TestTrickledCandidatesConnect(t *testing.T) {
 }
 
 func TestFanOutOneStalledViewerDoesNotSlowTheOthers(t *testing.T) {
-	const viewers = 8
+	const viewers = 10 // the fan-out: 10 viewers at once, one of them stalled
 	g := newGrants(t)
 	s := startStreamer(t, webrtc.Config{Source: fileSource(t)})
 	ctx := context.Background()
