@@ -99,6 +99,13 @@ func (v *video) offer(ctx context.Context, o signal.Offer) {
 		v.send(ctx, re.Refusal(o.Session))
 		return
 	}
+	if v.a.Privacy() {
+		// Privacy mode came on while this offer was being answered, after its check and
+		// after SetPrivacy's CloseAll: end the session now, unanswered (the camera is
+		// already stopped); its end sends the viewer a bye "privacy".
+		v.s.Close(o.Session, signal.ByePrivacy)
+		return
+	}
 	v.send(ctx, answer)
 }
 
