@@ -132,6 +132,13 @@ type Agent struct {
 	certResp     chan *wire.CertResponse // signer answers
 	wake         chan struct{}           // pokes the reconcile loop
 	rotations    atomic.Uint64           // committed rotations, for tests and status
+
+	// For Status and Alive (health.go).
+	running     atomic.Bool                 // Run has started and not returned
+	clockBehind atomic.Bool                 // Run waits for a plausible clock
+	mqttc       atomic.Pointer[mqtt.Client] // the client of the running Run
+	beat        chan struct{}               // Alive's heartbeat; the waiting loops take it
+	busySince   atomic.Int64                // Unix ns a rotation attempt started; 0: none running
 }
 
 type publisherBox struct{ Publisher }
@@ -202,6 +209,7 @@ func New(cfg Config) (*Agent, error) {
 		connEv:    make(chan string, 16),
 		certResp:  make(chan *wire.CertResponse, 8),
 		wake:      make(chan struct{}, 1),
+		beat:      make(chan struct{}),
 	}
 	st, err := a.store.Load()
 	var ce *state.CorruptError
@@ -276,6 +284,8 @@ func (a *Agent) brokerURL() string {
 // is cancelled. It returns nil on cancel; it does not return on broker or network errors, which
 // it logs and retries with backoff.
 func (a *Agent) Run(ctx context.Context) error {
+	a.running.Store(true)
+	defer a.running.Store(false)
 	if !a.waitForClock(ctx) {
 		return nil
 	}
@@ -307,6 +317,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		return fmt.Errorf("agent: %w", err)
 	}
 	a.client = client
+	a.mqttc.Store(client)
 	a.pub.Store(&publisherBox{egress.Wrap(client, a.guard)})
 
 	var wg sync.WaitGroup
@@ -346,20 +357,20 @@ func (a *Agent) Run(ctx context.Context) error {
 
 // waitForClock blocks while the clock is below the certificate's NotBefore, the persisted time
 // floor or the build time (a Raspberry Pi boots with no RTC, R5). It says why, looks again every
-// ClockRetry, and returns false if ctx ends first.
+// ClockRetry, and returns false if ctx ends first. It answers Alive meanwhile.
 func (a *Agent) waitForClock(ctx context.Context) bool {
+	defer a.clockBehind.Store(false)
 	for {
 		now := a.clk.Now()
 		floor, why := a.clockFloor()
 		if !now.Before(floor) {
 			return true
 		}
+		a.clockBehind.Store(true)
 		a.log.Warn("device clock is behind; waiting for time sync before connecting",
 			"clock", now.UTC().Format(time.RFC3339), "must_be_after", floor.UTC().Format(time.RFC3339), "because", why, "retry_in", a.cfg.ClockRetry)
-		select {
-		case <-ctx.Done():
+		if !a.await(ctx, a.clk.After(a.cfg.ClockRetry)) {
 			return false
-		case <-a.clk.After(a.cfg.ClockRetry):
 		}
 	}
 }

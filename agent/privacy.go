@@ -85,25 +85,45 @@ func Onboard(dir string, s onboard.Setup) error {
 
 // forwardClaim sends the onboarding claim token to the cloud once, in its typed message, then
 // forgets it: the sealed settings are saved without it, so it is sent at most until the broker
-// has acknowledged it once.
+// has acknowledged it once. It runs at every connect.
+//
+// It reads the sealed settings afresh rather than trusting those loaded at start: `camagent
+// onboard` may have run since (the agent of a camera was already running when its owner set
+// it up, or the owner onboarded again after a wrong Wi-Fi passphrase). The agent then forwards
+// the new token, never the replaced one; it never writes the settings it started with back
+// over the new ones; and its guard, which the CLI's log redaction shares, takes the new values
+// (until this connect, a reload or a restart, only the old ones are guarded).
 func (a *Agent) forwardClaim(ctx context.Context) {
 	a.privMu.Lock()
 	defer a.privMu.Unlock()
-	if a.settings == nil || a.settings.Claim == "" {
+	sec, st, err := loadSettings(a.cfg.StateDir)
+	if err != nil {
+		a.log.Warn("could not read the sealed settings; the owner's claim token, if any, is not forwarded", "err", err)
 		return
 	}
-	m := &wire.Claim{V: wire.Version, Claim: a.settings.Claim, Updated: a.clk.Now().Unix()}
+	if st == nil {
+		return
+	}
+	if a.settings == nil || *a.settings != *st {
+		a.log.Info("the device was onboarded since the agent started; guarding the new values")
+		setGuard(a.guard, *st)
+		a.secret, a.settings = sec, st
+	}
+	if st.Claim == "" {
+		return
+	}
+	m := &wire.Claim{V: wire.Version, Claim: st.Claim, Updated: a.clk.Now().Unix()}
 	if err := a.publish(ctx, topic.Claim(a.DeviceID()), false, m); err != nil {
 		a.log.Warn("could not forward the owner's claim token; will try at the next connect", "err", err)
 		return
 	}
-	st := *a.settings
-	st.Claim = ""
-	if err := seal.SaveSettings(a.cfg.StateDir, a.secret, st); err != nil {
+	next := *st
+	next.Claim = ""
+	if err := seal.SaveSettings(a.cfg.StateDir, sec, next); err != nil {
 		a.log.Error("could not forget the forwarded claim token", "err", err)
 		return
 	}
-	a.settings = &st
+	a.settings = &next
 	a.log.Info("forwarded the owner's claim token to the cloud", "claim", onboardClaimHash(m.Claim))
 }
 

@@ -17,6 +17,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/camagent/camagent/agent/privacy/egress"
 	"github.com/camagent/camagent/agent/state"
 	"github.com/camagent/camagent/agent/wire"
 	"github.com/camagent/camagent/certs"
@@ -220,7 +221,9 @@ func (a *Agent) reconcile(ctx context.Context) {
 	for {
 		if ok, why := a.needs(); ok && a.canRotate() {
 			a.log.Info("rotating credentials", "why", why)
+			a.busySince.Store(a.clk.Now().UnixNano())
 			err := a.rotate(ctx)
+			a.busySince.Store(0)
 			if ctx.Err() != nil {
 				return
 			}
@@ -254,6 +257,7 @@ func (a *Agent) reconcile(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-a.wake:
+		case <-a.beat: // Alive: the loop is not wedged; look again
 		case <-a.clk.After(wait):
 		}
 	}
@@ -263,12 +267,7 @@ func (a *Agent) reconcile(ctx context.Context) {
 // reconnect pokes, and a broker that refuses the new certificate would otherwise be retried
 // in a tight loop.
 func (a *Agent) sleep(ctx context.Context, d time.Duration) bool {
-	select {
-	case <-ctx.Done():
-		return false
-	case <-a.clk.After(d):
-		return true
-	}
+	return a.await(ctx, a.clk.After(d))
 }
 
 // retryDelay is full-jitter exponential backoff between failed rotation attempts.
@@ -587,12 +586,13 @@ func (a *Agent) handleCertResponse(payload []byte) {
 // bootSession is a short-lived MQTT session as the bootstrap identity.
 type bootSession struct {
 	client *mqtt.Client
+	pub    Publisher // client behind the egress guard, like every other publish
 	cancel context.CancelFunc
 	done   chan error
 }
 
 func (b *bootSession) publish(ctx context.Context, t string, p []byte) error {
-	return b.client.Publish(ctx, t, 1, false, p)
+	return b.pub.Publish(ctx, t, 1, false, p)
 }
 
 // bootstrapSession connects as bootstrap:<id>, whose ACL allows nothing but asking for a new
@@ -631,7 +631,7 @@ func (a *Agent) bootstrapSession(ctx context.Context) (*bootSession, error) {
 		return nil, rotErr(wire.ErrCodeInternal, "bootstrap: %w", err)
 	}
 	runCtx, cancel := context.WithCancel(context.Background())
-	bs := &bootSession{client: client, cancel: cancel, done: make(chan error, 1)}
+	bs := &bootSession{client: client, pub: egress.Wrap(client, a.guard), cancel: cancel, done: make(chan error, 1)}
 	go func() { bs.done <- client.Run(runCtx) }()
 	if err := client.WaitConnected(ctx); err != nil {
 		bs.stop()

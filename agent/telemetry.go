@@ -90,7 +90,9 @@ func (a *Agent) publishTelemetry(ctx context.Context) error {
 //	 face | tus | link level noise |  nwid  crypt   frag  retry   misc | beacon | 22
 //	 wlan0: 0000   70.  -40.  -256        0      0      0      0      0        0
 //
-// It reports false when there is no interface or the level is not a plausible dBm figure.
+// The kernel prints the level as a decimal integer followed by '.' when it was updated since
+// the last read, or by a space (net/wireless/wext-proc.c). It reports false when there is no
+// interface or the level is not a plausible dBm figure (an integer from -120 to 0).
 func wifiSignal(b []byte) (int, bool) {
 	sc := bufio.NewScanner(bytes.NewReader(b))
 	for sc.Scan() {
@@ -102,11 +104,13 @@ func wifiSignal(b []byte) (int, bool) {
 		if len(f) < 3 {
 			return 0, false
 		}
-		v, err := strconv.ParseFloat(strings.TrimSuffix(f[2], "."), 64)
+		// An integer, not ParseFloat: that would take "NaN", which passes every range
+		// check and converts to a nonsense int that makes the whole report invalid.
+		v, err := strconv.Atoi(strings.TrimSuffix(f[2], "."))
 		if err != nil || v < -120 || v > 0 {
 			return 0, false
 		}
-		return int(v), true
+		return v, true
 	}
 	return 0, false
 }

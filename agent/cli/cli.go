@@ -18,6 +18,7 @@ import (
 
 	"github.com/camagent/camagent/agent"
 	"github.com/camagent/camagent/agent/privacy/egress"
+	"github.com/camagent/camagent/certs"
 	"github.com/camagent/camagent/device/camera"
 	"github.com/camagent/camagent/internal/buildinfo"
 	"github.com/camagent/camagent/internal/cappedfile"
@@ -29,7 +30,8 @@ const usage = `usage: camagent <command> [flags]
 commands:
   enroll --state DIR --id ID      make the device key (once) and a CSR for fleetctl enroll
   enroll --state DIR --bundle F   install the bundle fleetctl enroll wrote for this device
-  run --state DIR                 run the agent until SIGINT/SIGTERM
+  run --config FILE               run the agent until SIGINT/SIGTERM; SIGHUP re-reads FILE
+  selftest --config FILE          check clock, credentials, broker, camera and storage (QA)
   onboard --state DIR --file F    seal the setup payload a phone app handed the camera (F or - for stdin)
   reset --state DIR --yes         factory reset: wipe keys, token, sealed settings and journal
   version                         print the version
@@ -37,8 +39,12 @@ commands:
 Run 'camagent <command> -h' for a command's flags.
 `
 
-// Run runs one camagent command.
+// Run runs one camagent command, with no service manager around it (see RunEnv).
 func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	return runCommand(ctx, args, stdout, stderr, Env{})
+}
+
+func runCommand(ctx context.Context, args []string, stdout, stderr io.Writer, env Env) error {
 	if len(args) == 0 {
 		fmt.Fprint(stderr, usage)
 		return errors.New("no command given")
@@ -47,7 +53,9 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	case "enroll":
 		return enroll(args[1:], stdout, stderr)
 	case "run":
-		return run(ctx, args[1:], stderr)
+		return run(ctx, args[1:], stderr, env)
+	case "selftest":
+		return selftestCmd(ctx, args[1:], stdout, stderr)
 	case "onboard":
 		return onboardCmd(args[1:], os.Stdin, stdout, stderr)
 	case "reset":
@@ -99,86 +107,99 @@ func enroll(args []string, stdout, stderr io.Writer) error {
 	return errors.New("enroll: --id or --bundle is required")
 }
 
-func run(ctx context.Context, args []string, stderr io.Writer) error {
-	fs := flag.NewFlagSet("camagent run", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	dir := fs.String("state", defaultStateDir, "state directory (0700)")
-	broker := fs.String("broker", "", "broker URL (mqtts://host:port); default: the bundle's")
-	level := fs.String("log-level", "info", "log level: debug, info, warn, error")
-	format := fs.String("log-format", "text", "log format: text or json")
-	videoFile := fs.String("video-file", "", "serve live video from this H.264 Annex B file, looped in real time (constrained baseline for browsers)")
-	videoExec := fs.String("video-exec", "", "serve live video from this command's H.264 Annex B standard output, e.g. \"rpicam-vid -t 0 --inline --codec h264 --profile baseline -o -\" (split on spaces; no shell)")
-	maxViewers := fs.Int("max-viewers", 0, "live viewers at most (0: the default, 16)")
-	loopback := fs.Bool("video-loopback", false, "offer ICE candidates on 127.0.0.1 only (a demo or test on one machine)")
-	var iceURLs []string
-	fs.Func("video-ice-server", "a STUN or TURN server the camera uses for every viewer, besides those a viewer's offer brings: stun:HOST:PORT, turn:HOST:PORT?transport=udp (or tcp), turns:HOST:PORT; repeat for more, at most 4. TURN servers take --video-ice-user and --video-ice-credential-file; no credentials in the URL", func(u string) error {
-		iceURLs = append(iceURLs, u)
-		return nil
-	})
-	iceUser := fs.String("video-ice-user", "", "TURN username for every turn: and turns: --video-ice-server")
-	iceCredFile := fs.String("video-ice-credential-file", "", "file holding the TURN credential for every turn: and turns: --video-ice-server, on its first line; not readable by others (a credential on the command line would be visible to every local user). Never logged")
-	relayOnly := fs.Bool("video-relay-only", false, "relay every viewer's video through a TURN server (ICE transport policy relay): the camera offers no address of its own; an offer is refused when neither --video-ice-server nor the offer names a TURN server")
-	crashAfter := fs.String("crash-after", "", "fault injection for crash tests: SIGKILL this process right after the named rotation step (pending, requested, issued, switched, confirmed, committed, wiped)")
-	if err := fs.Parse(args); err != nil {
+func run(ctx context.Context, args []string, stderr io.Writer, env Env) error {
+	o, err := parseRunArgs("camagent run", args, stderr, nil)
+	if err != nil {
 		return err
 	}
+	s := &service{args: args, stderr: stderr, env: env, opts: o}
+	return s.run(ctx)
+}
+
+// built is what runOptions make for one agent: its logger, its egress guard and its
+// configuration, validated.
+type built struct {
+	log   *slog.Logger
+	guard *egress.Guard
+	cfg   agent.Config
+}
+
+// build checks the options and makes the logger, the guard and the agent's configuration.
+// It starts nothing and changes nothing on disk, so a reload can check a new configuration
+// while the agent runs on the old one.
+func (o *runOptions) build(stderr io.Writer) (*built, error) {
 	var afterStep func(string)
-	if *crashAfter != "" {
-		if !slices.Contains(agent.Steps, *crashAfter) {
-			return fmt.Errorf("--crash-after %q: want one of %v", *crashAfter, agent.Steps)
+	if o.crashAfter != "" {
+		if !slices.Contains(agent.Steps, o.crashAfter) {
+			return nil, fmt.Errorf("--crash-after %q: want one of %v", o.crashAfter, agent.Steps)
 		}
-		afterStep = func(step string) {
-			if step == *crashAfter {
+		step := o.crashAfter
+		afterStep = func(s string) {
+			if s == step {
 				syscall.Kill(os.Getpid(), syscall.SIGKILL)
 			}
+		}
+	}
+	if o.broker != "" {
+		if _, err := certs.BrokerHost(o.broker); err != nil {
+			return nil, fmt.Errorf("--broker: %w", err)
 		}
 	}
 	// The guard holds the values onboarding sealed (network name, passphrase, nickname): it
 	// redacts every log line and refuses every publish that carries one.
 	guard := egress.New()
-	if err := agent.LoadPrivacy(*dir, guard); err != nil {
-		return err
+	if err := agent.LoadPrivacy(o.state, guard); err != nil {
+		return nil, err
 	}
-	log, err := newLogger(stderr, *level, *format, guard)
+	log, err := newLogger(stderr, o.logLevel, o.logFormat, guard)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	iceServers, err := videoICEServers(iceURLs, *iceUser, *iceCredFile)
+	iceServers, err := videoICEServers(o.iceURLs, o.iceUser, o.iceCredFile)
 	if err != nil {
-		return fmt.Errorf("run: %w", err)
+		return nil, fmt.Errorf("run: %w", err)
 	}
-	var src camera.Source
-	switch {
-	case *videoFile != "" && *videoExec != "":
-		return errors.New("run: give --video-file or --video-exec, not both")
-	case *videoFile != "":
-		if src, err = camera.NewFileSource(camera.FileConfig{Path: *videoFile, Logger: log}); err != nil {
-			return fmt.Errorf("run: --video-file: %w", err)
-		}
-	case *videoExec != "":
-		if src, err = camera.NewExecSource(camera.ExecConfig{Argv: strings.Fields(*videoExec), Logger: log}); err != nil {
-			return fmt.Errorf("run: --video-exec: %w", err)
-		}
+	src, err := o.videoSource(log)
+	if err != nil {
+		return nil, fmt.Errorf("run: %w", err)
 	}
-	a, err := agent.New(agent.Config{
+	return &built{log: log, guard: guard, cfg: agent.Config{
 		Video:             src,
-		MaxViewers:        *maxViewers,
-		VideoLoopbackOnly: *loopback,
+		MaxViewers:        o.maxViewers,
+		TelemetryInterval: telemetryInterval(o.telemetry),
+		VideoLoopbackOnly: o.loopback,
 		VideoICEServers:   iceServers,
-		VideoRelayOnly:    *relayOnly,
-		StateDir:          *dir,
-		BrokerURL:         *broker,
+		VideoRelayOnly:    o.relayOnly,
+		StateDir:          o.state,
+		BrokerURL:         o.broker,
 		Firmware:          buildinfo.Version(),
 		BuildTime:         buildinfo.BuildTime(),
 		Logger:            log,
 		Guard:             guard,
 		AfterStep:         afterStep,
-	})
-	if err != nil {
-		return err
+	}}, nil
+}
+
+// videoSource makes the camera source of --video-file or --video-exec; nil when neither is
+// given.
+func (o *runOptions) videoSource(log *slog.Logger) (camera.Source, error) {
+	switch {
+	case o.videoFile != "" && o.videoExec != "":
+		return nil, errors.New("give --video-file or --video-exec, not both")
+	case o.videoFile != "":
+		src, err := camera.NewFileSource(camera.FileConfig{Path: o.videoFile, Logger: log})
+		if err != nil {
+			return nil, fmt.Errorf("--video-file: %w", err)
+		}
+		return src, nil
+	case o.videoExec != "":
+		src, err := camera.NewExecSource(camera.ExecConfig{Argv: strings.Fields(o.videoExec), Logger: log})
+		if err != nil {
+			return nil, fmt.Errorf("--video-exec: %w", err)
+		}
+		return src, nil
 	}
-	log.Info("camagent starting", "version", buildinfo.Version(), "state", *dir)
-	return a.Run(ctx)
+	return nil, nil
 }
 
 // videoICEServers makes the --video-ice-server flags into ICE servers, one per URL, each TURN
@@ -249,4 +270,13 @@ func newLogger(w io.Writer, level, format string, guard *egress.Guard) (*slog.Lo
 		return nil, fmt.Errorf("--log-format %q: want text or json", format)
 	}
 	return slog.New(egress.NewRedactingHandler(h, guard)), nil
+}
+
+// telemetryInterval maps --telemetry-interval to agent.Config: 0 there means the default, so
+// "never" is negative.
+func telemetryInterval(d time.Duration) time.Duration {
+	if d <= 0 {
+		return -1
+	}
+	return d
 }

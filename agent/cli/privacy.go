@@ -5,6 +5,8 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	iofs "io/fs"
+	"strings"
 
 	"github.com/camagent/camagent/agent"
 	"github.com/camagent/camagent/agent/privacy/onboard"
@@ -21,12 +23,20 @@ func onboardCmd(args []string, stdin io.Reader, stdout, stderr io.Writer) error 
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
+	if fs.NArg() > 0 {
+		// Not quoted: it may be the payload itself, passphrase included.
+		return errors.New("onboard: unexpected argument: the payload is read from --file F or from standard input (--file -), never from an argument")
+	}
 	var s onboard.Setup
 	var err error
-	switch *file {
-	case "":
+	switch {
+	case *file == "":
 		return errors.New("onboard: --file is required (a file, or - for standard input)")
-	case "-":
+	case looksLikePayload(*file):
+		// The QR text pasted where a file name belongs: not quoted, since it holds the
+		// passphrase, and an error may end up in a log or a support bundle.
+		return errors.New("onboard: --file takes the name of a file holding the payload, not the payload itself; pipe the payload in with --file - instead")
+	case *file == "-":
 		b, rerr := io.ReadAll(io.LimitReader(stdin, onboard.MaxPayload+1))
 		if rerr != nil {
 			return fmt.Errorf("onboard: standard input: %w", rerr)
@@ -34,6 +44,10 @@ func onboardCmd(args []string, stdin io.Reader, stdout, stderr io.Writer) error 
 		s, err = onboard.Parse(b)
 	default:
 		s, err = onboard.ReadFile(*file)
+		if pe := (*iofs.PathError)(nil); errors.As(err, &pe) {
+			// Without the name given, which need not be a file name at all (see above).
+			return fmt.Errorf("onboard: --file: %s: %w", pe.Op, pe.Err)
+		}
 	}
 	if err != nil {
 		return err
@@ -43,7 +57,15 @@ func onboardCmd(args []string, stdin io.Reader, stdout, stderr io.Writer) error 
 	}
 	// Setup's String leaves out the network name, passphrase and nickname.
 	fmt.Fprintf(stdout, "onboarded: %v (sealed in %s; only the claim token will be sent to the cloud)\n", s, *dir)
+	fmt.Fprintln(stdout, "onboard: a running agent takes the new settings at its next connect, or at once when reloaded (systemctl reload camagent)")
 	return nil
+}
+
+// looksLikePayload reports whether a --file value is a setup payload (or a Wi-Fi QR text)
+// rather than a file name.
+func looksLikePayload(v string) bool {
+	u := strings.ToUpper(v)
+	return strings.Contains(u, onboard.Prefix) || strings.HasPrefix(u, "WIFI:")
 }
 
 // resetCmd is the factory reset.

@@ -1,0 +1,196 @@
+package cli
+
+import (
+	"bufio"
+	"bytes"
+	"flag"
+	"fmt"
+	"io"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"github.com/camagent/camagent/device/gpio"
+	"github.com/camagent/camagent/internal/cappedfile"
+)
+
+// runOptions are the settings of `camagent run`, from its flags and the configuration file.
+// `camagent selftest` takes the same ones.
+type runOptions struct {
+	config      string
+	state       string
+	broker      string
+	logLevel    string
+	logFormat   string
+	videoFile   string
+	videoExec   string
+	maxViewers  int
+	telemetry   time.Duration
+	loopback    bool
+	iceURLs     []string
+	iceUser     string
+	iceCredFile string
+	relayOnly   bool
+	crashAfter  string
+	pins        gpio.Names
+}
+
+// runFlags defines the flags of `camagent run` on fs, writing into o. Every flag but --config
+// is also a key of the configuration file.
+func runFlags(fs *flag.FlagSet, o *runOptions) {
+	fs.StringVar(&o.config, "config", "", "read settings from this file of \"key = value\" lines, the keys being these flags' names (see /etc/camagent/camagent.conf); flags on the command line override it; SIGHUP re-reads it")
+	fs.StringVar(&o.state, "state", defaultStateDir, "state directory (0700)")
+	fs.StringVar(&o.broker, "broker", "", "broker URL (mqtts://host:port); default: the bundle's")
+	fs.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn, error")
+	fs.StringVar(&o.logFormat, "log-format", "text", "log format: text or json")
+	fs.StringVar(&o.videoFile, "video-file", "", "serve live video from this H.264 Annex B file, looped in real time (constrained baseline for browsers)")
+	fs.StringVar(&o.videoExec, "video-exec", "", "serve live video from this command's H.264 Annex B standard output, e.g. \"rpicam-vid -t 0 --inline --codec h264 --profile baseline -o -\" (split on spaces; no shell)")
+	fs.IntVar(&o.maxViewers, "max-viewers", 0, "live viewers at most (0: the default, 16)")
+	fs.DurationVar(&o.telemetry, "telemetry-interval", 5*time.Minute, "how often to publish telemetry while connected (one report at each connect too); 0: never")
+	fs.BoolVar(&o.loopback, "video-loopback", false, "offer ICE candidates on 127.0.0.1 only (a demo or test on one machine)")
+	fs.Func("video-ice-server", "a STUN or TURN server the camera uses for every viewer, besides those a viewer's offer brings: stun:HOST:PORT, turn:HOST:PORT?transport=udp (or tcp), turns:HOST:PORT; repeat for more, at most 4. TURN servers take --video-ice-user and --video-ice-credential-file; no credentials in the URL", func(u string) error {
+		o.iceURLs = append(o.iceURLs, u)
+		return nil
+	})
+	fs.StringVar(&o.iceUser, "video-ice-user", "", "TURN username for every turn: and turns: --video-ice-server")
+	fs.StringVar(&o.iceCredFile, "video-ice-credential-file", "", "file holding the TURN credential for every turn: and turns: --video-ice-server, on its first line; not readable by others (a credential on the command line would be visible to every local user). Never logged")
+	fs.BoolVar(&o.relayOnly, "video-relay-only", false, "relay every viewer's video through a TURN server (ICE transport policy relay): the camera offers no address of its own; an offer is refused when neither --video-ice-server nor the offer names a TURN server")
+	fs.StringVar(&o.crashAfter, "crash-after", "", "fault injection for crash tests: SIGKILL this process right after the named rotation step (pending, requested, issued, switched, confirmed, committed, wiped)")
+	fs.StringVar(&o.pins.LED, "led-pin", "", "status LED pin, by the GPIO driver's name (GPIO17 on a Raspberry Pi: the BCM number); lit when high; empty: no LED")
+	fs.StringVar(&o.pins.Button, "button-pin", "", "reset button pin, to ground with the internal pull-up: a short press logs the status, held 10 s it resets the device to factory state; empty: no button")
+	fs.StringVar(&o.pins.Privacy, "privacy-pin", "", "privacy switch pin, to ground with the internal pull-up: privacy is on (camera off) while the switch is open or disconnected; empty: no switch")
+}
+
+// configFileKey reports whether flag name may be set from the configuration file.
+func configFileKey(name string) bool { return name != "config" }
+
+// maxConfigSize caps the configuration file.
+const maxConfigSize = 64 << 10
+
+// configEntry is one "key = value" line of a configuration file.
+type configEntry struct {
+	Key, Value string
+	Line       int
+}
+
+// ConfigError is a configuration file problem, naming the file and line.
+type ConfigError struct {
+	File string
+	Line int // 0: the file as a whole
+	Err  error
+}
+
+func (e *ConfigError) Error() string {
+	if e.Line == 0 {
+		return fmt.Sprintf("%s: %v", e.File, e.Err)
+	}
+	return fmt.Sprintf("%s:%d: %v", e.File, e.Line, e.Err)
+}
+
+func (e *ConfigError) Unwrap() error { return e.Err }
+
+// parseConfig parses a configuration file (packaging/camagent.conf documents the format):
+// "key = value" lines, the value being the rest of the line after the first "=" with the
+// spaces around it removed; empty lines and lines starting with "#" are skipped. A key that
+// known rejects, a line without "=", a repeated key and a line that is not UTF-8 or holds a
+// control character are errors naming the line. name is the file's name for errors.
+func parseConfig(b []byte, name string, known func(key string) bool) ([]configEntry, error) {
+	if len(b) > maxConfigSize {
+		return nil, &ConfigError{File: name, Err: fmt.Errorf("over %d bytes", maxConfigSize)}
+	}
+	var entries []configEntry
+	seen := map[string]int{}
+	sc := bufio.NewScanner(bytes.NewReader(b))
+	sc.Buffer(make([]byte, 0, 4096), maxConfigSize+1)
+	for n := 1; sc.Scan(); n++ {
+		raw := strings.TrimSuffix(sc.Text(), "\r")
+		bad := func(format string, args ...any) error {
+			return &ConfigError{File: name, Line: n, Err: fmt.Errorf(format, args...)}
+		}
+		if !utf8.ValidString(raw) {
+			return nil, bad("not UTF-8")
+		}
+		if strings.ContainsFunc(raw, func(r rune) bool { return r < 0x20 && r != '\t' || r == 0x7f }) {
+			return nil, bad("control character")
+		}
+		line := strings.TrimSpace(raw)
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		k, v, ok := strings.Cut(line, "=")
+		if !ok {
+			return nil, bad("want \"key = value\", got %q", line)
+		}
+		k, v = strings.TrimSpace(k), strings.TrimSpace(v)
+		switch {
+		case k == "":
+			return nil, bad("no key before \"=\"")
+		case !known(k):
+			return nil, bad("unknown key %q", k)
+		}
+		if first, dup := seen[k]; dup {
+			return nil, bad("key %q given twice (first on line %d)", k, first)
+		}
+		seen[k] = n
+		entries = append(entries, configEntry{Key: k, Value: v, Line: n})
+	}
+	if err := sc.Err(); err != nil {
+		return nil, &ConfigError{File: name, Err: err}
+	}
+	return entries, nil
+}
+
+// applyConfigFile reads the configuration file at path and sets, on fs, every flag it gives a
+// non-empty value that the command line did not set. keys are the flags the file may set.
+func applyConfigFile(fs *flag.FlagSet, path string, keys map[string]bool) error {
+	b, err := cappedfile.Read(path, maxConfigSize)
+	if err != nil {
+		return &ConfigError{File: path, Err: err}
+	}
+	entries, err := parseConfig(b, path, func(k string) bool { return keys[k] })
+	if err != nil {
+		return err
+	}
+	onCommandLine := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { onCommandLine[f.Name] = true })
+	for _, e := range entries {
+		if e.Value == "" || onCommandLine[e.Key] {
+			continue // the default, or overridden
+		}
+		if err := fs.Set(e.Key, e.Value); err != nil {
+			return &ConfigError{File: path, Line: e.Line, Err: fmt.Errorf("%s: %w", e.Key, err)}
+		}
+	}
+	return nil
+}
+
+// parseRunArgs parses the arguments of `camagent run` (or of a command taking the same
+// settings: extra defines its own flags on the same set), then the configuration file named
+// by --config. The file may set only run's flags.
+func parseRunArgs(name string, args []string, stderr io.Writer, extra func(*flag.FlagSet)) (*runOptions, error) {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	o := &runOptions{}
+	runFlags(fs, o)
+	keys := map[string]bool{}
+	fs.VisitAll(func(f *flag.Flag) {
+		if configFileKey(f.Name) {
+			keys[f.Name] = true
+		}
+	})
+	if extra != nil {
+		extra(fs)
+	}
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("%s: unexpected argument %q", name, fs.Arg(0))
+	}
+	if o.config != "" {
+		if err := applyConfigFile(fs, o.config, keys); err != nil {
+			return nil, err
+		}
+	}
+	return o, nil
+}

@@ -1,0 +1,197 @@
+package cli
+
+import (
+	"errors"
+	"flag"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// runKeys returns the flags of `camagent run` the configuration file may set.
+func runKeys(t *testing.T) map[string]bool {
+	t.Helper()
+	fs := flag.NewFlagSet("run", flag.ContinueOnError)
+	runFlags(fs, &runOptions{})
+	keys := map[string]bool{}
+	fs.VisitAll(func(f *flag.Flag) {
+		if configFileKey(f.Name) {
+			keys[f.Name] = true
+		}
+	})
+	return keys
+}
+
+func TestTheShippedConfigFileParsesWithEveryKeyKnown(t *testing.T) {
+	path := filepath.Join("..", "..", "packaging", "camagent.conf")
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keys := runKeys(t)
+	if _, err := parseConfig(b, path, func(k string) bool { return keys[k] }); err != nil {
+		t.Fatalf("the shipped file does not parse: %v", err)
+	}
+	// Every key it documents, commented out, is one of run's flags: uncomment them all.
+	var documented []string
+	var lines []string
+	for _, l := range strings.Split(string(b), "\n") {
+		if k, _, ok := strings.Cut(strings.TrimPrefix(l, "# "), " ="); ok && strings.HasPrefix(l, "# ") && !strings.Contains(k, " ") {
+			documented = append(documented, k)
+			lines = append(lines, strings.TrimPrefix(l, "# "))
+		}
+	}
+	if len(documented) < 10 {
+		t.Fatalf("found only %d documented keys: %v", len(documented), documented)
+	}
+	entries, err := parseConfig([]byte(strings.Join(lines, "\n")), path, func(k string) bool { return keys[k] })
+	if err != nil {
+		t.Fatalf("the documented keys, uncommented: %v", err)
+	}
+	if len(entries) != len(documented) {
+		t.Fatalf("parsed %d entries from %d documented keys", len(entries), len(documented))
+	}
+	// And the documented values are accepted by the flags (the file's defaults are valid).
+	dir := t.TempDir()
+	conf := filepath.Join(dir, "all.conf")
+	if err := os.WriteFile(conf, []byte(strings.Join(lines, "\n")), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	o, err := parseRunArgs("camagent run", []string{"--config", conf}, io.Discard, nil)
+	if err != nil {
+		t.Fatalf("the documented values are refused: %v", err)
+	}
+	if o.state != "/var/lib/camagent" || !strings.HasPrefix(o.videoExec, "rpicam-vid ") || o.logLevel != "info" {
+		t.Errorf("parsed %+v", o)
+	}
+}
+
+func TestConfigFileErrorsNameTheLine(t *testing.T) {
+	known := func(k string) bool { return k == "state" || k == "broker" }
+	for _, tt := range []struct {
+		name, text string
+		line       int
+		says       string
+	}{
+		{"an unknown key", "# c\nstate = /x\nbrokr = mqtts://b:8883\n", 3, `unknown key "brokr"`},
+		{"a line without =", "\n\nstate /x\n", 3, `want "key = value"`},
+		{"a repeated key", "state = /a\n# again\nstate = /b\n", 3, `given twice (first on line 1)`},
+		{"an empty key", "= /a\n", 1, "no key"},
+		{"a control character", "state = /a\x00b\n", 1, "control character"},
+		{"a line that is not UTF-8", "broker = \xff\n", 1, "not UTF-8"},
+		{"the config key itself", "config = /etc/other.conf\n", 1, `unknown key "config"`},
+	} {
+		t.Run("refuses "+tt.name, func(t *testing.T) {
+			_, err := parseConfig([]byte(tt.text), "test.conf", known)
+			var ce *ConfigError
+			if !errors.As(err, &ce) {
+				t.Fatalf("err = %v, want a *ConfigError", err)
+			}
+			if ce.Line != tt.line || !strings.HasPrefix(err.Error(), "test.conf:") || !strings.Contains(err.Error(), tt.says) {
+				t.Fatalf("err = %q, want line %d saying %q", err, tt.line, tt.says)
+			}
+		})
+	}
+	t.Run("reads comments, blank lines, spaces and values with = and spaces", func(t *testing.T) {
+		got, err := parseConfig([]byte("# comment\n\n   # indented comment\r\n  state\t=  /var/lib/my cam  \r\nbroker=mqtts://h:1?a=b\nstate2 =\n"), "t.conf",
+			func(k string) bool { return k == "state" || k == "broker" || k == "state2" })
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := []configEntry{{"state", "/var/lib/my cam", 4}, {"broker", "mqtts://h:1?a=b", 5}, {"state2", "", 6}}
+		if len(got) != len(want) {
+			t.Fatalf("got %v", got)
+		}
+		for i := range want {
+			if got[i] != want[i] {
+				t.Errorf("entry %d = %+v, want %+v", i, got[i], want[i])
+			}
+		}
+	})
+}
+
+func TestCommandLineFlagsOverrideTheConfigFile(t *testing.T) {
+	dir := t.TempDir()
+	conf := filepath.Join(dir, "camagent.conf")
+	if err := os.WriteFile(conf, []byte("state = /from/file\nbroker = mqtts://file:8883\nlog-level = debug\nmax-viewers = 3\nled-pin = GPIO17\nvideo-loopback = true\nvideo-file =\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	o, err := parseRunArgs("camagent run", []string{"--config", conf, "--broker", "mqtts://flag:8883"}, io.Discard, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o.state != "/from/file" || o.broker != "mqtts://flag:8883" || o.logLevel != "debug" || o.maxViewers != 3 ||
+		o.pins.LED != "GPIO17" || !o.loopback || o.videoFile != "" || o.logFormat != "text" {
+		t.Fatalf("options = %+v", o)
+	}
+
+	t.Run("a bad value names the line", func(t *testing.T) {
+		bad := filepath.Join(dir, "bad.conf")
+		os.WriteFile(bad, []byte("# x\nmax-viewers = many\n"), 0o600)
+		_, err := parseRunArgs("camagent run", []string{"--config", bad}, io.Discard, nil)
+		if err == nil || !strings.Contains(err.Error(), bad+":2: max-viewers") {
+			t.Fatalf("err = %v", err)
+		}
+	})
+	t.Run("a missing file is an error naming it", func(t *testing.T) {
+		_, err := parseRunArgs("camagent run", []string{"--config", filepath.Join(dir, "none.conf")}, io.Discard, nil)
+		if err == nil || !strings.Contains(err.Error(), "none.conf") {
+			t.Fatalf("err = %v", err)
+		}
+	})
+	t.Run("selftest's own flags are not config keys", func(t *testing.T) {
+		st := filepath.Join(dir, "st.conf")
+		os.WriteFile(st, []byte("timeout = 5s\n"), 0o600)
+		_, err := parseRunArgs("camagent selftest", []string{"--config", st}, io.Discard, func(fs *flag.FlagSet) { fs.Duration("timeout", 0, "") })
+		if err == nil || !strings.Contains(err.Error(), `st.conf:1: unknown key "timeout"`) {
+			t.Fatalf("err = %v", err)
+		}
+	})
+}
+
+// FuzzParseConfig feeds arbitrary files to the configuration parser: it never panics, and what
+// it accepts is well formed: known keys, each once, values without control characters or
+// surrounding spaces, on increasing lines.
+func FuzzParseConfig(f *testing.F) {
+	if b, err := os.ReadFile(filepath.Join("..", "..", "packaging", "camagent.conf")); err == nil {
+		f.Add(b)
+	}
+	f.Add([]byte("state = /var/lib/camagent\nbroker = mqtts://broker.example:8883\n"))
+	f.Add([]byte("# comment\n\nled-pin=GPIO17\r\nvideo-exec = rpicam-vid -t 0 -o -\n"))
+	f.Add([]byte("state\n"))
+	f.Add([]byte("state = a\nstate = b\n"))
+	keys := map[string]bool{}
+	fs := flag.NewFlagSet("run", flag.ContinueOnError)
+	runFlags(fs, &runOptions{})
+	fs.VisitAll(func(fl *flag.Flag) { keys[fl.Name] = configFileKey(fl.Name) })
+	f.Fuzz(func(t *testing.T, b []byte) {
+		entries, err := parseConfig(b, "fuzz.conf", func(k string) bool { return keys[k] })
+		if err != nil {
+			var ce *ConfigError
+			if !errors.As(err, &ce) || !strings.HasPrefix(err.Error(), "fuzz.conf") {
+				t.Fatalf("error %q is not a *ConfigError naming the file", err)
+			}
+			return
+		}
+		if len(b) > maxConfigSize {
+			t.Fatalf("accepted %d bytes", len(b))
+		}
+		seen := map[string]bool{}
+		last := 0
+		for _, e := range entries {
+			if !keys[e.Key] || seen[e.Key] {
+				t.Fatalf("accepted key %q (known %v, seen %v)", e.Key, keys[e.Key], seen[e.Key])
+			}
+			seen[e.Key] = true
+			if e.Line <= last {
+				t.Fatalf("line %d after line %d", e.Line, last)
+			}
+			last = e.Line
+			if strings.TrimSpace(e.Value) != e.Value || strings.ContainsFunc(e.Value, func(r rune) bool { return r < 0x20 && r != '\t' }) {
+				t.Fatalf("accepted value %q", e.Value)
+			}
+		}
+	})
+}

@@ -1,0 +1,285 @@
+package cli
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"periph.io/x/conn/v3/gpio"
+	"periph.io/x/conn/v3/gpio/gpiotest"
+
+	"github.com/camagent/camagent/certs"
+	boardid "github.com/camagent/camagent/device/board"
+	camgpio "github.com/camagent/camagent/device/gpio"
+	"github.com/camagent/camagent/transport/mqtt/mqtttest"
+)
+
+// clip is a constrained baseline 320x240 H.264 test clip.
+var clip = filepath.Join("..", "..", "device", "camera", "testdata", "clip.h264")
+
+// selftestRun runs `camagent selftest args` with the system's clock synchronisation answer
+// replaced by ntp, and returns its report (from --json) and error.
+func selftestRun(t *testing.T, ntp ntpState, tune func(*selfTest), args ...string) (selftestReport, string, error) {
+	t.Helper()
+	var out, errb bytes.Buffer
+	err := runSelftest(context.Background(), append([]string{"--json"}, args...), &out, &errb, func(st *selfTest) {
+		st.ntp = func(context.Context) ntpState { return ntp }
+		st.ident = func() (boardid.Identity, error) {
+			return boardid.Identity{Model: "Raspberry Pi 4 Model B Rev 1.4", Serial: "10000000a1b2c3d4", Source: boardid.SourceDeviceTree}, nil
+		}
+		if tune != nil {
+			tune(st)
+		}
+	})
+	var rep selftestReport
+	if jerr := json.Unmarshal(out.Bytes(), &rep); jerr != nil {
+		t.Fatalf("--json output does not parse: %v\n%s", jerr, out.String())
+	}
+	return rep, errb.String(), err
+}
+
+// pkiSince makes a test fleet CA valid from since, so devices can be enrolled in the past.
+func pkiSince(t *testing.T, since time.Time) *mqtttest.PKI {
+	t.Helper()
+	ca, err := certs.NewCA("selftest fleet CA", since, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	caPEM := certs.EncodeCertPEM(ca.Cert)
+	pool, err := certs.NewPool(caPEM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &mqtttest.PKI{CA: ca, CAPEM: caPEM, Pool: pool}
+}
+
+// results returns each check's result and the report's details by check name.
+func results(rep selftestReport) (map[string]string, map[string]string) {
+	res, det := map[string]string{}, map[string]string{}
+	for _, c := range rep.Checks {
+		res[c.Check], det[c.Check] = c.Result, c.Detail
+	}
+	return res, det
+}
+
+var synced = ntpState{known: true, synced: true, source: "timedatectl"}
+
+func TestSelftestPassesOnAHealthyDevice(t *testing.T) {
+	pki := mqtttest.NewPKI(t)
+	b := mqtttest.StartEmbedded(t, pki)
+	dir := enrollDevice(t, pki, "", "cam-0001", b.URL(), time.Now(), 0)
+
+	rep, _, err := selftestRun(t, synced, nil, "--state", dir, "--video-file", clip, "--timeout", "10s")
+	if err != nil {
+		t.Fatalf("selftest failed: %v\n%+v", err, rep)
+	}
+	res, det := results(rep)
+	for _, c := range []string{"board", "clock", "credentials", "broker", "camera", "storage"} {
+		if res[c] != resultPass {
+			t.Errorf("%s: %s (%s)", c, res[c], det[c])
+		}
+	}
+	if !rep.OK || len(rep.Checks) != 6 {
+		t.Errorf("report: %+v", rep)
+	}
+	if !strings.Contains(det["camera"], "320x240") || !strings.Contains(det["camera"], "Constrained Baseline") {
+		t.Errorf("camera detail: %s", det["camera"])
+	}
+	if !strings.Contains(det["credentials"], "cam-0001") || !strings.Contains(det["credentials"], "days left") {
+		t.Errorf("credentials detail: %s", det["credentials"])
+	}
+	if !strings.Contains(det["broker"], "connected over mTLS") {
+		t.Errorf("broker detail: %s", det["broker"])
+	}
+
+	t.Run("a clock nobody vouches for warns without failing", func(t *testing.T) {
+		rep, _, err := selftestRun(t, ntpState{}, nil, "--state", dir)
+		res, det := results(rep)
+		if err != nil || !rep.OK || res["clock"] != resultWarn || !strings.Contains(det["clock"], "cannot tell") {
+			t.Fatalf("err = %v, clock %s (%s)", err, res["clock"], det["clock"])
+		}
+		if res["camera"] != resultSkip {
+			t.Errorf("camera without a source: %s (%s)", res["camera"], det["camera"])
+		}
+	})
+	t.Run("an unsynchronised clock fails", func(t *testing.T) {
+		rep, _, err := selftestRun(t, ntpState{known: true, source: "timedatectl"}, nil, "--state", dir)
+		if res, _ := results(rep); res["clock"] != resultFail || err == nil || !strings.Contains(err.Error(), "clock") {
+			t.Fatalf("err = %v, clock %s", err, res["clock"])
+		}
+	})
+	t.Run("a clock before the certificate fails", func(t *testing.T) {
+		rep, _, err := selftestRun(t, synced, func(st *selfTest) {
+			st.now = func() time.Time { return time.Date(1970, 1, 1, 0, 0, 0, 0, time.UTC) }
+		}, "--state", dir)
+		res, det := results(rep)
+		if res["clock"] != resultFail || !strings.Contains(det["clock"], "before") || err == nil {
+			t.Fatalf("err = %v, clock %s (%s)", err, res["clock"], det["clock"])
+		}
+	})
+	t.Run("the table has a row per check", func(t *testing.T) {
+		var out bytes.Buffer
+		err := runSelftest(context.Background(), []string{"--state", dir}, &out, &bytes.Buffer{}, func(st *selfTest) {
+			st.ntp = func(context.Context) ntpState { return synced }
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		lines := strings.Split(strings.TrimSpace(out.String()), "\n")
+		if len(lines) != 7 || !strings.HasPrefix(lines[0], "CHECK") || !strings.Contains(lines[0], "RESULT") || !strings.Contains(lines[0], "DETAIL") {
+			t.Fatalf("table:\n%s", out.String())
+		}
+		if !strings.Contains(out.String(), "broker       PASS") {
+			t.Errorf("table:\n%s", out.String())
+		}
+	})
+}
+
+func TestSelftestFailsNamingTheBrokerWhenItIsDown(t *testing.T) {
+	pki := mqtttest.NewPKI(t)
+	dir := enrollDevice(t, pki, "", "cam-0001", closedBroker(t), time.Now(), 0)
+	rep, _, err := selftestRun(t, synced, nil, "--state", dir, "--timeout", "5s")
+	res, det := results(rep)
+	if err == nil || !strings.Contains(err.Error(), "broker") || rep.OK {
+		t.Fatalf("err = %v, ok = %v", err, rep.OK)
+	}
+	if res["broker"] != resultFail || !strings.HasPrefix(strings.SplitN(det["broker"], ": ", 2)[1], "refused") {
+		t.Fatalf("broker: %s (%s)", res["broker"], det["broker"])
+	}
+	if res["credentials"] != resultPass {
+		t.Errorf("credentials: %s (%s)", res["credentials"], det["credentials"])
+	}
+}
+
+func TestSelftestFailsNamingTheCredentialsWhenTheCertificateExpired(t *testing.T) {
+	pki := pkiSince(t, time.Now().Add(-24*time.Hour))
+	b := mqtttest.StartEmbedded(t, pki)
+	dir := enrollDevice(t, pki, "", "cam-0001", b.URL(), time.Now().Add(-3*time.Hour), time.Hour)
+	rep, _, err := selftestRun(t, synced, nil, "--state", dir)
+	res, det := results(rep)
+	if err == nil || !strings.Contains(err.Error(), "credentials") {
+		t.Fatalf("err = %v", err)
+	}
+	if res["credentials"] != resultFail || !strings.Contains(det["credentials"], "expired") {
+		t.Fatalf("credentials: %s (%s)", res["credentials"], det["credentials"])
+	}
+	if res["broker"] != resultFail || !strings.Contains(det["broker"], "certificate") {
+		t.Errorf("broker: %s (%s)", res["broker"], det["broker"])
+	}
+
+	t.Run("and a certificate about to expire fails too", func(t *testing.T) {
+		dir := enrollDevice(t, pki, "", "cam-0002", b.URL(), time.Now().Add(-time.Hour), 48*time.Hour)
+		rep, _, _ := selftestRun(t, synced, nil, "--state", dir)
+		if res, det := results(rep); res["credentials"] != resultFail || !strings.Contains(det["credentials"], "under 3 days") {
+			t.Fatalf("credentials: %s (%s)", res["credentials"], det["credentials"])
+		}
+	})
+	t.Run("and a device not enrolled fails", func(t *testing.T) {
+		rep, _, _ := selftestRun(t, synced, nil, "--state", t.TempDir())
+		if res, det := results(rep); res["credentials"] != resultFail || !strings.Contains(det["credentials"], "not enrolled") || res["broker"] != resultFail {
+			t.Fatalf("credentials: %s (%s)", res["credentials"], det["credentials"])
+		}
+	})
+}
+
+func TestSelftestCameraNeedsAnSPSAndAKeyframe(t *testing.T) {
+	dir := t.TempDir()
+	t.Run("an encoder that writes nothing fails", func(t *testing.T) {
+		rep, _, _ := selftestRun(t, synced, nil, "--state", dir, "--video-exec", "sleep 30", "--timeout", "500ms")
+		if res, det := results(rep); res["camera"] != resultFail || !strings.Contains(det["camera"], "no SPS") {
+			t.Fatalf("camera: %s (%s)", res["camera"], det["camera"])
+		}
+	})
+	t.Run("an encoder that fails says what it said", func(t *testing.T) {
+		rep, _, _ := selftestRun(t, synced, nil, "--state", dir, "--video-exec", "sh -c echo_camera_busy>&2", "--timeout", "2s")
+		if res, det := results(rep); res["camera"] != resultFail || !strings.Contains(det["camera"], "last log") {
+			t.Fatalf("camera: %s (%s)", res["camera"], det["camera"])
+		}
+	})
+	t.Run("an encoder streaming the clip passes", func(t *testing.T) {
+		rep, _, _ := selftestRun(t, synced, nil, "--state", dir, "--video-exec", "cat "+clip)
+		if res, det := results(rep); res["camera"] != resultPass || !strings.Contains(det["camera"], "video-exec cat") {
+			t.Fatalf("camera: %s (%s)", res["camera"], det["camera"])
+		}
+	})
+}
+
+// With --interactive the LED blinks and a press of the button passes; no press fails.
+func TestSelftestInteractiveWaitsForTheButton(t *testing.T) {
+	dir := t.TempDir()
+	t.Run("a press passes", func(t *testing.T) {
+		led, btn := &gpiotest.Pin{N: "GPIO17"}, newPin("GPIO27")
+		clk := newAfterClock()
+		prompt := newLogBuf()
+		done := make(chan struct{})
+		var rep selftestReport
+		go func() {
+			defer close(done)
+			rep, _, _ = selftestRun(t, synced, func(st *selfTest) {
+				st.pins = &camgpio.Pins{LED: led, Button: btn}
+				st.clk = clk
+				st.prompt = prompt
+			}, "--state", dir, "--interactive")
+		}()
+		// The button's pin is set up (which drops pending edges) before the prompt.
+		prompt.waitFor(t, "press the reset button (GPIO27)")
+		press := func(l gpio.Level) {
+			select {
+			case btn.EdgesChan <- l:
+			case <-time.After(waitLimit):
+				t.Fatal("the self-test does not watch the button")
+			}
+			clk.fire(t, 50*time.Millisecond) // debounced
+		}
+		press(gpio.Low)
+		clk.waitTimer(t, 10*time.Second-50*time.Millisecond) // the press counts: the long press is timed
+		press(gpio.High)
+		<-done
+		if res, det := results(rep); res["led+button"] != resultPass || !strings.Contains(det["led+button"], "GPIO27") {
+			t.Fatalf("led+button: %s (%s)", res["led+button"], det["led+button"])
+		}
+	})
+	t.Run("no press fails", func(t *testing.T) {
+		rep, prompt, err := selftestRun(t, synced, func(st *selfTest) {
+			st.pins = &camgpio.Pins{LED: &gpiotest.Pin{N: "GPIO17"}, Button: newPin("GPIO27")}
+		}, "--state", dir, "--interactive", "--press-timeout", "50ms")
+		if res, _ := results(rep); res["led+button"] != resultFail || err == nil || !strings.Contains(err.Error(), "led+button") {
+			t.Fatalf("err = %v, led+button %s", err, res["led+button"])
+		}
+		if !strings.Contains(prompt, "press the reset button (GPIO27)") {
+			t.Errorf("prompt: %q", prompt)
+		}
+	})
+	t.Run("no pins fail", func(t *testing.T) {
+		rep, _, _ := selftestRun(t, synced, func(st *selfTest) { st.pins = &camgpio.Pins{NoGPIO: "no GPIO on this machine"} }, "--state", dir, "--interactive")
+		if res, det := results(rep); res["led+button"] != resultFail || !strings.Contains(det["led+button"], "no GPIO") {
+			t.Fatalf("led+button: %s (%s)", res["led+button"], det["led+button"])
+		}
+	})
+}
+
+func TestClassifyConnectError(t *testing.T) {
+	for _, tt := range []struct {
+		err  error
+		want string
+	}{
+		{errors.New("dial tcp 127.0.0.1:1: connect: connection refused"), "refused"},
+		{errors.New("dial tcp: lookup nope.invalid: no such host"), "dns"},
+		{errors.New("tls: failed to verify certificate: x509: certificate signed by unknown authority"), "tls"},
+		{errors.New("remote error: tls: expired certificate"), "certificate"},
+		{errors.New("remote error: tls: bad certificate"), "certificate"},
+		{errors.New("not Authorized"), "certificate"},
+		{errors.New("dial tcp 10.0.0.1:8883: i/o timeout"), "timeout"},
+		{errors.New("tls: handshake failure"), "tls"},
+		{errors.New("EOF"), "error"},
+	} {
+		if got := classifyConnectError(tt.err); !strings.HasPrefix(got, tt.want+":") {
+			t.Errorf("%q: %q, want class %s", tt.err, got, tt.want)
+		}
+	}
+}

@@ -1,0 +1,84 @@
+package agent
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io/fs"
+	"path/filepath"
+	"time"
+
+	"github.com/camagent/camagent/agent/state"
+	"github.com/camagent/camagent/certs"
+	"github.com/camagent/camagent/internal/cappedfile"
+	"github.com/camagent/camagent/internal/strictjson"
+)
+
+// Credentials are the device's identity as its state directory holds it: what `camagent
+// selftest` checks and connects with.
+type Credentials struct {
+	// DeviceID is the device's id.
+	DeviceID string
+	// Broker is the enrollment bundle's broker URL.
+	Broker string
+	// Pool holds the pinned fleet CA.
+	Pool *x509.CertPool
+	// Cert is the certificate the agent presents to the broker, with its private key: the
+	// active generation's, or the next one's when a rotation has it issued but not committed.
+	Cert *tls.Certificate
+	// Generation is Cert's credential generation; 0 is the enrollment key and bundle.
+	Generation uint64
+	// TimeFloor is the persisted time floor (R5); zero when none was persisted.
+	TimeFloor time.Time
+}
+
+// ReadCredentials reads the device's credentials from dir without changing anything in it:
+// unlike New it neither quarantines a corrupt state file nor wipes stale generations, so it is
+// safe while an agent runs on the same directory. A device without a bundle reports
+// ErrNotEnrolled.
+func ReadCredentials(dir string) (*Credentials, error) {
+	id, err := loadIdentity(dir)
+	if err != nil {
+		return nil, err
+	}
+	var st state.State
+	b, err := cappedfile.Read(filepath.Join(dir, StateFile), state.MaxFileSize)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+	case err != nil:
+		return nil, fmt.Errorf("agent: %w", err)
+	default:
+		if err := strictjson.Unmarshal(b, &st); err != nil {
+			return nil, fmt.Errorf("agent: %s is corrupt (the agent quarantines it and recovers at its next start): %w", StateFile, err)
+		}
+	}
+	gen := st.Cred.Active
+	c, err := loadGeneration(dir, gen, id.bundle.Cert)
+	if err != nil {
+		return nil, fmt.Errorf("agent: active credential (generation %d): %w", gen, err)
+	}
+	if st.Cred.Phase == state.PhaseIssued {
+		if next, err := loadGeneration(dir, st.Cred.Next, nil); err == nil && next.cert != nil {
+			c, gen = next, st.Cred.Next
+		}
+	}
+	if c.cert == nil {
+		return nil, fmt.Errorf("agent: generation %d has no certificate", gen)
+	}
+	tc, err := certs.TLSCertificate(c.cert, c.key)
+	if err != nil {
+		return nil, fmt.Errorf("agent: %w", err)
+	}
+	cr := &Credentials{
+		DeviceID:   id.bundle.Bundle.DeviceID,
+		Broker:     id.bundle.Bundle.Broker,
+		Pool:       id.bundle.Pool,
+		Cert:       tc,
+		Generation: gen,
+	}
+	if st.TimeFloor > 0 {
+		cr.TimeFloor = time.Unix(st.TimeFloor, 0)
+	}
+	return cr, nil
+}
