@@ -3,10 +3,9 @@ package certs
 import (
 	"encoding/json"
 	"flag"
-	"fmt"
-	"os"
-	"path/filepath"
 	"testing"
+
+	"github.com/camagent/camagent/internal/fuzzseed"
 )
 
 var update = flag.Bool("update", false, "rewrite the fuzz seed corpora under testdata/fuzz")
@@ -33,21 +32,9 @@ func TestSeedCorpus(t *testing.T) {
 		"FuzzOpenKeySet":  {ks},
 		"FuzzParseCSR":    {csr},
 	}
+	corpora := map[string][]string{}
 	for name, list := range seeds {
-		dir := filepath.Join("testdata", "fuzz", name)
-		if !*update {
-			ents, err := os.ReadDir(dir)
-			if err != nil || len(ents) == 0 {
-				t.Errorf("no seed corpus in %s; run go test -run TestSeedCorpus -update", dir)
-			}
-			continue
-		}
-		os.MkdirAll(dir, 0o755)
-		for i, b := range list {
-			body := fmt.Sprintf("go test fuzz v1\n[]byte(%q)\n", b)
-			if err := os.WriteFile(filepath.Join(dir, fmt.Sprintf("seed-%d", i)), []byte(body), 0o644); err != nil {
-				t.Fatal(err)
-			}
-		}
+		corpora[name] = fuzzseed.BytesSeeds(list...)
 	}
+	fuzzseed.Sync(t, *update, corpora)
 }

@@ -4,10 +4,10 @@ import (
 	"flag"
 	"fmt"
 	"maps"
-	"os"
-	"path/filepath"
 	"slices"
 	"testing"
+
+	"github.com/camagent/camagent/internal/fuzzseed"
 )
 
 var update = flag.Bool("update", false, "rewrite the fuzz seed corpora under testdata/fuzz")
@@ -30,22 +30,5 @@ func TestSeedCorpus(t *testing.T) {
 		embedded = append(embedded, fmt.Sprintf("[]byte(%q)\n[]byte(%q)\nbyte(%q)\n", `{"a":"`[:how%6], `"}xyz`[:how%5], byte(how)))
 	}
 	seeds := map[string][]string{"FuzzCheck": check, "FuzzEmbedded": embedded}
-	for name, list := range seeds {
-		dir := filepath.Join("testdata", "fuzz", name)
-		if !*update {
-			ents, err := os.ReadDir(dir)
-			if err != nil || len(ents) == 0 {
-				t.Errorf("no seed corpus in %s; run go test -run TestSeedCorpus -update", dir)
-			}
-			continue
-		}
-		os.RemoveAll(dir)
-		os.MkdirAll(dir, 0o755)
-		for i, args := range list {
-			body := "go test fuzz v1\n" + args
-			if err := os.WriteFile(filepath.Join(dir, fmt.Sprintf("seed-%d", i)), []byte(body), 0o644); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
+	fuzzseed.Sync(t, *update, seeds)
 }

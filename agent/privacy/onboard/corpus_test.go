@@ -2,11 +2,10 @@ package onboard
 
 import (
 	"flag"
-	"fmt"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/camagent/camagent/internal/fuzzseed"
 )
 
 var update = flag.Bool("update", false, "rewrite the fuzz seed corpora under testdata/fuzz")
@@ -26,21 +25,11 @@ func TestSeedCorpus(t *testing.T) {
 			"WIFI:S:HomeNet;T:WPA;P:password;;",
 		},
 	}
+	corpora := map[string][]string{}
 	for name, list := range seeds {
-		dir := filepath.Join("testdata", "fuzz", name)
-		if !*update {
-			ents, err := os.ReadDir(dir)
-			if err != nil || len(ents) == 0 {
-				t.Errorf("no seed corpus in %s; run go test -run TestSeedCorpus -update", dir)
-			}
-			continue
-		}
-		os.MkdirAll(dir, 0o755)
-		for i, s := range list {
-			body := fmt.Sprintf("go test fuzz v1\n[]byte(%q)\n", s)
-			if err := os.WriteFile(filepath.Join(dir, fmt.Sprintf("seed-%d", i)), []byte(body), 0o644); err != nil {
-				t.Fatal(err)
-			}
+		for _, s := range list {
+			corpora[name] = append(corpora[name], fuzzseed.String(s))
 		}
 	}
+	fuzzseed.Sync(t, *update, corpora)
 }
