@@ -21,8 +21,6 @@ import (
 	"time"
 	"unicode/utf16"
 
-	pion "github.com/pion/webrtc/v4"
-
 	"github.com/camagent/camagent/agent"
 	"github.com/camagent/camagent/agent/privacy/onboard"
 	"github.com/camagent/camagent/agent/privacy/seal"
@@ -477,21 +475,7 @@ func TestCanaryValuesNeverLeaveTheDevice(t *testing.T) {
 		waitFor(t, 20*time.Second, "telemetry", func() bool { return len(c.messages(srcSubscriber, topic.Telemetry(id))) >= 1 })
 
 		r := dialRelay(t, e.f, e.url)
-		v := newViewer(t)
-		v.offer.Grant = signGrant(t, e.f, id, 0)
-		r.send(t, id, v.offer)
-		ans, ok := r.await(t, v.offer.Session).(signal.Answer)
-		if !ok {
-			t.Fatalf("no answer: %#v", ans)
-		}
-		if err := v.pc.SetRemoteDescription(pion.SessionDescription{Type: pion.SDPTypeAnswer, SDP: ans.SDP}); err != nil {
-			t.Fatal(err)
-		}
-		select {
-		case <-v.got:
-		case <-time.After(30 * time.Second):
-			t.Fatal("no video")
-		}
+		v, _ := watchLive(t, r, id, signGrant(t, e.f, id, 0))
 		fleetctl(t, "rotate", "--dir", e.f.Dir, "--broker", e.url, "--device", id)
 		if bye, ok := r.await(t, v.offer.Session).(signal.Bye); !ok || bye.Reason != signal.ByeRevoked {
 			t.Fatalf("after the rotation: %#v, want bye revoked", bye)

@@ -12,8 +12,6 @@ import (
 	"testing"
 	"time"
 
-	pion "github.com/pion/webrtc/v4"
-
 	"github.com/camagent/camagent/tools/fleetctl/fleettest"
 	"github.com/camagent/camagent/transport/webrtc/signal"
 )
@@ -111,21 +109,7 @@ func TestAgentListensOnNothingButLiveICEPorts(t *testing.T) {
 	check("idle", nil)
 
 	r := dialRelay(t, f, url)
-	v := newViewer(t)
-	v.offer.Grant = signGrant(t, f, "cam-0001", 0)
-	r.send(t, "cam-0001", v.offer)
-	ans, ok := r.await(t, v.offer.Session).(signal.Answer)
-	if !ok {
-		t.Fatalf("no answer: %#v", ans)
-	}
-	if err := v.pc.SetRemoteDescription(pion.SessionDescription{Type: pion.SDPTypeAnswer, SDP: ans.SDP}); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case <-v.got:
-	case <-time.After(30 * time.Second):
-		t.Fatal("no video")
-	}
+	v, ans := watchLive(t, r, "cam-0001", signGrant(t, f, "cam-0001", 0))
 	var ice []int
 	for _, m := range candidatePort.FindAllStringSubmatch(ans.SDP, -1) {
 		port, _ := strconv.Atoi(m[1])

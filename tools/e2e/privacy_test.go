@@ -17,8 +17,6 @@ import (
 	"testing"
 	"time"
 
-	pion "github.com/pion/webrtc/v4"
-
 	"github.com/camagent/camagent/agent"
 	"github.com/camagent/camagent/agent/privacy/onboard"
 	"github.com/camagent/camagent/agent/privacy/seal"
@@ -177,27 +175,6 @@ func (s *countingSource) state() (runs int, running bool, frames uint64) {
 	return s.runs, s.running, s.frames
 }
 
-// watch offers a viewer with grant and waits for live video.
-func watch(t *testing.T, r *relay, device string, grant []byte) *viewer {
-	t.Helper()
-	v := newViewer(t)
-	v.offer.Grant = grant
-	r.send(t, device, v.offer)
-	ans, ok := r.await(t, v.offer.Session).(signal.Answer)
-	if !ok {
-		t.Fatalf("no answer: %#v", ans)
-	}
-	if err := v.pc.SetRemoteDescription(pion.SessionDescription{Type: pion.SDPTypeAnswer, SDP: ans.SDP}); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case <-v.got:
-	case <-time.After(30 * time.Second):
-		t.Fatalf("viewer got %d frames (keyframe %v)", v.frames, v.idr)
-	}
-	return v
-}
-
 // refused offers a viewer with grant and returns the camera's refusal.
 func refused(t *testing.T, r *relay, device string, grant []byte) signal.RefusalReason {
 	t.Helper()
@@ -223,7 +200,7 @@ func TestPrivacyModeStopsTheCameraAndRefusesViewers(t *testing.T) {
 		a.waitConnected(t)
 		r := dialRelay(t, e.f, e.url)
 		view := signGrant(t, e.f, id, 0)
-		v := watch(t, r, id, view)
+		v, _ := watchLive(t, r, id, view)
 
 		// A viewer's grant is not the owner's: refused, and nothing changes.
 		if rep := privacyCmd(t, e, id, true, view); rep.OK || rep.Error != wire.ErrCodeGrant {
@@ -277,7 +254,7 @@ func TestPrivacyModeStopsTheCameraAndRefusesViewers(t *testing.T) {
 			t.Fatalf("privacy off with the owner's grant: %+v", rep)
 		}
 		waitFor(t, 10*time.Second, "the camera to start", func() bool { _, running, _ := src2.state(); return running })
-		watch(t, r, id, view)
+		watchLive(t, r, id, view)
 		waitState(t, e, id, "privacy off", func(ds wire.DeviceState) bool { return !ds.Privacy })
 	}, "cam-0001")
 }

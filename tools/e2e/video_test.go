@@ -228,21 +228,7 @@ func TestLiveVideoWithGrantOverMQTTSignaling(t *testing.T) {
 
 		// A valid grant: the viewer gets live video starting with a keyframe.
 		grant := signGrant(t, e.f, "cam-0001", 0)
-		v := newViewer(t)
-		v.offer.Grant = grant
-		r.send(t, "cam-0001", v.offer)
-		ans, ok := r.await(t, v.offer.Session).(signal.Answer)
-		if !ok {
-			t.Fatalf("no answer: %#v", ans)
-		}
-		if err := v.pc.SetRemoteDescription(pion.SessionDescription{Type: pion.SDPTypeAnswer, SDP: ans.SDP}); err != nil {
-			t.Fatal(err)
-		}
-		select {
-		case <-v.got:
-		case <-time.After(30 * time.Second):
-			t.Fatalf("viewer got %d frames (keyframe %v)", v.frames, v.idr)
-		}
+		v, _ := watchLive(t, r, "cam-0001", grant)
 
 		// A breach rotation raises the epoch: the live session ends with "revoked", and the
 		// same grant is refused from now on.
@@ -257,4 +243,28 @@ func TestLiveVideoWithGrantOverMQTTSignaling(t *testing.T) {
 			t.Fatalf("old-epoch grant after the rotation: %#v, want a grant refusal", ref)
 		}
 	}, "cam-0001")
+}
+
+// watchLive offers a viewer with grant to device through r and waits for live video (30 frames
+// with a keyframe); it returns the viewer and the camera's answer.
+func watchLive(t *testing.T, r *relay, device string, grant []byte) (*viewer, signal.Answer) {
+	t.Helper()
+	v := newViewer(t)
+	v.offer.Grant = grant
+	r.send(t, device, v.offer)
+	ans, ok := r.await(t, v.offer.Session).(signal.Answer)
+	if !ok {
+		t.Fatalf("no answer: %#v", ans)
+	}
+	if err := v.pc.SetRemoteDescription(pion.SessionDescription{Type: pion.SDPTypeAnswer, SDP: ans.SDP}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-v.got:
+	case <-time.After(30 * time.Second):
+		v.mu.Lock()
+		defer v.mu.Unlock()
+		t.Fatalf("viewer got %d frames (keyframe %v)", v.frames, v.idr)
+	}
+	return v, ans
 }
