@@ -6,7 +6,9 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"regexp"
+	"strconv"
 	"strings"
 	"unicode/utf8"
 
@@ -256,6 +258,32 @@ func (o Offer) Validate() error {
 
 // Validate checks the URLs and, for TURN, that a username and a credential are present. The
 // errors name the field, never the credential.
+// iceURLRe is the grammar of RFC 7064 and RFC 7065 URIs, with the host limited to a DNS name
+// or an IP address (no percent-encoding or sub-delimiters): scheme ":" host [":" port]
+// ["?transport=" udp|tcp]. Anything looser reaches pion's URI parser, which loops forever on
+// some inputs (pion/stun v4.0.1 ParseURI on "stun:[::1]&3478"): an offer could hang the camera.
+var iceURLRe = regexp.MustCompile(`^(?:stun|turn|turns):(\[[0-9A-Fa-f:.]{2,45}\]|[0-9A-Za-z](?:[0-9A-Za-z.-]{0,251}[0-9A-Za-z])?)(?::([0-9]{1,5}))?(?:\?transport=(?:udp|tcp))?$`)
+
+// validICEURL reports whether u is a STUN or TURN URI in iceURLRe's grammar with a real IPv6
+// literal, if any, and a port in 1..65535.
+func validICEURL(u string) bool {
+	m := iceURLRe.FindStringSubmatch(u)
+	if m == nil {
+		return false
+	}
+	if h := m[1]; strings.HasPrefix(h, "[") {
+		if ip, err := netip.ParseAddr(h[1 : len(h)-1]); err != nil || !ip.Is6() {
+			return false
+		}
+	}
+	if m[2] != "" {
+		if p, err := strconv.Atoi(m[2]); err != nil || p < 1 || p > 65535 {
+			return false
+		}
+	}
+	return true
+}
+
 func (s ICEServer) Validate() error {
 	if len(s.URLs) == 0 {
 		return fmt.Errorf("%w: ICE server without URLs", ErrMalformed)
@@ -284,6 +312,9 @@ func (s ICEServer) Validate() error {
 		}
 		if rest == "" || strings.HasPrefix(rest, "?") {
 			return fmt.Errorf("%w: ICE server URL %q has no host", ErrMalformed, u)
+		}
+		if !validICEURL(u) {
+			return fmt.Errorf("%w: ICE server URL %q is not scheme:host[:port][?transport=udp|tcp]", ErrMalformed, u)
 		}
 	}
 	switch {

@@ -194,3 +194,26 @@ func TestReasonsAreAFixedList(t *testing.T) {
 		t.Error("an unlisted reason is valid")
 	}
 }
+
+func TestICEServerURLsFollowTheirGrammar(t *testing.T) {
+	ok := []string{"stun:127.0.0.1", "stun:stun.example.net:3478", "stun:[::1]:3478", "turn:10.0.0.1:3478?transport=udp",
+		"turns:turn.example.net:5349?transport=tcp", "turn:a"}
+	bad := []string{
+		"stun:[::1]&3478", // loops pion/stun v4.0.1's ParseURI forever
+		"stun:[::1", "stun:[127.0.0.1]:3478", "stun:host:0", "stun:host:65536", "stun:host:", "stun:-host",
+		"stun:ho%20st", "stun:host:3478:1", "turn:host?transport=sctp", "turn:host?transport=udp&x=1", "turn:host:3478?",
+		"stun:host;x", "turn:host!",
+	}
+	for _, u := range ok {
+		s := signal.ICEServer{URLs: []string{u}, Username: "u", Credential: "c"}
+		if err := s.Validate(); err != nil {
+			t.Errorf("%s refused: %v", u, err)
+		}
+	}
+	for _, u := range bad {
+		s := signal.ICEServer{URLs: []string{u}, Username: "u", Credential: "c"}
+		if err := s.Validate(); err == nil {
+			t.Errorf("%s accepted", u)
+		}
+	}
+}
