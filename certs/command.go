@@ -3,10 +3,11 @@ package certs
 import (
 	"encoding/json"
 	"fmt"
-	"regexp"
 	"time"
 
 	"github.com/camagent/camagent/internal/strictjson"
+
+	"github.com/camagent/camagent/internal/shape"
 )
 
 // Command envelope limits and clock tolerance. They are part of the protocol
@@ -23,7 +24,7 @@ const (
 	TargetFleet = "*"
 )
 
-var commandTypeRe = regexp.MustCompile(`^[a-z][a-z0-9_.-]{0,31}$`)
+var commandTypeRe = shape.New(`^[a-z][a-z0-9_.-]*$`, 1, 32)
 
 // Command is the signed body of a fleet command.
 type Command struct {

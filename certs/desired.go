@@ -4,15 +4,16 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
-	"regexp"
 
 	"github.com/camagent/camagent/internal/strictjson"
+
+	"github.com/camagent/camagent/internal/shape"
 )
 
 // MaxDesiredSize caps a signed desired-state document; it may carry a key set.
 const MaxDesiredSize = 32 << 10
 
-var incidentRe = regexp.MustCompile(`^[A-Za-z0-9._-]{1,64}$`)
+var incidentRe = shape.New(`^[A-Za-z0-9._-]*$`, 1, 64)
 
 // Desired is the state operators want a device (or the whole fleet) to reach. It is published
 // signed and retained, so a device that was offline converges when it returns (R2). Documents

@@ -4,10 +4,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"regexp"
 	"time"
 
 	"github.com/camagent/camagent/internal/strictjson"
+
+	"github.com/camagent/camagent/internal/shape"
 )
 
 // MaxGrantSize caps a signed grant accepted from outside.
@@ -29,7 +30,7 @@ const (
 
 var (
 	scopes    = map[string]bool{ScopeView: true, ScopeIntegration: true, ScopeOwner: true}
-	subjectRe = regexp.MustCompile(`^[A-Za-z0-9._:-]{1,64}$`)
+	subjectRe = shape.New(`^[A-Za-z0-9._:-]*$`, 1, 64)
 )
 
 // Grant lets a viewer or an integration use one device, for one scope, until it expires or

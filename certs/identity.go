@@ -3,8 +3,9 @@ package certs
 import (
 	"crypto/x509"
 	"fmt"
-	"regexp"
 	"strings"
+
+	"github.com/camagent/camagent/internal/shape"
 )
 
 // Role is what an identity may do on the fleet's MQTT broker (see docs/protocol.md).
@@ -23,8 +24,8 @@ const (
 )
 
 var (
-	deviceIDRe = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{2,62}$`)
-	nameRe     = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,62}$`)
+	deviceIDRe = shape.New(`^[a-z0-9][a-z0-9-]*$`, 3, 63)
+	nameRe     = shape.New(`^[a-z0-9][a-z0-9._-]*$`, 1, 63)
 )
 
 // ValidDeviceID reports whether id is a well-formed device id: 3 to 63 characters of lower-case
@@ -91,7 +92,7 @@ func ParseIdentity(identity string) (Role, string, error) {
 // CertIdentity returns the identity a client certificate carries: its Subject CN.
 func CertIdentity(c *x509.Certificate) string { return c.Subject.CommonName }
 
-var sessionSuffixRe = regexp.MustCompile(`^[0-9a-z]{1,32}$`)
+var sessionSuffixRe = shape.New(`^[0-9a-z]*$`, 1, 32)
 
 // ClientIDAllowed reports whether an MQTT client ID may be used by a client whose certificate
 // carries identity. A device's client ID is exactly its identity, so one device can never take

@@ -4,6 +4,8 @@ import (
 	"encoding/pem"
 	"fmt"
 	"regexp"
+
+	"github.com/camagent/camagent/internal/shape"
 )
 
 // Rotation message kinds on dev/<id>/up/csr (and boot/<id>/up/csr for the bootstrap identity).
@@ -33,7 +35,7 @@ const (
 )
 
 var (
-	reqIDRe     = regexp.MustCompile(`^[0-9a-f]{16,32}$`)
+	reqIDRe     = shape.New(`^[0-9a-f]*$`, 16, 32)
 	tokenHashRe = regexp.MustCompile(`^[0-9a-f]{64}$`)
 	rotErrCodes = map[string]bool{"": true, ErrCodeRefused: true, ErrCodeBadCert: true, ErrCodeBrokerRefuse: true, ErrCodeTimeout: true, ErrCodeRateLimited: true, ErrCodeInternal: true}
 	rotStatuses = map[string]bool{"": true, RotationIdle: true, RotationPending: true, RotationIssued: true, RotationFailed: true}

@@ -13,6 +13,8 @@ import (
 	"regexp"
 
 	"github.com/camagent/camagent/internal/strictjson"
+
+	"github.com/camagent/camagent/internal/shape"
 )
 
 // Version is the schema version every message carries in its "v" field.
@@ -98,7 +100,7 @@ type Claim struct {
 	Updated int64 `json:"updated"`
 }
 
-var claimRe = regexp.MustCompile(`^[A-Za-z0-9_-]{16,128}$`)
+var claimRe = shape.New(`^[A-Za-z0-9_-]*$`, 16, 128)
 
 // Validate checks the claim's fields.
 func (c *Claim) Validate() error {
@@ -164,9 +166,9 @@ func (t *Telemetry) Validate() error {
 }
 
 var (
-	firmwareRe = regexp.MustCompile(`^[A-Za-z0-9._+-]{1,64}$`)
-	serialRe   = regexp.MustCompile(`^[0-9a-f]{1,40}$`)
-	typeRe     = regexp.MustCompile(`^[a-z][a-z0-9_.-]{0,31}$`)
+	firmwareRe = shape.New(`^[A-Za-z0-9._+-]*$`, 1, 64)
+	serialRe   = shape.New(`^[0-9a-f]*$`, 1, 40)
+	typeRe     = shape.New(`^[a-z][a-z0-9_.-]*$`, 1, 32)
 )
 
 // Validate checks that every field has the shape the schema allows, so a field can never

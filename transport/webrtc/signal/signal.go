@@ -13,6 +13,8 @@ import (
 	"unicode/utf8"
 
 	"github.com/camagent/camagent/internal/strictjson"
+
+	"github.com/camagent/camagent/internal/shape"
 )
 
 // Version is the version of the message format, the "v" field of every message.
@@ -116,7 +118,7 @@ var (
 )
 
 // sessionRe is the shape of a session id: random bytes in lower-case hex.
-var sessionRe = regexp.MustCompile(`^[0-9a-f]{16,64}$`)
+var sessionRe = shape.New(`^[0-9a-f]*$`, 16, 64)
 
 // NewSession returns a fresh random session id: 16 bytes from crypto/rand in lower-case hex.
 func NewSession() string {
@@ -262,13 +264,16 @@ func (o Offer) Validate() error {
 // or an IP address (no percent-encoding or sub-delimiters): scheme ":" host [":" port]
 // ["?transport=" udp|tcp]. Anything looser reaches pion's URI parser, which loops forever on
 // some inputs (pion/stun v4.0.1 ParseURI on "stun:[::1]&3478"): an offer could hang the camera.
-var iceURLRe = regexp.MustCompile(`^(?:stun|turn|turns):(\[[0-9A-Fa-f:.]{2,45}\]|[0-9A-Za-z](?:[0-9A-Za-z.-]{0,251}[0-9A-Za-z])?)(?::([0-9]{1,5}))?(?:\?transport=(?:udp|tcp))?$`)
+var iceURLRe = regexp.MustCompile(`^(?:stun|turn|turns):(\[[0-9A-Fa-f:.]+\]|[0-9A-Za-z](?:[0-9A-Za-z.-]*[0-9A-Za-z])?)(?::([0-9]+))?(?:\?transport=(?:udp|tcp))?$`)
 
 // validICEURL reports whether u is a STUN or TURN URI in iceURLRe's grammar with a real IPv6
 // literal, if any, and a port in 1..65535.
 func validICEURL(u string) bool {
 	m := iceURLRe.FindStringSubmatch(u)
 	if m == nil {
+		return false
+	}
+	if len(m[1]) > 255 || len(m[2]) > 5 {
 		return false
 	}
 	if h := m[1]; strings.HasPrefix(h, "[") {
