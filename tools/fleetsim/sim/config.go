@@ -1,0 +1,227 @@
+package sim
+
+import (
+	"fmt"
+	"io"
+	"log/slog"
+	"time"
+
+	"github.com/camagent/camagent/tools/fleetsim/proxy"
+)
+
+// Scenario names what a run does once its devices are enrolled and connected.
+type Scenario string
+
+// The scenarios.
+const (
+	// ConnectStorm starts every agent at once and measures how fast the fleet connects.
+	ConnectStorm Scenario = "connect-storm"
+	// Breach publishes a fleet-wide breach notice and measures the campaign until every
+	// device has rotated.
+	Breach Scenario = "breach"
+	// BrokerRestart is a breach during which the broker is restarted, on the same port with
+	// the same persistence, once Config.RestartAt of the devices have rotated. Embedded only.
+	BrokerRestart Scenario = "broker-restart"
+	// FaultCampaign is a breach while Config.Fault hits Config.FaultShare of the devices for
+	// Config.FaultDuration (cut by default).
+	FaultCampaign Scenario = "fault"
+	// ClockSkew is a breach with Config.SkewShare of the devices' clocks off by
+	// Config.ClockSkew (5 minutes by default).
+	ClockSkew Scenario = "clock-skew"
+)
+
+// Scenarios lists every scenario, for flags and help.
+var Scenarios = []Scenario{ConnectStorm, Breach, BrokerRestart, FaultCampaign, ClockSkew}
+
+// Config configures a run. Zero values select the defaults named in each comment; Run
+// validates the rest and names the first bad field.
+type Config struct {
+	// Devices is how many simulated devices to enroll and run. Required (> 0).
+	Devices int
+	// Scenario is what to do; "" means Breach.
+	Scenario Scenario
+
+	// Embedded runs the embedded broker (`fleetctl broker`) in this process, with its
+	// persistence in StateDir; BrokerURL must then be empty. Otherwise BrokerURL names a
+	// running broker (Mosquitto configured by `fleetctl mosquitto-config`, or any other).
+	Embedded bool
+	// BrokerURL is the broker to use when not Embedded (mqtts://host:port).
+	BrokerURL string
+	// Listen is the embedded broker's address; "" picks a free loopback port below the
+	// ephemeral range, so that nothing else takes it while the broker restarts.
+	Listen string
+	// FleetDir is the fleet directory (CA, operator, signer and key set). "" makes a new fleet
+	// in StateDir, which only an Embedded run can use (an external broker would not trust it).
+	// The devices fleetsim enrolls stay in the fleet's registry: use a throw-away fleet.
+	FleetDir string
+	// StateDir holds every device's state directory (and, for an embedded run, the broker's
+	// persistence and the fleet when FleetDir is empty). Required; cmd fleetsim defaults it to
+	// a temporary directory on /dev/shm.
+	StateDir string
+	// Prefix starts every device id ("<prefix>00042"); "" means "sim-" and 6 random hex
+	// digits, so runs against one fleet never share ids.
+	Prefix string
+	// Signers is how many `fleetctl serve` instances to run in this process; they share the
+	// load through the shared subscription. 0 means 1 when Embedded and none otherwise (the
+	// fleet's own signers serve); negative means none.
+	Signers int
+
+	// Fault is the network fault the fault proxy applies to FaultShare of the devices for
+	// FaultDuration, starting when the campaign starts; Mode Pass (the zero value) means no
+	// fault, except that the FaultCampaign scenario defaults to Cut.
+	Fault proxy.Fault
+	// FaultShare is the share of devices behind the fault proxy, in (0, 1]; 0 means 0.3.
+	FaultShare float64
+	// FaultDuration is how long the fault lasts; 0 means 10s.
+	FaultDuration time.Duration
+
+	// ClockSkew is added to the clock of SkewShare of the devices (negative: behind); 0 means
+	// none, except that the ClockSkew scenario defaults to 5 minutes.
+	ClockSkew time.Duration
+	// SkewShare is the share of devices with a skewed clock, in (0, 1]; 0 means 0.5.
+	SkewShare float64
+
+	// RestartAt is the share of devices rotated when BrokerRestart restarts the broker, in
+	// [0, 1); 0 means 0.3.
+	RestartAt float64
+	// RestartDowntime is how long the broker stays down in BrokerRestart; 0 means at once.
+	RestartDowntime time.Duration
+
+	// Agent tuning, passed to every agent.Config; 0 means the agent's production default, so
+	// a run measures what the fleet does.
+	MinBackoff, MaxBackoff, KeepAlive time.Duration
+	RetryMin, RetryMax                time.Duration
+	RequestTimeout, SwitchTimeout     time.Duration
+
+	// EnrollWorkers is how many devices enroll at once; 0 means 4 per CPU.
+	EnrollWorkers int
+	// ConnectWorkers bounds how many agents make their first connection at once in the
+	// scenarios other than ConnectStorm (which starts them all together); 0 means 256.
+	ConnectWorkers int
+	// Timeout bounds each wait: every device connected, every device converged; 0 means 5m.
+	Timeout time.Duration
+	// PingTimeout is how long a device has to answer the final ping, after convergence;
+	// 0 means 30s.
+	PingTimeout time.Duration
+
+	// Progress, if set, shows a progress bar of each wait (stderr, normally).
+	Progress io.Writer
+	// Log receives the logs of every agent at LogLevel and above, and the warnings and errors
+	// of the broker and the signers, as text; nil discards them.
+	Log io.Writer
+	// LogLevel is the agents' level for Log; the zero value is slog.LevelInfo, so set it
+	// (cmd fleetsim: warn) to keep Log small.
+	LogLevel slog.Level
+	// Logger receives fleetsim's own progress messages; nil discards them.
+	Logger *slog.Logger
+}
+
+// Defaults of Config fields, applied by Run.
+const (
+	DefaultFaultShare     = 0.3
+	DefaultFaultDuration  = 10 * time.Second
+	DefaultSkewShare      = 0.5
+	DefaultScenarioSkew   = 5 * time.Minute
+	DefaultRestartAt      = 0.3
+	DefaultConnectWorkers = 256
+	DefaultTimeout        = 5 * time.Minute
+	DefaultPingTimeout    = 30 * time.Second
+)
+
+func bad(field, format string, args ...any) error {
+	return fmt.Errorf("%w: Config.%s %s", ErrConfig, field, fmt.Sprintf(format, args...))
+}
+
+// withDefaults validates c and fills in its defaults.
+func (c Config) withDefaults(cpus int) (Config, error) {
+	if c.Devices <= 0 {
+		return c, bad("Devices", "must be positive, is %d", c.Devices)
+	}
+	if c.Scenario == "" {
+		c.Scenario = Breach
+	}
+	known := false
+	for _, s := range Scenarios {
+		known = known || s == c.Scenario
+	}
+	if !known {
+		return c, bad("Scenario", "%q is not one of %v", c.Scenario, Scenarios)
+	}
+	switch {
+	case c.Embedded && c.BrokerURL != "":
+		return c, bad("BrokerURL", "must be empty for an embedded run")
+	case !c.Embedded && c.BrokerURL == "":
+		return c, bad("BrokerURL", "is required unless Embedded")
+	case !c.Embedded && c.FleetDir == "":
+		return c, bad("FleetDir", "is required with an external broker: it must trust the fleet's CA")
+	case !c.Embedded && c.Scenario == BrokerRestart:
+		return c, bad("Scenario", "%s needs Embedded: fleetsim restarts only a broker it runs", BrokerRestart)
+	case c.StateDir == "":
+		return c, bad("StateDir", "is required")
+	}
+	if c.Signers == 0 && c.Embedded {
+		c.Signers = 1
+	}
+	if c.Scenario == FaultCampaign && c.Fault.Mode == proxy.Pass {
+		c.Fault.Mode = proxy.Cut
+	}
+	if c.Scenario == ClockSkew && c.ClockSkew == 0 {
+		c.ClockSkew = DefaultScenarioSkew
+	}
+	if c.FaultShare == 0 {
+		c.FaultShare = DefaultFaultShare
+	}
+	if c.FaultShare < 0 || c.FaultShare > 1 {
+		return c, bad("FaultShare", "%v is outside (0, 1]", c.FaultShare)
+	}
+	if c.FaultDuration == 0 {
+		c.FaultDuration = DefaultFaultDuration
+	}
+	if c.Fault.Delay < 0 || c.Fault.Rate < 0 || c.FaultDuration < 0 {
+		return c, bad("Fault", "negative delay, rate or duration")
+	}
+	if c.SkewShare == 0 {
+		c.SkewShare = DefaultSkewShare
+	}
+	if c.SkewShare < 0 || c.SkewShare > 1 {
+		return c, bad("SkewShare", "%v is outside (0, 1]", c.SkewShare)
+	}
+	if c.RestartAt == 0 {
+		c.RestartAt = DefaultRestartAt
+	}
+	if c.RestartAt < 0 || c.RestartAt >= 1 {
+		return c, bad("RestartAt", "%v is outside [0, 1)", c.RestartAt)
+	}
+	if c.EnrollWorkers == 0 {
+		c.EnrollWorkers = 4 * cpus
+	}
+	if c.ConnectWorkers == 0 {
+		c.ConnectWorkers = DefaultConnectWorkers
+	}
+	if c.Timeout == 0 {
+		c.Timeout = DefaultTimeout
+	}
+	if c.PingTimeout == 0 {
+		c.PingTimeout = DefaultPingTimeout
+	}
+	for name, d := range map[string]time.Duration{"MinBackoff": c.MinBackoff, "MaxBackoff": c.MaxBackoff, "KeepAlive": c.KeepAlive,
+		"RetryMin": c.RetryMin, "RetryMax": c.RetryMax, "RequestTimeout": c.RequestTimeout, "SwitchTimeout": c.SwitchTimeout,
+		"RestartDowntime": c.RestartDowntime, "Timeout": c.Timeout, "PingTimeout": c.PingTimeout} {
+		if d < 0 {
+			return c, bad(name, "is negative")
+		}
+	}
+	if c.EnrollWorkers < 0 || c.ConnectWorkers < 0 {
+		return c, bad("EnrollWorkers", "and ConnectWorkers must not be negative")
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	return c, nil
+}
+
+// inShare reports whether device i is in a share: the share's devices are spread evenly
+// over the ids (for a share of 0.3: 3 of every 10).
+func inShare(i int, share float64) bool {
+	return int(float64(i+1)*share) > int(float64(i)*share)
+}
