@@ -12,7 +12,7 @@ TEST_DEPS := mosquitto:/usr/sbin/mosquitto ffmpeg:/usr/bin/ffprobe chromium:/usr
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 FUZZTIME ?= 30s
 
-.PHONY: all build cross deb demo test test-deps test-arm bench lint fuzz clean
+.PHONY: all build cross deb demo test test-deps test-arm bench chaos lint fuzz clean
 
 all: build
 
@@ -45,6 +45,17 @@ deb: cross
 	  bin/mkdeb --version $(VERSION) --mtime $(BUILD_TIME) --arch $${a%%:*} \
 	    --bin $$d/camagent --bin-fleetctl $$d/fleetctl --out dist || exit 1; \
 	done
+
+# fleetsim's scenarios at a larger scale than make test's chaos tests (CHAOS_N devices, the
+# embedded broker): a breach, a broker restart mid-campaign, and 30% of the devices cut off,
+# black-holed and slowed. Each fails if a device does not converge or a command is lost.
+CHAOS_N ?= 2000
+chaos:
+	$(GO) run ./tools/fleetsim --embedded --devices $(CHAOS_N) --scenario breach
+	$(GO) run ./tools/fleetsim --embedded --devices $(CHAOS_N) --scenario broker-restart --restart-downtime 2s
+	$(GO) run ./tools/fleetsim --embedded --devices $(CHAOS_N) --scenario fault --fault cut
+	$(GO) run ./tools/fleetsim --embedded --devices $(CHAOS_N) --scenario fault --fault blackhole --keepalive 10s
+	$(GO) run ./tools/fleetsim --embedded --devices $(CHAOS_N) --scenario fault --fault slow
 
 demo: build
 	@tools/demo/demo.sh

@@ -115,6 +115,8 @@ type Agent struct {
 	lastError string      // wire.ErrCode* value of the last failed rotation step
 	epochHook []func(epoch uint64)
 
+	replies  replyCache // replies of recent commands, to send again when lost
+	stateMu  sync.Mutex // one device-state publish at a time, so the newest arrives last
 	guard    *egress.Guard
 	privMu   sync.Mutex     // serialises privacy changes and claim forwarding
 	secret   *seal.Secret   // nil when never onboarded
@@ -431,6 +433,7 @@ func (a *Agent) onConnect(ctx context.Context) {
 		a.log.Warn("could not publish device state", "err", err)
 	}
 	a.forwardClaim(ctx)
+	a.flushReplies(ctx)
 }
 
 func (a *Agent) onConnectError(err error) {
@@ -464,6 +467,10 @@ func (a *Agent) publish(ctx context.Context, t string, retained bool, m interfac
 }
 
 func (a *Agent) publishState(ctx context.Context) error {
+	// The snapshot and its publish happen under one lock: otherwise an older snapshot (taken
+	// by the connect handler) could reach the broker after a newer one and stay retained.
+	a.stateMu.Lock()
+	defer a.stateMu.Unlock()
 	c := a.Certificate()
 	a.mu.Lock()
 	ds := &wire.DeviceState{

@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
+	"github.com/camagent/camagent/agent/state"
 	"github.com/camagent/camagent/agent/wire"
 	"github.com/camagent/camagent/certs"
 	"github.com/camagent/camagent/internal/strictjson"
@@ -68,14 +70,115 @@ func (a *Agent) handleCommand(ctx context.Context, t string, payload []byte) {
 	a.mu.Unlock()
 	if err != nil {
 		a.reject(t, kid, c, err)
+		if c != nil && errors.Is(err, certs.ErrReplay) {
+			// The broker redelivers a command whose reply may have been lost with the
+			// connection: answer it again, from the cache, without running it again.
+			a.resendReply(ctx, c.Seq)
+		}
 		return
 	}
 	a.cmdsOK.Add(1)
 	a.log.Info("command accepted", "type", c.Type, "seq", c.Seq, "kid", kid)
 	reply := a.execute(ctx, c)
-	if err := a.publish(ctx, topic.Reply(a.DeviceID()), false, reply); err != nil {
-		a.log.Warn("could not publish reply", "type", c.Type, "seq", c.Seq, "err", err)
+	b, err := wire.Encode(reply)
+	if err != nil {
+		a.log.Error("could not encode reply", "type", c.Type, "seq", c.Seq, "err", err)
+		return
 	}
+	a.replies.add(c.Seq, b)
+	a.sendReply(ctx, c.Seq, b)
+}
+
+// sendReply publishes a reply; one that cannot be sent now is sent again after the next
+// connect (flushReplies), so a reply lost with a connection is not lost for good (R3).
+func (a *Agent) sendReply(ctx context.Context, seq uint64, b []byte) {
+	if err := a.publishReply(ctx, b); err != nil {
+		a.replies.markUnsent(seq)
+		a.log.Warn("could not publish reply; will send it again after reconnecting", "seq", seq, "err", err)
+		return
+	}
+	a.replies.markSent(seq)
+}
+
+func (a *Agent) publishReply(ctx context.Context, b []byte) error {
+	box := a.pub.Load()
+	if box == nil {
+		return errors.New("agent: not running")
+	}
+	return box.Publish(ctx, topic.Reply(a.DeviceID()), 1, false, b)
+}
+
+// resendReply sends the cached reply of seq again, if it is still cached.
+func (a *Agent) resendReply(ctx context.Context, seq uint64) {
+	if b := a.replies.get(seq); b != nil {
+		a.sendReply(ctx, seq, b)
+	}
+}
+
+// flushReplies sends again the replies that could not be sent, after a connect.
+func (a *Agent) flushReplies(ctx context.Context) {
+	for _, seq := range a.replies.unsentSeqs() {
+		a.resendReply(ctx, seq)
+	}
+}
+
+// replyCache keeps the encoded replies of the last state.ReplayWindow accepted commands, and
+// which of them could not be sent.
+type replyCache struct {
+	mu     sync.Mutex
+	order  []uint64
+	byseq  map[uint64][]byte
+	unsent map[uint64]bool
+}
+
+func (c *replyCache) add(seq uint64, b []byte) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.byseq == nil {
+		c.byseq, c.unsent = map[uint64][]byte{}, map[uint64]bool{}
+	}
+	if _, ok := c.byseq[seq]; !ok {
+		c.order = append(c.order, seq)
+	}
+	c.byseq[seq] = b
+	for len(c.order) > state.ReplayWindow {
+		old := c.order[0]
+		c.order = c.order[1:]
+		delete(c.byseq, old)
+		delete(c.unsent, old)
+	}
+}
+
+func (c *replyCache) get(seq uint64) []byte {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.byseq[seq]
+}
+
+func (c *replyCache) markUnsent(seq uint64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if _, ok := c.byseq[seq]; ok {
+		c.unsent[seq] = true
+	}
+}
+
+func (c *replyCache) markSent(seq uint64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	delete(c.unsent, seq)
+}
+
+func (c *replyCache) unsentSeqs() []uint64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var out []uint64
+	for _, seq := range c.order {
+		if c.unsent[seq] {
+			out = append(out, seq)
+		}
+	}
+	return out
 }
 
 // readOnly lists the command types that change nothing on the device.

@@ -151,7 +151,7 @@ const staleAfter = 3 * time.Second
 // broker last, where it stays until the device reconnects. A gap in the agent (agent/agent.go
 // publishState), found by fleetsim (see docs/scale-out.md); set this to false once state
 // publishes are serialised.
-const tolerateStaleState = true
+const tolerateStaleState = false
 
 // committedIn reports whether log (a device's) says it committed a rotation to epoch.
 func committedIn(log string, epoch uint64) bool {
@@ -331,7 +331,7 @@ func (p *pingBox) lost(sent map[uint64]string, timeout time.Duration, gone func(
 // answer is lost. This is a gap in the agent (agent/commands.go), found by these tests and
 // fleetsim (see docs/scale-out.md); set this to false once a redelivered command's reply is
 // sent again.
-const tolerateReplyGap = true
+const tolerateReplyGap = false
 
 // replyGap reports whether log (a device's) shows the reply gap for seq.
 func replyGap(log string, seq uint64) bool {

@@ -50,11 +50,11 @@ func small(t *testing.T, s sim.Scenario, tune func(*sim.Config)) sim.Config {
 const (
 	// tolerateStaleState: a device whose agent converged, but whose retained state on the broker
 	// is an older one (its state publish on reconnecting overtook the one after its commit).
-	tolerateStaleState = true
+	tolerateStaleState = false
 	// tolerateReplyGap: a command whose reply the device itself could not publish (its
 	// connection dropped before the broker acknowledged the reply; the agent does not publish a
 	// reply again, and refuses the broker's redelivery as a replay).
-	tolerateReplyGap = true
+	tolerateReplyGap = false
 )
 
 // runOK runs c and checks that every device converged and every command was answered, but for
