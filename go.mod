@@ -81,3 +81,8 @@ require (
 	golang.org/x/time v0.14.0 // indirect
 	gopkg.in/warnings.v0 v0.1.2 // indirect
 )
+
+// mochi v2.7.9 (the newest release) scans retained messages without the topic index's lock,
+// a data race with every retained publish; third_party/mochi-server is v2.7.9 with that one
+// fix (see its CAMAGENT-PATCHES.md). Drop this line when upstream releases the fix.
+replace github.com/mochi-mqtt/server/v2 => ./third_party/mochi-server
