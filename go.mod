@@ -82,7 +82,8 @@ require (
 	gopkg.in/warnings.v0 v0.1.2 // indirect
 )
 
-// mochi v2.7.9 (the newest release) scans retained messages without the topic index's lock,
-// a data race with every retained publish; third_party/mochi-server is v2.7.9 with that one
-// fix (see its CAMAGENT-PATCHES.md). Drop this line when upstream releases the fix.
+// mochi v2.7.9 (the newest release on our proxy) races a wildcard subscribe against retained
+// publishes and forgets a delivery in flight when the client publishes with its packet id;
+// third_party/mochi-server is v2.7.9 with those fixes (see its CAMAGENT-PATCHES.md). Drop this
+// line when upstream releases them.
 replace github.com/mochi-mqtt/server/v2 => ./third_party/mochi-server

@@ -104,9 +104,13 @@ type Agent struct {
 	store  state.Store
 	start  time.Time
 
-	mu        sync.Mutex
-	st        state.State
-	verifier  *certs.Verifier // command and desired-state keys
+	mu       sync.Mutex
+	st       state.State
+	verifier *certs.Verifier // command and desired-state keys
+	// applied holds, per desired-state topic, the last document applied and the verifier it
+	// was checked with: the broker delivers the retained copy again on every connect, and the
+	// same bytes under the same keys need no second signature check.
+	applied   map[string]appliedDesired
 	grants    *certs.Verifier // grant keys
 	keySet    uint64
 	active    *credential // the generation in use
@@ -144,6 +148,12 @@ type Agent struct {
 }
 
 type publisherBox struct{ Publisher }
+
+// appliedDesired is a desired-state document the agent verified and applied.
+type appliedDesired struct {
+	payload  []byte
+	verifier *certs.Verifier
+}
 
 // New loads the device's identity and state from cfg.StateDir. A corrupt state file is
 // quarantined and replaced with safe values (the command high-water mark jumps to now, so no

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -35,12 +36,18 @@ func (a *Agent) handleDesired(_ context.Context, t string, payload []byte) {
 	if len(payload) == 0 {
 		return // a cleared retained message
 	}
+	a.mu.Lock()
+	v, last := a.verifier, a.applied[t]
+	a.mu.Unlock()
+	if last.verifier == v && bytes.Equal(last.payload, payload) {
+		return // applied already under the same keys: a redelivery, which would change nothing
+	}
 	if ksb, ok := certs.PeekDesiredKeySet(payload); ok {
 		a.acceptKeySet(ksb)
+		a.mu.Lock()
+		v = a.verifier
+		a.mu.Unlock()
 	}
-	a.mu.Lock()
-	v := a.verifier
-	a.mu.Unlock()
 	d, err := certs.OpenDesired(v, payload)
 	if err != nil {
 		a.log.Warn("desired state refused", "topic", t, "reason", err)
@@ -68,6 +75,12 @@ func (a *Agent) handleDesired(_ context.Context, t string, payload []byte) {
 		a.log.Error("could not persist desired state", "err", err)
 		return
 	}
+	a.mu.Lock()
+	if a.applied == nil {
+		a.applied = make(map[string]appliedDesired)
+	}
+	a.applied[t] = appliedDesired{payload: bytes.Clone(payload), verifier: v}
+	a.mu.Unlock()
 	if changed {
 		a.log.Info("desired credential epoch raised", "epoch", d.Epoch, "incident", d.Incident, "fleet_wide", fleetWide)
 		a.poke()

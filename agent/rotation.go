@@ -310,6 +310,9 @@ func (a *Agent) save(mut func(*state.State)) error {
 	defer a.mu.Unlock()
 	st := a.st
 	mut(&st)
+	if st.Equal(a.st) {
+		return nil // a.st is what the store holds: nothing to write
+	}
 	if err := a.store.Save(st); err != nil {
 		return err
 	}

@@ -13,6 +13,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"sync"
 	"time"
@@ -83,6 +84,12 @@ type Store interface {
 	Load() (State, error)
 	// Save replaces the saved state durably before returning.
 	Save(State) error
+}
+
+// Equal reports whether s and o hold the same state, so that saving one over the other would
+// write the same file.
+func (s State) Equal(o State) bool {
+	return reflect.DeepEqual(s, o)
 }
 
 // ReplayWindow is how many accepted command sequences above the high-water mark are kept.

@@ -464,11 +464,14 @@ func (s *Server) attachClient(cl *Client, listener string) error {
 
 	s.loop.willDelayed.Delete(cl.ID) // [MQTT-3.1.3-9]
 
-	if sessionPresent {
-		err = cl.ResendInflightMessages(true)
-		if err != nil {
-			return fmt.Errorf("resend inflight: %w", err)
-		}
+	// camagent patch: from here on publishToClient and handOver send to this client directly;
+	// what they put in its inflights before, this resend sends (it snapshots them after the
+	// flag is set, so nothing falls between). Before, a delivery could reach the write loop,
+	// and the wire, ahead of the CONNACK, or be queued in a session whose resend had passed.
+	cl.State.live.Store(true)
+	err = cl.ResendInflightMessages(true)
+	if err != nil {
+		return fmt.Errorf("resend inflight: %w", err)
 	}
 
 	s.hooks.OnSessionEstablished(cl, pk)
@@ -569,13 +572,20 @@ func (s *Server) inheritClientSession(pk packets.Packet, cl *Client) bool {
 			return false                           // [MQTT-3.2.2-3]
 		}
 
+		// camagent patch: the deliveries in flight are moved to the new client, not cloned
+		// and then cleared. v2.7.9 cloned, and whatever a publisher put into the old client
+		// between the clone and the clear (or after the clear, until the new client replaced
+		// it in s.Clients) was dropped; the clear also deleted the stored copies. Now the
+		// successor is known before the move, and publishToClient hands over anything that
+		// reaches the old client later (handOver).
+		existing.State.successor.Store(cl)
 		existing.State.isTakenOver.Store(true)
-		if existing.State.Inflight.Len() > 0 {
-			cl.State.Inflight = existing.State.Inflight.Clone() // [MQTT-3.1.2-5]
-			if cl.State.Inflight.maximumReceiveQuota == 0 && cl.ops.options.Capabilities.ReceiveMaximum != 0 {
-				cl.State.Inflight.ResetReceiveQuota(int32(cl.ops.options.Capabilities.ReceiveMaximum)) // server receive max per client
-				cl.State.Inflight.ResetSendQuota(int32(cl.Properties.Props.ReceiveMaximum))            // client receive max
-			}
+		for _, pkx := range existing.State.Inflight.GetAll(false) { // [MQTT-3.1.2-5]
+			s.handOver(existing, pkx.PacketID)
+		}
+		if cl.State.Inflight.maximumReceiveQuota == 0 && cl.ops.options.Capabilities.ReceiveMaximum != 0 {
+			cl.State.Inflight.ResetReceiveQuota(int32(cl.ops.options.Capabilities.ReceiveMaximum)) // server receive max per client
+			cl.State.Inflight.ResetSendQuota(int32(cl.Properties.Props.ReceiveMaximum))            // client receive max
 		}
 
 		for _, sub := range existing.State.Subscriptions.GetAll() {
@@ -587,9 +597,9 @@ func (s *Server) inheritClientSession(pk packets.Packet, cl *Client) bool {
 		}
 
 		// Clean the state of the existing client to prevent sequential take-overs
-		// from increasing memory usage by inflights + subs * client-id.
+		// from increasing memory usage by inflights + subs * client-id. (Its inflights were
+		// moved, not copied: camagent patch.)
 		s.UnsubscribeClient(existing)
-		existing.ClearInflights()
 
 		s.Log.Debug("session taken over", "client", cl.ID, "old_remote", existing.Net.Remote, "new_remote", cl.Net.Remote)
 
@@ -891,14 +901,12 @@ func (s *Server) processPublish(cl *Client, pk packets.Packet) error {
 	}
 
 	if !cl.Net.Inline {
-		if pki, ok := cl.State.Inflight.Get(pk.PacketID); ok {
-			if pki.FixedHeader.Type == packets.Pubrec { // [MQTT-4.3.3-10]
-				ack := s.buildAck(pk.PacketID, packets.Pubrec, 0, pk.Properties, packets.ErrPacketIdentifierInUse)
-				return cl.WritePacket(ack)
-			}
-			if ok := cl.State.Inflight.Delete(pk.PacketID); ok { // [MQTT-4.3.2-5]
-				atomic.AddInt64(&s.Info.Inflight, -1)
-			}
+		// camagent patch (upstream #519): only an inbound QoS 2 flow (a PUBREC) is the
+		// client's own id; any other entry under this id is a delivery from the server, in
+		// the server's id space, and v2.7.9 deleted it here, so it was never resent.
+		if pki, ok := cl.State.Inflight.Get(pk.PacketID); ok && pki.FixedHeader.Type == packets.Pubrec { // [MQTT-4.3.3-10]
+			ack := s.buildAck(pk.PacketID, packets.Pubrec, 0, pk.Properties, packets.ErrPacketIdentifierInUse)
+			return cl.WritePacket(ack)
 		}
 	}
 
@@ -940,6 +948,23 @@ func (s *Server) processPublish(cl *Client, pk packets.Packet) error {
 
 	cl.State.Inflight.DecreaseReceiveQuota()
 	ack := s.buildAck(pk.PacketID, packets.Puback, 0, pk.Properties, packets.QosCodes[pk.FixedHeader.Qos]) // [MQTT-4.3.2-4]
+	if pk.FixedHeader.Qos == 1 {
+		// camagent patch (upstream #519, fixed after v2.7.9): the PUBACK is sent at once and
+		// is never in flight, so it is not put in cl.State.Inflight nor handed to the storage
+		// hooks. Inflight is keyed by packet id alone, and the client's ids are its own space
+		// (MQTT-2.2.1): v2.7.9 stored this ack under the id, overwriting a QoS 1 delivery the
+		// server had outstanding to this client with the same id, then deleted that entry and
+		// its stored copy, so the delivery was never resent, not after a reconnect and not
+		// after a restart. It also cost two store writes per inbound QoS 1 message.
+		err = cl.WritePacket(ack)
+		if err != nil {
+			return err
+		}
+		cl.State.Inflight.IncreaseReceiveQuota()
+		s.publishToSubscribers(pk)
+		s.hooks.OnPublished(cl, pk)
+		return nil
+	}
 	if pk.FixedHeader.Qos == 2 {
 		ack = s.buildAck(pk.PacketID, packets.Pubrec, 0, pk.Properties, packets.CodeSuccess) // [MQTT-3.3.4-1] [MQTT-4.3.3-8]
 	}
@@ -1021,6 +1046,53 @@ func (s *Server) publishToSubscribers(pk packets.Packet) {
 	}
 }
 
+// handOver moves the delivery in flight under id from a taken-over client to the client that
+// took its session over, following a chain of take-overs (camagent patch). It keeps the
+// packet id, and so the stored copy, unless the successor has that id in use already; then
+// the delivery gets a new id and is stored under it. Whoever deletes it from the old client
+// first moves it, so it moves once.
+func (s *Server) handOver(from *Client, id uint16) {
+	for {
+		next := from.State.successor.Load()
+		if next == nil {
+			return
+		}
+		pk, ok := from.State.Inflight.Get(id)
+		if !ok || !from.State.Inflight.Delete(id) {
+			return
+		}
+		if _, used := next.State.Inflight.Get(id); used {
+			nid, err := next.NextPacketID()
+			if err != nil {
+				atomic.AddInt64(&s.Info.InflightDropped, 1)
+				s.Log.Warn("packet ids exhausted handing over a session", "error", err, "client", next.ID)
+				return
+			}
+			pk.PacketID = uint16(nid)
+			next.State.Inflight.Set(pk)
+			s.hooks.OnQosPublish(next, pk, pk.Created, 0)
+		} else {
+			next.State.Inflight.Set(pk)
+		}
+		if !next.State.isTakenOver.Load() {
+			// A successor past its CONNACK has resent its inflights already (or is doing so
+			// and may send this twice, which QoS 1 allows): send it now. One that is not is
+			// still to resend, and that sends it.
+			if next.State.live.Load() && !next.Closed() && pk.FixedHeader.Type == packets.Publish {
+				out := pk.Copy(true)
+				out.FixedHeader.Dup = true // [MQTT-3.3.1-1]
+				select {
+				case next.State.outbound <- &out:
+					atomic.AddInt32(&next.State.outboundQty, 1)
+				default: // full: it stays in flight, for the next resend
+				}
+			}
+			return
+		}
+		from, id = next, pk.PacketID
+	}
+}
+
 func (s *Server) publishToClient(cl *Client, sub packets.Subscription, pk packets.Packet) (packets.Packet, error) {
 	if sub.NoLocal && pk.Origin == cl.ID {
 		return pk, nil // [MQTT-3.8.3-3]
@@ -1086,6 +1158,13 @@ func (s *Server) publishToClient(cl *Client, sub packets.Subscription, pk packet
 			cl.State.Inflight.DecreaseSendQuota()
 		}
 
+		if cl.State.isTakenOver.Load() && cl.State.successor.Load() != nil {
+			// camagent patch: the session moved to a new client while this was published;
+			// the delivery goes with it (handOver).
+			s.handOver(cl, out.PacketID)
+			return out, nil
+		}
+
 		if sentQuota == 0 && atomic.LoadInt32(&cl.State.Inflight.maximumSendQuota) > 0 {
 			out.Expiry = -1
 			cl.State.Inflight.Set(out)
@@ -1095,6 +1174,9 @@ func (s *Server) publishToClient(cl *Client, sub packets.Subscription, pk packet
 
 	if cl.Net.Conn == nil || cl.Closed() {
 		return out, packets.CodeDisconnect
+	}
+	if out.FixedHeader.Qos > 0 && !cl.State.live.Load() {
+		return out, nil // camagent patch: sent by the resend that follows the CONNACK
 	}
 
 	select {
@@ -1241,9 +1323,9 @@ func (s *Server) processPubcomp(cl *Client, pk packets.Packet) error {
 func (s *Server) processSubscribe(cl *Client, pk packets.Packet) error {
 	pk = s.hooks.OnSubscribe(cl, pk)
 	code := packets.CodeSuccess
-	if _, ok := cl.State.Inflight.Get(pk.PacketID); ok {
-		code = packets.ErrPacketIdentifierInUse
-	}
+	// camagent patch: v2.7.9 refused the SUBSCRIBE (0x91, which a 3.1.1 client may read as a
+	// granted QoS) when its packet id matched a delivery the server had in flight to the
+	// client. The client's ids are its own space (MQTT 2.2.1), so there is nothing to check.
 
 	filterExisted := make([]bool, len(pk.Filters))
 	reasonCodes := make([]byte, len(pk.Filters))
@@ -1314,10 +1396,7 @@ func (s *Server) processSubscribe(cl *Client, pk packets.Packet) error {
 
 // processUnsubscribe processes an unsubscribe packet.
 func (s *Server) processUnsubscribe(cl *Client, pk packets.Packet) error {
-	code := packets.CodeSuccess
-	if _, ok := cl.State.Inflight.Get(pk.PacketID); ok {
-		code = packets.ErrPacketIdentifierInUse
-	}
+	code := packets.CodeSuccess // camagent patch: no packet-id check, as in processSubscribe
 
 	pk = s.hooks.OnUnsubscribe(cl, pk)
 	reasonCodes := make([]byte, len(pk.Filters))

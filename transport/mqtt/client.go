@@ -134,7 +134,8 @@ func (c *Client) Run(ctx context.Context) error {
 	}()
 
 	bo := backoff{min: c.cfg.MinBackoff, max: c.cfg.MaxBackoff, rand: c.cfg.Rand}
-	wait := false // the first attempt does not wait
+	wait := false   // the first attempt does not wait
+	resume := false // the last connection was up and ended on request (see session.resume)
 	for {
 		if wait {
 			d := bo.next()
@@ -150,7 +151,9 @@ func (c *Client) Run(ctx context.Context) error {
 			return nil
 		}
 		s := newSession(c, ctx)
+		s.resume = resume
 		why, upFor := s.run(ctx, &wg)
+		resume = why == endReconnect
 		if upFor >= c.cfg.KeepAlive {
 			bo.reset()
 		}

@@ -63,7 +63,9 @@ type Config struct {
 	// messages while they are offline.
 	CleanSession bool
 
-	// Subscriptions are (re)subscribed on every connect, before the connection counts as up.
+	// Subscriptions are subscribed before the connection counts as up, on every connection
+	// but a reconnection made on request (Client.Reconnect, an inbox overflow) to a session
+	// the broker kept, which still holds them.
 	// Filters use MQTT wildcards; QoS must be 0 or 1. A filter the broker refuses makes the
 	// attempt fail (ErrSubscribeRefused) and is retried with backoff. May be empty.
 	Subscriptions []Subscription

@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
+	"log/slog"
 	"testing"
 	"time"
 
@@ -164,5 +165,30 @@ func TestPublishRefusesBadArgumentsAndOfflineCalls(t *testing.T) {
 	}
 	if c.Connected() {
 		t.Error("Connected before Run")
+	}
+}
+
+func TestCheckGrantedRefusesAnythingButA311Grant(t *testing.T) {
+	subs := []Subscription{{Filter: "a/#", QoS: 1}, {Filter: "b", QoS: 1}}
+	log := slog.New(slog.DiscardHandler)
+	tests := []struct {
+		name    string
+		granted map[string]byte
+		ok      bool
+	}{
+		{"both granted", map[string]byte{"a/#": 1, "b": 1}, true},
+		{"a lower QoS is a grant", map[string]byte{"a/#": 0, "b": 1}, true},
+		{"0x80 is a refusal", map[string]byte{"a/#": 1, "b": 0x80}, false},
+		{"a missing filter is a refusal", map[string]byte{"a/#": 1}, false},
+		{"an MQTT 5 reason code is no grant", map[string]byte{"a/#": 0x91, "b": 1}, false},
+		{"0x03 is no grant", map[string]byte{"a/#": 1, "b": 3}, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := checkGranted(subs, tt.granted, log)
+			if tt.ok != (err == nil) || (err != nil && !errors.Is(err, ErrSubscribeRefused)) {
+				t.Fatalf("checkGranted(%v) = %v", tt.granted, err)
+			}
+		})
 	}
 }

@@ -4,8 +4,10 @@
 // What it does:
 //   - connects only over TLS with a client certificate (mqtts://, ssl://, tls://) and refuses
 //     plaintext URLs, InsecureSkipVerify and configurations without a pinned CA (S3);
-//   - keeps a persistent session (CleanSession=false) and re-subscribes on every connect, so
-//     QoS 1 messages sent while the client was offline are delivered when it returns (R3);
+//   - keeps a persistent session (CleanSession=false), so QoS 1 messages sent while the client
+//     was offline are delivered when it returns (R3); it subscribes on every connection but a
+//     reconnection it made on request to a session the broker kept (there, subscribing again
+//     would only make the broker send every retained message again);
 //   - manages reconnection itself, with exponential backoff, full jitter and a cap (R4), and a
 //     fresh TLS handshake per connection, so a certificate swapped into certs.Holder is used
 //     from the next connection on (Client.Reconnect forces one);

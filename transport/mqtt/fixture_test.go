@@ -11,6 +11,7 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -45,6 +46,7 @@ type broker struct {
 	pings       chan struct{}       // every PINGREQ read
 	acked       chan string         // topic of every QoS 1 message a client acknowledged
 	fromDevices chan packets.Packet // every message published under dev/+/up/#
+	subscribes  atomic.Int32        // SUBSCRIBE packets read
 
 	mu       sync.Mutex
 	inflight map[uint16]string // packet id → topic of QoS 1 messages sent to clients
@@ -200,6 +202,9 @@ func (h *brokerHook) OnACLCheck(_ *mochi.Client, topic string, _ bool) bool {
 }
 
 func (h *brokerHook) OnPacketRead(_ *mochi.Client, pk packets.Packet) (packets.Packet, error) {
+	if pk.FixedHeader.Type == packets.Subscribe {
+		h.b.subscribes.Add(1)
+	}
 	if pk.FixedHeader.Type == packets.Pingreq {
 		select {
 		case h.b.pings <- struct{}{}:

@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/url"
 	"sync"
@@ -33,6 +34,9 @@ type session struct {
 	lostOnce sync.Once
 
 	kick chan struct{} // capacity 1: the worker asks for a reconnect after an overflow
+
+	present bool // the CONNACK said the broker kept the session; set by connect
+	resume  bool // the previous connection was up and ended on request; set by Client.Run
 
 	// up is closed once the subscriptions are confirmed. Messages of a persistent session may
 	// arrive before that; the worker holds them until up, so that a Handler can always answer
@@ -107,12 +111,22 @@ func (s *session) run(ctx context.Context, wg *sync.WaitGroup) (endReason, time.
 		return endFailed, 0
 	}
 	defer s.close()
-	if err := s.subscribe(ctx); err != nil {
-		if ctx.Err() != nil {
-			return endStopped, 0
+	// Reconnecting on request (a certificate swap, an inbox overflow) to a session the broker
+	// kept (CONNACK session present), the subscriptions of the connection just closed still
+	// hold and nothing they matched was missed in the moment between: subscribing again would
+	// only make the broker send every retained message again. Every other connection
+	// subscribes: the first (the session may predate a change of the subscriptions), and any
+	// after a loss or a failure, since a broker may drop what it queued for a session that was
+	// away long (Mosquitto's max_queued_messages), and the retained state is then what the
+	// client must read again.
+	if !(s.resume && s.present) {
+		if err := s.subscribe(ctx); err != nil {
+			if ctx.Err() != nil {
+				return endStopped, 0
+			}
+			c.connectFailed(err)
+			return endFailed, 0
 		}
-		c.connectFailed(err)
-		return endFailed, 0
 	}
 
 	upAt := c.cfg.Clock.Now()
@@ -158,6 +172,9 @@ func (s *session) connect(ctx context.Context) error {
 	if err := tok.Error(); err != nil {
 		return fmt.Errorf("mqtt: connect to %s: %w", s.c.url.Host, err)
 	}
+	if ct, ok := tok.(*paho.ConnectToken); ok {
+		s.present = ct.SessionPresent()
+	}
 	return nil
 }
 
@@ -191,14 +208,22 @@ func (s *session) subscribe(ctx context.Context) error {
 	if !ok {
 		return fmt.Errorf("mqtt: subscribe: unexpected token %T", tok)
 	}
-	granted := st.Result()
+	return checkGranted(subs, st.Result(), s.c.log)
+}
+
+// checkGranted checks a SUBACK's return codes, by filter, against the subscriptions asked for:
+// a filter missing, refused (0x80) or answered with anything that is not a 3.1.1 grant
+// (0x00–0x02; a broker may wrongly send an MQTT 5 reason code such as 0x91) fails.
+func checkGranted(subs []Subscription, granted map[string]byte, log *slog.Logger) error {
 	for _, sub := range subs {
 		q, ok := granted[sub.Filter]
 		switch {
 		case !ok || q == 0x80: // MQTT 3.1.1 §3.9.3: 0x80 is failure
 			return fmt.Errorf("%w: %q", ErrSubscribeRefused, sub.Filter)
+		case q > 2:
+			return fmt.Errorf("%w: %q: return code %#x", ErrSubscribeRefused, sub.Filter, q)
 		case q < sub.QoS:
-			s.c.log.Warn("mqtt: broker granted a lower qos", "filter", sub.Filter, "requested", sub.QoS, "granted", q)
+			log.Warn("mqtt: broker granted a lower qos", "filter", sub.Filter, "requested", sub.QoS, "granted", q)
 		}
 	}
 	return nil

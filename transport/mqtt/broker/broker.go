@@ -178,6 +178,10 @@ func (b *Broker) Start() error {
 	// them, and a device's retained state or a command queued for a device that is off for
 	// a weekend must survive (R2, R3). MQTT 5 message expiry still applies.
 	caps.MaximumMessageExpiryInterval = 0
+	// The fleet uses QoS 0 and 1 only (transport/mqtt refuses 2). mochi keeps an inbound
+	// QoS 2 flow under the client's packet id in the same table as the server's deliveries,
+	// where it can overwrite one (upstream #545); at most QoS 1 that flow never exists.
+	caps.MaximumQos = 1
 	srv := mqtt.New(&mqtt.Options{
 		Capabilities: caps,
 		Logger:       b.log,

@@ -1,0 +1,100 @@
+package agent
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/camagent/camagent/certs"
+	"github.com/camagent/camagent/internal/logtest"
+	"github.com/camagent/camagent/transport/mqtt/topic"
+)
+
+// inode returns the state file's inode: every save writes a new file and renames it.
+func inode(t *testing.T, dir string) uint64 {
+	t.Helper()
+	fi, err := os.Stat(filepath.Join(dir, StateFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fi.Sys().(*syscall.Stat_t).Ino
+}
+
+// The broker delivers the retained breach notice again on every connect. A copy the agent has
+// applied changes nothing, so it costs neither a signature check nor a state write; a newer
+// notice, or the same one after the keys changed, is checked and applied as before.
+func TestARedeliveredDesiredStateIsNotAppliedAgain(t *testing.T) {
+	now := time.Now()
+	f := enrolled(t, "cam-0001", now, closedPort(t))
+	log, rec := logtest.New()
+	a, err := New(Config{StateDir: f.dir, Logger: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	notice := func(version, epoch uint64) []byte {
+		b, err := certs.SignDesired(f.cmdKey, certs.Desired{Target: certs.TargetFleet, Version: version, Epoch: epoch, Incident: "INC-1"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	ctx := context.Background()
+	first := notice(10, 1)
+	a.handleDesired(ctx, topic.FleetDesired, first)
+	if a.st.DesiredEpoch != 1 || a.st.FleetDesired != 10 {
+		t.Fatalf("after the notice: desired epoch %d, version %d", a.st.DesiredEpoch, a.st.FleetDesired)
+	}
+	ino := inode(t, f.dir)
+
+	a.handleDesired(ctx, topic.FleetDesired, first)
+	if got := inode(t, f.dir); got != ino {
+		t.Fatal("a redelivered notice rewrote the state file")
+	}
+	// An older notice is checked and ignored: nothing to write either.
+	a.handleDesired(ctx, topic.FleetDesired, notice(9, 5))
+	if got := inode(t, f.dir); got != ino || a.st.DesiredEpoch != 1 {
+		t.Fatalf("an older notice changed the state (epoch %d)", a.st.DesiredEpoch)
+	}
+	// A forged copy of a newer notice is refused, not mistaken for the applied one.
+	forged := notice(11, 2)
+	forged[len(forged)/2] ^= 1
+	a.handleDesired(ctx, topic.FleetDesired, forged)
+	if a.st.DesiredEpoch != 1 {
+		t.Fatalf("a forged notice raised the epoch to %d", a.st.DesiredEpoch)
+	}
+	a.handleDesired(ctx, topic.FleetDesired, notice(11, 2))
+	if got := inode(t, f.dir); got == ino || a.st.DesiredEpoch != 2 {
+		t.Fatalf("a newer notice was not applied (epoch %d)", a.st.DesiredEpoch)
+	}
+	// After the verifier changes (a new key set), the same bytes are checked again: here
+	// under a key set that trusts no key, so the copy is refused.
+	third := notice(12, 3)
+	a.handleDesired(ctx, topic.FleetDesired, third)
+	if a.st.DesiredEpoch != 3 {
+		t.Fatalf("epoch %d after the third notice", a.st.DesiredEpoch)
+	}
+	none := certs.KeySet{Version: 2}
+	a.mu.Lock()
+	a.verifier = none.CommandVerifier()
+	a.mu.Unlock()
+	before := refusals(rec)
+	a.handleDesired(ctx, topic.FleetDesired, third)
+	if refusals(rec) != before+1 {
+		t.Fatal("the applied notice was not checked again under the new keys")
+	}
+}
+
+// refusals counts the desired-state refusals logged so far.
+func refusals(rec *logtest.Recorder) int {
+	n := 0
+	for _, l := range rec.Lines() {
+		if strings.Contains(l, "desired state refused") {
+			n++
+		}
+	}
+	return n
+}
