@@ -165,7 +165,7 @@ func statusCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	defer op.Close()
 	r := col.Report()
 	if *wait > 0 {
-		r, err = follow(ctx, col, *wait, stderr)
+		r, err = follow(ctx, col, *wait, stderr, op.Client().Reconnect)
 		if err != nil {
 			return err
 		}
@@ -185,11 +185,22 @@ func statusCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	return nil
 }
 
+// stallResync is how long follow waits without news before it reads the retained state again;
+// each read in a row without news doubles it, up to maxStallResync.
+var stallResync, maxStallResync = 5 * time.Second, time.Minute
+
 // follow shows a progress bar on w while devices converge, until all have or wait has passed,
-// and returns the last report.
-func follow(ctx context.Context, col *status.Collector, wait time.Duration, w io.Writer) (status.Report, error) {
+// and returns the last report. When nothing changed for a while and the rollout has not
+// converged it calls resync, which must make the broker send the retained state again (a new
+// connection and subscription): a long-lived subscription can hold a device's older state for
+// good when, across a broker restart, the broker sends the retained copy it read before the
+// device's newer publish after that publish itself (docs/scale-out.md, item 3).
+func follow(ctx context.Context, col *status.Collector, wait time.Duration, w io.Writer, resync func()) (status.Report, error) {
 	deadline := time.NewTimer(wait)
 	defer deadline.Stop()
+	stall := stallResync
+	quiet := time.NewTimer(stall)
+	defer quiet.Stop()
 	r := col.Report()
 	bar := progressbar.NewOptions(max(r.Total, 1),
 		progressbar.OptionSetWriter(w),
@@ -213,6 +224,13 @@ func follow(ctx context.Context, col *status.Collector, wait time.Duration, w io
 		bar.Set(r.Counts.Converged)
 		select {
 		case <-changed:
+			stall = stallResync
+			quiet.Reset(stall)
+		case <-quiet.C:
+			resync()
+			stall = min(2*stall, maxStallResync)
+			quiet.Reset(stall)
+			continue
 		case <-deadline.C:
 			fmt.Fprintln(w)
 			return r, nil
