@@ -164,6 +164,7 @@ func brokerCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	listen := fs.String("listen", "", "listen address host:port (default: the fleet's broker URL)")
 	data := fs.String("data", "", "persistence directory for sessions and retained messages (default <dir>/broker/data)")
 	poll := fs.Duration("revocation-poll", signer.DefaultEnforceInterval, "how often to look for newly revoked certificates, to cut their live sessions")
+	connRate := fs.Float64("max-connect-rate", 0, "budget of new connections per second (TLS handshakes started); a connection whose turn would come more than 5 s later is closed and its client retries with backoff; 0: no limit")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -196,11 +197,12 @@ func brokerCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	// needs to cut sessions for the ones that come after.
 	before := len(reg.Revocations())
 	b, err := broker.New(broker.Config{
-		Addr:    addr,
-		TLS:     certs.ServerTLSConfig(f.Pool, sc),
-		DataDir: *data,
-		Revoked: reg.Revoked,
-		Logger:  log,
+		Addr:           addr,
+		TLS:            certs.ServerTLSConfig(f.Pool, sc),
+		DataDir:        *data,
+		Revoked:        reg.Revoked,
+		Logger:         log,
+		MaxConnectRate: *connRate,
 	})
 	if err != nil {
 		return err

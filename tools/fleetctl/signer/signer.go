@@ -83,6 +83,13 @@ type answer struct {
 }
 
 // New validates cfg and returns a Signer that is not yet connected.
+// queueLength is the signer's inbound queue. A breach sends every device's request at once,
+// and a broker that does not cap a client's QoS 1 messages in flight (the embedded one; not
+// Mosquitto, whose max_inflight_messages is 20) delivers them all to the signers: with the
+// default 1,024 the queue overflowed on a 10,000-device fleet, and each overflow made the
+// signer reconnect and receive the whole backlog again. Requests are about 1 KB each.
+const queueLength = 1 << 15
+
 func New(cfg Config) (*Signer, error) {
 	cfg, err := withDefaults(cfg)
 	if err != nil {
@@ -105,6 +112,7 @@ func New(cfg Config) (*Signer, error) {
 		CleanSession:  false,
 		Subscriptions: Subscriptions(),
 		Handler:       s.handle,
+		QueueLength:   queueLength,
 		MinBackoff:    cfg.MinBackoff,
 		MaxBackoff:    cfg.MaxBackoff,
 		Logger:        cfg.Logger,

@@ -11,6 +11,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"runtime/pprof"
 	"strings"
 	"time"
 
@@ -83,6 +84,7 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.Float64Var(&c.SkewShare, "skew-share", sim.DefaultSkewShare, "share of devices with a skewed clock")
 	fs.Float64Var(&c.RestartAt, "restart-at", sim.DefaultRestartAt, "broker-restart: restart once this share of devices rotated")
 	fs.DurationVar(&c.RestartDowntime, "restart-downtime", 0, "broker-restart: how long the broker stays down")
+	fs.Float64Var(&c.MaxConnectRate, "max-connect-rate", 0, "the embedded broker's budget of new connections per second (fleetctl broker --max-connect-rate); 0: no limit")
 
 	fs.DurationVar(&c.MinBackoff, "min-backoff", 0, "agent reconnect backoff of the first retry (default: the agent's, 1s)")
 	fs.DurationVar(&c.MaxBackoff, "max-backoff", 0, "agent reconnect backoff cap (default: the agent's, 5m)")
@@ -101,6 +103,7 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	logFile := fs.String("log", "", "write the agents' logs at --log-level, and the warnings and errors of the broker and signers, to this file")
 	logLevel := fs.String("log-level", "warn", "the agents' log level for --log: debug, info, warn, error")
 	verbose := fs.Bool("v", false, "log fleetsim's steps on stderr")
+	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the whole run (agents, and the broker and signers when they run in this process) to this file, for go tool pprof")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return nil
@@ -153,6 +156,17 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	if *verbose {
 		c.Logger = slog.New(slog.NewTextHandler(stderr, nil))
+	}
+	if *cpuProfile != "" {
+		pf, err := os.Create(*cpuProfile)
+		if err != nil {
+			return err
+		}
+		defer pf.Close()
+		if err := pprof.StartCPUProfile(pf); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
 	}
 	rep, err := sim.Run(ctx, c)
 	if rep == nil {

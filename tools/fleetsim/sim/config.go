@@ -86,6 +86,9 @@ type Config struct {
 	RestartAt float64
 	// RestartDowntime is how long the broker stays down in BrokerRestart; 0 means at once.
 	RestartDowntime time.Duration
+	// MaxConnectRate is the embedded broker's connection budget (`fleetctl broker
+	// --max-connect-rate`), new connections per second; 0 means no limit. Embedded only.
+	MaxConnectRate float64
 
 	// Agent tuning, passed to every agent.Config; 0 means the agent's production default, so
 	// a run measures what the fleet does.
@@ -158,6 +161,10 @@ func (c Config) withDefaults(cpus int) (Config, error) {
 		return c, bad("Scenario", "%s needs Embedded: fleetsim restarts only a broker it runs", BrokerRestart)
 	case c.StateDir == "":
 		return c, bad("StateDir", "is required")
+	case c.MaxConnectRate < 0 || c.MaxConnectRate != c.MaxConnectRate:
+		return c, bad("MaxConnectRate", "%v is not a rate", c.MaxConnectRate)
+	case !c.Embedded && c.MaxConnectRate != 0:
+		return c, bad("MaxConnectRate", "needs Embedded: it configures the broker fleetsim runs")
 	}
 	if c.Signers == 0 && c.Embedded {
 		c.Signers = 1

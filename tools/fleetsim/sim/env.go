@@ -11,6 +11,7 @@ import (
 	"net"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -141,14 +142,15 @@ type embedded struct {
 
 // startEmbedded starts `fleetctl broker` for the fleet in dir on addr ("" picks a port), with
 // its persistence in data.
-func startEmbedded(ctx context.Context, dir, addr, data string, log io.Writer) (*embedded, error) {
+func startEmbedded(ctx context.Context, dir, addr, data string, connRate float64, log io.Writer) (*embedded, error) {
 	if addr == "" {
 		var err error
 		if addr, err = freeStablePort(); err != nil {
 			return nil, err
 		}
 	}
-	e := &embedded{addr: addr, log: log, args: []string{"broker", "--dir", dir, "--listen", addr, "--data", data, "--revocation-poll", "1s"}}
+	e := &embedded{addr: addr, log: log, args: []string{"broker", "--dir", dir, "--listen", addr, "--data", data, "--revocation-poll", "1s",
+		"--max-connect-rate", strconv.FormatFloat(connRate, 'g', -1, 64)}}
 	if err := e.start(ctx); err != nil {
 		return nil, err
 	}

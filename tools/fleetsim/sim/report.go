@@ -53,6 +53,13 @@ type Report struct {
 	// was down.
 	BrokerRestarts int     `json:"broker_restarts,omitempty"`
 	RestartSeconds float64 `json:"restart_s,omitempty"`
+	// BackSeconds is how long after the broker came back every device had been connected
+	// again; NotBack counts those that were not within Config.Timeout.
+	BackSeconds float64 `json:"back_s,omitempty"`
+	NotBack     int     `json:"not_back,omitempty"`
+	// MaxConnectRate is the embedded broker's connection budget, new connections per second
+	// (0: none), for comparison with PeakConnects.
+	MaxConnectRate float64 `json:"max_connect_rate,omitempty"`
 
 	// NotConverged lists the devices that had not converged at the end (at most 50 ids;
 	// NotConvergedCount is the count).
@@ -127,8 +134,12 @@ func (r *Report) WriteText(w io.Writer) error {
 	if r.Skewed > 0 {
 		fmt.Fprintf(&b, "; %d with clocks off by %+.0f s", r.Skewed, r.ClockSkewSeconds)
 	}
-	fmt.Fprintf(&b, "\n  enrolled in %.1f s; all connected %.1f s after the first start (%.0f/s, peak %d connections in one second)\n",
+	fmt.Fprintf(&b, "\n  enrolled in %.1f s; all connected %.1f s after the first start (%.0f/s, peak %d connections in one second",
 		r.EnrollSeconds, r.ConnectSeconds, r.ConnectRate, r.PeakConnects)
+	if r.MaxConnectRate > 0 {
+		fmt.Fprintf(&b, " of the whole run, broker budget %.0f/s", r.MaxConnectRate)
+	}
+	b.WriteString(")\n")
 	if r.Scenario != ConnectStorm {
 		fmt.Fprintf(&b, "  breach to epoch %d: converged in %.2f s, %d rotations, %.0f rotations/s; latency p50 %.0f ms, p99 %.0f ms, max %.0f ms; %d failed rotation steps retried\n",
 			r.Epoch, r.ConvergeSeconds, r.Rotated, r.RotationsPerSecond, 1000*r.LatencyP50Seconds, 1000*r.LatencyP99Seconds, 1000*r.LatencyMaxSeconds, r.RotationFailures)
@@ -136,7 +147,11 @@ func (r *Report) WriteText(w io.Writer) error {
 		fmt.Fprintf(&b, "  converged (state published at the fleet's epoch %d) %.2f s after the first start\n", r.Epoch, r.ConvergeSeconds)
 	}
 	if r.BrokerRestarts > 0 {
-		fmt.Fprintf(&b, "  broker restarted %d time(s), down %.2f s\n", r.BrokerRestarts, r.RestartSeconds)
+		fmt.Fprintf(&b, "  broker restarted %d time(s), down %.2f s; every device connected again %.1f s after it came back", r.BrokerRestarts, r.RestartSeconds, r.BackSeconds)
+		if r.NotBack > 0 {
+			fmt.Fprintf(&b, " (%d not back)", r.NotBack)
+		}
+		b.WriteString("\n")
 	}
 	fmt.Fprintf(&b, "  commands: %d signed pings sent, %d lost", r.CommandsSent, r.CommandsLost)
 	if r.LostReplyDropped > 0 {

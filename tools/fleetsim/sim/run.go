@@ -54,6 +54,8 @@ type run struct {
 	restartMu sync.Mutex
 	restarts  int
 	downtime  time.Duration
+	backAfter time.Duration // from the broker's (last) return until every device was connected
+	notBack   int           // devices not connected again within Config.Timeout
 	rep       Report
 }
 
@@ -120,7 +122,7 @@ func (r *run) setup(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		if r.emb, err = startEmbedded(ctx, r.f.Dir, addr, filepath.Join(c.StateDir, "broker-data"), c.Log); err != nil {
+		if r.emb, err = startEmbedded(ctx, r.f.Dir, addr, filepath.Join(c.StateDir, "broker-data"), c.MaxConnectRate, c.Log); err != nil {
 			return err
 		}
 		r.brokerURL, r.rep.Broker = r.emb.url(), "embedded"
@@ -372,13 +374,27 @@ const staleAfter = 5 * time.Second
 
 // waitConverged waits until every device converged on epoch or timeout passed, with a
 // progress bar, and returns when it happened.
+// convergenceEvery is the shortest interval between two convergence checks of waitConverged:
+// the convergence time it reports is that precise.
+const convergenceEvery = 100 * time.Millisecond
+
 func (r *run) waitConverged(ctx context.Context, epoch uint64, timeout time.Duration, desc string) (time.Time, bool) {
 	bar := r.bar(desc, len(r.devs))
 	defer bar.finish()
 	deadline := time.Now().Add(timeout)
 	stuckSince := time.Time{}
 	rereads := 0
+	var checked time.Time
 	for {
+		// At most ten checks a second: each walks every device and the whole status report,
+		// and state messages arrive by the thousand a second in a large run.
+		if wait := convergenceEvery - time.Since(checked); wait > 0 {
+			select {
+			case <-ctx.Done():
+			case <-time.After(wait):
+			}
+		}
+		checked = time.Now()
 		both, agents, _ := r.convergence(epoch)
 		bar.set(both)
 		if both == len(r.devs) {
@@ -526,6 +542,27 @@ func (r *run) restartMidway(ctx context.Context) {
 	r.restartMu.Unlock()
 	r.m.mark("broker back")
 	r.log.Info("fleetsim: broker back", "down", time.Since(start).Round(time.Millisecond))
+	r.waitAllBack(ctx)
+}
+
+// waitAllBack waits, for at most Config.Timeout, until every device has been connected since
+// the broker came back, and records how long that took.
+func (r *run) waitAllBack(ctx context.Context) {
+	back := time.Now()
+	deadline := back.Add(r.cfg.Timeout)
+	waiting := slices.Clone(r.devs)
+	for len(waiting) > 0 && time.Now().Before(deadline) && ctx.Err() == nil {
+		waiting = slices.DeleteFunc(waiting, func(d *device) bool { return d.a.Status().Connected })
+		if len(waiting) > 0 {
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	r.restartMu.Lock()
+	r.backAfter = time.Since(back)
+	r.notBack = len(waiting)
+	r.restartMu.Unlock()
+	r.m.mark(fmt.Sprintf("%d of %d devices back", len(r.devs)-len(waiting), len(r.devs)))
+	r.log.Info("fleetsim: devices back after the restart", "back", len(r.devs)-len(waiting), "devices", len(r.devs), "took", r.backAfter.Round(time.Millisecond))
 }
 
 // sendQueued pings the devices chosen while the scenario's disruption is under way; their
@@ -614,6 +651,10 @@ func (r *run) finish() {
 	rep.RepliesDropped = r.m.replyDrops.Load()
 	rep.RotationFailures = r.m.rotationFailures.Load()
 	rep.BrokerRestarts, rep.RestartSeconds = r.restarts, seconds(r.downtime)
+	if r.restarts > 0 {
+		rep.BackSeconds, rep.NotBack = seconds(r.backAfter), r.notBack
+	}
+	rep.MaxConnectRate = r.cfg.MaxConnectRate
 	_, _, behind := r.convergence(rep.Epoch)
 	rep.NotConvergedCount = len(behind)
 	rep.NotConverged = behind[:min(len(behind), 50)]

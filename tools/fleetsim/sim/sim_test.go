@@ -140,6 +140,25 @@ func TestBrokerRestartMidCampaignLosesNothing(t *testing.T) {
 	if r.BrokerRestarts != 1 || r.CommandsSent != 2*n || r.Rotated != n {
 		t.Fatalf("%d restarts, %d pings, %d rotated", r.BrokerRestarts, r.CommandsSent, r.Rotated)
 	}
+	if r.NotBack != 0 || r.BackSeconds <= 0 {
+		t.Fatalf("%d devices not back; all back %.2f s after the restart", r.NotBack, r.BackSeconds)
+	}
+}
+
+// With a connection budget on the broker, the storms (the first connections, the return
+// after the restart) are spread: no second sees many more connections than the budget, and
+// every device is back and converged all the same.
+func TestBrokerRestartUnderAConnectionBudget(t *testing.T) {
+	const budget = 8
+	r := runOK(t, small(t, sim.BrokerRestart, func(c *sim.Config) { c.MaxConnectRate = budget }))
+	if r.BrokerRestarts != 1 || r.Rotated != n || r.NotBack != 0 || r.MaxConnectRate != budget {
+		t.Fatalf("%d restarts, %d rotated, %d not back, budget %v", r.BrokerRestarts, r.Rotated, r.NotBack, r.MaxConnectRate)
+	}
+	// The broker starts at most budget+1 handshakes in any second; a device counts its
+	// connection a little later, so a second of the timeline may gain a few at its edge.
+	if r.PeakConnects > 2*budget {
+		t.Fatalf("peak %d connections in one second with a budget of %d/s", r.PeakConnects, budget)
+	}
 }
 
 func TestFaultsOnAShareOfDevicesEndConverged(t *testing.T) {
@@ -206,6 +225,8 @@ func TestConfigIsValidated(t *testing.T) {
 		{"no state directory", sim.Config{Devices: 1, Embedded: true}},
 		{"a share over 1", sim.Config{Devices: 1, Embedded: true, StateDir: "x", FaultShare: 1.5}},
 		{"a negative timeout", sim.Config{Devices: 1, Embedded: true, StateDir: "x", Timeout: -1}},
+		{"a negative connection budget", sim.Config{Devices: 1, Embedded: true, StateDir: "x", MaxConnectRate: -1}},
+		{"a connection budget for a broker fleetsim does not run", sim.Config{Devices: 1, StateDir: "x", BrokerURL: "mqtts://127.0.0.1:1", FleetDir: "f", MaxConnectRate: 10}},
 	} {
 		t.Run(tc.name+" is refused", func(t *testing.T) {
 			if _, err := sim.Run(context.Background(), tc.cfg); !errors.Is(err, sim.ErrConfig) {

@@ -32,6 +32,7 @@ import (
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/hooks/storage/bolt"
 	"go.etcd.io/bbolt"
+	"golang.org/x/time/rate"
 
 	"github.com/camagent/camagent/internal/atomicfile"
 )
@@ -78,6 +79,13 @@ type Config struct {
 	// ConnectTimeout bounds the TLS handshake plus the CONNECT packet of a new connection.
 	// Zero means DefaultConnectTimeout.
 	ConnectTimeout time.Duration
+	// MaxConnectRate, if positive, is the budget of new connections per second: a connection
+	// waits for its turn before its TLS handshake, for at most half of ConnectTimeout, and is
+	// closed unanswered if its turn would come later (the client backs off and retries). This
+	// spreads the reconnection storm after a restart or a network cut over time, at a rate the
+	// broker's host can take. The budget is smooth (a burst of one): no second sees more than
+	// MaxConnectRate handshakes start, plus one. Zero means no limit.
+	MaxConnectRate float64
 	// Logger receives connection refusals, ACL denials (identity and topic, never payloads) and
 	// mochi's own messages. Nil discards them.
 	Logger *slog.Logger
@@ -141,6 +149,9 @@ func New(cfg Config) (*Broker, error) {
 	}
 	if cfg.ConnectTimeout == 0 {
 		cfg.ConnectTimeout = DefaultConnectTimeout
+	}
+	if cfg.MaxConnectRate < 0 || math.IsNaN(cfg.MaxConnectRate) || math.IsInf(cfg.MaxConnectRate, 0) {
+		return nil, fmt.Errorf("broker: Config.MaxConnectRate %v is not a rate", cfg.MaxConnectRate)
 	}
 	if cfg.Now == nil {
 		cfg.Now = cfg.TLS.Time
@@ -207,6 +218,9 @@ func (b *Broker) Start() error {
 		}
 	}
 	ln := newListener(listenerID, b.cfg.Addr, b.tls, b.cfg.ConnectTimeout, b.log)
+	if b.cfg.MaxConnectRate > 0 {
+		ln.budget = rate.NewLimiter(rate.Limit(b.cfg.MaxConnectRate), 1)
+	}
 	if err := srv.AddListener(ln); err != nil {
 		srv.Close()
 		return fmt.Errorf("broker: listen on %s: %w", b.cfg.Addr, err)
@@ -227,6 +241,17 @@ func (b *Broker) Addr() string {
 		return ""
 	}
 	return b.ln.Address()
+}
+
+// Throttled returns how many new connections were closed unanswered because the connection
+// budget (Config.MaxConnectRate) had no turn for them in time.
+func (b *Broker) Throttled() uint64 {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.ln == nil {
+		return 0
+	}
+	return b.ln.throttled.Load()
 }
 
 // URL returns "mqtts://host:port" for Addr, the form paho takes.

@@ -72,6 +72,7 @@ func TestNewRefusesAnUnsafeConfig(t *testing.T) {
 		})}, "GetConfigForClient"},
 		{"a negative packet size is refused", broker.Config{Addr: "127.0.0.1:0", TLS: good, MaxPacketSize: -1}, "MaxPacketSize"},
 		{"a negative connect timeout is refused", broker.Config{Addr: "127.0.0.1:0", TLS: good, ConnectTimeout: -time.Second}, "ConnectTimeout"},
+		{"a negative connection budget is refused", broker.Config{Addr: "127.0.0.1:0", TLS: good, MaxConnectRate: -1}, "MaxConnectRate"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

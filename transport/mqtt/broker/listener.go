@@ -10,9 +10,11 @@ import (
 	"math/big"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/mochi-mqtt/server/v2/listeners"
+	"golang.org/x/time/rate"
 )
 
 // listener is the broker's only network listener: TCP with TLS, implementing mochi's
@@ -32,10 +34,15 @@ type listener struct {
 	ctx    context.Context // cancelled by Close: aborts handshakes in progress
 	cancel context.CancelFunc
 
-	mu     sync.Mutex
-	closed bool
-	conns  map[*tls.Conn]*liveConn // live connections
-	wg     sync.WaitGroup          // Serve's loop and one goroutine per connection
+	budget    *rate.Limiter // Config.MaxConnectRate; nil: no limit
+	throttled atomic.Uint64 // connections closed because their turn would come too late
+	lastWarn  atomic.Int64  // Unix ns of the last "over budget" warning
+
+	mu       sync.Mutex
+	closed   bool
+	conns    map[*tls.Conn]*liveConn            // live connections
+	bySerial map[string]map[*tls.Conn]*liveConn // the verified ones, by certificate serial (its bytes)
+	wg       sync.WaitGroup                     // Serve's loop and one goroutine per connection
 }
 
 var _ listeners.Listener = (*listener)(nil)
@@ -51,7 +58,8 @@ func newListener(id, addr string, conf *tls.Config, timeout time.Duration, log *
 	return &listener{
 		id: id, addr: addr, tls: conf, timeout: timeout, log: log,
 		ctx: ctx, cancel: cancel,
-		conns: make(map[*tls.Conn]*liveConn),
+		conns:    make(map[*tls.Conn]*liveConn),
+		bySerial: make(map[string]map[*tls.Conn]*liveConn),
 	}
 }
 
@@ -129,11 +137,21 @@ func (l *listener) handle(conn *tls.Conn, raw net.Conn, establish listeners.Esta
 	defer l.wg.Done()
 	defer func() {
 		l.mu.Lock()
+		if c := l.conns[conn]; c != nil && c.leaf != nil {
+			key := string(c.leaf.SerialNumber.Bytes())
+			delete(l.bySerial[key], conn)
+			if len(l.bySerial[key]) == 0 {
+				delete(l.bySerial, key)
+			}
+		}
 		delete(l.conns, conn)
 		l.mu.Unlock()
 		raw.Close()
 	}()
 	remote := raw.RemoteAddr().String()
+	if l.budget != nil && !l.takeTurn() {
+		return
+	}
 	// The deadline covers the handshake and the CONNECT packet; mochi replaces it with one
 	// derived from the keepalive once the client is accepted.
 	if err := raw.SetDeadline(time.Now().Add(l.timeout)); err != nil {
@@ -152,11 +170,37 @@ func (l *listener) handle(conn *tls.Conn, raw net.Conn, establish listeners.Esta
 	}
 	leaf := verifiedLeaf(conn)
 	l.mu.Lock()
-	l.conns[conn].leaf = leaf
+	c := l.conns[conn]
+	c.leaf = leaf
+	if leaf != nil {
+		key := string(leaf.SerialNumber.Bytes())
+		if l.bySerial[key] == nil {
+			l.bySerial[key] = make(map[*tls.Conn]*liveConn)
+		}
+		l.bySerial[key][conn] = c
+	}
 	l.mu.Unlock()
 	if err := establish(l.id, conn); err != nil {
 		l.log.Debug("broker: connection ended", "remote", remote, "error", err)
 	}
+}
+
+// takeTurn waits for the connection's turn in the connection budget, for at most half of the
+// connect timeout, and reports whether it got one. One that would wait longer is refused at
+// once, without a reservation, so that it takes nothing from the connections behind it.
+func (l *listener) takeTurn() bool {
+	ctx, cancel := context.WithTimeout(l.ctx, l.timeout/2)
+	defer cancel()
+	if l.budget.Wait(ctx) == nil {
+		return true
+	}
+	n := l.throttled.Add(1)
+	now := time.Now().UnixNano()
+	if last := l.lastWarn.Load(); now-last > int64(10*time.Second) && l.lastWarn.CompareAndSwap(last, now) {
+		l.log.Warn("broker: connection rate over budget; closing new connections that would wait too long",
+			"budget_per_s", float64(l.budget.Limit()), "closed_so_far", n)
+	}
+	return false
 }
 
 // Close stops accepting, cuts every connection at the socket, lets mochi forget its clients
@@ -191,10 +235,8 @@ func (l *listener) Close(closeClients listeners.CloseFn) {
 func (l *listener) disconnectSerial(serial *big.Int) int {
 	l.mu.Lock()
 	var cut []net.Conn
-	for _, c := range l.conns {
-		if c.leaf != nil && c.leaf.SerialNumber.Cmp(serial) == 0 {
-			cut = append(cut, c.raw)
-		}
+	for _, c := range l.bySerial[string(serial.Bytes())] {
+		cut = append(cut, c.raw)
 	}
 	l.mu.Unlock()
 	for _, raw := range cut {
