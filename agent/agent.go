@@ -439,11 +439,24 @@ func (a *Agent) onConnect(ctx context.Context) {
 	a.poke()
 	a.log.Info("connected to broker", "broker", a.brokerURL(), "cert_serial", serialHex(a.Certificate()))
 	a.raiseTimeFloor()
-	if err := a.publishState(ctx); err != nil {
-		a.log.Warn("could not publish device state", "err", err)
+	// A connection a rotation made to try its new certificate is followed at once by the
+	// rotation's own state publish (committed, or failed), which would replace this one.
+	if !a.switching() {
+		if err := a.publishState(ctx); err != nil {
+			a.log.Warn("could not publish device state", "err", err)
+		}
 	}
 	a.forwardClaim(ctx)
 	a.flushReplies(ctx)
+}
+
+// switching reports whether the certificate in use is the one a rotation under way is
+// switching to: the connection is the rotation's, and the rotation publishes the state.
+func (a *Agent) switching() bool {
+	a.mu.Lock()
+	next := a.next
+	a.mu.Unlock()
+	return next != nil && next.cert != nil && serialHex(next.cert) == serialHex(a.Certificate())
 }
 
 func (a *Agent) onConnectError(err error) {

@@ -1,0 +1,112 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	paho "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/camagent/camagent/agent/state"
+	"github.com/camagent/camagent/agent/wire"
+	"github.com/camagent/camagent/certs"
+	"github.com/camagent/camagent/internal/logtest"
+	"github.com/camagent/camagent/transport/mqtt/mqtttest"
+	"github.com/camagent/camagent/transport/mqtt/topic"
+)
+
+// A rotation publishes the device state once, when it ends: the connection it makes with the
+// new certificate does not publish the intermediate state (rotation issued, old epoch), which
+// the committed state would replace within milliseconds — one retained write fewer per
+// rotation, and no older state that could reach the broker after the newer one.
+func TestARotationPublishesTheStateOnceItEnds(t *testing.T) {
+	pki := mqtttest.NewPKI(t)
+	var mu sync.Mutex
+	var states []wire.DeviceState
+	b := mqtttest.StartEmbedded(t, pki, mqtttest.WithOnPublish(func(_, tp string, payload []byte, _ bool) {
+		if tp != topic.State("cam-0001") {
+			return
+		}
+		var s wire.DeviceState
+		if wire.Decode(payload, &s) == nil {
+			mu.Lock()
+			states = append(states, s)
+			mu.Unlock()
+		}
+	}))
+	now := time.Now()
+	root, _ := certs.NewSigningKey()
+	cmdKey, _ := certs.NewSigningKey()
+	ks, _ := certs.SignKeySet(root, certs.KeySet{Version: 1, CommandKeys: []certs.PublicKey{cmdKey.Public()}, GrantKeys: []certs.PublicKey{cmdKey.Public()}})
+	dir := filepath.Join(t.TempDir(), "state")
+	csrPEM, err := Enroll(dir, "cam-0001")
+	if err != nil {
+		t.Fatal(err)
+	}
+	csr, _ := certs.ParseCSR(csrPEM)
+	c, _ := pki.CA.Issue(certs.IssueRequest{Role: certs.RoleDevice, Name: "cam-0001", CSR: csr, Now: now})
+	bundle, _ := json.Marshal(certs.Bundle{V: 1, DeviceID: "cam-0001", CertPEM: string(certs.EncodeCertPEM(c)), CAPEM: string(pki.CAPEM), RootKey: root.Public().Key, KeySet: ks, Broker: b.URL()})
+	if _, err := InstallBundle(dir, bundle, now); err != nil {
+		t.Fatal(err)
+	}
+	// A signer that issues what is asked; the confirmation needs no answer here.
+	signer := mqtttest.Connect(t, mqtttest.ClientOptions(b, pki.ClientTLS(t, pki.ClientCert(t, certs.RoleSigner, "test")), "signer:test"))
+	tok := signer.Subscribe(topic.CSR("cam-0001"), 1, func(cl paho.Client, m paho.Message) {
+		var req wire.CertRequest
+		if wire.Decode(m.Payload(), &req) != nil || req.Kind != wire.KindRequest {
+			return
+		}
+		r, err := certs.ParseCSR([]byte(req.CSR))
+		if err != nil {
+			return
+		}
+		cert, err := pki.CA.Issue(certs.IssueRequest{Role: certs.RoleDevice, Name: "cam-0001", CSR: r, Now: time.Now()})
+		if err != nil {
+			return
+		}
+		resp, _ := wire.Encode(&wire.CertResponse{V: 1, ReqID: req.ReqID, Cert: string(certs.EncodeCertPEM(cert))})
+		cl.Publish(topic.Cert("cam-0001"), 1, false, resp)
+	})
+	mqtttest.Wait(t, tok, "signer subscribe")
+
+	log, rec := logtest.New()
+	a, err := New(Config{StateDir: dir, Logger: log, MinBackoff: 50 * time.Millisecond, MaxBackoff: 200 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	<-a.Connected()
+	waitFor := func(what string, cond func() bool) {
+		t.Helper()
+		deadline := time.Now().Add(20 * time.Second)
+		for !cond() {
+			if time.Now().After(deadline) {
+				t.Fatalf("timed out waiting for %s; log:\n%s", what, rec.Text())
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	waitFor("the state of the first connection", func() bool { mu.Lock(); defer mu.Unlock(); return len(states) == 1 })
+
+	if err := a.save(func(st *state.State) { st.DesiredEpoch = 1 }); err != nil {
+		t.Fatal(err)
+	}
+	a.poke()
+	waitFor("the committed state", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(states) > 1 && states[len(states)-1].Epoch == 1
+	})
+	rec.WaitFor(t, 5*time.Second, "connected to broker", "cert_serial="+serialHex(a.Certificate()))
+	mu.Lock()
+	defer mu.Unlock()
+	if len(states) != 2 || states[1].Rotation != wire.RotationIdle {
+		t.Fatalf("states published: %+v; want the first connection's, then only the committed one", states)
+	}
+}
