@@ -25,42 +25,10 @@ func TestBrokerRefusingTheNewCertificateFallsBackToTheOldOne(t *testing.T) {
 	b := mqtttest.StartEmbedded(t, pki)
 	now := time.Now()
 
-	// Enroll cam-0001 against the test PKI.
-	root, _ := certs.NewSigningKey()
-	cmdKey, _ := certs.NewSigningKey()
-	ks, _ := certs.SignKeySet(root, certs.KeySet{Version: 1, CommandKeys: []certs.PublicKey{cmdKey.Public()}, GrantKeys: []certs.PublicKey{cmdKey.Public()}})
-	dir := filepath.Join(t.TempDir(), "state")
-	csrPEM, err := Enroll(dir, "cam-0001")
-	if err != nil {
-		t.Fatal(err)
-	}
-	csr, _ := certs.ParseCSR(csrPEM)
-	c, _ := pki.CA.Issue(certs.IssueRequest{Role: certs.RoleDevice, Name: "cam-0001", CSR: csr, Now: now})
-	bundle, _ := json.Marshal(certs.Bundle{V: 1, DeviceID: "cam-0001", CertPEM: string(certs.EncodeCertPEM(c)), CAPEM: string(pki.CAPEM), RootKey: root.Public().Key, KeySet: ks, Broker: b.URL()})
-	if _, err := InstallBundle(dir, bundle, now); err != nil {
-		t.Fatal(err)
-	}
-
+	dir := enrolledOn(t, pki, b, "cam-0001", now)
 	// A signer that answers with a certificate valid from one minute ahead: within the
 	// device's clock tolerance, so the device accepts it, but the broker refuses it.
-	signer := mqtttest.Connect(t, mqtttest.ClientOptions(b, pki.ClientTLS(t, pki.ClientCert(t, certs.RoleSigner, "test")), "signer:test"))
-	tok := signer.Subscribe(topic.CSR("cam-0001"), 1, func(cl paho.Client, m paho.Message) {
-		var req wire.CertRequest
-		if wire.Decode(m.Payload(), &req) != nil || req.Kind != wire.KindRequest {
-			return
-		}
-		r, err := certs.ParseCSR([]byte(req.CSR))
-		if err != nil {
-			return
-		}
-		early, err := pki.CA.Issue(certs.IssueRequest{Role: certs.RoleDevice, Name: "cam-0001", CSR: r, Now: time.Now().Add(certs.Backdate + time.Minute)})
-		if err != nil {
-			return
-		}
-		resp, _ := wire.Encode(&wire.CertResponse{V: 1, ReqID: req.ReqID, Cert: string(certs.EncodeCertPEM(early))})
-		cl.Publish(topic.Cert("cam-0001"), 1, false, resp)
-	})
-	mqtttest.Wait(t, tok, "signer subscribe")
+	testSigner(t, b, pki, "cam-0001", func() time.Time { return time.Now().Add(certs.Backdate + time.Minute) })
 
 	log, rec := logtest.New()
 	a, err := New(Config{StateDir: dir, Logger: log, SwitchTimeout: 2 * time.Second, RetryMin: time.Hour, RetryMax: time.Hour,
@@ -108,4 +76,48 @@ func TestBrokerRefusingTheNewCertificateFallsBackToTheOldOne(t *testing.T) {
 	if n := strings.Count(rec.Text(), "rotating credentials"); n != 1 {
 		t.Fatalf("%d rotation attempts during the backoff; log:\n%s", n, rec.Text())
 	}
+}
+
+// enrolledOn enrolls id against pki (the broker b's fleet) and returns its state directory.
+func enrolledOn(t *testing.T, pki *mqtttest.PKI, b mqtttest.Broker, id string, now time.Time) string {
+	t.Helper()
+	root, _ := certs.NewSigningKey()
+	cmdKey, _ := certs.NewSigningKey()
+	ks, _ := certs.SignKeySet(root, certs.KeySet{Version: 1, CommandKeys: []certs.PublicKey{cmdKey.Public()}, GrantKeys: []certs.PublicKey{cmdKey.Public()}})
+	dir := filepath.Join(t.TempDir(), "state")
+	csrPEM, err := Enroll(dir, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	csr, _ := certs.ParseCSR(csrPEM)
+	c, _ := pki.CA.Issue(certs.IssueRequest{Role: certs.RoleDevice, Name: id, CSR: csr, Now: now})
+	bundle, _ := json.Marshal(certs.Bundle{V: 1, DeviceID: id, CertPEM: string(certs.EncodeCertPEM(c)), CAPEM: string(pki.CAPEM), RootKey: root.Public().Key, KeySet: ks, Broker: b.URL()})
+	if _, err := InstallBundle(dir, bundle, now); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+// testSigner answers id's certificate requests on b with certificates issued at issuedAt();
+// confirmations get no answer.
+func testSigner(t *testing.T, b mqtttest.Broker, pki *mqtttest.PKI, id string, issuedAt func() time.Time) {
+	t.Helper()
+	signer := mqtttest.Connect(t, mqtttest.ClientOptions(b, pki.ClientTLS(t, pki.ClientCert(t, certs.RoleSigner, "test")), "signer:test"))
+	tok := signer.Subscribe(topic.CSR(id), 1, func(cl paho.Client, m paho.Message) {
+		var req wire.CertRequest
+		if wire.Decode(m.Payload(), &req) != nil || req.Kind != wire.KindRequest {
+			return
+		}
+		r, err := certs.ParseCSR([]byte(req.CSR))
+		if err != nil {
+			return
+		}
+		c, err := pki.CA.Issue(certs.IssueRequest{Role: certs.RoleDevice, Name: id, CSR: r, Now: issuedAt()})
+		if err != nil {
+			return
+		}
+		resp, _ := wire.Encode(&wire.CertResponse{V: 1, ReqID: req.ReqID, Cert: string(certs.EncodeCertPEM(c))})
+		cl.Publish(topic.Cert(id), 1, false, resp)
+	})
+	mqtttest.Wait(t, tok, "signer subscribe")
 }

@@ -2,17 +2,12 @@ package agent
 
 import (
 	"context"
-	"encoding/json"
-	"path/filepath"
 	"sync"
 	"testing"
 	"time"
 
-	paho "github.com/eclipse/paho.mqtt.golang"
-
 	"github.com/camagent/camagent/agent/state"
 	"github.com/camagent/camagent/agent/wire"
-	"github.com/camagent/camagent/certs"
 	"github.com/camagent/camagent/internal/logtest"
 	"github.com/camagent/camagent/transport/mqtt/mqtttest"
 	"github.com/camagent/camagent/transport/mqtt/topic"
@@ -37,40 +32,8 @@ func TestARotationPublishesTheStateOnceItEnds(t *testing.T) {
 			mu.Unlock()
 		}
 	}))
-	now := time.Now()
-	root, _ := certs.NewSigningKey()
-	cmdKey, _ := certs.NewSigningKey()
-	ks, _ := certs.SignKeySet(root, certs.KeySet{Version: 1, CommandKeys: []certs.PublicKey{cmdKey.Public()}, GrantKeys: []certs.PublicKey{cmdKey.Public()}})
-	dir := filepath.Join(t.TempDir(), "state")
-	csrPEM, err := Enroll(dir, "cam-0001")
-	if err != nil {
-		t.Fatal(err)
-	}
-	csr, _ := certs.ParseCSR(csrPEM)
-	c, _ := pki.CA.Issue(certs.IssueRequest{Role: certs.RoleDevice, Name: "cam-0001", CSR: csr, Now: now})
-	bundle, _ := json.Marshal(certs.Bundle{V: 1, DeviceID: "cam-0001", CertPEM: string(certs.EncodeCertPEM(c)), CAPEM: string(pki.CAPEM), RootKey: root.Public().Key, KeySet: ks, Broker: b.URL()})
-	if _, err := InstallBundle(dir, bundle, now); err != nil {
-		t.Fatal(err)
-	}
-	// A signer that issues what is asked; the confirmation needs no answer here.
-	signer := mqtttest.Connect(t, mqtttest.ClientOptions(b, pki.ClientTLS(t, pki.ClientCert(t, certs.RoleSigner, "test")), "signer:test"))
-	tok := signer.Subscribe(topic.CSR("cam-0001"), 1, func(cl paho.Client, m paho.Message) {
-		var req wire.CertRequest
-		if wire.Decode(m.Payload(), &req) != nil || req.Kind != wire.KindRequest {
-			return
-		}
-		r, err := certs.ParseCSR([]byte(req.CSR))
-		if err != nil {
-			return
-		}
-		cert, err := pki.CA.Issue(certs.IssueRequest{Role: certs.RoleDevice, Name: "cam-0001", CSR: r, Now: time.Now()})
-		if err != nil {
-			return
-		}
-		resp, _ := wire.Encode(&wire.CertResponse{V: 1, ReqID: req.ReqID, Cert: string(certs.EncodeCertPEM(cert))})
-		cl.Publish(topic.Cert("cam-0001"), 1, false, resp)
-	})
-	mqtttest.Wait(t, tok, "signer subscribe")
+	dir := enrolledOn(t, pki, b, "cam-0001", time.Now())
+	testSigner(t, b, pki, "cam-0001", time.Now)
 
 	log, rec := logtest.New()
 	a, err := New(Config{StateDir: dir, Logger: log, MinBackoff: 50 * time.Millisecond, MaxBackoff: 200 * time.Millisecond})

@@ -489,10 +489,13 @@ func durationsMs(ds []time.Duration) []float64 {
 	return out
 }
 
-func oneDecimal(xs []float64) string {
+func oneDecimal(xs []float64) string { return decimals(xs, 1) }
+
+// decimals formats each of xs with prec decimals and joins them with ", ".
+func decimals(xs []float64, prec int) string {
 	s := make([]string, len(xs))
 	for i, x := range xs {
-		s[i] = strconv.FormatFloat(x, 'f', 1, 64)
+		s[i] = strconv.FormatFloat(x, 'f', prec, 64)
 	}
 	return strings.Join(s, ", ")
 }
@@ -1216,13 +1219,7 @@ func joinInts(xs []int64) string {
 	return strings.Join(s, ", ")
 }
 
-func threeDecimals(xs []float64) string {
-	s := make([]string, len(xs))
-	for i, x := range xs {
-		s[i] = strconv.FormatFloat(x, 'f', 3, 64)
-	}
-	return strings.Join(s, ", ")
-}
+func threeDecimals(xs []float64) string { return decimals(xs, 3) }
 
 // TestVideoBench runs only the live-video measurements and logs their rows: go test -tags
 // bench -count=1 -run TestVideoBench -v ./tools/bench -args -runs 3. It needs the stripped
