@@ -31,16 +31,8 @@ func TestBrokerRefusingTheNewCertificateFallsBackToTheOldOne(t *testing.T) {
 	testSigner(t, b, pki, "cam-0001", func() time.Time { return time.Now().Add(certs.Backdate + time.Minute) })
 
 	log, rec := logtest.New()
-	a, err := New(Config{StateDir: dir, Logger: log, SwitchTimeout: 2 * time.Second, RetryMin: time.Hour, RetryMax: time.Hour,
+	a := running(t, Config{StateDir: dir, Logger: log, SwitchTimeout: 2 * time.Second, RetryMin: time.Hour, RetryMax: time.Hour,
 		MinBackoff: 50 * time.Millisecond, MaxBackoff: 200 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- a.Run(ctx) }()
-	defer func() { cancel(); <-done }()
-	<-a.Connected()
 	old := a.Certificate().SerialNumber
 
 	// Ask for a rotation as a desired epoch would.
@@ -120,4 +112,19 @@ func testSigner(t *testing.T, b mqtttest.Broker, pki *mqtttest.PKI, id string, i
 		cl.Publish(topic.Cert(id), 1, false, resp)
 	})
 	mqtttest.Wait(t, tok, "signer subscribe")
+}
+
+// running starts an agent on cfg, stops it when the test ends, and returns once it connected.
+func running(t *testing.T, cfg Config) *Agent {
+	t.Helper()
+	a, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	<-a.Connected()
+	return a
 }

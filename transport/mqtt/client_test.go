@@ -217,16 +217,7 @@ func TestMessagesArriveInOrder(t *testing.T) {
 
 func TestQoS1MessagesSentWhileOfflineAreDeliveredAfterReconnect(t *testing.T) {
 	b := newBroker(t)
-	clock := newFakeClock()
-	got := make(chan string, 64)
-	cfg := b.deviceConfig(device, certs.NewHolder(b.issue(device)))
-	cfg.Clock = clock
-	cfg.Rand = func() float64 { return 0.5 }
-	cfg.Handler = func(_ context.Context, m Message) { got <- string(m.Payload) }
-	c, err := New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
+	c, clock, got := b.clockedDevice()
 	run(t, c)
 	waitConnected(t, c)
 	b.nextConn()
@@ -599,16 +590,7 @@ func TestARequestedReconnectionDoesNotSubscribeAgain(t *testing.T) {
 	if err := b.srv.Publish("dev/"+device+"/down/desired", []byte("retained"), true, 1); err != nil {
 		t.Fatal(err)
 	}
-	clock := newFakeClock()
-	got := make(chan string, 16)
-	cfg := b.deviceConfig(device, certs.NewHolder(b.issue(device)))
-	cfg.Clock = clock
-	cfg.Rand = func() float64 { return 0.5 }
-	cfg.Handler = func(_ context.Context, m Message) { got <- string(m.Payload) }
-	c, err := New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
+	c, clock, got := b.clockedDevice()
 	run(t, c)
 	b.nextConn()
 	if p := recv(t, got, "the retained message"); p != "retained" || b.subscribes.Load() != 1 {

@@ -138,6 +138,23 @@ func (b *broker) deviceConfig(id string, h *certs.Holder) Config {
 	}
 }
 
+// clockedDevice makes a device client of b on a fake clock, with backoff jitter fixed at half
+// (the first retry after a loss waits MinBackoff/2); got receives every payload it handles.
+func (b *broker) clockedDevice() (*Client, *fakeClock, chan string) {
+	b.t.Helper()
+	clock := newFakeClock()
+	got := make(chan string, 64)
+	cfg := b.deviceConfig(device, certs.NewHolder(b.issue(device)))
+	cfg.Clock = clock
+	cfg.Rand = func() float64 { return 0.5 }
+	cfg.Handler = func(_ context.Context, m Message) { got <- string(m.Payload) }
+	c, err := New(cfg)
+	if err != nil {
+		b.t.Fatal(err)
+	}
+	return c, clock, got
+}
+
 // publish sends a QoS 1 message from the broker's inline client, as an operator would.
 func (b *broker) publish(topic string, payload []byte) {
 	b.t.Helper()

@@ -59,11 +59,11 @@ func (c *rawClient) read(what string) pahopackets.ControlPacket {
 	return p
 }
 
-// readPublish reads packets until a PUBLISH, which it returns.
-func (c *rawClient) readPublish(what string) *pahopackets.PublishPacket {
+// await reads packets until one of type T, which it returns; what names it for a failure.
+func await[T pahopackets.ControlPacket](c *rawClient, what string) T {
 	c.t.Helper()
 	for {
-		if p, ok := c.read(what).(*pahopackets.PublishPacket); ok {
+		if p, ok := c.read(what).(T); ok {
 			return p
 		}
 	}
@@ -95,7 +95,7 @@ func TestAClientPacketIDDoesNotCancelADeliveryInFlight(t *testing.T) {
 
 				op := connect(t, b, pki, oper, nil)
 				publish(t, op, "dev/cam-a/down/cmd", "reboot")
-				cmd := dev.readPublish("the command") // and do not acknowledge it
+				cmd := await[*pahopackets.PublishPacket](dev, "the command") // and do not acknowledge it
 				if string(cmd.Payload) != "reboot" || cmd.Qos != 1 {
 					t.Fatalf("device got %q at QoS %d", cmd.Payload, cmd.Qos)
 				}
@@ -104,13 +104,8 @@ func TestAClientPacketIDDoesNotCancelADeliveryInFlight(t *testing.T) {
 				up := pahopackets.NewControlPacket(pahopackets.Publish).(*pahopackets.PublishPacket)
 				up.TopicName, up.Qos, up.MessageID, up.Payload = "dev/cam-a/up/state", 1, cmd.MessageID, []byte("{}")
 				dev.write(up)
-				for {
-					if ack, ok := dev.read("PUBACK of the state publish").(*pahopackets.PubackPacket); ok {
-						if ack.MessageID != up.MessageID {
-							t.Fatalf("PUBACK for id %d, want %d", ack.MessageID, cmd.MessageID)
-						}
-						break
-					}
+				if ack := await[*pahopackets.PubackPacket](dev, "PUBACK of the state publish"); ack.MessageID != up.MessageID {
+					t.Fatalf("PUBACK for id %d, want %d", ack.MessageID, up.MessageID)
 				}
 				dev.conn.Close()
 				if restart {
@@ -118,7 +113,7 @@ func TestAClientPacketIDDoesNotCancelADeliveryInFlight(t *testing.T) {
 				}
 
 				again := dialRaw(t, b, pki.ClientTLS(t, cam), "cam-a")
-				got := again.readPublish("the unacknowledged command, resent")
+				got := await[*pahopackets.PublishPacket](again, "the unacknowledged command, resent")
 				if string(got.Payload) != "reboot" || got.TopicName != "dev/cam-a/down/cmd" {
 					t.Fatalf("after reconnecting the device got %q on %s, want the unacknowledged command", got.Payload, got.TopicName)
 				}
@@ -160,29 +155,19 @@ func TestASubscribeWithTheIDOfADeliveryInFlightIsGranted(t *testing.T) {
 		dev.write(sub)
 		dev.read("SUBACK")
 		publish(t, connect(t, b, pki, oper, nil), "dev/cam-a/down/cmd", "reboot")
-		cmd := dev.readPublish("the command") // not acknowledged
+		cmd := await[*pahopackets.PublishPacket](dev, "the command") // not acknowledged
 
 		again := pahopackets.NewControlPacket(pahopackets.Subscribe).(*pahopackets.SubscribePacket)
 		again.MessageID, again.Topics, again.Qoss = cmd.MessageID, []string{"fleet/down/#"}, []byte{1}
 		dev.write(again)
-		for {
-			if ack, ok := dev.read("SUBACK").(*pahopackets.SubackPacket); ok {
-				if ack.MessageID != cmd.MessageID || len(ack.ReturnCodes) != 1 || ack.ReturnCodes[0] != 1 {
-					t.Fatalf("SUBSCRIBE with id %d answered with id %d codes %v, want QoS 1 granted", cmd.MessageID, ack.MessageID, ack.ReturnCodes)
-				}
-				break
-			}
+		if ack := await[*pahopackets.SubackPacket](dev, "SUBACK"); ack.MessageID != cmd.MessageID || len(ack.ReturnCodes) != 1 || ack.ReturnCodes[0] != 1 {
+			t.Fatalf("SUBSCRIBE with id %d answered with id %d codes %v, want QoS 1 granted", cmd.MessageID, ack.MessageID, ack.ReturnCodes)
 		}
 		un := pahopackets.NewControlPacket(pahopackets.Unsubscribe).(*pahopackets.UnsubscribePacket)
 		un.MessageID, un.Topics = cmd.MessageID, []string{"fleet/down/#"}
 		dev.write(un)
-		for {
-			if ack, ok := dev.read("UNSUBACK").(*pahopackets.UnsubackPacket); ok {
-				if ack.MessageID != cmd.MessageID {
-					t.Fatalf("UNSUBACK for id %d, want %d", ack.MessageID, cmd.MessageID)
-				}
-				break
-			}
+		if ack := await[*pahopackets.UnsubackPacket](dev, "UNSUBACK"); ack.MessageID != cmd.MessageID {
+			t.Fatalf("UNSUBACK for id %d, want %d", ack.MessageID, cmd.MessageID)
 		}
 	}, mqtttest.WithIdentities("operator:alice"))
 }
