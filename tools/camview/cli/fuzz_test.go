@@ -2,6 +2,7 @@ package cli_test
 
 import (
 	"errors"
+	"fmt"
 	"net/url"
 	"strings"
 	"testing"
@@ -42,7 +43,11 @@ func FuzzParseICEServer(f *testing.F) {
 			if !errors.Is(err, cli.ErrBadICEServer) {
 				t.Fatalf("error %v does not match ErrBadICEServer", err)
 			}
-			if len(cred) >= 4 && strings.Contains(err.Error(), cred) {
+			// The error may quote the URL before the query (%q), which is no secret: a
+			// credential that also stands there, as typed or as quoted
+			// ("turn:0000?credential=0000", "turn:\x0000?credential=x000"), is no leak.
+			base, _, _ := strings.Cut(v, "?")
+			if len(cred) >= 4 && strings.Contains(err.Error(), cred) && !strings.Contains(fmt.Sprintf("%q", base), cred) {
 				t.Fatalf("error %q quotes the credential", err)
 			}
 			return
