@@ -116,6 +116,7 @@ type Agent struct {
 	active    *credential // the generation in use
 	next      *credential // the generation a rotation is making, or nil
 	rotStatus string      // wire.Rotation* value
+	committed time.Time   // when (by the device clock) this run last committed a rotation
 	lastError string      // wire.ErrCode* value of the last failed rotation step
 	epochHook []func(epoch uint64)
 

@@ -207,7 +207,10 @@ func (a *Agent) needs() (bool, string) {
 		return true, "certificate expired"
 	case int(a.authFails.Load()) >= a.cfg.AuthFailuresBeforeBootstrap:
 		return true, "broker refuses the certificate"
-	case !now.Before(a.renewAt(act)):
+	case !now.Before(a.renewAt(act)) && !now.Before(a.committed.Add(act.cert.NotAfter.Sub(act.cert.NotBefore)/3)):
+		// The second condition: a device clock far ahead of the signer's makes every new
+		// certificate look old at once; one renewal per third of a lifetime, by the device's
+		// own clock, keeps it from renewing back to back.
 		return true, "scheduled renewal"
 	}
 	return false, ""
@@ -525,6 +528,7 @@ func (a *Agent) switchAndCommit(ctx context.Context) error {
 	raised := epoch > c.Epoch
 	a.active, a.next = next, nil
 	a.rotStatus, a.lastError = wire.RotationIdle, ""
+	a.committed = a.clk.Now()
 	hooks := slices.Clone(a.epochHook)
 	a.mu.Unlock()
 	a.authFails.Store(0)

@@ -312,6 +312,16 @@ func TestScheduledRenewalWithFakeClock(t *testing.T) {
 		if a.Certificate().SerialNumber.Cmp(first.SerialNumber) == 0 {
 			t.Fatal("serial unchanged by renewal")
 		}
+		// The signer dates the new certificate by its own clock, three quarters of a lifetime
+		// behind the agent's: by the agent's clock it is due for renewal at once. The agent
+		// renews once per third of a lifetime by its own clock, not back to back.
+		clk.Advance(time.Hour)
+		env3, seq3, _ := e.f.SignCommand("ping", "cam-0001", nil, clk.Now(), time.Minute)
+		op.publish(t, "cam-0001", env3)
+		op.await(t, seq3, 20*time.Second)
+		if n := a.Rotations(); n != 1 {
+			t.Fatalf("%d renewals: the agent renewed back to back", n)
+		}
 	})
 }
 
