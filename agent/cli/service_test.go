@@ -143,6 +143,18 @@ func (h *harness) waitLED(want camgpio.State) {
 	}
 }
 
+// waitUntil polls cond until it holds, failing the test after waitLimit.
+func (h *harness) waitUntil(what string, cond func() bool) {
+	h.t.Helper()
+	deadline := time.Now().Add(waitLimit)
+	for !cond() {
+		if time.Now().After(deadline) {
+			h.t.Fatalf("waited %v for %s", waitLimit, what)
+		}
+		time.Sleep(5 * time.Millisecond) // polling a condition with a deadline
+	}
+}
+
 // edge moves an input pin to l, as a press, release or flip would, and lets the input's
 // debounce period pass on the fake clock. The input may not have acted on the level yet
 // when edge returns: wait for its effect before the next edge, or the next edge can reach
@@ -215,6 +227,8 @@ func TestServiceReloadsItsConfigurationOnSIGHUP(t *testing.T) {
 	h.notes.waitFor(t, 0, "STATUS=connecting to broker")
 	h.waitLED(camgpio.Connecting)
 	first := h.agentNow()
+	// Run starts on a goroutine of its own: the agent may not be running yet.
+	h.waitUntil("the first agent runs", func() bool { return first.Status().Running })
 
 	t.Run("a bad file keeps the agent running", func(t *testing.T) {
 		write("state = " + dir + "\nbrokr = " + b.URL() + "\n")
