@@ -26,6 +26,7 @@ import (
 var (
 	out  = flag.String("report", "", "write the report to this file")
 	runs = flag.Int("runs", 5, "repetitions of each measurement; the report quotes medians")
+	only = flag.String("only", "", "comma-separated measurements to run (ping, idle-rss, keyframe, viewers, rotation-latency, fleet-rotation, fleet-rotation-embedded: its first row alone, binary-size); default all. A partial report is for a developer's look, not for docs/benchmarks.md")
 )
 
 // row is one line of the report.
@@ -136,14 +137,33 @@ func TestReport(t *testing.T) {
 		t.Fatal("run through make bench (needs -report FILE)")
 	}
 	var r report
-	measurePing(t, &r)
-	measureIdleRSS(t, &r)
-	clip := makeClip(t)
-	measureTimeToKeyframe(t, &r, clip)
-	measureViewers(t, &r, clip)
-	measureRotationLatency(t, &r)
-	measureFleetRotation(t, &r)
-	measureBinarySizes(t, &r)
+	want := func(name string) bool {
+		return *only == "" || slices.Contains(strings.Split(*only, ","), name)
+	}
+	if want("ping") {
+		measurePing(t, &r)
+	}
+	if want("idle-rss") {
+		measureIdleRSS(t, &r)
+	}
+	if want("keyframe") || want("viewers") {
+		clip := makeClip(t)
+		if want("keyframe") {
+			measureTimeToKeyframe(t, &r, clip)
+		}
+		if want("viewers") {
+			measureViewers(t, &r, clip)
+		}
+	}
+	if want("rotation-latency") {
+		measureRotationLatency(t, &r)
+	}
+	if want("fleet-rotation") || want("fleet-rotation-embedded") {
+		measureFleetRotation(t, &r, !want("fleet-rotation"))
+	}
+	if want("binary-size") {
+		measureBinarySizes(t, &r)
+	}
 	writeReport(t, &r)
 }
 

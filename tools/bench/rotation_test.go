@@ -155,18 +155,23 @@ func handshakeRate(t *testing.T, f *fleet.Fleet, d time.Duration) float64 {
 // 1,200 atomic writes a second here, and a rotation makes about 8), which measures the host's
 // disk, not the protocol. The single-device latency above runs on the real disk, and the
 // broker's and the signer's files stay on it. The shared-disk figure is reported too.
-func measureFleetRotation(t *testing.T, r *report) {
+//
+// With firstOnly, only the first row (embedded broker, state on tmpfs) is measured.
+func measureFleetRotation(t *testing.T, r *report, firstOnly bool) {
 	const n = 1000
 	shm, err := os.MkdirTemp("/dev/shm", "camagent-bench")
 	if err != nil {
 		t.Fatalf("tmpfs for simulated device state: %v", err)
 	}
 	t.Cleanup(func() { os.RemoveAll(shm) })
-	for _, c := range []struct{ kind, base, where string }{
+	for i, c := range []struct{ kind, base, where string }{
 		{"embedded", shm, "device state on tmpfs"},
 		{"mosquitto", shm, "device state on tmpfs"},
 		{"embedded", "", "device state of all 1000 on this machine's one disk"},
 	} {
+		if firstOnly && i > 0 {
+			break
+		}
 		kind := c.kind
 		base := c.base
 		if base == "" {
@@ -212,6 +217,10 @@ func measureFleetRotation(t *testing.T, r *report) {
 				}
 				pprof.StartCPUProfile(pf)
 			}
+			memProfile := os.Getenv("BENCH_MEMPROFILE") // allocations of the breach: pprof -base FILE.before FILE
+			if memProfile != "" && k == 1 && kind == "embedded" && c.base != "" {
+				writeHeapProfile(t, memProfile+".before")
+			}
 			start := time.Now()
 			if _, err := op.PublishDesired(ctx, certs.Desired{Target: certs.TargetFleet, Epoch: uint64(k), Incident: fmt.Sprintf("BENCH-%d", k)}, start); err != nil {
 				t.Fatal(err)
@@ -224,6 +233,9 @@ func measureFleetRotation(t *testing.T, r *report) {
 			}
 			took := time.Since(start)
 			pprof.StopCPUProfile()
+			if memProfile != "" && k == 1 && kind == "embedded" && c.base != "" {
+				writeHeapProfile(t, memProfile)
+			}
 			op.Close()
 			cancel()
 			rate := float64(n) / took.Seconds()
@@ -235,5 +247,17 @@ func measureFleetRotation(t *testing.T, r *report) {
 			fmt.Sprintf("medians of %d breaches of the same fleet (epoch 1, 2, …), each with the handshake rate measured just before it (Go TLS 1.3 mutual auth, loopback, %d clients); ratio per run %s; all %d converged in %s s",
 				*runs, 4*runtime.NumCPU(), decimals(ratios, 2), n, oneDecimal(tooks)),
 			ratio >= 0.5)
+	}
+}
+
+// writeHeapProfile writes the allocation profile so far to path.
+func writeHeapProfile(t *testing.T, path string) {
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := pprof.Lookup("allocs").WriteTo(f, 0); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -394,3 +394,35 @@ func (u urlBroker) Stop(testing.TB)      {}
 func (u urlBroker) Name() string         { return "url" }
 
 var _ mqtttest.Broker = urlBroker("")
+
+// A broker starting on a fresh data directory, and again on the one it left, logs no error:
+// an operator reads ERROR as something to act on. (mochi v2.7.9's bolt hook logged "failed to
+// get data" for the system info a fresh store does not hold yet.)
+func TestAFreshStoreStartsWithoutAnError(t *testing.T) {
+	pki := mqtttest.NewPKI(t)
+	dir := t.TempDir()
+	for _, run := range []string{"fresh", "again"} {
+		var logs syncBuffer
+		b, err := broker.New(broker.Config{
+			Addr:    "127.0.0.1:0",
+			TLS:     pki.ServerTLS(t),
+			DataDir: dir,
+			Logger:  slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := b.Start(); err != nil {
+			t.Fatal(err)
+		}
+		dev := connect(t, urlBroker(b.URL()), pki, pki.ClientCert(t, certs.RoleDevice, "cam-a"), nil)
+		dev.Disconnect(250)
+		b.Close()
+		if !strings.Contains(logs.String(), "loaded $SYS info from store") {
+			t.Fatalf("%s: the broker did not load its store; log:\n%s", run, logs.String())
+		}
+		if strings.Contains(logs.String(), "level=ERROR") {
+			t.Fatalf("%s: an error logged:\n%s", run, logs.String())
+		}
+	}
+}

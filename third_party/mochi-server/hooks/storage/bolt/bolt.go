@@ -67,8 +67,9 @@ type Options struct {
 // Hook is a persistent storage hook based using boltdb file store as a backend.
 type Hook struct {
 	mqtt.HookBase
-	config *Options  // options for configuring the boltdb instance.
-	db     *bbolt.DB // the boltdb instance.
+	config *Options     // options for configuring the boltdb instance.
+	db     *bbolt.DB    // the boltdb instance.
+	writer *groupWriter // camagent patch: commits setKv and delKv in groups
 }
 
 // ID returns the id of the hook.
@@ -133,11 +134,17 @@ func (h *Hook) Init(config any) error {
 		_, err := tx.CreateBucketIfNotExists([]byte(h.config.Bucket))
 		return err
 	})
+	if err == nil {
+		h.writer = newGroupWriter(h.db, h.config.Bucket) // camagent patch
+	}
 	return err
 }
 
 // Stop closes the boltdb instance.
 func (h *Hook) Stop() error {
+	if h.writer != nil { // camagent patch: commit what is queued first
+		h.writer.close()
+	}
 	err := h.db.Close()
 	h.db = nil
 	return err
@@ -455,16 +462,8 @@ func (h *Hook) StoredSysInfo() (v storage.SystemInfo, err error) {
 
 // setKv stores a key-value pair in the database.
 func (h *Hook) setKv(k string, v storage.Serializable) error {
-	err := h.db.Update(func(tx *bbolt.Tx) error {
-
-		bucket := tx.Bucket([]byte(h.config.Bucket))
-		data, _ := v.MarshalBinary()
-		err := bucket.Put([]byte(k), data)
-		if err != nil {
-			return err
-		}
-		return nil
-	})
+	data, _ := v.MarshalBinary()
+	err := h.writer.write(kvOp{key: []byte(k), val: data}) // camagent patch: group commit
 	if err != nil {
 		h.Log.Error("failed to upsert data", "error", err, "key", k)
 	}
@@ -473,14 +472,7 @@ func (h *Hook) setKv(k string, v storage.Serializable) error {
 
 // delKv deletes a key-value pair from the database.
 func (h *Hook) delKv(k string) error {
-	err := h.db.Update(func(tx *bbolt.Tx) error {
-		bucket := tx.Bucket([]byte(h.config.Bucket))
-		err := bucket.Delete([]byte(k))
-		if err != nil {
-			return err
-		}
-		return nil
-	})
+	err := h.writer.write(kvOp{key: []byte(k), del: true}) // camagent patch: group commit
 	if err != nil {
 		h.Log.Error("failed to delete data", "error", err, "key", k)
 	}
@@ -499,7 +491,9 @@ func (h *Hook) getKv(k string, v storage.Serializable) error {
 
 		return v.UnmarshalBinary(value)
 	})
-	if err != nil {
+	// camagent patch: a key not found is no error of the store (its callers handle it; a fresh
+	// store has no system info yet), so it is not logged as one.
+	if err != nil && !errors.Is(err, ErrKeyNotFound) {
 		h.Log.Error("failed to get data", "error", err, "key", k)
 	}
 	return err
