@@ -109,3 +109,24 @@ func containsAll(s string, subs []string) bool {
 	}
 	return true
 }
+
+// Buffer is a bytes.Buffer safe for concurrent writers: the io.Writer of a slog text handler
+// that a broker's or a client's goroutines log to, and that keeps accepting writes after the
+// test ended (unlike t.Log).
+type Buffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *Buffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+// String returns what was written so far.
+func (b *Buffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}

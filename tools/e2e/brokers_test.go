@@ -1,10 +1,8 @@
 package e2e
 
 import (
-	"bytes"
 	"os"
 	"path/filepath"
-	"sync"
 	"testing"
 
 	"github.com/camagent/camagent/tools/fleetctl/fleet"
@@ -16,24 +14,6 @@ import (
 func fleetctl(t testing.TB, args ...string) string {
 	t.Helper()
 	return fleettest.Run(t, args...)
-}
-
-// syncBuf is a bytes.Buffer safe for concurrent writers (the crash tests' process logs).
-type syncBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuf) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuf) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // env is a fleet with its broker and signer running.

@@ -21,6 +21,7 @@ import (
 	"github.com/camagent/camagent/agent"
 	"github.com/camagent/camagent/certs"
 	"github.com/camagent/camagent/device/camera"
+	"github.com/camagent/camagent/internal/logtest"
 	"github.com/camagent/camagent/tools/camview/camviewtest"
 )
 
@@ -141,7 +142,7 @@ func TestCamviewRecordsLiveVideoThatFFprobeDecodes(t *testing.T) {
 		defer cancel()
 		cmd := exec.CommandContext(ctx, bin, "record", "--fleet", e.f.Dir, "--broker", e.url, "--name", camviewName,
 			"--device", "cam-0001", "--grant-file", grantFile, "--seconds", strconv.Itoa(seconds), "--out", out, "--loopback")
-		var stdout, stderr syncBuf
+		var stdout, stderr logtest.Buffer
 		cmd.Stdout, cmd.Stderr = &stdout, &stderr
 		start := time.Now()
 		if err := cmd.Run(); err != nil {
@@ -190,7 +191,7 @@ func TestCamviewRecordsLiveVideoThatFFprobeDecodes(t *testing.T) {
 type camviewServer struct {
 	cmd    *exec.Cmd
 	url    string // http://127.0.0.1:port
-	stdout *syncBuf
+	stdout *logtest.Buffer
 	done   chan error
 }
 
@@ -203,8 +204,8 @@ func startCamviewServe(t *testing.T, e *env) *camviewServer {
 	t.Helper()
 	cmd := exec.Command(camviewBinary(t), "serve", "--fleet", e.f.Dir, "--broker", e.url, "--name", camviewName,
 		"--listen", "127.0.0.1:0", "--answer-timeout", "10s")
-	s := &camviewServer{cmd: cmd, stdout: &syncBuf{}, done: make(chan error, 1)}
-	var stderr syncBuf
+	s := &camviewServer{cmd: cmd, stdout: &logtest.Buffer{}, done: make(chan error, 1)}
+	var stderr logtest.Buffer
 	cmd.Stdout, cmd.Stderr = s.stdout, &stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

@@ -26,6 +26,7 @@ import (
 	"github.com/camagent/camagent/agent/privacy/seal"
 	"github.com/camagent/camagent/agent/wire"
 	"github.com/camagent/camagent/certs"
+	"github.com/camagent/camagent/internal/logtest"
 	"github.com/camagent/camagent/tools/fleetctl/fleet"
 	"github.com/camagent/camagent/tools/fleetctl/fleettest"
 	"github.com/camagent/camagent/transport/mqtt"
@@ -377,7 +378,7 @@ func forEachCanaryBroker(t *testing.T, device string, fn func(t *testing.T, e *c
 			t.Fatal(err)
 		}
 		data := filepath.Join(t.TempDir(), "broker-data")
-		blog := new(syncBuf)
+		blog := new(logtest.Buffer)
 		b, err := broker.New(broker.Config{
 			Addr:    "127.0.0.1:0",
 			TLS:     certs.ServerTLSConfig(f.Pool, sc),

@@ -33,6 +33,7 @@ import (
 	"github.com/camagent/camagent/agent/state"
 	"github.com/camagent/camagent/agent/wire"
 	"github.com/camagent/camagent/certs"
+	"github.com/camagent/camagent/internal/logtest"
 	"github.com/camagent/camagent/tools/fleetctl/fleet"
 	"github.com/camagent/camagent/tools/fleetctl/fleettest"
 	"github.com/camagent/camagent/tools/fleetctl/status"
@@ -487,7 +488,7 @@ func (b *brokerProc) start() {
 	if err != nil {
 		b.t.Fatal(err)
 	}
-	p := &proc{log: new(syncBuf), done: make(chan error, 1)}
+	p := &proc{log: new(logtest.Buffer), done: make(chan error, 1)}
 	p.cmd = exec.Command(bin, "broker", "--dir", b.f.Dir, "--listen", b.addr, "--data", b.data, "--revocation-poll", "100ms")
 	p.cmd.Stdout, p.cmd.Stderr = p.log, p.log
 	if err := p.cmd.Start(); err != nil {

@@ -13,19 +13,20 @@ import (
 	"time"
 
 	"github.com/camagent/camagent/agent"
+	"github.com/camagent/camagent/internal/logtest"
 	"github.com/camagent/camagent/tools/fleetctl/fleet"
 )
 
 // proc is camagent running as a real process.
 type proc struct {
 	cmd  *exec.Cmd
-	log  *syncBuf
+	log  *logtest.Buffer
 	done chan error
 }
 
 func startProc(t testing.TB, dir, url string, args ...string) *proc {
 	t.Helper()
-	p := &proc{log: new(syncBuf), done: make(chan error, 1)}
+	p := &proc{log: new(logtest.Buffer), done: make(chan error, 1)}
 	p.cmd = exec.Command(camagentBin, append([]string{"run", "--state", dir, "--broker", url, "--log-level", "debug"}, args...)...)
 	p.cmd.Stdout, p.cmd.Stderr = p.log, p.log
 	if err := p.cmd.Start(); err != nil {

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/camagent/camagent/internal/logtest"
 	"github.com/camagent/camagent/transport/mqtt/mqtttest"
 )
 
@@ -87,9 +88,9 @@ func (n *notifySocket) waitFor(t *testing.T, from int, state string) int {
 
 // notifiedProc runs `camagent run args` as systemd would: with NOTIFY_SOCKET, WATCHDOG_USEC
 // and WATCHDOG_PID set to the process's own pid (the shell execs camagent, keeping its pid).
-func notifiedProc(t *testing.T, n *notifySocket, watchdog time.Duration, args ...string) (*exec.Cmd, *syncBuf, chan error) {
+func notifiedProc(t *testing.T, n *notifySocket, watchdog time.Duration, args ...string) (*exec.Cmd, *logtest.Buffer, chan error) {
 	t.Helper()
-	log := new(syncBuf)
+	log := new(logtest.Buffer)
 	cmd := exec.Command("/bin/sh", append([]string{"-c", `WATCHDOG_PID=$$ exec "$0" "$@"`, camagentBin, "run"}, args...)...)
 	cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+n.path, "WATCHDOG_USEC="+strconv.FormatInt(watchdog.Microseconds(), 10))
 	cmd.Stdout, cmd.Stderr = log, log

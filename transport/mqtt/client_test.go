@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/camagent/camagent/certs"
+	"github.com/camagent/camagent/internal/logtest"
 )
 
 const device = "cam-0001"
@@ -23,11 +24,11 @@ const secretMarker = "PAYLOAD-MUST-NOT-BE-LOGGED"
 
 func TestRoundTrip(t *testing.T) {
 	b := newBroker(t)
-	var logs logBuffer
+	var logs logtest.Buffer
 	got := make(chan Message, 8)
 	published := make(chan error, 1)
 	cfg := b.deviceConfig(device, certs.NewHolder(b.issue(device)))
-	cfg.Logger = logs.logger()
+	cfg.Logger = textLogger(&logs)
 	replied := make(chan error, 1)
 	var c *Client
 	cfg.Handler = func(ctx context.Context, m Message) {
@@ -304,11 +305,11 @@ func TestReconnectPresentsTheNewCertificate(t *testing.T) {
 
 func TestOversizeMessageIsDroppedCountedAndAcknowledged(t *testing.T) {
 	b := newBroker(t)
-	var logs logBuffer
+	var logs logtest.Buffer
 	got := make(chan Message, 4)
 	cfg := b.deviceConfig(device, certs.NewHolder(b.issue(device)))
 	cfg.MaxPayload = 1024
-	cfg.Logger = logs.logger()
+	cfg.Logger = textLogger(&logs)
 	cfg.Handler = func(_ context.Context, m Message) { got <- m }
 	c, err := New(cfg)
 	if err != nil {

@@ -1,13 +1,11 @@
 package webrtc_test
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"log/slog"
 	"net"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 
@@ -15,6 +13,7 @@ import (
 	"github.com/pion/turn/v5"
 	pion "github.com/pion/webrtc/v4"
 
+	"github.com/camagent/camagent/internal/logtest"
 	"github.com/camagent/camagent/transport/webrtc"
 	"github.com/camagent/camagent/transport/webrtc/signal"
 )
@@ -97,16 +96,7 @@ func (ts *turnServer) pionServer() pion.ICEServer {
 }
 
 // logCapture keeps everything a Streamer logs, at every level.
-type logCapture struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (c *logCapture) Write(p []byte) (int, error) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.buf.Write(p)
-}
+type logCapture struct{ logtest.Buffer }
 
 func (c *logCapture) logger() *slog.Logger {
 	return slog.New(slog.NewTextHandler(c, &slog.HandlerOptions{Level: slog.LevelDebug}))
@@ -115,10 +105,8 @@ func (c *logCapture) logger() *slog.Logger {
 // mustNotContain fails the test if anything logged so far contains secret.
 func (c *logCapture) mustNotContain(t *testing.T, secret string) {
 	t.Helper()
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if bytes.Contains(c.buf.Bytes(), []byte(secret)) {
-		t.Errorf("the logs carry the TURN credential:\n%s", c.buf.String())
+	if out := c.String(); strings.Contains(out, secret) {
+		t.Errorf("the logs carry the TURN credential:\n%s", out)
 	}
 }
 

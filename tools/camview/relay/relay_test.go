@@ -166,26 +166,35 @@ func TestOnlyTheCameraOfferedToCanAnswer(t *testing.T) {
 	}
 	answer := signal.Answer{V: signal.Version, Session: o.Session, SDP: "v=0\r\n"}
 
+	// answerOnce sends the answer from dev once the relay knows the session. The test waits
+	// for it to return: a publish still in progress when the test ends would see its
+	// connection closed by the cleanup.
+	answerOnce := func(dev *mqtt.Client, id string) (sent chan struct{}) {
+		sent = make(chan struct{})
+		go func() {
+			defer close(sent)
+			waitSessions(t, r, 1)
+			send(dev, id, answer)
+		}()
+		return sent
+	}
+
 	// Another camera's answer for the session is ignored: the offer times out.
-	go func() {
-		waitSessions(t, r, 1)
-		send(other, "cam-0002", answer)
-	}()
+	sent := answerOnce(other, "cam-0002")
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	if _, err := r.Offer(ctx, "cam-0003", o); !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("Offer with an answer from another camera = %v, want a timeout", err)
 	}
+	<-sent
 	if r.Sessions() != 0 {
 		t.Fatal("a timed-out session stays known")
 	}
 
 	// The camera offered to is heard.
-	go func() {
-		waitSessions(t, r, 1)
-		send(target, "cam-0003", answer)
-	}()
+	sent = answerOnce(target, "cam-0003")
 	got, err := r.Offer(timeout(t), "cam-0003", o)
+	<-sent
 	if err != nil || got.Session != o.Session {
 		t.Fatalf("Offer = %v, %v; want the answer of cam-0003", got, err)
 	}

@@ -9,11 +9,11 @@ import (
 	"net/http/httptest"
 	"regexp"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/camagent/camagent/certs"
+	"github.com/camagent/camagent/internal/logtest"
 	"github.com/camagent/camagent/tools/camview/camviewtest"
 	"github.com/camagent/camagent/tools/camview/whep"
 )
@@ -23,29 +23,12 @@ type server struct {
 	cam *camviewtest.Camera
 	h   *whep.Handler
 	url string
-	log *syncBuffer
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
+	log *logtest.Buffer
 }
 
 func startServer(t *testing.T, cam *camviewtest.Camera, cfg whep.Config) *server {
 	t.Helper()
-	log := &syncBuffer{}
+	log := &logtest.Buffer{}
 	cfg.Relay = cam.Relay(t, "test")
 	cfg.Logger = slog.New(slog.NewTextHandler(log, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	h, err := whep.New(cfg)

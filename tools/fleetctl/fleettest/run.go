@@ -6,11 +6,11 @@ import (
 	"crypto/tls"
 	"net"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/camagent/camagent/certs"
+	"github.com/camagent/camagent/internal/logtest"
 	"github.com/camagent/camagent/tools/fleetctl/cli"
 	"github.com/camagent/camagent/tools/fleetctl/fleet"
 )
@@ -50,22 +50,7 @@ func Background(t testing.TB, args ...string) *Output {
 }
 
 // Output is a background command's output, safe for concurrent writers.
-type Output struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (o *Output) Write(p []byte) (int, error) {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	return o.b.Write(p)
-}
-
-func (o *Output) String() string {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	return o.b.String()
-}
+type Output struct{ logtest.Buffer }
 
 // WaitFor waits until the output contains s, failing the test after Timeout.
 func (o *Output) WaitFor(t testing.TB, s string) {

@@ -7,10 +7,10 @@ import (
 	"errors"
 	"log/slog"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
+	"github.com/camagent/camagent/internal/logtest"
 	"github.com/camagent/camagent/tools/fleetsim/proxy"
 	"github.com/camagent/camagent/tools/fleetsim/sim"
 )
@@ -23,7 +23,7 @@ const n = 20
 // a scenario plays out in seconds. Its logs are shown if the test fails.
 func small(t *testing.T, s sim.Scenario, tune func(*sim.Config)) sim.Config {
 	t.Helper()
-	var logs syncBuffer
+	var logs logtest.Buffer
 	t.Cleanup(func() {
 		if t.Failed() {
 			t.Logf("agents, broker and signer warnings:\n%s", logs.String())
@@ -234,22 +234,4 @@ func TestConfigIsValidated(t *testing.T) {
 			}
 		})
 	}
-}
-
-// syncBuffer is a bytes.Buffer safe for concurrent writers.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }

@@ -1,14 +1,12 @@
 package broker_test
 
 import (
-	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
 	"log/slog"
 	"math/big"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -16,6 +14,7 @@ import (
 	pahopackets "github.com/eclipse/paho.mqtt.golang/packets"
 
 	"github.com/camagent/camagent/certs"
+	"github.com/camagent/camagent/internal/logtest"
 	"github.com/camagent/camagent/transport/mqtt/broker"
 	"github.com/camagent/camagent/transport/mqtt/mqtttest"
 )
@@ -316,30 +315,12 @@ func TestAPacketOverTheSizeCapEndsTheConnection(t *testing.T) {
 	}
 }
 
-// syncBuffer is a bytes.Buffer safe for the broker's goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 func TestLogsNeverCarryPayloads(t *testing.T) {
 	const canary = "CANARY-7f3a-payload"
 	pki := mqtttest.NewPKI(t)
 	camA := pki.ClientCert(t, certs.RoleDevice, "cam-a")
 	oper := pki.ClientCert(t, certs.RoleOperator, "alice")
-	var logs syncBuffer
+	var logs logtest.Buffer
 	b, err := broker.New(broker.Config{
 		Addr:    "127.0.0.1:0",
 		TLS:     pki.ServerTLS(t),
@@ -402,7 +383,7 @@ func TestAFreshStoreStartsWithoutAnError(t *testing.T) {
 	pki := mqtttest.NewPKI(t)
 	dir := t.TempDir()
 	for _, run := range []string{"fresh", "again"} {
-		var logs syncBuffer
+		var logs logtest.Buffer
 		b, err := broker.New(broker.Config{
 			Addr:    "127.0.0.1:0",
 			TLS:     pki.ServerTLS(t),

@@ -12,15 +12,15 @@
 package mqtttest
 
 import (
-	"bytes"
 	"crypto/x509"
 	"encoding/pem"
 	"fmt"
 	"log/slog"
 	"math/big"
-	"sync"
 	"testing"
 	"time"
+
+	"github.com/camagent/camagent/internal/logtest"
 )
 
 // Broker is a running test broker.
@@ -120,28 +120,9 @@ func revokedSet(t testing.TB, pki *PKI, crlPEM []byte) func(*big.Int) bool {
 	return func(s *big.Int) bool { return serials[s.String()] }
 }
 
-// logBuffer collects a broker's log lines, to show when a test fails. It is safe for
-// concurrent use and keeps accepting writes after the test ended (unlike t.Log).
-type logBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.Write(p)
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.String()
-}
-
 // newLogger returns a debug-level logger writing to a buffer that t shows if it fails.
 func newLogger(t testing.TB, name string) *slog.Logger {
-	buf := new(logBuffer)
+	buf := new(logtest.Buffer)
 	t.Cleanup(func() {
 		if t.Failed() {
 			t.Logf("%s broker log:\n%s", name, buf.String())
