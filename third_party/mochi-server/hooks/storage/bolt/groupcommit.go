@@ -39,6 +39,7 @@ type groupWriter struct {
 	next   *writeBatch   // the batch writes join; nil when none is queued
 	kick   chan struct{} // one token per batch made; the writer takes a batch per token
 	closed bool
+	taken  int // batches the writer has taken
 	wg     sync.WaitGroup
 }
 
@@ -88,6 +89,7 @@ func (w *groupWriter) run() {
 		w.mu.Lock()
 		b := w.next
 		w.next = nil
+		w.taken++
 		w.mu.Unlock()
 		w.commit(b)
 	}

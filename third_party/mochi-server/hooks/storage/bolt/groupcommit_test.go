@@ -55,19 +55,28 @@ func holdWriteLock(t *testing.T, db *bbolt.DB) (release func()) {
 // queued waits until n writes wait in the writer's next batch.
 func queued(t *testing.T, w *groupWriter, n int) {
 	t.Helper()
+	waitWriter(t, w, fmt.Sprintf("%d writes queued", n), func() bool { return w.next != nil && len(w.next.ops) == n })
+}
+
+// taken waits until the writer has taken n batches.
+func taken(t *testing.T, w *groupWriter, n int) {
+	t.Helper()
+	waitWriter(t, w, fmt.Sprintf("%d batches taken", n), func() bool { return w.taken == n })
+}
+
+// waitWriter polls cond, under the writer's lock, until it holds.
+func waitWriter(t *testing.T, w *groupWriter, what string, cond func() bool) {
+	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		w.mu.Lock()
-		got := 0
-		if w.next != nil {
-			got = len(w.next.ops)
-		}
+		ok := cond()
 		w.mu.Unlock()
-		if got == n {
+		if ok {
 			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("%d writes queued, want %d", got, n)
+			t.Fatalf("waited 10s for %s", what)
 		}
 		time.Sleep(time.Millisecond) // polling a condition with a deadline
 	}
@@ -84,7 +93,7 @@ func TestWritesQueuedDuringACommitShareOneTransaction(t *testing.T) {
 	// The first write is taken by the writer, which then waits for the lock; the rest queue.
 	first := make(chan error, 1)
 	go func() { first <- h.setKv("k-first", &storage.Message{ID: "k-first", Payload: []byte("first")}) }()
-	queued(t, h.writer, 0)
+	taken(t, h.writer, 1) // it waits for the write lock now
 	const n = 200
 	errs := make(chan error, n)
 	var wg sync.WaitGroup
@@ -153,7 +162,7 @@ func TestABadWriteFailsAloneInItsBatch(t *testing.T) {
 	release := holdWriteLock(t, h.db)
 	blocker := make(chan error, 1)
 	go func() { blocker <- h.setKv("k-0", &storage.Message{ID: "k-0"}) }()
-	queued(t, h.writer, 0)
+	taken(t, h.writer, 1) // it waits for the write lock now
 
 	res := make(map[string]chan error)
 	for _, k := range []string{"k-1", "", "k-2"} {
