@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -127,4 +128,55 @@ func running(t *testing.T, cfg Config) *Agent {
 	t.Cleanup(func() { cancel(); <-done })
 	<-a.Connected()
 	return a
+}
+
+// A certificate the signer sends after the agent stopped waiting for it (a busy signer) is
+// used by the next attempt, which does not ask again: the journal still holds the request.
+func TestALateAnswerIsUsedWithoutAskingAgain(t *testing.T) {
+	pki := mqtttest.NewPKI(t)
+	b := mqtttest.StartEmbedded(t, pki)
+	dir := enrolledOn(t, pki, b, "cam-0001", time.Now())
+
+	var mu sync.Mutex
+	asked := 0
+	signer := mqtttest.Connect(t, mqtttest.ClientOptions(b, pki.ClientTLS(t, pki.ClientCert(t, certs.RoleSigner, "test")), "signer:test"))
+	tok := signer.Subscribe(topic.CSR("cam-0001"), 1, func(cl paho.Client, m paho.Message) {
+		var req wire.CertRequest
+		if wire.Decode(m.Payload(), &req) != nil || req.Kind != wire.KindRequest {
+			return
+		}
+		mu.Lock()
+		asked++
+		mu.Unlock()
+		r, err := certs.ParseCSR([]byte(req.CSR))
+		if err != nil {
+			return
+		}
+		c, err := pki.CA.Issue(certs.IssueRequest{Role: certs.RoleDevice, Name: "cam-0001", CSR: r, Now: time.Now()})
+		if err != nil {
+			return
+		}
+		resp, _ := wire.Encode(&wire.CertResponse{V: 1, ReqID: req.ReqID, Cert: string(certs.EncodeCertPEM(c))})
+		go func() {
+			time.Sleep(time.Second) // past the agent's RequestTimeout
+			cl.Publish(topic.Cert("cam-0001"), 1, false, resp)
+		}()
+	})
+	mqtttest.Wait(t, tok, "signer subscribe")
+
+	log, rec := logtest.New()
+	a := running(t, Config{StateDir: dir, Logger: log, RequestTimeout: 300 * time.Millisecond, RetryMin: 3 * time.Second, RetryMax: 3 * time.Second,
+		MinBackoff: 50 * time.Millisecond, MaxBackoff: 200 * time.Millisecond})
+	if err := a.save(func(st *state.State) { st.DesiredEpoch = 1 }); err != nil {
+		t.Fatal(err)
+	}
+	a.poke()
+	rec.WaitFor(t, 20*time.Second, "no certificate from the signer within 300ms")
+	rec.WaitFor(t, 20*time.Second, "using the signer's answer that came after the last attempt stopped waiting")
+	rec.WaitFor(t, 20*time.Second, "rotation committed")
+	mu.Lock()
+	defer mu.Unlock()
+	if asked != 1 {
+		t.Fatalf("the signer was asked %d times; log:\n%s", asked, rec.Text())
+	}
 }

@@ -370,58 +370,21 @@ func (a *Agent) begin() error {
 	return nil
 }
 
-// request sends the CSR and token hash to the signer, waits for the certificate, verifies it
-// and journals PhaseIssued. It goes through the bootstrap identity when the operational
-// certificate cannot be used.
+// request gets the pending request's certificate — an answer that came after the last
+// attempt stopped waiting, or else a new answer from the signer (askSigner) — verifies it and
+// journals PhaseIssued.
 func (a *Agent) request(ctx context.Context) error {
 	a.mu.Lock()
 	c, next := a.st.Cred, a.next
 	a.mu.Unlock()
-	id := a.DeviceID()
-	csr, err := certs.NewCSR(next.key, id)
-	if err != nil {
-		return rotErr(wire.ErrCodeInternal, "csr: %w", err)
-	}
-	th, err := tokenHash(a.cfg.StateDir, next.gen)
-	if err != nil {
-		return rotErr(wire.ErrCodeInternal, "%w", err)
-	}
-	req, err := wire.Encode(&wire.CertRequest{V: wire.Version, Kind: wire.KindRequest, ReqID: c.ReqID, Epoch: c.TargetEpoch, CSR: string(csr), TokenHash: hex.EncodeToString(th[:])})
-	if err != nil {
-		return rotErr(wire.ErrCodeInternal, "%w", err)
-	}
-	for len(a.certResp) > 0 {
-		<-a.certResp
-	}
-	rctx, cancel := context.WithTimeout(ctx, a.cfg.RequestTimeout)
-	defer cancel()
-	if a.mustBootstrap() {
-		a.log.Warn("operational certificate unusable; asking for a new one through the bootstrap identity", "not_after", a.activeCred().cert.NotAfter.UTC().Format(time.RFC3339))
-		if err := a.save(func(st *state.State) { st.Cred.Bootstrap = true }); err != nil {
-			return rotErr(wire.ErrCodeInternal, "journal: %w", err)
-		}
-		bs, err := a.bootstrapSession(rctx)
-		if err != nil {
+	resp := a.lateAnswer(c.ReqID)
+	if resp == nil {
+		var err error
+		if resp, err = a.askSigner(ctx, c, next); err != nil {
 			return err
 		}
-		defer bs.stop()
-		if err := bs.publish(rctx, topic.BootCSR(id), req); err != nil {
-			return rotErr(wire.ErrCodeTimeout, "send bootstrap csr: %w", err)
-		}
-	} else if err := a.publishRaw(rctx, topic.CSR(id), 1, req); err != nil {
-		return rotErr(wire.ErrCodeTimeout, "send csr: %w", err)
-	}
-	a.step(StepRequested)
-	var resp *wire.CertResponse
-	for resp == nil {
-		select {
-		case <-rctx.Done():
-			return rotErr(wire.ErrCodeTimeout, "no certificate from the signer within %s", a.cfg.RequestTimeout)
-		case r := <-a.certResp:
-			if r.ReqID == c.ReqID {
-				resp = r
-			}
-		}
+	} else {
+		a.log.Info("rotation: using the signer's answer that came after the last attempt stopped waiting", "req_id", c.ReqID)
 	}
 	if resp.Error != "" {
 		return rotErr(resp.Error, "signer refused the request")
@@ -446,6 +409,69 @@ func (a *Agent) request(ctx context.Context) error {
 	a.log.Info("rotation issued: certificate verified", "generation", next.gen, "serial", serialHex(cert), "not_after", cert.NotAfter.UTC().Format(time.RFC3339))
 	a.step(StepIssued)
 	return nil
+}
+
+// lateAnswer returns a certificate the signer sent for reqID after the attempt that asked for
+// it stopped waiting (a busy signer can answer after the agent's RequestTimeout), and drops
+// every other answer waiting in the queue. The journal still holds the request and its key,
+// so that certificate is as good as a new answer, and asking again would cost the signer and
+// the broker another round.
+func (a *Agent) lateAnswer(reqID string) *wire.CertResponse {
+	var late *wire.CertResponse
+	for len(a.certResp) > 0 {
+		if r := <-a.certResp; late == nil && r.ReqID == reqID && r.Error == "" && r.Cert != "" {
+			late = r
+		}
+	}
+	return late
+}
+
+// askSigner sends the CSR and token hash of the pending request c for next's key and waits
+// up to RequestTimeout for the signer's answer. It goes through the bootstrap identity when
+// the operational certificate cannot be used.
+func (a *Agent) askSigner(ctx context.Context, c state.Cred, next *credential) (*wire.CertResponse, error) {
+	id := a.DeviceID()
+	csr, err := certs.NewCSR(next.key, id)
+	if err != nil {
+		return nil, rotErr(wire.ErrCodeInternal, "csr: %w", err)
+	}
+	th, err := tokenHash(a.cfg.StateDir, next.gen)
+	if err != nil {
+		return nil, rotErr(wire.ErrCodeInternal, "%w", err)
+	}
+	req, err := wire.Encode(&wire.CertRequest{V: wire.Version, Kind: wire.KindRequest, ReqID: c.ReqID, Epoch: c.TargetEpoch, CSR: string(csr), TokenHash: hex.EncodeToString(th[:])})
+	if err != nil {
+		return nil, rotErr(wire.ErrCodeInternal, "%w", err)
+	}
+	rctx, cancel := context.WithTimeout(ctx, a.cfg.RequestTimeout)
+	defer cancel()
+	if a.mustBootstrap() {
+		a.log.Warn("operational certificate unusable; asking for a new one through the bootstrap identity", "not_after", a.activeCred().cert.NotAfter.UTC().Format(time.RFC3339))
+		if err := a.save(func(st *state.State) { st.Cred.Bootstrap = true }); err != nil {
+			return nil, rotErr(wire.ErrCodeInternal, "journal: %w", err)
+		}
+		bs, err := a.bootstrapSession(rctx)
+		if err != nil {
+			return nil, err
+		}
+		defer bs.stop()
+		if err := bs.publish(rctx, topic.BootCSR(id), req); err != nil {
+			return nil, rotErr(wire.ErrCodeTimeout, "send bootstrap csr: %w", err)
+		}
+	} else if err := a.publishRaw(rctx, topic.CSR(id), 1, req); err != nil {
+		return nil, rotErr(wire.ErrCodeTimeout, "send csr: %w", err)
+	}
+	a.step(StepRequested)
+	for {
+		select {
+		case <-rctx.Done():
+			return nil, rotErr(wire.ErrCodeTimeout, "no certificate from the signer within %s", a.cfg.RequestTimeout)
+		case r := <-a.certResp:
+			if r.ReqID == c.ReqID {
+				return r, nil
+			}
+		}
+	}
 }
 
 // maxIssuedLifetime bounds the validity of a certificate the agent accepts from the signer.

@@ -18,6 +18,7 @@ func serveCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	brokerURL := fs.String("broker", "", "broker URL (default: the fleet's)")
 	maxRate := fs.Float64("max-rate", 0, "new certificates per minute across every signer of the fleet (0: no limit); beyond it devices are told rate_limited and retry")
 	burst := fs.Int("burst", 0, "certificates that may be issued at once (0: ten seconds' worth of --max-rate)")
+	maxPending := fs.Int("max-pending", signer.DefaultMaxPending, "certificates issued and not yet confirmed, across every signer of the fleet, beyond which requests wait for a confirmation (a window of rotations in progress: it bounds the reconnections the broker takes at once); -1: no cap")
 	abortRatio := fs.Float64("abort-ratio", 0, "abort the rollout when more than this share (0..1) of certificates is not confirmed in time (0: never)")
 	abortMin := fs.Int("abort-min", signer.DefaultAbortMin, "certificates issued before --abort-ratio is looked at")
 	confirmTimeout := fs.Duration("confirm-timeout", signer.DefaultConfirmTimeout, "how long a device has to confirm its new certificate")
@@ -26,6 +27,9 @@ func serveCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	retire := fs.Bool("retire", false, "do not serve: discard this instance's persistent session on the broker (and the requests queued in it), for an instance taken out of service for good")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if *maxPending == 0 || *maxPending < -1 {
+		return fmt.Errorf("serve: --max-pending %d: want a positive count, or -1 for no cap", *maxPending)
 	}
 	var lv slog.Level
 	if err := lv.UnmarshalText([]byte(*level)); err != nil {
@@ -83,6 +87,7 @@ func serveCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		MaxBackoff:     10 * time.Second,
 		MaxRate:        *maxRate,
 		Burst:          *burst,
+		MaxPending:     *maxPending,
 		AbortRatio:     *abortRatio,
 		AbortMin:       *abortMin,
 		ConfirmTimeout: *confirmTimeout,

@@ -21,6 +21,11 @@ const (
 	DefaultBatchSize      = 64
 	DefaultPublishers     = 8
 	DefaultPublishTimeout = 10 * time.Second
+	DefaultMaxPending     = 512
+	DefaultPendingTimeout = 30 * time.Second
+	DefaultHoldTimeout    = 25 * time.Second
+	// DefaultMaxHeld caps the requests one signer holds while the window is full.
+	DefaultMaxHeld = 1 << 16
 	// ShareGroup is the MQTT shared-subscription group every signer joins.
 	ShareGroup = "signers"
 )
@@ -58,6 +63,27 @@ type Config struct {
 	// Burst is how many certificates may be issued at once when the bucket is full. Zero
 	// means ten seconds' worth of MaxRate, at least 1.
 	Burst int
+	// MaxPending caps the certificates issued and not yet confirmed, across every signer of
+	// the fleet directory: a window of rotations in progress. Every rotation ends with the
+	// device connecting with its new certificate, so the window bounds how many devices
+	// storm the broker with new connections at once; the confirmations clock new issues, so
+	// a campaign runs as fast as the broker takes it and no faster. A request that would
+	// pass the cap is held (see HoldTimeout) until a confirmation frees a place. A
+	// certificate counts for at most PendingTimeout after its issue, so devices that vanish
+	// mid-rotation do not stall a campaign. Zero means DefaultMaxPending; negative means no
+	// cap.
+	MaxPending int
+	// PendingTimeout is how long an unconfirmed certificate counts against MaxPending. Zero
+	// means DefaultPendingTimeout.
+	PendingTimeout time.Duration
+	// HoldTimeout is how long a request waits for a place in the window before it is
+	// answered wire.ErrCodeRateLimited (the device retries after its backoff). Keep it below
+	// the agent's request timeout (30 s), so that the device hears back before it gives up.
+	// Zero means DefaultHoldTimeout.
+	HoldTimeout time.Duration
+	// MaxHeld caps the requests this signer holds; beyond it a request is answered
+	// wire.ErrCodeRateLimited at once. Zero means DefaultMaxHeld.
+	MaxHeld int
 	// AbortRatio, if above zero, is the share (0..1) of certificates not confirmed within
 	// ConfirmTimeout above which the rollout is aborted. Zero never aborts.
 	AbortRatio float64
@@ -120,6 +146,8 @@ func withDefaults(cfg Config) (Config, error) {
 		return bad("AbortMin", "negative")
 	case cfg.ConfirmTimeout < 0, cfg.AbortWindow < 0, cfg.CheckInterval < 0, cfg.PublishTimeout < 0:
 		return bad("ConfirmTimeout, AbortWindow, CheckInterval and PublishTimeout", "must not be negative")
+	case cfg.PendingTimeout < 0, cfg.HoldTimeout < 0, cfg.MaxHeld < 0:
+		return bad("PendingTimeout, HoldTimeout and MaxHeld", "must not be negative")
 	case cfg.BatchSize < 0, cfg.Publishers < 0:
 		return bad("BatchSize and Publishers", "must not be negative")
 	}
@@ -128,6 +156,18 @@ func withDefaults(cfg Config) (Config, error) {
 	}
 	if cfg.Burst == 0 && cfg.MaxRate > 0 {
 		cfg.Burst = max(1, int(math.Round(cfg.MaxRate/6)))
+	}
+	if cfg.MaxPending == 0 {
+		cfg.MaxPending = DefaultMaxPending
+	}
+	if cfg.PendingTimeout == 0 {
+		cfg.PendingTimeout = DefaultPendingTimeout
+	}
+	if cfg.HoldTimeout == 0 {
+		cfg.HoldTimeout = DefaultHoldTimeout
+	}
+	if cfg.MaxHeld == 0 {
+		cfg.MaxHeld = DefaultMaxHeld
 	}
 	if cfg.AbortMin == 0 {
 		cfg.AbortMin = DefaultAbortMin

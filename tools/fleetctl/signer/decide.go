@@ -16,11 +16,16 @@ import (
 // publish. Answers are only returned once the transaction is durable: a certificate that is
 // not in the registry is never handed out. When the transaction fails every request of the
 // batch is answered wire.ErrCodeInternal and the devices retry.
-func (s *Signer) decide(batch []request) []answer {
+//
+// Confirmations are decided first, since they free places in the window of
+// Config.MaxPending; requests that would need a new certificate while the window is full are
+// returned as deferred, in their order, to be held and decided again. full reports that the
+// window had no room left.
+func (s *Signer) decide(batch []request) (answers []answer, deferred []request, full bool) {
 	now := s.clk.Now()
-	var answers []answer
 	var t tally
 	err := s.reg.Update(func(tx *registry.Tx) error {
+		answers, deferred, full = answers[:0], deferred[:0], false
 		st, err := LoadRollout(s.cfg.RolloutPath)
 		if err != nil {
 			// Fail closed: without the rollout state the signer cannot know it may issue.
@@ -31,21 +36,38 @@ func (s *Signer) decide(batch []request) []answer {
 		revoked := 0
 		for i := range batch {
 			r := &batch[i]
-			switch r.msg.Kind {
-			case wire.KindRequest:
-				a, err := s.request(tx, r, &st, now, &t)
-				if err != nil {
-					return err
+			if r.msg.Kind != wire.KindConfirm {
+				continue
+			}
+			n, err := s.confirm(tx, r, now, &t)
+			if err != nil {
+				return err
+			}
+			revoked += n
+		}
+		room := -1 // no cap
+		if s.cfg.MaxPending > 0 {
+			room = max(0, s.cfg.MaxPending-tx.Outcomes(now.Add(-s.cfg.PendingTimeout), now, s.cfg.PendingTimeout).Pending)
+		}
+		for i := range batch {
+			r := &batch[i]
+			if r.msg.Kind != wire.KindRequest {
+				continue
+			}
+			a, issued, err := s.request(tx, r, &st, now, &t, room != 0)
+			switch {
+			case err != nil:
+				return err
+			case a == nil:
+				deferred = append(deferred, *r)
+			default:
+				answers = append(answers, *a)
+				if issued && room > 0 {
+					room--
 				}
-				answers = append(answers, a)
-			case wire.KindConfirm:
-				n, err := s.confirm(tx, r, now, &t)
-				if err != nil {
-					return err
-				}
-				revoked += n
 			}
 		}
+		full = room == 0
 		if revoked > 0 && s.cfg.CRLPath != "" {
 			tx.AfterCommit(s.crlDirty)
 		}
@@ -53,20 +75,20 @@ func (s *Signer) decide(batch []request) []answer {
 	})
 	if err == nil {
 		t.add(s)
-	} else {
-		s.log.Error("signer: registry transaction failed; answering the batch with an internal error", "requests", len(batch), "err", err)
-		// The issuances of the failed transaction were not recorded and are not handed out;
-		// the bucket took them into account, so it replays the registry from the start.
-		s.bucket = newBucket(s.cfg.MaxRate, s.cfg.Burst)
-		answers = answers[:0]
-		for _, r := range batch {
-			if r.msg.Kind == wire.KindRequest {
-				s.stats.refused.Add(1)
-				answers = append(answers, answer{topic: replyTopic(r), resp: wire.CertResponse{V: wire.Version, ReqID: r.msg.ReqID, Error: wire.ErrCodeInternal}})
-			}
+		return answers, deferred, full
+	}
+	s.log.Error("signer: registry transaction failed; answering the batch with an internal error", "requests", len(batch), "err", err)
+	// The issuances of the failed transaction were not recorded and are not handed out;
+	// the bucket took them into account, so it replays the registry from the start.
+	s.bucket = newBucket(s.cfg.MaxRate, s.cfg.Burst)
+	answers = answers[:0]
+	for _, r := range batch {
+		if r.msg.Kind == wire.KindRequest {
+			s.stats.refused.Add(1)
+			answers = append(answers, answer{topic: replyTopic(r), resp: wire.CertResponse{V: wire.Version, ReqID: r.msg.ReqID, Error: wire.ErrCodeInternal}})
 		}
 	}
-	return answers
+	return answers, nil, false
 }
 
 func replyTopic(r request) string {
@@ -76,19 +98,21 @@ func replyTopic(r request) string {
 	return topic.Cert(r.device)
 }
 
-// request decides one certificate request. An error aborts the whole transaction.
-func (s *Signer) request(tx *registry.Tx, r *request, st *RolloutState, now time.Time, t *tally) (answer, error) {
+// request decides one certificate request: it returns the answer and whether it is a new
+// certificate, or a nil answer when a new certificate is due and mayIssue is false (the window
+// is full: the request is held). An error aborts the whole transaction.
+func (s *Signer) request(tx *registry.Tx, r *request, st *RolloutState, now time.Time, t *tally, mayIssue bool) (*answer, bool, error) {
 	a := answer{topic: replyTopic(*r), resp: wire.CertResponse{V: wire.Version, ReqID: r.msg.ReqID}}
-	refuse := func(code, why string, args ...any) (answer, error) {
+	refuse := func(code, why string, args ...any) (*answer, bool, error) {
 		a.resp.Error = code
 		if code == wire.ErrCodeRateLimited {
 			t.rateLimited++
 			s.log.Info("signer: request paced by the rate limit; the device will retry", "device", r.device, "via", r.via, "req_id", r.msg.ReqID)
-			return a, nil
+			return &a, false, nil
 		}
 		t.refused++
 		s.log.Warn("signer: certificate request refused: "+why, append([]any{"device", r.device, "via", r.via, "req_id", r.msg.ReqID, "code", code}, args...)...)
-		return a, nil
+		return &a, false, nil
 	}
 	if r.csrErr != nil {
 		return refuse(wire.ErrCodeRefused, "malformed csr", "err", r.csrErr)
@@ -103,13 +127,13 @@ func (s *Signer) request(tx *registry.Tx, r *request, st *RolloutState, now time
 	}
 	prev, prevCert, found, err := tx.FindRequest(r.device, r.msg.ReqID)
 	if err != nil {
-		return a, err
+		return nil, false, err
 	}
 	if found && !prev.IsRevoked() && samePublicKey(prevCert, r.csr) && now.Before(prevCert.NotAfter) {
 		t.reissued++
 		s.log.Info("signer: retried request answered with the certificate issued before", "device", r.device, "via", r.via, "req_id", r.msg.ReqID, "serial", prev.Serial)
 		a.resp.Cert = string(certs.EncodeCertPEM(prevCert))
-		return a, nil
+		return &a, false, nil
 	}
 	if s.checkAbort(tx, st, now) {
 		return refuse(wire.ErrCodeRefused, "the rollout is aborted; run fleetctl rollout resume", "reason", st.Reason)
@@ -117,22 +141,25 @@ func (s *Signer) request(tx *registry.Tx, r *request, st *RolloutState, now time
 	if !s.bucket.allow(now) {
 		return refuse(wire.ErrCodeRateLimited, "")
 	}
+	if !mayIssue {
+		return nil, false, nil
+	}
 	c, err := s.cfg.CA.Issue(certs.IssueRequest{Role: certs.RoleDevice, Name: r.device, CSR: r.csr, Now: now, Validity: s.cfg.Validity})
 	if err != nil {
 		return refuse(wire.ErrCodeRefused, "the CA would not issue it", "err", err)
 	}
 	rec, err := registry.IssuedRecord(c, r.device, r.via, r.msg.Epoch, r.msg.TokenHash, r.msg.ReqID, now)
 	if err != nil {
-		return a, err
+		return nil, false, err
 	}
 	if err := tx.Append(rec); err != nil {
-		return a, err
+		return nil, false, err
 	}
 	s.bucket.sync(tx)
 	t.issued++
 	s.log.Info("signer: certificate issued", "device", r.device, "via", r.via, "req_id", r.msg.ReqID, "serial", rec.Serial, "epoch", r.msg.Epoch, "not_after", c.NotAfter.UTC().Format(time.RFC3339))
 	a.resp.Cert = string(certs.EncodeCertPEM(c))
-	return a, nil
+	return &a, true, nil
 }
 
 func samePublicKey(c *x509.Certificate, csr *x509.CertificateRequest) bool {

@@ -42,7 +42,7 @@ type Signer struct {
 	crl chan struct{} // capacity 1: revocations not yet in the CRL file
 
 	stats struct {
-		issued, reissued, refused, rateLimited, confirmed, revoked, ignored, dropped atomic.Uint64
+		issued, reissued, refused, rateLimited, confirmed, revoked, ignored, dropped, held atomic.Uint64
 	}
 }
 
@@ -65,6 +65,9 @@ type Stats struct {
 	Ignored uint64
 	// Dropped counts answers that could not be published; the device asks again.
 	Dropped uint64
+	// Held counts requests that waited for a place in the window of Config.MaxPending (each
+	// once, however long it waited).
+	Held uint64
 }
 
 // request is one message from a device, with its CSR parsed outside the registry lock.
@@ -74,6 +77,9 @@ type request struct {
 	msg    wire.CertRequest
 	csr    *x509.CertificateRequest
 	csrErr error
+	// heldSince is when the request was first held for a place in the window; zero for a
+	// request not held yet.
+	heldSince time.Time
 }
 
 // answer is one response to publish.
@@ -179,6 +185,7 @@ func (s *Signer) Stats() Stats {
 		Revoked:     s.stats.revoked.Load(),
 		Ignored:     s.stats.ignored.Load(),
 		Dropped:     s.stats.dropped.Load(),
+		Held:        s.stats.held.Load(),
 	}
 }
 
@@ -217,16 +224,35 @@ func (s *Signer) parse(m mqtt.Message) (request, bool) {
 	return r, true
 }
 
+// recheckInterval is how often held requests are decided again while no message comes in:
+// the confirmations that free places in the window may reach another signer of the fleet, or
+// a certificate's PendingTimeout may pass.
+const recheckInterval = 100 * time.Millisecond
+
 // decideLoop decides queued requests in batches and hands the answers to the publishers.
+// Requests held for a place in the window (Config.MaxPending) are decided again first, in the
+// order they came, whenever a batch is decided and at least every recheckInterval.
 func (s *Signer) decideLoop(ctx context.Context) {
 	batch := make([]request, 0, s.cfg.BatchSize)
+	var held []request
+	retry := false // the window had room at the last decision: held requests may go at once
 	for {
 		batch = batch[:0]
-		select {
-		case r := <-s.in:
-			batch = append(batch, r)
-		case <-ctx.Done():
-			return
+		if !retry || len(held) == 0 {
+			var recheck <-chan time.Time
+			if len(held) > 0 {
+				recheck = s.clk.After(recheckInterval)
+			}
+			select {
+			case r := <-s.in:
+				batch = append(batch, r)
+			case <-recheck:
+			case <-ctx.Done():
+				if len(held) > 0 {
+					s.log.Warn("signer: stopping with requests held for a place in the window; the devices will ask again", "requests", len(held))
+				}
+				return
+			}
 		}
 	fill:
 		for len(batch) < s.cfg.BatchSize {
@@ -237,7 +263,12 @@ func (s *Signer) decideLoop(ctx context.Context) {
 				break fill
 			}
 		}
-		for _, a := range s.decide(batch) {
+		n := min(len(held), s.cfg.BatchSize)
+		reqs := append(held[:n:n], batch...)
+		answers, deferred, full := s.decide(reqs)
+		held = s.requeue(deferred, held[n:], &answers)
+		retry = !full
+		for _, a := range answers {
 			select {
 			case s.out <- a:
 			case <-ctx.Done():
@@ -245,6 +276,36 @@ func (s *Signer) decideLoop(ctx context.Context) {
 			}
 		}
 	}
+}
+
+// requeue returns the held requests after a decision: those deferred again that were held
+// before, then the ones not decided this time, then the newly deferred ones. A request held
+// longer than HoldTimeout, or beyond MaxHeld, is answered rate_limited instead.
+func (s *Signer) requeue(deferred, rest []request, answers *[]answer) []request {
+	now := s.clk.Now()
+	var again, fresh []request
+	for _, r := range deferred {
+		if r.heldSince.IsZero() {
+			r.heldSince = now
+			s.stats.held.Add(1)
+			fresh = append(fresh, r)
+		} else {
+			again = append(again, r)
+		}
+	}
+	held := make([]request, 0, len(again)+len(rest)+len(fresh))
+	for _, list := range [][]request{again, rest, fresh} {
+		for _, r := range list {
+			if now.Sub(r.heldSince) >= s.cfg.HoldTimeout || len(held) >= s.cfg.MaxHeld {
+				s.stats.rateLimited.Add(1)
+				s.log.Info("signer: request held too long for a place in the window; the device will retry", "device", r.device, "via", r.via, "req_id", r.msg.ReqID)
+				*answers = append(*answers, answer{topic: replyTopic(r), resp: wire.CertResponse{V: wire.Version, ReqID: r.msg.ReqID, Error: wire.ErrCodeRateLimited}})
+				continue
+			}
+			held = append(held, r)
+		}
+	}
+	return held
 }
 
 // publishLoop publishes answers, one at a time; Config.Publishers of them run at once.

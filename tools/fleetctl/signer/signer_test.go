@@ -549,3 +549,117 @@ func TestARetiredSignerIsHandedNoMoreRequests(t *testing.T) {
 		}
 	}, fleettest.Identities())
 }
+
+// waitHeld waits until the signer has held n requests for a place in the window.
+func waitHeld(t *testing.T, s *running, n uint64) {
+	t.Helper()
+	deadline := time.Now().Add(fleettest.Timeout)
+	for s.Stats().Held != n {
+		if time.Now().After(deadline) {
+			t.Fatalf("held %d requests, want %d\n%s", s.Stats().Held, n, s.log.Text())
+		}
+		time.Sleep(5 * time.Millisecond) // polling a counter with a deadline
+	}
+}
+
+// advanceUntilAnswered moves clk on a second at a time until d hears an answer, and returns
+// it with the time that passed on clk.
+func advanceUntilAnswered(t *testing.T, clk interface{ Advance(time.Duration) }, d *fleettest.Device) (*wire.CertResponse, time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(fleettest.Timeout)
+	var passed time.Duration
+	for {
+		select {
+		case r := <-d.Answers():
+			return r, passed
+		case <-time.After(10 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no answer for %s after %s on the signer's clock", d.ID, passed)
+		}
+		clk.Advance(time.Second)
+		passed += time.Second
+	}
+}
+
+// The window of Config.MaxPending: a request that needs a new certificate while the window is
+// full waits, unanswered, until a confirmation frees a place, or until the unconfirmed
+// certificates stop counting after PendingTimeout. Retries of answered requests never wait.
+func TestTheWindowHoldsRequestsUntilAPlaceIsFree(t *testing.T) {
+	f, pki := fleettest.NewFleet(t)
+	ea := fleettest.Enroll(t, f, "cam-0001")
+	eb := fleettest.Enroll(t, f, "cam-0002")
+	ec := fleettest.Enroll(t, f, "cam-0003")
+	b := mqtttest.StartEmbedded(t, pki)
+	clk := newClock(time.Now())
+	s := startSigner(t, f, b.URL(), "a", func(c *signer.Config) {
+		c.MaxPending, c.PendingTimeout, c.HoldTimeout, c.Clock = 1, 30*time.Second, time.Hour, clk
+	})
+	da := fleettest.Connect(t, f, b.URL(), ea.Cert)
+	db := fleettest.Connect(t, f, b.URL(), eb.Cert)
+	dc := fleettest.Connect(t, f, b.URL(), ec.Cert)
+
+	ra, ka := fleettest.NewRequest(t, "cam-0001", 1)
+	da.Send(t, ra)
+	certA := fleettest.Certificate(t, f, da.AwaitFor(t, ra.ReqID), "cam-0001", ka)
+
+	rb, kb := fleettest.NewRequest(t, "cam-0002", 1)
+	db.Send(t, rb)
+	waitHeld(t, s, 1)
+	da.Send(t, ra) // a retry: answered with the certificate issued before, at once
+	if r := da.AwaitFor(t, ra.ReqID); r.Error != "" || r.Cert == "" {
+		t.Fatalf("a retried request was held or refused: %+v", r)
+	}
+	select {
+	case r := <-db.Answers():
+		t.Fatalf("answered while the window is full: %+v", r)
+	default:
+	}
+	da.Send(t, fleettest.Confirmation(ra.ReqID, 1, certA.Leaf, ea.Cert.Leaf))
+	fleettest.Certificate(t, f, db.AwaitFor(t, rb.ReqID), "cam-0002", kb)
+
+	// cam-0002 never confirms: its certificate holds the place for PendingTimeout.
+	rc, kc := fleettest.NewRequest(t, "cam-0003", 1)
+	dc.Send(t, rc)
+	waitHeld(t, s, 2)
+	r, passed := advanceUntilAnswered(t, clk, dc)
+	fleettest.Certificate(t, f, r, "cam-0003", kc)
+	if passed < 30*time.Second {
+		t.Fatalf("cam-0003 was issued %s after it asked, while cam-0002's certificate still counted", passed)
+	}
+	if st := s.Stats(); st.Issued != 3 || st.Held != 2 || st.RateLimited != 0 {
+		t.Fatalf("stats %+v", st)
+	}
+}
+
+// A request held longer than HoldTimeout is answered rate_limited, before the agent's own
+// request timeout, and the device retries after its backoff.
+func TestARequestHeldTooLongIsToldToRetry(t *testing.T) {
+	f, pki := fleettest.NewFleet(t)
+	ea := fleettest.Enroll(t, f, "cam-0001")
+	eb := fleettest.Enroll(t, f, "cam-0002")
+	b := mqtttest.StartEmbedded(t, pki)
+	clk := newClock(time.Now())
+	s := startSigner(t, f, b.URL(), "a", func(c *signer.Config) {
+		c.MaxPending, c.PendingTimeout, c.HoldTimeout, c.Clock = 1, time.Hour, 5*time.Second, clk
+	})
+	da := fleettest.Connect(t, f, b.URL(), ea.Cert)
+	db := fleettest.Connect(t, f, b.URL(), eb.Cert)
+	ra, ka := fleettest.NewRequest(t, "cam-0001", 1)
+	da.Send(t, ra)
+	fleettest.Certificate(t, f, da.AwaitFor(t, ra.ReqID), "cam-0001", ka)
+
+	rb, _ := fleettest.NewRequest(t, "cam-0002", 1)
+	db.Send(t, rb)
+	waitHeld(t, s, 1)
+	r, passed := advanceUntilAnswered(t, clk, db)
+	if r.ReqID != rb.ReqID || r.Error != wire.ErrCodeRateLimited {
+		t.Fatalf("answer %+v, want rate_limited for %s", r, rb.ReqID)
+	}
+	if passed < 5*time.Second || passed > 10*time.Second {
+		t.Fatalf("answered after %s on the signer's clock, want about the hold timeout of 5s", passed)
+	}
+	if st := s.Stats(); st.Issued != 1 || st.Held != 1 || st.RateLimited != 1 {
+		t.Fatalf("stats %+v", st)
+	}
+}
