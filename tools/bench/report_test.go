@@ -74,22 +74,24 @@ cores with the broker and the signer. Their state directories are on tmpfs, beca
 camera fsyncs its own storage while 1,000 simulated ones would queue on this machine's one disk
 (about 1,200 atomic writes a second; a rotation makes about eight); the shared-disk row shows
 that effect. The broker's and the signer's files stay on the disk. A CPU profile of the breach
-window (embedded broker, 2026-11-27) puts about 7.3 ms of CPU into each rotation, where one raw
-handshake (both ends) costs about 2.2 ms in the same run: the new connection's handshake is
-about 21 % of it, mochi (routing, sessions, its bbolt store of every QoS 1 message in flight)
-about 25 %, signatures outside the handshake (the CSR made and checked, the certificate issued
-and checked: Go's x509 verifies every signature it makes) a further share, garbage collection
-in a process hosting 1,000 agents about 12 %, and the device's journal writes about 7 %. The
-changes of 2026-11-27 took the embedded-broker ratio from 0.20–0.23 to 0.24–0.29 in single
-breaches (the table quotes the median of three: 0.24 embedded, 0.21 Mosquitto; the report
-before them had 0.22 and 0.21 from one breach each): mochi no longer stores and deletes the
-PUBACK of every inbound QoS 1 message, a
-reconnection on request to a kept session does not subscribe again (so the retained breach
-notice is not sent, verified and journaled once more per rotation), the agent skips a
-desired-state document it has applied and a state write that changes nothing, and the
-connection a rotation makes does not publish the intermediate device state. The goal of
-0.5 × the handshake rate is not met; what is left is mostly the handshake and the signatures
-the protocol needs, the broker's per-message work and its store, and the garbage collector.
+window (embedded broker, 2026-11-27) puts about 7.8 ms of CPU into each rotation, where one raw
+handshake (both ends) costs about 2 ms: the new connection's handshake is about 22 % of it,
+mochi (routing, sessions, its bbolt store of every QoS 1 message in flight) about 25 %,
+signatures outside the handshake (the CSR made and checked, the certificate issued and checked:
+Go's x509 verifies every signature it makes) about 10 %, garbage collection in a process
+hosting 1,000 agents about 12 %, and the device's journal writes about 7 %. The changes of
+2026-11-27 took the embedded-broker ratio from 0.20–0.23 to 0.24–0.30 in single breaches: mochi
+no longer stores and deletes the PUBACK of every inbound QoS 1 message and commits its store in
+groups (bbolt's share of the profile fell from 11.5 % to 7.8 %), a reconnection on request to a
+kept session does not subscribe again (so the retained breach notice is not sent, verified and
+journaled once more per rotation), the agent skips a desired-state document it has applied and
+a state write that changes nothing, and the connection a rotation makes does not publish the
+intermediate device state. The goal of 0.5 × the handshake rate is not met; what is left is
+mostly the handshake and the signatures the protocol needs, the broker's per-message work and
+its store, and the garbage collector. On the Mosquitto row the goal is out of reach on this
+machine whatever the rotation costs: Mosquitto does every TLS handshake on its one thread and
+accepts fewer than half as many handshakes a second as the Go pair does (the row's note has the
+figure, measured in the same run), and every rotation is one new connection to it.
 
 **Live video.** The clip is made by the benchmark itself with tools/mkclip
 (` + "`mkclip.sh OUT 1280 720 30 10 2M 30`" + `: testsrc2 in constrained baseline, 1280x720, 30 fps,

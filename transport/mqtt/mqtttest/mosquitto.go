@@ -234,6 +234,17 @@ func (m *Mosquitto) URL() string {
 // Name returns "mosquitto".
 func (m *Mosquitto) Name() string { return "mosquitto" }
 
+// Pid returns the process id of the running Mosquitto, 0 when it is stopped (for a benchmark
+// that reads its CPU time).
+func (m *Mosquitto) Pid() int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.proc == nil || m.proc.cmd.Process == nil {
+		return 0
+	}
+	return m.proc.cmd.Process.Pid
+}
+
 // Dir returns the directory holding mosquitto.conf, acl, the certificates, the persistence
 // directory "data" and mosquitto.log.
 func (m *Mosquitto) Dir() string { return m.dir }
