@@ -413,12 +413,18 @@ func (a *Agent) timeFloorLoop(ctx context.Context) {
 	}
 }
 
-// raiseTimeFloor persists the current time as the floor if it is later.
+// timeFloorSlack is how far behind the clock the persisted floor may lag before a connect
+// writes it again. The floor only guards against a clock far behind (R5), and every state
+// write carries the time anyway (save): a rotation's reconnection, a few seconds after its
+// journal writes, need not write the state once more for it.
+const timeFloorSlack = time.Minute
+
+// raiseTimeFloor persists the current time as the floor if it is later by timeFloorSlack.
 func (a *Agent) raiseTimeFloor() {
 	now := a.clk.Now().Unix()
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if now <= a.st.TimeFloor {
+	if now < a.st.TimeFloor+int64(timeFloorSlack/time.Second) {
 		return
 	}
 	st := a.st

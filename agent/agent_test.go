@@ -204,3 +204,41 @@ func TestCorruptStateIsQuarantinedAndReplayIsStillRefused(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// Every state write carries the time floor, and a connect writes it only when it lags the
+// clock by timeFloorSlack: a rotation's reconnection, seconds after its journal writes, makes
+// no extra write.
+func TestTheTimeFloorRidesOnStateWrites(t *testing.T) {
+	issued := time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC)
+	f := enrolled(t, "cam-0001", issued, closedPort(t))
+	clk := clocktest.New(issued.Add(time.Hour))
+	a, err := New(Config{StateDir: f.dir, Clock: clk})
+	if err != nil {
+		t.Fatal(err)
+	}
+	stored := func() int64 {
+		t.Helper()
+		st, err := state.NewFileStore(filepath.Join(f.dir, StateFile), nil).Load()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return st.TimeFloor
+	}
+	if err := a.save(func(st *state.State) { st.DesiredEpoch = 1 }); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := stored(), clk.Now().Unix(); got != want {
+		t.Fatalf("floor after a state write %d, want the clock %d", got, want)
+	}
+	written := clk.Now().Unix()
+	clk.Advance(timeFloorSlack - time.Second)
+	a.raiseTimeFloor() // a connect soon after
+	if got := stored(); got != written {
+		t.Fatalf("floor %d rewritten %s after the last write", got, timeFloorSlack-time.Second)
+	}
+	clk.Advance(time.Second)
+	a.raiseTimeFloor()
+	if got, want := stored(), clk.Now().Unix(); got != want {
+		t.Fatalf("floor %d a slack after the last write, want the clock %d", got, want)
+	}
+}

@@ -316,6 +316,7 @@ func (a *Agent) save(mut func(*state.State)) error {
 	if st.Equal(a.st) {
 		return nil // a.st is what the store holds: nothing to write
 	}
+	st.TimeFloor = max(st.TimeFloor, a.clk.Now().Unix()) // the write carries the time floor too
 	if err := a.store.Save(st); err != nil {
 		return err
 	}

@@ -144,7 +144,10 @@ func (s *Signer) request(tx *registry.Tx, r *request, st *RolloutState, now time
 	if !mayIssue {
 		return nil, false, nil
 	}
-	c, err := s.cfg.CA.Issue(certs.IssueRequest{Role: certs.RoleDevice, Name: r.device, CSR: r.csr, Now: now, Validity: s.cfg.Validity})
+	// The CSR's self-signature was checked when it was parsed (certs.ParseCSR, outside the
+	// registry lock) and its name above: the CA is given the key alone, not the CSR to check
+	// once more.
+	c, err := s.cfg.CA.Issue(certs.IssueRequest{Role: certs.RoleDevice, Name: r.device, PublicKey: r.csr.PublicKey, Now: now, Validity: s.cfg.Validity})
 	if err != nil {
 		return refuse(wire.ErrCodeRefused, "the CA would not issue it", "err", err)
 	}
