@@ -38,8 +38,9 @@ a signed command was not answered.
 scenarios:
   connect-storm   every agent starts at once; connect rate and time until all connected
   breach          a fleet-wide breach notice; time until every device rotated and converged
-  broker-restart  breach, and the embedded broker restarts (same port, same persistence)
-                  once --restart-at of the devices rotated (--embedded only)
+  broker-restart  breach, and the broker restarts (same port, same persistence)
+                  once --restart-at of the devices rotated (--embedded, or --broker
+                  with --restart-command)
   fault           breach while --fault hits --fault-share of the devices (through a TCP proxy)
                   for --fault-duration: cut, blackhole or slow (--slow-delay, --slow-rate)
   clock-skew      breach with --skew-share of the device clocks off by --clock-skew (default
@@ -83,7 +84,8 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.DurationVar(&c.ClockSkew, "clock-skew", 0, "move the clocks of --skew-share of the devices by this much (negative: behind)")
 	fs.Float64Var(&c.SkewShare, "skew-share", sim.DefaultSkewShare, "share of devices with a skewed clock")
 	fs.Float64Var(&c.RestartAt, "restart-at", sim.DefaultRestartAt, "broker-restart: restart once this share of devices rotated")
-	fs.DurationVar(&c.RestartDowntime, "restart-downtime", 0, "broker-restart: how long the broker stays down")
+	fs.DurationVar(&c.RestartDowntime, "restart-downtime", 0, "broker-restart: how long the broker stays down (--embedded)")
+	fs.StringVar(&c.RestartCommand, "restart-command", "", "broker-restart with --broker: a shell command that restarts the broker with its persistence and returns once it listens (e.g. 'systemctl restart mosquitto')")
 	fs.Float64Var(&c.MaxConnectRate, "max-connect-rate", 0, "the embedded broker's budget of new connections per second (fleetctl broker --max-connect-rate); 0: no limit")
 
 	fs.DurationVar(&c.MinBackoff, "min-backoff", 0, "agent reconnect backoff of the first retry (default: the agent's, 1s)")

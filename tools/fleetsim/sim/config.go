@@ -20,7 +20,8 @@ const (
 	// device has rotated.
 	Breach Scenario = "breach"
 	// BrokerRestart is a breach during which the broker is restarted, on the same port with
-	// the same persistence, once Config.RestartAt of the devices have rotated. Embedded only.
+	// the same persistence, once Config.RestartAt of the devices have rotated: by fleetsim when
+	// it runs the broker (Embedded), else by Config.RestartCommand.
 	BrokerRestart Scenario = "broker-restart"
 	// FaultCampaign is a breach while Config.Fault hits Config.FaultShare of the devices for
 	// Config.FaultDuration (cut by default).
@@ -85,7 +86,12 @@ type Config struct {
 	// [0, 1); 0 means 0.3.
 	RestartAt float64
 	// RestartDowntime is how long the broker stays down in BrokerRestart; 0 means at once.
+	// Embedded only: an external broker is down for as long as RestartCommand takes.
 	RestartDowntime time.Duration
+	// RestartCommand restarts an external broker in BrokerRestart: a shell command (sh -c)
+	// that stops the broker, starts it again with the same persistence, and returns once it
+	// listens (e.g. `systemctl restart mosquitto`). Not with Embedded.
+	RestartCommand string
 	// MaxConnectRate is the embedded broker's connection budget (`fleetctl broker
 	// --max-connect-rate`), new connections per second; 0 means no limit. Embedded only.
 	MaxConnectRate float64
@@ -157,8 +163,12 @@ func (c Config) withDefaults(cpus int) (Config, error) {
 		return c, bad("BrokerURL", "is required unless Embedded")
 	case !c.Embedded && c.FleetDir == "":
 		return c, bad("FleetDir", "is required with an external broker: it must trust the fleet's CA")
-	case !c.Embedded && c.Scenario == BrokerRestart:
-		return c, bad("Scenario", "%s needs Embedded: fleetsim restarts only a broker it runs", BrokerRestart)
+	case !c.Embedded && c.Scenario == BrokerRestart && c.RestartCommand == "":
+		return c, bad("Scenario", "%s with an external broker needs RestartCommand, the command that restarts it", BrokerRestart)
+	case c.Embedded && c.RestartCommand != "":
+		return c, bad("RestartCommand", "is for an external broker: fleetsim restarts the embedded one itself")
+	case !c.Embedded && c.RestartDowntime != 0:
+		return c, bad("RestartDowntime", "needs Embedded: an external broker is down for as long as RestartCommand takes")
 	case c.StateDir == "":
 		return c, bad("StateDir", "is required")
 	case c.MaxConnectRate < 0 || c.MaxConnectRate != c.MaxConnectRate:

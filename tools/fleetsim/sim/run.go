@@ -9,6 +9,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"runtime"
 	"slices"
@@ -532,7 +533,7 @@ func (r *run) restartMidway(ctx context.Context) {
 	r.m.mark(fmt.Sprintf("broker restart (%d rotated)", r.rotated.Load()))
 	r.log.Info("fleetsim: restarting the broker", "rotated", r.rotated.Load())
 	start := time.Now()
-	if err := r.emb.restart(ctx, r.cfg.RestartDowntime); err != nil {
+	if err := r.restartBroker(ctx); err != nil {
 		r.log.Error("fleetsim: broker restart failed", "err", err)
 		return
 	}
@@ -543,6 +544,24 @@ func (r *run) restartMidway(ctx context.Context) {
 	r.m.mark("broker back")
 	r.log.Info("fleetsim: broker back", "down", time.Since(start).Round(time.Millisecond))
 	r.waitAllBack(ctx)
+}
+
+// restartBroker restarts the broker: the embedded one itself, an external one with
+// Config.RestartCommand, whose output goes to Config.Log.
+func (r *run) restartBroker(ctx context.Context) error {
+	if r.emb != nil {
+		return r.emb.restart(ctx, r.cfg.RestartDowntime)
+	}
+	cmd := exec.CommandContext(ctx, "sh", "-c", r.cfg.RestartCommand)
+	out := r.cfg.Log
+	if out == nil {
+		out = io.Discard
+	}
+	cmd.Stdout, cmd.Stderr = out, out
+	if err := cmd.Run(); err != nil {
+		return fmt.Errorf("restart command %q: %w", r.cfg.RestartCommand, err)
+	}
+	return nil
 }
 
 // waitAllBack waits, for at most Config.Timeout, until every device has been connected since

@@ -5,14 +5,19 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/camagent/camagent/internal/logtest"
+	"github.com/camagent/camagent/tools/fleetctl/fleettest"
 	"github.com/camagent/camagent/tools/fleetsim/proxy"
 	"github.com/camagent/camagent/tools/fleetsim/sim"
+	"github.com/camagent/camagent/transport/mqtt/mqtttest"
 )
 
 // n is the fleet size of these tests: enough for every scenario to have devices on both sides
@@ -161,6 +166,40 @@ func TestBrokerRestartUnderAConnectionBudget(t *testing.T) {
 	}
 }
 
+// An external broker is restarted by the command fleetsim is given: here a real Mosquitto,
+// which the command asks the test to restart (SIGTERM, so it saves its persistence, and start
+// again on its port), and which must keep the commands queued across it.
+func TestBrokerRestartOfAnExternalBrokerByItsCommand(t *testing.T) {
+	f, pki := fleettest.NewFleet(t)
+	m := mqtttest.StartMosquitto(t, pki, fleettest.Identities())
+	dir := t.TempDir()
+	asked, back := filepath.Join(dir, "asked"), filepath.Join(dir, "back")
+	restarted := make(chan struct{})
+	go func() {
+		defer close(restarted)
+		deadline := time.Now().Add(3 * time.Minute)
+		for {
+			if _, err := os.Stat(asked); err == nil {
+				break
+			}
+			if time.Now().After(deadline) {
+				return
+			}
+			time.Sleep(10 * time.Millisecond) // polling for the command's file, with a deadline
+		}
+		m.Restart(t)
+		os.WriteFile(back, nil, 0o600)
+	}()
+	r := runOK(t, small(t, sim.BrokerRestart, func(c *sim.Config) {
+		c.Embedded, c.BrokerURL, c.FleetDir, c.Signers = false, m.URL(), f.Dir, 1
+		c.RestartCommand = fmt.Sprintf("touch %s && while [ ! -e %s ]; do sleep 0.05; done", asked, back)
+	}))
+	<-restarted
+	if r.BrokerRestarts != 1 || r.Rotated != n || r.NotBack != 0 {
+		t.Fatalf("%d restarts, %d rotated, %d not back", r.BrokerRestarts, r.Rotated, r.NotBack)
+	}
+}
+
 func TestFaultsOnAShareOfDevicesEndConverged(t *testing.T) {
 	for _, f := range []proxy.Fault{
 		{Mode: proxy.Cut},
@@ -221,7 +260,9 @@ func TestConfigIsValidated(t *testing.T) {
 		{"neither embedded nor a broker", sim.Config{Devices: 1, StateDir: "x"}},
 		{"both embedded and a broker", sim.Config{Devices: 1, StateDir: "x", Embedded: true, BrokerURL: "mqtts://127.0.0.1:1"}},
 		{"an external broker without its fleet", sim.Config{Devices: 1, StateDir: "x", BrokerURL: "mqtts://127.0.0.1:1"}},
-		{"a broker restart of a broker fleetsim does not run", sim.Config{Devices: 1, StateDir: "x", BrokerURL: "mqtts://127.0.0.1:1", FleetDir: "f", Scenario: sim.BrokerRestart}},
+		{"a broker restart of an external broker without a restart command", sim.Config{Devices: 1, StateDir: "x", BrokerURL: "mqtts://127.0.0.1:1", FleetDir: "f", Scenario: sim.BrokerRestart}},
+		{"a restart command for the embedded broker", sim.Config{Devices: 1, Embedded: true, StateDir: "x", Scenario: sim.BrokerRestart, RestartCommand: "true"}},
+		{"a downtime for an external broker", sim.Config{Devices: 1, StateDir: "x", BrokerURL: "mqtts://127.0.0.1:1", FleetDir: "f", Scenario: sim.BrokerRestart, RestartCommand: "true", RestartDowntime: time.Second}},
 		{"no state directory", sim.Config{Devices: 1, Embedded: true}},
 		{"a share over 1", sim.Config{Devices: 1, Embedded: true, StateDir: "x", FaultShare: 1.5}},
 		{"a negative timeout", sim.Config{Devices: 1, Embedded: true, StateDir: "x", Timeout: -1}},
