@@ -69,7 +69,7 @@ test-deps:
 E2E := ./tools/e2e
 # The packages of third_party/mochi-server whose camagent patches have tests of their own there
 # (the others are tested through transport/mqtt/broker).
-PATCHED := github.com/mochi-mqtt/server/v2/hooks/storage/bolt
+PATCHED := github.com/mochi-mqtt/server/v2 github.com/mochi-mqtt/server/v2/hooks/storage/bolt
 
 test: test-deps
 	$(GO) vet ./...

@@ -8,6 +8,7 @@ package mqtt
 import (
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"math"
 	"net"
 	"os"
@@ -15,6 +16,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -144,7 +146,27 @@ type Server struct {
 	Log          *slog.Logger         // minimal no-alloc logger
 	hooks        *Hooks               // hooks contains hooks for extra functionality such as auth and persistent storage
 	inlineClient *Client              // inlineClient is a special client used for inline subscriptions and inline Publish
+	sessionLocks [64]sync.Mutex       // camagent patch: see lockSession
 }
+
+// lockSession locks the session of client id: taking over the session of the client known
+// under id and becoming that client in s.Clients are one step (camagent patch). v2.7.9 did
+// them apart: a second connection with the same id (a device that gave up waiting for its
+// CONNACK and connected again) could take over the session between the two, after which the
+// first put itself in s.Clients over the second. Every delivery then went to the first,
+// closed connection and stayed in flight there, while the second, alive and never
+// disconnected, received nothing until it reconnected: devices that kept their connection
+// never heard from the broker again (fleetsim, 10,000 devices across a restart).
+func (s *Server) lockSession(id string) (unlock func()) {
+	h := fnv.New32a()
+	h.Write([]byte(id))
+	m := &s.sessionLocks[h.Sum32()%uint32(len(s.sessionLocks))]
+	m.Lock()
+	return m.Unlock
+}
+
+// afterInherit, if set, runs between taking over a session and entering s.Clients (tests).
+var afterInherit func(cl *Client)
 
 // loop contains interval tickers for the system events loop.
 type loop struct {
@@ -454,8 +476,13 @@ func (s *Server) attachClient(cl *Client, listener string) error {
 
 	s.hooks.OnSessionEstablish(cl, pk)
 
+	unlock := s.lockSession(cl.ID) // camagent patch
 	sessionPresent := s.inheritClientSession(pk, cl)
+	if afterInherit != nil {
+		afterInherit(cl)
+	}
 	s.Clients.Add(cl) // [MQTT-4.1.0-1]
+	unlock()
 
 	err = s.SendConnack(cl, code, sessionPresent, nil) // [MQTT-3.1.4-5] [MQTT-3.2.0-1] [MQTT-3.2.0-2] &[MQTT-3.14.0-1]
 	if err != nil {
