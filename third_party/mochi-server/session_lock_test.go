@@ -25,7 +25,7 @@ func (h *allowAll) Provides(b byte) bool {
 	return b == OnConnectAuthenticate || b == OnACLCheck
 }
 func (h *allowAll) OnConnectAuthenticate(*Client, packets.Packet) bool { return true }
-func (h *allowAll) OnACLCheck(*Client, string, bool) bool             { return true }
+func (h *allowAll) OnACLCheck(*Client, string, bool) bool              { return true }
 
 // connect opens a connection to s over a pipe, sends a persistent-session CONNECT for id and
 // drains whatever the server writes. It returns the client's end.
