@@ -146,7 +146,7 @@ type Server struct {
 	Log          *slog.Logger         // minimal no-alloc logger
 	hooks        *Hooks               // hooks contains hooks for extra functionality such as auth and persistent storage
 	inlineClient *Client              // inlineClient is a special client used for inline subscriptions and inline Publish
-	sessionLocks [64]sync.Mutex       // camagent patch: see lockSession
+	sessionLocks [1024]sync.Mutex     // camagent patch: see lockSession
 }
 
 // lockSession locks the session of client id: taking over the session of the client known
@@ -156,7 +156,11 @@ type Server struct {
 // first put itself in s.Clients over the second. Every delivery then went to the first,
 // closed connection and stayed in flight there, while the second, alive and never
 // disconnected, received nothing until it reconnected: devices that kept their connection
-// never heard from the broker again (fleetsim, 10,000 devices across a restart).
+// never heard from the broker again (fleetsim, 10,000 devices across a restart). The take-over
+// writes a DISCONNECT to the old connection, which can wait for that connection's write
+// deadline (1.5 keepalives) if its peer stopped reading: the lock is striped by client id, so
+// such a wait holds back only the ids sharing its stripe (one in 1,024), where v2.7.9 held back
+// the connecting client alone.
 func (s *Server) lockSession(id string) (unlock func()) {
 	h := fnv.New32a()
 	h.Write([]byte(id))
