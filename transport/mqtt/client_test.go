@@ -597,6 +597,12 @@ func TestARequestedReconnectionDoesNotSubscribeAgain(t *testing.T) {
 	if p := recv(t, got, "the retained message"); p != "retained" || b.subscribes.Load() != 1 {
 		t.Fatalf("first connection: got %q after %d SUBSCRIBEs, want the retained message after 1", p, b.subscribes.Load())
 	}
+	// The client acknowledges after its handler returns: wait for the broker to have the
+	// PUBACK, or it rightly sends the message again on the kept session (CI saw that once).
+	waitFor(t, "the broker to have the retained message acknowledged", func() bool {
+		cl, ok := b.srv.Clients.Get(device)
+		return ok && cl.State.Inflight.Len() == 0
+	})
 
 	c.Reconnect()
 	b.nextConn()
