@@ -266,7 +266,7 @@ func (s *Signer) decideLoop(ctx context.Context) {
 		n := min(len(held), s.cfg.BatchSize)
 		reqs := append(held[:n:n], batch...)
 		answers, deferred, full := s.decide(reqs)
-		held = s.requeue(deferred, held[n:], &answers)
+		held = s.requeue(held, n, deferred, &answers)
 		retry = !full
 		for _, a := range answers {
 			select {
@@ -278,32 +278,37 @@ func (s *Signer) decideLoop(ctx context.Context) {
 	}
 }
 
-// requeue returns the held requests after a decision: those deferred again that were held
-// before, then the ones not decided this time, then the newly deferred ones. A request held
-// longer than HoldTimeout, or beyond MaxHeld, is answered rate_limited instead.
-func (s *Signer) requeue(deferred, rest []request, answers *[]answer) []request {
+// requeue returns the held requests after a decision on the first n of held: those of them
+// deferred again go back in front of the ones not decided this time, in place (the queue can
+// hold thousands, and is not copied per decision), and the newly deferred ones go at the back.
+// The queue stays in the order the requests were first held, so the ones held longer than
+// HoldTimeout are at its front; they, and new ones beyond MaxHeld, are answered rate_limited.
+func (s *Signer) requeue(held []request, n int, deferred []request, answers *[]answer) []request {
 	now := s.clk.Now()
-	var again, fresh []request
-	for _, r := range deferred {
-		if r.heldSince.IsZero() {
-			r.heldSince = now
-			s.stats.held.Add(1)
-			fresh = append(fresh, r)
-		} else {
-			again = append(again, r)
-		}
+	// deferred is in the order decide was given: the held requests first, then new ones.
+	k := 0
+	for k < len(deferred) && !deferred[k].heldSince.IsZero() {
+		k++
 	}
-	held := make([]request, 0, len(again)+len(rest)+len(fresh))
-	for _, list := range [][]request{again, rest, fresh} {
-		for _, r := range list {
-			if now.Sub(r.heldSince) >= s.cfg.HoldTimeout || len(held) >= s.cfg.MaxHeld {
-				s.stats.rateLimited.Add(1)
-				s.log.Info("signer: request held too long for a place in the window; the device will retry", "device", r.device, "via", r.via, "req_id", r.msg.ReqID)
-				*answers = append(*answers, answer{topic: replyTopic(r), resp: wire.CertResponse{V: wire.Version, ReqID: r.msg.ReqID, Error: wire.ErrCodeRateLimited}})
-				continue
-			}
-			held = append(held, r)
+	copy(held[n-k:n], deferred[:k])
+	held = held[n-k:]
+	tellRetry := func(r request) {
+		s.stats.rateLimited.Add(1)
+		s.log.Info("signer: request held too long for a place in the window; the device will retry", "device", r.device, "via", r.via, "req_id", r.msg.ReqID)
+		*answers = append(*answers, answer{topic: replyTopic(r), resp: wire.CertResponse{V: wire.Version, ReqID: r.msg.ReqID, Error: wire.ErrCodeRateLimited}})
+	}
+	for len(held) > 0 && now.Sub(held[0].heldSince) >= s.cfg.HoldTimeout {
+		tellRetry(held[0])
+		held = held[1:]
+	}
+	for _, r := range deferred[k:] {
+		r.heldSince = now
+		s.stats.held.Add(1)
+		if len(held) >= s.cfg.MaxHeld {
+			tellRetry(r)
+			continue
 		}
+		held = append(held, r)
 	}
 	return held
 }
