@@ -148,7 +148,7 @@ type ClientState struct {
 	Inflight        *Inflight              // a map of in-flight qos messages
 	Subscriptions   *Subscriptions         // a map of the subscription filters a client maintains
 	disconnected    int64                  // the time the client disconnected in unix time, for calculating expiry
-	outbound        chan *packets.Packet   // queue for pending outbound packets
+	outbound        outboundQueue          // camagent patch: pending outbound packets, no fixed buffer
 	endOnce         sync.Once              // only end once
 	isTakenOver     atomic.Bool            // used to identify orphaned clients
 	successor       atomic.Pointer[Client] // camagent patch: the client that took this session over
@@ -173,7 +173,10 @@ func newClient(c net.Conn, o *ops) *Client {
 			open:          ctx,
 			cancelOpen:    cancel,
 			Keepalive:     defaultKeepalive,
-			outbound:      make(chan *packets.Packet, o.options.Capabilities.MaximumClientWritesPending),
+			outbound: outboundQueue{ // camagent patch: no buffer until a packet is pending
+				ready: make(chan struct{}, 1),
+				max:   o.options.Capabilities.MaximumClientWritesPending,
+			},
 		},
 		Properties: ClientProperties{
 			ProtocolVersion: defaultClientProtocolVersion, // default protocol version
@@ -193,18 +196,34 @@ func newClient(c net.Conn, o *ops) *Client {
 }
 
 // WriteLoop ranges over pending outbound messages and writes them to the client connection.
+// It returns when the client is stopped.
 func (cl *Client) WriteLoop() {
+	// camagent patch: it takes everything pending at once from the outbound queue (see
+	// outbound.go) and writes it in order, where v2.7.9 received one packet at a time from a
+	// channel of MaximumClientWritesPending.
+	q := &cl.State.outbound
+	done := cl.State.open.Done()
 	for {
 		select {
-		case pk := <-cl.State.outbound:
+		case <-q.ready:
+		case <-done:
+			return
+		}
+		batch := q.take()
+		for _, pk := range batch {
+			select {
+			case <-done:
+				return
+			default:
+			}
+			q.started()
 			if err := cl.WritePacket(*pk); err != nil {
 				// TODO : Figure out what to do with error
 				cl.ops.log.Debug("failed publishing packet", "error", err, "client", cl.ID, "packet", pk)
 			}
 			atomic.AddInt32(&cl.State.outboundQty, -1)
-		case <-cl.State.open.Done():
-			return
 		}
+		q.recycle(batch)
 	}
 }
 
@@ -604,7 +623,7 @@ func (cl *Client) WritePacket(pk packets.Packet) error {
 	n, err := func() (int64, error) {
 		cl.Lock()
 		defer cl.Unlock()
-		if len(cl.State.outbound) == 0 {
+		if cl.State.outbound.len() == 0 { // camagent patch: the queue, not a channel
 			if cl.Net.outbuf == nil {
 				return buf.WriteTo(cl.Net.Conn)
 			}

@@ -1112,10 +1112,10 @@ func (s *Server) handOver(from *Client, id uint16) {
 			if next.State.live.Load() && !next.Closed() && pk.FixedHeader.Type == packets.Publish {
 				out := pk.Copy(true)
 				out.FixedHeader.Dup = true // [MQTT-3.3.1-1]
-				select {
-				case next.State.outbound <- &out:
+				// camagent patch: the outbound queue, not a channel. If it is full, the
+				// delivery stays in flight, for the next resend.
+				if next.State.outbound.push(&out) {
 					atomic.AddInt32(&next.State.outboundQty, 1)
-				default: // full: it stays in flight, for the next resend
 				}
 			}
 			return
@@ -1210,10 +1210,7 @@ func (s *Server) publishToClient(cl *Client, sub packets.Subscription, pk packet
 		return out, nil // camagent patch: sent by the resend that follows the CONNACK
 	}
 
-	select {
-	case cl.State.outbound <- &out:
-		atomic.AddInt32(&cl.State.outboundQty, 1)
-	default:
+	if !cl.State.outbound.push(&out) { // camagent patch: the queue, not a channel
 		atomic.AddInt64(&s.Info.MessagesDropped, 1)
 		cl.ops.hooks.OnPublishDropped(cl, pk)
 		if out.FixedHeader.Qos > 0 {
@@ -1222,6 +1219,7 @@ func (s *Server) publishToClient(cl *Client, sub packets.Subscription, pk packet
 		}
 		return out, packets.ErrPendingClientWritesExceeded
 	}
+	atomic.AddInt32(&cl.State.outboundQty, 1)
 
 	return out, nil
 }
