@@ -22,6 +22,7 @@ import (
 	"github.com/camagent/camagent/device/camera"
 	"github.com/camagent/camagent/internal/buildinfo"
 	"github.com/camagent/camagent/internal/cappedfile"
+	"github.com/camagent/camagent/transport/mqtt"
 	"github.com/camagent/camagent/transport/webrtc/signal"
 )
 
@@ -140,6 +141,9 @@ func (o *runOptions) build(stderr io.Writer) (*built, error) {
 			}
 		}
 	}
+	if o.maxBackoff < mqtt.DefaultMinBackoff || o.maxBackoff > maxReconnectBackoff {
+		return nil, fmt.Errorf("--reconnect-max-backoff %v: want %v to %v", o.maxBackoff, mqtt.DefaultMinBackoff, maxReconnectBackoff)
+	}
 	if o.broker != "" {
 		if _, err := certs.BrokerHost(o.broker); err != nil {
 			return nil, fmt.Errorf("--broker: %w", err)
@@ -167,6 +171,7 @@ func (o *runOptions) build(stderr io.Writer) (*built, error) {
 		Video:             src,
 		MaxViewers:        o.maxViewers,
 		TelemetryInterval: telemetryInterval(o.telemetry),
+		MaxBackoff:        o.maxBackoff,
 		VideoLoopbackOnly: o.loopback,
 		VideoICEServers:   iceServers,
 		VideoRelayOnly:    o.relayOnly,
@@ -271,6 +276,10 @@ func newLogger(w io.Writer, level, format string, guard *egress.Guard) (*slog.Lo
 	}
 	return slog.New(egress.NewRedactingHandler(h, guard)), nil
 }
+
+// maxReconnectBackoff bounds --reconnect-max-backoff: a device longer than an hour away from
+// a broker that is back would look dead to its owner.
+const maxReconnectBackoff = time.Hour
 
 // telemetryInterval maps --telemetry-interval to agent.Config: 0 there means the default, so
 // "never" is negative.

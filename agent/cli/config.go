@@ -12,6 +12,7 @@ import (
 
 	"github.com/camagent/camagent/device/gpio"
 	"github.com/camagent/camagent/internal/cappedfile"
+	"github.com/camagent/camagent/transport/mqtt"
 )
 
 // runOptions are the settings of `camagent run`, from its flags and the configuration file.
@@ -26,6 +27,7 @@ type runOptions struct {
 	videoExec   string
 	maxViewers  int
 	telemetry   time.Duration
+	maxBackoff  time.Duration
 	loopback    bool
 	iceURLs     []string
 	iceUser     string
@@ -47,6 +49,7 @@ func runFlags(fs *flag.FlagSet, o *runOptions) {
 	fs.StringVar(&o.videoExec, "video-exec", "", "serve live video from this command's H.264 Annex B standard output, e.g. \"rpicam-vid -t 0 --inline --codec h264 --profile baseline -o -\" (split on spaces; no shell)")
 	fs.IntVar(&o.maxViewers, "max-viewers", 0, "live viewers at most (0: the default, 16)")
 	fs.DurationVar(&o.telemetry, "telemetry-interval", 5*time.Minute, "how often to publish telemetry while connected (one report at each connect too); 0: never")
+	fs.DurationVar(&o.maxBackoff, "reconnect-max-backoff", mqtt.DefaultMaxBackoff, "cap of the reconnect backoff (from 1s, doubling, full jitter), 1s to 1h: a fleet that lost its broker comes back spread over about this time, so size it to the fleet's devices divided by the connections per second its broker takes (10,000 devices, 400 a second: 30s; the default suits a million devices and 3,300 a second)")
 	fs.BoolVar(&o.loopback, "video-loopback", false, "offer ICE candidates on 127.0.0.1 only (a demo or test on one machine)")
 	fs.Func("video-ice-server", "a STUN or TURN server the camera uses for every viewer, besides those a viewer's offer brings: stun:HOST:PORT, turn:HOST:PORT?transport=udp (or tcp), turns:HOST:PORT; repeat for more, at most 4. TURN servers take --video-ice-user and --video-ice-credential-file; no credentials in the URL", func(u string) error {
 		o.iceURLs = append(o.iceURLs, u)

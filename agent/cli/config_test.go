@@ -8,6 +8,9 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/camagent/camagent/transport/mqtt"
 )
 
 // runKeys returns the flags of `camagent run` the configuration file may set.
@@ -127,6 +130,31 @@ func TestCommandLineFlagsOverrideTheConfigFile(t *testing.T) {
 		t.Fatalf("options = %+v", o)
 	}
 
+	t.Run("the reconnect backoff cap reaches the agent, within its bounds", func(t *testing.T) {
+		for arg, want := range map[string]time.Duration{"": mqtt.DefaultMaxBackoff, "30s": 30 * time.Second, "1h": time.Hour, "999ms": 0, "61m": 0} {
+			args := []string{"--state", dir}
+			if arg != "" {
+				args = append(args, "--reconnect-max-backoff", arg)
+			}
+			o, err := parseRunArgs("camagent run", args, io.Discard, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, err := o.build(io.Discard)
+			if want == 0 {
+				if err == nil || !strings.Contains(err.Error(), "--reconnect-max-backoff "+o.maxBackoff.String()) {
+					t.Errorf("%s: err = %v, want one naming the flag and the value", arg, err)
+				}
+				continue
+			}
+			if err != nil {
+				t.Fatalf("%s: %v", arg, err)
+			}
+			if b.cfg.MaxBackoff != want {
+				t.Errorf("%s: agent MaxBackoff = %v, want %v", arg, b.cfg.MaxBackoff, want)
+			}
+		}
+	})
 	t.Run("a bad value names the line", func(t *testing.T) {
 		bad := filepath.Join(dir, "bad.conf")
 		os.WriteFile(bad, []byte("# x\nmax-viewers = many\n"), 0o600)
