@@ -10,6 +10,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"runtime/pprof"
 	"strings"
 	"time"
 
@@ -165,8 +166,20 @@ func brokerCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	data := fs.String("data", "", "persistence directory for sessions and retained messages (default <dir>/broker/data)")
 	poll := fs.Duration("revocation-poll", signer.DefaultEnforceInterval, "how often to look for newly revoked certificates, to cut their live sessions")
 	connRate := fs.Float64("max-connect-rate", 0, "budget of new connections per second (TLS handshakes started); a connection whose turn would come more than 5 s later is closed and its client retries with backoff; 0: no limit")
+	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the broker to this file when it stops (SIGTERM or SIGINT), for go tool pprof")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if *cpuProfile != "" {
+		pf, err := os.Create(*cpuProfile)
+		if err != nil {
+			return fmt.Errorf("broker: %w", err)
+		}
+		defer pf.Close()
+		if err := pprof.StartCPUProfile(pf); err != nil {
+			return fmt.Errorf("broker: %w", err)
+		}
+		defer pprof.StopCPUProfile()
 	}
 	f, err := fleet.Open(*dir)
 	if err != nil {

@@ -2,9 +2,11 @@ package cli_test
 
 import (
 	"bytes"
+	"compress/gzip"
 	"context"
 	"encoding/base64"
 	"encoding/json"
+	"io"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -509,5 +511,39 @@ func TestGrantIsForTheEpochTheDeviceWillHold(t *testing.T) {
 		if _, _, err := run(t, append([]string{"grant", "--dir", dir, "--broker", url}, bad...)...); err == nil {
 			t.Errorf("grant %v succeeded", bad)
 		}
+	}
+}
+
+// fleetctl broker --cpuprofile writes a CPU profile, gzip-compressed as pprof reads it, when
+// the broker stops.
+func TestBrokerWritesACPUProfileWhenItStops(t *testing.T) {
+	dir, _ := initFleet(t)
+	path := filepath.Join(t.TempDir(), "broker.prof")
+	stdout, stderr := newOutput(), newOutput()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() {
+		done <- cli.Run(ctx, []string{"broker", "--dir", dir, "--listen", "127.0.0.1:0", "--data", t.TempDir(), "--cpuprofile", path}, stdout, stderr)
+	}()
+	stdout.waitFor(t, `broker listening on`)
+	if _, err := os.Stat(path); err != nil {
+		t.Fatalf("no profile file while the broker runs: %v", err)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("fleetctl broker: %v\n%s", err, stderr.String())
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	z, err := gzip.NewReader(f)
+	if err != nil {
+		t.Fatalf("the profile is not what pprof reads: %v", err)
+	}
+	if n, err := io.Copy(io.Discard, z); err != nil || n == 0 {
+		t.Fatalf("the profile holds %d bytes (%v)", n, err)
 	}
 }
