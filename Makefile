@@ -1,4 +1,4 @@
-# camagent — see README.md. Targets: build cross demo test bench lint fuzz clean.
+# camagent — see README.md. Targets: build cross demo test bench chaos scale lint fuzz clean.
 SHELL := /bin/bash
 GO ?= go
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
@@ -12,7 +12,7 @@ TEST_DEPS := mosquitto:/usr/sbin/mosquitto ffmpeg:/usr/bin/ffprobe chromium:/usr
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 FUZZTIME ?= 30s
 
-.PHONY: all build cross deb demo test test-deps test-arm bench chaos lint fuzz clean
+.PHONY: all build cross deb demo test test-deps test-arm bench chaos scale lint fuzz clean
 
 all: build
 
@@ -56,6 +56,12 @@ chaos:
 	$(GO) run ./tools/fleetsim --embedded --devices $(CHAOS_N) --scenario fault --fault cut
 	$(GO) run ./tools/fleetsim --embedded --devices $(CHAOS_N) --scenario fault --fault blackhole --keepalive 10s
 	$(GO) run ./tools/fleetsim --embedded --devices $(CHAOS_N) --scenario fault --fault slow
+
+# The 10,000-device runs of docs/scale-out.md, the broker and the signers in processes of their
+# own: a breach on Mosquitto, and a restart of fleetctl broker mid-campaign (SCALE_N,
+# SCALE_RATE, SCALE_MAX_BACKOFF). About 10 minutes.
+scale: build
+	@tools/fleetsim/scale.sh
 
 demo: build
 	@tools/demo/demo.sh
