@@ -12,7 +12,7 @@
 # Usage: tools/fleetsim/scale.sh [breach|restart]... (default: both). SCALE_N devices
 # (10000), SCALE_RATE connections a second (400), SCALE_MAX_BACKOFF (30s). Each run prints
 # fleetsim's report and fails if a device did not converge or a command was lost. It needs
-# about 2 × SCALE_N + 1,000 open files (ulimit -n) and Mosquitto for the breach run.
+# SCALE_N + 1,000 open files (ulimit -n) in each process and Mosquitto for the breach run.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -22,7 +22,7 @@ backoff=${SCALE_MAX_BACKOFF:-30s}
 runs=("$@")
 [ ${#runs[@]} -gt 0 ] || runs=(breach restart)
 
-need=$((2 * n + 1000))
+need=$((n + 1000))
 if [ "$(ulimit -Hn)" != unlimited ] && [ "$(ulimit -Hn)" -lt "$need" ]; then
 	echo "scale: $n devices need $need open files; the hard limit here is $(ulimit -Hn) (set SCALE_N lower)" >&2
 	exit 1
