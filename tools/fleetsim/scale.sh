@@ -97,10 +97,11 @@ restart() {
 	# The broker in its own process, restarted by fleetsim through this script.
 	cat >"$work/broker.sh" <<-EOF
 		#!/usr/bin/env bash
+		running() { [ -e "/proc/\$1" ] && ! grep -q '^State:.*Z' "/proc/\$1/status" 2>/dev/null; }
 		if [ -f "$work/broker.pid" ]; then
 		  pid=\$(cat "$work/broker.pid")
 		  kill -TERM "\$pid"
-		  while kill -0 "\$pid" 2>/dev/null; do sleep 0.05; done
+		  while running "\$pid"; do sleep 0.05; done
 		  sleep 2
 		fi
 		"$work/fleetctl" broker --dir "$dir" --listen "127.0.0.1:$p" --data "$dir/broker-data" \\
@@ -118,7 +119,13 @@ restart() {
 	echo "== restart: $n devices, fleetctl broker --max-connect-rate $rate, two fleetctl serve, device backoff cap $backoff; load $(cut -d' ' -f1-3 /proc/loadavg)"
 	"$work/fleetsim" --broker "mqtts://127.0.0.1:$p" --fleet "$dir" --devices "$n" --scenario broker-restart \
 		--restart-command "$work/broker.sh" --max-backoff "$backoff" 2>/dev/null
-	echo "   broker peak RSS: $(awk '/VmHWM/ {printf "%.0f MiB", $2/1024}' "/proc/$(cat "$work/broker.pid")/status")"
+	local pid
+	pid=$(cat "$work/broker.pid")
+	echo "   broker peak RSS: $(awk '/VmHWM/ {printf "%.0f MiB", $2/1024}' "/proc/$pid/status")"
+	kill -TERM "$pid"
+	while [ -e "/proc/$pid" ] && ! grep -q '^State:.*Z' "/proc/$pid/status" 2>/dev/null; do sleep 0.05; done
+	rm -f "$work/broker.pid"
+	echo "   since it came back, $(grep -a 'broker stopped' "$work/broker.log" | tail -1 | sed 's/^broker stopped: m/m/')"
 }
 
 for r in "${runs[@]}"; do

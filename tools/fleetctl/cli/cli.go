@@ -228,7 +228,12 @@ func brokerCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	// were live when it was revoked.
 	enf := &signer.Enforcer{Registry: reg, Broker: b, From: before, Interval: *poll, Logger: log}
 	err = enf.Run(ctx)
-	return errors.Join(err, b.Close())
+	err = errors.Join(err, b.Close())
+	if *connRate > 0 {
+		fmt.Fprintf(stdout, "broker stopped: most connections admitted in one second %d (budget %g a second); closed over the budget %d\n",
+			b.PeakAdmitted(), *connRate, b.Throttled())
+	}
+	return err
 }
 
 func mosquittoCmd(_ context.Context, args []string, stdout, stderr io.Writer) error {

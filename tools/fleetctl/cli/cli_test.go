@@ -514,19 +514,23 @@ func TestGrantIsForTheEpochTheDeviceWillHold(t *testing.T) {
 	}
 }
 
-// fleetctl broker --cpuprofile writes a CPU profile, gzip-compressed as pprof reads it, when
-// the broker stops.
-func TestBrokerWritesACPUProfileWhenItStops(t *testing.T) {
-	dir, _ := initFleet(t)
+// When fleetctl broker stops, --cpuprofile has written a CPU profile, gzip-compressed as pprof
+// reads it, and with --max-connect-rate it says the most connections it admitted in a second.
+func TestBrokerStopWritesTheProfileAndTheAdmissionPeak(t *testing.T) {
+	dir, f := initFleet(t)
+	e := fleettest.Enroll(t, f, "cam-0001")
 	path := filepath.Join(t.TempDir(), "broker.prof")
 	stdout, stderr := newOutput(), newOutput()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	done := make(chan error, 1)
 	go func() {
-		done <- cli.Run(ctx, []string{"broker", "--dir", dir, "--listen", "127.0.0.1:0", "--data", t.TempDir(), "--cpuprofile", path}, stdout, stderr)
+		done <- cli.Run(ctx, []string{"broker", "--dir", dir, "--listen", "127.0.0.1:0", "--data", t.TempDir(), "--cpuprofile", path, "--max-connect-rate", "50"}, stdout, stderr)
 	}()
-	stdout.waitFor(t, `broker listening on`)
+	url := stdout.waitFor(t, `broker listening on (mqtts://\S+)`)[1]
+	a, stop := runAgent(t, e.StateDir, url)
+	<-a.Connected()
+	stop()
 	if _, err := os.Stat(path); err != nil {
 		t.Fatalf("no profile file while the broker runs: %v", err)
 	}
@@ -534,12 +538,15 @@ func TestBrokerWritesACPUProfileWhenItStops(t *testing.T) {
 	if err := <-done; err != nil {
 		t.Fatalf("fleetctl broker: %v\n%s", err, stderr.String())
 	}
-	f, err := os.Open(path)
+	if !strings.Contains(stdout.String(), "most connections admitted in one second 1 (budget 50 a second); closed over the budget 0") {
+		t.Errorf("fleetctl broker said:\n%s", stdout.String())
+	}
+	pf, err := os.Open(path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer f.Close()
-	z, err := gzip.NewReader(f)
+	defer pf.Close()
+	z, err := gzip.NewReader(pf)
 	if err != nil {
 		t.Fatalf("the profile is not what pprof reads: %v", err)
 	}

@@ -254,6 +254,19 @@ func (b *Broker) Throttled() uint64 {
 	return b.ln.throttled.Load()
 }
 
+// PeakAdmitted returns the most connections admitted (their TLS handshake started) in any one
+// second of the clock since Start: with Config.MaxConnectRate N, at most N+1 (the budget is
+// smooth, with a burst of one). Connections completed can bunch above it when handshakes the
+// broker started within the budget finish together.
+func (b *Broker) PeakAdmitted() int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.ln == nil {
+		return 0
+	}
+	return b.ln.admitted.peak()
+}
+
 // URL returns "mqtts://host:port" for Addr, the form paho takes.
 func (b *Broker) URL() string {
 	addr := b.Addr()

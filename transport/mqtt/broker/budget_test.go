@@ -64,6 +64,9 @@ func TestTheConnectionBudgetSpreadsAStorm(t *testing.T) {
 	if refused == 0 || uint64(refused) != b.Throttled() {
 		t.Errorf("%d of %d connections refused, broker counted %d throttled; want some, and the same", refused, storm, b.Throttled())
 	}
+	if p := b.PeakAdmitted(); p < 1 || p > budget+1 {
+		t.Errorf("PeakAdmitted = %d, want 1 to %d", p, int(budget)+1)
+	}
 	time.Sleep(200 * time.Millisecond) // the budget refills
 	if err := dial(); err != nil {
 		t.Fatalf("a connection after the storm: %v", err)
@@ -71,3 +74,35 @@ func TestTheConnectionBudgetSpreadsAStorm(t *testing.T) {
 }
 
 var nettimeout = net.Dialer{Timeout: 5 * time.Second}
+
+// Without a budget, PeakAdmitted counts a storm's connections in the second it came.
+func TestPeakAdmittedCountsAStormWithoutABudget(t *testing.T) {
+	const storm = 80
+	pki := mqtttest.NewPKI(t)
+	cam := pki.ClientCert(t, certs.RoleDevice, "cam-a")
+	b, err := broker.New(broker.Config{Addr: "127.0.0.1:0", TLS: pki.ServerTLS(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	if b.PeakAdmitted() != 0 {
+		t.Fatalf("PeakAdmitted = %d before any connection", b.PeakAdmitted())
+	}
+	conf := pki.ClientTLS(t, cam)
+	var wg sync.WaitGroup
+	for range storm {
+		wg.Go(func() {
+			if c, err := tls.DialWithDialer(&nettimeout, "tcp", b.Addr(), conf); err == nil {
+				c.Close()
+			}
+		})
+	}
+	wg.Wait()
+	// The storm may straddle a second boundary, or three on a slow machine.
+	if p := b.PeakAdmitted(); p < storm/3 || p > storm {
+		t.Fatalf("PeakAdmitted = %d after %d connections at once", p, storm)
+	}
+}

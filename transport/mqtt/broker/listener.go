@@ -37,6 +37,7 @@ type listener struct {
 	budget    *rate.Limiter // Config.MaxConnectRate; nil: no limit
 	throttled atomic.Uint64 // connections closed because their turn would come too late
 	lastWarn  atomic.Int64  // Unix ns of the last "over budget" warning
+	admitted  admissions    // handshakes started, per second
 
 	mu       sync.Mutex
 	closed   bool
@@ -152,6 +153,7 @@ func (l *listener) handle(conn *tls.Conn, raw net.Conn, establish listeners.Esta
 	if l.budget != nil && !l.takeTurn() {
 		return
 	}
+	l.admitted.add(time.Now())
 	// The deadline covers the handshake and the CONNECT packet; mochi replaces it with one
 	// derived from the keepalive once the client is accepted.
 	if err := raw.SetDeadline(time.Now().Add(l.timeout)); err != nil {
@@ -198,7 +200,7 @@ func (l *listener) takeTurn() bool {
 	now := time.Now().UnixNano()
 	if last := l.lastWarn.Load(); now-last > int64(10*time.Second) && l.lastWarn.CompareAndSwap(last, now) {
 		l.log.Warn("broker: connection rate over budget; closing new connections that would wait too long",
-			"budget_per_s", float64(l.budget.Limit()), "closed_so_far", n)
+			"budget_per_s", float64(l.budget.Limit()), "closed_so_far", n, "admitted_peak_per_s", l.admitted.peak())
 	}
 	return false
 }
@@ -243,4 +245,30 @@ func (l *listener) disconnectSerial(serial *big.Int) int {
 		raw.Close()
 	}
 	return len(cut)
+}
+
+// admissions counts the connections admitted (whose TLS handshake started) in each second of
+// the clock, and keeps the most in any one second: the figure to hold against the connection
+// budget. It is safe for concurrent use.
+type admissions struct {
+	mu   sync.Mutex
+	sec  int64 // the Unix second n counts
+	n    int
+	most int
+}
+
+func (a *admissions) add(now time.Time) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if s := now.Unix(); s != a.sec {
+		a.sec, a.n = s, 0
+	}
+	a.n++
+	a.most = max(a.most, a.n)
+}
+
+func (a *admissions) peak() int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.most
 }
