@@ -255,9 +255,11 @@ func (b *Broker) Throttled() uint64 {
 }
 
 // PeakAdmitted returns the most connections admitted (their TLS handshake started) in any one
-// second of the clock since Start: with Config.MaxConnectRate N, at most N+1 (the budget is
-// smooth, with a burst of one). Connections completed can bunch above it when handshakes the
-// broker started within the budget finish together.
+// second of the clock since Start. With Config.MaxConnectRate N the turns are at most N+1 a
+// second (the budget is smooth, with a burst of one); a connection is counted when its
+// goroutine runs after its turn, so on a machine too busy to wake it at once a few can count
+// in the next second. Connections completed can bunch above the budget when handshakes the
+// broker started within it finish together.
 func (b *Broker) PeakAdmitted() int {
 	b.mu.Lock()
 	defer b.mu.Unlock()
