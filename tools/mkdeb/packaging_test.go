@@ -101,7 +101,7 @@ func TestUnitSettings(t *testing.T) {
 // configKeys are the keys of camagent.conf: the long flags of "camagent run".
 var configKeys = map[string]bool{
 	"state": true, "broker": true, "log-level": true, "log-format": true, "video-exec": true,
-	"video-file": true, "max-viewers": true, "telemetry-interval": true, "led-pin": true, "button-pin": true, "privacy-pin": true,
+	"video-file": true, "max-viewers": true, "telemetry-interval": true, "reconnect-max-backoff": true, "led-pin": true, "button-pin": true, "privacy-pin": true,
 }
 
 // TestDefaultConfigFormat checks the shipped configuration against the documented format:
