@@ -32,7 +32,6 @@ import (
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/hooks/storage/bolt"
 	"go.etcd.io/bbolt"
-	"golang.org/x/time/rate"
 
 	"github.com/camagent/camagent/internal/atomicfile"
 )
@@ -219,7 +218,7 @@ func (b *Broker) Start() error {
 	}
 	ln := newListener(listenerID, b.cfg.Addr, b.tls, b.cfg.ConnectTimeout, b.log)
 	if b.cfg.MaxConnectRate > 0 {
-		ln.budget = rate.NewLimiter(rate.Limit(b.cfg.MaxConnectRate), 1)
+		ln.budget = newPacer(b.cfg.MaxConnectRate)
 	}
 	if err := srv.AddListener(ln); err != nil {
 		srv.Close()
@@ -254,12 +253,11 @@ func (b *Broker) Throttled() uint64 {
 	return b.ln.throttled.Load()
 }
 
-// PeakAdmitted returns the most connections admitted (their TLS handshake started) in any one
-// second of the clock since Start. With Config.MaxConnectRate N the turns are at most N+1 a
-// second (the budget is smooth, with a burst of one); a connection is counted when its
-// goroutine runs after its turn, so on a machine too busy to wake it at once a few can count
-// in the next second. Connections completed can bunch above the budget when handshakes the
-// broker started within it finish together.
+// PeakAdmitted returns the most connections admitted in any one second of the clock since
+// Start, counted by the time of their turn in the budget (without Config.MaxConnectRate, by
+// their arrival): with MaxConnectRate N, at most N+1. A handshake starts at its turn, or a
+// little later on a busy machine; connections completed can bunch above the budget when
+// handshakes the broker started within it finish together.
 func (b *Broker) PeakAdmitted() int {
 	b.mu.Lock()
 	defer b.mu.Unlock()

@@ -14,7 +14,6 @@ import (
 	"time"
 
 	"github.com/mochi-mqtt/server/v2/listeners"
-	"golang.org/x/time/rate"
 )
 
 // listener is the broker's only network listener: TCP with TLS, implementing mochi's
@@ -34,7 +33,7 @@ type listener struct {
 	ctx    context.Context // cancelled by Close: aborts handshakes in progress
 	cancel context.CancelFunc
 
-	budget    *rate.Limiter // Config.MaxConnectRate; nil: no limit
+	budget    *pacer        // Config.MaxConnectRate; nil: no limit
 	throttled atomic.Uint64 // connections closed because their turn would come too late
 	lastWarn  atomic.Int64  // Unix ns of the last "over budget" warning
 	admitted  admissions    // handshakes started, per second
@@ -150,10 +149,11 @@ func (l *listener) handle(conn *tls.Conn, raw net.Conn, establish listeners.Esta
 		raw.Close()
 	}()
 	remote := raw.RemoteAddr().String()
-	if l.budget != nil && !l.takeTurn() {
+	if l.budget == nil {
+		l.admitted.add(time.Now())
+	} else if !l.takeTurn() {
 		return
 	}
-	l.admitted.add(time.Now())
 	// The deadline covers the handshake and the CONNECT packet; mochi replaces it with one
 	// derived from the keepalive once the client is accepted.
 	if err := raw.SetDeadline(time.Now().Add(l.timeout)); err != nil {
@@ -189,20 +189,60 @@ func (l *listener) handle(conn *tls.Conn, raw net.Conn, establish listeners.Esta
 
 // takeTurn waits for the connection's turn in the connection budget, for at most half of the
 // connect timeout, and reports whether it got one. One that would wait longer is refused at
-// once, without a reservation, so that it takes nothing from the connections behind it.
+// once, without a turn, so that it takes nothing from the connections behind it.
 func (l *listener) takeTurn() bool {
-	ctx, cancel := context.WithTimeout(l.ctx, l.timeout/2)
-	defer cancel()
-	if l.budget.Wait(ctx) == nil {
-		return true
+	now := time.Now()
+	at, ok := l.budget.turn(now, l.timeout/2)
+	if !ok {
+		n := l.throttled.Add(1)
+		if last := l.lastWarn.Load(); now.UnixNano()-last > int64(10*time.Second) && l.lastWarn.CompareAndSwap(last, now.UnixNano()) {
+			l.log.Warn("broker: connection rate over budget; closing new connections that would wait too long",
+				"budget_per_s", l.budget.rate, "closed_so_far", n, "admitted_peak_per_s", l.admitted.peak())
+		}
+		return false
 	}
-	n := l.throttled.Add(1)
-	now := time.Now().UnixNano()
-	if last := l.lastWarn.Load(); now-last > int64(10*time.Second) && l.lastWarn.CompareAndSwap(last, now) {
-		l.log.Warn("broker: connection rate over budget; closing new connections that would wait too long",
-			"budget_per_s", float64(l.budget.Limit()), "closed_so_far", n, "admitted_peak_per_s", l.admitted.peak())
+	l.admitted.add(at)
+	if d := at.Sub(now); d > 0 {
+		t := time.NewTimer(d)
+		defer t.Stop()
+		select {
+		case <-t.C:
+		case <-l.ctx.Done():
+			return false
+		}
 	}
-	return false
+	return true
+}
+
+// pacer hands out turns, a smooth budget of rate a second with a burst of one: each turn comes
+// at least 1/rate after the one before, in the order asked for, so no second of the clock
+// holds more than rate turns, plus one. It is safe for concurrent use.
+type pacer struct {
+	rate     float64
+	interval time.Duration
+
+	mu   sync.Mutex
+	next time.Time // the earliest time of the next turn
+}
+
+func newPacer(rate float64) *pacer {
+	return &pacer{rate: rate, interval: time.Duration(float64(time.Second) / rate)}
+}
+
+// turn takes the next turn and returns its time, if that is at most wait after now; else it
+// takes nothing and returns false.
+func (p *pacer) turn(now time.Time, wait time.Duration) (time.Time, bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	at := p.next
+	if at.Before(now) {
+		at = now
+	}
+	if at.Sub(now) > wait {
+		return time.Time{}, false
+	}
+	p.next = at.Add(p.interval)
+	return at, true
 }
 
 // Close stops accepting, cuts every connection at the socket, lets mochi forget its clients
@@ -247,8 +287,8 @@ func (l *listener) disconnectSerial(serial *big.Int) int {
 	return len(cut)
 }
 
-// admissions counts the connections admitted (whose TLS handshake started) in each second of
-// the clock, and keeps the most in any one second: the figure to hold against the connection
+// admissions counts the connections admitted in each second of the clock, by the time of
+// their turn, and keeps the most in any one second: the figure to hold against the connection
 // budget. It is safe for concurrent use.
 type admissions struct {
 	mu   sync.Mutex
