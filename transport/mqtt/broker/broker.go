@@ -245,12 +245,10 @@ func (b *Broker) Addr() string {
 // Throttled returns how many new connections were closed unanswered because the connection
 // budget (Config.MaxConnectRate) had no turn for them in time.
 func (b *Broker) Throttled() uint64 {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if b.ln == nil {
-		return 0
+	if ln := b.listener(); ln != nil {
+		return ln.throttled.Load()
 	}
-	return b.ln.throttled.Load()
+	return 0
 }
 
 // PeakAdmitted returns the most connections admitted in any one second of the clock since
@@ -259,12 +257,17 @@ func (b *Broker) Throttled() uint64 {
 // little later on a busy machine; connections completed can bunch above the budget when
 // handshakes the broker started within it finish together.
 func (b *Broker) PeakAdmitted() int {
+	if ln := b.listener(); ln != nil {
+		return ln.admitted.peak()
+	}
+	return 0
+}
+
+// listener returns the broker's listener; nil before Start.
+func (b *Broker) listener() *listener {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if b.ln == nil {
-		return 0
-	}
-	return b.ln.admitted.peak()
+	return b.ln
 }
 
 // URL returns "mqtts://host:port" for Addr, the form paho takes.

@@ -289,22 +289,28 @@ func (l *listener) disconnectSerial(serial *big.Int) int {
 
 // admissions counts the connections admitted in each second of the clock, by the time of
 // their turn, and keeps the most in any one second: the figure to hold against the connection
-// budget. It is safe for concurrent use.
+// budget. Callers may add out of order (a goroutine can be delayed between taking its turn
+// and counting it): it counts the last few seconds apart. It is safe for concurrent use.
 type admissions struct {
 	mu   sync.Mutex
-	sec  int64 // the Unix second n counts
-	n    int
+	sec  [8]int64 // the Unix second counted in n at the same index (sec mod 8)
+	n    [8]int
 	most int
 }
 
-func (a *admissions) add(now time.Time) {
+func (a *admissions) add(t time.Time) {
+	s := t.Unix()
+	i := s & 7
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if s := now.Unix(); s != a.sec {
-		a.sec, a.n = s, 0
+	if a.sec[i] != s {
+		if a.sec[i] > s {
+			return // more than 8 s late: that second is gone
+		}
+		a.sec[i], a.n[i] = s, 0
 	}
-	a.n++
-	a.most = max(a.most, a.n)
+	a.n[i]++
+	a.most = max(a.most, a.n[i])
 }
 
 func (a *admissions) peak() int {

@@ -62,7 +62,8 @@ func TestThePacerSpacesTurnsAndRefusesWithoutTakingOne(t *testing.T) {
 	}
 }
 
-// admissions keeps the most counted in one second of the clock.
+// admissions keeps the most counted in one second of the clock, also when turns are counted
+// out of order across a second's boundary.
 func TestAdmissionsKeepThePeakSecond(t *testing.T) {
 	var a admissions
 	base := time.Date(2026, 11, 27, 9, 0, 0, 0, time.UTC)
@@ -73,5 +74,14 @@ func TestAdmissionsKeepThePeakSecond(t *testing.T) {
 	}
 	if a.peak() != 7 {
 		t.Fatalf("peak = %d, want 7", a.peak())
+	}
+	// Second 10 gets 9 turns, second 9 one more, counted in this order: 10, 9, 10, 9, ...
+	var b admissions
+	for j := range 9 {
+		b.add(base.Add(10*time.Second + time.Duration(j)*time.Millisecond))
+		b.add(base.Add(9*time.Second + time.Duration(999-j)*time.Millisecond))
+	}
+	if b.peak() != 9 {
+		t.Fatalf("peak = %d, want 9 (out of order)", b.peak())
 	}
 }
