@@ -31,12 +31,14 @@ ulimit -n "$need"
 
 work=$(mktemp -d)
 pids=()
-cleanup() {
+# stopall stops every process a run started.
+stopall() {
 	for p in "${pids[@]}" $(cat "$work"/*.pid 2>/dev/null); do kill "$p" 2>/dev/null || true; done
 	wait 2>/dev/null || true
-	rm -rf "$work"
+	rm -f "$work"/*.pid
+	pids=()
 }
-trap cleanup EXIT
+trap 'stopall; rm -rf "$work"' EXIT
 
 go build -o "$work/fleetctl" ./tools/fleetctl
 go build -o "$work/fleetsim" ./tools/fleetsim
@@ -94,7 +96,8 @@ restart() {
 	local p dir=$work/eb
 	p=$(port)
 	"$work/fleetctl" init --dir "$dir" --broker "mqtts://127.0.0.1:$p" >/dev/null
-	# The broker in its own process, restarted by fleetsim through this script.
+	# The broker in its own process, restarted by fleetsim through this script; "broker.sh stop"
+	# only stops it (SIGTERM, and waits until it is gone).
 	cat >"$work/broker.sh" <<-EOF
 		#!/usr/bin/env bash
 		running() { [ -e "/proc/\$1" ] && ! grep -q '^State:.*Z' "/proc/\$1/status" 2>/dev/null; }
@@ -102,6 +105,8 @@ restart() {
 		  pid=\$(cat "$work/broker.pid")
 		  kill -TERM "\$pid"
 		  while running "\$pid"; do sleep 0.05; done
+		  rm -f "$work/broker.pid"
+		  [ "\${1:-}" != stop ] || exit 0
 		  sleep 2
 		fi
 		"$work/fleetctl" broker --dir "$dir" --listen "127.0.0.1:$p" --data "$dir/broker-data" \\
@@ -119,12 +124,8 @@ restart() {
 	echo "== restart: $n devices, fleetctl broker --max-connect-rate $rate, two fleetctl serve, device backoff cap $backoff; load $(cut -d' ' -f1-3 /proc/loadavg)"
 	"$work/fleetsim" --broker "mqtts://127.0.0.1:$p" --fleet "$dir" --devices "$n" --scenario broker-restart \
 		--restart-command "$work/broker.sh" --max-backoff "$backoff" 2>/dev/null
-	local pid
-	pid=$(cat "$work/broker.pid")
-	echo "   broker peak RSS: $(awk '/VmHWM/ {printf "%.0f MiB", $2/1024}' "/proc/$pid/status")"
-	kill -TERM "$pid"
-	while [ -e "/proc/$pid" ] && ! grep -q '^State:.*Z' "/proc/$pid/status" 2>/dev/null; do sleep 0.05; done
-	rm -f "$work/broker.pid"
+	echo "   broker peak RSS: $(awk '/VmHWM/ {printf "%.0f MiB", $2/1024}' "/proc/$(cat "$work/broker.pid")/status")"
+	"$work/broker.sh" stop
 	echo "   since it came back, $(grep -a 'broker stopped' "$work/broker.log" | tail -1 | sed 's/^broker stopped: m/m/')"
 }
 
@@ -136,8 +137,5 @@ for r in "${runs[@]}"; do
 		exit 2
 		;;
 	esac
-	for p in "${pids[@]}" $(cat "$work"/*.pid 2>/dev/null); do kill "$p" 2>/dev/null || true; done
-	wait 2>/dev/null || true
-	rm -f "$work"/*.pid
-	pids=()
+	stopall
 done
