@@ -13,6 +13,7 @@ import (
 	"github.com/camagent/camagent/device/gpio"
 	"github.com/camagent/camagent/internal/cappedfile"
 	"github.com/camagent/camagent/transport/mqtt"
+	"github.com/camagent/camagent/transport/webrtc/signal"
 )
 
 // runOptions are the settings of `camagent run`, from its flags and the configuration file.
@@ -51,10 +52,7 @@ func runFlags(fs *flag.FlagSet, o *runOptions) {
 	fs.DurationVar(&o.telemetry, "telemetry-interval", 5*time.Minute, "how often to publish telemetry while connected (one report at each connect too); 0: never")
 	fs.DurationVar(&o.maxBackoff, "reconnect-max-backoff", mqtt.DefaultMaxBackoff, "cap of the reconnect backoff (from 1s, doubling, full jitter), 1s to 1h: a fleet that lost its broker comes back spread over about this time, so size it to the fleet's devices divided by the connections per second its broker takes (10,000 devices, 400 a second: 30s; the default suits a million devices and 3,300 a second)")
 	fs.BoolVar(&o.loopback, "video-loopback", false, "offer ICE candidates on 127.0.0.1 only (a demo or test on one machine)")
-	fs.Func("video-ice-server", "a STUN or TURN server the camera uses for every viewer, besides those a viewer's offer brings: stun:HOST:PORT, turn:HOST:PORT?transport=udp (or tcp), turns:HOST:PORT; repeat for more, at most 4. TURN servers take --video-ice-user and --video-ice-credential-file; no credentials in the URL", func(u string) error {
-		o.iceURLs = append(o.iceURLs, u)
-		return nil
-	})
+	fs.Var(&listFlag{values: &o.iceURLs, max: signal.MaxICEServers}, "video-ice-server", "a STUN or TURN server the camera uses for every viewer, besides those a viewer's offer brings: stun:HOST:PORT, turn:HOST:PORT?transport=udp (or tcp), turns:HOST:PORT; repeat for more, at most 4 (in the configuration file too: one line each). TURN servers take --video-ice-user and --video-ice-credential-file; no credentials in the URL")
 	fs.StringVar(&o.iceUser, "video-ice-user", "", "TURN username for every turn: and turns: --video-ice-server")
 	fs.StringVar(&o.iceCredFile, "video-ice-credential-file", "", "file holding the TURN credential for every turn: and turns: --video-ice-server, on its first line; not readable by others (a credential on the command line would be visible to every local user). Never logged")
 	fs.BoolVar(&o.relayOnly, "video-relay-only", false, "relay every viewer's video through a TURN server (ICE transport policy relay): the camera offers no address of its own; an offer is refused when neither --video-ice-server nor the offer names a TURN server")
@@ -66,6 +64,49 @@ func runFlags(fs *flag.FlagSet, o *runOptions) {
 
 // configFileKey reports whether flag name may be set from the configuration file.
 func configFileKey(name string) bool { return name != "config" }
+
+// repeatableFlag is a flag.Value that may be given more than once, each time adding a value to
+// those before. The configuration file may give its key on more than one line, too.
+type repeatableFlag interface {
+	flag.Value
+	repeatable()
+}
+
+// isRepeatable reports whether the flag f may be given more than once; false for nil.
+func isRepeatable(f *flag.Flag) bool {
+	if f == nil {
+		return false
+	}
+	_, ok := f.Value.(repeatableFlag)
+	return ok
+}
+
+// listFlag is a repeatable string flag: each use appends its value to *values, and a use past
+// max of them is an error (from the configuration file, one naming the line).
+type listFlag struct {
+	values *[]string
+	max    int
+}
+
+var _ repeatableFlag = (*listFlag)(nil)
+
+// String returns the values, space-separated. The flag package calls it on a zero listFlag too.
+func (l *listFlag) String() string {
+	if l == nil || l.values == nil {
+		return ""
+	}
+	return strings.Join(*l.values, " ")
+}
+
+func (l *listFlag) Set(v string) error {
+	if len(*l.values) >= l.max {
+		return fmt.Errorf("given more than %d times", l.max)
+	}
+	*l.values = append(*l.values, v)
+	return nil
+}
+
+func (*listFlag) repeatable() {}
 
 // maxConfigSize caps the configuration file.
 const maxConfigSize = 64 << 10
@@ -96,8 +137,10 @@ func (e *ConfigError) Unwrap() error { return e.Err }
 // "key = value" lines, the value being the rest of the line after the first "=" with the
 // spaces around it removed; empty lines and lines starting with "#" are skipped. A key that
 // known rejects, a line without "=", a repeated key and a line that is not UTF-8 or holds a
-// control character are errors naming the line. name is the file's name for errors.
-func parseConfig(b []byte, name string, known func(key string) bool) ([]configEntry, error) {
+// control character are errors naming the line. A key that repeatable accepts (a repeatable
+// flag's) may be given on any number of lines; the entries are in the file's order. name is
+// the file's name for errors.
+func parseConfig(b []byte, name string, known, repeatable func(key string) bool) ([]configEntry, error) {
 	if len(b) > maxConfigSize {
 		return nil, &ConfigError{File: name, Err: fmt.Errorf("over %d bytes", maxConfigSize)}
 	}
@@ -131,10 +174,12 @@ func parseConfig(b []byte, name string, known func(key string) bool) ([]configEn
 		case !known(k):
 			return nil, bad("unknown key %q", k)
 		}
-		if first, dup := seen[k]; dup {
+		switch first, dup := seen[k]; {
+		case !dup:
+			seen[k] = n
+		case !repeatable(k):
 			return nil, bad("key %q given twice (first on line %d)", k, first)
 		}
-		seen[k] = n
 		entries = append(entries, configEntry{Key: k, Value: v, Line: n})
 	}
 	if err := sc.Err(); err != nil {
@@ -144,13 +189,17 @@ func parseConfig(b []byte, name string, known func(key string) bool) ([]configEn
 }
 
 // applyConfigFile reads the configuration file at path and sets, on fs, every flag it gives a
-// non-empty value that the command line did not set. keys are the flags the file may set.
+// non-empty value that the command line did not set. keys are the flags the file may set. A
+// repeatable flag's lines are set in the file's order, and none of them when the command line
+// gave the flag.
 func applyConfigFile(fs *flag.FlagSet, path string, keys map[string]bool) error {
 	b, err := cappedfile.Read(path, maxConfigSize)
 	if err != nil {
 		return &ConfigError{File: path, Err: err}
 	}
-	entries, err := parseConfig(b, path, func(k string) bool { return keys[k] })
+	entries, err := parseConfig(b, path,
+		func(k string) bool { return keys[k] },
+		func(k string) bool { return isRepeatable(fs.Lookup(k)) })
 	if err != nil {
 		return err
 	}

@@ -3,28 +3,34 @@ package cli
 import (
 	"errors"
 	"flag"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
+	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/camagent/camagent/transport/mqtt"
+	"github.com/camagent/camagent/transport/webrtc/signal"
 )
 
-// runKeys returns the flags of `camagent run` the configuration file may set.
-func runKeys(t *testing.T) map[string]bool {
+// runKeys returns, for parseConfig, which keys of `camagent run` the configuration file may set
+// and which of them it may repeat.
+func runKeys(t *testing.T) (known, repeatable func(key string) bool) {
 	t.Helper()
 	fs := flag.NewFlagSet("run", flag.ContinueOnError)
 	runFlags(fs, &runOptions{})
-	keys := map[string]bool{}
+	keys, repeat := map[string]bool{}, map[string]bool{}
 	fs.VisitAll(func(f *flag.Flag) {
 		if configFileKey(f.Name) {
 			keys[f.Name] = true
+			repeat[f.Name] = isRepeatable(f)
 		}
 	})
-	return keys
+	return func(k string) bool { return keys[k] }, func(k string) bool { return repeat[k] }
 }
 
 func TestTheShippedConfigFileParsesWithEveryKeyKnown(t *testing.T) {
@@ -33,8 +39,8 @@ func TestTheShippedConfigFileParsesWithEveryKeyKnown(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	keys := runKeys(t)
-	if _, err := parseConfig(b, path, func(k string) bool { return keys[k] }); err != nil {
+	known, repeatable := runKeys(t)
+	if _, err := parseConfig(b, path, known, repeatable); err != nil {
 		t.Fatalf("the shipped file does not parse: %v", err)
 	}
 	// Every key it documents, commented out, is one of run's flags: uncomment them all.
@@ -49,7 +55,7 @@ func TestTheShippedConfigFileParsesWithEveryKeyKnown(t *testing.T) {
 	if len(documented) < 10 {
 		t.Fatalf("found only %d documented keys: %v", len(documented), documented)
 	}
-	entries, err := parseConfig([]byte(strings.Join(lines, "\n")), path, func(k string) bool { return keys[k] })
+	entries, err := parseConfig([]byte(strings.Join(lines, "\n")), path, known, repeatable)
 	if err != nil {
 		t.Fatalf("the documented keys, uncommented: %v", err)
 	}
@@ -73,6 +79,7 @@ func TestTheShippedConfigFileParsesWithEveryKeyKnown(t *testing.T) {
 
 func TestConfigFileErrorsNameTheLine(t *testing.T) {
 	known := func(k string) bool { return k == "state" || k == "broker" }
+	repeatable := func(k string) bool { return k == "broker" }
 	for _, tt := range []struct {
 		name, text string
 		line       int
@@ -81,13 +88,14 @@ func TestConfigFileErrorsNameTheLine(t *testing.T) {
 		{"an unknown key", "# c\nstate = /x\nbrokr = mqtts://b:8883\n", 3, `unknown key "brokr"`},
 		{"a line without =", "\n\nstate /x\n", 3, `want "key = value"`},
 		{"a repeated key", "state = /a\n# again\nstate = /b\n", 3, `given twice (first on line 1)`},
+		{"a repeated key among a repeatable one's lines", "broker = a\nstate = /a\nbroker = b\nstate = /b\n", 4, `key "state" given twice (first on line 2)`},
 		{"an empty key", "= /a\n", 1, "no key"},
 		{"a control character", "state = /a\x00b\n", 1, "control character"},
 		{"a line that is not UTF-8", "broker = \xff\n", 1, "not UTF-8"},
 		{"the config key itself", "config = /etc/other.conf\n", 1, `unknown key "config"`},
 	} {
 		t.Run("refuses "+tt.name, func(t *testing.T) {
-			_, err := parseConfig([]byte(tt.text), "test.conf", known)
+			_, err := parseConfig([]byte(tt.text), "test.conf", known, repeatable)
 			var ce *ConfigError
 			if !errors.As(err, &ce) {
 				t.Fatalf("err = %v, want a *ConfigError", err)
@@ -97,9 +105,19 @@ func TestConfigFileErrorsNameTheLine(t *testing.T) {
 			}
 		})
 	}
+	t.Run("reads a repeatable key's lines in the file's order, empty ones too", func(t *testing.T) {
+		got, err := parseConfig([]byte("broker = b1\nstate = /s\nbroker =\n# b3\nbroker = b3\n"), "t.conf", known, repeatable)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := []configEntry{{"broker", "b1", 1}, {"state", "/s", 2}, {"broker", "", 3}, {"broker", "b3", 5}}
+		if !reflect.DeepEqual(got, want) {
+			t.Fatalf("got %+v, want %+v", got, want)
+		}
+	})
 	t.Run("reads comments, blank lines, spaces and values with = and spaces", func(t *testing.T) {
 		got, err := parseConfig([]byte("# comment\n\n   # indented comment\r\n  state\t=  /var/lib/my cam  \r\nbroker=mqtts://h:1?a=b\nstate2 =\n"), "t.conf",
-			func(k string) bool { return k == "state" || k == "broker" || k == "state2" })
+			func(k string) bool { return k == "state" || k == "broker" || k == "state2" }, func(string) bool { return false })
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -179,9 +197,85 @@ func TestCommandLineFlagsOverrideTheConfigFile(t *testing.T) {
 	})
 }
 
+func TestRepeatableFlagsRepeatInTheConfigFile(t *testing.T) {
+	dir := t.TempDir()
+	credFile := filepath.Join(dir, "turn-credential")
+	if err := os.WriteFile(credFile, []byte("s3cret\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	const (
+		turnURL = "turn:127.0.0.1:3478?transport=udp"
+		stunURL = "stun:127.0.0.1:3479"
+	)
+	write := func(t *testing.T, text string) string {
+		t.Helper()
+		conf := filepath.Join(t.TempDir(), "camagent.conf")
+		if err := os.WriteFile(conf, []byte(text), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return conf
+	}
+	twoServers := "video-ice-server = " + turnURL + "\nvideo-ice-user = cam\n# empty: skipped\nvideo-ice-server =\n" +
+		"video-ice-server = " + stunURL + "\nvideo-ice-credential-file = " + credFile + "\n"
+
+	t.Run("two video-ice-server lines give two servers, in the file's order", func(t *testing.T) {
+		o, err := parseRunArgs("camagent run", []string{"--config", write(t, twoServers), "--state", dir}, io.Discard, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := o.build(io.Discard)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := []signal.ICEServer{
+			{URLs: []string{turnURL}, Username: "cam", Credential: "s3cret"},
+			{URLs: []string{stunURL}},
+		}
+		if !reflect.DeepEqual(b.cfg.VideoICEServers, want) {
+			t.Fatalf("VideoICEServers = %+v, want %+v", b.cfg.VideoICEServers, want)
+		}
+	})
+	t.Run("a --video-ice-server on the command line replaces all of the file's", func(t *testing.T) {
+		o, err := parseRunArgs("camagent run", []string{"--config", write(t, twoServers), "--video-ice-server", "stun:127.0.0.1:9"}, io.Discard, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := []string{"stun:127.0.0.1:9"}; !slices.Equal(o.iceURLs, want) {
+			t.Fatalf("iceURLs = %q, want %q", o.iceURLs, want)
+		}
+		if o.iceUser != "cam" || o.iceCredFile != credFile {
+			t.Errorf("the file's other keys were not applied: %+v", o)
+		}
+	})
+	t.Run("another key given twice is still an error naming both lines", func(t *testing.T) {
+		conf := write(t, twoServers+"state = /a\n# again\nstate = /b\n")
+		_, err := parseRunArgs("camagent run", []string{"--config", conf}, io.Discard, nil)
+		var ce *ConfigError
+		if !errors.As(err, &ce) || ce.Line != 9 || !strings.Contains(err.Error(), conf+`:9: key "state" given twice (first on line 7)`) {
+			t.Fatalf("err = %v, want one naming lines 9 and 7", err)
+		}
+	})
+	t.Run("a fifth video-ice-server line is an error naming it", func(t *testing.T) {
+		var lines []string
+		for i := range 5 {
+			lines = append(lines, fmt.Sprintf("video-ice-server = stun:127.0.0.1:%d", 3478+i))
+		}
+		four := write(t, "# four servers\n"+strings.Join(lines[:4], "\n")+"\n")
+		if o, err := parseRunArgs("camagent run", []string{"--config", four}, io.Discard, nil); err != nil || len(o.iceURLs) != 4 {
+			t.Fatalf("four servers are refused: %v", err)
+		}
+		conf := write(t, "# five servers\n"+strings.Join(lines, "\n")+"\n")
+		_, err := parseRunArgs("camagent run", []string{"--config", conf}, io.Discard, nil)
+		var ce *ConfigError
+		if !errors.As(err, &ce) || ce.Line != 6 || !strings.Contains(err.Error(), conf+":6: video-ice-server: given more than 4 times") {
+			t.Fatalf("err = %v, want one naming line 6", err)
+		}
+	})
+}
+
 // FuzzParseConfig feeds arbitrary files to the configuration parser: it never panics, and what
-// it accepts is well formed: known keys, each once, values without control characters or
-// surrounding spaces, on increasing lines.
+// it accepts is well formed: known keys, each once but for a repeatable flag's, values without
+// control characters or surrounding spaces, on increasing lines.
 func FuzzParseConfig(f *testing.F) {
 	if b, err := os.ReadFile(filepath.Join("..", "..", "packaging", "camagent.conf")); err == nil {
 		f.Add(b)
@@ -190,12 +284,16 @@ func FuzzParseConfig(f *testing.F) {
 	f.Add([]byte("# comment\n\nled-pin=GPIO17\r\nvideo-exec = rpicam-vid -t 0 -o -\n"))
 	f.Add([]byte("state\n"))
 	f.Add([]byte("state = a\nstate = b\n"))
-	keys := map[string]bool{}
+	f.Add([]byte("video-ice-server = stun:a:1\nstate = a\nvideo-ice-server =\nvideo-ice-server = turn:b:2\n"))
+	keys, repeat := map[string]bool{}, map[string]bool{}
 	fs := flag.NewFlagSet("run", flag.ContinueOnError)
 	runFlags(fs, &runOptions{})
-	fs.VisitAll(func(fl *flag.Flag) { keys[fl.Name] = configFileKey(fl.Name) })
+	fs.VisitAll(func(fl *flag.Flag) { keys[fl.Name], repeat[fl.Name] = configFileKey(fl.Name), isRepeatable(fl) })
+	if !repeat["video-ice-server"] {
+		f.Fatal("video-ice-server is not repeatable")
+	}
 	f.Fuzz(func(t *testing.T, b []byte) {
-		entries, err := parseConfig(b, "fuzz.conf", func(k string) bool { return keys[k] })
+		entries, err := parseConfig(b, "fuzz.conf", func(k string) bool { return keys[k] }, func(k string) bool { return repeat[k] })
 		if err != nil {
 			var ce *ConfigError
 			if !errors.As(err, &ce) || !strings.HasPrefix(err.Error(), "fuzz.conf") {
@@ -209,7 +307,7 @@ func FuzzParseConfig(f *testing.F) {
 		seen := map[string]bool{}
 		last := 0
 		for _, e := range entries {
-			if !keys[e.Key] || seen[e.Key] {
+			if !keys[e.Key] || seen[e.Key] && !repeat[e.Key] {
 				t.Fatalf("accepted key %q (known %v, seen %v)", e.Key, keys[e.Key], seen[e.Key])
 			}
 			seen[e.Key] = true

@@ -102,6 +102,7 @@ func TestUnitSettings(t *testing.T) {
 var configKeys = map[string]bool{
 	"state": true, "broker": true, "log-level": true, "log-format": true, "video-exec": true,
 	"video-file": true, "max-viewers": true, "telemetry-interval": true, "reconnect-max-backoff": true, "led-pin": true, "button-pin": true, "privacy-pin": true,
+	"video-ice-server": true, "video-ice-user": true, "video-ice-credential-file": true,
 }
 
 // TestDefaultConfigFormat checks the shipped configuration against the documented format:
