@@ -24,13 +24,16 @@ func TestSeedCorpus(t *testing.T) {
 	ca, _ := NewCA("fuzz", t0, 0)
 	dc, _ := ca.Issue(IssueRequest{Role: RoleDevice, Name: "cam-0001", PublicKey: key.Public(), Now: t0})
 	bundle, _ := json.Marshal(Bundle{V: 1, DeviceID: "cam-0001", CertPEM: string(EncodeCertPEM(dc)), CAPEM: string(EncodeCertPEM(ca.Cert)), RootKey: k.Public().Key, KeySet: ks, Broker: "mqtts://127.0.0.1:8883"})
+	vc, _ := ca.Issue(IssueRequest{Role: RoleViewer, Name: "web", PublicKey: key.Public(), Now: t0})
+	viewer, _ := json.Marshal(ViewerBundle{V: 1, Identity: "viewer:web", CertPEM: string(EncodeCertPEM(vc)), CAPEM: string(EncodeCertPEM(ca.Cert)), Broker: "mqtts://127.0.0.1:8883"})
 	seeds := map[string][][]byte{
-		"FuzzParseBundle": {bundle},
-		"FuzzOpenGrant":   {grant},
-		"FuzzOpenDesired": {desired},
-		"FuzzOpenCommand": {cmd, fleet, []byte(`{"v":1,"kid":"k-0123456789abcdef","body":"e30","sig":"AA"}`)},
-		"FuzzOpenKeySet":  {ks},
-		"FuzzParseCSR":    {csr},
+		"FuzzParseBundle":       {bundle},
+		"FuzzParseViewerBundle": {viewer},
+		"FuzzOpenGrant":         {grant},
+		"FuzzOpenDesired":       {desired},
+		"FuzzOpenCommand":       {cmd, fleet, []byte(`{"v":1,"kid":"k-0123456789abcdef","body":"e30","sig":"AA"}`)},
+		"FuzzOpenKeySet":        {ks},
+		"FuzzParseCSR":          {csr},
 	}
 	corpora := map[string][]string{}
 	for name, list := range seeds {

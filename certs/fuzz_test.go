@@ -68,3 +68,22 @@ func FuzzParseBundle(f *testing.F) {
 		_, _ = bu.Verify(nil, t0)
 	})
 }
+
+// FuzzParseViewerBundle checks the viewer bundle parser and verifier on arbitrary bytes: bad
+// input is an error, never a panic, and a bundle that verifies names a viewer identity.
+func FuzzParseViewerBundle(f *testing.F) {
+	f.Add([]byte(`{"v":1,"identity":"viewer:web","cert":"","ca":"","broker":"mqtts://127.0.0.1:8883"}`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		vb, err := ParseViewerBundle(b)
+		if err != nil {
+			return
+		}
+		v, err := vb.Verify(nil, t0)
+		if err != nil {
+			return
+		}
+		if CertIdentity(v.Cert) != "viewer:"+v.Name || v.ServerName == "" {
+			t.Fatalf("verified bundle of %q with certificate %q, broker host %q", v.Name, CertIdentity(v.Cert), v.ServerName)
+		}
+	})
+}

@@ -200,10 +200,36 @@ var servingLine = regexp.MustCompile(`(?m)^camview: serving (http://[0-9.:]+)/$`
 // startCamviewServe runs `camview serve` for e's fleet on a free loopback port and returns
 // once it says where it serves. It is stopped (SIGTERM, checked to exit cleanly) when the test
 // ends, if the test did not stop it.
+//
+// The server runs as a viewer relay with an identity of its own, as in a deployment that
+// keeps the fleet's keys away from it: `camview enroll` (the real binary) makes its key and
+// CSR in a directory of its own, the fleet signs the CSR (fleetctl viewer), and `camview
+// enroll --bundle` installs the result; serve then gets that directory and no fleet directory.
 func startCamviewServe(t *testing.T, e *env) *camviewServer {
 	t.Helper()
-	cmd := exec.Command(camviewBinary(t), "serve", "--fleet", e.f.Dir, "--broker", e.url, "--name", camviewName,
+	bin := camviewBinary(t)
+	idDir := filepath.Join(t.TempDir(), "relay")
+	if out, err := exec.Command(bin, "enroll", "--identity", idDir, "--name", camviewName).CombinedOutput(); err != nil {
+		t.Fatalf("camview enroll --name: %v\n%s", err, out)
+	}
+	csr, err := os.ReadFile(filepath.Join(idDir, "viewer.csr"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	bundle, _, err := e.f.IssueViewer(csr, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	bundlePath := filepath.Join(t.TempDir(), "viewer.bundle.json")
+	if err := os.WriteFile(bundlePath, bundle, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command(bin, "enroll", "--identity", idDir, "--bundle", bundlePath).CombinedOutput(); err != nil {
+		t.Fatalf("camview enroll --bundle: %v\n%s", err, out)
+	}
+	cmd := exec.Command(bin, "serve", "--identity", idDir, "--broker", e.url,
 		"--listen", "127.0.0.1:0", "--answer-timeout", "10s")
+	cmd.Dir = t.TempDir() // no ./fleet to fall back on
 	s := &camviewServer{cmd: cmd, stdout: &logtest.Buffer{}, done: make(chan error, 1)}
 	var stderr logtest.Buffer
 	cmd.Stdout, cmd.Stderr = s.stdout, &stderr

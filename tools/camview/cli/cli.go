@@ -20,10 +20,14 @@ const usage = `usage: camview <command> [flags]
 commands:
   serve   serve the camview web page and its WHEP endpoint (POST /whep/<device>)
   record  record one camera's live video to an H.264 file and print its figures
+  enroll  make this relay's own key and CSR (--identity DIR --name NAME), or install the
+          viewer bundle fleetctl viewer signed for it (--identity DIR --bundle FILE)
 
-Every command takes --fleet, the fleet directory (default ./fleet), and connects to the
-fleet's broker as the viewer relay identity viewer:<name> (--name, default web).
-Grants come from 'fleetctl grant --device ID'. Run 'camview <command> -h' for its flags.
+serve and record connect to the fleet's broker as a viewer relay identity viewer:<name>,
+either of their own (--identity DIR, from camview enroll: the key stays in DIR and nothing
+else of the fleet is needed) or from the fleet directory (--fleet, default ./fleet, on the
+operator's machine: it holds the fleet's keys). Grants come from 'fleetctl grant --device ID'.
+Run 'camview <command> -h' for its flags.
 `
 
 // connectTimeout bounds the wait for the broker at start.
@@ -38,6 +42,7 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	cmds := map[string]func(context.Context, []string, io.Writer, io.Writer) error{
 		"serve":  serveCmd,
 		"record": recordCmd,
+		"enroll": enrollCmd,
 	}
 	if c, ok := cmds[args[0]]; ok {
 		err := c(ctx, args[1:], stdout, stderr)
@@ -56,17 +61,20 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 
 // common are the flags every command takes.
 type common struct {
-	fleet, broker, name, logLevel *string
-	ice                           *iceServerFlags
+	fs                                      *flag.FlagSet
+	fleet, identity, broker, name, logLevel *string
+	ice                                     *iceServerFlags
 }
 
 func newFlags(name string, stderr io.Writer) (*flag.FlagSet, *common) {
 	fs := flag.NewFlagSet("camview "+name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	c := &common{
-		fleet:    fs.String("fleet", "fleet", "fleet directory (for the viewer relay's certificate and the fleet CA)"),
-		broker:   fs.String("broker", "", "broker URL (default: the fleet's)"),
-		name:     fs.String("name", "web", "viewer relay name: connects as viewer:<name>"),
+		fs:       fs,
+		fleet:    fs.String("fleet", "fleet", "fleet directory, for a relay on the operator's machine: it issues and keeps viewer:<name>'s key there (the directory holds the fleet's keys; a relay of its own takes --identity)"),
+		identity: fs.String("identity", "", "viewer identity directory made by camview enroll: the relay's own key and its viewer bundle; no fleet directory is needed"),
+		broker:   fs.String("broker", "", "broker URL (default: the fleet's, or the viewer bundle's)"),
+		name:     fs.String("name", "web", "viewer relay name: connects as viewer:<name> (with --identity, the bundle's)"),
 		logLevel: fs.String("log-level", "info", "log level: debug, info, warn, error"),
 		ice:      &iceServerFlags{},
 	}
@@ -83,14 +91,30 @@ func (c *common) logger(stderr io.Writer) (*slog.Logger, error) {
 	return slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: lv})), nil
 }
 
-// dial opens the fleet and connects its viewer relay.
+// dial connects the viewer relay: as the identity in --identity, or as viewer:<name> of the
+// fleet in --fleet.
 func (c *common) dial(ctx context.Context, log *slog.Logger) (*relay.Relay, error) {
+	set := map[string]bool{}
+	c.fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	dctx, cancel := context.WithTimeout(ctx, connectTimeout)
+	defer cancel()
+	if *c.identity != "" {
+		if set["fleet"] {
+			return nil, errors.New("give --identity or --fleet, not both")
+		}
+		id, err := relay.LoadIdentity(*c.identity, time.Now())
+		if err != nil {
+			return nil, err
+		}
+		if set["name"] && *c.name != id.Name() {
+			return nil, fmt.Errorf("--name %q, but the identity in %s is viewer:%s", *c.name, *c.identity, id.Name())
+		}
+		return relay.DialIdentity(dctx, id, *c.broker, log)
+	}
 	f, err := fleet.Open(*c.fleet)
 	if err != nil {
 		return nil, err
 	}
-	dctx, cancel := context.WithTimeout(ctx, connectTimeout)
-	defer cancel()
 	return relay.DialFleet(dctx, f, *c.name, *c.broker, log)
 }
 

@@ -39,6 +39,7 @@ commands:
   rollout resume    let the signer issue again after it aborted a rollout
   ping              send a signed ping to a device and print its reply and the round-trip time
   grant             sign a grant to watch one device's live video (for camview), valid until it expires or the next rotation
+  viewer            sign the CSR of a camview that made its own key and write its viewer bundle (camview --identity)
 
 Every command takes --dir, the fleet directory (default ./fleet).
 Run 'fleetctl <command> -h' for a command's flags.
@@ -64,6 +65,7 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		"rollout":          rolloutCmd,
 		"ping":             pingCmd,
 		"grant":            grantCmd,
+		"viewer":           viewerCmd,
 	}
 	if c, ok := cmds[args[0]]; ok {
 		err := c(ctx, args[1:], stdout, stderr)

@@ -61,8 +61,10 @@ func SignerClientID(identity, instance string) string {
 }
 
 // ViewerCertificate loads the TLS client certificate of the viewer relay identity
-// viewer:<name> (camview's), issuing it on first use. A viewer relay may only carry WebRTC
-// signaling (docs/protocol.md); what it may watch is decided by the grants it relays.
+// viewer:<name> (camview --fleet), issuing it on first use and keeping its key in the fleet
+// directory. A viewer relay may only carry WebRTC signaling (docs/protocol.md); what it may
+// watch is decided by the grants it relays. A relay on a machine of its own makes its own key
+// instead (camview enroll, IssueViewer) and never needs the fleet directory.
 func (f *Fleet) ViewerCertificate(name string) (*tls.Certificate, error) {
 	if _, _, err := certs.ParseIdentity(string(certs.RoleViewer) + ":" + name); err != nil {
 		return nil, fmt.Errorf("fleet: viewer name: %w", err)
@@ -77,6 +79,8 @@ func (f *Fleet) ViewerCertificate(name string) (*tls.Certificate, error) {
 		if err := issueKeyPair(f.Dir, f.CA, req, certName, keyName); err != nil {
 			return nil, err
 		}
+	} else if _, err := os.Stat(filepath.Join(f.Dir, keyName)); errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("fleet: viewer:%s was issued to a camview that keeps its own key (fleetctl viewer): run camview there with --identity, or pick another --name", name)
 	}
 	return loadPair(f.Dir, certName, keyName)
 }

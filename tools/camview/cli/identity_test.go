@@ -1,0 +1,121 @@
+package cli_test
+
+import (
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/camagent/camagent/tools/camview/camviewtest"
+	fleetcli "github.com/camagent/camagent/tools/fleetctl/cli"
+)
+
+// enrollRelay gives a relay an identity of its own in a directory of its own, the way an
+// operator would: camview enroll --name, fleetctl viewer --csr, camview enroll --bundle.
+func enrollRelay(t *testing.T, fleetDir, name string) string {
+	t.Helper()
+	idDir := filepath.Join(t.TempDir(), "relay")
+	stdout, stderr, err := run(t, "enroll", "--identity", idDir, "--name", name)
+	if err != nil {
+		t.Fatalf("camview enroll --name: %v\n%s", err, stderr)
+	}
+	if !strings.Contains(stdout, "fleetctl viewer --csr") {
+		t.Errorf("enroll does not say what comes next:\n%s", stdout)
+	}
+	bundle := filepath.Join(t.TempDir(), "viewer.bundle.json")
+	var out, errb strings.Builder
+	if err := fleetcli.Run(t.Context(), []string{"viewer", "--dir", fleetDir, "--csr", filepath.Join(idDir, "viewer.csr"), "--out", bundle}, &out, &errb); err != nil {
+		t.Fatalf("fleetctl viewer: %v\n%s", err, errb.String())
+	}
+	if _, stderr, err := run(t, "enroll", "--identity", idDir, "--bundle", bundle); err != nil {
+		t.Fatalf("camview enroll --bundle: %v\n%s", err, stderr)
+	}
+	return idDir
+}
+
+func TestRecordWithAnIdentityOfItsOwnNeedsNoFleetDirectory(t *testing.T) {
+	cam := camviewtest.Start(t, camviewtest.Options{})
+	idDir := enrollRelay(t, cam.Fleet.Dir, "cloud")
+	entries, err := os.ReadDir(idDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, e := range entries {
+		names = append(names, e.Name())
+	}
+	if want := []string{"viewer.csr", "viewer.json", "viewer.key"}; !slices.Equal(names, want) {
+		t.Errorf("identity directory holds %v, want %v: the relay's own key and public parts only", names, want)
+	}
+	if fi, _ := os.Stat(idDir); fi.Mode().Perm() != 0o700 {
+		t.Errorf("identity directory is %v, want 0700", fi.Mode().Perm())
+	}
+	if fi, _ := os.Stat(filepath.Join(idDir, "viewer.key")); fi.Mode().Perm() != 0o600 {
+		t.Errorf("viewer key is %v, want 0600", fi.Mode().Perm())
+	}
+	if _, err := os.Stat(filepath.Join(cam.Fleet.Dir, "viewer", "cloud.key")); !os.IsNotExist(err) {
+		t.Errorf("the fleet directory holds a key for viewer:cloud: %v", err)
+	}
+
+	out := filepath.Join(t.TempDir(), "cam.h264")
+	// No --fleet: the default ./fleet does not exist in the test's working directory either.
+	stdout, stderr, err := run(t, "record", "--identity", idDir, "--broker", cam.URL,
+		"--device", cam.ID, "--grant-file", grantFile(t, cam.Grant(t, nil)), "--seconds", "1", "--out", out, "--loopback")
+	if err != nil {
+		t.Fatalf("record with --identity: %v\n%s", err, stderr)
+	}
+	if m := figureRe.FindStringSubmatch(stdout); m == nil || m[6] != "0" {
+		t.Fatalf("figures not printed as expected:\n%s", stdout)
+	}
+	if fi, err := os.Stat(out); err != nil || fi.Size() == 0 {
+		t.Fatalf("no recording: %v", err)
+	}
+}
+
+func TestIdentityRefusals(t *testing.T) {
+	cam := camviewtest.Start(t, camviewtest.Options{})
+	idDir := enrollRelay(t, cam.Fleet.Dir, "cloud")
+	keyOnly := filepath.Join(t.TempDir(), "pending")
+	if _, _, err := run(t, "enroll", "--identity", keyOnly, "--name", "pending"); err != nil {
+		t.Fatal(err)
+	}
+	other := filepath.Join(t.TempDir(), "other")
+	if _, _, err := run(t, "enroll", "--identity", other, "--name", "other"); err != nil {
+		t.Fatal(err)
+	}
+	// A bundle issued for another relay's key.
+	foreign := filepath.Join(t.TempDir(), "foreign.json")
+	var out, errb strings.Builder
+	if err := fleetcli.Run(t.Context(), []string{"viewer", "--dir", cam.Fleet.Dir, "--csr", filepath.Join(other, "viewer.csr"), "--out", foreign}, &out, &errb); err != nil {
+		t.Fatal(err)
+	}
+	rec := func(extra ...string) []string {
+		return append([]string{"record", "--broker", cam.URL, "--device", cam.ID, "--grant", "AAAA", "--out", filepath.Join(t.TempDir(), "x.h264")}, extra...)
+	}
+	for _, tc := range []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"--identity and --fleet", rec("--identity", idDir, "--fleet", cam.Fleet.Dir), "not both"},
+		{"--name other than the identity's", rec("--identity", idDir, "--name", "web"), `identity in`},
+		{"an identity without its bundle", rec("--identity", keyOnly), "fleetctl viewer --csr"},
+		{"enroll without --identity", []string{"enroll", "--name", "x"}, "--identity DIR is required"},
+		{"enroll with --name and --bundle", []string{"enroll", "--identity", keyOnly, "--name", "x", "--bundle", foreign}, "not both"},
+		{"enroll with neither", []string{"enroll", "--identity", keyOnly}, "give --name"},
+		{"a bundle for another key", []string{"enroll", "--identity", keyOnly, "--bundle", foreign}, "not for this viewer's key"},
+		{"a bundle where no key was made", []string{"enroll", "--identity", filepath.Join(t.TempDir(), "none"), "--bundle", foreign}, "no viewer key"},
+		{"a viewer name that cannot be", []string{"enroll", "--identity", filepath.Join(t.TempDir(), "bad"), "--name", "a/b"}, "viewer name"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, _, err := run(t, tc.args...)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("err = %v, want it to say %q", err, tc.want)
+			}
+		})
+	}
+	if _, err := os.Stat(filepath.Join(keyOnly, "viewer.json")); !os.IsNotExist(err) {
+		t.Errorf("a refused bundle was installed: %v", err)
+	}
+}

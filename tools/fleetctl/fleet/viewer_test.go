@@ -1,0 +1,78 @@
+package fleet_test
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/camagent/camagent/certs"
+)
+
+func TestIssueViewerSignsTheRelaysOwnKeyAndHandsOutNoSecret(t *testing.T) {
+	f := newFleet(t)
+	key, err := certs.GenerateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	csr, err := certs.NewCSR(key, "viewer:cloud")
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	b, c, err := f.IssueViewer(csr, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(b), "PRIVATE KEY") {
+		t.Fatal("the viewer bundle holds a private key")
+	}
+	vb, err := certs.ParseViewerBundle(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, err := vb.Verify(key, now)
+	if err != nil {
+		t.Fatalf("the bundle does not verify with the relay's key: %v", err)
+	}
+	if v.Name != "cloud" || vb.Broker != f.Meta.Broker || !v.Cert.Equal(c) {
+		t.Errorf("bundle for %q, broker %q", v.Name, vb.Broker)
+	}
+	// The fleet keeps the certificate, not a key, and lists the identity for Mosquitto's ACL.
+	if _, err := os.Stat(filepath.Join(f.Dir, "viewer", "cloud.key")); !os.IsNotExist(err) {
+		t.Errorf("a key for viewer:cloud in the fleet directory: %v", err)
+	}
+	names, err := f.ViewerNames()
+	if err != nil || len(names) != 1 || names[0] != "cloud" {
+		t.Errorf("ViewerNames = %v, %v", names, err)
+	}
+	// The --fleet way cannot take the name over with a key of its own.
+	if _, err := f.ViewerCertificate("cloud"); err == nil || !strings.Contains(err.Error(), "--identity") {
+		t.Errorf("ViewerCertificate of a name issued by CSR: %v", err)
+	}
+}
+
+func TestIssueViewerRefusals(t *testing.T) {
+	f := newFleet(t)
+	if _, err := f.ViewerCertificate("web"); err != nil { // issued with its key in the fleet directory
+		t.Fatal(err)
+	}
+	key, _ := certs.GenerateKey()
+	for _, c := range []struct{ name, identity, want string }{
+		{"a device identity", "cam-0001", "not a viewer"},
+		{"an operator identity", "operator:alice", "not a viewer"},
+		{"a name whose key the fleet keeps", "viewer:web", "with a key kept in the fleet directory"},
+	} {
+		csr, err := certs.NewCSR(key, c.identity)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, _, err := f.IssueViewer(csr, time.Now()); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: %v, want an error saying %q", c.name, err, c.want)
+		}
+	}
+	if _, _, err := f.IssueViewer([]byte("not a csr"), time.Now()); err == nil {
+		t.Error("garbage accepted as a CSR")
+	}
+}
