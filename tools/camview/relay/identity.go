@@ -73,6 +73,35 @@ func EnrollIdentity(dir, name string) (string, error) {
 // that key, chaining to the bundle's CA, valid now, for a viewer identity, with an mqtts
 // broker) and installs it as dir/viewer.json.
 func InstallIdentity(dir string, b []byte, now time.Time) (*Identity, error) {
+	id, err := checkIdentity(dir, b, now)
+	if err != nil {
+		return nil, err
+	}
+	if err := atomicfile.WriteFile(filepath.Join(dir, IdentityBundleFile), b, 0o644); err != nil {
+		return nil, fmt.Errorf("relay: %w", err)
+	}
+	return id, nil
+}
+
+// LoadIdentity loads the identity installed in dir and checks it as InstallIdentity did, at
+// now: an expired certificate is an error that says what to do.
+func LoadIdentity(dir string, now time.Time) (*Identity, error) {
+	b, err := cappedfile.Read(filepath.Join(dir, IdentityBundleFile), certs.MaxViewerBundleSize)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("relay: %s holds no viewer bundle: make the key and CSR with camview enroll --identity %s --name NAME, have the CSR signed with fleetctl viewer --csr %s, then run camview enroll --identity %s --bundle FILE", dir, dir, filepath.Join(dir, IdentityCSRFile), dir)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("relay: viewer identity: %w", err)
+	}
+	id, err := checkIdentity(dir, b, now)
+	if errors.Is(err, certs.ErrExpired) {
+		return nil, fmt.Errorf("%w; make a new CSR with camview enroll and have it signed with fleetctl viewer", err)
+	}
+	return id, err
+}
+
+// checkIdentity checks the viewer bundle b against dir's key at now.
+func checkIdentity(dir string, b []byte, now time.Time) (*Identity, error) {
 	key, err := certs.LoadKeyFile(filepath.Join(dir, IdentityKeyFile))
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("relay: %s has no viewer key: run camview enroll --identity %s --name NAME first", dir, dir)
@@ -82,41 +111,10 @@ func InstallIdentity(dir string, b []byte, now time.Time) (*Identity, error) {
 	}
 	bu, err := certs.ParseViewerBundle(b)
 	if err != nil {
-		return nil, fmt.Errorf("relay: %w", err)
+		return nil, fmt.Errorf("relay: viewer bundle: %w", err)
 	}
 	vb, err := bu.Verify(key, now)
 	if err != nil {
-		return nil, fmt.Errorf("relay: %w", err)
-	}
-	if err := atomicfile.WriteFile(filepath.Join(dir, IdentityBundleFile), b, 0o644); err != nil {
-		return nil, fmt.Errorf("relay: %w", err)
-	}
-	return &Identity{Dir: dir, Key: key, Bundle: vb}, nil
-}
-
-// LoadIdentity loads the identity installed in dir and checks it as InstallIdentity did, at
-// now: an expired certificate is an error that says what to do.
-func LoadIdentity(dir string, now time.Time) (*Identity, error) {
-	key, err := certs.LoadKeyFile(filepath.Join(dir, IdentityKeyFile))
-	if err != nil {
-		return nil, fmt.Errorf("relay: viewer identity: %w", err)
-	}
-	b, err := cappedfile.Read(filepath.Join(dir, IdentityBundleFile), certs.MaxViewerBundleSize)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil, fmt.Errorf("relay: %s has a viewer key but no bundle yet: have it signed with fleetctl viewer --csr %s, then run camview enroll --identity %s --bundle FILE", dir, filepath.Join(dir, IdentityCSRFile), dir)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("relay: viewer identity: %w", err)
-	}
-	bu, err := certs.ParseViewerBundle(b)
-	if err != nil {
-		return nil, fmt.Errorf("relay: %s: %w", filepath.Join(dir, IdentityBundleFile), err)
-	}
-	vb, err := bu.Verify(key, now)
-	if err != nil {
-		if errors.Is(err, certs.ErrExpired) {
-			return nil, fmt.Errorf("relay: viewer identity in %s: %w; make a new CSR with camview enroll and have it signed with fleetctl viewer", dir, err)
-		}
 		return nil, fmt.Errorf("relay: viewer identity in %s: %w", dir, err)
 	}
 	return &Identity{Dir: dir, Key: key, Bundle: vb}, nil
