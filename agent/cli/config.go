@@ -62,8 +62,24 @@ func runFlags(fs *flag.FlagSet, o *runOptions) {
 	fs.StringVar(&o.pins.Privacy, "privacy-pin", "", "privacy switch pin, to ground with the internal pull-up: privacy is on (camera off) while the switch is open or disconnected; empty: no switch")
 }
 
-// configFileKey reports whether flag name may be set from the configuration file.
-func configFileKey(name string) bool { return name != "config" }
+// configFileKey reports whether flag name may be set from the configuration file: not
+// --config itself, and not the crash tests' fault injection, which in a service's file would
+// kill the agent at the same step of every rotation, restart after restart.
+func configFileKey(name string) bool { return name != "config" && name != "crash-after" }
+
+// ConfigKeys returns the keys the configuration file of `camagent run` may set (configFileKey),
+// sorted. packaging/camagent.conf must document every one.
+func ConfigKeys() []string {
+	fs := flag.NewFlagSet("run", flag.ContinueOnError)
+	runFlags(fs, &runOptions{})
+	var keys []string
+	fs.VisitAll(func(f *flag.Flag) {
+		if configFileKey(f.Name) {
+			keys = append(keys, f.Name)
+		}
+	})
+	return keys
+}
 
 // repeatableFlag is a flag.Value that may be given more than once, each time adding a value to
 // those before. The configuration file may give its key on more than one line, too.

@@ -93,6 +93,7 @@ func TestConfigFileErrorsNameTheLine(t *testing.T) {
 		{"a control character", "state = /a\x00b\n", 1, "control character"},
 		{"a line that is not UTF-8", "broker = \xff\n", 1, "not UTF-8"},
 		{"the config key itself", "config = /etc/other.conf\n", 1, `unknown key "config"`},
+		{"the crash tests' fault injection", "state = /x\ncrash-after = issued\n", 2, `unknown key "crash-after"`},
 	} {
 		t.Run("refuses "+tt.name, func(t *testing.T) {
 			_, err := parseConfig([]byte(tt.text), "test.conf", known, repeatable)

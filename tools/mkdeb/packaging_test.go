@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	agentcli "github.com/camagent/camagent/agent/cli"
 )
 
 func runQuiet(prog string, args ...string) error { return exec.Command(prog, args...).Run() }
@@ -98,16 +100,13 @@ func TestUnitSettings(t *testing.T) {
 	}
 }
 
-// configKeys are the keys of camagent.conf: the long flags of "camagent run".
-var configKeys = map[string]bool{
-	"state": true, "broker": true, "log-level": true, "log-format": true, "video-exec": true,
-	"video-file": true, "max-viewers": true, "telemetry-interval": true, "reconnect-max-backoff": true, "led-pin": true, "button-pin": true, "privacy-pin": true,
-	"video-ice-server": true, "video-ice-user": true, "video-ice-credential-file": true,
-}
-
 // TestDefaultConfigFormat checks the shipped configuration against the documented format:
 // "key = value" lines with known keys, once each; the commented examples too.
 func TestDefaultConfigFormat(t *testing.T) {
+	configKeys := map[string]bool{}
+	for _, k := range agentcli.ConfigKeys() {
+		configKeys[k] = true
+	}
 	b, err := os.ReadFile(filepath.Join(packagingDir, "camagent.conf"))
 	if err != nil {
 		t.Fatal(err)
