@@ -39,7 +39,7 @@ commands:
   rollout resume    let the signer issue again after it aborted a rollout
   ping              send a signed ping to a device and print its reply and the round-trip time
   grant             sign a grant to watch one device's live video (for camview), valid until it expires or the next rotation
-  viewer            sign the CSR of a camview that made its own key and write its viewer bundle (camview --identity)
+  viewer            sign the CSR of a camview that made its own key into its viewer bundle (camview --identity); --revoke NAME
 
 Every command takes --dir, the fleet directory (default ./fleet).
 Run 'fleetctl <command> -h' for a command's flags.

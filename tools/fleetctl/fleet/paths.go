@@ -75,8 +75,7 @@ func (f *Fleet) ViewerCertificate(name string) (*tls.Certificate, error) {
 		if err := atomicfile.EnsurePrivateDir(filepath.Join(f.Dir, viewerDir)); err != nil {
 			return nil, err
 		}
-		req := certs.IssueRequest{Role: certs.RoleViewer, Name: name, Now: time.Now()}
-		if err := issueKeyPair(f.Dir, f.CA, req, certName, keyName); err != nil {
+		if err := f.issueViewerKeyPair(name, certName, keyName, time.Now()); err != nil {
 			return nil, err
 		}
 	} else if _, err := os.Stat(filepath.Join(f.Dir, keyName)); errors.Is(err, os.ErrNotExist) {

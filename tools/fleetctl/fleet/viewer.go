@@ -5,17 +5,22 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
+	"math/big"
 	"os"
 	"path/filepath"
+	"slices"
 	"time"
 
 	"github.com/camagent/camagent/certs"
 	"github.com/camagent/camagent/internal/atomicfile"
+	"github.com/camagent/camagent/tools/fleetctl/registry"
 )
 
 // IssueViewer signs the CSR of a viewer relay that made its own key (camview enroll) and
 // returns the viewer bundle for it: its certificate, the fleet CA and the broker URL, nothing
-// secret. The CSR's identity must be viewer:<name>. The certificate is also kept as
+// secret. The CSR's identity must be viewer:<name>. The certificate is recorded in the
+// registry before it is handed out, so RevokeViewer can revoke it, and also kept as
 // viewer/<name>.crt, without a key, so that `fleetctl mosquitto-config` lets the identity in.
 // A name already issued with a key kept here (the camview --fleet way) is refused: that key
 // would still work beside the new one.
@@ -41,6 +46,9 @@ func (f *Fleet) IssueViewer(csrPEM []byte, now time.Time) ([]byte, *x509.Certifi
 	if err != nil {
 		return nil, nil, fmt.Errorf("fleet: viewer: %w", err)
 	}
+	if err := f.recordViewer(c, now); err != nil {
+		return nil, nil, err
+	}
 	b, err := json.MarshalIndent(certs.ViewerBundle{
 		V:        1,
 		Identity: certs.CertIdentity(c),
@@ -58,4 +66,97 @@ func (f *Fleet) IssueViewer(csrPEM []byte, now time.Time) ([]byte, *x509.Certifi
 		return nil, nil, fmt.Errorf("fleet: viewer: %w", err)
 	}
 	return b, c, nil
+}
+
+// issueViewerKeyPair issues viewer:<name> a certificate for a key made here, records it, and
+// keeps both in the fleet directory (the camview --fleet way).
+func (f *Fleet) issueViewerKeyPair(name, certName, keyName string, now time.Time) error {
+	key, err := certs.GenerateKey()
+	if err != nil {
+		return err
+	}
+	c, err := f.CA.Issue(certs.IssueRequest{Role: certs.RoleViewer, Name: name, PublicKey: key.Public(), Now: now})
+	if err != nil {
+		return err
+	}
+	if err := f.recordViewer(c, now); err != nil {
+		return err
+	}
+	if err := certs.WriteKeyFile(filepath.Join(f.Dir, keyName), key); err != nil {
+		return err
+	}
+	return writeFile(f.Dir, certName, certs.EncodeCertPEM(c), 0o644)
+}
+
+// recordViewer records the viewer certificate c in the registry.
+func (f *Fleet) recordViewer(c *x509.Certificate, now time.Time) error {
+	rec, err := registry.ViewerIssuedRecord(c, now)
+	if err != nil {
+		return fmt.Errorf("fleet: viewer: %w", err)
+	}
+	reg, err := f.enrollRegistry()
+	if err != nil {
+		return fmt.Errorf("fleet: viewer: %w", err)
+	}
+	if err := reg.Update(func(tx *registry.Tx) error { return tx.Append(rec) }); err != nil {
+		return fmt.Errorf("fleet: viewer: %w", err)
+	}
+	return nil
+}
+
+// RevokeViewer revokes every certificate of viewer:<name> that is not revoked yet and not
+// expired: those the registry holds, and the one kept as viewer/<name>.crt (issued before
+// viewer certificates were recorded). It removes viewer/<name>.crt and its key, if the fleet
+// kept one, so Mosquitto's ACL no longer names the identity and the camview --fleet way makes
+// a new one. It returns the serials revoked; the caller writes the CRL for Mosquitto.
+func (f *Fleet) RevokeViewer(name string, now time.Time) ([]*big.Int, error) {
+	identity, err := certs.IdentityFor(certs.RoleViewer, name)
+	if err != nil {
+		return nil, fmt.Errorf("fleet: viewer: %w", err)
+	}
+	certPath := filepath.Join(f.Dir, viewerDir, name+".crt")
+	var kept *x509.Certificate
+	if b, err := os.ReadFile(certPath); err == nil {
+		if kept, err = certs.ParseCertPEM(b); err != nil {
+			return nil, fmt.Errorf("fleet: viewer: %s: %w", certPath, err)
+		}
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("fleet: viewer: %w", err)
+	}
+	reg, err := f.enrollRegistry()
+	if err != nil {
+		return nil, fmt.Errorf("fleet: viewer: %w", err)
+	}
+	var revoked []*big.Int
+	err = reg.Update(func(tx *registry.Tx) error {
+		revoked = revoked[:0]
+		serials := map[string]bool{}
+		for _, c := range tx.DeviceCerts(identity) {
+			if !c.IsRevoked() && now.Before(c.NotAfter) {
+				serials[c.Serial] = true
+			}
+		}
+		if kept != nil && certs.CertIdentity(kept) == identity && now.Before(kept.NotAfter) {
+			if c, ok := tx.Cert(registry.SerialHex(kept.SerialNumber)); !ok || !c.IsRevoked() {
+				serials[registry.SerialHex(kept.SerialNumber)] = true
+			}
+		}
+		for _, s := range slices.Sorted(maps.Keys(serials)) {
+			if err := tx.Append(registry.Record{Type: registry.TypeRevoked, Serial: s, Device: identity, Time: now.UTC()}); err != nil {
+				return err
+			}
+			n, _ := new(big.Int).SetString(s, 16)
+			revoked = append(revoked, n)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("fleet: viewer: revoke %s: %w", identity, err)
+	}
+	for _, p := range []string{certPath, filepath.Join(f.Dir, viewerDir, name+".key")} {
+		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return revoked, fmt.Errorf("fleet: viewer: %w", err)
+		}
+	}
+	return revoked, nil
 }

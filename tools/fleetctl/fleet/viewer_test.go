@@ -76,3 +76,62 @@ func TestIssueViewerRefusals(t *testing.T) {
 		t.Error("garbage accepted as a CSR")
 	}
 }
+
+func TestRevokeViewerRevokesEveryCertificateOfTheIdentity(t *testing.T) {
+	f := newFleet(t)
+	// viewer:web the camview --fleet way, viewer:cloud twice from its own key.
+	web, err := f.ViewerCertificate("web")
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, _ := certs.GenerateKey()
+	csr, _ := certs.NewCSR(key, "viewer:cloud")
+	_, c1, err := f.IssueViewer(csr, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, c2, err := f.IssueViewer(csr, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg, err := f.OpenRegistry(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer reg.Close()
+
+	serials, err := f.RevokeViewer("cloud", time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(serials) != 2 || !reg.Revoked(c1.SerialNumber) || !reg.Revoked(c2.SerialNumber) {
+		t.Fatalf("revoked %v; c1 revoked %v, c2 revoked %v", serials, reg.Revoked(c1.SerialNumber), reg.Revoked(c2.SerialNumber))
+	}
+	if reg.Revoked(web.Leaf.SerialNumber) {
+		t.Fatal("revoking viewer:cloud revoked viewer:web")
+	}
+	if names, _ := f.ViewerNames(); len(names) != 1 || names[0] != "web" {
+		t.Errorf("ViewerNames after the revocation = %v: Mosquitto's ACL would still name viewer:cloud", names)
+	}
+	if again, err := f.RevokeViewer("cloud", time.Now()); err != nil || len(again) != 0 {
+		t.Errorf("revoking again: %v, %v", again, err)
+	}
+
+	// The --fleet way: the kept key goes too, and the next use gets a new certificate.
+	if serials, err := f.RevokeViewer("web", time.Now()); err != nil || len(serials) != 1 || serials[0].Cmp(web.Leaf.SerialNumber) != 0 {
+		t.Fatalf("RevokeViewer(web) = %v, %v", serials, err)
+	}
+	if _, err := os.Stat(filepath.Join(f.Dir, "viewer", "web.key")); !os.IsNotExist(err) {
+		t.Errorf("the revoked key is still kept: %v", err)
+	}
+	fresh, err := f.ViewerCertificate("web")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fresh.Leaf.SerialNumber.Cmp(web.Leaf.SerialNumber) == 0 || reg.Revoked(fresh.Leaf.SerialNumber) {
+		t.Error("the next camview --fleet start did not get a new, valid certificate")
+	}
+	if _, err := f.RevokeViewer("a/b", time.Now()); err == nil {
+		t.Error("a name that cannot be a viewer's was taken")
+	}
+}

@@ -91,7 +91,7 @@ func (x *index) apply(r *Record, off int64, der []byte) {
 		}, off: off, der: der}
 		x.serials[r.Serial] = e
 		x.devices[r.Device] = append(x.devices[r.Device], e)
-		if r.Via != ViaEnroll {
+		if r.Via == ViaCSR || r.Via == ViaBoot {
 			x.issues = append(x.issues, e)
 		}
 	case TypeConfirmed:
@@ -199,7 +199,9 @@ func (x *index) revocationsFrom(from int) []Revocation {
 func (x *index) deviceIDs() []string {
 	out := make([]string, 0, len(x.devices))
 	for id := range x.devices {
-		out = append(out, id)
+		if !isViewer(id) {
+			out = append(out, id)
+		}
 	}
 	sort.Strings(out)
 	return out

@@ -33,6 +33,9 @@ const (
 	ViaCSR = "csr"
 	// ViaBoot is a rotation request through the bootstrap identity, on boot/<id>/up/csr.
 	ViaBoot = "boot"
+	// ViaViewer is `fleetctl viewer` or camview --fleet: a viewer relay's certificate, recorded
+	// so that it can be revoked (its record's Device is the identity viewer:<name>).
+	ViaViewer = "viewer"
 )
 
 // MaxRecordSize caps one line of the log; a longer line is skipped as malformed.
@@ -50,11 +53,11 @@ type Record struct {
 	// Serial is the certificate serial in lower-case hex, without leading zeros.
 	Serial string `json:"serial"`
 	// Device is the device id the certificate belongs to (for a bootstrap certificate, the
-	// device it serves).
+	// device it serves), or for a viewer relay's certificate its identity viewer:<name>.
 	Device string `json:"device"`
-	// Role is certs.RoleDevice or certs.RoleBootstrap (TypeIssued).
+	// Role is certs.RoleDevice, certs.RoleBootstrap or certs.RoleViewer (TypeIssued).
 	Role certs.Role `json:"role,omitempty"`
-	// Via is ViaEnroll, ViaCSR or ViaBoot (TypeIssued).
+	// Via is ViaEnroll, ViaCSR or ViaBoot, or ViaViewer for a viewer relay (TypeIssued).
 	Via string `json:"via,omitempty"`
 	// Epoch is the credential epoch the certificate was requested for (TypeIssued).
 	Epoch uint64 `json:"epoch,omitempty"`
@@ -92,6 +95,21 @@ func IssuedRecord(c *x509.Certificate, device, via string, epoch uint64, tokenHa
 	return r, r.Validate()
 }
 
+// ViewerIssuedRecord returns the TypeIssued record of c, a viewer relay's certificate.
+func ViewerIssuedRecord(c *x509.Certificate, now time.Time) (Record, error) {
+	r := Record{
+		Type: TypeIssued, Serial: SerialHex(c.SerialNumber), Device: certs.CertIdentity(c), Role: certs.RoleViewer,
+		Via: ViaViewer, NotAfter: c.NotAfter.Unix(), Time: now.UTC(), Cert: c.Raw,
+	}
+	return r, r.Validate()
+}
+
+// isViewer reports whether subject is a viewer relay identity, viewer:<name>.
+func isViewer(subject string) bool {
+	role, _, err := certs.ParseIdentity(subject)
+	return err == nil && role == certs.RoleViewer
+}
+
 // Validate checks a record's fields for its type. It refuses a certificate that does not
 // match the record's serial, device and role, and any byte string that holds a PEM private
 // key (S6).
@@ -102,7 +120,8 @@ func (r *Record) Validate() error {
 	if !serialRe.MatchString(r.Serial) {
 		return bad("serial %q", r.Serial)
 	}
-	if err := certs.ValidDeviceID(r.Device); err != nil {
+	viewer := isViewer(r.Device)
+	if err := certs.ValidDeviceID(r.Device); err != nil && !viewer {
 		return bad("%v", err)
 	}
 	if r.Time.IsZero() {
@@ -113,10 +132,12 @@ func (r *Record) Validate() error {
 	}
 	switch r.Type {
 	case TypeIssued:
-		if r.Role != certs.RoleDevice && r.Role != certs.RoleBootstrap {
+		switch {
+		case viewer && (r.Role != certs.RoleViewer || r.Via != ViaViewer || r.Epoch != 0 || r.TokenHash != "" || r.ReqID != ""):
+			return bad("a viewer relay's record with role %q, via %q or device fields", r.Role, r.Via)
+		case !viewer && r.Role != certs.RoleDevice && r.Role != certs.RoleBootstrap:
 			return bad("role %q", r.Role)
-		}
-		if r.Via != ViaEnroll && r.Via != ViaCSR && r.Via != ViaBoot {
+		case !viewer && r.Via != ViaEnroll && r.Via != ViaCSR && r.Via != ViaBoot:
 			return bad("via %q", r.Via)
 		}
 		if r.TokenHash != "" && (r.Role != certs.RoleDevice || !tokenHashRe.MatchString(r.TokenHash)) {
@@ -129,11 +150,17 @@ func (r *Record) Validate() error {
 		if err != nil {
 			return bad("cert: %v", err)
 		}
-		want, _ := certs.IdentityFor(r.Role, r.Device)
+		want := r.Device
+		if !viewer {
+			want, _ = certs.IdentityFor(r.Role, r.Device)
+		}
 		if SerialHex(c.SerialNumber) != r.Serial || certs.CertIdentity(c) != want || c.NotAfter.Unix() != r.NotAfter {
 			return bad("cert does not match the record (serial %s, identity %q)", SerialHex(c.SerialNumber), certs.CertIdentity(c))
 		}
 	case TypeConfirmed, TypeRevoked:
+		if viewer && r.Type == TypeConfirmed {
+			return bad("a viewer relay confirms no rotation")
+		}
 		if r.Role != "" || r.Via != "" || r.Epoch != 0 || r.TokenHash != "" || r.NotAfter != 0 || len(r.Cert) != 0 {
 			return bad("carries fields of an issued record")
 		}

@@ -224,7 +224,7 @@ func (r *Registry) Cert(serial string) (Cert, bool) {
 }
 
 // DeviceCerts returns the certificates issued for device (its own and its bootstrap
-// identity's), in issue order.
+// identity's), or for a viewer relay identity viewer:<name>, in issue order.
 func (r *Registry) DeviceCerts(device string) []Cert {
 	r.refresh()
 	r.mu.RLock()
@@ -364,7 +364,8 @@ func (tx *Tx) AfterCommit(f func()) { tx.after = append(tx.after, f) }
 // Cert returns what the log says about the certificate with serial.
 func (tx *Tx) Cert(serial string) (Cert, bool) { return tx.r.idx.cert(serial) }
 
-// DeviceCerts returns the certificates issued for device, in issue order.
+// DeviceCerts returns the certificates issued for device (or viewer relay identity), in
+// issue order.
 func (tx *Tx) DeviceCerts(device string) []Cert { return tx.r.idx.deviceCerts(device) }
 
 // Known reports whether the log holds a device certificate for device, i.e. it was enrolled.

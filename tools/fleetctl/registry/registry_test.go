@@ -340,6 +340,7 @@ func FuzzOpen(f *testing.F) {
 	f.Add([]byte(`{"type":"revoked","serial":"ab","device":"cam-0001","time":"2026-11-01T12:00:00Z"}` + "\n"))
 	f.Add([]byte("{\"type\":\"confirmed\",\"serial\":\"ab\",\"device\":\"cam-0001\",\"time\":\"2026-11-01T12:00:00Z\"}\n{\"type\""))
 	f.Add([]byte("\n\n{}\n"))
+	f.Add([]byte(`{"type":"revoked","serial":"cd","device":"viewer:cloud","time":"2026-11-01T12:00:00Z"}` + "\n"))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		path := filepath.Join(t.TempDir(), "log.jsonl")
 		if err := os.WriteFile(path, b, 0o600); err != nil {
@@ -351,6 +352,63 @@ func FuzzOpen(f *testing.F) {
 		}
 		defer r.Close()
 		r.Revocations()
-		r.Devices()
+		for _, d := range r.Devices() {
+			if strings.Contains(d, ":") {
+				t.Fatalf("Devices lists %q, which is no device id", d)
+			}
+		}
 	})
+}
+
+// A viewer relay's certificate is recorded under its identity so it can be revoked, and it
+// is neither a device nor a rotation.
+func TestViewerCertificatesAreRecordedAndRevokedButAreNoDevice(t *testing.T) {
+	fx := newFixture(t)
+	r := fx.open(t)
+	vc := fx.issue(t, certs.RoleViewer, "cloud")
+	rec, err := registry.ViewerIssuedRecord(vc, t0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	appendAll(t, r, rec, fx.issued(t, fx.issue(t, certs.RoleDevice, "cam-0001"), registry.ViaEnroll, "", t0))
+	if ds := r.Devices(); len(ds) != 1 || ds[0] != "cam-0001" {
+		t.Errorf("Devices = %v, want the one device", ds)
+	}
+	if o := r.Outcomes(t0.Add(-time.Hour), t0.Add(time.Hour), time.Minute); o.Issued != 0 {
+		t.Errorf("a viewer certificate counted as a rotation: %+v", o)
+	}
+	cs := r.DeviceCerts("viewer:cloud")
+	if len(cs) != 1 || cs[0].Role != certs.RoleViewer || cs[0].Via != registry.ViaViewer {
+		t.Fatalf("DeviceCerts(viewer:cloud) = %+v", cs)
+	}
+	if r.Revoked(vc.SerialNumber) {
+		t.Fatal("revoked before its revocation")
+	}
+	appendAll(t, r, revoked(cs[0].Serial, "viewer:cloud", t0))
+	if !r.Revoked(vc.SerialNumber) {
+		t.Error("the viewer certificate's revocation is not seen")
+	}
+	if revs := r.Revocations(); len(revs) != 1 || revs[0].Device != "viewer:cloud" || !revs[0].NotAfter.Equal(vc.NotAfter) {
+		t.Errorf("Revocations = %+v", revs)
+	}
+
+	// What a viewer's record may not be.
+	for name, edit := range map[string]func(*registry.Record){
+		"a token hash":              func(r *registry.Record) { r.TokenHash = strings.Repeat("ab", 32) },
+		"an epoch":                  func(r *registry.Record) { r.Epoch = 1 },
+		"a rotation's via":          func(r *registry.Record) { r.Via = registry.ViaCSR },
+		"a device role":             func(r *registry.Record) { r.Role = certs.RoleDevice },
+		"another viewer's name":     func(r *registry.Record) { r.Device = "viewer:other" },
+		"an operator for a subject": func(r *registry.Record) { r.Device = "operator:alice" },
+		"a device id for a subject": func(r *registry.Record) { r.Device = "cam-0001" },
+		"a confirmation of a viewer": func(r *registry.Record) {
+			*r = registry.Record{Type: registry.TypeConfirmed, Serial: r.Serial, Device: r.Device, Time: t0}
+		},
+	} {
+		bad := rec
+		edit(&bad)
+		if err := bad.Validate(); !errors.Is(err, registry.ErrInvalidRecord) {
+			t.Errorf("a viewer record with %s: %v", name, err)
+		}
+	}
 }
