@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"os"
-	"path/filepath"
 	"testing"
 
 	"github.com/camagent/camagent/tools/fleetctl/fleet"
@@ -55,10 +54,7 @@ func forEachFleetBroker(t *testing.T, fn func(t *testing.T, e *env), bootstrap .
 			if err != nil {
 				t.Fatal(err)
 			}
-			if err := os.WriteFile(filepath.Join(m.Dir(), "crl.pem"), b, 0o644); err != nil {
-				t.Fatal(err)
-			}
-			m.Restart(t)
+			m.RestartWithCRL(t, b)
 		}}
 		fleettest.StartSigner(t, f, e.url, "--log-level", "warn")
 		fn(t, e)

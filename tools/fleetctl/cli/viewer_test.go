@@ -64,20 +64,21 @@ func TestARevokedViewerIsRefusedByBothBrokers(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	check := func(t *testing.T, url string, restart func()) {
-		old := viewerCert(t, f, "cloud")
+	// Each broker gets a relay name of its own: the fleet is shared.
+	check := func(t *testing.T, name, url string, restart func()) {
+		old := viewerCert(t, f, name)
 		if _, err := fleettest.TryConnect(t, f, url, old); err != nil {
 			t.Fatalf("the viewer relay is refused before its revocation: %v", err)
 		}
-		stdout, stderr, err := run(t, "viewer", "--dir", f.Dir, "--revoke", "cloud")
-		if err != nil || !strings.Contains(stdout, "revoked viewer:cloud: serial "+old.Leaf.SerialNumber.Text(16)) {
+		stdout, stderr, err := run(t, "viewer", "--dir", f.Dir, "--revoke", name)
+		if err != nil || !strings.Contains(stdout, "revoked viewer:"+name+": serial "+old.Leaf.SerialNumber.Text(16)+"\n") {
 			t.Fatalf("fleetctl viewer --revoke: %v\n%s%s", err, stdout, stderr)
 		}
 		restart()
 		if _, err := fleettest.TryConnect(t, f, url, old); err == nil {
 			t.Fatal("the revoked viewer relay got in")
 		}
-		if _, err := fleettest.TryConnect(t, f, url, viewerCert(t, f, "cloud")); err != nil {
+		if _, err := fleettest.TryConnect(t, f, url, viewerCert(t, f, name)); err != nil {
 			t.Fatalf("a relay issued after the revocation is refused: %v", err)
 		}
 	}
@@ -95,20 +96,17 @@ func TestARevokedViewerIsRefusedByBothBrokers(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer brk.Close()
-		check(t, brk.URL(), func() {})
+		check(t, "cloud", brk.URL(), func() {})
 	})
 	t.Run("mosquitto", func(t *testing.T) {
-		m := mqtttest.StartMosquitto(t, pki, mqtttest.WithCRL(empty), mqtttest.WithIdentities("viewer:cloud"))
-		check(t, m.URL(), func() {
+		m := mqtttest.StartMosquitto(t, pki, mqtttest.WithCRL(empty), mqtttest.WithIdentities("viewer:relay"))
+		check(t, "relay", m.URL(), func() {
 			// Mosquitto reads its crlfile only when it starts.
 			b, err := os.ReadFile(f.CRLPath())
 			if err != nil {
 				t.Fatal(err)
 			}
-			if err := os.WriteFile(filepath.Join(m.Dir(), "crl.pem"), b, 0o644); err != nil {
-				t.Fatal(err)
-			}
-			m.Restart(t)
+			m.RestartWithCRL(t, b)
 		})
 	})
 }

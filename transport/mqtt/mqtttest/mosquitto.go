@@ -259,6 +259,18 @@ func (m *Mosquitto) Restart(t testing.TB) {
 	}
 }
 
+// RestartWithCRL replaces Mosquitto's crlfile with crlPEM (a broker started WithCRL) and
+// restarts it, the one way Mosquitto 2.0 applies a new CRL.
+func (m *Mosquitto) RestartWithCRL(t testing.TB, crlPEM []byte) {
+	t.Helper()
+	if m.opts.crl == nil {
+		t.Fatal("mqtttest: RestartWithCRL on a Mosquitto started without WithCRL")
+	}
+	revokedSet(t, m.pki, crlPEM) // fail early on a CRL Mosquitto would reject
+	mustf(t, os.WriteFile(m.path("crl.pem"), crlPEM, 0o644), "write crl.pem")
+	m.Restart(t)
+}
+
 // Stop sends SIGTERM, so Mosquitto saves its persistence database, and waits for it to exit;
 // one that does not exit in time is killed and fails the test. Stopping a stopped broker does
 // nothing.
