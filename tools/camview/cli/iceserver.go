@@ -3,7 +3,9 @@ package cli
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"net/url"
+	"slices"
 	"strings"
 
 	"github.com/pion/stun/v4"
@@ -35,7 +37,9 @@ func ParseICEServer(v string) (signal.ICEServer, error) {
 	}
 	var s signal.ICEServer
 	var transport string
-	for k, vs := range q {
+	// In key order, so the same value always gets the same error.
+	for _, k := range slices.Sorted(maps.Keys(q)) {
+		vs := q[k]
 		if len(vs) != 1 {
 			return signal.ICEServer{}, fmt.Errorf("%w: %s URL: %s given %d times", ErrBadICEServer, plain(scheme, "the"), plain(k, "a parameter"), len(vs))
 		}
