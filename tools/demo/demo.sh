@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# make demo: a throwaway fleet under ./demo, the embedded broker, one enrolled agent, a signed
-# ping. Runs until Ctrl-C, then stops everything. Every step is the real CLI an operator or a
+# make demo: a throwaway fleet under ./demo, the embedded broker, one enrolled agent, a viewer
+# relay with its own key, a signed ping, a breach. Runs until Ctrl-C, then stops everything. Every step is the real CLI an operator or a
 # camera would run.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -50,8 +50,13 @@ step "camagent run, streaming $CLIP in a loop as its camera (log: $DEMO/agent.lo
 "$BIN/camagent" run --state "$DEMO/$DEV" --video-file "$CLIP" --video-loopback >"$DEMO/agent.log" 2>&1 &
 pids+=($!)
 
-step "camview serve: the viewer relay and its web page on http://$VIEW/ (log: $DEMO/camview.log)"
-"$BIN/camview" serve --fleet "$DEMO/fleet" --listen "$VIEW" >"$DEMO/camview.log" 2>&1 &
+step "camview enroll: the viewer relay makes its own key and a CSR; the fleet signs it (fleetctl viewer)"
+"$BIN/camview" enroll --identity "$DEMO/camview" --name web
+"$BIN/fleetctl" viewer --dir "$DEMO/fleet" --csr "$DEMO/camview/viewer.csr" --out "$DEMO/viewer-web.bundle.json"
+"$BIN/camview" enroll --identity "$DEMO/camview" --bundle "$DEMO/viewer-web.bundle.json"
+
+step "camview serve: the viewer relay and its web page on http://$VIEW/, with no fleet directory (log: $DEMO/camview.log)"
+"$BIN/camview" serve --identity "$DEMO/camview" --listen "$VIEW" >"$DEMO/camview.log" 2>&1 &
 pids+=($!)
 
 step "fleetctl ping: a signed command and the agent's reply"
@@ -78,7 +83,7 @@ echo "watch the camera live: $link"
 echo
 echo "The agent, the broker and camview keep running. Open the link above in a browser on this machine."
 echo "Try also: $BIN/fleetctl ping --dir $DEMO/fleet --device $DEV"
-echo "      or: $BIN/camview record --fleet $DEMO/fleet --device $DEV --seconds 5 --out $DEMO/rec.h264 --loopback \\"
+echo "      or: $BIN/camview record --identity $DEMO/camview --device $DEV --seconds 5 --out $DEMO/rec.h264 --loopback \\"
 echo "            --grant-file <($BIN/fleetctl grant --dir $DEMO/fleet --device $DEV)"
 echo "Press Ctrl-C to stop."
 wait -n "${pids[@]}" || true
