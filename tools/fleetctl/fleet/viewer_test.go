@@ -135,3 +135,32 @@ func TestRevokeViewerRevokesEveryCertificateOfTheIdentity(t *testing.T) {
 		t.Error("a name that cannot be a viewer's was taken")
 	}
 }
+
+// A viewer certificate issued before viewer certificates were recorded is known only by the
+// file the fleet kept: revoking the identity revokes it too.
+func TestRevokeViewerRevokesACertificateTheRegistryNeverSaw(t *testing.T) {
+	f := newFleet(t)
+	key, _ := certs.GenerateKey()
+	c, err := f.CA.Issue(certs.IssueRequest{Role: certs.RoleViewer, Name: "legacy", PublicKey: key.Public(), Now: time.Now()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(filepath.Join(f.Dir, "viewer"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(f.Dir, "viewer", "legacy.crt"), certs.EncodeCertPEM(c), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	serials, err := f.RevokeViewer("legacy", time.Now())
+	if err != nil || len(serials) != 1 || serials[0].Cmp(c.SerialNumber) != 0 {
+		t.Fatalf("RevokeViewer = %v, %v; want the kept certificate's serial", serials, err)
+	}
+	reg, err := f.OpenRegistry(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer reg.Close()
+	if !reg.Revoked(c.SerialNumber) {
+		t.Error("the kept certificate is not revoked")
+	}
+}
