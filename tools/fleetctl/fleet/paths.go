@@ -61,8 +61,8 @@ func SignerClientID(identity, instance string) string {
 }
 
 // ViewerCertificate loads the TLS client certificate of the viewer relay identity
-// viewer:<name> (camview --fleet), issuing it on first use and keeping its key in the fleet
-// directory. A viewer relay may only carry WebRTC signaling (docs/protocol.md); what it may
+// viewer:<name> (camview --fleet), issuing it on first use, and again within ViewerRenewBefore
+// of its expiry, and keeping its key in the fleet directory. A viewer relay may only carry WebRTC signaling (docs/protocol.md); what it may
 // watch is decided by the grants it relays. A relay on a machine of its own makes its own key
 // instead (camview enroll, IssueViewer) and never needs the fleet directory.
 func (f *Fleet) ViewerCertificate(name string) (*tls.Certificate, error) {
@@ -81,8 +81,24 @@ func (f *Fleet) ViewerCertificate(name string) (*tls.Certificate, error) {
 	} else if _, err := os.Stat(filepath.Join(f.Dir, keyName)); errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("fleet: viewer:%s was issued to a camview that keeps its own key (fleetctl viewer): run camview there with --identity, or pick another --name", name)
 	}
-	return loadPair(f.Dir, certName, keyName)
+	c, err := loadPair(f.Dir, certName, keyName)
+	if err != nil {
+		return nil, err
+	}
+	if now := time.Now(); c.Leaf.NotAfter.Sub(now) < ViewerRenewBefore {
+		// A new key and certificate: the old certificate runs out by itself.
+		if err := f.issueViewerKeyPair(name, certName, keyName, now); err != nil {
+			return nil, err
+		}
+		return loadPair(f.Dir, certName, keyName)
+	}
+	return c, nil
 }
+
+// ViewerRenewBefore is how long before its certificate expires ViewerCertificate renews a
+// viewer relay identity kept in the fleet directory, so a camview --fleet that restarts now and
+// then never meets an expired one.
+const ViewerRenewBefore = 30 * 24 * time.Hour
 
 // DefaultViewer is camview's default viewer relay name: viewer:web.
 const DefaultViewer = "web"

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/camagent/camagent/certs"
+	"github.com/camagent/camagent/tools/fleetctl/fleet"
 )
 
 func TestIssueViewerSignsTheRelaysOwnKeyAndHandsOutNoSecret(t *testing.T) {
@@ -162,5 +163,35 @@ func TestRevokeViewerRevokesACertificateTheRegistryNeverSaw(t *testing.T) {
 	defer reg.Close()
 	if !reg.Revoked(c.SerialNumber) {
 		t.Error("the kept certificate is not revoked")
+	}
+}
+
+// camview --fleet renews a kept viewer identity that is about to expire.
+func TestViewerCertificateRenewsWhatIsAboutToExpire(t *testing.T) {
+	f := newFleet(t)
+	key, _ := certs.GenerateKey()
+	short, err := f.CA.Issue(certs.IssueRequest{Role: certs.RoleViewer, Name: "web", PublicKey: key.Public(), Now: time.Now(), Validity: fleet.ViewerRenewBefore - time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(filepath.Join(f.Dir, "viewer"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := certs.WriteKeyFile(filepath.Join(f.Dir, "viewer", "web.key"), key); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(f.Dir, "viewer", "web.crt"), certs.EncodeCertPEM(short), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	c, err := f.ViewerCertificate("web")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Leaf.SerialNumber.Cmp(short.SerialNumber) == 0 || time.Until(c.Leaf.NotAfter) < fleet.ViewerRenewBefore {
+		t.Fatalf("got serial %x until %v: not renewed", c.Leaf.SerialNumber, c.Leaf.NotAfter)
+	}
+	again, err := f.ViewerCertificate("web")
+	if err != nil || again.Leaf.SerialNumber.Cmp(c.Leaf.SerialNumber) != 0 {
+		t.Fatalf("a certificate with time left was renewed again: %v", err)
 	}
 }
