@@ -163,6 +163,67 @@ func TestHolderWithoutCertificateFailsHandshake(t *testing.T) {
 	if _, err := h.GetClientCertificate(nil); !errors.Is(err, ErrNoCertificate) {
 		t.Fatalf("err = %v", err)
 	}
+	if _, err := h.GetCertificate(nil); !errors.Is(err, ErrNoCertificate) {
+		t.Fatalf("err = %v", err)
+	}
+}
+
+// A server whose certificate comes from a Holder presents the one set last to each new
+// connection: a broker renews its certificate without a restart.
+func TestAServerHolderPresentsItsNewCertificate(t *testing.T) {
+	ca := mustCA(t)
+	now := time.Now()
+	pool, _ := NewPool(EncodeCertPEM(ca.Cert))
+	server := func() *tls.Certificate {
+		k, _ := GenerateKey()
+		c, err := ca.Issue(IssueRequest{Role: RoleServer, Name: "broker", PublicKey: k.Public(), IPs: []net.IP{net.IPv4(127, 0, 0, 1)}, Now: now})
+		if err != nil {
+			t.Fatal(err)
+		}
+		tc, _ := TLSCertificate(c, k)
+		return tc
+	}
+	first, second := server(), server()
+	h := NewHolder(first)
+	conf := ServerTLSConfig(pool, first)
+	conf.Certificates, conf.GetCertificate = nil, h.GetCertificate
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", conf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.(*tls.Conn).Handshake()
+			c.Close()
+		}
+	}()
+	ckey, _ := GenerateKey()
+	cc, _ := ca.Issue(IssueRequest{Role: RoleDevice, Name: "cam-0001", PublicKey: ckey.Public(), Now: now})
+	ctls, _ := TLSCertificate(cc, ckey)
+	presented := func() *tls.Certificate {
+		conn, err := tls.Dial("tcp", ln.Addr().String(), ClientTLSConfig(pool, "127.0.0.1", NewHolder(ctls)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		leaf := conn.ConnectionState().PeerCertificates[0]
+		if leaf.SerialNumber.Cmp(first.Leaf.SerialNumber) == 0 {
+			return first
+		}
+		return second
+	}
+	if presented() != first {
+		t.Fatal("the first certificate was not presented")
+	}
+	h.Set(second)
+	if presented() != second {
+		t.Fatal("the new certificate was not presented to a new connection")
+	}
 }
 
 func TestKeyFilesAre0600AndRoundTrip(t *testing.T) {

@@ -63,6 +63,16 @@ func (h *Holder) Set(cert *tls.Certificate) { h.cur.Store(cert) }
 // Get returns the certificate currently served, or nil.
 func (h *Holder) Get() *tls.Certificate { return h.cur.Load() }
 
+// GetCertificate is a tls.Config.GetCertificate callback, for a server whose certificate is
+// renewed while it runs; crypto/tls calls it once per handshake.
+func (h *Holder) GetCertificate(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+	c := h.cur.Load()
+	if c == nil {
+		return nil, ErrNoCertificate
+	}
+	return c, nil
+}
+
 // GetClientCertificate is a tls.Config.GetClientCertificate callback; crypto/tls calls it once
 // per handshake.
 func (h *Holder) GetClientCertificate(*tls.CertificateRequestInfo) (*tls.Certificate, error) {

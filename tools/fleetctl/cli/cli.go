@@ -211,9 +211,17 @@ func brokerCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	// Revocations made before the broker starts are refused at CONNECT; the enforcer only
 	// needs to cut sessions for the ones that come after.
 	before := len(reg.Revocations())
+	// The broker runs for months: its certificate is renewed while it runs (fleet.Refresh),
+	// and each handshake presents the one in the holder.
+	serverCert := certs.NewHolder(sc)
+	tlsConf := certs.ServerTLSConfig(f.Pool, sc)
+	tlsConf.Certificates, tlsConf.GetCertificate = nil, serverCert.GetCertificate
+	rctx, stopRefresh := context.WithCancel(ctx)
+	defer stopRefresh()
+	go fleet.Refresh(rctx, fleet.CertificateRefresh, sc, f.ServerCertificate, serverCert.Set, log)
 	b, err := broker.New(broker.Config{
 		Addr:           addr,
-		TLS:            certs.ServerTLSConfig(f.Pool, sc),
+		TLS:            tlsConf,
 		DataDir:        *data,
 		Revoked:        reg.Revoked,
 		Logger:         log,
@@ -290,6 +298,11 @@ func mosquittoCmd(_ context.Context, args []string, stdout, stderr io.Writer) er
 	if err := reg.Update(func(tx *registry.Tx) error {
 		return signer.WriteCRL(f.CRLPath(), f.CA, tx.Revocations(), time.Now())
 	}); err != nil {
+		return err
+	}
+	// Renew the broker's certificate first if it is due: Mosquitto reads the files again on
+	// SIGHUP, so running this command now and then (and sending SIGHUP) keeps it valid.
+	if _, err := f.ServerCertificate(); err != nil {
 		return err
 	}
 	ca, crt, key := f.ServerFiles()

@@ -54,7 +54,8 @@ func serveCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	identity := certs.CertIdentity(cert.Leaf)
 	clientID := fleet.SignerClientID(identity, *name)
-	tlsConf := certs.ClientTLSConfig(f.Pool, host, certs.NewHolder(cert))
+	holder := certs.NewHolder(cert)
+	tlsConf := certs.ClientTLSConfig(f.Pool, host, holder)
 	if *retire {
 		rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 		defer cancel()
@@ -99,6 +100,11 @@ func serveCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	done := make(chan error, 1)
 	go func() { done <- s.Run(ctx) }()
+	// The signer runs for months; its certificate lasts 90 days. The next connection presents
+	// the renewed one.
+	rctx, stopRefresh := context.WithCancel(ctx)
+	defer stopRefresh()
+	go fleet.Refresh(rctx, fleet.CertificateRefresh, cert, f.SignerCertificate, holder.Set, log)
 	// WaitConnected returns once connected, or when ctx ends or Run returns.
 	if s.WaitConnected(ctx) == nil {
 		fmt.Fprintf(stdout, "signer %q serving %s as %s (client id %s)\n", *name, broker, identity, clientID)

@@ -372,14 +372,16 @@ func (f *Fleet) signingKeyOf(ks *certs.KeySet, kind string) (*certs.SigningKey, 
 	return nil, fmt.Errorf("fleet: no %s signing key in %s that key set v%d trusts", kind, filepath.Join(f.Dir, keysDir), ks.Version)
 }
 
-// OperatorCertificate loads the operator's TLS client certificate.
+// OperatorCertificate loads the operator's TLS client certificate, renewing it first within
+// RenewBefore of its expiry.
 func (f *Fleet) OperatorCertificate() (*tls.Certificate, error) {
-	return loadPair(f.Dir, operatorCert, operatorKey)
+	return f.loadRenewing(operatorCert, operatorKey, time.Now())
 }
 
-// ServerCertificate loads the broker's TLS server certificate.
+// ServerCertificate loads the broker's TLS server certificate, renewing it first within
+// RenewBefore of its expiry (for Mosquitto, `fleetctl mosquitto-config` calls it).
 func (f *Fleet) ServerCertificate() (*tls.Certificate, error) {
-	return loadPair(f.Dir, serverCert, serverKey)
+	return f.loadRenewing(serverCert, serverKey, time.Now())
 }
 
 // ServerFiles returns the paths of the broker's certificate and key, for Mosquitto.

@@ -37,7 +37,8 @@ func (f *Fleet) OpenRegistry(log *slog.Logger) (*registry.Registry, error) {
 }
 
 // SignerCertificate loads the signer's TLS client certificate (signer:default), issuing it
-// first for a fleet made before signers existed.
+// first for a fleet made before signers existed, and renewing it within RenewBefore of its
+// expiry.
 func (f *Fleet) SignerCertificate() (*tls.Certificate, error) {
 	if _, err := os.Stat(filepath.Join(f.Dir, signerCert)); errors.Is(err, os.ErrNotExist) {
 		if err := atomicfile.EnsurePrivateDir(filepath.Join(f.Dir, signerDir)); err != nil {
@@ -48,7 +49,7 @@ func (f *Fleet) SignerCertificate() (*tls.Certificate, error) {
 			return nil, err
 		}
 	}
-	return loadPair(f.Dir, signerCert, signerKey)
+	return f.loadRenewing(signerCert, signerKey, time.Now())
 }
 
 // SignerClientID returns the stable MQTT client id of the signer instance named instance:
@@ -61,10 +62,11 @@ func SignerClientID(identity, instance string) string {
 }
 
 // ViewerCertificate loads the TLS client certificate of the viewer relay identity
-// viewer:<name> (camview --fleet), issuing it on first use, and again within ViewerRenewBefore
-// of its expiry, and keeping its key in the fleet directory. A viewer relay may only carry WebRTC signaling (docs/protocol.md); what it may
-// watch is decided by the grants it relays. A relay on a machine of its own makes its own key
-// instead (camview enroll, IssueViewer) and never needs the fleet directory.
+// viewer:<name> (camview --fleet), issuing it on first use and again within RenewBefore of
+// its expiry, and keeping its key in the fleet directory. A viewer relay may only carry WebRTC
+// signaling (docs/protocol.md); what it may watch is decided by the grants it relays. A relay
+// on a machine of its own makes its own key instead (camview enroll, IssueViewer) and never
+// needs the fleet directory.
 func (f *Fleet) ViewerCertificate(name string) (*tls.Certificate, error) {
 	if _, _, err := certs.ParseIdentity(string(certs.RoleViewer) + ":" + name); err != nil {
 		return nil, fmt.Errorf("fleet: viewer name: %w", err)
@@ -85,7 +87,7 @@ func (f *Fleet) ViewerCertificate(name string) (*tls.Certificate, error) {
 	if err != nil {
 		return nil, err
 	}
-	if now := time.Now(); c.Leaf.NotAfter.Sub(now) < ViewerRenewBefore {
+	if now := time.Now(); c.Leaf.NotAfter.Sub(now) < RenewBefore {
 		// A new key and certificate: the old certificate runs out by itself.
 		if err := f.issueViewerKeyPair(name, certName, keyName, now); err != nil {
 			return nil, err
@@ -94,11 +96,6 @@ func (f *Fleet) ViewerCertificate(name string) (*tls.Certificate, error) {
 	}
 	return c, nil
 }
-
-// ViewerRenewBefore is how long before its certificate expires ViewerCertificate renews a
-// viewer relay identity kept in the fleet directory, so a camview --fleet that restarts now and
-// then never meets an expired one.
-const ViewerRenewBefore = 30 * 24 * time.Hour
 
 // DefaultViewer is camview's default viewer relay name: viewer:web.
 const DefaultViewer = "web"

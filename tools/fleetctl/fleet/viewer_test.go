@@ -170,7 +170,7 @@ func TestRevokeViewerRevokesACertificateTheRegistryNeverSaw(t *testing.T) {
 func TestViewerCertificateRenewsWhatIsAboutToExpire(t *testing.T) {
 	f := newFleet(t)
 	key, _ := certs.GenerateKey()
-	short, err := f.CA.Issue(certs.IssueRequest{Role: certs.RoleViewer, Name: "web", PublicKey: key.Public(), Now: time.Now(), Validity: fleet.ViewerRenewBefore - time.Hour})
+	short, err := f.CA.Issue(certs.IssueRequest{Role: certs.RoleViewer, Name: "web", PublicKey: key.Public(), Now: time.Now(), Validity: fleet.RenewBefore - time.Hour})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -187,7 +187,7 @@ func TestViewerCertificateRenewsWhatIsAboutToExpire(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.Leaf.SerialNumber.Cmp(short.SerialNumber) == 0 || time.Until(c.Leaf.NotAfter) < fleet.ViewerRenewBefore {
+	if c.Leaf.SerialNumber.Cmp(short.SerialNumber) == 0 || time.Until(c.Leaf.NotAfter) < fleet.RenewBefore {
 		t.Fatalf("got serial %x until %v: not renewed", c.Leaf.SerialNumber, c.Leaf.NotAfter)
 	}
 	again, err := f.ViewerCertificate("web")
