@@ -13,6 +13,11 @@
 // A record half-written by a process that died is cut off by the next writer; a line that does
 // not parse is logged and skipped, never a reason to stop serving.
 //
+// The log does not grow with the fleet's whole history: Compact (which every signer runs daily)
+// moves the records of certificates that expired over a month ago to an archive beside it and
+// replaces the log by rename, under the same lock; every Registry notices the new file on its
+// next read or write.
+//
 // What it must never hold: a private key or a device token. Records carry certificates,
 // serials and SHA-256 token hashes only (S6 in SECURITY-BAR.md); Append refuses anything that
 // looks like a private key.

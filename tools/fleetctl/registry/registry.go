@@ -38,6 +38,10 @@ type Registry struct {
 	seen   int64 // file size at the last read
 	idx    *index
 	closed bool
+	// revBase is where idx's revocations start in the cursor space of RevocationsFrom: it
+	// grows past every cursor handed out whenever the index is rebuilt (a shrunk or compacted
+	// log), so an old cursor gets every revocation again rather than missing new ones.
+	revBase int
 }
 
 // Open opens (creating it if needed, mode 0600 in a 0700 directory) the log at path and
@@ -97,7 +101,11 @@ func (r *Registry) Refresh() error {
 	if err != nil {
 		return fmt.Errorf("registry: %w", err)
 	}
-	if fi.Size() == seen {
+	pi, err := os.Stat(r.path)
+	if err != nil {
+		return fmt.Errorf("registry: %w", err)
+	}
+	if fi.Size() == seen && os.SameFile(fi, pi) {
 		return nil
 	}
 	r.mu.Lock()
@@ -105,7 +113,65 @@ func (r *Registry) Refresh() error {
 	if r.closed {
 		return ErrClosed
 	}
+	if err := r.reopenIfReplacedLocked(); err != nil {
+		return err
+	}
 	return r.readLocked(false)
+}
+
+// reopenIfReplacedLocked opens the log at r.path again if it is no longer the file r.f (Compact
+// replaced it) and indexes it from the start; the caller holds r.mu but no flock.
+func (r *Registry) reopenIfReplacedLocked() error {
+	fi, err := r.f.Stat()
+	if err != nil {
+		return fmt.Errorf("registry: %w", err)
+	}
+	pi, err := os.Stat(r.path)
+	if err != nil {
+		return fmt.Errorf("registry: %w", err)
+	}
+	if os.SameFile(fi, pi) {
+		return nil
+	}
+	f, err := os.OpenFile(r.path, os.O_RDWR|os.O_APPEND, 0)
+	if err != nil {
+		return fmt.Errorf("registry: %w", err)
+	}
+	r.f.Close()
+	r.f = f
+	r.resetLocked()
+	return r.readLocked(false)
+}
+
+// resetLocked empties the index, to be read again from the start of r.f.
+func (r *Registry) resetLocked() {
+	r.revBase += len(r.idx.revocations)
+	r.idx, r.off, r.seen = newIndex(), 0, 0
+}
+
+// lockLocked takes the flock of the log that r.path names now, reopening it first if Compact
+// replaced the file r.f held; the caller holds r.mu and unlocks with unlockFile(r.f).
+func (r *Registry) lockLocked() error {
+	for {
+		if err := r.reopenIfReplacedLocked(); err != nil {
+			return err
+		}
+		if err := lockFile(r.f); err != nil {
+			return fmt.Errorf("registry: lock %s: %w", r.path, err)
+		}
+		// A compaction may have replaced the file while this process waited for the lock on
+		// the old one: its records must go to the new one.
+		fi, err1 := r.f.Stat()
+		pi, err2 := os.Stat(r.path)
+		if err := errors.Join(err1, err2); err != nil {
+			unlockFile(r.f)
+			return fmt.Errorf("registry: %w", err)
+		}
+		if os.SameFile(fi, pi) {
+			return nil
+		}
+		unlockFile(r.f)
+	}
 }
 
 // refresh is Refresh for read methods: a failure is logged and the index as it stands is used.
@@ -126,7 +192,7 @@ func (r *Registry) readLocked(repair bool) error {
 	size := fi.Size()
 	if size < r.off {
 		r.log.Warn("registry: the log shrank; indexing it again from the start", "path", r.path, "size", size, "indexed", r.off)
-		r.idx, r.off = newIndex(), 0
+		r.resetLocked()
 	}
 	br := bufio.NewReaderSize(io.NewSectionReader(r.f, r.off, size-r.off), 64<<10)
 	for {
@@ -206,13 +272,14 @@ func (r *Registry) Revocations() []Revocation {
 	return rv
 }
 
-// RevocationsFrom returns the revocations after the first from, and the cursor to pass next
-// time to get only newer ones.
+// RevocationsFrom returns the revocations after cursor from (0: all of them), and the cursor
+// to pass next time to get only newer ones. After the log was compacted, a cursor from before
+// gets every revocation again.
 func (r *Registry) RevocationsFrom(from int) ([]Revocation, int) {
 	r.refresh()
 	r.mu.RLock()
 	defer r.mu.RUnlock()
-	return r.idx.revocationsFrom(from), len(r.idx.revocations)
+	return r.idx.revocationsFrom(from - r.revBase), r.revBase + len(r.idx.revocations)
 }
 
 // Cert returns what the log says about the certificate with serial (lower-case hex).
@@ -261,8 +328,8 @@ func (r *Registry) Update(fn func(tx *Tx) error) error {
 	if r.closed {
 		return ErrClosed
 	}
-	if err := lockFile(r.f); err != nil {
-		return fmt.Errorf("registry: lock %s: %w", r.path, err)
+	if err := r.lockLocked(); err != nil {
+		return err
 	}
 	defer func() {
 		if err := unlockFile(r.f); err != nil {
@@ -310,7 +377,7 @@ func (r *Registry) commitLocked(tx *Tx) error {
 // rollbackLocked drops what a failed transaction added to the index by indexing the file
 // again; the file holds nothing of it.
 func (r *Registry) rollbackLocked() {
-	r.idx, r.off, r.seen = newIndex(), 0, 0
+	r.resetLocked()
 	if err := r.readLocked(true); err != nil {
 		r.log.Error("registry: re-reading the log after a failed transaction", "path", r.path, "err", err)
 	}

@@ -159,6 +159,7 @@ func (s *Signer) Run(ctx context.Context) error {
 		start(s.publishLoop)
 	}
 	start(s.monitorLoop)
+	start(s.compactLoop)
 	err := s.client.Run(ctx)
 	cancel()
 	wg.Wait()
@@ -393,6 +394,29 @@ func (s *Signer) crlDirty() {
 // of serials; re-signing the whole list after every batch cost more than the issuing.
 // Mosquitto reads the CRL only when it starts, so a second of delay costs nothing.
 const crlInterval = time.Second
+
+// CompactInterval is how often a signer compacts the registry (registry.Compact), the first
+// time as it starts: the log then holds the certificates of the last few months, however long
+// the fleet has run. Several signers may do it; all but the first find nothing to drop.
+const CompactInterval = 24 * time.Hour
+
+// compactLoop compacts the registry every CompactInterval.
+func (s *Signer) compactLoop(ctx context.Context) {
+	for {
+		res, err := s.reg.Compact(s.clk.Now())
+		switch {
+		case err != nil:
+			s.log.Error("signer: cannot compact the registry; it keeps growing until the next try", "err", err)
+		case res.Dropped > 0:
+			s.log.Info("signer: registry compacted: the records of certificates expired over a month ago moved to the archive", "kept", res.Kept, "archived", res.Dropped)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-s.clk.After(CompactInterval):
+		}
+	}
+}
 
 // crlLoop writes the CRL when revocations were recorded, at most once per crlInterval, and
 // once more on the way out if anything is pending.

@@ -663,3 +663,33 @@ func TestARequestHeldTooLongIsToldToRetry(t *testing.T) {
 		t.Fatalf("stats %+v", st)
 	}
 }
+
+// A signer compacts the registry as it starts: the records of a certificate that expired long
+// ago move to the archive, the enrolled device's stay.
+func TestTheSignerCompactsTheRegistry(t *testing.T) {
+	f, pki := fleettest.NewFleet(t)
+	e := fleettest.Enroll(t, f, "cam-0001")
+	key, _ := certs.GenerateKey()
+	long := time.Now().Add(-200 * 24 * time.Hour)
+	old, err := f.CA.Issue(certs.IssueRequest{Role: certs.RoleViewer, Name: "retired", PublicKey: key.Public(), Now: long})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec, err := registry.ViewerIssuedRecord(old, long)
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg := fleetRegistry(t, f)
+	if err := reg.Update(func(tx *registry.Tx) error { return tx.Append(rec) }); err != nil {
+		t.Fatal(err)
+	}
+	b := mqtttest.StartEmbedded(t, pki)
+	s := startSigner(t, f, b.URL(), "a", nil)
+	s.log.WaitFor(t, fleettest.Timeout, "registry compacted", "archived=1")
+	if _, ok := reg.Cert(registry.SerialHex(old.SerialNumber)); ok {
+		t.Error("the expired certificate is still in the log")
+	}
+	if _, ok := reg.Cert(registry.SerialHex(e.Cert.Leaf.SerialNumber)); !ok {
+		t.Error("the enrolled device's certificate left the log")
+	}
+}

@@ -1,0 +1,158 @@
+package registry
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/camagent/camagent/certs"
+	"github.com/camagent/camagent/internal/atomicfile"
+	"github.com/camagent/camagent/internal/strictjson"
+)
+
+// CompactAfter is how long after its certificate expired a certificate's records stay in the
+// log: a certificate past its NotAfter is refused for that reason alone, and the CRL leaves it
+// out a day after.
+const CompactAfter = 30 * 24 * time.Hour
+
+// revocationKeep is how long a revocation of a serial the log never issued (a certificate made
+// before the registry recorded its kind) is kept: longer than any certificate the fleet issues
+// lives.
+const revocationKeep = 400 * 24 * time.Hour
+
+// ArchiveSuffix names the file beside the log that Compact appends the records it drops to.
+const ArchiveSuffix = ".archive"
+
+// Compacted is what Compact did.
+type Compacted struct {
+	// Kept and Dropped count the records; Dropped ones went to the archive.
+	Kept, Dropped int
+}
+
+// Compact rewrites the log without the records of certificates that expired more than
+// CompactAfter before now, so the log and every process's index stop growing with the fleet's
+// history. It keeps every device's newest certificate whatever its age (the log still knows
+// the device), every record of a certificate it keeps, and revocations of serials it never
+// issued for revocationKeep. The records it drops are appended to the archive beside the log
+// (path + ArchiveSuffix) and synced before the log is replaced, so nothing is lost (a crash
+// between the two leaves them in both, and the next Compact archives them again). The new log
+// replaces the old by rename, under the log's lock; other processes notice on their next read
+// or write and index the new file (Refresh, Update). With nothing to drop it writes nothing.
+func (r *Registry) Compact(now time.Time) (Compacted, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closed {
+		return Compacted{}, ErrClosed
+	}
+	if err := r.lockLocked(); err != nil {
+		return Compacted{}, err
+	}
+	old := r.f
+	defer func() {
+		if err := unlockFile(old); err != nil {
+			r.log.Error("registry: unlock", "path", r.path, "err", err)
+		}
+		if r.f != old {
+			old.Close() // replaced below
+		}
+	}()
+	if err := r.readLocked(true); err != nil {
+		return Compacted{}, err
+	}
+	keep := r.idx.compactKeep(now)
+	var kept, dropped bytes.Buffer
+	var res Compacted
+	br := bufio.NewReaderSize(io.NewSectionReader(old, 0, r.off), 64<<10)
+	for {
+		line, err := br.ReadBytes('\n')
+		if errors.Is(err, io.EOF) {
+			break // r.off ends at a complete line
+		}
+		if err != nil {
+			return Compacted{}, fmt.Errorf("registry: compact %s: %w", r.path, err)
+		}
+		if keepLine(line, keep, now) {
+			kept.Write(line)
+			res.Kept++
+		} else {
+			dropped.Write(line)
+			res.Dropped++
+		}
+	}
+	if res.Dropped == 0 {
+		return res, nil
+	}
+	if err := appendSynced(r.path+ArchiveSuffix, dropped.Bytes()); err != nil {
+		return Compacted{}, fmt.Errorf("registry: compact %s: archive: %w", r.path, err)
+	}
+	if err := atomicfile.WriteFile(r.path, kept.Bytes(), 0o600); err != nil {
+		return Compacted{}, fmt.Errorf("registry: compact %s: %w", r.path, err)
+	}
+	// This process reads the new log from now on; the old file's lock goes with its close.
+	f, err := os.OpenFile(r.path, os.O_RDWR|os.O_APPEND, 0)
+	if err != nil {
+		return Compacted{}, fmt.Errorf("registry: compact %s: %w", r.path, err)
+	}
+	r.f = f
+	r.resetLocked()
+	if err := r.readLocked(false); err != nil {
+		return Compacted{}, err
+	}
+	return res, nil
+}
+
+// keepLine decides one line of the log: a line that does not parse is dropped (readers skip
+// it anyway, and the archive keeps it).
+func keepLine(line []byte, keep map[string]bool, now time.Time) bool {
+	var rec Record
+	if len(line) > MaxRecordSize || strictjson.Unmarshal(bytes.TrimSuffix(line, []byte("\n")), &rec) != nil {
+		return false
+	}
+	if keep[rec.Serial] {
+		return true
+	}
+	_, issued := keep[rec.Serial]
+	return rec.Type == TypeRevoked && !issued && rec.Time.Add(revocationKeep).After(now)
+}
+
+// compactKeep maps every serial the log issued to whether Compact keeps its records.
+func (x *index) compactKeep(now time.Time) map[string]bool {
+	keep := make(map[string]bool, len(x.serials))
+	for serial, e := range x.serials {
+		keep[serial] = e.NotAfter.Add(CompactAfter).After(now)
+	}
+	for _, es := range x.devices {
+		for i := len(es) - 1; i >= 0; i-- {
+			if es[i].Role == certs.RoleDevice {
+				keep[es[i].Serial] = true
+				break
+			}
+		}
+	}
+	return keep
+}
+
+// appendSynced appends b to the file at path (made 0600) and syncs it.
+func appendSynced(path string, b []byte) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(b); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	return atomicfile.SyncDir(filepath.Dir(path))
+}
