@@ -554,3 +554,29 @@ func TestBrokerStopWritesTheProfileAndTheAdmissionPeak(t *testing.T) {
 		t.Fatalf("the profile holds %d bytes (%v)", n, err)
 	}
 }
+
+// With the rollout aborted, breach still publishes, and says loudly what stops the devices.
+func TestBreachWarnsOfAnAbortedRollout(t *testing.T) {
+	dir, f := initFleet(t)
+	pki := &mqtttest.PKI{CA: f.CA, CAPEM: f.CAPEM, Pool: f.Pool}
+	brk := mqtttest.StartEmbedded(t, pki)
+	_, stderr, err := run(t, "breach", "--dir", dir, "--broker", brk.URL(), "--incident", "INC-1")
+	if err != nil || strings.Contains(stderr, "WARNING") {
+		t.Fatalf("breach with the rollout running: %v\n%s", err, stderr)
+	}
+	st := `{"aborted":true,"reason":"12 of 40 certificates not confirmed","aborted_at":"2026-11-27T03:00:00Z"}`
+	if err := os.WriteFile(f.RolloutPath(), []byte(st), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	stdout, stderr, err := run(t, "breach", "--dir", dir, "--broker", brk.URL(), "--incident", "INC-2")
+	if err != nil || !strings.Contains(stdout, "breach INC-2") {
+		t.Fatalf("breach with the rollout aborted: %v\n%s", err, stdout)
+	}
+	want := "the signers aborted the last rollout at 2026-11-27T03:00:00Z (12 of 40 certificates not confirmed): no device rotates until you run: fleetctl rollout resume --dir " + dir
+	if !strings.Contains(stderr, want) {
+		t.Fatalf("breach did not warn of the aborted rollout:\n%s", stderr)
+	}
+	if _, stderr, _ := run(t, "status", "--dir", dir, "--broker", brk.URL()); !strings.Contains(stderr, want) {
+		t.Errorf("status did not warn of the aborted rollout:\n%s", stderr)
+	}
+}

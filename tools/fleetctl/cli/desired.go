@@ -13,6 +13,7 @@ import (
 	"github.com/camagent/camagent/certs"
 	"github.com/camagent/camagent/internal/cappedfile"
 	"github.com/camagent/camagent/tools/fleetctl/fleet"
+	"github.com/camagent/camagent/tools/fleetctl/signer"
 	"github.com/camagent/camagent/tools/fleetctl/status"
 )
 
@@ -91,6 +92,7 @@ func rotateCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		target = *device
 	}
 	fmt.Fprintf(stdout, "desired credential epoch of %s raised to %d (version %d); follow it with fleetctl status --wait 10m\n", target, got.Epoch, got.Version)
+	warnAborted(f, *dir, stderr)
 	return nil
 }
 
@@ -140,7 +142,23 @@ func breachCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		fmt.Fprintf(stdout, "key set v%d published and in force (%d command keys, %d grant keys)\n", ks.Version, len(ks.CommandKeys), len(ks.GrantKeys))
 	}
 	fmt.Fprintln(stdout, "follow it with: fleetctl status --wait 10m")
+	warnAborted(f, *dir, stderr)
 	return nil
+}
+
+// warnAborted says so on w when the signers' rollout controls aborted the last rollout: until
+// someone resumes it no certificate is issued, so a breach or rotation just published would
+// make no progress, `status --wait` would only show it stalling, and scheduled renewals fail.
+func warnAborted(f *fleet.Fleet, dir string, w io.Writer) {
+	st, err := signer.LoadRollout(f.RolloutPath())
+	if err != nil {
+		fmt.Fprintf(w, "warning: cannot read the rollout state: %v\n", err)
+		return
+	}
+	if st.Aborted {
+		fmt.Fprintf(w, "WARNING: the signers aborted the last rollout at %s (%s): no device rotates until you run: fleetctl rollout resume --dir %s\n",
+			st.AbortedAt.UTC().Format(time.RFC3339), st.Reason, dir)
+	}
 }
 
 // statusEvery bounds how often --wait recomputes the report while messages stream in.
@@ -164,6 +182,9 @@ func statusCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	}
 	defer op.Close()
 	r := col.Report()
+	// Before a --wait that could only watch it stall: and even a converged fleet needs the
+	// signers for its scheduled renewals.
+	warnAborted(f, *dir, stderr)
 	if *wait > 0 {
 		r, err = follow(ctx, col, *wait, stderr, op.Client().Reconnect)
 		if err != nil {
