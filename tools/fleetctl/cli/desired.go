@@ -200,8 +200,12 @@ func statusCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		return err
 	}
 	if *wait > 0 && !r.Converged {
-		return fmt.Errorf("status: not converged within %s: %d of %d devices converged (%d rotating, %d failed, %d behind)",
-			*wait, r.Counts.Converged, r.Total, r.Counts.Rotating, r.Counts.Failed, r.Counts.Behind)
+		hint := ""
+		if r.Counts.Rotating+r.Counts.Behind > 0 {
+			hint = "; a device rotates only while a signer runs (fleetctl serve, its log says what it refused) and it can reach the broker"
+		}
+		return fmt.Errorf("status: not converged within %s: %d of %d devices converged (%d rotating, %d failed, %d behind)%s",
+			*wait, r.Counts.Converged, r.Total, r.Counts.Rotating, r.Counts.Failed, r.Counts.Behind, hint)
 	}
 	return nil
 }
