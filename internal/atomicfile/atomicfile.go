@@ -9,13 +9,27 @@ package atomicfile
 import (
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 )
 
 // WriteFile atomically replaces path with data, with permission perm.
 // The directory must exist. On error the target is left as it was.
-func WriteFile(path string, data []byte, perm os.FileMode) (err error) {
+func WriteFile(path string, data []byte, perm os.FileMode) error {
+	return WriteFileFrom(path, perm, func(w io.Writer) error {
+		if _, err := w.Write(data); err != nil {
+			return fmt.Errorf("atomicfile: write %s: %w", path, err)
+		}
+		return nil
+	})
+}
+
+// WriteFileFrom is WriteFile for contents too large to hold in memory: write streams them to
+// the temporary file (unbuffered: wrap it in a bufio.Writer and flush it for many small
+// writes). If write returns an error, the temporary file is removed, path is left
+// as it was, and that error is returned as it is.
+func WriteFileFrom(path string, perm os.FileMode, write func(w io.Writer) error) (err error) {
 	dir := filepath.Dir(path)
 	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
 	if err != nil {
@@ -31,8 +45,8 @@ func WriteFile(path string, data []byte, perm os.FileMode) (err error) {
 	if err = f.Chmod(perm); err != nil {
 		return fmt.Errorf("atomicfile: chmod %s: %w", tmp, err)
 	}
-	if _, err = f.Write(data); err != nil {
-		return fmt.Errorf("atomicfile: write %s: %w", tmp, err)
+	if err = write(f); err != nil {
+		return err
 	}
 	if err = f.Sync(); err != nil {
 		return fmt.Errorf("atomicfile: fsync %s: %w", tmp, err)

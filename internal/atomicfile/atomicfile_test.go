@@ -1,6 +1,8 @@
 package atomicfile
 
 import (
+	"errors"
+	"io"
 	"os"
 	"path/filepath"
 	"testing"
@@ -46,5 +48,35 @@ func TestEnsurePrivateDirTightensMode(t *testing.T) {
 	fi, _ := os.Stat(d)
 	if fi.Mode().Perm() != 0o700 {
 		t.Fatalf("mode %v, want 0700", fi.Mode().Perm())
+	}
+}
+
+// A write that fails leaves the file as it was and no temporary file, and its error comes back
+// as it is.
+func TestWriteFileFromAbortsOnTheWritersError(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, "log")
+	if err := WriteFile(p, []byte("old"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	stop := errors.New("nothing to replace")
+	err := WriteFileFrom(p, 0o600, func(w io.Writer) error {
+		io.WriteString(w, "half of the new")
+		return stop
+	})
+	if err != stop {
+		t.Fatalf("err = %v, want the writer's own", err)
+	}
+	if b, _ := os.ReadFile(p); string(b) != "old" {
+		t.Fatalf("the file holds %q", b)
+	}
+	if ents, _ := os.ReadDir(dir); len(ents) != 1 {
+		t.Fatalf("temporary files left behind: %v", ents)
+	}
+	if err := WriteFileFrom(p, 0o600, func(w io.Writer) error { _, err := io.WriteString(w, "new"); return err }); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(p); string(b) != "new" {
+		t.Fatalf("the file holds %q", b)
 	}
 }

@@ -65,33 +65,55 @@ func (r *Registry) Compact(now time.Time) (Compacted, error) {
 		return Compacted{}, err
 	}
 	keep := r.idx.compactKeep(now)
-	var kept, dropped bytes.Buffer
 	var res Compacted
-	br := bufio.NewReaderSize(io.NewSectionReader(old, 0, r.off), 64<<10)
-	for {
-		line, err := br.ReadBytes('\n')
-		if errors.Is(err, io.EOF) {
-			break // r.off ends at a complete line
-		}
-		if err != nil {
-			return Compacted{}, fmt.Errorf("registry: compact %s: %w", r.path, err)
-		}
-		if keepLine(line, keep, now) {
-			kept.Write(line)
-			res.Kept++
-		} else {
-			dropped.Write(line)
+	var archive *archiveWriter
+	defer func() { archive.close() }()
+	// Kept lines stream into the new log, dropped ones into the archive, which is synced
+	// before the new log replaces the old. Nothing dropped: no new log, no archive write.
+	err := atomicfile.WriteFileFrom(r.path, 0o600, func(w io.Writer) error {
+		kept := bufio.NewWriterSize(w, 64<<10)
+		br := bufio.NewReaderSize(io.NewSectionReader(old, 0, r.off), 64<<10)
+		for {
+			line, err := br.ReadBytes('\n')
+			if errors.Is(err, io.EOF) {
+				break // r.off ends at a complete line
+			}
+			if err != nil {
+				return fmt.Errorf("registry: compact %s: %w", r.path, err)
+			}
+			if keepLine(line, keep, now) {
+				res.Kept++
+				if _, err := kept.Write(line); err != nil {
+					return fmt.Errorf("registry: compact %s: %w", r.path, err)
+				}
+				continue
+			}
 			res.Dropped++
+			if archive == nil {
+				if archive, err = openArchive(r.path + ArchiveSuffix); err != nil {
+					return fmt.Errorf("registry: compact %s: archive: %w", r.path, err)
+				}
+			}
+			if err := archive.write(line); err != nil {
+				return fmt.Errorf("registry: compact %s: archive: %w", r.path, err)
+			}
 		}
-	}
-	if res.Dropped == 0 {
+		if res.Dropped == 0 {
+			return errNothingDropped
+		}
+		if err := archive.sync(); err != nil {
+			return fmt.Errorf("registry: compact %s: archive: %w", r.path, err)
+		}
+		if err := kept.Flush(); err != nil {
+			return fmt.Errorf("registry: compact %s: %w", r.path, err)
+		}
+		return nil
+	})
+	if errors.Is(err, errNothingDropped) {
 		return res, nil
 	}
-	if err := appendSynced(r.path+ArchiveSuffix, dropped.Bytes()); err != nil {
-		return Compacted{}, fmt.Errorf("registry: compact %s: archive: %w", r.path, err)
-	}
-	if err := atomicfile.WriteFile(r.path, kept.Bytes(), 0o600); err != nil {
-		return Compacted{}, fmt.Errorf("registry: compact %s: %w", r.path, err)
+	if err != nil {
+		return Compacted{}, err
 	}
 	// This process reads the new log from now on; the old file's lock goes with its close.
 	f, err := os.OpenFile(r.path, os.O_RDWR|os.O_APPEND, 0)
@@ -137,22 +159,43 @@ func (x *index) compactKeep(now time.Time) map[string]bool {
 	return keep
 }
 
-// appendSynced appends b to the file at path (made 0600) and syncs it.
-func appendSynced(path string, b []byte) error {
+// errNothingDropped stops a compaction that would rewrite the log as it is.
+var errNothingDropped = errors.New("registry: nothing to drop")
+
+// archiveWriter appends the dropped records to the archive.
+type archiveWriter struct {
+	f  *os.File
+	bw *bufio.Writer
+}
+
+// openArchive opens the archive at path for appending, creating it 0600.
+func openArchive(path string) (*archiveWriter, error) {
 	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
 	if err != nil {
+		return nil, err
+	}
+	return &archiveWriter{f: f, bw: bufio.NewWriterSize(f, 64<<10)}, nil
+}
+
+func (a *archiveWriter) write(line []byte) error {
+	_, err := a.bw.Write(line)
+	return err
+}
+
+// sync makes what was written durable, the archive's directory entry too.
+func (a *archiveWriter) sync() error {
+	if err := a.bw.Flush(); err != nil {
 		return err
 	}
-	if _, err := f.Write(b); err != nil {
-		f.Close()
+	if err := a.f.Sync(); err != nil {
 		return err
 	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
+	return atomicfile.SyncDir(filepath.Dir(a.f.Name()))
+}
+
+// close closes the archive; a nil archiveWriter is fine.
+func (a *archiveWriter) close() {
+	if a != nil {
+		a.f.Close()
 	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	return atomicfile.SyncDir(filepath.Dir(path))
 }
