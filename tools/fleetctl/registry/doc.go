@@ -8,7 +8,8 @@
 // fsync per transaction (Registry.Update), so a decision such as "has this request been
 // answered already?" and the record that answers it are atomic across processes. Readers need
 // no lock: each Registry keeps an in-memory index that it extends whenever the file has grown,
-// so Revoked is a stat(2) and a map lookup, cheap enough for every broker CONNECT.
+// so Revoked is two stat(2) calls (the open file and the path, which a compaction replaces)
+// and a map lookup, cheap enough for every broker CONNECT.
 //
 // A record half-written by a process that died is cut off by the next writer; a line that does
 // not parse is logged and skipped, never a reason to stop serving.

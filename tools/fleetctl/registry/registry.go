@@ -88,7 +88,7 @@ func (r *Registry) Close() error {
 }
 
 // Refresh indexes the records other processes appended since the last read. Every read
-// method calls it; it is a stat(2) when nothing changed.
+// method calls it; it is an fstat(2) and a stat(2) of the path when nothing changed.
 func (r *Registry) Refresh() error {
 	r.mu.RLock()
 	if r.closed {
@@ -255,7 +255,7 @@ func (r *Registry) certificateLocked(e *entry) (*x509.Certificate, error) {
 }
 
 // Revoked reports whether serial was revoked. It is meant for broker.Config.Revoked: a
-// stat(2) and a map lookup, and it sees revocations by other processes at once.
+// pair of stat(2) calls and a map lookup, and it sees revocations by other processes at once.
 func (r *Registry) Revoked(serial *big.Int) bool {
 	if serial == nil {
 		return false
