@@ -175,10 +175,10 @@ func Init(dir string, o InitOptions) (*Fleet, error) {
 	if err := writeFile(dir, keySetFile, ks, 0o644); err != nil {
 		return nil, err
 	}
-	if err := issueKeyPair(dir, ca, certs.IssueRequest{Role: certs.RoleOperator, Name: DefaultOperator, Now: o.Now}, operatorCert, operatorKey); err != nil {
+	if err := issueKeyPair(dir, ca, certs.IssueRequest{Role: certs.RoleOperator, Name: DefaultOperator, Now: o.Now}, operatorCert, operatorKey, nil); err != nil {
 		return nil, err
 	}
-	if err := issueKeyPair(dir, ca, certs.IssueRequest{Role: certs.RoleSigner, Name: DefaultSigner, Now: o.Now}, signerCert, signerKey); err != nil {
+	if err := issueKeyPair(dir, ca, certs.IssueRequest{Role: certs.RoleSigner, Name: DefaultSigner, Now: o.Now}, signerCert, signerKey, nil); err != nil {
 		return nil, err
 	}
 	sreq := certs.IssueRequest{Role: certs.RoleServer, Name: "camagent broker", Now: o.Now}
@@ -189,7 +189,7 @@ func Init(dir string, o InitOptions) (*Fleet, error) {
 			sreq.DNSNames = append(sreq.DNSNames, h)
 		}
 	}
-	if err := issueKeyPair(dir, ca, sreq, serverCert, serverKey); err != nil {
+	if err := issueKeyPair(dir, ca, sreq, serverCert, serverKey, nil); err != nil {
 		return nil, err
 	}
 	meta, _ := json.MarshalIndent(Meta{Name: o.Name, Broker: o.Broker, DeviceValidity: int64(o.DeviceValidity / time.Second)}, "", "  ")
@@ -231,7 +231,10 @@ func newKeyFile(dir, kind string) (*certs.SigningKey, error) {
 	return k, writeSigningKey(dir, filepath.Join(keysDir, kind+"-"+k.ID()+".key"), k)
 }
 
-func issueKeyPair(dir string, ca *certs.CA, req certs.IssueRequest, certName, keyName string) error {
+// issueKeyPair makes a key, has ca issue req's certificate for it, and keeps both in dir as
+// keyName and certName. record, if not nil, sees the certificate before any file is written
+// and can stop it: a certificate the registry does not know is never kept.
+func issueKeyPair(dir string, ca *certs.CA, req certs.IssueRequest, certName, keyName string, record func(*x509.Certificate) error) error {
 	key, err := certs.GenerateKey()
 	if err != nil {
 		return err
@@ -240,6 +243,11 @@ func issueKeyPair(dir string, ca *certs.CA, req certs.IssueRequest, certName, ke
 	c, err := ca.Issue(req)
 	if err != nil {
 		return err
+	}
+	if record != nil {
+		if err := record(c); err != nil {
+			return err
+		}
 	}
 	if err := certs.WriteKeyFile(filepath.Join(dir, keyName), key); err != nil {
 		return err

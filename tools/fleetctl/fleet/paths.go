@@ -45,7 +45,7 @@ func (f *Fleet) SignerCertificate() (*tls.Certificate, error) {
 			return nil, err
 		}
 		req := certs.IssueRequest{Role: certs.RoleSigner, Name: DefaultSigner, Now: time.Now()}
-		if err := issueKeyPair(f.Dir, f.CA, req, signerCert, signerKey); err != nil {
+		if err := issueKeyPair(f.Dir, f.CA, req, signerCert, signerKey, nil); err != nil {
 			return nil, err
 		}
 	}
@@ -83,18 +83,7 @@ func (f *Fleet) ViewerCertificate(name string) (*tls.Certificate, error) {
 	} else if _, err := os.Stat(filepath.Join(f.Dir, keyName)); errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("fleet: viewer:%s was issued to a camview that keeps its own key (fleetctl viewer): run camview there with --identity, or pick another --name", name)
 	}
-	c, err := loadPair(f.Dir, certName, keyName)
-	if err != nil {
-		return nil, err
-	}
-	if now := time.Now(); c.Leaf.NotAfter.Sub(now) < RenewBefore {
-		// A new key and certificate: the old certificate runs out by itself.
-		if err := f.issueViewerKeyPair(name, certName, keyName, now); err != nil {
-			return nil, err
-		}
-		return loadPair(f.Dir, certName, keyName)
-	}
-	return c, nil
+	return f.loadRenewing(certName, keyName, time.Now())
 }
 
 // DefaultViewer is camview's default viewer relay name: viewer:web.

@@ -63,7 +63,11 @@ func (f *Fleet) loadRenewing(certName, keyName string, now time.Time) (*tls.Cert
 	if err != nil {
 		return nil, fmt.Errorf("fleet: renew %s: %w", certName, err)
 	}
-	if err := issueKeyPair(f.Dir, f.CA, req, certName, keyName); err != nil {
+	var record func(*x509.Certificate) error
+	if req.Role == certs.RoleViewer {
+		record = func(c *x509.Certificate) error { return f.recordViewer(c, now) }
+	}
+	if err := issueKeyPair(f.Dir, f.CA, req, certName, keyName, record); err != nil {
 		return nil, fmt.Errorf("fleet: renew %s: %w", certName, err)
 	}
 	return loadPair(f.Dir, certName, keyName)
@@ -80,7 +84,7 @@ func renewalRequest(old *x509.Certificate, now time.Time) (certs.IssueRequest, e
 		return certs.IssueRequest{}, err
 	}
 	switch role {
-	case certs.RoleOperator, certs.RoleSigner:
+	case certs.RoleOperator, certs.RoleSigner, certs.RoleViewer:
 		return certs.IssueRequest{Role: role, Name: name, Now: now}, nil
 	}
 	return certs.IssueRequest{}, fmt.Errorf("%s is not an identity the fleet directory renews", certs.CertIdentity(old))

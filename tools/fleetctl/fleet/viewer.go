@@ -71,21 +71,8 @@ func (f *Fleet) IssueViewer(csrPEM []byte, now time.Time) ([]byte, *x509.Certifi
 // issueViewerKeyPair issues viewer:<name> a certificate for a key made here, records it, and
 // keeps both in the fleet directory (the camview --fleet way).
 func (f *Fleet) issueViewerKeyPair(name, certName, keyName string, now time.Time) error {
-	key, err := certs.GenerateKey()
-	if err != nil {
-		return err
-	}
-	c, err := f.CA.Issue(certs.IssueRequest{Role: certs.RoleViewer, Name: name, PublicKey: key.Public(), Now: now})
-	if err != nil {
-		return err
-	}
-	if err := f.recordViewer(c, now); err != nil {
-		return err
-	}
-	if err := certs.WriteKeyFile(filepath.Join(f.Dir, keyName), key); err != nil {
-		return err
-	}
-	return writeFile(f.Dir, certName, certs.EncodeCertPEM(c), 0o644)
+	req := certs.IssueRequest{Role: certs.RoleViewer, Name: name, Now: now}
+	return issueKeyPair(f.Dir, f.CA, req, certName, keyName, func(c *x509.Certificate) error { return f.recordViewer(c, now) })
 }
 
 // recordViewer records the viewer certificate c in the registry.
