@@ -34,6 +34,10 @@ const renewLock = ".renew.lock"
 // expires within RenewBefore of now, or the key is not the certificate's (a renewal that
 // stopped between writing the key and the certificate), it first issues a new key and
 // certificate for the same identity, under a lock shared with other processes.
+//
+// A renewal that fails (a fleet directory this user may only read) while the certificate is
+// still valid is not an error: the certificate is used, and the next process that can write
+// renews it. Once it has expired, the renewal's error is returned.
 func (f *Fleet) loadRenewing(certName, keyName string, now time.Time) (*tls.Certificate, error) {
 	c, err := loadPair(f.Dir, certName, keyName)
 	if err == nil && c.Leaf.NotAfter.Sub(now) >= RenewBefore {
@@ -42,6 +46,15 @@ func (f *Fleet) loadRenewing(certName, keyName string, now time.Time) (*tls.Cert
 	if err != nil && !errors.Is(err, certs.ErrKeyMismatch) {
 		return nil, err
 	}
+	renewed, rerr := f.renew(certName, keyName, now)
+	if rerr != nil && err == nil && now.Before(c.Leaf.NotAfter) {
+		return c, nil
+	}
+	return renewed, rerr
+}
+
+// renew issues a new key and certificate for the identity of certName, under the renewal lock.
+func (f *Fleet) renew(certName, keyName string, now time.Time) (*tls.Certificate, error) {
 	unlock, err := lockDir(filepath.Join(f.Dir, renewLock))
 	if err != nil {
 		return nil, fmt.Errorf("fleet: renew %s: %w", certName, err)

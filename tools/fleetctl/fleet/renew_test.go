@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"io"
 	"log/slog"
+	"os"
 	"path/filepath"
 	"slices"
 	"sync/atomic"
@@ -141,5 +142,31 @@ func TestRefreshHandsOverARenewedCertificate(t *testing.T) {
 	time.Sleep(20 * time.Millisecond)
 	if len(got) != 0 {
 		t.Error("the same renewed certificate was handed over again")
+	}
+}
+
+// A fleet directory this user may only read: a certificate due for renewal but still valid is
+// used as it is; once expired, the failed renewal is the error.
+func TestARenewalThatCannotWriteUsesTheValidCertificate(t *testing.T) {
+	// File modes do not stop root, who runs CI: the renewal is made impossible by a
+	// directory where its lock file would go.
+	f := initAt(t, time.Now().Add(-70*24*time.Hour))
+	// The renewal lock cannot be made: its path is a directory.
+	if err := os.Mkdir(filepath.Join(f.Dir, ".renew.lock"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	c, err := f.OperatorCertificate()
+	if err != nil {
+		t.Fatalf("a valid certificate due for renewal, renewal impossible: %v", err)
+	}
+	if time.Until(c.Leaf.NotAfter) > fleet.RenewBefore {
+		t.Fatal("renewed although the renewal could not take its lock")
+	}
+	g := initAt(t, time.Now().Add(-100*24*time.Hour)) // the operator's certificate expired 10 days ago
+	if err := os.Mkdir(filepath.Join(g.Dir, ".renew.lock"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := g.OperatorCertificate(); err == nil {
+		t.Fatal("an expired certificate whose renewal failed was handed out")
 	}
 }
