@@ -134,7 +134,7 @@ func Dial(ctx context.Context, cfg Config) (*Relay, error) {
 
 // DialFleet dials the broker of fleet f (or brokerOverride when not empty) as the viewer
 // relay identity viewer:<name>, with that identity's certificate from the fleet directory
-// (issued there on first use). log may be nil.
+// (issued there on first use, renewed there while the relay runs). log may be nil.
 func DialFleet(ctx context.Context, f *fleet.Fleet, name, brokerOverride string, log *slog.Logger) (*Relay, error) {
 	identity, err := certs.IdentityFor(certs.RoleViewer, name)
 	if err != nil {
@@ -152,12 +152,25 @@ func DialFleet(ctx context.Context, f *fleet.Fleet, name, brokerOverride string,
 	if err != nil {
 		return nil, fmt.Errorf("relay: %w", err)
 	}
-	return Dial(ctx, Config{
+	holder := certs.NewHolder(cert)
+	r, err := Dial(ctx, Config{
 		BrokerURL: broker,
-		TLS:       certs.ClientTLSConfig(f.Pool, host, certs.NewHolder(cert)),
+		TLS:       certs.ClientTLSConfig(f.Pool, host, holder),
 		ClientID:  fleet.ClientID(identity),
 		Logger:    log,
 	})
+	if err != nil {
+		return nil, err
+	}
+	// A camview serve runs for months; the identity lasts 90 days. The fleet directory renews
+	// it, and the next connection presents the new certificate.
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	refreshCtx, stop := context.WithCancel(context.Background())
+	go func() { <-r.closed; stop() }()
+	go fleet.Refresh(refreshCtx, fleet.CertificateRefresh, cert, func() (*tls.Certificate, error) { return f.ViewerCertificate(name) }, holder.Set, log)
+	return r, nil
 }
 
 // Close ends the MQTT session and waits for it. Offers still waiting return ErrClosed. Close
