@@ -44,15 +44,7 @@ func (fx *fixture) open(t *testing.T) *registry.Registry {
 
 func (fx *fixture) issue(t *testing.T, role certs.Role, device string) *x509.Certificate {
 	t.Helper()
-	key, err := certs.GenerateKey()
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := fx.ca.Issue(certs.IssueRequest{Role: role, Name: device, PublicKey: key.Public(), Now: t0})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return c
+	return fx.issueAt(t, role, device, t0)
 }
 
 func (fx *fixture) issued(t *testing.T, c *x509.Certificate, via, reqID string, at time.Time) registry.Record {
