@@ -517,7 +517,12 @@ func (s *Server) attachClient(cl *Client, listener string) error {
 	s.Log.Debug("client disconnected", "error", err, "client", cl.ID, "remote", cl.Net.Remote, "listener", listener)
 
 	expire := (cl.Properties.ProtocolVersion == 5 && cl.Properties.Props.SessionExpiryInterval == 0) || (cl.Properties.ProtocolVersion < 5 && cl.Properties.Clean)
+	// camagent patch 10: under the session's lock, so that a storage hook recording when a
+	// kept session's connection ended sees whether a new connection has taken it over, and
+	// its record lands before the new connection's.
+	unlock = s.lockSession(cl.ID)
 	s.hooks.OnDisconnect(cl, err, expire)
+	unlock()
 
 	if expire && !cl.IsTakenOver() {
 		cl.ClearInflights()
@@ -1740,10 +1745,19 @@ func (s *Server) loadSubscriptions(v []storage.Subscription) {
 			NoLocal:           sub.NoLocal,
 			Identifier:        sub.Identifier,
 		}
+		// camagent patch 10: a subscription of a session that is not there (one that ended
+		// with a clean session or expired while its copies were being written) is deleted
+		// from the store, not made a subscription of nobody that matches publishes forever.
+		cl, ok := s.Clients.Get(sub.Client)
+		if !ok {
+			s.hooks.OnUnsubscribed(s.NewClient(nil, "", sub.Client, false), packets.Packet{
+				FixedHeader: packets.FixedHeader{Type: packets.Unsubscribe},
+				Filters:     packets.Subscriptions{sb},
+			})
+			continue
+		}
 		if s.Topics.Subscribe(sub.Client, sb) {
-			if cl, ok := s.Clients.Get(sub.Client); ok {
-				cl.State.Subscriptions.Add(sub.Filter, sb)
-			}
+			cl.State.Subscriptions.Add(sub.Filter, sb)
 		}
 	}
 }
@@ -1772,6 +1786,13 @@ func (s *Server) loadClients(v []storage.Client) {
 
 		// cancel the context, update cl.State such as disconnected time and stopCause.
 		cl.Stop(packets.ErrServerShuttingDown)
+		// camagent patch 10: the session's expiry counts from when its connection ended,
+		// if the store knows (else from now): v2.7.9 restarted every session's clock at
+		// every start, so a broker restarted more often than the expiry interval never
+		// expired any.
+		if c.Disconnected > 0 && c.Disconnected < cl.StopTime() {
+			atomic.StoreInt64(&cl.State.disconnected, c.Disconnected)
+		}
 
 		expire := (cl.Properties.ProtocolVersion == 5 && cl.Properties.Props.SessionExpiryInterval == 0) || (cl.Properties.ProtocolVersion < 5 && cl.Properties.Clean)
 		s.hooks.OnDisconnect(cl, packets.ErrServerShuttingDown, expire)
@@ -1789,6 +1810,10 @@ func (s *Server) loadInflight(v []storage.Message) {
 	for _, msg := range v {
 		if client, ok := s.Clients.Get(msg.Client); ok {
 			client.State.Inflight.Set(msg.ToPacket())
+		} else {
+			// camagent patch 10: a message for a session that is not there is deleted from
+			// the store (v2.7.9 left it there, to be read at every start).
+			s.hooks.OnQosDropped(s.NewClient(nil, "", msg.Client, false), msg.ToPacket())
 		}
 	}
 }
@@ -1815,10 +1840,32 @@ func (s *Server) clearExpiredClients(dt int64) {
 		}
 
 		if disconnected+int64(expire) < dt {
-			s.hooks.OnClientExpired(client)
-			s.Clients.Delete(id) // [MQTT-4.1.0-2]
+			s.expireClient(id, client)
 		}
 	}
+}
+
+// expireClient ends the expired session of client, known as id. camagent patch 10: v2.7.9
+// only deleted the client from s.Clients (and its record from the store): its subscriptions
+// stayed in s.Topics and its queued messages in the store, so every later publish to its
+// topics still went to a session that no longer existed, and every start loaded them again.
+// Now the session's subscriptions and queued messages go with it (with their stored copies),
+// and the check that it is still the session of id is made under the lock of id's session:
+// a client that connected since the sweep's snapshot has taken it over and keeps it.
+func (s *Server) expireClient(id string, client *Client) {
+	unlock := s.lockSession(id)
+	defer unlock()
+	if cur, ok := s.Clients.Get(id); !ok || cur != client || client.IsTakenOver() || client.StopTime() == 0 {
+		return
+	}
+	s.UnsubscribeClient(client)
+	client.ClearInflights()
+	s.hooks.OnClientExpired(client)
+	// Last, so that whoever counts s.Clients sees the session gone once it is gone everywhere.
+	// A publish that found the client before the unsubscribe can still queue a message on it
+	// after the clear; the client is unreachable once deleted, and loadInflight deletes the
+	// message's stored copy at the next start.
+	s.Clients.Delete(id) // [MQTT-4.1.0-2]
 }
 
 // clearExpiredRetainedMessage deletes retained messages from topics if they have expired.

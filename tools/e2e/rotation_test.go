@@ -19,6 +19,7 @@ import (
 	"github.com/camagent/camagent/certs"
 	"github.com/camagent/camagent/internal/clock/clocktest"
 	"github.com/camagent/camagent/tools/fleetctl/fleet"
+	"github.com/camagent/camagent/tools/fleetctl/fleettest"
 	"github.com/camagent/camagent/tools/fleetctl/status"
 	"github.com/camagent/camagent/transport/mqtt/topic"
 )
@@ -217,6 +218,44 @@ func TestFleetConvergesAfterBreachIncludingOfflineDevices(t *testing.T) {
 			}
 		}
 	})
+}
+
+// A device away longer than the broker's session expiry comes back to no session: the breach
+// notice queued for it went with the session. It converges all the same, from the retained
+// notice, since it subscribes again on every connect (R2). Embedded broker only: Mosquitto's
+// persistent_client_expiration counts in hours (its rendering is checked with every Mosquitto
+// test, which refuses to start on a value it cannot read).
+func TestADeviceWhoseSessionExpiredConvergesWhenItReturns(t *testing.T) {
+	f, _ := newFleet(t)
+	addr := fleettest.FreeAddr(t)
+	brokerOut := fleettest.Background(t, "broker", "--dir", f.Dir, "--listen", addr, "--session-expiry", "1s")
+	fleettest.WaitTLS(t, f, addr)
+	e := &env{name: "embedded", f: f, url: "mqtts://" + addr, applyCRL: func(testing.TB) {}}
+	fleettest.StartSigner(t, f, e.url, "--log-level", "warn")
+
+	stays := startAgent(t, enroll(t, f, "cam-0000"), e.url, fastRotation)
+	awayDir := enroll(t, f, "cam-0001")
+	away := startAgent(t, awayDir, e.url, fastRotation)
+	stays.waitConnected(t)
+	away.waitConnected(t)
+	away.stop(t)
+
+	fleetctl(t, "breach", "--dir", f.Dir, "--broker", e.url, "--incident", "INC-2019-12")
+	waitFor(t, time.Minute, "the device still online to converge", func() bool { return stays.Epoch() >= 1 })
+	brokerOut.WaitFor(t, `msg="broker: session expired" client_id=cam-0001 `)
+	if strings.Contains(brokerOut.String(), "client_id=cam-0000 ") {
+		t.Fatalf("the session of the device that stayed expired:\n%s", brokerOut.String())
+	}
+
+	away = startAgent(t, awayDir, e.url, fastRotation)
+	waitFor(t, time.Minute, "the device whose session expired to converge", func() bool { return away.Epoch() >= 1 })
+	waitFor(t, time.Minute, "status to report the whole fleet converged", func() bool {
+		r := statusReport(t, e)
+		return r.Converged && r.Total == 2
+	})
+	if away.Rotations() != 1 {
+		t.Fatalf("the returning device rotated %d times for one breach", away.Rotations())
+	}
 }
 
 // signGrant signs a viewer grant with the fleet's grant key.

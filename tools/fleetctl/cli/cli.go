@@ -168,6 +168,7 @@ func brokerCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	data := fs.String("data", "", "persistence directory for sessions and retained messages (default <dir>/broker/data)")
 	poll := fs.Duration("revocation-poll", signer.DefaultEnforceInterval, "how often to look for newly revoked certificates, to cut their live sessions")
 	connRate := fs.Float64("max-connect-rate", 0, "budget of new connections per second (TLS handshakes started); a connection whose turn would come more than 5 s later is closed and its client retries with backoff; 0: no limit")
+	sessionExpiry := fs.Duration("session-expiry", broker.DefaultSessionExpiry, "how long the persistent session of a client that is away is kept, with what is queued for it; a device away longer subscribes again and converges from the retained desired state (whole seconds)")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the broker to this file when it stops (SIGTERM or SIGINT), for go tool pprof")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -226,6 +227,7 @@ func brokerCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		Revoked:        reg.Revoked,
 		Logger:         log,
 		MaxConnectRate: *connRate,
+		SessionExpiry:  *sessionExpiry,
 	})
 	if err != nil {
 		return err
@@ -251,6 +253,7 @@ func mosquittoCmd(_ context.Context, args []string, stdout, stderr io.Writer) er
 	out := fs.String("out", "mosquitto", "directory to write mosquitto.conf and acl into")
 	port := fs.Int("port", 8883, "listener port")
 	bind := fs.String("bind", "127.0.0.1", "listener address")
+	sessionExpiry := fs.Duration("session-expiry", mosquitto.DefaultSessionExpiry, "persistent_client_expiration: how long Mosquitto keeps the persistent session of a client that is away, with what is queued for it (whole hours)")
 	user := fs.String("user", "", "account Mosquitto runs as when started as root (it must be able to read the broker key and the CRL in the fleet directory); empty: Mosquitto's default, mosquitto")
 	viewers := []string{fleet.DefaultViewer}
 	fs.Func("viewer", "name of a viewer relay identity (camview --name) to allow besides "+fleet.DefaultViewer+" and those the fleet has issued; repeatable", func(n string) error {
@@ -318,6 +321,7 @@ func mosquittoCmd(_ context.Context, args []string, stdout, stderr io.Writer) er
 		ACLFile:        acl,
 		PersistenceDir: filepath.Join(abs(*out), "data") + "/",
 		User:           *user,
+		SessionExpiry:  *sessionExpiry,
 	}
 	if err := mc.Validate(); err != nil {
 		return err

@@ -9,7 +9,10 @@
 //   - every publish, subscription and delivery is checked with acl.Allowed, and a will message
 //     is checked when the client connects;
 //   - sessions, subscriptions, queued QoS 1/2 messages and retained messages survive a restart
-//     when Config.DataDir is set (R3).
+//     when Config.DataDir is set (R3);
+//   - a persistent session ends, with its subscriptions and queued messages, once its client
+//     has stayed away for Config.SessionExpiry (Mosquitto's persistent_client_expiration), so
+//     the cameras a fleet loses over the years do not pile up in the broker.
 //
 // The broker must never let a client act under another identity, never deliver a message the
 // ACL refuses, never log a payload (packets mochi logs are reduced to type, topic and size),
@@ -43,6 +46,11 @@ const (
 	DefaultMaxPacketSize = 262144
 	// DefaultConnectTimeout is how long a new connection has for its TLS handshake and CONNECT.
 	DefaultConnectTimeout = 10 * time.Second
+	// DefaultSessionExpiry is how long a persistent session outlives its connection. It is
+	// the rendered Mosquitto configuration's default too (mosquitto.DefaultSessionExpiry).
+	// A device away longer loses only what was queued for it: it subscribes again on every
+	// connect and converges from the retained desired state (docs/protocol.md).
+	DefaultSessionExpiry = 30 * 24 * time.Hour
 )
 
 // listenerID is the one listener's id; mochi stores it with each persisted session.
@@ -85,6 +93,12 @@ type Config struct {
 	// broker's host can take. The budget is smooth (a burst of one): no second sees more than
 	// MaxConnectRate handshakes start, plus one. Zero means no limit.
 	MaxConnectRate float64
+	// SessionExpiry is how long a persistent session (MQTT 3.1.1 CleanSession false; an MQTT
+	// 5 client's own interval is capped at it) outlives its client's connection. Then the
+	// session ends with its subscriptions and queued messages, in the store too. It counts
+	// from when the connection ended, across restarts. Whole seconds; zero means
+	// DefaultSessionExpiry.
+	SessionExpiry time.Duration
 	// Logger receives connection refusals, ACL denials (identity and topic, never payloads) and
 	// mochi's own messages. Nil discards them.
 	Logger *slog.Logger
@@ -152,6 +166,12 @@ func New(cfg Config) (*Broker, error) {
 	if cfg.MaxConnectRate < 0 || math.IsNaN(cfg.MaxConnectRate) || math.IsInf(cfg.MaxConnectRate, 0) {
 		return nil, fmt.Errorf("broker: Config.MaxConnectRate %v is not a rate", cfg.MaxConnectRate)
 	}
+	if cfg.SessionExpiry == 0 {
+		cfg.SessionExpiry = DefaultSessionExpiry
+	}
+	if cfg.SessionExpiry < time.Second || cfg.SessionExpiry%time.Second != 0 || cfg.SessionExpiry/time.Second >= math.MaxUint32 {
+		return nil, fmt.Errorf("broker: Config.SessionExpiry %v must be whole seconds, at least 1s and under 2^32 s", cfg.SessionExpiry)
+	}
 	if cfg.Now == nil {
 		cfg.Now = cfg.TLS.Time
 	}
@@ -192,6 +212,9 @@ func (b *Broker) Start() error {
 	// QoS 2 flow under the client's packet id in the same table as the server's deliveries,
 	// where it can overwrite one (upstream #545); at most QoS 1 that flow never exists.
 	caps.MaximumQos = 1
+	// mochi's default never ends a session. With it, mochi ends the session of a client away
+	// for longer, with its subscriptions and queued messages (camagent patch 10).
+	caps.MaximumSessionExpiryInterval = uint32(b.cfg.SessionExpiry / time.Second)
 	srv := mqtt.New(&mqtt.Options{
 		Capabilities: caps,
 		Logger:       b.log,
@@ -261,6 +284,19 @@ func (b *Broker) PeakAdmitted() int {
 		return ln.admitted.peak()
 	}
 	return 0
+}
+
+// Sessions returns how many sessions the broker keeps: its connected clients and the
+// persistent sessions of clients that are away and have not yet expired (Config.SessionExpiry).
+// It is 0 before Start.
+func (b *Broker) Sessions() int {
+	b.mu.Lock()
+	srv := b.srv
+	b.mu.Unlock()
+	if srv == nil {
+		return 0
+	}
+	return srv.Clients.Len()
 }
 
 // listener returns the broker's listener; nil before Start.

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/tls"
 	"fmt"
+	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
@@ -37,6 +38,7 @@ func (h *hook) Provides(event byte) bool {
 		mqtt.OnPublish,
 		mqtt.OnPublished,
 		mqtt.OnWillSent,
+		mqtt.OnClientExpired,
 	}, []byte{event})
 }
 
@@ -164,6 +166,13 @@ func (h *hook) OnWillSent(cl *mqtt.Client, pk packets.Packet) {
 		return
 	}
 	h.b.cfg.OnPublish(cl.ID, pk.TopicName, pk.Payload, pk.FixedHeader.Retain)
+}
+
+// OnClientExpired logs a persistent session that ended because its client stayed away for
+// Config.SessionExpiry: an operator looking for a camera that went quiet finds when.
+func (h *hook) OnClientExpired(cl *mqtt.Client) {
+	h.b.log.Info("broker: session expired", "client_id", clip(cl.ID),
+		"away_since", time.Unix(cl.StopTime(), 0).UTC().Format(time.RFC3339), "expiry", h.b.cfg.SessionExpiry.String())
 }
 
 func (h *hook) denied(cl *mqtt.Client, what, topic string) {

@@ -13,6 +13,7 @@ import (
 	"bytes"
 	"fmt"
 	"strings"
+	"time"
 	"unicode"
 
 	"github.com/camagent/camagent/certs"
@@ -25,6 +26,11 @@ const DefaultPort = 8883
 // DefaultMaxPacketSize caps an MQTT packet, in bytes, when Conf.MaxPacketSize is zero. It is
 // the embedded broker's default too.
 const DefaultMaxPacketSize = 262144
+
+// DefaultSessionExpiry is how long Mosquitto keeps the persistent session of a client that is
+// away (persistent_client_expiration) when Conf.SessionExpiry is zero: the embedded broker's
+// default too.
+const DefaultSessionExpiry = 30 * 24 * time.Hour
 
 // Ciphers are the OpenSSL names of the TLS 1.2 suites the fleet allows: ECDHE key exchange and
 // AEAD only, the same set as certs.CipherSuites. TLS 1.3 suites are all AEAD with ephemeral
@@ -66,6 +72,11 @@ type Conf struct {
 	MaxPacketSize int
 	// LogDest is where Mosquitto logs: "stderr" or "stdout". Empty means "stderr".
 	LogDest string
+	// SessionExpiry is how long a persistent session outlives its client's connection
+	// (persistent_client_expiration): then Mosquitto drops it with its subscriptions and
+	// queued messages. Mosquitto counts it in hours at the finest, so it must be whole hours.
+	// Zero means DefaultSessionExpiry.
+	SessionExpiry time.Duration
 }
 
 // Validate reports the first field of c that RenderConf cannot render faithfully, naming it.
@@ -99,6 +110,9 @@ func (c Conf) Validate() error {
 	}
 	if c.LogDest != "" && c.LogDest != "stderr" && c.LogDest != "stdout" {
 		return fmt.Errorf("mosquitto: Conf.LogDest %q must be stderr or stdout", c.LogDest)
+	}
+	if c.SessionExpiry < 0 || c.SessionExpiry%time.Hour != 0 || c.SessionExpiry/time.Hour > 1<<20 {
+		return fmt.Errorf("mosquitto: Conf.SessionExpiry %v must be whole hours (Mosquitto counts no finer), at most 2^20 h", c.SessionExpiry)
 	}
 	if strings.ContainsAny(c.User, " \t") {
 		return fmt.Errorf("mosquitto: Conf.User %q holds white space", c.User)
@@ -151,6 +165,10 @@ func RenderConf(c Conf) []byte {
 	if maxPacket == 0 {
 		maxPacket = DefaultMaxPacketSize
 	}
+	expiry := c.SessionExpiry
+	if expiry == 0 {
+		expiry = DefaultSessionExpiry
+	}
 	logDest := c.LogDest
 	if logDest == "" {
 		logDest = "stderr"
@@ -170,6 +188,10 @@ func RenderConf(c Conf) []byte {
 	b.WriteString("\n# Sessions, queued QoS 1 messages and retained messages survive a restart (R3).\n")
 	b.WriteString("persistence true\n")
 	fmt.Fprintf(&b, "persistence_location %s\n", c.PersistenceDir)
+	b.WriteString("# The session of a client away this long ends with its subscriptions and queued messages, so\n")
+	b.WriteString("# the cameras a fleet loses do not pile up here; one that comes back subscribes again and\n")
+	b.WriteString("# converges from the retained desired state.\n")
+	fmt.Fprintf(&b, "persistent_client_expiration %dh\n", expiry/time.Hour)
 	if c.User != "" {
 		fmt.Fprintf(&b, "\n# Account to run as when started as root.\nuser %s\n", c.User)
 	}

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/camagent/camagent/certs"
 	"github.com/camagent/camagent/transport/mqtt/acl"
@@ -95,6 +96,9 @@ func TestValidateNamesTheBadField(t *testing.T) {
 		{"a tiny packet cap is refused", with(func(c *Conf) { c.MaxPacketSize = 10 }), "Conf.MaxPacketSize"},
 		{"a log file destination is refused", with(func(c *Conf) { c.LogDest = "file /tmp/x" }), "Conf.LogDest"},
 		{"a user with a space is refused", with(func(c *Conf) { c.User = "root x" }), "Conf.User"},
+		{"a session expiry in whole days is valid", with(func(c *Conf) { c.SessionExpiry = 7 * 24 * time.Hour }), ""},
+		{"a session expiry finer than hours is refused", with(func(c *Conf) { c.SessionExpiry = 90 * time.Minute }), "Conf.SessionExpiry"},
+		{"a negative session expiry is refused", with(func(c *Conf) { c.SessionExpiry = -time.Hour }), "Conf.SessionExpiry"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -290,19 +294,19 @@ func deviceIDLevel(topic string) bool {
 // FuzzRenderConf checks that no field value can add a line of its own to the configuration:
 // every line is blank, a comment, or one of the directives RenderConf writes, each once.
 func FuzzRenderConf(f *testing.F) {
-	f.Add("127.0.0.1", "/ca.pem", "/crl.pem", "/data", "root", 8883, 0)
-	f.Add("", "/ca.pem\nallow_anonymous true", "", "/data\r\nlistener 1883", "", 0, 100)
-	f.Add("::1 ", " /ca.pem", "/crl\u2028acl_file /x", "/d", "mosquitto\tx", -1, 19)
+	f.Add("127.0.0.1", "/ca.pem", "/crl.pem", "/data", "root", 8883, 0, int64(0))
+	f.Add("", "/ca.pem\nallow_anonymous true", "", "/data\r\nlistener 1883", "", 0, 100, int64(time.Hour))
+	f.Add("::1 ", " /ca.pem", "/crl\u2028acl_file /x", "/d", "mosquitto\tx", -1, 19, int64(time.Minute))
 	known := map[string]bool{
 		"per_listener_settings": true, "allow_anonymous": true, "acl_file": true, "max_packet_size": true, "set_tcp_nodelay": true, "max_queued_messages": true,
-		"persistence": true, "persistence_location": true, "user": true, "log_dest": true,
+		"persistence": true, "persistence_location": true, "persistent_client_expiration": true, "user": true, "log_dest": true,
 		"connection_messages": true, "log_timestamp": true, "listener": true, "protocol": true,
 		"cafile": true, "certfile": true, "keyfile": true, "crlfile": true, "require_certificate": true,
 		"use_identity_as_username": true, "tls_version": true, "ciphers": true, invalidDirective: true,
 	}
-	f.Fuzz(func(t *testing.T, bind, ca, crl, dir, user string, port, maxPacket int) {
+	f.Fuzz(func(t *testing.T, bind, ca, crl, dir, user string, port, maxPacket int, expiry int64) {
 		c := Conf{Bind: bind, Port: port, CAFile: ca, CertFile: "/s.pem", KeyFile: "/s.key", CRLFile: crl,
-			ACLFile: "/acl", PersistenceDir: dir, User: user, MaxPacketSize: maxPacket}
+			ACLFile: "/acl", PersistenceDir: dir, User: user, MaxPacketSize: maxPacket, SessionExpiry: time.Duration(expiry)}
 		out := RenderConf(c)
 		seen := make(map[string]bool)
 		for _, line := range strings.Split(string(out), "\n") {

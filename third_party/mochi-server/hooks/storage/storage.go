@@ -42,6 +42,9 @@ type Client struct {
 	Listener        string           `json:"listener"`        // the listener the client connected on
 	ProtocolVersion byte             `json:"protocolVersion"` // mqtt protocol version of the client
 	Clean           bool             `json:"clean"`           // if the client requested a clean start/session
+	// camagent patch 10: when the session's connection ended (unix seconds), 0 while it is
+	// connected. A restart counts the session's expiry from it, not from the restart.
+	Disconnected int64 `json:"disconnected,omitempty"`
 }
 
 // ClientProperties contains a limited set of the mqtt v5 properties specific to a client connection.

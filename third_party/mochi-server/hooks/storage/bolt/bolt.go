@@ -187,7 +187,8 @@ func (h *Hook) updateClient(cl *mqtt.Client) {
 			User:                  props.User,
 			MaximumPacketSize:     props.MaximumPacketSize,
 		},
-		Will: storage.ClientWill(cl.Properties.Will),
+		Will:         storage.ClientWill(cl.Properties.Will),
+		Disconnected: cl.StopTime(), // camagent patch 10
 	}
 
 	_ = h.setKv(clientKey(cl), in)
@@ -200,11 +201,18 @@ func (h *Hook) OnDisconnect(cl *mqtt.Client, _ error, expire bool) {
 		return
 	}
 
-	if !expire {
+	if cl.StopCause() == packets.ErrSessionTakenOver {
 		return
 	}
 
-	if cl.StopCause() == packets.ErrSessionTakenOver {
+	if !expire {
+		// camagent patch 10: the session stays; record when its connection ended, so that
+		// its expiry still counts from then after a restart. The server calls OnDisconnect
+		// under the session's lock, so a client that took the session over has either
+		// marked this one taken over by now or will write its own record after this one.
+		if !cl.IsTakenOver() {
+			h.updateClient(cl)
+		}
 		return
 	}
 
