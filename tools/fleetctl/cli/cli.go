@@ -39,6 +39,7 @@ commands:
   rollout resume    let the signer issue again after it aborted a rollout
   ping              send a signed ping to a device and print its reply and the round-trip time
   grant             sign a grant to watch one device's live video (for camview), valid until it expires or the next rotation
+  retire            take devices out of the fleet for good (broken, sold, stolen): revoke them, refuse them new certificates, clear their retained state
   viewer            sign the CSR of a camview that made its own key into its viewer bundle (camview --identity); --revoke NAME
 
 Every command takes --dir, the fleet directory (default ./fleet).
@@ -58,6 +59,7 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		"mosquitto-config": mosquittoCmd,
 		"serve":            serveCmd,
 		"rotate":           rotateCmd,
+		"retire":           retireCmd,
 		"breach":           breachCmd,
 		"status":           statusCmd,
 		"keys":             keysCmd,
@@ -130,6 +132,7 @@ func enrollCmd(_ context.Context, args []string, stdout, stderr io.Writer) error
 	fs, dir := newFlags("enroll", stderr)
 	csrPath := fs.String("csr", "", "the device's enrollment request: its device and bootstrap CSRs (from camagent enroll --id)")
 	out := fs.String("out", "", "where to write the device bundle (default <device-id>.bundle.json)")
+	reinstate := fs.Bool("reinstate", false, "enroll a device that was retired (fleetctl retire) again: a camera back from repair, with new keys")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -145,6 +148,19 @@ func enrollCmd(_ context.Context, args []string, stdout, stderr io.Writer) error
 		return fmt.Errorf("enroll: %w", err)
 	}
 	defer f.Close()
+	if *reinstate {
+		id, err := fleet.EnrollmentDevice(csr)
+		if err != nil {
+			return err
+		}
+		was, err := f.Reinstate(id, time.Now())
+		if err != nil {
+			return err
+		}
+		if was {
+			fmt.Fprintf(stdout, "reinstated %s: it was retired; its old certificates stay revoked\n", id)
+		}
+	}
 	b, c, err := f.Enroll(csr, time.Now())
 	if err != nil {
 		return err

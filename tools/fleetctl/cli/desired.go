@@ -33,8 +33,16 @@ func addOperatorFlags(fs *flag.FlagSet) operatorFlags {
 // readFleetState connects as the operator, subscribed to every device's retained state and
 // to the desired state, and returns once the retained messages are in the collector. Close
 // the session when done; it keeps feeding the collector until then.
-func readFleetState(ctx context.Context, f *fleet.Fleet, of operatorFlags) (*fleet.Operator, *status.Collector, error) {
+// Retired devices (fleetctl retire) are left out of the collector's reports; if the registry
+// cannot be read they are not, and a warning says so on warn.
+func readFleetState(ctx context.Context, f *fleet.Fleet, of operatorFlags, warn io.Writer) (*fleet.Operator, *status.Collector, error) {
 	col := status.NewCollector(f.RootKey(), f.KeySet())
+	if reg, err := f.OpenRegistry(nil); err != nil {
+		fmt.Fprintf(warn, "warning: cannot read the registry, so retired devices are counted too: %v\n", err)
+	} else {
+		col.Retire(reg.RetiredDevices()...)
+		reg.Close()
+	}
 	ctx, cancel := context.WithTimeout(ctx, *of.timeout)
 	defer cancel()
 	op, err := f.Dial(ctx, fleet.OperatorOptions{Broker: *of.broker, Subscriptions: status.Filters(), OnMessage: col.Add})
@@ -68,7 +76,12 @@ func rotateCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err != nil {
 		return err
 	}
-	op, col, err := readFleetState(ctx, f, of)
+	if *device != "" {
+		if err := refuseRetired(f, "rotate", *device); err != nil {
+			return err
+		}
+	}
+	op, col, err := readFleetState(ctx, f, of, stderr)
 	if err != nil {
 		return err
 	}
@@ -121,7 +134,7 @@ func breachCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 			return fmt.Errorf("breach: --keyset %s: %w", *keyset, err)
 		}
 	}
-	op, col, err := readFleetState(ctx, f, of)
+	op, col, err := readFleetState(ctx, f, of, stderr)
 	if err != nil {
 		return err
 	}
@@ -161,6 +174,21 @@ func warnAborted(f *fleet.Fleet, dir string, w io.Writer) {
 	}
 }
 
+// refuseRetired returns an error if device was retired (fleetctl retire): a command for it
+// would wait for a device that is out of the fleet.
+func refuseRetired(f *fleet.Fleet, cmd, device string) error {
+	reg, err := f.OpenRegistry(nil)
+	if err != nil {
+		return fmt.Errorf("%s: %w", cmd, err)
+	}
+	defer reg.Close()
+	if since, ok := reg.Retired(device); ok {
+		return fmt.Errorf("%s: %s was retired on %s (fleetctl retire); enroll it again with fleetctl enroll --reinstate first",
+			cmd, device, since.UTC().Format(time.RFC3339))
+	}
+	return nil
+}
+
 // statusEvery bounds how often --wait recomputes the report while messages stream in.
 const statusEvery = 200 * time.Millisecond
 
@@ -176,7 +204,7 @@ func statusCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err != nil {
 		return err
 	}
-	op, col, err := readFleetState(ctx, f, of)
+	op, col, err := readFleetState(ctx, f, of, stderr)
 	if err != nil {
 		return err
 	}

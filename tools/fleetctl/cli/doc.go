@@ -34,6 +34,13 @@
 // the configuration again (`fleetctl mosquitto-config`) and send Mosquitto SIGHUP: each
 // device's bootstrap identity needs its own ACL user block.
 //
+// # Cameras that leave the fleet
+//
+// `fleetctl retire --device ID` (or `--from FILE`) takes a camera out for good: its
+// certificates and its bootstrap identity's are revoked, no signer issues it another, its
+// retained state is cleared and `status` leaves it out, so a breach rollout is not held up by
+// cameras that will never come back. `fleetctl enroll --reinstate` lets one back in.
+//
 // # Signer instances
 //
 // Each `fleetctl serve --name N` keeps a persistent MQTT session (client id

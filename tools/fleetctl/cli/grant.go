@@ -46,7 +46,10 @@ func grantCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return err
 	}
-	op, col, err := readFleetState(ctx, f, of)
+	if err := refuseRetired(f, "grant", *device); err != nil {
+		return err
+	}
+	op, col, err := readFleetState(ctx, f, of, stderr)
 	if err != nil {
 		return err
 	}

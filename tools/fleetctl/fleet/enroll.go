@@ -22,7 +22,8 @@ const MaxEnrollmentSize = 2 * certs.MaxCSRSize
 // and one for bootstrap:<id> with a different key. Enroll issues both — the device certificate
 // for fleet.json's device lifetime, the bootstrap certificate for
 // certs.DefaultBootstrapValidity — records both in the registry with the token hash (never the
-// token), and puts the bootstrap certificate in the bundle's BootstrapCertPEM.
+// token), and puts the bootstrap certificate in the bundle's BootstrapCertPEM. It refuses a
+// device that was retired (ErrRetired) until it is reinstated (Reinstate).
 func (f *Fleet) Enroll(req []byte, now time.Time) ([]byte, *x509.Certificate, error) {
 	dev, boot, err := parseEnrollment(req)
 	if err != nil {
@@ -56,6 +57,9 @@ func (f *Fleet) Enroll(req []byte, now time.Time) ([]byte, *x509.Certificate, er
 	// Recorded before the bundle exists: a certificate the registry does not know is never
 	// handed out.
 	if err := reg.Update(func(tx *registry.Tx) error {
+		if since, ok := tx.Retired(id); ok {
+			return fmt.Errorf("%w on %s: run fleetctl enroll --reinstate to enroll it again", ErrRetired, since.UTC().Format(time.RFC3339))
+		}
 		if err := tx.Append(devRec); err != nil {
 			return err
 		}
@@ -77,6 +81,16 @@ func (f *Fleet) Enroll(req []byte, now time.Time) ([]byte, *x509.Certificate, er
 		return nil, nil, fmt.Errorf("fleet: enroll: %w", err)
 	}
 	return b, c, nil
+}
+
+// EnrollmentDevice returns the device id an enrollment request is for, after the checks
+// Enroll makes of the request itself.
+func EnrollmentDevice(req []byte) (string, error) {
+	dev, _, err := parseEnrollment(req)
+	if err != nil {
+		return "", fmt.Errorf("fleet: enroll: %w", err)
+	}
+	return dev.Subject.CommonName, nil
 }
 
 // parseEnrollment splits an enrollment request into the device CSR and the bootstrap CSR and

@@ -261,6 +261,21 @@ func (o *Operator) Sync(ctx context.Context) error {
 	}
 }
 
+// ClearDevice deletes the retained messages the fleet keeps about device: its state
+// (dev/<id>/up/state) and its own desired state (dev/<id>/down/desired), by publishing them
+// empty and retained. For a device that left the fleet (RetireDevices).
+func (o *Operator) ClearDevice(ctx context.Context, device string) error {
+	if err := certs.ValidDeviceID(device); err != nil {
+		return fmt.Errorf("fleet: clear device: %w", err)
+	}
+	for _, t := range []string{topic.State(device), topic.DeviceDesired(device)} {
+		if err := o.client.Publish(ctx, t, 1, true, nil); err != nil {
+			return fmt.Errorf("fleet: clear %s: %w", t, err)
+		}
+	}
+	return nil
+}
+
 // PublishDesired signs d (SignDesired) and publishes it retained, QoS 1, on the target's
 // desired-state topic: fleet/down/desired for certs.TargetFleet, else dev/<id>/down/desired.
 // It sets d.Version from NextSeq and d.IssuedAt from now, and returns the document as signed.

@@ -37,8 +37,8 @@ type Compacted struct {
 // Compact rewrites the log without the records of certificates that expired more than
 // CompactAfter before now, so the log and every process's index stop growing with the fleet's
 // history. It keeps every device's newest certificate whatever its age (the log still knows
-// the device), every record of a certificate it keeps, and revocations of serials it never
-// issued for revocationKeep. The records it drops are appended to the archive beside the log
+// the device), every record of a certificate it keeps, revocations of serials it never issued
+// for revocationKeep, and the retirement records of every device that is retired. The records it drops are appended to the archive beside the log
 // (path + ArchiveSuffix) and synced before the log is replaced, so nothing is lost (a crash
 // between the two leaves them in both, and the next Compact archives them again). The new log
 // replaces the old by rename, under the log's lock; other processes notice on their next read
@@ -81,7 +81,7 @@ func (r *Registry) Compact(now time.Time) (Compacted, error) {
 			if err != nil {
 				return fmt.Errorf("registry: compact %s: %w", r.path, err)
 			}
-			if keepLine(line, keep, now) {
+			if keepLine(line, keep, r.idx.retired, now) {
 				res.Kept++
 				if _, err := kept.Write(line); err != nil {
 					return fmt.Errorf("registry: compact %s: %w", r.path, err)
@@ -129,11 +129,17 @@ func (r *Registry) Compact(now time.Time) (Compacted, error) {
 }
 
 // keepLine decides one line of the log: a line that does not parse is dropped (readers skip
-// it anyway, and the archive keeps it).
-func keepLine(line []byte, keep map[string]bool, now time.Time) bool {
+// it anyway, and the archive keeps it). The retirement and reinstatement records of a device
+// that is retired are all kept, in their order, which still ends retired; those of a device
+// that is not are dropped together.
+func keepLine(line []byte, keep map[string]bool, retired map[string]time.Time, now time.Time) bool {
 	var rec Record
 	if len(line) > MaxRecordSize || strictjson.Unmarshal(bytes.TrimSuffix(line, []byte("\n")), &rec) != nil {
 		return false
+	}
+	if rec.Type == TypeRetired || rec.Type == TypeReinstated {
+		_, ok := retired[rec.Device]
+		return ok
 	}
 	if keep[rec.Serial] {
 		return true

@@ -69,12 +69,13 @@ type index struct {
 	devices     map[string][]*entry // in issue order
 	issues      []*entry            // ViaCSR and ViaBoot, in log order
 	revoked     map[string]bool
-	revocations []Revocation // in log order
+	revocations []Revocation         // in log order
+	retired     map[string]time.Time // device id → when it was retired, while it is
 	records     int
 }
 
 func newIndex() *index {
-	return &index{serials: map[string]*entry{}, devices: map[string][]*entry{}, revoked: map[string]bool{}}
+	return &index{serials: map[string]*entry{}, devices: map[string][]*entry{}, revoked: map[string]bool{}, retired: map[string]time.Time{}}
 }
 
 // apply adds one record read from (or about to be written to) the file at off.
@@ -113,7 +114,22 @@ func (x *index) apply(r *Record, off int64, der []byte) {
 			rv.NotAfter = e.NotAfter
 		}
 		x.revocations = append(x.revocations, rv)
+	case TypeRetired:
+		if _, ok := x.retired[r.Device]; !ok {
+			x.retired[r.Device] = r.Time
+		}
+	case TypeReinstated:
+		delete(x.retired, r.Device)
 	}
+}
+
+func (x *index) retiredDevices() []string {
+	out := make([]string, 0, len(x.retired))
+	for id := range x.retired {
+		out = append(out, id)
+	}
+	sort.Strings(out)
+	return out
 }
 
 func (x *index) cert(serial string) (Cert, bool) {

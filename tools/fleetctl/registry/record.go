@@ -23,6 +23,12 @@ const (
 	TypeConfirmed Type = "confirmed"
 	// TypeRevoked records that a serial must no longer be accepted by any broker.
 	TypeRevoked Type = "revoked"
+	// TypeRetired records that a device left the fleet for good (`fleetctl retire`): no
+	// certificate is issued to it again, through either of its identities, until it is
+	// reinstated. It carries no serial: the certificates are revoked by records of their own.
+	TypeRetired Type = "retired"
+	// TypeReinstated ends a device's retirement (`fleetctl enroll --reinstate`).
+	TypeReinstated Type = "reinstated"
 )
 
 // How a certificate came to be issued (Record.Via).
@@ -50,8 +56,9 @@ var (
 // Record is one line of the log. Which fields are set depends on Type; Validate says.
 type Record struct {
 	Type Type `json:"type"`
-	// Serial is the certificate serial in lower-case hex, without leading zeros.
-	Serial string `json:"serial"`
+	// Serial is the certificate serial in lower-case hex, without leading zeros; empty in
+	// TypeRetired and TypeReinstated records.
+	Serial string `json:"serial,omitempty"`
 	// Device is the device id the certificate belongs to (for a bootstrap certificate, the
 	// device it serves), or for a viewer relay's certificate its identity viewer:<name>.
 	Device string `json:"device"`
@@ -116,6 +123,19 @@ func isViewer(subject string) bool {
 func (r *Record) Validate() error {
 	bad := func(format string, args ...any) error {
 		return fmt.Errorf("%w: %s record: %s", ErrInvalidRecord, r.Type, fmt.Sprintf(format, args...))
+	}
+	if r.Type == TypeRetired || r.Type == TypeReinstated {
+		// A device's status, not a certificate's: no serial, no certificate fields.
+		if err := certs.ValidDeviceID(r.Device); err != nil {
+			return bad("%v", err)
+		}
+		if r.Serial != "" || r.Role != "" || r.Via != "" || r.Epoch != 0 || r.TokenHash != "" || r.ReqID != "" || r.NotAfter != 0 || len(r.Cert) != 0 {
+			return bad("carries certificate fields")
+		}
+		if r.Time.IsZero() {
+			return bad("no time")
+		}
+		return nil
 	}
 	if !serialRe.MatchString(r.Serial) {
 		return bad("serial %q", r.Serial)

@@ -307,6 +307,24 @@ func (r *Registry) Devices() []string {
 	return r.idx.deviceIDs()
 }
 
+// Retired reports whether device is retired (TypeRetired, not reinstated since), and since
+// when.
+func (r *Registry) Retired(device string) (time.Time, bool) {
+	r.refresh()
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	t, ok := r.idx.retired[device]
+	return t, ok
+}
+
+// RetiredDevices returns the ids of the devices that are retired, sorted.
+func (r *Registry) RetiredDevices() []string {
+	r.refresh()
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	return r.idx.retiredDevices()
+}
+
 // Outcomes counts the rotation certificates issued at or after since and what became of them
 // by now, given confirmTimeout.
 func (r *Registry) Outcomes(since, now time.Time, confirmTimeout time.Duration) Outcome {
@@ -437,6 +455,12 @@ func (tx *Tx) DeviceCerts(device string) []Cert { return tx.r.idx.deviceCerts(de
 
 // Known reports whether the log holds a device certificate for device, i.e. it was enrolled.
 func (tx *Tx) Known(device string) bool { return tx.r.idx.known(device) }
+
+// Retired reports whether device is retired, and since when.
+func (tx *Tx) Retired(device string) (time.Time, bool) {
+	t, ok := tx.r.idx.retired[device]
+	return t, ok
+}
 
 // FindRequest returns the device certificate last issued to device for the rotation attempt
 // reqID, with the certificate itself.

@@ -333,6 +333,7 @@ func FuzzOpen(f *testing.F) {
 	f.Add([]byte("{\"type\":\"confirmed\",\"serial\":\"ab\",\"device\":\"cam-0001\",\"time\":\"2026-11-01T12:00:00Z\"}\n{\"type\""))
 	f.Add([]byte("\n\n{}\n"))
 	f.Add([]byte(`{"type":"revoked","serial":"cd","device":"viewer:cloud","time":"2026-11-01T12:00:00Z"}` + "\n"))
+	f.Add([]byte(`{"type":"retired","device":"cam-0001","time":"2026-11-01T12:00:00Z"}` + "\n" + `{"type":"reinstated","device":"cam-0001","time":"2026-11-01T13:00:00Z"}` + "\n"))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		path := filepath.Join(t.TempDir(), "log.jsonl")
 		if err := os.WriteFile(path, b, 0o600); err != nil {
@@ -347,6 +348,11 @@ func FuzzOpen(f *testing.F) {
 		for _, d := range r.Devices() {
 			if strings.Contains(d, ":") {
 				t.Fatalf("Devices lists %q, which is no device id", d)
+			}
+		}
+		for _, d := range r.RetiredDevices() {
+			if certs.ValidDeviceID(d) != nil {
+				t.Fatalf("RetiredDevices lists %q, which is no device id", d)
 			}
 		}
 	})

@@ -122,6 +122,11 @@ func (s *Signer) request(tx *registry.Tx, r *request, st *RolloutState, now time
 	if cn := r.csr.Subject.CommonName; cn != r.device {
 		return refuse(wire.ErrCodeRefused, "the csr names another identity", "csr_identity", clip(cn))
 	}
+	if since, retired := tx.Retired(r.device); retired {
+		// Through either identity: a retired camera that still holds its factory bootstrap
+		// identity must not get back into the fleet with it.
+		return refuse(wire.ErrCodeRefused, "the device was retired (fleetctl retire)", "retired", since.UTC().Format(time.RFC3339))
+	}
 	if r.via == registry.ViaBoot && !tx.Known(r.device) {
 		return refuse(wire.ErrCodeRefused, "bootstrap request for a device that was never enrolled")
 	}

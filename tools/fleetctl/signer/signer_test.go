@@ -200,6 +200,40 @@ func TestRequestsTheSignerMustRefuse(t *testing.T) {
 	}, fleettest.Identities("cam-0001", "cam-ghost"))
 }
 
+// A retired device gets no certificate, through its own identity or its factory bootstrap
+// identity, even over connections its broker still lets through (Mosquitto until restarted
+// with the CRL).
+func TestARetiredDeviceGetsNoCertificateThroughEitherIdentity(t *testing.T) {
+	f, pki := fleettest.NewFleet(t)
+	ids := []string{"cam-0001", "cam-0002"} // one per broker: the fleet is shared, and a retired id stays retired
+	n := 0
+	mqtttest.ForEachBroker(t, pki, func(t *testing.T, b mqtttest.Broker) {
+		id := ids[n]
+		n++
+		e := fleettest.Enroll(t, f, id)
+		s := startSigner(t, f, b.URL(), "a", nil)
+		d := fleettest.Connect(t, f, b.URL(), e.Cert)
+		bd := fleettest.Connect(t, f, b.URL(), e.Boot)
+		if _, err := f.RetireDevices([]string{id}, time.Now()); err != nil {
+			t.Fatal(err)
+		}
+		for _, c := range []*fleettest.Device{d, bd} {
+			req, _ := fleettest.NewRequest(t, id, 1)
+			c.Send(t, req)
+			if r := c.AwaitFor(t, req.ReqID); r.Error != wire.ErrCodeRefused || r.Cert != "" {
+				t.Fatalf("answer %+v, want refused", r)
+			}
+		}
+		s.log.WaitFor(t, fleettest.Timeout, "the device was retired", id, "via=csr")
+		s.log.WaitFor(t, fleettest.Timeout, "the device was retired", id, "via=boot")
+		for _, c := range fleetRegistry(t, f).DeviceCerts(id) {
+			if !c.IsRevoked() {
+				t.Fatalf("the retired device's %s certificate %s is not revoked", c.Role, c.Serial)
+			}
+		}
+	}, fleettest.Identities(ids...))
+}
+
 func TestARetriedRequestGetsTheSameCertificate(t *testing.T) {
 	f, pki := fleettest.NewFleet(t)
 	e := fleettest.Enroll(t, f, "cam-0001")

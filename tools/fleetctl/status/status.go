@@ -50,6 +50,7 @@ type Collector struct {
 	fleet    *certs.Desired
 	desired  map[string]*certs.Desired
 	states   map[string]*wire.DeviceState
+	retired  map[string]bool
 	rejected int
 	changed  chan struct{}
 }
@@ -57,7 +58,19 @@ type Collector struct {
 // NewCollector returns a Collector that believes desired-state documents signed by ks's
 // command keys, or by a newer key set signed by root.
 func NewCollector(root ed25519.PublicKey, ks *certs.KeySet) *Collector {
-	return &Collector{root: root, ks: ks, desired: map[string]*certs.Desired{}, states: map[string]*wire.DeviceState{}, changed: make(chan struct{})}
+	return &Collector{root: root, ks: ks, desired: map[string]*certs.Desired{}, states: map[string]*wire.DeviceState{}, retired: map[string]bool{}, changed: make(chan struct{})}
+}
+
+// Retire leaves devices out of every report: they left the fleet for good (`fleetctl
+// retire`), and whatever retained state of theirs is still around is no rollout's business.
+// Reports count them as Retired.
+func (c *Collector) Retire(ids ...string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	defer c.notifyLocked()
+	for _, id := range ids {
+		c.retired[id] = true
+	}
 }
 
 // Add takes one message; an empty payload clears what the topic said. Messages on other
@@ -196,8 +209,11 @@ type Report struct {
 	Counts Counts `json:"counts"`
 	// Converged is set when every device has converged (and vacuously for no devices).
 	Converged bool `json:"converged"`
-	// Devices are the devices that published state or were given a desired state, by id.
+	// Devices are the devices that published state or were given a desired state, by id,
+	// except retired ones.
 	Devices []Device `json:"devices"`
+	// Retired counts the retired devices (Collector.Retire) whose retained state was left out.
+	Retired int `json:"retired,omitempty"`
 }
 
 // Counts are the devices by state.
@@ -243,6 +259,10 @@ func (c *Collector) Report() Report {
 		ids[id] = true
 	}
 	for id := range ids {
+		if c.retired[id] {
+			r.Retired++
+			continue
+		}
 		d := Device{ID: id, DesiredEpoch: c.desiredEpochLocked(id), State: Behind}
 		if s := c.states[id]; s != nil {
 			d.Epoch, d.CertSerial, d.Rotation, d.LastError, d.Firmware, d.KeySet = s.Epoch, s.CertSerial, s.Rotation, s.LastError, s.Firmware, s.KeySet
@@ -298,8 +318,12 @@ func (r Report) WriteTable(w io.Writer) error {
 	if r.Incident != "" {
 		fleet += " (incident " + r.Incident + ")"
 	}
-	if _, err := fmt.Fprintf(w, "%s: %d devices: %d converged, %d rotating, %d failed, %d behind\n\n",
-		fleet, r.Total, r.Counts.Converged, r.Counts.Rotating, r.Counts.Failed, r.Counts.Behind); err != nil {
+	retired := ""
+	if r.Retired > 0 {
+		retired = fmt.Sprintf(" (%d retired devices left out)", r.Retired)
+	}
+	if _, err := fmt.Fprintf(w, "%s: %d devices: %d converged, %d rotating, %d failed, %d behind%s\n\n",
+		fleet, r.Total, r.Counts.Converged, r.Counts.Rotating, r.Counts.Failed, r.Counts.Behind, retired); err != nil {
 		return err
 	}
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)

@@ -130,3 +130,35 @@ func TestMaxEpochCoversDevicesAheadOfTheFleet(t *testing.T) {
 		t.Fatalf("DesiredEpoch %d, want 5", e)
 	}
 }
+
+// A retired device is left out of the report, so a fleet whose only stragglers are cameras
+// that left it for good has converged.
+func TestRetiredDevicesAreLeftOut(t *testing.T) {
+	f := newFleet(t)
+	c := status.NewCollector(f.RootKey(), f.KeySet())
+	c.Add("fleet/down/desired", desired(t, f, certs.TargetFleet, 2, "INC-7"))
+	c.Add("dev/cam-0001/up/state", state(2, wire.RotationIdle, ""))
+	c.Add("dev/cam-0002/up/state", state(1, wire.RotationIdle, ""))      // gone for good
+	c.Add("dev/cam-0003/down/desired", desired(t, f, "cam-0003", 3, "")) // gone before it reported
+	if r := c.Report(); r.Converged || r.Counts.Behind != 2 {
+		t.Fatalf("before the retirement: %+v", r.Counts)
+	}
+	changed := c.Changed()
+	c.Retire("cam-0002", "cam-0003", "cam-0009")
+	select {
+	case <-changed:
+	default:
+		t.Fatal("Retire did not signal a change to a waiting follower")
+	}
+	r := c.Report()
+	if !r.Converged || r.Total != 1 || r.Retired != 2 || len(r.Devices) != 1 || r.Devices[0].ID != "cam-0001" {
+		t.Fatalf("after the retirement: %+v", r)
+	}
+	var table bytes.Buffer
+	if err := r.WriteTable(&table); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Contains(table.Bytes(), []byte("1 devices: 1 converged, 0 rotating, 0 failed, 0 behind (2 retired devices left out)")) {
+		t.Fatalf("table:\n%s", table.String())
+	}
+}
