@@ -245,7 +245,10 @@ func publishState(t *testing.T, f *fleet.Fleet, url, id string, s wire.DeviceSta
 	if err != nil {
 		t.Fatal(err)
 	}
-	s.V, s.Firmware, s.CertSerial, s.CertNotAfter, s.Updated = wire.Version, "1.0.0", cert.Leaf.SerialNumber.Text(16), cert.Leaf.NotAfter.Unix(), time.Now().Unix()
+	s.V, s.Firmware, s.CertSerial, s.CertNotAfter = wire.Version, "1.0.0", cert.Leaf.SerialNumber.Text(16), cert.Leaf.NotAfter.Unix()
+	if s.Updated == 0 {
+		s.Updated = time.Now().Unix()
+	}
 	b, err := wire.Encode(&s)
 	if err != nil {
 		t.Fatal(err)

@@ -6,6 +6,8 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/schollz/progressbar/v3"
@@ -174,6 +176,19 @@ func warnAborted(f *fleet.Fleet, dir string, w io.Writer) {
 	}
 }
 
+// parseDays parses a duration the way time.ParseDuration does, and also a whole number of
+// days, "60d", the unit an operator thinks of cameras gone quiet in.
+func parseDays(v string) (time.Duration, error) {
+	if n, ok := strings.CutSuffix(v, "d"); ok {
+		days, err := strconv.ParseUint(n, 10, 16)
+		if err != nil {
+			return 0, fmt.Errorf("%q is not a number of days", v)
+		}
+		return time.Duration(days) * 24 * time.Hour, nil
+	}
+	return time.ParseDuration(v)
+}
+
 // refuseRetired returns an error if device was retired (fleetctl retire): a command for it
 // would wait for a device that is out of the fleet.
 func refuseRetired(f *fleet.Fleet, cmd, device string) error {
@@ -196,9 +211,21 @@ func statusCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	fs, dir := newFlags("status", stderr)
 	asJSON := fs.Bool("json", false, "print the report as JSON")
 	wait := fs.Duration("wait", 0, "follow the rollout with a progress bar until every device converged, for at most this long; exit non-zero if it did not")
+	var silent time.Duration
+	fs.Func("silent-for", "instead of the report, list the devices not heard from for this long (e.g. 60d or 1000h): whose last state is older, or that never reported one; one id a line, for fleetctl retire --from", func(v string) error {
+		d, err := parseDays(v)
+		if err == nil && d <= 0 {
+			err = errors.New("must be positive")
+		}
+		silent = d
+		return err
+	})
 	of := addOperatorFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if silent > 0 && (*wait > 0 || *asJSON) {
+		return errors.New("status: --silent-for lists device ids; it goes with neither --wait nor --json")
 	}
 	f, err := fleet.Open(*dir)
 	if err != nil {
@@ -210,6 +237,16 @@ func statusCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	}
 	defer op.Close()
 	r := col.Report()
+	if silent > 0 {
+		since := time.Now().Add(-silent)
+		fmt.Fprintf(stdout, "# devices not heard from since %s (no state published since, or never), of %d; retired devices left out\n", since.UTC().Format(time.RFC3339), r.Total)
+		for _, d := range r.Devices {
+			if d.Updated.Before(since) {
+				fmt.Fprintln(stdout, d.ID)
+			}
+		}
+		return nil
+	}
 	// Before a --wait that could only watch it stall: and even a converged fleet needs the
 	// signers for its scheduled renewals.
 	warnAborted(f, *dir, stderr)

@@ -3,10 +3,15 @@ package cli_test
 import (
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/camagent/camagent/agent/wire"
+	"github.com/camagent/camagent/tools/fleetctl/fleet"
 	"github.com/camagent/camagent/tools/fleetctl/fleettest"
+	"github.com/camagent/camagent/transport/mqtt/mqtttest"
 )
 
 // Bad arguments are refused before anything is retired, each with an error saying what was
@@ -41,4 +46,32 @@ func TestRetireArguments(t *testing.T) {
 	if ids := reg.RetiredDevices(); len(ids) != 0 {
 		t.Fatalf("refused commands retired %v", ids)
 	}
+}
+
+// status --silent-for lists the devices gone quiet, in the form retire --from reads, so the
+// cameras that hold up every rollout can be found and retired in two commands.
+func TestStatusSilentForFindsTheCamerasToRetire(t *testing.T) {
+	dir, f := initFleet(t)
+	pki := &mqtttest.PKI{CA: f.CA, CAPEM: f.CAPEM, Pool: f.Pool}
+	mqtttest.ForEachBroker(t, pki, func(t *testing.T, b mqtttest.Broker) {
+		url := b.URL()
+		now := time.Now()
+		publishState(t, f, url, "cam-0001", wire.DeviceState{Epoch: 1, Updated: now.Unix()})
+		publishState(t, f, url, "cam-0002", wire.DeviceState{Epoch: 1, Updated: now.Add(-90 * 24 * time.Hour).Unix()})
+		publishState(t, f, url, "cam-0003", wire.DeviceState{Epoch: 1, Updated: now.Add(-40 * 24 * time.Hour).Unix()})
+		mustRun(t, "rotate", "--dir", dir, "--broker", url, "--device", "cam-0004") // never reported
+		out := mustRun(t, "status", "--dir", dir, "--broker", url, "--silent-for", "60d")
+		ids, err := fleet.ParseDeviceList([]byte(out))
+		if err != nil || !slices.Equal(ids, []string{"cam-0002", "cam-0004"}) {
+			t.Fatalf("status --silent-for 60d listed %q (%v):\n%s", ids, err, out)
+		}
+		if out := mustRun(t, "status", "--dir", dir, "--broker", url, "--silent-for", "720h"); !strings.Contains(out, "\ncam-0003\n") {
+			t.Fatalf("status --silent-for 720h:\n%s", out)
+		}
+		for _, bad := range [][]string{{"--silent-for", "0d"}, {"--silent-for", "6 days"}, {"--silent-for", "60d", "--json"}} {
+			if _, _, err := run(t, append([]string{"status", "--dir", dir, "--broker", url}, bad...)...); err == nil {
+				t.Errorf("status %q succeeded", bad)
+			}
+		}
+	}, fleettest.Identities())
 }
