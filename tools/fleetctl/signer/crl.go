@@ -13,14 +13,14 @@ import (
 	"github.com/camagent/camagent/tools/fleetctl/registry"
 )
 
-// DefaultCRLValidity is how long a CRL the signer writes stays valid (its nextUpdate).
-//
-// It is long on purpose: Mosquitto (OpenSSL with X509_V_FLAG_CRL_CHECK) refuses every client
-// certificate once its crlfile is past nextUpdate, and it reads the file only when it starts,
-// so a short validity would turn an old CRL into a fleet-wide outage at the next restart. The
-// signer writes a fresh CRL at start and after every revocation; `fleetctl crl` writes one on
-// demand.
-const DefaultCRLValidity = 365 * 24 * time.Hour
+// The CRL the signer writes is valid (its nextUpdate) until the fleet CA expires, on
+// purpose: Mosquitto (OpenSSL with X509_V_FLAG_CRL_CHECK) refuses every client certificate
+// once the CRL it loaded is past nextUpdate, with the TLS alert "certificate expired", and it
+// reads its crlfile only when it starts. With a nextUpdate a year out, a Mosquitto that ran for
+// a year on one CRL would have cut off the whole fleet at once (checked on a real Mosquitto
+// 2.0.11 with a CRL past its nextUpdate). Nothing else reads the CRL, and nothing fetches it
+// again at nextUpdate: a shorter one buys nothing. The signer writes a fresh CRL at start and
+// after every revocation; `fleetctl crl` writes one on demand.
 
 // crlExpiredGrace is how long after its certificate expired a revoked serial stays on the CRL:
 // a certificate past NotAfter is refused for that reason alone, but brokers' clocks may lag.
@@ -28,13 +28,10 @@ const crlExpiredGrace = 24 * time.Hour
 
 // CRL returns a PEM certificate revocation list (RFC 5280, section 5) signed by ca, listing the
 // revoked serials, except those whose certificate expired more than a day before now. validity
-// is the time to nextUpdate; zero means DefaultCRLValidity, capped at the CA's own expiry.
+// is the time to nextUpdate, capped at the CA's own expiry; zero means until the CA expires.
 func CRL(ca *certs.CA, revoked []registry.Revocation, now time.Time, validity time.Duration) ([]byte, error) {
-	if validity == 0 {
-		validity = DefaultCRLValidity
-	}
 	next := now.Add(validity)
-	if next.After(ca.Cert.NotAfter) {
+	if validity == 0 || next.After(ca.Cert.NotAfter) {
 		next = ca.Cert.NotAfter
 	}
 	tmpl := &x509.RevocationList{

@@ -418,6 +418,32 @@ func TestARestartedMosquittoRefusesARevokedCertificate(t *testing.T) {
 	}
 }
 
+// A Mosquitto that has run on one CRL for longer than a year still lets the fleet in: the CRL
+// is valid until the CA expires. (Mosquitto refuses every client once its CRL is past
+// nextUpdate, and reads the file only when it starts; a CRL valid for a year, as before, failed
+// this test.)
+func TestACRLOutlivesAnyMosquittoUptime(t *testing.T) {
+	f, pki := fleettest.NewFleet(t)
+	e := fleettest.Enroll(t, f, "cam-0001")
+	written := time.Now().Add(-400 * 24 * time.Hour)
+	old, err := signer.CRL(f.CA, nil, written, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := mqtttest.StartMosquitto(t, pki, mqtttest.WithCRL(old), fleettest.Identities())
+	if _, err := fleettest.TryConnect(t, f, m.URL(), e.Cert); err != nil {
+		t.Fatalf("Mosquitto with a CRL written 400 days ago refuses a valid device: %v", err)
+	}
+	blk, _ := pem.Decode(old)
+	crl, err := x509.ParseRevocationList(blk.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !crl.NextUpdate.Equal(f.CA.Cert.NotAfter) {
+		t.Fatalf("nextUpdate %v, want the CA's expiry %v", crl.NextUpdate, f.CA.Cert.NotAfter)
+	}
+}
+
 func TestThreeSignersShareTheLoad(t *testing.T) {
 	f, pki := fleettest.NewFleet(t)
 	const devices, each = 10, 3
