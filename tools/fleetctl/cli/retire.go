@@ -86,15 +86,7 @@ func retireCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		}
 	}
 	if revoked > 0 {
-		reg, err := f.OpenRegistry(logger(stderr))
-		if err != nil {
-			return fmt.Errorf("retire: retired and revoked, but the CRL was not written (run fleetctl crl): %w", err)
-		}
-		err = reg.Update(func(tx *registry.Tx) error {
-			return signer.WriteCRL(f.CRLPath(), f.CA, tx.Revocations(), now)
-		})
-		reg.Close()
-		if err != nil {
+		if err := writeCRL(f, stderr, now); err != nil {
 			return fmt.Errorf("retire: retired and revoked, but the CRL was not written (run fleetctl crl): %w", err)
 		}
 	}
@@ -107,6 +99,19 @@ func retireCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		fmt.Fprintf(stdout, "The embedded broker refuses them at once and cuts their sessions; Mosquitto reads %s when it restarts: restart it.\n", f.CRLPath())
 	}
 	return nil
+}
+
+// writeCRL writes the fleet's CRL (Mosquitto's crlfile) from the registry, under the
+// registry's lock, so that it cannot overwrite a newer one a signer writes meanwhile.
+func writeCRL(f *fleet.Fleet, stderr io.Writer, now time.Time) error {
+	reg, err := f.OpenRegistry(logger(stderr))
+	if err != nil {
+		return err
+	}
+	defer reg.Close()
+	return reg.Update(func(tx *registry.Tx) error {
+		return signer.WriteCRL(f.CRLPath(), f.CA, tx.Revocations(), now)
+	})
 }
 
 // clearRetired deletes the retained state of the retired devices, several at a time, with a

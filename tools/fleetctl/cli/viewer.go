@@ -13,7 +13,6 @@ import (
 	"github.com/camagent/camagent/internal/cappedfile"
 	"github.com/camagent/camagent/tools/fleetctl/fleet"
 	"github.com/camagent/camagent/tools/fleetctl/registry"
-	"github.com/camagent/camagent/tools/fleetctl/signer"
 )
 
 // viewerCmd signs the CSR of a viewer relay that made its own key (camview enroll) and writes
@@ -77,14 +76,7 @@ func revokeViewer(dir, name string, stdout, stderr io.Writer) error {
 		fmt.Fprintf(stdout, "viewer:%s holds no certificate that is valid and not revoked; nothing to do\n", name)
 		return nil
 	}
-	reg, err := f.OpenRegistry(logger(stderr))
-	if err != nil {
-		return err
-	}
-	defer reg.Close()
-	if err := reg.Update(func(tx *registry.Tx) error {
-		return signer.WriteCRL(f.CRLPath(), f.CA, tx.Revocations(), now)
-	}); err != nil {
+	if err := writeCRL(f, stderr, now); err != nil {
 		return fmt.Errorf("viewer: revoked, but the CRL was not written (run fleetctl crl): %w", err)
 	}
 	hex := make([]string, len(serials))
