@@ -7,6 +7,7 @@ package mqtt
 
 import (
 	"io"
+	"slices"
 	"log/slog"
 	"sync"
 	"testing"
@@ -23,11 +24,21 @@ type storeCalls struct {
 	unsubscribed []string // client:filter
 	dropped      []string // client:packet id
 	expired      []string // client
+	disconnects  []string // client, ":expire" when the session ends with it
 }
 
 func (h *storeCalls) ID() string { return "store-calls" }
 func (h *storeCalls) Provides(b byte) bool {
-	return b == OnUnsubscribed || b == OnQosDropped || b == OnClientExpired
+	return b == OnUnsubscribed || b == OnQosDropped || b == OnClientExpired || b == OnDisconnect
+}
+func (h *storeCalls) OnDisconnect(cl *Client, _ error, expire bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	id := cl.ID
+	if expire {
+		id += ":expire"
+	}
+	h.disconnects = append(h.disconnects, id)
 }
 func (h *storeCalls) OnUnsubscribed(cl *Client, pk packets.Packet) {
 	h.mu.Lock()
@@ -162,14 +173,25 @@ func TestASessionTakenOverSinceTheSweepsSnapshotIsNotExpired(t *testing.T) {
 // the broker's start: v2.7.9 restarted every session's clock at every start, so a broker
 // restarted more often than the expiry interval never expired a session.
 func TestASessionsExpiryCountsFromItsDisconnectionAcrossARestart(t *testing.T) {
-	s, _ := expiryServer(t, 3600)
+	s, calls := expiryServer(t, 3600)
 	now := time.Now().Unix()
 	s.loadClients([]storage.Client{
 		{ID: "gone", ProtocolVersion: 4, Disconnected: now - 7200},
 		{ID: "recent", ProtocolVersion: 4, Disconnected: now - 60},
 		{ID: "was-connected", ProtocolVersion: 4},
 		{ID: "future", ProtocolVersion: 4, Disconnected: now + 86400},
+		{ID: "clean", ProtocolVersion: 4, Clean: true},
 	})
+	// The store is told about the session whose end it does not know (so that it records
+	// this start's time) and the clean one (which it deletes), and about no other: a start
+	// rewrites no session it already knows the end of.
+	calls.mu.Lock()
+	told := append([]string(nil), calls.disconnects...)
+	calls.mu.Unlock()
+	slices.Sort(told)
+	if !slices.Equal(told, []string{"clean:expire", "was-connected"}) {
+		t.Errorf("OnDisconnect at the start for %v, want [clean:expire was-connected]", told)
+	}
 	s.clearExpiredClients(now + 1)
 	if _, ok := s.Clients.Get("gone"); ok {
 		t.Error("a session disconnected two hours before the start outlived its one-hour expiry")

@@ -1764,6 +1764,14 @@ func (s *Server) loadSubscriptions(v []storage.Subscription) {
 
 // loadClients restores clients from the datastore.
 func (s *Server) loadClients(v []storage.Client) {
+	// camagent patch 10: OnDisconnect records when a kept session's connection ended (bolt).
+	// A session stored with that time keeps it, and needs no write; one stored without it (its
+	// connection was live when the broker last stopped without saying so: a crash) gets the
+	// time of this start, written now so that the next start does not restart its clock again.
+	// Those writes run several at a time, so the store commits them in batches.
+	var writes sync.WaitGroup
+	slots := make(chan struct{}, 64)
+	defer writes.Wait()
 	for _, c := range v {
 		cl := s.NewClient(nil, c.Listener, c.ID, false)
 		cl.Properties.Username = c.Username
@@ -1795,7 +1803,18 @@ func (s *Server) loadClients(v []storage.Client) {
 		}
 
 		expire := (cl.Properties.ProtocolVersion == 5 && cl.Properties.Props.SessionExpiryInterval == 0) || (cl.Properties.ProtocolVersion < 5 && cl.Properties.Clean)
-		s.hooks.OnDisconnect(cl, packets.ErrServerShuttingDown, expire)
+		switch {
+		case expire:
+			s.hooks.OnDisconnect(cl, packets.ErrServerShuttingDown, expire)
+		case c.Disconnected == 0:
+			writes.Add(1)
+			slots <- struct{}{}
+			go func() {
+				defer writes.Done()
+				s.hooks.OnDisconnect(cl, packets.ErrServerShuttingDown, false)
+				<-slots
+			}()
+		}
 		if expire {
 			cl.ClearInflights()
 			s.UnsubscribeClient(cl)
