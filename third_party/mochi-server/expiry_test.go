@@ -7,8 +7,8 @@ package mqtt
 
 import (
 	"io"
-	"slices"
 	"log/slog"
+	"slices"
 	"sync"
 	"testing"
 	"time"
