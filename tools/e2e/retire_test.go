@@ -65,8 +65,10 @@ func TestARetiredCameraLeavesTheRolloutAndCannotComeBack(t *testing.T) {
 		if r := statusReport(t, e); r.Total != 1 {
 			t.Fatalf("the retired camera is back in the status: %+v", r)
 		}
-		if _, err := tryFleetctl("rotate", "--dir", e.f.Dir, "--broker", e.url, "--device", "cam-0001"); err == nil || !strings.Contains(err.Error(), "was retired") {
-			t.Fatalf("rotate --device of a retired camera: %v", err)
+		for _, cmd := range []string{"rotate", "grant"} {
+			if _, err := tryFleetctl(cmd, "--dir", e.f.Dir, "--broker", e.url, "--device", "cam-0001"); err == nil || !strings.Contains(err.Error(), "was retired") {
+				t.Fatalf("%s --device of a retired camera: %v", cmd, err)
+			}
 		}
 	}, "cam-0000", "cam-0001")
 }

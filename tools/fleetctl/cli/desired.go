@@ -78,16 +78,16 @@ func rotateCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err != nil {
 		return err
 	}
-	if *device != "" {
-		if err := refuseRetired(f, "rotate", *device); err != nil {
-			return err
-		}
-	}
 	op, col, err := readFleetState(ctx, f, of, stderr)
 	if err != nil {
 		return err
 	}
 	defer op.Close()
+	if *device != "" {
+		if err := refuseRetired(col, "rotate", *device); err != nil {
+			return err
+		}
+	}
 	d := certs.Desired{Target: certs.TargetFleet, Epoch: col.MaxEpoch() + 1}
 	if *device != "" {
 		cur, known := col.DeviceEpoch(*device)
@@ -189,17 +189,11 @@ func parseDays(v string) (time.Duration, error) {
 	return time.ParseDuration(v)
 }
 
-// refuseRetired returns an error if device was retired (fleetctl retire): a command for it
-// would wait for a device that is out of the fleet.
-func refuseRetired(f *fleet.Fleet, cmd, device string) error {
-	reg, err := f.OpenRegistry(nil)
-	if err != nil {
-		return fmt.Errorf("%s: %w", cmd, err)
-	}
-	defer reg.Close()
-	if since, ok := reg.Retired(device); ok {
-		return fmt.Errorf("%s: %s was retired on %s (fleetctl retire); enroll it again with fleetctl enroll --reinstate first",
-			cmd, device, since.UTC().Format(time.RFC3339))
+// refuseRetired returns an error if device was retired (fleetctl retire), as readFleetState
+// told col: a command for it would wait for a device that is out of the fleet.
+func refuseRetired(col *status.Collector, cmd, device string) error {
+	if col.Retired(device) {
+		return fmt.Errorf("%s: %s was retired (fleetctl retire); enroll it again with fleetctl enroll --reinstate first", cmd, device)
 	}
 	return nil
 }

@@ -46,14 +46,14 @@ func grantCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return err
 	}
-	if err := refuseRetired(f, "grant", *device); err != nil {
-		return err
-	}
 	op, col, err := readFleetState(ctx, f, of, stderr)
 	if err != nil {
 		return err
 	}
 	defer op.Close()
+	if err := refuseRetired(col, "grant", *device); err != nil {
+		return err
+	}
 	cur, known := col.DeviceEpoch(*device)
 	if !known {
 		return fmt.Errorf("grant: %s has published no state: its epoch is unknown (is it enrolled and has it connected once?)", *device)

@@ -61,6 +61,13 @@ func NewCollector(root ed25519.PublicKey, ks *certs.KeySet) *Collector {
 	return &Collector{root: root, ks: ks, desired: map[string]*certs.Desired{}, states: map[string]*wire.DeviceState{}, retired: map[string]bool{}, changed: make(chan struct{})}
 }
 
+// Retired reports whether Retire was told about device.
+func (c *Collector) Retired(device string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.retired[device]
+}
+
 // Retire leaves devices out of every report: they left the fleet for good (`fleetctl
 // retire`), and whatever retained state of theirs is still around is no rollout's business.
 // Reports count them as Retired.
