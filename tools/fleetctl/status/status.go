@@ -334,16 +334,21 @@ func (r Report) WriteTable(w io.Writer) error {
 		return err
 	}
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "DEVICE\tSTATE\tEPOCH\tDESIRED\tCERT SERIAL\tNOT AFTER\tROTATION\tLAST ERROR")
+	// LAST STATE is when the device last published its state (every connection and renewal):
+	// a straggler silent for months is a camera to retire, not one to wait for.
+	fmt.Fprintln(tw, "DEVICE\tSTATE\tEPOCH\tDESIRED\tCERT SERIAL\tNOT AFTER\tROTATION\tLAST ERROR\tLAST STATE")
 	for _, d := range r.Devices {
-		notAfter := "-"
-		if !d.CertNotAfter.IsZero() {
-			notAfter = d.CertNotAfter.Format(time.RFC3339)
-		}
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\t%s\t%s\t%s\n", d.ID, d.State, d.Epoch, d.DesiredEpoch,
-			orDash(d.CertSerial), notAfter, orDash(d.Rotation), orDash(d.LastError))
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\t%s\t%s\t%s\t%s\n", d.ID, d.State, d.Epoch, d.DesiredEpoch,
+			orDash(d.CertSerial), timeOrDash(d.CertNotAfter), orDash(d.Rotation), orDash(d.LastError), timeOrDash(d.Updated))
 	}
 	return tw.Flush()
+}
+
+func timeOrDash(t time.Time) string {
+	if t.IsZero() {
+		return "-"
+	}
+	return t.UTC().Format(time.RFC3339)
 }
 
 func orDash(s string) string {
