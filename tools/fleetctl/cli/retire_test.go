@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/camagent/camagent/agent"
 	"github.com/camagent/camagent/agent/wire"
 	"github.com/camagent/camagent/tools/fleetctl/fleet"
 	"github.com/camagent/camagent/tools/fleetctl/fleettest"
@@ -74,4 +75,33 @@ func TestStatusSilentForFindsTheCamerasToRetire(t *testing.T) {
 			}
 		}
 	}, fleettest.Identities())
+}
+
+// A retired camera back from repair, with new keys, is enrolled again only when the operator
+// says --reinstate.
+func TestEnrollReinstatesARetiredDeviceOnlyWhenAsked(t *testing.T) {
+	dir, f := initFleet(t)
+	fleettest.Enroll(t, f, "cam-0001")
+	if _, err := f.RetireDevices([]string{"cam-0001"}, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	req, err := agent.Enroll(filepath.Join(t.TempDir(), "cam"), "cam-0001")
+	if err != nil {
+		t.Fatal(err)
+	}
+	csr := filepath.Join(t.TempDir(), "device.csr")
+	if err := os.WriteFile(csr, req, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	bundle := filepath.Join(t.TempDir(), "cam.bundle.json")
+	if _, _, err := run(t, "enroll", "--dir", dir, "--csr", csr, "--out", bundle); err == nil || !strings.Contains(err.Error(), "--reinstate") {
+		t.Fatalf("enrolling a retired device: %v, want a refusal naming --reinstate", err)
+	}
+	if _, err := os.Stat(bundle); err == nil {
+		t.Fatal("a refused enrollment wrote a bundle")
+	}
+	out := mustRun(t, "enroll", "--dir", dir, "--csr", csr, "--out", bundle, "--reinstate")
+	if !strings.Contains(out, "reinstated cam-0001") || !strings.Contains(out, "enrolled cam-0001") {
+		t.Fatalf("enroll --reinstate said:\n%s", out)
+	}
 }
