@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"errors"
 	"fmt"
 	"math/big"
 	"net"
@@ -27,6 +28,7 @@ const (
 )
 
 // CA is the fleet's certificate authority: an ECDSA P-256 key and its self-signed certificate.
+// Key is nil in a CA loaded by LoadCACert, which can check but not issue.
 type CA struct {
 	Cert *x509.Certificate
 	Key  crypto.Signer
@@ -68,6 +70,23 @@ func NewCA(name string, now time.Time, validity time.Duration) (*CA, error) {
 		return nil, fmt.Errorf("certs: parse ca: %w", err)
 	}
 	return &CA{Cert: c, Key: key}, nil
+}
+
+// ErrNoCAKey is returned by Issue and by whatever else must sign for a CA loaded without its
+// private key (LoadCACert): a machine that only checks certificates against the fleet CA.
+var ErrNoCAKey = errors.New("certs: the fleet CA's private key is not on this machine")
+
+// LoadCACert loads the fleet CA's certificate alone: enough to check certificates against it,
+// not to issue any (Issue returns ErrNoCAKey).
+func LoadCACert(certPEM []byte) (*CA, error) {
+	c, err := ParseCertPEM(certPEM)
+	if err != nil {
+		return nil, fmt.Errorf("certs: ca certificate: %w", err)
+	}
+	if !c.IsCA {
+		return nil, fmt.Errorf("certs: ca certificate %q is no CA", c.Subject.CommonName)
+	}
+	return &CA{Cert: c}, nil
 }
 
 // LoadCA parses a CA from its certificate and key PEM.
@@ -120,6 +139,9 @@ func (ca *CA) Issue(req IssueRequest) (*x509.Certificate, error) {
 	identity, err := IdentityFor(req.Role, req.Name)
 	if err != nil {
 		return nil, err
+	}
+	if ca.Key == nil {
+		return nil, fmt.Errorf("certs: issue %s: %w", identity, ErrNoCAKey)
 	}
 	pub := req.PublicKey
 	if req.CSR != nil {

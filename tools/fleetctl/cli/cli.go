@@ -40,6 +40,7 @@ commands:
   ping              send a signed ping to a device and print its reply and the round-trip time
   grant             sign a grant to watch one device's live video (for camview), valid until it expires or the next rotation
   retire            take devices out of the fleet for good (broken, sold, stolen): revoke them, refuse them new certificates, clear their retained state
+  replace           give the operator or signer identity a new key and certificate and revoke every earlier one (a lost laptop, a broken-into signer host)
   viewer            sign the CSR of a camview that made its own key into its viewer bundle (camview --identity); --revoke NAME
 
 Every command takes --dir, the fleet directory (default ./fleet).
@@ -68,6 +69,7 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		"ping":             pingCmd,
 		"grant":            grantCmd,
 		"viewer":           viewerCmd,
+		"replace":          replaceCmd,
 	}
 	if c, ok := cmds[args[0]]; ok {
 		err := c(ctx, args[1:], stdout, stderr)

@@ -22,6 +22,11 @@
 // and every device's retained state first and raise the epoch above all of them, so a device
 // that was offline for months converges when it returns (R2).
 //
+// A lost laptop with the operator's key, or a signer host broken into: `fleetctl replace
+// operator` or `fleetctl replace signer` gives the identity a new key and certificate and
+// revokes every earlier one (each renewal leaves the one it replaced valid, so there may be
+// two); `fleetctl serve` instances present the new one from their next connection.
+//
 // # Revocation on Mosquitto
 //
 // The embedded broker (`fleetctl broker`) refuses a revoked certificate at its next CONNECT and

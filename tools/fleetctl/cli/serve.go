@@ -40,6 +40,9 @@ func serveCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return err
 	}
+	if !f.HasCAKey() && !*retire {
+		return fmt.Errorf("serve: the signer issues certificates and needs the fleet CA's key, and %s holds no ca.key", f.Dir)
+	}
 	broker := *brokerURL
 	if broker == "" {
 		broker = f.Meta.Broker
@@ -56,6 +59,9 @@ func serveCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	clientID := fleet.SignerClientID(identity, *name)
 	holder := certs.NewHolder(cert)
 	tlsConf := certs.ClientTLSConfig(f.Pool, host, holder)
+	// Each connection presents the certificate the fleet directory holds then: one renewed,
+	// or replaced after a break-in (fleetctl replace signer), is used from the next one on.
+	tlsConf.GetClientCertificate = fleet.LoadAtHandshake(holder, f.SignerCertificate, log)
 	if *retire {
 		rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 		defer cancel()

@@ -12,7 +12,7 @@
 // Layout:
 //
 //	fleet.json              public settings (name, broker URL, device certificate lifetime)
-//	ca.crt, ca.key          the fleet CA
+//	ca.crt, ca.key          the fleet CA (ca.key only where certificates are issued)
 //	offline/root.key        the offline root key (move it off the machine)
 //	root.pub                its public half
 //	keyset.json             the root-signed key set in force
@@ -175,10 +175,24 @@ func Init(dir string, o InitOptions) (*Fleet, error) {
 	if err := writeFile(dir, keySetFile, ks, 0o644); err != nil {
 		return nil, err
 	}
-	if err := issueKeyPair(dir, ca, certs.IssueRequest{Role: certs.RoleOperator, Name: DefaultOperator, Now: o.Now}, operatorCert, operatorKey, nil); err != nil {
+	// The operator's and the signer's certificates are recorded, so that fleetctl replace can
+	// revoke them all, renewals included.
+	reg, err := registry.Open(filepath.Join(dir, registryFile), registry.Options{})
+	if err != nil {
+		return nil, fmt.Errorf("fleet: init: %w", err)
+	}
+	defer reg.Close()
+	record := func(c *x509.Certificate) error {
+		rec, err := registry.IdentityIssuedRecord(c, o.Now)
+		if err != nil {
+			return err
+		}
+		return reg.Update(func(tx *registry.Tx) error { return tx.Append(rec) })
+	}
+	if err := issueKeyPair(dir, ca, certs.IssueRequest{Role: certs.RoleOperator, Name: DefaultOperator, Now: o.Now}, operatorCert, operatorKey, record); err != nil {
 		return nil, err
 	}
-	if err := issueKeyPair(dir, ca, certs.IssueRequest{Role: certs.RoleSigner, Name: DefaultSigner, Now: o.Now}, signerCert, signerKey, nil); err != nil {
+	if err := issueKeyPair(dir, ca, certs.IssueRequest{Role: certs.RoleSigner, Name: DefaultSigner, Now: o.Now}, signerCert, signerKey, record); err != nil {
 		return nil, err
 	}
 	sreq := certs.IssueRequest{Role: certs.RoleServer, Name: "camagent broker", Now: o.Now}
@@ -273,7 +287,8 @@ type Fleet struct {
 	reg   *registry.Registry // kept open by Enroll
 }
 
-// Open loads the fleet in dir. It does not load the offline root key.
+// Open loads the fleet in dir. It does not load the offline root key. The CA key (ca.key) may
+// be missing: see HasCAKey.
 func Open(dir string) (*Fleet, error) {
 	mb, err := os.ReadFile(filepath.Join(dir, fleetFile))
 	if errors.Is(err, os.ErrNotExist) {
@@ -290,12 +305,17 @@ func Open(dir string) (*Fleet, error) {
 	if err != nil {
 		return nil, fmt.Errorf("fleet: %w", err)
 	}
+	// A copy of the directory without ca.key (the broker's host, an operator's laptop) can do
+	// everything but issue certificates and sign CRLs, which fail with certs.ErrNoCAKey.
+	var ca *certs.CA
 	caKey, err := certs.LoadKeyFile(filepath.Join(dir, caKeyFile))
-	if err != nil {
-		return nil, fmt.Errorf("fleet: %w", err)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		ca, err = certs.LoadCACert(caPEM)
+	case err == nil:
+		caKeyPEM, _ := certs.MarshalKeyPEM(caKey)
+		ca, err = certs.LoadCA(caPEM, caKeyPEM)
 	}
-	caKeyPEM, _ := certs.MarshalKeyPEM(caKey)
-	ca, err := certs.LoadCA(caPEM, caKeyPEM)
 	if err != nil {
 		return nil, fmt.Errorf("fleet: %w", err)
 	}
@@ -313,6 +333,11 @@ func Open(dir string) (*Fleet, error) {
 	}
 	return f, nil
 }
+
+// HasCAKey reports whether this fleet directory holds the CA's private key. Without it, the
+// directory serves whatever only checks certificates (fleetctl broker, operator commands);
+// issuing or renewing a certificate and signing a CRL fail with certs.ErrNoCAKey.
+func (f *Fleet) HasCAKey() bool { return f.CA.Key != nil }
 
 // loadKeySet parses the signed key set without the root private key: its root public key is
 // recorded beside it when the set is written.

@@ -91,6 +91,11 @@ func (f *Fleet) Dial(ctx context.Context, o OperatorOptions) (*Operator, error) 
 		return nil, fmt.Errorf("fleet: OperatorOptions.OnMessage is required with Subscriptions")
 	}
 	clientID := ClientID(certs.CertIdentity(cert.Leaf))
+	holder := certs.NewHolder(cert)
+	tlsConf := certs.ClientTLSConfig(f.Pool, host, holder)
+	// A reconnection presents the certificate the fleet directory holds then (fleetctl
+	// replace operator while a status --wait runs).
+	tlsConf.GetClientCertificate = LoadAtHandshake(holder, f.OperatorCertificate, o.Logger)
 	op := &Operator{
 		f: f, log: o.Logger, done: make(chan error, 1), onMessage: o.OnMessage,
 		// The sync topic is private to this session: under fleet/ (which the operator may
@@ -106,7 +111,7 @@ func (f *Fleet) Dial(ctx context.Context, o OperatorOptions) (*Operator, error) 
 	client, err := mqtt.New(mqtt.Config{
 		BrokerURL:     broker,
 		ClientID:      clientID,
-		TLS:           certs.ClientTLSConfig(f.Pool, host, certs.NewHolder(cert)),
+		TLS:           tlsConf,
 		CleanSession:  true,
 		Subscriptions: subs,
 		Handler:       op.handle,

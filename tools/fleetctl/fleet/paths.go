@@ -3,6 +3,7 @@ package fleet
 import (
 	"crypto/sha256"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -44,8 +45,9 @@ func (f *Fleet) SignerCertificate() (*tls.Certificate, error) {
 		if err := atomicfile.EnsurePrivateDir(filepath.Join(f.Dir, signerDir)); err != nil {
 			return nil, err
 		}
-		req := certs.IssueRequest{Role: certs.RoleSigner, Name: DefaultSigner, Now: time.Now()}
-		if err := issueKeyPair(f.Dir, f.CA, req, signerCert, signerKey, nil); err != nil {
+		now := time.Now()
+		req := certs.IssueRequest{Role: certs.RoleSigner, Name: DefaultSigner, Now: now}
+		if err := issueKeyPair(f.Dir, f.CA, req, signerCert, signerKey, func(c *x509.Certificate) error { return f.recordIdentity(c, now) }); err != nil {
 			return nil, err
 		}
 	}

@@ -77,8 +77,8 @@ func (f *Fleet) renew(certName, keyName string, now time.Time) (*tls.Certificate
 		return nil, fmt.Errorf("fleet: renew %s: %w", certName, err)
 	}
 	var record func(*x509.Certificate) error
-	if req.Role == certs.RoleViewer {
-		record = func(c *x509.Certificate) error { return f.recordViewer(c, now) }
+	if req.Role != certs.RoleServer {
+		record = func(c *x509.Certificate) error { return f.recordIdentity(c, now) }
 	}
 	if err := issueKeyPair(f.Dir, f.CA, req, certName, keyName, record); err != nil {
 		return nil, fmt.Errorf("fleet: renew %s: %w", certName, err)
@@ -109,6 +109,7 @@ func renewalRequest(old *x509.Certificate, now time.Time) (certs.IssueRequest, e
 func Refresh(ctx context.Context, interval time.Duration, current *tls.Certificate, load func() (*tls.Certificate, error), set func(*tls.Certificate), log *slog.Logger) {
 	t := time.NewTicker(interval)
 	defer t.Stop()
+	var warned time.Time
 	for {
 		select {
 		case <-ctx.Done():
@@ -119,6 +120,13 @@ func Refresh(ctx context.Context, interval time.Duration, current *tls.Certifica
 		if err != nil {
 			log.Error("fleet: cannot load the certificate again; keeping the one in use", "identity", certs.CertIdentity(current.Leaf), "not_after", current.Leaf.NotAfter.UTC().Format(time.RFC3339), "err", err)
 			continue
+		}
+		// Due for renewal and not renewed: this copy of the fleet directory cannot (no CA
+		// key, read-only). Say so daily until someone renews it where it can be.
+		if left := time.Until(c.Leaf.NotAfter); left < RenewBefore && time.Since(warned) >= 24*time.Hour {
+			warned = time.Now()
+			log.Warn("fleet: the certificate expires soon and could not be renewed here (no CA key, or a read-only fleet directory): renew it where the CA key is and copy it here",
+				"identity", certs.CertIdentity(c.Leaf), "not_after", c.Leaf.NotAfter.UTC().Format(time.RFC3339), "left", left.Round(time.Hour).String())
 		}
 		if c.Leaf.SerialNumber.Cmp(current.Leaf.SerialNumber) != 0 {
 			log.Info("fleet: certificate renewed", "identity", certs.CertIdentity(c.Leaf), "serial", c.Leaf.SerialNumber.Text(16), "not_after", c.Leaf.NotAfter.UTC().Format(time.RFC3339))

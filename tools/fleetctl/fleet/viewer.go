@@ -46,8 +46,8 @@ func (f *Fleet) IssueViewer(csrPEM []byte, now time.Time) ([]byte, *x509.Certifi
 	if err != nil {
 		return nil, nil, fmt.Errorf("fleet: viewer: %w", err)
 	}
-	if err := f.recordViewer(c, now); err != nil {
-		return nil, nil, err
+	if err := f.recordIdentity(c, now); err != nil {
+		return nil, nil, fmt.Errorf("fleet: viewer: %w", err)
 	}
 	b, err := json.MarshalIndent(certs.ViewerBundle{
 		V:        1,
@@ -72,23 +72,21 @@ func (f *Fleet) IssueViewer(csrPEM []byte, now time.Time) ([]byte, *x509.Certifi
 // keeps both in the fleet directory (the camview --fleet way).
 func (f *Fleet) issueViewerKeyPair(name, certName, keyName string, now time.Time) error {
 	req := certs.IssueRequest{Role: certs.RoleViewer, Name: name, Now: now}
-	return issueKeyPair(f.Dir, f.CA, req, certName, keyName, func(c *x509.Certificate) error { return f.recordViewer(c, now) })
+	return issueKeyPair(f.Dir, f.CA, req, certName, keyName, func(c *x509.Certificate) error { return f.recordIdentity(c, now) })
 }
 
-// recordViewer records the viewer certificate c in the registry.
-func (f *Fleet) recordViewer(c *x509.Certificate, now time.Time) error {
-	rec, err := registry.ViewerIssuedRecord(c, now)
+// recordIdentity records c, a certificate of a viewer relay, an operator or a signer, in the
+// registry under its identity, so that it can be revoked.
+func (f *Fleet) recordIdentity(c *x509.Certificate, now time.Time) error {
+	rec, err := registry.IdentityIssuedRecord(c, now)
 	if err != nil {
-		return fmt.Errorf("fleet: viewer: %w", err)
+		return err
 	}
 	reg, err := f.enrollRegistry()
 	if err != nil {
-		return fmt.Errorf("fleet: viewer: %w", err)
+		return err
 	}
-	if err := reg.Update(func(tx *registry.Tx) error { return tx.Append(rec) }); err != nil {
-		return fmt.Errorf("fleet: viewer: %w", err)
-	}
-	return nil
+	return reg.Update(func(tx *registry.Tx) error { return tx.Append(rec) })
 }
 
 // RevokeViewer revokes every certificate of viewer:<name> that is not revoked yet and not

@@ -215,7 +215,7 @@ func (x *index) revocationsFrom(from int) []Revocation {
 func (x *index) deviceIDs() []string {
 	out := make([]string, 0, len(x.devices))
 	for id := range x.devices {
-		if !isViewer(id) {
+		if _, named := identityRole(id); !named {
 			out = append(out, id)
 		}
 	}

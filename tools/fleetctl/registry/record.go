@@ -42,6 +42,10 @@ const (
 	// ViaViewer is `fleetctl viewer` or camview --fleet: a viewer relay's certificate, recorded
 	// so that it can be revoked (its record's Device is the identity viewer:<name>).
 	ViaViewer = "viewer"
+	// ViaFleet is the fleet directory issuing one of its own client identities, operator:<name>
+	// or signer:<name> (fleetctl init, a renewal, fleetctl replace), recorded so that it can be
+	// revoked (its record's Device is the identity).
+	ViaFleet = "fleet"
 )
 
 // MaxRecordSize caps one line of the log; a longer line is skipped as malformed.
@@ -60,11 +64,14 @@ type Record struct {
 	// TypeRetired and TypeReinstated records.
 	Serial string `json:"serial,omitempty"`
 	// Device is the device id the certificate belongs to (for a bootstrap certificate, the
-	// device it serves), or for a viewer relay's certificate its identity viewer:<name>.
+	// device it serves), or for a certificate of a viewer relay, an operator or a signer its
+	// identity (viewer:<name>, operator:<name>, signer:<name>).
 	Device string `json:"device"`
-	// Role is certs.RoleDevice, certs.RoleBootstrap or certs.RoleViewer (TypeIssued).
+	// Role is certs.RoleDevice, certs.RoleBootstrap, certs.RoleViewer, certs.RoleOperator or
+	// certs.RoleSigner (TypeIssued).
 	Role certs.Role `json:"role,omitempty"`
-	// Via is ViaEnroll, ViaCSR or ViaBoot, or ViaViewer for a viewer relay (TypeIssued).
+	// Via is ViaEnroll, ViaCSR or ViaBoot, ViaViewer for a viewer relay, ViaFleet for an
+	// operator or a signer (TypeIssued).
 	Via string `json:"via,omitempty"`
 	// Epoch is the credential epoch the certificate was requested for (TypeIssued).
 	Epoch uint64 `json:"epoch,omitempty"`
@@ -104,17 +111,46 @@ func IssuedRecord(c *x509.Certificate, device, via string, epoch uint64, tokenHa
 
 // ViewerIssuedRecord returns the TypeIssued record of c, a viewer relay's certificate.
 func ViewerIssuedRecord(c *x509.Certificate, now time.Time) (Record, error) {
+	if role, ok := identityRole(certs.CertIdentity(c)); !ok || role != certs.RoleViewer {
+		return Record{}, fmt.Errorf("%w: %q is no viewer relay", ErrInvalidRecord, certs.CertIdentity(c))
+	}
+	return IdentityIssuedRecord(c, now)
+}
+
+// IdentityIssuedRecord returns the TypeIssued record of c, a certificate of a viewer relay,
+// an operator or a signer: recorded under its identity, so that it can be revoked.
+func IdentityIssuedRecord(c *x509.Certificate, now time.Time) (Record, error) {
+	role, ok := identityRole(certs.CertIdentity(c))
+	if !ok {
+		return Record{}, fmt.Errorf("%w: %q is no viewer, operator or signer identity", ErrInvalidRecord, certs.CertIdentity(c))
+	}
 	r := Record{
-		Type: TypeIssued, Serial: SerialHex(c.SerialNumber), Device: certs.CertIdentity(c), Role: certs.RoleViewer,
-		Via: ViaViewer, NotAfter: c.NotAfter.Unix(), Time: now.UTC(), Cert: c.Raw,
+		Type: TypeIssued, Serial: SerialHex(c.SerialNumber), Device: certs.CertIdentity(c), Role: role,
+		Via: identityVia(role), NotAfter: c.NotAfter.Unix(), Time: now.UTC(), Cert: c.Raw,
 	}
 	return r, r.Validate()
 }
 
-// isViewer reports whether subject is a viewer relay identity, viewer:<name>.
-func isViewer(subject string) bool {
+// identityRole returns the role of subject if it is an identity recorded under its own name
+// rather than a device id: viewer:<name>, operator:<name> or signer:<name>.
+func identityRole(subject string) (certs.Role, bool) {
 	role, _, err := certs.ParseIdentity(subject)
-	return err == nil && role == certs.RoleViewer
+	if err != nil {
+		return "", false
+	}
+	switch role {
+	case certs.RoleViewer, certs.RoleOperator, certs.RoleSigner:
+		return role, true
+	}
+	return "", false
+}
+
+// identityVia is the Via of a record of an identity of role.
+func identityVia(role certs.Role) string {
+	if role == certs.RoleViewer {
+		return ViaViewer
+	}
+	return ViaFleet
 }
 
 // Validate checks a record's fields for its type. It refuses a certificate that does not
@@ -140,8 +176,8 @@ func (r *Record) Validate() error {
 	if !serialRe.MatchString(r.Serial) {
 		return bad("serial %q", r.Serial)
 	}
-	viewer := isViewer(r.Device)
-	if err := certs.ValidDeviceID(r.Device); err != nil && !viewer {
+	idRole, named := identityRole(r.Device)
+	if err := certs.ValidDeviceID(r.Device); err != nil && !named {
 		return bad("%v", err)
 	}
 	if r.Time.IsZero() {
@@ -153,11 +189,11 @@ func (r *Record) Validate() error {
 	switch r.Type {
 	case TypeIssued:
 		switch {
-		case viewer && (r.Role != certs.RoleViewer || r.Via != ViaViewer || r.Epoch != 0 || r.TokenHash != "" || r.ReqID != ""):
-			return bad("a viewer relay's record with role %q, via %q or device fields", r.Role, r.Via)
-		case !viewer && r.Role != certs.RoleDevice && r.Role != certs.RoleBootstrap:
+		case named && (r.Role != idRole || r.Via != identityVia(idRole) || r.Epoch != 0 || r.TokenHash != "" || r.ReqID != ""):
+			return bad("the record of %s with role %q, via %q or device fields", r.Device, r.Role, r.Via)
+		case !named && r.Role != certs.RoleDevice && r.Role != certs.RoleBootstrap:
 			return bad("role %q", r.Role)
-		case !viewer && r.Via != ViaEnroll && r.Via != ViaCSR && r.Via != ViaBoot:
+		case !named && r.Via != ViaEnroll && r.Via != ViaCSR && r.Via != ViaBoot:
 			return bad("via %q", r.Via)
 		}
 		if r.TokenHash != "" && (r.Role != certs.RoleDevice || !tokenHashRe.MatchString(r.TokenHash)) {
@@ -171,15 +207,15 @@ func (r *Record) Validate() error {
 			return bad("cert: %v", err)
 		}
 		want := r.Device
-		if !viewer {
+		if !named {
 			want, _ = certs.IdentityFor(r.Role, r.Device)
 		}
 		if SerialHex(c.SerialNumber) != r.Serial || certs.CertIdentity(c) != want || c.NotAfter.Unix() != r.NotAfter {
 			return bad("cert does not match the record (serial %s, identity %q)", SerialHex(c.SerialNumber), certs.CertIdentity(c))
 		}
 	case TypeConfirmed, TypeRevoked:
-		if viewer && r.Type == TypeConfirmed {
-			return bad("a viewer relay confirms no rotation")
+		if named && r.Type == TypeConfirmed {
+			return bad("%s confirms no rotation", r.Device)
 		}
 		if r.Role != "" || r.Via != "" || r.Epoch != 0 || r.TokenHash != "" || r.NotAfter != 0 || len(r.Cert) != 0 {
 			return bad("carries fields of an issued record")

@@ -291,7 +291,8 @@ func (r *Registry) Cert(serial string) (Cert, bool) {
 }
 
 // DeviceCerts returns the certificates issued for device (its own and its bootstrap
-// identity's), or for a viewer relay identity viewer:<name>, in issue order.
+// identity's), or for an identity recorded under its name (viewer:, operator: or signer:),
+// in issue order.
 func (r *Registry) DeviceCerts(device string) []Cert {
 	r.refresh()
 	r.mu.RLock()
@@ -449,8 +450,8 @@ func (tx *Tx) AfterCommit(f func()) { tx.after = append(tx.after, f) }
 // Cert returns what the log says about the certificate with serial.
 func (tx *Tx) Cert(serial string) (Cert, bool) { return tx.r.idx.cert(serial) }
 
-// DeviceCerts returns the certificates issued for device (or viewer relay identity), in
-// issue order.
+// DeviceCerts returns the certificates issued for device (or for an identity recorded under
+// its name), in issue order.
 func (tx *Tx) DeviceCerts(device string) []Cert { return tx.r.idx.deviceCerts(device) }
 
 // Known reports whether the log holds a device certificate for device, i.e. it was enrolled.

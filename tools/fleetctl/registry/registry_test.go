@@ -333,6 +333,7 @@ func FuzzOpen(f *testing.F) {
 	f.Add([]byte("{\"type\":\"confirmed\",\"serial\":\"ab\",\"device\":\"cam-0001\",\"time\":\"2026-11-01T12:00:00Z\"}\n{\"type\""))
 	f.Add([]byte("\n\n{}\n"))
 	f.Add([]byte(`{"type":"revoked","serial":"cd","device":"viewer:cloud","time":"2026-11-01T12:00:00Z"}` + "\n"))
+	f.Add([]byte(`{"type":"revoked","serial":"ef","device":"operator:admin","time":"2026-11-01T12:00:00Z"}` + "\n" + `{"type":"confirmed","serial":"ef","device":"signer:default","time":"2026-11-01T12:00:00Z"}` + "\n"))
 	f.Add([]byte(`{"type":"retired","device":"cam-0001","time":"2026-11-01T12:00:00Z"}` + "\n" + `{"type":"reinstated","device":"cam-0001","time":"2026-11-01T13:00:00Z"}` + "\n"))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		path := filepath.Join(t.TempDir(), "log.jsonl")
@@ -407,6 +408,66 @@ func TestViewerCertificatesAreRecordedAndRevokedButAreNoDevice(t *testing.T) {
 		edit(&bad)
 		if err := bad.Validate(); !errors.Is(err, registry.ErrInvalidRecord) {
 			t.Errorf("a viewer record with %s: %v", name, err)
+		}
+	}
+}
+
+// The operator's and the signer's certificates are recorded under their identity so that
+// fleetctl replace can revoke them; they are neither devices nor rotations, and their records
+// cannot pass for a viewer's or a device's.
+func TestOperatorAndSignerCertificatesAreRecordedButAreNoDevice(t *testing.T) {
+	fx := newFixture(t)
+	r := fx.open(t)
+	op := fx.issue(t, certs.RoleOperator, "admin")
+	sg := fx.issue(t, certs.RoleSigner, "default")
+	var recs []registry.Record
+	for _, c := range []*x509.Certificate{op, sg} {
+		rec, err := registry.IdentityIssuedRecord(c, t0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if rec.Via != registry.ViaFleet || rec.Device != certs.CertIdentity(c) {
+			t.Fatalf("record of %s: %+v", certs.CertIdentity(c), rec)
+		}
+		recs = append(recs, rec)
+	}
+	if _, err := registry.ViewerIssuedRecord(op, t0); !errors.Is(err, registry.ErrInvalidRecord) {
+		t.Errorf("an operator's certificate recorded as a viewer's: %v", err)
+	}
+	if _, err := registry.IdentityIssuedRecord(fx.issue(t, certs.RoleDevice, "cam-0001"), t0); !errors.Is(err, registry.ErrInvalidRecord) {
+		t.Errorf("a device's certificate recorded under its identity: %v", err)
+	}
+	appendAll(t, r, recs...)
+	appendAll(t, r, fx.issued(t, fx.issue(t, certs.RoleDevice, "cam-0001"), registry.ViaEnroll, "", t0))
+	if ds := r.Devices(); len(ds) != 1 || ds[0] != "cam-0001" {
+		t.Errorf("Devices = %v, want the one device", ds)
+	}
+	if o := r.Outcomes(t0.Add(-time.Hour), t0.Add(time.Hour), time.Minute); o.Issued != 0 {
+		t.Errorf("an operator or signer certificate counted as a rotation: %+v", o)
+	}
+	if cs := r.DeviceCerts("signer:default"); len(cs) != 1 || cs[0].Role != certs.RoleSigner || cs[0].Serial != registry.SerialHex(sg.SerialNumber) {
+		t.Fatalf("DeviceCerts(signer:default) = %+v", cs)
+	}
+	appendAll(t, r, revoked(registry.SerialHex(op.SerialNumber), "operator:admin", t0))
+	if !r.Revoked(op.SerialNumber) || r.Revoked(sg.SerialNumber) {
+		t.Error("the operator's revocation is not seen, or the signer's certificate was revoked with it")
+	}
+
+	for name, edit := range map[string]func(*registry.Record){
+		"a viewer's via":          func(r *registry.Record) { r.Via = registry.ViaViewer },
+		"an enrollment's via":     func(r *registry.Record) { r.Via = registry.ViaEnroll },
+		"the signer's role":       func(r *registry.Record) { r.Role = certs.RoleSigner },
+		"an epoch":                func(r *registry.Record) { r.Epoch = 1 },
+		"a token hash":            func(r *registry.Record) { r.TokenHash = strings.Repeat("ab", 32) },
+		"another operator's name": func(r *registry.Record) { r.Device = "operator:other" },
+		"a confirmation": func(r *registry.Record) {
+			*r = registry.Record{Type: registry.TypeConfirmed, Serial: r.Serial, Device: r.Device, Time: t0}
+		},
+	} {
+		bad := recs[0]
+		edit(&bad)
+		if err := bad.Validate(); !errors.Is(err, registry.ErrInvalidRecord) {
+			t.Errorf("an operator record with %s: %v", name, err)
 		}
 	}
 }

@@ -50,6 +50,9 @@ func CRL(ca *certs.CA, revoked []registry.Revocation, now time.Time, validity ti
 			RevocationTime: r.Time,
 		})
 	}
+	if ca.Key == nil {
+		return nil, fmt.Errorf("signer: create crl: %w", certs.ErrNoCAKey)
+	}
 	der, err := x509.CreateRevocationList(rand.Reader, tmpl, ca.Cert, ca.Key)
 	if err != nil {
 		return nil, fmt.Errorf("signer: create crl: %w", err)
