@@ -163,13 +163,14 @@ func DialFleet(ctx context.Context, f *fleet.Fleet, name, brokerOverride string,
 		return nil, err
 	}
 	// A camview serve runs for months; the identity lasts 90 days. The fleet directory renews
-	// it, and the next connection presents the new certificate.
+	// it, and the next connection presents the new certificate. A relay revoked meanwhile is
+	// not issued another until it is started again.
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
 	refreshCtx, stop := context.WithCancel(context.Background())
 	go func() { <-r.closed; stop() }()
-	go fleet.Refresh(refreshCtx, fleet.CertificateRefresh, cert, func() (*tls.Certificate, error) { return f.ViewerCertificate(name) }, holder.Set, log)
+	go fleet.Refresh(refreshCtx, fleet.CertificateRefresh, cert, func() (*tls.Certificate, error) { return f.KeptViewerCertificate(name) }, holder.Set, log)
 	return r, nil
 }
 

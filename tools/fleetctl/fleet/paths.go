@@ -88,6 +88,21 @@ func (f *Fleet) ViewerCertificate(name string) (*tls.Certificate, error) {
 	return f.loadRenewing(certName, keyName, time.Now())
 }
 
+// KeptViewerCertificate loads viewer:<name>'s key pair from the fleet directory, renewing it
+// when due, like ViewerCertificate, but never issues a first one: a running relay's refresh
+// uses it, so that a relay revoked while it runs (fleetctl viewer --revoke, which removes the
+// pair) stays out instead of issuing itself a new certificate within the hour.
+func (f *Fleet) KeptViewerCertificate(name string) (*tls.Certificate, error) {
+	if _, _, err := certs.ParseIdentity(string(certs.RoleViewer) + ":" + name); err != nil {
+		return nil, fmt.Errorf("fleet: viewer name: %w", err)
+	}
+	certName := filepath.Join(viewerDir, name+".crt")
+	if _, err := os.Stat(filepath.Join(f.Dir, certName)); errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("fleet: viewer:%s has no certificate in the fleet directory any more (revoked by fleetctl viewer --revoke?): restart the relay to be issued a new one", name)
+	}
+	return f.loadRenewing(certName, filepath.Join(viewerDir, name+".key"), time.Now())
+}
+
 // DefaultViewer is camview's default viewer relay name: viewer:web.
 const DefaultViewer = "web"
 

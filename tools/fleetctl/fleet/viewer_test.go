@@ -195,3 +195,30 @@ func TestViewerCertificateRenewsWhatIsAboutToExpire(t *testing.T) {
 		t.Fatalf("a certificate with time left was renewed again: %v", err)
 	}
 }
+
+// A running camview --fleet relay refreshes its certificate with KeptViewerCertificate: it
+// renews the pair it has, and once the relay is revoked (its pair removed) it fails instead of
+// issuing a new one, so the revocation holds until someone starts the relay again.
+func TestAKeptViewerCertificateIsNeverIssuedAgain(t *testing.T) {
+	f := newFleet(t)
+	if _, err := f.KeptViewerCertificate("web"); err == nil {
+		t.Fatal("a relay never issued got a certificate")
+	}
+	first, err := f.ViewerCertificate("web")
+	if err != nil {
+		t.Fatal(err)
+	}
+	kept, err := f.KeptViewerCertificate("web")
+	if err != nil || kept.Leaf.SerialNumber.Cmp(first.Leaf.SerialNumber) != 0 {
+		t.Fatalf("KeptViewerCertificate = %v, %v; want the pair kept", kept, err)
+	}
+	if _, err := f.RevokeViewer("web", time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if c, err := f.KeptViewerCertificate("web"); err == nil || !strings.Contains(err.Error(), "revoked") {
+		t.Fatalf("after the revocation: %v, %v", c, err)
+	}
+	if _, err := os.Stat(filepath.Join(f.Dir, "viewer", "web.crt")); !os.IsNotExist(err) {
+		t.Fatalf("a certificate was issued again: %v", err)
+	}
+}
