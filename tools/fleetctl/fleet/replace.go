@@ -86,38 +86,48 @@ func (f *Fleet) Replace(role certs.Role, now time.Time) (Replaced, error) {
 	res := Replaced{Identity: identity, Cert: issued}
 	newSerial := registry.SerialHex(issued.SerialNumber)
 	err = reg.Update(func(tx *registry.Tx) error {
-		res.Revoked = res.Revoked[:0]
-		var order []string
-		serials := map[string]bool{}
-		add := func(s string) {
-			if s != newSerial && !serials[s] {
-				serials[s] = true
-				order = append(order, s)
-			}
-		}
-		for _, c := range tx.DeviceCerts(identity) {
-			if !c.IsRevoked() && now.Before(c.NotAfter) {
-				add(c.Serial)
-			}
-		}
-		if kept != nil && certs.CertIdentity(kept) == identity && now.Before(kept.NotAfter) {
-			if c, ok := tx.Cert(registry.SerialHex(kept.SerialNumber)); !ok || !c.IsRevoked() {
-				add(registry.SerialHex(kept.SerialNumber))
-			}
-		}
-		for _, s := range order {
-			if err := tx.Append(registry.Record{Type: registry.TypeRevoked, Serial: s, Device: identity, Time: now.UTC()}); err != nil {
-				return err
-			}
-			n, _ := new(big.Int).SetString(s, 16)
-			res.Revoked = append(res.Revoked, n)
-		}
-		return nil
+		r, err := revokeIdentity(tx, identity, kept, newSerial, now)
+		res.Revoked = r
+		return err
 	})
 	if err != nil {
 		return res, fmt.Errorf("fleet: replace %s: the new certificate is in place, but the earlier ones are not revoked (run it again): %w", identity, err)
 	}
 	return res, nil
+}
+
+// revokeIdentity revokes, in tx, every certificate of identity (recorded under its name) that
+// has not expired and is not revoked yet, and kept, the one the fleet directory keeps for it
+// if any, which an older fleet may never have recorded; except is a serial to leave alone. It
+// returns the serials revoked, in the order recorded.
+func revokeIdentity(tx *registry.Tx, identity string, kept *x509.Certificate, except string, now time.Time) ([]*big.Int, error) {
+	var order []string
+	seen := map[string]bool{except: true}
+	add := func(s string) {
+		if !seen[s] {
+			seen[s] = true
+			order = append(order, s)
+		}
+	}
+	for _, c := range tx.DeviceCerts(identity) {
+		if !c.IsRevoked() && now.Before(c.NotAfter) {
+			add(c.Serial)
+		}
+	}
+	if kept != nil && certs.CertIdentity(kept) == identity && now.Before(kept.NotAfter) {
+		if c, ok := tx.Cert(registry.SerialHex(kept.SerialNumber)); !ok || !c.IsRevoked() {
+			add(registry.SerialHex(kept.SerialNumber))
+		}
+	}
+	revoked := make([]*big.Int, 0, len(order))
+	for _, s := range order {
+		if err := tx.Append(registry.Record{Type: registry.TypeRevoked, Serial: s, Device: identity, Time: now.UTC()}); err != nil {
+			return nil, err
+		}
+		n, _ := new(big.Int).SetString(s, 16)
+		revoked = append(revoked, n)
+	}
+	return revoked, nil
 }
 
 // LoadAtHandshake returns a tls.Config.GetClientCertificate callback for a long-running

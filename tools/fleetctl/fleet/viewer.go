@@ -5,11 +5,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"maps"
 	"math/big"
 	"os"
 	"path/filepath"
-	"slices"
 	"time"
 
 	"github.com/camagent/camagent/certs"
@@ -114,26 +112,9 @@ func (f *Fleet) RevokeViewer(name string, now time.Time) ([]*big.Int, error) {
 	}
 	var revoked []*big.Int
 	err = reg.Update(func(tx *registry.Tx) error {
-		revoked = revoked[:0]
-		serials := map[string]bool{}
-		for _, c := range tx.DeviceCerts(identity) {
-			if !c.IsRevoked() && now.Before(c.NotAfter) {
-				serials[c.Serial] = true
-			}
-		}
-		if kept != nil && certs.CertIdentity(kept) == identity && now.Before(kept.NotAfter) {
-			if c, ok := tx.Cert(registry.SerialHex(kept.SerialNumber)); !ok || !c.IsRevoked() {
-				serials[registry.SerialHex(kept.SerialNumber)] = true
-			}
-		}
-		for _, s := range slices.Sorted(maps.Keys(serials)) {
-			if err := tx.Append(registry.Record{Type: registry.TypeRevoked, Serial: s, Device: identity, Time: now.UTC()}); err != nil {
-				return err
-			}
-			n, _ := new(big.Int).SetString(s, 16)
-			revoked = append(revoked, n)
-		}
-		return nil
+		r, err := revokeIdentity(tx, identity, kept, "", now)
+		revoked = r
+		return err
 	})
 	if err != nil {
 		return nil, fmt.Errorf("fleet: viewer: revoke %s: %w", identity, err)
