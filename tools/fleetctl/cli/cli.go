@@ -36,6 +36,7 @@ commands:
   status            rotation status from retained state: counts and a per-device table
   keys rotate       make the next root-signed key set (needs the offline root key)
   crl               write the fleet's certificate revocation list
+  check             look at the fleet directory and say what needs doing (expiries, revoked copies, a stale CRL, keys that should be offline)
   rollout resume    let the signer issue again after it aborted a rollout
   ping              send a signed ping to a device and print its reply and the round-trip time
   grant             sign a grant to watch one device's live video (for camview), valid until it expires or the next rotation
@@ -70,6 +71,7 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		"grant":            grantCmd,
 		"viewer":           viewerCmd,
 		"replace":          replaceCmd,
+		"check":            checkCmd,
 	}
 	if c, ok := cmds[args[0]]; ok {
 		err := c(ctx, args[1:], stdout, stderr)

@@ -46,6 +46,13 @@
 // retained state is cleared and `status` leaves it out, so a breach rollout is not held up by
 // cameras that will never come back. `fleetctl enroll --reinstate` lets one back in.
 //
+// # Upkeep
+//
+// `fleetctl check` looks at a fleet directory (or a copy of one) without changing it and lists
+// what needs doing: certificates near their end and not renewed, one revoked since the copy was
+// made, a CRL that lacks revocations Mosquitto should enforce, the offline root key still on
+// the machine, an aborted rollout. It exits non-zero when something has failed.
+//
 // # Signer instances
 //
 // Each `fleetctl serve --name N` keeps a persistent MQTT session (client id

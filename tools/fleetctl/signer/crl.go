@@ -41,10 +41,7 @@ func CRL(ca *certs.CA, revoked []registry.Revocation, now time.Time, validity ti
 		ThisUpdate: now.Add(-certs.Backdate),
 		NextUpdate: next,
 	}
-	for _, r := range revoked {
-		if !r.NotAfter.IsZero() && r.NotAfter.Add(crlExpiredGrace).Before(now) {
-			continue
-		}
+	for _, r := range CRLEntries(revoked, now) {
 		tmpl.RevokedCertificateEntries = append(tmpl.RevokedCertificateEntries, x509.RevocationListEntry{
 			SerialNumber:   r.Serial,
 			RevocationTime: r.Time,
@@ -58,6 +55,19 @@ func CRL(ca *certs.CA, revoked []registry.Revocation, now time.Time, validity ti
 		return nil, fmt.Errorf("signer: create crl: %w", err)
 	}
 	return pem.EncodeToMemory(&pem.Block{Type: "X509 CRL", Bytes: der}), nil
+}
+
+// CRLEntries returns the revocations a CRL made at now lists: all but those whose certificate
+// expired more than a day before now.
+func CRLEntries(revoked []registry.Revocation, now time.Time) []registry.Revocation {
+	var out []registry.Revocation
+	for _, r := range revoked {
+		if !r.NotAfter.IsZero() && r.NotAfter.Add(crlExpiredGrace).Before(now) {
+			continue
+		}
+		out = append(out, r)
+	}
+	return out
 }
 
 // WriteCRL writes CRL's output to path atomically, mode 0644 (a CRL is public).

@@ -1,0 +1,180 @@
+package fleet
+
+import (
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/camagent/camagent/certs"
+	"github.com/camagent/camagent/tools/fleetctl/registry"
+)
+
+// Level grades a Finding.
+type Level int
+
+const (
+	// OK needs nothing done.
+	OK Level = iota
+	// Warn needs doing soon, or says this copy of the directory cannot do something.
+	Warn
+	// Fail is broken now, or breaks the fleet if left.
+	Fail
+)
+
+func (l Level) String() string {
+	switch l {
+	case OK:
+		return "ok"
+	case Warn:
+		return "WARN"
+	}
+	return "FAIL"
+}
+
+// Finding is one result of Check.
+type Finding struct {
+	// What was looked at: "fleet CA", "operator:admin certificate", ...
+	What   string
+	Level  Level
+	Detail string
+}
+
+// CAWarnBefore is how long before the fleet CA expires Check warns: no command replaces a CA,
+// so its end needs a new fleet planned well ahead.
+const CAWarnBefore = 365 * 24 * time.Hour
+
+// Check looks at this copy of the fleet directory as it is, changing nothing (it renews
+// nothing, unlike loading a certificate to use it): the CA, which keys are here, the fleet's
+// own certificates and whether reg revoked them. reg may be nil when the registry cannot be
+// read; the caller says so.
+func (f *Fleet) Check(reg *registry.Registry, now time.Time) []Finding {
+	var out []Finding
+	add := func(what string, l Level, format string, args ...any) {
+		out = append(out, Finding{What: what, Level: l, Detail: fmt.Sprintf(format, args...)})
+	}
+
+	left := f.CA.Cert.NotAfter.Sub(now)
+	switch {
+	case left <= 0:
+		add("fleet CA", Fail, "expired %s: no certificate of the fleet verifies", day(f.CA.Cert.NotAfter))
+	case left < CAWarnBefore:
+		add("fleet CA", Warn, "expires %s, in %s: nothing replaces a fleet CA; plan the fleet's move to a new one", day(f.CA.Cert.NotAfter), days(left))
+	default:
+		add("fleet CA", OK, "valid until %s", day(f.CA.Cert.NotAfter))
+	}
+	if f.HasCAKey() {
+		add("CA key", OK, "here: this copy issues certificates and signs the CRL")
+	} else {
+		add("CA key", OK, "not here: this copy only checks (fleetctl broker, operator commands)")
+	}
+	if _, err := os.Stat(filepath.Join(f.Dir, rootKeyFile)); err == nil {
+		add("offline root key", Warn, "%s is on this machine: move it off (only fleetctl keys rotate needs it); with it and the operator's certificate, anyone makes every camera trust command and grant keys of their own", filepath.Join(f.Dir, rootKeyFile))
+	} else {
+		add("offline root key", OK, "not on this machine")
+	}
+	for _, kind := range []string{"command", "grant"} {
+		what := kind + " signing key"
+		if _, err := f.signingKey(kind); err != nil {
+			add(what, Warn, "none here that key set v%d trusts: commands that sign %ss cannot run from this copy", f.ks.Version, kind)
+		} else {
+			add(what, OK, "here, trusted by key set v%d", f.ks.Version)
+		}
+	}
+
+	type own struct {
+		identity, certName, keyName string
+		server, optional            bool
+		howRenewed                  string
+	}
+	owns := []own{
+		{"operator:" + DefaultOperator, operatorCert, operatorKey, false, false, "any fleetctl command that uses it renews it where the CA key is"},
+		{"signer:" + DefaultSigner, signerCert, signerKey, false, true, "a running fleetctl serve renews it where the CA key is"},
+		{"broker", serverCert, serverKey, true, false, "a running fleetctl broker, or fleetctl mosquitto-config, renews it where the CA key is"},
+	}
+	names, _ := f.ViewerNames()
+	for _, n := range names {
+		owns = append(owns, own{"viewer:" + n, filepath.Join(viewerDir, n+".crt"), filepath.Join(viewerDir, n+".key"), false, true, "a camview --fleet relay renews it where the CA key is; one with its own key needs a new CSR signed (fleetctl viewer --csr)"})
+	}
+	for _, o := range owns {
+		out = append(out, f.checkOwn(reg, now, o.identity, o.certName, o.keyName, o.server, o.optional, o.howRenewed))
+	}
+	return out
+}
+
+// checkOwn checks one certificate the fleet directory keeps.
+func (f *Fleet) checkOwn(reg *registry.Registry, now time.Time, identity, certName, keyName string, server, optional bool, howRenewed string) Finding {
+	fd := Finding{What: identity + " certificate"}
+	set := func(l Level, format string, args ...any) Finding {
+		fd.Level, fd.Detail = l, fmt.Sprintf(format, args...)
+		return fd
+	}
+	b, err := os.ReadFile(filepath.Join(f.Dir, certName))
+	if errors.Is(err, os.ErrNotExist) {
+		if optional {
+			return set(OK, "none kept here")
+		}
+		return set(Fail, "%s is missing", certName)
+	}
+	if err != nil {
+		return set(Fail, "%v", err)
+	}
+	c, err := certs.ParseCertPEM(b)
+	if err != nil {
+		return set(Fail, "%s: %v", certName, err)
+	}
+	usage := x509.ExtKeyUsageClientAuth
+	if server {
+		usage = x509.ExtKeyUsageServerAuth
+	}
+	if _, err := c.Verify(x509.VerifyOptions{Roots: f.Pool, CurrentTime: c.NotBefore.Add(time.Second), KeyUsages: []x509.ExtKeyUsage{usage}}); err != nil {
+		return set(Fail, "%s was not issued by this fleet's CA: %v", certName, err)
+	}
+	serial := registry.SerialHex(c.SerialNumber)
+	if reg != nil && reg.Revoked(c.SerialNumber) {
+		return set(Fail, "serial %s is revoked (fleetctl replace, or viewer --revoke, elsewhere?): this copy no longer gets in; copy the new pair here", serial)
+	}
+	if _, err := os.Stat(filepath.Join(f.Dir, keyName)); errors.Is(err, os.ErrNotExist) {
+		if strings.HasPrefix(identity, "viewer:") {
+			fd.Detail = "key kept by the relay itself; "
+		} else {
+			return set(Fail, "%s is missing", keyName)
+		}
+	} else if k, err := certs.LoadKeyFile(filepath.Join(f.Dir, keyName)); err != nil {
+		return set(Fail, "%v", err)
+	} else if !certs.SamePublicKey(c, k) {
+		return set(Fail, "%s is not the key of %s: a renewal stopped half-way; the next fleetctl command with the CA key here renews it", keyName, certName)
+	}
+	prefix := fd.Detail
+	left := c.NotAfter.Sub(now)
+	switch {
+	case left <= 0:
+		return set(Fail, "%sserial %s expired %s: %s", prefix, serial, day(c.NotAfter), howRenewed)
+	case left < RenewBefore:
+		return set(Warn, "%sserial %s expires %s, in %s, and was not renewed: %s", prefix, serial, day(c.NotAfter), days(left), howRenewed)
+	}
+	return set(OK, "%sserial %s, valid until %s", prefix, serial, day(c.NotAfter))
+}
+
+// day formats t as a date.
+func day(t time.Time) string { return t.UTC().Format(time.DateOnly) }
+
+// days formats d in whole days (hours under a day).
+func days(d time.Duration) string {
+	if d < 24*time.Hour {
+		return d.Round(time.Hour).String()
+	}
+	return fmt.Sprintf("%d days", int(d/(24*time.Hour)))
+}
+
+// Worst returns the worst level among fs.
+func Worst(fs []Finding) Level {
+	w := OK
+	for _, f := range fs {
+		w = max(w, f.Level)
+	}
+	return w
+}
