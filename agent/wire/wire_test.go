@@ -76,3 +76,37 @@ func FuzzDecodeCertResponse(f *testing.F) {
 		_ = Decode(b, &r)
 	})
 }
+
+func FuzzDecodeSignerPresence(f *testing.F) {
+	f.Add([]byte(`{"v":1,"name":"s1","state":"serving","since":1795790000,"at":1795790030,"every_s":30}`))
+	f.Add([]byte(`{"v":1,"name":"eu-west.2","state":"stopped","since":1,"at":1,"every_s":3600}`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		var p SignerPresence
+		if Decode(b, &p) == nil {
+			if _, err := Encode(&p); err != nil {
+				t.Fatalf("decoded presence does not re-encode: %v", err)
+			}
+		}
+	})
+}
+
+func TestSignerPresenceIsStrict(t *testing.T) {
+	good := `{"v":1,"name":"s1","state":"serving","since":100,"at":130,"every_s":30}`
+	var p SignerPresence
+	if err := Decode([]byte(good), &p); err != nil {
+		t.Fatal(err)
+	}
+	for name, bad := range map[string]string{
+		"another version":        `{"v":2,"name":"s1","state":"serving","since":100,"at":130,"every_s":30}`,
+		"a name with a slash":    `{"v":1,"name":"s/1","state":"serving","since":100,"at":130,"every_s":30}`,
+		"no name":                `{"v":1,"name":"","state":"serving","since":100,"at":130,"every_s":30}`,
+		"an unknown state":       `{"v":1,"name":"s1","state":"asleep","since":100,"at":130,"every_s":30}`,
+		"sent before it started": `{"v":1,"name":"s1","state":"serving","since":100,"at":99,"every_s":30}`,
+		"no interval":            `{"v":1,"name":"s1","state":"serving","since":100,"at":130,"every_s":0}`,
+		"an unknown field":       `{"v":1,"name":"s1","state":"serving","since":100,"at":130,"every_s":30,"ssid":"x"}`,
+	} {
+		if err := Decode([]byte(bad), new(SignerPresence)); !errors.Is(err, ErrMalformed) {
+			t.Errorf("%s: %v", name, err)
+		}
+	}
+}

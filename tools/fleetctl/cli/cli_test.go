@@ -564,7 +564,7 @@ func TestBreachWarnsOfAnAbortedRollout(t *testing.T) {
 	pki := &mqtttest.PKI{CA: f.CA, CAPEM: f.CAPEM, Pool: f.Pool}
 	brk := mqtttest.StartEmbedded(t, pki)
 	_, stderr, err := run(t, "breach", "--dir", dir, "--broker", brk.URL(), "--incident", "INC-1")
-	if err != nil || strings.Contains(stderr, "WARNING") {
+	if err != nil || strings.Contains(stderr, "aborted") {
 		t.Fatalf("breach with the rollout running: %v\n%s", err, stderr)
 	}
 	st := `{"aborted":true,"reason":"12 of 40 certificates not confirmed","aborted_at":"2026-11-27T03:00:00Z"}`

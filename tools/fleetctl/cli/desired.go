@@ -108,6 +108,7 @@ func rotateCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	}
 	fmt.Fprintf(stdout, "desired credential epoch of %s raised to %d (version %d); follow it with fleetctl status --wait 10m\n", target, got.Epoch, got.Version)
 	warnAborted(f, *dir, stderr)
+	warnSigners(col, stderr)
 	return nil
 }
 
@@ -158,6 +159,7 @@ func breachCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	}
 	fmt.Fprintln(stdout, "follow it with: fleetctl status --wait 10m")
 	warnAborted(f, *dir, stderr)
+	warnSigners(col, stderr)
 	return nil
 }
 
@@ -173,6 +175,14 @@ func warnAborted(f *fleet.Fleet, dir string, w io.Writer) {
 	if st.Aborted {
 		fmt.Fprintf(w, "WARNING: the signers aborted the last rollout at %s (%s): no device rotates until you run: fleetctl rollout resume --dir %s\n",
 			st.AbortedAt.UTC().Format(time.RFC3339), st.Reason, dir)
+	}
+}
+
+// warnSigners says so on w when, by the signers' retained presence, no signer serves: a
+// rollout would wait for one, and so would the devices' scheduled renewals.
+func warnSigners(col *status.Collector, w io.Writer) {
+	if msg := col.Report().SignerWarning(time.Now()); msg != "" {
+		fmt.Fprintf(w, "WARNING: %s\n", msg)
 	}
 }
 
@@ -244,6 +254,7 @@ func statusCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	// Before a --wait that could only watch it stall: and even a converged fleet needs the
 	// signers for its scheduled renewals.
 	warnAborted(f, *dir, stderr)
+	warnSigners(col, stderr)
 	if *wait > 0 {
 		r, err = follow(ctx, col, *wait, stderr, op.Client().Reconnect)
 		if err != nil {

@@ -59,4 +59,7 @@
 // signer:default~<hash of N>) so requests queued while it restarts are not lost. The brokers
 // also keep handing a share of the requests to a stopped instance's session; when an instance
 // is taken out of service for good, run `fleetctl serve --name N --retire` once.
+//
+// Each instance also keeps its presence retained on fleet/signers/<instance> (serving, every
+// 30 s; stopped), so that `status`, `breach` and `rotate` can warn when no signer serves.
 package cli

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/camagent/camagent/agent/wire"
 	"github.com/camagent/camagent/certs"
 	"github.com/camagent/camagent/tools/fleetctl/fleet"
 	"github.com/camagent/camagent/tools/fleetctl/signer"
@@ -55,6 +56,9 @@ func serveCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return err
 	}
+	if !wire.SignerNameRe.MatchString(*name) {
+		return fmt.Errorf("serve: --name %q: letters, digits, '.', '_' and '-', at most 64", *name)
+	}
 	identity := certs.CertIdentity(cert.Leaf)
 	clientID := fleet.SignerClientID(identity, *name)
 	holder := certs.NewHolder(cert)
@@ -99,6 +103,7 @@ func serveCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		AbortMin:       *abortMin,
 		ConfirmTimeout: *confirmTimeout,
 		AbortWindow:    *abortWindow,
+		Name:           *name,
 		Logger:         log.With("signer", *name),
 	})
 	if err != nil {

@@ -7,6 +7,7 @@ import (
 	"math"
 	"time"
 
+	"github.com/camagent/camagent/agent/wire"
 	"github.com/camagent/camagent/certs"
 	"github.com/camagent/camagent/internal/clock"
 	"github.com/camagent/camagent/tools/fleetctl/registry"
@@ -22,6 +23,9 @@ const (
 	DefaultPublishers     = 8
 	DefaultPublishTimeout = 10 * time.Second
 	DefaultMaxPending     = 512
+	// DefaultPresenceEvery is how often a signer says again that it serves; fleetctl status
+	// warns when none has said so for three times as long.
+	DefaultPresenceEvery  = 30 * time.Second
 	DefaultPendingTimeout = 30 * time.Second
 	DefaultHoldTimeout    = 25 * time.Second
 	// DefaultMaxHeld caps the requests one signer holds while the window is full.
@@ -109,6 +113,14 @@ type Config struct {
 	// DefaultPublishTimeout.
 	PublishTimeout time.Duration
 
+	// Name is the instance's name (fleetctl serve --name, wire.SignerNameRe) in the presence
+	// it keeps retained on PresenceTopic(ClientID), so that operators see which signers
+	// serve. Empty means the client id's session suffix.
+	Name string
+	// PresenceEvery is how often the presence is sent again while serving. Zero means
+	// DefaultPresenceEvery.
+	PresenceEvery time.Duration
+
 	// Clock tells the time for issuing and for the rollout controls. Nil means the system clock.
 	Clock clock.Clock
 	// Logger receives the signer's decisions (device ids, serials, request ids, error codes;
@@ -183,6 +195,18 @@ func withDefaults(cfg Config) (Config, error) {
 	}
 	if cfg.BatchSize == 0 {
 		cfg.BatchSize = DefaultBatchSize
+	}
+	if cfg.Name == "" {
+		cfg.Name = clientSuffix(cfg.ClientID)
+	}
+	if !wire.SignerNameRe.MatchString(cfg.Name) {
+		return bad("Name", "%q: letters, digits, '.', '_' and '-', at most 64", cfg.Name)
+	}
+	switch {
+	case cfg.PresenceEvery == 0:
+		cfg.PresenceEvery = DefaultPresenceEvery
+	case cfg.PresenceEvery < time.Second || cfg.PresenceEvery > wire.MaxSignerPresenceEvery*time.Second:
+		return bad("PresenceEvery", "%v: between 1s and %ds", cfg.PresenceEvery, wire.MaxSignerPresenceEvery)
 	}
 	if cfg.Publishers == 0 {
 		cfg.Publishers = DefaultPublishers

@@ -17,7 +17,8 @@ import (
 // unanswered, for an instance that will not return (the devices ask again after their request
 // timeout). Retire connects once with the instance's client id and a clean session, which
 // makes the broker discard the old session, its subscriptions and whatever was queued in it
-// (MQTT 3.1.1, section 3.1.2.4), and disconnects. The instance must not be running.
+// (MQTT 3.1.1, section 3.1.2.4), clears the presence it kept retained, and disconnects. The
+// instance must not be running.
 func Retire(ctx context.Context, brokerURL, clientID string, tlsConf *tls.Config, log *slog.Logger) error {
 	c, err := mqtt.New(mqtt.Config{BrokerURL: brokerURL, ClientID: clientID, TLS: tlsConf, CleanSession: true, Logger: log})
 	if err != nil {
@@ -27,6 +28,10 @@ func Retire(ctx context.Context, brokerURL, clientID string, tlsConf *tls.Config
 	done := make(chan error, 1)
 	go func() { done <- c.Run(runCtx) }()
 	err = c.WaitConnected(ctx)
+	if err == nil {
+		// Its presence goes too: status no longer lists it.
+		err = c.Publish(ctx, PresenceTopic(clientID), 1, true, nil)
+	}
 	cancel()
 	if runErr := <-done; runErr != nil && !errors.Is(runErr, mqtt.ErrClosed) {
 		err = errors.Join(err, runErr)

@@ -160,7 +160,15 @@ func (s *Signer) Run(ctx context.Context) error {
 	}
 	start(s.monitorLoop)
 	start(s.compactLoop)
-	err := s.client.Run(ctx)
+	// The connection outlives ctx by as long as the presence loop takes to say "stopped".
+	clientCtx, stopClient := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopClient()
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		s.presenceLoop(ctx, stopClient)
+	}()
+	err := s.client.Run(clientCtx)
 	cancel()
 	wg.Wait()
 	if n := len(s.in); n > 0 {

@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"io"
 	"sort"
+	"strings"
 	"sync"
 	"text/tabwriter"
 	"time"
@@ -38,7 +39,7 @@ const (
 
 // Filters returns the topic filters whose messages a Collector takes.
 func Filters() []string {
-	return []string{"dev/+/up/" + topic.LeafState, topic.FleetDesired, "dev/+/down/" + topic.LeafDesired}
+	return []string{"dev/+/up/" + topic.LeafState, topic.FleetDesired, "dev/+/down/" + topic.LeafDesired, topic.SignersFilter}
 }
 
 // Collector accumulates retained messages. It is safe for concurrent use.
@@ -51,6 +52,7 @@ type Collector struct {
 	desired  map[string]*certs.Desired
 	states   map[string]*wire.DeviceState
 	retired  map[string]bool
+	signers  map[string]*wire.SignerPresence
 	rejected int
 	changed  chan struct{}
 }
@@ -58,7 +60,7 @@ type Collector struct {
 // NewCollector returns a Collector that believes desired-state documents signed by ks's
 // command keys, or by a newer key set signed by root.
 func NewCollector(root ed25519.PublicKey, ks *certs.KeySet) *Collector {
-	return &Collector{root: root, ks: ks, desired: map[string]*certs.Desired{}, states: map[string]*wire.DeviceState{}, retired: map[string]bool{}, changed: make(chan struct{})}
+	return &Collector{root: root, ks: ks, desired: map[string]*certs.Desired{}, states: map[string]*wire.DeviceState{}, retired: map[string]bool{}, signers: map[string]*wire.SignerPresence{}, changed: make(chan struct{})}
 }
 
 // Retired reports whether Retire was told about device.
@@ -87,6 +89,19 @@ func (c *Collector) Add(t string, payload []byte) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	defer c.notifyLocked()
+	if instance, isSigner := strings.CutPrefix(t, topic.SignersPrefix); isSigner && instance != "" && !strings.Contains(instance, "/") {
+		if len(payload) == 0 {
+			delete(c.signers, instance)
+			return
+		}
+		var p wire.SignerPresence
+		if err := wire.Decode(payload, &p); err != nil {
+			c.rejected++
+			return
+		}
+		c.signers[instance] = &p
+		return
+	}
 	switch {
 	case ok && id != "" && dir == topic.Up && leaf == topic.LeafState:
 		if len(payload) == 0 {
@@ -221,6 +236,53 @@ type Report struct {
 	Devices []Device `json:"devices"`
 	// Retired counts the retired devices (Collector.Retire) whose retained state was left out.
 	Retired int `json:"retired,omitempty"`
+	// Signers are the signer instances that said they serve or stopped (fleet/signers/+), by
+	// name.
+	Signers []Signer `json:"signers"`
+}
+
+// Signer is one signer instance's last word.
+type Signer struct {
+	Name string `json:"name"`
+	// State is wire.SignerServing or wire.SignerStopped.
+	State string `json:"state"`
+	// Since is when it started and Said when it last spoke, by its clock.
+	Since time.Time `json:"since"`
+	Said  time.Time `json:"said"`
+	// Every is how many seconds apart a serving instance speaks.
+	Every int64 `json:"every_s"`
+}
+
+// Quiet is how many of its intervals a serving signer may stay silent before SignerWarning
+// counts it out: it crashed, or lost the broker.
+const Quiet = 3
+
+// Alive reports whether s said it serves within Quiet of its intervals before now.
+func (s Signer) Alive(now time.Time) bool {
+	return s.State == wire.SignerServing && now.Sub(s.Said) <= Quiet*time.Duration(s.Every)*time.Second
+}
+
+// SignerWarning returns what an operator must hear before counting on a rollout, or "" when a
+// signer serves: that no signer ever said it serves on this broker, that every one stopped, or
+// that none has been heard from lately. Without a signer, devices' certificate requests wait.
+func (r Report) SignerWarning(now time.Time) string {
+	if len(r.Signers) == 0 {
+		return "no signer has said it serves on this broker: devices' certificate requests wait until one runs (fleetctl serve)"
+	}
+	var last Signer
+	for _, s := range r.Signers {
+		if s.Alive(now) {
+			return ""
+		}
+		if s.Said.After(last.Said) {
+			last = s
+		}
+	}
+	if last.State == wire.SignerStopped {
+		return fmt.Sprintf("every signer has stopped (the last, %s, at %s): devices' certificate requests wait until one runs (fleetctl serve)", last.Name, last.Said.UTC().Format(time.RFC3339))
+	}
+	return fmt.Sprintf("no signer has been heard from since %s (%s said it serves, every %d s): it may have crashed or lost the broker; devices' certificate requests wait until one runs (fleetctl serve)",
+		last.Said.UTC().Format(time.RFC3339), last.Name, last.Every)
 }
 
 // Counts are the devices by state.
@@ -301,6 +363,11 @@ func (c *Collector) Report() Report {
 		r.Devices = append(r.Devices, d)
 	}
 	sort.Slice(r.Devices, func(i, j int) bool { return r.Devices[i].ID < r.Devices[j].ID })
+	r.Signers = make([]Signer, 0, len(c.signers))
+	for _, p := range c.signers {
+		r.Signers = append(r.Signers, Signer{Name: p.Name, State: p.State, Since: time.Unix(p.Since, 0).UTC(), Said: time.Unix(p.At, 0).UTC(), Every: p.Every})
+	}
+	sort.Slice(r.Signers, func(i, j int) bool { return r.Signers[i].Name < r.Signers[j].Name })
 	r.Total = len(r.Devices)
 	r.Converged = r.Counts.Converged == r.Total
 	if r.Devices == nil {
@@ -332,6 +399,15 @@ func (r Report) WriteTable(w io.Writer) error {
 	if _, err := fmt.Fprintf(w, "%s: %d devices: %d converged, %d rotating, %d failed, %d behind%s\n\n",
 		fleet, r.Total, r.Counts.Converged, r.Counts.Rotating, r.Counts.Failed, r.Counts.Behind, retired); err != nil {
 		return err
+	}
+	if len(r.Signers) > 0 {
+		var said []string
+		for _, sg := range r.Signers {
+			said = append(said, fmt.Sprintf("%s %s (said %s)", sg.Name, sg.State, sg.Said.UTC().Format(time.RFC3339)))
+		}
+		if _, err := fmt.Fprintf(w, "signers: %s\n\n", strings.Join(said, ", ")); err != nil {
+			return err
+		}
 	}
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	// LAST STATE is when the device last published its state (every connection and renewal):

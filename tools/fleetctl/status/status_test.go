@@ -6,7 +6,9 @@ import (
 	"flag"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/camagent/camagent/agent/wire"
 	"github.com/camagent/camagent/certs"
@@ -160,5 +162,54 @@ func TestRetiredDevicesAreLeftOut(t *testing.T) {
 	}
 	if !bytes.Contains(table.Bytes(), []byte("1 devices: 1 converged, 0 rotating, 0 failed, 0 behind (2 retired devices left out)")) {
 		t.Fatalf("table:\n%s", table.String())
+	}
+}
+
+func presence(t *testing.T, name, state string, since, at int64) []byte {
+	t.Helper()
+	b, err := wire.Encode(&wire.SignerPresence{V: wire.Version, Name: name, State: state, Since: since, At: at, Every: 30})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// The signers' retained presence tells the operator whether any signer serves: none ever said
+// so, all stopped, or the last word is older than three intervals (a crash) are warnings; one
+// fresh "serving" among them is enough.
+func TestTheReportSaysWhetherASignerServes(t *testing.T) {
+	f := newFleet(t)
+	c := status.NewCollector(f.RootKey(), f.KeySet())
+	now := time.Unix(1795000000, 0)
+	if w := c.Report().SignerWarning(now); !strings.Contains(w, "no signer has said it serves") {
+		t.Errorf("no presence: %q", w)
+	}
+	c.Add("fleet/signers/0a0a0a0a", presence(t, "s1", wire.SignerServing, 1794990000, 1795000000-60))
+	r := c.Report()
+	if w := r.SignerWarning(now); w != "" || len(r.Signers) != 1 || r.Signers[0].Name != "s1" || !r.Signers[0].Alive(now) {
+		t.Fatalf("a signer heard 60 s ago, every 30 s: %q, %+v", w, r.Signers)
+	}
+	if w := r.SignerWarning(now.Add(31 * time.Second)); !strings.Contains(w, "may have crashed") || !strings.Contains(w, "s1") {
+		t.Errorf("a signer silent for 91 s: %q", w)
+	}
+	c.Add("fleet/signers/0b0b0b0b", presence(t, "s2", wire.SignerStopped, 1794990000, 1795000000-10))
+	if w := c.Report().SignerWarning(now); w != "" {
+		t.Errorf("s1 still serves beside a stopped s2: %q", w)
+	}
+	c.Add("fleet/signers/0a0a0a0a", presence(t, "s1", wire.SignerStopped, 1794990000, 1795000000-5))
+	if w := c.Report().SignerWarning(now); !strings.Contains(w, "every signer has stopped (the last, s1,") {
+		t.Errorf("both stopped: %q", w)
+	}
+	// serve --retire clears an instance; a malformed presence is rejected, not believed.
+	c.Add("fleet/signers/0a0a0a0a", nil)
+	before := c.Rejected()
+	c.Add("fleet/signers/0c0c0c0c", []byte(`{"v":1,"name":"s3","state":"serving","since":1,"at":1795000000,"every_s":30,"extra":1}`))
+	r = c.Report()
+	if len(r.Signers) != 1 || r.Signers[0].Name != "s2" || c.Rejected() != before+1 {
+		t.Errorf("after a retirement and a malformed presence: %+v, rejected %d", r.Signers, c.Rejected()-before)
+	}
+	var table bytes.Buffer
+	if err := r.WriteTable(&table); err != nil || !strings.Contains(table.String(), "signers: s2 stopped (said ") {
+		t.Errorf("the table does not list the signers: %v\n%s", err, table.String())
 	}
 }

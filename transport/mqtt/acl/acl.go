@@ -75,6 +75,7 @@ var rules = []Rule{
 	{certs.RoleSigner, "dev/+/down/cert", Write},
 	{certs.RoleSigner, "boot/+/up/csr", Read},
 	{certs.RoleSigner, "boot/+/down/cert", Write},
+	{certs.RoleSigner, "fleet/signers/+", Write},
 
 	{certs.RoleViewer, "dev/+/down/signal", Write},
 	{certs.RoleViewer, "dev/+/up/signal", Read},

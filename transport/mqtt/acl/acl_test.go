@@ -71,6 +71,13 @@ func TestAllowed(t *testing.T) {
 		{"a signer may not send commands", "signer:s1", "dev/cam-a/down/cmd", pub, false},
 		{"a signer may not read device replies", "signer:s1", "dev/+/up/#", sub, false},
 		{"a signer may not read fleet commands", "signer:s1", "fleet/down/#", sub, false},
+		{"a signer may say it serves", "signer:s1", "fleet/signers/0a1b2c3d", pub, true},
+		{"a signer may not write under fleet/down", "signer:s1", "fleet/down/desired", pub, false},
+		{"a signer may not read other signers' presence", "signer:s1", "fleet/signers/+", sub, false},
+		{"an operator may read signers' presence", "operator:admin", "fleet/signers/+", sub, true},
+		{"a device may not read signers' presence", "cam-a", "fleet/signers/+", sub, false},
+		{"a device may not pose as a signer", "cam-a", "fleet/signers/0a1b2c3d", pub, false},
+		{"a viewer may not pose as a signer", "viewer:web", "fleet/signers/0a1b2c3d", pub, false},
 
 		// Viewer relays.
 		{"a viewer relay may send signaling to a device", "viewer:relay", "dev/cam-a/down/signal", pub, true},

@@ -49,6 +49,14 @@ const (
 	FleetDownFilter = "fleet/down/#"
 )
 
+// Signer presence: each signer instance keeps a retained wire.SignerPresence on
+// SignersPrefix + <instance>, where <instance> is its client id's session suffix. Operators
+// read it; devices never see it.
+const (
+	SignersPrefix = "fleet/signers/"
+	SignersFilter = SignersPrefix + "+"
+)
+
 const (
 	devPrefix   = "dev/"
 	fleetPrefix = "fleet/"

@@ -1,0 +1,121 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/camagent/camagent/agent/wire"
+	"github.com/camagent/camagent/tools/fleetctl/cli"
+	"github.com/camagent/camagent/tools/fleetctl/fleet"
+	"github.com/camagent/camagent/tools/fleetctl/fleettest"
+	"github.com/camagent/camagent/tools/fleetctl/status"
+	"github.com/camagent/camagent/transport/mqtt/mqtttest"
+)
+
+// lockedBuffer is a bytes.Buffer for a command running in another goroutine.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// startServe runs fleetctl serve --name name until the returned stop is called.
+func startServe(t *testing.T, f *fleet.Fleet, url, name string) (stop func()) {
+	t.Helper()
+	out := &lockedBuffer{}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- cli.Run(ctx, []string{"serve", "--dir", f.Dir, "--broker", url, "--name", name, "--log-level", "warn"}, out, out)
+	}()
+	waitFor(t, fleettest.Timeout, "the signer to serve", func() bool { return strings.Contains(out.String(), "serving") })
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			cancel()
+			if err := <-done; err != nil {
+				t.Errorf("fleetctl serve --name %s: %v\n%s", name, err, out.String())
+			}
+		})
+	}
+	t.Cleanup(stop)
+	return stop
+}
+
+// statusOf runs fleetctl status --json and returns the report and what it warned.
+func statusOf(t *testing.T, f *fleet.Fleet, url string) (status.Report, string) {
+	t.Helper()
+	var out, errb bytes.Buffer
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := cli.Run(ctx, []string{"status", "--dir", f.Dir, "--broker", url, "--json"}, &out, &errb); err != nil {
+		t.Fatalf("fleetctl status: %v\n%s", err, errb.String())
+	}
+	var r status.Report
+	if err := json.Unmarshal(out.Bytes(), &r); err != nil {
+		t.Fatalf("status --json: %v\n%s", err, out.String())
+	}
+	return r, errb.String()
+}
+
+// An operator at 3 a.m. learns from fleetctl status (and breach, rotate) whether any signer
+// serves, before waiting for a rollout that cannot move: each running fleetctl serve keeps its
+// presence retained, says "stopped" when it stops, and serve --retire clears it. On both
+// brokers.
+func TestStatusSaysWhetherASignerServes(t *testing.T) {
+	for _, kind := range []string{"embedded", "mosquitto"} {
+		t.Run(kind, func(t *testing.T) {
+			f, pki := newFleet(t)
+			var url string
+			if kind == "embedded" {
+				url = fleettest.StartBroker(t, f)
+			} else {
+				fleetctl(t, "crl", "--dir", f.Dir)
+				crl, err := os.ReadFile(f.CRLPath())
+				if err != nil {
+					t.Fatal(err)
+				}
+				url = mqtttest.StartMosquitto(t, pki, fleettest.Identities(), mqtttest.WithCRL(crl)).URL()
+			}
+			if _, warned := statusOf(t, f, url); !strings.Contains(warned, "WARNING: no signer has said it serves") {
+				t.Fatalf("no signer ever ran, and status said:\n%s", warned)
+			}
+
+			stop := startServe(t, f, url, "s1")
+			var r status.Report
+			waitFor(t, 30*time.Second, "status to list s1 serving", func() bool {
+				r, _ = statusOf(t, f, url)
+				return len(r.Signers) == 1 && r.Signers[0].Name == "s1" && r.Signers[0].State == wire.SignerServing
+			})
+			if _, warned := statusOf(t, f, url); strings.Contains(warned, "signer") {
+				t.Fatalf("with s1 serving, status warned:\n%s", warned)
+			}
+
+			stop()
+			if r, warned := statusOf(t, f, url); !strings.Contains(warned, "every signer has stopped (the last, s1,") || r.Signers[0].State != wire.SignerStopped {
+				t.Fatalf("s1 stopped, and status said %+v:\n%s", r.Signers, warned)
+			}
+			fleetctl(t, "serve", "--dir", f.Dir, "--broker", url, "--name", "s1", "--retire")
+			if r, warned := statusOf(t, f, url); len(r.Signers) != 0 || !strings.Contains(warned, "no signer has said it serves") {
+				t.Fatalf("s1 retired, and status said %+v:\n%s", r.Signers, warned)
+			}
+		})
+	}
+}
