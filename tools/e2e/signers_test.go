@@ -108,9 +108,20 @@ func TestStatusSaysWhetherASignerServes(t *testing.T) {
 				t.Fatalf("with s1 serving, status warned:\n%s", warned)
 			}
 
+			cam := startAgent(t, enroll(t, f, "cam-0000"), url, fastRotation)
+			cam.waitConnected(t)
+			waitFor(t, 30*time.Second, "the camera's state", func() bool { r, _ := statusOf(t, f, url); return r.Total == 1 })
 			stop()
 			if r, warned := statusOf(t, f, url); !strings.Contains(warned, "every signer has stopped (the last, s1,") || r.Signers[0].State != wire.SignerStopped {
 				t.Fatalf("s1 stopped, and status said %+v:\n%s", r.Signers, warned)
+			}
+			// A rollout started now says it will wait; status --wait says so in its progress bar
+			// (drawn again after 5 s without news) and when it gives up.
+			if out, err := tryFleetctl("rotate", "--dir", f.Dir, "--broker", url, "--device", "cam-0000"); err != nil || !strings.Contains(out, "WARNING: every signer has stopped") {
+				t.Fatalf("rotate with no signer serving: %v\n%s", err, out)
+			}
+			if out, err := tryFleetctl("status", "--dir", f.Dir, "--broker", url, "--wait", "7s"); err == nil || !strings.Contains(err.Error(), "not converged") || !strings.Contains(err.Error(), "every signer has stopped") || !strings.Contains(out, "NO SIGNER SERVES") {
+				t.Fatalf("status --wait with no signer serving: %v\n%s", err, out)
 			}
 			fleetctl(t, "serve", "--dir", f.Dir, "--broker", url, "--name", "s1", "--retire")
 			if r, warned := statusOf(t, f, url); len(r.Signers) != 0 || !strings.Contains(warned, "no signer has said it serves") {

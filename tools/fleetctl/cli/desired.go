@@ -273,6 +273,9 @@ func statusCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		hint := ""
 		if r.Counts.Rotating+r.Counts.Behind > 0 {
 			hint = "; a device rotates only while a signer runs (fleetctl serve, its log says what it refused) and it can reach the broker"
+			if w := r.SignerWarning(time.Now()); w != "" {
+				hint = "; " + w
+			}
 		}
 		return fmt.Errorf("status: not converged within %s: %d of %d devices converged (%d rotating, %d failed, %d behind)%s",
 			*wait, r.Counts.Converged, r.Total, r.Counts.Rotating, r.Counts.Failed, r.Counts.Behind, hint)
@@ -309,7 +312,11 @@ func follow(ctx context.Context, col *status.Collector, wait time.Duration, w io
 		changed := col.Changed()
 		r = col.Report()
 		bar.ChangeMax(max(r.Total, 1))
-		bar.Describe(fmt.Sprintf("converged (%d rotating, %d failed, %d behind)", r.Counts.Rotating, r.Counts.Failed, r.Counts.Behind))
+		desc := fmt.Sprintf("converged (%d rotating, %d failed, %d behind)", r.Counts.Rotating, r.Counts.Failed, r.Counts.Behind)
+		if !r.Converged && r.SignerWarning(time.Now()) != "" {
+			desc += " NO SIGNER SERVES"
+		}
+		bar.Describe(desc)
 		if r.Converged {
 			bar.Set(max(r.Total, 1))
 			bar.Finish()
