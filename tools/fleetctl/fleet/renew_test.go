@@ -9,11 +9,13 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/camagent/camagent/certs"
+	"github.com/camagent/camagent/internal/logtest"
 	"github.com/camagent/camagent/tools/fleetctl/fleet"
 )
 
@@ -168,5 +170,33 @@ func TestARenewalThatCannotWriteUsesTheValidCertificate(t *testing.T) {
 	}
 	if _, err := g.OperatorCertificate(); err == nil {
 		t.Fatal("an expired certificate whose renewal failed was handed out")
+	}
+}
+
+// A long-running process on a copy of the fleet directory that cannot renew (no CA key) warns
+// that its certificate is due, once a day rather than at every look.
+func TestRefreshWarnsOfACertificateItCannotRenew(t *testing.T) {
+	f := initAt(t, time.Now().Add(-70*24*time.Hour))
+	if err := os.Remove(filepath.Join(f.Dir, "ca.key")); err != nil {
+		t.Fatal(err)
+	}
+	g, err := fleet.Open(f.Dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cur, err := g.SignerCertificate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	log, rec := logtest.New()
+	var loads atomic.Int32
+	load := func() (*tls.Certificate, error) { loads.Add(1); return g.SignerCertificate() }
+	go fleet.Refresh(t.Context(), time.Millisecond, cur, load, func(*tls.Certificate) { t.Error("a certificate was handed over") }, log)
+	rec.WaitFor(t, 10*time.Second, "expires soon and could not be renewed here", "signer:default")
+	for loads.Load() < 20 {
+		time.Sleep(time.Millisecond)
+	}
+	if n := strings.Count(rec.Text(), "could not be renewed here"); n != 1 {
+		t.Errorf("warned %d times in %d looks, want once a day", n, loads.Load())
 	}
 }
