@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/camagent/camagent/internal/logtest"
+	"github.com/camagent/camagent/tools/fleetctl/fleet"
+	"github.com/camagent/camagent/tools/fleetctl/fleettest"
 	"github.com/camagent/camagent/transport/mqtt/mqtttest"
 )
 
@@ -90,8 +92,14 @@ func (n *notifySocket) waitFor(t *testing.T, from int, state string) int {
 // and WATCHDOG_PID set to the process's own pid (the shell execs camagent, keeping its pid).
 func notifiedProc(t *testing.T, n *notifySocket, watchdog time.Duration, args ...string) (*exec.Cmd, *logtest.Buffer, chan error) {
 	t.Helper()
+	return notifiedBin(t, n, watchdog, camagentBin, append([]string{"run"}, args...)...)
+}
+
+// notifiedBin runs bin with args as systemd would, like notifiedProc.
+func notifiedBin(t *testing.T, n *notifySocket, watchdog time.Duration, bin string, args ...string) (*exec.Cmd, *logtest.Buffer, chan error) {
+	t.Helper()
 	log := new(logtest.Buffer)
-	cmd := exec.Command("/bin/sh", append([]string{"-c", `WATCHDOG_PID=$$ exec "$0" "$@"`, camagentBin, "run"}, args...)...)
+	cmd := exec.Command("/bin/sh", append([]string{"-c", `WATCHDOG_PID=$$ exec "$0" "$@"`, bin}, args...)...)
 	cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+n.path, "WATCHDOG_USEC="+strconv.FormatInt(watchdog.Microseconds(), 10))
 	cmd.Stdout, cmd.Stderr = log, log
 	if err := cmd.Start(); err != nil {
@@ -103,13 +111,13 @@ func notifiedProc(t *testing.T, n *notifySocket, watchdog time.Duration, args ..
 		cmd.Process.Kill()
 		<-done
 		if t.Failed() {
-			t.Logf("camagent log:\n%s", log.String())
+			t.Logf("%s log:\n%s", filepath.Base(bin), log.String())
 		}
 	})
 	return cmd, log, done
 }
 
-// stopped sends SIGTERM and checks that camagent says STOPPING=1 and exits with status 0.
+// stopped sends SIGTERM and checks that the process says STOPPING=1 and exits with status 0.
 func stopped(t *testing.T, n *notifySocket, from int, cmd *exec.Cmd, done chan error) {
 	t.Helper()
 	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
@@ -120,10 +128,10 @@ func stopped(t *testing.T, n *notifySocket, from int, cmd *exec.Cmd, done chan e
 	case err := <-done:
 		done <- err
 		if err != nil {
-			t.Fatalf("camagent exited with %v after SIGTERM, want status 0", err)
+			t.Fatalf("the process exited with %v after SIGTERM, want status 0", err)
 		}
 	case <-time.After(30 * time.Second):
-		t.Fatal("camagent did not exit after SIGTERM")
+		t.Fatal("the process did not exit after SIGTERM")
 	}
 }
 
@@ -167,4 +175,35 @@ func TestSystemdNotEnrolledIsReadyAndWaits(t *testing.T) {
 	n.waitFor(t, 0, "STATUS=not enrolled: waiting for a bundle in "+dir)
 	n.waitFor(t, n.waitFor(t, i, "WATCHDOG=1"), "WATCHDOG=1")
 	stopped(t, n, i, cmd, done)
+}
+
+// The fleet's own services under systemd (packaging/fleetctl-broker.service and
+// fleetctl-signer@.service): fleetctl broker and fleetctl serve say READY=1 and what they do,
+// feed the watchdog while their loop over the registry runs, and say STOPPING=1 on SIGTERM
+// before exiting cleanly.
+func TestFleetServicesSpeakSystemdNotify(t *testing.T) {
+	bin, err := fleetctlBin()
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, _ := newFleet(t)
+	addr := fleettest.FreeAddr(t)
+
+	bn := listenNotify(t)
+	broker, _, brokerDone := notifiedBin(t, bn, time.Second, bin, "broker", "--dir", f.Dir, "--listen", addr, "--revocation-poll", "100ms")
+	i := bn.waitFor(t, 0, "READY=1")
+	bn.waitFor(t, 0, "STATUS=listening on mqtts://"+addr)
+	bn.waitFor(t, bn.waitFor(t, i, "WATCHDOG=1"), "WATCHDOG=1")
+
+	// The signer's loop takes the registry every 5 s: a watchdog of 12 s is fed every 6 s.
+	sn := listenNotify(t)
+	url := "mqtts://" + addr
+	signer, _, signerDone := notifiedBin(t, sn, 12*time.Second, bin, "serve", "--dir", f.Dir, "--broker", url, "--name", "s1")
+	j := sn.waitFor(t, 0, "READY=1")
+	sn.waitFor(t, 0, "STATUS=connecting to "+url)
+	sn.waitFor(t, 0, "STATUS=serving "+url+" as signer:default (client id "+fleet.SignerClientID("signer:default", "s1")+")")
+	sn.waitFor(t, sn.waitFor(t, j, "WATCHDOG=1"), "WATCHDOG=1")
+
+	stopped(t, sn, j, signer, signerDone)
+	stopped(t, bn, i, broker, brokerDone)
 }

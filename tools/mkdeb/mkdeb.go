@@ -132,12 +132,29 @@ func build(o options) ([]string, error) {
 	}
 	packages := []*nfpm.Info{camagent}
 	if o.binFleetctl != "" {
+		for _, name := range fleetctlFiles {
+			if _, err := os.Stat(pkg(name)); err != nil {
+				return nil, fmt.Errorf("--packaging %s: %w", o.packaging, err)
+			}
+		}
 		packages = append(packages, &nfpm.Info{
 			Name:        "fleetctl",
-			Description: "camagent fleet operator's tool\nEnrolls cameras, signs commands and grants, and runs the certificate signer.",
+			Description: "camagent fleet operator's tool and services\nEnrolls cameras, signs commands and grants, and runs the fleet's broker and certificate\nsigner, also as the hardened systemd services fleetctl-broker.service and\nfleetctl-signer@NAME.service (not enabled: they need the fleet directory in /var/lib/fleetctl).",
 			Section:     "net",
 			Overridables: nfpm.Overridables{
-				Contents: files.Contents{file(o.binFleetctl, "/usr/bin/fleetctl", 0o755)},
+				Depends: []string{"adduser"},
+				Contents: files.Contents{
+					file(o.binFleetctl, "/usr/bin/fleetctl", 0o755),
+					file(pkg("fleetctl-broker.service"), "/lib/systemd/system/fleetctl-broker.service", 0o644),
+					file(pkg("fleetctl-signer@.service"), "/lib/systemd/system/fleetctl-signer@.service", 0o644),
+					conffile(pkg("fleetctl.default"), "/etc/default/fleetctl"),
+					file(pkg("README.md"), "/usr/share/doc/fleetctl/README.md", 0o644),
+				},
+				Scripts: nfpm.Scripts{
+					PostInstall: pkg("fleetctl-postinst"),
+					PreRemove:   pkg("fleetctl-prerm"),
+					PostRemove:  pkg("fleetctl-postrm"),
+				},
 			},
 		})
 	}
@@ -160,6 +177,9 @@ func build(o options) ([]string, error) {
 	}
 	return paths, nil
 }
+
+// fleetctlFiles are the files of packaging/ the fleetctl package is made of, besides the binary.
+var fleetctlFiles = []string{"fleetctl-broker.service", "fleetctl-signer@.service", "fleetctl.default", "fleetctl-postinst", "fleetctl-prerm", "fleetctl-postrm", "README.md"}
 
 func file(src, dst string, mode os.FileMode) *files.Content {
 	return &files.Content{Source: src, Destination: dst, Type: files.TypeFile,

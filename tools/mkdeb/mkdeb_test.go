@@ -124,9 +124,10 @@ func TestBuildPackagesForEachArchitecture(t *testing.T) {
 			if !tc.fleetctl {
 				return
 			}
-			// The fleetctl package: the tool alone, no service, no scripts.
+			// The fleetctl package: the tool, its two services (not enabled by the scripts), their
+			// defaults file, and nothing under /var: the fleet directory is the operator's.
 			fields = dpkgDeb(t, "-f", fleetctl, "Package", "Architecture", "Depends")
-			if want := "Package: fleetctl\nArchitecture: " + tc.arch + "\n"; fields != want {
+			if want := "Package: fleetctl\nArchitecture: " + tc.arch + "\nDepends: adduser\n"; fields != want {
 				t.Errorf("fleetctl control:\n%s\nwant\n%s", fields, want)
 			}
 			var regular []string
@@ -135,11 +136,33 @@ func TestBuildPackagesForEachArchitecture(t *testing.T) {
 					regular = append(regular, path+" "+modeOwner)
 				}
 			}
-			if want := []string{"./usr/bin/fleetctl -rwxr-xr-x root/root"}; !slices.Equal(regular, want) {
-				t.Errorf("fleetctl files %q, want %q", regular, want)
+			slices.Sort(regular)
+			wantFiles := []string{
+				"./etc/default/fleetctl -rw-r--r-- root/root",
+				"./lib/systemd/system/fleetctl-broker.service -rw-r--r-- root/root",
+				"./lib/systemd/system/fleetctl-signer@.service -rw-r--r-- root/root",
+				"./usr/bin/fleetctl -rwxr-xr-x root/root",
+				"./usr/share/doc/fleetctl/README.md -rw-r--r-- root/root",
 			}
-			if info := dpkgDeb(t, "-I", fleetctl); strings.Contains(info, "postinst") || strings.Contains(info, "conffiles") {
-				t.Errorf("fleetctl has maintainer scripts or conffiles:\n%s", info)
+			if !slices.Equal(regular, wantFiles) {
+				t.Errorf("fleetctl files:\n  %s\nwant:\n  %s", strings.Join(regular, "\n  "), strings.Join(wantFiles, "\n  "))
+			}
+			fcontrol := t.TempDir()
+			dpkgDeb(t, "-e", fleetctl, fcontrol)
+			if b, _ := os.ReadFile(filepath.Join(fcontrol, "conffiles")); string(b) != "/etc/default/fleetctl\n" {
+				t.Errorf("fleetctl conffiles = %q, want the defaults file only", b)
+			}
+			for _, script := range []string{"postinst", "prerm", "postrm"} {
+				got, err := os.ReadFile(filepath.Join(fcontrol, script))
+				if err != nil {
+					t.Fatal(err)
+				}
+				if want, _ := os.ReadFile(filepath.Join(packagingDir, "fleetctl-"+script)); string(got) != string(want) {
+					t.Errorf("fleetctl's %s differs from packaging/fleetctl-%s", script, script)
+				}
+				if fi, _ := os.Stat(filepath.Join(fcontrol, script)); fi.Mode().Perm() != 0o755 {
+					t.Errorf("fleetctl's %s mode %v, want 0755", script, fi.Mode().Perm())
+				}
 			}
 		})
 	}

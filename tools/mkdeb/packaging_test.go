@@ -145,3 +145,80 @@ func TestDefaultConfigFormat(t *testing.T) {
 		}
 	}
 }
+
+// fleetUnitWithTrue copies a fleetctl unit to a temporary directory with ExecStart pointing at
+// /bin/true, under the name as (an instance name for the template).
+func fleetUnitWithTrue(t *testing.T, name, as string) string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(packagingDir, name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	text := strings.Replace(string(b), "\nExecStart=/usr/bin/fleetctl ", "\nExecStart=/bin/true ", 1)
+	if text == string(b) {
+		t.Fatalf("no ExecStart=/usr/bin/fleetctl line in %s", name)
+	}
+	path := filepath.Join(t.TempDir(), as)
+	if err := os.WriteFile(path, []byte(text), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+var fleetUnits = map[string]string{"fleetctl-broker.service": "fleetctl-broker.service", "fleetctl-signer@.service": "fleetctl-signer@s1.service"}
+
+func TestFleetUnitsVerifyAndAreHardened(t *testing.T) {
+	analyze := need(t, "systemd-analyze", "systemd")
+	for name, as := range fleetUnits {
+		unit := fleetUnitWithTrue(t, name, as)
+		out, err := exec.Command(analyze, "verify", "--man=no", unit).CombinedOutput()
+		if err != nil || len(strings.TrimSpace(string(out))) > 0 {
+			t.Errorf("%s: systemd-analyze verify: %v\n%s", name, err, out)
+		}
+		// Both score 1.2 ("OK"); fail above 2.0.
+		out, err = exec.Command(analyze, "security", "--offline=true", "--threshold=20", "--no-pager", unit).CombinedOutput()
+		if err != nil {
+			t.Errorf("%s: systemd-analyze security: %v (exposure above 2.0?)\n%s", name, err, out)
+		}
+		lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+		t.Log(lines[len(lines)-1])
+	}
+}
+
+// TestFleetUnitSettings pins what the services rely on: the notify protocol and watchdog that
+// fleetctl speaks, the user and state directory the package makes, the fleet directory they
+// start from, and for the broker enough descriptors for a fleet.
+func TestFleetUnitSettings(t *testing.T) {
+	common := []string{
+		"Type=notify", "NotifyAccess=main", "WatchdogSec=60s", "Restart=always", "RestartSec=5s",
+		"StartLimitIntervalSec=0", "User=fleetctl", "Group=fleetctl", "StateDirectory=fleetctl",
+		"StateDirectoryMode=0700", "UMask=0077", "EnvironmentFile=-/etc/default/fleetctl",
+		"NoNewPrivileges=yes", "ProtectSystem=strict", "PrivateDevices=yes", "MemoryDenyWriteExecute=yes",
+	}
+	for name, own := range map[string][]string{
+		"fleetctl-broker.service": {
+			"ExecStart=/usr/bin/fleetctl broker --dir /var/lib/fleetctl/fleet $BROKER_ARGS",
+			"ConditionPathExists=/var/lib/fleetctl/fleet/fleet.json", "LimitNOFILE=65536",
+		},
+		"fleetctl-signer@.service": {
+			"ExecStart=/usr/bin/fleetctl serve --dir /var/lib/fleetctl/fleet --name %i $SIGNER_ARGS",
+			"ConditionPathExists=/var/lib/fleetctl/fleet/ca.key",
+		},
+	} {
+		got := map[string]bool{}
+		f, err := os.Open(filepath.Join(packagingDir, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		sc := bufio.NewScanner(f)
+		for sc.Scan() {
+			got[strings.TrimSpace(sc.Text())] = true
+		}
+		f.Close()
+		for _, kv := range append(own, common...) {
+			if !got[kv] {
+				t.Errorf("%s lacks %q", name, kv)
+			}
+		}
+	}
+}

@@ -64,7 +64,7 @@ func systemdRunning() bool {
 
 func TestScriptsParse(t *testing.T) {
 	sh := need(t, "sh", "dash")
-	for _, s := range []string{"postinst", "prerm", "postrm"} {
+	for _, s := range []string{"postinst", "prerm", "postrm", "fleetctl-postinst", "fleetctl-prerm", "fleetctl-postrm"} {
 		if out, err := exec.Command(sh, "-n", filepath.Join(packagingDir, s)).CombinedOutput(); err != nil {
 			t.Errorf("%s: %v\n%s", s, err, out)
 		}
@@ -140,6 +140,63 @@ func TestRemovalKeepsTheDevicesKeys(t *testing.T) {
 				if !slices.Equal(calls, want) {
 					t.Errorf("purge ran %q, want %q", calls, want)
 				}
+			}
+		})
+	}
+}
+
+// The fleetctl package makes the fleetctl user and /var/lib/fleetctl, enables no service (the
+// fleet directory must be put there first), restarts the running ones on an upgrade, stops them
+// on removal, and never deletes the fleet directory or the user.
+func TestFleetctlScripts(t *testing.T) {
+	_, statErr := os.Stat("/var/lib/fleetctl")
+	stateDirMissing := os.IsNotExist(statErr)
+	t.Run("a first install creates the user and the state directory and enables nothing", func(t *testing.T) {
+		calls := runScript(t, "fleetctl-postinst", nil, true, "configure")
+		want := []string{
+			"getent passwd fleetctl",
+			"adduser --system --group --quiet --home /var/lib/fleetctl --no-create-home --shell /usr/sbin/nologin fleetctl",
+		}
+		if stateDirMissing {
+			want = append(want, "install -d -m 0700 -o fleetctl -g fleetctl /var/lib/fleetctl")
+		}
+		if systemdRunning() {
+			want = append(want, "systemctl --system daemon-reload")
+		}
+		if !slices.Equal(calls, want) {
+			t.Errorf("calls:\n  %s\nwant:\n  %s", strings.Join(calls, "\n  "), strings.Join(want, "\n  "))
+		}
+	})
+	t.Run("an upgrade keeps the user and restarts the services that run", func(t *testing.T) {
+		calls := runScript(t, "fleetctl-postinst", []string{"passwd:fleetctl"}, true, "configure", "1.0.0")
+		for _, c := range calls {
+			if strings.HasPrefix(c, "adduser") || strings.Contains(c, "enable") {
+				t.Errorf("an upgrade ran %q", c)
+			}
+		}
+		if want := "systemctl try-restart fleetctl-broker.service fleetctl-signer@*.service"; systemdRunning() && !slices.Contains(calls, want) {
+			t.Errorf("an upgrade did not restart the services: %q", calls)
+		}
+	})
+	for _, tc := range []struct {
+		script string
+		args   []string
+	}{
+		{"fleetctl-prerm", []string{"remove"}},
+		{"fleetctl-prerm", []string{"upgrade", "1.1.0"}},
+		{"fleetctl-postrm", []string{"remove"}},
+		{"fleetctl-postrm", []string{"purge"}},
+	} {
+		t.Run(tc.script+" "+strings.Join(tc.args, " ")+" leaves the fleet directory and the user alone", func(t *testing.T) {
+			calls := runScript(t, tc.script, []string{"passwd:fleetctl"}, true, tc.args...)
+			for _, c := range calls {
+				if strings.Contains(c, "/var/lib") || strings.HasPrefix(c, "deluser") || strings.HasPrefix(c, "delgroup") {
+					t.Errorf("ran %q", c)
+				}
+			}
+			stops := slices.Contains(calls, "systemctl stop fleetctl-broker.service fleetctl-signer@*.service")
+			if want := systemdRunning() && tc.script == "fleetctl-prerm" && tc.args[0] == "remove"; stops != want {
+				t.Errorf("stopped the services: %v, want %v (%q)", stops, want, calls)
 			}
 		})
 	}

@@ -257,9 +257,15 @@ func brokerCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	}
 	fmt.Fprintf(stdout, "broker listening on %s (mTLS, fleet CA %q, %d revoked serials)\n", b.URL(), f.Meta.Name, before)
 	// Revoked refuses a revoked certificate at CONNECT; the enforcer cuts the sessions that
-	// were live when it was revoked.
+	// were live when it was revoked. Its passes over the registry are the watchdog's sign of
+	// life: a broker that cannot read revocations any more should be restarted.
 	enf := &signer.Enforcer{Registry: reg, Broker: b, From: before, Interval: *poll, Logger: log}
+	svc := newService(ctx, log)
+	svc.notify("READY=1")
+	svc.status("listening on %s", b.URL())
+	go svc.watchdog(ctx, enf.Alive)
 	err = enf.Run(ctx)
+	svc.notify("STOPPING=1")
 	err = errors.Join(err, b.Close())
 	if *connRate > 0 {
 		fmt.Fprintf(stdout, "broker stopped: most connections admitted in one second %d (budget %g a second); closed over the budget %d\n",

@@ -109,8 +109,18 @@ func serveCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return err
 	}
+	// Under systemd: ready once set up, whether or not the broker answers yet (Restart=always
+	// would only retry what the signer retries by itself); the status says which.
+	svc := newService(ctx, log)
+	svc.notify("READY=1")
+	svc.status("connecting to %s", broker)
+	go svc.watchdog(ctx, s.Alive)
 	done := make(chan error, 1)
 	go func() { done <- s.Run(ctx) }()
+	go func() {
+		<-ctx.Done()
+		svc.notify("STOPPING=1")
+	}()
 	// The signer runs for months; its certificate lasts 90 days. The next connection presents
 	// the renewed one.
 	rctx, stopRefresh := context.WithCancel(ctx)
@@ -119,6 +129,7 @@ func serveCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	// WaitConnected returns once connected, or when ctx ends or Run returns.
 	if s.WaitConnected(ctx) == nil {
 		fmt.Fprintf(stdout, "signer %q serving %s as %s (client id %s)\n", *name, broker, identity, clientID)
+		svc.status("serving %s as %s (client id %s)", broker, identity, clientID)
 	}
 	return <-done
 }

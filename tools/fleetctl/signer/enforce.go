@@ -5,6 +5,7 @@ import (
 	"errors"
 	"log/slog"
 	"math/big"
+	"sync/atomic"
 	"time"
 
 	"github.com/camagent/camagent/internal/clock"
@@ -41,7 +42,12 @@ type Enforcer struct {
 	Clock clock.Clock
 	// Logger receives the serials cut; nil discards.
 	Logger *slog.Logger
+
+	beat atomic.Int64 // Unix nanoseconds of the last pass
 }
+
+// Alive returns when the Enforcer last looked at the registry: a watchdog's sign of progress.
+func (e *Enforcer) Alive() time.Time { return time.Unix(0, e.beat.Load()) }
 
 // Run cuts the sessions of every serial revoked after the first From, as they are revoked,
 // until ctx is done; it then returns nil.
@@ -63,6 +69,7 @@ func (e *Enforcer) Run(ctx context.Context) error {
 	for {
 		var revs []registry.Revocation
 		revs, cursor = e.Registry.RevocationsFrom(cursor)
+		e.beat.Store(time.Now().UnixNano())
 		for _, r := range revs {
 			if n := e.Broker.DisconnectSerial(r.Serial); n > 0 {
 				log.Info("signer: cut sessions of a revoked certificate", "device", r.Device, "serial", registry.SerialHex(r.Serial), "sessions", n)

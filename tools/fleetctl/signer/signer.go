@@ -41,6 +41,8 @@ type Signer struct {
 
 	crl chan struct{} // capacity 1: revocations not yet in the CRL file
 
+	beat atomic.Int64 // Unix nanoseconds of the monitor loop's last pass
+
 	stats struct {
 		issued, reissued, refused, rateLimited, confirmed, revoked, ignored, dropped, held atomic.Uint64
 	}
@@ -179,6 +181,10 @@ func (s *Signer) Run(ctx context.Context) error {
 	}
 	return nil
 }
+
+// Alive returns when the signer last took the registry's lock to check the rollout (every
+// Config.CheckInterval, with or without requests): a watchdog's sign of progress.
+func (s *Signer) Alive() time.Time { return time.Unix(0, s.beat.Load()) }
 
 // WaitConnected returns once the signer is connected and subscribed, or ctx.Err().
 func (s *Signer) WaitConnected(ctx context.Context) error { return s.client.WaitConnected(ctx) }
@@ -361,6 +367,7 @@ func (s *Signer) publish(ctx context.Context, a answer) error {
 // monitorLoop checks the abort threshold every CheckInterval, so that an aborted rollout is
 // reported and persisted even while no request comes in.
 func (s *Signer) monitorLoop(ctx context.Context) {
+	s.beat.Store(time.Now().UnixNano())
 	for {
 		select {
 		case <-ctx.Done():
@@ -378,6 +385,7 @@ func (s *Signer) monitorLoop(ctx context.Context) {
 		if err != nil {
 			s.log.Error("signer: rollout check failed", "err", err)
 		}
+		s.beat.Store(time.Now().UnixNano())
 	}
 }
 
