@@ -62,4 +62,8 @@
 //
 // Each instance also keeps its presence retained on fleet/signers/<instance> (serving, every
 // 30 s; stopped), so that `status`, `breach` and `rotate` can warn when no signer serves.
+//
+// On a server, `broker` and `serve` run as the systemd services of the fleetctl package
+// (fleetctl-broker.service, fleetctl-signer@NAME.service; packaging/README.md): they speak
+// sd_notify and feed a watchdog while their loop over the registry makes progress (RunEnv).
 package cli
