@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/camagent/camagent/agent/wire"
+	"github.com/camagent/camagent/internal/logtest"
 	"github.com/camagent/camagent/tools/fleetctl/cli"
 	"github.com/camagent/camagent/tools/fleetctl/fleet"
 	"github.com/camagent/camagent/tools/fleetctl/fleettest"
@@ -18,28 +19,10 @@ import (
 	"github.com/camagent/camagent/transport/mqtt/mqtttest"
 )
 
-// lockedBuffer is a bytes.Buffer for a command running in another goroutine.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // startServe runs fleetctl serve --name name until the returned stop is called.
 func startServe(t *testing.T, f *fleet.Fleet, url, name string) (stop func()) {
 	t.Helper()
-	out := &lockedBuffer{}
+	out := new(logtest.Buffer)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
