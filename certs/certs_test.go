@@ -284,3 +284,18 @@ func TestClientIDAllowed(t *testing.T) {
 		}
 	}
 }
+
+func TestClientIDParts(t *testing.T) {
+	for _, c := range []struct{ id, identity, session string }{
+		{"signer:default~0a1b2c3d", "signer:default", "0a1b2c3d"},
+		{"operator:admin~x", "operator:admin", "x"},
+		{"cam-0001", "cam-0001", "cam-0001"},
+	} {
+		if got := ClientIDIdentity(c.id); got != c.identity {
+			t.Errorf("ClientIDIdentity(%q) = %q, want %q", c.id, got, c.identity)
+		}
+		if got := ClientIDSession(c.id); got != c.session {
+			t.Errorf("ClientIDSession(%q) = %q, want %q", c.id, got, c.session)
+		}
+	}
+}

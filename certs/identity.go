@@ -111,6 +111,15 @@ func ClientIDAllowed(identity, clientID string) bool {
 	return ok && base == identity && sessionSuffixRe.MatchString(suffix)
 }
 
+// ClientIDSession returns the session suffix of a client ID (after "~"), or the whole client
+// ID when it has none.
+func ClientIDSession(clientID string) string {
+	if _, suffix, ok := strings.Cut(clientID, "~"); ok {
+		return suffix
+	}
+	return clientID
+}
+
 // ClientIDIdentity returns the identity part of a client ID that ClientIDAllowed admitted:
 // the client ID without its "~" suffix.
 func ClientIDIdentity(clientID string) string {

@@ -181,7 +181,7 @@ func warnAborted(f *fleet.Fleet, dir string, w io.Writer) {
 // warnSigners says so on w when, by the signers' retained presence, no signer serves: a
 // rollout would wait for one, and so would the devices' scheduled renewals.
 func warnSigners(col *status.Collector, w io.Writer) {
-	if msg := col.Report().SignerWarning(time.Now()); msg != "" {
+	if msg := status.SignerWarning(col.Signers(), time.Now()); msg != "" {
 		fmt.Fprintf(w, "WARNING: %s\n", msg)
 	}
 }

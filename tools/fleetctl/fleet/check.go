@@ -85,76 +85,79 @@ func (f *Fleet) Check(reg *registry.Registry, now time.Time) []Finding {
 		}
 	}
 
-	type own struct {
-		identity, certName, keyName string
-		server, optional            bool
-		howRenewed                  string
-	}
-	owns := []own{
+	owns := []ownCert{
 		{"operator:" + DefaultOperator, operatorCert, operatorKey, false, false, "any fleetctl command that uses it renews it where the CA key is"},
 		{"signer:" + DefaultSigner, signerCert, signerKey, false, true, "a running fleetctl serve renews it where the CA key is"},
 		{"broker", serverCert, serverKey, true, false, "a running fleetctl broker, or fleetctl mosquitto-config, renews it where the CA key is"},
 	}
 	names, _ := f.ViewerNames()
 	for _, n := range names {
-		owns = append(owns, own{"viewer:" + n, filepath.Join(viewerDir, n+".crt"), filepath.Join(viewerDir, n+".key"), false, true, "a camview --fleet relay renews it where the CA key is; one with its own key needs a new CSR signed (fleetctl viewer --csr)"})
+		owns = append(owns, ownCert{"viewer:" + n, filepath.Join(viewerDir, n+".crt"), filepath.Join(viewerDir, n+".key"), false, true, "a camview --fleet relay renews it where the CA key is; one with its own key needs a new CSR signed (fleetctl viewer --csr)"})
 	}
 	for _, o := range owns {
-		out = append(out, f.checkOwn(reg, now, o.identity, o.certName, o.keyName, o.server, o.optional, o.howRenewed))
+		out = append(out, f.checkOwn(reg, now, o))
 	}
 	return out
 }
 
+// ownCert is a certificate the fleet directory keeps, for Check.
+type ownCert struct {
+	identity, certName, keyName string
+	// server: a broker's certificate (serverAuth); optional: absent is fine.
+	server, optional bool
+	// howRenewed says where a renewal happens, for a certificate due or expired.
+	howRenewed string
+}
+
 // checkOwn checks one certificate the fleet directory keeps.
-func (f *Fleet) checkOwn(reg *registry.Registry, now time.Time, identity, certName, keyName string, server, optional bool, howRenewed string) Finding {
-	fd := Finding{What: identity + " certificate"}
+func (f *Fleet) checkOwn(reg *registry.Registry, now time.Time, o ownCert) Finding {
+	fd := Finding{What: o.identity + " certificate"}
 	set := func(l Level, format string, args ...any) Finding {
 		fd.Level, fd.Detail = l, fmt.Sprintf(format, args...)
 		return fd
 	}
-	b, err := os.ReadFile(filepath.Join(f.Dir, certName))
+	b, err := os.ReadFile(filepath.Join(f.Dir, o.certName))
 	if errors.Is(err, os.ErrNotExist) {
-		if optional {
+		if o.optional {
 			return set(OK, "none kept here")
 		}
-		return set(Fail, "%s is missing", certName)
+		return set(Fail, "%s is missing", o.certName)
 	}
 	if err != nil {
 		return set(Fail, "%v", err)
 	}
 	c, err := certs.ParseCertPEM(b)
 	if err != nil {
-		return set(Fail, "%s: %v", certName, err)
+		return set(Fail, "%s: %v", o.certName, err)
 	}
 	usage := x509.ExtKeyUsageClientAuth
-	if server {
+	if o.server {
 		usage = x509.ExtKeyUsageServerAuth
 	}
 	if _, err := c.Verify(x509.VerifyOptions{Roots: f.Pool, CurrentTime: c.NotBefore.Add(time.Second), KeyUsages: []x509.ExtKeyUsage{usage}}); err != nil {
-		return set(Fail, "%s was not issued by this fleet's CA: %v", certName, err)
+		return set(Fail, "%s was not issued by this fleet's CA: %v", o.certName, err)
 	}
 	serial := registry.SerialHex(c.SerialNumber)
 	if reg != nil && reg.Revoked(c.SerialNumber) {
 		return set(Fail, "serial %s is revoked (fleetctl replace, or viewer --revoke, elsewhere?): this copy no longer gets in; copy the new pair here", serial)
 	}
-	if _, err := os.Stat(filepath.Join(f.Dir, keyName)); errors.Is(err, os.ErrNotExist) {
-		if strings.HasPrefix(identity, "viewer:") {
-			fd.Detail = "key kept by the relay itself; "
-		} else {
-			return set(Fail, "%s is missing", keyName)
+	prefix := ""
+	if _, err := os.Stat(filepath.Join(f.Dir, o.keyName)); errors.Is(err, os.ErrNotExist) {
+		if !strings.HasPrefix(o.identity, "viewer:") {
+			return set(Fail, "%s is missing", o.keyName)
 		}
-	} else if k, err := certs.LoadKeyFile(filepath.Join(f.Dir, keyName)); err != nil {
+		prefix = "key kept by the relay itself; "
+	} else if k, err := certs.LoadKeyFile(filepath.Join(f.Dir, o.keyName)); err != nil {
 		return set(Fail, "%v", err)
 	} else if !certs.SamePublicKey(c, k) {
-		return set(Fail, "%s is not the key of %s: a renewal stopped half-way; the next fleetctl command with the CA key here renews it", keyName, certName)
+		return set(Fail, "%s is not the key of %s: a renewal stopped half-way; the next fleetctl command with the CA key here renews it", o.keyName, o.certName)
 	}
-	prefix := fd.Detail
 	left := c.NotAfter.Sub(now)
 	switch {
 	case left <= 0:
-		return set(Fail, "%sserial %s expired %s: %s", prefix, serial, day(c.NotAfter), howRenewed)
+		return set(Fail, "%sserial %s expired %s: %s", prefix, serial, day(c.NotAfter), o.howRenewed)
 	case left < RenewBefore:
-		return set(Warn, "%sserial %s expires %s, in %s, and was not renewed: %s", prefix, serial, day(c.NotAfter), days(left), howRenewed)
+		return set(Warn, "%sserial %s expires %s, in %s, and was not renewed: %s", prefix, serial, day(c.NotAfter), days(left), o.howRenewed)
 	}
 	return set(OK, "%sserial %s, valid until %s", prefix, serial, day(c.NotAfter))
 }

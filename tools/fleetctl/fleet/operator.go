@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"strings"
 	"sync"
 	"time"
 
@@ -100,7 +99,7 @@ func (f *Fleet) Dial(ctx context.Context, o OperatorOptions) (*Operator, error) 
 		f: f, log: o.Logger, done: make(chan error, 1), onMessage: o.OnMessage,
 		// The sync topic is private to this session: under fleet/ (which the operator may
 		// use) but outside fleet/down/, so no device ever receives it.
-		syncTopic: "fleet/sync/" + clientID[strings.LastIndexByte(clientID, '~')+1:],
+		syncTopic: "fleet/sync/" + certs.ClientIDSession(clientID),
 		waiters:   map[uint64]chan *wire.Reply{},
 		syncs:     map[string]chan struct{}{},
 	}

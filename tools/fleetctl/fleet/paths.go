@@ -70,12 +70,29 @@ func SignerClientID(identity, instance string) string {
 // on a machine of its own makes its own key instead (camview enroll, IssueViewer) and never
 // needs the fleet directory.
 func (f *Fleet) ViewerCertificate(name string) (*tls.Certificate, error) {
+	return f.viewerCertificate(name, true)
+}
+
+// KeptViewerCertificate loads viewer:<name>'s key pair from the fleet directory, renewing it
+// when due, like ViewerCertificate, but never issues a first one: a running relay's refresh
+// uses it, so that a relay revoked while it runs (fleetctl viewer --revoke, which removes the
+// pair) stays out instead of issuing itself a new certificate within the hour.
+func (f *Fleet) KeptViewerCertificate(name string) (*tls.Certificate, error) {
+	return f.viewerCertificate(name, false)
+}
+
+// viewerCertificate is ViewerCertificate, which issues a first pair when there is none, and
+// with !issue KeptViewerCertificate, which does not.
+func (f *Fleet) viewerCertificate(name string, issue bool) (*tls.Certificate, error) {
 	if _, _, err := certs.ParseIdentity(string(certs.RoleViewer) + ":" + name); err != nil {
 		return nil, fmt.Errorf("fleet: viewer name: %w", err)
 	}
 	certName := filepath.Join(viewerDir, name+".crt")
 	keyName := filepath.Join(viewerDir, name+".key")
 	if _, err := os.Stat(filepath.Join(f.Dir, certName)); errors.Is(err, os.ErrNotExist) {
+		if !issue {
+			return nil, fmt.Errorf("fleet: viewer:%s has no certificate in the fleet directory any more (revoked by fleetctl viewer --revoke?): restart the relay to be issued a new one", name)
+		}
 		if err := atomicfile.EnsurePrivateDir(filepath.Join(f.Dir, viewerDir)); err != nil {
 			return nil, err
 		}
@@ -86,21 +103,6 @@ func (f *Fleet) ViewerCertificate(name string) (*tls.Certificate, error) {
 		return nil, fmt.Errorf("fleet: viewer:%s was issued to a camview that keeps its own key (fleetctl viewer): run camview there with --identity, or pick another --name", name)
 	}
 	return f.loadRenewing(certName, keyName, time.Now())
-}
-
-// KeptViewerCertificate loads viewer:<name>'s key pair from the fleet directory, renewing it
-// when due, like ViewerCertificate, but never issues a first one: a running relay's refresh
-// uses it, so that a relay revoked while it runs (fleetctl viewer --revoke, which removes the
-// pair) stays out instead of issuing itself a new certificate within the hour.
-func (f *Fleet) KeptViewerCertificate(name string) (*tls.Certificate, error) {
-	if _, _, err := certs.ParseIdentity(string(certs.RoleViewer) + ":" + name); err != nil {
-		return nil, fmt.Errorf("fleet: viewer name: %w", err)
-	}
-	certName := filepath.Join(viewerDir, name+".crt")
-	if _, err := os.Stat(filepath.Join(f.Dir, certName)); errors.Is(err, os.ErrNotExist) {
-		return nil, fmt.Errorf("fleet: viewer:%s has no certificate in the fleet directory any more (revoked by fleetctl viewer --revoke?): restart the relay to be issued a new one", name)
-	}
-	return f.loadRenewing(certName, filepath.Join(viewerDir, name+".key"), time.Now())
 }
 
 // DefaultViewer is camview's default viewer relay name: viewer:web.

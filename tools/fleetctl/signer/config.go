@@ -197,7 +197,7 @@ func withDefaults(cfg Config) (Config, error) {
 		cfg.BatchSize = DefaultBatchSize
 	}
 	if cfg.Name == "" {
-		cfg.Name = clientSuffix(cfg.ClientID)
+		cfg.Name = certs.ClientIDSession(cfg.ClientID)
 	}
 	if !wire.SignerNameRe.MatchString(cfg.Name) {
 		return bad("Name", "%q: letters, digits, '.', '_' and '-', at most 64", cfg.Name)

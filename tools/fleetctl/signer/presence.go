@@ -2,24 +2,18 @@ package signer
 
 import (
 	"context"
-	"strings"
 	"time"
 
 	"github.com/camagent/camagent/agent/wire"
+	"github.com/camagent/camagent/certs"
 	"github.com/camagent/camagent/transport/mqtt/topic"
 )
 
-// clientSuffix is the session suffix of a client id (after "~"), or the whole id without one.
-func clientSuffix(clientID string) string {
-	if i := strings.LastIndexByte(clientID, '~'); i >= 0 {
-		return clientID[i+1:]
-	}
-	return clientID
-}
-
 // PresenceTopic is where the signer instance with client id clientID keeps its presence:
 // fleet/signers/<session suffix>, one topic per instance.
-func PresenceTopic(clientID string) string { return topic.SignersPrefix + clientSuffix(clientID) }
+func PresenceTopic(clientID string) string {
+	return topic.SignersPrefix + certs.ClientIDSession(clientID)
+}
 
 // presenceLoop keeps the instance's presence retained: "serving" once connected and then every
 // Config.PresenceEvery, so that a crashed signer shows as one whose word is getting old, and

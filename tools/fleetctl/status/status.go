@@ -265,12 +265,15 @@ func (s Signer) Alive(now time.Time) bool {
 // SignerWarning returns what an operator must hear before counting on a rollout, or "" when a
 // signer serves: that no signer ever said it serves on this broker, that every one stopped, or
 // that none has been heard from lately. Without a signer, devices' certificate requests wait.
-func (r Report) SignerWarning(now time.Time) string {
-	if len(r.Signers) == 0 {
+func (r Report) SignerWarning(now time.Time) string { return SignerWarning(r.Signers, now) }
+
+// SignerWarning is Report.SignerWarning for signers (Collector.Signers).
+func SignerWarning(signers []Signer, now time.Time) string {
+	if len(signers) == 0 {
 		return "no signer has said it serves on this broker: devices' certificate requests wait until one runs (fleetctl serve)"
 	}
 	var last Signer
-	for _, s := range r.Signers {
+	for _, s := range signers {
 		if s.Alive(now) {
 			return ""
 		}
@@ -310,6 +313,23 @@ type Device struct {
 	KeySet    uint64 `json:"keyset,omitempty"`
 	// Updated is when the device last published its state, by its clock.
 	Updated time.Time `json:"updated,omitzero"`
+}
+
+// Signers returns the signer instances' last word, by name: what Report.Signers holds, without
+// the devices.
+func (c *Collector) Signers() []Signer {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.signersLocked()
+}
+
+func (c *Collector) signersLocked() []Signer {
+	out := make([]Signer, 0, len(c.signers))
+	for _, p := range c.signers {
+		out = append(out, Signer{Name: p.Name, State: p.State, Since: time.Unix(p.Since, 0).UTC(), Said: time.Unix(p.At, 0).UTC(), Every: p.Every})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
 }
 
 // Report returns the status as of the messages added so far.
@@ -363,11 +383,7 @@ func (c *Collector) Report() Report {
 		r.Devices = append(r.Devices, d)
 	}
 	sort.Slice(r.Devices, func(i, j int) bool { return r.Devices[i].ID < r.Devices[j].ID })
-	r.Signers = make([]Signer, 0, len(c.signers))
-	for _, p := range c.signers {
-		r.Signers = append(r.Signers, Signer{Name: p.Name, State: p.State, Since: time.Unix(p.Since, 0).UTC(), Said: time.Unix(p.At, 0).UTC(), Every: p.Every})
-	}
-	sort.Slice(r.Signers, func(i, j int) bool { return r.Signers[i].Name < r.Signers[j].Name })
+	r.Signers = c.signersLocked()
 	r.Total = len(r.Devices)
 	r.Converged = r.Counts.Converged == r.Total
 	if r.Devices == nil {
