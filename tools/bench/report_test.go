@@ -113,10 +113,10 @@ The camera-side figure comes from an AF_PACKET tap on loopback with kernel times
 camera logs no such moment and its Streamer's Stats keep no times): the broker's TLS segment
 carrying the offer to the camera's MQTT connection, the camera's answer, and its first SRTP
 video packet to the new viewer. Both include the viewer's half of the ICE and DTLS handshakes,
-a few milliseconds on loopback. The camera sends a joiner the whole cached GOP at once, up to
-about 230 packets: camview's receiver, with pion's default socket buffer, often loses part of
-that burst after the keyframe (the row counts it), which a real viewer would see as a damaged
-picture until the next keyframe; pacing that burst in the camera would avoid it.
+a few milliseconds on loopback. The camera sends a joiner the keyframe at once and the rest of
+the cached GOP (up to about 230 packets) paced at 4× the stream's bitrate
+(transport/webrtc.CatchUpFactor), so that catch-up no longer overflows a receiver's default
+socket buffer; the row counts any packet a joiner lost all the same.
 *Viewers*: each run starts a fresh camera, samples it for 10 s streaming to nobody (the source
 and fan-out only), then adds viewers, eight negotiating at a time, up to 10, 50 and 100, and
 samples each count for 10 s once every viewer has its first keyframe and 2 s have passed. CPU
