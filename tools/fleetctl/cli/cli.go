@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/camagent/camagent/certs"
+	"github.com/camagent/camagent/internal/atomicfile"
 	"github.com/camagent/camagent/internal/cappedfile"
 	"github.com/camagent/camagent/tools/fleetctl/fleet"
 	"github.com/camagent/camagent/tools/fleetctl/registry"
@@ -118,6 +119,9 @@ func initCmd(_ context.Context, args []string, stdout, stderr io.Writer) error {
 	validity := fs.Duration("device-validity", certs.DefaultDeviceValidity, "device certificate lifetime")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if *validity <= 0 || *validity%time.Second != 0 {
+		return fmt.Errorf("init: --device-validity %v: want a positive whole number of seconds", *validity)
 	}
 	o := fleet.InitOptions{Name: *name, Broker: *brokerURL, DeviceValidity: *validity}
 	if *hosts != "" {
@@ -337,7 +341,9 @@ func mosquittoCmd(_ context.Context, args []string, stdout, stderr io.Writer) er
 	ca, crt, key := f.ServerFiles()
 	abs := func(p string) string { a, _ := filepath.Abs(p); return a }
 	acl := filepath.Join(abs(*out), "acl")
-	if err := os.WriteFile(acl, mosquitto.RenderACL(identities), 0o644); err != nil {
+	// Atomically: Mosquitto reads both again on SIGHUP, and a half-written ACL would lock
+	// identities out until this command ran again.
+	if err := atomicfile.WriteFile(acl, mosquitto.RenderACL(identities), 0o644); err != nil {
 		return err
 	}
 	mc := mosquitto.Conf{
@@ -352,7 +358,7 @@ func mosquittoCmd(_ context.Context, args []string, stdout, stderr io.Writer) er
 	if err := mc.Validate(); err != nil {
 		return err
 	}
-	if err := os.WriteFile(filepath.Join(*out, "mosquitto.conf"), mosquitto.RenderConf(mc), 0o644); err != nil {
+	if err := atomicfile.WriteFile(filepath.Join(*out, "mosquitto.conf"), mosquitto.RenderConf(mc), 0o644); err != nil {
 		return err
 	}
 	fmt.Fprintf(stdout, "wrote %s and %s (%d identities besides devices); crlfile %s\n", filepath.Join(*out, "mosquitto.conf"), acl, len(identities), abs(f.CRLPath()))

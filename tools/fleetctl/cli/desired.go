@@ -1,11 +1,14 @@
 package cli
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -32,30 +35,60 @@ func addOperatorFlags(fs *flag.FlagSet) operatorFlags {
 	}
 }
 
+// fleetState is what readFleetState learnt: the operator session, the collector it feeds,
+// and the devices this copy's registry has enrolled.
+type fleetState struct {
+	op  *fleet.Operator
+	col *status.Collector
+	// enrolled holds the ids of every device the registry has issued a certificate for,
+	// retired ones included; nil when the registry cannot be read or holds no device.
+	enrolled map[string]bool
+}
+
 // readFleetState connects as the operator, subscribed to every device's retained state and
 // to the desired state, and returns once the retained messages are in the collector. Close
-// the session when done; it keeps feeding the collector until then.
+// the session (op) when done; it keeps feeding the collector until then.
 // Retired devices (fleetctl retire) are left out of the collector's reports; if the registry
 // cannot be read they are not, and a warning says so on warn.
-func readFleetState(ctx context.Context, f *fleet.Fleet, of operatorFlags, warn io.Writer) (*fleet.Operator, *status.Collector, error) {
-	col := status.NewCollector(f.RootKey(), f.KeySet())
+func readFleetState(ctx context.Context, f *fleet.Fleet, of operatorFlags, warn io.Writer) (*fleetState, error) {
+	st := &fleetState{col: status.NewCollector(f.RootKey(), f.KeySet())}
 	if reg, err := f.OpenRegistry(nil); err != nil {
 		fmt.Fprintf(warn, "warning: cannot read the registry, so retired devices are counted too: %v\n", err)
 	} else {
-		col.Retire(reg.RetiredDevices()...)
+		st.col.Retire(reg.RetiredDevices()...)
+		// An empty registry is a copy of the fleet directory without it (OpenRegistry made
+		// an empty one), not a fleet that enrolled nothing: it says nothing about devices.
+		if ids := reg.Devices(); len(ids) > 0 {
+			st.enrolled = make(map[string]bool, len(ids))
+			for _, id := range ids {
+				st.enrolled[id] = true
+			}
+		}
 		reg.Close()
 	}
 	ctx, cancel := context.WithTimeout(ctx, *of.timeout)
 	defer cancel()
-	op, err := f.Dial(ctx, fleet.OperatorOptions{Broker: *of.broker, Subscriptions: status.Filters(), OnMessage: col.Add})
+	op, err := f.Dial(ctx, fleet.OperatorOptions{Broker: *of.broker, Subscriptions: status.Filters(), OnMessage: st.col.Add})
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	if err := op.Sync(ctx); err != nil {
 		op.Close()
-		return nil, nil, fmt.Errorf("reading retained state: %w", err)
+		return nil, fmt.Errorf("reading retained state: %w", err)
 	}
-	return op, col, nil
+	st.op = op
+	return st, nil
+}
+
+// refuseUnknown returns an error if device is neither in the registry nor on the broker: a
+// mistyped id, whose retained desired state status would count behind for good and retire
+// could not clear (it was never enrolled). Without a registry that knows devices it cannot
+// tell, and lets it pass.
+func (st *fleetState) refuseUnknown(cmd, device string) error {
+	if _, reported := st.col.DeviceEpoch(device); reported || st.enrolled == nil || st.enrolled[device] {
+		return nil
+	}
+	return fmt.Errorf("%s: %s was never enrolled in this fleet (the fleet directory's registry does not know it) and has published no state: check the id; nothing was published", cmd, device)
 }
 
 func rotateCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -78,13 +111,17 @@ func rotateCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err != nil {
 		return err
 	}
-	op, col, err := readFleetState(ctx, f, of, stderr)
+	st, err := readFleetState(ctx, f, of, stderr)
 	if err != nil {
 		return err
 	}
-	defer op.Close()
+	defer st.op.Close()
+	op, col := st.op, st.col
 	if *device != "" {
 		if err := refuseRetired(col, "rotate", *device); err != nil {
+			return err
+		}
+		if err := st.refuseUnknown("rotate", *device); err != nil {
 			return err
 		}
 	}
@@ -114,7 +151,7 @@ func rotateCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 
 func breachCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs, dir := newFlags("breach", stderr)
-	incident := fs.String("incident", "", "incident id for the record (letters, digits, '.', '_', '-')")
+	incident := fs.String("incident", "", "incident id for the record (letters, digits, '.', '_', '-'); run again with the same id, breach raises nothing again while the fleet's notice is this incident's")
 	keyset := fs.String("keyset", "", "a key set made by fleetctl keys rotate, to publish with the breach notice and put in force")
 	of := addOperatorFlags(fs)
 	if err := fs.Parse(args); err != nil {
@@ -137,18 +174,26 @@ func breachCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 			return fmt.Errorf("breach: --keyset %s: %w", *keyset, err)
 		}
 	}
-	op, col, err := readFleetState(ctx, f, of, stderr)
+	st, err := readFleetState(ctx, f, of, stderr)
 	if err != nil {
 		return err
 	}
-	defer op.Close()
-	pctx, cancel := context.WithTimeout(ctx, *of.timeout)
-	defer cancel()
-	got, err := op.PublishDesired(pctx, certs.Desired{Target: certs.TargetFleet, Epoch: col.MaxEpoch() + 1, Incident: *incident, KeySet: ksb}, time.Now())
-	if err != nil {
-		return err
+	defer st.op.Close()
+	op, col := st.op, st.col
+	// Run again with the same incident id (the first run timed out waiting for the broker,
+	// or stopped before putting the key set in force), breach does not start a second
+	// rotation wave through the whole fleet when the retained notice already is this one.
+	if prev := col.FleetDesired(); prev != nil && prev.Incident == *incident && (ksb == nil || sameJSON(prev.KeySet, ksb)) {
+		fmt.Fprintf(stdout, "breach %s: already published: every device rotates to epoch %d (version %d); not raising it again (for another rotation wave, give a new incident id)\n", prev.Incident, prev.Epoch, prev.Version)
+	} else {
+		pctx, cancel := context.WithTimeout(ctx, *of.timeout)
+		defer cancel()
+		got, err := op.PublishDesired(pctx, certs.Desired{Target: certs.TargetFleet, Epoch: col.MaxEpoch() + 1, Incident: *incident, KeySet: ksb}, time.Now())
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "breach %s: every device rotates its key, certificate and token to epoch %d; grants from earlier epochs are void (version %d)\n", got.Incident, got.Epoch, got.Version)
 	}
-	fmt.Fprintf(stdout, "breach %s: every device rotates its key, certificate and token to epoch %d; grants from earlier epochs are void (version %d)\n", got.Incident, got.Epoch, got.Version)
 	if ks != nil {
 		// Only now: the breach notice that carries the set is out, so devices can learn the
 		// keys that sign from here on.
@@ -161,6 +206,13 @@ func breachCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	warnAborted(f, *dir, stderr)
 	warnSigners(col, stderr)
 	return nil
+}
+
+// sameJSON reports whether a and b are the same JSON text but for insignificant white space:
+// a key set as read from its file, and as a signed document carries it.
+func sameJSON(a, b []byte) bool {
+	var ca, cb bytes.Buffer
+	return json.Compact(&ca, a) == nil && json.Compact(&cb, b) == nil && bytes.Equal(ca.Bytes(), cb.Bytes())
 }
 
 // warnAborted says so on w when the signers' rollout controls aborted the last rollout: until
@@ -235,19 +287,36 @@ func statusCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err != nil {
 		return err
 	}
-	op, col, err := readFleetState(ctx, f, of, stderr)
+	st, err := readFleetState(ctx, f, of, stderr)
 	if err != nil {
 		return err
 	}
-	defer op.Close()
+	defer st.op.Close()
+	op, col := st.op, st.col
 	r := col.Report()
 	if silent > 0 {
 		since := time.Now().Add(-silent)
-		fmt.Fprintf(stdout, "# devices not heard from since %s (no state published since, or never), of %d; retired devices left out\n", since.UTC().Format(time.RFC3339), r.Total)
+		var ids []string
+		listed := map[string]bool{}
 		for _, d := range r.Devices {
+			listed[d.ID] = true
 			if d.Updated.Before(since) {
-				fmt.Fprintln(stdout, d.ID)
+				ids = append(ids, d.ID)
 			}
+		}
+		// The report knows only devices the broker holds something of: an enrolled camera
+		// that never published a state is in the registry alone.
+		total := r.Total
+		for id := range st.enrolled {
+			if !listed[id] && !col.Retired(id) {
+				total++
+				ids = append(ids, id)
+			}
+		}
+		sort.Strings(ids)
+		fmt.Fprintf(stdout, "# devices not heard from since %s (no state published since, or never), of %d; retired devices left out\n", since.UTC().Format(time.RFC3339), total)
+		for _, id := range ids {
+			fmt.Fprintln(stdout, id)
 		}
 		return nil
 	}
@@ -334,11 +403,12 @@ func follow(ctx context.Context, col *status.Collector, wait time.Duration, w io
 			quiet.Reset(stall)
 			continue
 		case <-deadline.C:
+			// A state that converged the fleet may have landed since r was computed.
 			fmt.Fprintln(w)
-			return r, nil
+			return col.Report(), nil
 		case <-ctx.Done():
 			fmt.Fprintln(w)
-			return r, ctx.Err()
+			return col.Report(), ctx.Err()
 		}
 		// Let a burst of state messages land before computing the next report.
 		select {

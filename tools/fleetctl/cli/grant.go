@@ -46,11 +46,12 @@ func grantCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return err
 	}
-	op, col, err := readFleetState(ctx, f, of, stderr)
+	st, err := readFleetState(ctx, f, of, stderr)
 	if err != nil {
 		return err
 	}
-	defer op.Close()
+	defer st.op.Close()
+	col := st.col
 	if err := refuseRetired(col, "grant", *device); err != nil {
 		return err
 	}

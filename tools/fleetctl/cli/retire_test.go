@@ -60,6 +60,7 @@ func TestStatusSilentForFindsTheCamerasToRetire(t *testing.T) {
 		publishState(t, f, url, "cam-0001", wire.DeviceState{Epoch: 1, Updated: now.Unix()})
 		publishState(t, f, url, "cam-0002", wire.DeviceState{Epoch: 1, Updated: now.Add(-90 * 24 * time.Hour).Unix()})
 		publishState(t, f, url, "cam-0003", wire.DeviceState{Epoch: 1, Updated: now.Add(-40 * 24 * time.Hour).Unix()})
+		fleettest.Enroll(t, f, "cam-0004")
 		mustRun(t, "rotate", "--dir", dir, "--broker", url, "--device", "cam-0004") // never reported
 		out := mustRun(t, "status", "--dir", dir, "--broker", url, "--silent-for", "60d")
 		ids, err := fleet.ParseDeviceList([]byte(out))

@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -31,6 +32,18 @@ func serveCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	if *maxPending == 0 || *maxPending < -1 {
 		return fmt.Errorf("serve: --max-pending %d: want a positive count, or -1 for no cap", *maxPending)
+	}
+	// Flags that would be silently dropped: an operator setting them means something.
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	if set["burst"] && *maxRate == 0 {
+		return fmt.Errorf("serve: --burst %d without --max-rate: the burst is of a rate limit, and there is none", *burst)
+	}
+	if set["abort-min"] && *abortMin < 1 {
+		return fmt.Errorf("serve: --abort-min %d: want at least 1 certificate", *abortMin)
+	}
+	if (set["abort-min"] || set["abort-window"]) && *abortRatio == 0 {
+		return fmt.Errorf("serve: --abort-min and --abort-window shape the abort threshold, and there is none: give --abort-ratio too")
 	}
 	var lv slog.Level
 	if err := lv.UnmarshalText([]byte(*level)); err != nil {

@@ -69,6 +69,7 @@ const (
 	crlFile      = "crl.pem"
 	keySetsDir   = "keysets"
 	seqFile      = "seq"
+	seqLock      = ".seq.lock"
 )
 
 // DefaultOperator is the operator identity name `fleetctl init` issues for itself.
@@ -126,6 +127,11 @@ func Init(dir string, o InitOptions) (*Fleet, error) {
 	}
 	if o.DeviceValidity == 0 {
 		o.DeviceValidity = certs.DefaultDeviceValidity
+	}
+	// fleet.json keeps whole seconds, and zero there means the default: anything else would be
+	// changed behind the operator's back, or issue certificates expired at birth.
+	if o.DeviceValidity < time.Second || o.DeviceValidity%time.Second != 0 {
+		return nil, fmt.Errorf("fleet: init: InitOptions.DeviceValidity %v: want a positive whole number of seconds", o.DeviceValidity)
 	}
 	if o.Now.IsZero() {
 		o.Now = time.Now()
@@ -440,10 +446,16 @@ func loadPair(dir, certName, keyName string) (*tls.Certificate, error) {
 
 // NextSeq returns a command sequence above every one this fleet directory handed out before:
 // max(now in Unix nanoseconds, last+1). Sequences from several operator machines stay ordered
-// as long as their clocks roughly agree.
+// as long as their clocks roughly agree. Processes sharing the directory take turns, under a
+// lock, so no two get the same one.
 func (f *Fleet) NextSeq(now time.Time) (uint64, error) {
 	f.seqMu.Lock()
 	defer f.seqMu.Unlock()
+	unlock, err := lockDir(filepath.Join(f.Dir, seqLock))
+	if err != nil {
+		return 0, fmt.Errorf("fleet: sequence: %w", err)
+	}
+	defer unlock()
 	var last uint64
 	if b, err := os.ReadFile(filepath.Join(f.Dir, seqFile)); err == nil {
 		last, _ = strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64)

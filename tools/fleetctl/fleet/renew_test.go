@@ -1,6 +1,7 @@
 package fleet_test
 
 import (
+	"context"
 	"crypto"
 	"crypto/tls"
 	"crypto/x509"
@@ -191,7 +192,15 @@ func TestRefreshWarnsOfACertificateItCannotRenew(t *testing.T) {
 	log, rec := logtest.New()
 	var loads atomic.Int32
 	load := func() (*tls.Certificate, error) { loads.Add(1); return g.SignerCertificate() }
-	go fleet.Refresh(t.Context(), time.Millisecond, cur, load, func(*tls.Certificate) { t.Error("a certificate was handed over") }, log)
+	// Refresh is awaited before t.TempDir's cleanup: a look still under way would create the
+	// renewal lock file again while the directory is being removed.
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		fleet.Refresh(ctx, time.Millisecond, cur, load, func(*tls.Certificate) { t.Error("a certificate was handed over") }, log)
+	}()
+	defer func() { cancel(); <-done }()
 	rec.WaitFor(t, 10*time.Second, "expires soon and could not be renewed here", "signer:default")
 	for loads.Load() < 20 {
 		time.Sleep(time.Millisecond)

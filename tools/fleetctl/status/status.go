@@ -13,6 +13,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -187,6 +188,19 @@ func (c *Collector) desiredEpochLocked(device string) uint64 {
 		e = max(e, d.Epoch)
 	}
 	return e
+}
+
+// FleetDesired returns a copy of the fleet-wide desired state as verified, or nil when none
+// was published (or none verified).
+func (c *Collector) FleetDesired() *certs.Desired {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.fleet == nil {
+		return nil
+	}
+	d := *c.fleet
+	d.KeySet = slices.Clone(d.KeySet)
+	return &d
 }
 
 // DeviceEpoch returns the epoch device reports, and whether it reported any state.
