@@ -42,6 +42,9 @@ type Registry struct {
 	// grows past every cursor handed out whenever the index is rebuilt (a shrunk or compacted
 	// log), so an old cursor gets every revocation again rather than missing new ones.
 	revBase int
+	// gen counts the indexings of the log from its start; an IssueCursor of an earlier one
+	// points into a list that no longer exists.
+	gen uint64
 }
 
 // Open opens (creating it if needed, mode 0600 in a 0700 directory) the log at path and
@@ -61,7 +64,7 @@ func Open(path string, o Options) (*Registry, error) {
 		f.Close()
 		return nil, fmt.Errorf("registry: %w", err)
 	}
-	r := &Registry{path: path, log: o.Logger, f: f, idx: newIndex()}
+	r := &Registry{path: path, log: o.Logger, f: f, idx: newIndex(), gen: 1}
 	if err := r.readLocked(false); err != nil {
 		f.Close()
 		return nil, err
@@ -88,7 +91,8 @@ func (r *Registry) Close() error {
 }
 
 // Refresh indexes the records other processes appended since the last read. Every read
-// method calls it; it is an fstat(2) and a stat(2) of the path when nothing changed.
+// method calls it; it is an fstat(2) and a stat(2) of the path when nothing changed (and the
+// log does not end in a partial line).
 func (r *Registry) Refresh() error {
 	r.mu.RLock()
 	if r.closed {
@@ -96,7 +100,7 @@ func (r *Registry) Refresh() error {
 		return ErrClosed
 	}
 	fi, err := r.f.Stat()
-	seen := r.seen
+	seen, torn := r.seen, r.seen != r.off
 	r.mu.RUnlock()
 	if err != nil {
 		return fmt.Errorf("registry: %w", err)
@@ -105,7 +109,9 @@ func (r *Registry) Refresh() error {
 	if err != nil {
 		return fmt.Errorf("registry: %w", err)
 	}
-	if fi.Size() == seen && os.SameFile(fi, pi) {
+	// With a partial last line seen (a writer busy or dead), the same size does not mean
+	// nothing changed: the next writer cuts that line off and may append as many bytes.
+	if fi.Size() == seen && !torn && os.SameFile(fi, pi) {
 		return nil
 	}
 	r.mu.Lock()
@@ -146,6 +152,7 @@ func (r *Registry) reopenIfReplacedLocked() error {
 // resetLocked empties the index, to be read again from the start of r.f.
 func (r *Registry) resetLocked() {
 	r.revBase += len(r.idx.revocations)
+	r.gen++
 	r.idx, r.off, r.seen = newIndex(), 0, 0
 }
 
@@ -477,12 +484,26 @@ func (tx *Tx) FindRequest(device, reqID string) (Cert, *x509.Certificate, bool, 
 	return e.Cert, c, true, nil
 }
 
-// Issues returns the rotation certificates (ViaCSR, ViaBoot) from the from-th on, in log
-// order; NumIssues tells how many there are.
-func (tx *Tx) Issues(from int) []Cert { return tx.r.idx.issuesFrom(from) }
+// IssueCursor is a position in the log's list of rotation certificates (Tx.IssuesFrom). The
+// zero IssueCursor is before the first.
+type IssueCursor struct {
+	gen uint64
+	n   int
+}
 
-// NumIssues returns how many rotation certificates the log holds.
-func (tx *Tx) NumIssues() int { return len(tx.r.idx.issues) }
+// IssuesFrom returns the rotation certificates (ViaCSR, ViaBoot) after cursor from, in log
+// order, and the cursor to pass next time. all reports that the list holds every rotation
+// certificate of the log rather than those after from: from is the zero cursor, or the log was
+// indexed again since it was handed out (a compaction replaced it), so whatever the caller
+// derived from the earlier ones must start over.
+func (tx *Tx) IssuesFrom(from IssueCursor) (issues []Cert, next IssueCursor, all bool) {
+	r := tx.r
+	start := from.n
+	if all = from.gen != r.gen; all { // the zero cursor's gen is 0, never an indexing's
+		start = 0
+	}
+	return r.idx.issuesFrom(start), IssueCursor{gen: r.gen, n: len(r.idx.issues)}, all
+}
 
 // Outcomes is Registry.Outcomes within the transaction.
 func (tx *Tx) Outcomes(since, now time.Time, confirmTimeout time.Duration) Outcome {

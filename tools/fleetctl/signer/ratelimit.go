@@ -14,8 +14,8 @@ type bucket struct {
 	rate   float64 // tokens per second; 0 means unlimited
 	burst  float64
 	tokens float64
-	last   time.Time // when tokens was last brought up to date; zero before the first use
-	cursor int       // how many of the registry's rotation certificates were taken into account
+	last   time.Time            // when tokens was last brought up to date; zero before the first use
+	cursor registry.IssueCursor // the registry's rotation certificates taken into account
 }
 
 func newBucket(perMinute float64, burst int) *bucket {
@@ -42,11 +42,18 @@ func (b *bucket) sync(tx *registry.Tx) {
 	if b.rate == 0 {
 		return
 	}
-	for _, c := range tx.Issues(b.cursor) {
+	issues, next, all := tx.IssuesFrom(b.cursor)
+	if all {
+		// The first sync, or the log was compacted since the last one: the cursor no longer
+		// says which certificates were counted, so the bucket replays the log from the start,
+		// as a signer that starts now does.
+		b.tokens, b.last = b.burst, time.Time{}
+	}
+	for _, c := range issues {
 		b.refill(c.Issued)
 		b.tokens--
 	}
-	b.cursor = tx.NumIssues()
+	b.cursor = next
 }
 
 // allow reports whether a token is available at now. It does not take it: issuing does, via

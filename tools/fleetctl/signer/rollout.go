@@ -33,18 +33,27 @@ type RolloutState struct {
 // LoadRollout reads the rollout state at path; a missing file is a rollout that was never
 // aborted.
 func LoadRollout(path string) (RolloutState, error) {
-	var st RolloutState
+	st, parseErr, err := loadRollout(path)
+	if err == nil {
+		err = parseErr
+	}
+	return st, err
+}
+
+// loadRollout is LoadRollout telling a file that cannot be read (err) from one that does not
+// parse (parseErr).
+func loadRollout(path string) (st RolloutState, parseErr, err error) {
 	b, err := os.ReadFile(path)
 	if errors.Is(err, os.ErrNotExist) {
-		return st, nil
+		return st, nil, nil
 	}
 	if err != nil {
-		return st, fmt.Errorf("signer: rollout state: %w", err)
+		return st, nil, fmt.Errorf("signer: rollout state: %w", err)
 	}
 	if err := strictjson.Unmarshal(b, &st); err != nil {
-		return st, fmt.Errorf("signer: rollout state %s: %w", path, err)
+		return RolloutState{}, fmt.Errorf("signer: rollout state %s: %w", path, err), nil
 	}
-	return st, nil
+	return st, nil, nil
 }
 
 func saveRollout(path string, st RolloutState) error {
@@ -60,11 +69,16 @@ func saveRollout(path string, st RolloutState) error {
 
 // Resume clears an aborted rollout at path, under the registry's lock so that no signer is
 // deciding meanwhile, and returns the state before and after. Certificates issued before now no
-// longer count towards the abort threshold.
+// longer count towards the abort threshold. A state that does not parse, which the signers
+// treat as aborted, is cleared too: before then says why it was.
 func Resume(reg *registry.Registry, path string, now time.Time) (before, after RolloutState, err error) {
 	err = reg.Update(func(*registry.Tx) error {
-		if before, err = LoadRollout(path); err != nil {
+		var parseErr error
+		if before, parseErr, err = loadRollout(path); err != nil {
 			return err
+		}
+		if parseErr != nil {
+			before = RolloutState{Aborted: true, Reason: fmt.Sprintf("the rollout state was unreadable (%v)", parseErr)}
 		}
 		after = RolloutState{ResumedAt: now.UTC()}
 		return saveRollout(path, after)

@@ -435,15 +435,25 @@ func (s *Signer) compactLoop(ctx context.Context) {
 }
 
 // crlLoop writes the CRL when revocations were recorded, at most once per crlInterval, and
-// once more on the way out if anything is pending.
+// once more on the way out if anything is pending. A write that fails is tried again after
+// crlInterval.
 func (s *Signer) crlLoop(ctx context.Context) {
 	write := func() {
-		revs := s.reg.Revocations()
-		if err := WriteCRL(s.cfg.CRLPath, s.cfg.CA, revs, s.clk.Now()); err != nil {
-			s.log.Error("signer: cannot write the CRL; Mosquitto will not learn of the revocation", "path", s.cfg.CRLPath, "err", err)
+		// Under the registry's lock, as every other writer of the CRL does (the other signers,
+		// fleetctl revoke, retire and mosquitto-config): a CRL made from the revocations read
+		// before another process's newer CRL must not replace it.
+		n := 0
+		err := s.reg.Update(func(tx *registry.Tx) error {
+			revs := tx.Revocations()
+			n = len(revs)
+			return WriteCRL(s.cfg.CRLPath, s.cfg.CA, revs, s.clk.Now())
+		})
+		if err != nil {
+			s.log.Error("signer: cannot write the CRL; Mosquitto will not learn of the revocation until it is written (trying again)", "path", s.cfg.CRLPath, "err", err)
+			s.crlDirty()
 			return
 		}
-		s.log.Info("signer: crl written; Mosquitto applies it when it restarts", "path", s.cfg.CRLPath, "revoked", len(revs))
+		s.log.Info("signer: crl written; Mosquitto applies it when it restarts", "path", s.cfg.CRLPath, "revoked", n)
 	}
 	for {
 		select {
