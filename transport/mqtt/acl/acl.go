@@ -17,6 +17,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/camagent/camagent/certs"
+	"github.com/camagent/camagent/transport/mqtt/topic"
 )
 
 // Access is what a rule grants on the topics its pattern matches.
@@ -64,7 +65,15 @@ func (r Rule) Expand(name string) string {
 
 // rules is the table of docs/protocol.md, "Identities". Nothing is allowed that is not listed.
 var rules = []Rule{
-	{certs.RoleDevice, "dev/%u/up/#", Write},
+	// A device publishes to the leaves the protocol defines, not to all of dev/<id>/up/#: a
+	// stolen device certificate must not be able to leave retained messages on any number of
+	// topics of its own for both brokers to keep (each leaf holds at most one).
+	{certs.RoleDevice, "dev/%u/up/" + topic.LeafReply, Write},
+	{certs.RoleDevice, "dev/%u/up/" + topic.LeafState, Write},
+	{certs.RoleDevice, "dev/%u/up/" + topic.LeafCSR, Write},
+	{certs.RoleDevice, "dev/%u/up/" + topic.LeafSignal, Write},
+	{certs.RoleDevice, "dev/%u/up/" + topic.LeafTelemetry, Write},
+	{certs.RoleDevice, "dev/%u/up/" + topic.LeafClaim, Write},
 	{certs.RoleDevice, "dev/%u/down/#", Read},
 	{certs.RoleDevice, "fleet/down/#", Read},
 

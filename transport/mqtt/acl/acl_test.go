@@ -22,6 +22,13 @@ func TestAllowed(t *testing.T) {
 		// Devices.
 		{"a device may publish its reply", "cam-a", "dev/cam-a/up/reply", pub, true},
 		{"a device may publish its retained state", "cam-a", "dev/cam-a/up/state", pub, true},
+		{"a device may publish its csr", "cam-a", "dev/cam-a/up/csr", pub, true},
+		{"a device may publish its signaling", "cam-a", "dev/cam-a/up/signal", pub, true},
+		{"a device may publish its telemetry", "cam-a", "dev/cam-a/up/telemetry", pub, true},
+		{"a device may publish its claim", "cam-a", "dev/cam-a/up/claim", pub, true},
+		{"a device may not publish to a leaf the protocol does not define", "cam-a", "dev/cam-a/up/junk", pub, false},
+		{"a device may not publish below one of its leaves", "cam-a", "dev/cam-a/up/state/x", pub, false},
+		{"a device may not publish to its up level itself", "cam-a", "dev/cam-a/up", pub, false},
 		{"a device may not publish as another device", "cam-a", "dev/cam-b/up/reply", pub, false},
 		{"a device may not publish a command to itself", "cam-a", "dev/cam-a/down/cmd", pub, false},
 		{"a device may not publish a fleet command", "cam-a", "fleet/down/cmd", pub, false},

@@ -51,6 +51,9 @@ const (
 	// A device away longer loses only what was queued for it: it subscribes again on every
 	// connect and converges from the retained desired state (docs/protocol.md).
 	DefaultSessionExpiry = 30 * 24 * time.Hour
+
+	// minConnectRate is the smallest positive Config.MaxConnectRate: one connection an hour.
+	minConnectRate = 1.0 / 3600
 )
 
 // listenerID is the one listener's id; mochi stores it with each persisted session.
@@ -166,6 +169,11 @@ func New(cfg Config) (*Broker, error) {
 	if cfg.MaxConnectRate < 0 || math.IsNaN(cfg.MaxConnectRate) || math.IsInf(cfg.MaxConnectRate, 0) {
 		return nil, fmt.Errorf("broker: Config.MaxConnectRate %v is not a rate", cfg.MaxConnectRate)
 	}
+	if cfg.MaxConnectRate > 0 && cfg.MaxConnectRate < minConnectRate {
+		// Below it the interval between turns overflows a time.Duration, which would admit
+		// everything at once.
+		return nil, fmt.Errorf("broker: Config.MaxConnectRate %v: at least %v connections a second (one an hour)", cfg.MaxConnectRate, minConnectRate)
+	}
 	if cfg.SessionExpiry == 0 {
 		cfg.SessionExpiry = DefaultSessionExpiry
 	}
@@ -215,6 +223,10 @@ func (b *Broker) Start() error {
 	// mochi's default never ends a session. With it, mochi ends the session of a client away
 	// for longer, with its subscriptions and queued messages (camagent patch 10).
 	caps.MaximumSessionExpiryInterval = uint32(b.cfg.SessionExpiry / time.Second)
+	// No topic aliases (MQTT 5): mochi stores an alias's topic before any ACL check, and its
+	// default of 65535 would let any client pin that many topics of up to 64 KiB. No fleet
+	// client uses them; a PUBLISH with one is refused with "topic alias invalid".
+	caps.TopicAliasMaximum = 0
 	srv := mqtt.New(&mqtt.Options{
 		Capabilities: caps,
 		Logger:       b.log,

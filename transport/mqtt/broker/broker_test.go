@@ -72,6 +72,7 @@ func TestNewRefusesAnUnsafeConfig(t *testing.T) {
 		{"a negative packet size is refused", broker.Config{Addr: "127.0.0.1:0", TLS: good, MaxPacketSize: -1}, "MaxPacketSize"},
 		{"a negative connect timeout is refused", broker.Config{Addr: "127.0.0.1:0", TLS: good, ConnectTimeout: -time.Second}, "ConnectTimeout"},
 		{"a negative connection budget is refused", broker.Config{Addr: "127.0.0.1:0", TLS: good, MaxConnectRate: -1}, "MaxConnectRate"},
+		{"a connection budget too small to pace is refused", broker.Config{Addr: "127.0.0.1:0", TLS: good, MaxConnectRate: 1e-10}, "MaxConnectRate"},
 		{"a session expiry under a second is refused", broker.Config{Addr: "127.0.0.1:0", TLS: good, SessionExpiry: time.Millisecond}, "SessionExpiry"},
 		{"a session expiry in fractions of a second is refused", broker.Config{Addr: "127.0.0.1:0", TLS: good, SessionExpiry: 1500 * time.Millisecond}, "SessionExpiry"},
 		{"a negative session expiry is refused", broker.Config{Addr: "127.0.0.1:0", TLS: good, SessionExpiry: -time.Hour}, "SessionExpiry"},

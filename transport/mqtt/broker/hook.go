@@ -34,6 +34,7 @@ func (h *hook) Provides(event byte) bool {
 	return bytes.Contains([]byte{
 		mqtt.OnConnect,
 		mqtt.OnConnectAuthenticate,
+		mqtt.OnPacketRead,
 		mqtt.OnACLCheck,
 		mqtt.OnPublish,
 		mqtt.OnPublished,
@@ -76,6 +77,17 @@ func (h *hook) OnConnectAuthenticate(cl *mqtt.Client, _ packets.Packet) bool {
 	}
 	leaf := verifiedLeaf(conn)
 	return leaf != nil && certs.ClientIDAllowed(certs.CertIdentity(leaf), cl.ID) && string(cl.Properties.Username) == certs.CertIdentity(leaf)
+}
+
+// OnPacketRead caps the session expiry interval an MQTT 5 client sets in its DISCONNECT
+// (MQTT 5.0 section 3.14.2.2.2) at Config.SessionExpiry, as mochi caps the one of its CONNECT.
+// mochi takes the DISCONNECT's as it is, so without this any client could keep its session,
+// with everything queued for it, for 2^32-1 seconds.
+func (h *hook) OnPacketRead(_ *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+	if pk.FixedHeader.Type == packets.Disconnect && pk.Properties.SessionExpiryIntervalFlag {
+		pk.Properties.SessionExpiryInterval = min(pk.Properties.SessionExpiryInterval, uint32(h.b.cfg.SessionExpiry/time.Second))
+	}
+	return pk, nil
 }
 
 // admit checks a connecting client and returns its identity.
