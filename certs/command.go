@@ -57,10 +57,18 @@ func (c *Command) validate() error {
 	if c.ExpiresAt <= c.IssuedAt {
 		return fmt.Errorf("%w: command expires (%d) before it is issued (%d)", ErrMalformed, c.ExpiresAt, c.IssuedAt)
 	}
-	if time.Duration(c.ExpiresAt-c.IssuedAt)*time.Second > MaxCommandLifetime {
-		return fmt.Errorf("%w: command lifetime %ds over %s", ErrMalformed, c.ExpiresAt-c.IssuedAt, MaxCommandLifetime)
+	if !lifetimeWithin(c.IssuedAt, c.ExpiresAt, MaxCommandLifetime) {
+		return fmt.Errorf("%w: command lifetime %ds over %s", ErrMalformed, uint64(c.ExpiresAt-c.IssuedAt), MaxCommandLifetime)
 	}
 	return nil
+}
+
+// lifetimeWithin reports whether exp (Unix seconds) is after iat by at most max. It compares
+// seconds, never nanoseconds: a difference of centuries, or one that overflows int64, must not
+// wrap into a small or negative time.Duration that passes the cap.
+func lifetimeWithin(iat, exp int64, max time.Duration) bool {
+	d := exp - iat // exp > iat, so a negative d is a difference that wrapped
+	return exp > iat && d > 0 && d <= int64(max/time.Second)
 }
 
 // SignCommand validates c and signs it with k.

@@ -59,7 +59,7 @@ func (g *Grant) validate() error {
 	if !subjectRe.MatchString(g.Subject) {
 		return fmt.Errorf("%w: grant subject %q", ErrMalformed, g.Subject)
 	}
-	if g.ExpiresAt <= g.IssuedAt || time.Duration(g.ExpiresAt-g.IssuedAt)*time.Second > MaxGrantLifetime {
+	if !lifetimeWithin(g.IssuedAt, g.ExpiresAt, MaxGrantLifetime) {
 		return fmt.Errorf("%w: grant lifetime %d..%d", ErrMalformed, g.IssuedAt, g.ExpiresAt)
 	}
 	return nil

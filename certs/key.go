@@ -95,7 +95,8 @@ func NewCSR(key crypto.Signer, identity string) ([]byte, error) {
 // MaxCSRSize caps a PEM CSR accepted from outside.
 const MaxCSRSize = 8 << 10
 
-// ParseCSR decodes a PEM CSR and checks its self-signature.
+// ParseCSR decodes a PEM CSR, checks its self-signature, and checks that its key is ECDSA
+// P-256, the only key the fleet issues certificates for.
 func ParseCSR(b []byte) (*x509.CertificateRequest, error) {
 	if len(b) > MaxCSRSize {
 		return nil, fmt.Errorf("%w: csr of %d bytes, cap %d", ErrTooLarge, len(b), MaxCSRSize)
@@ -111,8 +112,12 @@ func ParseCSR(b []byte) (*x509.CertificateRequest, error) {
 	if err := csr.CheckSignature(); err != nil {
 		return nil, fmt.Errorf("%w: csr self-signature: %v", ErrBadSignature, err)
 	}
-	if _, ok := csr.PublicKey.(*ecdsa.PublicKey); !ok {
+	pub, ok := csr.PublicKey.(*ecdsa.PublicKey)
+	if !ok {
 		return nil, fmt.Errorf("%w: csr key is %T, want ECDSA P-256", ErrMalformed, csr.PublicKey)
+	}
+	if pub.Curve != elliptic.P256() {
+		return nil, fmt.Errorf("%w: csr key is ECDSA %s, want ECDSA P-256", ErrMalformed, pub.Curve.Params().Name)
 	}
 	return csr, nil
 }

@@ -106,7 +106,8 @@ func newFanout(gopBytes int, needKeyframe func()) *fanout {
 }
 
 // push is the Source's callback: it packetizes the frame and queues it for every viewer. It
-// never blocks on a viewer.
+// never blocks on a viewer. A viewer that overflowed, or is playing when a discontinuity
+// starts on a frame other than a keyframe, waits for the next keyframe, and one is asked for.
 func (f *fanout) push(cf camera.Frame) {
 	fr := newFrame(cf.AU, cf.Timestamp90k(), &f.buf)
 	defer f.framesIn.Add(1) // counted once every viewer has it
@@ -137,15 +138,22 @@ func (f *fanout) push(cf camera.Frame) {
 			restart = newFrame(snap[0], fr.ts, new([]byte))
 		}
 	}
-	overflowed := false
+	wantKey := false
 	for v := range f.viewers {
+		if cf.Discontinuity && !fr.keyframe && !v.waitKey {
+			// The frames before a discontinuity are no reference for the ones after
+			// (camera.Frame.Discontinuity): this one would not decode for a viewer that is
+			// already playing, so it waits for the next keyframe, as after a loss.
+			v.waitKey = true
+			wantKey = true
+		}
 		if v.offer(fr, restart) {
-			overflowed = true
+			wantKey = true
 		}
 	}
 	f.mu.Unlock()
 
-	if overflowed {
+	if wantKey {
 		f.needKeyframe()
 	}
 }

@@ -332,8 +332,27 @@ func (l pionLogger) Error(msg string) { l.log.Warn("webrtc: pion: " + maskAddrs(
 
 func (l pionLogger) Errorf(format string, args ...any) { l.Error(fmt.Sprintf(format, args...)) }
 
-// addrRe matches IPv4 addresses and runs of hex groups joined by two or more colons (IPv6
-// addresses, and harmlessly some times of day).
-var addrRe = regexp.MustCompile(`\b\d{1,3}(?:\.\d{1,3}){3}\b|(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4}`)
+// addrRe matches IPv6 addresses that end in an embedded IPv4 address (RFC 4291 §2.5.5, tried
+// first so that no octet is left behind), IPv4 addresses, and runs of hex groups joined by two
+// or more colons (IPv6 addresses, and harmlessly some times of day).
+var addrRe = regexp.MustCompile(`(?:[0-9A-Fa-f]{0,4}:){2,6}\d{1,3}(?:\.\d{1,3}){3}\b|\b\d{1,3}(?:\.\d{1,3}){3}\b|(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4}`)
 
 func maskAddrs(s string) string { return addrRe.ReplaceAllString(s, "<addr>") }
+
+// maskedError is an error of pion's with the network addresses in its message masked
+// (maskAddrs). pion quotes a candidate line it cannot parse whole, in AddICECandidate and in
+// SetRemoteDescription, and the errors the Streamer returns reach the caller's logs (P2b, P4).
+type maskedError struct{ err error }
+
+func (e maskedError) Error() string { return maskAddrs(e.err.Error()) }
+
+// Unwrap returns pion's error, so errors.Is still finds pion's sentinels.
+func (e maskedError) Unwrap() error { return e.err }
+
+// masked wraps a pion error whose message may quote the viewer's SDP or candidates.
+func masked(err error) error {
+	if err == nil {
+		return nil
+	}
+	return maskedError{err}
+}

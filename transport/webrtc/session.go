@@ -154,7 +154,7 @@ func (ss *session) negotiate(ctx context.Context, offer signal.Offer, check Gran
 	pc.OnConnectionStateChange(ss.onConnectionState)
 
 	if err := pc.SetRemoteDescription(pion.SessionDescription{Type: pion.SDPTypeOffer, SDP: offer.SDP}); err != nil {
-		return signal.Answer{}, refuse(signal.RefuseBadOffer, fmt.Errorf("%w: %w", ErrBadOffer, err))
+		return signal.Answer{}, refuse(signal.RefuseBadOffer, fmt.Errorf("%w: %w", ErrBadOffer, masked(err)))
 	}
 	if err := ss.flushCandidates(); err != nil {
 		return signal.Answer{}, refuse(signal.RefuseBadOffer, fmt.Errorf("%w: %w", ErrBadOffer, err))
@@ -463,7 +463,7 @@ func (ss *session) addCandidate(c pion.ICECandidateInit) error {
 		return nil
 	}
 	if err := ss.pc.AddICECandidate(c); err != nil {
-		return fmt.Errorf("webrtc: candidate: %w", err)
+		return fmt.Errorf("webrtc: candidate: %w", masked(err))
 	}
 	return nil
 }
@@ -477,7 +477,7 @@ func (ss *session) flushCandidates() error {
 	ss.pending = nil
 	for _, c := range pending {
 		if err := ss.pc.AddICECandidate(c); err != nil {
-			return fmt.Errorf("candidate: %w", err)
+			return fmt.Errorf("candidate: %w", masked(err))
 		}
 	}
 	return nil

@@ -114,24 +114,42 @@ func (s *Streamer) Run(ctx context.Context) error {
 // should see as signal.RefuseBusy. Once Offer has returned an answer the session streams on
 // its own goroutine until it ends (Config.OnEnd).
 func (s *Streamer) Offer(ctx context.Context, offer signal.Offer, check GrantChecker) (signal.Answer, error) {
+	answer, err := s.Accept(offer, check)
+	if err != nil {
+		return signal.Answer{}, err
+	}
+	return answer(ctx)
+}
+
+// Accept does Offer's first two steps at once, validating the offer and reserving its
+// session, and returns the rest of Offer (the grant check, the PeerConnection, ICE gathering
+// and the answer) as a function, to run on a goroutine of the caller's, since it waits for ICE
+// gathering. From Accept's return on, candidates the viewer trickles for the session are kept
+// (AddCandidate), however long the answer takes to start: a caller that answers offers on
+// goroutines of their own calls Accept where it takes the offer, before the candidates that
+// follow it. The returned function must be called exactly once; until then the session holds
+// a place among Config.MaxViewers. It returns what Offer returns.
+func (s *Streamer) Accept(offer signal.Offer, check GrantChecker) (answer func(context.Context) (signal.Answer, error), err error) {
 	if check == nil {
-		return signal.Answer{}, errors.New("webrtc: Offer: nil GrantChecker")
+		return nil, errors.New("webrtc: Offer: nil GrantChecker")
 	}
 	if err := offer.Validate(); err != nil {
-		return signal.Answer{}, refuse(signal.RefuseBadOffer, fmt.Errorf("%w: %w", ErrBadOffer, err))
+		return nil, refuse(signal.RefuseBadOffer, fmt.Errorf("%w: %w", ErrBadOffer, err))
 	}
 	ss, err := s.reserve(offer.Session)
 	if err != nil {
-		return signal.Answer{}, err
+		return nil, err
 	}
-	answer, err := ss.negotiate(ctx, offer, check)
-	if err != nil {
-		ss.abort()
-		return signal.Answer{}, err
-	}
-	s.log.Info("webrtc: session started", "session", ss.id, "viewers", s.viewerCount())
-	go ss.run()
-	return answer, nil
+	return func(ctx context.Context) (signal.Answer, error) {
+		answer, err := ss.negotiate(ctx, offer, check)
+		if err != nil {
+			ss.abort()
+			return signal.Answer{}, err
+		}
+		s.log.Info("webrtc: session started", "session", ss.id, "viewers", s.viewerCount())
+		go ss.run()
+		return answer, nil
+	}, nil
 }
 
 // reserve registers a new session for id, counted against MaxViewers.

@@ -439,6 +439,28 @@ func TestTrickledCandidatesConnect(t *testing.T) {
 			t.Fatalf("first frame %v", f[0].nalTypes)
 		}
 	})
+	t.Run("when they come between Accept and the answer", func(t *testing.T) {
+		v, offer, gathered := trickleViewer(t)
+		offer.Grant = g.valid(t)
+		answer, err := s.Accept(offer, g.check)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// The offer's SDP has no candidate: the viewer is reached only through these.
+		for _, c := range gathered() {
+			if err := s.AddCandidate(offer.Session, c); err != nil {
+				t.Fatalf("AddCandidate after Accept: %v", err)
+			}
+		}
+		a, err := answer(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		v.accept(a)
+		if f := v.waitFrames(1); !f[0].keyframe() {
+			t.Fatalf("first frame %v", f[0].nalTypes)
+		}
+	})
 	t.Run("and a bad one among them refuses the offer once it is applied", func(t *testing.T) {
 		_, offer, _ := trickleViewer(t)
 		check := func(b []byte) (webrtc.Grant, error) {
