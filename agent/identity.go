@@ -7,11 +7,13 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/camagent/camagent/agent/state"
 	"github.com/camagent/camagent/certs"
 	"github.com/camagent/camagent/internal/atomicfile"
 )
 
-// Files in the state directory. The directory is 0700 and every file in it 0600.
+// Files in the state directory. The directory is 0700 and every file in it 0600 (but for
+// LockFile, which holds a process id).
 const (
 	KeyFile    = "device.key"
 	CSRFile    = "device.csr"
@@ -101,10 +103,39 @@ func InstallBundle(stateDir string, bundle []byte, now time.Time) (*certs.Verifi
 	if err := checkBootstrap(stateDir, vb); err != nil {
 		return nil, fmt.Errorf("agent: install bundle: %w", err)
 	}
+	if err := restartJournal(stateDir, now); err != nil {
+		return nil, fmt.Errorf("agent: install bundle: %w", err)
+	}
 	if err := atomicfile.WriteFile(filepath.Join(stateDir, BundleFile), bundle, 0o600); err != nil {
 		return nil, fmt.Errorf("agent: install bundle: %w", err)
 	}
 	return vb, nil
+}
+
+// restartJournal makes the enrollment (generation 0) the active credential again in a device
+// that rotated, or was rotating, before this enrollment: otherwise the agent would keep to the
+// old generation and wipe the new key as a stale generation 0. The epoch and everything else
+// the journal holds stay: grants voided before stay void (S7), commands seen stay refused.
+// The old generations are wiped at the agent's next start (wipeStale). It runs before the
+// bundle is written: killed in between, the old bundle is refused against the new key and
+// installing the new one again finishes the job.
+func restartJournal(stateDir string, now time.Time) error {
+	store := state.NewFileStore(filepath.Join(stateDir, StateFile), func() time.Time { return now })
+	st, err := store.Load()
+	if err != nil {
+		// A corrupt journal was quarantined: the agent recovers from the credentials on
+		// disk, and the new bundle's key is generation 0.
+		var ce *state.CorruptError
+		if errors.As(err, &ce) {
+			return nil
+		}
+		return err
+	}
+	if st.Cred == (state.Cred{Epoch: st.Cred.Epoch}) {
+		return nil
+	}
+	st.Cred = state.Cred{Epoch: st.Cred.Epoch}
+	return store.Save(st)
 }
 
 // checkBootstrap checks the bundle's bootstrap certificate, if it has one, against the

@@ -212,7 +212,9 @@ func Reset(dir string) (left []string, err error) {
 		errs = append(errs, err)
 	}
 	for _, e := range entries {
-		left = append(left, e.Name())
+		if e.Name() != LockFile { // the lock of whoever resets: it stays
+			left = append(left, e.Name())
+		}
 	}
 	if err := errors.Join(errs...); err != nil {
 		return left, fmt.Errorf("agent: reset: %w", err)

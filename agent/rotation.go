@@ -107,8 +107,12 @@ func (a *Agent) wipeStale() {
 	}
 	stale := []uint64{}
 	if !keep[0] {
-		if _, err := os.Stat(filepath.Join(a.cfg.StateDir, KeyFile)); err == nil {
-			stale = append(stale, 0)
+		// Either file: a wipe killed between the key and the token leaves the token alone.
+		for _, name := range []string{KeyFile, TokenFile} {
+			if _, err := os.Stat(filepath.Join(a.cfg.StateDir, name)); err == nil {
+				stale = append(stale, 0)
+				break
+			}
 		}
 	}
 	ents, _ := os.ReadDir(filepath.Join(a.cfg.StateDir, credsDir))
@@ -327,8 +331,14 @@ func (a *Agent) save(mut func(*state.State)) error {
 // rotate runs one rotation from wherever the journal stands to committed.
 func (a *Agent) rotate(ctx context.Context) error {
 	a.mu.Lock()
-	phase := a.st.Cred.Phase
+	phase, next := a.st.Cred.Phase, a.next
 	a.mu.Unlock()
+	if phase == state.PhaseIssued && !a.clk.Now().Before(next.cert.NotAfter) {
+		if err := a.abandonIssued(next); err != nil {
+			return err
+		}
+		phase = state.PhaseNone
+	}
 	if phase == state.PhaseNone {
 		if err := a.begin(); err != nil {
 			return err
@@ -341,6 +351,38 @@ func (a *Agent) rotate(ctx context.Context) error {
 		}
 	}
 	return a.switchAndCommit(ctx)
+}
+
+// abandonIssued gives up an issued certificate that expired before the broker took it (the
+// device was off, or the broker kept refusing it): retrying it can never succeed, and the
+// rotation must ask for a new one instead, through the bootstrap identity if the active
+// certificate expired too (R7). The journal goes back to PhaseNone first, then the dead
+// generation is wiped (a crash in between leaves it for wipeStale).
+func (a *Agent) abandonIssued(next *credential) error {
+	a.log.Warn("issued certificate expired before the broker accepted it; asking for a new one",
+		"generation", next.gen, "serial", serialHex(next.cert), "not_after", next.cert.NotAfter.UTC().Format(time.RFC3339))
+	if err := a.save(func(st *state.State) {
+		st.Cred.Phase, st.Cred.Next, st.Cred.ReqID = state.PhaseNone, 0, ""
+	}); err != nil {
+		return rotErr(wire.ErrCodeInternal, "journal abandon: %w", err)
+	}
+	a.mu.Lock()
+	a.next = nil
+	old := a.active
+	a.mu.Unlock()
+	if serialHex(a.Certificate()) != serialHex(old.cert) {
+		// After a restart in PhaseIssued the dead certificate is the one presented.
+		oldTLS, err := certs.TLSCertificate(old.cert, old.key)
+		if err != nil {
+			return rotErr(wire.ErrCodeInternal, "%w", err)
+		}
+		a.holder.Set(oldTLS)
+		a.client.Reconnect()
+	}
+	if err := wipeGeneration(a.cfg.StateDir, next.gen); err != nil {
+		a.log.Error("could not wipe the abandoned credential", "generation", next.gen, "err", err)
+	}
+	return nil
 }
 
 // begin makes the next generation's key and token and journals PhasePending.

@@ -31,8 +31,12 @@ func (a *Agent) telemetryLoop(ctx context.Context) {
 		if err := a.publishTelemetry(ctx); err != nil && ctx.Err() == nil {
 			a.log.Debug("could not publish telemetry", "err", err)
 		}
-		if !a.sleep(ctx, a.cfg.TelemetryInterval) {
+		// Not a.sleep: that takes Alive's heartbeat, which only the loops Alive vouches
+		// for may take, or a wedged reconcile loop would look alive.
+		select {
+		case <-ctx.Done():
 			return
+		case <-a.clk.After(a.cfg.TelemetryInterval):
 		}
 	}
 }

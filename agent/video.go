@@ -53,11 +53,18 @@ func (v *video) handle(ctx context.Context, payload []byte) {
 	}
 	switch m := m.(type) {
 	case signal.Offer:
-		// Answering waits for ICE gathering; it must not hold up the MQTT worker.
+		// The session is reserved here, before the next message: candidates the viewer
+		// trickles right after its offer find it. Answering waits for ICE gathering, so it
+		// runs on a goroutine of its own and does not hold up the MQTT worker.
+		answer, err := v.s.Accept(m, v.check)
+		if err != nil {
+			v.refuse(ctx, m.Session, err)
+			return
+		}
 		v.wg.Add(1)
 		go func() {
 			defer v.wg.Done()
-			v.offer(ctx, m)
+			v.answer(ctx, m.Session, answer)
 		}()
 	case signal.Candidate:
 		err := v.s.AddCandidate(m.Session, m.Candidate)
@@ -79,34 +86,44 @@ func (v *video) handle(ctx context.Context, payload []byte) {
 	}
 }
 
-func (v *video) offer(ctx context.Context, o signal.Offer) {
-	answer, err := v.s.Offer(ctx, o, func(grant []byte) (webrtc.Grant, error) {
-		if v.a.Privacy() {
-			return webrtc.Grant{}, &webrtc.RefusalError{Reason: signal.RefusePrivacy, Err: errPrivacy}
-		}
-		g, err := v.a.CheckGrant(grant, certs.ScopeView)
-		if err != nil {
-			return webrtc.Grant{}, err
-		}
-		return webrtc.GrantFromCerts(g), nil
-	})
+// check is the GrantChecker of every offer: privacy mode refuses, otherwise the grant must
+// hold for this device's current epoch, for scope view.
+func (v *video) check(grant []byte) (webrtc.Grant, error) {
+	if v.a.Privacy() {
+		return webrtc.Grant{}, &webrtc.RefusalError{Reason: signal.RefusePrivacy, Err: errPrivacy}
+	}
+	g, err := v.a.CheckGrant(grant, certs.ScopeView)
 	if err != nil {
-		var re *webrtc.RefusalError
-		if !errors.As(err, &re) {
-			re = &webrtc.RefusalError{Reason: signal.RefuseBusy, Err: err}
-		}
-		v.a.log.Info("viewer refused", "session", o.Session, "reason", re.Reason, "err", re.Err)
-		v.send(ctx, re.Refusal(o.Session))
+		return webrtc.Grant{}, err
+	}
+	return webrtc.GrantFromCerts(g), nil
+}
+
+// answer runs the rest of an accepted offer and sends the viewer the answer or the refusal.
+func (v *video) answer(ctx context.Context, session string, answer func(context.Context) (signal.Answer, error)) {
+	a, err := answer(ctx)
+	if err != nil {
+		v.refuse(ctx, session, err)
 		return
 	}
 	if v.a.Privacy() {
 		// Privacy mode came on while this offer was being answered, after its check and
 		// after SetPrivacy's CloseAll: end the session now, unanswered (the camera is
 		// already stopped); its end sends the viewer a bye "privacy".
-		v.s.Close(o.Session, signal.ByePrivacy)
+		v.s.Close(session, signal.ByePrivacy)
 		return
 	}
-	v.send(ctx, answer)
+	v.send(ctx, a)
+}
+
+// refuse tells the viewer why its offer for session was refused.
+func (v *video) refuse(ctx context.Context, session string, err error) {
+	var re *webrtc.RefusalError
+	if !errors.As(err, &re) {
+		re = &webrtc.RefusalError{Reason: signal.RefuseBusy, Err: err}
+	}
+	v.a.log.Info("viewer refused", "session", session, "reason", re.Reason, "err", re.Err)
+	v.send(ctx, re.Refusal(session))
 }
 
 // ended tells the viewer a session the camera ended.

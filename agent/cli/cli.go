@@ -83,6 +83,14 @@ func enroll(args []string, stdout, stderr io.Writer) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
+	if *bundle != "" || *id != "" {
+		// Not under a running agent: it would keep using the files this replaces.
+		l, err := agent.LockState(*dir)
+		if err != nil {
+			return fmt.Errorf("enroll: %w", err)
+		}
+		defer l.Unlock()
+	}
 	switch {
 	case *bundle != "" && *id != "":
 		return errors.New("enroll: give either --id or --bundle, not both")

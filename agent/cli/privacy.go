@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	iofs "io/fs"
+	"os"
 	"strings"
 
 	"github.com/camagent/camagent/agent"
@@ -80,6 +81,14 @@ func resetCmd(args []string, stdout, stderr io.Writer) error {
 	if !*yes {
 		return errors.New("reset: this wipes the device's keys, token, sealed settings and journal, and it must then be enrolled again; stop the agent and pass --yes")
 	}
+	if _, err := os.Stat(*dir); err != nil {
+		return fmt.Errorf("reset: %w", err)
+	}
+	l, err := agent.LockState(*dir)
+	if err != nil {
+		return fmt.Errorf("reset: %w", err)
+	}
+	defer l.Unlock()
 	left, err := agent.Reset(*dir)
 	if err != nil {
 		return err

@@ -56,6 +56,8 @@ type service struct {
 	beats   chan chan *agent.Agent // the watchdog's heartbeats; the loop answers with its agent; nil: made by run
 
 	// The loop's goroutine only.
+	lock         *agent.StateLock // held on lockDir while an agent is made or runs
+	lockDir      string
 	status       string // the STATUS= line last sent
 	readyDue     bool   // READY=1 is due once an agent runs or the device waits for enrollment
 	notEnrolled  string // the state directory last logged as not enrolled
@@ -84,6 +86,7 @@ func (s *service) run(ctx context.Context) error {
 		s.beats = make(chan chan *agent.Agent)
 	}
 	s.readyDue = true
+	defer s.unlock()
 	var pins gpio.Pins
 	if s.pins != nil {
 		pins = *s.pins
@@ -173,7 +176,30 @@ func (s *service) newAgent() (*agent.Agent, error) {
 	if s.tune != nil {
 		s.tune(&cfg)
 	}
-	return agent.New(cfg)
+	// The state directory is this process's while an agent uses it: a second camagent on it
+	// (one started by hand beside the service) would run a second rotation journal over the
+	// same files. It is let go while the device waits for enrollment, which camagent enroll
+	// must be able to write.
+	if s.lock == nil || s.lockDir != cfg.StateDir {
+		s.unlock()
+		l, err := agent.LockState(cfg.StateDir)
+		if err != nil {
+			return nil, fmt.Errorf("run: %w", err)
+		}
+		s.lock, s.lockDir = l, cfg.StateDir
+	}
+	a, err := agent.New(cfg)
+	if err != nil {
+		s.unlock()
+		return nil, err
+	}
+	return a, nil
+}
+
+// unlock lets go of the state directory.
+func (s *service) unlock() {
+	s.lock.Unlock()
+	s.lock, s.lockDir = nil, ""
 }
 
 // runAgent applies the privacy switch's position to a, runs it, and serves the loop's events

@@ -1,11 +1,14 @@
 package cli
 
 import (
+	"bytes"
 	"context"
+	"errors"
 	"io/fs"
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -369,7 +372,7 @@ func TestResetButtonLongPressFactoryResets(t *testing.T) {
 	}
 	var left []string
 	filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
-		if err == nil && p != dir {
+		if err == nil && p != dir && d.Name() != agent.LockFile {
 			left = append(left, strings.TrimPrefix(p, dir+"/"))
 		}
 		return nil
@@ -379,4 +382,47 @@ func TestResetButtonLongPressFactoryResets(t *testing.T) {
 	}
 	h.edge(btn, gpio.High) // released; the service goes on waiting
 	h.notes.waitFor(t, i, notifyWatchdog)
+}
+
+// While `camagent run` uses a state directory, a second `camagent run` on it, an enroll and a
+// factory reset are refused, naming the process that holds it: two agents would run two
+// rotation journals over the same files and take each other's MQTT session. While the service
+// waits for enrollment it holds nothing, so enrolling works (TestServiceWaitsWhileNotEnrolledThenStarts).
+func TestASecondCamagentOnTheSameStateIsRefused(t *testing.T) {
+	pki := mqtttest.NewPKI(t)
+	b := mqtttest.StartEmbedded(t, pki)
+	dir := enrollDevice(t, pki, "", "cam-0001", b.URL(), time.Now(), 0)
+	h := startService(t, []string{"--state", dir}, camgpio.Pins{}, nil)
+	h.notes.waitFor(t, 0, "STATUS=connected to broker")
+	bundle := filepath.Join(t.TempDir(), "bundle.json")
+	if err := os.WriteFile(bundle, []byte("{}"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	holder := "process " + strconv.Itoa(os.Getpid())
+	for _, args := range [][]string{
+		{"run", "--state", dir},
+		{"enroll", "--state", dir, "--bundle", bundle},
+		{"enroll", "--state", dir, "--id", "cam-0002"},
+		{"reset", "--state", dir, "--yes"},
+	} {
+		var stdout, stderr bytes.Buffer
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		err := runCommand(ctx, args, &stdout, &stderr, Env{})
+		cancel()
+		if !errors.Is(err, agent.ErrStateInUse) || !strings.Contains(err.Error(), holder) {
+			t.Errorf("camagent %s = %v, want ErrStateInUse naming %s", strings.Join(args, " "), err, holder)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(dir, agent.KeyFile)); err != nil {
+		t.Fatalf("the running agent's key: %v", err)
+	}
+	if !h.agentNow().Status().Connected {
+		t.Fatal("the running agent lost its connection")
+	}
+	h.stop()
+	// Stopped, the directory is free again.
+	var stdout, stderr bytes.Buffer
+	if err := runCommand(context.Background(), []string{"reset", "--state", dir, "--yes"}, &stdout, &stderr, Env{}); err != nil {
+		t.Fatalf("reset after the service stopped: %v", err)
+	}
 }

@@ -1,0 +1,364 @@
+package agent
+
+import (
+	"context"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	paho "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/camagent/camagent/agent/state"
+	"github.com/camagent/camagent/agent/wire"
+	"github.com/camagent/camagent/certs"
+	"github.com/camagent/camagent/internal/atomicfile"
+	"github.com/camagent/camagent/internal/clock/clocktest"
+	"github.com/camagent/camagent/internal/logtest"
+	"github.com/camagent/camagent/transport/mqtt/mqtttest"
+	"github.com/camagent/camagent/transport/mqtt/topic"
+)
+
+// These tests lay out on disk what a SIGKILL between two writes leaves behind, then start the
+// agent on it.
+
+// enrolledWithBootstrap enrolls id on broker with a device certificate issued at issued for
+// validity (zero: the default) and a bootstrap certificate issued at the same time, and returns the state
+// directory.
+func enrolledWithBootstrap(t *testing.T, pki *mqtttest.PKI, broker, id string, issued time.Time, validity time.Duration) string {
+	t.Helper()
+	root, _ := certs.NewSigningKey()
+	cmdKey, _ := certs.NewSigningKey()
+	ks, _ := certs.SignKeySet(root, certs.KeySet{Version: 1, CommandKeys: []certs.PublicKey{cmdKey.Public()}, GrantKeys: []certs.PublicKey{cmdKey.Public()}})
+	dir := filepath.Join(t.TempDir(), "state")
+	csrPEM, err := Enroll(dir, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	csr, _ := certs.ParseCSR(csrPEM)
+	c, err := pki.CA.Issue(certs.IssueRequest{Role: certs.RoleDevice, Name: id, CSR: csr, Now: issued, Validity: validity})
+	if err != nil {
+		t.Fatal(err)
+	}
+	bkey, err := certs.LoadKeyFile(filepath.Join(dir, BootstrapKey))
+	if err != nil {
+		t.Fatal(err)
+	}
+	bc, err := pki.CA.Issue(certs.IssueRequest{Role: certs.RoleBootstrap, Name: id, PublicKey: bkey.Public(), Now: issued})
+	if err != nil {
+		t.Fatal(err)
+	}
+	bundle, _ := json.Marshal(certs.Bundle{V: 1, DeviceID: id, CertPEM: string(certs.EncodeCertPEM(c)), CAPEM: string(pki.CAPEM),
+		RootKey: root.Public().Key, KeySet: ks, Broker: broker, BootstrapCertPEM: string(certs.EncodeCertPEM(bc))})
+	if _, err := InstallBundle(dir, bundle, issued); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+// writeGeneration lays out generation gen as makeGeneration and request leave it: key and
+// token, and a certificate from pki issued at issued for validity.
+func writeGeneration(t *testing.T, pki *mqtttest.PKI, dir, id string, gen uint64, issued time.Time, validity time.Duration) *x509.Certificate {
+	t.Helper()
+	if _, _, err := makeGeneration(dir, gen); err != nil {
+		t.Fatal(err)
+	}
+	key, err := certs.LoadKeyFile(filepath.Join(genDir(dir, gen), KeyFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := pki.CA.Issue(certs.IssueRequest{Role: certs.RoleDevice, Name: id, PublicKey: key.Public(), Now: issued, Validity: validity})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := writeCert(dir, gen, c); err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// fullSigner answers id's certificate requests on b, on the operational and the bootstrap
+// topics, with certificates valid from now; confirmations get no answer.
+func fullSigner(t *testing.T, b mqtttest.Broker, pki *mqtttest.PKI, id string) {
+	t.Helper()
+	signer := mqtttest.Connect(t, mqtttest.ClientOptions(b, pki.ClientTLS(t, pki.ClientCert(t, certs.RoleSigner, "test")), "signer:test"))
+	answer := func(respTopic string) paho.MessageHandler {
+		return func(cl paho.Client, m paho.Message) {
+			var req wire.CertRequest
+			if wire.Decode(m.Payload(), &req) != nil || req.Kind != wire.KindRequest {
+				return
+			}
+			r, err := certs.ParseCSR([]byte(req.CSR))
+			if err != nil {
+				return
+			}
+			c, err := pki.CA.Issue(certs.IssueRequest{Role: certs.RoleDevice, Name: id, CSR: r, Now: time.Now()})
+			if err != nil {
+				return
+			}
+			resp, _ := wire.Encode(&wire.CertResponse{V: 1, ReqID: req.ReqID, Cert: string(certs.EncodeCertPEM(c))})
+			cl.Publish(respTopic, 1, false, resp)
+		}
+	}
+	mqtttest.Wait(t, signer.Subscribe(topic.CSR(id), 1, answer(topic.Cert(id))), "signer subscribe")
+	mqtttest.Wait(t, signer.Subscribe(topic.BootCSR(id), 1, answer(topic.BootCert(id))), "signer subscribe")
+}
+
+// startAgent starts an agent on cfg without waiting for it to connect, and stops it when the
+// test ends.
+func startAgent(t *testing.T, cfg Config) *Agent {
+	t.Helper()
+	a, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	return a
+}
+
+// pkiSince is an mqtttest.PKI whose CA is valid from start, so it can issue certificates that
+// expired long ago.
+func pkiSince(t *testing.T, start time.Time) *mqtttest.PKI {
+	t.Helper()
+	ca, err := certs.NewCA("agent crash test", start, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	caPEM := certs.EncodeCertPEM(ca.Cert)
+	pool, err := certs.NewPool(caPEM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &mqtttest.PKI{CA: ca, CAPEM: caPEM, Pool: pool}
+}
+
+// A device killed after journaling "issued" that stays off until both its old and its issued
+// certificate expired must not retry the dead issued certificate forever: it gives it up and
+// recovers through its bootstrap identity (R1, R7).
+func TestAnIssuedCertificateThatExpiredOfflineIsGivenUpAndTheDeviceRebootstraps(t *testing.T) {
+	now := time.Now()
+	pki := pkiSince(t, now.Add(-30*24*time.Hour))
+	b := mqtttest.StartEmbedded(t, pki)
+	dir := enrolledWithBootstrap(t, pki, b.URL(), "cam-0001", now.Add(-10*24*time.Hour), time.Hour)
+	writeGeneration(t, pki, dir, "cam-0001", 1, now.Add(-9*24*time.Hour), time.Hour)
+	st := state.NewFileStore(filepath.Join(dir, StateFile), nil)
+	if err := st.Save(state.State{Cred: state.Cred{Active: 0, Phase: state.PhaseIssued, Next: 1, ReqID: "0123456789abcdef"}}); err != nil {
+		t.Fatal(err)
+	}
+	fullSigner(t, b, pki, "cam-0001")
+
+	log, rec := logtest.New()
+	a := startAgent(t, Config{StateDir: dir, Logger: log, SwitchTimeout: time.Second, RequestTimeout: 5 * time.Second,
+		RetryMin: 100 * time.Millisecond, RetryMax: 200 * time.Millisecond, MinBackoff: 50 * time.Millisecond, MaxBackoff: 200 * time.Millisecond})
+	deadline := time.Now().Add(30 * time.Second)
+	for a.Rotations() != 1 {
+		if time.Now().After(deadline) {
+			t.Fatalf("no recovery from an expired issued certificate; log:\n%s", rec.Text())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if c := a.Certificate(); !c.NotAfter.After(time.Now().Add(time.Hour)) {
+		t.Fatalf("recovered certificate expires at %v", c.NotAfter)
+	}
+	got, err := st.Load()
+	if err != nil || got.Cred.Phase != state.PhaseNone {
+		t.Fatalf("journal after recovery: %+v, %v", got.Cred, err)
+	}
+}
+
+// The first rotation wipes generation 0's key and then its token. A SIGKILL between the two
+// leaves the token; the next start must still wipe it (the journal no longer names it).
+func TestAGenerationZeroTokenLeftByAKilledWipeIsWipedAtStart(t *testing.T) {
+	pki := mqtttest.NewPKI(t)
+	now := time.Now()
+	dir := enrolledWithBootstrap(t, pki, closedPort(t), "cam-0001", now, 0)
+	writeGeneration(t, pki, dir, "cam-0001", 1, now, 0)
+	if err := state.NewFileStore(filepath.Join(dir, StateFile), nil).Save(state.State{Cred: state.Cred{Active: 1, Epoch: 1}}); err != nil {
+		t.Fatal(err)
+	}
+	// Killed inside wipeGeneration(0): the key is gone, the token not yet.
+	if err := shred(filepath.Join(dir, KeyFile)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := New(Config{StateDir: dir}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, TokenFile)); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("generation 0's token survived the start after a killed wipe: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, BootstrapKey)); err != nil {
+		t.Fatalf("the bootstrap key was wiped: %v", err)
+	}
+}
+
+// SIGKILL at each step of a rotation, then a start on what is left: the agent comes up on a
+// working credential, converges to the new generation, and no other generation's secrets
+// remain on disk (R1).
+func TestARotationKilledAtEveryStepConvergesAfterRestart(t *testing.T) {
+	for _, step := range Steps {
+		t.Run("killed after "+step, func(t *testing.T) {
+			pki := mqtttest.NewPKI(t)
+			b := mqtttest.StartEmbedded(t, pki)
+			dir := enrolledOn(t, pki, b, "cam-0001", time.Now())
+			fullSigner(t, b, pki, "cam-0001")
+			cfg := Config{StateDir: dir, SwitchTimeout: 5 * time.Second, RequestTimeout: 5 * time.Second,
+				RetryMin: 100 * time.Millisecond, RetryMax: 200 * time.Millisecond, MinBackoff: 50 * time.Millisecond, MaxBackoff: 200 * time.Millisecond}
+
+			// The first run stops dead at step: its loop never gets past the hook.
+			killed := make(chan struct{})
+			release := make(chan struct{})
+			first := cfg
+			first.AfterStep = func(s string) {
+				if s == step {
+					close(killed)
+					<-release
+				}
+			}
+			a, err := New(first)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithCancel(context.Background())
+			done := make(chan error, 1)
+			go func() { done <- a.Run(ctx) }()
+			<-a.Connected()
+			if err := a.save(func(st *state.State) { st.DesiredEpoch = 1 }); err != nil {
+				t.Fatal(err)
+			}
+			a.poke()
+			select {
+			case <-killed:
+			case <-time.After(30 * time.Second):
+				t.Fatal("the rotation never reached " + step)
+			}
+			// What is on disk now is what a SIGKILL would leave. Copy it before the first
+			// run stops (stopping could write more).
+			crashed := filepath.Join(t.TempDir(), "state")
+			copyDir(t, dir, crashed)
+			cancel()
+			close(release)
+			<-done
+
+			log, rec := logtest.New()
+			second := cfg
+			second.StateDir, second.Logger = crashed, log
+			b2 := startAgent(t, second)
+			deadline := time.Now().Add(30 * time.Second)
+			for st := b2.Status(); st.Epoch != 1 || !st.Connected || st.Rotating; st = b2.Status() {
+				if time.Now().After(deadline) {
+					t.Fatalf("did not converge after a kill at %s; log:\n%s", step, rec.Text())
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+			got, err := state.NewFileStore(filepath.Join(crashed, StateFile), nil).Load()
+			if err != nil || got.Cred.Phase != state.PhaseNone || got.Cred.Active == 0 {
+				t.Fatalf("journal: %+v, %v", got.Cred, err)
+			}
+			ents, _ := os.ReadDir(filepath.Join(crashed, credsDir))
+			if len(ents) != 1 {
+				t.Fatalf("generations left on disk: %v", ents)
+			}
+			for _, f := range []string{KeyFile, TokenFile} {
+				if _, err := os.Stat(filepath.Join(crashed, f)); !errors.Is(err, os.ErrNotExist) {
+					t.Fatalf("generation 0's %s survived: %v", f, err)
+				}
+			}
+		})
+	}
+}
+
+// copyDir copies the regular files of src (recursively) to dst, keeping their modes.
+func copyDir(t *testing.T, src, dst string) {
+	t.Helper()
+	err := filepath.WalkDir(src, func(p string, d os.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(src, p)
+		out := filepath.Join(dst, rel)
+		fi, err := d.Info()
+		if err != nil {
+			return err
+		}
+		if d.IsDir() {
+			return os.MkdirAll(out, fi.Mode().Perm())
+		}
+		b, err := os.ReadFile(p)
+		if err != nil {
+			return err
+		}
+		return atomicfile.WriteFile(out, b, fi.Mode().Perm())
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// The watchdog's heartbeat is taken only by the loops Alive vouches for: a reconcile loop
+// stuck in a rotation step far past its timeouts is reported, even while telemetry, which
+// also waits on the clock, is idle (R9).
+func TestAliveReportsAWedgedRotationWhileTelemetryIdles(t *testing.T) {
+	pki := mqtttest.NewPKI(t)
+	b := mqtttest.StartEmbedded(t, pki)
+	dir := enrolledOn(t, pki, b, "cam-0001", time.Now())
+	clk := clocktest.New(time.Now())
+	stuck := make(chan struct{})
+	release := make(chan struct{})
+	a := running(t, Config{StateDir: dir, Clock: clk, MinBackoff: 50 * time.Millisecond, MaxBackoff: 200 * time.Millisecond,
+		AfterStep: func(s string) {
+			if s == StepPending {
+				close(stuck)
+				<-release
+			}
+		}})
+	t.Cleanup(func() { close(release) }) // runs before running's cleanup waits for Run
+	if err := a.save(func(st *state.State) { st.DesiredEpoch = 1 }); err != nil {
+		t.Fatal(err)
+	}
+	a.poke()
+	select {
+	case <-stuck:
+	case <-time.After(20 * time.Second):
+		t.Fatal("the rotation never started")
+	}
+	clk.Advance(a.maxBusy() + time.Minute)
+	if err := aliveWithin(a, 500*time.Millisecond); err == nil {
+		t.Fatal("Alive = nil for a rotation wedged past its timeouts")
+	}
+}
+
+// The same with the active certificate still good: the dead issued certificate presented at
+// start is dropped for the active one, and the rotation asks again over the live session.
+func TestAnIssuedCertificateThatExpiredIsGivenUpForTheActiveOne(t *testing.T) {
+	now := time.Now()
+	pki := pkiSince(t, now.Add(-30*24*time.Hour))
+	b := mqtttest.StartEmbedded(t, pki)
+	dir := enrolledWithBootstrap(t, pki, b.URL(), "cam-0001", now.Add(-9*24*time.Hour), 0)
+	writeGeneration(t, pki, dir, "cam-0001", 1, now.Add(-9*24*time.Hour), time.Hour)
+	if err := state.NewFileStore(filepath.Join(dir, StateFile), nil).Save(state.State{DesiredEpoch: 1,
+		Cred: state.Cred{Active: 0, Phase: state.PhaseIssued, Next: 1, TargetEpoch: 1, ReqID: "0123456789abcdef"}}); err != nil {
+		t.Fatal(err)
+	}
+	fullSigner(t, b, pki, "cam-0001")
+
+	log, rec := logtest.New()
+	a := startAgent(t, Config{StateDir: dir, Logger: log, SwitchTimeout: time.Second, RequestTimeout: 5 * time.Second,
+		RetryMin: 100 * time.Millisecond, RetryMax: 200 * time.Millisecond, MinBackoff: 50 * time.Millisecond, MaxBackoff: 200 * time.Millisecond})
+	deadline := time.Now().Add(30 * time.Second)
+	for a.Rotations() != 1 || a.Epoch() != 1 {
+		if time.Now().After(deadline) {
+			t.Fatalf("no rotation after an expired issued certificate; log:\n%s", rec.Text())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if strings.Contains(rec.Text(), "bootstrap identity") {
+		t.Fatalf("went through the bootstrap identity with a working certificate; log:\n%s", rec.Text())
+	}
+}

@@ -1,0 +1,77 @@
+package agent
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+)
+
+// LockFile is the file in the state directory whose lock says a camagent process is using the
+// directory. A factory reset leaves it in place.
+const LockFile = ".camagent.lock"
+
+// ErrStateInUse reports a state directory another process holds with LockState: two agents on
+// one directory would run two rotation journals over the same files and take each other's MQTT
+// session, and enrolling or resetting under a running agent would pull its files away.
+var ErrStateInUse = errors.New("agent: the state directory is in use by another camagent process")
+
+// StateLock is held on a state directory while a process uses it (LockState).
+type StateLock struct {
+	f *os.File
+}
+
+// LockState takes the state directory dir for this process, without waiting: it fails with
+// ErrStateInUse, naming the holder's process id, while another process holds it. The lock is an
+// advisory lock on dir's LockFile (made, 0644, with dir if missing, 0700), held until Unlock or
+// until the process ends however it ends, so a SIGKILLed agent leaves no stale lock. Within one
+// process a second LockState on the same directory fails too.
+func LockState(dir string) (*StateLock, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("agent: lock state directory: %w", err)
+	}
+	path := filepath.Join(dir, LockFile)
+	// 0644, and opened read-only when it belongs to another user (root ran a command by
+	// mistake): it holds a process id only, and flock needs no write access, so such a file
+	// never locks the service user out of its own directory.
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
+	if errors.Is(err, fs.ErrPermission) {
+		f, err = os.Open(path)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("agent: lock state directory: %w", err)
+	}
+	held, err := tryLock(f)
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("agent: lock %s: %w", path, err)
+	}
+	if !held {
+		b := make([]byte, 32)
+		n, _ := f.ReadAt(b, 0)
+		f.Close()
+		holder := "another process"
+		if pid, err := strconv.Atoi(strings.TrimSpace(string(b[:n]))); err == nil && pid > 0 {
+			holder = "process " + strconv.Itoa(pid)
+		}
+		return nil, fmt.Errorf("%w: %s holds %s (stop it first, e.g. systemctl stop camagent)", ErrStateInUse, holder, dir)
+	}
+	// The holder's pid, for the message above; the lock, not this, is what counts.
+	if err := f.Truncate(0); err == nil {
+		f.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0)
+	}
+	return &StateLock{f: f}, nil
+}
+
+// Unlock releases the state directory. Unlocking a nil or released lock does nothing.
+func (l *StateLock) Unlock() {
+	if l == nil || l.f == nil {
+		return
+	}
+	l.f.Truncate(0)
+	l.f.Close() // closing the file releases its lock
+	l.f = nil
+}
