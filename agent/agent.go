@@ -37,6 +37,13 @@ type Config struct {
 	BuildTime time.Time
 	// ClockRetry is how often a clock known to be behind is looked at again; 0 means 15s.
 	ClockRetry time.Duration
+	// ClockSynchronized reports whether the system says its clock is synchronised (NTP, the
+	// kernel's STA_UNSYNC clear). A synchronised clock below the persisted time floor means
+	// the floor was saved while the clock ran ahead (a wrong RTC, a time set by hand): the
+	// clock wins and the floor comes down, rather than the device waiting, unable to connect,
+	// until real time catches up with a mistake. It is asked only then, every ClockRetry. Nil
+	// means the agent cannot tell, and the floor holds.
+	ClockSynchronized func() bool
 	// TimeFloorInterval is how often the time floor is persisted while running; 0 means 1h.
 	TimeFloorInterval time.Duration
 	// MinBackoff, MaxBackoff and KeepAlive tune the MQTT session; 0 means transport/mqtt's
@@ -71,6 +78,10 @@ type Config struct {
 	// TURN servers or the offer's (transport/webrtc Config.RelayOnly); offers for which
 	// neither has a TURN server are refused.
 	VideoRelayOnly bool
+	// VideoOwnICEServersOnly ignores the ICE servers offers name and uses VideoICEServers
+	// alone (transport/webrtc Config.OwnICEServersOnly): with VideoRelayOnly, no TURN server
+	// but the operator's own learns the camera's address.
+	VideoOwnICEServersOnly bool
 	// Guard is the egress guard every publish passes through (P3): it holds the device's
 	// sensitive values and refuses a message carrying one. Nil means the agent makes one from
 	// the settings sealed in StateDir (LoadPrivacy). The CLI makes it first, to redact its
@@ -375,9 +386,13 @@ func (a *Agent) waitForClock(ctx context.Context) bool {
 	defer a.clockBehind.Store(false)
 	for {
 		now := a.clk.Now()
-		floor, why := a.clockFloor()
+		floor, why, persisted := a.clockFloor()
 		if !now.Before(floor) {
 			return true
+		}
+		if persisted && a.cfg.ClockSynchronized != nil && a.cfg.ClockSynchronized() {
+			a.lowerTimeFloor(now)
+			continue
 		}
 		a.clockBehind.Store(true)
 		a.log.Warn("device clock is behind; waiting for time sync before connecting",
@@ -388,18 +403,38 @@ func (a *Agent) waitForClock(ctx context.Context) bool {
 	}
 }
 
-func (a *Agent) clockFloor() (time.Time, string) {
+// clockFloor returns the time the clock must have passed and why; persisted reports that the
+// persisted time floor is what holds it back.
+func (a *Agent) clockFloor() (floor time.Time, why string, persisted bool) {
 	a.mu.Lock()
-	floor := time.Unix(a.st.TimeFloor, 0)
+	floor = time.Unix(a.st.TimeFloor, 0)
 	a.mu.Unlock()
-	why := "the persisted time floor (the clock was seen later than this before)"
+	why, persisted = "the persisted time floor (the clock was seen later than this before)", true
 	if nb := a.activeCred().cert.NotBefore; nb.After(floor) {
-		floor, why = nb, "the device certificate is not valid before then"
+		floor, why, persisted = nb, "the device certificate is not valid before then", false
 	}
 	if a.cfg.BuildTime.After(floor) {
-		floor, why = a.cfg.BuildTime, "the agent was built after then"
+		floor, why, persisted = a.cfg.BuildTime, "the agent was built after then", false
 	}
-	return floor, why
+	return floor, why, persisted
+}
+
+// lowerTimeFloor brings the persisted time floor down to now, the time of a synchronised
+// clock (Config.ClockSynchronized).
+func (a *Agent) lowerTimeFloor(now time.Time) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	was := time.Unix(a.st.TimeFloor, 0)
+	st := a.st
+	st.TimeFloor = now.Unix()
+	if err := a.store.Save(st); err != nil {
+		// Trusted for this run all the same (the next state write carries it); the next
+		// start asks the system again.
+		a.log.Error("could not persist the lowered time floor", "err", err)
+	}
+	a.st = st
+	a.log.Warn("the persisted time floor is ahead of the clock, which the system says is synchronised: the floor was saved while the clock ran ahead; trusting the clock",
+		"clock", now.UTC().Format(time.RFC3339), "floor_was", was.UTC().Format(time.RFC3339))
 }
 
 func (a *Agent) timeFloorLoop(ctx context.Context) {

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -240,5 +241,77 @@ func TestTheTimeFloorRidesOnStateWrites(t *testing.T) {
 	a.raiseTimeFloor()
 	if got, want := stored(), clk.Now().Unix(); got != want {
 		t.Fatalf("floor %d a slack after the last write, want the clock %d", got, want)
+	}
+}
+
+// A time floor persisted while the clock ran ahead (a wrong RTC, a time set by hand) holds a
+// device back only until the system says its clock is synchronised: then the clock wins and
+// the floor comes down, instead of the device waiting, unable to connect, for years.
+func TestASynchronisedClockLowersAFloorSavedWhileItRanAhead(t *testing.T) {
+	issued := time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC)
+	f := enrolled(t, "cam-0001", issued, closedPort(t))
+	ahead := issued.Add(3 * 365 * 24 * time.Hour)
+	st := state.NewFileStore(filepath.Join(f.dir, StateFile), nil)
+	if err := st.Save(state.State{TimeFloor: ahead.Unix()}); err != nil {
+		t.Fatal(err)
+	}
+	clk := clocktest.New(issued.Add(time.Hour)) // corrected by NTP, three years below the floor
+	var synced atomic.Bool
+	log, rec := logtest.New()
+	a, err := New(Config{StateDir: f.dir, Clock: clk, Logger: log, ClockRetry: time.Minute, ClockSynchronized: synced.Load,
+		MinBackoff: time.Millisecond, MaxBackoff: time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	}()
+	// Not synchronised: the floor holds.
+	rec.WaitFor(t, 5*time.Second, "device clock is behind", "persisted time floor")
+	select {
+	case <-clk.Waiting():
+	case <-time.After(5 * time.Second):
+		t.Fatal("the agent set no timer to look at the clock again")
+	}
+	synced.Store(true)
+	clk.Advance(time.Minute)
+	rec.WaitFor(t, 10*time.Second, "the persisted time floor is ahead of the clock", "floor_was="+ahead.Format(time.RFC3339))
+	rec.WaitFor(t, 10*time.Second, "cannot connect to broker") // it went on to the broker
+	got, err := st.Load()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if floor := time.Unix(got.TimeFloor, 0); floor.After(clk.Now()) {
+		t.Fatalf("persisted floor %s, still after the synchronised clock %s", floor.UTC(), clk.Now().UTC())
+	}
+}
+
+// A synchronised clock below the certificate's start is not trusted over it: the certificate
+// would be refused anyway, so the device waits.
+func TestASynchronisedClockStillWaitsForTheCertificate(t *testing.T) {
+	issued := time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC)
+	f := enrolled(t, "cam-0001", issued, closedPort(t))
+	clk := clocktest.New(issued.Add(-24 * time.Hour))
+	log, rec := logtest.New()
+	a, err := New(Config{StateDir: f.dir, Clock: clk, Logger: log, ClockRetry: time.Minute, ClockSynchronized: func() bool { return true }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx) }()
+	rec.WaitFor(t, 5*time.Second, "device clock is behind", "certificate is not valid before")
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(rec.Text(), "the persisted time floor is ahead") {
+		t.Fatal("the floor was lowered below the certificate's start")
 	}
 }

@@ -26,13 +26,14 @@ type video struct {
 func (a *Agent) startVideo(ctx context.Context) (*video, error) {
 	v := &video{a: a, gate: camera.NewGate(a.cfg.Video, !a.Privacy())}
 	s, err := webrtc.New(webrtc.Config{
-		Source:       v.gate,
-		MaxViewers:   a.cfg.MaxViewers,
-		LoopbackOnly: a.cfg.VideoLoopbackOnly,
-		ICEServers:   a.cfg.VideoICEServers,
-		RelayOnly:    a.cfg.VideoRelayOnly,
-		OnEnd:        v.ended,
-		Logger:       a.log,
+		Source:            v.gate,
+		MaxViewers:        a.cfg.MaxViewers,
+		LoopbackOnly:      a.cfg.VideoLoopbackOnly,
+		ICEServers:        a.cfg.VideoICEServers,
+		RelayOnly:         a.cfg.VideoRelayOnly,
+		OwnICEServersOnly: a.cfg.VideoOwnICEServersOnly,
+		OnEnd:             v.ended,
+		Logger:            a.log,
 	})
 	if err != nil {
 		return nil, err

@@ -171,25 +171,30 @@ func (o *runOptions) build(stderr io.Writer) (*built, error) {
 	if err != nil {
 		return nil, fmt.Errorf("run: %w", err)
 	}
+	if o.ownICE && o.relayOnly && !slices.ContainsFunc(o.iceURLs, isTURNURL) {
+		return nil, errors.New("run: --video-relay-only with --video-own-ice-servers-only needs a turn: or turns: --video-ice-server: no offer's server would be used")
+	}
 	src, err := o.videoSource(log)
 	if err != nil {
 		return nil, fmt.Errorf("run: %w", err)
 	}
 	return &built{log: log, guard: guard, cfg: agent.Config{
-		Video:             src,
-		MaxViewers:        o.maxViewers,
-		TelemetryInterval: telemetryInterval(o.telemetry),
-		MaxBackoff:        o.maxBackoff,
-		VideoLoopbackOnly: o.loopback,
-		VideoICEServers:   iceServers,
-		VideoRelayOnly:    o.relayOnly,
-		StateDir:          o.state,
-		BrokerURL:         o.broker,
-		Firmware:          buildinfo.Version(),
-		BuildTime:         buildinfo.BuildTime(),
-		Logger:            log,
-		Guard:             guard,
-		AfterStep:         afterStep,
+		Video:                  src,
+		MaxViewers:             o.maxViewers,
+		TelemetryInterval:      telemetryInterval(o.telemetry),
+		MaxBackoff:             o.maxBackoff,
+		VideoLoopbackOnly:      o.loopback,
+		VideoICEServers:        iceServers,
+		VideoRelayOnly:         o.relayOnly,
+		VideoOwnICEServersOnly: o.ownICE,
+		StateDir:               o.state,
+		BrokerURL:              o.broker,
+		Firmware:               buildinfo.Version(),
+		BuildTime:              buildinfo.BuildTime(),
+		ClockSynchronized:      kernelClockSynchronized,
+		Logger:                 log,
+		Guard:                  guard,
+		AfterStep:              afterStep,
 	}}, nil
 }
 
@@ -296,4 +301,10 @@ func telemetryInterval(d time.Duration) time.Duration {
 		return -1
 	}
 	return d
+}
+
+// isTURNURL reports whether u is a turn: or turns: URL (RFC 7065).
+func isTURNURL(u string) bool {
+	u = strings.ToLower(u)
+	return strings.HasPrefix(u, "turn:") || strings.HasPrefix(u, "turns:")
 }

@@ -34,6 +34,7 @@ type runOptions struct {
 	iceUser     string
 	iceCredFile string
 	relayOnly   bool
+	ownICE      bool
 	crashAfter  string
 	pins        gpio.Names
 }
@@ -55,6 +56,7 @@ func runFlags(fs *flag.FlagSet, o *runOptions) {
 	fs.Var(&listFlag{values: &o.iceURLs, max: signal.MaxICEServers}, "video-ice-server", "a STUN or TURN server the camera uses for every viewer, besides those a viewer's offer brings: stun:HOST:PORT, turn:HOST:PORT?transport=udp (or tcp), turns:HOST:PORT; repeat for more, at most 4 (in the configuration file too: one line each). TURN servers take --video-ice-user and --video-ice-credential-file; no credentials in the URL")
 	fs.StringVar(&o.iceUser, "video-ice-user", "", "TURN username for every turn: and turns: --video-ice-server")
 	fs.StringVar(&o.iceCredFile, "video-ice-credential-file", "", "file holding the TURN credential for every turn: and turns: --video-ice-server, on its first line; not readable by others (a credential on the command line would be visible to every local user). Never logged")
+	fs.BoolVar(&o.ownICE, "video-own-ice-servers-only", false, "use the --video-ice-server servers alone and ignore those a viewer's offer names: every TURN server the camera uses sees its address, so with --video-relay-only only yours do (needs a turn: server with --video-relay-only)")
 	fs.BoolVar(&o.relayOnly, "video-relay-only", false, "relay every viewer's video through a TURN server (ICE transport policy relay): the camera offers no address of its own; an offer is refused when neither --video-ice-server nor the offer names a TURN server")
 	fs.StringVar(&o.crashAfter, "crash-after", "", "fault injection for crash tests: SIGKILL this process right after the named rotation step (pending, requested, issued, switched, confirmed, committed, wiped)")
 	fs.StringVar(&o.pins.LED, "led-pin", "", "status LED pin, by the GPIO driver's name (GPIO17 on a Raspberry Pi: the BCM number); lit when high; empty: no LED")

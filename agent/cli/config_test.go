@@ -236,6 +236,27 @@ func TestRepeatableFlagsRepeatInTheConfigFile(t *testing.T) {
 			t.Fatalf("VideoICEServers = %+v, want %+v", b.cfg.VideoICEServers, want)
 		}
 	})
+	t.Run("relay-only with the camera's own servers only needs a TURN server of its own", func(t *testing.T) {
+		stunOnly := "video-ice-server = " + stunURL + "\nvideo-relay-only = true\nvideo-own-ice-servers-only = true\n"
+		o, err := parseRunArgs("camagent run", []string{"--config", write(t, stunOnly), "--state", dir}, io.Discard, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := o.build(io.Discard); err == nil || !strings.Contains(err.Error(), "--video-own-ice-servers-only") {
+			t.Fatalf("build = %v, want an error naming --video-own-ice-servers-only", err)
+		}
+		o, err = parseRunArgs("camagent run", []string{"--config", write(t, twoServers+"video-relay-only = true\nvideo-own-ice-servers-only = true\n"), "--state", dir}, io.Discard, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := o.build(io.Discard)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !b.cfg.VideoRelayOnly || !b.cfg.VideoOwnICEServersOnly {
+			t.Fatalf("config %+v", b.cfg)
+		}
+	})
 	t.Run("a --video-ice-server on the command line replaces all of the file's", func(t *testing.T) {
 		o, err := parseRunArgs("camagent run", []string{"--config", write(t, twoServers), "--video-ice-server", "stun:127.0.0.1:9"}, io.Discard, nil)
 		if err != nil {

@@ -7,6 +7,7 @@ import (
 	"io"
 	iofs "io/fs"
 	"os"
+	"path/filepath"
 	"strings"
 
 	"github.com/camagent/camagent/agent"
@@ -93,6 +94,8 @@ func resetCmd(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	// Nothing is left, the lock file either: this process is its last user, and leaves.
+	os.Remove(filepath.Join(*dir, agent.LockFile))
 	fmt.Fprintf(stdout, "reset: %s wiped; enroll the device again to use it\n", *dir)
 	if len(left) > 0 {
 		fmt.Fprintf(stdout, "reset: left alone (not the agent's): %v\n", left)

@@ -63,6 +63,12 @@ type Config struct {
 	// answered with no candidates. False means every candidate type (host, server-reflexive,
 	// relayed).
 	RelayOnly bool
+	// OwnICEServersOnly makes the camera use ICEServers alone and ignore the servers offers
+	// name. A TURN server the camera allocates on sees the camera's network address; with
+	// RelayOnly it is the one party outside the camera's network that does, so a deployment
+	// that must keep that address from whoever holds a viewer identity sets this and runs its
+	// own TURN servers. False means each offer's servers are used too.
+	OwnICEServersOnly bool
 	// LoopbackOnly confines ICE to 127.0.0.1 over UDP: only loopback candidates are gathered
 	// and accepted, and every ICE server must be on loopback. For tests and demos on hosts
 	// that may send traffic to loopback only. With RelayOnly, the loopback TURN server's

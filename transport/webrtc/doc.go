@@ -44,7 +44,10 @@
 //   - log SDP, candidates, grants or TURN credentials: logs carry session ids, reasons and
 //     counts (P2b, P4);
 //   - in relay-only mode, let a viewer learn a network address of the camera: only relayed
-//     candidates are gathered, and their related addresses are zeroed in the answer (P2b);
+//     candidates are gathered, and their related addresses are zeroed in the answer (P2b).
+//     The TURN servers the camera allocates on see its address, as any TURN server sees its
+//     clients': with Config.OwnICEServersOnly those are the camera's own only, not ones an
+//     offer names;
 //   - block the source: the Source's callback only appends to bounded queues.
 //
 // The signaling message types live in the subpackage signal, which does not import pion.

@@ -164,8 +164,11 @@ func (s *Streamer) certificate() (pion.Certificate, error) {
 }
 
 // iceServers returns the pion ICE servers for one session, the camera's own then the
-// offer's, and how many turn: and turns: URLs they have.
+// offer's (unless Config.OwnICEServersOnly), and how many turn: and turns: URLs they have.
 func (s *Streamer) iceServers(fromOffer []signal.ICEServer) (servers []pion.ICEServer, turnURLs int, err error) {
+	if s.cfg.OwnICEServersOnly {
+		fromOffer = nil
+	}
 	all := make([]pion.ICEServer, 0, len(s.cfg.ICEServers)+len(fromOffer))
 	for _, srv := range append(append([]signal.ICEServer(nil), s.cfg.ICEServers...), fromOffer...) {
 		if s.cfg.LoopbackOnly {

@@ -3,6 +3,7 @@ package webrtc_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"strings"
@@ -278,4 +279,37 @@ func TestRelayOnlyRefusesAnOfferItCannotRelay(t *testing.T) {
 		v.connect(ctx, s, o, g.valid(t), g.check)
 		v.waitFrames(1)
 	})
+}
+
+// Every TURN server the camera allocates on sees its address. With OwnICEServersOnly the
+// servers an offer names are not used, so in relay-only mode no party but the operator's own
+// TURN server learns it.
+func TestOwnICEServersOnlyIgnoresTheOffersServers(t *testing.T) {
+	for _, own := range []bool{false, true} {
+		t.Run(fmt.Sprintf("OwnICEServersOnly %v", own), func(t *testing.T) {
+			camTURN, viewerTURN := startTURN(t), startTURN(t)
+			g := newGrants(t)
+			s := startStreamer(t, webrtc.Config{Source: fileSource(t), RelayOnly: true, OwnICEServersOnly: own,
+				ICEServers: []signal.ICEServer{camTURN.signalServer()}})
+			// The viewer relays through the camera's TURN server, and names another in its offer.
+			v, offer := newTestViewer(t, viewerOptions{iceServers: []pion.ICEServer{camTURN.pionServer()}, relayOnly: true})
+			offer.ICEServers = []signal.ICEServer{viewerTURN.signalServer()}
+			v.connect(context.Background(), s, offer, g.valid(t), g.check)
+			v.waitFrames(1)
+			used := viewerTURN.allocations.Load() > 0
+			if own && used {
+				t.Errorf("the camera allocated on the TURN server the offer named (%d allocations)", viewerTURN.allocations.Load())
+			}
+			if !own && !used {
+				t.Error("without OwnICEServersOnly the camera did not use the offer's TURN server: this test shows nothing")
+			}
+		})
+	}
+}
+
+func TestOwnICEServersOnlyWithRelayOnlyNeedsATURNServer(t *testing.T) {
+	_, err := webrtc.New(webrtc.Config{Source: fileSource(t), RelayOnly: true, OwnICEServersOnly: true})
+	if err == nil || !strings.Contains(err.Error(), "OwnICEServersOnly") {
+		t.Fatalf("New = %v, want an error naming OwnICEServersOnly", err)
+	}
 }

@@ -64,6 +64,9 @@ func New(cfg Config) (*Streamer, error) {
 	if _, err := s.certificate(); err != nil {
 		return nil, err
 	}
+	if cfg.OwnICEServersOnly && cfg.RelayOnly && turnURLCount(cfg.ICEServers) == 0 {
+		return nil, errors.New("webrtc: Config.RelayOnly with OwnICEServersOnly needs a turn: or turns: server in Config.ICEServers")
+	}
 	if cfg.RelayOnly && turnURLCount(cfg.ICEServers) == 0 {
 		s.log.Info("webrtc: relay-only with no TURN server of the camera's own: offers without one are refused")
 	}

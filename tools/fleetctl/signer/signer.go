@@ -173,6 +173,14 @@ func (s *Signer) Run(ctx context.Context) error {
 	err := s.client.Run(clientCtx)
 	cancel()
 	wg.Wait()
+	// A batch decideLoop committed after crlLoop stopped may have revoked serials.
+	if s.cfg.CRLPath != "" {
+		select {
+		case <-s.crl:
+			s.writeCRL()
+		default:
+		}
+	}
 	if n := len(s.in); n > 0 {
 		s.log.Warn("signer: stopping with requests not decided; the devices will ask again", "requests", n)
 	}
@@ -434,42 +442,40 @@ func (s *Signer) compactLoop(ctx context.Context) {
 	}
 }
 
-// crlLoop writes the CRL when revocations were recorded, at most once per crlInterval, and
-// once more on the way out if anything is pending. A write that fails is tried again after
-// crlInterval.
+// crlLoop writes the CRL when revocations were recorded, at most once per crlInterval. A
+// write that fails is tried again after crlInterval. Run writes it once more after every loop
+// has stopped if anything is still pending.
 func (s *Signer) crlLoop(ctx context.Context) {
-	write := func() {
-		// Under the registry's lock, as every other writer of the CRL does (the other signers,
-		// fleetctl revoke, retire and mosquitto-config): a CRL made from the revocations read
-		// before another process's newer CRL must not replace it.
-		n := 0
-		err := s.reg.Update(func(tx *registry.Tx) error {
-			revs := tx.Revocations()
-			n = len(revs)
-			return WriteCRL(s.cfg.CRLPath, s.cfg.CA, revs, s.clk.Now())
-		})
-		if err != nil {
-			s.log.Error("signer: cannot write the CRL; Mosquitto will not learn of the revocation until it is written (trying again)", "path", s.cfg.CRLPath, "err", err)
-			s.crlDirty()
-			return
-		}
-		s.log.Info("signer: crl written; Mosquitto applies it when it restarts", "path", s.cfg.CRLPath, "revoked", n)
-	}
 	for {
 		select {
 		case <-ctx.Done():
-			select {
-			case <-s.crl:
-				write()
-			default:
-			}
 			return
 		case <-s.crl:
-			write()
+			s.writeCRL()
 		}
 		select {
 		case <-ctx.Done():
 		case <-s.clk.After(crlInterval):
 		}
 	}
+}
+
+// writeCRL writes the CRL from the registry's revocations; on failure it marks it behind
+// again.
+func (s *Signer) writeCRL() {
+	// Under the registry's lock, as every other writer of the CRL does (the other signers,
+	// fleetctl revoke, retire and mosquitto-config): a CRL made from the revocations read
+	// before another process's newer CRL must not replace it.
+	n := 0
+	err := s.reg.Update(func(tx *registry.Tx) error {
+		revs := tx.Revocations()
+		n = len(revs)
+		return WriteCRL(s.cfg.CRLPath, s.cfg.CA, revs, s.clk.Now())
+	})
+	if err != nil {
+		s.log.Error("signer: cannot write the CRL; Mosquitto will not learn of the revocation until it is written (trying again)", "path", s.cfg.CRLPath, "err", err)
+		s.crlDirty()
+		return
+	}
+	s.log.Info("signer: crl written; Mosquitto applies it when it restarts", "path", s.cfg.CRLPath, "revoked", n)
 }
