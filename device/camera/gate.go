@@ -20,6 +20,10 @@ type Gate struct {
 	mu      sync.Mutex
 	open    bool
 	changed chan struct{} // closed and replaced when open changes
+
+	// passing is held while a frame is handed to Run's out, so that SetOpen(false) can wait
+	// for a frame in flight: the camera learns of the close only after SetOpen returns.
+	passing sync.Mutex
 }
 
 var _ Source = (*Gate)(nil)
@@ -29,9 +33,15 @@ func NewGate(src Source, open bool) *Gate {
 	return &Gate{src: src, open: open, changed: make(chan struct{})}
 }
 
-// SetOpen opens or closes the gate. Closing it returns at once; the camera stops shortly after
-// (Run waits for it).
+// SetOpen opens or closes the gate. Once closing it returns, no frame is passed on; the
+// camera itself stops shortly after (Run waits for it). SetOpen must not be called from Run's
+// out.
 func (g *Gate) SetOpen(open bool) {
+	if !open {
+		// Wait out a frame being passed on; later ones see the gate closed.
+		g.passing.Lock()
+		defer g.passing.Unlock()
+	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if g.open == open {
@@ -101,6 +111,15 @@ func (g *Gate) Run(ctx context.Context, out func(Frame)) error {
 		}()
 		first := true
 		err := g.src.Run(runCtx, func(f Frame) {
+			g.passing.Lock()
+			defer g.passing.Unlock()
+			if open, _ := g.state(); !open {
+				// The camera has not stopped yet (or the gate closed and opened again
+				// before it could): its frames are not passed on, and the next one that is
+				// starts a new stream.
+				first = true
+				return
+			}
 			if first {
 				first = false
 				offset = 0
@@ -118,12 +137,15 @@ func (g *Gate) Run(ctx context.Context, out func(Frame)) error {
 			last, started = f.PTS, true
 			out(f)
 		})
+		// A camera stopped because the gate closed is not a failure, even when the gate has
+		// opened again since.
+		gateStopped := runCtx.Err() != nil
 		cancel()
 		<-stopped
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		if open, _ := g.state(); open && err != nil {
+		if open, _ := g.state(); open && !gateStopped && err != nil {
 			return err
 		}
 	}

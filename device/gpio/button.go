@@ -22,7 +22,8 @@ type ButtonConfig struct {
 	// Pin reads the button. Nil: no button; NewButton returns a nil *Button.
 	Pin gpio.PinIn
 	// Pull is the pin's internal resistor: gpio.PullUp, gpio.PullDown, or gpio.Float for an
-	// external one. Zero (gpio.PullNoChange): gpio.PullUp.
+	// external one. Zero (gpio.PullNoChange): the one that holds a released button at its
+	// inactive level, gpio.PullUp, or gpio.PullDown for an ActiveHigh button.
 	Pull gpio.Pull
 	// ActiveHigh is true for a button that drives the pin high when pressed. False (the
 	// default): pressed while the pin reads low, the button shorting it to ground.
@@ -82,6 +83,9 @@ func NewButton(cfg ButtonConfig) (*Button, error) {
 	}
 	if cfg.ShortPress >= cfg.LongPress {
 		return nil, fmt.Errorf("gpio: button: ShortPress %v must be shorter than LongPress %v", cfg.ShortPress, cfg.LongPress)
+	}
+	if cfg.Pull == gpio.PullNoChange && cfg.ActiveHigh {
+		cfg.Pull = gpio.PullDown // a pull-up would read as a press held forever
 	}
 	in, err := newInput(inputConfig{
 		what: "button", pin: cfg.Pin, pull: cfg.Pull, activeHigh: cfg.ActiveHigh,

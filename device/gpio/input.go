@@ -33,7 +33,9 @@ type handler interface {
 	settled(active bool, since time.Time)
 	// deadline returns when expire must be called next, or the zero time for never.
 	deadline() time.Time
-	// expire is called once the clock has reached deadline().
+	// expire is called once the clock has reached deadline() while the level is settled: a
+	// change still being debounced (a release, or a bounce) is waited out first, so that a
+	// deadline is never met by a level that no longer holds.
 	expire(now time.Time)
 }
 
@@ -139,7 +141,7 @@ func (in *input) run(ctx context.Context, h handler) {
 		if in.raw != in.stable {
 			next = in.changedAt.Add(in.debounce)
 		}
-		if d := h.deadline(); !d.IsZero() && (next.IsZero() || d.Before(next)) {
+		if d := h.deadline(); in.raw == in.stable && !d.IsZero() && (next.IsZero() || d.Before(next)) {
 			next = d
 		}
 		if !in.edges {
@@ -185,7 +187,7 @@ func (in *input) update(h handler, now time.Time, edge bool) {
 		in.stable = in.raw
 		h.settled(in.stable, in.changedAt)
 	}
-	if d := h.deadline(); !d.IsZero() && !now.Before(d) {
+	if d := h.deadline(); in.raw == in.stable && !d.IsZero() && !now.Before(d) {
 		h.expire(now)
 	}
 }

@@ -15,11 +15,12 @@ type SwitchConfig struct {
 	// Pin reads the switch. Nil: no switch; NewSwitch returns a nil *Switch.
 	Pin gpio.PinIn
 	// Pull is the pin's internal resistor: gpio.PullUp, gpio.PullDown, or gpio.Float for an
-	// external one. Zero (gpio.PullNoChange): gpio.PullUp.
+	// external one. Zero (gpio.PullNoChange): the one that pulls a disconnected pin to
+	// privacy on, gpio.PullUp, or gpio.PullDown for an ActiveLow switch.
 	Pull gpio.Pull
 	// ActiveLow is true when privacy is on while the pin reads low. False (the default):
-	// privacy is on while the pin reads high, which with the pull-up is the switch open or
-	// disconnected, so a broken wire turns privacy on.
+	// privacy is on while the pin reads high. With the default Pull, either way, the switch
+	// open or disconnected reads as privacy on, so a broken wire turns privacy on.
 	ActiveLow bool
 	// Debounce is how long a level must hold to count. Zero: 50 ms.
 	Debounce time.Duration
@@ -49,6 +50,9 @@ var _ handler = (*Switch)(nil)
 func NewSwitch(cfg SwitchConfig) (*Switch, error) {
 	if cfg.Pin == nil {
 		return nil, nil
+	}
+	if cfg.Pull == gpio.PullNoChange && cfg.ActiveLow {
+		cfg.Pull = gpio.PullDown // fail safe: a pull-up would turn privacy off on a broken wire
 	}
 	in, err := newInput(inputConfig{
 		what: "privacy switch", pin: cfg.Pin, pull: cfg.Pull, activeHigh: !cfg.ActiveLow,

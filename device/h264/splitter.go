@@ -89,7 +89,8 @@ type Splitter struct {
 	keyframe bool
 	hasSPS   bool
 	hasPPS   bool
-	lastSize int // size of the previous access unit, to size the next allocation
+	lastSize int // size of the previous access unit without a keyframe, to size the next allocation
+	lastKey  int // size of the previous keyframe access unit, for streams of keyframes only
 
 	// discarding is set after an error: the access unit is dropped up to the next boundary.
 	// hasVCL keeps tracking it so the boundary is found by the same rule.
@@ -385,7 +386,11 @@ func (s *Splitter) emit() {
 		nals[i] = s.data[off:end:end]
 	}
 	s.ready = append(s.ready, AccessUnit{NALs: nals, Keyframe: s.keyframe, HasParams: s.hasSPS && s.hasPPS})
-	s.lastSize = len(s.data)
+	if s.keyframe {
+		s.lastKey = len(s.data)
+	} else {
+		s.lastSize = len(s.data)
+	}
 	s.reset(true)
 }
 
@@ -394,8 +399,14 @@ func (s *Splitter) emit() {
 func (s *Splitter) reset(fresh bool) {
 	if fresh {
 		// Access units of one stream are much alike in size, keyframes aside; a keyframe
-		// grows its buffer a few times, which costs less than over-allocating every picture.
-		s.data = make([]byte, 0, min(max(s.lastSize+s.lastSize/4, 256), s.maxAU))
+		// grows its buffer a few times, which costs less than over-allocating every picture
+		// (and the picture after a keyframe would keep a keyframe-sized buffer alive, unseen
+		// by a GOPCache's budget). A stream of keyframes only is sized by its keyframes.
+		last := s.lastSize
+		if last == 0 {
+			last = s.lastKey
+		}
+		s.data = make([]byte, 0, min(max(last+last/4, 256), s.maxAU))
 	} else {
 		s.data = s.data[:0]
 	}
