@@ -136,8 +136,11 @@ func refusalText(r signal.RefusalReason) string {
 	}
 }
 
-// iceServerFlags collects repeated --ice-server flags.
+// iceServerFlags collects repeated --ice-server flags. Set only keeps the values: the flag
+// package quotes a value whose Set fails, and a TURN value holds a credential. parse checks
+// them once the flags are parsed, with errors that never quote them.
 type iceServerFlags struct {
+	values  []string
 	servers []signal.ICEServer
 }
 
@@ -150,13 +153,22 @@ func (f *iceServerFlags) String() string {
 }
 
 func (f *iceServerFlags) Set(v string) error {
-	if len(f.servers) == signal.MaxICEServers {
-		return fmt.Errorf("at most %d ICE servers", signal.MaxICEServers)
+	f.values = append(f.values, v)
+	return nil
+}
+
+// parse parses the values given into servers.
+func (f *iceServerFlags) parse() error {
+	if len(f.values) > signal.MaxICEServers {
+		return fmt.Errorf("--ice-server: %d given, at most %d ICE servers", len(f.values), signal.MaxICEServers)
 	}
-	s, err := ParseICEServer(v)
-	if err != nil {
-		return err
+	f.servers = nil
+	for i, v := range f.values {
+		s, err := ParseICEServer(v)
+		if err != nil {
+			return fmt.Errorf("--ice-server #%d: %w", i+1, err)
+		}
+		f.servers = append(f.servers, s)
 	}
-	f.servers = append(f.servers, s)
 	return nil
 }

@@ -31,6 +31,10 @@ func ParseICEServer(v string) (signal.ICEServer, error) {
 	}
 	base, query, _ := strings.Cut(v, "?")
 	scheme, _, _ := strings.Cut(base, ":")
+	if strings.Contains(base, "@") {
+		// user:credential@host: the errors below would quote the URL, credential and all.
+		return signal.ICEServer{}, fmt.Errorf("%w: %s URL: no user before an @; give the TURN username and credential as user= and credential=", ErrBadICEServer, plain(scheme, "the"))
+	}
 	q, err := url.ParseQuery(query)
 	if err != nil {
 		return signal.ICEServer{}, fmt.Errorf("%w: %s URL: malformed query", ErrBadICEServer, plain(scheme, "the"))

@@ -44,6 +44,9 @@ func recordCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
+	if err := c.ice.parse(); err != nil {
+		return fmt.Errorf("record: %w", err)
+	}
 	switch {
 	case fs.NArg() > 0:
 		return fmt.Errorf("record: unexpected argument %q", fs.Arg(0))

@@ -89,9 +89,48 @@ func newTrack(s *Session, ssrc uint32) *track {
 	return &track{
 		s:     s,
 		ssrc:  ssrc,
-		sb:    samplebuilder.New(maxLatePackets, &codecs.H264Packet{}, clockRate, samplebuilder.WithMaxTimeDelay(maxLateTime)),
+		sb:    samplebuilder.New(maxLatePackets, &h264Depacketizer{}, clockRate, samplebuilder.WithMaxTimeDelay(maxLateTime)),
 		split: h264.NewSplitter(bytes.NewReader(nil), maxAU),
 	}
+}
+
+// h264Depacketizer is pion's H.264 depacketizer with its reassembly of fragmented NAL units
+// (FU-A, RFC 6184 §5.8) bounded. pion's keeps every fragment until one has the end bit, across
+// frames, and joins a new start to an unfinished NAL unit: a camera that never ends its NAL
+// units would make the receiver keep everything it sends. Here a start drops an unfinished
+// NAL unit, and one over maxAU is dropped, with its fragments up to the next start.
+type h264Depacketizer struct {
+	codecs.H264Packet
+	fragmented int  // payload bytes of the NAL unit being reassembled
+	skipping   bool // the NAL unit being received went over maxAU
+}
+
+func (d *h264Depacketizer) Unmarshal(payload []byte) ([]byte, error) {
+	const fuA, fuStart, fuEnd = 28, 0x80, 0x40
+	if len(payload) < 2 || payload[0]&0x1f != fuA {
+		return d.H264Packet.Unmarshal(payload)
+	}
+	if payload[1]&fuStart != 0 {
+		d.H264Packet, d.fragmented, d.skipping = codecs.H264Packet{}, 0, false
+	}
+	end := payload[1]&fuEnd != 0
+	if !d.skipping {
+		d.fragmented += len(payload) - 2
+		d.skipping = d.fragmented > maxAU
+		if d.skipping {
+			d.H264Packet = codecs.H264Packet{}
+		}
+	}
+	if d.skipping {
+		if end {
+			d.fragmented, d.skipping = 0, false
+		}
+		return []byte{}, nil
+	}
+	if end {
+		d.fragmented = 0
+	}
+	return d.H264Packet.Unmarshal(payload)
 }
 
 // run reads tr until the connection ends.

@@ -2,8 +2,11 @@
 // of camview's signaling relay, so that a browser (or any WHEP player) can watch a camera:
 //
 //	POST   /whep/{device}            an SDP offer (application/sdp), Authorization: Bearer <grant>
-//	                                 → 201 Created, the camera's SDP answer, Location: /whep/{device}/{session}
-//	DELETE /whep/{device}/{session}  → 200 OK; the camera gets a Bye
+//	                                 → 201 Created, the camera's SDP answer, Location: /whep/{device}/{resource}
+//	DELETE /whep/{device}/{resource} → 200 OK; the camera gets a Bye
+//
+// The resource id is random and known only to the client it was given to: DELETE takes no
+// grant, so it is not the signaling session id, which is logged and crosses the broker.
 //
 // The grant is the signed view grant in base64url without padding, as `fleetctl grant`
 // prints it; the handler passes it to the camera, which alone decides (S9). There is no trickle

@@ -77,20 +77,23 @@ type Handler struct {
 
 	mu       sync.Mutex
 	closed   bool
-	pending  int // offers waiting for an answer
-	sessions map[string]*resource
+	pending  int                  // offers waiting for an answer
+	sessions map[string]*resource // by resource id
 }
 
-// resource is one live WHEP session.
+// resource is one live WHEP session. Its URL is /whep/{device}/{resource id}: the resource id
+// is a random id of its own, not the signaling session id, which is no secret (it is logged,
+// and every viewer identity reads it on dev/+/up/signal), since DELETE takes no grant.
 type resource struct {
-	device string
-	gone   chan struct{} // closed when the session is deleted
+	device  string
+	session string        // the signaling session id
+	gone    chan struct{} // closed when the session is deleted
 }
 
 var _ http.Handler = (*Handler)(nil)
 
 // New checks cfg and returns a Handler serving POST /whep/{device} and
-// DELETE /whep/{device}/{session}.
+// DELETE /whep/{device}/{resource}.
 func New(cfg Config) (*Handler, error) {
 	if cfg.Relay == nil {
 		return nil, errors.New("whep: Config.Relay is required")
@@ -122,7 +125,7 @@ func New(cfg Config) (*Handler, error) {
 	// Other methods get 405 with Allow from the mux: PATCH (trickle ICE, ICE restart) too,
 	// which this endpoint does not support.
 	h.mux.HandleFunc("POST /whep/{device}", h.post)
-	h.mux.HandleFunc("DELETE /whep/{device}/{session}", h.delete)
+	h.mux.HandleFunc("DELETE /whep/{device}/{resource}", h.delete)
 	return h, nil
 }
 
@@ -158,8 +161,8 @@ func (h *Handler) Close() error {
 	ctx, cancel := context.WithTimeout(context.Background(), hangupTimeout)
 	defer cancel()
 	var errs []error
-	for id, res := range live {
-		if err := h.cfg.Relay.Hangup(ctx, res.device, id); err != nil {
+	for _, res := range live {
+		if err := h.cfg.Relay.Hangup(ctx, res.device, res.session); err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -198,8 +201,14 @@ func (h *Handler) post(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	o := signal.Offer{V: signal.Version, Session: signal.NewSession(), SDP: string(body), Grant: grant, ICEServers: h.cfg.ICEServers}
-	if err := o.Validate(); err != nil {
+	// Encode validates the offer and checks that its message fits the signaling cap: JSON
+	// escaping makes some offers under MaxOfferSize too large to send.
+	if _, err := signal.Encode(o); err != nil {
 		// signal's errors name the field, never its value.
+		if errors.Is(err, signal.ErrTooLarge) {
+			h.fail(w, http.StatusRequestEntityTooLarge, device, o.Session, "the offer is too large to send to the camera", err.Error())
+			return
+		}
 		h.fail(w, http.StatusBadRequest, device, o.Session, "the offer is not an SDP offer", err.Error())
 		return
 	}
@@ -226,7 +235,8 @@ func (h *Handler) post(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, st, device, o.Session, msg, err.Error())
 		return
 	}
-	if !h.add(device, o.Session) {
+	id, ok := h.add(device, o.Session)
+	if !ok {
 		// Close ran meanwhile: the session must not outlive the handler.
 		hctx, hcancel := context.WithTimeout(context.Background(), hangupTimeout)
 		h.cfg.Relay.Hangup(hctx, device, o.Session)
@@ -236,24 +246,25 @@ func (h *Handler) post(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	w.Header().Set("Content-Type", "application/sdp")
-	w.Header().Set("Location", "/whep/"+device+"/"+o.Session)
+	w.Header().Set("Location", "/whep/"+device+"/"+id)
 	w.WriteHeader(http.StatusCreated)
 	io.WriteString(w, answer.SDP)
 	h.log.Info("whep: session started", "session", o.Session, "device", device, "status", http.StatusCreated)
 }
 
 func (h *Handler) delete(w http.ResponseWriter, r *http.Request) {
-	device, session := r.PathValue("device"), r.PathValue("session")
+	device, id := r.PathValue("device"), r.PathValue("resource")
 	h.mu.Lock()
-	res := h.sessions[session]
+	res := h.sessions[id]
 	if res == nil || res.device != device {
 		h.mu.Unlock()
 		h.fail(w, http.StatusNotFound, device, "", "no such session", "unknown session")
 		return
 	}
-	delete(h.sessions, session)
+	delete(h.sessions, id)
 	close(res.gone)
 	h.mu.Unlock()
+	session := res.session
 	ctx, cancel := context.WithTimeout(context.Background(), hangupTimeout)
 	defer cancel()
 	if err := h.cfg.Relay.Hangup(ctx, device, session); err != nil {
@@ -317,17 +328,18 @@ func (h *Handler) release() {
 	h.mu.Unlock()
 }
 
-// add turns a reserved offer into a live session and watches for the camera's Bye. It
-// returns false when the handler was closed meanwhile.
-func (h *Handler) add(device, session string) bool {
+// add turns a reserved offer into a live session, watches for the camera's Bye, and returns
+// the session's resource id. It returns false when the handler was closed meanwhile.
+func (h *Handler) add(device, session string) (string, bool) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.pending--
 	if h.closed {
-		return false
+		return "", false
 	}
-	res := &resource{device: device, gone: make(chan struct{})}
-	h.sessions[session] = res
+	id := signal.NewSession() // 16 random bytes, in hex
+	res := &resource{device: device, session: session, gone: make(chan struct{})}
+	h.sessions[id] = res
 	ended := h.cfg.Relay.Ended(session)
 	h.wg.Add(1)
 	go func() {
@@ -335,8 +347,8 @@ func (h *Handler) add(device, session string) bool {
 		select {
 		case bye := <-ended:
 			h.mu.Lock()
-			if h.sessions[session] == res {
-				delete(h.sessions, session)
+			if h.sessions[id] == res {
+				delete(h.sessions, id)
 			}
 			h.mu.Unlock()
 			h.cfg.Relay.Forget(session)
@@ -345,5 +357,5 @@ func (h *Handler) add(device, session string) bool {
 		case <-h.stop:
 		}
 	}()
-	return true
+	return id, true
 }

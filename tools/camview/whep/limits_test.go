@@ -1,0 +1,67 @@
+package whep_test
+
+import (
+	"net/http"
+	"regexp"
+	"strings"
+	"testing"
+
+	"github.com/camagent/camagent/tools/camview/camviewtest"
+	"github.com/camagent/camagent/tools/camview/whep"
+)
+
+// An offer within MaxOfferSize whose signaling message would be over the cap once encoded
+// (JSON escapes '<', '>' and line ends) is the client's fault, 413, and never reaches the
+// camera: not a 502 that blames the camera's side.
+func TestAnOfferTooLargeToSendIs413(t *testing.T) {
+	cam := camviewtest.Start(t, camviewtest.Options{})
+	s := startServer(t, cam, whep.Config{})
+	sdp := "v=0\r\n" + strings.Repeat("a=<>\r\n", (whep.MaxOfferSize-5)/6)
+	if len(sdp) > whep.MaxOfferSize {
+		t.Fatalf("the offer is %d bytes, over MaxOfferSize", len(sdp))
+	}
+	resp := s.post(t, cam.ID, "Bearer "+token(cam.Grant(t, nil)), "application/sdp", sdp)
+	if text := body(resp); resp.StatusCode != http.StatusRequestEntityTooLarge {
+		t.Errorf("POST: %s (%s), want 413", resp.Status, strings.TrimSpace(text))
+	}
+	if s.h.Sessions() != 0 {
+		t.Errorf("%d sessions live", s.h.Sessions())
+	}
+}
+
+// The session id is no secret: the handler logs it, and it travels over MQTT to the camera
+// and back through the broker, where every viewer identity reads dev/+/up/signal. DELETE
+// needs no grant, so the resource URL must not be made of it: knowing a session id must not
+// let anyone hang up another client's session.
+func TestTheSessionIDDoesNotDeleteTheSession(t *testing.T) {
+	cam := camviewtest.Start(t, camviewtest.Options{})
+	s := startServer(t, cam, whep.Config{})
+	resp := s.post(t, cam.ID, "Bearer "+token(cam.Grant(t, nil)), "application/sdp", camviewtest.NewViewer(t).SDP)
+	if resp.StatusCode != http.StatusCreated {
+		t.Fatalf("POST: %s", resp.Status)
+	}
+	m := regexp.MustCompile(`msg="whep: session started" session=([0-9a-f]+)`).FindStringSubmatch(s.log.String())
+	if m == nil {
+		t.Fatalf("no session id in the log:\n%s", s.log.String())
+	}
+	loc := resp.Header.Get("Location")
+	if byID := "/whep/" + cam.ID + "/" + m[1]; byID != loc {
+		if resp := s.delete(t, byID); resp.StatusCode != http.StatusNotFound {
+			t.Errorf("DELETE by the logged session id: %s, want 404", resp.Status)
+		}
+	} else {
+		t.Errorf("the resource URL %s is made of the session id the log holds", loc)
+	}
+	if s.h.Sessions() != 1 {
+		t.Fatalf("%d live sessions, want 1", s.h.Sessions())
+	}
+	if strings.Contains(s.log.String(), strings.TrimPrefix(loc, "/whep/"+cam.ID+"/")) {
+		t.Error("the log holds the resource URL")
+	}
+	if resp := s.delete(t, loc); resp.StatusCode != http.StatusOK {
+		t.Fatalf("DELETE %s: %s", loc, resp.Status)
+	}
+	if s.h.Sessions() != 0 {
+		t.Errorf("%d live sessions after DELETE", s.h.Sessions())
+	}
+}
