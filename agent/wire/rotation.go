@@ -69,8 +69,8 @@ func (r *CertRequest) Validate() error {
 	}
 	switch r.Kind {
 	case KindRequest:
-		if blk, _ := pem.Decode([]byte(r.CSR)); blk == nil || blk.Type != "CERTIFICATE REQUEST" {
-			return fmt.Errorf("%w: csr is not a PEM CERTIFICATE REQUEST", ErrMalformed)
+		if !isPEMBlock(r.CSR, "CERTIFICATE REQUEST") {
+			return fmt.Errorf("%w: csr is not one PEM CERTIFICATE REQUEST", ErrMalformed)
 		}
 		if !tokenHashRe.MatchString(r.TokenHash) {
 			return fmt.Errorf("%w: token_hash", ErrMalformed)
@@ -113,9 +113,21 @@ func (r *CertResponse) Validate() error {
 		return fmt.Errorf("%w: a response carries a certificate or an error code, not both", ErrMalformed)
 	}
 	if r.Cert != "" {
-		if blk, _ := pem.Decode([]byte(r.Cert)); blk == nil || blk.Type != "CERTIFICATE" {
-			return fmt.Errorf("%w: cert is not a PEM CERTIFICATE", ErrMalformed)
+		if !isPEMBlock(r.Cert, "CERTIFICATE") {
+			return fmt.Errorf("%w: cert is not one PEM CERTIFICATE", ErrMalformed)
 		}
 	}
 	return nil
+}
+
+// isPEMBlock reports whether s is exactly one PEM block of type typ, without headers, as
+// pem.EncodeToMemory writes it (RFC 7468 §2, 64-character lines, a final newline).
+// pem.Decode alone skips any text before the block, returns what follows it unread and keeps
+// RFC 1421 headers: each would let the field carry free text to the broker (P1).
+func isPEMBlock(s, typ string) bool {
+	blk, rest := pem.Decode([]byte(s))
+	if blk == nil || blk.Type != typ || len(blk.Headers) != 0 || len(rest) != 0 {
+		return false
+	}
+	return string(pem.EncodeToMemory(blk)) == s
 }

@@ -7,9 +7,11 @@
 package wire
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"regexp"
 
 	"github.com/camagent/camagent/internal/strictjson"
@@ -226,7 +228,10 @@ func Encode(m validator) ([]byte, error) {
 	return json.Marshal(m)
 }
 
-// Decode strictly decodes b into m and validates it.
+// Decode strictly decodes b into m and validates it. Besides what strictjson refuses, it
+// refuses a key given twice in one object and a key not spelled exactly as the schema spells
+// it: encoding/json would keep the last of two equal keys and match "V" or "ſeq" to "v" or
+// "seq", so a reader that takes the first or matches exactly would see another message.
 func Decode(b []byte, m validator) error {
 	if len(b) > MaxMessageSize {
 		return fmt.Errorf("%w: %d bytes, cap %d", ErrMalformed, len(b), MaxMessageSize)
@@ -234,5 +239,54 @@ func Decode(b []byte, m validator) error {
 	if err := strictjson.Unmarshal(b, m); err != nil {
 		return fmt.Errorf("%w: %v", ErrMalformed, err)
 	}
+	if err := checkKeys(b); err != nil {
+		return fmt.Errorf("%w: %v", ErrMalformed, err)
+	}
 	return m.Validate()
+}
+
+// keyRe is the spelling of every key of every message: lower-case snake_case, which
+// encoding/json's case-insensitive matching cannot confuse with another spelling.
+var keyRe = shape.New(`^[a-z0-9_]*$`, 1, 32)
+
+// checkKeys walks the JSON text b, which strictjson has already accepted, and refuses a key
+// repeated within one object or not shaped like keyRe. It does not quote the key.
+func checkKeys(b []byte) error {
+	type frame struct {
+		obj, wantKey bool
+		keys         map[string]bool
+	}
+	var stack []frame
+	dec := json.NewDecoder(bytes.NewReader(b))
+	for {
+		tok, err := dec.Token()
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if d, ok := tok.(json.Delim); ok && (d == '}' || d == ']') {
+			stack = stack[:len(stack)-1]
+			continue
+		}
+		if n := len(stack); n > 0 && stack[n-1].obj {
+			f := &stack[n-1]
+			if f.wantKey {
+				k, _ := tok.(string)
+				switch {
+				case !keyRe.MatchString(k):
+					return errors.New("a key not spelled as the schema spells it")
+				case f.keys[k]:
+					return errors.New("a key given twice in one object")
+				}
+				f.keys[k], f.wantKey = true, false
+				continue
+			}
+			f.wantKey = true // the next token after this value is a key or '}'
+		}
+		if d, ok := tok.(json.Delim); ok {
+			stack = append(stack, frame{obj: d == '{', wantKey: true, keys: map[string]bool{}})
+		}
+	}
 }

@@ -52,7 +52,9 @@ func FuzzDecodeDeviceState(f *testing.F) {
 	f.Add([]byte(`{"v":1,"fw":"1.0","cert_serial":"ff","cert_not_after":5,"keyset":1,"updated":7}`))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		var s DeviceState
-		_ = Decode(b, &s)
+		if Decode(b, &s) == nil {
+			roundTrip(t, &s, new(DeviceState))
+		}
 	})
 }
 
@@ -73,7 +75,9 @@ func FuzzDecodeCertResponse(f *testing.F) {
 	f.Add([]byte(`{"v":1,"req_id":"0123456789abcdef","error":"refused"}`))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		var r CertResponse
-		_ = Decode(b, &r)
+		if Decode(b, &r) == nil {
+			roundTrip(t, &r, new(CertResponse))
+		}
 	})
 }
 

@@ -25,8 +25,8 @@
 //
 //   - Raw and case-folded: the normalized value is searched for, so "HomeNet", "homenet" and
 //     "HOMENET" are all found; whether the match was exact is only worked out for the error.
-//   - Hex: the hex of the value (and of its lower-case form) is searched for; folding makes
-//     lower, upper and mixed-case hex alike.
+//   - Hex: the hex of the value (and of its lower- and upper-case forms, as for base64) is
+//     searched for; folding makes lower, upper and mixed-case hex alike.
 //   - Base64: base64 of a substring depends on where the value starts relative to the 3-byte
 //     groups of the encoded data. Rather than decoding every base64-looking run of the payload
 //     at four offsets (costly, and the decoded garbage of wrong offsets makes short values
@@ -40,13 +40,16 @@
 //     (%2D or %2d, \u0041 or A, "\/" or "/"), so instead of enumerating spellings the guard
 //     undoes them: when the payload has a '%', it is percent-decoded (with '+' as space) and
 //     searched again with every needle; when it has a '\', it is JSON-unescaped (surrogate
-//     pairs included) and searched again. Base64 or hex inside percent-encoded or
-//     JSON-escaped text is therefore found too. A value with a space also gets a needle with
-//     '+' for the space, so form encoding without any '%' needs no decoding pass.
+//     pairs included) and searched again. Each decoded form is decoded again in the same way,
+//     up to three layers deep, so a JSON document carried as a string inside another, or a
+//     path-escaped URL marshalled into JSON (\u0026 beside %2F), is seen through. Base64 or
+//     hex inside percent-encoded or JSON-escaped text is therefore found too. A value with a
+//     space also gets a needle with '+' for the space, so form encoding without any '%' needs
+//     no decoding pass.
 //
 // Not covered: UTF-16 or other multi-byte encodings of text, base64 broken across lines,
-// double percent-encoding, compression and encryption. A typed schema has no field where those
-// would appear.
+// more than three nested layers of escaping, compression and encryption. A typed schema has
+// no field where those would appear.
 //
 // # Short values
 //
@@ -71,7 +74,7 @@
 //
 // # Cost
 //
-// Set compiles the values once into needles (typically 5–12 per value) and files them in a
+// Set compiles the values once into needles (typically 5–14 per value) and files them in a
 // table by a hash of their first four bytes. Check normalizes the payload once into a pooled
 // buffer and makes one pass over it, hashing the four bytes at each position and comparing
 // only the needles filed under that hash, so its cost grows with the payload, not with the

@@ -61,6 +61,15 @@ func FuzzEmbedded(f *testing.F) {
 			return string(j)
 		},
 		func(b []byte) string { return url.QueryEscape(b64std(b)) },
+		func(b []byte) string { // a JSON document carried in a JSON string
+			j, _ := json.Marshal(string(b))
+			j, _ = json.Marshal(`{"v":` + string(j) + `}`)
+			return string(j)
+		},
+		func(b []byte) string { // a path-escaped URL marshalled into JSON
+			j, _ := json.Marshal("https://example.net/" + url.PathEscape(string(b)))
+			return string(j)
+		},
 	}
 	f.Fuzz(func(t *testing.T, prefix, suffix []byte, how byte) {
 		if len(prefix)+len(suffix) > 4096 {

@@ -169,7 +169,8 @@ func (g *Guard) Redactions() uint64 { return g.redactions.Load() }
 //   - as base64, standard or URL alphabet, padded or not, at any alignment inside a longer
 //     base64 run (see stableBase64);
 //   - all of the above again after undoing JSON string escapes, and after undoing
-//     percent-encoding (with '+' as space), when the payload has a '\' or a '%'.
+//     percent-encoding (with '+' as space), when the payload has a '\' or a '%'; and again
+//     after undoing a second and a third layer of either inside the first.
 //
 // Values shorter than MinSubstring bytes are matched only as whole words (and whole base64
 // tokens), and values shorter than MinEncoded only as a whole JSON string: see the package doc.
@@ -187,8 +188,17 @@ func (g *Guard) Check(payload []byte) error {
 	return nil
 }
 
-// scratch holds the buffers of one Check, reused through scratchPool.
-type scratch struct{ norm, dec []byte }
+// maxLayers bounds how many layers of escaping, one inside another, Check undoes: a JSON
+// document carried as a string inside another JSON document inside a third, or a
+// percent-encoded URL in a JSON string in a JSON string.
+const maxLayers = 3
+
+// scratch holds the buffers of one Check, reused through scratchPool: the normalized view, and
+// one decoded view per layer.
+type scratch struct {
+	norm []byte
+	dec  [maxLayers][]byte
+}
 
 var scratchPool = sync.Pool{New: func() any { return new(scratch) }}
 
@@ -196,26 +206,57 @@ func getScratch() *scratch { return scratchPool.Get().(*scratch) }
 
 // putScratch returns sc to the pool, unless a huge payload grew its buffers.
 func putScratch(sc *scratch) {
-	if cap(sc.norm)+cap(sc.dec) <= 256<<10 {
+	n := cap(sc.norm)
+	for _, d := range sc.dec {
+		n += cap(d)
+	}
+	if n <= 256<<10 {
 		scratchPool.Put(sc)
 	}
 }
 
 // scan checks payload and, when they differ from it, its JSON-unescaped and percent-decoded
-// forms.
+// forms, and theirs in turn, up to maxLayers layers deep: a value in a JSON document carried
+// as a JSON string is escaped twice (\\u0026 for '&'), and a path-escaped URL marshalled into
+// JSON mixes both (\u0026 and %2F), so undoing one layer of either kind does not show it.
 func (m *matcher) scan(sc *scratch, payload []byte) *SensitiveError {
 	if e := m.scanView(sc, payload, ""); e != nil {
 		return e
 	}
-	if bytes.IndexByte(payload, '\\') >= 0 {
-		sc.dec = unescapeJSON(sc.dec[:0], payload)
-		if e := m.scanView(sc, sc.dec, JSONEscaped); e != nil {
+	return m.scanDecoded(sc, payload, 0)
+}
+
+// layers are the escapings scan undoes: each is tried on a view that has its marker byte.
+var layers = []struct {
+	marker byte
+	enc    Encoding
+	undo   func(dst, b []byte) []byte
+}{
+	{'\\', JSONEscaped, unescapeJSON},
+	{'%', PercentEncoded, unescapePercent},
+}
+
+// scanDecoded checks each form of v with one more layer undone, and recursively the forms of
+// those, until depth reaches maxLayers. A refusal names the last layer undone.
+func (m *matcher) scanDecoded(sc *scratch, v []byte, depth int) *SensitiveError {
+	if depth == maxLayers {
+		return nil
+	}
+	for _, l := range layers {
+		if bytes.IndexByte(v, l.marker) < 0 {
+			continue
+		}
+		// sc.dec[depth] is free: v is sc.dec[depth-1] or the payload, and the views of a
+		// previous layer at this depth have been checked in full.
+		d := l.undo(sc.dec[depth][:0], v)
+		sc.dec[depth] = d
+		if bytes.Equal(d, v) {
+			continue
+		}
+		if e := m.scanView(sc, d, l.enc); e != nil {
 			return e
 		}
-	}
-	if bytes.IndexByte(payload, '%') >= 0 {
-		sc.dec = unescapePercent(sc.dec[:0], payload)
-		if e := m.scanView(sc, sc.dec, PercentEncoded); e != nil {
+		if e := m.scanDecoded(sc, d, depth+1); e != nil {
 			return e
 		}
 	}

@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"net"
 	"net/netip"
+	"slices"
 	"strings"
 )
 
@@ -137,9 +138,13 @@ func needles(kind Kind, form string) []needle {
 		out = append(out, needle{s: plus, kind: kind, enc: PercentEncoded, bound: rawBound})
 	}
 	if len(f) >= MinEncoded {
+		// Hex and base64 encode the bytes, so each letter case of the value encodes
+		// differently: the value as registered, and in lower and in upper case.
 		variants := [][]byte{f}
-		if lf := []byte(strings.ToLower(form)); !bytes.Equal(lf, f) {
-			variants = append(variants, lf)
+		for _, c := range []string{strings.ToLower(form), strings.ToUpper(form)} {
+			if !slices.ContainsFunc(variants, func(w []byte) bool { return string(w) == c }) {
+				variants = append(variants, []byte(c))
+			}
 		}
 		for _, w := range variants {
 			out = append(out, needle{s: []byte(hex.EncodeToString(w)), kind: kind, enc: Hex, bound: wb})

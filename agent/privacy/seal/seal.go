@@ -72,8 +72,12 @@ func (s *Secret) Open(purpose string, sealed []byte) ([]byte, error) {
 }
 
 // WriteFile seals plaintext for purpose and writes it to path atomically with mode 0600. The
-// directory must exist (and should be the 0700 state directory).
+// directory must exist (and should be the 0700 state directory). A plaintext over
+// MaxFileSize-Overhead bytes is refused, leaving path as it was: ReadFile could not read it.
 func (s *Secret) WriteFile(path, purpose string, plaintext []byte) error {
+	if n := len(plaintext) + Overhead; n > MaxFileSize {
+		return fmt.Errorf("seal: %s: %d bytes sealed, over the %d-byte cap", path, n, MaxFileSize)
+	}
 	if err := atomicfile.WriteFile(path, s.Seal(purpose, plaintext), 0o600); err != nil {
 		return fmt.Errorf("seal: %w", err)
 	}
