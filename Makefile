@@ -93,7 +93,7 @@ test-arm: test-deps
 	for t in $(ARM_TARGETS); do \
 	  IFS=/: read -r arch arm qemu <<<"$$t"; \
 	  echo "== unit tests for linux/$$arch$$( [ "$$arm" != - ] && echo " v$$arm" ) under $$qemu"; \
-	  CGO_ENABLED=0 GOOS=linux GOARCH=$$arch GOARM=$$( [ "$$arm" != - ] && echo $$arm ) \
+	  CGO_ENABLED=0 GOOS=linux GOARCH=$$arch GOARM=$$( [ "$$arm" != - ] && echo $$arm ) CAMAGENT_TEST_EXEC=$$qemu \
 	    $(GO) test -exec $$qemu -short -count=1 -timeout 20m $$pkgs | grep -v '^?' ; \
 	done
 

@@ -251,7 +251,13 @@ func New(cfg Config) (*Agent, error) {
 		return nil, fmt.Errorf("agent: %w", err)
 	}
 	a.st = st
-	if a.secret, a.settings, err = loadSettings(cfg.StateDir); err != nil {
+	var se *SettingsError
+	a.secret, a.settings, err = loadSettings(cfg.StateDir, true)
+	switch {
+	case errors.As(err, &se):
+		a.log.Error("the sealed settings cannot be used; running without them: the egress guard knows no network name, passphrase or nickname and no claim token is forwarded until the camera is onboarded again",
+			"wiped", se.Wiped, "err", se.Err)
+	case err != nil:
 		return nil, err
 	}
 	a.guard = cfg.Guard

@@ -25,7 +25,7 @@ import (
 // common encoding (P1, P3). A device never onboarded has none and g is left empty. The claim
 // token is not registered: it is the one value that is meant to reach the cloud.
 func LoadPrivacy(dir string, g *egress.Guard) error {
-	_, st, err := loadSettings(dir)
+	_, st, err := loadSettings(dir, false)
 	if err != nil || st == nil {
 		return err
 	}
@@ -46,23 +46,63 @@ func nonEmpty(s string) []string {
 	return []string{s}
 }
 
+// SettingsError reports sealed settings (or their device secret) that cannot be used: damaged,
+// sealed under another secret, a secret others could read, or a format from a newer camagent.
+// The agent runs on without them, so a camera whose settings broke still rotates in a breach
+// (R6: never a crash loop): it cannot leak values it no longer knows, and it forwards no claim
+// token. Onboarding again restores them.
+type SettingsError struct {
+	// Wiped reports that the secret and the sealed settings were removed (crypto-shredded):
+	// everything but a format from a newer camagent, which is kept for that camagent.
+	Wiped bool
+	Err   error
+}
+
+func (e *SettingsError) Error() string {
+	if e.Wiped {
+		return "agent: sealed settings unusable, wiped (onboard the camera again): " + e.Err.Error()
+	}
+	return "agent: sealed settings unusable: " + e.Err.Error()
+}
+
+func (e *SettingsError) Unwrap() error { return e.Err }
+
 // loadSettings opens the sealed settings; nil settings mean the device was never onboarded.
-func loadSettings(dir string) (*seal.Secret, *seal.Settings, error) {
+// Settings that cannot be used give a *SettingsError, after wiping them if repair is set (the
+// caller holds the state directory: agent.New). Any other error (I/O, permissions of the
+// directory) is returned as it is.
+func loadSettings(dir string, repair bool) (*seal.Secret, *seal.Settings, error) {
 	sec, err := seal.LoadSecret(dir)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil, nil
 	}
 	if err != nil {
-		return nil, nil, fmt.Errorf("agent: %w", err)
+		return nil, nil, unusableSettings(dir, err, repair)
 	}
 	st, err := seal.LoadSettings(dir, sec)
 	if errors.Is(err, fs.ErrNotExist) {
 		return sec, nil, nil
 	}
 	if err != nil {
-		return nil, nil, fmt.Errorf("agent: %w", err)
+		return nil, nil, unusableSettings(dir, err, repair)
 	}
 	return sec, &st, nil
+}
+
+func unusableSettings(dir string, err error, repair bool) error {
+	switch {
+	case errors.Is(err, seal.ErrVersion):
+		return &SettingsError{Err: err}
+	case errors.Is(err, seal.ErrBadSecret), errors.Is(err, seal.ErrOpen), errors.Is(err, seal.ErrMalformed):
+		if !repair {
+			return &SettingsError{Err: err}
+		}
+		if werr := seal.Wipe(dir); werr != nil {
+			return fmt.Errorf("agent: sealed settings unusable (%w), and wiping them failed: %w", err, werr)
+		}
+		return &SettingsError{Wiped: true, Err: err}
+	}
+	return fmt.Errorf("agent: %w", err)
 }
 
 // Onboard seals the setup a phone app handed the camera into dir: the Wi-Fi network name and
@@ -96,7 +136,7 @@ func Onboard(dir string, s onboard.Setup) error {
 func (a *Agent) forwardClaim(ctx context.Context) {
 	a.privMu.Lock()
 	defer a.privMu.Unlock()
-	sec, st, err := loadSettings(a.cfg.StateDir)
+	sec, st, err := loadSettings(a.cfg.StateDir, true)
 	if err != nil {
 		a.log.Warn("could not read the sealed settings; the owner's claim token, if any, is not forwarded", "err", err)
 		return

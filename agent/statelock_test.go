@@ -52,7 +52,13 @@ func TestLockStateHelperProcess(t *testing.T) {
 // with SIGKILL (power cut, OOM killer, watchdog) leaves nothing that keeps the next one out.
 func TestAKilledHolderLeavesNoLockBehind(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "state")
-	cmd := exec.Command(os.Args[0], "-test.run=^TestLockStateHelperProcess$")
+	// Under emulation (make test-arm) the test binary is the target's: run it as go test -exec
+	// does.
+	args := []string{os.Args[0], "-test.run=^TestLockStateHelperProcess$"}
+	if emu := os.Getenv("CAMAGENT_TEST_EXEC"); emu != "" {
+		args = append([]string{emu}, args...)
+	}
+	cmd := exec.Command(args[0], args[1:]...)
 	cmd.Env = append(os.Environ(), "CAMAGENT_LOCK_DIR="+dir)
 	out, err := cmd.StdoutPipe()
 	if err != nil {

@@ -160,7 +160,9 @@ func (o *runOptions) build(stderr io.Writer) (*built, error) {
 	// The guard holds the values onboarding sealed (network name, passphrase, nickname): it
 	// redacts every log line and refuses every publish that carries one.
 	guard := egress.New()
-	if err := agent.LoadPrivacy(o.state, guard); err != nil {
+	// Settings that cannot be used are the agent's to wipe and log (agent.New): the camera
+	// runs on without them.
+	if err := agent.LoadPrivacy(o.state, guard); err != nil && !errors.As(err, new(*agent.SettingsError)) {
 		return nil, err
 	}
 	log, err := newLogger(stderr, o.logLevel, o.logFormat, guard)

@@ -8,6 +8,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math"
 	"sort"
 	"strconv"
 	"strings"
@@ -151,7 +152,7 @@ func rotateCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 
 func breachCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs, dir := newFlags("breach", stderr)
-	incident := fs.String("incident", "", "incident id for the record (letters, digits, '.', '_', '-'); run again with the same id, breach raises nothing again while the fleet's notice is this incident's")
+	incident := fs.String("incident", "", "incident id for the record (letters, digits, '.', '_', '-'); run again with the same id within a day, breach raises nothing again while the fleet's notice is this incident's")
 	keyset := fs.String("keyset", "", "a key set made by fleetctl keys rotate, to publish with the breach notice and put in force")
 	of := addOperatorFlags(fs)
 	if err := fs.Parse(args); err != nil {
@@ -180,11 +181,19 @@ func breachCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	}
 	defer st.op.Close()
 	op, col := st.op, st.col
-	// Run again with the same incident id (the first run timed out waiting for the broker,
-	// or stopped before putting the key set in force), breach does not start a second
-	// rotation wave through the whole fleet when the retained notice already is this one.
-	if prev := col.FleetDesired(); prev != nil && prev.Incident == *incident && (ksb == nil || sameJSON(prev.KeySet, ksb)) {
-		fmt.Fprintf(stdout, "breach %s: already published: every device rotates to epoch %d (version %d); not raising it again (for another rotation wave, give a new incident id)\n", prev.Incident, prev.Epoch, prev.Version)
+	// Run again with the same incident id soon after (the first run timed out waiting for
+	// the broker, or stopped before putting the key set in force), breach does not start a
+	// second rotation wave through the whole fleet when the retained notice already is this
+	// one. Later, the same id is a new wave: an operator reusing an id must not be told the
+	// fleet rotates when nothing would.
+	prev := col.FleetDesired()
+	var published time.Time
+	if prev != nil {
+		published = time.Unix(0, int64(min(prev.Version, math.MaxInt64))) // versions are fleetctl's Unix-nanosecond sequence
+	}
+	if prev != nil && prev.Incident == *incident && (ksb == nil || sameJSON(prev.KeySet, ksb)) && time.Since(published) < breachRetryWindow {
+		fmt.Fprintf(stdout, "breach %s: already published %s ago: every device rotates to epoch %d (version %d); not raising it again (for another rotation wave, give a new incident id)\n",
+			prev.Incident, time.Since(published).Round(time.Second), prev.Epoch, prev.Version)
 	} else {
 		pctx, cancel := context.WithTimeout(ctx, *of.timeout)
 		defer cancel()
@@ -207,6 +216,10 @@ func breachCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	warnSigners(col, stderr)
 	return nil
 }
+
+// breachRetryWindow is how long after a breach notice the same incident id is taken for a
+// retry of the same breach rather than a new wave.
+const breachRetryWindow = 24 * time.Hour
 
 // sameJSON reports whether a and b are the same JSON text but for insignificant white space:
 // a key set as read from its file, and as a signed document carries it.

@@ -18,10 +18,11 @@
 // it in force. Every desired-state document carries the key set in force, so a device that was
 // offline learns it from whichever document it reads first.
 //
-// Run again with the same incident id (the first run timed out waiting for the broker, or
-// stopped before putting the key set in force), `breach` raises the epoch no further while the
-// fleet's retained notice is that incident's, and only puts the key set in force: a second
-// rotation wave through the fleet takes a new incident id.
+// Run again with the same incident id within a day (the first run timed out waiting for the
+// broker, or stopped before putting the key set in force), `breach` raises the epoch no further
+// while the fleet's retained notice is that incident's, says so, and only puts the key set in
+// force: a second rotation wave the same day takes a new incident id. After a day the same id
+// starts a new wave.
 //
 // Desired state is retained and versioned: `rotate` and `breach` read the retained documents
 // and every device's retained state first and raise the epoch above all of them, so a device

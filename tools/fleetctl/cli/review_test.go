@@ -111,6 +111,28 @@ func TestBreachAgainWithTheSameIncidentDoesNotRotateTheFleetTwice(t *testing.T) 
 	}
 }
 
+// The same incident id a day later is a new wave: an operator reusing an id is not told the
+// fleet rotates when nothing would.
+func TestBreachWithAnOldIncidentIDAgainIsANewWave(t *testing.T) {
+	dir, f := initFleet(t)
+	brk := mqtttest.StartEmbedded(t, &mqtttest.PKI{CA: f.CA, CAPEM: f.CAPEM, Pool: f.Pool})
+	url := brk.URL()
+	op, err := f.Dial(context.Background(), fleet.OperatorOptions{Broker: url})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), fleettest.Timeout)
+	defer cancel()
+	if _, err := op.PublishDesired(ctx, certs.Desired{Target: certs.TargetFleet, Epoch: 1, Incident: "INC-1"}, time.Now().Add(-25*time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	op.Close()
+	out := mustRun(t, "breach", "--dir", dir, "--broker", url, "--incident", "INC-1")
+	if r := statusJSON(t, dir, url); r.FleetEpoch != 2 {
+		t.Fatalf("breach INC-1 a day after INC-1: fleet epoch %d, want 2; it said:\n%s", r.FleetEpoch, out)
+	}
+}
+
 // breach --keyset that stopped after publishing the notice and before putting the key set in
 // force here: run again, it puts the set in force without a second rotation wave.
 func TestBreachWithAKeySetRetriedAfterACrashInstallsIt(t *testing.T) {
