@@ -96,6 +96,25 @@ func OpenGrant(v *Verifier, b []byte) (*Grant, error) {
 	return &g, nil
 }
 
+// GrantExpiryUnverified returns the expiry a signed grant states, without checking its
+// signature or anything else about it. It is for bookkeeping that trusts nothing in it: a
+// relay that bounds how long it remembers a session the camera accepted the grant for (the
+// camera ends the session at that expiry). Never for deciding to serve.
+func GrantExpiryUnverified(b []byte) (time.Time, error) {
+	body, err := openUnverified(b, MaxGrantSize)
+	if err != nil {
+		return time.Time{}, fmt.Errorf("certs: grant: %w", err)
+	}
+	var g Grant
+	if err := strictjson.Unmarshal(body, &g); err != nil {
+		return time.Time{}, fmt.Errorf("certs: grant body: %w: %v", ErrMalformed, err)
+	}
+	if err := g.validate(); err != nil {
+		return time.Time{}, err
+	}
+	return g.Expiry(), nil
+}
+
 // CheckGrant checks an opened grant for device at epoch, for scope, at now (with ClockSkew).
 func CheckGrant(g *Grant, device string, epoch uint64, scope string, now time.Time) error {
 	if g.Device != device {

@@ -66,10 +66,34 @@ func FuzzOpenGrant(f *testing.F) {
 	f.Add(g)
 	v := NewVerifier(k.Public())
 	f.Fuzz(func(t *testing.T, b []byte) {
+		exp, uerr := GrantExpiryUnverified(b)
 		if g, err := OpenGrant(v, b); err == nil {
 			_ = CheckGrant(g, "cam-0001", 1, ScopeView, t0)
+			// What a verified grant states, the unverified reading states too.
+			if uerr != nil || !exp.Equal(g.Expiry()) {
+				t.Fatalf("GrantExpiryUnverified = %v, %v; the verified grant expires %v", exp, uerr, g.Expiry())
+			}
 		}
 	})
+}
+
+// GrantExpiryUnverified reads the expiry of a grant signed by any key, and refuses what is
+// not a grant.
+func TestGrantExpiryUnverified(t *testing.T) {
+	k := fuzzKey()
+	g, err := SignGrant(k, Grant{Device: "cam-0001", Epoch: 1, Scope: ScopeView, Subject: "v", IssuedAt: 1000, ExpiresAt: 4600})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if exp, err := GrantExpiryUnverified(g); err != nil || !exp.Equal(time.Unix(4600, 0)) {
+		t.Fatalf("GrantExpiryUnverified = %v, %v; want %v", exp, err, time.Unix(4600, 0))
+	}
+	d, _ := SignDesired(k, Desired{Target: "cam-0001", Version: 1, Epoch: 1})
+	for _, b := range [][]byte{nil, []byte("{}"), []byte("not json"), d, make([]byte, MaxGrantSize+1)} {
+		if _, err := GrantExpiryUnverified(b); err == nil {
+			t.Errorf("GrantExpiryUnverified(%.20q) took it", b)
+		}
+	}
 }
 
 func FuzzOpenDesired(f *testing.F) {

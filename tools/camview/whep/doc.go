@@ -16,6 +16,11 @@
 // Retry-After (viewer limit, busy) or 400 (bad offer); wrong content type 415; an offer over
 // MaxOfferSize 413; no answer within the answer timeout 504.
 //
+// A session ends when the client DELETEs it, when the camera says Bye, or at the latest when
+// its grant expires (plus certs.ClockSkew and SessionGrace), as the camera ends it then: a Bye
+// lost while the relay reconnected, or never sent by a camera that lost power, does not keep a
+// place among MaxSessions for good.
+//
 // The handler sends no CORS headers: the page that uses it is served from the same origin,
 // and other origins cannot send it an Authorization header or an application/sdp body.
 //

@@ -5,7 +5,10 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/camagent/camagent/certs"
+	"github.com/camagent/camagent/internal/clock/clocktest"
 	"github.com/camagent/camagent/tools/camview/camviewtest"
 	"github.com/camagent/camagent/tools/camview/whep"
 )
@@ -63,5 +66,37 @@ func TestTheSessionIDDoesNotDeleteTheSession(t *testing.T) {
 	}
 	if s.h.Sessions() != 0 {
 		t.Errorf("%d live sessions after DELETE", s.h.Sessions())
+	}
+}
+
+// A session whose camera never said Bye (it lost power, or the relay was reconnecting when it
+// did) is forgotten once its grant has expired, when the camera ends it anyway: otherwise
+// such sessions pile up until every POST gets 503.
+func TestASessionIsForgottenOnceItsGrantExpired(t *testing.T) {
+	cam := camviewtest.Start(t, camviewtest.Options{})
+	clk := clocktest.New(time.Now())
+	s := startServer(t, cam, whep.Config{Clock: clk})
+	exp := clk.Now().Add(time.Hour)
+	grant := cam.Grant(t, func(g *certs.Grant) { g.ExpiresAt = exp.Unix() })
+	resp := s.post(t, cam.ID, "Bearer "+token(grant), "application/sdp", camviewtest.NewViewer(t).SDP)
+	if resp.StatusCode != http.StatusCreated {
+		t.Fatalf("POST: %s", resp.Status)
+	}
+	select {
+	case <-clk.Waiting():
+	case <-time.After(camviewtest.Timeout):
+		t.Fatal("the handler set no timer for the session's end")
+	}
+	clk.Set(exp.Add(certs.ClockSkew + whep.SessionGrace - time.Second))
+	if n := s.h.Sessions(); n != 1 {
+		t.Fatalf("%d sessions before the grant's end, want 1", n)
+	}
+	clk.Set(exp.Add(certs.ClockSkew + whep.SessionGrace))
+	deadline := time.Now().Add(camviewtest.Timeout)
+	for s.h.Sessions() != 0 || !strings.Contains(s.log.String(), "the session outlived its grant") {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d sessions remembered after the grant's end; the log:\n%s", s.h.Sessions(), s.log.String())
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }

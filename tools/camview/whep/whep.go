@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/camagent/camagent/certs"
+	"github.com/camagent/camagent/internal/clock"
 	"github.com/camagent/camagent/tools/camview/relay"
 	"github.com/camagent/camagent/transport/mqtt"
 	"github.com/camagent/camagent/transport/webrtc/signal"
@@ -33,6 +34,9 @@ const (
 	RetryAfter = 5
 	// hangupTimeout bounds the Bye of a DELETE and of Close.
 	hangupTimeout = 5 * time.Second
+	// SessionGrace is how long past its grant's expiry (and certs.ClockSkew) a session is
+	// remembered: the camera's Bye for it comes before then, if it comes.
+	SessionGrace = 30 * time.Second
 )
 
 // Relay is what the handler needs of a signaling relay; *relay.Relay is one.
@@ -62,6 +66,10 @@ type Config struct {
 	// MaxSessions caps the live sessions and the offers waiting for an answer; beyond it a
 	// POST gets 503. Zero means DefaultMaxSessions.
 	MaxSessions int
+	// Clock bounds sessions: each ends when its grant expires (plus certs.ClockSkew and
+	// SessionGrace), as the camera ends it then, even when the camera's Bye never came (it
+	// lost power, or the relay was reconnecting). Nil means the system clock.
+	Clock clock.Clock
 	// Logger receives one line per request outcome (session id, device, status, refusal
 	// reason; never grants, SDP or addresses). Nil discards them.
 	Logger *slog.Logger
@@ -106,6 +114,9 @@ func New(cfg Config) (*Handler, error) {
 	}
 	if cfg.MaxSessions < 0 {
 		return nil, fmt.Errorf("whep: Config.MaxSessions %d is negative", cfg.MaxSessions)
+	}
+	if cfg.Clock == nil {
+		cfg.Clock = clock.Real{}
 	}
 	if cfg.MaxSessions == 0 {
 		cfg.MaxSessions = DefaultMaxSessions
@@ -235,7 +246,7 @@ func (h *Handler) post(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, st, device, o.Session, msg, err.Error())
 		return
 	}
-	id, ok := h.add(device, o.Session)
+	id, ok := h.add(device, o.Session, grant)
 	if !ok {
 		// Close ran meanwhile: the session must not outlive the handler.
 		hctx, hcancel := context.WithTimeout(context.Background(), hangupTimeout)
@@ -328,9 +339,10 @@ func (h *Handler) release() {
 	h.mu.Unlock()
 }
 
-// add turns a reserved offer into a live session, watches for the camera's Bye, and returns
-// the session's resource id. It returns false when the handler was closed meanwhile.
-func (h *Handler) add(device, session string) (string, bool) {
+// add turns a reserved offer into a live session, watches for the camera's Bye and for the
+// end of the grant, and returns the session's resource id. It returns false when the handler
+// was closed meanwhile.
+func (h *Handler) add(device, session string, grant []byte) (string, bool) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.pending--
@@ -341,10 +353,27 @@ func (h *Handler) add(device, session string) (string, bool) {
 	res := &resource{device: device, session: session, gone: make(chan struct{})}
 	h.sessions[id] = res
 	ended := h.cfg.Relay.Ended(session)
+	// The camera accepted the grant, so it parses; and it ends the session at its expiry.
+	lifetime := certs.MaxGrantLifetime
+	if exp, err := certs.GrantExpiryUnverified(grant); err == nil {
+		lifetime = exp.Add(certs.ClockSkew + SessionGrace).Sub(h.cfg.Clock.Now())
+	}
+	expired := h.cfg.Clock.After(lifetime)
 	h.wg.Add(1)
 	go func() {
 		defer h.wg.Done()
 		select {
+		case <-expired:
+			// The camera ended it at the grant's expiry; its Bye was lost.
+			h.mu.Lock()
+			if h.sessions[id] == res {
+				delete(h.sessions, id)
+			}
+			h.mu.Unlock()
+			hctx, cancel := context.WithTimeout(context.Background(), hangupTimeout)
+			err := h.cfg.Relay.Hangup(hctx, device, session)
+			cancel()
+			h.log.Info("whep: the session outlived its grant; forgotten", "session", session, "device", device, "hangup_err", err)
 		case bye := <-ended:
 			h.mu.Lock()
 			if h.sessions[id] == res {
