@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"path/filepath"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -130,6 +131,9 @@ type Agent struct {
 	committed time.Time   // when (by the device clock) this run last committed a rotation
 	lastError string      // wire.ErrCode* value of the last failed rotation step
 	epochHook []func(epoch uint64)
+	// grantEpoch is the grant epoch the hooks last ran for (or the one at start): see
+	// GrantEpoch.
+	grantEpoch uint64
 
 	replies  replyCache // replies of recent commands, to send again when lost
 	stateMu  sync.Mutex // one device-state publish at a time, so the newest arrives last
@@ -251,6 +255,7 @@ func New(cfg Config) (*Agent, error) {
 		return nil, fmt.Errorf("agent: %w", err)
 	}
 	a.st = st
+	a.grantEpoch = a.grantEpochLocked()
 	var se *SettingsError
 	a.secret, a.settings, err = loadSettings(cfg.StateDir, true)
 	switch {
@@ -292,12 +297,43 @@ func (a *Agent) Epoch() uint64 {
 // Rotations returns how many rotations this agent committed since it started.
 func (a *Agent) Rotations() uint64 { return a.rotations.Load() }
 
-// OnEpoch registers f to run, on the rotation goroutine, after each rise of the grant epoch;
-// the video layer closes every live viewer session there (S7). Register before Run.
+// OnEpoch registers f to run after each rise of the grant epoch (GrantEpoch), on the goroutine
+// that raised it: the one that applied a desired state, or the rotation's; the video layer
+// closes every live viewer session there (S7). Register before Run.
 func (a *Agent) OnEpoch(f func(epoch uint64)) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.epochHook = append(a.epochHook, f)
+}
+
+// GrantEpoch returns the epoch below which grants are refused: the higher of the device's
+// credential epoch and the epoch an accepted desired state asked for. A breach notice voids
+// the grants issued before it as soon as the device has it, not once its rotation commits,
+// which a signer that is down or a rollout's rate limit can delay for hours; grants issued
+// since (fleetctl grant signs at the epoch the device is told to reach) are honoured already.
+func (a *Agent) GrantEpoch() uint64 {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.grantEpochLocked()
+}
+
+func (a *Agent) grantEpochLocked() uint64 { return max(a.st.Cred.Epoch, a.st.DesiredEpoch) }
+
+// raiseGrantEpoch runs the OnEpoch hooks if the grant epoch rose since they last ran.
+func (a *Agent) raiseGrantEpoch() {
+	a.mu.Lock()
+	g := a.grantEpochLocked()
+	if g <= a.grantEpoch {
+		a.mu.Unlock()
+		return
+	}
+	a.grantEpoch = g
+	hooks := slices.Clone(a.epochHook)
+	a.mu.Unlock()
+	a.log.Info("grant epoch raised: grants from earlier epochs are refused and live viewers closed", "grant_epoch", g)
+	for _, h := range hooks {
+		h(g)
+	}
 }
 
 // Connected returns a channel closed once the agent has connected to the broker.

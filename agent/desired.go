@@ -83,6 +83,7 @@ func (a *Agent) handleDesired(_ context.Context, t string, payload []byte) {
 	a.mu.Unlock()
 	if changed {
 		a.log.Info("desired credential epoch raised", "epoch", d.Epoch, "incident", d.Incident, "fleet_wide", fleetWide)
+		a.raiseGrantEpoch()
 		a.poke()
 	}
 }
@@ -110,11 +111,10 @@ func (a *Agent) acceptKeySet(b []byte) {
 }
 
 // CheckGrant verifies a signed viewer or integration grant for this device and scope: signed
-// by a trusted grant key, for this device, not from an epoch before the current one, not
-// expired.
+// by a trusted grant key, for this device, not from an epoch below GrantEpoch, not expired.
 func (a *Agent) CheckGrant(b []byte, scope string) (*certs.Grant, error) {
 	a.mu.Lock()
-	v, epoch := a.grants, a.st.Cred.Epoch
+	v, epoch := a.grants, a.grantEpochLocked()
 	a.mu.Unlock()
 	g, err := certs.OpenGrant(v, b)
 	if err != nil {

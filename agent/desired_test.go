@@ -2,8 +2,10 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -97,4 +99,61 @@ func refusals(rec *logtest.Recorder) int {
 		}
 	}
 	return n
+}
+
+// A breach notice voids the grants issued before it as soon as the device has it, and closes
+// live viewers then: not once its rotation commits, which a signer that is down (as here: no
+// broker at all) or a rollout's rate limit can delay for hours. Grants issued since, at the
+// epoch the device is told to reach, work at once.
+func TestABreachNoticeVoidsEarlierGrantsBeforeTheRotation(t *testing.T) {
+	now := time.Now()
+	f := enrolled(t, "cam-0001", now.Add(-time.Hour), closedPort(t))
+	a, err := New(Config{StateDir: f.dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var raised []uint64
+	a.OnEpoch(func(e uint64) { raised = append(raised, e) })
+	grant := func(epoch uint64) []byte {
+		b, err := certs.SignGrant(f.cmdKey, certs.Grant{Device: "cam-0001", Epoch: epoch, Scope: certs.ScopeView, Subject: "v",
+			IssuedAt: now.Add(-time.Minute).Unix(), ExpiresAt: now.Add(time.Hour).Unix()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	leaked := grant(0)
+	if _, err := a.CheckGrant(leaked, certs.ScopeView); err != nil {
+		t.Fatalf("a grant of the device's epoch before any breach: %v", err)
+	}
+	notice, err := certs.SignDesired(f.cmdKey, certs.Desired{Target: certs.TargetFleet, Version: 10, Epoch: 1, Incident: "INC-1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.handleDesired(context.Background(), topic.FleetDesired, notice)
+	if _, err := a.CheckGrant(leaked, certs.ScopeView); !errors.Is(err, certs.ErrOldEpoch) {
+		t.Fatalf("a grant from before the breach notice, with the rotation not done: %v, want ErrOldEpoch", err)
+	}
+	if _, err := a.CheckGrant(grant(1), certs.ScopeView); err != nil {
+		t.Fatalf("a grant issued after the notice: %v", err)
+	}
+	if a.Epoch() != 0 || a.GrantEpoch() != 1 {
+		t.Fatalf("credential epoch %d, grant epoch %d; want 0 (no rotation yet) and 1", a.Epoch(), a.GrantEpoch())
+	}
+	if !slices.Equal(raised, []uint64{1}) {
+		t.Fatalf("the epoch hooks ran for %v, want once for 1 (live viewers closed at the notice)", raised)
+	}
+	// The same notice again, as the broker redelivers it on every connect: nothing more.
+	a.handleDesired(context.Background(), topic.FleetDesired, notice)
+	if !slices.Equal(raised, []uint64{1}) {
+		t.Fatalf("the epoch hooks ran again for a redelivered notice: %v", raised)
+	}
+	// A restart keeps it: the notice is persisted.
+	b, err := New(Config{StateDir: f.dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.CheckGrant(leaked, certs.ScopeView); !errors.Is(err, certs.ErrOldEpoch) {
+		t.Fatalf("after a restart, a grant from before the notice: %v, want ErrOldEpoch", err)
+	}
 }

@@ -594,11 +594,9 @@ func (a *Agent) switchAndCommit(ctx context.Context) error {
 		return rotErr(wire.ErrCodeInternal, "journal commit: %w", err)
 	}
 	a.mu.Lock()
-	raised := epoch > c.Epoch
 	a.active, a.next = next, nil
 	a.rotStatus, a.lastError = wire.RotationIdle, ""
 	a.committed = a.clk.Now()
-	hooks := slices.Clone(a.epochHook)
 	a.mu.Unlock()
 	a.authFails.Store(0)
 	a.step(StepCommitted)
@@ -608,11 +606,8 @@ func (a *Agent) switchAndCommit(ctx context.Context) error {
 	a.step(StepWiped)
 	a.rotations.Add(1)
 	a.log.Info("rotation committed", "generation", next.gen, "serial", newSerial, "old_serial", serialHex(old.cert), "epoch", epoch)
-	if raised {
-		for _, h := range hooks {
-			h(epoch)
-		}
-	}
+	// Normally the desired state that asked for this epoch raised the grant epoch already.
+	a.raiseGrantEpoch()
 	if err := a.publishState(ctx); err != nil {
 		a.log.Warn("could not publish state", "err", err)
 	}
