@@ -27,9 +27,17 @@ import (
 // agent on it.
 
 // enrolledWithBootstrap enrolls id on broker with a device certificate issued at issued for
-// validity (zero: the default) and a bootstrap certificate issued at the same time, and returns the state
-// directory.
+// validity (zero: the default) and a bootstrap certificate issued at the same time, and
+// returns the state directory.
 func enrolledWithBootstrap(t *testing.T, pki *mqtttest.PKI, broker, id string, issued time.Time, validity time.Duration) string {
+	t.Helper()
+	return enrolledWith(t, pki, broker, id, issued, validity, true)
+}
+
+// enrolledWith enrolls id on broker with a device certificate from pki issued at issued for
+// validity (zero: the default), and a bootstrap certificate too if bootstrap is set, and
+// returns the state directory.
+func enrolledWith(t *testing.T, pki *mqtttest.PKI, broker, id string, issued time.Time, validity time.Duration, bootstrap bool) string {
 	t.Helper()
 	root, _ := certs.NewSigningKey()
 	cmdKey, _ := certs.NewSigningKey()
@@ -44,16 +52,20 @@ func enrolledWithBootstrap(t *testing.T, pki *mqtttest.PKI, broker, id string, i
 	if err != nil {
 		t.Fatal(err)
 	}
-	bkey, err := certs.LoadKeyFile(filepath.Join(dir, BootstrapKey))
-	if err != nil {
-		t.Fatal(err)
+	bu := certs.Bundle{V: 1, DeviceID: id, CertPEM: string(certs.EncodeCertPEM(c)), CAPEM: string(pki.CAPEM),
+		RootKey: root.Public().Key, KeySet: ks, Broker: broker}
+	if bootstrap {
+		bkey, err := certs.LoadKeyFile(filepath.Join(dir, BootstrapKey))
+		if err != nil {
+			t.Fatal(err)
+		}
+		bc, err := pki.CA.Issue(certs.IssueRequest{Role: certs.RoleBootstrap, Name: id, PublicKey: bkey.Public(), Now: issued})
+		if err != nil {
+			t.Fatal(err)
+		}
+		bu.BootstrapCertPEM = string(certs.EncodeCertPEM(bc))
 	}
-	bc, err := pki.CA.Issue(certs.IssueRequest{Role: certs.RoleBootstrap, Name: id, PublicKey: bkey.Public(), Now: issued})
-	if err != nil {
-		t.Fatal(err)
-	}
-	bundle, _ := json.Marshal(certs.Bundle{V: 1, DeviceID: id, CertPEM: string(certs.EncodeCertPEM(c)), CAPEM: string(pki.CAPEM),
-		RootKey: root.Public().Key, KeySet: ks, Broker: broker, BootstrapCertPEM: string(certs.EncodeCertPEM(bc))})
+	bundle, _ := json.Marshal(bu)
 	if _, err := InstallBundle(dir, bundle, issued); err != nil {
 		t.Fatal(err)
 	}

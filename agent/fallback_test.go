@@ -2,8 +2,6 @@ package agent
 
 import (
 	"context"
-	"encoding/json"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -74,21 +72,7 @@ func TestBrokerRefusingTheNewCertificateFallsBackToTheOldOne(t *testing.T) {
 // enrolledOn enrolls id against pki (the broker b's fleet) and returns its state directory.
 func enrolledOn(t *testing.T, pki *mqtttest.PKI, b mqtttest.Broker, id string, now time.Time) string {
 	t.Helper()
-	root, _ := certs.NewSigningKey()
-	cmdKey, _ := certs.NewSigningKey()
-	ks, _ := certs.SignKeySet(root, certs.KeySet{Version: 1, CommandKeys: []certs.PublicKey{cmdKey.Public()}, GrantKeys: []certs.PublicKey{cmdKey.Public()}})
-	dir := filepath.Join(t.TempDir(), "state")
-	csrPEM, err := Enroll(dir, id)
-	if err != nil {
-		t.Fatal(err)
-	}
-	csr, _ := certs.ParseCSR(csrPEM)
-	c, _ := pki.CA.Issue(certs.IssueRequest{Role: certs.RoleDevice, Name: id, CSR: csr, Now: now})
-	bundle, _ := json.Marshal(certs.Bundle{V: 1, DeviceID: id, CertPEM: string(certs.EncodeCertPEM(c)), CAPEM: string(pki.CAPEM), RootKey: root.Public().Key, KeySet: ks, Broker: b.URL()})
-	if _, err := InstallBundle(dir, bundle, now); err != nil {
-		t.Fatal(err)
-	}
-	return dir
+	return enrolledWith(t, pki, b.URL(), id, now, 0, false)
 }
 
 // testSigner answers id's certificate requests on b with certificates issued at issuedAt();
