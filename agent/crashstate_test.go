@@ -11,10 +11,7 @@ import (
 	"testing"
 	"time"
 
-	paho "github.com/eclipse/paho.mqtt.golang"
-
 	"github.com/camagent/camagent/agent/state"
-	"github.com/camagent/camagent/agent/wire"
 	"github.com/camagent/camagent/certs"
 	"github.com/camagent/camagent/internal/atomicfile"
 	"github.com/camagent/camagent/internal/clock/clocktest"
@@ -97,27 +94,7 @@ func writeGeneration(t *testing.T, pki *mqtttest.PKI, dir, id string, gen uint64
 // topics, with certificates valid from now; confirmations get no answer.
 func fullSigner(t *testing.T, b mqtttest.Broker, pki *mqtttest.PKI, id string) {
 	t.Helper()
-	signer := mqtttest.Connect(t, mqtttest.ClientOptions(b, pki.ClientTLS(t, pki.ClientCert(t, certs.RoleSigner, "test")), "signer:test"))
-	answer := func(respTopic string) paho.MessageHandler {
-		return func(cl paho.Client, m paho.Message) {
-			var req wire.CertRequest
-			if wire.Decode(m.Payload(), &req) != nil || req.Kind != wire.KindRequest {
-				return
-			}
-			r, err := certs.ParseCSR([]byte(req.CSR))
-			if err != nil {
-				return
-			}
-			c, err := pki.CA.Issue(certs.IssueRequest{Role: certs.RoleDevice, Name: id, CSR: r, Now: time.Now()})
-			if err != nil {
-				return
-			}
-			resp, _ := wire.Encode(&wire.CertResponse{V: 1, ReqID: req.ReqID, Cert: string(certs.EncodeCertPEM(c))})
-			cl.Publish(respTopic, 1, false, resp)
-		}
-	}
-	mqtttest.Wait(t, signer.Subscribe(topic.CSR(id), 1, answer(topic.Cert(id))), "signer subscribe")
-	mqtttest.Wait(t, signer.Subscribe(topic.BootCSR(id), 1, answer(topic.BootCert(id))), "signer subscribe")
+	answerRequests(t, b, pki, id, time.Now, topic.CSR(id), topic.BootCSR(id))
 }
 
 // startAgent starts an agent on cfg without waiting for it to connect, and stops it when the

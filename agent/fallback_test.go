@@ -1,7 +1,6 @@
 package agent
 
 import (
-	"context"
 	"strings"
 	"sync"
 	"testing"
@@ -79,37 +78,44 @@ func enrolledOn(t *testing.T, pki *mqtttest.PKI, b mqtttest.Broker, id string, n
 // confirmations get no answer.
 func testSigner(t *testing.T, b mqtttest.Broker, pki *mqtttest.PKI, id string, issuedAt func() time.Time) {
 	t.Helper()
+	answerRequests(t, b, pki, id, issuedAt, topic.CSR(id))
+}
+
+// answerRequests answers id's certificate requests on b, on each of the request topics given
+// (topic.CSR, topic.BootCSR), with certificates issued at issuedAt(); confirmations get no
+// answer.
+func answerRequests(t *testing.T, b mqtttest.Broker, pki *mqtttest.PKI, id string, issuedAt func() time.Time, requests ...string) {
+	t.Helper()
 	signer := mqtttest.Connect(t, mqtttest.ClientOptions(b, pki.ClientTLS(t, pki.ClientCert(t, certs.RoleSigner, "test")), "signer:test"))
-	tok := signer.Subscribe(topic.CSR(id), 1, func(cl paho.Client, m paho.Message) {
-		var req wire.CertRequest
-		if wire.Decode(m.Payload(), &req) != nil || req.Kind != wire.KindRequest {
-			return
+	for _, reqTopic := range requests {
+		respTopic := topic.Cert(id)
+		if reqTopic == topic.BootCSR(id) {
+			respTopic = topic.BootCert(id)
 		}
-		r, err := certs.ParseCSR([]byte(req.CSR))
-		if err != nil {
-			return
-		}
-		c, err := pki.CA.Issue(certs.IssueRequest{Role: certs.RoleDevice, Name: id, CSR: r, Now: issuedAt()})
-		if err != nil {
-			return
-		}
-		resp, _ := wire.Encode(&wire.CertResponse{V: 1, ReqID: req.ReqID, Cert: string(certs.EncodeCertPEM(c))})
-		cl.Publish(topic.Cert(id), 1, false, resp)
-	})
-	mqtttest.Wait(t, tok, "signer subscribe")
+		tok := signer.Subscribe(reqTopic, 1, func(cl paho.Client, m paho.Message) {
+			var req wire.CertRequest
+			if wire.Decode(m.Payload(), &req) != nil || req.Kind != wire.KindRequest {
+				return
+			}
+			r, err := certs.ParseCSR([]byte(req.CSR))
+			if err != nil {
+				return
+			}
+			c, err := pki.CA.Issue(certs.IssueRequest{Role: certs.RoleDevice, Name: id, CSR: r, Now: issuedAt()})
+			if err != nil {
+				return
+			}
+			resp, _ := wire.Encode(&wire.CertResponse{V: 1, ReqID: req.ReqID, Cert: string(certs.EncodeCertPEM(c))})
+			cl.Publish(respTopic, 1, false, resp)
+		})
+		mqtttest.Wait(t, tok, "signer subscribe")
+	}
 }
 
 // running starts an agent on cfg, stops it when the test ends, and returns once it connected.
 func running(t *testing.T, cfg Config) *Agent {
 	t.Helper()
-	a, err := New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- a.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
+	a := startAgent(t, cfg)
 	<-a.Connected()
 	return a
 }
