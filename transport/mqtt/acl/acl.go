@@ -64,16 +64,7 @@ func (r Rule) Expand(name string) string {
 }
 
 // rules is the table of docs/protocol.md, "Identities". Nothing is allowed that is not listed.
-var rules = []Rule{
-	// A device publishes to the leaves the protocol defines, not to all of dev/<id>/up/#: a
-	// stolen device certificate must not be able to leave retained messages on any number of
-	// topics of its own for both brokers to keep (each leaf holds at most one).
-	{certs.RoleDevice, "dev/%u/up/" + topic.LeafReply, Write},
-	{certs.RoleDevice, "dev/%u/up/" + topic.LeafState, Write},
-	{certs.RoleDevice, "dev/%u/up/" + topic.LeafCSR, Write},
-	{certs.RoleDevice, "dev/%u/up/" + topic.LeafSignal, Write},
-	{certs.RoleDevice, "dev/%u/up/" + topic.LeafTelemetry, Write},
-	{certs.RoleDevice, "dev/%u/up/" + topic.LeafClaim, Write},
+var rules = append(deviceWrites(), []Rule{
 	{certs.RoleDevice, "dev/%u/down/#", Read},
 	{certs.RoleDevice, "fleet/down/#", Read},
 
@@ -91,6 +82,18 @@ var rules = []Rule{
 
 	{certs.RoleBootstrap, "boot/%u/up/csr", Write},
 	{certs.RoleBootstrap, "boot/%u/down/#", Read},
+}...)
+
+// deviceWrites are a device's publish rules: the leaves the protocol defines
+// (topic.UpLeaves), not all of dev/<id>/up/#, so a stolen device certificate cannot leave
+// retained messages on any number of topics of its own for both brokers to keep (each leaf
+// holds at most one).
+func deviceWrites() []Rule {
+	var out []Rule
+	for _, l := range topic.UpLeaves() {
+		out = append(out, Rule{certs.RoleDevice, "dev/%u/up/" + l, Write})
+	}
+	return out
 }
 
 // Rules returns a copy of the whole rule table.

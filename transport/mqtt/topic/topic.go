@@ -13,6 +13,7 @@
 package topic
 
 import (
+	"slices"
 	"strings"
 
 	"github.com/camagent/camagent/certs"
@@ -108,10 +109,25 @@ func BootCert(id string) string { return bootPrefix + id + "/" + Down + "/" + Le
 // BootDownFilter is boot/<id>/down/#, the bootstrap identity's subscription filter.
 func BootDownFilter(id string) string { return bootPrefix + id + "/" + Down + "/#" }
 
+// upLeaves are the leaves of dev/<id>/up/ topics, in the order the ACL lists them.
+var upLeaves = []string{LeafReply, LeafState, LeafCSR, LeafSignal, LeafTelemetry, LeafClaim}
+
+// UpLeaves returns the leaves a device publishes to, dev/<id>/up/<leaf>: the ACL allows a
+// device these and nothing else.
+func UpLeaves() []string { return slices.Clone(upLeaves) }
+
 // devLeaves lists, per direction, the leaves a dev/<id>/<dir>/ topic may have.
 var devLeaves = map[string]map[string]bool{
 	Down: {LeafCmd: true, LeafDesired: true, LeafCert: true, LeafSignal: true},
-	Up:   {LeafReply: true, LeafState: true, LeafCSR: true, LeafSignal: true, LeafTelemetry: true, LeafClaim: true},
+	Up:   setOf(upLeaves),
+}
+
+func setOf(leaves []string) map[string]bool {
+	m := make(map[string]bool, len(leaves))
+	for _, l := range leaves {
+		m[l] = true
+	}
+	return m
 }
 
 // fleetLeaves lists the leaves of fleet/down/ topics.
