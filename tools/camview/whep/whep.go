@@ -362,24 +362,23 @@ func (h *Handler) add(device, session string, grant []byte) (string, bool) {
 	h.wg.Add(1)
 	go func() {
 		defer h.wg.Done()
-		select {
-		case <-expired:
-			// The camera ended it at the grant's expiry; its Bye was lost.
+		drop := func() {
 			h.mu.Lock()
 			if h.sessions[id] == res {
 				delete(h.sessions, id)
 			}
 			h.mu.Unlock()
+		}
+		select {
+		case <-expired:
+			// The camera ended it at the grant's expiry; its Bye was lost.
+			drop()
 			hctx, cancel := context.WithTimeout(context.Background(), hangupTimeout)
 			err := h.cfg.Relay.Hangup(hctx, device, session)
 			cancel()
 			h.log.Info("whep: the session outlived its grant; forgotten", "session", session, "device", device, "hangup_err", err)
 		case bye := <-ended:
-			h.mu.Lock()
-			if h.sessions[id] == res {
-				delete(h.sessions, id)
-			}
-			h.mu.Unlock()
+			drop()
 			h.cfg.Relay.Forget(session)
 			h.log.Info("whep: the camera ended the session", "session", session, "device", device, "reason", bye.Reason)
 		case <-res.gone:
