@@ -58,6 +58,12 @@ func (v *video) handle(ctx context.Context, payload []byte) {
 		// trickles right after its offer find it. Answering waits for ICE gathering, so it
 		// runs on a goroutine of its own and does not hold up the MQTT worker.
 		answer, err := v.s.Accept(m, v.check)
+		if errors.Is(err, webrtc.ErrForeignSession) {
+			// Someone who saw a live session's id, not its viewer: a refusal would reach
+			// the viewer as the answer to its own offer.
+			v.a.log.Debug("offer for a live session without its key ignored", "session", m.Session)
+			return
+		}
 		if err != nil {
 			v.refuse(ctx, m.Session, err)
 			return
@@ -68,7 +74,7 @@ func (v *video) handle(ctx context.Context, payload []byte) {
 			v.answer(ctx, m.Session, answer)
 		}()
 	case signal.Candidate:
-		err := v.s.AddCandidate(m.Session, m.Candidate)
+		err := v.s.AddCandidate(m.Session, m.Key, m.Candidate)
 		var dropped *webrtc.DroppedCandidateError
 		switch {
 		case err == nil:
@@ -81,7 +87,10 @@ func (v *video) handle(ctx context.Context, payload []byte) {
 			v.a.log.Debug("candidate refused", "session", m.Session, "reason", err)
 		}
 	case signal.Bye:
-		v.s.Close(m.Session, signal.ByeHangup)
+		// Only with the offer's key: every viewer relay reads the session ids.
+		if err := v.s.Hangup(m.Session, m.Key); err != nil {
+			v.a.log.Debug("bye ignored", "session", m.Session, "reason", err)
+		}
 	default:
 		v.a.log.Warn("signaling message refused", "reason", "a camera only takes offers, candidates and byes", "type", m.MessageType())
 	}

@@ -304,7 +304,7 @@ func watch(ctx context.Context, api *pion.API, r *relay.Relay, device string, gr
 	}
 	sdp := pc.LocalDescription().SDP
 	v.session = signal.NewSession()
-	a, err := r.Offer(ctx, device, signal.Offer{V: signal.Version, Session: v.session, SDP: sdp, Grant: grant})
+	a, err := r.Offer(ctx, device, signal.Offer{V: signal.Version, Session: v.session, Key: signal.NewKey(), SDP: sdp, Grant: grant})
 	if err != nil {
 		return fail(err)
 	}

@@ -123,7 +123,7 @@ func TestAgentListensOnNothingButLiveICEPorts(t *testing.T) {
 	check("streaming", ice)
 
 	// Hang up: the session's ICE sockets close with it.
-	r.send(t, "cam-0001", signal.Bye{V: signal.Version, Session: v.offer.Session, Reason: signal.ByeHangup})
+	r.send(t, "cam-0001", signal.Bye{V: signal.Version, Session: v.offer.Session, Key: v.offer.Key, Reason: signal.ByeHangup})
 	deadline := time.Now().Add(15 * time.Second)
 	for {
 		n := 0

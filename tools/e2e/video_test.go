@@ -78,7 +78,7 @@ func newViewer(t *testing.T) *viewer {
 	case <-time.After(10 * time.Second):
 		t.Fatal("viewer ICE gathering did not complete")
 	}
-	v.offer = signal.Offer{V: signal.Version, Session: signal.NewSession(), SDP: pc.LocalDescription().SDP}
+	v.offer = signal.Offer{V: signal.Version, Session: signal.NewSession(), Key: signal.NewKey(), SDP: pc.LocalDescription().SDP}
 	return v
 }
 

@@ -30,8 +30,13 @@ var (
 	// ErrEnded refuses an offer whose session was closed (Close, CloseAll, shutdown) before
 	// its answer was ready.
 	ErrEnded = errors.New("webrtc: session ended before it was answered")
-	// ErrUnknownSession is returned by AddCandidate for a session that is not live.
+	// ErrUnknownSession is returned by AddCandidate and Hangup for a session that is not
+	// live, or whose key (signal.Offer.Key) the message does not carry.
 	ErrUnknownSession = errors.New("webrtc: unknown session")
+	// ErrForeignSession is returned by Offer and Accept for an offer naming a live session
+	// with another key: someone who saw the session id, not its viewer. It is no
+	// *RefusalError: answering it would tell the live session's viewer its offer failed.
+	ErrForeignSession = errors.New("webrtc: offer for another viewer's session")
 	// ErrTooManyCandidates drops a candidate a viewer trickled beyond MaxRemoteCandidates in
 	// its session. AddCandidate returns it inside a *DroppedCandidateError.
 	ErrTooManyCandidates = errors.New("webrtc: too many remote candidates")

@@ -70,6 +70,8 @@ func Example() {
 			answer, err := s.Offer(ctx, m, checkGrant)
 			var refusal *webrtc.RefusalError
 			switch {
+			case errors.Is(err, webrtc.ErrForeignSession):
+				// Not the session's viewer: nothing answers it.
 			case errors.As(err, &refusal):
 				publish(refusal.Refusal(m.Session))
 			case err != nil:
@@ -79,11 +81,13 @@ func Example() {
 				publish(answer)
 			}
 		case signal.Candidate:
-			if err := s.AddCandidate(m.Session, m.Candidate); err != nil {
+			// A viewer's candidates and its bye carry its offer's key: nobody else's end or
+			// feed its session.
+			if err := s.AddCandidate(m.Session, m.Key, m.Candidate); err != nil {
 				log.Debug("candidate refused", "session", m.Session, "err", err)
 			}
 		case signal.Bye:
-			s.Close(m.Session, signal.ByeHangup)
+			_ = s.Hangup(m.Session, m.Key)
 		}
 	}
 	_ = onSignal

@@ -215,6 +215,7 @@ type testViewer struct {
 	t       *testing.T
 	pc      *pion.PeerConnection
 	session string
+	key     string // the offer's signal.Offer.Key
 
 	blocked chan struct{} // while open, the reader does not read
 	release sync.Once
@@ -293,7 +294,7 @@ func newTestViewer(t *testing.T, opts viewerOptions) (*testViewer, signal.Offer)
 	if err != nil {
 		t.Fatal(err)
 	}
-	v := &testViewer{t: t, pc: pc, session: signal.NewSession(), blocked: make(chan struct{}), changed: make(chan struct{}), seqs: map[uint16]int{}}
+	v := &testViewer{t: t, pc: pc, session: signal.NewSession(), key: signal.NewKey(), blocked: make(chan struct{}), changed: make(chan struct{}), seqs: map[uint16]int{}}
 	if !opts.blocked {
 		v.unblock()
 	}
@@ -330,14 +331,14 @@ func newTestViewer(t *testing.T, opts viewerOptions) (*testViewer, signal.Offer)
 		t.Fatal(err)
 	}
 	if opts.trickle != nil {
-		return v, signal.Offer{V: signal.Version, Session: v.session, SDP: offer.SDP}
+		return v, signal.Offer{V: signal.Version, Session: v.session, Key: v.key, SDP: offer.SDP}
 	}
 	select {
 	case <-gathered:
 	case <-time.After(waitLong):
 		t.Fatal("viewer ICE gathering did not complete")
 	}
-	return v, signal.Offer{V: signal.Version, Session: v.session, SDP: pc.LocalDescription().SDP}
+	return v, signal.Offer{V: signal.Version, Session: v.session, Key: v.key, SDP: pc.LocalDescription().SDP}
 }
 
 // accept applies the camera's answer.

@@ -43,7 +43,7 @@ func TestErrorsNeverCarryACandidatesAddresses(t *testing.T) {
 		v, o := newTestViewer(t, viewerOptions{})
 		v.connect(ctx, s, o, g.valid(t), g.check)
 		for _, c := range bad {
-			noAddress(t, s.AddCandidate(o.Session, c))
+			noAddress(t, s.AddCandidate(o.Session, o.Key, c))
 		}
 	})
 	t.Run("a refusal for a candidate trickled before the offer was applied masks its addresses", func(t *testing.T) {
@@ -51,7 +51,7 @@ func TestErrorsNeverCarryACandidatesAddresses(t *testing.T) {
 		o.Grant = g.valid(t)
 		_, err := s.Offer(ctx, o, func(b []byte) (webrtc.Grant, error) {
 			// The session is reserved and its offer not yet applied: the candidate waits.
-			if err := s.AddCandidate(o.Session, bad[1]); err != nil {
+			if err := s.AddCandidate(o.Session, o.Key, bad[1]); err != nil {
 				t.Errorf("AddCandidate before the offer was applied: %v", err)
 			}
 			return g.check(b)

@@ -3,6 +3,7 @@ package webrtc
 import (
 	"context"
 	"crypto/rand"
+	"crypto/subtle"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -22,9 +23,10 @@ import (
 // session is one viewer: its PeerConnection, its place in the fan-out, and the goroutine that
 // owns both (run).
 type session struct {
-	s  *Streamer
-	id string
-	v  *viewer
+	s   *Streamer
+	id  string
+	key string // the offer's signal.Offer.Key: the viewer's later messages must carry it
+	v   *viewer
 
 	// Set by negotiate, read-only afterwards.
 	pc     *pion.PeerConnection
@@ -51,16 +53,23 @@ type session struct {
 	keyframeReqs atomic.Uint64
 }
 
-func newSession(s *Streamer, id string) *session {
+func newSession(s *Streamer, id, key string) *session {
 	return &session{
 		s:          s,
 		id:         id,
+		key:        key,
 		v:          newViewer(s.cfg.QueueLength),
 		candBucket: newTokenBucket(CandidateRate, CandidateBurst, s.cfg.Clock.Now()),
 		connected:  make(chan struct{}),
 		done:       make(chan struct{}),
 		finished:   make(chan struct{}),
 	}
+}
+
+// holds reports whether key is the session's key, in time that does not depend on how much of
+// it matches.
+func (ss *session) holds(key string) bool {
+	return ss.key != "" && subtle.ConstantTimeCompare([]byte(ss.key), []byte(key)) == 1
 }
 
 // stop asks the session to end for reason; the first reason wins. It does not wait.

@@ -3,6 +3,7 @@ package webrtc
 import (
 	"cmp"
 	"context"
+
 	"errors"
 	"fmt"
 	"log/slog"
@@ -139,7 +140,7 @@ func (s *Streamer) Accept(offer signal.Offer, check GrantChecker) (answer func(c
 	if err := offer.Validate(); err != nil {
 		return nil, refuse(signal.RefuseBadOffer, fmt.Errorf("%w: %w", ErrBadOffer, err))
 	}
-	ss, err := s.reserve(offer.Session)
+	ss, err := s.reserve(offer.Session, offer.Key)
 	if err != nil {
 		return nil, err
 	}
@@ -155,19 +156,23 @@ func (s *Streamer) Accept(offer signal.Offer, check GrantChecker) (answer func(c
 	}, nil
 }
 
-// reserve registers a new session for id, counted against MaxViewers.
-func (s *Streamer) reserve(id string) (*session, error) {
+// reserve registers a new session for id and key, counted against MaxViewers. An offer for a
+// live session id with another key is not the viewer's: it gets ErrForeignSession, which is
+// no refusal, so that nothing answers it.
+func (s *Streamer) reserve(id, key string) (*session, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	switch {
+	switch live := s.sessions[id]; {
 	case s.closed:
 		return nil, ErrClosed
-	case s.sessions[id] != nil:
+	case live != nil && !live.holds(key):
+		return nil, fmt.Errorf("%w: an offer for session %s", ErrForeignSession, id)
+	case live != nil:
 		return nil, refuse(signal.RefuseBadOffer, fmt.Errorf("%w: session %s is already live", ErrBadOffer, id))
 	case len(s.sessions) >= s.cfg.MaxViewers:
 		return nil, refuse(signal.RefuseLimit, fmt.Errorf("%w: %d viewers", ErrLimit, s.cfg.MaxViewers))
 	}
-	ss := newSession(s, id)
+	ss := newSession(s, id, key)
 	s.sessions[id] = ss
 	s.wg.Add(1)
 	return ss, nil
@@ -188,7 +193,19 @@ func (s *Streamer) viewerCount() int {
 	return len(s.sessions)
 }
 
-// AddCandidate adds a candidate the viewer trickled for session. Candidates that arrive
+// sessionFor returns the live session id whose key is key, or nil.
+func (s *Streamer) sessionFor(id, key string) *session {
+	s.mu.Lock()
+	ss := s.sessions[id]
+	s.mu.Unlock()
+	if ss == nil || !ss.holds(key) {
+		return nil
+	}
+	return ss
+}
+
+// AddCandidate adds a candidate the viewer trickled for session, whose offer's key
+// (signal.Offer.Key) it must carry. Candidates that arrive
 // while the offer is still being applied are kept and added after it. The empty candidate
 // marks the end of the viewer's candidates.
 //
@@ -196,14 +213,13 @@ func (s *Streamer) viewerCount() int {
 // after a burst of CandidateBurst. A candidate over those limits is dropped, counted in
 // SessionStats.CandidatesDropped, and reported as a *DroppedCandidateError (unwrapping to
 // ErrTooManyCandidates or ErrCandidateRate) whose Dropped field lets the caller log once per
-// session. A session that does not exist (yet, or any more) gives ErrUnknownSession.
-func (s *Streamer) AddCandidate(session string, c signal.ICECandidate) error {
+// session. A session that does not exist (yet, or any more), or whose key is another, gives
+// ErrUnknownSession: to anyone but its viewer, a session is not there.
+func (s *Streamer) AddCandidate(session, key string, c signal.ICECandidate) error {
 	if err := c.Validate(); err != nil {
 		return fmt.Errorf("webrtc: candidate: %w", err)
 	}
-	s.mu.Lock()
-	ss := s.sessions[session]
-	s.mu.Unlock()
+	ss := s.sessionFor(session, key)
 	if ss == nil {
 		return ErrUnknownSession
 	}
@@ -212,8 +228,23 @@ func (s *Streamer) AddCandidate(session string, c signal.ICECandidate) error {
 	})
 }
 
+// Hangup ends session for its viewer's Bye (signal.ByeHangup), which must carry the offer's
+// key, and returns once it has ended, as Close does. A session that is not live, or whose key
+// is another, gives ErrUnknownSession and is left alone: a session id is no secret (the
+// camera's messages carry it where every viewer relay reads them), its key is.
+func (s *Streamer) Hangup(session, key string) error {
+	ss := s.sessionFor(session, key)
+	if ss == nil {
+		return ErrUnknownSession
+	}
+	ss.stop(signal.ByeHangup)
+	<-ss.finished
+	return nil
+}
+
 // Close ends session for reason and returns once its goroutines have ended and Config.OnEnd
-// has returned. Closing an unknown or already ended session does nothing.
+// has returned. Closing an unknown or already ended session does nothing. Close is the
+// camera's own; a viewer's Bye goes through Hangup.
 func (s *Streamer) Close(session string, reason signal.ByeReason) {
 	s.mu.Lock()
 	ss := s.sessions[session]

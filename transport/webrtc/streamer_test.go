@@ -286,6 +286,47 @@ func TestViewerLimit(t *testing.T) {
 	}
 }
 
+// A session id is no secret: the camera's answer, candidates and byes carry it on
+// dev/<id>/up/signal, which every viewer relay reads. Only the holder of the offer's key may
+// end the session or trickle candidates into it.
+func TestOnlyTheOffersKeyEndsOrFeedsItsSession(t *testing.T) {
+	g := newGrants(t)
+	e := newEnds()
+	s := startStreamer(t, webrtc.Config{Source: fileSource(t), OnEnd: e.onEnd})
+	ctx := context.Background()
+	v, o := newTestViewer(t, viewerOptions{})
+	v.connect(ctx, s, o, g.valid(t), g.check)
+	v.waitFrames(1)
+
+	for name, key := range map[string]string{"no key": "", "another key": signal.NewKey(), "the session id": o.Session} {
+		if err := s.AddCandidate(o.Session, key, signal.ICECandidate{}); !errors.Is(err, webrtc.ErrUnknownSession) {
+			t.Fatalf("AddCandidate with %s = %v, want ErrUnknownSession", name, err)
+		}
+		if err := s.Hangup(o.Session, key); !errors.Is(err, webrtc.ErrUnknownSession) {
+			t.Fatalf("Hangup with %s = %v, want ErrUnknownSession", name, err)
+		}
+	}
+	st := s.Stats()
+	if st.Viewers != 1 || st.Sessions[0].CandidatesDropped != 0 || e.count() != 0 {
+		t.Fatalf("messages without the session's key touched it: %+v, %d ended", st, e.count())
+	}
+	n := v.frameCount()
+	v.waitFrames(n + 1) // still streaming
+
+	if err := s.AddCandidate(o.Session, o.Key, signal.ICECandidate{}); err != nil {
+		t.Fatalf("AddCandidate with the offer's key: %v", err)
+	}
+	if err := s.Hangup(o.Session, o.Key); err != nil {
+		t.Fatalf("Hangup with the offer's key: %v", err)
+	}
+	if r := e.wait(t, o.Session); r != signal.ByeHangup {
+		t.Fatalf("the session ended with %q, want hangup", r)
+	}
+	if err := s.Hangup(o.Session, o.Key); !errors.Is(err, webrtc.ErrUnknownSession) {
+		t.Fatalf("a second Hangup = %v, want ErrUnknownSession", err)
+	}
+}
+
 func TestBadOffersAreRefused(t *testing.T) {
 	g := newGrants(t)
 	s := startStreamer(t, webrtc.Config{Source: fileSource(t)})
@@ -333,6 +374,19 @@ func TestBadOffersAreRefused(t *testing.T) {
 		_, err := s.Offer(ctx, o, g.check)
 		if !errors.Is(err, webrtc.ErrBadOffer) {
 			t.Fatalf("Offer = %v, want ErrBadOffer", err)
+		}
+		// The same session id with another key is someone who saw the id: no refusal
+		// answers it, so the viewer never reads one for its live session.
+		_, other := newTestViewer(t, viewerOptions{})
+		other.Session = o.Session
+		other.Grant = g.valid(t)
+		_, err = s.Offer(ctx, other, g.check)
+		var re *webrtc.RefusalError
+		if !errors.Is(err, webrtc.ErrForeignSession) || errors.As(err, &re) {
+			t.Fatalf("Offer for a live session with another key = %v, want ErrForeignSession and no refusal", err)
+		}
+		if st := s.Stats(); st.Viewers != 1 || st.Sessions[0].Session != o.Session {
+			t.Fatalf("the foreign offer changed the live sessions: %+v", st)
 		}
 	})
 	t.Run("refuses a nil grant checker", func(t *testing.T) {
@@ -398,12 +452,12 @@ func TestTrickledCandidatesConnect(t *testing.T) {
 
 	t.Run("when they come after the answer", func(t *testing.T) {
 		v, offer, gathered := trickleViewer(t)
-		if err := s.AddCandidate(offer.Session, signal.ICECandidate{}); !errors.Is(err, webrtc.ErrUnknownSession) {
+		if err := s.AddCandidate(offer.Session, offer.Key, signal.ICECandidate{}); !errors.Is(err, webrtc.ErrUnknownSession) {
 			t.Fatalf("AddCandidate before the offer = %v, want ErrUnknownSession", err)
 		}
 		v.connect(ctx, s, offer, g.valid(t), g.check)
 		for _, c := range gathered() {
-			if err := s.AddCandidate(offer.Session, c); err != nil {
+			if err := s.AddCandidate(offer.Session, offer.Key, c); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -412,7 +466,7 @@ func TestTrickledCandidatesConnect(t *testing.T) {
 		}
 		var err error
 		for range 100 {
-			if err = s.AddCandidate(offer.Session, signal.ICECandidate{}); err != nil {
+			if err = s.AddCandidate(offer.Session, offer.Key, signal.ICECandidate{}); err != nil {
 				break
 			}
 		}
@@ -428,7 +482,7 @@ func TestTrickledCandidatesConnect(t *testing.T) {
 		// candidates added then wait for it.
 		check := func(b []byte) (webrtc.Grant, error) {
 			for _, c := range cands {
-				if err := s.AddCandidate(offer.Session, c); err != nil {
+				if err := s.AddCandidate(offer.Session, offer.Key, c); err != nil {
 					return webrtc.Grant{}, err
 				}
 			}
@@ -448,7 +502,7 @@ func TestTrickledCandidatesConnect(t *testing.T) {
 		}
 		// The offer's SDP has no candidate: the viewer is reached only through these.
 		for _, c := range gathered() {
-			if err := s.AddCandidate(offer.Session, c); err != nil {
+			if err := s.AddCandidate(offer.Session, offer.Key, c); err != nil {
 				t.Fatalf("AddCandidate after Accept: %v", err)
 			}
 		}
@@ -465,7 +519,7 @@ func TestTrickledCandidatesConnect(t *testing.T) {
 		_, offer, _ := trickleViewer(t)
 		check := func(b []byte) (webrtc.Grant, error) {
 			bad := signal.ICECandidate{Candidate: "candidate:1 1 udp 2130706431 127.0.0.1 notaport typ host"}
-			if err := s.AddCandidate(offer.Session, bad); err != nil {
+			if err := s.AddCandidate(offer.Session, offer.Key, bad); err != nil {
 				return webrtc.Grant{}, err
 			}
 			return g.check(b)

@@ -25,8 +25,9 @@ func TestTrickledCandidatesAreRateLimitedAndCappedPerSession(t *testing.T) {
 
 	// Each candidate is the end-of-candidates mark, which pion takes any number of times.
 	taken, dropped := 0, 0
-	add := func(session string) error {
-		err := s.AddCandidate(session, signal.ICECandidate{})
+	add := func(offer signal.Offer) error {
+		session := offer.Session
+		err := s.AddCandidate(session, offer.Key, signal.ICECandidate{})
 		var de *webrtc.DroppedCandidateError
 		switch {
 		case err == nil:
@@ -47,18 +48,18 @@ func TestTrickledCandidatesAreRateLimitedAndCappedPerSession(t *testing.T) {
 	addN := func(n int, want error) {
 		t.Helper()
 		for i := range n {
-			if err := add(o.Session); err != nil {
+			if err := add(o); err != nil {
 				t.Fatalf("candidate %d of %d: %v", i+1, n, err)
 			}
 		}
-		if err := add(o.Session); !errors.Is(err, want) {
+		if err := add(o); !errors.Is(err, want) {
 			t.Fatalf("candidate %d = %v, want %v", n+1, err, want)
 		}
 	}
 
 	t.Run("a burst is taken, then candidates beyond it are dropped", func(t *testing.T) {
 		addN(webrtc.CandidateBurst, webrtc.ErrCandidateRate)
-		if err := add(o.Session); !errors.Is(err, webrtc.ErrCandidateRate) {
+		if err := add(o); !errors.Is(err, webrtc.ErrCandidateRate) {
 			t.Fatalf("AddCandidate = %v, want ErrCandidateRate", err)
 		}
 	})
@@ -76,7 +77,7 @@ func TestTrickledCandidatesAreRateLimitedAndCappedPerSession(t *testing.T) {
 		v2, o2 := newTestViewer(t, viewerOptions{})
 		v2.connect(ctx, s, o2, g.valid(t), g.check)
 		for range webrtc.CandidateBurst {
-			if err := add(o2.Session); err != nil {
+			if err := add(o2); err != nil {
 				t.Fatalf("the second session's candidate: %v", err)
 			}
 		}
@@ -84,12 +85,12 @@ func TestTrickledCandidatesAreRateLimitedAndCappedPerSession(t *testing.T) {
 	t.Run("no more than MaxRemoteCandidates are taken in all", func(t *testing.T) {
 		for taken < webrtc.MaxRemoteCandidates {
 			fake.Advance(time.Second / webrtc.CandidateRate)
-			if err := add(o.Session); err != nil {
+			if err := add(o); err != nil {
 				t.Fatalf("candidate %d: %v", taken+1, err)
 			}
 		}
 		fake.Advance(time.Minute)
-		if err := add(o.Session); !errors.Is(err, webrtc.ErrTooManyCandidates) {
+		if err := add(o); !errors.Is(err, webrtc.ErrTooManyCandidates) {
 			t.Fatalf("candidate %d = %v, want ErrTooManyCandidates", taken+1, err)
 		}
 	})

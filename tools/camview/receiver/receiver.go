@@ -199,7 +199,7 @@ func (s *Session) offer(ctx context.Context, grant []byte, o Options) (signal.An
 	case <-ctx.Done():
 		return signal.Answer{}, fmt.Errorf("receiver: ICE gathering: %w", ctx.Err())
 	}
-	so := signal.Offer{V: signal.Version, Session: s.id, SDP: s.pc.LocalDescription().SDP, Grant: grant, ICEServers: o.ICEServers}
+	so := signal.Offer{V: signal.Version, Session: s.id, Key: signal.NewKey(), SDP: s.pc.LocalDescription().SDP, Grant: grant, ICEServers: o.ICEServers}
 	s.mu.Lock()
 	s.stats.OfferSent = time.Now()
 	s.mu.Unlock()

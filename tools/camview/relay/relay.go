@@ -63,6 +63,7 @@ type Relay struct {
 // entry is one live session: offered, perhaps answered, not yet hung up or forgotten.
 type entry struct {
 	device  string
+	key     string              // the offer's signal.Offer.Key, for the viewer's later messages
 	reply   chan signal.Message // capacity 1: the Answer, Refusal or early Bye
 	replied bool                // reply has been sent (guarded by Relay.mu)
 	ended   chan signal.Bye     // capacity 1: the camera's Bye
@@ -207,6 +208,7 @@ func (r *Relay) Offer(ctx context.Context, device string, o signal.Offer) (signa
 	}
 	e := &entry{
 		device: device,
+		key:    o.Key,
 		reply:  make(chan signal.Message, 1),
 		ended:  make(chan signal.Bye, 1),
 		cands:  make(chan signal.ICECandidate, candidateBuffer),
@@ -240,7 +242,7 @@ func (r *Relay) Offer(ctx context.Context, device string, o signal.Offer) (signa
 		r.Forget(o.Session)
 		bctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), byeTimeout)
 		defer cancel()
-		if err := r.send(bctx, device, signal.Bye{V: signal.Version, Session: o.Session, Reason: signal.ByeHangup}); err != nil {
+		if err := r.send(bctx, device, signal.Bye{V: signal.Version, Session: o.Session, Key: o.Key, Reason: signal.ByeHangup}); err != nil {
 			r.log.Debug("relay: bye after an unanswered offer not sent", "session", o.Session, "device", device, "err", err)
 		}
 		return signal.Answer{}, fmt.Errorf("relay: no answer from %s: %w", device, ctx.Err())
@@ -258,17 +260,27 @@ func (r *Relay) Candidate(ctx context.Context, device, session string, c signal.
 	if e == nil || e.device != device {
 		return fmt.Errorf("%w: %s", ErrUnknownSession, session)
 	}
-	return r.send(ctx, device, signal.Candidate{V: signal.Version, Session: session, Candidate: c})
+	return r.send(ctx, device, signal.Candidate{V: signal.Version, Session: session, Key: e.key, Candidate: c})
 }
 
-// Hangup ends a session: the relay forgets it and sends device a Bye with reason hangup. It
-// sends the Bye even for a session the relay does not know (harmless to the camera).
+// Hangup ends a session: the relay forgets it and sends device a Bye with reason hangup and
+// the session's key, without which the camera ignores a Bye. For a session the relay does not
+// know (never offered, or ended by the camera and forgotten) it sends nothing: it holds no key
+// to send, and there is nothing to end.
 func (r *Relay) Hangup(ctx context.Context, device, session string) error {
 	if err := certs.ValidDeviceID(device); err != nil {
 		return fmt.Errorf("relay: hangup: %w", err)
 	}
-	r.Forget(session)
-	return r.send(ctx, device, signal.Bye{V: signal.Version, Session: session, Reason: signal.ByeHangup})
+	r.mu.Lock()
+	e := r.sessions[session]
+	if e != nil && e.device == device {
+		delete(r.sessions, session)
+	}
+	r.mu.Unlock()
+	if e == nil || e.device != device {
+		return nil
+	}
+	return r.send(ctx, device, signal.Bye{V: signal.Version, Session: session, Key: e.key, Reason: signal.ByeHangup})
 }
 
 // Forget drops a session without telling the camera, for one the camera ended itself.

@@ -3,6 +3,7 @@ package relay_test
 import (
 	"context"
 	"errors"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -10,6 +11,7 @@ import (
 	"github.com/camagent/camagent/certs"
 	"github.com/camagent/camagent/tools/camview/camviewtest"
 	"github.com/camagent/camagent/tools/camview/relay"
+	"github.com/camagent/camagent/tools/fleetctl/fleet"
 	"github.com/camagent/camagent/tools/fleetctl/fleettest"
 	"github.com/camagent/camagent/transport/mqtt"
 	"github.com/camagent/camagent/transport/mqtt/topic"
@@ -21,7 +23,7 @@ func pionOffer(t *testing.T) string { return camviewtest.NewViewer(t).SDP }
 
 func offer(t *testing.T, sdp string, grant []byte) signal.Offer {
 	t.Helper()
-	return signal.Offer{V: signal.Version, Session: signal.NewSession(), SDP: sdp, Grant: grant}
+	return signal.Offer{V: signal.Version, Session: signal.NewSession(), Key: signal.NewKey(), SDP: sdp, Grant: grant}
 }
 
 func timeout(t *testing.T) context.Context {
@@ -253,6 +255,121 @@ func TestMisuseIsRefused(t *testing.T) {
 	if _, err := r.Offer(timeout(t), cam.ID, offer(t, "v=0\r\n", []byte("g"))); !errors.Is(err, relay.ErrClosed) {
 		t.Errorf("Offer after Close: %v, want ErrClosed", err)
 	}
+}
+
+// Every viewer relay reads dev/+/up/signal, so it sees the session ids of the others'
+// sessions in the camera's answers. Without the offer's key it can neither end such a session,
+// nor trickle candidates into it, nor have the camera refuse it.
+func TestAnotherRelayCannotEndOrFeedASession(t *testing.T) {
+	cam := camviewtest.Start(t, camviewtest.Options{})
+	alice := cam.Relay(t, "alice")
+
+	// mallory: a viewer relay identity of the same fleet, on a bare MQTT session that
+	// sends what the test tells it to and reads every camera's signaling.
+	identity, err := certs.IdentityFor(certs.RoleViewer, "mallory")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := cam.Fleet.ViewerCertificate("mallory")
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := make(chan signal.Message, 64)
+	host, _ := certs.BrokerHost(cam.URL)
+	mallory, err := mqtt.New(mqtt.Config{
+		BrokerURL: cam.URL, ClientID: fleet.ClientID(identity),
+		TLS:           certs.ClientTLSConfig(cam.Fleet.Pool, host, certs.NewHolder(cert)),
+		Subscriptions: []mqtt.Subscription{{Filter: topic.SignalUp("+"), QoS: 0}},
+		Handler: func(_ context.Context, m mqtt.Message) {
+			if msg, err := signal.Decode(m.Payload); err == nil {
+				select {
+				case seen <- msg:
+				default:
+				}
+			}
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- mallory.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	if err := mallory.WaitConnected(timeout(t)); err != nil {
+		t.Fatal(err)
+	}
+
+	v := camviewtest.NewViewer(t)
+	o := offer(t, v.SDP, cam.Grant(t, nil))
+	answer, err := alice.Offer(timeout(t), cam.ID, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v.Accept(t, answer.SDP)
+	v.WaitFrames(t, 1)
+
+	// mallory learns the session id from the answer, as any relay can.
+	var session string
+	for session == "" {
+		select {
+		case m := <-seen:
+			if a, ok := m.(signal.Answer); ok {
+				session = a.Session
+			}
+		case <-time.After(camviewtest.Timeout):
+			t.Fatal("mallory saw no answer")
+		}
+	}
+	if session != o.Session {
+		t.Fatalf("mallory saw the answer for %s, want %s", session, o.Session)
+	}
+	send := func(m signal.Message) {
+		t.Helper()
+		b, err := signal.Encode(m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := mallory.Publish(timeout(t), topic.Signal(cam.ID), 0, false, b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	forged := signal.NewKey()
+	for range 80 { // more than a session's trickle allowance
+		send(signal.Candidate{V: signal.Version, Session: session, Key: forged, Candidate: signal.ICECandidate{Candidate: "candidate:1 1 udp 2130706431 127.0.0.1 9 typ host"}})
+	}
+	send(signal.Bye{V: signal.Version, Session: session, Reason: signal.ByeHangup})
+	send(signal.Bye{V: signal.Version, Session: session, Key: forged, Reason: signal.ByeHangup})
+	theirs := offer(t, camviewtest.NewViewer(t).SDP, cam.Grant(t, nil))
+	theirs.Session = session
+	send(theirs)
+	// The camera takes one MQTT session's messages in order: once the offer is logged,
+	// everything before it was handled.
+	cam.Log.WaitFor(t, camviewtest.Timeout, "offer for a live session without its key ignored")
+
+	if n := strings.Count(cam.Log.Text(), "bye ignored"); n != 2 {
+		t.Errorf("the camera logged %d ignored byes, want 2", n)
+	}
+	if strings.Contains(cam.Log.Text(), "webrtc: session ended") {
+		t.Fatal("mallory's messages ended alice's session")
+	}
+	v.WaitFrames(t, 60) // still streaming
+	select {
+	case bye := <-alice.Ended(o.Session):
+		t.Fatalf("alice's session ended: %v", bye)
+	default:
+	}
+	for len(seen) > 0 {
+		if m := <-seen; m.SessionID() == session {
+			t.Fatalf("the camera answered mallory's messages: %v", m)
+		}
+	}
+
+	// alice, with the key, still can.
+	if err := alice.Hangup(timeout(t), cam.ID, o.Session); err != nil {
+		t.Fatal(err)
+	}
+	cam.Log.WaitFor(t, camviewtest.Timeout, "webrtc: session ended", "reason=hangup")
 }
 
 func TestDialRefusesAnIdentityThatIsNotAViewer(t *testing.T) {

@@ -211,7 +211,7 @@ func (h *Handler) post(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, http.StatusBadRequest, device, "", "could not read the offer", err.Error())
 		return
 	}
-	o := signal.Offer{V: signal.Version, Session: signal.NewSession(), SDP: string(body), Grant: grant, ICEServers: h.cfg.ICEServers}
+	o := signal.Offer{V: signal.Version, Session: signal.NewSession(), Key: signal.NewKey(), SDP: string(body), Grant: grant, ICEServers: h.cfg.ICEServers}
 	// Encode validates the offer and checks that its message fits the signaling cap: JSON
 	// escaping makes some offers under MaxOfferSize too large to send.
 	if _, err := signal.Encode(o); err != nil {

@@ -4,7 +4,11 @@
 //
 // Every message is JSON with a version, a type and a session id:
 //
-//	{"type":"offer","v":1,"session":"<32 hex>","sdp":"v=0…","grant":"<base64>","ice_servers":[…]}
+//	{"type":"offer","v":1,"session":"<32 hex>","key":"<32 hex>","sdp":"v=0…","grant":"<base64>","ice_servers":[…]}
+//
+// The session id is public (the camera's messages carry it where every viewer relay reads
+// them); the key is the session's secret, sent by the viewer in its offer, and again in its
+// candidates and its bye, and never by the camera.
 //
 // Messages come from outside the device, so decoding is strict (one JSON object, no unknown
 // fields, no trailing data, through internal/strictjson), every field is size-capped and
@@ -12,8 +16,8 @@
 // depends on nothing but the standard library and internal/strictjson, so the MQTT side, the
 // agent and camview can use it without pulling in pion.
 //
-// What it must never do: log, touch the network, or let a secret out. The grant and TURN
-// credentials an Offer carries, and the network addresses inside SDP and candidates (P2b), are
+// What it must never do: log, touch the network, or let a secret out. The session key, the
+// grant and TURN credentials an Offer carries, and the network addresses inside SDP and candidates (P2b), are
 // left out of every String and LogValue here; callers log those, never the raw messages.
 // Signaling messages are never retained and never queued for an offline party: that is the
 // publisher's duty (QoS 0 or 1 without retain, on a clean session), stated here because the

@@ -131,13 +131,31 @@ func NewSession() string {
 // digits.
 func ValidSession(s string) bool { return sessionRe.MatchString(s) }
 
+// keyRe is the shape of a session key: at least 128 random bits in lower-case hex.
+var keyRe = shape.New(`^[0-9a-f]*$`, 32, 64)
+
+// NewKey returns a fresh session key: 16 bytes from crypto/rand in lower-case hex.
+func NewKey() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:]) // crypto/rand.Read never fails (Go 1.24+)
+	return hex.EncodeToString(b[:])
+}
+
+// ValidKey reports whether k has the shape of a session key: 32 to 64 lower-case hex digits.
+func ValidKey(k string) bool { return keyRe.MatchString(k) }
+
 // Offer asks a camera for a live stream.
 type Offer struct {
 	// V is Version.
 	V int `json:"v"`
 	// Session is the viewer's random session id (NewSession); every later message of the
-	// session carries it.
+	// session carries it. It is not secret: the camera's messages carry it on
+	// dev/<id>/up/signal, which every viewer relay reads.
 	Session string `json:"session"`
+	// Key is the session's secret (NewKey), known to the viewer and the camera only: the
+	// viewer's later Candidates and its Bye must carry it, and the camera never sends it.
+	// Without it, any viewer relay that saw a session id could end or feed the session.
+	Key string `json:"key"`
 	// SDP is the viewer's offer, at most MaxSDPSize bytes. It must offer to receive H.264
 	// video with packetization-mode=1.
 	SDP string `json:"sdp"`
@@ -170,8 +188,11 @@ type Answer struct {
 
 // Candidate carries one trickled ICE candidate.
 type Candidate struct {
-	V         int          `json:"v"`
-	Session   string       `json:"session"`
+	V       int    `json:"v"`
+	Session string `json:"session"`
+	// Key is the session's Offer.Key on a viewer's candidate, which the camera drops without
+	// it; empty on the camera's.
+	Key       string       `json:"key,omitempty"`
 	Candidate ICECandidate `json:"candidate"`
 }
 
@@ -191,9 +212,12 @@ type ICECandidate struct {
 // Bye ends a session. Either side may send it; the camera sends it when it ends a session by
 // itself (grant expiry, rotation, privacy mode, failure, shutdown).
 type Bye struct {
-	V       int       `json:"v"`
-	Session string    `json:"session"`
-	Reason  ByeReason `json:"reason"`
+	V       int    `json:"v"`
+	Session string `json:"session"`
+	// Key is the session's Offer.Key on a viewer's Bye, which the camera ignores without it;
+	// empty on the camera's.
+	Key    string    `json:"key,omitempty"`
+	Reason ByeReason `json:"reason"`
 }
 
 // Refusal answers an Offer the camera will not serve.
@@ -233,9 +257,13 @@ func (b Bye) SessionID() string { return b.Session }
 // SessionID returns r.Session.
 func (r Refusal) SessionID() string { return r.Session }
 
-// Validate checks the version, the session id, the SDP, the grant's size and the ICE servers.
+// Validate checks the version, the session id and key, the SDP, the grant's size and the ICE
+// servers.
 func (o Offer) Validate() error {
 	if err := checkHeader(TypeOffer, o.V, o.Session); err != nil {
+		return err
+	}
+	if err := checkKey(TypeOffer, o.Key, true); err != nil {
 		return err
 	}
 	if err := checkSDP(TypeOffer, o.SDP); err != nil {
@@ -345,9 +373,13 @@ func (a Answer) Validate() error {
 	return checkSDP(TypeAnswer, a.SDP)
 }
 
-// Validate checks the version, the session id and the candidate's fields.
+// Validate checks the version, the session id, the key's shape if there is one, and the
+// candidate's fields.
 func (c Candidate) Validate() error {
 	if err := checkHeader(TypeCandidate, c.V, c.Session); err != nil {
+		return err
+	}
+	if err := checkKey(TypeCandidate, c.Key, false); err != nil {
 		return err
 	}
 	return c.Candidate.Validate()
@@ -373,9 +405,13 @@ func (c ICECandidate) Validate() error {
 	return nil
 }
 
-// Validate checks the version, the session id and the reason.
+// Validate checks the version, the session id, the key's shape if there is one, and the
+// reason.
 func (b Bye) Validate() error {
 	if err := checkHeader(TypeBye, b.V, b.Session); err != nil {
+		return err
+	}
+	if err := checkKey(TypeBye, b.Key, false); err != nil {
 		return err
 	}
 	if !b.Reason.Valid() {
@@ -405,6 +441,18 @@ func checkHeader(t Type, v int, session string) error {
 			return fmt.Errorf("%w: %s session id %q", ErrMalformed, t, session)
 		}
 		return fmt.Errorf("%w: %s session id", ErrMalformed, t)
+	}
+	return nil
+}
+
+// checkKey checks a session key's shape; an empty one passes unless required. The errors
+// never quote the key.
+func checkKey(t Type, key string, required bool) error {
+	switch {
+	case key == "" && required:
+		return fmt.Errorf("%w: %s has no session key", ErrMalformed, t)
+	case key != "" && !ValidKey(key):
+		return fmt.Errorf("%w: %s session key is not 32 to 64 lower-case hex digits", ErrMalformed, t)
 	}
 	return nil
 }
@@ -628,7 +676,7 @@ func truncate(s string) string {
 	return s
 }
 
-// String describes the offer without its SDP, grant or credentials.
+// String describes the offer without its key, SDP, grant or credentials.
 func (o Offer) String() string {
 	return fmt.Sprintf("offer{session %s, sdp %d bytes, grant %d bytes, %d ICE servers}", o.Session, len(o.SDP), len(o.Grant), len(o.ICEServers))
 }
@@ -676,4 +724,14 @@ func (c Candidate) String() string {
 // LogValue is String's structured form.
 func (c Candidate) LogValue() slog.Value {
 	return slog.GroupValue(slog.String("type", string(TypeCandidate)), slog.String("session", c.Session), slog.Int("candidate_bytes", len(c.Candidate.Candidate)))
+}
+
+// String describes the bye without its key.
+func (b Bye) String() string {
+	return fmt.Sprintf("bye{session %s, reason %s}", b.Session, b.Reason)
+}
+
+// LogValue is String's structured form.
+func (b Bye) LogValue() slog.Value {
+	return slog.GroupValue(slog.String("type", string(TypeBye)), slog.String("session", b.Session), slog.String("reason", string(b.Reason)))
 }

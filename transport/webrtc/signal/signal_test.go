@@ -14,6 +14,7 @@ import (
 
 const (
 	session = "0123456789abcdef0123456789abcdef"
+	key     = "fedcba9876543210fedcba9876543210"
 	sdp     = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n"
 )
 
@@ -21,7 +22,7 @@ func ptr[T any](v T) *T { return &v }
 
 func validOffer() signal.Offer {
 	return signal.Offer{
-		V: signal.Version, Session: session, SDP: sdp, Grant: []byte("signed-grant-bytes"),
+		V: signal.Version, Session: session, Key: key, SDP: sdp, Grant: []byte("signed-grant-bytes"),
 		ICEServers: []signal.ICEServer{
 			{URLs: []string{"stun:127.0.0.1:3478"}},
 			{URLs: []string{"turn:127.0.0.1:3478?transport=udp", "turns:turn.example.com"}, Username: "1700000000:viewer", Credential: "s3cret-turn-credential"},
@@ -42,16 +43,27 @@ func TestNewSessionIsValidAndFresh(t *testing.T) {
 	}
 }
 
+func TestNewKeyIsValidAndFresh(t *testing.T) {
+	a, b := signal.NewKey(), signal.NewKey()
+	if !signal.ValidKey(a) || !signal.ValidKey(b) || a == b || len(a) != 32 {
+		t.Fatalf("NewKey gave %q and %q", a, b)
+	}
+	if signal.ValidKey(a[:31]) || signal.ValidKey(strings.ToUpper(a)) {
+		t.Fatal("ValidKey takes a key of the wrong shape")
+	}
+}
+
 func TestRoundTrip(t *testing.T) {
 	msgs := []signal.Message{
 		validOffer(),
-		signal.Offer{V: 1, Session: session, SDP: sdp, Grant: []byte{1}},
+		signal.Offer{V: 1, Session: session, Key: key, SDP: sdp, Grant: []byte{1}},
 		signal.Answer{V: 1, Session: session, SDP: sdp},
 		signal.Candidate{V: 1, Session: session, Candidate: signal.ICECandidate{
 			Candidate: "candidate:1 1 udp 2130706431 127.0.0.1 50000 typ host", SDPMid: ptr("0"), SDPMLineIndex: ptr(uint16(0)), UsernameFragment: ptr("abcd"),
 		}},
-		signal.Candidate{V: 1, Session: session}, // end of candidates
+		signal.Candidate{V: 1, Session: session, Key: key}, // the viewer's end of candidates
 		signal.Bye{V: 1, Session: session, Reason: signal.ByeExpired},
+		signal.Bye{V: 1, Session: session, Key: key, Reason: signal.ByeHangup},
 		signal.Refusal{V: 1, Session: session, Reason: signal.RefuseLimit},
 	}
 	for _, m := range msgs {
@@ -92,9 +104,14 @@ func TestDecodeRefuses(t *testing.T) {
 		{"a short session", `{"type":"bye","v":1,"session":"abc","reason":"hangup"}`, signal.ErrMalformed},
 		{"a free-text bye reason", `{"type":"bye","v":1,"session":"` + session + `","reason":"my cat"}`, signal.ErrMalformed},
 		{"a free-text refusal reason", `{"type":"refusal","v":1,"session":"` + session + `","reason":"nope"}`, signal.ErrMalformed},
-		{"an offer without grant", `{"type":"offer","v":1,"session":"` + session + `","sdp":"v=0\n"}`, signal.ErrMalformed},
-		{"an offer whose grant is not base64", `{"type":"offer","v":1,"session":"` + session + `","sdp":"v=0\n","grant":"!!"}`, signal.ErrMalformed},
-		{"an offer whose SDP is not SDP", `{"type":"offer","v":1,"session":"` + session + `","sdp":"hello","grant":"AQ=="}`, signal.ErrMalformed},
+		{"an offer without grant", `{"type":"offer","v":1,"session":"` + session + `","key":"` + key + `","sdp":"v=0\n"}`, signal.ErrMalformed},
+		{"an offer whose grant is not base64", `{"type":"offer","v":1,"session":"` + session + `","key":"` + key + `","sdp":"v=0\n","grant":"!!"}`, signal.ErrMalformed},
+		{"an offer whose SDP is not SDP", `{"type":"offer","v":1,"session":"` + session + `","key":"` + key + `","sdp":"hello","grant":"AQ=="}`, signal.ErrMalformed},
+		{"an offer without session key", `{"type":"offer","v":1,"session":"` + session + `","sdp":"v=0\n","grant":"AQ=="}`, signal.ErrMalformed},
+		{"an offer with a short session key", `{"type":"offer","v":1,"session":"` + session + `","key":"` + key[:31] + `","sdp":"v=0\n","grant":"AQ=="}`, signal.ErrMalformed},
+		{"an offer with an upper-case session key", `{"type":"offer","v":1,"session":"` + session + `","key":"` + strings.ToUpper(key) + `","sdp":"v=0\n","grant":"AQ=="}`, signal.ErrMalformed},
+		{"a bye with a session key of the wrong shape", `{"type":"bye","v":1,"session":"` + session + `","key":"xyz","reason":"hangup"}`, signal.ErrMalformed},
+		{"a candidate with a session key of the wrong shape", `{"type":"candidate","v":1,"session":"` + session + `","key":"` + key + `0g","candidate":{"candidate":""}}`, signal.ErrMalformed},
 		{"an answer with a NUL in its SDP", `{"type":"answer","v":1,"session":"` + session + `","sdp":"v=0\n\u0000"}`, signal.ErrMalformed},
 		{"a candidate that is not a candidate line", `{"type":"candidate","v":1,"session":"` + session + `","candidate":{"candidate":"rm -rf"}}`, signal.ErrMalformed},
 		{"a candidate with a huge mline index", `{"type":"candidate","v":1,"session":"` + session + `","candidate":{"candidate":"","sdpMLineIndex":9999}}`, signal.ErrMalformed},
@@ -171,12 +188,13 @@ func TestStringsLeaveSecretsAndAddressesOut(t *testing.T) {
 	o := validOffer()
 	o.SDP = sdp + "a=candidate:1 1 udp 1 192.0.2.7 5000 typ host\r\n"
 	a := signal.Answer{V: 1, Session: session, SDP: o.SDP}
-	c := signal.Candidate{V: 1, Session: session, Candidate: signal.ICECandidate{Candidate: "candidate:1 1 udp 1 192.0.2.7 5000 typ host"}}
+	c := signal.Candidate{V: 1, Session: session, Key: key, Candidate: signal.ICECandidate{Candidate: "candidate:1 1 udp 1 192.0.2.7 5000 typ host"}}
+	b := signal.Bye{V: 1, Session: session, Key: key, Reason: signal.ByeHangup}
 	var logged strings.Builder
 	log := slog.New(slog.NewTextHandler(&logged, nil))
-	log.Info("m", "offer", o, "answer", a, "candidate", c, "server", o.ICEServers[1])
-	for _, s := range []string{fmt.Sprint(o), fmt.Sprintf("%+v", o), fmt.Sprint(a), fmt.Sprint(c), fmt.Sprint(o.ICEServers[1]), logged.String()} {
-		for _, secret := range []string{"s3cret", "signed-grant", "192.0.2.7"} {
+	log.Info("m", "offer", o, "answer", a, "candidate", c, "bye", b, "server", o.ICEServers[1])
+	for _, s := range []string{fmt.Sprint(o), fmt.Sprintf("%+v", o), fmt.Sprint(a), fmt.Sprint(c), fmt.Sprintf("%+v", c), fmt.Sprint(b), fmt.Sprintf("%+v", b), fmt.Sprint(o.ICEServers[1]), logged.String()} {
+		for _, secret := range []string{"s3cret", "signed-grant", "192.0.2.7", key} {
 			if strings.Contains(s, secret) {
 				t.Errorf("%q shows %q", s, secret)
 			}
