@@ -2,6 +2,7 @@ package certs
 
 import (
 	"crypto"
+	"crypto/ed25519"
 	"crypto/x509"
 	"fmt"
 	"time"
@@ -26,6 +27,11 @@ type ViewerBundle struct {
 	CAPEM string `json:"ca"`
 	// Broker is the broker URL, mqtts://host:port.
 	Broker string `json:"broker"`
+	// Root is the fleet's root public key (Ed25519) and KeySet the fleet's signed key set
+	// (SignKeySet), base64 in JSON: with them the relay checks viewers' grants before it sends
+	// their offers on. Both or neither; bundles made before them have neither.
+	Root   []byte `json:"root,omitempty"`
+	KeySet []byte `json:"key_set,omitempty"`
 }
 
 // ParseViewerBundle decodes a viewer bundle strictly; Verify checks it.
@@ -52,12 +58,14 @@ type VerifiedViewerBundle struct {
 	Pool *x509.CertPool
 	// ServerName is the host part of Broker, used to verify the broker's certificate.
 	ServerName string
+	// KeySet is the bundle's key set, opened with its root key; nil in a bundle without one.
+	KeySet *KeySet
 }
 
 // Verify checks that Identity is a viewer identity, that the certificate is for it, chains to
 // the bundle's CA with the clientAuth EKU and is valid at now, that it carries key's public
 // half (key may be nil when only the public parts are checked), and that the broker URL is
-// mqtts.
+// mqtts, and that its key set, if it has one, is signed by its root key.
 func (vb *ViewerBundle) Verify(key crypto.Signer, now time.Time) (*VerifiedViewerBundle, error) {
 	role, name, err := ParseIdentity(vb.Identity)
 	if err != nil {
@@ -87,5 +95,15 @@ func (vb *ViewerBundle) Verify(key crypto.Signer, now time.Time) (*VerifiedViewe
 	if err != nil {
 		return nil, fmt.Errorf("certs: viewer bundle: %w", err)
 	}
-	return &VerifiedViewerBundle{Bundle: vb, Name: name, Cert: c, Pool: pool, ServerName: host}, nil
+	var ks *KeySet
+	switch {
+	case len(vb.Root) == 0 && len(vb.KeySet) == 0:
+	case len(vb.Root) != ed25519.PublicKeySize:
+		return nil, fmt.Errorf("certs: viewer bundle: %w: root key of %d bytes, want %d", ErrMalformed, len(vb.Root), ed25519.PublicKeySize)
+	default:
+		if ks, err = OpenKeySet(ed25519.PublicKey(vb.Root), vb.KeySet); err != nil {
+			return nil, fmt.Errorf("certs: viewer bundle: %w", err)
+		}
+	}
+	return &VerifiedViewerBundle{Bundle: vb, Name: name, Cert: c, Pool: pool, ServerName: host, KeySet: ks}, nil
 }

@@ -37,12 +37,33 @@ func TestViewerBundleVerifies(t *testing.T) {
 	}
 }
 
+func TestViewerBundleCarriesTheKeySetItsRootSigned(t *testing.T) {
+	ca := mustCA(t)
+	key, _ := GenerateKey()
+	root := mustSigningKey(t)
+	vb := viewerBundle(t, ca, key)
+	vb.Root, vb.KeySet = root.Public().Key, signedKeySet(t, root)
+	b, _ := json.Marshal(vb)
+	parsed, err := ParseViewerBundle(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, err := parsed.Verify(key, t0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v.KeySet == nil || v.KeySet.Version != 1 || len(v.KeySet.GrantKeys) != 1 {
+		t.Fatalf("verified key set %+v", v.KeySet)
+	}
+}
+
 func TestViewerBundleRefusals(t *testing.T) {
 	ca := mustCA(t)
 	key, _ := GenerateKey()
 	other, _ := GenerateKey()
 	dev, _ := ca.Issue(IssueRequest{Role: RoleDevice, Name: "cam-0001", PublicKey: key.Public(), Now: t0})
 	foreign := mustCA(t)
+	root, otherRoot := mustSigningKey(t), mustSigningKey(t)
 	for _, c := range []struct {
 		name string
 		edit func(*ViewerBundle)
@@ -57,6 +78,11 @@ func TestViewerBundleRefusals(t *testing.T) {
 		{"another CA", func(vb *ViewerBundle) { vb.CAPEM = string(EncodeCertPEM(foreign.Cert)) }, key, t0, nil, "certificate signed by unknown authority"},
 		{"expired", nil, key, t0.Add(DefaultOperatorValidity + time.Hour), ErrExpired, "expired"},
 		{"plaintext broker", func(vb *ViewerBundle) { vb.Broker = "mqtt://broker.example:1883" }, key, t0, ErrMalformed, "not TLS"},
+		{"a key set without its root", func(vb *ViewerBundle) { vb.KeySet = signedKeySet(t, root) }, key, t0, ErrMalformed, "root key of 0 bytes"},
+		{"a key set another root signed", func(vb *ViewerBundle) {
+			vb.Root, vb.KeySet = root.Public().Key, signedKeySet(t, otherRoot)
+		}, key, t0, ErrUnknownKey, "key set"},
+		{"a root without a key set", func(vb *ViewerBundle) { vb.Root = root.Public().Key }, key, t0, ErrMalformed, "key set"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			vb := viewerBundle(t, ca, key)
@@ -85,4 +111,25 @@ func TestParseViewerBundleRefusesWhatIsNotOne(t *testing.T) {
 			t.Errorf("%s: %v, want %v", c.name, err, c.want)
 		}
 	}
+}
+
+func mustSigningKey(t *testing.T) *SigningKey {
+	t.Helper()
+	k, err := NewSigningKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
+}
+
+// signedKeySet returns a key set of version 1 with one fresh command and grant key, signed by
+// root.
+func signedKeySet(t *testing.T, root *SigningKey) []byte {
+	t.Helper()
+	k := mustSigningKey(t)
+	b, err := SignKeySet(root, KeySet{Version: 1, IssuedAt: t0.Unix(), CommandKeys: []PublicKey{k.Public()}, GrantKeys: []PublicKey{k.Public()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }

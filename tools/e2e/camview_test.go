@@ -337,6 +337,24 @@ func TestCamviewServeAnswersWHEP(t *testing.T) {
 			}
 		}
 
+		// The relay checks grants with the key set of its viewer bundle before it sends an
+		// offer on: a grant no fleet key signed, for a camera that would never answer, gets
+		// 403 at once instead of holding a place for the answer timeout (10 s here).
+		mallory, err := certs.NewSigningKey()
+		if err != nil {
+			t.Fatal(err)
+		}
+		now := time.Now()
+		forged, err := certs.SignGrant(mallory, certs.Grant{Device: "cam-0404", Scope: certs.ScopeView, Subject: "mallory",
+			IssuedAt: now.Add(-time.Minute).Unix(), ExpiresAt: now.Add(time.Hour).Unix()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		// (Had the offer gone on, cam-0404's silence would have made it a 504.)
+		if resp, text := srv.post(t, "cam-0404", forged, camviewtest.NewViewer(t).SDP); resp.StatusCode != http.StatusForbidden || !strings.Contains(text, "unknown key") {
+			t.Errorf("a made-up grant: %s: %s; want 403 naming the unknown key", resp.Status, strings.TrimSpace(text))
+		}
+
 		req, _ := http.NewRequest(http.MethodDelete, srv.url+loc, nil)
 		if resp, _ := camviewDo(t, req); resp.StatusCode != http.StatusOK {
 			t.Errorf("DELETE: %s", resp.Status)

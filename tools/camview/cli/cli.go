@@ -10,7 +10,9 @@ import (
 	"strings"
 	"time"
 
+	"github.com/camagent/camagent/certs"
 	"github.com/camagent/camagent/tools/camview/relay"
+	"github.com/camagent/camagent/tools/camview/whep"
 	"github.com/camagent/camagent/tools/fleetctl/fleet"
 	"github.com/camagent/camagent/transport/webrtc/signal"
 )
@@ -117,6 +119,43 @@ func (c *common) dial(ctx context.Context, log *slog.Logger) (*relay.Relay, erro
 	}
 	return relay.DialFleet(dctx, f, *c.name, *c.broker, log)
 }
+
+// grantKeys returns what checks viewers' grants for camview serve before their offers go on:
+// the grant keys of the fleet in --fleet, or of the viewer bundle in --identity, loaded again
+// as whep.GrantKeys says (so a bundle replaced by camview enroll is read without a restart). It
+// returns nil, after a warning, for a bundle made before bundles carried the fleet's key set:
+// offers then reach the cameras unchecked, which check them.
+func (c *common) grantKeys(log *slog.Logger) (*whep.GrantKeys, error) {
+	if *c.identity == "" {
+		dir := *c.fleet
+		return whep.NewGrantKeys(func() (*certs.Verifier, error) {
+			f, err := fleet.Open(dir)
+			if err != nil {
+				return nil, err
+			}
+			return f.KeySet().GrantVerifier(), nil
+		}, nil, log)
+	}
+	dir := *c.identity
+	load := func() (*certs.Verifier, error) {
+		id, err := relay.LoadIdentity(dir, time.Now())
+		if err != nil {
+			return nil, err
+		}
+		if id.Bundle.KeySet == nil {
+			return nil, errNoKeySet
+		}
+		return id.Bundle.KeySet.GrantVerifier(), nil
+	}
+	k, err := whep.NewGrantKeys(load, nil, log)
+	if errors.Is(err, errNoKeySet) {
+		log.Warn("the viewer bundle carries no key set (it was made before bundles did): offers go to the cameras without the relay checking their grants; have fleetctl viewer sign the relay's CSR again for a bundle with one")
+		return nil, nil
+	}
+	return k, err
+}
+
+var errNoKeySet = errors.New("the viewer bundle carries no key set")
 
 // refusalText explains a camera's refusal to a person.
 func refusalText(r signal.RefusalReason) string {

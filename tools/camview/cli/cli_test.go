@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/camagent/camagent/certs"
 	"github.com/camagent/camagent/device/h264"
 	"github.com/camagent/camagent/tools/camview/camviewtest"
 	"github.com/camagent/camagent/tools/camview/cli"
@@ -237,11 +238,12 @@ func TestServeStopsPromptlyWithAnOfferWaiting(t *testing.T) {
 	url := regexp.MustCompile(`camview: serving (http://\S+)/`).FindStringSubmatch(out.String())[1]
 
 	// An offer to a camera that is not there waits for its answer...
+	grant := cam.Grant(t, func(g *certs.Grant) { g.Device = "cam-0009" })
 	status := make(chan int, 1)
 	go func() {
 		req, _ := http.NewRequest(http.MethodPost, url+"/whep/cam-0009", strings.NewReader("v=0\r\n"))
 		req.Header.Set("Content-Type", "application/sdp")
-		req.Header.Set("Authorization", "Bearer "+base64.RawURLEncoding.EncodeToString([]byte("grant")))
+		req.Header.Set("Authorization", "Bearer "+base64.RawURLEncoding.EncodeToString(grant))
 		resp, err := http.DefaultClient.Do(req)
 		if err != nil {
 			status <- 0

@@ -1,14 +1,22 @@
 package cli_test
 
 import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"io"
+	"net/http"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
 
 	"github.com/camagent/camagent/tools/camview/camviewtest"
+	"github.com/camagent/camagent/tools/camview/cli"
 	fleetcli "github.com/camagent/camagent/tools/fleetctl/cli"
+	"github.com/camagent/camagent/tools/fleetctl/fleettest"
 )
 
 // enrollRelay gives a relay an identity of its own in a directory of its own, the way an
@@ -117,5 +125,63 @@ func TestIdentityRefusals(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(keyOnly, "viewer.json")); !os.IsNotExist(err) {
 		t.Errorf("a refused bundle was installed: %v", err)
+	}
+}
+
+// A viewer bundle made before bundles carried the fleet's key set still serves: the relay says
+// it cannot check grants, and the camera checks them.
+func TestServeWithABundleWithoutAKeySetSaysItCannotCheckGrants(t *testing.T) {
+	cam := camviewtest.Start(t, camviewtest.Options{})
+	idDir := enrollRelay(t, cam.Fleet.Dir, "cloud")
+	path := filepath.Join(idDir, "viewer.json")
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var bundle map[string]any
+	if err := json.Unmarshal(b, &bundle); err != nil {
+		t.Fatal(err)
+	}
+	if bundle["root"] == nil || bundle["key_set"] == nil {
+		t.Fatalf("fleetctl viewer made a bundle without the key set: %s", b)
+	}
+	delete(bundle, "root")
+	delete(bundle, "key_set")
+	if b, err = json.Marshal(bundle); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+
+	out, logs := &fleettest.Output{}, &fleettest.Output{}
+	ctx, cancel := context.WithCancel(context.Background())
+	finished := make(chan error, 1)
+	go func() {
+		finished <- cli.Run(ctx, []string{"serve", "--identity", idDir, "--broker", cam.URL, "--listen", "127.0.0.1:0"}, out, logs)
+	}()
+	defer func() {
+		cancel()
+		if err := <-finished; err != nil {
+			t.Errorf("serve: %v", err)
+		}
+	}()
+	out.WaitFor(t, "camview: serving http://")
+	if !strings.Contains(logs.String(), "carries no key set") {
+		t.Errorf("serve did not say it cannot check grants:\n%s", logs.String())
+	}
+	// A grant the fleet never signed goes to the camera, which refuses it.
+	url := regexp.MustCompile(`camview: serving (http://\S+)/`).FindStringSubmatch(out.String())[1]
+	req, _ := http.NewRequest(http.MethodPost, url+"/whep/"+cam.ID, strings.NewReader(camviewtest.NewViewer(t).SDP))
+	req.Header.Set("Content-Type", "application/sdp")
+	req.Header.Set("Authorization", "Bearer "+base64.RawURLEncoding.EncodeToString(cam.ExpiredGrant(t)))
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	text, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusForbidden || !strings.Contains(string(text), "the camera refused the grant") {
+		t.Fatalf("an expired grant: %s: %s; want the camera's refusal", resp.Status, text)
 	}
 }

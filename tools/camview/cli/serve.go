@@ -47,8 +47,17 @@ func serveCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return fmt.Errorf("serve: %w", err)
 	}
 	defer r.Close()
+	keys, err := c.grantKeys(log)
+	if err != nil {
+		return fmt.Errorf("serve: grant keys: %w", err)
+	}
+	var check func(string, []byte) error
+	if keys != nil {
+		check = keys.Check
+	}
 	h, err := whep.New(whep.Config{
-		Relay: r, ICEServers: c.ice.servers, AnswerTimeout: *answerTimeout, MaxSessions: *maxSessions, Logger: log,
+		Relay: r, ICEServers: c.ice.servers, AnswerTimeout: *answerTimeout, MaxSessions: *maxSessions,
+		CheckGrant: check, Logger: log,
 	})
 	if err != nil {
 		return fmt.Errorf("serve: %w", err)

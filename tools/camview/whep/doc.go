@@ -9,12 +9,17 @@
 // grant, so it is not the signaling session id, which is logged and crosses the broker.
 //
 // The grant is the signed view grant in base64url without padding, as `fleetctl grant`
-// prints it; the handler passes it to the camera, which alone decides (S9). There is no trickle
-// ICE over WHEP (PATCH is answered 405): the client sends its offer once ICE gathering has
-// completed, and the camera's answer carries its candidates. Errors: a missing or malformed
-// grant 401 with WWW-Authenticate: Bearer; the camera's refusal 403 (grant, privacy), 503 with
-// Retry-After (viewer limit, busy) or 400 (bad offer); wrong content type 415; an offer over
-// MaxOfferSize 413; no answer within the answer timeout 504.
+// prints it; the handler passes it to the camera, which decides (S9). With Config.CheckGrant
+// (GrantKeys: the fleet's grant keys) the handler first refuses, with 403, a grant the camera
+// would refuse for its signature, device, scope or validity, before it takes a place among
+// MaxSessions: made-up grants offered to cameras that never answer cannot fill them. One grant
+// has at most MaxPendingPerGrant offers waiting (429 beyond). There is no trickle ICE over
+// WHEP (PATCH is answered 405): the client sends its offer once ICE gathering has completed,
+// and the camera's answer carries its candidates. Errors: a missing or malformed grant 401
+// with WWW-Authenticate: Bearer; a grant the relay refused 403; the camera's refusal 403
+// (grant, privacy), 503 with Retry-After (viewer limit, busy) or 400 (bad offer); wrong
+// content type 415; an offer over MaxOfferSize 413; too many offers of one grant waiting 429
+// with Retry-After; no answer within the answer timeout 504.
 //
 // A session ends when the client DELETEs it, when the camera says Bye, or at the latest when
 // its grant expires (plus certs.ClockSkew and SessionGrace), as the camera ends it then: a Bye

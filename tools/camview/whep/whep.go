@@ -2,6 +2,7 @@ package whep
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
@@ -30,8 +31,13 @@ const (
 	DefaultMaxSessions = 64
 	// MaxOfferSize caps a POST body: the largest SDP a camera accepts (S8).
 	MaxOfferSize = signal.MaxSDPSize
-	// RetryAfter is the Retry-After, in seconds, of a 503.
+	// RetryAfter is the Retry-After, in seconds, of a 503 and a 429.
 	RetryAfter = 5
+	// MaxPendingPerGrant caps the offers one grant may have waiting for an answer at once;
+	// beyond it a POST gets 429. With Config.CheckGrant, grants are genuine, so this keeps one
+	// grant (a leaked link, a page reloaded in a loop) from holding every place among
+	// MaxSessions while its camera does not answer.
+	MaxPendingPerGrant = 2
 	// hangupTimeout bounds the Bye of a DELETE and of Close.
 	hangupTimeout = 5 * time.Second
 	// SessionGrace is how long past its grant's expiry (and certs.ClockSkew) a session is
@@ -66,6 +72,13 @@ type Config struct {
 	// MaxSessions caps the live sessions and the offers waiting for an answer; beyond it a
 	// POST gets 503. Zero means DefaultMaxSessions.
 	MaxSessions int
+	// CheckGrant, if not nil, checks a POST's grant for its device before the offer takes a
+	// place among MaxSessions or anything is sent: the signature against the fleet's grant
+	// keys, the device, the scope and the validity (the camera still checks it all, and its
+	// epoch). A grant it refuses gets 403. Without it, any client can hold places with made-up
+	// grants for AnswerTimeout, by offering to cameras that do not answer. GrantKeys.Check is
+	// one.
+	CheckGrant func(device string, grant []byte) error
 	// Clock bounds sessions: each ends when its grant expires (plus certs.ClockSkew and
 	// SessionGrace), as the camera ends it then, even when the camera's Bye never came (it
 	// lost power, or the relay was reconnecting). Nil means the system clock.
@@ -86,6 +99,7 @@ type Handler struct {
 	mu       sync.Mutex
 	closed   bool
 	pending  int                  // offers waiting for an answer
+	perGrant map[[32]byte]int     // the same, by the SHA-256 of their grant
 	sessions map[string]*resource // by resource id
 }
 
@@ -132,7 +146,7 @@ func New(cfg Config) (*Handler, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	h := &Handler{cfg: cfg, log: cfg.Logger, mux: http.NewServeMux(), stop: make(chan struct{}), sessions: map[string]*resource{}}
+	h := &Handler{cfg: cfg, log: cfg.Logger, mux: http.NewServeMux(), stop: make(chan struct{}), perGrant: map[[32]byte]int{}, sessions: map[string]*resource{}}
 	// Other methods get 405 with Allow from the mux: PATCH (trickle ICE, ICE restart) too,
 	// which this endpoint does not support.
 	h.mux.HandleFunc("POST /whep/{device}", h.post)
@@ -146,6 +160,13 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Cache-Control", "no-store")
 	w.Header().Set("X-Content-Type-Options", "nosniff")
 	h.mux.ServeHTTP(w, r)
+}
+
+// Pending returns how many offers wait for their camera's answer.
+func (h *Handler) Pending() int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.pending
 }
 
 // Sessions returns how many sessions are live.
@@ -197,6 +218,13 @@ func (h *Handler) post(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, http.StatusUnauthorized, device, "", "a grant is required: Authorization: Bearer <grant from fleetctl grant>", err.Error())
 		return
 	}
+	if h.cfg.CheckGrant != nil {
+		if err := h.cfg.CheckGrant(device, grant); err != nil {
+			// certs' errors name the field that failed, never the grant's bytes.
+			h.fail(w, http.StatusForbidden, device, "", "the grant is not valid for this camera: "+err.Error(), "grant refused by the relay: "+err.Error())
+			return
+		}
+	}
 	if mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type")); err != nil || mt != "application/sdp" {
 		h.fail(w, http.StatusUnsupportedMediaType, device, "", "the offer must be application/sdp", "content type")
 		return
@@ -223,16 +251,22 @@ func (h *Handler) post(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, http.StatusBadRequest, device, o.Session, "the offer is not an SDP offer", err.Error())
 		return
 	}
-	if !h.reserve() {
+	gid := sha256.Sum256(grant)
+	switch h.reserve(gid) {
+	case reservedNoRoom:
 		w.Header().Set("Retry-After", strconv.Itoa(RetryAfter))
 		h.fail(w, http.StatusServiceUnavailable, device, o.Session, "too many sessions", "session limit")
+		return
+	case reservedGrantBusy:
+		w.Header().Set("Retry-After", strconv.Itoa(RetryAfter))
+		h.fail(w, http.StatusTooManyRequests, device, o.Session, fmt.Sprintf("this grant already has %d offers waiting for an answer", MaxPendingPerGrant), "offers per grant")
 		return
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), h.cfg.AnswerTimeout)
 	answer, err := h.cfg.Relay.Offer(ctx, device, o)
 	cancel()
 	if err != nil {
-		h.release()
+		h.release(gid)
 		if r.Context().Err() != nil {
 			// The client went away, or the server is stopping; the relay told the camera.
 			w.Header().Set("Retry-After", strconv.Itoa(RetryAfter))
@@ -246,7 +280,7 @@ func (h *Handler) post(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, st, device, o.Session, msg, err.Error())
 		return
 	}
-	id, ok := h.add(device, o.Session, grant)
+	id, ok := h.add(device, o.Session, grant, gid)
 	if !ok {
 		// Close ran meanwhile: the session must not outlive the handler.
 		hctx, hcancel := context.WithTimeout(context.Background(), hangupTimeout)
@@ -322,30 +356,52 @@ func (h *Handler) fail(w http.ResponseWriter, status int, device, session, msg, 
 	h.log.Info("whep: request refused", "session", session, "device", device, "status", status, "reason", why)
 }
 
-// reserve counts an offer against MaxSessions; false when the handler is full or closed.
-func (h *Handler) reserve() bool {
+// reservation is what reserve made of an offer.
+type reservation int
+
+const (
+	reserved          reservation = iota // counted; release or add it
+	reservedNoRoom                       // the handler is full or closed
+	reservedGrantBusy                    // the grant has MaxPendingPerGrant offers waiting
+)
+
+// reserve counts an offer with grant gid against MaxSessions and MaxPendingPerGrant.
+func (h *Handler) reserve(gid [32]byte) reservation {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if h.closed || h.pending+len(h.sessions) >= h.cfg.MaxSessions {
-		return false
+	switch {
+	case h.closed || h.pending+len(h.sessions) >= h.cfg.MaxSessions:
+		return reservedNoRoom
+	case h.perGrant[gid] >= MaxPendingPerGrant:
+		return reservedGrantBusy
 	}
 	h.pending++
-	return true
+	h.perGrant[gid]++
+	return reserved
 }
 
-func (h *Handler) release() {
+// release gives back a reservation; h.mu must not be held.
+func (h *Handler) release(gid [32]byte) {
 	h.mu.Lock()
-	h.pending--
+	h.unpend(gid)
 	h.mu.Unlock()
+}
+
+// unpend ends the wait of an offer with grant gid; h.mu must be held.
+func (h *Handler) unpend(gid [32]byte) {
+	h.pending--
+	if h.perGrant[gid]--; h.perGrant[gid] <= 0 {
+		delete(h.perGrant, gid)
+	}
 }
 
 // add turns a reserved offer into a live session, watches for the camera's Bye and for the
 // end of the grant, and returns the session's resource id. It returns false when the handler
 // was closed meanwhile.
-func (h *Handler) add(device, session string, grant []byte) (string, bool) {
+func (h *Handler) add(device, session string, grant []byte, gid [32]byte) (string, bool) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	h.pending--
+	h.unpend(gid)
 	if h.closed {
 		return "", false
 	}

@@ -210,6 +210,7 @@ func breachCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 			return fmt.Errorf("breach: the notice carries key set v%d but it could not be put in force here: %w", ks.Version, err)
 		}
 		fmt.Fprintf(stdout, "key set v%d published and in force (%d command keys, %d grant keys)\n", ks.Version, len(ks.CommandKeys), len(ks.GrantKeys))
+		fmt.Fprintln(stdout, "viewer relays with an identity of their own (camview --identity) check grants with the key set of their viewer bundle: give each a new bundle (fleetctl viewer --csr <its viewer.csr>, then camview enroll --bundle); a running camview serve reads it within a minute")
 	}
 	fmt.Fprintln(stdout, "follow it with: fleetctl status --wait 10m")
 	warnAborted(f, *dir, stderr)

@@ -53,6 +53,9 @@ func (f *Fleet) IssueViewer(csrPEM []byte, now time.Time) ([]byte, *x509.Certifi
 		CertPEM:  string(certs.EncodeCertPEM(c)),
 		CAPEM:    string(f.CAPEM),
 		Broker:   f.Meta.Broker,
+		// The public halves only: the relay checks grants with them.
+		Root:   f.RootKey(),
+		KeySet: f.keySet,
 	}, "", "  ")
 	if err != nil {
 		return nil, nil, fmt.Errorf("fleet: viewer: %w", err)

@@ -40,6 +40,10 @@ func TestIssueViewerSignsTheRelaysOwnKeyAndHandsOutNoSecret(t *testing.T) {
 	if v.Name != "cloud" || vb.Broker != f.Meta.Broker || !v.Cert.Equal(c) {
 		t.Errorf("bundle for %q, broker %q", v.Name, vb.Broker)
 	}
+	// It carries the fleet's key set, so the relay can check grants before it sends offers.
+	if v.KeySet == nil || v.KeySet.Version != f.KeySet().Version || !v.KeySet.GrantVerifier().Trusts(f.KeySet().GrantKeys[0].ID) {
+		t.Errorf("the bundle's key set %+v is not the fleet's %+v", v.KeySet, f.KeySet())
+	}
 	// The fleet keeps the certificate, not a key, and lists the identity for Mosquitto's ACL.
 	if _, err := os.Stat(filepath.Join(f.Dir, "viewer", "cloud.key")); !os.IsNotExist(err) {
 		t.Errorf("a key for viewer:cloud in the fleet directory: %v", err)
