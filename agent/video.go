@@ -71,7 +71,7 @@ func (v *video) handle(ctx context.Context, payload []byte) {
 		v.wg.Add(1)
 		go func() {
 			defer v.wg.Done()
-			v.answer(ctx, m.Session, answer)
+			v.answer(ctx, m, answer)
 		}()
 	case signal.Candidate:
 		err := v.s.AddCandidate(m.Session, m.Key, m.Candidate)
@@ -109,8 +109,11 @@ func (v *video) check(grant []byte) (webrtc.Grant, error) {
 	return webrtc.GrantFromCerts(g), nil
 }
 
-// answer runs the rest of an accepted offer and sends the viewer the answer or the refusal.
-func (v *video) answer(ctx context.Context, session string, answer func(context.Context) (signal.Answer, error)) {
+// answer runs the rest of an accepted offer and sends the viewer the answer, sealed to the
+// offer's answer key (it carries the camera's addresses and ICE credentials, which only that
+// viewer may read), or the refusal.
+func (v *video) answer(ctx context.Context, offer signal.Offer, answer func(context.Context) (signal.Answer, error)) {
+	session := offer.Session
 	a, err := answer(ctx)
 	if err != nil {
 		v.refuse(ctx, session, err)
@@ -123,7 +126,21 @@ func (v *video) answer(ctx context.Context, session string, answer func(context.
 		v.s.Close(session, signal.ByePrivacy)
 		return
 	}
-	v.send(ctx, a)
+	// The answer leaves sealed, where the egress guard on the MQTT client cannot see into it:
+	// the guard checks it in the clear first (P2).
+	if err := v.a.guard.Check([]byte(a.SDP)); err != nil {
+		v.a.log.Error("the answer would carry a protected value; not sent", "session", session, "err", err)
+		v.s.Close(session, signal.ByeFailed)
+		return
+	}
+	sealed, err := signal.Seal(a, offer.AnswerKey)
+	if err != nil {
+		// The offer's key was checked when it was accepted; this is not the viewer's fault.
+		v.a.log.Error("could not seal the answer", "session", session, "err", err)
+		v.s.Close(session, signal.ByeFailed)
+		return
+	}
+	v.send(ctx, sealed)
 }
 
 // refuse tells the viewer why its offer for session was refused.

@@ -304,7 +304,8 @@ func watch(ctx context.Context, api *pion.API, r *relay.Relay, device string, gr
 	}
 	sdp := pc.LocalDescription().SDP
 	v.session = signal.NewSession()
-	a, err := r.Offer(ctx, device, signal.Offer{V: signal.Version, Session: v.session, Key: signal.NewKey(), SDP: sdp, Grant: grant})
+	answerKey := signal.NewAnswerKey()
+	a, err := r.Offer(ctx, device, signal.Offer{V: signal.Version, Session: v.session, Key: signal.NewKey(), AnswerKey: answerKey.Public(), SDP: sdp, Grant: grant}, answerKey)
 	if err != nil {
 		return fail(err)
 	}

@@ -476,7 +476,9 @@ func TestCanaryValuesNeverLeaveTheDevice(t *testing.T) {
 		waitFor(t, 20*time.Second, "telemetry", func() bool { return len(c.messages(srcSubscriber, topic.Telemetry(id))) >= 1 })
 
 		r := dialRelay(t, e.f, e.url)
-		v, _ := watchLive(t, r, id, signGrant(t, e.f, id, 0))
+		v, ans := watchLive(t, r, id, signGrant(t, e.f, id, 0))
+		// The broker carries the answer sealed to the viewer; the checker reads it opened too.
+		c.add("the camera's answer, opened by its viewer", "", []byte(ans.SDP))
 		fleetctl(t, "rotate", "--dir", e.f.Dir, "--broker", e.url, "--device", id)
 		if bye, ok := r.await(t, v.offer.Session).(signal.Bye); !ok || bye.Reason != signal.ByeRevoked {
 			t.Fatalf("after the rotation: %#v, want bye revoked", bye)

@@ -26,14 +26,16 @@ import (
 
 // viewer is a pion receiver that signals over MQTT as the viewer relay identity.
 type viewer struct {
-	t      *testing.T
-	pc     *pion.PeerConnection
-	offer  signal.Offer
-	mu     sync.Mutex
-	frames int
-	idr    bool
-	got    chan struct{} // closed at 30 frames with a keyframe
-	once   sync.Once
+	t     *testing.T
+	pc    *pion.PeerConnection
+	offer signal.Offer
+	// answerKey opens the camera's answer, which is sealed to the offer's answer key.
+	answerKey *signal.AnswerKey
+	mu        sync.Mutex
+	frames    int
+	idr       bool
+	got       chan struct{} // closed at 30 frames with a keyframe
+	once      sync.Once
 }
 
 func newViewer(t *testing.T) *viewer {
@@ -78,7 +80,8 @@ func newViewer(t *testing.T) *viewer {
 	case <-time.After(10 * time.Second):
 		t.Fatal("viewer ICE gathering did not complete")
 	}
-	v.offer = signal.Offer{V: signal.Version, Session: signal.NewSession(), Key: signal.NewKey(), SDP: pc.LocalDescription().SDP}
+	v.answerKey = signal.NewAnswerKey()
+	v.offer = signal.Offer{V: signal.Version, Session: signal.NewSession(), Key: signal.NewKey(), AnswerKey: v.answerKey.Public(), SDP: pc.LocalDescription().SDP}
 	return v
 }
 
@@ -180,7 +183,7 @@ func (r *relay) await(t *testing.T, session string) signal.Message {
 		case m := <-r.in:
 			var s string
 			switch m := m.(type) {
-			case signal.Answer:
+			case signal.SealedAnswer:
 				s = m.Session
 			case signal.Refusal:
 				s = m.Session
@@ -252,9 +255,13 @@ func watchLive(t *testing.T, r *relay, device string, grant []byte) (*viewer, si
 	v := newViewer(t)
 	v.offer.Grant = grant
 	r.send(t, device, v.offer)
-	ans, ok := r.await(t, v.offer.Session).(signal.Answer)
+	sealed, ok := r.await(t, v.offer.Session).(signal.SealedAnswer)
 	if !ok {
-		t.Fatalf("no answer: %#v", ans)
+		t.Fatalf("no answer: %#v", sealed)
+	}
+	ans, err := v.answerKey.Open(sealed)
+	if err != nil {
+		t.Fatalf("the camera's answer does not open with the offer's answer key: %v", err)
 	}
 	if err := v.pc.SetRemoteDescription(pion.SessionDescription{Type: pion.SDPTypeAnswer, SDP: ans.SDP}); err != nil {
 		t.Fatal(err)

@@ -78,7 +78,14 @@ func Example() {
 				log.Warn("offer failed", "session", m.Session, "err", err)
 				publish(signal.Refusal{V: signal.Version, Session: m.Session, Reason: signal.RefuseBusy})
 			default:
-				publish(answer)
+				// Sealed to the viewer's answer key: other viewers and the broker see the
+				// session id only, not the camera's addresses.
+				sealed, err := signal.Seal(answer, m.AnswerKey)
+				if err != nil {
+					s.Close(m.Session, signal.ByeFailed)
+					return
+				}
+				publish(sealed)
 			}
 		case signal.Candidate:
 			// A viewer's candidates and its bye carry its offer's key: nobody else's end or

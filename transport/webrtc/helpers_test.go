@@ -216,6 +216,9 @@ type testViewer struct {
 	pc      *pion.PeerConnection
 	session string
 	key     string // the offer's signal.Offer.Key
+	// answerKey is the offer's answer key: the agent seals answers to it, the Streamer
+	// returns them in the clear.
+	answerKey *signal.AnswerKey
 
 	blocked chan struct{} // while open, the reader does not read
 	release sync.Once
@@ -294,7 +297,7 @@ func newTestViewer(t *testing.T, opts viewerOptions) (*testViewer, signal.Offer)
 	if err != nil {
 		t.Fatal(err)
 	}
-	v := &testViewer{t: t, pc: pc, session: signal.NewSession(), key: signal.NewKey(), blocked: make(chan struct{}), changed: make(chan struct{}), seqs: map[uint16]int{}}
+	v := &testViewer{t: t, pc: pc, session: signal.NewSession(), key: signal.NewKey(), answerKey: signal.NewAnswerKey(), blocked: make(chan struct{}), changed: make(chan struct{}), seqs: map[uint16]int{}}
 	if !opts.blocked {
 		v.unblock()
 	}
@@ -331,14 +334,14 @@ func newTestViewer(t *testing.T, opts viewerOptions) (*testViewer, signal.Offer)
 		t.Fatal(err)
 	}
 	if opts.trickle != nil {
-		return v, signal.Offer{V: signal.Version, Session: v.session, Key: v.key, SDP: offer.SDP}
+		return v, signal.Offer{V: signal.Version, Session: v.session, Key: v.key, AnswerKey: v.answerKey.Public(), SDP: offer.SDP}
 	}
 	select {
 	case <-gathered:
 	case <-time.After(waitLong):
 		t.Fatal("viewer ICE gathering did not complete")
 	}
-	return v, signal.Offer{V: signal.Version, Session: v.session, Key: v.key, SDP: pc.LocalDescription().SDP}
+	return v, signal.Offer{V: signal.Version, Session: v.session, Key: v.key, AnswerKey: v.answerKey.Public(), SDP: pc.LocalDescription().SDP}
 }
 
 // accept applies the camera's answer.

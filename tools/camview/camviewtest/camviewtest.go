@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/camagent/camagent/agent"
+	"github.com/camagent/camagent/agent/privacy/egress"
 	"github.com/camagent/camagent/certs"
 	"github.com/camagent/camagent/device/camera"
 	"github.com/camagent/camagent/internal/logtest"
@@ -45,6 +46,8 @@ type Options struct {
 	ID string
 	// MaxViewers caps the camera's live viewers; 0 means the agent's default.
 	MaxViewers int
+	// Guard is the agent's egress guard; nil means the agent's own, empty.
+	Guard *egress.Guard
 }
 
 // Camera is a running camera in a fleet of its own.
@@ -79,7 +82,7 @@ func Start(t testing.TB, o Options) *Camera {
 	a, err := agent.New(agent.Config{
 		StateDir: dev.StateDir, BrokerURL: url, Logger: log,
 		MinBackoff: 50 * time.Millisecond, MaxBackoff: 500 * time.Millisecond,
-		Video: src, VideoLoopbackOnly: true, MaxViewers: o.MaxViewers,
+		Video: src, VideoLoopbackOnly: true, MaxViewers: o.MaxViewers, Guard: o.Guard,
 		RetryMin: 100 * time.Millisecond, RetryMax: time.Second,
 		RequestTimeout: 10 * time.Second, SwitchTimeout: 10 * time.Second,
 	})

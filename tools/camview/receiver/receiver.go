@@ -199,11 +199,12 @@ func (s *Session) offer(ctx context.Context, grant []byte, o Options) (signal.An
 	case <-ctx.Done():
 		return signal.Answer{}, fmt.Errorf("receiver: ICE gathering: %w", ctx.Err())
 	}
-	so := signal.Offer{V: signal.Version, Session: s.id, Key: signal.NewKey(), SDP: s.pc.LocalDescription().SDP, Grant: grant, ICEServers: o.ICEServers}
+	answerKey := signal.NewAnswerKey()
+	so := signal.Offer{V: signal.Version, Session: s.id, Key: signal.NewKey(), AnswerKey: answerKey.Public(), SDP: s.pc.LocalDescription().SDP, Grant: grant, ICEServers: o.ICEServers}
 	s.mu.Lock()
 	s.stats.OfferSent = time.Now()
 	s.mu.Unlock()
-	answer, err := s.relay.Offer(ctx, s.device, so)
+	answer, err := s.relay.Offer(ctx, s.device, so, answerKey)
 	if err != nil {
 		return signal.Answer{}, fmt.Errorf("receiver: %w", err)
 	}

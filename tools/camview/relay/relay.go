@@ -1,6 +1,7 @@
 package relay
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -62,12 +63,13 @@ type Relay struct {
 
 // entry is one live session: offered, perhaps answered, not yet hung up or forgotten.
 type entry struct {
-	device  string
-	key     string              // the offer's signal.Offer.Key, for the viewer's later messages
-	reply   chan signal.Message // capacity 1: the Answer, Refusal or early Bye
-	replied bool                // reply has been sent (guarded by Relay.mu)
-	ended   chan signal.Bye     // capacity 1: the camera's Bye
-	cands   chan signal.ICECandidate
+	device    string
+	key       string            // the offer's signal.Offer.Key, for the viewer's later messages
+	answerKey *signal.AnswerKey // opens the camera's sealed answer
+	reply     chan any          // capacity 1: the opened Answer, the Refusal, an early Bye, or an error
+	replied   bool              // reply has been sent (guarded by Relay.mu)
+	ended     chan signal.Bye   // capacity 1: the camera's Bye
+	cands     chan signal.ICECandidate
 }
 
 // Dial connects to the broker and returns once connected, or with an error when ctx ends
@@ -194,24 +196,30 @@ func (r *Relay) Close() error {
 // camera's answer. It returns a *RefusedError when the camera refused the offer, and ctx's
 // error when ctx ends first; in that case it also sends the camera a Bye for the session, so
 // that an answer still in the making does not hold a viewer slot. o must be complete and valid
-// (signal.Offer.Validate) and its session id unused on this relay.
+// (signal.Offer.Validate) and its session id unused on this relay; answerKey is the key whose
+// public half is o.AnswerKey (signal.NewAnswerKey, one per offer): the camera seals its answer
+// to it, and Offer returns the answer opened.
 //
 // After an answer, the session stays known to the relay, for Candidate, Candidates and Ended,
 // until Hangup or Forget.
-func (r *Relay) Offer(ctx context.Context, device string, o signal.Offer) (signal.Answer, error) {
+func (r *Relay) Offer(ctx context.Context, device string, o signal.Offer, answerKey *signal.AnswerKey) (signal.Answer, error) {
 	if err := certs.ValidDeviceID(device); err != nil {
 		return signal.Answer{}, fmt.Errorf("relay: offer: %w", err)
+	}
+	if answerKey == nil || !bytes.Equal(answerKey.Public(), o.AnswerKey) {
+		return signal.Answer{}, errors.New("relay: offer: the answer key is not the one whose public half the offer carries")
 	}
 	b, err := signal.Encode(o)
 	if err != nil {
 		return signal.Answer{}, fmt.Errorf("relay: offer: %w", err)
 	}
 	e := &entry{
-		device: device,
-		key:    o.Key,
-		reply:  make(chan signal.Message, 1),
-		ended:  make(chan signal.Bye, 1),
-		cands:  make(chan signal.ICECandidate, candidateBuffer),
+		device:    device,
+		key:       o.Key,
+		answerKey: answerKey,
+		reply:     make(chan any, 1),
+		ended:     make(chan signal.Bye, 1),
+		cands:     make(chan signal.ICECandidate, candidateBuffer),
 	}
 	if err := r.add(o.Session, e); err != nil {
 		return signal.Answer{}, err
@@ -224,6 +232,9 @@ func (r *Relay) Offer(ctx context.Context, device string, o signal.Offer) (signa
 	select {
 	case m := <-e.reply:
 		switch m := m.(type) {
+		case error:
+			r.Forget(o.Session)
+			return signal.Answer{}, m
 		case signal.Answer:
 			r.log.Debug("relay: answered", "session", o.Session, "device", device)
 			return m, nil
@@ -234,9 +245,9 @@ func (r *Relay) Offer(ctx context.Context, device string, o signal.Offer) (signa
 		case signal.Bye:
 			r.Forget(o.Session)
 			return signal.Answer{}, fmt.Errorf("%w (%s)", ErrEnded, m.Reason)
-		default: // handle sends only the three above
+		default: // handle sends only the four above
 			r.Forget(o.Session)
-			return signal.Answer{}, fmt.Errorf("relay: unexpected %s in reply to an offer", m.MessageType())
+			return signal.Answer{}, fmt.Errorf("relay: unexpected %T in reply to an offer", m)
 		}
 	case <-ctx.Done():
 		r.Forget(o.Session)
@@ -383,7 +394,19 @@ func (r *Relay) handle(_ context.Context, m mqtt.Message) {
 		return
 	}
 	switch msg := msg.(type) {
-	case signal.Answer, signal.Refusal:
+	case signal.SealedAnswer:
+		if e.replied {
+			return
+		}
+		e.replied = true
+		a, err := e.answerKey.Open(msg)
+		if err != nil {
+			r.log.Warn("relay: the camera's answer does not open", "session", session, "device", device, "err", err)
+			e.reply <- fmt.Errorf("relay: answer from %s: %w", device, err)
+			return
+		}
+		e.reply <- a // capacity 1, sent once
+	case signal.Refusal:
 		if !e.replied {
 			e.replied = true
 			e.reply <- msg // capacity 1, sent once

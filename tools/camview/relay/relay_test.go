@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/camagent/camagent/agent/privacy/egress"
 	"github.com/camagent/camagent/certs"
 	"github.com/camagent/camagent/tools/camview/camviewtest"
 	"github.com/camagent/camagent/tools/camview/relay"
@@ -21,9 +22,22 @@ import (
 // pionOffer returns the SDP of a real viewer's offer.
 func pionOffer(t *testing.T) string { return camviewtest.NewViewer(t).SDP }
 
+// answerKeys holds the answer key of each offer that offer made, by session id.
+var answerKeys sync.Map
+
 func offer(t *testing.T, sdp string, grant []byte) signal.Offer {
 	t.Helper()
-	return signal.Offer{V: signal.Version, Session: signal.NewSession(), Key: signal.NewKey(), SDP: sdp, Grant: grant}
+	k := signal.NewAnswerKey()
+	o := signal.Offer{V: signal.Version, Session: signal.NewSession(), Key: signal.NewKey(), AnswerKey: k.Public(), SDP: sdp, Grant: grant}
+	answerKeys.Store(o.Session, k)
+	return o
+}
+
+// offerVia sends o, made by offer, through r with its answer key.
+func offerVia(r *relay.Relay, ctx context.Context, device string, o signal.Offer) (signal.Answer, error) {
+	k, _ := answerKeys.Load(o.Session)
+	key, _ := k.(*signal.AnswerKey)
+	return r.Offer(ctx, device, o, key)
 }
 
 func timeout(t *testing.T) context.Context {
@@ -50,7 +64,7 @@ func TestConcurrentOffersAreAnsweredEachInItsSession(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			ans, err := r.Offer(timeout(t), cam.ID, o)
+			ans, err := offerVia(r, timeout(t), cam.ID, o)
 			results <- result{r, o.Session, ans, err}
 		}()
 	}
@@ -90,7 +104,7 @@ func TestARefusalComesBackAsRefusedError(t *testing.T) {
 		{"another camera's grant", cam.Grant(t, func(g *certs.Grant) { g.Device = "cam-0002" }), signal.RefuseGrant},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			_, err := r.Offer(timeout(t), cam.ID, offer(t, pionOffer(t), tc.grant))
+			_, err := offerVia(r, timeout(t), cam.ID, offer(t, pionOffer(t), tc.grant))
 			var refused *relay.RefusedError
 			if !errors.As(err, &refused) || refused.Refusal.Reason != tc.want {
 				t.Fatalf("Offer = %v, want a %s refusal", err, tc.want)
@@ -102,7 +116,7 @@ func TestARefusalComesBackAsRefusedError(t *testing.T) {
 	}
 	t.Run("an offer without an H.264 video section", func(t *testing.T) {
 		sdp := "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n"
-		_, err := r.Offer(timeout(t), cam.ID, offer(t, sdp, cam.Grant(t, nil)))
+		_, err := offerVia(r, timeout(t), cam.ID, offer(t, sdp, cam.Grant(t, nil)))
 		var refused *relay.RefusedError
 		if !errors.As(err, &refused) || refused.Refusal.Reason != signal.RefuseBadOffer {
 			t.Fatalf("Offer = %v, want a bad_offer refusal", err)
@@ -114,7 +128,7 @@ func TestTheCamerasByeReachesItsSession(t *testing.T) {
 	cam := camviewtest.Start(t, camviewtest.Options{})
 	r := cam.Relay(t, "test")
 	o := offer(t, pionOffer(t), cam.Grant(t, nil))
-	if _, err := r.Offer(timeout(t), cam.ID, o); err != nil {
+	if _, err := offerVia(r, timeout(t), cam.ID, o); err != nil {
 		t.Fatal(err)
 	}
 	ended := r.Ended(o.Session)
@@ -166,7 +180,10 @@ func TestOnlyTheCameraOfferedToCanAnswer(t *testing.T) {
 			t.Error(err)
 		}
 	}
-	answer := signal.Answer{V: signal.Version, Session: o.Session, SDP: "v=0\r\n"}
+	answer, err := signal.Seal(signal.Answer{V: signal.Version, Session: o.Session, SDP: "v=0\r\n"}, o.AnswerKey)
+	if err != nil {
+		t.Fatal(err)
+	}
 
 	// answerOnce sends the answer from dev once the relay knows the session. The test waits
 	// for it to return: a publish still in progress when the test ends would see its
@@ -185,7 +202,7 @@ func TestOnlyTheCameraOfferedToCanAnswer(t *testing.T) {
 	sent := answerOnce(other, "cam-0002")
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
-	if _, err := r.Offer(ctx, "cam-0003", o); !errors.Is(err, context.DeadlineExceeded) {
+	if _, err := offerVia(r, ctx, "cam-0003", o); !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("Offer with an answer from another camera = %v, want a timeout", err)
 	}
 	<-sent
@@ -195,7 +212,7 @@ func TestOnlyTheCameraOfferedToCanAnswer(t *testing.T) {
 
 	// The camera offered to is heard.
 	sent = answerOnce(target, "cam-0003")
-	got, err := r.Offer(timeout(t), "cam-0003", o)
+	got, err := offerVia(r, timeout(t), "cam-0003", o)
 	<-sent
 	if err != nil || got.Session != o.Session {
 		t.Fatalf("Offer = %v, %v; want the answer of cam-0003", got, err)
@@ -219,11 +236,11 @@ func TestMisuseIsRefused(t *testing.T) {
 	first := make(chan error, 1)
 	ctx, cancel := context.WithCancel(context.Background())
 	go func() {
-		_, err := r.Offer(ctx, "cam-0009", o)
+		_, err := offerVia(r, ctx, "cam-0009", o)
 		first <- err
 	}()
 	waitSessions(t, r, 1)
-	if _, err := r.Offer(timeout(t), "cam-0009", o); !errors.Is(err, relay.ErrSessionInUse) {
+	if _, err := offerVia(r, timeout(t), "cam-0009", o); !errors.Is(err, relay.ErrSessionInUse) {
 		t.Errorf("a second offer for the session: %v, want ErrSessionInUse", err)
 	}
 	cancel()
@@ -232,9 +249,9 @@ func TestMisuseIsRefused(t *testing.T) {
 	}
 
 	for name, f := range map[string]func() error{
-		"an invalid device id": func() error { _, err := r.Offer(timeout(t), "../x", offer(t, "v=0\r\n", []byte("g"))); return err },
+		"an invalid device id": func() error { _, err := offerVia(r, timeout(t), "../x", offer(t, "v=0\r\n", []byte("g"))); return err },
 		"an offer without a grant": func() error {
-			_, err := r.Offer(timeout(t), cam.ID, offer(t, "v=0\r\n", nil))
+			_, err := offerVia(r, timeout(t), cam.ID, offer(t, "v=0\r\n", nil))
 			return err
 		},
 		"a candidate for an unknown session": func() error {
@@ -252,15 +269,16 @@ func TestMisuseIsRefused(t *testing.T) {
 	if err := r.Close(); err != nil {
 		t.Fatalf("second Close: %v", err)
 	}
-	if _, err := r.Offer(timeout(t), cam.ID, offer(t, "v=0\r\n", []byte("g"))); !errors.Is(err, relay.ErrClosed) {
+	if _, err := offerVia(r, timeout(t), cam.ID, offer(t, "v=0\r\n", []byte("g"))); !errors.Is(err, relay.ErrClosed) {
 		t.Errorf("Offer after Close: %v, want ErrClosed", err)
 	}
 }
 
 // Every viewer relay reads dev/+/up/signal, so it sees the session ids of the others'
 // sessions in the camera's answers. Without the offer's key it can neither end such a session,
-// nor trickle candidates into it, nor have the camera refuse it.
-func TestAnotherRelayCannotEndOrFeedASession(t *testing.T) {
+// nor trickle candidates into it, nor have the camera refuse it; without the offer's answer
+// key it cannot read the answer, with the camera's addresses.
+func TestAnotherRelayCannotEndOrFeedOrReadASession(t *testing.T) {
 	cam := camviewtest.Start(t, camviewtest.Options{})
 	alice := cam.Relay(t, "alice")
 
@@ -302,20 +320,27 @@ func TestAnotherRelayCannotEndOrFeedASession(t *testing.T) {
 
 	v := camviewtest.NewViewer(t)
 	o := offer(t, v.SDP, cam.Grant(t, nil))
-	answer, err := alice.Offer(timeout(t), cam.ID, o)
+	answer, err := offerVia(alice, timeout(t), cam.ID, o)
 	if err != nil {
 		t.Fatal(err)
 	}
 	v.Accept(t, answer.SDP)
 	v.WaitFrames(t, 1)
 
-	// mallory learns the session id from the answer, as any relay can.
+	// mallory learns the session id from the answer, as any relay can; the answer itself,
+	// sealed to alice's answer key, tells it nothing of the camera's addresses.
 	var session string
 	for session == "" {
 		select {
 		case m := <-seen:
-			if a, ok := m.(signal.Answer); ok {
+			if a, ok := m.(signal.SealedAnswer); ok {
 				session = a.Session
+				if _, err := signal.NewAnswerKey().Open(a); err == nil {
+					t.Fatal("mallory opened alice's answer")
+				}
+				if b, _ := signal.Encode(a); strings.Contains(string(b), "candidate") || strings.Contains(string(b), "127.0.0.1") {
+					t.Fatalf("the answer mallory read shows the camera's candidates: %s", b)
+				}
 			}
 		case <-time.After(camviewtest.Timeout):
 			t.Fatal("mallory saw no answer")
@@ -323,6 +348,9 @@ func TestAnotherRelayCannotEndOrFeedASession(t *testing.T) {
 	}
 	if session != o.Session {
 		t.Fatalf("mallory saw the answer for %s, want %s", session, o.Session)
+	}
+	if !strings.Contains(answer.SDP, "candidate") {
+		t.Fatalf("alice's answer has no candidates:\n%s", answer.SDP)
 	}
 	send := func(m signal.Message) {
 		t.Helper()
@@ -385,5 +413,24 @@ func TestDialRefusesAnIdentityThatIsNotAViewer(t *testing.T) {
 	})
 	if err == nil {
 		t.Fatal("a relay dialled as an operator")
+	}
+}
+
+// The camera seals its answer, so the egress guard on its MQTT client cannot see into it: the
+// guard checks the answer before it is sealed, and an answer that would carry a protected
+// value is not sent (P2).
+func TestTheEgressGuardSeesTheAnswerBeforeItIsSealed(t *testing.T) {
+	guard := egress.New()
+	// A value the answer is sure to hold: its loopback candidates' address.
+	guard.Set(egress.KindNickname, "127.0.0.1")
+	cam := camviewtest.Start(t, camviewtest.Options{Guard: guard})
+	r := cam.Relay(t, "test")
+	_, err := offerVia(r, timeout(t), cam.ID, offer(t, pionOffer(t), cam.Grant(t, nil)))
+	if !errors.Is(err, relay.ErrEnded) || !strings.Contains(err.Error(), string(signal.ByeFailed)) {
+		t.Fatalf("Offer = %v, want the session ended (failed) unanswered", err)
+	}
+	cam.Log.WaitFor(t, camviewtest.Timeout, "the answer would carry a protected value; not sent")
+	if guard.Refusals() == 0 {
+		t.Fatal("the guard refused nothing")
 	}
 }

@@ -49,7 +49,7 @@ const (
 type Relay interface {
 	// Offer sends an offer to a camera and waits for its answer (or its refusal, as a
 	// *relay.RefusedError).
-	Offer(ctx context.Context, device string, o signal.Offer) (signal.Answer, error)
+	Offer(ctx context.Context, device string, o signal.Offer, answerKey *signal.AnswerKey) (signal.Answer, error)
 	// Hangup ends a session and tells the camera.
 	Hangup(ctx context.Context, device, session string) error
 	// Ended returns the channel of the camera's Bye for a session, nil for an unknown one.
@@ -239,7 +239,9 @@ func (h *Handler) post(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, http.StatusBadRequest, device, "", "could not read the offer", err.Error())
 		return
 	}
-	o := signal.Offer{V: signal.Version, Session: signal.NewSession(), Key: signal.NewKey(), SDP: string(body), Grant: grant, ICEServers: h.cfg.ICEServers}
+	answerKey := signal.NewAnswerKey()
+	o := signal.Offer{V: signal.Version, Session: signal.NewSession(), Key: signal.NewKey(), AnswerKey: answerKey.Public(),
+		SDP: string(body), Grant: grant, ICEServers: h.cfg.ICEServers}
 	// Encode validates the offer and checks that its message fits the signaling cap: JSON
 	// escaping makes some offers under MaxOfferSize too large to send.
 	if _, err := signal.Encode(o); err != nil {
@@ -263,7 +265,7 @@ func (h *Handler) post(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), h.cfg.AnswerTimeout)
-	answer, err := h.cfg.Relay.Offer(ctx, device, o)
+	answer, err := h.cfg.Relay.Offer(ctx, device, o, answerKey)
 	cancel()
 	if err != nil {
 		h.release(gid)

@@ -45,10 +45,16 @@ func FuzzDecodeOffer(f *testing.F) {
 	})
 }
 
-func FuzzDecodeAnswer(f *testing.F) {
+func FuzzDecodeSealedAnswer(f *testing.F) {
 	f.Fuzz(func(t *testing.T, b []byte) {
-		m, err := signal.DecodeAnswer(b)
+		m, err := signal.DecodeSealedAnswer(b)
 		fuzzRoundTrip(t, m, err)
+		if err == nil {
+			// Opening bytes from outside with a key they were not sealed to fails cleanly.
+			if _, err := signal.NewAnswerKey().Open(m); err == nil {
+				t.Fatal("a sealed answer opened with a fresh key")
+			}
+		}
 	})
 }
 

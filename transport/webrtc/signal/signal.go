@@ -54,7 +54,7 @@ type Type string
 // Message types.
 const (
 	TypeOffer     Type = "offer"     // viewer → camera
-	TypeAnswer    Type = "answer"    // camera → viewer
+	TypeAnswer    Type = "answer"    // camera → viewer, sealed (SealedAnswer)
 	TypeCandidate Type = "candidate" // both ways (trickle ICE)
 	TypeBye       Type = "bye"       // both ways: the session ended
 	TypeRefusal   Type = "refusal"   // camera → viewer: the offer was refused
@@ -111,7 +111,7 @@ type Message interface {
 
 var (
 	_ Message = Offer{}
-	_ Message = Answer{}
+	_ Message = SealedAnswer{}
 	_ Message = Candidate{}
 	_ Message = Bye{}
 	_ Message = Refusal{}
@@ -156,6 +156,11 @@ type Offer struct {
 	// viewer's later Candidates and its Bye must carry it, and the camera never sends it.
 	// Without it, any viewer relay that saw a session id could end or feed the session.
 	Key string `json:"key"`
+	// AnswerKey is the public half of the viewer's AnswerKey for this session (32 bytes,
+	// X25519; base64 in JSON): the camera seals its answer to it (SealedAnswer), so that the
+	// camera's addresses and ICE credentials in it are read by this viewer only, not by the
+	// other viewer relays, which read dev/+/up/signal, nor by the broker.
+	AnswerKey []byte `json:"answer_key"`
 	// SDP is the viewer's offer, at most MaxSDPSize bytes. It must offer to receive H.264
 	// video with packetization-mode=1.
 	SDP string `json:"sdp"`
@@ -178,12 +183,24 @@ type ICEServer struct {
 	Credential string `json:"credential,omitempty"`
 }
 
-// Answer is the camera's answer to an Offer.
+// Answer is the camera's answer to an Offer, in the clear. It never travels so: the camera
+// seals it to the offer's AnswerKey (Seal) and sends the SealedAnswer, which the viewer opens
+// (AnswerKey.Open).
 type Answer struct {
+	V       int
+	Session string
+	// SDP is the camera's answer, with its ICE candidates, at most MaxSDPSize bytes.
+	SDP string
+}
+
+// SealedAnswer is the message that carries an Answer: its session in the clear, for routing,
+// and the answer sealed to the offer's AnswerKey (an anonymous NaCl box: X25519,
+// XSalsa20-Poly1305), which only that viewer can open.
+type SealedAnswer struct {
 	V       int    `json:"v"`
 	Session string `json:"session"`
-	// SDP is the camera's answer, with its ICE candidates, at most MaxSDPSize bytes.
-	SDP string `json:"sdp"`
+	// Sealed is the session id, a line feed and the SDP, sealed; base64 in JSON.
+	Sealed []byte `json:"sealed"`
 }
 
 // Candidate carries one trickled ICE candidate.
@@ -231,7 +248,7 @@ type Refusal struct {
 func (Offer) MessageType() Type { return TypeOffer }
 
 // MessageType returns TypeAnswer.
-func (Answer) MessageType() Type { return TypeAnswer }
+func (SealedAnswer) MessageType() Type { return TypeAnswer }
 
 // MessageType returns TypeCandidate.
 func (Candidate) MessageType() Type { return TypeCandidate }
@@ -246,7 +263,7 @@ func (Refusal) MessageType() Type { return TypeRefusal }
 func (o Offer) SessionID() string { return o.Session }
 
 // SessionID returns a.Session.
-func (a Answer) SessionID() string { return a.Session }
+func (a SealedAnswer) SessionID() string { return a.Session }
 
 // SessionID returns c.Session.
 func (c Candidate) SessionID() string { return c.Session }
@@ -265,6 +282,9 @@ func (o Offer) Validate() error {
 	}
 	if err := checkKey(TypeOffer, o.Key, true); err != nil {
 		return err
+	}
+	if len(o.AnswerKey) != answerKeySize {
+		return fmt.Errorf("%w: offer answer key of %d bytes, want %d", ErrMalformed, len(o.AnswerKey), answerKeySize)
 	}
 	if err := checkSDP(TypeOffer, o.SDP); err != nil {
 		return err
@@ -371,6 +391,20 @@ func (a Answer) Validate() error {
 		return err
 	}
 	return checkSDP(TypeAnswer, a.SDP)
+}
+
+// Validate checks the version, the session id and the sealed answer's size.
+func (a SealedAnswer) Validate() error {
+	if err := checkHeader(TypeAnswer, a.V, a.Session); err != nil {
+		return err
+	}
+	switch {
+	case len(a.Sealed) > maxSealedSize:
+		return fmt.Errorf("%w: sealed answer of %d bytes exceeds %d", ErrTooLarge, len(a.Sealed), maxSealedSize)
+	case len(a.Sealed) < minSealedSize:
+		return fmt.Errorf("%w: sealed answer of %d bytes, at least %d", ErrMalformed, len(a.Sealed), minSealedSize)
+	}
+	return nil
 }
 
 // Validate checks the version, the session id, the key's shape if there is one, and the
@@ -483,7 +517,7 @@ func printable(s string) bool {
 // so encoding/json uses their fields rather than recursing into MarshalJSON.
 type (
 	plainOffer     Offer
-	plainAnswer    Answer
+	plainAnswer    SealedAnswer
 	plainCandidate Candidate
 	plainBye       Bye
 	plainRefusal   Refusal
@@ -515,8 +549,8 @@ func (o Offer) MarshalJSON() ([]byte, error) {
 	return json.Marshal(wireOffer{TypeOffer, plainOffer(o)})
 }
 
-// MarshalJSON encodes the answer with its type.
-func (a Answer) MarshalJSON() ([]byte, error) {
+// MarshalJSON encodes the sealed answer with its type.
+func (a SealedAnswer) MarshalJSON() ([]byte, error) {
 	return json.Marshal(wireAnswer{TypeAnswer, plainAnswer(a)})
 }
 
@@ -551,7 +585,7 @@ func Encode(m Message) ([]byte, error) {
 }
 
 // Decode decodes any message: it reads the type, then decodes strictly as that type and
-// validates. The result is one of Offer, Answer, Candidate, Bye and Refusal (values, not
+// validates. The result is one of Offer, SealedAnswer, Candidate, Bye and Refusal (values, not
 // pointers).
 func Decode(b []byte) (Message, error) {
 	if err := checkSize(b); err != nil {
@@ -568,7 +602,7 @@ func Decode(b []byte) (Message, error) {
 	case TypeOffer:
 		return DecodeOffer(b)
 	case TypeAnswer:
-		return DecodeAnswer(b)
+		return DecodeSealedAnswer(b)
 	case TypeCandidate:
 		return DecodeCandidate(b)
 	case TypeBye:
@@ -595,15 +629,15 @@ func DecodeOffer(b []byte) (Offer, error) {
 	return o, nil
 }
 
-// DecodeAnswer decodes and validates an Answer.
-func DecodeAnswer(b []byte) (Answer, error) {
+// DecodeSealedAnswer decodes and validates a SealedAnswer; AnswerKey.Open opens it.
+func DecodeSealedAnswer(b []byte) (SealedAnswer, error) {
 	var w wireAnswer
 	if err := decodeStrict(b, TypeAnswer, &w, &w.Type); err != nil {
-		return Answer{}, err
+		return SealedAnswer{}, err
 	}
-	a := Answer(w.plainAnswer)
+	a := SealedAnswer(w.plainAnswer)
 	if err := a.Validate(); err != nil {
-		return Answer{}, err
+		return SealedAnswer{}, err
 	}
 	return a, nil
 }
@@ -704,6 +738,16 @@ func (s ICEServer) String() string {
 // LogValue is String's structured form.
 func (s ICEServer) LogValue() slog.Value {
 	return slog.GroupValue(slog.Any("urls", s.URLs), slog.Bool("credential", s.Credential != ""))
+}
+
+// String describes the sealed answer by its size.
+func (a SealedAnswer) String() string {
+	return fmt.Sprintf("answer{session %s, sealed %d bytes}", a.Session, len(a.Sealed))
+}
+
+// LogValue is String's structured form.
+func (a SealedAnswer) LogValue() slog.Value {
+	return slog.GroupValue(slog.String("type", string(TypeAnswer)), slog.String("session", a.Session), slog.Int("sealed_bytes", len(a.Sealed)))
 }
 
 // String describes the answer without its SDP, which holds network addresses (P2b).

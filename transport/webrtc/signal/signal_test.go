@@ -15,14 +15,16 @@ import (
 const (
 	session = "0123456789abcdef0123456789abcdef"
 	key     = "fedcba9876543210fedcba9876543210"
-	sdp     = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n"
+	// answerKey is a 32-byte answer key in its JSON form.
+	answerKey = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="
+	sdp       = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n"
 )
 
 func ptr[T any](v T) *T { return &v }
 
 func validOffer() signal.Offer {
 	return signal.Offer{
-		V: signal.Version, Session: session, Key: key, SDP: sdp, Grant: []byte("signed-grant-bytes"),
+		V: signal.Version, Session: session, Key: key, AnswerKey: make([]byte, 32), SDP: sdp, Grant: []byte("signed-grant-bytes"),
 		ICEServers: []signal.ICEServer{
 			{URLs: []string{"stun:127.0.0.1:3478"}},
 			{URLs: []string{"turn:127.0.0.1:3478?transport=udp", "turns:turn.example.com"}, Username: "1700000000:viewer", Credential: "s3cret-turn-credential"},
@@ -56,8 +58,8 @@ func TestNewKeyIsValidAndFresh(t *testing.T) {
 func TestRoundTrip(t *testing.T) {
 	msgs := []signal.Message{
 		validOffer(),
-		signal.Offer{V: 1, Session: session, Key: key, SDP: sdp, Grant: []byte{1}},
-		signal.Answer{V: 1, Session: session, SDP: sdp},
+		signal.Offer{V: 1, Session: session, Key: key, AnswerKey: signal.NewAnswerKey().Public(), SDP: sdp, Grant: []byte{1}},
+		sealed(t, signal.NewAnswerKey()),
 		signal.Candidate{V: 1, Session: session, Candidate: signal.ICECandidate{
 			Candidate: "candidate:1 1 udp 2130706431 127.0.0.1 50000 typ host", SDPMid: ptr("0"), SDPMLineIndex: ptr(uint16(0)), UsernameFragment: ptr("abcd"),
 		}},
@@ -104,12 +106,16 @@ func TestDecodeRefuses(t *testing.T) {
 		{"a short session", `{"type":"bye","v":1,"session":"abc","reason":"hangup"}`, signal.ErrMalformed},
 		{"a free-text bye reason", `{"type":"bye","v":1,"session":"` + session + `","reason":"my cat"}`, signal.ErrMalformed},
 		{"a free-text refusal reason", `{"type":"refusal","v":1,"session":"` + session + `","reason":"nope"}`, signal.ErrMalformed},
-		{"an offer without grant", `{"type":"offer","v":1,"session":"` + session + `","key":"` + key + `","sdp":"v=0\n"}`, signal.ErrMalformed},
-		{"an offer whose grant is not base64", `{"type":"offer","v":1,"session":"` + session + `","key":"` + key + `","sdp":"v=0\n","grant":"!!"}`, signal.ErrMalformed},
-		{"an offer whose SDP is not SDP", `{"type":"offer","v":1,"session":"` + session + `","key":"` + key + `","sdp":"hello","grant":"AQ=="}`, signal.ErrMalformed},
-		{"an offer without session key", `{"type":"offer","v":1,"session":"` + session + `","sdp":"v=0\n","grant":"AQ=="}`, signal.ErrMalformed},
-		{"an offer with a short session key", `{"type":"offer","v":1,"session":"` + session + `","key":"` + key[:31] + `","sdp":"v=0\n","grant":"AQ=="}`, signal.ErrMalformed},
-		{"an offer with an upper-case session key", `{"type":"offer","v":1,"session":"` + session + `","key":"` + strings.ToUpper(key) + `","sdp":"v=0\n","grant":"AQ=="}`, signal.ErrMalformed},
+		{"an offer without grant", `{"type":"offer","v":1,"session":"` + session + `","key":"` + key + `","answer_key":"` + answerKey + `","sdp":"v=0\n"}`, signal.ErrMalformed},
+		{"an offer whose grant is not base64", `{"type":"offer","v":1,"session":"` + session + `","key":"` + key + `","answer_key":"` + answerKey + `","sdp":"v=0\n","grant":"!!"}`, signal.ErrMalformed},
+		{"an offer whose SDP is not SDP", `{"type":"offer","v":1,"session":"` + session + `","key":"` + key + `","answer_key":"` + answerKey + `","sdp":"hello","grant":"AQ=="}`, signal.ErrMalformed},
+		{"an offer without session key", `{"type":"offer","v":1,"session":"` + session + `","answer_key":"` + answerKey + `","sdp":"v=0\n","grant":"AQ=="}`, signal.ErrMalformed},
+		{"an offer without answer key", `{"type":"offer","v":1,"session":"` + session + `","key":"` + key + `","sdp":"v=0\n","grant":"AQ=="}`, signal.ErrMalformed},
+		{"an offer with a short answer key", `{"type":"offer","v":1,"session":"` + session + `","key":"` + key + `","answer_key":"AAAA","sdp":"v=0\n","grant":"AQ=="}`, signal.ErrMalformed},
+		{"an answer in the clear", `{"type":"answer","v":1,"session":"` + session + `","sdp":"v=0\n"}`, signal.ErrMalformed},
+		{"an answer sealed in too few bytes", `{"type":"answer","v":1,"session":"` + session + `","sealed":"AAAA"}`, signal.ErrMalformed},
+		{"an offer with a short session key", `{"type":"offer","v":1,"session":"` + session + `","key":"` + key[:31] + `","answer_key":"` + answerKey + `","sdp":"v=0\n","grant":"AQ=="}`, signal.ErrMalformed},
+		{"an offer with an upper-case session key", `{"type":"offer","v":1,"session":"` + session + `","key":"` + strings.ToUpper(key) + `","answer_key":"` + answerKey + `","sdp":"v=0\n","grant":"AQ=="}`, signal.ErrMalformed},
 		{"a bye with a session key of the wrong shape", `{"type":"bye","v":1,"session":"` + session + `","key":"xyz","reason":"hangup"}`, signal.ErrMalformed},
 		{"a candidate with a session key of the wrong shape", `{"type":"candidate","v":1,"session":"` + session + `","key":"` + key + `0g","candidate":{"candidate":""}}`, signal.ErrMalformed},
 		{"an answer with a NUL in its SDP", `{"type":"answer","v":1,"session":"` + session + `","sdp":"v=0\n\u0000"}`, signal.ErrMalformed},
@@ -188,12 +194,16 @@ func TestStringsLeaveSecretsAndAddressesOut(t *testing.T) {
 	o := validOffer()
 	o.SDP = sdp + "a=candidate:1 1 udp 1 192.0.2.7 5000 typ host\r\n"
 	a := signal.Answer{V: 1, Session: session, SDP: o.SDP}
+	sa, err := signal.Seal(a, signal.NewAnswerKey().Public())
+	if err != nil {
+		t.Fatal(err)
+	}
 	c := signal.Candidate{V: 1, Session: session, Key: key, Candidate: signal.ICECandidate{Candidate: "candidate:1 1 udp 1 192.0.2.7 5000 typ host"}}
 	b := signal.Bye{V: 1, Session: session, Key: key, Reason: signal.ByeHangup}
 	var logged strings.Builder
 	log := slog.New(slog.NewTextHandler(&logged, nil))
-	log.Info("m", "offer", o, "answer", a, "candidate", c, "bye", b, "server", o.ICEServers[1])
-	for _, s := range []string{fmt.Sprint(o), fmt.Sprintf("%+v", o), fmt.Sprint(a), fmt.Sprint(c), fmt.Sprintf("%+v", c), fmt.Sprint(b), fmt.Sprintf("%+v", b), fmt.Sprint(o.ICEServers[1]), logged.String()} {
+	log.Info("m", "offer", o, "answer", a, "sealed", sa, "candidate", c, "bye", b, "server", o.ICEServers[1])
+	for _, s := range []string{fmt.Sprint(o), fmt.Sprintf("%+v", o), fmt.Sprint(a), fmt.Sprint(sa), fmt.Sprint(c), fmt.Sprintf("%+v", c), fmt.Sprint(b), fmt.Sprintf("%+v", b), fmt.Sprint(o.ICEServers[1]), logged.String()} {
 		for _, secret := range []string{"s3cret", "signed-grant", "192.0.2.7", key} {
 			if strings.Contains(s, secret) {
 				t.Errorf("%q shows %q", s, secret)
@@ -233,5 +243,74 @@ func TestICEServerURLsFollowTheirGrammar(t *testing.T) {
 		if err := s.Validate(); err == nil {
 			t.Errorf("%s accepted", u)
 		}
+	}
+}
+
+// sealed returns an answer for session sealed to k.
+func sealed(t *testing.T, k *signal.AnswerKey) signal.SealedAnswer {
+	t.Helper()
+	sa, err := signal.Seal(signal.Answer{V: 1, Session: session, SDP: sdp}, k.Public())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return sa
+}
+
+// The camera's answer carries its addresses and ICE credentials (P2b); it travels on
+// dev/<id>/up/signal, which every viewer relay reads, through the broker. Sealed to the
+// offer's answer key, it opens for that viewer only, unaltered, for the session it names.
+func TestASealedAnswerOpensForItsViewerOnly(t *testing.T) {
+	k := signal.NewAnswerKey()
+	sa := sealed(t, k)
+	if strings.Contains(string(sa.Sealed), "v=0") {
+		t.Fatal("the sealed answer holds its SDP in the clear")
+	}
+	b, err := signal.Encode(sa)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(b), "127.0.0.1") {
+		t.Fatalf("the answer message shows an address: %s", b)
+	}
+	m, err := signal.Decode(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := k.Open(m.(signal.SealedAnswer))
+	if err != nil || a.SDP != sdp || a.Session != session || a.V != 1 {
+		t.Fatalf("Open = %+v, %v", a, err)
+	}
+
+	if _, err := signal.NewAnswerKey().Open(sa); !errors.Is(err, signal.ErrMalformed) {
+		t.Errorf("another key opened it: %v", err)
+	}
+	tampered := sa
+	tampered.Sealed = append([]byte(nil), sa.Sealed...)
+	tampered.Sealed[len(tampered.Sealed)-1] ^= 1
+	if _, err := k.Open(tampered); !errors.Is(err, signal.ErrMalformed) {
+		t.Errorf("an altered answer opened: %v", err)
+	}
+	moved := sa
+	moved.Session = strings.Repeat("ab", 16) // the viewer's other session
+	if _, err := k.Open(moved); !errors.Is(err, signal.ErrMalformed) || !strings.Contains(err.Error(), "another session") {
+		t.Errorf("an answer moved to another session opened: %v", err)
+	}
+	if _, err := signal.Seal(signal.Answer{V: 1, Session: session, SDP: sdp}, make([]byte, 31)); !errors.Is(err, signal.ErrMalformed) {
+		t.Errorf("Seal to a 31-byte key: %v", err)
+	}
+	if _, err := signal.Seal(signal.Answer{V: 1, Session: session, SDP: "hello"}, k.Public()); !errors.Is(err, signal.ErrMalformed) {
+		t.Errorf("Seal of an answer that is not SDP: %v", err)
+	}
+}
+
+// The largest answer a camera may send still fits a message once sealed.
+func TestTheLargestSealedAnswerFitsAMessage(t *testing.T) {
+	big := sdp + strings.Repeat("a", signal.MaxSDPSize-len(sdp))
+	sa, err := signal.Seal(signal.Answer{V: 1, Session: strings.Repeat("f", 64), SDP: big}, signal.NewAnswerKey().Public())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := signal.Encode(sa); err != nil {
+		t.Fatalf("a sealed answer of the largest SDP does not encode: %v", err)
 	}
 }
