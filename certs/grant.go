@@ -1,6 +1,7 @@
 package certs
 
 import (
+	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -113,6 +114,18 @@ func GrantExpiryUnverified(b []byte) (time.Time, error) {
 		return time.Time{}, err
 	}
 	return g.Expiry(), nil
+}
+
+// GrantDigest returns the SHA-256 of a signed grant's body. It is the same for every spelling
+// of one signed grant (its envelope's JSON and base64 can be written many ways without
+// touching the signature) and differs between grants. It checks nothing: it is for
+// bookkeeping of grants checked otherwise, such as a relay counting one grant's offers.
+func GrantDigest(b []byte) ([32]byte, error) {
+	body, err := openUnverified(b, MaxGrantSize)
+	if err != nil {
+		return [32]byte{}, fmt.Errorf("certs: grant: %w", err)
+	}
+	return sha256.Sum256(body), nil
 }
 
 // CheckGrant checks an opened grant for device at epoch, for scope, at now (with ClockSkew).

@@ -3,7 +3,6 @@ package webrtc
 import (
 	"cmp"
 	"context"
-
 	"errors"
 	"fmt"
 	"log/slog"

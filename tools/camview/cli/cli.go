@@ -129,11 +129,11 @@ func (c *common) grantKeys(log *slog.Logger) (*whep.GrantKeys, error) {
 	if *c.identity == "" {
 		dir := *c.fleet
 		return whep.NewGrantKeys(func() (*certs.Verifier, error) {
-			f, err := fleet.Open(dir)
+			ks, err := fleet.ReadKeySet(dir)
 			if err != nil {
 				return nil, err
 			}
-			return f.KeySet().GrantVerifier(), nil
+			return ks.GrantVerifier(), nil
 		}, nil, log)
 	}
 	dir := *c.identity

@@ -5,10 +5,11 @@
 // Offers, candidates and byes go to dev/<id>/down/signal; answers, refusals, candidates and
 // byes come back on dev/<id>/up/signal, which the relay subscribes to for every device and
 // routes by session id. A message is accepted for a session only from the device the session
-// was offered to. Everything is published at QoS 0 and never retained, on a clean session, so
+// was offered to. The relay keeps each session's key (the viewer's candidates and bye carry it)
+// and answer key (the camera's answer comes sealed to it, and the relay opens it). Everything is published at QoS 0 and never retained, on a clean session, so
 // no broker keeps signaling for a party that is offline (P2b).
 //
-// What it must never do: log or put into an error an SDP, a candidate or a grant (they carry
-// network addresses and secrets, P2b); mint or check grants (a relay only forwards what a
+// What it must never do: log or put into an error an SDP, a candidate, a grant, a session key
+// or an answer key (they carry network addresses and secrets, P2b); mint or check grants (a relay only forwards what a
 // viewer holds, S9); block the MQTT client's delivery goroutine.
 package relay

@@ -233,7 +233,13 @@ func (r *Relay) Offer(ctx context.Context, device string, o signal.Offer, answer
 	case m := <-e.reply:
 		switch m := m.(type) {
 		case error:
+			// The camera answered, so it holds a place for the session: end it.
 			r.Forget(o.Session)
+			bctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), byeTimeout)
+			defer cancel()
+			if err := r.send(bctx, device, signal.Bye{V: signal.Version, Session: o.Session, Key: o.Key, Reason: signal.ByeHangup}); err != nil {
+				r.log.Debug("relay: bye after an answer that does not open not sent", "session", o.Session, "device", device, "err", err)
+			}
 			return signal.Answer{}, m
 		case signal.Answer:
 			r.log.Debug("relay: answered", "session", o.Session, "device", device)

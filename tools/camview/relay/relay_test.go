@@ -219,6 +219,65 @@ func TestOnlyTheCameraOfferedToCanAnswer(t *testing.T) {
 	}
 }
 
+// An answer that does not open with the offer's answer key (sealed to another key) fails the
+// offer at once, and the relay tells the camera, which has answered and holds a place for the
+// session, that it is over.
+func TestAnAnswerThatDoesNotOpenEndsTheSession(t *testing.T) {
+	cam := camviewtest.Start(t, camviewtest.Options{})
+	r := cam.Relay(t, "test")
+	const id = "cam-0003"
+	dev := fleettest.Enroll(t, cam.Fleet, id)
+	host, _ := certs.BrokerHost(cam.URL)
+	byes := make(chan signal.Bye, 4)
+	c, err := mqtt.New(mqtt.Config{BrokerURL: cam.URL, ClientID: id, TLS: certs.ClientTLSConfig(cam.Fleet.Pool, host, certs.NewHolder(dev.Cert)),
+		Subscriptions: []mqtt.Subscription{{Filter: topic.Signal(id), QoS: 0}},
+		Handler: func(_ context.Context, m mqtt.Message) {
+			if msg, err := signal.Decode(m.Payload); err == nil {
+				if b, ok := msg.(signal.Bye); ok {
+					byes <- b
+				}
+			}
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- c.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	if err := c.WaitConnected(timeout(t)); err != nil {
+		t.Fatal(err)
+	}
+
+	o := offer(t, "v=0\r\n", []byte("grant"))
+	wrong, err := signal.Seal(signal.Answer{V: signal.Version, Session: o.Session, SDP: "v=0\r\n"}, signal.NewAnswerKey().Public())
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		waitSessions(t, r, 1)
+		b, _ := signal.Encode(wrong)
+		if err := c.Publish(context.Background(), topic.SignalUp(id), 0, false, b); err != nil {
+			t.Error(err)
+		}
+	}()
+	if _, err := offerVia(r, timeout(t), id, o); err == nil || !strings.Contains(err.Error(), "does not open") {
+		t.Fatalf("Offer with an answer sealed to another key = %v", err)
+	}
+	select {
+	case b := <-byes:
+		if b.Session != o.Session || b.Key != o.Key {
+			t.Fatalf("bye %v for %s, key given: %v", b, o.Session, b.Key == o.Key)
+		}
+	case <-time.After(camviewtest.Timeout):
+		t.Fatal("the camera got no bye")
+	}
+	if r.Sessions() != 0 {
+		t.Fatal("the session stays known")
+	}
+}
+
 // waitSessions waits until r knows n sessions.
 func waitSessions(t *testing.T, r *relay.Relay, n int) {
 	deadline := time.Now().Add(camviewtest.Timeout)

@@ -29,7 +29,8 @@
 // The handler sends no CORS headers: the page that uses it is served from the same origin,
 // and other origins cannot send it an Authorization header or an application/sdp body.
 //
-// What it must never do: log, or echo in a response, a grant, an SDP or a candidate (they
-// carry secrets and network addresses, P2b); it logs the session id, the device, the status
-// and the refusal reason.
+// What it must never do: log, or echo in a response, a grant's bytes, an SDP or a candidate
+// (they carry secrets and network addresses, P2b); it logs the session id, the device, the
+// status and the refusal reason. A refusal of the grant names what failed (its device, scope,
+// key id or validity), which the client itself sent.
 package whep

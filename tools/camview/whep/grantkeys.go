@@ -30,9 +30,10 @@ type GrantKeys struct {
 	clock clock.Clock
 	log   *slog.Logger
 
-	mu     sync.Mutex
-	v      *certs.Verifier
-	loaded time.Time
+	mu      sync.Mutex
+	v       *certs.Verifier
+	loaded  time.Time // when the last load started
+	loading bool      // a load is under way
 }
 
 // NewGrantKeys loads the grant keys with load, which it calls again to reload them. clk nil
@@ -67,17 +68,25 @@ func (k *GrantKeys) Check(device string, grant []byte) error {
 }
 
 // verifier returns the keys, loaded again first if they are older than keysMaxAge, or than
-// unknownKeyReload when unknown is true. A failed load keeps the keys loaded before.
+// unknownKeyReload when unknown is true. One caller loads while the others go on with the keys
+// loaded before; a failed load keeps them.
 func (k *GrantKeys) verifier(unknown bool) *certs.Verifier {
 	k.mu.Lock()
-	defer k.mu.Unlock()
 	now := k.clock.Now()
 	age := now.Sub(k.loaded)
-	if age < keysMaxAge && (!unknown || age < unknownKeyReload) {
-		return k.v
+	if k.loading || age < keysMaxAge && (!unknown || age < unknownKeyReload) {
+		v := k.v
+		k.mu.Unlock()
+		return v
 	}
-	k.loaded = now
+	k.loaded, k.loading = now, true
+	k.mu.Unlock()
+
 	v, err := k.load()
+
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.loading = false
 	if err != nil {
 		k.log.Warn("whep: the grant keys could not be loaded again; keeping those loaded before", "err", err)
 		return k.v

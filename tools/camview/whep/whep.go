@@ -253,7 +253,12 @@ func (h *Handler) post(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, http.StatusBadRequest, device, o.Session, "the offer is not an SDP offer", err.Error())
 		return
 	}
-	gid := sha256.Sum256(grant)
+	// Counted by the grant's signed body, which every spelling of one grant shares: its
+	// envelope can be written in many ways that all verify.
+	gid, err := certs.GrantDigest(grant)
+	if err != nil {
+		gid = sha256.Sum256(grant) // the camera refuses it; there is nothing else to count it by
+	}
 	switch h.reserve(gid) {
 	case reservedNoRoom:
 		w.Header().Set("Retry-After", strconv.Itoa(RetryAfter))

@@ -44,6 +44,7 @@ import (
 
 	"github.com/camagent/camagent/certs"
 	"github.com/camagent/camagent/internal/atomicfile"
+	"github.com/camagent/camagent/internal/cappedfile"
 	"github.com/camagent/camagent/internal/strictjson"
 	"github.com/camagent/camagent/tools/fleetctl/registry"
 )
@@ -383,6 +384,33 @@ func (f *Fleet) loadRoot() (*certs.SigningKey, error) {
 		return nil, fmt.Errorf("fleet: offline root key: %w", err)
 	}
 	return certs.ParseSigningKeyPEM(b)
+}
+
+// ReadKeySet reads the key set in force in the fleet directory dir, checked against the root
+// public key recorded beside it, without loading anything else of the fleet (no CA key): for a
+// process that only checks grants, such as camview serve, reading it again and again.
+func ReadKeySet(dir string) (*certs.KeySet, error) {
+	root, err := os.ReadFile(filepath.Join(dir, "root.pub"))
+	if errors.Is(err, os.ErrNotExist) {
+		// Written beside the key set by the first Open since the fleet was made.
+		f, err := Open(dir)
+		if err != nil {
+			return nil, err
+		}
+		return f.KeySet(), nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("fleet: %w", err)
+	}
+	b, err := cappedfile.Read(filepath.Join(dir, keySetFile), certs.MaxKeySetSize)
+	if err != nil {
+		return nil, fmt.Errorf("fleet: %w", err)
+	}
+	ks, err := certs.OpenKeySet(root, b)
+	if err != nil {
+		return nil, fmt.Errorf("fleet: %s: %w", keySetFile, err)
+	}
+	return ks, nil
 }
 
 // KeySet returns the fleet's current key set.

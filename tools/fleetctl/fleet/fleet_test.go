@@ -235,3 +235,34 @@ func TestEveryDesiredStateCarriesTheKeySetInForce(t *testing.T) {
 		t.Fatalf("OpenDesired = %+v, %v", d, err)
 	}
 }
+
+// ReadKeySet reads the key set in force without the rest of the fleet (camview serve reads it
+// every minute): the same set Open gives, also with no CA key in the directory, and it refuses
+// a key set the recorded root did not sign.
+func TestReadKeySetReadsTheKeySetInForceAlone(t *testing.T) {
+	f := newFleet(t)
+	if _, err := fleet.Open(f.Dir); err != nil { // records root.pub beside the key set
+		t.Fatal(err)
+	}
+	if err := os.Remove(filepath.Join(f.Dir, "ca.key")); err != nil {
+		t.Fatal(err)
+	}
+	ks, err := fleet.ReadKeySet(f.Dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ks.Version != f.KeySet().Version || ks.GrantKeys[0].ID != f.KeySet().GrantKeys[0].ID {
+		t.Fatalf("ReadKeySet = v%d %s, want v%d %s", ks.Version, ks.GrantKeys[0].ID, f.KeySet().Version, f.KeySet().GrantKeys[0].ID)
+	}
+	other := newFleet(t)
+	b, err := os.ReadFile(filepath.Join(other.Dir, "keyset.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(f.Dir, "keyset.json"), b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := fleet.ReadKeySet(f.Dir); err == nil {
+		t.Fatal("ReadKeySet took a key set another fleet's root signed")
+	}
+}

@@ -4,7 +4,7 @@
 //
 // Every message is JSON with a version, a type and a session id:
 //
-//	{"type":"offer","v":1,"session":"<32 hex>","key":"<32 hex>","answer_key":"<base64>","sdp":"v=0…","grant":"<base64>","ice_servers":[…]}
+//	{"type":"offer","v":2,"session":"<32 hex>","key":"<32 hex>","answer_key":"<base64>","sdp":"v=0…","grant":"<base64>","ice_servers":[…]}
 //
 // The session id is public (the camera's messages carry it where every viewer relay reads
 // them); the key is the session's secret, sent by the viewer in its offer, and again in its

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strings"
 
+	"golang.org/x/crypto/curve25519"
 	"golang.org/x/crypto/nacl/box"
 )
 
@@ -20,7 +21,8 @@ const (
 
 // AnswerKey is a viewer's X25519 key pair for one session: the offer carries its public half
 // (Offer.AnswerKey), the camera seals its answer to it (Seal), and only the holder of the
-// private half opens it (Open). Make one per offer; its private half never leaves the viewer.
+// private half opens it (Open). Make one per offer with NewAnswerKey; its private half never
+// leaves the viewer.
 type AnswerKey struct {
 	public, private *[32]byte
 }
@@ -34,8 +36,24 @@ func NewAnswerKey() *AnswerKey {
 	return &AnswerKey{public: pub, private: priv}
 }
 
-// Public returns the public half, for Offer.AnswerKey.
-func (k *AnswerKey) Public() []byte { return k.public[:] }
+// Public returns a copy of the public half, for Offer.AnswerKey.
+func (k *AnswerKey) Public() []byte { return append([]byte(nil), k.public[:]...) }
+
+// probeScalar is any scalar: X25519 with it fails exactly for the low-order points.
+var probeScalar = [32]byte{9}
+
+// checkAnswerKey checks that key is an X25519 public key of the right size and not of low
+// order: sealed to a low-order point, a box's shared secret is all zeros, and anyone could
+// open the answer. what names the key in the errors.
+func checkAnswerKey(what string, key []byte) error {
+	if len(key) != answerKeySize {
+		return fmt.Errorf("%w: %s of %d bytes, want %d", ErrMalformed, what, len(key), answerKeySize)
+	}
+	if _, err := curve25519.X25519(probeScalar[:], key); err != nil {
+		return fmt.Errorf("%w: %s is a low-order point", ErrMalformed, what)
+	}
+	return nil
+}
 
 // String names the key by nothing secret.
 func (k *AnswerKey) String() string { return "signal.AnswerKey" }
@@ -68,8 +86,8 @@ func Seal(a Answer, answerKey []byte) (SealedAnswer, error) {
 	if err := a.Validate(); err != nil {
 		return SealedAnswer{}, err
 	}
-	if len(answerKey) != answerKeySize {
-		return SealedAnswer{}, fmt.Errorf("%w: answer key of %d bytes, want %d", ErrMalformed, len(answerKey), answerKeySize)
+	if err := checkAnswerKey("answer key", answerKey); err != nil {
+		return SealedAnswer{}, err
 	}
 	to := (*[32]byte)(answerKey)
 	sealed, err := box.SealAnonymous(nil, []byte(a.Session+"\n"+a.SDP), to, rand.Reader)

@@ -17,8 +17,9 @@ import (
 	"github.com/camagent/camagent/internal/shape"
 )
 
-// Version is the version of the message format, the "v" field of every message.
-const Version = 1
+// Version is the version of the message format, the "v" field of every message. Version 2
+// added the session key and the sealed answer.
+const Version = 2
 
 // Size caps. A message over MaxMessageSize is refused before it is parsed.
 const (
@@ -283,8 +284,8 @@ func (o Offer) Validate() error {
 	if err := checkKey(TypeOffer, o.Key, true); err != nil {
 		return err
 	}
-	if len(o.AnswerKey) != answerKeySize {
-		return fmt.Errorf("%w: offer answer key of %d bytes, want %d", ErrMalformed, len(o.AnswerKey), answerKeySize)
+	if err := checkAnswerKey("offer answer key", o.AnswerKey); err != nil {
+		return err
 	}
 	if err := checkSDP(TypeOffer, o.SDP); err != nil {
 		return err

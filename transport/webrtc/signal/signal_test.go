@@ -15,8 +15,8 @@ import (
 const (
 	session = "0123456789abcdef0123456789abcdef"
 	key     = "fedcba9876543210fedcba9876543210"
-	// answerKey is a 32-byte answer key in its JSON form.
-	answerKey = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="
+	// answerKey is an X25519 public key (the base point) in its JSON form.
+	answerKey = "CQAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="
 	sdp       = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n"
 )
 
@@ -24,7 +24,7 @@ func ptr[T any](v T) *T { return &v }
 
 func validOffer() signal.Offer {
 	return signal.Offer{
-		V: signal.Version, Session: session, Key: key, AnswerKey: make([]byte, 32), SDP: sdp, Grant: []byte("signed-grant-bytes"),
+		V: signal.Version, Session: session, Key: key, AnswerKey: signal.NewAnswerKey().Public(), SDP: sdp, Grant: []byte("signed-grant-bytes"),
 		ICEServers: []signal.ICEServer{
 			{URLs: []string{"stun:127.0.0.1:3478"}},
 			{URLs: []string{"turn:127.0.0.1:3478?transport=udp", "turns:turn.example.com"}, Username: "1700000000:viewer", Credential: "s3cret-turn-credential"},
@@ -58,15 +58,15 @@ func TestNewKeyIsValidAndFresh(t *testing.T) {
 func TestRoundTrip(t *testing.T) {
 	msgs := []signal.Message{
 		validOffer(),
-		signal.Offer{V: 1, Session: session, Key: key, AnswerKey: signal.NewAnswerKey().Public(), SDP: sdp, Grant: []byte{1}},
+		signal.Offer{V: signal.Version, Session: session, Key: key, AnswerKey: signal.NewAnswerKey().Public(), SDP: sdp, Grant: []byte{1}},
 		sealed(t, signal.NewAnswerKey()),
-		signal.Candidate{V: 1, Session: session, Candidate: signal.ICECandidate{
+		signal.Candidate{V: signal.Version, Session: session, Candidate: signal.ICECandidate{
 			Candidate: "candidate:1 1 udp 2130706431 127.0.0.1 50000 typ host", SDPMid: ptr("0"), SDPMLineIndex: ptr(uint16(0)), UsernameFragment: ptr("abcd"),
 		}},
-		signal.Candidate{V: 1, Session: session, Key: key}, // the viewer's end of candidates
-		signal.Bye{V: 1, Session: session, Reason: signal.ByeExpired},
-		signal.Bye{V: 1, Session: session, Key: key, Reason: signal.ByeHangup},
-		signal.Refusal{V: 1, Session: session, Reason: signal.RefuseLimit},
+		signal.Candidate{V: signal.Version, Session: session, Key: key}, // the viewer's end of candidates
+		signal.Bye{V: signal.Version, Session: session, Reason: signal.ByeExpired},
+		signal.Bye{V: signal.Version, Session: session, Key: key, Reason: signal.ByeHangup},
+		signal.Refusal{V: signal.Version, Session: session, Reason: signal.RefuseLimit},
 	}
 	for _, m := range msgs {
 		t.Run(string(m.MessageType()), func(t *testing.T) {
@@ -97,32 +97,33 @@ func TestDecodeRefuses(t *testing.T) {
 		{"an empty input", ``, signal.ErrMalformed},
 		{"a JSON array", `[]`, signal.ErrMalformed},
 		{"an unknown type", `{"type":"hello","v":1}`, signal.ErrUnknownType},
-		{"a message without type", `{"v":1,"session":"` + session + `"}`, signal.ErrUnknownType},
-		{"an unknown field", `{"type":"bye","v":1,"session":"` + session + `","reason":"hangup","x":1}`, signal.ErrMalformed},
-		{"trailing data", `{"type":"bye","v":1,"session":"` + session + `","reason":"hangup"} {}`, signal.ErrMalformed},
-		{"a wrong version", `{"type":"bye","v":2,"session":"` + session + `","reason":"hangup"}`, signal.ErrMalformed},
+		{"a message without type", `{"v":2,"session":"` + session + `"}`, signal.ErrUnknownType},
+		{"an unknown field", `{"type":"bye","v":2,"session":"` + session + `","reason":"hangup","x":1}`, signal.ErrMalformed},
+		{"trailing data", `{"type":"bye","v":2,"session":"` + session + `","reason":"hangup"} {}`, signal.ErrMalformed},
+		{"a wrong version", `{"type":"bye","v":1,"session":"` + session + `","reason":"hangup"}`, signal.ErrMalformed},
 		{"a missing version", `{"type":"bye","session":"` + session + `","reason":"hangup"}`, signal.ErrMalformed},
-		{"an upper-case session", `{"type":"bye","v":1,"session":"` + strings.ToUpper(session) + `","reason":"hangup"}`, signal.ErrMalformed},
-		{"a short session", `{"type":"bye","v":1,"session":"abc","reason":"hangup"}`, signal.ErrMalformed},
-		{"a free-text bye reason", `{"type":"bye","v":1,"session":"` + session + `","reason":"my cat"}`, signal.ErrMalformed},
-		{"a free-text refusal reason", `{"type":"refusal","v":1,"session":"` + session + `","reason":"nope"}`, signal.ErrMalformed},
-		{"an offer without grant", `{"type":"offer","v":1,"session":"` + session + `","key":"` + key + `","answer_key":"` + answerKey + `","sdp":"v=0\n"}`, signal.ErrMalformed},
-		{"an offer whose grant is not base64", `{"type":"offer","v":1,"session":"` + session + `","key":"` + key + `","answer_key":"` + answerKey + `","sdp":"v=0\n","grant":"!!"}`, signal.ErrMalformed},
-		{"an offer whose SDP is not SDP", `{"type":"offer","v":1,"session":"` + session + `","key":"` + key + `","answer_key":"` + answerKey + `","sdp":"hello","grant":"AQ=="}`, signal.ErrMalformed},
-		{"an offer without session key", `{"type":"offer","v":1,"session":"` + session + `","answer_key":"` + answerKey + `","sdp":"v=0\n","grant":"AQ=="}`, signal.ErrMalformed},
-		{"an offer without answer key", `{"type":"offer","v":1,"session":"` + session + `","key":"` + key + `","sdp":"v=0\n","grant":"AQ=="}`, signal.ErrMalformed},
-		{"an offer with a short answer key", `{"type":"offer","v":1,"session":"` + session + `","key":"` + key + `","answer_key":"AAAA","sdp":"v=0\n","grant":"AQ=="}`, signal.ErrMalformed},
-		{"an answer in the clear", `{"type":"answer","v":1,"session":"` + session + `","sdp":"v=0\n"}`, signal.ErrMalformed},
-		{"an answer sealed in too few bytes", `{"type":"answer","v":1,"session":"` + session + `","sealed":"AAAA"}`, signal.ErrMalformed},
-		{"an offer with a short session key", `{"type":"offer","v":1,"session":"` + session + `","key":"` + key[:31] + `","answer_key":"` + answerKey + `","sdp":"v=0\n","grant":"AQ=="}`, signal.ErrMalformed},
-		{"an offer with an upper-case session key", `{"type":"offer","v":1,"session":"` + session + `","key":"` + strings.ToUpper(key) + `","answer_key":"` + answerKey + `","sdp":"v=0\n","grant":"AQ=="}`, signal.ErrMalformed},
-		{"a bye with a session key of the wrong shape", `{"type":"bye","v":1,"session":"` + session + `","key":"xyz","reason":"hangup"}`, signal.ErrMalformed},
-		{"a candidate with a session key of the wrong shape", `{"type":"candidate","v":1,"session":"` + session + `","key":"` + key + `0g","candidate":{"candidate":""}}`, signal.ErrMalformed},
-		{"an answer with a NUL in its SDP", `{"type":"answer","v":1,"session":"` + session + `","sdp":"v=0\n\u0000"}`, signal.ErrMalformed},
-		{"a candidate that is not a candidate line", `{"type":"candidate","v":1,"session":"` + session + `","candidate":{"candidate":"rm -rf"}}`, signal.ErrMalformed},
-		{"a candidate with a huge mline index", `{"type":"candidate","v":1,"session":"` + session + `","candidate":{"candidate":"","sdpMLineIndex":9999}}`, signal.ErrMalformed},
-		{"a duplicate-typed message", `{"type":"bye","type":"offer","v":1,"session":"` + session + `","reason":"hangup"}`, signal.ErrMalformed},
-		{"an oversized message", `{"type":"bye","v":1,"session":"` + session + `","reason":"hangup","pad":"` + strings.Repeat("x", signal.MaxMessageSize) + `"}`, signal.ErrTooLarge},
+		{"an upper-case session", `{"type":"bye","v":2,"session":"` + strings.ToUpper(session) + `","reason":"hangup"}`, signal.ErrMalformed},
+		{"a short session", `{"type":"bye","v":2,"session":"abc","reason":"hangup"}`, signal.ErrMalformed},
+		{"a free-text bye reason", `{"type":"bye","v":2,"session":"` + session + `","reason":"my cat"}`, signal.ErrMalformed},
+		{"a free-text refusal reason", `{"type":"refusal","v":2,"session":"` + session + `","reason":"nope"}`, signal.ErrMalformed},
+		{"an offer without grant", `{"type":"offer","v":2,"session":"` + session + `","key":"` + key + `","answer_key":"` + answerKey + `","sdp":"v=0\n"}`, signal.ErrMalformed},
+		{"an offer whose grant is not base64", `{"type":"offer","v":2,"session":"` + session + `","key":"` + key + `","answer_key":"` + answerKey + `","sdp":"v=0\n","grant":"!!"}`, signal.ErrMalformed},
+		{"an offer whose SDP is not SDP", `{"type":"offer","v":2,"session":"` + session + `","key":"` + key + `","answer_key":"` + answerKey + `","sdp":"hello","grant":"AQ=="}`, signal.ErrMalformed},
+		{"an offer without session key", `{"type":"offer","v":2,"session":"` + session + `","answer_key":"` + answerKey + `","sdp":"v=0\n","grant":"AQ=="}`, signal.ErrMalformed},
+		{"an offer without answer key", `{"type":"offer","v":2,"session":"` + session + `","key":"` + key + `","sdp":"v=0\n","grant":"AQ=="}`, signal.ErrMalformed},
+		{"an offer with a short answer key", `{"type":"offer","v":2,"session":"` + session + `","key":"` + key + `","answer_key":"AAAA","sdp":"v=0\n","grant":"AQ=="}`, signal.ErrMalformed},
+		{"an offer with a low-order answer key", `{"type":"offer","v":2,"session":"` + session + `","key":"` + key + `","answer_key":"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=","sdp":"v=0\n","grant":"AQ=="}`, signal.ErrMalformed},
+		{"an answer in the clear", `{"type":"answer","v":2,"session":"` + session + `","sdp":"v=0\n"}`, signal.ErrMalformed},
+		{"an answer sealed in too few bytes", `{"type":"answer","v":2,"session":"` + session + `","sealed":"AAAA"}`, signal.ErrMalformed},
+		{"an offer with a short session key", `{"type":"offer","v":2,"session":"` + session + `","key":"` + key[:31] + `","answer_key":"` + answerKey + `","sdp":"v=0\n","grant":"AQ=="}`, signal.ErrMalformed},
+		{"an offer with an upper-case session key", `{"type":"offer","v":2,"session":"` + session + `","key":"` + strings.ToUpper(key) + `","answer_key":"` + answerKey + `","sdp":"v=0\n","grant":"AQ=="}`, signal.ErrMalformed},
+		{"a bye with a session key of the wrong shape", `{"type":"bye","v":2,"session":"` + session + `","key":"xyz","reason":"hangup"}`, signal.ErrMalformed},
+		{"a candidate with a session key of the wrong shape", `{"type":"candidate","v":2,"session":"` + session + `","key":"` + key + `0g","candidate":{"candidate":""}}`, signal.ErrMalformed},
+		{"an answer with a NUL in its SDP", `{"type":"answer","v":2,"session":"` + session + `","sdp":"v=0\n\u0000"}`, signal.ErrMalformed},
+		{"a candidate that is not a candidate line", `{"type":"candidate","v":2,"session":"` + session + `","candidate":{"candidate":"rm -rf"}}`, signal.ErrMalformed},
+		{"a candidate with a huge mline index", `{"type":"candidate","v":2,"session":"` + session + `","candidate":{"candidate":"","sdpMLineIndex":9999}}`, signal.ErrMalformed},
+		{"a duplicate-typed message", `{"type":"bye","type":"offer","v":2,"session":"` + session + `","reason":"hangup"}`, signal.ErrMalformed},
+		{"an oversized message", `{"type":"bye","v":2,"session":"` + session + `","reason":"hangup","pad":"` + strings.Repeat("x", signal.MaxMessageSize) + `"}`, signal.ErrTooLarge},
 	}
 	for _, tt := range tests {
 		t.Run("refuses "+tt.name, func(t *testing.T) {
@@ -135,7 +136,7 @@ func TestDecodeRefuses(t *testing.T) {
 }
 
 func TestTypedDecodersRefuseOtherTypes(t *testing.T) {
-	b, err := signal.Encode(signal.Bye{V: 1, Session: session, Reason: signal.ByeHangup})
+	b, err := signal.Encode(signal.Bye{V: signal.Version, Session: session, Reason: signal.ByeHangup})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -193,13 +194,13 @@ func TestOfferValidate(t *testing.T) {
 func TestStringsLeaveSecretsAndAddressesOut(t *testing.T) {
 	o := validOffer()
 	o.SDP = sdp + "a=candidate:1 1 udp 1 192.0.2.7 5000 typ host\r\n"
-	a := signal.Answer{V: 1, Session: session, SDP: o.SDP}
+	a := signal.Answer{V: signal.Version, Session: session, SDP: o.SDP}
 	sa, err := signal.Seal(a, signal.NewAnswerKey().Public())
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := signal.Candidate{V: 1, Session: session, Key: key, Candidate: signal.ICECandidate{Candidate: "candidate:1 1 udp 1 192.0.2.7 5000 typ host"}}
-	b := signal.Bye{V: 1, Session: session, Key: key, Reason: signal.ByeHangup}
+	c := signal.Candidate{V: signal.Version, Session: session, Key: key, Candidate: signal.ICECandidate{Candidate: "candidate:1 1 udp 1 192.0.2.7 5000 typ host"}}
+	b := signal.Bye{V: signal.Version, Session: session, Key: key, Reason: signal.ByeHangup}
 	var logged strings.Builder
 	log := slog.New(slog.NewTextHandler(&logged, nil))
 	log.Info("m", "offer", o, "answer", a, "sealed", sa, "candidate", c, "bye", b, "server", o.ICEServers[1])
@@ -249,7 +250,7 @@ func TestICEServerURLsFollowTheirGrammar(t *testing.T) {
 // sealed returns an answer for session sealed to k.
 func sealed(t *testing.T, k *signal.AnswerKey) signal.SealedAnswer {
 	t.Helper()
-	sa, err := signal.Seal(signal.Answer{V: 1, Session: session, SDP: sdp}, k.Public())
+	sa, err := signal.Seal(signal.Answer{V: signal.Version, Session: session, SDP: sdp}, k.Public())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -277,7 +278,7 @@ func TestASealedAnswerOpensForItsViewerOnly(t *testing.T) {
 		t.Fatal(err)
 	}
 	a, err := k.Open(m.(signal.SealedAnswer))
-	if err != nil || a.SDP != sdp || a.Session != session || a.V != 1 {
+	if err != nil || a.SDP != sdp || a.Session != session || a.V != signal.Version {
 		t.Fatalf("Open = %+v, %v", a, err)
 	}
 
@@ -295,10 +296,16 @@ func TestASealedAnswerOpensForItsViewerOnly(t *testing.T) {
 	if _, err := k.Open(moved); !errors.Is(err, signal.ErrMalformed) || !strings.Contains(err.Error(), "another session") {
 		t.Errorf("an answer moved to another session opened: %v", err)
 	}
-	if _, err := signal.Seal(signal.Answer{V: 1, Session: session, SDP: sdp}, make([]byte, 31)); !errors.Is(err, signal.ErrMalformed) {
+	if _, err := signal.Seal(signal.Answer{V: signal.Version, Session: session, SDP: sdp}, make([]byte, 31)); !errors.Is(err, signal.ErrMalformed) {
 		t.Errorf("Seal to a 31-byte key: %v", err)
 	}
-	if _, err := signal.Seal(signal.Answer{V: 1, Session: session, SDP: "hello"}, k.Public()); !errors.Is(err, signal.ErrMalformed) {
+	// Sealed to a low-order point, the box's shared secret is all zeros: anyone could open it.
+	for _, low := range [][]byte{make([]byte, 32), append([]byte{1}, make([]byte, 31)...)} {
+		if _, err := signal.Seal(signal.Answer{V: signal.Version, Session: session, SDP: sdp}, low); !errors.Is(err, signal.ErrMalformed) {
+			t.Errorf("Seal to the low-order point %x: %v", low[:1], err)
+		}
+	}
+	if _, err := signal.Seal(signal.Answer{V: signal.Version, Session: session, SDP: "hello"}, k.Public()); !errors.Is(err, signal.ErrMalformed) {
 		t.Errorf("Seal of an answer that is not SDP: %v", err)
 	}
 }
@@ -306,7 +313,7 @@ func TestASealedAnswerOpensForItsViewerOnly(t *testing.T) {
 // The largest answer a camera may send still fits a message once sealed.
 func TestTheLargestSealedAnswerFitsAMessage(t *testing.T) {
 	big := sdp + strings.Repeat("a", signal.MaxSDPSize-len(sdp))
-	sa, err := signal.Seal(signal.Answer{V: 1, Session: strings.Repeat("f", 64), SDP: big}, signal.NewAnswerKey().Public())
+	sa, err := signal.Seal(signal.Answer{V: signal.Version, Session: strings.Repeat("f", 64), SDP: big}, signal.NewAnswerKey().Public())
 	if err != nil {
 		t.Fatal(err)
 	}
