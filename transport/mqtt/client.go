@@ -75,7 +75,8 @@ type Stats struct {
 	// OversizeDropped counts messages over Config.MaxPayload, acknowledged and discarded.
 	OversizeDropped uint64
 	// QueueDropped counts messages left unacknowledged because the inbox was full; the broker
-	// redelivers them after the reconnect that follows.
+	// redelivers them after the reconnect that follows, but for QoS 0 ones, which are lost
+	// (and cause no reconnect).
 	QueueDropped uint64
 	// PublishErrors counts Publish calls that returned an error.
 	PublishErrors uint64

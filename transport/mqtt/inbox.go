@@ -48,13 +48,18 @@ func newInbox(capacity int) *inbox {
 
 // push appends e unless the inbox is closed or full. Once a connection has overflowed, every
 // later message of that connection is refused too, even if room has been made meanwhile: it
-// must not overtake the refused one, which the broker will redeliver after a reconnect.
+// must not overtake the refused one, which the broker will redeliver after a reconnect. A QoS
+// 0 message refused by a full inbox does not make the connection overflow: the broker never
+// sends it again, so a reconnect would recover nothing, and anyone who may write to a QoS 0
+// topic of the client (signaling) could otherwise make it reconnect at will.
 func (q *inbox) push(e entry) pushResult {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	switch {
 	case q.closed:
 		return pushClosed
+	case !e.sess.overflowed && q.n == len(q.buf) && e.msg.Qos() == 0:
+		return pushOverflow
 	case e.sess.overflowed || q.n == len(q.buf):
 		if !e.sess.overflowed {
 			e.sess.overflowed = true

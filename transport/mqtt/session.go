@@ -335,7 +335,8 @@ func (s *session) onMessage(_ paho.Client, m paho.Message) {
 	e := entry{msg: m, sess: s, oversize: len(m.Payload()) > c.cfg.MaxPayload}
 	if c.in.push(e) == pushOverflow {
 		// Not acknowledged: the broker redelivers it after the reconnect the worker asks
-		// for once it has caught up. Logged there, not here, to keep this path non-blocking.
+		// for once it has caught up (a QoS 0 message is lost; see inbox.push). Logged there,
+		// not here, to keep this path non-blocking.
 		c.stats.queueDropped.Add(1)
 	}
 }

@@ -7,7 +7,8 @@
 //   - the client's identity is its certificate CN, never the MQTT username, and its MQTT
 //     client ID must equal it (S3; CVE-2021-28372 is the reason);
 //   - every publish, subscription and delivery is checked with acl.Allowed, and a will message
-//     is checked when the client connects;
+//     is checked when the client connects; signaling (dev/<id>/<dir>/signal) is refused when
+//     retained or above QoS 0, so the broker never keeps it (docs/protocol.md, P2b);
 //   - sessions, subscriptions, queued QoS 1/2 messages and retained messages survive a restart
 //     when Config.DataDir is set (R3);
 //   - a persistent session ends, with its subscriptions and queued messages, once its client

@@ -14,8 +14,8 @@ var (
 	// ErrClientID is why a client whose MQTT client ID is not its certificate identity is
 	// refused.
 	ErrClientID = errors.New("broker: client id is not the certificate identity")
-	// ErrWillDenied is why a client whose will message names a topic it may not publish to
-	// is refused.
+	// ErrWillDenied is why a client whose will message names a topic it may not publish to,
+	// or is signaling that is retained or above QoS 0, is refused.
 	ErrWillDenied = errors.New("broker: will topic not allowed")
 	// ErrNoPeerCertificate is why a connection without a verified client certificate is
 	// refused. It cannot happen with a Config.TLS that passes New.

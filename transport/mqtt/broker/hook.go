@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/tls"
 	"fmt"
+	"strings"
 	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/camagent/camagent/certs"
 	"github.com/camagent/camagent/transport/mqtt/acl"
+	"github.com/camagent/camagent/transport/mqtt/topic"
 )
 
 // hook is where the broker's rules meet mochi: admission at CONNECT and the ACL on every
@@ -119,6 +121,9 @@ func (b *Broker) admit(cl *mqtt.Client, pk packets.Packet) (string, error) {
 	if pk.Connect.WillFlag && !acl.Allowed(identity, pk.Connect.WillTopic, true) {
 		return "", fmt.Errorf("%w: %s may not publish to %q", ErrWillDenied, identity, clip(pk.Connect.WillTopic))
 	}
+	if pk.Connect.WillFlag && kept(pk.Connect.WillTopic, pk.Connect.WillQos, pk.Connect.WillRetain) {
+		return "", fmt.Errorf("%w: %s: signaling will with qos %d, retain %v", ErrWillDenied, identity, pk.Connect.WillQos, pk.Connect.WillRetain)
+	}
 	return identity, nil
 }
 
@@ -154,8 +159,14 @@ func (h *hook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 
 // OnPublish is the last word on a publish, with the topic resolved from any alias: one the
 // ACL refuses is acknowledged, then neither retained nor delivered.
+//
+// A signaling message that the broker would keep (retained, or QoS 1, which queues it in an
+// offline subscriber's session) is refused the same way: signaling is QoS 0 and never
+// retained (docs/protocol.md, "Topics"; P2b), and a viewer relay that could write
+// "dev/+/down/signal" with either would make the broker keep any number of messages, under
+// made-up device ids, or fill a device's session queue until its commands no longer fit.
 func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
-	if acl.Allowed(certs.ClientIDIdentity(cl.ID), pk.TopicName, true) {
+	if acl.Allowed(certs.ClientIDIdentity(cl.ID), pk.TopicName, true) && !kept(pk.TopicName, pk.FixedHeader.Qos, pk.FixedHeader.Retain) {
 		return pk, nil
 	}
 	h.denied(cl, "publish", pk.TopicName)
@@ -185,6 +196,17 @@ func (h *hook) OnWillSent(cl *mqtt.Client, pk packets.Packet) {
 func (h *hook) OnClientExpired(cl *mqtt.Client) {
 	h.b.log.Info("broker: session expired", "client_id", clip(cl.ID),
 		"away_since", time.Unix(cl.StopTime(), 0).UTC().Format(time.RFC3339), "expiry", h.b.cfg.SessionExpiry.String())
+}
+
+// kept reports whether a message on topic with qos and retain is signaling
+// (dev/<id>/<dir>/signal) that the broker would keep: retained, or queued for an offline
+// subscriber.
+func kept(name string, qos byte, retain bool) bool {
+	if !retain && qos == 0 {
+		return false
+	}
+	levels := strings.Split(name, "/")
+	return len(levels) == 4 && levels[0] == "dev" && levels[3] == topic.LeafSignal
 }
 
 func (h *hook) denied(cl *mqtt.Client, what, topic string) {

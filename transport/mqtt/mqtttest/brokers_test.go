@@ -304,7 +304,7 @@ func TestNonDeviceRolesGetTheirRulesOnBothBrokers(t *testing.T) {
 
 		dev := f.connect(t, b, f.camA, nil)
 		publish(t, dev, "dev/cam-a/up/state", 1, false, "state, not for viewers")
-		publish(t, dev, "dev/cam-a/up/signal", 1, false, "offer")
+		publish(t, dev, "dev/cam-a/up/signal", 0, false, "offer") // signaling is QoS 0
 		expectOnly(t, signals, "offer")
 
 		// Mosquitto applies its device patterns to every user; the ACL's deny lines keep
