@@ -134,6 +134,9 @@ func rotateCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 			fmt.Fprintf(stderr, "rotate: %s has published no state; it will rotate when it connects\n", *device)
 		}
 	}
+	if err := aboveRetained(f, col, stderr); err != nil {
+		return fmt.Errorf("rotate: %w", err)
+	}
 	pctx, cancel := context.WithTimeout(ctx, *of.timeout)
 	defer cancel()
 	got, err := op.PublishDesired(pctx, d, time.Now())
@@ -195,6 +198,9 @@ func breachCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		fmt.Fprintf(stdout, "breach %s: already published %s ago: every device rotates to epoch %d (version %d); not raising it again (for another rotation wave, give a new incident id)\n",
 			prev.Incident, time.Since(published).Round(time.Second), prev.Epoch, prev.Version)
 	} else {
+		if err := aboveRetained(f, col, stderr); err != nil {
+			return fmt.Errorf("breach: %w", err)
+		}
 		pctx, cancel := context.WithTimeout(ctx, *of.timeout)
 		defer cancel()
 		got, err := op.PublishDesired(pctx, certs.Desired{Target: certs.TargetFleet, Epoch: col.MaxEpoch() + 1, Incident: *incident, KeySet: ksb}, time.Now())
@@ -216,6 +222,18 @@ func breachCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	warnAborted(f, *dir, stderr)
 	warnSigners(col, stderr)
 	return nil
+}
+
+// aboveRetained makes the next desired-state version this fleet directory hands out exceed
+// every retained document's, which another copy of the directory (another operator's machine,
+// its clock ahead of this one's) may have published: a device ignores a document whose version
+// is not above the last it accepted on that topic, so the new one would never reach it.
+func aboveRetained(f *fleet.Fleet, col *status.Collector, w io.Writer) error {
+	v := col.MaxVersion()
+	if ahead := time.Duration(int64(min(v, math.MaxInt64)) - time.Now().UnixNano()); ahead > time.Minute {
+		fmt.Fprintf(w, "warning: the retained desired state was published by a clock %s ahead of this machine's; publishing above its version\n", ahead.Round(time.Second))
+	}
+	return f.AdvanceSeq(v)
 }
 
 // breachRetryWindow is how long after a breach notice the same incident id is taken for a

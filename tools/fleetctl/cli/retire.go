@@ -65,8 +65,9 @@ func retireCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err != nil {
 		return err
 	}
-	revoked := 0
+	revoked, again := 0, false
 	for _, r := range done {
+		again = again || r.Already
 		serials := make([]string, len(r.Revoked))
 		for i, s := range r.Revoked {
 			serials[i] = registry.SerialHex(s)
@@ -85,13 +86,19 @@ func retireCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 			fmt.Fprintf(stdout, "%s: it held no valid certificate\n", what)
 		}
 	}
-	if revoked > 0 {
-		if err := writeCRL(f, stderr, now); err != nil {
-			return fmt.Errorf("retire: retired and revoked, but the CRL was not written (run fleetctl crl): %w", err)
-		}
+	// Run again, retire finds nothing newly revoked, but the run before may have stopped
+	// before it wrote the CRL: write it again where it can be.
+	var crlErr error
+	if revoked > 0 || (again && f.HasCAKey()) {
+		crlErr = writeCRL(f, stderr, now)
 	}
+	// The retained state is cleared even without a CRL: that needs no key, and nothing else
+	// would clear it.
 	if err := clearRetired(ctx, f, of, done, stderr); err != nil {
-		return fmt.Errorf("retire: %d devices are retired and their certificates revoked, but their retained state was not all cleared: %w; run the same command again once the broker is reachable", len(done), err)
+		return errors.Join(fmt.Errorf("retire: %d devices are retired and their certificates revoked, but their retained state was not all cleared: %w; run the same command again once the broker is reachable", len(done), err), crlNotWritten(crlErr))
+	}
+	if crlErr != nil {
+		return crlNotWritten(crlErr)
 	}
 	fmt.Fprintf(stdout, "%d devices retired; %d certificates revoked; their retained state is cleared and fleetctl status leaves them out.\n", len(done), revoked)
 	fmt.Fprintf(stdout, "No signer issues them a certificate again, through their bootstrap identity either (fleetctl enroll --reinstate undoes it).\n")
@@ -99,6 +106,14 @@ func retireCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		fmt.Fprintf(stdout, "The embedded broker refuses them at once and cuts their sessions; Mosquitto reads %s when it restarts: restart it.\n", f.CRLPath())
 	}
 	return nil
+}
+
+// crlNotWritten is retire's error for a CRL it could not write; nil for nil.
+func crlNotWritten(err error) error {
+	if err == nil {
+		return nil
+	}
+	return fmt.Errorf("retire: retired and revoked, but the CRL (Mosquitto's crlfile) was not written: %w; run fleetctl crl where the fleet CA's key is, then restart Mosquitto", err)
 }
 
 // writeCRL writes the fleet's CRL (Mosquitto's crlfile) from the registry, under the

@@ -477,6 +477,27 @@ func loadPair(dir, certName, keyName string) (*tls.Certificate, error) {
 // as long as their clocks roughly agree. Processes sharing the directory take turns, under a
 // lock, so no two get the same one.
 func (f *Fleet) NextSeq(now time.Time) (uint64, error) {
+	return f.updateSeq(func(last uint64) uint64 {
+		seq := uint64(max(now.UnixNano(), 0))
+		if seq <= last {
+			seq = last + 1
+		}
+		return seq
+	})
+}
+
+// AdvanceSeq makes every later NextSeq return a sequence above floor: the version of a
+// desired state another copy of the fleet directory published (another operator's machine,
+// whose clock may be ahead of this one's). A device ignores a desired state whose version is
+// not above the last it accepted, so a version below the retained one would never reach a
+// device that read that one.
+func (f *Fleet) AdvanceSeq(floor uint64) error {
+	_, err := f.updateSeq(func(last uint64) uint64 { return max(last, floor) })
+	return err
+}
+
+// updateSeq replaces the last sequence handed out by next(last), under the sequence lock.
+func (f *Fleet) updateSeq(next func(last uint64) uint64) (uint64, error) {
 	f.seqMu.Lock()
 	defer f.seqMu.Unlock()
 	unlock, err := lockDir(filepath.Join(f.Dir, seqLock))
@@ -488,9 +509,9 @@ func (f *Fleet) NextSeq(now time.Time) (uint64, error) {
 	if b, err := os.ReadFile(filepath.Join(f.Dir, seqFile)); err == nil {
 		last, _ = strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64)
 	}
-	seq := uint64(max(now.UnixNano(), 0))
-	if seq <= last {
-		seq = last + 1
+	seq := next(last)
+	if seq == last {
+		return seq, nil
 	}
 	if err := writeFile(f.Dir, seqFile, []byte(strconv.FormatUint(seq, 10)+"\n"), 0o600); err != nil {
 		return 0, err

@@ -36,7 +36,7 @@ type Operator struct {
 	syncTopic string
 
 	mu      sync.Mutex
-	waiters map[uint64]chan *wire.Reply
+	waiters map[uint64]waiter
 	syncs   map[string]chan struct{}
 }
 
@@ -100,7 +100,7 @@ func (f *Fleet) Dial(ctx context.Context, o OperatorOptions) (*Operator, error) 
 		// The sync topic is private to this session: under fleet/ (which the operator may
 		// use) but outside fleet/down/, so no device ever receives it.
 		syncTopic: "fleet/sync/" + certs.ClientIDSession(clientID),
-		waiters:   map[uint64]chan *wire.Reply{},
+		waiters:   map[uint64]waiter{},
 		syncs:     map[string]chan struct{}{},
 	}
 	subs := []mqtt.Subscription{{Filter: "dev/+/up/reply", QoS: 1}, {Filter: op.syncTopic, QoS: 0}}
@@ -169,12 +169,25 @@ func (o *Operator) handle(_ context.Context, m mqtt.Message) {
 		return
 	}
 	o.mu.Lock()
-	ch := o.waiters[r.Seq]
+	w, ok := o.waiters[r.Seq]
+	if ok && w.device != id {
+		// Another device's reply with the sequence of a command to w.device: every device
+		// may publish replies on its own topic, so it answers for no one else.
+		o.mu.Unlock()
+		o.log.Warn("reply from a device the command was not sent to", "device", id, "seq", r.Seq, "target", w.device)
+		return
+	}
 	delete(o.waiters, r.Seq)
 	o.mu.Unlock()
-	if ch != nil {
-		ch <- &r
+	if ok {
+		w.ch <- &r
 	}
+}
+
+// waiter is a command waiting for its reply: from device, on ch.
+type waiter struct {
+	device string
+	ch     chan *wire.Reply
 }
 
 // Command signs and sends one command to target and, for a single device, waits for its reply.
@@ -190,7 +203,7 @@ func (o *Operator) Command(ctx context.Context, typ, target string, args json.Ra
 	}
 	ch := make(chan *wire.Reply, 1)
 	o.mu.Lock()
-	o.waiters[seq] = ch
+	o.waiters[seq] = waiter{device: target, ch: ch}
 	o.mu.Unlock()
 	defer func() {
 		o.mu.Lock()

@@ -233,6 +233,22 @@ func (c *Collector) MaxEpoch() uint64 {
 	return e
 }
 
+// MaxVersion returns the highest version of the desired-state documents taken, fleet-wide and
+// per device: a document published next must be above it, or a device that read that one
+// ignores it.
+func (c *Collector) MaxVersion() uint64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var v uint64
+	if c.fleet != nil {
+		v = c.fleet.Version
+	}
+	for _, d := range c.desired {
+		v = max(v, d.Version)
+	}
+	return v
+}
+
 // Report is the fleet's rollout status.
 type Report struct {
 	// FleetEpoch is the fleet-wide desired epoch (0 when none was published).
