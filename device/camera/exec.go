@@ -24,6 +24,7 @@ const (
 	DefaultBackoffMax      = 30 * time.Second
 	DefaultStableAfter     = time.Minute
 	DefaultKillGrace       = 3 * time.Second
+	DefaultStallTimeout    = 30 * time.Second
 	DefaultStderrLineMax   = 512
 	DefaultStderrPerMinute = 60
 )
@@ -52,11 +53,17 @@ type ExecConfig struct {
 	// KillGrace is how long the encoder gets between SIGTERM and SIGKILL when it must stop.
 	// Zero means DefaultKillGrace.
 	KillGrace time.Duration
+	// StallTimeout is how long a running encoder may go without sending a picture before it
+	// counts as hung (alive but silent, as a wedged camera stack is): it is then stopped and
+	// restarted like one that exited. It must cover the encoder's start-up. Zero means
+	// DefaultStallTimeout.
+	StallTimeout time.Duration
 	// StderrLineMax caps each logged line of the encoder's stderr, in bytes; longer lines
 	// are truncated. Zero means DefaultStderrLineMax.
 	StderrLineMax int
 	// StderrPerMinute caps the stderr lines logged per minute; the rest are counted and the
-	// count logged. Zero means DefaultStderrPerMinute.
+	// count logged. It caps the lines about damaged access units in the encoder's output
+	// the same way. Zero means DefaultStderrPerMinute.
 	StderrPerMinute int
 	// Clock stamps frames and times backoff and kill grace. Nil means SystemClock.
 	Clock Clock
@@ -68,11 +75,11 @@ type ExecConfig struct {
 // ExecSource runs a camera encoder process that writes an Annex B H.264 stream to its
 // standard output, such as rpicam-vid or ffmpeg, and yields its access units.
 //
-// When the encoder exits or its output ends, ExecSource makes sure its whole process group is
-// gone and starts it again after an exponential, jittered, capped backoff; it never gives up
-// while ctx lives. Frames are stamped with their arrival time, so their PTS reflects when
-// the encoder delivered them (one frame late, without access unit delimiters; see
-// h264.Splitter).
+// When the encoder exits, its output ends or it sends no picture for StallTimeout (it hung),
+// ExecSource makes sure its whole process group is gone and starts it again after an
+// exponential, jittered, capped backoff; it never gives up while ctx lives. Frames are
+// stamped with their arrival time, so their PTS reflects when the encoder delivered them (one
+// frame late, without access unit delimiters; see h264.Splitter).
 //
 // There is no portable way to ask an encoder process for a keyframe, so RequestKeyframe
 // returns ErrUnsupported; run the encoder with a short, fixed GOP (rpicam-vid --intra 30,
@@ -100,7 +107,7 @@ func NewExecSource(cfg ExecConfig) (*ExecSource, error) {
 		v    int64
 	}{
 		{"MaxAU", int64(cfg.MaxAU)}, {"BackoffMin", int64(cfg.BackoffMin)}, {"BackoffMax", int64(cfg.BackoffMax)},
-		{"StableAfter", int64(cfg.StableAfter)}, {"KillGrace", int64(cfg.KillGrace)},
+		{"StableAfter", int64(cfg.StableAfter)}, {"KillGrace", int64(cfg.KillGrace)}, {"StallTimeout", int64(cfg.StallTimeout)},
 		{"StderrLineMax", int64(cfg.StderrLineMax)}, {"StderrPerMinute", int64(cfg.StderrPerMinute)},
 	} {
 		if f.v < 0 {
@@ -121,6 +128,9 @@ func NewExecSource(cfg ExecConfig) (*ExecSource, error) {
 	}
 	if cfg.KillGrace == 0 {
 		cfg.KillGrace = DefaultKillGrace
+	}
+	if cfg.StallTimeout == 0 {
+		cfg.StallTimeout = DefaultStallTimeout
 	}
 	if cfg.StderrLineMax == 0 {
 		cfg.StderrLineMax = DefaultStderrLineMax
@@ -252,17 +262,22 @@ func (s *ExecSource) runOnce(ctx context.Context, st *execStamps, out func(Frame
 	}()
 	pumpDone := make(chan struct{})
 	supervised := make(chan struct{})
+	var sent atomic.Uint64 // pictures sent, for the stall watch
+	var stalled bool
 	go func() {
 		defer close(supervised)
-		s.supervise(ctx, pid, pumpDone, exited, pr)
+		stalled = s.supervise(ctx, pid, pumpDone, exited, pr, &sent)
 	}()
 
-	frames, pumpErr := s.pump(ctx, pr, st, out)
+	frames, pumpErr := s.pump(ctx, pr, st, out, &sent)
 	close(pumpDone)
 	<-exited
 	<-supervised
 	stderr.Close()
 
+	if stalled {
+		return frames, fmt.Errorf("camera: %s sent no picture for %v", name, s.cfg.StallTimeout)
+	}
 	if pumpErr != nil {
 		return frames, pumpErr
 	}
@@ -273,16 +288,33 @@ func (s *ExecSource) runOnce(ctx context.Context, st *execStamps, out func(Frame
 }
 
 // supervise ends the encoder's process group once the run is over: when ctx is done, the
-// output ended, or the encoder exited (taking any helpers it left with it). It sends SIGTERM,
-// then SIGKILL after KillGrace, and if the output is still open a further KillGrace later
-// (held by a process that escaped the group), closes the read end so the run can end. It
-// returns when both the output reader and the encoder are done.
-func (s *ExecSource) supervise(ctx context.Context, pid int, pumpDone, exited <-chan struct{}, pr *os.File) {
-	select {
-	case <-ctx.Done():
-	case <-pumpDone:
-	case <-exited:
+// output ended, the encoder exited (taking any helpers it left with it), or sent counted no
+// new picture for StallTimeout (the encoder hung). It sends SIGTERM, then SIGKILL after
+// KillGrace, and if the output is still open a further KillGrace later (held by a process
+// that escaped the group), closes the read end so the run can end. It returns when both the
+// output reader and the encoder are done, and reports whether the encoder hung.
+func (s *ExecSource) supervise(ctx context.Context, pid int, pumpDone, exited <-chan struct{}, pr *os.File, sent *atomic.Uint64) (stalled bool) {
+	stall := s.cfg.Clock.NewTimer(s.cfg.StallTimeout)
+	var seen uint64
+	for over := false; !over; {
+		select {
+		case <-ctx.Done():
+			over = true
+		case <-pumpDone:
+			over = true
+		case <-exited:
+			over = true
+		case <-stall.C():
+			if n := sent.Load(); n != seen {
+				seen = n
+				stall = s.cfg.Clock.NewTimer(s.cfg.StallTimeout)
+				continue
+			}
+			s.log.Warn("camera: encoder sent no picture; stopping it", "pid", pid, "stall_timeout", s.cfg.StallTimeout)
+			stalled, over = true, true
+		}
 	}
+	stall.Stop()
 	if err := signalGroup(pid, syscall.SIGTERM); err != nil {
 		s.log.Warn("camera: SIGTERM encoder", "pid", pid, "err", err)
 	}
@@ -309,11 +341,14 @@ func (s *ExecSource) supervise(ctx context.Context, pid int, pumpDone, exited <-
 			pr.Close()
 		}
 	}
+	return stalled
 }
 
 // pump reads access units from the encoder's output and sends each picture to out.
-func (s *ExecSource) pump(ctx context.Context, r io.Reader, st *execStamps, out func(Frame)) (int, error) {
+func (s *ExecSource) pump(ctx context.Context, r io.Reader, st *execStamps, out func(Frame), sent *atomic.Uint64) (int, error) {
 	sp := h264.NewSplitter(r, s.cfg.MaxAU)
+	damaged := &damageLog{log: s.log, clock: s.cfg.Clock, perWindow: s.cfg.StderrPerMinute, windowStart: s.cfg.Clock.Now()}
+	defer damaged.report()
 	frames := 0
 	for {
 		au, err := sp.Next()
@@ -321,7 +356,7 @@ func (s *ExecSource) pump(ctx context.Context, r io.Reader, st *execStamps, out 
 		case errors.Is(err, io.EOF):
 			return frames, nil
 		case errors.Is(err, h264.ErrTooLarge), errors.Is(err, h264.ErrMalformed):
-			s.log.Warn("camera: dropped damaged access unit", "err", err)
+			damaged.note(err)
 			continue
 		case err != nil:
 			return frames, fmt.Errorf("camera: read %s output: %w", s.cfg.Argv[0], err)
@@ -330,9 +365,43 @@ func (s *ExecSource) pump(ctx context.Context, r io.Reader, st *execStamps, out 
 		if !au.HasPicture() || ctx.Err() != nil {
 			continue // keep draining until the encoder is gone
 		}
+		sent.Add(1)
 		out(Frame{AU: au, PTS: st.stamp(s.cfg.Clock.Now()), Seq: st.seq, Discontinuity: frames == 0})
 		st.seq++
 		frames++
+	}
+}
+
+// damageLog logs the access units the splitter dropped from an encoder's output, at most
+// perWindow a minute, as lineLogger does for its stderr, so that an encoder writing garbage
+// cannot flood the device's log either; the rest are counted and the count logged.
+type damageLog struct {
+	log         *slog.Logger
+	clock       Clock
+	perWindow   int
+	windowStart time.Time
+	inWindow    int
+	suppressed  int
+}
+
+func (d *damageLog) note(err error) {
+	if now := d.clock.Now(); now.Sub(d.windowStart) >= stderrWindow {
+		d.report()
+		d.windowStart, d.inWindow = now, 0
+	}
+	if d.inWindow >= d.perWindow {
+		d.suppressed++
+		return
+	}
+	d.inWindow++
+	d.log.Warn("camera: dropped damaged access unit", "err", err)
+}
+
+// report logs the count of damaged access units not logged, if any.
+func (d *damageLog) report() {
+	if d.suppressed > 0 {
+		d.log.Warn("camera: damaged access units suppressed", "count", d.suppressed, "limit_per_minute", d.perWindow)
+		d.suppressed = 0
 	}
 }
 

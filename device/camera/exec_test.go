@@ -122,7 +122,8 @@ func TestExecSourceRestartsWithBackoff(t *testing.T) {
 	src, err := camera.NewExecSource(camera.ExecConfig{
 		Argv:       []string{"sh", "-c", `echo "no camera found: try again" >&2; exit 3`},
 		BackoffMin: lo, BackoffMax: hi, KillGrace: grace,
-		Clock: clk, Logger: log,
+		StallTimeout: 2 * grace, // nor the stall watch
+		Clock:        clk, Logger: log,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -294,6 +295,7 @@ func TestExecConfigRejects(t *testing.T) {
 		{"a negative backoff", camera.ExecConfig{Argv: []string{"x"}, BackoffMin: -1}, "BackoffMin"},
 		{"a cap below the floor", camera.ExecConfig{Argv: []string{"x"}, BackoffMin: time.Minute, BackoffMax: time.Second}, "BackoffMax"},
 		{"a negative line cap", camera.ExecConfig{Argv: []string{"x"}, StderrLineMax: -5}, "StderrLineMax"},
+		{"a negative stall timeout", camera.ExecConfig{Argv: []string{"x"}, StallTimeout: -time.Second}, "StallTimeout"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
