@@ -135,12 +135,15 @@ type Agent struct {
 	// GrantEpoch.
 	grantEpoch uint64
 
-	replies  replyCache // replies of recent commands, to send again when lost
-	stateMu  sync.Mutex // one device-state publish at a time, so the newest arrives last
-	guard    *egress.Guard
-	privMu   sync.Mutex     // serialises privacy changes and claim forwarding
-	secret   *seal.Secret   // nil when never onboarded
-	settings *seal.Settings // nil when never onboarded; guarded by privMu
+	replies replyCache // replies of recent commands, to send again when lost
+	stateMu sync.Mutex // one device-state publish at a time, so the newest arrives last
+	guard   *egress.Guard
+	privMu  sync.Mutex // serialises privacy changes and claim forwarding
+	// privacyUnsaved is privacy mode turned on that could not be saved (a full or failing
+	// disk): on all the same, until it is saved or turned off. Guarded by mu.
+	privacyUnsaved bool
+	secret         *seal.Secret   // nil when never onboarded
+	settings       *seal.Settings // nil when never onboarded; guarded by privMu
 
 	client       *mqtt.Client // set by Run
 	pub          atomic.Pointer[publisherBox]
@@ -589,7 +592,7 @@ func (a *Agent) publishState(ctx context.Context) error {
 		Epoch:        a.st.Cred.Epoch,
 		Rotation:     a.rotStatus,
 		LastError:    a.lastError,
-		Privacy:      a.st.Privacy,
+		Privacy:      a.privacyLocked(),
 		Updated:      a.clk.Now().Unix(),
 	}
 	a.mu.Unlock()

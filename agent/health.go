@@ -43,7 +43,7 @@ func (a *Agent) Status() Status {
 		CertSerial:   serialHex(c),
 		CertNotAfter: c.NotAfter,
 		Rotating:     a.st.Cred.Phase != state.PhaseNone,
-		Privacy:      a.st.Privacy,
+		Privacy:      a.privacyLocked(),
 	}
 	a.mu.Unlock()
 	st.Running = a.running.Load()

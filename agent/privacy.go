@@ -173,21 +173,42 @@ func onboardClaimHash(c string) string { return onboard.Setup{Claim: c}.ClaimHas
 func (a *Agent) Privacy() bool {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	return a.st.Privacy
+	return a.privacyLocked()
 }
+
+// privacyLocked is Privacy with a.mu held.
+func (a *Agent) privacyLocked() bool { return a.st.Privacy || a.privacyUnsaved }
 
 // SetPrivacy turns privacy mode on or off, from the local switch or an owner's command. On,
 // the camera stops (its source is closed, not merely muted), every live viewer session ends
 // with "privacy" and new offers are refused until it is turned off. The setting is persisted,
 // so a camera that reboots stays private; the cloud sees only the one boolean in the device
 // state.
+//
+// Privacy never waits on the disk. Turned on, it takes effect even when it cannot be saved (a
+// full or failing flash): SetPrivacy then returns the error, and a later SetPrivacy(true)
+// tries the save again. Turned off, it takes effect only once saved: failing, the camera
+// stays private.
 func (a *Agent) SetPrivacy(ctx context.Context, on bool, why string) error {
 	a.privMu.Lock()
 	defer a.privMu.Unlock()
-	if a.Privacy() != on {
-		if err := a.save(func(st *state.State) { st.Privacy = on }); err != nil {
-			return err
+	a.mu.Lock()
+	saved, before := a.st.Privacy, a.privacyLocked()
+	a.mu.Unlock()
+	var saveErr error
+	if saved != on {
+		saveErr = a.save(func(st *state.State) { st.Privacy = on })
+		if saveErr != nil && !on {
+			return fmt.Errorf("agent: privacy mode stays on: %w", saveErr)
 		}
+	}
+	a.mu.Lock()
+	a.privacyUnsaved = on && saveErr != nil
+	a.mu.Unlock()
+	switch {
+	case saveErr != nil:
+		a.log.Error("privacy mode is on, but could not be saved: a restart before it is saved turns it off", "by", why, "err", saveErr)
+	case before != on:
 		a.log.Info("privacy mode", "on", on, "by", why)
 	}
 	a.applyPrivacy(on)
@@ -195,6 +216,9 @@ func (a *Agent) SetPrivacy(ctx context.Context, on bool, why string) error {
 		if err := a.publishState(ctx); err != nil {
 			a.log.Warn("could not publish the device state", "err", err)
 		}
+	}
+	if saveErr != nil {
+		return fmt.Errorf("agent: privacy mode is on but not saved: %w", saveErr)
 	}
 	return nil
 }

@@ -508,3 +508,68 @@ func TestOnboardWhileRunningIsPickedUpAtTheNextConnect(t *testing.T) {
 		})
 	}
 }
+
+// failingStore is a state store whose saves fail, as on a full or failing flash.
+type failingStore struct {
+	state.Store
+	fail bool
+}
+
+func (s *failingStore) Save(st state.State) error {
+	if s.fail {
+		return errors.New("write state: no space left on device")
+	}
+	return s.Store.Save(st)
+}
+
+// Privacy mode never waits on the disk: turned on while the state cannot be saved, it is on
+// all the same (the camera stops, offers are refused, the cloud is told), and it is saved once
+// the disk allows; turned off while that cannot be saved, it stays on.
+func TestPrivacyGoesOnEvenWhenItCannotBeSaved(t *testing.T) {
+	f := enrolled(t, "cam-0001", time.Now(), closedPort(t))
+	log, rec := logtest.New()
+	a, err := New(Config{StateDir: f.dir, Logger: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub := newPubRecorder()
+	a.pub.Store(&publisherBox{pub})
+	store := &failingStore{Store: a.store, fail: true}
+	a.store = store
+	ctx := context.Background()
+
+	if err := a.SetPrivacy(ctx, true, "switch"); err == nil || !strings.Contains(err.Error(), "no space left") {
+		t.Fatalf("SetPrivacy(on) on a full disk = %v, want the save's error", err)
+	}
+	if !a.Privacy() || !a.Status().Privacy || !a.telemetry().Privacy {
+		t.Fatal("privacy mode is off because it could not be saved")
+	}
+	if _, err := (&video{a: a}).check(nil); err == nil {
+		t.Fatal("an offer is served in privacy mode")
+	}
+	states := pub.on(topic.State("cam-0001"))
+	var ds wire.DeviceState
+	if len(states) != 1 || wire.Decode(states[0].payload, &ds) != nil || !ds.Privacy {
+		t.Fatalf("the cloud was not told privacy is on: %d state messages", len(states))
+	}
+	rec.WaitFor(t, time.Second, "privacy mode is on, but could not be saved")
+
+	// Once the disk allows, the next SetPrivacy(on) saves it.
+	store.fail = false
+	if err := a.SetPrivacy(ctx, true, "switch"); err != nil {
+		t.Fatal(err)
+	}
+	b, err := New(Config{StateDir: f.dir, Logger: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !b.Privacy() {
+		t.Fatal("privacy mode was not saved once the disk allowed it")
+	}
+
+	// Off is refused while it cannot be saved: the camera stays private.
+	store.fail = true
+	if err := a.SetPrivacy(ctx, false, "switch"); err == nil || !a.Privacy() {
+		t.Fatalf("SetPrivacy(off) on a full disk = %v, privacy %v; want an error and privacy on", err, a.Privacy())
+	}
+}

@@ -46,7 +46,7 @@ func (a *Agent) telemetryLoop(ctx context.Context) {
 func (a *Agent) telemetry() *wire.Telemetry {
 	c := a.Certificate()
 	a.mu.Lock()
-	epoch, privacy := a.st.Cred.Epoch, a.st.Privacy
+	epoch, privacy := a.st.Cred.Epoch, a.privacyLocked()
 	a.mu.Unlock()
 	t := &wire.Telemetry{
 		V:              wire.Version,
