@@ -23,6 +23,7 @@ import (
 	"github.com/camagent/camagent/internal/buildinfo"
 	"github.com/camagent/camagent/internal/cappedfile"
 	"github.com/camagent/camagent/transport/mqtt"
+	"github.com/camagent/camagent/transport/webrtc"
 	"github.com/camagent/camagent/transport/webrtc/signal"
 )
 
@@ -152,6 +153,11 @@ func (o *runOptions) build(stderr io.Writer) (*built, error) {
 	if o.maxBackoff < mqtt.DefaultMinBackoff || o.maxBackoff > maxReconnectBackoff {
 		return nil, fmt.Errorf("--reconnect-max-backoff %v: want %v to %v", o.maxBackoff, mqtt.DefaultMinBackoff, maxReconnectBackoff)
 	}
+	// The streamer checks it only when the video starts: by then a reload has stopped the
+	// agent that worked, and a start has nothing to go back to.
+	if o.maxViewers < 0 || o.maxViewers > webrtc.MaxMaxViewers {
+		return nil, fmt.Errorf("--max-viewers %d: want 1 to %d, or 0 for the default (%d)", o.maxViewers, webrtc.MaxMaxViewers, webrtc.DefaultMaxViewers)
+	}
 	if o.broker != "" {
 		if _, err := certs.BrokerHost(o.broker); err != nil {
 			return nil, fmt.Errorf("--broker: %w", err)
@@ -236,7 +242,7 @@ func videoICEServers(urls []string, user, credFile string) ([]signal.ICEServer, 
 			return nil, fmt.Errorf("--video-ice-credential-file: %w", err)
 		}
 		if fi.Mode().Perm()&0o007 != 0 {
-			return nil, fmt.Errorf("--video-ice-credential-file %s is accessible to others (mode %v); make it 0600", credFile, fi.Mode().Perm())
+			return nil, fmt.Errorf("--video-ice-credential-file %s is accessible to others (mode %v): make it 0640, owner root, group camagent (or 0600, owned by the user camagent runs as)", credFile, fi.Mode().Perm())
 		}
 		b, err := cappedfile.Read(credFile, signal.MaxCredentialSize+2)
 		if err != nil {

@@ -173,6 +173,9 @@ func (st *selfTest) run(ctx context.Context) selftestReport {
 	if st.interactive {
 		checks = append(checks, st.checkLEDAndButton(ctx))
 	}
+	if c, ok := st.checkConfig(); !ok {
+		checks = append([]checkResult{c}, checks...)
+	}
 	rep := selftestReport{OK: true, Version: buildinfo.Version(), Checks: checks}
 	for _, c := range checks {
 		if c.Result == resultFail {
@@ -184,6 +187,16 @@ func (st *selfTest) run(ctx context.Context) selftestReport {
 
 func result(check, res, format string, args ...any) checkResult {
 	return checkResult{Check: check, Result: res, Detail: fmt.Sprintf(format, args...)}
+}
+
+// checkConfig checks the settings as camagent run does before it starts anything (build):
+// the checks below use only some of them, and a value only run refuses would otherwise pass
+// here and stop the service at every start. The row is in the report only when it fails.
+func (st *selfTest) checkConfig() (checkResult, bool) {
+	if _, err := st.opts.build(io.Discard); err != nil {
+		return result("config", resultFail, "camagent run would refuse these settings and exit: %v", err), false
+	}
+	return checkResult{}, true
 }
 
 // checkBoard names the board. The hardware serial is shown: the report is for the person at
