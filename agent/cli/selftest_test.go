@@ -228,6 +228,7 @@ func TestSelftestInteractiveWaitsForTheButton(t *testing.T) {
 		}()
 		// The button's pin is set up (which drops pending edges) before the prompt.
 		prompt.waitFor(t, "press the reset button (GPIO27)")
+		clk.fire(t, 50*time.Millisecond) // the level read at start holds for the debounce period
 		press := func(l gpio.Level) {
 			select {
 			case btn.EdgesChan <- l:

@@ -287,6 +287,7 @@ func TestPrivacySwitchDrivesTheAgent(t *testing.T) {
 	cam := &countingSource{}
 	h := startService(t, []string{"--state", dir}, camgpio.Pins{LED: &gpiotest.Pin{N: "GPIO17"}, Privacy: sw},
 		func(c *agent.Config) { c.Video = cam })
+	h.clk.fire(t, 50*time.Millisecond) // the level read at start holds for the debounce period
 
 	h.notes.waitFor(t, 0, "STATUS=connected to broker; privacy mode on")
 	a := h.agentNow()
@@ -336,6 +337,7 @@ func TestPrivacySwitchClosedAtStartTurnsSavedPrivacyOff(t *testing.T) {
 	}
 	sw := newPin("GPIO22") // low: closed
 	h := startService(t, []string{"--state", dir}, camgpio.Pins{Privacy: heldPin{sw}}, nil)
+	h.clk.fire(t, 50*time.Millisecond) // the level read at start holds for the debounce period
 	h.notes.waitFor(t, 0, "STATUS=connected to broker")
 	if h.agentNow().Privacy() {
 		t.Fatal("privacy is on with the switch closed")
@@ -350,6 +352,7 @@ func TestResetButtonLongPressFactoryResets(t *testing.T) {
 	dir := enrollDevice(t, pki, "", "cam-0001", b.URL(), time.Now(), 0)
 	btn := newPin("GPIO27")
 	h := startService(t, []string{"--state", dir}, camgpio.Pins{LED: &gpiotest.Pin{N: "GPIO17"}, Button: btn}, nil)
+	h.clk.fire(t, 50*time.Millisecond) // the level read at start holds for the debounce period
 	i := h.notes.waitFor(t, 0, "STATUS=connected to broker")
 	a := h.agentNow()
 

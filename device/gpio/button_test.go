@@ -149,13 +149,17 @@ func TestButtonEdges(t *testing.T) {
 		}
 	}
 
-	// Pressed at 0: debounced for 50 ms, then the long press is armed for 10 s.
+	// Released at the start: the level read is debounced like any change.
+	expectTimer("at the start", 50*ms)
+	h.advance(50 * ms)
+
+	// Pressed at 50 ms: debounced for 50 ms, then the long press is armed for 10 s.
 	h.edge(gpio.Low)
 	expectTimer("after a press", 50*ms)
 	h.advance(50 * ms)
 	expectTimer("after the press is confirmed", 9950*ms)
 
-	// Released at 1 s, bouncing back to low at 1.02 s and high again: a short press, reported
+	// Released at 1.05 s, bouncing back to low at 1.07 s and high again: a short press, reported
 	// 50 ms after the last bounce.
 	h.advance(950 * ms)
 	h.edge(gpio.High)
@@ -166,9 +170,9 @@ func TestButtonEdges(t *testing.T) {
 	h.edge(gpio.High)
 	expectTimer("after the last bounce", 50*ms)
 	h.advance(50 * ms)
-	h.expect("short press at 1.07s")
+	h.expect("short press at 1.12s")
 
-	// A 30 ms glitch at 2.07 s: no press.
+	// A 30 ms glitch at 2.12 s: no press.
 	h.advance(1 * time.Second)
 	h.edge(gpio.Low)
 	expectTimer("after the glitch starts", 50*ms)
@@ -176,14 +180,14 @@ func TestButtonEdges(t *testing.T) {
 	h.edge(gpio.High)
 	h.noTimer()
 
-	// Held from 4 s: the long press fires at 14 s, once, and the release is not a short press.
+	// Held from 4.05 s: the long press fires at 14.05 s, once, and the release is not a short press.
 	h.advance(1900 * ms)
 	h.edge(gpio.Low)
 	expectTimer("after a press", 50*ms)
 	h.advance(50 * ms)
 	expectTimer("after the press is confirmed", 9950*ms)
 	h.advance(9950 * ms)
-	h.expect("long press at 14s")
+	h.expect("long press at 14.05s")
 	h.advance(5 * time.Second)
 	h.edge(gpio.High)
 	expectTimer("after the release", 50*ms)
@@ -199,7 +203,7 @@ func TestButtonEdges(t *testing.T) {
 	h.edge(gpio.High)
 	expectTimer("after the release", 50*ms)
 	h.advance(50 * ms)
-	h.expect("short press at 20.3s")
+	h.expect("short press at 20.35s")
 	h.expectNoMore()
 }
 
@@ -212,8 +216,11 @@ func TestButtonFallsBackToPollingWhenEdgesDoNotWait(t *testing.T) {
 		t.Fatal(err)
 	}
 	h.start(b.Run)
-	if d := h.timer(); d != 10*ms {
-		t.Fatalf("first timer %v, want the 10 ms poll once WaitForEdge proved useless", d)
+	if d := h.timer(); d != 50*ms {
+		t.Fatalf("first timer %v, want the 50 ms debounce of the level at the start", d)
+	}
+	if d := h.newTimer(); d != 10*ms {
+		t.Fatalf("next timer %v, want the 10 ms poll once WaitForEdge proved useless", d)
 	}
 	h.until(100 * ms)
 	h.set(gpio.Low)

@@ -25,7 +25,8 @@ func TestSwitchWithABrokenWireTurnsPrivacyOn(t *testing.T) {
 				t.Fatal(err)
 			}
 			h.start(s.Run) // the pin is left to its pull resistor: the wire is cut
-			h.expect("privacy true at 0s")
+			h.until(50 * ms)
+			h.expect("privacy true at 50ms")
 			h.until(time.Second)
 			h.expectNoMore()
 		})

@@ -28,8 +28,9 @@ const (
 
 // handler is told what an input does: a Button or a Switch.
 type handler interface {
-	// settled is called with the debounced level (true: active) once when the input starts
-	// and then whenever it changes; since is when the raw level first showed it.
+	// settled is called with the debounced level (true: active) once the level read when the
+	// input starts has held for the debounce period, and then whenever it changes; since is
+	// when the raw level first showed it.
 	settled(active bool, since time.Time)
 	// deadline returns when expire must be called next, or the zero time for never.
 	deadline() time.Time
@@ -58,7 +59,8 @@ type input struct {
 
 	// Run's goroutine only.
 	raw       bool      // the level last read
-	stable    bool      // the debounced level
+	stable    bool      // the debounced level; valid once known
+	known     bool      // a level has held for the debounce period since run started
 	changedAt time.Time // when raw last changed
 }
 
@@ -105,12 +107,12 @@ const (
 	wakeBroken              // WaitForEdge does not wait: poll from now on
 )
 
-// run reports the input's level to h until ctx is cancelled.
+// run reports the input's level to h until ctx is cancelled. The level read at the start is
+// debounced like any change: a single read is as open to a glitch as any other, and a
+// glitch at boot must neither turn privacy off nor arm a button that is held.
 func (in *input) run(ctx context.Context, h handler) {
 	now := in.clk.Now()
-	in.raw = in.read()
-	in.stable, in.changedAt = in.raw, now
-	h.settled(in.stable, now)
+	in.raw, in.changedAt, in.known = in.read(), now, false
 
 	var wakes chan wake
 	if in.edges {
@@ -138,10 +140,10 @@ func (in *input) run(ctx context.Context, h handler) {
 	var timer <-chan time.Time
 	for {
 		next := time.Time{}
-		if in.raw != in.stable {
+		if in.pending() {
 			next = in.changedAt.Add(in.debounce)
 		}
-		if d := h.deadline(); in.raw == in.stable && !d.IsZero() && (next.IsZero() || d.Before(next)) {
+		if d := h.deadline(); !in.pending() && !d.IsZero() && (next.IsZero() || d.Before(next)) {
 			next = d
 		}
 		if !in.edges {
@@ -183,20 +185,23 @@ func (in *input) run(ctx context.Context, h handler) {
 // expires the handler's deadline when due.
 func (in *input) update(h handler, now time.Time, edge bool) {
 	in.observe(now, edge)
-	if in.raw != in.stable && !now.Before(in.changedAt.Add(in.debounce)) {
-		in.stable = in.raw
+	if in.pending() && !now.Before(in.changedAt.Add(in.debounce)) {
+		in.stable, in.known = in.raw, true
 		h.settled(in.stable, in.changedAt)
 	}
-	if d := h.deadline(); in.raw == in.stable && !d.IsZero() && !now.Before(d) {
+	if d := h.deadline(); !in.pending() && !d.IsZero() && !now.Before(d) {
 		h.expire(now)
 	}
 }
+
+// pending reports whether a level is being debounced: the one read at the start, or a change.
+func (in *input) pending() bool { return !in.known || in.raw != in.stable }
 
 // observe reads the level. A change, or an edge while a change is pending (the level bounced
 // in between), restarts the debounce period.
 func (in *input) observe(now time.Time, edge bool) {
 	cur := in.read()
-	if cur != in.raw || (edge && in.raw != in.stable) {
+	if cur != in.raw || (edge && in.pending()) {
 		in.raw, in.changedAt = cur, now
 	}
 }

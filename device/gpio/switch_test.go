@@ -31,9 +31,10 @@ func newSwitch(t *testing.T, edges bool, activeLow bool, initial gpio.Level) *in
 }
 
 func TestSwitchPolled(t *testing.T) {
-	t.Run("the level at start is reported at once: open means privacy on", func(t *testing.T) {
+	t.Run("the level at start is reported once debounced: open means privacy on", func(t *testing.T) {
 		h := newSwitch(t, false, false, gpio.High)
-		h.expect("privacy true at 0s")
+		h.until(50 * ms)
+		h.expect("privacy true at 50ms")
 		h.until(100 * ms)
 		h.set(gpio.Low) // closed: camera allowed
 		h.until(500 * ms)
@@ -44,13 +45,15 @@ func TestSwitchPolled(t *testing.T) {
 	})
 	t.Run("a closed switch at start means privacy off", func(t *testing.T) {
 		h := newSwitch(t, false, false, gpio.Low)
-		h.expect("privacy false at 0s")
+		h.until(50 * ms)
+		h.expect("privacy false at 50ms")
 		h.until(time.Second)
 		h.expectNoMore()
 	})
 	t.Run("glitches shorter than the debounce are ignored", func(t *testing.T) {
 		h := newSwitch(t, false, false, gpio.Low)
-		h.expect("privacy false at 0s")
+		h.until(50 * ms)
+		h.expect("privacy false at 50ms")
 		for at := 100 * ms; at < time.Second; at += 100 * ms {
 			h.until(at)
 			h.set(gpio.High)
@@ -65,7 +68,8 @@ func TestSwitchPolled(t *testing.T) {
 	})
 	t.Run("an active-low switch is on while low", func(t *testing.T) {
 		h := newSwitch(t, false, true, gpio.Low)
-		h.expect("privacy true at 0s")
+		h.until(50 * ms)
+		h.expect("privacy true at 50ms")
 		h.until(100 * ms)
 		h.set(gpio.High)
 		h.until(time.Second)
@@ -76,14 +80,18 @@ func TestSwitchPolled(t *testing.T) {
 
 func TestSwitchEdges(t *testing.T) {
 	h := newSwitch(t, true, false, gpio.High)
-	h.expect("privacy true at 0s")
+	if d := h.timer(); d != 50*ms {
+		t.Fatalf("at start the switch waits %v, want the 50 ms debounce", d)
+	}
+	h.advance(50 * ms)
+	h.expect("privacy true at 50ms")
 	h.advance(time.Second)
 	h.edge(gpio.Low)
 	if d := h.newTimer(); d != 50*ms {
 		t.Fatalf("after an edge the switch waits %v, want the 50 ms debounce", d)
 	}
 	h.advance(50 * ms)
-	h.expect("privacy false at 1.05s")
+	h.expect("privacy false at 1.1s")
 	h.advance(time.Second)
 	h.edge(gpio.High) // a 10 ms glitch
 	h.newTimer()
@@ -94,6 +102,6 @@ func TestSwitchEdges(t *testing.T) {
 	h.edge(gpio.High)
 	h.newTimer()
 	h.advance(50 * ms)
-	h.expect("privacy true at 3.11s")
+	h.expect("privacy true at 3.16s")
 	h.expectNoMore()
 }
