@@ -207,9 +207,11 @@ func (s *service) unlock() {
 // The agent's Run has returned when runAgent returns.
 func (s *service) runAgent(ctx context.Context, a *agent.Agent) (outcome, *runOptions, error) {
 	if on, known := s.board.switchLevel(); known {
-		// Before Run: the setting is persisted and the video starts with it.
+		// Before Run: the setting is persisted and the video starts with it. A save that
+		// fails leaves privacy on (SetPrivacy never fails the other way), so the agent runs:
+		// exiting would only restart it into the same disk.
 		if err := a.SetPrivacy(ctx, on, "switch"); err != nil {
-			return outStop, nil, fmt.Errorf("run: privacy switch: %w", err)
+			s.log.Error("privacy switch: could not save privacy mode; it is on", "switch_on", on, "err", err)
 		}
 	}
 	runCtx, cancel := context.WithCancel(ctx)
