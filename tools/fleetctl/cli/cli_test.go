@@ -336,6 +336,12 @@ func TestKeysRotateAndBreachPublishTheNextKeySet(t *testing.T) {
 	if err != nil || f2.KeySet().Version != 2 {
 		t.Fatalf("key set in force after breach: %v", err)
 	}
+	// The same command again, as an operator does who is not sure it went through: the
+	// pending copy is gone (it is in force), and nothing is published again.
+	again := mustRun(t, "breach", "--dir", dir, "--broker", brk.URL(), "--incident", "INC-2026-11", "--keyset", path)
+	if !strings.Contains(again, "already published") || !strings.Contains(again, "key set v2 is already in force") {
+		t.Fatalf("breach run again said %q", again)
+	}
 	// The retained breach notice carries the key set and verifies with it.
 	col := status.NewCollector(f.RootKey(), v1)
 	op, err := f2.Dial(context.Background(), fleet.OperatorOptions{Broker: brk.URL(), Subscriptions: status.Filters(), OnMessage: col.Add})

@@ -9,6 +9,8 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"os"
+	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
@@ -170,12 +172,20 @@ func breachCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	}
 	var ksb []byte
 	var ks *certs.KeySet
+	inForce := false // the same command ran to the end before
 	if *keyset != "" {
-		if ksb, err = cappedfile.Read(*keyset, certs.MaxKeySetSize); err != nil {
+		ksb, err = cappedfile.Read(*keyset, certs.MaxKeySetSize)
+		switch {
+		case errors.Is(err, os.ErrNotExist) && filepath.Base(*keyset) == fleet.PendingKeySetName(f.KeySet().Version):
+			// The pending copy is removed when the set is put in force: this is the set in
+			// force, and the notice that carries it was published before.
+			ksb, inForce = f.KeySetBytes(), true
+		case err != nil:
 			return fmt.Errorf("breach: %w", err)
-		}
-		if ks, err = f.OpenNewKeySet(ksb); err != nil {
-			return fmt.Errorf("breach: --keyset %s: %w", *keyset, err)
+		default:
+			if ks, err = f.OpenNewKeySet(ksb); err != nil {
+				return fmt.Errorf("breach: --keyset %s: %w", *keyset, err)
+			}
 		}
 	}
 	st, err := readFleetState(ctx, f, of, stderr)
@@ -208,6 +218,9 @@ func breachCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 			return err
 		}
 		fmt.Fprintf(stdout, "breach %s: every device rotates its key, certificate and token to epoch %d; grants from earlier epochs are void (version %d)\n", got.Incident, got.Epoch, got.Version)
+	}
+	if inForce {
+		fmt.Fprintf(stdout, "key set v%d is already in force (an earlier breach --keyset put it there)\n", f.KeySet().Version)
 	}
 	if ks != nil {
 		// Only now: the breach notice that carries the set is out, so devices can learn the

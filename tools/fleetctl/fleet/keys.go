@@ -56,7 +56,7 @@ func (f *Fleet) RotateKeys(root *certs.SigningKey, drop []string, now time.Time)
 	}
 	cur := f.ks
 	next := certs.KeySet{Version: cur.Version + 1, IssuedAt: now.Unix()}
-	path := filepath.Join(f.Dir, keySetsDir, "keyset-v"+strconv.FormatUint(next.Version, 10)+".json")
+	path := filepath.Join(f.Dir, keySetsDir, PendingKeySetName(next.Version))
 	if _, err := os.Stat(path); err == nil {
 		return "", nil, fmt.Errorf("%w: %s (publish it with fleetctl breach --keyset, or remove it)", ErrPendingKeySet, path)
 	}
@@ -104,6 +104,10 @@ func (f *Fleet) OpenNewKeySet(b []byte) (*certs.KeySet, error) {
 	return ks, nil
 }
 
+// PendingKeySetName is the name, under keysets/, of key set version v made by RotateKeys and
+// not yet put in force.
+func PendingKeySetName(v uint64) string { return "keyset-v" + strconv.FormatUint(v, 10) + ".json" }
+
 // InstallKeySet makes a signed key set (checked as OpenNewKeySet does) the set in force:
 // keyset.json is replaced atomically, and commands, desired state and grants are signed with
 // its newest keys from now on. The pending copy under keysets/ is removed.
@@ -116,7 +120,7 @@ func (f *Fleet) InstallKeySet(b []byte) error {
 		return err
 	}
 	f.keySet, f.ks = b, ks
-	pending := filepath.Join(f.Dir, keySetsDir, "keyset-v"+strconv.FormatUint(ks.Version, 10)+".json")
+	pending := filepath.Join(f.Dir, keySetsDir, PendingKeySetName(ks.Version))
 	if err := os.Remove(pending); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("fleet: %w", err)
 	}
