@@ -74,6 +74,13 @@ func revokeViewer(dir, name string, stdout, stderr io.Writer) error {
 	}
 	if len(serials) == 0 {
 		fmt.Fprintf(stdout, "viewer:%s holds no certificate that is valid and not revoked; nothing to do\n", name)
+		// Run again, it may follow a run that stopped after the revocation and before the
+		// CRL: write the CRL again where it can be.
+		if f.HasCAKey() {
+			if err := writeCRL(f, stderr, now); err != nil {
+				return fmt.Errorf("viewer: the CRL was not written again (run fleetctl crl): %w", err)
+			}
+		}
 		return nil
 	}
 	if err := writeCRL(f, stderr, now); err != nil {

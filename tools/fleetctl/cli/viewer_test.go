@@ -74,6 +74,16 @@ func TestARevokedViewerIsRefusedByBothBrokers(t *testing.T) {
 		if err != nil || !strings.Contains(stdout, "revoked viewer:"+name+": serial "+old.Leaf.SerialNumber.Text(16)+"\n") {
 			t.Fatalf("fleetctl viewer --revoke: %v\n%s%s", err, stdout, stderr)
 		}
+		// Run again after a run that stopped before it wrote the CRL: the CRL is written.
+		if err := os.Remove(f.CRLPath()); err != nil {
+			t.Fatal(err)
+		}
+		if stdout, stderr, err := run(t, "viewer", "--dir", f.Dir, "--revoke", name); err != nil || !strings.Contains(stdout, "nothing to do") {
+			t.Fatalf("fleetctl viewer --revoke again: %v\n%s%s", err, stdout, stderr)
+		}
+		if _, err := os.Stat(f.CRLPath()); err != nil {
+			t.Fatalf("the CRL was not written again: %v", err)
+		}
 		restart()
 		if _, err := fleettest.TryConnect(t, f, url, old); err == nil {
 			t.Fatal("the revoked viewer relay got in")
