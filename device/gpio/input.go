@@ -182,15 +182,23 @@ func (in *input) run(ctx context.Context, h handler) {
 }
 
 // update reads the level at now, commits it once it has held for the debounce period, and
-// expires the handler's deadline when due.
+// expires the handler's deadline when due. A level that had held for the debounce period
+// before this read is committed first, whether the timer or the read came first to the loop:
+// the order of the two must not decide whether a press counts.
 func (in *input) update(h handler, now time.Time, edge bool) {
+	in.settle(h, now)
 	in.observe(now, edge)
+	in.settle(h, now)
+	if d := h.deadline(); !in.pending() && !d.IsZero() && !now.Before(d) {
+		h.expire(now)
+	}
+}
+
+// settle commits the level being debounced if it has held for the debounce period at now.
+func (in *input) settle(h handler, now time.Time) {
 	if in.pending() && !now.Before(in.changedAt.Add(in.debounce)) {
 		in.stable, in.known = in.raw, true
 		h.settled(in.stable, in.changedAt)
-	}
-	if d := h.deadline(); !in.pending() && !d.IsZero() && !now.Before(d) {
-		h.expire(now)
 	}
 }
 
