@@ -255,7 +255,12 @@ func TestAnAnswerThatDoesNotOpenEndsTheSession(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The test waits for the publish to return: one still in progress when the test ends
+	// would see its connection closed by the cleanup.
+	sent := make(chan struct{})
+	defer func() { <-sent }()
 	go func() {
+		defer close(sent)
 		waitSessions(t, r, 1)
 		b, _ := signal.Encode(wrong)
 		if err := c.Publish(context.Background(), topic.SignalUp(id), 0, false, b); err != nil {
