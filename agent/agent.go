@@ -122,15 +122,16 @@ type Agent struct {
 	// applied holds, per desired-state topic, the last document applied and the verifier it
 	// was checked with: the broker delivers the retained copy again on every connect, and the
 	// same bytes under the same keys need no second signature check.
-	applied   map[string]appliedDesired
-	grants    *certs.Verifier // grant keys
-	keySet    uint64
-	active    *credential // the generation in use
-	next      *credential // the generation a rotation is making, or nil
-	rotStatus string      // wire.Rotation* value
-	committed time.Time   // when (by the device clock) this run last committed a rotation
-	lastError string      // wire.ErrCode* value of the last failed rotation step
-	epochHook []func(epoch uint64)
+	applied    map[string]appliedDesired
+	grants     *certs.Verifier // grant keys
+	keySet     uint64
+	active     *credential // the generation in use
+	next       *credential // the generation a rotation is making, or nil
+	rotStatus  string      // wire.Rotation* value
+	committed  time.Time   // when (by the device clock) this run last committed a rotation
+	lastError  string      // wire.ErrCode* value of the last failed rotation step
+	epochHook  []func(epoch uint64)
+	commitHook []func(epoch uint64) // OnCommit
 	// grantEpoch is the grant epoch the hooks last ran for (or the one at start): see
 	// GrantEpoch.
 	grantEpoch uint64
@@ -300,9 +301,20 @@ func (a *Agent) Epoch() uint64 {
 // Rotations returns how many rotations this agent committed since it started.
 func (a *Agent) Rotations() uint64 { return a.rotations.Load() }
 
+// OnCommit registers f to run after each committed rotation, with the credential epoch it
+// reached (Epoch), on the rotation's goroutine: the moment the device holds its new key,
+// certificate and token for good. Fleet tooling that counts converged devices uses it; a
+// breach notice alone raises the grant epoch (OnEpoch) long before. Register before Run.
+func (a *Agent) OnCommit(f func(epoch uint64)) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.commitHook = append(a.commitHook, f)
+}
+
 // OnEpoch registers f to run after each rise of the grant epoch (GrantEpoch), on the goroutine
 // that raised it: the one that applied a desired state, or the rotation's; the video layer
-// closes every live viewer session there (S7). Register before Run.
+// closes every live viewer session there (S7). It is not a rotation's commit (OnCommit): a
+// breach notice raises the grant epoch as soon as the device has it. Register before Run.
 func (a *Agent) OnEpoch(f func(epoch uint64)) {
 	a.mu.Lock()
 	defer a.mu.Unlock()

@@ -112,8 +112,9 @@ func TestABreachNoticeVoidsEarlierGrantsBeforeTheRotation(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var raised []uint64
+	var raised, committed []uint64
 	a.OnEpoch(func(e uint64) { raised = append(raised, e) })
+	a.OnCommit(func(e uint64) { committed = append(committed, e) })
 	grant := func(epoch uint64) []byte {
 		b, err := certs.SignGrant(f.cmdKey, certs.Grant{Device: "cam-0001", Epoch: epoch, Scope: certs.ScopeView, Subject: "v",
 			IssuedAt: now.Add(-time.Minute).Unix(), ExpiresAt: now.Add(time.Hour).Unix()})
@@ -142,6 +143,9 @@ func TestABreachNoticeVoidsEarlierGrantsBeforeTheRotation(t *testing.T) {
 	}
 	if !slices.Equal(raised, []uint64{1}) {
 		t.Fatalf("the epoch hooks ran for %v, want once for 1 (live viewers closed at the notice)", raised)
+	}
+	if len(committed) != 0 {
+		t.Fatalf("the commit hooks ran for %v at the notice, with no rotation", committed)
 	}
 	// The same notice again, as the broker redelivers it on every connect: nothing more.
 	a.handleDesired(context.Background(), topic.FleetDesired, notice)

@@ -31,6 +31,8 @@ func TestEnrollingARotatedDeviceAgainStartsOnTheNewEnrollment(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	commits := make(chan uint64, 4)
+	a.OnCommit(func(e uint64) { commits <- e })
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- a.Run(ctx) }()
@@ -48,6 +50,9 @@ func TestEnrollingARotatedDeviceAgainStartsOnTheNewEnrollment(t *testing.T) {
 	}
 	cancel()
 	<-done
+	if len(commits) != 1 || <-commits != 1 {
+		t.Fatal("the commit hooks did not run once, for epoch 1, at the commit")
+	}
 	if _, err := os.Stat(filepath.Join(dir, KeyFile)); !os.IsNotExist(err) {
 		t.Fatalf("the enrollment key after a rotation: %v", err)
 	}

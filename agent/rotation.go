@@ -606,6 +606,12 @@ func (a *Agent) switchAndCommit(ctx context.Context) error {
 	a.step(StepWiped)
 	a.rotations.Add(1)
 	a.log.Info("rotation committed", "generation", next.gen, "serial", newSerial, "old_serial", serialHex(old.cert), "epoch", epoch)
+	a.mu.Lock()
+	committed := slices.Clone(a.commitHook)
+	a.mu.Unlock()
+	for _, h := range committed {
+		h(epoch)
+	}
 	// Normally the desired state that asked for this epoch raised the grant epoch already.
 	a.raiseGrantEpoch()
 	if err := a.publishState(ctx); err != nil {

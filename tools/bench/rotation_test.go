@@ -46,14 +46,15 @@ func startFleet(t *testing.T, kind string) *fleetEnv {
 	return e
 }
 
-func runAgent(t testing.TB, dir, url string, onEpoch func(uint64)) *agent.Agent {
+func runAgent(t testing.TB, dir, url string, onCommit func(uint64)) *agent.Agent {
 	a, err := agent.New(agent.Config{StateDir: dir, BrokerURL: url, Logger: discard,
 		RetryMin: 200 * time.Millisecond, RetryMax: 5 * time.Second, MinBackoff: 200 * time.Millisecond, MaxBackoff: 5 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if onEpoch != nil {
-		a.OnEpoch(onEpoch)
+	if onCommit != nil {
+		// The commit, not the grant epoch (OnEpoch), which the notice raises at once.
+		a.OnCommit(onCommit)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)

@@ -75,7 +75,8 @@ func (d *device) prepare(cfg *Config, h *countingHandler, onEpoch func(*device, 
 	if err != nil {
 		return fmt.Errorf("start %s: %w", d.id, err)
 	}
-	a.OnEpoch(func(e uint64) {
+	// Converged is committed: the notice alone raises the grant epoch (OnEpoch) long before.
+	a.OnCommit(func(e uint64) {
 		d.epoch.Store(e)
 		d.epochAt.Store(time.Now().UnixNano())
 		onEpoch(d, e)
