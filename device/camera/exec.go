@@ -347,7 +347,7 @@ func (s *ExecSource) supervise(ctx context.Context, pid int, pumpDone, exited <-
 // pump reads access units from the encoder's output and sends each picture to out.
 func (s *ExecSource) pump(ctx context.Context, r io.Reader, st *execStamps, out func(Frame), sent *atomic.Uint64) (int, error) {
 	sp := h264.NewSplitter(r, s.cfg.MaxAU)
-	damaged := &damageLog{log: s.log, clock: s.cfg.Clock, perWindow: s.cfg.StderrPerMinute, windowStart: s.cfg.Clock.Now()}
+	damaged := &damageLog{log: s.log, budget: newLogBudget(s.cfg.Clock, s.cfg.StderrPerMinute)}
 	defer damaged.report()
 	frames := 0
 	for {
@@ -372,37 +372,25 @@ func (s *ExecSource) pump(ctx context.Context, r io.Reader, st *execStamps, out 
 	}
 }
 
-// damageLog logs the access units the splitter dropped from an encoder's output, at most
-// perWindow a minute, as lineLogger does for its stderr, so that an encoder writing garbage
-// cannot flood the device's log either; the rest are counted and the count logged.
+// damageLog logs the access units the splitter dropped from an encoder's output within the
+// same per-minute budget as its stderr lines, so that an encoder writing garbage cannot flood
+// the device's log either; the rest are counted and the count logged.
 type damageLog struct {
-	log         *slog.Logger
-	clock       Clock
-	perWindow   int
-	windowStart time.Time
-	inWindow    int
-	suppressed  int
+	log    *slog.Logger
+	budget logBudget
 }
 
 func (d *damageLog) note(err error) {
-	if now := d.clock.Now(); now.Sub(d.windowStart) >= stderrWindow {
-		d.report()
-		d.windowStart, d.inWindow = now, 0
+	if d.budget.allow(d.reportSuppressed) {
+		d.log.Warn("camera: dropped damaged access unit", "err", err)
 	}
-	if d.inWindow >= d.perWindow {
-		d.suppressed++
-		return
-	}
-	d.inWindow++
-	d.log.Warn("camera: dropped damaged access unit", "err", err)
 }
 
 // report logs the count of damaged access units not logged, if any.
-func (d *damageLog) report() {
-	if d.suppressed > 0 {
-		d.log.Warn("camera: damaged access units suppressed", "count", d.suppressed, "limit_per_minute", d.perWindow)
-		d.suppressed = 0
-	}
+func (d *damageLog) report() { d.budget.flush(d.reportSuppressed) }
+
+func (d *damageLog) reportSuppressed(n int) {
+	d.log.Warn("camera: damaged access units suppressed", "count", n, "limit_per_minute", d.budget.perWindow)
 }
 
 // noteParams updates Info from a new SPS.

@@ -144,12 +144,16 @@ func TestTheCamerasByeReachesItsSession(t *testing.T) {
 }
 
 // deviceClient is an MQTT session as a device of cam's fleet: a camera that says what the
-// test tells it to.
-func deviceClient(t *testing.T, cam *camviewtest.Camera, id string) *mqtt.Client {
+// test tells it to. With a handler, it reads its dev/<id>/down/signal.
+func deviceClient(t *testing.T, cam *camviewtest.Camera, id string, handler func(context.Context, mqtt.Message)) *mqtt.Client {
 	t.Helper()
 	dev := fleettest.Enroll(t, cam.Fleet, id)
 	host, _ := certs.BrokerHost(cam.URL)
-	c, err := mqtt.New(mqtt.Config{BrokerURL: cam.URL, ClientID: id, TLS: certs.ClientTLSConfig(cam.Fleet.Pool, host, certs.NewHolder(dev.Cert))})
+	cfg := mqtt.Config{BrokerURL: cam.URL, ClientID: id, TLS: certs.ClientTLSConfig(cam.Fleet.Pool, host, certs.NewHolder(dev.Cert))}
+	if handler != nil {
+		cfg.Subscriptions, cfg.Handler = []mqtt.Subscription{{Filter: topic.Signal(id), QoS: 0}}, handler
+	}
+	c, err := mqtt.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -166,8 +170,8 @@ func deviceClient(t *testing.T, cam *camviewtest.Camera, id string) *mqtt.Client
 func TestOnlyTheCameraOfferedToCanAnswer(t *testing.T) {
 	cam := camviewtest.Start(t, camviewtest.Options{})
 	r := cam.Relay(t, "test")
-	other := deviceClient(t, cam, "cam-0002")
-	target := deviceClient(t, cam, "cam-0003")
+	other := deviceClient(t, cam, "cam-0002", nil)
+	target := deviceClient(t, cam, "cam-0003", nil)
 
 	o := offer(t, "v=0\r\n", []byte("grant"))
 	send := func(dev *mqtt.Client, id string, m signal.Message) {
@@ -226,29 +230,14 @@ func TestAnAnswerThatDoesNotOpenEndsTheSession(t *testing.T) {
 	cam := camviewtest.Start(t, camviewtest.Options{})
 	r := cam.Relay(t, "test")
 	const id = "cam-0003"
-	dev := fleettest.Enroll(t, cam.Fleet, id)
-	host, _ := certs.BrokerHost(cam.URL)
 	byes := make(chan signal.Bye, 4)
-	c, err := mqtt.New(mqtt.Config{BrokerURL: cam.URL, ClientID: id, TLS: certs.ClientTLSConfig(cam.Fleet.Pool, host, certs.NewHolder(dev.Cert)),
-		Subscriptions: []mqtt.Subscription{{Filter: topic.Signal(id), QoS: 0}},
-		Handler: func(_ context.Context, m mqtt.Message) {
-			if msg, err := signal.Decode(m.Payload); err == nil {
-				if b, ok := msg.(signal.Bye); ok {
-					byes <- b
-				}
+	c := deviceClient(t, cam, id, func(_ context.Context, m mqtt.Message) {
+		if msg, err := signal.Decode(m.Payload); err == nil {
+			if b, ok := msg.(signal.Bye); ok {
+				byes <- b
 			}
-		},
+		}
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- c.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
-	if err := c.WaitConnected(timeout(t)); err != nil {
-		t.Fatal(err)
-	}
 
 	o := offer(t, "v=0\r\n", []byte("grant"))
 	wrong, err := signal.Seal(signal.Answer{V: signal.Version, Session: o.Session, SDP: "v=0\r\n"}, signal.NewAnswerKey().Public())
