@@ -354,11 +354,14 @@ func TestOversizeMessageIsDroppedCountedAndAcknowledged(t *testing.T) {
 	}
 }
 
-func TestFullQueueLosesNothing(t *testing.T) {
-	b := newBroker(t)
-	started := make(chan struct{})
-	release := make(chan struct{})
-	got := make(chan string, 256)
+// stalledClient runs a device client on b with an inbox of 3 whose Handler holds the first
+// message until release is closed (started is closed when it has it), and passes every
+// payload it handled to got.
+func stalledClient(t *testing.T, b *broker) (c *Client, got chan string, started, release chan struct{}) {
+	t.Helper()
+	started = make(chan struct{})
+	release = make(chan struct{})
+	got = make(chan string, 256)
 	cfg := b.deviceConfig(device, certs.NewHolder(b.issue(device)))
 	cfg.QueueLength = 3
 	var once sync.Once
@@ -378,6 +381,12 @@ func TestFullQueueLosesNothing(t *testing.T) {
 	}
 	run(t, c)
 	waitConnected(t, c)
+	return c, got, started, release
+}
+
+func TestFullQueueLosesNothing(t *testing.T) {
+	b := newBroker(t)
+	c, got, started, release := stalledClient(t, b)
 
 	const n = 12
 	b.publish("dev/"+device+"/down/cmd", []byte("q00"))

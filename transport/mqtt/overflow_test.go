@@ -1,12 +1,8 @@
 package mqtt
 
 import (
-	"context"
 	"fmt"
-	"sync"
 	"testing"
-
-	"github.com/camagent/camagent/certs"
 )
 
 // A QoS 0 message the full inbox cannot take is lost either way (the broker never sends it
@@ -15,28 +11,7 @@ import (
 // backoff, just by sending faster than its Handler runs.
 func TestAFullQueueDropsQoS0WithoutReconnecting(t *testing.T) {
 	b := newBroker(t)
-	started := make(chan struct{})
-	release := make(chan struct{})
-	got := make(chan string, 256)
-	cfg := b.deviceConfig(device, certs.NewHolder(b.issue(device)))
-	cfg.QueueLength = 3
-	var once sync.Once
-	cfg.Handler = func(ctx context.Context, m Message) {
-		once.Do(func() {
-			close(started)
-			select {
-			case <-release:
-			case <-ctx.Done():
-			}
-		})
-		got <- string(m.Payload)
-	}
-	c, err := New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	run(t, c)
-	waitConnected(t, c)
+	c, got, started, release := stalledClient(t, b)
 	b.nextConn()
 
 	signal := "dev/" + device + "/down/signal"
