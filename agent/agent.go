@@ -529,6 +529,9 @@ func (a *Agent) raiseTimeFloor() {
 }
 
 func (a *Agent) onConnect(ctx context.Context) {
+	// Decided before the rotation hears of the connection (connEv): from then on it may
+	// commit, and a.next is gone, before this goroutine gets to the state publish.
+	rotations := a.switching()
 	a.connOnce.Do(func() { close(a.connected) })
 	a.authFails.Store(0)
 	select {
@@ -540,7 +543,7 @@ func (a *Agent) onConnect(ctx context.Context) {
 	a.raiseTimeFloor()
 	// A connection a rotation made to try its new certificate is followed at once by the
 	// rotation's own state publish (committed, or failed), which would replace this one.
-	if !a.switching() {
+	if !rotations {
 		if err := a.publishState(ctx); err != nil {
 			a.log.Warn("could not publish device state", "err", err)
 		}
