@@ -94,8 +94,9 @@ func (c *common) logger(stderr io.Writer) (*slog.Logger, error) {
 }
 
 // dial connects the viewer relay: as the identity in --identity, or as viewer:<name> of the
-// fleet in --fleet.
-func (c *common) dial(ctx context.Context, log *slog.Logger) (*relay.Relay, error) {
+// fleet in --fleet. With --identity, a newer key set the relay learns from the broker goes to
+// onKeySet, if not nil.
+func (c *common) dial(ctx context.Context, log *slog.Logger, onKeySet func(*certs.KeySet)) (*relay.Relay, error) {
 	set := map[string]bool{}
 	c.fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
 	dctx, cancel := context.WithTimeout(ctx, connectTimeout)
@@ -111,7 +112,7 @@ func (c *common) dial(ctx context.Context, log *slog.Logger) (*relay.Relay, erro
 		if set["name"] && *c.name != id.Name() {
 			return nil, fmt.Errorf("--name %q, but the identity in %s is viewer:%s", *c.name, *c.identity, id.Name())
 		}
-		return relay.DialIdentity(dctx, id, *c.broker, log)
+		return relay.DialIdentity(dctx, id, *c.broker, log, onKeySet)
 	}
 	f, err := fleet.Open(*c.fleet)
 	if err != nil {
@@ -121,8 +122,9 @@ func (c *common) dial(ctx context.Context, log *slog.Logger) (*relay.Relay, erro
 }
 
 // grantKeys returns what checks viewers' grants for camview serve before their offers go on:
-// the grant keys of the fleet in --fleet, or of the viewer bundle in --identity, loaded again
-// as whep.GrantKeys says (so a bundle replaced by camview enroll is read without a restart). It
+// the grant keys of the fleet in --fleet, or of the identity in --identity (its viewer
+// bundle's, or the newer set the relay learnt from the broker), loaded again as
+// whep.GrantKeys says (so a bundle replaced by camview enroll is read without a restart). It
 // returns nil, after a warning, for a bundle made before bundles carried the fleet's key set:
 // offers then reach the cameras unchecked, which check them.
 func (c *common) grantKeys(log *slog.Logger) (*whep.GrantKeys, error) {
@@ -142,10 +144,11 @@ func (c *common) grantKeys(log *slog.Logger) (*whep.GrantKeys, error) {
 		if err != nil {
 			return nil, err
 		}
-		if id.Bundle.KeySet == nil {
+		ks := id.KeySet()
+		if ks == nil {
 			return nil, errNoKeySet
 		}
-		return id.Bundle.KeySet.GrantVerifier(), nil
+		return ks.GrantVerifier(), nil
 	}
 	k, err := whep.NewGrantKeys(load, nil, log)
 	if errors.Is(err, errNoKeySet) {

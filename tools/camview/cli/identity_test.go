@@ -12,10 +12,13 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/camagent/camagent/certs"
 	"github.com/camagent/camagent/tools/camview/camviewtest"
 	"github.com/camagent/camagent/tools/camview/cli"
 	fleetcli "github.com/camagent/camagent/tools/fleetctl/cli"
+	"github.com/camagent/camagent/tools/fleetctl/fleet"
 	"github.com/camagent/camagent/tools/fleetctl/fleettest"
 )
 
@@ -183,5 +186,89 @@ func TestServeWithABundleWithoutAKeySetSaysItCannotCheckGrants(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusForbidden || !strings.Contains(string(text), "the camera refused the grant") {
 		t.Fatalf("an expired grant: %s: %s; want the camera's refusal", resp.Status, text)
+	}
+}
+
+// whepPost offers a fresh viewer's SDP to camera device through camview serve at url with
+// grant, and returns the status and body of the answer.
+func whepPost(t *testing.T, url, device string, grant []byte) (int, string) {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodPost, url+"/whep/"+device, strings.NewReader(camviewtest.NewViewer(t).SDP))
+	req.Header.Set("Content-Type", "application/sdp")
+	req.Header.Set("Authorization", "Bearer "+base64.RawURLEncoding.EncodeToString(grant))
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	text, _ := io.ReadAll(resp.Body)
+	if loc := resp.Header.Get("Location"); resp.StatusCode == http.StatusCreated && loc != "" {
+		t.Cleanup(func() {
+			req, _ := http.NewRequest(http.MethodDelete, url+loc, nil)
+			if resp, err := http.DefaultClient.Do(req); err == nil {
+				resp.Body.Close()
+			}
+		})
+	}
+	return resp.StatusCode, string(text)
+}
+
+// A breach that puts a new key set in force reaches a running camview serve with an identity
+// of its own through the broker: grants of the key it dropped are refused at the relay, grants
+// of the new keys go through, with no new viewer bundle. Before, the relay kept its bundle's
+// keys: it sent on the dropped key's grants and refused the new keys' until an operator signed
+// it a new bundle.
+func TestServeWithAnIdentityTakesTheKeySetOfABreach(t *testing.T) {
+	cam := camviewtest.Start(t, camviewtest.Options{})
+	idDir := enrollRelay(t, cam.Fleet.Dir, "cloud")
+	out, logs := &fleettest.Output{}, &fleettest.Output{}
+	ctx, cancel := context.WithCancel(context.Background())
+	finished := make(chan error, 1)
+	go func() {
+		finished <- cli.Run(ctx, []string{"serve", "--identity", idDir, "--broker", cam.URL, "--listen", "127.0.0.1:0"}, out, logs)
+	}()
+	defer func() {
+		cancel()
+		if err := <-finished; err != nil {
+			t.Errorf("serve: %v", err)
+		}
+	}()
+	out.WaitFor(t, "camview: serving http://")
+	url := regexp.MustCompile(`camview: serving (http://\S+)/`).FindStringSubmatch(out.String())[1]
+
+	before := cam.Agent.GrantEpoch()
+	leaked := cam.Grant(t, nil)
+	if code, text := whepPost(t, url, cam.ID, leaked); code != http.StatusCreated {
+		t.Fatalf("before the breach: %d %s", code, text)
+	}
+	var drop []string
+	for _, k := range cam.Fleet.KeySet().GrantKeys {
+		drop = append(drop, "--drop", k.ID)
+	}
+	path := strings.TrimSpace(fleettest.Run(t, append([]string{"keys", "rotate", "--dir", cam.Fleet.Dir}, drop...)...))
+	fleettest.Run(t, "breach", "--dir", cam.Fleet.Dir, "--broker", cam.URL, "--incident", "INC-KEYS", "--keyset", path)
+	logs.WaitFor(t, "relay: key set accepted")
+	for deadline := time.Now().Add(camviewtest.Timeout); cam.Agent.GrantEpoch() == before; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the camera never took the breach notice")
+		}
+	}
+
+	code, text := whepPost(t, url, cam.ID, leaked)
+	if code != http.StatusForbidden || !strings.Contains(text, "not valid for this camera") {
+		t.Fatalf("a grant of the dropped key after the breach: %d %s; want the relay's 403", code, text)
+	}
+	f, err := fleet.Open(cam.Fleet.Dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	fresh, err := f.SignGrant(certs.Grant{Device: cam.ID, Epoch: cam.Agent.GrantEpoch(), Scope: certs.ScopeView, Subject: "after-breach",
+		IssuedAt: now.Add(-time.Minute).Unix(), ExpiresAt: now.Add(time.Hour).Unix()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if code, text := whepPost(t, url, cam.ID, fresh); code != http.StatusCreated {
+		t.Fatalf("a grant of the new key set after the breach: %d %s", code, text)
 	}
 }

@@ -78,7 +78,7 @@ func recordCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	}
 	defer file.discard()
 
-	r, err := c.dial(ctx, log)
+	r, err := c.dial(ctx, log, nil)
 	if err != nil {
 		return fmt.Errorf("record: %w", err)
 	}

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/camagent/camagent/certs"
 	"github.com/camagent/camagent/tools/camview/web"
 	"github.com/camagent/camagent/tools/camview/whep"
 )
@@ -42,19 +43,23 @@ func serveCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return fmt.Errorf("serve: %w", err)
 	}
-	r, err := c.dial(ctx, log)
-	if err != nil {
-		return fmt.Errorf("serve: %w", err)
-	}
-	defer r.Close()
 	keys, err := c.grantKeys(log)
 	if err != nil {
 		return fmt.Errorf("serve: grant keys: %w", err)
 	}
 	var check func(string, []byte) error
+	var onKeySet func(*certs.KeySet)
 	if keys != nil {
 		check = keys.Check
+		// A breach put a new key set in force: take it at once, so that grants of the keys
+		// it dropped are refused from the next offer on.
+		onKeySet = func(*certs.KeySet) { keys.Stale() }
 	}
+	r, err := c.dial(ctx, log, onKeySet)
+	if err != nil {
+		return fmt.Errorf("serve: %w", err)
+	}
+	defer r.Close()
 	h, err := whep.New(whep.Config{
 		Relay: r, ICEServers: c.ice.servers, AnswerTimeout: *answerTimeout, MaxSessions: *maxSessions,
 		CheckGrant: check, Logger: log,

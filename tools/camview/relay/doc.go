@@ -6,8 +6,14 @@
 // byes come back on dev/<id>/up/signal, which the relay subscribes to for every device and
 // routes by session id. A message is accepted for a session only from the device the session
 // was offered to. The relay keeps each session's key (the viewer's candidates and bye carry it)
-// and answer key (the camera's answer comes sealed to it, and the relay opens it). Everything is published at QoS 0 and never retained, on a clean session, so
-// no broker keeps signaling for a party that is offline (P2b).
+// and answer key (the camera's answer comes sealed to it, and the relay opens it). Everything
+// is published at QoS 0 and never retained, on a clean session, so no broker keeps signaling for
+// a party that is offline (P2b).
+//
+// A relay with an identity of its own (DialIdentity) also reads the fleet's key set, retained
+// on fleet/keyset after a breach that replaced the signing keys, and takes it only when the root
+// key of its viewer bundle signed it and it is newer than the one it holds, so that camview
+// serve checks grants with the keys in force without a new bundle.
 //
 // What it must never do: log or put into an error an SDP, a candidate, a grant, a session key
 // or an answer key (they carry network addresses and secrets, P2b); mint or check grants (a relay only forwards what a

@@ -3,11 +3,13 @@ package relay
 import (
 	"context"
 	"crypto"
+	"crypto/ed25519"
 	"errors"
 	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"github.com/camagent/camagent/certs"
@@ -22,6 +24,10 @@ const (
 	IdentityKeyFile    = "viewer.key"
 	IdentityCSRFile    = "viewer.csr"
 	IdentityBundleFile = "viewer.json"
+	// IdentityKeySetFile holds the newest key set the relay learnt from the broker
+	// (topic.FleetKeySet), signed by the fleet root of its bundle, when it is newer than the
+	// bundle's. It is public.
+	IdentityKeySetFile = "keyset.json"
 )
 
 // Identity is a viewer relay identity of its own: a key made on this machine and the viewer
@@ -30,6 +36,67 @@ type Identity struct {
 	Dir    string
 	Key    crypto.Signer
 	Bundle *certs.VerifiedViewerBundle
+
+	mu     sync.Mutex
+	keySet *certs.KeySet // the newest of the bundle's and IdentityKeySetFile's; nil without a root
+}
+
+// KeySet returns the newest key set the identity holds: its bundle's, or a newer one, signed
+// by the bundle's root, that a relay dialed with it learnt from the broker since. It is nil for
+// a bundle made before bundles carried a key set.
+func (id *Identity) KeySet() *certs.KeySet {
+	id.mu.Lock()
+	defer id.mu.Unlock()
+	return id.keySet
+}
+
+// acceptKeySet takes the key set b, as published on topic.FleetKeySet, if the bundle's root
+// signed it and it is newer than the identity's; it keeps it in IdentityKeySetFile, so that
+// the relay still has it after a restart, and returns it. It returns nil, nil for a set that
+// is not newer.
+func (id *Identity) acceptKeySet(b []byte) (*certs.KeySet, error) {
+	id.mu.Lock()
+	defer id.mu.Unlock()
+	if id.keySet == nil {
+		return nil, errors.New("relay: the viewer bundle has no fleet root key to check key sets with")
+	}
+	ks, err := certs.AcceptKeySet(ed25519.PublicKey(id.Bundle.Bundle.Root), b, id.keySet.Version)
+	if errors.Is(err, certs.ErrNotNewer) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("relay: key set from the broker: %w", err)
+	}
+	if err := atomicfile.WriteFile(filepath.Join(id.Dir, IdentityKeySetFile), b, 0o644); err != nil {
+		return nil, fmt.Errorf("relay: keep key set v%d: %w", ks.Version, err)
+	}
+	id.keySet = ks
+	return ks, nil
+}
+
+// loadKeySet sets the identity's key set: the bundle's, or the one in IdentityKeySetFile when
+// the bundle's root signed it and it is newer.
+func (id *Identity) loadKeySet() error {
+	id.keySet = id.Bundle.KeySet
+	if id.keySet == nil {
+		return nil
+	}
+	path := filepath.Join(id.Dir, IdentityKeySetFile)
+	b, err := cappedfile.Read(path, certs.MaxKeySetSize)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("relay: %w", err)
+	}
+	ks, err := certs.OpenKeySet(ed25519.PublicKey(id.Bundle.Bundle.Root), b)
+	if err != nil {
+		return fmt.Errorf("relay: %s: %w (remove it: the relay then starts from its bundle's key set and reads the fleet's from the broker)", path, err)
+	}
+	if ks.Version > id.keySet.Version {
+		id.keySet = ks
+	}
+	return nil
 }
 
 // Name is the <name> of the identity viewer:<name>.
@@ -80,6 +147,14 @@ func InstallIdentity(dir string, b []byte, now time.Time) (*Identity, error) {
 	if err := atomicfile.WriteFile(filepath.Join(dir, IdentityBundleFile), b, 0o644); err != nil {
 		return nil, fmt.Errorf("relay: %w", err)
 	}
+	if err := id.loadKeySet(); err != nil {
+		// A key set learnt under another fleet root (the relay moved fleets): the new
+		// bundle's is the one to start from.
+		if err := os.Remove(filepath.Join(dir, IdentityKeySetFile)); err != nil {
+			return nil, fmt.Errorf("relay: %w", err)
+		}
+		id.keySet = id.Bundle.KeySet
+	}
 	return id, nil
 }
 
@@ -97,7 +172,13 @@ func LoadIdentity(dir string, now time.Time) (*Identity, error) {
 	if errors.Is(err, certs.ErrExpired) {
 		return nil, fmt.Errorf("%w; make a new CSR with camview enroll and have it signed with fleetctl viewer", err)
 	}
-	return id, err
+	if err != nil {
+		return nil, err
+	}
+	if err := id.loadKeySet(); err != nil {
+		return nil, err
+	}
+	return id, nil
 }
 
 // checkIdentity checks the viewer bundle b against dir's key at now.
@@ -120,8 +201,11 @@ func checkIdentity(dir string, b []byte, now time.Time) (*Identity, error) {
 	return &Identity{Dir: dir, Key: key, Bundle: vb}, nil
 }
 
-// DialIdentity connects a relay as id, to brokerOverride or else the bundle's broker.
-func DialIdentity(ctx context.Context, id *Identity, brokerOverride string, log *slog.Logger) (*Relay, error) {
+// DialIdentity connects a relay as id, to brokerOverride or else the bundle's broker. When the
+// bundle carries the fleet's root key, the relay also reads the key set operators publish on
+// topic.FleetKeySet after a breach: a newer one the root signed becomes id.KeySet (kept in
+// IdentityKeySetFile) and is handed to onKeySet, if not nil. log may be nil.
+func DialIdentity(ctx context.Context, id *Identity, brokerOverride string, log *slog.Logger, onKeySet func(*certs.KeySet)) (*Relay, error) {
 	cert, err := certs.TLSCertificate(id.Bundle.Cert, id.Key)
 	if err != nil {
 		return nil, fmt.Errorf("relay: %w", err)
@@ -133,10 +217,31 @@ func DialIdentity(ctx context.Context, id *Identity, brokerOverride string, log 
 		}
 		broker = brokerOverride
 	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	var follow func([]byte)
+	if id.KeySet() != nil {
+		follow = func(b []byte) {
+			ks, err := id.acceptKeySet(b)
+			if err != nil {
+				log.Warn("relay: key set refused", "err", err)
+				return
+			}
+			if ks == nil {
+				return // the one it holds, or an older one
+			}
+			log.Info("relay: key set accepted", "version", ks.Version, "grant_keys", len(ks.GrantKeys))
+			if onKeySet != nil {
+				onKeySet(ks)
+			}
+		}
+	}
 	return Dial(ctx, Config{
 		BrokerURL: broker,
 		TLS:       certs.ClientTLSConfig(id.Bundle.Pool, host, certs.NewHolder(cert)),
 		ClientID:  fleet.ClientID(id.Bundle.Bundle.Identity),
 		Logger:    log,
+		OnKeySet:  follow,
 	})
 }

@@ -43,6 +43,11 @@ type Config struct {
 	// Logger receives connection events and per-session signaling events (session, device,
 	// message type; never SDP, candidates or grants). Nil discards them.
 	Logger *slog.Logger
+	// OnKeySet, if set, makes the relay also read topic.FleetKeySet and receives each
+	// non-empty message there: a key set signed by the fleet's root, as published, unchecked.
+	// It runs on the MQTT client's delivery goroutine, so it must not block for long. Nil:
+	// the relay does not read key sets.
+	OnKeySet func(signed []byte)
 }
 
 // Relay is one MQTT session carrying the signaling of many viewer sessions. Its methods are
@@ -56,6 +61,8 @@ type Relay struct {
 
 	closeOnce sync.Once
 	closeErr  error
+
+	onKeySet func([]byte)
 
 	mu       sync.Mutex
 	sessions map[string]*entry
@@ -95,6 +102,12 @@ func Dial(ctx context.Context, cfg Config) (*Relay, error) {
 		done:     make(chan error, 1),
 		closed:   make(chan struct{}),
 		sessions: map[string]*entry{},
+		onKeySet: cfg.OnKeySet,
+	}
+	subs := []mqtt.Subscription{{Filter: signalUpFilter, QoS: 0}}
+	if cfg.OnKeySet != nil {
+		// Retained: the broker sends the set in force at every subscription.
+		subs = append(subs, mqtt.Subscription{Filter: topic.FleetKeySet, QoS: 1})
 	}
 	var lastMu sync.Mutex
 	var last error
@@ -104,9 +117,9 @@ func Dial(ctx context.Context, cfg Config) (*Relay, error) {
 		TLS:       cfg.TLS,
 		// A clean session: nothing is queued for the relay while it is away (P2b).
 		CleanSession:  true,
-		Subscriptions: []mqtt.Subscription{{Filter: signalUpFilter, QoS: 0}},
+		Subscriptions: subs,
 		Handler:       r.handle,
-		MaxPayload:    signal.MaxMessageSize,
+		MaxPayload:    max(signal.MaxMessageSize, certs.MaxKeySetSize),
 		MinBackoff:    100 * time.Millisecond,
 		MaxBackoff:    5 * time.Second,
 		Logger:        cfg.Logger,
@@ -378,6 +391,12 @@ func (r *Relay) send(ctx context.Context, device string, m signal.Message) error
 // handle routes one message from a camera to its session. It runs on the MQTT client's
 // delivery goroutine and never blocks.
 func (r *Relay) handle(_ context.Context, m mqtt.Message) {
+	if m.Topic == topic.FleetKeySet {
+		if r.onKeySet != nil && len(m.Payload) > 0 {
+			r.onKeySet(m.Payload)
+		}
+		return
+	}
 	device, dir, leaf, ok := topic.Parse(m.Topic)
 	if !ok || dir != topic.Up || leaf != topic.LeafSignal {
 		return

@@ -67,6 +67,14 @@ func (k *GrantKeys) Check(device string, grant []byte) error {
 	return certs.CheckGrant(g, device, 0, certs.ScopeView, k.clock.Now())
 }
 
+// Stale marks the keys loaded so far as out of date: the next Check loads them again first.
+// For a relay that learnt of a new key set.
+func (k *GrantKeys) Stale() {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.loaded = time.Time{}
+}
+
 // verifier returns the keys, loaded again first if they are older than keysMaxAge, or than
 // unknownKeyReload when unknown is true. One caller loads while the others go on with the keys
 // loaded before; a failed load keeps them.

@@ -342,9 +342,23 @@ func TestKeysRotateAndBreachPublishTheNextKeySet(t *testing.T) {
 	if !strings.Contains(again, "already published") || !strings.Contains(again, "key set v2 is already in force") {
 		t.Fatalf("breach run again said %q", again)
 	}
-	// The retained breach notice carries the key set and verifies with it.
+	// The retained breach notice carries the key set and verifies with it, and viewer relays
+	// find the set retained on fleet/keyset, both runs having sent it.
+	if !strings.Contains(out, "key set v2 sent to viewer relays") || !strings.Contains(again, "key set v2 sent to viewer relays") {
+		t.Fatalf("breach did not say it sent the key set to viewer relays:\n%s\n%s", out, again)
+	}
 	col := status.NewCollector(f.RootKey(), v1)
-	op, err := f2.Dial(context.Background(), fleet.OperatorOptions{Broker: brk.URL(), Subscriptions: status.Filters(), OnMessage: col.Add})
+	var mu sync.Mutex
+	var retainedKeySet []byte
+	op, err := f2.Dial(context.Background(), fleet.OperatorOptions{Broker: brk.URL(), Subscriptions: append(status.Filters(), topic.FleetKeySet), OnMessage: func(tp string, b []byte) {
+		if tp == topic.FleetKeySet {
+			mu.Lock()
+			retainedKeySet = bytes.Clone(b)
+			mu.Unlock()
+			return
+		}
+		col.Add(tp, b)
+	}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -357,6 +371,11 @@ func TestKeysRotateAndBreachPublishTheNextKeySet(t *testing.T) {
 	if r := col.Report(); r.FleetEpoch != 1 || r.Incident != "INC-2026-11" {
 		t.Fatalf("retained breach notice: epoch %d incident %q (rejected %d)", r.FleetEpoch, r.Incident, col.Rejected())
 	}
+	mu.Lock()
+	if ks, err := certs.OpenKeySet(f.RootKey(), retainedKeySet); err != nil || ks.Version != 2 {
+		t.Fatalf("retained on %s: %v, %+v", topic.FleetKeySet, err, ks)
+	}
+	mu.Unlock()
 	// Next: drop the first command key.
 	path3 := strings.TrimSpace(mustRun(t, "keys", "rotate", "--dir", dir, "--drop", v1.CommandKeys[0].ID))
 	b3, _ := os.ReadFile(path3)

@@ -8,10 +8,11 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"maps"
 	"math"
 	"os"
 	"path/filepath"
-	"sort"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -23,6 +24,7 @@ import (
 	"github.com/camagent/camagent/tools/fleetctl/fleet"
 	"github.com/camagent/camagent/tools/fleetctl/signer"
 	"github.com/camagent/camagent/tools/fleetctl/status"
+	"github.com/camagent/camagent/transport/mqtt/topic"
 )
 
 // operatorFlags are the flags of every command that talks to the broker as the operator.
@@ -229,7 +231,16 @@ func breachCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 			return fmt.Errorf("breach: the notice carries key set v%d but it could not be put in force here: %w", ks.Version, err)
 		}
 		fmt.Fprintf(stdout, "key set v%d published and in force (%d command keys, %d grant keys)\n", ks.Version, len(ks.CommandKeys), len(ks.GrantKeys))
-		fmt.Fprintln(stdout, "viewer relays with an identity of their own (camview --identity) check grants with the key set of their viewer bundle: give each a new bundle (fleetctl viewer --csr <its viewer.csr>, then camview enroll --bundle); a running camview serve reads it within a minute")
+	}
+	if ks != nil || inForce {
+		// After the notice, never before: relays then refuse grants of the dropped keys, which
+		// devices still holding the old set would take. Run again, breach publishes it again.
+		pctx, cancel := context.WithTimeout(ctx, *of.timeout)
+		defer cancel()
+		if err := op.PublishKeySet(pctx); err != nil {
+			return fmt.Errorf("breach: the key set is in force, but viewer relays could not be sent it (run the same command again): %w", err)
+		}
+		fmt.Fprintf(stdout, "key set v%d sent to viewer relays (%s): camview relays that run with an identity of their own check grants with it from now on\n", f.KeySet().Version, topic.FleetKeySet)
 	}
 	fmt.Fprintln(stdout, "follow it with: fleetctl status --wait 10m")
 	warnAborted(f, *dir, stderr)
@@ -311,7 +322,7 @@ const statusEvery = 200 * time.Millisecond
 func statusCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs, dir := newFlags("status", stderr)
 	asJSON := fs.Bool("json", false, "print the report as JSON")
-	wait := fs.Duration("wait", 0, "follow the rollout with a progress bar until every device converged, for at most this long; exit non-zero if it did not")
+	wait := fs.Duration("wait", 0, "follow the rollout with a progress bar until every enrolled device (the registry's, retired ones left out) converged, for at most this long; exit non-zero if one did not, or if no device is enrolled")
 	var silent time.Duration
 	fs.Func("silent-for", "instead of the report, list the devices not heard from for this long (e.g. 60d or 1000h): whose last state is older, or that never reported one; one id a line, for fleetctl retire --from", func(v string) error {
 		d, err := parseDays(v)
@@ -338,37 +349,57 @@ func statusCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	}
 	defer st.op.Close()
 	op, col := st.op, st.col
+	// The devices that must converge are the registry's enrolled ones, whether or not the
+	// broker holds anything of them: a broker that lost its retained store, or a camera that
+	// never connected, must not pass for a converged fleet. Without a registry that knows
+	// devices (unreadable, or a copy of the fleet directory without it) only the broker's
+	// devices are known, and a warning says so.
+	if st.enrolled != nil {
+		col.Enroll(slices.Sorted(maps.Keys(st.enrolled))...)
+	}
 	r := col.Report()
 	if silent > 0 {
+		// The report lists every enrolled device (the registry's, the broker's without one);
+		// never one the registry has not enrolled, which retire --from would refuse.
 		since := time.Now().Add(-silent)
 		var ids []string
-		listed := map[string]bool{}
 		for _, d := range r.Devices {
-			listed[d.ID] = true
 			if d.Updated.Before(since) {
 				ids = append(ids, d.ID)
 			}
 		}
-		// The report knows only devices the broker holds something of: an enrolled camera
-		// that never published a state is in the registry alone.
-		total := r.Total
-		for id := range st.enrolled {
-			if !listed[id] && !col.Retired(id) {
-				total++
-				ids = append(ids, id)
-			}
-		}
-		sort.Strings(ids)
-		fmt.Fprintf(stdout, "# devices not heard from since %s (no state published since, or never), of %d; retired devices left out\n", since.UTC().Format(time.RFC3339), total)
+		fmt.Fprintf(stdout, "# devices not heard from since %s (no state published since, or never), of %d; retired devices left out\n", since.UTC().Format(time.RFC3339), r.Total)
 		for _, id := range ids {
 			fmt.Fprintln(stdout, id)
 		}
 		return nil
 	}
+	if r.Source == status.SourceBroker && r.Total > 0 {
+		fmt.Fprintf(stderr, "warning: this fleet directory's registry lists no enrolled device, or could not be read: counting the %d devices the broker holds state of, which leaves out any enrolled device that never published one, or whose state the broker lost; run status where the signers' registry (%s) is\n", r.Total, f.RegistryPath())
+	}
+	if n := len(r.NotEnrolled); n > 0 {
+		fmt.Fprintf(stderr, "warning: the broker holds state of %d devices this fleet directory's registry has not enrolled, left out of the counts: %s; if they were enrolled from another copy of the fleet directory, run status where the signers' registry is\n", n, someIDs(r.NotEnrolled, nil))
+	}
 	// Before a --wait that could only watch it stall: and even a converged fleet needs the
 	// signers for its scheduled renewals.
 	warnAborted(f, *dir, stderr)
 	warnSigners(col, stderr)
+	if *wait > 0 && r.Total == 0 {
+		// Nothing to wait for is not a converged fleet: say so plainly, and fail, so that a
+		// script following a breach does not take it for one.
+		if *asJSON {
+			err = r.WriteJSON(stdout)
+		} else {
+			err = r.WriteTable(stdout)
+		}
+		if err != nil {
+			return err
+		}
+		if r.Source == status.SourceRegistry {
+			return fmt.Errorf("status: no devices enrolled: the registry (%s) lists none that is not retired; nothing to wait for", f.RegistryPath())
+		}
+		return fmt.Errorf("status: no devices enrolled: the registry (%s) lists none, or could not be read, and the broker holds no device state; nothing to wait for", f.RegistryPath())
+	}
 	if *wait > 0 {
 		r, err = follow(ctx, col, *wait, stderr, op.Client().Reconnect)
 		if err != nil {
@@ -391,10 +422,34 @@ func statusCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 				hint = "; " + w
 			}
 		}
+		if r.NoState > 0 {
+			hint += fmt.Sprintf("; the broker holds no state of %d of the %d devices (%s): they have not published one since its retained store began (never connected, or a broker that lost its retained store and has not heard from them since: each publishes again when it connects)",
+				r.NoState, r.Total, someIDs(r.Devices, func(d status.Device) bool { return d.NoState }))
+		}
 		return fmt.Errorf("status: not converged within %s: %d of %d devices converged (%d rotating, %d failed, %d behind)%s",
 			*wait, r.Counts.Converged, r.Total, r.Counts.Rotating, r.Counts.Failed, r.Counts.Behind, hint)
 	}
 	return nil
+}
+
+// someIDs lists the ids of the devices keep selects (nil: all), the first ten and how many
+// more, for a message.
+func someIDs(devices []status.Device, keep func(status.Device) bool) string {
+	const most = 10
+	var ids []string
+	n := 0
+	for _, d := range devices {
+		if keep != nil && !keep(d) {
+			continue
+		}
+		if n++; n <= most {
+			ids = append(ids, d.ID)
+		}
+	}
+	if n > most {
+		return fmt.Sprintf("%s and %d more", strings.Join(ids, ", "), n-most)
+	}
+	return strings.Join(ids, ", ")
 }
 
 // stallResync is how long follow waits without news before it reads the retained state again;
@@ -427,6 +482,9 @@ func follow(ctx context.Context, col *status.Collector, wait time.Duration, w io
 		r = col.Report()
 		bar.ChangeMax(max(r.Total, 1))
 		desc := fmt.Sprintf("converged (%d rotating, %d failed, %d behind)", r.Counts.Rotating, r.Counts.Failed, r.Counts.Behind)
+		if r.NoState > 0 {
+			desc = fmt.Sprintf("converged (%d rotating, %d failed, %d behind, %d of them with no state)", r.Counts.Rotating, r.Counts.Failed, r.Counts.Behind, r.NoState)
+		}
 		if !r.Converged && r.SignerWarning(time.Now()) != "" {
 			desc += " NO SIGNER SERVES"
 		}

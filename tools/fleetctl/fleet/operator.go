@@ -293,6 +293,16 @@ func (o *Operator) ClearDevice(ctx context.Context, device string) error {
 	return nil
 }
 
+// PublishKeySet publishes the key set in force in this fleet directory, as the root signed
+// it, retained, QoS 1, on topic.FleetKeySet, where viewer relays with an identity of their own
+// learn it (they accept only a set their bundle's root signed, newer than theirs).
+func (o *Operator) PublishKeySet(ctx context.Context) error {
+	if err := o.client.Publish(ctx, topic.FleetKeySet, 1, true, o.f.KeySetBytes()); err != nil {
+		return fmt.Errorf("fleet: publish key set v%d on %s: %w", o.f.KeySet().Version, topic.FleetKeySet, err)
+	}
+	return nil
+}
+
 // PublishDesired signs d (SignDesired) and publishes it retained, QoS 1, on the target's
 // desired-state topic: fleet/down/desired for certs.TargetFleet, else dev/<id>/down/desired.
 // It sets d.Version from NextSeq and d.IssuedAt from now, and returns the document as signed.

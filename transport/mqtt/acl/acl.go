@@ -79,6 +79,7 @@ var rules = append(deviceWrites(), []Rule{
 
 	{certs.RoleViewer, "dev/+/down/signal", Write},
 	{certs.RoleViewer, "dev/+/up/signal", Read},
+	{certs.RoleViewer, topic.FleetKeySet, Read},
 
 	{certs.RoleBootstrap, "boot/%u/up/csr", Write},
 	{certs.RoleBootstrap, "boot/%u/down/#", Read},

@@ -239,7 +239,7 @@ func TestTheRenderedACLGrantsWhatAclAllowedGrants(t *testing.T) {
 	// identities themselves (a pattern's %u can make them a level) and strangers.
 	alphabet := [][]string{
 		{"dev", "fleet", "boot", "$SYS", "other"},
-		{"cam-a", "cam-b", "down", "up", "x", ""},
+		{"cam-a", "cam-b", "down", "up", "keyset", "x", ""},
 		{"up", "down", "csr", "x"},
 		{"cmd", "reply", "state", "csr", "cert", "signal"},
 	}

@@ -50,6 +50,12 @@ const (
 	FleetDownFilter = "fleet/down/#"
 )
 
+// FleetKeySet holds, retained, the fleet's key set in force as its root key signed it
+// (certs.SignKeySet). Operators publish it when a breach puts a new set in force; viewer relays
+// read it to check grants with the keys that sign from then on. Devices never see it: they learn
+// a new set from the breach notice that carries it.
+const FleetKeySet = "fleet/keyset"
+
 // Signer presence: each signer instance keeps a retained wire.SignerPresence on
 // SignersPrefix + <instance>, where <instance> is its client id's session suffix. Operators
 // read it; devices never see it.

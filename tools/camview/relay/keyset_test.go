@@ -1,0 +1,204 @@
+package relay_test
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/camagent/camagent/certs"
+	"github.com/camagent/camagent/internal/logtest"
+	"github.com/camagent/camagent/tools/camview/relay"
+	"github.com/camagent/camagent/tools/fleetctl/fleet"
+	"github.com/camagent/camagent/tools/fleetctl/fleettest"
+	"github.com/camagent/camagent/transport/mqtt/mqtttest"
+	"github.com/camagent/camagent/transport/mqtt/topic"
+)
+
+// enrollIdentity gives a relay an identity of its own in fleet f, the way camview enroll and
+// fleetctl viewer do, and loads it.
+func enrollIdentity(t *testing.T, f *fleet.Fleet, name string) *relay.Identity {
+	t.Helper()
+	dir := filepath.Join(t.TempDir(), "relay")
+	csrPath, err := relay.EnrollIdentity(dir, name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	csr, err := os.ReadFile(csrPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _, err := f.IssueViewer(csr, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := relay.InstallIdentity(dir, b, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	id, err := relay.LoadIdentity(dir, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return id
+}
+
+// nextKeySet makes f's next key set with `fleetctl keys rotate`'s code, dropping the keys
+// named, and returns it as the root signed it. It is not in force in f.
+func nextKeySet(t *testing.T, f *fleet.Fleet, drop ...string) []byte {
+	t.Helper()
+	rk, err := f.LoadRootKey(f.RootKeyPath())
+	if err != nil {
+		t.Fatal(err)
+	}
+	path, _, err := f.RotateKeys(rk, drop, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// After a breach puts a new key set in force, a relay with an identity of its own takes it
+// from the broker (retained on fleet/keyset) without a new viewer bundle: only a newer set
+// the bundle's root signed, kept across a restart. Before, it went on trusting the grant keys
+// of its bundle, including one the breach dropped, until an operator handed it a new bundle.
+func TestAnIdentityRelayTakesTheFleetsNewerKeySet(t *testing.T) {
+	for _, kind := range []string{"embedded", "mosquitto"} {
+		t.Run(kind, func(t *testing.T) {
+			f, pki := fleettest.NewFleet(t)
+			url := ""
+			if kind == "embedded" {
+				url = fleettest.StartBroker(t, f)
+			} else {
+				url = mqtttest.StartMosquitto(t, pki, fleettest.Identities(), mqtttest.WithIdentities("viewer:cloud")).URL()
+			}
+			id := enrollIdentity(t, f, "cloud")
+			old := id.KeySet()
+			if old == nil || old.Version != f.KeySet().Version {
+				t.Fatalf("the identity starts from key set %+v, want the bundle's v%d", old, f.KeySet().Version)
+			}
+			dropped := old.GrantKeys[0].ID
+
+			log, rec := logtest.New()
+			got := make(chan *certs.KeySet, 8)
+			ctx, cancel := context.WithTimeout(context.Background(), fleettest.Timeout)
+			defer cancel()
+			r, err := relay.DialIdentity(ctx, id, url, log, func(ks *certs.KeySet) { got <- ks })
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer r.Close()
+			op, err := f.Dial(ctx, fleet.OperatorOptions{Broker: url})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer op.Close()
+			publish := func(b []byte) {
+				t.Helper()
+				if err := op.Client().Publish(ctx, topic.FleetKeySet, 1, true, b); err != nil {
+					t.Fatal(err)
+				}
+			}
+
+			// Another fleet's next set: signed by a root this relay does not pin.
+			other, _ := fleettest.NewFleet(t)
+			publish(nextKeySet(t, other))
+			// The set the relay holds already.
+			if err := op.PublishKeySet(ctx); err != nil {
+				t.Fatal(err)
+			}
+			// The fleet's next set, without the old grant key.
+			next := nextKeySet(t, f, dropped)
+			publish(next)
+
+			var ks *certs.KeySet
+			select {
+			case ks = <-got:
+			case <-ctx.Done():
+				t.Fatalf("the relay never took the new key set; log:\n%s", rec.Text())
+			}
+			if ks.Version != old.Version+1 || ks.GrantVerifier().Trusts(dropped) {
+				t.Fatalf("the relay took key set v%d (trusts the dropped key: %v), want v%d without it", ks.Version, ks.GrantVerifier().Trusts(dropped), old.Version+1)
+			}
+			if id.KeySet().Version != ks.Version {
+				t.Errorf("Identity.KeySet is v%d after the relay took v%d", id.KeySet().Version, ks.Version)
+			}
+			if !strings.Contains(rec.Text(), "key set refused") {
+				t.Errorf("the other fleet's key set was not refused in the log:\n%s", rec.Text())
+			}
+
+			// An older set published again (another operator's stale copy) changes nothing.
+			if err := op.PublishKeySet(ctx); err != nil {
+				t.Fatal(err)
+			}
+			publish(next) // a marker behind it: the relay has read both once this is handled
+			time.Sleep(200 * time.Millisecond)
+			select {
+			case ks := <-got:
+				t.Fatalf("the relay took key set v%d after it held v%d", ks.Version, old.Version+1)
+			default:
+			}
+
+			// Kept across a restart, and the file is what the root signed.
+			kept, err := os.ReadFile(filepath.Join(id.Dir, relay.IdentityKeySetFile))
+			if err != nil || !bytes.Equal(kept, next) {
+				t.Fatalf("%s: %v; holds the set as published: %v", relay.IdentityKeySetFile, err, bytes.Equal(kept, next))
+			}
+			again, err := relay.LoadIdentity(id.Dir, time.Now())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if again.KeySet().Version != old.Version+1 {
+				t.Errorf("after a restart the identity holds key set v%d, want v%d", again.KeySet().Version, old.Version+1)
+			}
+		})
+	}
+}
+
+// A key-set file that does not open with the bundle's root is an error at load that says what
+// to do; a new bundle from another fleet replaces what the relay learnt under the old one.
+func TestAKeySetFileOfAnotherRootIsNotTrusted(t *testing.T) {
+	f, _ := fleettest.NewFleet(t)
+	id := enrollIdentity(t, f, "cloud")
+	other, _ := fleettest.NewFleet(t)
+	path := filepath.Join(id.Dir, relay.IdentityKeySetFile)
+	if err := os.WriteFile(path, nextKeySet(t, other), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, err := relay.LoadIdentity(id.Dir, time.Now())
+	if err == nil || !strings.Contains(err.Error(), relay.IdentityKeySetFile) || !strings.Contains(err.Error(), "remove it") {
+		t.Fatalf("LoadIdentity with another root's key set file: %v", err)
+	}
+
+	// Enrolled again into the other fleet: its bundle's set is the one to start from.
+	csr, err := os.ReadFile(filepath.Join(id.Dir, relay.IdentityCSRFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, nextKeySet(t, f), 0o644); err != nil { // learnt under f
+		t.Fatal(err)
+	}
+	b, _, err := other.IssueViewer(csr, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := relay.InstallIdentity(id.Dir, b, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	moved, err := relay.LoadIdentity(id.Dir, time.Now())
+	if err != nil {
+		t.Fatalf("after enrolling into another fleet: %v", err)
+	}
+	if _, err := os.Stat(path); !os.IsNotExist(err) {
+		t.Errorf("the key set learnt under the old fleet is still there: %v", err)
+	}
+	if moved.KeySet() == nil || moved.KeySet().Version != other.KeySet().Version {
+		t.Errorf("after enrolling into another fleet the identity holds %+v", moved.KeySet())
+	}
+}
