@@ -3,7 +3,8 @@
 // Mosquitto deployment rendered by transport/mqtt/mosquitto (docs/protocol.md):
 //
 //   - mutual TLS only: a client must present a certificate that chains to the fleet CA, is
-//     valid now and is not revoked (S3, S5);
+//     valid now and is not revoked (S3, S5), and its connection is cut when that certificate
+//     or its CA expires, so a certificate's lifetime bounds its sessions too;
 //   - the client's identity is its certificate CN, never the MQTT username, and its MQTT
 //     client ID must equal it (S3; CVE-2021-28372 is the reason);
 //   - every publish, subscription and delivery is checked with acl.Allowed, and a will message
@@ -111,7 +112,9 @@ type Config struct {
 	// not block, and must copy payload to keep it.
 	OnPublish func(clientID, topic string, payload []byte, retained bool)
 	// Now, if set, is the clock certificate validity is checked against, in the TLS handshake
-	// and again at CONNECT. Nil means TLS.Time if that is set, else time.Now.
+	// and again at CONNECT, and that tells how long a connection has left before its
+	// certificate chain expires and the broker cuts it (the wait itself runs on the real
+	// clock). Nil means TLS.Time if that is set, else time.Now.
 	Now func() time.Time
 }
 

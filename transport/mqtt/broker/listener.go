@@ -14,14 +14,16 @@ import (
 	"time"
 
 	"github.com/mochi-mqtt/server/v2/listeners"
+
+	"github.com/camagent/camagent/certs"
 )
 
 // listener is the broker's only network listener: TCP with TLS, implementing mochi's
 // listeners.Listener. It replaces mochi's listeners.TCP for three reasons: every goroutine it
 // starts is tracked and awaited by Close; the TLS handshake and the CONNECT packet must arrive
 // within a deadline (mochi sets none before CONNECT, so an idle socket would hold a goroutine
-// forever); and it keeps every live connection so that DisconnectSerial and Close can cut
-// them at the socket, which never blocks on a stalled peer.
+// forever); and it keeps every live connection so that DisconnectSerial, Close and the
+// certificate's expiry can cut them at the socket, which never blocks on a stalled peer.
 type listener struct {
 	id      string
 	addr    string
@@ -37,20 +39,22 @@ type listener struct {
 	throttled atomic.Uint64 // connections closed because their turn would come too late
 	lastWarn  atomic.Int64  // Unix ns of the last "over budget" warning
 	admitted  admissions    // handshakes started, per second
+	expiring  atomic.Int64  // expiry timers armed and neither stopped nor fired
 
 	mu       sync.Mutex
 	closed   bool
 	conns    map[*tls.Conn]*liveConn            // live connections
 	bySerial map[string]map[*tls.Conn]*liveConn // the verified ones, by certificate serial (its bytes)
-	wg       sync.WaitGroup                     // Serve's loop and one goroutine per connection
+	wg       sync.WaitGroup                     // Serve's loop, one goroutine per connection and each expiry timer that fired
 }
 
 var _ listeners.Listener = (*listener)(nil)
 
 // liveConn is what the listener knows of one connection.
 type liveConn struct {
-	raw  net.Conn          // the socket under the TLS connection
-	leaf *x509.Certificate // the verified client certificate, once the handshake is done
+	raw    net.Conn          // the socket under the TLS connection
+	leaf   *x509.Certificate // the verified client certificate, once the handshake is done
+	expiry *time.Timer       // cuts the connection when its certificate chain expires; nil before
 }
 
 func newListener(id, addr string, conf *tls.Config, timeout time.Duration, log *slog.Logger) *listener {
@@ -137,7 +141,12 @@ func (l *listener) handle(conn *tls.Conn, raw net.Conn, establish listeners.Esta
 	defer l.wg.Done()
 	defer func() {
 		l.mu.Lock()
-		if c := l.conns[conn]; c != nil && c.leaf != nil {
+		c := l.conns[conn]
+		if c != nil && c.expiry != nil && c.expiry.Stop() {
+			l.expiring.Add(-1)
+			l.wg.Done() // the timer's, since it will never fire
+		}
+		if c != nil && c.leaf != nil {
 			key := string(c.leaf.SerialNumber.Bytes())
 			delete(l.bySerial[key], conn)
 			if len(l.bySerial[key]) == 0 {
@@ -180,11 +189,59 @@ func (l *listener) handle(conn *tls.Conn, raw net.Conn, establish listeners.Esta
 			l.bySerial[key] = make(map[*tls.Conn]*liveConn)
 		}
 		l.bySerial[key][conn] = c
+		// No certificate is valid after its NotAfter (certs.VerifyClient; crypto/tls and x509
+		// allow no skew either), so the connection ends when its chain expires. A timer costs
+		// no goroutine until it fires; the one that fires is awaited by Close.
+		l.wg.Add(1)
+		l.expiring.Add(1)
+		c.expiry = time.AfterFunc(chainExpiry(conn.ConnectionState()).Sub(l.now()), func() { l.expire(conn, c) })
 	}
 	l.mu.Unlock()
 	if err := establish(l.id, conn); err != nil {
 		l.log.Debug("broker: connection ended", "remote", remote, "error", err)
 	}
+}
+
+// expire cuts conn, whose certificate chain has just expired, if it is still live.
+func (l *listener) expire(conn *tls.Conn, c *liveConn) {
+	defer l.wg.Done()
+	l.expiring.Add(-1)
+	l.mu.Lock()
+	live := l.conns[conn] == c
+	l.mu.Unlock()
+	if !live {
+		return
+	}
+	l.log.Info("broker: certificate expired; connection cut",
+		"identity", certs.CertIdentity(c.leaf), "serial", c.leaf.SerialNumber.Text(16))
+	c.raw.Close()
+}
+
+// now is the broker's clock, Config.Now, which New sets as the TLS configuration's.
+func (l *listener) now() time.Time {
+	if l.tls.Time != nil {
+		return l.tls.Time()
+	}
+	return time.Now()
+}
+
+// chainExpiry returns when the verified client certificate stops being valid: the earliest
+// NotAfter in its chain, leaf or CA. With several verified chains (a cross-signed CA), the
+// certificate is valid while any of them is, so the latest of those.
+func chainExpiry(st tls.ConnectionState) time.Time {
+	var end time.Time
+	for _, chain := range st.VerifiedChains {
+		var first time.Time
+		for _, c := range chain {
+			if first.IsZero() || c.NotAfter.Before(first) {
+				first = c.NotAfter
+			}
+		}
+		if first.After(end) {
+			end = first
+		}
+	}
+	return end
 }
 
 // takeTurn waits for the connection's turn in the connection budget, for at most half of the
