@@ -31,7 +31,7 @@ func TestARetiredCameraLeavesTheRolloutAndCannotComeBack(t *testing.T) {
 		gone := startAgent(t, goneDir, e.url, fastRotation)
 		live.waitConnected(t)
 		gone.waitConnected(t)
-		waitFor(t, time.Minute, "both devices in the status", func() bool { return statusReport(t, e).Total == 2 })
+		waitFor(t, time.Minute, "both devices in the status", func() bool { r := statusReport(t, e); return r.Total == 2 && r.NoState == 0 })
 		gone.stop(t) // broken, in a drawer
 
 		fleetctl(t, "breach", "--dir", e.f.Dir, "--broker", e.url, "--incident", "INC-1")

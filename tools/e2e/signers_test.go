@@ -93,7 +93,7 @@ func TestStatusSaysWhetherASignerServes(t *testing.T) {
 
 			cam := startAgent(t, enroll(t, f, "cam-0000"), url, fastRotation)
 			cam.waitConnected(t)
-			waitFor(t, 30*time.Second, "the camera's state", func() bool { r, _ := statusOf(t, f, url); return r.Total == 1 })
+			waitFor(t, 30*time.Second, "the camera's state", func() bool { r, _ := statusOf(t, f, url); return r.Total == 1 && r.NoState == 0 })
 			stop()
 			if r, warned := statusOf(t, f, url); !strings.Contains(warned, "every signer has stopped (the last, s1,") || r.Signers[0].State != wire.SignerStopped {
 				t.Fatalf("s1 stopped, and status said %+v:\n%s", r.Signers, warned)

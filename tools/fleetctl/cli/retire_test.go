@@ -50,9 +50,13 @@ func TestRetireArguments(t *testing.T) {
 }
 
 // status --silent-for lists the devices gone quiet, in the form retire --from reads, so the
-// cameras that hold up every rollout can be found and retired in two commands.
+// cameras that hold up every rollout can be found and retired in two commands. It lists
+// enrolled devices only: retire --from refuses a list with one the registry never enrolled.
 func TestStatusSilentForFindsTheCamerasToRetire(t *testing.T) {
 	dir, f := initFleet(t)
+	for _, id := range []string{"cam-0001", "cam-0002", "cam-0003", "cam-0004"} {
+		fleettest.Enroll(t, f, id)
+	}
 	pki := &mqtttest.PKI{CA: f.CA, CAPEM: f.CAPEM, Pool: f.Pool}
 	mqtttest.ForEachBroker(t, pki, func(t *testing.T, b mqtttest.Broker) {
 		url := b.URL()
@@ -60,8 +64,8 @@ func TestStatusSilentForFindsTheCamerasToRetire(t *testing.T) {
 		publishState(t, f, url, "cam-0001", wire.DeviceState{Epoch: 1, Updated: now.Unix()})
 		publishState(t, f, url, "cam-0002", wire.DeviceState{Epoch: 1, Updated: now.Add(-90 * 24 * time.Hour).Unix()})
 		publishState(t, f, url, "cam-0003", wire.DeviceState{Epoch: 1, Updated: now.Add(-40 * 24 * time.Hour).Unix()})
-		fleettest.Enroll(t, f, "cam-0004")
-		mustRun(t, "rotate", "--dir", dir, "--broker", url, "--device", "cam-0004") // never reported
+		publishState(t, f, url, "cam-0009", wire.DeviceState{Epoch: 1, Updated: now.Add(-90 * 24 * time.Hour).Unix()}) // not enrolled here
+		mustRun(t, "rotate", "--dir", dir, "--broker", url, "--device", "cam-0004")                                    // never reported
 		out := mustRun(t, "status", "--dir", dir, "--broker", url, "--silent-for", "60d")
 		ids, err := fleet.ParseDeviceList([]byte(out))
 		if err != nil || !slices.Equal(ids, []string{"cam-0002", "cam-0004"}) {

@@ -3,6 +3,25 @@
 // each device's desired state (dev/<id>/down/desired) go into a Collector, which says per
 // device whether it has converged on the credential epoch the operators want, and counts.
 //
+// Which devices must converge comes from the fleet's registry when the caller has it
+// (Collector.Enroll, with the registry's enrolled devices; Collector.Retire, with its retired
+// ones): every enrolled device that is not retired is in the report, whether or not the broker
+// holds anything of it. One the broker holds no state of is Behind with NoState set: it never
+// published one since the broker's retained store began (enrolled and never connected, or a
+// broker that lost its retained store and has not heard from it since). So a broker that
+// forgot everything reports the whole fleet behind, never an empty fleet that has converged.
+//
+// A device the broker holds state of that the registry does not know (another fleet's, or one
+// enrolled from another copy of the fleet directory since this one was made) is listed in
+// Report.NotEnrolled and counted nowhere: it cannot make a rollout converge, and it does not
+// hold one up, since `fleetctl retire` could not clear it (it takes enrolled ids only). A
+// retired device is left out altogether (Report.Retired counts the retained state left out),
+// so cameras gone for good never keep `status --wait` waiting. Without Enroll the report falls
+// back to the devices the broker holds something of, which misses a device that never
+// published its state.
+//
+// A report of no device never says it converged.
+//
 // Desired-state documents are believed only when signed by a command key of the fleet's key
 // set (or of a newer set, signed by the fleet's root, that the document carries), the check a
 // device makes. The package never touches the network and never writes anything.
@@ -34,8 +53,18 @@ const (
 	// Failed: the last rotation attempt failed; the device retries by itself.
 	Failed = "failed"
 	// Behind: the device's epoch is below its desired epoch and it has not started rotating
-	// (it may be offline), or it never published its state.
+	// (it may be offline), or the broker holds no state of it (Device.NoState).
 	Behind = "behind"
+)
+
+// Where a report's list of devices comes from (Report.Source).
+const (
+	// SourceRegistry: the devices the fleet's registry enrolled and did not retire
+	// (Collector.Enroll).
+	SourceRegistry = "registry"
+	// SourceBroker: the devices the broker holds a state or a desired state of, for want of a
+	// registry.
+	SourceBroker = "broker"
 )
 
 // Filters returns the topic filters whose messages a Collector takes.
@@ -53,6 +82,7 @@ type Collector struct {
 	desired  map[string]*certs.Desired
 	states   map[string]*wire.DeviceState
 	retired  map[string]bool
+	enrolled map[string]bool // nil until Enroll
 	signers  map[string]*wire.SignerPresence
 	rejected int
 	changed  chan struct{}
@@ -80,6 +110,23 @@ func (c *Collector) Retire(ids ...string) {
 	defer c.notifyLocked()
 	for _, id := range ids {
 		c.retired[id] = true
+	}
+}
+
+// Enroll tells the Collector the devices the fleet's registry has enrolled (retired ones may
+// be among them: Retire still leaves those out). From the first call on, however many ids it
+// gives (none: a registry that enrolled nothing), reports list exactly the enrolled devices
+// that are not retired, with or without retained state, and put the other devices the broker
+// holds state of in Report.NotEnrolled. Calls add up.
+func (c *Collector) Enroll(ids ...string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	defer c.notifyLocked()
+	if c.enrolled == nil {
+		c.enrolled = make(map[string]bool, len(ids))
+	}
+	for _, id := range ids {
+		c.enrolled[id] = true
 	}
 }
 
@@ -255,15 +302,26 @@ type Report struct {
 	FleetEpoch uint64 `json:"fleet_epoch"`
 	// Incident is the incident id of the fleet-wide desired state, if any.
 	Incident string `json:"incident,omitempty"`
+	// Source says where Devices come from: SourceRegistry or SourceBroker.
+	Source string `json:"source"`
 	// Total is the number of devices in Devices.
 	Total int `json:"total"`
 	// Counts are the devices by state.
 	Counts Counts `json:"counts"`
-	// Converged is set when every device has converged (and vacuously for no devices).
+	// NoState counts the devices of Devices the broker holds no state of (Device.NoState), all
+	// of them counted Behind.
+	NoState int `json:"no_state"`
+	// Converged is set when Devices is not empty and every one of them has converged. A
+	// report of no device is not converged.
 	Converged bool `json:"converged"`
-	// Devices are the devices that published state or were given a desired state, by id,
-	// except retired ones.
+	// Devices are the devices that must converge, by id: with Source SourceRegistry, every
+	// enrolled device that is not retired; with SourceBroker, those that published state or
+	// were given a desired state, except retired ones.
 	Devices []Device `json:"devices"`
+	// NotEnrolled are the devices, by id, the broker holds a state or a desired state of that
+	// the registry has neither enrolled nor retired (Source SourceRegistry only; absent when
+	// none). They are in neither Total nor Counts and do not hold up convergence.
+	NotEnrolled []Device `json:"not_enrolled,omitempty"`
 	// Retired counts the retired devices (Collector.Retire) whose retained state was left out.
 	Retired int `json:"retired,omitempty"`
 	// Signers are the signer instances that said they serve or stopped (fleet/signers/+), by
@@ -343,6 +401,9 @@ type Device struct {
 	KeySet    uint64 `json:"keyset,omitempty"`
 	// Updated is when the device last published its state, by its clock.
 	Updated time.Time `json:"updated,omitzero"`
+	// NoState is set when the broker holds no state of the device: it has not published one
+	// since the broker's retained store began. Its State is Behind.
+	NoState bool `json:"no_state,omitempty"`
 }
 
 // Signers returns the signer instances' last word, by name: what Report.Signers holds, without
@@ -366,39 +427,35 @@ func (c *Collector) signersLocked() []Signer {
 func (c *Collector) Report() Report {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	var r Report
+	r := Report{Source: SourceBroker}
 	if c.fleet != nil {
 		r.FleetEpoch, r.Incident = c.fleet.Epoch, c.fleet.Incident
 	}
-	ids := make(map[string]bool, len(c.states))
+	ids := make(map[string]bool, len(c.states)+len(c.enrolled))
 	for id := range c.states {
 		ids[id] = true
 	}
 	for id := range c.desired {
 		ids[id] = true
 	}
+	if c.enrolled != nil {
+		r.Source = SourceRegistry
+		for id := range c.enrolled {
+			ids[id] = true
+		}
+	}
 	for id := range ids {
+		retained := c.states[id] != nil || c.desired[id] != nil
 		if c.retired[id] {
-			r.Retired++
+			if retained {
+				r.Retired++
+			}
 			continue
 		}
-		d := Device{ID: id, DesiredEpoch: c.desiredEpochLocked(id), State: Behind}
-		if s := c.states[id]; s != nil {
-			d.Epoch, d.CertSerial, d.Rotation, d.LastError, d.Firmware, d.KeySet = s.Epoch, s.CertSerial, s.Rotation, s.LastError, s.Firmware, s.KeySet
-			if s.CertNotAfter > 0 {
-				d.CertNotAfter = time.Unix(s.CertNotAfter, 0).UTC()
-			}
-			if s.Updated > 0 {
-				d.Updated = time.Unix(s.Updated, 0).UTC()
-			}
-			switch {
-			case s.Rotation == wire.RotationFailed:
-				d.State = Failed
-			case s.Rotation == wire.RotationPending || s.Rotation == wire.RotationIssued:
-				d.State = Rotating
-			case s.Epoch >= d.DesiredEpoch:
-				d.State = Converged
-			}
+		d := c.deviceLocked(id)
+		if c.enrolled != nil && !c.enrolled[id] {
+			r.NotEnrolled = append(r.NotEnrolled, d)
+			continue
 		}
 		switch d.State {
 		case Converged:
@@ -410,16 +467,57 @@ func (c *Collector) Report() Report {
 		default:
 			r.Counts.Behind++
 		}
+		if d.NoState {
+			r.NoState++
+		}
 		r.Devices = append(r.Devices, d)
 	}
 	sort.Slice(r.Devices, func(i, j int) bool { return r.Devices[i].ID < r.Devices[j].ID })
+	sort.Slice(r.NotEnrolled, func(i, j int) bool { return r.NotEnrolled[i].ID < r.NotEnrolled[j].ID })
 	r.Signers = c.signersLocked()
 	r.Total = len(r.Devices)
-	r.Converged = r.Counts.Converged == r.Total
+	r.Converged = r.Total > 0 && r.Counts.Converged == r.Total
 	if r.Devices == nil {
 		r.Devices = []Device{}
 	}
 	return r
+}
+
+// deviceLocked returns device id's row.
+func (c *Collector) deviceLocked(id string) Device {
+	d := Device{ID: id, DesiredEpoch: c.desiredEpochLocked(id), State: Behind}
+	s := c.states[id]
+	if s == nil {
+		d.NoState = true
+		return d
+	}
+	d.Epoch, d.CertSerial, d.Rotation, d.LastError, d.Firmware, d.KeySet = s.Epoch, s.CertSerial, s.Rotation, s.LastError, s.Firmware, s.KeySet
+	if s.CertNotAfter > 0 {
+		d.CertNotAfter = time.Unix(s.CertNotAfter, 0).UTC()
+	}
+	if s.Updated > 0 {
+		d.Updated = time.Unix(s.Updated, 0).UTC()
+	}
+	switch {
+	case s.Rotation == wire.RotationFailed:
+		d.State = Failed
+	case s.Rotation == wire.RotationPending || s.Rotation == wire.RotationIssued:
+		d.State = Rotating
+	case s.Epoch >= d.DesiredEpoch:
+		d.State = Converged
+	}
+	return d
+}
+
+// NoStateIDs returns the ids of the devices of Devices the broker holds no state of, by id.
+func (r Report) NoStateIDs() []string {
+	var ids []string
+	for _, d := range r.Devices {
+		if d.NoState {
+			ids = append(ids, d.ID)
+		}
+	}
+	return ids
 }
 
 // WriteJSON writes the report as indented JSON.
@@ -432,18 +530,32 @@ func (r Report) WriteJSON(w io.Writer) error {
 	return err
 }
 
-// WriteTable writes a summary line and one row per device.
+// WriteTable writes a summary line and one row per device; then, if any, the devices the
+// registry does not know, in a table of their own.
 func (r Report) WriteTable(w io.Writer) error {
 	fleet := fmt.Sprintf("fleet epoch %d", r.FleetEpoch)
 	if r.Incident != "" {
 		fleet += " (incident " + r.Incident + ")"
 	}
+	noState := ""
+	if r.NoState > 0 {
+		noState = fmt.Sprintf(" (%d with no state on the broker)", r.NoState)
+	}
 	retired := ""
 	if r.Retired > 0 {
 		retired = fmt.Sprintf(" (%d retired devices left out)", r.Retired)
 	}
-	if _, err := fmt.Fprintf(w, "%s: %d devices: %d converged, %d rotating, %d failed, %d behind%s\n\n",
-		fleet, r.Total, r.Counts.Converged, r.Counts.Rotating, r.Counts.Failed, r.Counts.Behind, retired); err != nil {
+	if r.Total == 0 {
+		// Plainly: "0 devices: 0 converged" reads like a rollout that has nothing left to do.
+		what := "no devices enrolled"
+		if r.Source == SourceBroker {
+			what = "no devices enrolled (no registry lists any, and the broker holds no device state)"
+		}
+		if _, err := fmt.Fprintf(w, "%s: %s%s\n\n", fleet, what, retired); err != nil {
+			return err
+		}
+	} else if _, err := fmt.Fprintf(w, "%s: %d devices: %d converged, %d rotating, %d failed, %d behind%s%s\n\n",
+		fleet, r.Total, r.Counts.Converged, r.Counts.Rotating, r.Counts.Failed, r.Counts.Behind, noState, retired); err != nil {
 		return err
 	}
 	if len(r.Signers) > 0 {
@@ -455,13 +567,34 @@ func (r Report) WriteTable(w io.Writer) error {
 			return err
 		}
 	}
+	if len(r.Devices) > 0 {
+		if err := writeDevices(w, r.Devices); err != nil {
+			return err
+		}
+	}
+	if len(r.NotEnrolled) > 0 {
+		if _, err := fmt.Fprintf(w, "\n%d devices on the broker that the registry has not enrolled, counted nowhere (another fleet's, or enrolled from another copy of the fleet directory):\n", len(r.NotEnrolled)); err != nil {
+			return err
+		}
+		return writeDevices(w, r.NotEnrolled)
+	}
+	return nil
+}
+
+// writeDevices writes a table of devices.
+func writeDevices(w io.Writer, devices []Device) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	// LAST STATE is when the device last published its state (every connection and renewal):
-	// a straggler silent for months is a camera to retire, not one to wait for.
+	// a straggler silent for months is a camera to retire, not one to wait for. "none": the
+	// broker holds no state of it.
 	fmt.Fprintln(tw, "DEVICE\tSTATE\tEPOCH\tDESIRED\tCERT SERIAL\tNOT AFTER\tROTATION\tLAST ERROR\tLAST STATE")
-	for _, d := range r.Devices {
+	for _, d := range devices {
+		last := timeOrDash(d.Updated)
+		if d.NoState {
+			last = "none"
+		}
 		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\t%s\t%s\t%s\t%s\n", d.ID, d.State, d.Epoch, d.DesiredEpoch,
-			orDash(d.CertSerial), timeOrDash(d.CertNotAfter), orDash(d.Rotation), orDash(d.LastError), timeOrDash(d.Updated))
+			orDash(d.CertSerial), timeOrDash(d.CertNotAfter), orDash(d.Rotation), orDash(d.LastError), last)
 	}
 	return tw.Flush()
 }

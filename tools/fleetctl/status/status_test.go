@@ -6,6 +6,7 @@ import (
 	"flag"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -212,4 +213,99 @@ func TestTheReportSaysWhetherASignerServes(t *testing.T) {
 	if err := r.WriteTable(&table); err != nil || !strings.Contains(table.String(), "signers: s2 stopped (said ") {
 		t.Errorf("the table does not list the signers: %v\n%s", err, table.String())
 	}
+}
+
+// With the registry's list (Enroll), every enrolled device that is not retired must converge,
+// whether or not the broker holds a state of it: one that never published is behind, marked
+// no_state, and holds up convergence. A device the broker holds state of that the registry
+// does not know is shown apart and holds nothing up; a retired one is left out.
+func TestEnrolledDevicesWithoutStateAreBehind(t *testing.T) {
+	f := newFleet(t)
+	c := status.NewCollector(f.RootKey(), f.KeySet())
+	c.Add("fleet/down/desired", desired(t, f, certs.TargetFleet, 2, "INC-7"))
+	c.Add("dev/cam-0001/up/state", state(2, wire.RotationIdle, ""))
+	c.Add("dev/cam-0002/up/state", state(2, wire.RotationIdle, ""))
+	c.Add("dev/cam-0005/up/state", state(1, wire.RotationIdle, "")) // retired, its state still there
+	c.Add("dev/cam-0009/up/state", state(1, wire.RotationIdle, "")) // the registry does not know it
+	if r := c.Report(); r.Source != status.SourceBroker || !slices.Equal(ids(r.Devices), []string{"cam-0001", "cam-0002", "cam-0005", "cam-0009"}) {
+		t.Fatalf("before Enroll, the report is the broker's: %s %v", r.Source, ids(r.Devices))
+	}
+	changed := c.Changed()
+	c.Enroll("cam-0001", "cam-0002", "cam-0003", "cam-0004", "cam-0005") // 3 and 4 never connected
+	c.Retire("cam-0005")
+	select {
+	case <-changed:
+	default:
+		t.Fatal("Enroll did not signal a change to a waiting follower")
+	}
+	r := c.Report()
+	if want := (status.Counts{Converged: 2, Behind: 2}); r.Counts != want || r.Total != 4 || r.NoState != 2 || r.Converged || r.Retired != 1 || r.Source != status.SourceRegistry {
+		t.Fatalf("counts %+v, total %d, no state %d, converged %v, retired %d, source %s", r.Counts, r.Total, r.NoState, r.Converged, r.Retired, r.Source)
+	}
+	if got := r.NoStateIDs(); !slices.Equal(got, []string{"cam-0003", "cam-0004"}) {
+		t.Fatalf("no state: %v", got)
+	}
+	if got := ids(r.NotEnrolled); !slices.Equal(got, []string{"cam-0009"}) {
+		t.Fatalf("not enrolled: %v", got)
+	}
+	var js, table bytes.Buffer
+	if err := r.WriteJSON(&js); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.WriteTable(&table); err != nil {
+		t.Fatal(err)
+	}
+	golden(t, "registry.json", js.Bytes())
+	golden(t, "registry.txt", table.Bytes())
+
+	// The silent two come back; the unknown device, still behind, holds nothing up.
+	c.Add("dev/cam-0003/up/state", state(2, wire.RotationIdle, ""))
+	c.Add("dev/cam-0004/up/state", state(2, wire.RotationIdle, ""))
+	if r := c.Report(); !r.Converged || r.Counts.Converged != 4 || r.NoState != 0 || len(r.NotEnrolled) != 1 {
+		t.Fatalf("after the silent devices reported: %+v", r)
+	}
+}
+
+// A broker that lost its retained store (restarted without persistence, a fresh cluster node)
+// holds nothing: the enrolled fleet is reported behind, and no report of no device says it
+// converged.
+func TestAnEmptyBrokerIsNotAConvergedFleet(t *testing.T) {
+	f := newFleet(t)
+	for _, tc := range []struct {
+		name    string
+		enroll  []string
+		retire  []string
+		total   int
+		summary string
+	}{
+		{"an enrolled fleet is all behind, with no state", []string{"cam-0001", "cam-0002", "cam-0003"}, nil, 3,
+			"fleet epoch 0: 3 devices: 0 converged, 0 rotating, 0 failed, 3 behind (3 with no state on the broker)"},
+		{"a registry that enrolled nothing says so", []string{}, nil, 0, "fleet epoch 0: no devices enrolled\n"},
+		{"a registry whose devices all retired says so", []string{"cam-0001"}, []string{"cam-0001"}, 0, "fleet epoch 0: no devices enrolled\n"},
+		{"no registry and nothing retained says so", nil, nil, 0, "fleet epoch 0: no devices enrolled (no registry lists any, and the broker holds no device state)\n"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := status.NewCollector(f.RootKey(), f.KeySet())
+			if tc.enroll != nil {
+				c.Enroll(tc.enroll...)
+			}
+			c.Retire(tc.retire...)
+			r := c.Report()
+			if r.Converged || r.Total != tc.total || r.Counts.Behind != tc.total || r.NoState != tc.total {
+				t.Fatalf("converged %v, total %d, counts %+v, no state %d", r.Converged, r.Total, r.Counts, r.NoState)
+			}
+			var table bytes.Buffer
+			if err := r.WriteTable(&table); err != nil || !strings.Contains(table.String(), tc.summary) {
+				t.Fatalf("table (%v):\n%s\nwant %q", err, table.String(), tc.summary)
+			}
+		})
+	}
+}
+
+func ids(ds []status.Device) []string {
+	out := []string{}
+	for _, d := range ds {
+		out = append(out, d.ID)
+	}
+	return out
 }
