@@ -34,7 +34,7 @@ commands:
   serve             run the fleet's certificate signer (several instances share the load)
   rotate            make one device (--device ID) or every device (--all) rotate its credentials
   breach            breach response: every device rotates, every grant issued before is void
-  status            rotation status from retained state: counts and a per-device table
+  status            rotation status of every enrolled device: counts and a per-device table
   keys rotate       make the next root-signed key set (needs the offline root key)
   crl               write the fleet's certificate revocation list
   check             look at the fleet directory and say what needs doing (expiries, revoked copies, a stale CRL, keys that should be offline)

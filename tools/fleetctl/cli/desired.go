@@ -288,6 +288,26 @@ func warnAborted(f *fleet.Fleet, dir string, w io.Writer) {
 
 // warnSigners says so on w when, by the signers' retained presence, no signer serves: a
 // rollout would wait for one, and so would the devices' scheduled renewals.
+// warnLostDesired warns when devices report a credential epoch above every desired state the
+// broker holds for them. Only a desired state raises an epoch (a renewal keeps it), so the
+// broker has lost the one that did: a retained store lost, a broker replaced. A device that
+// was offline meanwhile will never learn of that rotation.
+func warnLostDesired(r status.Report, w io.Writer) {
+	var ahead []status.Device
+	var top uint64
+	for _, d := range r.Devices {
+		if !d.NoState && d.Epoch > d.DesiredEpoch {
+			ahead = append(ahead, d)
+			top = max(top, d.Epoch)
+		}
+	}
+	if len(ahead) == 0 {
+		return
+	}
+	fmt.Fprintf(w, "warning: devices at a credential epoch above any desired state the broker holds for them: %d (up to epoch %d: %s); the broker has lost the desired state that raised it (its retained store lost, or a new broker), so a device that was offline meanwhile will not rotate; publish it again with fleetctl rotate --all (every device rotates once more, to epoch %d)\n",
+		len(ahead), top, someIDs(ahead, nil), max(top, r.FleetEpoch)+1)
+}
+
 func warnSigners(col *status.Collector, w io.Writer) {
 	if msg := status.SignerWarning(col.Signers(), time.Now()); msg != "" {
 		fmt.Fprintf(w, "WARNING: %s\n", msg)
@@ -380,6 +400,7 @@ func statusCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if n := len(r.NotEnrolled); n > 0 {
 		fmt.Fprintf(stderr, "warning: the broker holds state of %d devices this fleet directory's registry has not enrolled, left out of the counts: %s; if they were enrolled from another copy of the fleet directory, run status where the signers' registry is\n", n, someIDs(r.NotEnrolled, nil))
 	}
+	warnLostDesired(r, stderr)
 	// Before a --wait that could only watch it stall: and even a converged fleet needs the
 	// signers for its scheduled renewals.
 	warnAborted(f, *dir, stderr)

@@ -125,11 +125,21 @@ func TestStatusWaitOnABrokerThatLostItsRetainedStore(t *testing.T) {
 		if r, _, _ := statusRows(t, dir, url); r.Converged || r.Total != 3 {
 			t.Fatalf("status --json on an empty broker: converged %v, total %d", r.Converged, r.Total)
 		}
+		if _, errOut, _ := run(t, "status", "--dir", dir, "--broker", url); strings.Contains(errOut, "lost the desired state") {
+			t.Fatalf("status warned of a lost desired state when no device reported an epoch:\n%s", errOut)
+		}
 		// The devices reconnect and publish their state again: now it has converged.
 		for _, id := range ids {
 			publishState(t, f, url, id, wire.DeviceState{Epoch: 0, Rotation: wire.RotationIdle})
 		}
 		mustRun(t, "status", "--dir", dir, "--broker", url, "--wait", "20s")
+		// One of them had rotated to epoch 2 before the broker forgot the breach notice that
+		// asked for it: a device offline meanwhile would never rotate, and status says so.
+		publishState(t, f, url, "cam-0002", wire.DeviceState{Epoch: 2, Rotation: wire.RotationIdle})
+		_, errOut, err := run(t, "status", "--dir", dir, "--broker", url)
+		if err != nil || !strings.Contains(errOut, "devices at a credential epoch above any desired state the broker holds for them: 1 (up to epoch 2: cam-0002)") || !strings.Contains(errOut, "fleetctl rotate --all") {
+			t.Fatalf("status on a broker that lost the desired state: %v\n%s", err, errOut)
+		}
 	}, fleettest.Identities())
 }
 
