@@ -48,6 +48,10 @@ type fleetState struct {
 	// enrolled holds the ids of every device the registry has issued a certificate for,
 	// retired ones included; nil when the registry cannot be read or holds no device.
 	enrolled map[string]bool
+	// staleKeys is set when the fleet's retained desired state carries a key set newer than
+	// this fleet directory's whose signing keys the directory does not hold: devices trust
+	// that set, so what this directory signs may be refused. Commands that sign refuse to run.
+	staleKeys error
 }
 
 // readFleetState connects as the operator, subscribed to every device's retained state and
@@ -81,8 +85,33 @@ func readFleetState(ctx context.Context, f *fleet.Fleet, of operatorFlags, warn 
 		op.Close()
 		return nil, fmt.Errorf("reading retained state: %w", err)
 	}
+	if err := st.catchUpKeySet(f, warn); err != nil {
+		op.Close()
+		return nil, err
+	}
 	st.op = op
 	return st, nil
+}
+
+// catchUpKeySet looks for a key set newer than this fleet directory's in the retained desired
+// state (a breach --keyset published it). When the directory holds that set's signing keys
+// (the breach ran here and stopped before putting the set in force, or keys/ was copied
+// here), it puts the set in force here too and says so on warn; otherwise it sets staleKeys.
+func (st *fleetState) catchUpKeySet(f *fleet.Fleet, warn io.Writer) error {
+	ks, raw := st.col.NewerKeySet()
+	if ks == nil {
+		return nil
+	}
+	had := f.KeySet().Version
+	if err := f.HoldsSigningKeys(ks); err != nil {
+		st.staleKeys = fmt.Errorf("the fleet's breach notice carries key set v%d, newer than this fleet directory's v%d, and this directory does not hold its signing keys (%v): devices trust that set and may refuse what this directory signs; copy keyset.json and keys/ from the fleet directory where fleetctl keys rotate and breach --keyset ran", ks.Version, had, err)
+		return nil
+	}
+	if err := f.InstallKeySet(raw); err != nil {
+		return fmt.Errorf("key set v%d, which the fleet's breach notice carries, could not be put in force in this fleet directory: %w", ks.Version, err)
+	}
+	fmt.Fprintf(warn, "key set v%d, which the fleet's breach notice carries, is now in force in this fleet directory too (it was on v%d and holds the new set's signing keys)\n", ks.Version, had)
+	return nil
 }
 
 // refuseUnknown returns an error if device is neither in the registry nor on the broker: a
@@ -122,6 +151,9 @@ func rotateCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	}
 	defer st.op.Close()
 	op, col := st.op, st.col
+	if st.staleKeys != nil {
+		return fmt.Errorf("rotate: %w; nothing was published", st.staleKeys)
+	}
 	if *device != "" {
 		if err := refuseRetired(col, "rotate", *device); err != nil {
 			return err
@@ -196,6 +228,17 @@ func breachCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	}
 	defer st.op.Close()
 	op, col := st.op, st.col
+	if st.staleKeys != nil {
+		return fmt.Errorf("breach: %w; nothing was published", st.staleKeys)
+	}
+	if ks != nil && f.KeySet().Version >= ks.Version {
+		// Reading the retained notice put a set in force here: this one, published before by a
+		// run that stopped short of putting it in force, or another of the same version.
+		if !sameJSON(f.KeySetBytes(), ksb) {
+			return fmt.Errorf("breach: --keyset %s: key set v%d is not newer than the fleet's v%d, which its breach notice carries; nothing was published", *keyset, ks.Version, f.KeySet().Version)
+		}
+		ks, inForce = nil, true
+	}
 	// Run again with the same incident id soon after (the first run timed out waiting for
 	// the broker, or stopped before putting the key set in force), breach does not start a
 	// second rotation wave through the whole fleet when the retained notice already is this
@@ -401,6 +444,9 @@ func statusCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		fmt.Fprintf(stderr, "warning: the broker holds state of %d devices this fleet directory's registry has not enrolled, left out of the counts: %s; if they were enrolled from another copy of the fleet directory, run status where the signers' registry is\n", n, someIDs(r.NotEnrolled, nil))
 	}
 	warnLostDesired(r, stderr)
+	if st.staleKeys != nil {
+		fmt.Fprintf(stderr, "warning: %v\n", st.staleKeys)
+	}
 	// Before a --wait that could only watch it stall: and even a converged fleet needs the
 	// signers for its scheduled renewals.
 	warnAborted(f, *dir, stderr)

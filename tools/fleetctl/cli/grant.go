@@ -52,6 +52,9 @@ func grantCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	defer st.op.Close()
 	col := st.col
+	if st.staleKeys != nil {
+		return fmt.Errorf("grant: %w", st.staleKeys)
+	}
 	if err := refuseRetired(col, "grant", *device); err != nil {
 		return err
 	}

@@ -158,9 +158,9 @@ func TestBreachWithAKeySetRetriedAfterACrashInstallsIt(t *testing.T) {
 	}
 	op.Close()
 
-	out := mustRun(t, "breach", "--dir", dir, "--broker", url, "--incident", "INC-7", "--keyset", path)
-	if !strings.Contains(out, "key set v2 published and in force") {
-		t.Fatalf("breach INC-7 --keyset again said:\n%s", out)
+	out, errOut, err := run(t, "breach", "--dir", dir, "--broker", url, "--incident", "INC-7", "--keyset", path)
+	if err != nil || !strings.Contains(errOut, "key set v2, which the fleet's breach notice carries, is now in force in this fleet directory too") || !strings.Contains(out, "key set v2 is already in force") {
+		t.Fatalf("breach INC-7 --keyset again: %v, said:\n%s\n%s", err, out, errOut)
 	}
 	if g, err := fleet.Open(dir); err != nil || g.KeySet().Version != 2 {
 		t.Fatalf("key set in force after the retried breach: %v", err)

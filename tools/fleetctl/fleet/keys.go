@@ -127,6 +127,18 @@ func (f *Fleet) InstallKeySet(b []byte) error {
 	return nil
 }
 
+// HoldsSigningKeys returns nil when keys/ holds a command key and a grant key that ks trusts,
+// the keys this directory would sign with once ks is in force; else an error naming what is
+// missing.
+func (f *Fleet) HoldsSigningKeys(ks *certs.KeySet) error {
+	for _, kind := range []string{"command", "grant"} {
+		if _, err := f.signingKeyOf(ks, kind); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // KeySetBytes returns the signed key set in force, as devices receive it.
 func (f *Fleet) KeySetBytes() []byte { return slices.Clone(f.keySet) }
 

@@ -28,6 +28,7 @@
 package status
 
 import (
+	"bytes"
 	"crypto/ed25519"
 	"encoding/json"
 	"fmt"
@@ -86,6 +87,10 @@ type Collector struct {
 	signers  map[string]*wire.SignerPresence
 	rejected int
 	changed  chan struct{}
+	// newer is the newest key set, signed by root and newer than ks, that a verified
+	// desired-state document carried (newerRaw as signed); nil if none.
+	newer    *certs.KeySet
+	newerRaw []byte
 }
 
 // NewCollector returns a Collector that believes desired-state documents signed by ks's
@@ -188,15 +193,32 @@ func (c *Collector) Add(t string, payload []byte) {
 }
 
 // open verifies a desired-state document as a device would: with the key set it carries if
-// that is signed by the root and newer, else with the fleet's.
+// that is signed by the root and newer, else with the fleet's. It notes the newest such set of
+// a document that verifies (NewerKeySet). c.mu is held.
 func (c *Collector) open(b []byte) (*certs.Desired, error) {
 	v := c.ks.CommandVerifier()
+	var carried *certs.KeySet
+	var raw []byte
 	if ksb, ok := certs.PeekDesiredKeySet(b); ok {
 		if ks, err := certs.AcceptKeySet(c.root, ksb, c.ks.Version); err == nil {
-			v = ks.CommandVerifier()
+			v, carried, raw = ks.CommandVerifier(), ks, ksb
 		}
 	}
-	return certs.OpenDesired(v, b)
+	d, err := certs.OpenDesired(v, b)
+	if err == nil && carried != nil && (c.newer == nil || carried.Version > c.newer.Version) {
+		c.newer, c.newerRaw = carried, bytes.Clone(raw)
+	}
+	return d, err
+}
+
+// NewerKeySet returns the newest key set, signed by the root and newer than the one the
+// Collector was made with, that a desired-state document it took carried (a breach --keyset
+// published it), with its signed bytes; nil, nil if none did. Devices trust that set, so a
+// fleet directory still on an older one signs with keys they may have dropped.
+func (c *Collector) NewerKeySet() (*certs.KeySet, []byte) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.newer, bytes.Clone(c.newerRaw)
 }
 
 func (c *Collector) notifyLocked() {
