@@ -8,6 +8,9 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"time"
+
+	"github.com/camagent/camagent/internal/atomicfile"
 )
 
 // LockFile is the file in the state directory whose lock says a camagent process is using the
@@ -21,7 +24,8 @@ var ErrStateInUse = errors.New("agent: the state directory is in use by another 
 
 // StateLock is held on a state directory while a process uses it (LockState).
 type StateLock struct {
-	f *os.File
+	f   *os.File
+	dir string
 }
 
 // LockState takes the state directory dir for this process, without waiting: it fails with
@@ -63,7 +67,49 @@ func LockState(dir string) (*StateLock, error) {
 	if err := f.Truncate(0); err == nil {
 		f.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0)
 	}
-	return &StateLock{f: f}, nil
+	return &StateLock{f: f, dir: dir}, nil
+}
+
+// TempMinAge is how old a temporary file must be for RemoveTemps to remove it.
+const TempMinAge = 10 * time.Minute
+
+// RemoveTemps removes the temporary files that atomic writes (internal/atomicfile) killed
+// before their rename (SIGKILL, power cut) left in the state directory and in each credential
+// generation's directory (creds/N), and returns how many it removed. Every other file stays.
+// A camera that crashes or loses power again and again would otherwise gather them for ever.
+//
+// It is a method of the lock because only the lock's holder may run it: every camagent process
+// that writes state files under the lock is then between writes. `camagent onboard` and
+// `camagent selftest` write without the lock, beside a running agent, so a temporary file
+// modified less than TempMinAge ago is left for a later start. It fails on a released lock.
+// A file that cannot be removed does not stop the others; the errors are joined.
+func (l *StateLock) RemoveTemps() (int, error) {
+	if l == nil || l.f == nil {
+		return 0, errors.New("agent: remove temporary files: the state directory is not locked")
+	}
+	var errs []error
+	dirs := []string{l.dir}
+	ents, err := os.ReadDir(filepath.Join(l.dir, credsDir))
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		errs = append(errs, err)
+	}
+	for _, e := range ents {
+		if _, err := strconv.ParseUint(e.Name(), 10, 64); err == nil && e.IsDir() {
+			dirs = append(dirs, filepath.Join(l.dir, credsDir, e.Name()))
+		}
+	}
+	removed := 0
+	for _, d := range dirs {
+		n, err := atomicfile.RemoveTemps(d, TempMinAge)
+		removed += n
+		if err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return removed, fmt.Errorf("agent: remove temporary files: %w", err)
+	}
+	return removed, nil
 }
 
 // Unlock releases the state directory. Unlocking a nil or released lock does nothing.

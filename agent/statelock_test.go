@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestLockStateKeepsASecondHolderOut(t *testing.T) {
@@ -105,5 +106,59 @@ func TestResetLeavesTheLockAlone(t *testing.T) {
 	}
 	if _, err := LockState(dir); !errors.Is(err, ErrStateInUse) {
 		t.Fatalf("after the reset another process could take the directory: %v", err)
+	}
+}
+
+// RemoveTemps cleans the directories the agent writes atomically, the state directory and
+// each generation's, and no other: a directory under creds that is not a generation is not the
+// agent's. A released lock removes nothing.
+func TestStateLockRemoveTempsCleansTheAgentsDirectoriesOnly(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "state")
+	old := time.Now().Add(-TempMinAge - time.Minute)
+	put := func(p string) string {
+		t.Helper()
+		if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, []byte("half a write"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chtimes(p, old, old); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	gone := []string{
+		put(filepath.Join(dir, ".state.json.tmp-1")),
+		put(filepath.Join(dir, credsDir, "1", ".device.key.tmp-2")),
+		put(filepath.Join(dir, credsDir, "12", ".device.crt.tmp-3")),
+	}
+	kept := []string{
+		put(filepath.Join(dir, credsDir, ".x.tmp-4")),          // creds itself is not written to
+		put(filepath.Join(dir, credsDir, "old", ".x.tmp-5")),   // not a generation
+		put(filepath.Join(dir, "backup", ".state.json.tmp-6")), // not the agent's
+	}
+	l, err := LockState(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, err := l.RemoveTemps()
+	if err != nil || n != len(gone) {
+		t.Fatalf("RemoveTemps = %d, %v; want %d", n, err, len(gone))
+	}
+	for _, p := range gone {
+		if _, err := os.Stat(p); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("%s: %v, want it removed", p, err)
+		}
+	}
+	for _, p := range kept {
+		if _, err := os.Stat(p); err != nil {
+			t.Errorf("%s: %v, want it kept", p, err)
+		}
+	}
+	l.Unlock()
+	put(filepath.Join(dir, ".state.json.tmp-7"))
+	if n, err := l.RemoveTemps(); err == nil || n != 0 {
+		t.Fatalf("RemoveTemps on a released lock = %d, %v", n, err)
 	}
 }

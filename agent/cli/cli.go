@@ -1,5 +1,13 @@
 // Package cli is camagent's command line: enroll, run and version. It parses arguments and
 // calls the agent package; it never exits the process (main does).
+//
+// run and selftest read a configuration file of "key = value" lines (--config; the format is
+// packaging/camagent.conf's header). A line starting with "#" is a comment, and only such a
+// line: a "#" after a value is part of the value, as a path or a URL may hold one, so a value
+// that holds " #" is warned of, and one that is refused says that comments go on their own
+// line. A value refused, when the flag parses it or when run checks its settings, is an
+// error naming the file, the line and the key; it never quotes the value of a key that may
+// hold a secret (secretKeys).
 package cli
 
 import (
@@ -12,6 +20,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -136,8 +145,18 @@ type built struct {
 
 // build checks the options and makes the logger, the guard and the agent's configuration.
 // It starts nothing and changes nothing on disk, so a reload can check a new configuration
-// while the agent runs on the old one.
+// while the agent runs on the old one. A value it refuses is named by its flag, or, when it
+// came from the configuration file, by the file, the line and the key (a *ConfigError).
 func (o *runOptions) build(stderr io.Writer) (*built, error) {
+	b, err := o.assemble(stderr)
+	if err != nil {
+		return nil, o.fileError(err)
+	}
+	return b, nil
+}
+
+// assemble is build but for naming the configuration file's lines.
+func (o *runOptions) assemble(stderr io.Writer) (*built, error) {
 	var afterStep func(string)
 	if o.crashAfter != "" {
 		if !slices.Contains(agent.Steps, o.crashAfter) {
@@ -151,16 +170,20 @@ func (o *runOptions) build(stderr io.Writer) (*built, error) {
 		}
 	}
 	if o.maxBackoff < mqtt.DefaultMinBackoff || o.maxBackoff > maxReconnectBackoff {
-		return nil, fmt.Errorf("--reconnect-max-backoff %v: want %v to %v", o.maxBackoff, mqtt.DefaultMinBackoff, maxReconnectBackoff)
+		return nil, refuse("reconnect-max-backoff", o.maxBackoff.String(), fmt.Sprintf("want %v to %v", mqtt.DefaultMinBackoff, maxReconnectBackoff))
 	}
 	// The streamer checks it only when the video starts: by then a reload has stopped the
 	// agent that worked, and a start has nothing to go back to.
 	if o.maxViewers < 0 || o.maxViewers > webrtc.MaxMaxViewers {
-		return nil, fmt.Errorf("--max-viewers %d: want 1 to %d, or 0 for the default (%d)", o.maxViewers, webrtc.MaxMaxViewers, webrtc.DefaultMaxViewers)
+		return nil, refuse("max-viewers", strconv.Itoa(o.maxViewers), fmt.Sprintf("want 1 to %d, or 0 for the default (%d)", webrtc.MaxMaxViewers, webrtc.DefaultMaxViewers))
 	}
 	if o.broker != "" {
 		if _, err := certs.BrokerHost(o.broker); err != nil {
-			return nil, fmt.Errorf("--broker: %w", err)
+			if strings.Contains(o.broker, "@") {
+				// Not echoed: the part before the @ may be a password.
+				return nil, refuse("broker", "", "not a usable broker URL (not shown: it has an @, which may hold a password; the device signs in with its certificate alone): want mqtts://HOST:PORT")
+			}
+			return nil, refuse("broker", "", err.Error())
 		}
 	}
 	// The guard holds the values onboarding sealed (network name, passphrase, nickname): it
@@ -215,13 +238,13 @@ func (o *runOptions) videoSource(log *slog.Logger) (camera.Source, error) {
 	case o.videoFile != "":
 		src, err := camera.NewFileSource(camera.FileConfig{Path: o.videoFile, Logger: log})
 		if err != nil {
-			return nil, fmt.Errorf("--video-file: %w", err)
+			return nil, refuse("video-file", "", err.Error())
 		}
 		return src, nil
 	case o.videoExec != "":
 		src, err := camera.NewExecSource(camera.ExecConfig{Argv: strings.Fields(o.videoExec), Logger: log})
 		if err != nil {
-			return nil, fmt.Errorf("--video-exec: %w", err)
+			return nil, refuse("video-exec", "", err.Error())
 		}
 		return src, nil
 	}
@@ -230,7 +253,7 @@ func (o *runOptions) videoSource(log *slog.Logger) (camera.Source, error) {
 
 // videoICEServers makes the --video-ice-server flags into ICE servers, one per URL, each TURN
 // server with the username and the credential read from credFile. Its errors never carry the
-// credential.
+// credential; those about one flag's value are *settingErrors.
 func videoICEServers(urls []string, user, credFile string) ([]signal.ICEServer, error) {
 	if len(urls) > signal.MaxICEServers {
 		return nil, fmt.Errorf("--video-ice-server given %d times, at most %d", len(urls), signal.MaxICEServers)
@@ -239,19 +262,19 @@ func videoICEServers(urls []string, user, credFile string) ([]signal.ICEServer, 
 	if credFile != "" {
 		fi, err := os.Stat(credFile)
 		if err != nil {
-			return nil, fmt.Errorf("--video-ice-credential-file: %w", err)
+			return nil, refuse("video-ice-credential-file", "", err.Error())
 		}
 		if fi.Mode().Perm()&0o007 != 0 {
-			return nil, fmt.Errorf("--video-ice-credential-file %s is accessible to others (mode %v): make it 0640, owner root, group camagent (or 0600, owned by the user camagent runs as)", credFile, fi.Mode().Perm())
+			return nil, refuse("video-ice-credential-file", credFile, fmt.Sprintf("accessible to others (mode %v): make it 0640, owner root, group camagent (or 0600, owned by the user camagent runs as)", fi.Mode().Perm()))
 		}
 		b, err := cappedfile.Read(credFile, signal.MaxCredentialSize+2)
 		if err != nil {
-			return nil, fmt.Errorf("--video-ice-credential-file: %w", err)
+			return nil, refuse("video-ice-credential-file", "", err.Error())
 		}
 		cred, _, _ = strings.Cut(string(b), "\n")
 		cred = strings.TrimSuffix(cred, "\r")
 		if cred == "" {
-			return nil, fmt.Errorf("--video-ice-credential-file %s: the first line is empty", credFile)
+			return nil, refuse("video-ice-credential-file", credFile, "the first line is empty")
 		}
 	}
 	var servers []signal.ICEServer
@@ -259,23 +282,28 @@ func videoICEServers(urls []string, user, credFile string) ([]signal.ICEServer, 
 	for i, u := range urls {
 		if strings.Contains(u, "@") {
 			// Not echoed: it may hold a credential.
-			return nil, fmt.Errorf("--video-ice-server #%d has an @: credentials go in --video-ice-user and --video-ice-credential-file, not in the URL", i+1)
+			return nil, &settingError{Flag: "video-ice-server", Nth: i + 1, Shown: fmt.Sprintf("#%d", i+1),
+				Why: "has an @: credentials go in --video-ice-user and --video-ice-credential-file, not in the URL"}
 		}
 		srv := signal.ICEServer{URLs: []string{u}}
 		if strings.HasPrefix(u, "turn:") || strings.HasPrefix(u, "turns:") {
 			turn = true
 			if user == "" || cred == "" {
-				return nil, fmt.Errorf("--video-ice-server %s: a TURN server needs --video-ice-user and --video-ice-credential-file", u)
+				return nil, &settingError{Flag: "video-ice-server", Nth: i + 1, Shown: u, Why: "a TURN server needs --video-ice-user and --video-ice-credential-file"}
 			}
 			srv.Username, srv.Credential = user, cred
 		}
 		if err := srv.Validate(); err != nil {
-			return nil, fmt.Errorf("--video-ice-server %s: %w", u, err)
+			return nil, &settingError{Flag: "video-ice-server", Nth: i + 1, Shown: u, Why: err.Error()}
 		}
 		servers = append(servers, srv)
 	}
 	if !turn && (user != "" || credFile != "") {
-		return nil, errors.New("--video-ice-user and --video-ice-credential-file are for a turn: or turns: --video-ice-server, and none is given")
+		which := "video-ice-user"
+		if user == "" {
+			which = "video-ice-credential-file"
+		}
+		return nil, refuse(which, "", "no turn: or turns: --video-ice-server is given: --video-ice-user and --video-ice-credential-file are for TURN servers")
 	}
 	return servers, nil
 }
@@ -283,7 +311,7 @@ func videoICEServers(urls []string, user, credFile string) ([]signal.ICEServer, 
 func newLogger(w io.Writer, level, format string, guard *egress.Guard) (*slog.Logger, error) {
 	var l slog.Level
 	if err := l.UnmarshalText([]byte(level)); err != nil {
-		return nil, fmt.Errorf("--log-level: %w", err)
+		return nil, refuse("log-level", strconv.Quote(level), "want debug, info, warn or error")
 	}
 	opts := &slog.HandlerOptions{Level: l}
 	var h slog.Handler
@@ -293,7 +321,7 @@ func newLogger(w io.Writer, level, format string, guard *egress.Guard) (*slog.Lo
 	case "json":
 		h = slog.NewJSONHandler(w, opts)
 	default:
-		return nil, fmt.Errorf("--log-format %q: want text or json", format)
+		return nil, refuse("log-format", strconv.Quote(format), "want text or json")
 	}
 	return slog.New(egress.NewRedactingHandler(h, guard)), nil
 }

@@ -3,9 +3,12 @@ package cli
 import (
 	"bufio"
 	"bytes"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"slices"
+	"strconv"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -37,6 +40,11 @@ type runOptions struct {
 	ownICE      bool
 	crashAfter  string
 	pins        gpio.Names
+
+	// fromFile holds, by key, the lines of the configuration file that set a flag (not those
+	// the command line overrode, nor empty values), in the file's order: an error about a
+	// value names the line it came from. nil: no file, or it set nothing.
+	fromFile map[string][]configEntry
 }
 
 // runFlags defines the flags of `camagent run` on fs, writing into o. Every flag but --config
@@ -153,11 +161,12 @@ func (e *ConfigError) Unwrap() error { return e.Err }
 
 // parseConfig parses a configuration file (packaging/camagent.conf documents the format):
 // "key = value" lines, the value being the rest of the line after the first "=" with the
-// spaces around it removed; empty lines and lines starting with "#" are skipped. A key that
-// known rejects, a line without "=", a repeated key and a line that is not UTF-8 or holds a
-// control character are errors naming the line. A key that repeatable accepts (a repeatable
-// flag's) may be given on any number of lines; the entries are in the file's order. name is
-// the file's name for errors.
+// spaces around it removed; empty lines and lines starting with "#" are skipped. A "#" after a
+// value is part of the value (a path or a URL may hold one): comments go on lines of their own.
+// A key that known rejects, a line without "=", a repeated key and a line that is not UTF-8 or
+// holds a control character are errors naming the line. A key that repeatable accepts (a
+// repeatable flag's) may be given on any number of lines; the entries are in the file's order.
+// name is the file's name for errors.
 func parseConfig(b []byte, name string, known, repeatable func(key string) bool) ([]configEntry, error) {
 	if len(b) > maxConfigSize {
 		return nil, &ConfigError{File: name, Err: fmt.Errorf("over %d bytes", maxConfigSize)}
@@ -207,31 +216,135 @@ func parseConfig(b []byte, name string, known, repeatable func(key string) bool)
 }
 
 // applyConfigFile reads the configuration file at path and sets, on fs, every flag it gives a
-// non-empty value that the command line did not set. keys are the flags the file may set. A
-// repeatable flag's lines are set in the file's order, and none of them when the command line
-// gave the flag.
-func applyConfigFile(fs *flag.FlagSet, path string, keys map[string]bool) error {
+// non-empty value that the command line did not set, and returns the entries it set by key.
+// keys are the flags the file may set. A repeatable flag's lines are set in the file's order,
+// and none of them when the command line gave the flag. A value the flag refuses is a
+// *ConfigError naming the line and the key (fileValueError).
+func applyConfigFile(fs *flag.FlagSet, path string, keys map[string]bool) (map[string][]configEntry, error) {
 	b, err := cappedfile.Read(path, maxConfigSize)
 	if err != nil {
-		return &ConfigError{File: path, Err: err}
+		return nil, &ConfigError{File: path, Err: err}
 	}
 	entries, err := parseConfig(b, path,
 		func(k string) bool { return keys[k] },
 		func(k string) bool { return isRepeatable(fs.Lookup(k)) })
 	if err != nil {
-		return err
+		return nil, err
 	}
 	onCommandLine := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { onCommandLine[f.Name] = true })
+	var set map[string][]configEntry
 	for _, e := range entries {
 		if e.Value == "" || onCommandLine[e.Key] {
 			continue // the default, or overridden
 		}
 		if err := fs.Set(e.Key, e.Value); err != nil {
-			return &ConfigError{File: path, Line: e.Line, Err: fmt.Errorf("%s: %w", e.Key, err)}
+			return nil, &ConfigError{File: path, Line: e.Line, Err: fileValueError(e, err.Error())}
+		}
+		if set == nil {
+			set = map[string][]configEntry{}
+		}
+		set[e.Key] = append(set[e.Key], e)
+	}
+	return set, nil
+}
+
+// secretKeys are the configuration file's keys whose values may carry a secret: the broker's
+// and the ICE servers' URLs (a user name and password in the URL: the agent refuses an ICE
+// server's, but the mistake is made), the TURN user name (half of a TURN credential; the
+// credential itself is in its own file, by design, and only that file's name is here), and the
+// video command (an RTSP URL with a password on it). An error never quotes their values.
+var secretKeys = map[string]bool{"broker": true, "video-ice-server": true, "video-ice-user": true, "video-exec": true}
+
+// commentRule is said when a refused value holds what looks like a comment after it.
+const commentRule = `comments go on a line of their own, starting with "#": a "#" after a value is part of the value`
+
+// inlineComment reports whether v holds a "#" after a space or a tab, as a comment after the
+// value would: the value keeps it (a path or URL may hold a "#"), so it only explains a value
+// that is refused, or is warned about (commentedValues).
+func inlineComment(v string) bool {
+	return strings.Contains(v, " #") || strings.Contains(v, "\t#")
+}
+
+// fileValueError says why the configuration file's entry e is refused: the key, the value
+// quoted unless the key is a secretKey (and then, the value is taken out of why too), the
+// reason, and commentRule when the value seems to carry a comment.
+func fileValueError(e configEntry, why string) error {
+	shown := ""
+	if secretKeys[e.Key] {
+		// Taken out of why: the value as it is, as Go quotes it, and its part before a "#"
+		// (a URL parser stops there).
+		v := []string{e.Value, strconv.Quote(e.Value)}
+		v[1] = v[1][1 : len(v[1])-1]
+		if i := strings.Index(e.Value, "#"); i > 0 {
+			v = append(v, strings.TrimSpace(e.Value[:i]))
+		}
+		for _, s := range v {
+			if len(s) >= 4 { // shorter, it would only garble the message
+				why = strings.ReplaceAll(why, s, "(value not shown)")
+			}
+		}
+	} else {
+		shown = " = " + strconv.Quote(e.Value)
+	}
+	if inlineComment(e.Value) {
+		why += "; " + commentRule
+	}
+	return fmt.Errorf("%s%s: %s", e.Key, shown, why)
+}
+
+// settingError is a value of one flag that build refuses. Error is the message for the command
+// line; a value that came from the configuration file is reported by fileError instead.
+type settingError struct {
+	Flag  string // the flag's name, without the dashes
+	Nth   int    // for a repeatable flag, which of its values, from 1; 0: the flag as a whole
+	Shown string // the value as the command-line message shows it; "": not shown
+	Why   string // what is wrong with the value; never the value of a secretKey
+}
+
+// refuse returns a settingError for flag: shown is the value as the message shows it ("": not
+// shown), why what is wrong.
+func refuse(flag, shown, why string) *settingError {
+	return &settingError{Flag: flag, Shown: shown, Why: why}
+}
+
+func (e *settingError) Error() string {
+	if e.Shown == "" {
+		return "--" + e.Flag + ": " + e.Why
+	}
+	return "--" + e.Flag + " " + e.Shown + ": " + e.Why
+}
+
+// fileError returns err as a *ConfigError naming the file, the line and the key when err is a
+// settingError about a value the configuration file gave; otherwise err as it is.
+func (o *runOptions) fileError(err error) error {
+	var se *settingError
+	if !errors.As(err, &se) {
+		return err
+	}
+	entries := o.fromFile[se.Flag]
+	i := max(se.Nth-1, 0)
+	if i >= len(entries) {
+		return err // from the command line, or the default
+	}
+	e := entries[i]
+	return &ConfigError{File: o.config, Line: e.Line, Err: fileValueError(e, se.Why)}
+}
+
+// commentedValues returns the configuration file's entries in use whose values hold what looks
+// like a comment (inlineComment), in the file's order: accepted, they are kept as they are,
+// and camagent run and selftest warn about them.
+func (o *runOptions) commentedValues() []configEntry {
+	var c []configEntry
+	for _, es := range o.fromFile {
+		for _, e := range es {
+			if inlineComment(e.Value) {
+				c = append(c, e)
+			}
 		}
 	}
-	return nil
+	slices.SortFunc(c, func(a, b configEntry) int { return a.Line - b.Line })
+	return c
 }
 
 // parseRunArgs parses the arguments of `camagent run` (or of a command taking the same
@@ -251,14 +364,15 @@ func parseRunArgs(name string, args []string, stderr io.Writer, extra func(*flag
 	if extra != nil {
 		extra(fs)
 	}
-	if err := fs.Parse(args); err != nil {
+	err := fs.Parse(args)
+	if err != nil {
 		return nil, err
 	}
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("%s: unexpected argument %q", name, fs.Arg(0))
 	}
 	if o.config != "" {
-		if err := applyConfigFile(fs, o.config, keys); err != nil {
+		if o.fromFile, err = applyConfigFile(fs, o.config, keys); err != nil {
 			return nil, err
 		}
 	}

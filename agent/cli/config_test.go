@@ -343,3 +343,120 @@ func FuzzParseConfig(f *testing.F) {
 		}
 	})
 }
+
+// buildConf reads a configuration file of text and builds it as camagent run does at start.
+func buildConf(t *testing.T, text string, args ...string) (*runOptions, error) {
+	t.Helper()
+	conf := writeConf(t, text)
+	o, err := parseRunArgs("camagent run", append([]string{"--config", conf}, args...), io.Discard, nil)
+	if err == nil {
+		_, err = o.build(io.Discard)
+	}
+	return o, err
+}
+
+// A value from the configuration file that camagent run refuses, when the flag parses it or
+// when the agent's settings are checked at start, is reported by the file, the line and the
+// key, as the line a person must edit. A value of a key that may carry a secret is never
+// quoted. A value that seems to carry a comment after it says where comments go.
+func TestConfigFileValuesRefusedAtStartNameTheLine(t *testing.T) {
+	dir := t.TempDir()
+	credFile := filepath.Join(t.TempDir(), "turn-credential")
+	if err := os.WriteFile(credFile, []byte("s3cret\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct {
+		name, line string
+		says       []string
+		secret     string // must not be in the error
+	}{
+		{"a number that is not one", "max-viewers = ten", []string{`max-viewers = "ten": `}, ""},
+		{"a number out of range", "max-viewers = 2000", []string{`max-viewers = "2000": want 1 to 1000`}, ""},
+		{"a duration out of range", "reconnect-max-backoff = 2h", []string{`reconnect-max-backoff = "2h": want 1s to 1h`}, ""},
+		{"a duration that is not one", "telemetry-interval = 5 minutes", []string{`telemetry-interval = "5 minutes": `}, ""},
+		{"an unknown log level", "log-level = verbose", []string{`log-level = "verbose": want debug, info, warn or error`}, ""},
+		{"an unknown log format", "log-format = xml", []string{`log-format = "xml": want text or json`}, ""},
+		{"a missing video file", "video-file = /nonexistent/clip.h264", []string{`video-file = "/nonexistent/clip.h264": `, "no such file"}, ""},
+		{"a broker URL that is not TLS", "broker = http://broker.example:1883", []string{"broker: ", "not TLS"}, "broker.example"},
+		{"a broker URL with a password", "broker = mqtts://admin:hunter2@broker.example", []string{"broker: not a usable broker URL"}, "hunter2"},
+		{"an ICE server URL with a password", "video-ice-server = turn:alice:hunter2@turn.example:3478", []string{"video-ice-server: has an @"}, "hunter2"},
+		{"a TURN user without a TURN server", "video-ice-user = alice-4f9a", []string{"video-ice-user: no turn: or turns: --video-ice-server"}, "alice-4f9a"},
+		{"a credential file others can read", "video-ice-server = turn:turn.example:3478\nvideo-ice-user = alice\nvideo-ice-credential-file = " + filepath.Join(dir, "none"),
+			[]string{`video-ice-credential-file = "` + filepath.Join(dir, "none") + `": `}, "s3cret"},
+	} {
+		t.Run("refuses "+tt.name, func(t *testing.T) {
+			text := "# camagent\nstate = " + dir + "\n" + tt.line + "\n"
+			_, err := buildConf(t, text)
+			var ce *ConfigError
+			if !errors.As(err, &ce) {
+				t.Fatalf("err = %v, want a *ConfigError", err)
+			}
+			line := strings.Count(text, "\n") // the last line
+			if ce.Line != line || !strings.Contains(err.Error(), fmt.Sprintf("camagent.conf:%d: ", line)) {
+				t.Errorf("err = %q, want it to name line %d", err, line)
+			}
+			for _, s := range tt.says {
+				if !strings.Contains(err.Error(), s) {
+					t.Errorf("err = %q, want it to say %q", err, s)
+				}
+			}
+			if tt.secret != "" && strings.Contains(err.Error(), tt.secret) {
+				t.Errorf("err = %q quotes %q", err, tt.secret)
+			}
+			if strings.Contains(err.Error(), "comments go") {
+				t.Errorf("err = %q speaks of comments for a value without one", err)
+			}
+		})
+	}
+	for _, tt := range []struct{ key, line, secret string }{
+		{"max-viewers", "max-viewers = 4 # at most four", ""},
+		{"telemetry-interval", "telemetry-interval = 10m  # every ten minutes", ""},
+		{"log-level", "log-level = debug\t# while testing", ""},
+		{"video-loopback", "video-loopback = true # demo", ""},
+		{"broker", "broker = mqtts://broker.example:8883 # production", "broker.example"},
+		{"broker", "broker = mqtts://admin:hunter2@broker.example:8883 # production", "hunter2"},
+		{"video-ice-user", "video-ice-user = alice-4f9a # our TURN account", "alice-4f9a"},
+	} {
+		t.Run("says comments go on their own line: "+tt.line, func(t *testing.T) {
+			_, err := buildConf(t, "state = "+dir+"\n"+tt.line+"\n")
+			if err == nil || !strings.Contains(err.Error(), "camagent.conf:2: "+tt.key) || !strings.Contains(err.Error(), commentRule) {
+				t.Fatalf("err = %v, want one naming line 2 and %s and saying %q", err, tt.key, commentRule)
+			}
+			if tt.secret != "" && strings.Contains(err.Error(), tt.secret) {
+				t.Errorf("err = %q quotes %q", err, tt.secret)
+			}
+		})
+	}
+	t.Run("a value the command line gives is named by its flag", func(t *testing.T) {
+		_, err := buildConf(t, "state = "+dir+"\nmax-viewers = 2\n", "--max-viewers", "2000")
+		if err == nil || !strings.HasPrefix(err.Error(), "--max-viewers 2000: want 1 to 1000") {
+			t.Fatalf("err = %v", err)
+		}
+	})
+	t.Run("the nth ICE server names its own line", func(t *testing.T) {
+		_, err := buildConf(t, "state = "+dir+"\nvideo-ice-server = stun:stun.example:3478\n# the relay\nvideo-ice-server = turn:turn.example:3478\n")
+		if err == nil || !strings.Contains(err.Error(), "camagent.conf:4: video-ice-server: a TURN server needs") {
+			t.Fatalf("err = %v", err)
+		}
+	})
+}
+
+// A "#" in a value the flag accepts stays part of the value, as it always did: a path or a URL
+// may hold one. Only what looks like a comment after a value (" #") is pointed out.
+func TestConfigFileValuesKeepTheirHash(t *testing.T) {
+	state := filepath.Join(t.TempDir(), "cam #1")
+	o, err := buildConf(t, "state = "+state+"\nvideo-file = "+clip+"\nlog-level=info\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o.state != state {
+		t.Fatalf("state = %q, want %q", o.state, state)
+	}
+	if c := o.commentedValues(); len(c) != 1 || c[0].Key != "state" || c[0].Line != 1 {
+		t.Fatalf("commented values %+v, want the state line", c)
+	}
+	o, err = buildConf(t, "state = "+t.TempDir()+"/a#b\n")
+	if err != nil || len(o.commentedValues()) != 0 || !strings.HasSuffix(o.state, "/a#b") {
+		t.Fatalf("state %q, %v, commented %v", o.state, err, o.commentedValues())
+	}
+}

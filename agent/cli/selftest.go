@@ -28,6 +28,7 @@ import (
 	"github.com/camagent/camagent/device/camera"
 	"github.com/camagent/camagent/device/gpio"
 	"github.com/camagent/camagent/device/h264"
+	"github.com/camagent/camagent/internal/atomicfile"
 	"github.com/camagent/camagent/internal/buildinfo"
 	"github.com/camagent/camagent/internal/clock"
 	"github.com/camagent/camagent/transport/mqtt"
@@ -191,10 +192,19 @@ func result(check, res, format string, args ...any) checkResult {
 
 // checkConfig checks the settings as camagent run does before it starts anything (build):
 // the checks below use only some of them, and a value only run refuses would otherwise pass
-// here and stop the service at every start. The row is in the report only when it fails.
+// here and stop the service at every start. A value that seems to carry a comment after it
+// (commentRule) is a warning. The row is in the report only when it fails or warns.
 func (st *selfTest) checkConfig() (checkResult, bool) {
 	if _, err := st.opts.build(io.Discard); err != nil {
 		return result("config", resultFail, "camagent run would refuse these settings and exit: %v", err), false
+	}
+	if c := st.opts.commentedValues(); len(c) > 0 {
+		var at []string
+		for _, e := range c {
+			at = append(at, fmt.Sprintf("line %d (%s)", e.Line, e.Key))
+		}
+		return result("config", resultWarn, "%s: %s: the value holds \" #\", which is part of the value: %s",
+			st.opts.config, strings.Join(at, ", "), commentRule), false
 	}
 	return checkResult{}, true
 }
@@ -471,19 +481,82 @@ func profileName(s *h264.SPS) string {
 	return fmt.Sprintf("profile_idc %d", s.ProfileIDC)
 }
 
-// checkStorage checks the free space in the state directory's file system.
+// checkStorage checks that the state directory takes a write and has free space. The write
+// comes first: an SD card the kernel remounted read-only after I/O errors (the classic
+// Raspberry Pi failure) still shows its free space.
 func (st *selfTest) checkStorage() checkResult {
 	const name = "storage"
+	dir := st.opts.state
 	var fs unix.Statfs_t
-	if err := unix.Statfs(st.opts.state, &fs); err != nil {
-		return result(name, resultFail, "%s: %v", st.opts.state, err)
+	if err := unix.Statfs(dir, &fs); err != nil {
+		return result(name, resultFail, "%s: %v", dir, err)
+	}
+	if err := probeWrite(dir); err != nil {
+		return result(name, resultFail, "%s: cannot write a file there: %v", dir, err)
 	}
 	free := uint64(fs.Bavail) * uint64(fs.Bsize)
 	mib := float64(free) / (1 << 20)
 	if free < minFreeBytes {
-		return result(name, resultFail, "%s: %.1f MiB free, under %d MiB", st.opts.state, mib, minFreeBytes>>20)
+		return result(name, resultFail, "%s: %.1f MiB free, under %d MiB", dir, mib, minFreeBytes>>20)
 	}
-	return result(name, resultPass, "%s: %.0f MiB free", st.opts.state, mib)
+	return result(name, resultPass, "%s: %.0f MiB free, writable", dir, mib)
+}
+
+// probeData is what probeWrite writes.
+var probeData = []byte("camagent selftest: this file is removed at once; one left behind is removed at the agent's next start\n")
+
+// probeWrite creates a small file in dir, fsyncs it, reads it back and removes it, and says
+// which step failed and why (writeProblem). The file is named as atomicfile names its temporary
+// files, so one a killed self-test leaves is removed at the agent's next start; probeWrite
+// itself removes it whatever happens.
+func probeWrite(dir string) (err error) {
+	f, err := atomicfile.CreateTemp(dir, "camagent-selftest")
+	if err != nil {
+		return writeProblem("create", err)
+	}
+	defer func() {
+		f.Close()
+		if rerr := os.Remove(f.Name()); rerr != nil && err == nil {
+			err = writeProblem("remove", rerr)
+		}
+	}()
+	if _, err := f.Write(probeData); err != nil {
+		return writeProblem("write", err)
+	}
+	if err := f.Sync(); err != nil {
+		return writeProblem("fsync", err)
+	}
+	back := make([]byte, len(probeData)+1)
+	n, err := f.ReadAt(back, 0)
+	if err != nil && !errors.Is(err, io.EOF) {
+		return writeProblem("read back", err)
+	}
+	if !bytes.Equal(back[:n], probeData) {
+		return writeProblem("read back", fmt.Errorf("read %d bytes that differ from the %d written", n, len(probeData)))
+	}
+	return nil
+}
+
+// writeProblem names a failed step of probeWrite and what the error means for the device.
+func writeProblem(step string, err error) error {
+	why := err.Error()
+	var pe *os.PathError
+	if errors.As(err, &pe) {
+		why = pe.Err.Error() // the path is the directory's, already named
+	}
+	switch {
+	case errors.Is(err, syscall.EROFS):
+		why = "read-only file system: the kernel remounts an SD card read-only after I/O errors (see dmesg); back up the state directory and replace the card"
+	case errors.Is(err, syscall.EACCES), errors.Is(err, syscall.EPERM):
+		why = "permission denied: the directory must belong to the service user, and the self-test run as it (sudo -u camagent)"
+	case errors.Is(err, syscall.ENOSPC), errors.Is(err, syscall.EDQUOT):
+		why = "no space left on the device"
+	case errors.Is(err, syscall.EIO):
+		why = "input/output error: the storage is failing (see dmesg)"
+	case errors.Is(err, syscall.ENOTDIR):
+		why = "not a directory"
+	}
+	return fmt.Errorf("%s: %s", step, why)
 }
 
 // checkLEDAndButton blinks the status LED and waits for a press of the reset button. A long

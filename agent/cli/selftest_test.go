@@ -5,8 +5,10 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -282,5 +284,85 @@ func TestClassifyConnectError(t *testing.T) {
 		if got := classifyConnectError(tt.err); !strings.HasPrefix(got, tt.want+":") {
 			t.Errorf("%q: %q, want class %s", tt.err, got, tt.want)
 		}
+	}
+}
+
+// The storage check writes: an SD card the kernel remounted read-only after I/O errors keeps
+// its free space, and must fail. Real failures, that stop root too (tests may run as root, whom
+// permission bits do not stop): a state path that is a regular file, and, for another user, a
+// directory without write permission. Either way the detail names the directory and why, and
+// the check leaves no file behind.
+func TestSelftestStorageFailsWhenTheStateDirectoryTakesNoWrite(t *testing.T) {
+	t.Run("a regular file where the directory should be", func(t *testing.T) {
+		file := filepath.Join(t.TempDir(), "state")
+		if err := os.WriteFile(file, []byte("not a directory"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		rep, _, err := selftestRun(t, synced, nil, "--state", file)
+		res, det := results(rep)
+		if res["storage"] != resultFail || err == nil || !strings.Contains(err.Error(), "storage") {
+			t.Fatalf("err = %v, storage %s (%s)", err, res["storage"], det["storage"])
+		}
+		if !strings.HasPrefix(det["storage"], file+": cannot write a file there: create: not a directory") {
+			t.Errorf("storage detail: %s", det["storage"])
+		}
+	})
+	t.Run("a directory the user may not write", func(t *testing.T) {
+		if os.Geteuid() == 0 {
+			t.Skip("root writes whatever the permission bits say")
+		}
+		dir := t.TempDir()
+		if err := os.Chmod(dir, 0o500); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { os.Chmod(dir, 0o700) })
+		rep, _, _ := selftestRun(t, synced, nil, "--state", dir)
+		res, det := results(rep)
+		if res["storage"] != resultFail || !strings.HasPrefix(det["storage"], dir+": cannot write a file there: create: permission denied") {
+			t.Fatalf("storage %s (%s)", res["storage"], det["storage"])
+		}
+	})
+	t.Run("a directory that takes the write passes and keeps nothing", func(t *testing.T) {
+		dir := t.TempDir()
+		rep, _, _ := selftestRun(t, synced, nil, "--state", dir)
+		if res, det := results(rep); res["storage"] != resultPass || !strings.Contains(det["storage"], "writable") {
+			t.Fatalf("storage %s (%s)", res["storage"], det["storage"])
+		}
+		if ents, _ := os.ReadDir(dir); len(ents) != 0 {
+			t.Errorf("left in the state directory: %v", ents)
+		}
+	})
+}
+
+// Each error a failing SD card gives is named for a person.
+func TestWriteProblemSaysWhatTheErrorMeans(t *testing.T) {
+	for _, tt := range []struct {
+		err  error
+		want string
+	}{
+		{&os.PathError{Op: "open", Path: "/var/lib/camagent/.x.tmp-1", Err: syscall.EROFS}, "create: read-only file system: the kernel remounts an SD card read-only"},
+		{&os.PathError{Op: "open", Path: "/var/lib/camagent/.x.tmp-1", Err: syscall.EACCES}, "create: permission denied: "},
+		{&os.PathError{Op: "write", Path: "/var/lib/camagent/.x.tmp-1", Err: syscall.ENOSPC}, "create: no space left on the device"},
+		{&os.PathError{Op: "sync", Path: "/var/lib/camagent/.x.tmp-1", Err: syscall.EIO}, "create: input/output error: the storage is failing"},
+		{&os.PathError{Op: "open", Path: "/var/lib/camagent/.x.tmp-1", Err: syscall.ENOENT}, "create: no such file or directory"},
+	} {
+		if got := writeProblem("create", tt.err).Error(); !strings.HasPrefix(got, tt.want) || strings.Contains(got, ".x.tmp-1") {
+			t.Errorf("%v: %q, want it to start %q", tt.err, got, tt.want)
+		}
+	}
+}
+
+// The self-test warns of a configuration value that seems to carry a comment after it, naming
+// the line and the key, not the value.
+func TestSelftestWarnsOfAValueThatSeemsToCarryAComment(t *testing.T) {
+	state := filepath.Join(t.TempDir(), "cam # the porch")
+	conf := writeConf(t, "# camagent\nstate = "+state+"\n")
+	rep, _, _ := selftestRun(t, synced, nil, "--config", conf)
+	res, det := results(rep)
+	if res["config"] != resultWarn || !strings.Contains(det["config"], "line 2 (state)") || !strings.Contains(det["config"], commentRule) || strings.Contains(det["config"], "porch") {
+		t.Fatalf("config: %s (%s)", res["config"], det["config"])
+	}
+	if rep.Checks[0].Check != "config" {
+		t.Errorf("the config row is not first: %+v", rep.Checks)
 	}
 }

@@ -103,6 +103,7 @@ func (s *service) run(ctx context.Context) error {
 	}
 	s.board.setLED(gpio.Booting)
 	s.log.Info("camagent starting", "version", buildinfo.Version(), "state", s.opts.state, "config", s.opts.config)
+	s.warnComments(s.opts)
 	s.setStatus("starting")
 
 	// The devices and the watchdog outlive the agents the loop starts and stops.
@@ -187,6 +188,15 @@ func (s *service) newAgent() (*agent.Agent, error) {
 			return nil, fmt.Errorf("run: %w", err)
 		}
 		s.lock, s.lockDir = l, cfg.StateDir
+		// Under the lock, before the agent writes anything: the temporary files of writes
+		// a SIGKILL or a power cut interrupted (agent.StateLock.RemoveTemps).
+		n, err := l.RemoveTemps()
+		switch {
+		case err != nil:
+			s.log.Warn("could not remove every temporary file left by interrupted writes", "state", cfg.StateDir, "removed", n, "err", err)
+		case n > 0:
+			s.log.Info("removed temporary files left by interrupted writes", "state", cfg.StateDir, "removed", n)
+		}
 	}
 	a, err := agent.New(cfg)
 	if err != nil {
@@ -356,8 +366,18 @@ func (s *service) reload() (*runOptions, bool) {
 			"led-pin", o.pins.LED, "button-pin", o.pins.Button, "privacy-pin", o.pins.Privacy)
 		o.pins = s.opts.pins
 	}
+	s.warnComments(o)
 	s.readyDue = true
 	return o, true
+}
+
+// warnComments logs a warning for each value of o's configuration file that seems to carry a
+// comment: the value keeps it (commentRule). The value is not logged: it may be a secret's.
+func (s *service) warnComments(o *runOptions) {
+	for _, e := range o.commentedValues() {
+		s.log.Warn("configuration: a value holds \" #\", which is part of the value: "+commentRule,
+			"config", o.config, "line", e.Line, "key", e.Key)
+	}
 }
 
 // factoryReset wipes the state directory (SECURITY-BAR S10). The agent must not be running.

@@ -18,8 +18,11 @@ import (
 	"periph.io/x/conn/v3/gpio/gpiotest"
 
 	"github.com/camagent/camagent/agent"
+	"github.com/camagent/camagent/agent/state"
+	"github.com/camagent/camagent/certs"
 	"github.com/camagent/camagent/device/camera"
 	camgpio "github.com/camagent/camagent/device/gpio"
+	"github.com/camagent/camagent/internal/atomicfile"
 	"github.com/camagent/camagent/transport/mqtt/mqtttest"
 )
 
@@ -428,4 +431,104 @@ func TestASecondCamagentOnTheSameStateIsRefused(t *testing.T) {
 	if err := runCommand(context.Background(), []string{"reset", "--state", dir, "--yes"}, &stdout, &stderr, Env{}); err != nil {
 		t.Fatalf("reset after the service stopped: %v", err)
 	}
+}
+
+// A camera killed (SIGKILL, power cut) in the middle of atomic writes, again and again, would
+// gather their temporary files for ever. The service removes them when it takes the state
+// directory, in the state directory and in the credential generations' directories, and leaves
+// every other file: the real ones, a file merely named alike, and a temporary file too new to
+// be a dead write's (camagent onboard writes beside a running agent, without the lock).
+func TestServiceRemovesTemporaryFilesOfKilledWrites(t *testing.T) {
+	pki := mqtttest.NewPKI(t)
+	dir := enrollDevice(t, pki, "", "cam-0001", closedBroker(t), time.Now(), 0)
+	// A rotation killed after it made generation 1's key and token, before its certificate.
+	gen := filepath.Join(dir, "creds", "1")
+	if err := atomicfile.EnsurePrivateDir(gen); err != nil {
+		t.Fatal(err)
+	}
+	key, err := certs.GenerateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := certs.WriteKeyFile(filepath.Join(gen, agent.KeyFile), key); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(gen, agent.TokenFile), make([]byte, 32), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	store := state.NewFileStore(filepath.Join(dir, agent.StateFile), time.Now)
+	st, err := store.Load()
+	if err != nil {
+		t.Fatal(err)
+	}
+	st.Cred = state.Cred{Phase: state.PhasePending, Next: 1, TargetEpoch: 1, ReqID: "r1"}
+	if err := store.Save(st); err != nil {
+		t.Fatal(err)
+	}
+
+	// What killed writes leave, written as atomicfile names them, from a while ago.
+	long := time.Now().Add(-agent.TempMinAge - time.Minute)
+	leave := func(dir, target string, mtime time.Time) string {
+		t.Helper()
+		f, err := atomicfile.CreateTemp(dir, target)
+		if err != nil {
+			t.Fatal(err)
+		}
+		f.WriteString("half a write")
+		f.Close()
+		if err := os.Chtimes(f.Name(), mtime, mtime); err != nil {
+			t.Fatal(err)
+		}
+		return f.Name()
+	}
+	dead := []string{
+		leave(dir, agent.StateFile, long),
+		leave(dir, agent.KeyFile, long),
+		leave(gen, "device.crt", long),
+		leave(gen, agent.TokenFile, long),
+	}
+	fresh := leave(dir, "settings.sealed", time.Now())
+	alike := filepath.Join(dir, "notes.tmp-1")
+	if err := os.WriteFile(alike, []byte("an operator's"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	os.Chtimes(alike, long, long)
+
+	h := startService(t, []string{"--state", dir}, camgpio.Pins{}, nil)
+	h.notes.waitFor(t, 0, notifyReady)
+	h.log.waitFor(t, "removed temporary files left by interrupted writes", "removed=4")
+	if a := h.agentNow(); !a.Status().Rotating {
+		t.Errorf("the agent does not resume the rotation: %+v", a.Status())
+	}
+	for _, p := range dead {
+		if _, err := os.Lstat(p); !errors.Is(err, fs.ErrNotExist) {
+			t.Errorf("%s: %v, want it removed", p, err)
+		}
+	}
+	for _, p := range []string{
+		fresh, alike,
+		filepath.Join(dir, agent.KeyFile), filepath.Join(dir, agent.TokenFile), filepath.Join(dir, agent.BundleFile),
+		filepath.Join(dir, agent.StateFile), filepath.Join(gen, agent.KeyFile), filepath.Join(gen, agent.TokenFile),
+	} {
+		if _, err := os.Stat(p); err != nil {
+			t.Errorf("%s: %v, want it kept", p, err)
+		}
+	}
+	h.stop()
+}
+
+// A value that seems to carry a comment after it is kept as it is (a state directory may be
+// named so), and the service says at start which line and key hold it, without the value.
+func TestServiceWarnsOfAValueThatSeemsToCarryAComment(t *testing.T) {
+	state := filepath.Join(t.TempDir(), "cam # the porch")
+	conf := writeConf(t, "# camagent\nstate = "+state+"\n")
+	h := startService(t, []string{"--config", conf}, camgpio.Pins{}, nil)
+	h.log.waitFor(t, "level=WARN", `a value holds \" #\"`, "comments go on a line of their own", "line=2", "key=state")
+	h.notes.waitFor(t, 0, "STATUS=not enrolled: waiting for a bundle in "+state)
+	for _, l := range strings.Split(h.log.String(), "\n") {
+		if strings.Contains(l, "a value holds") && strings.Contains(l, "porch") {
+			t.Errorf("the warning quotes the value: %s", l)
+		}
+	}
+	h.stop()
 }
