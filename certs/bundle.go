@@ -5,6 +5,7 @@ import (
 	"crypto/ed25519"
 	"crypto/x509"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/url"
 	"time"
@@ -129,7 +130,17 @@ func (bu *Bundle) Verify(key crypto.Signer, now time.Time) (*VerifiedBundle, err
 func BrokerHost(u string) (string, error) {
 	pu, err := url.Parse(u)
 	if err != nil {
+		// url.Error quotes the whole URL, which may carry a password: give only why.
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err
+		}
 		return "", fmt.Errorf("%w: broker url: %v", ErrMalformed, err)
+	}
+	if pu.User != nil {
+		// The client certificate is the identity; a user or password in the URL would be
+		// ignored by the broker and could end up in a log.
+		return "", fmt.Errorf("%w: broker url %q carries a user or password: the client certificate is the only credential; give mqtts://host:port", ErrMalformed, pu.Redacted())
 	}
 	switch pu.Scheme {
 	case "mqtts", "ssl", "tls":

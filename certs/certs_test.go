@@ -299,3 +299,21 @@ func TestClientIDParts(t *testing.T) {
 		}
 	}
 }
+
+// A broker URL never carries a credential into an error message, and one with a user or
+// password is refused: the client certificate is the only credential.
+func TestBrokerHostNeverQuotesAPassword(t *testing.T) {
+	for _, u := range []string{
+		"mqtts://user:s3cret-pass@broker.example:8883",
+		"mqtts://user:s3cret-pass@broker.example:88%zz",
+		"mqtts://:s3cret-pass@[::1:8883",
+	} {
+		_, err := BrokerHost(u)
+		if err == nil || !errors.Is(err, ErrMalformed) || strings.Contains(err.Error(), "s3cret-pass") {
+			t.Errorf("BrokerHost(%q) = %v: want ErrMalformed without the password", u, err)
+		}
+	}
+	if h, err := BrokerHost("mqtts://broker.example:8883"); err != nil || h != "broker.example" {
+		t.Errorf("BrokerHost of a good URL = %q, %v", h, err)
+	}
+}
