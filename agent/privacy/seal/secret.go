@@ -4,7 +4,7 @@ import (
 	"crypto/hkdf"
 	"crypto/rand"
 	"crypto/sha256"
-	"encoding/hex"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strconv"
 
 	"github.com/camagent/camagent/internal/atomicfile"
 )
@@ -111,6 +112,14 @@ func checkSecretInfo(path string, fi fs.FileInfo) error {
 	return nil
 }
 
+// newSecretName is the private name a new secret is written under before it is linked into
+// place: a temporary file's name as internal/atomicfile makes them, so that one a SIGKILL or a
+// power cut left behind (the secret itself, or a second link to it) is removed at the agent's
+// next start with the others (atomicfile.RemoveTemps).
+func newSecretName(tag uint64) string {
+	return "." + SecretFile + ".tmp-" + strconv.FormatUint(tag, 10)
+}
+
 // LoadOrCreateSecret returns the device secret in dir, making it first if there is none: 32
 // bytes from crypto/rand written 0600, atomically, in dir (made 0700 if needed). Making it is
 // exclusive: if two processes race, both end up with the one that was linked into place
@@ -130,7 +139,7 @@ func LoadOrCreateSecret(dir string) (*Secret, error) {
 	rand.Read(tag[:])
 	// Write the secret durably under a private name, then hard-link it into place: unlike a
 	// rename, a link fails if the target exists, so a secret is never replaced once made.
-	tmp := filepath.Join(dir, "."+SecretFile+".new-"+hex.EncodeToString(tag[:]))
+	tmp := filepath.Join(dir, newSecretName(binary.BigEndian.Uint64(tag[:])))
 	if err := atomicfile.WriteFile(tmp, s.key[:], 0o600); err != nil {
 		return nil, fmt.Errorf("seal: device secret: %w", err)
 	}
