@@ -7,6 +7,7 @@
 package state
 
 import (
+	"cmp"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -15,6 +16,8 @@ import (
 	"path/filepath"
 	"reflect"
 	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -182,10 +185,43 @@ func (s *FileStore) Load() (State, error) {
 	if err := os.Rename(s.path, q); err != nil {
 		return State{}, fmt.Errorf("state: quarantine %s: %w", s.path, err)
 	}
+	s.pruneQuarantined(q)
 	if err := atomicfile.SyncDir(filepath.Dir(s.path)); err != nil {
 		return State{}, err
 	}
 	return State{}, &CorruptError{Path: s.path, Quarantined: q, Err: perr}
+}
+
+// MaxQuarantined is how many quarantined copies of a corrupt state file are kept, the newest:
+// enough to find out what went wrong, few enough that a storage fault corrupting the file
+// again and again does not fill the camera's storage.
+const MaxQuarantined = 3
+
+// pruneQuarantined removes the quarantined copies of the state file beyond the MaxQuarantined
+// newest, never keep, the one just made. It does its best: a copy it cannot remove stays.
+func (s *FileStore) pruneQuarantined(keep string) {
+	prefix := filepath.Base(s.path) + ".corrupt-"
+	ents, err := os.ReadDir(filepath.Dir(s.path))
+	if err != nil {
+		return
+	}
+	type quarantined struct {
+		name string
+		at   int64
+	}
+	var copies []quarantined
+	for _, e := range ents {
+		rest, ok := strings.CutPrefix(e.Name(), prefix)
+		at, err := strconv.ParseInt(rest, 10, 64)
+		if !ok || err != nil || !e.Type().IsRegular() || filepath.Join(filepath.Dir(s.path), e.Name()) == keep {
+			continue
+		}
+		copies = append(copies, quarantined{e.Name(), at})
+	}
+	slices.SortFunc(copies, func(a, b quarantined) int { return cmp.Compare(b.at, a.at) })
+	for _, c := range copies[min(len(copies), MaxQuarantined-1):] {
+		os.Remove(filepath.Join(filepath.Dir(s.path), c.name))
+	}
 }
 
 func readFull(f *os.File, b []byte) (int, error) {

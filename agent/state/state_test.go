@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -96,5 +97,42 @@ func TestReplayWindowAcceptsReorderedOnceAndRefusesReplays(t *testing.T) {
 	}
 	if !s.AcceptCommand(13) {
 		t.Fatal("a new sequence above the mark was refused")
+	}
+}
+
+// A storage fault that corrupts the state file again and again must not fill the camera's
+// storage with quarantined copies: the newest MaxQuarantined stay, the others go, and no other
+// file is touched.
+func TestOnlyTheNewestQuarantinedCopiesStay(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, "state.json")
+	other := filepath.Join(dir, "state.json.corrupt-notes")
+	os.WriteFile(other, []byte("mine"), 0o600)
+	var tick int64
+	s := NewFileStore(p, func() time.Time { tick++; return time.Unix(0, tick) })
+	var last *CorruptError
+	for range MaxQuarantined + 4 {
+		os.WriteFile(p, []byte("garbage"), 0o600)
+		_, err := s.Load()
+		if !errors.As(err, &last) {
+			t.Fatalf("err = %v, want CorruptError", err)
+		}
+	}
+	var kept []string
+	ents, _ := os.ReadDir(dir)
+	for _, e := range ents {
+		if strings.Contains(e.Name(), ".corrupt-") && e.Name() != filepath.Base(other) {
+			kept = append(kept, e.Name())
+		}
+	}
+	want := []string{"state.json.corrupt-5", "state.json.corrupt-6", "state.json.corrupt-7"}
+	if !slices.Equal(kept, want) {
+		t.Fatalf("quarantined copies kept: %v, want %v", kept, want)
+	}
+	if filepath.Base(last.Quarantined) != "state.json.corrupt-7" {
+		t.Fatalf("the last quarantine is %s", last.Quarantined)
+	}
+	if b, err := os.ReadFile(other); err != nil || string(b) != "mine" {
+		t.Fatalf("a file that only looks like a quarantined copy was touched: %v", err)
 	}
 }
