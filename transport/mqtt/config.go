@@ -142,6 +142,10 @@ type Subscription struct {
 	Filter string
 	// QoS is the maximum QoS to receive with: 0 or 1.
 	QoS byte
+	// Optional makes the broker's refusal of this filter a warning in the log rather than a
+	// failed connection: the session goes on without it. For what a client can do without,
+	// on brokers whose ACL may predate the filter.
+	Optional bool
 }
 
 // Message is one inbound message.

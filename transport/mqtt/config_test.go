@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"log/slog"
+	"strings"
 	"testing"
 	"time"
 
@@ -190,5 +191,25 @@ func TestCheckGrantedRefusesAnythingButA311Grant(t *testing.T) {
 				t.Fatalf("checkGranted(%v) = %v", tt.granted, err)
 			}
 		})
+	}
+}
+
+// An optional subscription the broker refuses (a viewer relay's fleet/keyset, on a broker whose
+// ACL predates it) is logged and the session goes on; a required one refused still fails.
+func TestCheckGrantedLetsAnOptionalSubscriptionBeRefused(t *testing.T) {
+	subs := []Subscription{{Filter: "a/#", QoS: 0}, {Filter: "k", QoS: 1, Optional: true}}
+	var logs strings.Builder
+	log := slog.New(slog.NewTextHandler(&logs, nil))
+	for _, granted := range []map[string]byte{{"a/#": 0, "k": 0x80}, {"a/#": 0}, {"a/#": 0, "k": 0x87}} {
+		logs.Reset()
+		if err := checkGranted(subs, granted, log); err != nil {
+			t.Fatalf("checkGranted(%v) = %v, want the optional refusal let through", granted, err)
+		}
+		if !strings.Contains(logs.String(), "refused an optional subscription") || !strings.Contains(logs.String(), "filter=k") {
+			t.Fatalf("checkGranted(%v) logged %q", granted, logs.String())
+		}
+	}
+	if err := checkGranted(subs, map[string]byte{"a/#": 0x80, "k": 1}, log); !errors.Is(err, ErrSubscribeRefused) {
+		t.Fatalf("a required filter refused beside a granted optional one: %v", err)
 	}
 }

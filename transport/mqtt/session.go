@@ -213,11 +213,14 @@ func (s *session) subscribe(ctx context.Context) error {
 
 // checkGranted checks a SUBACK's return codes, by filter, against the subscriptions asked for:
 // a filter missing, refused (0x80) or answered with anything that is not a 3.1.1 grant
-// (0x00–0x02; a broker may wrongly send an MQTT 5 reason code such as 0x91) fails.
+// (0x00–0x02; a broker may wrongly send an MQTT 5 reason code such as 0x91) fails, unless the
+// subscription is Optional, which is logged.
 func checkGranted(subs []Subscription, granted map[string]byte, log *slog.Logger) error {
 	for _, sub := range subs {
 		q, ok := granted[sub.Filter]
 		switch {
+		case sub.Optional && (!ok || q > 2):
+			log.Warn("mqtt: the broker refused an optional subscription; going on without it", "filter", sub.Filter, "return_code", q)
 		case !ok || q == 0x80: // MQTT 3.1.1 §3.9.3: 0x80 is failure
 			return fmt.Errorf("%w: %q", ErrSubscribeRefused, sub.Filter)
 		case q > 2:

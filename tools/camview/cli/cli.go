@@ -126,8 +126,10 @@ func (c *common) dial(ctx context.Context, log *slog.Logger, onKeySet func(*cert
 // bundle's, or the newer set the relay learnt from the broker), loaded again as
 // whep.GrantKeys says (so a bundle replaced by camview enroll is read without a restart). It
 // returns nil, after a warning, for a bundle made before bundles carried the fleet's key set:
-// offers then reach the cameras unchecked, which check them.
-func (c *common) grantKeys(log *slog.Logger) (*whep.GrantKeys, error) {
+// offers then reach the cameras unchecked, which check them. learnt, if not nil, returns the
+// newest key set the running relay took from the broker (nil if none): with --identity it is
+// used when it is newer than the one on disk, which it could not be written to.
+func (c *common) grantKeys(log *slog.Logger, learnt func() *certs.KeySet) (*whep.GrantKeys, error) {
 	if *c.identity == "" {
 		dir := *c.fleet
 		return whep.NewGrantKeys(func() (*certs.Verifier, error) {
@@ -147,6 +149,11 @@ func (c *common) grantKeys(log *slog.Logger) (*whep.GrantKeys, error) {
 		ks := id.KeySet()
 		if ks == nil {
 			return nil, errNoKeySet
+		}
+		if learnt != nil {
+			if l := learnt(); l != nil && l.Version > ks.Version {
+				ks = l
+			}
 		}
 		return ks.GrantVerifier(), nil
 	}

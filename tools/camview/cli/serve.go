@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"sync/atomic"
 	"time"
 
 	"github.com/camagent/camagent/certs"
@@ -43,7 +44,8 @@ func serveCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return fmt.Errorf("serve: %w", err)
 	}
-	keys, err := c.grantKeys(log)
+	var learnt atomic.Pointer[certs.KeySet] // the newest key set the relay took from the broker
+	keys, err := c.grantKeys(log, learnt.Load)
 	if err != nil {
 		return fmt.Errorf("serve: grant keys: %w", err)
 	}
@@ -53,7 +55,10 @@ func serveCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		check = keys.Check
 		// A breach put a new key set in force: take it at once, so that grants of the keys
 		// it dropped are refused from the next offer on.
-		onKeySet = func(*certs.KeySet) { keys.Stale() }
+		onKeySet = func(ks *certs.KeySet) {
+			learnt.Store(ks)
+			keys.Stale()
+		}
 	}
 	r, err := c.dial(ctx, log, onKeySet)
 	if err != nil {

@@ -51,27 +51,28 @@ func (id *Identity) KeySet() *certs.KeySet {
 }
 
 // acceptKeySet takes the key set b, as published on topic.FleetKeySet, if the bundle's root
-// signed it and it is newer than the identity's; it keeps it in IdentityKeySetFile, so that
-// the relay still has it after a restart, and returns it. It returns nil, nil for a set that
-// is not newer.
-func (id *Identity) acceptKeySet(b []byte) (*certs.KeySet, error) {
+// signed it and it is newer than the identity's, and returns it. It also keeps it in
+// IdentityKeySetFile, so that the relay still has it after a restart; when that fails the set
+// is taken all the same and keepErr says why. It returns nil for a set that is not newer, and
+// err for one it refuses.
+func (id *Identity) acceptKeySet(b []byte) (ks *certs.KeySet, keepErr, err error) {
 	id.mu.Lock()
 	defer id.mu.Unlock()
 	if id.keySet == nil {
-		return nil, errors.New("relay: the viewer bundle has no fleet root key to check key sets with")
+		return nil, nil, errors.New("relay: the viewer bundle has no fleet root key to check key sets with")
 	}
-	ks, err := certs.AcceptKeySet(ed25519.PublicKey(id.Bundle.Bundle.Root), b, id.keySet.Version)
+	ks, err = certs.AcceptKeySet(ed25519.PublicKey(id.Bundle.Bundle.Root), b, id.keySet.Version)
 	if errors.Is(err, certs.ErrNotNewer) {
-		return nil, nil
+		return nil, nil, nil
 	}
 	if err != nil {
-		return nil, fmt.Errorf("relay: key set from the broker: %w", err)
-	}
-	if err := atomicfile.WriteFile(filepath.Join(id.Dir, IdentityKeySetFile), b, 0o644); err != nil {
-		return nil, fmt.Errorf("relay: keep key set v%d: %w", ks.Version, err)
+		return nil, nil, fmt.Errorf("relay: key set from the broker: %w", err)
 	}
 	id.keySet = ks
-	return ks, nil
+	if err := atomicfile.WriteFile(filepath.Join(id.Dir, IdentityKeySetFile), b, 0o644); err != nil {
+		keepErr = fmt.Errorf("relay: keep key set v%d in %s: %w", ks.Version, id.Dir, err)
+	}
+	return ks, keepErr, nil
 }
 
 // loadKeySet sets the identity's key set: the bundle's, or the one in IdentityKeySetFile when
@@ -204,7 +205,9 @@ func checkIdentity(dir string, b []byte, now time.Time) (*Identity, error) {
 // DialIdentity connects a relay as id, to brokerOverride or else the bundle's broker. When the
 // bundle carries the fleet's root key, the relay also reads the key set operators publish on
 // topic.FleetKeySet after a breach: a newer one the root signed becomes id.KeySet (kept in
-// IdentityKeySetFile) and is handed to onKeySet, if not nil. log may be nil.
+// IdentityKeySetFile when it can be) and is handed to onKeySet, if not nil. A broker whose ACL
+// does not let the relay read that topic is logged, and the relay goes on without it. log may
+// be nil.
 func DialIdentity(ctx context.Context, id *Identity, brokerOverride string, log *slog.Logger, onKeySet func(*certs.KeySet)) (*Relay, error) {
 	cert, err := certs.TLSCertificate(id.Bundle.Cert, id.Key)
 	if err != nil {
@@ -223,7 +226,7 @@ func DialIdentity(ctx context.Context, id *Identity, brokerOverride string, log 
 	var follow func([]byte)
 	if id.KeySet() != nil {
 		follow = func(b []byte) {
-			ks, err := id.acceptKeySet(b)
+			ks, keepErr, err := id.acceptKeySet(b)
 			if err != nil {
 				log.Warn("relay: key set refused", "err", err)
 				return
@@ -232,6 +235,9 @@ func DialIdentity(ctx context.Context, id *Identity, brokerOverride string, log 
 				return // the one it holds, or an older one
 			}
 			log.Info("relay: key set accepted", "version", ks.Version, "grant_keys", len(ks.GrantKeys))
+			if keepErr != nil {
+				log.Warn("relay: the key set is in use but could not be kept: after a restart the relay starts from the older one until the broker sends it again", "err", keepErr)
+			}
 			if onKeySet != nil {
 				onKeySet(ks)
 			}

@@ -133,17 +133,30 @@ func TestAnIdentityRelayTakesTheFleetsNewerKeySet(t *testing.T) {
 				t.Errorf("the other fleet's key set was not refused in the log:\n%s", rec.Text())
 			}
 
-			// An older set published again (another operator's stale copy) changes nothing.
+			// An older set published again (another operator's stale copy), and the same one
+			// again, change nothing: the next set the relay takes is the one after them.
 			if err := op.PublishKeySet(ctx); err != nil {
 				t.Fatal(err)
 			}
-			publish(next) // a marker behind it: the relay has read both once this is handled
-			time.Sleep(200 * time.Millisecond)
-			select {
-			case ks := <-got:
-				t.Fatalf("the relay took key set v%d after it held v%d", ks.Version, old.Version+1)
-			default:
+			publish(next)
+			rk, err := f.LoadRootKey(f.RootKeyPath())
+			if err != nil {
+				t.Fatal(err)
 			}
+			third, err := certs.SignKeySet(rk, certs.KeySet{Version: ks.Version + 1, IssuedAt: time.Now().Unix(), CommandKeys: ks.CommandKeys, GrantKeys: ks.GrantKeys})
+			if err != nil {
+				t.Fatal(err)
+			}
+			publish(third)
+			select {
+			case marker := <-got:
+				if marker.Version != ks.Version+1 {
+					t.Fatalf("after v%d the relay took v%d, want the marker v%d", ks.Version, marker.Version, ks.Version+1)
+				}
+			case <-ctx.Done():
+				t.Fatalf("the relay never took the marker key set; log:\n%s", rec.Text())
+			}
+			next = third
 
 			// Kept across a restart, and the file is what the root signed.
 			kept, err := os.ReadFile(filepath.Join(id.Dir, relay.IdentityKeySetFile))
@@ -154,8 +167,8 @@ func TestAnIdentityRelayTakesTheFleetsNewerKeySet(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if again.KeySet().Version != old.Version+1 {
-				t.Errorf("after a restart the identity holds key set v%d, want v%d", again.KeySet().Version, old.Version+1)
+			if again.KeySet().Version != old.Version+2 {
+				t.Errorf("after a restart the identity holds key set v%d, want v%d", again.KeySet().Version, old.Version+2)
 			}
 		})
 	}
@@ -200,5 +213,46 @@ func TestAKeySetFileOfAnotherRootIsNotTrusted(t *testing.T) {
 	}
 	if moved.KeySet() == nil || moved.KeySet().Version != other.KeySet().Version {
 		t.Errorf("after enrolling into another fleet the identity holds %+v", moved.KeySet())
+	}
+}
+
+// A key set the relay cannot keep on disk (a full or read-only disk) is still taken and used
+// until the relay stops, and the log says it could not be kept: refusing it would leave the
+// relay trusting the keys the breach dropped.
+func TestAKeySetThatCannotBeKeptIsStillTaken(t *testing.T) {
+	f, _ := fleettest.NewFleet(t)
+	url := fleettest.StartBroker(t, f)
+	id := enrollIdentity(t, f, "cloud")
+	// A directory where the file goes: the atomic write's rename fails, even for root.
+	if err := os.Mkdir(filepath.Join(id.Dir, relay.IdentityKeySetFile), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	log, rec := logtest.New()
+	got := make(chan *certs.KeySet, 1)
+	ctx, cancel := context.WithTimeout(context.Background(), fleettest.Timeout)
+	defer cancel()
+	r, err := relay.DialIdentity(ctx, id, url, log, func(ks *certs.KeySet) { got <- ks })
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	op, err := f.Dial(ctx, fleet.OperatorOptions{Broker: url})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer op.Close()
+	if err := op.Client().Publish(ctx, topic.FleetKeySet, 1, true, nextKeySet(t, f)); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case ks := <-got:
+		if ks.Version != f.KeySet().Version+1 || id.KeySet().Version != ks.Version {
+			t.Fatalf("took v%d, identity holds v%d", ks.Version, id.KeySet().Version)
+		}
+	case <-ctx.Done():
+		t.Fatalf("the relay did not take the key set it could not keep; log:\n%s", rec.Text())
+	}
+	if !strings.Contains(rec.Text(), "could not be kept") {
+		t.Errorf("the log does not say the key set could not be kept:\n%s", rec.Text())
 	}
 }

@@ -106,8 +106,9 @@ func Dial(ctx context.Context, cfg Config) (*Relay, error) {
 	}
 	subs := []mqtt.Subscription{{Filter: signalUpFilter, QoS: 0}}
 	if cfg.OnKeySet != nil {
-		// Retained: the broker sends the set in force at every subscription.
-		subs = append(subs, mqtt.Subscription{Filter: topic.FleetKeySet, QoS: 1})
+		// Retained: the broker sends the set in force at every subscription. Optional: a
+		// broker whose ACL predates the topic must not keep the relay from carrying video.
+		subs = append(subs, mqtt.Subscription{Filter: topic.FleetKeySet, QoS: 1, Optional: true})
 	}
 	var lastMu sync.Mutex
 	var last error

@@ -85,7 +85,7 @@ func readFleetState(ctx context.Context, f *fleet.Fleet, of operatorFlags, warn 
 		op.Close()
 		return nil, fmt.Errorf("reading retained state: %w", err)
 	}
-	if err := st.catchUpKeySet(f, warn); err != nil {
+	if err := st.catchUpKeySet(ctx, f, op, warn); err != nil {
 		op.Close()
 		return nil, err
 	}
@@ -96,8 +96,9 @@ func readFleetState(ctx context.Context, f *fleet.Fleet, of operatorFlags, warn 
 // catchUpKeySet looks for a key set newer than this fleet directory's in the retained desired
 // state (a breach --keyset published it). When the directory holds that set's signing keys
 // (the breach ran here and stopped before putting the set in force, or keys/ was copied
-// here), it puts the set in force here too and says so on warn; otherwise it sets staleKeys.
-func (st *fleetState) catchUpKeySet(f *fleet.Fleet, warn io.Writer) error {
+// here), it puts the set in force here too, sends it to viewer relays as breach does, and says
+// so on warn; otherwise it sets staleKeys.
+func (st *fleetState) catchUpKeySet(ctx context.Context, f *fleet.Fleet, op *fleet.Operator, warn io.Writer) error {
 	ks, raw := st.col.NewerKeySet()
 	if ks == nil {
 		return nil
@@ -111,6 +112,13 @@ func (st *fleetState) catchUpKeySet(f *fleet.Fleet, warn io.Writer) error {
 		return fmt.Errorf("key set v%d, which the fleet's breach notice carries, could not be put in force in this fleet directory: %w", ks.Version, err)
 	}
 	fmt.Fprintf(warn, "key set v%d, which the fleet's breach notice carries, is now in force in this fleet directory too (it was on v%d and holds the new set's signing keys)\n", ks.Version, had)
+	// The breach that published the notice may have stopped before it sent the set to the
+	// relays, too.
+	if err := op.PublishKeySet(ctx); err != nil {
+		fmt.Fprintf(warn, "warning: key set v%d could not be sent to viewer relays (%v): run fleetctl breach again with the same incident id and --keyset\n", ks.Version, err)
+		return nil
+	}
+	fmt.Fprintf(warn, "key set v%d sent to viewer relays (%s)\n", ks.Version, topic.FleetKeySet)
 	return nil
 }
 
@@ -329,13 +337,11 @@ func warnAborted(f *fleet.Fleet, dir string, w io.Writer) {
 	}
 }
 
-// warnSigners says so on w when, by the signers' retained presence, no signer serves: a
-// rollout would wait for one, and so would the devices' scheduled renewals.
 // warnLostDesired warns when devices report a credential epoch above every desired state the
 // broker holds for them. Only a desired state raises an epoch (a renewal keeps it), so the
 // broker has lost the one that did: a retained store lost, a broker replaced. A device that
 // was offline meanwhile will never learn of that rotation.
-func warnLostDesired(r status.Report, w io.Writer) {
+func warnLostDesired(r status.Report, col *status.Collector, w io.Writer) {
 	var ahead []status.Device
 	var top uint64
 	for _, d := range r.Devices {
@@ -348,9 +354,11 @@ func warnLostDesired(r status.Report, w io.Writer) {
 		return
 	}
 	fmt.Fprintf(w, "warning: devices at a credential epoch above any desired state the broker holds for them: %d (up to epoch %d: %s); the broker has lost the desired state that raised it (its retained store lost, or a new broker), so a device that was offline meanwhile will not rotate; publish it again with fleetctl rotate --all (every device rotates once more, to epoch %d)\n",
-		len(ahead), top, someIDs(ahead, nil), max(top, r.FleetEpoch)+1)
+		len(ahead), top, someIDs(ahead, nil), col.MaxEpoch()+1)
 }
 
+// warnSigners says so on w when, by the signers' retained presence, no signer serves: a
+// rollout would wait for one, and so would the devices' scheduled renewals.
 func warnSigners(col *status.Collector, w io.Writer) {
 	if msg := status.SignerWarning(col.Signers(), time.Now()); msg != "" {
 		fmt.Fprintf(w, "WARNING: %s\n", msg)
@@ -443,7 +451,7 @@ func statusCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if n := len(r.NotEnrolled); n > 0 {
 		fmt.Fprintf(stderr, "warning: the broker holds state of %d devices this fleet directory's registry has not enrolled, left out of the counts: %s; if they were enrolled from another copy of the fleet directory, run status where the signers' registry is\n", n, someIDs(r.NotEnrolled, nil))
 	}
-	warnLostDesired(r, stderr)
+	warnLostDesired(r, col, stderr)
 	if st.staleKeys != nil {
 		fmt.Fprintf(stderr, "warning: %v\n", st.staleKeys)
 	}

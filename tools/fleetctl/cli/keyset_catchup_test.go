@@ -1,11 +1,13 @@
 package cli_test
 
 import (
+	"bytes"
 	"context"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -13,6 +15,7 @@ import (
 	"github.com/camagent/camagent/tools/fleetctl/fleet"
 	"github.com/camagent/camagent/tools/fleetctl/fleettest"
 	"github.com/camagent/camagent/transport/mqtt/mqtttest"
+	"github.com/camagent/camagent/transport/mqtt/topic"
 )
 
 // A breach --keyset that published its notice and stopped before putting the set in force
@@ -47,9 +50,31 @@ func TestACommandPutsInForceTheKeySetABreachPublishedFromHere(t *testing.T) {
 	if err != nil {
 		t.Fatalf("rotate --all: %v\n%s", err, errOut)
 	}
-	if !strings.Contains(errOut, "key set v2, which the fleet's breach notice carries, is now in force in this fleet directory too") {
-		t.Fatalf("rotate did not say it put key set v2 in force:\n%s\n%s", out, errOut)
+	if !strings.Contains(errOut, "key set v2, which the fleet's breach notice carries, is now in force in this fleet directory too") || !strings.Contains(errOut, "key set v2 sent to viewer relays") {
+		t.Fatalf("rotate did not say it put key set v2 in force and sent it to the relays:\n%s\n%s", out, errOut)
 	}
+	// The relays find it retained, as after a breach that ran to its end.
+	var retained []byte
+	ctx2, cancel2 := context.WithTimeout(context.Background(), fleettest.Timeout)
+	defer cancel2()
+	var mu sync.Mutex
+	watch, err := f.Dial(ctx2, fleet.OperatorOptions{Broker: brk.URL(), Subscriptions: []string{topic.FleetKeySet}, OnMessage: func(_ string, b []byte) {
+		mu.Lock()
+		retained = bytes.Clone(b)
+		mu.Unlock()
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer watch.Close()
+	if err := watch.Sync(ctx2); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	if !bytes.Equal(retained, ksb) {
+		t.Fatalf("retained on %s: %d bytes, want the set the notice carries", topic.FleetKeySet, len(retained))
+	}
+	mu.Unlock()
 	g, err := fleet.Open(dir)
 	if err != nil || g.KeySet().Version != 2 {
 		t.Fatalf("after rotate the directory is on %+v, %v", g.KeySet(), err)
