@@ -252,11 +252,15 @@ func New(cfg Config) (*Agent, error) {
 		// still loads becomes the active one.
 		st = state.State{CommandHWM: uint64(max(cfg.Clock.Now().UnixNano(), 0)), Cred: a.recoverCred()}
 		a.log.Error("state file was corrupt; quarantined it and recovered", "quarantined", ce.Quarantined, "err", ce.Err, "active_generation", st.Cred.Active)
+		// Grants from before the last breach stay void, and its dropped keys untrusted.
+		a.recoverFloor(&st)
 		if err := a.store.Save(st); err != nil {
 			return nil, fmt.Errorf("agent: %w", err)
 		}
 	case err != nil:
 		return nil, fmt.Errorf("agent: %w", err)
+	default:
+		a.keepFloor(st) // a state written before the floor file was
 	}
 	a.st = st
 	a.grantEpoch = a.grantEpochLocked()

@@ -23,6 +23,7 @@ type fixture struct {
 	dir    string
 	ca     *certs.CA
 	cmdKey *certs.SigningKey
+	root   *certs.SigningKey
 }
 
 // enrolled makes a fleet CA, a key set and an enrolled device whose certificate is issued at
@@ -53,7 +54,7 @@ func enrolled(t *testing.T, id string, issued time.Time, broker string) *fixture
 	if _, err := InstallBundle(dir, b, issued); err != nil {
 		t.Fatal(err)
 	}
-	return &fixture{dir: dir, ca: ca, cmdKey: cmdKey}
+	return &fixture{dir: dir, ca: ca, cmdKey: cmdKey, root: root}
 }
 
 // closedPort returns an mqtts URL on loopback where nothing listens.

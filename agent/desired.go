@@ -75,6 +75,9 @@ func (a *Agent) handleDesired(_ context.Context, t string, payload []byte) {
 		a.log.Error("could not persist desired state", "err", err)
 		return
 	}
+	if changed {
+		a.keepFloor(a.state())
+	}
 	a.mu.Lock()
 	if a.applied == nil {
 		a.applied = make(map[string]appliedDesired)
@@ -104,6 +107,7 @@ func (a *Agent) acceptKeySet(b []byte) {
 		a.log.Error("could not persist key set", "err", err)
 		return
 	}
+	a.keepFloor(a.state())
 	a.mu.Lock()
 	a.verifier, a.grants, a.keySet = ks.CommandVerifier(), ks.GrantVerifier(), ks.Version
 	a.mu.Unlock()

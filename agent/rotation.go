@@ -328,6 +328,13 @@ func (a *Agent) save(mut func(*state.State)) error {
 	return nil
 }
 
+// state returns a copy of the state as last saved.
+func (a *Agent) state() state.State {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.st
+}
+
 // rotate runs one rotation from wherever the journal stands to committed.
 func (a *Agent) rotate(ctx context.Context) error {
 	a.mu.Lock()

@@ -1,0 +1,98 @@
+package agent
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"path/filepath"
+
+	"github.com/camagent/camagent/agent/state"
+	"github.com/camagent/camagent/certs"
+	"github.com/camagent/camagent/internal/atomicfile"
+	"github.com/camagent/camagent/internal/cappedfile"
+	"github.com/camagent/camagent/internal/strictjson"
+)
+
+// FloorFile keeps, beside the state file, what a device must not fall below even when the
+// state file is lost to corruption: the grant epoch and the newest key set it accepted. Both
+// only rise, and only a breach notice or a key set raises them, so it is written rarely. A
+// state file quarantined as corrupt otherwise left the device honouring grants from before
+// the last breach, and trusting the keys that breach dropped, until it heard the retained
+// notice again.
+const FloorFile = "floor.json"
+
+// maxFloorSize caps the floor file: a key set and a number.
+const maxFloorSize = certs.MaxKeySetSize + 1024
+
+// floor is FloorFile's content.
+type floor struct {
+	V int `json:"v"`
+	// GrantEpoch is the device's grant epoch (Agent.GrantEpoch) when it was written.
+	GrantEpoch uint64 `json:"grant_epoch"`
+	// KeySet is the newest key set the device accepted, as the root signed it; empty while
+	// it trusts its bundle's.
+	KeySet string `json:"key_set,omitempty"`
+}
+
+// readFloor reads the floor file; a missing one is the zero floor.
+func (a *Agent) readFloor() (floor, error) {
+	b, err := cappedfile.Read(filepath.Join(a.cfg.StateDir, FloorFile), maxFloorSize)
+	if errors.Is(err, fs.ErrNotExist) {
+		return floor{}, nil
+	}
+	if err != nil {
+		return floor{}, fmt.Errorf("agent: %s: %w", FloorFile, err)
+	}
+	var f floor
+	if err := strictjson.Unmarshal(b, &f); err != nil || f.V != 1 {
+		return floor{}, fmt.Errorf("agent: %s is not a version 1 floor: %v", FloorFile, err)
+	}
+	return f, nil
+}
+
+// keepFloor writes the floor of st (the state as just saved) when it is above the one on
+// disk. A failure is logged: the state file holds the same values, and the floor only matters
+// if that file is lost too.
+func (a *Agent) keepFloor(st state.State) {
+	want := floor{V: 1, GrantEpoch: max(st.Cred.Epoch, st.DesiredEpoch), KeySet: st.KeySet}
+	have, err := a.readFloor()
+	if err == nil && have.GrantEpoch >= want.GrantEpoch && (want.KeySet == "" || have.KeySet == want.KeySet) {
+		return
+	}
+	if err == nil {
+		// Never lower either half: a key set is replaced only by the one just accepted, which
+		// is newer; an epoch only by a higher one.
+		want.GrantEpoch = max(want.GrantEpoch, have.GrantEpoch)
+		if want.KeySet == "" {
+			want.KeySet = have.KeySet
+		}
+	}
+	b, err := json.Marshal(want)
+	if err == nil {
+		err = atomicfile.WriteFile(filepath.Join(a.cfg.StateDir, FloorFile), b, 0o600)
+	}
+	if err != nil {
+		a.log.Error("could not keep the grant epoch and key set floor", "err", err)
+	}
+}
+
+// recoverFloor puts the floor into st, a state rebuilt after the state file was found corrupt:
+// the grant epoch as the desired epoch (the device then rotates to it, as it would on hearing
+// the retained notice again), and the key set if the root signed it.
+func (a *Agent) recoverFloor(st *state.State) {
+	f, err := a.readFloor()
+	if err != nil {
+		a.log.Error("the grant epoch and key set floor cannot be read either; starting from the enrollment's", "err", err)
+		return
+	}
+	st.DesiredEpoch = max(st.DesiredEpoch, f.GrantEpoch)
+	if f.KeySet != "" {
+		if _, err := certs.OpenKeySet(a.id.bundle.Root, []byte(f.KeySet)); err != nil {
+			a.log.Error("the key set of the floor does not open with the fleet root; starting from the enrollment's", "err", err)
+		} else {
+			st.KeySet = f.KeySet
+		}
+	}
+	a.log.Info("recovered the grant epoch and key set floor", "grant_epoch", f.GrantEpoch, "key_set", f.KeySet != "")
+}

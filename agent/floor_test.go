@@ -1,0 +1,95 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/camagent/camagent/certs"
+	"github.com/camagent/camagent/internal/logtest"
+	"github.com/camagent/camagent/transport/mqtt/topic"
+)
+
+// A breach notice that raised the grant epoch and replaced the keys, then a state file lost to
+// corruption: the recovered device still refuses grants from before the breach and grants of
+// the key the breach dropped, from its first moment and without hearing the notice again.
+// Before the floor file, it started from grant epoch 0 and its enrollment's key set.
+func TestACorruptStateFileDoesNotBringBackVoidedGrantsOrDroppedKeys(t *testing.T) {
+	now := time.Now()
+	f := enrolled(t, "cam-0001", now, closedPort(t))
+	a, err := New(Config{StateDir: f.dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	newKey, _ := certs.NewSigningKey()
+	ks, err := certs.SignKeySet(f.root, certs.KeySet{Version: 2, CommandKeys: []certs.PublicKey{newKey.Public()}, GrantKeys: []certs.PublicKey{newKey.Public()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	notice, err := certs.SignDesired(newKey, certs.Desired{Target: certs.TargetFleet, Version: 10, Epoch: 3, Incident: "INC-1", KeySet: ks})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.handleDesired(context.Background(), topic.FleetDesired, notice)
+	if a.GrantEpoch() != 3 {
+		t.Fatalf("grant epoch %d after the notice, want 3", a.GrantEpoch())
+	}
+
+	if err := os.WriteFile(filepath.Join(f.dir, StateFile), []byte("{\x00garbage"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	log, rec := logtest.New()
+	b, err := New(Config{StateDir: f.dir, Logger: log})
+	if err != nil {
+		t.Fatalf("corrupt state stopped the agent: %v", err)
+	}
+	rec.WaitFor(t, time.Second, "state file was corrupt")
+	if b.GrantEpoch() != 3 {
+		t.Fatalf("after recovering from a corrupt state file the grant epoch is %d, want 3", b.GrantEpoch())
+	}
+	grant := func(k *certs.SigningKey, epoch uint64) []byte {
+		g, err := certs.SignGrant(k, certs.Grant{Device: "cam-0001", Epoch: epoch, Scope: certs.ScopeView, Subject: "t",
+			IssuedAt: now.Add(-time.Minute).Unix(), ExpiresAt: now.Add(time.Hour).Unix()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return g
+	}
+	if _, err := b.CheckGrant(grant(f.cmdKey, 3), certs.ScopeView); !errors.Is(err, certs.ErrUnknownKey) {
+		t.Errorf("a grant of the dropped key: %v, want ErrUnknownKey", err)
+	}
+	if _, err := b.CheckGrant(grant(newKey, 2), certs.ScopeView); err == nil {
+		t.Error("a grant from before the breach was taken")
+	}
+	if _, err := b.CheckGrant(grant(newKey, 3), certs.ScopeView); err != nil {
+		t.Errorf("a grant of the new key at the breach's epoch: %v", err)
+	}
+	// The floor survives the recovery and another start.
+	c, err := New(Config{StateDir: f.dir})
+	if err != nil || c.GrantEpoch() != 3 {
+		t.Fatalf("next start: grant epoch %d, %v", c.GrantEpoch(), err)
+	}
+}
+
+// A floor file that is itself damaged does not stop a recovery: the device starts from its
+// enrollment's values, as before the floor existed, and says so.
+func TestADamagedFloorFileDoesNotStopARecovery(t *testing.T) {
+	f := enrolled(t, "cam-0001", time.Now(), closedPort(t))
+	for _, name := range []string{StateFile, FloorFile} {
+		if err := os.WriteFile(filepath.Join(f.dir, name), []byte("{\x00garbage"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	log, rec := logtest.New()
+	a, err := New(Config{StateDir: f.dir, Logger: log})
+	if err != nil {
+		t.Fatalf("a damaged floor stopped the agent: %v", err)
+	}
+	rec.WaitFor(t, time.Second, "floor cannot be read either")
+	if a.GrantEpoch() != 0 {
+		t.Fatalf("grant epoch %d", a.GrantEpoch())
+	}
+}
