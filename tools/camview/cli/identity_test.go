@@ -157,35 +157,13 @@ func TestServeWithABundleWithoutAKeySetSaysItCannotCheckGrants(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	out, logs := &fleettest.Output{}, &fleettest.Output{}
-	ctx, cancel := context.WithCancel(context.Background())
-	finished := make(chan error, 1)
-	go func() {
-		finished <- cli.Run(ctx, []string{"serve", "--identity", idDir, "--broker", cam.URL, "--listen", "127.0.0.1:0"}, out, logs)
-	}()
-	defer func() {
-		cancel()
-		if err := <-finished; err != nil {
-			t.Errorf("serve: %v", err)
-		}
-	}()
-	out.WaitFor(t, "camview: serving http://")
+	url, logs := serveIdentity(t, idDir, cam.URL)
 	if !strings.Contains(logs.String(), "carries no key set") {
 		t.Errorf("serve did not say it cannot check grants:\n%s", logs.String())
 	}
-	// A grant the fleet never signed goes to the camera, which refuses it.
-	url := regexp.MustCompile(`camview: serving (http://\S+)/`).FindStringSubmatch(out.String())[1]
-	req, _ := http.NewRequest(http.MethodPost, url+"/whep/"+cam.ID, strings.NewReader(camviewtest.NewViewer(t).SDP))
-	req.Header.Set("Content-Type", "application/sdp")
-	req.Header.Set("Authorization", "Bearer "+base64.RawURLEncoding.EncodeToString(cam.ExpiredGrant(t)))
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	text, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusForbidden || !strings.Contains(string(text), "the camera refused the grant") {
-		t.Fatalf("an expired grant: %s: %s; want the camera's refusal", resp.Status, text)
+	// An expired grant goes to the camera, which refuses it.
+	if code, text := whepPost(t, url, cam.ID, cam.ExpiredGrant(t)); code != http.StatusForbidden || !strings.Contains(text, "the camera refused the grant") {
+		t.Fatalf("an expired grant: %d: %s; want the camera's refusal", code, text)
 	}
 }
 
@@ -221,20 +199,7 @@ func whepPost(t *testing.T, url, device string, grant []byte) (int, string) {
 func TestServeWithAnIdentityTakesTheKeySetOfABreach(t *testing.T) {
 	cam := camviewtest.Start(t, camviewtest.Options{})
 	idDir := enrollRelay(t, cam.Fleet.Dir, "cloud")
-	out, logs := &fleettest.Output{}, &fleettest.Output{}
-	ctx, cancel := context.WithCancel(context.Background())
-	finished := make(chan error, 1)
-	go func() {
-		finished <- cli.Run(ctx, []string{"serve", "--identity", idDir, "--broker", cam.URL, "--listen", "127.0.0.1:0"}, out, logs)
-	}()
-	defer func() {
-		cancel()
-		if err := <-finished; err != nil {
-			t.Errorf("serve: %v", err)
-		}
-	}()
-	out.WaitFor(t, "camview: serving http://")
-	url := regexp.MustCompile(`camview: serving (http://\S+)/`).FindStringSubmatch(out.String())[1]
+	url, logs := serveIdentity(t, idDir, cam.URL)
 
 	before := cam.Agent.GrantEpoch()
 	leaked := cam.Grant(t, nil)
@@ -271,4 +236,24 @@ func TestServeWithAnIdentityTakesTheKeySetOfABreach(t *testing.T) {
 	if code, text := whepPost(t, url, cam.ID, fresh); code != http.StatusCreated {
 		t.Fatalf("a grant of the new key set after the breach: %d %s", code, text)
 	}
+}
+
+// serveIdentity runs camview serve with the identity in idDir against broker until the test
+// ends, and returns its base URL once it serves, and its log.
+func serveIdentity(t *testing.T, idDir, broker string) (string, *fleettest.Output) {
+	t.Helper()
+	out, logs := &fleettest.Output{}, &fleettest.Output{}
+	ctx, cancel := context.WithCancel(context.Background())
+	finished := make(chan error, 1)
+	go func() {
+		finished <- cli.Run(ctx, []string{"serve", "--identity", idDir, "--broker", broker, "--listen", "127.0.0.1:0"}, out, logs)
+	}()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-finished; err != nil {
+			t.Errorf("serve: %v", err)
+		}
+	})
+	out.WaitFor(t, "camview: serving http://")
+	return regexp.MustCompile(`camview: serving (http://\S+)/`).FindStringSubmatch(out.String())[1], logs
 }

@@ -64,6 +64,25 @@ func nextKeySet(t *testing.T, f *fleet.Fleet, drop ...string) []byte {
 	return b
 }
 
+// following dials a relay as id to the broker at url, handing the key sets it takes to the
+// returned channel, and an operator session of fleet f; both end with the test.
+func following(t *testing.T, ctx context.Context, f *fleet.Fleet, id *relay.Identity, url string) (<-chan *certs.KeySet, *logtest.Recorder, *fleet.Operator) {
+	t.Helper()
+	log, rec := logtest.New()
+	got := make(chan *certs.KeySet, 8)
+	r, err := relay.DialIdentity(ctx, id, url, log, func(ks *certs.KeySet) { got <- ks })
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.Close() })
+	op, err := f.Dial(ctx, fleet.OperatorOptions{Broker: url})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { op.Close() })
+	return got, rec, op
+}
+
 // After a breach puts a new key set in force, a relay with an identity of its own takes it
 // from the broker (retained on fleet/keyset) without a new viewer bundle: only a newer set
 // the bundle's root signed, kept across a restart. Before, it went on trusting the grant keys
@@ -85,20 +104,9 @@ func TestAnIdentityRelayTakesTheFleetsNewerKeySet(t *testing.T) {
 			}
 			dropped := old.GrantKeys[0].ID
 
-			log, rec := logtest.New()
-			got := make(chan *certs.KeySet, 8)
 			ctx, cancel := context.WithTimeout(context.Background(), fleettest.Timeout)
 			defer cancel()
-			r, err := relay.DialIdentity(ctx, id, url, log, func(ks *certs.KeySet) { got <- ks })
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer r.Close()
-			op, err := f.Dial(ctx, fleet.OperatorOptions{Broker: url})
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer op.Close()
+			got, rec, op := following(t, ctx, f, id, url)
 			publish := func(b []byte) {
 				t.Helper()
 				if err := op.Client().Publish(ctx, topic.FleetKeySet, 1, true, b); err != nil {
@@ -227,20 +235,9 @@ func TestAKeySetThatCannotBeKeptIsStillTaken(t *testing.T) {
 	if err := os.Mkdir(filepath.Join(id.Dir, relay.IdentityKeySetFile), 0o700); err != nil {
 		t.Fatal(err)
 	}
-	log, rec := logtest.New()
-	got := make(chan *certs.KeySet, 1)
 	ctx, cancel := context.WithTimeout(context.Background(), fleettest.Timeout)
 	defer cancel()
-	r, err := relay.DialIdentity(ctx, id, url, log, func(ks *certs.KeySet) { got <- ks })
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer r.Close()
-	op, err := f.Dial(ctx, fleet.OperatorOptions{Broker: url})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer op.Close()
+	got, rec, op := following(t, ctx, f, id, url)
 	if err := op.Client().Publish(ctx, topic.FleetKeySet, 1, true, nextKeySet(t, f)); err != nil {
 		t.Fatal(err)
 	}

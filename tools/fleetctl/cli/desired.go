@@ -459,15 +459,16 @@ func statusCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	// signers for its scheduled renewals.
 	warnAborted(f, *dir, stderr)
 	warnSigners(col, stderr)
+	write := func(r status.Report) error {
+		if *asJSON {
+			return r.WriteJSON(stdout)
+		}
+		return r.WriteTable(stdout)
+	}
 	if *wait > 0 && r.Total == 0 {
 		// Nothing to wait for is not a converged fleet: say so plainly, and fail, so that a
 		// script following a breach does not take it for one.
-		if *asJSON {
-			err = r.WriteJSON(stdout)
-		} else {
-			err = r.WriteTable(stdout)
-		}
-		if err != nil {
+		if err := write(r); err != nil {
 			return err
 		}
 		if r.Source == status.SourceRegistry {
@@ -481,12 +482,7 @@ func statusCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 			return err
 		}
 	}
-	if *asJSON {
-		err = r.WriteJSON(stdout)
-	} else {
-		err = r.WriteTable(stdout)
-	}
-	if err != nil {
+	if err := write(r); err != nil {
 		return err
 	}
 	if *wait > 0 && !r.Converged {
