@@ -28,7 +28,7 @@ type fixture struct {
 
 // enrolled makes a fleet CA, a key set and an enrolled device whose certificate is issued at
 // issued, pointing at broker.
-func enrolled(t *testing.T, id string, issued time.Time, broker string) *fixture {
+func enrolled(t testing.TB, id string, issued time.Time, broker string) *fixture {
 	t.Helper()
 	ca, err := certs.NewCA("agent test", issued.Add(-time.Hour), 0)
 	if err != nil {

@@ -3,11 +3,13 @@ package agent
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"testing"
 	"time"
 
+	"github.com/camagent/camagent/agent/state"
 	"github.com/camagent/camagent/certs"
 	"github.com/camagent/camagent/internal/logtest"
 	"github.com/camagent/camagent/transport/mqtt/topic"
@@ -92,4 +94,33 @@ func TestADamagedFloorFileDoesNotStopARecovery(t *testing.T) {
 	if a.GrantEpoch() != 0 {
 		t.Fatalf("grant epoch %d", a.GrantEpoch())
 	}
+}
+
+// FuzzRecoverFloor: whatever bytes a damaged disk leaves in the floor file, a recovery never
+// panics, never lowers what it is given, and takes a key set only if the fleet root signed it.
+func FuzzRecoverFloor(f *testing.F) {
+	f.Add([]byte(`{"v":1,"grant_epoch":3}`))
+	f.Add([]byte(`{"v":1,"grant_epoch":18446744073709551615,"key_set":"{}"}`))
+	f.Add([]byte(`{"v":2}`))
+	f.Add([]byte("{\x00"))
+	fx := enrolled(f, "cam-0001", time.Now(), "mqtts://127.0.0.1:1")
+	a, err := New(Config{StateDir: fx.dir, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		if err := os.WriteFile(filepath.Join(fx.dir, FloorFile), b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		st := state.State{DesiredEpoch: 2}
+		a.recoverFloor(&st)
+		if st.DesiredEpoch < 2 {
+			t.Fatalf("the desired epoch fell to %d", st.DesiredEpoch)
+		}
+		if st.KeySet != "" {
+			if _, err := certs.OpenKeySet(fx.root.Public().Key, []byte(st.KeySet)); err != nil {
+				t.Fatalf("took a key set the root did not sign: %v", err)
+			}
+		}
+	})
 }
