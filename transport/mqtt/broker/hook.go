@@ -165,7 +165,15 @@ func (h *hook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 // retained (docs/protocol.md, "Topics"; P2b), and a viewer relay that could write
 // "dev/+/down/signal" with either would make the broker keep any number of messages, under
 // made-up device ids, or fill a device's session queue until its commands no longer fit.
+//
+// A message from a device or a bootstrap identity larger than its topic's cap (upPayloadCap)
+// is refused the same way: no reader takes it, and a stolen camera certificate must not fill
+// a signer's queue while the signer is away with messages of the packet size.
 func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+	if limit := upPayloadCap(pk.TopicName); limit > 0 && len(pk.Payload) > limit {
+		h.b.log.Info("broker: publish over its topic's size refused", "identity", cl.ID, "topic", clip(pk.TopicName), "bytes", len(pk.Payload), "cap", limit)
+		return pk, packets.CodeSuccessIgnore
+	}
 	if acl.Allowed(certs.ClientIDIdentity(cl.ID), pk.TopicName, true) && !kept(pk.TopicName, pk.FixedHeader.Qos, pk.FixedHeader.Retain) {
 		return pk, nil
 	}
@@ -196,6 +204,30 @@ func (h *hook) OnWillSent(cl *mqtt.Client, pk packets.Packet) {
 func (h *hook) OnClientExpired(cl *mqtt.Client) {
 	h.b.log.Info("broker: session expired", "client_id", clip(cl.ID),
 		"away_since", time.Unix(cl.StopTime(), 0).UTC().Format(time.RFC3339), "expiry", h.b.cfg.SessionExpiry.String())
+}
+
+// The largest messages the readers of the devices' up topics take: agent/wire.MaxMessageSize
+// for the fleet tools (state, replies, requests, telemetry, claims) and
+// transport/webrtc/signal.MaxMessageSize for viewer relays (the broker's tests check both).
+const (
+	MaxDeviceMessage    = 8 << 10
+	MaxSignalingMessage = 32 << 10
+)
+
+// upPayloadCap returns the cap on a message's payload on topic, a device's or a bootstrap
+// identity's up topic; 0 for any other topic, which the ACL lets only operators, signers and
+// viewer relays publish to.
+func upPayloadCap(name string) int {
+	if _, dir, leaf, ok := topic.Parse(name); ok && dir == topic.Up {
+		if leaf == topic.LeafSignal {
+			return MaxSignalingMessage
+		}
+		return MaxDeviceMessage
+	}
+	if levels := strings.Split(name, "/"); len(levels) == 4 && levels[0] == "boot" && levels[2] == topic.Up {
+		return MaxDeviceMessage
+	}
+	return 0
 }
 
 // kept reports whether a message on topic with qos and retain is signaling

@@ -185,6 +185,11 @@ func RenderConf(c Conf) []byte {
 	// A breach campaign queues one request per device for the signers; Mosquitto's default
 	// of 1000 queued messages per client would drop most of a large fleet's.
 	b.WriteString("max_queued_messages 100000\n")
+	// And in bytes: Mosquitto cannot cap a topic's message size, so a stolen camera
+	// certificate could otherwise queue 100000 messages of max_packet_size for an absent
+	// signer. 256 MiB holds a breach's requests (about 1.6 KiB each) for over 150000 devices;
+	// beyond it Mosquitto drops, and the devices ask again.
+	b.WriteString("max_queued_bytes 268435456\n")
 	b.WriteString("\n# Sessions, queued QoS 1 messages and retained messages survive a restart (R3).\n")
 	b.WriteString("persistence true\n")
 	fmt.Fprintf(&b, "persistence_location %s\n", c.PersistenceDir)

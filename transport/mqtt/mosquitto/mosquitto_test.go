@@ -298,7 +298,7 @@ func FuzzRenderConf(f *testing.F) {
 	f.Add("", "/ca.pem\nallow_anonymous true", "", "/data\r\nlistener 1883", "", 0, 100, int64(time.Hour))
 	f.Add("::1 ", " /ca.pem", "/crl\u2028acl_file /x", "/d", "mosquitto\tx", -1, 19, int64(time.Minute))
 	known := map[string]bool{
-		"per_listener_settings": true, "allow_anonymous": true, "acl_file": true, "max_packet_size": true, "set_tcp_nodelay": true, "max_queued_messages": true,
+		"per_listener_settings": true, "allow_anonymous": true, "acl_file": true, "max_packet_size": true, "set_tcp_nodelay": true, "max_queued_messages": true, "max_queued_bytes": true,
 		"persistence": true, "persistence_location": true, "persistent_client_expiration": true, "user": true, "log_dest": true,
 		"connection_messages": true, "log_timestamp": true, "listener": true, "protocol": true,
 		"cafile": true, "certfile": true, "keyfile": true, "crlfile": true, "require_certificate": true,
