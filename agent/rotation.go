@@ -242,7 +242,7 @@ func (a *Agent) reconcile(ctx context.Context) {
 					code = re.code
 				}
 				a.setStatus(wire.RotationFailed, code)
-				a.log.Warn("rotation step failed; will retry", "err", err, "failures", failures)
+				a.log.Warn("rotation step failed; will retry", "err", err, "code", code, "failures", failures)
 				if err := a.publishState(ctx); err != nil {
 					a.log.Debug("could not publish state", "err", err)
 				}

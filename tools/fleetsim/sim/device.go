@@ -152,7 +152,15 @@ func (h *countingHandler) Handle(ctx context.Context, r slog.Record) error {
 			h.m.refused.Add(1)
 		}
 	case msgRotationFailed:
-		h.m.rotationFailures.Add(1)
+		code := "unknown"
+		r.Attrs(func(a slog.Attr) bool {
+			if a.Key == "code" {
+				code = a.Value.String()
+				return false
+			}
+			return true
+		})
+		h.m.rotationFailed(code)
 	case msgReplyFailed:
 		h.m.replyDrops.Add(1)
 		r.Attrs(func(a slog.Attr) bool {

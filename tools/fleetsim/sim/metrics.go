@@ -1,6 +1,7 @@
 package sim
 
 import (
+	"maps"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -28,8 +29,29 @@ type metrics struct {
 	rotationFailures atomic.Uint64 // failed rotation steps, retried by the agents
 	replyDrops       atomic.Uint64 // replies a device could not publish
 
+	failMu     sync.Mutex
+	failByCode map[string]uint64 // rotationFailures by the agent's error code
+
 	dropMu  sync.Mutex
 	dropped map[uint64]bool // sequences of the commands whose reply could not be published
+}
+
+// rotationFailed records a failed rotation step with the agent's error code.
+func (m *metrics) rotationFailed(code string) {
+	m.rotationFailures.Add(1)
+	m.failMu.Lock()
+	defer m.failMu.Unlock()
+	if m.failByCode == nil {
+		m.failByCode = make(map[string]uint64)
+	}
+	m.failByCode[code]++
+}
+
+// failuresByCode returns a copy of the failed rotation steps by error code.
+func (m *metrics) failuresByCode() map[string]uint64 {
+	m.failMu.Lock()
+	defer m.failMu.Unlock()
+	return maps.Clone(m.failByCode)
 }
 
 // dropReply records that the reply to the command with sequence seq could not be published:

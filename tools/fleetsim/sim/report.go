@@ -1,9 +1,12 @@
 package sim
 
 import (
+	"cmp"
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
+	"slices"
 	"strings"
 	"text/tabwriter"
 )
@@ -47,8 +50,11 @@ type Report struct {
 	LatencyP50Seconds float64 `json:"latency_p50_s"`
 	LatencyP99Seconds float64 `json:"latency_p99_s"`
 	LatencyMaxSeconds float64 `json:"latency_max_s"`
-	// RotationFailures counts failed rotation steps the agents retried.
-	RotationFailures uint64 `json:"rotation_failures"`
+	// RotationFailures counts failed rotation steps the agents retried, and
+	// RotationFailuresByCode by the error code the agent publishes in its state (agent/wire:
+	// timeout, rate_limited, refused, …).
+	RotationFailures       uint64            `json:"rotation_failures"`
+	RotationFailuresByCode map[string]uint64 `json:"rotation_failures_by_code,omitempty"`
 	// BrokerRestarts counts restarts of the embedded broker; RestartSeconds is how long it
 	// was down.
 	BrokerRestarts int     `json:"broker_restarts,omitempty"`
@@ -141,8 +147,8 @@ func (r *Report) WriteText(w io.Writer) error {
 	}
 	b.WriteString(")\n")
 	if r.Scenario != ConnectStorm {
-		fmt.Fprintf(&b, "  breach to epoch %d: converged in %.2f s, %d rotations, %.0f rotations/s; latency p50 %.0f ms, p99 %.0f ms, max %.0f ms; %d failed rotation steps retried\n",
-			r.Epoch, r.ConvergeSeconds, r.Rotated, r.RotationsPerSecond, 1000*r.LatencyP50Seconds, 1000*r.LatencyP99Seconds, 1000*r.LatencyMaxSeconds, r.RotationFailures)
+		fmt.Fprintf(&b, "  breach to epoch %d: converged in %.2f s, %d rotations, %.0f rotations/s; latency p50 %.0f ms, p99 %.0f ms, max %.0f ms; %d failed rotation steps retried%s\n",
+			r.Epoch, r.ConvergeSeconds, r.Rotated, r.RotationsPerSecond, 1000*r.LatencyP50Seconds, 1000*r.LatencyP99Seconds, 1000*r.LatencyMaxSeconds, r.RotationFailures, byCode(r.RotationFailuresByCode))
 	} else {
 		fmt.Fprintf(&b, "  converged (state published at the fleet's epoch %d) %.2f s after the first start\n", r.Epoch, r.ConvergeSeconds)
 	}
@@ -246,4 +252,23 @@ func maxOf(v []int) int {
 		m = max(m, x)
 	}
 	return m
+}
+
+// byCode renders failures by code, most first: " (timeout 40, refused 2)"; "" for none.
+func byCode(m map[string]uint64) string {
+	if len(m) == 0 {
+		return ""
+	}
+	codes := slices.Collect(maps.Keys(m))
+	slices.SortFunc(codes, func(a, b string) int {
+		if c := cmp.Compare(m[b], m[a]); c != 0 {
+			return c
+		}
+		return cmp.Compare(a, b)
+	})
+	parts := make([]string, len(codes))
+	for i, c := range codes {
+		parts[i] = fmt.Sprintf("%s %d", c, m[c])
+	}
+	return " (" + strings.Join(parts, ", ") + ")"
 }

@@ -668,7 +668,7 @@ func (r *run) finish() {
 	}
 	rep.CommandsRefused = r.m.refused.Load()
 	rep.RepliesDropped = r.m.replyDrops.Load()
-	rep.RotationFailures = r.m.rotationFailures.Load()
+	rep.RotationFailures, rep.RotationFailuresByCode = r.m.rotationFailures.Load(), r.m.failuresByCode()
 	rep.BrokerRestarts, rep.RestartSeconds = r.restarts, seconds(r.downtime)
 	if r.restarts > 0 {
 		rep.BackSeconds, rep.NotBack = seconds(r.backAfter), r.notBack
