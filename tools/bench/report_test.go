@@ -96,12 +96,11 @@ mostly the handshake and the signatures the protocol needs, the broker's per-mes
 its store, and the garbage collector. On the Mosquitto row the goal is out of reach on this
 machine whatever the rotation costs: Mosquitto does every TLS handshake on its one thread and
 accepts fewer than half as many handshakes a second as the Go pair does (the row's note has the
-figure, measured in the same run), and every rotation is one new connection to it. A perf
-profile of Mosquitto 2.0.11 taking these handshakes (2026-11-27, Debian 12's OpenSSL 3.0.19,
-whose libcrypto has no symbols for most of its internals) puts 55 % of its time in libcrypto,
-27 % in libc (read-write locks 9 %, malloc and free 11 %) and 14 % in the kernel; the call
-graph under EC_POINT_mul, the curve arithmetic, holds 1.5 %. Much of the handshake's cost there
-is OpenSSL 3.0's own locking and allocation, which no Mosquitto setting removes.
+figure, measured in the same run), and every rotation is one new connection to it. Where
+Mosquitto's time goes in a handshake (OpenSSL 3.0's allocation, locking and decoder lookups
+around the curve arithmetic, which no Mosquitto setting removes) is in docs/scale-out.md; a
+second perf profile taken 2026-11-27 agrees (libcrypto 55 %, libc 27 % of which read-write
+locks 9 % and malloc and free 11 %, the kernel 14 %).
 
 **Live video.** The clip is made by the benchmark itself with tools/mkclip
 (` + "`mkclip.sh OUT 1280 720 30 10 2M 30`" + `: testsrc2 in constrained baseline, 1280x720, 30 fps,
