@@ -10,6 +10,8 @@ import (
 	"math/rand/v2"
 	"os"
 	"os/exec"
+	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -231,6 +233,16 @@ func (st *execStamps) stamp(now time.Time) time.Duration {
 // frames it sent and why it stopped.
 func (s *ExecSource) runOnce(ctx context.Context, st *execStamps, out func(Frame)) (int, error) {
 	name := s.cfg.Argv[0]
+	// An encoder that is not installed (or not executable) is found out here, without a
+	// fork for each retry, with the path's own error. (qemu-user 7.2, which runs the ARM
+	// tests, can also hang the parent for good when a child's exec fails.)
+	path := name
+	if strings.Contains(name, "/") && !filepath.IsAbs(name) && s.cfg.Dir != "" {
+		path = filepath.Join(s.cfg.Dir, name) // where the child, started in Dir, finds it
+	}
+	if _, err := exec.LookPath(path); err != nil {
+		return 0, fmt.Errorf("camera: start %s: %w", name, err)
+	}
 	pr, pw, err := os.Pipe()
 	if err != nil {
 		return 0, fmt.Errorf("camera: pipe for %s: %w", name, err)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -149,6 +150,26 @@ func TestExecSourceRestartsWithBackoff(t *testing.T) {
 	}
 	if err := stop(); !errors.Is(err, context.Canceled) {
 		t.Fatalf("Run returned %v, want context.Canceled", err)
+	}
+}
+
+// An encoder given by a relative path is looked for in the encoder's working directory (Dir),
+// where the child starts, not in the agent's.
+func TestExecSourceFindsARelativeEncoderInItsDirectory(t *testing.T) {
+	ctx := testContext(t)
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "enc.sh"), []byte("#!/bin/sh\necho started in its directory >&2\nexit 3\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	log, rec := newLogRecorder(t)
+	src, err := camera.NewExecSource(camera.ExecConfig{Argv: []string{"./enc.sh"}, Dir: dir, Clock: cameratest.NewClock(epoch), Logger: log, KillGrace: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, stop := runSource(t, ctx, src)
+	rec.WaitFor(ctx, t, "camera: command stderr", "started in its directory")
+	if err := stop(); !errors.Is(err, context.Canceled) {
+		t.Fatalf("Run returned %v", err)
 	}
 }
 
