@@ -26,6 +26,9 @@ var (
 	ErrReplay = errors.New("certs: replayed sequence")
 	// ErrKeyMismatch reports a certificate whose public key is not the expected one.
 	ErrKeyMismatch = errors.New("certs: key mismatch")
+	// ErrRetiredBroker reports a broker certificate issued before the key set's
+	// BrokerNotBefore: the fleet replaced that broker's key.
+	ErrRetiredBroker = errors.New("certs: broker certificate retired by the key set")
 	// ErrNotNewer reports a key set whose version is not above the one already trusted.
 	ErrNotNewer = errors.New("certs: key set not newer")
 )

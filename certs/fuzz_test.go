@@ -37,6 +37,8 @@ func FuzzOpenKeySet(f *testing.F) {
 	k := fuzzKey()
 	ks, _ := SignKeySet(k, KeySet{Version: 1, CommandKeys: []PublicKey{k.Public()}, GrantKeys: []PublicKey{k.Public()}})
 	f.Add(ks)
+	floored, _ := SignKeySet(k, KeySet{Version: 2, CommandKeys: []PublicKey{k.Public()}, GrantKeys: []PublicKey{k.Public()}, BrokerNotBefore: 1_800_000_000})
+	f.Add(floored)
 	f.Add([]byte(`{"v":1}`))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		got, err := OpenKeySet(k.Public().Key, b)

@@ -2,6 +2,7 @@ package certs
 
 import (
 	"crypto/ed25519"
+	"crypto/x509"
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
@@ -25,12 +26,22 @@ type KeySet struct {
 	IssuedAt    int64       `json:"iat"`
 	CommandKeys []PublicKey `json:"command_keys"`
 	GrantKeys   []PublicKey `json:"grant_keys"`
+	// BrokerNotBefore, when not zero, retires every broker certificate issued before it (Unix
+	// seconds, compared with the certificate's NotBefore): a client holding the set refuses a
+	// broker that presents one. After a breach that reached a broker's private key, the fleet
+	// gives its brokers new keys and certificates and then publishes a set whose floor is the
+	// new certificate's NotBefore, so whoever holds the old key can no longer pose as the
+	// broker. Zero retires none.
+	BrokerNotBefore int64 `json:"broker_not_before,omitempty"`
 }
 
 // Validate checks the key set's own consistency.
 func (ks *KeySet) Validate() error {
 	if ks.Version == 0 {
 		return fmt.Errorf("%w: key set version 0", ErrMalformed)
+	}
+	if ks.BrokerNotBefore < 0 {
+		return fmt.Errorf("%w: key set broker_not_before %d", ErrMalformed, ks.BrokerNotBefore)
 	}
 	for kind, keys := range map[string][]PublicKey{"command_keys": ks.CommandKeys, "grant_keys": ks.GrantKeys} {
 		if len(keys) == 0 || len(keys) > maxKeysPerKind {
@@ -99,6 +110,23 @@ func AcceptKeySet(root ed25519.PublicKey, b []byte, current uint64) (*KeySet, er
 		return nil, fmt.Errorf("%w: version %d, holding %d", ErrNotNewer, ks.Version, current)
 	}
 	return ks, nil
+}
+
+// CheckBroker refuses a broker certificate the set retired: one issued before BrokerNotBefore.
+// A nil set retires none.
+func (ks *KeySet) CheckBroker(leaf *x509.Certificate) error {
+	if ks == nil {
+		return nil
+	}
+	return checkBrokerFloor(ks.BrokerNotBefore, leaf)
+}
+
+func checkBrokerFloor(floor int64, leaf *x509.Certificate) error {
+	if floor != 0 && leaf.NotBefore.Unix() < floor {
+		return fmt.Errorf("%w: serial %s issued %s, the key set accepts brokers issued from %s on",
+			ErrRetiredBroker, leaf.SerialNumber.Text(16), leaf.NotBefore.UTC().Format(time.RFC3339), time.Unix(floor, 0).UTC().Format(time.RFC3339))
+	}
+	return nil
 }
 
 // IssuedTime returns the key set's issue time.

@@ -83,6 +83,46 @@ func (h *Holder) GetClientCertificate(*tls.CertificateRequestInfo) (*tls.Certifi
 	return c, nil
 }
 
+// BrokerFloor refuses, in TLS handshakes, broker certificates the key set in force retired
+// (KeySet.BrokerNotBefore). A client sets it from every key set it accepts; handshakes already
+// under way keep the floor they started with. The zero BrokerFloor retires none. It is safe for
+// concurrent use.
+type BrokerFloor struct {
+	notBefore atomic.Int64
+	last      atomic.Pointer[x509.Certificate]
+}
+
+// Set makes the floor that of ks (nil or zero: none) and reports whether the broker
+// certificate of the last handshake it accepted is now retired: the connection made with it
+// should be closed and made again.
+func (f *BrokerFloor) Set(ks *KeySet) (lastRetired bool) {
+	var nb int64
+	if ks != nil {
+		nb = ks.BrokerNotBefore
+	}
+	f.notBefore.Store(nb)
+	last := f.last.Load()
+	return last != nil && checkBrokerFloor(nb, last) != nil
+}
+
+// NotBefore returns the floor in Unix seconds; 0 when none.
+func (f *BrokerFloor) NotBefore() int64 { return f.notBefore.Load() }
+
+// VerifyConnection is a tls.Config.VerifyConnection callback: after crypto/tls verified the
+// chain, it refuses a broker certificate issued before the floor and otherwise remembers it
+// as the last one accepted.
+func (f *BrokerFloor) VerifyConnection(cs tls.ConnectionState) error {
+	if len(cs.PeerCertificates) == 0 {
+		return fmt.Errorf("certs: broker presented no certificate")
+	}
+	leaf := cs.PeerCertificates[0]
+	if err := checkBrokerFloor(f.notBefore.Load(), leaf); err != nil {
+		return err
+	}
+	f.last.Store(leaf)
+	return nil
+}
+
 // TLSCertificate pairs a parsed certificate (and optional intermediates) with its private key.
 func TLSCertificate(leaf *x509.Certificate, key crypto.Signer) (*tls.Certificate, error) {
 	if !SamePublicKey(leaf, key) {
