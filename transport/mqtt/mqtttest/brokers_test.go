@@ -332,3 +332,31 @@ func TestMosquittoIsFoundOrTheTestFails(t *testing.T) {
 		t.Fatalf("mosquittoBinary() = %q", got)
 	}
 }
+
+// After RestartWithServerCert, Mosquitto presents the new certificate.
+func TestMosquittoRestartsWithANewServerCertificate(t *testing.T) {
+	pki := NewPKI(t)
+	m := StartMosquitto(t, pki)
+	presented := func() *tls.Certificate {
+		t.Helper()
+		conf := pki.ClientTLS(t, pki.ClientCert(t, certs.RoleDevice, "cam-a"))
+		c, err := tls.Dial("tcp", strings.TrimPrefix(m.URL(), "mqtts://"), conf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		leaf := c.ConnectionState().PeerCertificates[0]
+		return &tls.Certificate{Leaf: leaf}
+	}
+	if got := presented().Leaf.SerialNumber; got.Cmp(pki.ServerCert(t).Leaf.SerialNumber) != 0 {
+		t.Fatalf("presented serial %x, want the PKI's", got)
+	}
+	next := pki.issue(t, certs.IssueRequest{
+		Role: certs.RoleServer, Name: ServerName, DNSNames: []string{ServerName},
+		IPs: []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback}, Now: time.Now(),
+	})
+	m.RestartWithServerCert(t, next)
+	if got := presented().Leaf.SerialNumber; got.Cmp(next.Leaf.SerialNumber) != 0 {
+		t.Fatalf("after the restart Mosquitto presents serial %x, want %x", got, next.Leaf.SerialNumber)
+	}
+}

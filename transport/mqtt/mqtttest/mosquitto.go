@@ -271,6 +271,22 @@ func (m *Mosquitto) RestartWithCRL(t testing.TB, crlPEM []byte) {
 	m.Restart(t)
 }
 
+// RestartWithServerCert makes Mosquitto present cert (its certificate and key, issued by the
+// same CA) and restarts it: what an operator does after giving the broker a new key. cert must
+// name what ServerCert names (ServerName, 127.0.0.1, ::1).
+func (m *Mosquitto) RestartWithServerCert(t testing.TB, cert *tls.Certificate) {
+	t.Helper()
+	signer, ok := cert.PrivateKey.(crypto.Signer)
+	if !ok || cert.Leaf == nil {
+		t.Fatal("mqtttest: RestartWithServerCert needs a parsed leaf and a crypto.Signer key")
+	}
+	key, err := certs.MarshalKeyPEM(signer)
+	mustf(t, err, "server key")
+	mustf(t, os.WriteFile(m.path("server.key"), key, 0o600), "write server.key")
+	mustf(t, os.WriteFile(m.path("server.pem"), certs.EncodeCertPEM(cert.Leaf), 0o644), "write server.pem")
+	m.Restart(t)
+}
+
 // Stop sends SIGTERM, so Mosquitto saves its persistence database, and waits for it to exit;
 // one that does not exit in time is killed and fails the test. Stopping a stopped broker does
 // nothing.
