@@ -32,6 +32,7 @@ import (
 	"math/big"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
@@ -54,8 +55,46 @@ const (
 	// connect and converges from the retained desired state (docs/protocol.md).
 	DefaultSessionExpiry = 30 * 24 * time.Hour
 
+	// DefaultMaxSessionsPerIdentity caps the sessions, connected or kept, of one operator,
+	// signer, viewer or bootstrap identity. A fleet needs a handful per identity: each
+	// fleetctl command that runs (a clean session, gone when it ends), each fleetctl serve
+	// instance (a persistent session per instance name, kept 30 days after the instance
+	// stops, so renamed or retired instances count for a while), each camview relay, a
+	// bootstrap identity's one. 64 leaves room for dozens of commands at once beside several
+	// signer instances, and bounds what a stolen certificate can make the broker keep (each
+	// persistent session holds its subscriptions and a queue).
+	DefaultMaxSessionsPerIdentity = 64
+
+	// DefaultPublishFloodCut is how long a client may go on publishing over its limit before
+	// the broker disconnects it (Config.PublishFloodCut).
+	DefaultPublishFloodCut = 30 * time.Second
+
 	// minConnectRate is the smallest positive Config.MaxConnectRate: one connection an hour.
 	minConnectRate = 1.0 / 3600
+	// minPublishRate is the smallest positive PublishLimit.Rate: one message an hour.
+	minPublishRate = 1.0 / 3600
+)
+
+// Default publish limits, applied by New to a zero PublishLimit.
+var (
+	// DefaultDevicePublishLimit is a device's or a bootstrap identity's: a burst of 1,000, then
+	// 50 a second. A device publishes a few messages per rotation, a reply per command, its
+	// state when it changes, telemetry every few minutes, and an answer, refusal or bye per
+	// viewer session (it never trickles candidates of its own: protocol.md). A camera may be
+	// configured for up to 1,000 viewers (webrtc.MaxMaxViewers), all of whom may ask at once
+	// after a relay restarts, and a relay sends offers at up to 200 a second (its own limit):
+	// the burst answers them all, the rate a steady stream of joiners. It still caps what a
+	// stolen camera certificate delivers to the readers of the fleet's up topics at 50
+	// messages (at most 400 KiB, or 1.6 MiB of signaling) a second, and PublishFloodCut ends a
+	// flood that lasts.
+	DefaultDevicePublishLimit = PublishLimit{Rate: 50, Burst: 1000}
+	// DefaultViewerPublishLimit is a viewer relay's: a burst of 2,000, then 200 a second. A
+	// relay publishes, for each of its viewers' sessions, an offer, up to 64 trickled
+	// candidates (the most a device takes per session) and a bye, on behalf of all its
+	// viewers and all their cameras: the burst is 30 sessions set up at once with the most
+	// candidates a device takes (a browser gathers some 5 to 20), the rate 3 such sessions a
+	// second, sustained.
+	DefaultViewerPublishLimit = PublishLimit{Rate: 200, Burst: 2000}
 )
 
 // listenerID is the one listener's id; mochi stores it with each persisted session.
@@ -114,8 +153,36 @@ type Config struct {
 	// Now, if set, is the clock certificate validity is checked against, in the TLS handshake
 	// and again at CONNECT, and that tells how long a connection has left before its
 	// certificate chain expires and the broker cuts it (the wait itself runs on the real
-	// clock). Nil means TLS.Time if that is set, else time.Now.
+	// clock). The publish limits refill by it too. Nil means TLS.Time if that is set, else
+	// time.Now.
 	Now func() time.Time
+	// MaxSessionsPerIdentity caps the sessions one identity of a role other than device
+	// (operator, signer, viewer, bootstrap) holds at once, connected or persistent and not yet
+	// expired; the "~suffix" of a client id (certs.ClientIDAllowed) is what lets such an
+	// identity hold several. A CONNECT that would open one more is refused with CONNACK
+	// "server unavailable" (0x03; MQTT 5 "quota exceeded", 0x97). A client connecting again
+	// under the client id of a session the broker keeps (a reconnection, a take-over) is
+	// never refused. A session stops counting when it ends: its clean connection closes, or
+	// it expires (SessionExpiry). A device holds one session at most, its client id being its
+	// identity. Zero means DefaultMaxSessionsPerIdentity; negative means no cap.
+	MaxSessionsPerIdentity int
+	// DevicePublishLimit is the token bucket of each device and bootstrap identity's
+	// connection: a publish over it is acknowledged and dropped (never retained nor
+	// delivered), counted (PublishesDropped) and logged once per episode. The bucket belongs to
+	// the client id: a reconnection, clean or not, carries on with it. The zero value means
+	// DefaultDevicePublishLimit.
+	DevicePublishLimit PublishLimit
+	// ViewerPublishLimit is the same for each viewer relay connection. Operators and signers
+	// have none: an operator's fleet-wide command or a signer's answers are one message per
+	// device, thousands within seconds. The zero value means DefaultViewerPublishLimit.
+	ViewerPublishLimit PublishLimit
+	// PublishFloodCut disconnects a client still publishing over its limit this long after
+	// the first message it had dropped (its episode ends only once its bucket has refilled
+	// completely). No camagent client ever exceeds the defaults, so such a client is broken
+	// or its certificate stolen: cutting it stops the broker reading its flood, and as its
+	// bucket survives the reconnection, coming back gains it nothing. Zero means
+	// DefaultPublishFloodCut; negative means never.
+	PublishFloodCut time.Duration
 }
 
 // Broker is an embedded MQTT 3.1.1/5 broker over mutual TLS. Start it once; Close it once
@@ -132,6 +199,11 @@ type Broker struct {
 	ln      *listener
 
 	closeOnce sync.Once
+
+	sessions sessionCap    // MaxSessionsPerIdentity; a max below 1: no cap
+	parked   parkedBuckets // the publish buckets of connections that ended
+	dropped  atomic.Uint64 // publishes dropped over their client's limit
+	cut      atomic.Uint64 // clients disconnected for publishing over their limit
 }
 
 // New validates cfg, applies its defaults and returns a broker that is not yet listening.
@@ -184,6 +256,30 @@ func New(cfg Config) (*Broker, error) {
 	if cfg.SessionExpiry < time.Second || cfg.SessionExpiry%time.Second != 0 || cfg.SessionExpiry/time.Second >= math.MaxUint32 {
 		return nil, fmt.Errorf("broker: Config.SessionExpiry %v must be whole seconds, at least 1s and under 2^32 s", cfg.SessionExpiry)
 	}
+	if cfg.MaxSessionsPerIdentity == 0 {
+		cfg.MaxSessionsPerIdentity = DefaultMaxSessionsPerIdentity
+	}
+	for _, l := range []struct {
+		name string
+		l    *PublishLimit
+		def  PublishLimit
+	}{
+		{"DevicePublishLimit", &cfg.DevicePublishLimit, DefaultDevicePublishLimit},
+		{"ViewerPublishLimit", &cfg.ViewerPublishLimit, DefaultViewerPublishLimit},
+	} {
+		if *l.l == (PublishLimit{}) {
+			*l.l = l.def
+		}
+		if math.IsNaN(l.l.Rate) || math.IsInf(l.l.Rate, 0) || (l.l.Rate >= 0 && l.l.Rate < minPublishRate) {
+			return nil, fmt.Errorf("broker: Config.%s.Rate %v: at least %v messages a second (one an hour), or negative for no limit", l.name, l.l.Rate, minPublishRate)
+		}
+		if l.l.Rate > 0 && l.l.Burst < 1 {
+			return nil, fmt.Errorf("broker: Config.%s.Burst %d must be at least 1", l.name, l.l.Burst)
+		}
+	}
+	if cfg.PublishFloodCut == 0 {
+		cfg.PublishFloodCut = DefaultPublishFloodCut
+	}
 	if cfg.Now == nil {
 		cfg.Now = cfg.TLS.Time
 	}
@@ -199,7 +295,9 @@ func New(cfg Config) (*Broker, error) {
 		conf.MinVersion = tls.VersionTLS12
 	}
 	conf.Time = cfg.Now
-	return &Broker{cfg: cfg, tls: conf, log: logger}, nil
+	b := &Broker{cfg: cfg, tls: conf, log: logger}
+	b.sessions.max = cfg.MaxSessionsPerIdentity
+	return b, nil
 }
 
 // Start binds Config.Addr, loads persisted state from Config.DataDir and starts serving. The
@@ -314,6 +412,18 @@ func (b *Broker) Sessions() int {
 	}
 	return srv.Clients.Len()
 }
+
+// PublishesDropped returns how many publishes the broker acknowledged and dropped because their
+// client was over its publish limit (Config.DevicePublishLimit, Config.ViewerPublishLimit).
+func (b *Broker) PublishesDropped() uint64 { return b.dropped.Load() }
+
+// FloodCuts returns how many connections the broker cut for publishing over their limit for
+// longer than Config.PublishFloodCut.
+func (b *Broker) FloodCuts() uint64 { return b.cut.Load() }
+
+// SessionsRefused returns how many connections the broker refused because their identity held
+// Config.MaxSessionsPerIdentity sessions already.
+func (b *Broker) SessionsRefused() uint64 { return b.sessions.refused.Load() }
 
 // listener returns the broker's listener; nil before Start.
 func (b *Broker) listener() *listener {

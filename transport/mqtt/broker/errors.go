@@ -17,6 +17,9 @@ var (
 	// ErrWillDenied is why a client whose will message names a topic it may not publish to,
 	// or is signaling that is retained or above QoS 0, is refused.
 	ErrWillDenied = errors.New("broker: will topic not allowed")
+	// ErrTooManySessions is why a client that would open one more session than
+	// Config.MaxSessionsPerIdentity allows its identity is refused.
+	ErrTooManySessions = errors.New("broker: the identity holds the most sessions it may")
 	// ErrNoPeerCertificate is why a connection without a verified client certificate is
 	// refused. It cannot happen with a Config.TLS that passes New.
 	ErrNoPeerCertificate = errors.New("broker: no verified client certificate")

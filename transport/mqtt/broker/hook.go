@@ -2,8 +2,9 @@ package broker
 
 import (
 	"bytes"
-	"crypto/tls"
+	"context"
 	"fmt"
+	"log/slog"
 	"strings"
 	"time"
 
@@ -41,12 +42,16 @@ func (h *hook) Provides(event byte) bool {
 		mqtt.OnPublish,
 		mqtt.OnPublished,
 		mqtt.OnWillSent,
+		mqtt.OnDisconnect,
 		mqtt.OnClientExpired,
 	}, []byte{event})
 }
 
 // OnConnect admits or refuses a client once its CONNECT packet is read. A refused client gets
-// CONNACK "not authorized" (0x05 in MQTT 3.1.1, 0x87 in MQTT 5) and is disconnected.
+// CONNACK "not authorized" (0x05 in MQTT 3.1.1, 0x87 in MQTT 5) and is disconnected; one whose
+// identity holds Config.MaxSessionsPerIdentity sessions already gets "server unavailable"
+// (0x03; MQTT 5 "quota exceeded", 0x97), which tells it to try again later. An admitted
+// device, bootstrap identity or viewer gets its client id's publish bucket.
 func (h *hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 	identity, err := h.b.admit(cl, pk)
 	if err != nil {
@@ -61,6 +66,27 @@ func (h *hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 		}
 		return code
 	}
+	role, _, _ := certs.ParseIdentity(identity) // admit parsed it
+	if role != certs.RoleDevice && h.b.sessions.max > 0 {
+		if n, ok := h.b.sessions.admit(h.srv, identity, cl); !ok {
+			h.b.log.Warn("broker: connection refused: the identity holds the most sessions it may",
+				"identity", identity, "client_id", clip(cl.ID), "remote", cl.Net.Remote,
+				"sessions", n, "cap", h.b.sessions.max, "reason", ErrTooManySessions.Error())
+			code := packets.ErrQuotaExceeded
+			if cl.Properties.ProtocolVersion < 5 {
+				code = packets.Err3ServerUnavailable
+			}
+			if err := h.srv.SendConnack(cl, code, false, nil); err != nil {
+				h.b.log.Debug("broker: send refusal", "remote", cl.Net.Remote, "error", err)
+			}
+			return code
+		}
+	}
+	if c, ok := cl.Net.Conn.(*clientConn); ok {
+		if limit := h.b.publishLimit(role); !limit.off() {
+			c.rate.Store(h.b.bucketFor(h.srv, cl.ID, limit))
+		}
+	}
 	// What mochi stores and shows as the username is the certificate identity, never what
 	// the client sent (Mosquitto's use_identity_as_username).
 	cl.Properties.Username = []byte(identity)
@@ -73,8 +99,8 @@ func (h *hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 // client no hook authenticates; this checks again that the client ID, the username OnConnect
 // set and the certificate identity agree.
 func (h *hook) OnConnectAuthenticate(cl *mqtt.Client, _ packets.Packet) bool {
-	conn, ok := cl.Net.Conn.(*tls.Conn)
-	if !ok {
+	conn := tlsConn(cl)
+	if conn == nil {
 		return false
 	}
 	leaf := verifiedLeaf(conn)
@@ -94,9 +120,9 @@ func (h *hook) OnPacketRead(_ *mqtt.Client, pk packets.Packet) (packets.Packet, 
 
 // admit checks a connecting client and returns its identity.
 func (b *Broker) admit(cl *mqtt.Client, pk packets.Packet) (string, error) {
-	// mochi keeps the net.Conn the listener handed it; ours are always *tls.Conn.
-	conn, ok := cl.Net.Conn.(*tls.Conn)
-	if !ok {
+	// mochi keeps the net.Conn the listener handed it; ours always wrap a *tls.Conn.
+	conn := tlsConn(cl)
+	if conn == nil {
 		return "", fmt.Errorf("%w: connection is %T", ErrNoPeerCertificate, cl.Net.Conn)
 	}
 	leaf := verifiedLeaf(conn)
@@ -169,7 +195,17 @@ func (h *hook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 // A message from a device or a bootstrap identity larger than its topic's cap (upPayloadCap)
 // is refused the same way: no reader takes it, and a stolen camera certificate must not fill
 // a signer's queue while the signer is away with messages of the packet size.
+//
+// So is, first of all, a message from a device, bootstrap identity or viewer relay over its
+// connection's publish limit (Config.DevicePublishLimit, Config.ViewerPublishLimit). That
+// check costs a lock of the connection's own bucket and a reading of the clock; operators and
+// signers, who have no bucket, skip it.
 func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+	if c, ok := cl.Net.Conn.(*clientConn); ok {
+		if bk := c.rate.Load(); bk != nil && !h.withinLimit(cl, c, bk) {
+			return pk, packets.CodeSuccessIgnore
+		}
+	}
 	if limit := upPayloadCap(pk.TopicName); limit > 0 && len(pk.Payload) > limit {
 		h.b.log.Info("broker: publish over its topic's size refused", "identity", cl.ID, "topic", clip(pk.TopicName), "bytes", len(pk.Payload), "cap", limit)
 		return pk, packets.CodeSuccessIgnore
@@ -199,9 +235,24 @@ func (h *hook) OnWillSent(cl *mqtt.Client, pk packets.Packet) {
 	h.b.cfg.OnPublish(cl.ID, pk.TopicName, pk.Payload, pk.FixedHeader.Retain)
 }
 
+// OnDisconnect runs when a connection ends, under the lock of its session. A clean session
+// ends with it: it stops counting against its identity's cap at once. The connection's publish
+// bucket, unless it has refilled, is kept for the client id's next connection.
+func (h *hook) OnDisconnect(cl *mqtt.Client, _ error, expire bool) {
+	if expire && !cl.IsTakenOver() {
+		h.b.sessions.forget(cl)
+	}
+	if c, ok := cl.Net.Conn.(*clientConn); ok {
+		if bk := c.rate.Load(); bk != nil {
+			h.b.parked.park(cl.ID, bk, h.b.cfg.Now())
+		}
+	}
+}
+
 // OnClientExpired logs a persistent session that ended because its client stayed away for
 // Config.SessionExpiry: an operator looking for a camera that went quiet finds when.
 func (h *hook) OnClientExpired(cl *mqtt.Client) {
+	h.b.sessions.forget(cl)
 	h.b.log.Info("broker: session expired", "client_id", clip(cl.ID),
 		"away_since", time.Unix(cl.StopTime(), 0).UTC().Format(time.RFC3339), "expiry", h.b.cfg.SessionExpiry.String())
 }
@@ -239,6 +290,52 @@ func kept(name string, qos byte, retain bool) bool {
 	}
 	levels := strings.Split(name, "/")
 	return len(levels) == 4 && levels[0] == "dev" && levels[3] == topic.LeafSignal
+}
+
+// withinLimit spends a token of bk, the bucket of cl on c, for one publish and reports whether
+// there was one. It logs an episode over the limit when it starts and when it ends, never per
+// message, and cuts a client still over its limit Config.PublishFloodCut after its episode
+// started.
+//
+// The cut closes the connection, as a network failure would: mochi then publishes the client's
+// will, as MQTT 5 says of any end but the client's own DISCONNECT 0x00 (section 3.1.2.5; mochi's own
+// DisconnectClient would end the session as if the client had said goodbye).
+func (h *hook) withinLimit(cl *mqtt.Client, c *clientConn, bk *bucket) bool {
+	v := bk.take(h.b.cfg.Now())
+	if v.ended {
+		h.b.log.Info("broker: client back within its publish limit", "identity", cl.ID,
+			"dropped", v.endedN, "over_for", v.endedFor.Round(time.Millisecond).String())
+	}
+	if !v.drop {
+		return true
+	}
+	h.b.dropped.Add(1)
+	if v.started {
+		h.b.log.Warn("broker: client over its publish limit; dropping its messages until it slows down",
+			"identity", cl.ID, "remote", cl.Net.Remote, "rate_per_s", bk.rate, "burst", bk.burst)
+	}
+	if cut := h.b.cfg.PublishFloodCut; cut > 0 && v.over >= cut && c.cut.CompareAndSwap(false, true) {
+		h.b.cut.Add(1)
+		level := slog.LevelWarn
+		if bk.markCutLogged() {
+			level = slog.LevelDebug // cut again after reconnecting within the same episode
+		}
+		h.b.log.Log(context.Background(), level, "broker: client disconnected: over its publish limit for too long",
+			"identity", cl.ID, "remote", cl.Net.Remote, "over_for", v.over.Round(time.Millisecond).String(),
+			"dropped", v.dropped, "rate_per_s", bk.rate, "burst", bk.burst)
+		if cl.Properties.ProtocolVersion >= 5 {
+			// Best effort: the connection closes right behind it. MQTT 3.1.1 has no
+			// DISCONNECT from the server.
+			_ = cl.WritePacket(packets.Packet{
+				FixedHeader: packets.FixedHeader{Type: packets.Disconnect},
+				ReasonCode:  packets.ErrMessageRateTooHigh.Code,
+				Properties:  packets.Properties{ReasonString: packets.ErrMessageRateTooHigh.Reason},
+			})
+		}
+		// mochi goes on reading what it has buffered; cut says the rest is dropped unlogged.
+		_ = c.Close()
+	}
+	return false
 }
 
 func (h *hook) denied(cl *mqtt.Client, what, topic string) {

@@ -197,7 +197,9 @@ func (l *listener) handle(conn *tls.Conn, raw net.Conn, establish listeners.Esta
 		c.expiry = time.AfterFunc(chainExpiry(conn.ConnectionState()).Sub(l.now()), func() { l.expire(conn, c) })
 	}
 	l.mu.Unlock()
-	if err := establish(l.id, conn); err != nil {
+	// mochi keeps the connection it is handed as the client's net.Conn: the wrapper carries
+	// the broker's per-connection state to its hooks.
+	if err := establish(l.id, &clientConn{Conn: conn}); err != nil {
 		l.log.Debug("broker: connection ended", "remote", remote, "error", err)
 	}
 }
