@@ -42,7 +42,7 @@ commands:
   ping              send a signed ping to a device and print its reply and the round-trip time
   grant             sign a grant to watch one device's live video (for camview), valid until it expires or the next rotation
   retire            take devices out of the fleet for good (broken, sold, stolen): revoke them, refuse them new certificates, clear their retained state
-  replace           give the operator or signer identity a new key and certificate and revoke every earlier one (a lost laptop, a broken-into signer host)
+  replace           give the operator or signer identity a new key and certificate and revoke every earlier one (a lost laptop, a broken-into signer host); broker: a new broker key and certificate, retired by keys rotate --retire-brokers
   viewer            sign the CSR of a camview that made its own key into its viewer bundle (camview --identity); --revoke NAME
 
 Every command takes --dir, the fleet directory (default ./fleet).
@@ -383,13 +383,17 @@ func pingCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if err != nil {
 		return err
 	}
-	dctx, cancel := context.WithTimeout(ctx, *timeout)
-	op, err := f.Dial(dctx, fleet.OperatorOptions{Broker: *brokerURL})
-	cancel()
+	// As rotate and breach do: a copy of the fleet directory whose signing keys the devices no
+	// longer trust (a key set rotated elsewhere) would send a ping every device refuses.
+	st, err := readFleetState(ctx, f, operatorFlags{broker: brokerURL, timeout: timeout}, stderr)
 	if err != nil {
 		return err
 	}
+	op := st.op
 	defer op.Close()
+	if st.staleKeys != nil {
+		return fmt.Errorf("ping: %w; nothing was sent", st.staleKeys)
+	}
 	if *wait > 0 {
 		if err := waitForReply(ctx, op, *device, *wait); err != nil {
 			return err

@@ -108,6 +108,10 @@ func (st *fleetState) catchUpKeySet(ctx context.Context, f *fleet.Fleet, op *fle
 		st.staleKeys = fmt.Errorf("the fleet's breach notice carries key set v%d, newer than this fleet directory's v%d, and this directory does not hold its signing keys (%v): devices trust that set and may refuse what this directory signs; copy keyset.json and keys/ from the fleet directory where fleetctl keys rotate and breach --keyset ran", ks.Version, had, err)
 		return nil
 	}
+	// Putting it in force here sends it to the relays: never through a broker it retires.
+	if err := op.CheckKeySet(ks); err != nil {
+		return fmt.Errorf("the fleet's breach notice carries key set v%d, newer than this fleet directory's v%d; it was not put in force here: %w", ks.Version, had, err)
+	}
 	if err := f.InstallKeySet(raw); err != nil {
 		return fmt.Errorf("key set v%d, which the fleet's breach notice carries, could not be put in force in this fleet directory: %w", ks.Version, err)
 	}
@@ -238,6 +242,13 @@ func breachCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	op, col := st.op, st.col
 	if st.staleKeys != nil {
 		return fmt.Errorf("breach: %w; nothing was published", st.staleKeys)
+	}
+	if ks != nil {
+		// Before anything is published: a set that retires the broker's certificate would cut
+		// every device that took it off this broker.
+		if err := op.CheckKeySet(ks); err != nil {
+			return fmt.Errorf("breach: --keyset %s: %w; nothing was published", *keyset, err)
+		}
 	}
 	if ks != nil && f.KeySet().Version >= ks.Version {
 		// Reading the retained notice put a set in force here: this one, published before by a

@@ -33,6 +33,13 @@
 // revokes every earlier one (each renewal leaves the one it replaced valid, so there may be
 // two); `fleetctl serve` instances present the new one from their next connection.
 //
+// A breach that may have reached the broker's private key: `fleetctl replace broker` gives it a
+// new key and certificate (same names); once every broker presents it, `fleetctl keys rotate
+// --retire-brokers` makes a key set whose floor (broker_not_before) is its NotBefore, and
+// `breach --keyset` publishes that set. Every client that holds the set, fleetctl and the
+// signer included, then refuses a broker presenting an older certificate; fleetctl refuses to
+// publish a set that retires the certificate of the broker it is connected to.
+//
 // # Revocation on Mosquitto
 //
 // The embedded broker (`fleetctl broker`) refuses a revoked certificate at its next CONNECT and

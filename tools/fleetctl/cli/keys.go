@@ -26,6 +26,7 @@ func keysCmd(_ context.Context, args []string, stdout, stderr io.Writer) error {
 		drop = append(drop, s)
 		return nil
 	})
+	retire := fs.Bool("retire-brokers", false, "retire every broker certificate issued before the fleet directory's broker/server.crt: the new set's floor is its NotBefore (after fleetctl replace broker, once every broker presents the new certificate)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -40,7 +41,8 @@ func keysCmd(_ context.Context, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	path, ks, err := f.RotateKeys(rk, drop, time.Now())
+	was := f.KeySet()
+	path, ks, err := f.RotateKeysWith(rk, fleet.RotateOptions{Drop: drop, RetireBrokers: *retire}, time.Now())
 	if err != nil {
 		return err
 	}
@@ -51,8 +53,11 @@ func keysCmd(_ context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 		return strings.Join(s, " ")
 	}
-	fmt.Fprintf(stderr, "key set v%d signed by the root %s\n  command keys: %s\n  grant keys:   %s\nIt is not in force yet: publish it with fleetctl breach --incident ID --keyset %s\n",
-		ks.Version, rk.ID(), ids(ks.CommandKeys), ids(ks.GrantKeys), path)
+	fmt.Fprintf(stderr, "key set v%d signed by the root %s\n  command keys: %s\n  grant keys:   %s\n  brokers:      %s\nIt is not in force yet: publish it with fleetctl breach --incident ID --keyset %s\n",
+		ks.Version, rk.ID(), ids(ks.CommandKeys), ids(ks.GrantKeys), brokerFloorSummary(f, was, ks), path)
+	if *retire {
+		fmt.Fprintln(stderr, "breach --keyset refuses to publish it until the broker it connects to presents the new certificate: restart every broker (every node of a cluster) with it first.")
+	}
 	// Only the path on stdout, for scripts: ks=$(fleetctl keys rotate).
 	fmt.Fprintln(stdout, path)
 	return nil
@@ -133,4 +138,29 @@ func rolloutCmd(_ context.Context, args []string, stdout, stderr io.Writer) erro
 		fmt.Fprintln(stdout, "rollout was not aborted; the abort threshold counts from now")
 	}
 	return nil
+}
+
+// brokerFloorSummary says which broker certificates ks retires, next to was, the set in force,
+// and whether the fleet directory's broker certificate is among them.
+func brokerFloorSummary(f *fleet.Fleet, was, ks *certs.KeySet) string {
+	if ks.BrokerNotBefore == 0 {
+		return "retires none"
+	}
+	floor := time.Unix(ks.BrokerNotBefore, 0).UTC().Format(time.RFC3339)
+	s := "retires every broker certificate issued before " + floor
+	if ks.BrokerNotBefore == was.BrokerNotBefore {
+		s += fmt.Sprintf(" (the floor of v%d, carried forward)", was.Version)
+	} else if was.BrokerNotBefore != 0 {
+		s += fmt.Sprintf(" (v%d retired those issued before %s)", was.Version, time.Unix(was.BrokerNotBefore, 0).UTC().Format(time.RFC3339))
+	}
+	c, err := f.BrokerCertificate()
+	switch {
+	case err != nil:
+		s += fmt.Sprintf("; cannot read the broker certificate here: %v", err)
+	case ks.CheckBroker(c) != nil:
+		s += fmt.Sprintf("; it retires the fleet directory's own broker certificate (serial %s, issued %s) too: run fleetctl replace broker", registry.SerialHex(c.SerialNumber), c.NotBefore.UTC().Format(time.RFC3339))
+	default:
+		s += fmt.Sprintf("; the fleet directory's broker certificate (serial %s, issued %s) stays accepted", registry.SerialHex(c.SerialNumber), c.NotBefore.UTC().Format(time.RFC3339))
+	}
+	return s
 }

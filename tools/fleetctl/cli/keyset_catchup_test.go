@@ -88,7 +88,7 @@ func TestACommandPutsInForceTheKeySetABreachPublishedFromHere(t *testing.T) {
 
 // A copy of the fleet directory made before keys rotate (another operator's laptop) signs with
 // a command key the new set dropped: every device, holding the new set, would refuse what it
-// publishes. Commands that sign refuse to run and say what to copy; status only warns.
+// publishes. Commands that sign (ping too) refuse to run and say what to copy; status only warns.
 func TestAStaleCopyOfTheFleetDirectoryRefusesToSign(t *testing.T) {
 	dir, f := initFleet(t)
 	stale := filepath.Join(t.TempDir(), "laptop")
@@ -104,6 +104,8 @@ func TestAStaleCopyOfTheFleetDirectoryRefusesToSign(t *testing.T) {
 		{"rotate", "--all"},
 		{"breach", "--incident", "INC-11"},
 		{"grant", "--device", "cam-0001"},
+		// A ping from the stale copy would carry a signature every device refuses.
+		{"ping", "--device", "cam-0001"},
 	} {
 		_, errOut, err := run(t, append(append([]string{}, args...), "--dir", stale, "--broker", brk.URL())...)
 		if err == nil || !strings.Contains(err.Error(), "carries key set v2, newer than this fleet directory's v1") || !strings.Contains(err.Error(), "copy keyset.json and keys/") {

@@ -17,7 +17,7 @@ func TestReplaceArguments(t *testing.T) {
 		{"no identity", []string{"replace", "--dir", f.Dir}, "name one identity"},
 		{"two", []string{"replace", "--dir", f.Dir, "operator", "signer"}, "name one identity"},
 		{"a device", []string{"replace", "--dir", f.Dir, "cam-0001"}, "fleetctl rotate or retire"},
-		{"the broker", []string{"replace", "--dir", f.Dir, "broker"}, "give operator or signer"},
+		{"a viewer", []string{"replace", "--dir", f.Dir, "viewer"}, "give operator, signer or broker"},
 		{"no fleet", []string{"replace", "--dir", t.TempDir(), "operator"}, "no fleet"},
 	} {
 		if _, _, err := run(t, tc.args...); err == nil || !strings.Contains(err.Error(), tc.want) {

@@ -79,6 +79,10 @@ func serveCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	// Each connection presents the certificate the fleet directory holds then: one renewed,
 	// or replaced after a break-in (fleetctl replace signer), is used from the next one on.
 	tlsConf.GetClientCertificate = fleet.LoadAtHandshake(holder, f.SignerCertificate, log)
+	// The signer refuses a broker certificate the key set in force retired, as devices do; a
+	// set put in force later applies from the next connection, and watchBrokerFloor makes one.
+	guard := f.NewBrokerGuard()
+	tlsConf.VerifyConnection = guard.VerifyConnection
 	if *retire {
 		rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 		defer cancel()
@@ -139,10 +143,40 @@ func serveCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	rctx, stopRefresh := context.WithCancel(ctx)
 	defer stopRefresh()
 	go fleet.Refresh(rctx, fleet.CertificateRefresh, cert, f.SignerCertificate, holder.Set, log)
+	go watchBrokerFloor(rctx, guard, keySetRefresh, s.Reconnect, log)
 	// WaitConnected returns once connected, or when ctx ends or Run returns.
 	if s.WaitConnected(ctx) == nil {
 		fmt.Fprintf(stdout, "signer %q serving %s as %s (client id %s)\n", *name, broker, identity, clientID)
 		svc.status("serving %s as %s (client id %s)", broker, identity, clientID)
 	}
 	return <-done
+}
+
+// keySetRefresh is how often fleetctl serve reads the fleet directory's key set in force again,
+// for a broker floor raised while it runs.
+var keySetRefresh = time.Minute
+
+// watchBrokerFloor reads the key set in force again every interval until ctx is done and, when
+// a newer one retires the broker certificate of the live connection, logs it and calls
+// reconnect: the next handshake then refuses that broker, until it presents a certificate the
+// set accepts.
+func watchBrokerFloor(ctx context.Context, g *fleet.BrokerGuard, interval time.Duration, reconnect func(), log *slog.Logger) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		retired, err := g.Reload()
+		if err != nil {
+			log.Error("serve: cannot read the key set in force again; keeping the broker floor held", "err", err)
+			continue
+		}
+		if retired {
+			log.Error("serve: the key set put in force retires the certificate of the broker this signer is connected to; reconnecting, and refusing that broker until it presents its new certificate", "serial", g.Presented().SerialNumber.Text(16))
+			reconnect()
+		}
+	}
 }

@@ -97,7 +97,40 @@ func (f *Fleet) Check(reg *registry.Registry, now time.Time) []Finding {
 	for _, o := range owns {
 		out = append(out, f.checkOwn(reg, now, o))
 	}
+	out = append(out, f.checkBrokerFloor())
 	return out
+}
+
+// checkBrokerFloor compares the broker certificate the fleet directory keeps with the broker
+// floor (certs.KeySet.BrokerNotBefore) of the key set in force, and of the one keys rotate
+// made and breach --keyset has not published yet: a broker presenting a certificate the set
+// retires is refused by every client that holds it.
+func (f *Fleet) checkBrokerFloor() Finding {
+	fd := Finding{What: "broker floor"}
+	set := func(l Level, format string, args ...any) Finding {
+		fd.Level, fd.Detail = l, fmt.Sprintf(format, args...)
+		return fd
+	}
+	c, err := f.BrokerCertificate()
+	if err != nil {
+		return set(Fail, "%v", err)
+	}
+	serial, issued := registry.SerialHex(c.SerialNumber), c.NotBefore.UTC().Format(time.RFC3339)
+	if err := f.ks.CheckBroker(c); err != nil {
+		return set(Fail, "key set v%d in force retires %s (serial %s, issued %s): every device, relay and fleetctl refuses a broker presenting it; give the broker a new one (fleetctl replace broker) and restart it with it", f.ks.Version, serverCert, serial, issued)
+	}
+	next := f.ks.Version + 1
+	if b, err := os.ReadFile(filepath.Join(f.Dir, keySetsDir, PendingKeySetName(next))); err == nil {
+		if ks, err := certs.OpenKeySet(f.root, b); err == nil && ks.CheckBroker(c) != nil {
+			return set(Warn, "key set v%d, made by keys rotate and not published yet (%s), retires %s (serial %s, issued %s): breach --keyset refuses to publish it through a broker presenting it; run fleetctl replace broker, restart the broker with the new certificate, remove that file and run keys rotate --retire-brokers again",
+				next, filepath.Join(keySetsDir, PendingKeySetName(next)), serverCert, serial, issued)
+		}
+	}
+	if f.ks.BrokerNotBefore == 0 {
+		return set(OK, "key set v%d retires no broker certificate", f.ks.Version)
+	}
+	return set(OK, "key set v%d retires broker certificates issued before %s; %s (serial %s, issued %s) is accepted: every broker must present a certificate issued since the floor",
+		f.ks.Version, time.Unix(f.ks.BrokerNotBefore, 0).UTC().Format(time.RFC3339), serverCert, serial, issued)
 }
 
 // ownCert is a certificate the fleet directory keeps, for Check.

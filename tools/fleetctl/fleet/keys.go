@@ -44,18 +44,50 @@ func (f *Fleet) LoadRootKey(path string) (*certs.SigningKey, error) {
 	return k, nil
 }
 
-// RotateKeys makes the next key set: a new command key and a new grant key (written to keys/,
-// 0600), added to the keys of the set in force except those whose ids are in drop, with
-// version+1, signed by root. It writes the signed set to keysets/keyset-v<N>.json and returns
-// that path and the set. The set in force does not change: `fleetctl breach --keyset` publishes
-// the new one to the fleet and then installs it (InstallKeySet), so nothing is signed with a
-// key devices cannot know yet.
+// RotateKeys is RotateKeysWith with the options' Drop only: the broker floor is carried
+// forward.
 func (f *Fleet) RotateKeys(root *certs.SigningKey, drop []string, now time.Time) (string, *certs.KeySet, error) {
+	return f.RotateKeysWith(root, RotateOptions{Drop: drop}, now)
+}
+
+// RotateOptions configures RotateKeysWith.
+type RotateOptions struct {
+	// Drop lists ids of command or grant keys of the set in force to leave out; nil: none.
+	Drop []string
+	// RetireBrokers makes the new set's broker floor (certs.KeySet.BrokerNotBefore) the
+	// NotBefore of the fleet directory's broker certificate (broker/server.crt), so that
+	// every broker certificate issued before it is retired. It is refused unless that
+	// certificate is newer than the floor of the set in force (run ReplaceBroker first).
+	// False carries the floor of the set in force forward.
+	RetireBrokers bool
+}
+
+// RotateKeysWith makes the next key set: a new command key and a new grant key (written to
+// keys/, 0600), added to the keys of the set in force except those in o.Drop, with version+1
+// and the broker floor of the set in force (or, with o.RetireBrokers, that of the broker
+// certificate in the fleet directory: never lower), signed by root. It writes the signed set
+// to keysets/keyset-v<N>.json and returns that path and the set. The set in force does not
+// change: `fleetctl breach --keyset` publishes the new one to the fleet and then installs it
+// (InstallKeySet), so nothing is signed with a key devices cannot know yet.
+func (f *Fleet) RotateKeysWith(root *certs.SigningKey, o RotateOptions, now time.Time) (string, *certs.KeySet, error) {
+	drop := o.Drop
 	if !bytes.Equal(root.Public().Key, f.root) {
 		return "", nil, fmt.Errorf("fleet: keys rotate: %s is not this fleet's root key", root.ID())
 	}
 	cur := f.ks
-	next := certs.KeySet{Version: cur.Version + 1, IssuedAt: now.Unix()}
+	next := certs.KeySet{Version: cur.Version + 1, IssuedAt: now.Unix(), BrokerNotBefore: cur.BrokerNotBefore}
+	if o.RetireBrokers {
+		c, err := f.BrokerCertificate()
+		if err != nil {
+			return "", nil, fmt.Errorf("fleet: keys rotate --retire-brokers: %w", err)
+		}
+		nb := c.NotBefore.Unix()
+		if nb <= cur.BrokerNotBefore {
+			return "", nil, fmt.Errorf("fleet: keys rotate --retire-brokers: the broker certificate in %s (serial %s, issued %s) is not newer than the floor of key set v%d (%s): a set with its floor would retire no broker certificate more, or the broker's own; run fleetctl replace broker first",
+				filepath.Join(f.Dir, serverCert), c.SerialNumber.Text(16), c.NotBefore.UTC().Format(time.RFC3339), cur.Version, time.Unix(cur.BrokerNotBefore, 0).UTC().Format(time.RFC3339))
+		}
+		next.BrokerNotBefore = nb
+	}
 	path := filepath.Join(f.Dir, keySetsDir, PendingKeySetName(next.Version))
 	if _, err := os.Stat(path); err == nil {
 		return "", nil, fmt.Errorf("%w: %s (publish it with fleetctl breach --keyset, or remove it)", ErrPendingKeySet, path)

@@ -3,6 +3,7 @@ package fleet
 import (
 	"context"
 	"crypto/rand"
+	"crypto/x509"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -34,6 +35,7 @@ type Operator struct {
 
 	onMessage func(topic string, payload []byte)
 	syncTopic string
+	guard     *BrokerGuard
 
 	mu      sync.Mutex
 	waiters map[uint64]waiter
@@ -95,8 +97,13 @@ func (f *Fleet) Dial(ctx context.Context, o OperatorOptions) (*Operator, error) 
 	// A reconnection presents the certificate the fleet directory holds then (fleetctl
 	// replace operator while a status --wait runs).
 	tlsConf.GetClientCertificate = LoadAtHandshake(holder, f.OperatorCertificate, o.Logger)
+	// The operator refuses a broker certificate the key set in force retired, as devices do,
+	// and remembers the one it accepted, which a key set about to be published is checked
+	// against (CheckKeySet).
+	guard := f.NewBrokerGuard()
+	tlsConf.VerifyConnection = guard.VerifyConnection
 	op := &Operator{
-		f: f, log: o.Logger, done: make(chan error, 1), onMessage: o.OnMessage,
+		f: f, log: o.Logger, done: make(chan error, 1), onMessage: o.OnMessage, guard: guard,
 		// The sync topic is private to this session: under fleet/ (which the operator may
 		// use) but outside fleet/down/, so no device ever receives it.
 		syncTopic: "fleet/sync/" + certs.ClientIDSession(clientID),
@@ -125,13 +132,31 @@ func (f *Fleet) Dial(ctx context.Context, o OperatorOptions) (*Operator, error) 
 	op.client = client
 	runCtx, cancel := context.WithCancel(context.Background())
 	op.cancel = cancel
+	// A retired broker certificate is no failure to wait out: it fails the dial at once.
+	wctx, stopWait := context.WithCancelCause(ctx)
+	defer stopWait(nil)
+	guard.setOnRefuse(stopWait)
 	go func() { op.done <- client.Run(runCtx) }()
-	if err := client.WaitConnected(ctx); err != nil {
+	err = client.WaitConnected(wctx)
+	guard.setOnRefuse(nil)
+	if err != nil {
 		op.Close()
+		if cause := context.Cause(wctx); errors.Is(cause, certs.ErrRetiredBroker) {
+			err = cause
+		}
 		return nil, fmt.Errorf("fleet: connect to %s: %w", broker, err)
 	}
 	return op, nil
 }
+
+// BrokerCertificate returns the certificate the broker presented in the session's last
+// accepted handshake; nil before one.
+func (o *Operator) BrokerCertificate() *x509.Certificate { return o.guard.Presented() }
+
+// CheckKeySet returns an error wrapping certs.ErrRetiredBroker when ks retires the
+// certificate the broker of this session presented (BrokerGuard.Check): publishing it would
+// cut the fleet off that broker. PublishDesired and PublishKeySet call it before they publish.
+func (o *Operator) CheckKeySet(ks *certs.KeySet) error { return o.guard.Check(ks) }
 
 // Close ends the session and waits for it. It is idempotent.
 func (o *Operator) Close() error {
@@ -296,7 +321,13 @@ func (o *Operator) ClearDevice(ctx context.Context, device string) error {
 // PublishKeySet publishes the key set in force in this fleet directory, as the root signed
 // it, retained, QoS 1, on topic.FleetKeySet, where viewer relays with an identity of their own
 // learn it (they accept only a set their bundle's root signed, newer than theirs).
+//
+// It refuses, publishing nothing, a key set that retires the certificate of the broker it is
+// connected to (CheckKeySet).
 func (o *Operator) PublishKeySet(ctx context.Context) error {
+	if err := o.CheckKeySet(o.f.KeySet()); err != nil {
+		return err
+	}
 	if err := o.client.Publish(ctx, topic.FleetKeySet, 1, true, o.f.KeySetBytes()); err != nil {
 		return fmt.Errorf("fleet: publish key set v%d on %s: %w", o.f.KeySet().Version, topic.FleetKeySet, err)
 	}
@@ -306,7 +337,20 @@ func (o *Operator) PublishKeySet(ctx context.Context) error {
 // PublishDesired signs d (SignDesired) and publishes it retained, QoS 1, on the target's
 // desired-state topic: fleet/down/desired for certs.TargetFleet, else dev/<id>/down/desired.
 // It sets d.Version from NextSeq and d.IssuedAt from now, and returns the document as signed.
+// Every document carries a key set (SignDesired): one that retires the certificate of the
+// broker it is connected to is refused, and nothing published (CheckKeySet).
 func (o *Operator) PublishDesired(ctx context.Context, d certs.Desired, now time.Time) (*certs.Desired, error) {
+	carried := o.f.KeySet()
+	if len(d.KeySet) > 0 {
+		ks, err := certs.OpenKeySet(o.f.root, d.KeySet)
+		if err != nil {
+			return nil, fmt.Errorf("fleet: desired state key set: %w", err)
+		}
+		carried = ks
+	}
+	if err := o.CheckKeySet(carried); err != nil {
+		return nil, err
+	}
 	t := topic.FleetDesired
 	if d.Target != certs.TargetFleet {
 		if err := certs.ValidDeviceID(d.Target); err != nil {

@@ -18,12 +18,16 @@ import (
 
 // Replaced is what Replace did.
 type Replaced struct {
-	// Identity is the identity replaced, operator:<name> or signer:<name>.
+	// Identity is the identity replaced, operator:<name> or signer:<name>; for the broker,
+	// "broker" (its certificate names no fleet identity).
 	Identity string
 	// Cert is its new certificate, kept in the fleet directory with its new key.
 	Cert *x509.Certificate
+	// Old is the certificate the fleet directory kept before; nil if it kept none.
+	Old *x509.Certificate
 	// Revoked are the serials of every earlier certificate of the identity that had not
-	// expired, in the order recorded.
+	// expired, in the order recorded. Always empty for the broker: a broker certificate is
+	// retired by a key set (certs.KeySet.BrokerNotBefore), not revoked.
 	Revoked []*big.Int
 }
 
@@ -39,6 +43,8 @@ type Replaced struct {
 // again issues another and revokes all the earlier ones. A fleet made before these identities
 // were recorded has only the kept certificate to revoke: earlier renewals of it were never
 // recorded, and stay valid until they expire.
+//
+// For the broker (certs.RoleServer) it is ReplaceBroker: nothing is revoked.
 func (f *Fleet) Replace(role certs.Role, now time.Time) (Replaced, error) {
 	var name, certName, keyName string
 	switch role {
@@ -46,8 +52,10 @@ func (f *Fleet) Replace(role certs.Role, now time.Time) (Replaced, error) {
 		name, certName, keyName = DefaultOperator, operatorCert, operatorKey
 	case certs.RoleSigner:
 		name, certName, keyName = DefaultSigner, signerCert, signerKey
+	case certs.RoleServer:
+		return f.ReplaceBroker(now)
 	default:
-		return Replaced{}, fmt.Errorf("fleet: replace: %q is not an identity of the fleet's own: give operator or signer", role)
+		return Replaced{}, fmt.Errorf("fleet: replace: %q is not an identity of the fleet's own: give operator, signer or broker", role)
 	}
 	identity, err := certs.IdentityFor(role, name)
 	if err != nil {
@@ -94,6 +102,52 @@ func (f *Fleet) Replace(role certs.Role, now time.Time) (Replaced, error) {
 		return res, fmt.Errorf("fleet: replace %s: the new certificate is in place, but the earlier ones are not revoked (run it again): %w", identity, err)
 	}
 	return res, nil
+}
+
+// ReplaceBroker gives the broker identity of the fleet directory (broker/server.crt and
+// broker/server.key) a new key and certificate for the same names (common name, DNS names and
+// addresses), issued at now: what an operator runs when a breach may have reached the broker's
+// private key. Broker certificates are not in the registry and nothing is revoked: the old
+// one is retired by a key set whose floor is the new one's NotBefore (RotateKeysWith with
+// RetireBrokers, then breach --keyset), once every broker presents the new one.
+//
+// The new key is written before the certificate, as a renewal does: a stop in between leaves
+// the new key beside the old certificate, a pair that does not match, which the next load
+// (ServerCertificate) repairs by issuing another certificate for the same names.
+func (f *Fleet) ReplaceBroker(now time.Time) (Replaced, error) {
+	unlock, err := lockDir(filepath.Join(f.Dir, renewLock))
+	if err != nil {
+		return Replaced{}, fmt.Errorf("fleet: replace broker: %w", err)
+	}
+	defer unlock()
+	old, err := f.BrokerCertificate()
+	if err != nil {
+		return Replaced{}, fmt.Errorf("fleet: replace broker: %w", err)
+	}
+	req, err := renewalRequest(old, now)
+	if err != nil || req.Role != certs.RoleServer {
+		return Replaced{}, fmt.Errorf("fleet: replace broker: %s is not a broker certificate (%v)", serverCert, err)
+	}
+	var issued *x509.Certificate
+	keep := func(c *x509.Certificate) error { issued = c; return nil }
+	if err := issueKeyPair(f.Dir, f.CA, req, serverCert, serverKey, keep); err != nil {
+		return Replaced{}, fmt.Errorf("fleet: replace broker: %w", err)
+	}
+	return Replaced{Identity: "broker", Cert: issued, Old: old}, nil
+}
+
+// BrokerCertificate reads the broker's certificate the fleet directory keeps
+// (broker/server.crt) as it is: it renews nothing, unlike ServerCertificate.
+func (f *Fleet) BrokerCertificate() (*x509.Certificate, error) {
+	b, err := os.ReadFile(filepath.Join(f.Dir, serverCert))
+	if err != nil {
+		return nil, fmt.Errorf("fleet: %w", err)
+	}
+	c, err := certs.ParseCertPEM(b)
+	if err != nil {
+		return nil, fmt.Errorf("fleet: %s: %w", serverCert, err)
+	}
+	return c, nil
 }
 
 // revokeIdentity revokes, in tx, every certificate of identity (recorded under its name) that

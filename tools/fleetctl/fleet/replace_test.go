@@ -125,9 +125,10 @@ func TestReplaceRevokesACertificateTheRegistryNeverSaw(t *testing.T) {
 	}
 }
 
-func TestReplaceTakesOnlyTheOperatorOrTheSigner(t *testing.T) {
+// The broker (certs.RoleServer) is replaced too (ReplaceBroker), and nothing else.
+func TestReplaceTakesOnlyTheOperatorTheSignerOrTheBroker(t *testing.T) {
 	f := newFleet(t)
-	for _, r := range []certs.Role{certs.RoleDevice, certs.RoleViewer, certs.RoleServer, certs.RoleBootstrap, "root"} {
+	for _, r := range []certs.Role{certs.RoleDevice, certs.RoleViewer, certs.RoleBootstrap, "root"} {
 		if _, err := f.Replace(r, time.Now()); err == nil {
 			t.Errorf("Replace(%q) was taken", r)
 		}

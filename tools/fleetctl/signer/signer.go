@@ -197,6 +197,10 @@ func (s *Signer) Alive() time.Time { return time.Unix(0, s.beat.Load()) }
 // WaitConnected returns once the signer is connected and subscribed, or ctx.Err().
 func (s *Signer) WaitConnected(ctx context.Context) error { return s.client.WaitConnected(ctx) }
 
+// Reconnect drops the broker connection and makes a new one at once (mqtt.Client.Reconnect):
+// for a broker certificate retired while connected. It never blocks.
+func (s *Signer) Reconnect() { s.client.Reconnect() }
+
 // Stats returns the counters.
 func (s *Signer) Stats() Stats {
 	return Stats{
