@@ -15,6 +15,11 @@
 // key of its viewer bundle signed it and it is newer than the one it holds, so that camview
 // serve checks grants with the keys in force without a new bundle.
 //
+// Every relay refuses, in the TLS handshake, a broker whose certificate the key set it holds
+// retired (certs.KeySet.BrokerNotBefore, certs.BrokerFloor): after a breach that reached the
+// broker's key, whoever holds the old one cannot pose as the broker. A relay that learns such a
+// set while connected to a retired broker drops the connection and connects again.
+//
 // What it must never do: log or put into an error an SDP, a candidate, a grant, a session key
 // or an answer key (they carry network addresses and secrets, P2b); mint or check grants (a relay only forwards what a
 // viewer holds, S9); block the MQTT client's delivery goroutine.

@@ -206,8 +206,10 @@ func checkIdentity(dir string, b []byte, now time.Time) (*Identity, error) {
 // bundle carries the fleet's root key, the relay also reads the key set operators publish on
 // topic.FleetKeySet after a breach: a newer one the root signed becomes id.KeySet (kept in
 // IdentityKeySetFile when it can be) and is handed to onKeySet, if not nil. A broker whose ACL
-// does not let the relay read that topic is logged, and the relay goes on without it. log may
-// be nil.
+// does not let the relay read that topic is logged, and the relay goes on without it. The
+// relay refuses a broker whose certificate id.KeySet retired (certs.KeySet.BrokerNotBefore),
+// and when a set it learns retires the broker it is connected to, it disconnects and connects
+// again (Config.BrokerFloor). log may be nil.
 func DialIdentity(ctx context.Context, id *Identity, brokerOverride string, log *slog.Logger, onKeySet func(*certs.KeySet)) (*Relay, error) {
 	cert, err := certs.TLSCertificate(id.Bundle.Cert, id.Key)
 	if err != nil {
@@ -223,16 +225,18 @@ func DialIdentity(ctx context.Context, id *Identity, brokerOverride string, log 
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	var follow func([]byte)
+	floor := new(certs.BrokerFloor)
+	floor.Set(id.KeySet())
+	var follow func([]byte) *certs.KeySet
 	if id.KeySet() != nil {
-		follow = func(b []byte) {
+		follow = func(b []byte) *certs.KeySet {
 			ks, keepErr, err := id.acceptKeySet(b)
 			if err != nil {
 				log.Warn("relay: key set refused", "err", err)
-				return
+				return nil
 			}
 			if ks == nil {
-				return // the one it holds, or an older one
+				return nil // the one it holds, or an older one
 			}
 			log.Info("relay: key set accepted", "version", ks.Version, "grant_keys", len(ks.GrantKeys))
 			if keepErr != nil {
@@ -241,13 +245,15 @@ func DialIdentity(ctx context.Context, id *Identity, brokerOverride string, log 
 			if onKeySet != nil {
 				onKeySet(ks)
 			}
+			return ks
 		}
 	}
 	return Dial(ctx, Config{
-		BrokerURL: broker,
-		TLS:       certs.ClientTLSConfig(id.Bundle.Pool, host, certs.NewHolder(cert)),
-		ClientID:  fleet.ClientID(id.Bundle.Bundle.Identity),
-		Logger:    log,
-		OnKeySet:  follow,
+		BrokerURL:   broker,
+		TLS:         certs.ClientTLSConfig(id.Bundle.Pool, host, certs.NewHolder(cert)),
+		ClientID:    fleet.ClientID(id.Bundle.Bundle.Identity),
+		Logger:      log,
+		OnKeySet:    follow,
+		BrokerFloor: floor,
 	})
 }

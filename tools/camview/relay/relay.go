@@ -45,9 +45,18 @@ type Config struct {
 	Logger *slog.Logger
 	// OnKeySet, if set, makes the relay also read topic.FleetKeySet and receives each
 	// non-empty message there: a key set signed by the fleet's root, as published, unchecked.
-	// It runs on the MQTT client's delivery goroutine, so it must not block for long. Nil:
-	// the relay does not read key sets.
-	OnKeySet func(signed []byte)
+	// It returns the key set it took, or nil when it took none (not newer than the one held,
+	// or refused); a set taken becomes BrokerFloor's. It runs on the MQTT client's delivery
+	// goroutine, so it must not block for long. Nil: the relay does not read key sets.
+	OnKeySet func(signed []byte) *certs.KeySet
+	// BrokerFloor, if not nil, refuses in the TLS handshake a broker certificate that the key
+	// set the relay holds retired (certs.KeySet.BrokerNotBefore): Dial chains its
+	// VerifyConnection after TLS's own, on a clone of TLS. The caller sets it to the key set
+	// held before Dial; each set OnKeySet takes replaces it, and when that set retires the
+	// certificate of the broker the relay is connected to, the relay logs a warning and
+	// connects again, with backoff, until a broker presents a certificate the set accepts.
+	// Nil: the fleet CA alone decides which brokers the relay trusts.
+	BrokerFloor *certs.BrokerFloor
 }
 
 // Relay is one MQTT session carrying the signaling of many viewer sessions. Its methods are
@@ -62,7 +71,8 @@ type Relay struct {
 	closeOnce sync.Once
 	closeErr  error
 
-	onKeySet func([]byte)
+	onKeySet func([]byte) *certs.KeySet
+	floor    *certs.BrokerFloor // nil: none
 
 	mu       sync.Mutex
 	sessions map[string]*entry
@@ -103,6 +113,20 @@ func Dial(ctx context.Context, cfg Config) (*Relay, error) {
 		closed:   make(chan struct{}),
 		sessions: map[string]*entry{},
 		onKeySet: cfg.OnKeySet,
+		floor:    cfg.BrokerFloor,
+	}
+	tlsConf := cfg.TLS
+	if floor := cfg.BrokerFloor; floor != nil {
+		tlsConf = cfg.TLS.Clone()
+		verify := tlsConf.VerifyConnection
+		tlsConf.VerifyConnection = func(cs tls.ConnectionState) error {
+			if verify != nil {
+				if err := verify(cs); err != nil {
+					return err
+				}
+			}
+			return floor.VerifyConnection(cs)
+		}
 	}
 	subs := []mqtt.Subscription{{Filter: signalUpFilter, QoS: 0}}
 	if cfg.OnKeySet != nil {
@@ -115,7 +139,7 @@ func Dial(ctx context.Context, cfg Config) (*Relay, error) {
 	c, err := mqtt.New(mqtt.Config{
 		BrokerURL: cfg.BrokerURL,
 		ClientID:  cfg.ClientID,
-		TLS:       cfg.TLS,
+		TLS:       tlsConf,
 		// A clean session: nothing is queued for the relay while it is away (P2b).
 		CleanSession:  true,
 		Subscriptions: subs,
@@ -141,6 +165,9 @@ func Dial(ctx context.Context, cfg Config) (*Relay, error) {
 		r.Close()
 		lastMu.Lock()
 		defer lastMu.Unlock()
+		if errors.Is(last, certs.ErrRetiredBroker) {
+			return nil, fmt.Errorf("relay: connect to %s: %w (last attempt: %w; the key set the relay holds retired the certificate that broker presents: the broker must be given its new certificate)", cfg.BrokerURL, err, last)
+		}
 		if last != nil {
 			return nil, fmt.Errorf("relay: connect to %s: %w (last attempt: %v)", cfg.BrokerURL, err, last)
 		}
@@ -151,7 +178,9 @@ func Dial(ctx context.Context, cfg Config) (*Relay, error) {
 
 // DialFleet dials the broker of fleet f (or brokerOverride when not empty) as the viewer
 // relay identity viewer:<name>, with that identity's certificate from the fleet directory
-// (issued there on first use, renewed there while the relay runs). log may be nil.
+// (issued there on first use, renewed there while the relay runs). It refuses a broker whose
+// certificate the key set in force in f retired (certs.KeySet.BrokerNotBefore). log may be
+// nil.
 func DialFleet(ctx context.Context, f *fleet.Fleet, name, brokerOverride string, log *slog.Logger) (*Relay, error) {
 	identity, err := certs.IdentityFor(certs.RoleViewer, name)
 	if err != nil {
@@ -170,11 +199,14 @@ func DialFleet(ctx context.Context, f *fleet.Fleet, name, brokerOverride string,
 		return nil, fmt.Errorf("relay: %w", err)
 	}
 	holder := certs.NewHolder(cert)
+	floor := new(certs.BrokerFloor)
+	floor.Set(f.KeySet())
 	r, err := Dial(ctx, Config{
-		BrokerURL: broker,
-		TLS:       certs.ClientTLSConfig(f.Pool, host, holder),
-		ClientID:  fleet.ClientID(identity),
-		Logger:    log,
+		BrokerURL:   broker,
+		TLS:         certs.ClientTLSConfig(f.Pool, host, holder),
+		ClientID:    fleet.ClientID(identity),
+		Logger:      log,
+		BrokerFloor: floor,
 	})
 	if err != nil {
 		return nil, err
@@ -394,7 +426,9 @@ func (r *Relay) send(ctx context.Context, device string, m signal.Message) error
 func (r *Relay) handle(_ context.Context, m mqtt.Message) {
 	if m.Topic == topic.FleetKeySet {
 		if r.onKeySet != nil && len(m.Payload) > 0 {
-			r.onKeySet(m.Payload)
+			if ks := r.onKeySet(m.Payload); ks != nil {
+				r.takeFloor(ks)
+			}
 		}
 		return
 	}
@@ -456,4 +490,17 @@ func (r *Relay) handle(_ context.Context, m mqtt.Message) {
 	default:
 		r.log.Debug("relay: ignored a camera's signaling message", "session", session, "device", device, "type", msg.MessageType())
 	}
+}
+
+// takeFloor makes ks's broker floor the relay's. When it retires the certificate of the broker
+// the relay is connected to, whoever holds that certificate's key may be posing as the broker:
+// the relay drops the connection and connects again, and the handshake refuses that
+// certificate from then on. It never blocks.
+func (r *Relay) takeFloor(ks *certs.KeySet) {
+	if r.floor == nil || !r.floor.Set(ks) {
+		return
+	}
+	r.log.Warn("relay: the new key set retires the certificate of the broker the relay is connected to (the fleet replaced that broker's key; whoever still presents it may not be the broker): disconnecting, and connecting again only to a broker with a certificate issued from the floor on",
+		"version", ks.Version, "broker_not_before", time.Unix(ks.BrokerNotBefore, 0).UTC().Format(time.RFC3339))
+	r.c.Reconnect()
 }
