@@ -7,10 +7,12 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net/url"
 	"os"
 	"path/filepath"
 	"runtime/pprof"
+	"strconv"
 	"strings"
 	"time"
 
@@ -194,8 +196,18 @@ func brokerCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	connRate := fs.Float64("max-connect-rate", 0, "budget of new connections per second (TLS handshakes started); a connection whose turn would come more than 5 s later is closed and its client retries with backoff; 0: no limit")
 	sessionExpiry := fs.Duration("session-expiry", broker.DefaultSessionExpiry, "how long the persistent session of a client that is away is kept, with what is queued for it; a device away longer subscribes again and converges from the retained desired state (whole seconds)")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the broker to this file when it stops (SIGTERM or SIGINT), for go tool pprof")
+	maxSessions := fs.Int("max-sessions-per-identity", broker.DefaultMaxSessionsPerIdentity, "sessions, connected or kept, one operator, signer, viewer or bootstrap identity may hold (a device holds one); negative: no cap")
+	deviceLimit := publishLimitFlag(fs, "device-publish-limit", broker.DefaultDevicePublishLimit, "messages a second:burst each device and bootstrap identity may publish; over it a message is acknowledged and dropped; off: no limit")
+	viewerLimit := publishLimitFlag(fs, "viewer-publish-limit", broker.DefaultViewerPublishLimit, "messages a second:burst each viewer relay may publish; off: no limit")
+	floodCut := fs.Duration("publish-flood-cut", broker.DefaultPublishFloodCut, "disconnect a client still over its publish limit this long after its first dropped message; negative: never")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if *maxSessions == 0 {
+		return errors.New("broker: --max-sessions-per-identity 0 would refuse every operator: give at least 1, or a negative number for no cap")
+	}
+	if *floodCut == 0 {
+		return errors.New("broker: --publish-flood-cut 0 would cut at the first dropped message: give a duration, or a negative one for never")
 	}
 	if *cpuProfile != "" {
 		pf, err := os.Create(*cpuProfile)
@@ -252,6 +264,11 @@ func brokerCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		Logger:         log,
 		MaxConnectRate: *connRate,
 		SessionExpiry:  *sessionExpiry,
+
+		MaxSessionsPerIdentity: *maxSessions,
+		DevicePublishLimit:     *deviceLimit,
+		ViewerPublishLimit:     *viewerLimit,
+		PublishFloodCut:        *floodCut,
 	})
 	if err != nil {
 		return err
@@ -275,7 +292,30 @@ func brokerCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		fmt.Fprintf(stdout, "broker stopped: most connections admitted in one second %d (budget %g a second); closed over the budget %d\n",
 			b.PeakAdmitted(), *connRate, b.Throttled())
 	}
+	if n, c, r := b.PublishesDropped(), b.FloodCuts(), b.SessionsRefused(); n+c+r > 0 {
+		fmt.Fprintf(stdout, "broker stopped: publishes dropped over a client's limit %d; clients cut for flooding %d; sessions refused over an identity's cap %d\n", n, c, r)
+	}
 	return err
+}
+
+// publishLimitFlag defines a flag RATE:BURST (or "off") for a broker.PublishLimit.
+func publishLimitFlag(fs *flag.FlagSet, name string, def broker.PublishLimit, usage string) *broker.PublishLimit {
+	l := def
+	fs.Func(name, fmt.Sprintf("%s (default %g:%d)", usage, def.Rate, def.Burst), func(s string) error {
+		if s == "off" {
+			l = broker.PublishLimit{Rate: -1}
+			return nil
+		}
+		r, b, ok := strings.Cut(s, ":")
+		rate, rerr := strconv.ParseFloat(r, 64)
+		burst, berr := strconv.Atoi(b)
+		if !ok || rerr != nil || berr != nil || rate <= 0 || burst < 1 || math.IsInf(rate, 0) {
+			return fmt.Errorf("want RATE:BURST (a positive rate a second, a burst of at least 1), or off; got %q", s)
+		}
+		l = broker.PublishLimit{Rate: rate, Burst: burst}
+		return nil
+	})
+	return &l
 }
 
 func mosquittoCmd(_ context.Context, args []string, stdout, stderr io.Writer) error {
