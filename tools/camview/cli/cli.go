@@ -94,8 +94,8 @@ func (c *common) logger(stderr io.Writer) (*slog.Logger, error) {
 }
 
 // dial connects the viewer relay: as the identity in --identity, or as viewer:<name> of the
-// fleet in --fleet. With --identity, a newer key set the relay learns from the broker goes to
-// onKeySet, if not nil.
+// fleet in --fleet. A newer key set the relay learns from the broker goes to onKeySet, if not
+// nil.
 func (c *common) dial(ctx context.Context, log *slog.Logger, onKeySet func(*certs.KeySet)) (*relay.Relay, error) {
 	set := map[string]bool{}
 	c.fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
@@ -118,18 +118,28 @@ func (c *common) dial(ctx context.Context, log *slog.Logger, onKeySet func(*cert
 	if err != nil {
 		return nil, err
 	}
-	return relay.DialFleet(dctx, f, *c.name, *c.broker, log)
+	return relay.DialFleetKeySets(dctx, f, *c.name, *c.broker, log, onKeySet)
 }
 
 // grantKeys returns what checks viewers' grants for camview serve before their offers go on:
-// the grant keys of the fleet in --fleet, or of the identity in --identity (its viewer
-// bundle's, or the newer set the relay learnt from the broker), loaded again as
-// whep.GrantKeys says (so a bundle replaced by camview enroll is read without a restart). It
+// the grant keys of the fleet in --fleet (its keyset.json's, or the newer set the relay learnt
+// from the broker), or of the identity in --identity (its viewer bundle's, or the newer set the
+// relay learnt from the broker), loaded again as whep.GrantKeys says (so a bundle replaced by
+// camview enroll, or a set put in force in the fleet directory, is read without a restart). It
 // returns nil, after a warning, for a bundle made before bundles carried the fleet's key set:
 // offers then reach the cameras unchecked, which check them. learnt, if not nil, returns the
-// newest key set the running relay took from the broker (nil if none): with --identity it is
-// used when it is newer than the one on disk, which it could not be written to.
+// newest key set the running relay took from the broker (nil if none): it is used when it is
+// newer than the one on disk (with --identity, one that could not be written there; with
+// --fleet, one put in force in another copy of the fleet directory, or not yet read here).
 func (c *common) grantKeys(log *slog.Logger, learnt func() *certs.KeySet) (*whep.GrantKeys, error) {
+	newest := func(ks *certs.KeySet) *certs.KeySet {
+		if learnt != nil {
+			if l := learnt(); l != nil && l.Version > ks.Version {
+				return l
+			}
+		}
+		return ks
+	}
 	if *c.identity == "" {
 		dir := *c.fleet
 		return whep.NewGrantKeys(func() (*certs.Verifier, error) {
@@ -137,7 +147,7 @@ func (c *common) grantKeys(log *slog.Logger, learnt func() *certs.KeySet) (*whep
 			if err != nil {
 				return nil, err
 			}
-			return ks.GrantVerifier(), nil
+			return newest(ks).GrantVerifier(), nil
 		}, nil, log)
 	}
 	dir := *c.identity
@@ -150,12 +160,7 @@ func (c *common) grantKeys(log *slog.Logger, learnt func() *certs.KeySet) (*whep
 		if ks == nil {
 			return nil, errNoKeySet
 		}
-		if learnt != nil {
-			if l := learnt(); l != nil && l.Version > ks.Version {
-				ks = l
-			}
-		}
-		return ks.GrantVerifier(), nil
+		return newest(ks).GrantVerifier(), nil
 	}
 	k, err := whep.NewGrantKeys(load, nil, log)
 	if errors.Is(err, errNoKeySet) {

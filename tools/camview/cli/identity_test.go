@@ -1,10 +1,12 @@
 package cli_test
 
 import (
+	"bytes"
 	"context"
 	"encoding/base64"
 	"encoding/json"
 	"io"
+	"io/fs"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -157,7 +159,7 @@ func TestServeWithABundleWithoutAKeySetSaysItCannotCheckGrants(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	url, logs := serveIdentity(t, idDir, cam.URL)
+	url, logs := serve(t, "--identity", idDir, "--broker", cam.URL)
 	if !strings.Contains(logs.String(), "carries no key set") {
 		t.Errorf("serve did not say it cannot check grants:\n%s", logs.String())
 	}
@@ -199,8 +201,35 @@ func whepPost(t *testing.T, url, device string, grant []byte) (int, string) {
 func TestServeWithAnIdentityTakesTheKeySetOfABreach(t *testing.T) {
 	cam := camviewtest.Start(t, camviewtest.Options{})
 	idDir := enrollRelay(t, cam.Fleet.Dir, "cloud")
-	url, logs := serveIdentity(t, idDir, cam.URL)
+	url, logs := serve(t, "--identity", idDir, "--broker", cam.URL)
+	breachTakenBy(t, cam, url, logs)
+}
 
+// A breach that puts a new key set in force reaches a running camview serve --fleet through
+// the broker too, even when its fleet directory is a copy the breach did not update (another
+// machine's, or a read-only one), and the relay writes nothing into that directory. Before,
+// such a relay kept the keys of the set in force when it started: it sent on the dropped key's
+// grants and refused the new keys' until it was restarted with a fresh copy.
+func TestServeWithAFleetDirectoryTakesTheKeySetOfABreach(t *testing.T) {
+	cam := camviewtest.Start(t, camviewtest.Options{})
+	dir := copyDir(t, cam.Fleet.Dir)
+	url, logs := serve(t, "--fleet", dir, "--broker", cam.URL, "--name", "web")
+	inForce, err := os.ReadFile(filepath.Join(dir, "keyset.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	breachTakenBy(t, cam, url, logs)
+	if kept, err := os.ReadFile(filepath.Join(dir, "keyset.json")); err != nil || !bytes.Equal(kept, inForce) {
+		t.Errorf("the relay's fleet directory holds another key set after the breach (err %v): the relay must not write there", err)
+	}
+}
+
+// breachTakenBy checks that camview serve at url (logging to logs), running on cam's broker,
+// takes the key set of a breach that drops every grant key of cam's fleet: a grant of a
+// dropped key, which went through before, is refused by the relay, and a grant of the new
+// keys goes through, without a restart.
+func breachTakenBy(t *testing.T, cam *camviewtest.Camera, url string, logs *fleettest.Output) {
+	t.Helper()
 	before := cam.Agent.GrantEpoch()
 	leaked := cam.Grant(t, nil)
 	if code, text := whepPost(t, url, cam.ID, leaked); code != http.StatusCreated {
@@ -238,15 +267,50 @@ func TestServeWithAnIdentityTakesTheKeySetOfABreach(t *testing.T) {
 	}
 }
 
-// serveIdentity runs camview serve with the identity in idDir against broker until the test
-// ends, and returns its base URL once it serves, and its log.
-func serveIdentity(t *testing.T, idDir, broker string) (string, *fleettest.Output) {
+// copyDir copies the directory tree src, with its files' modes, into a new temporary
+// directory, and returns it.
+func copyDir(t *testing.T, src string) string {
+	t.Helper()
+	dst := filepath.Join(t.TempDir(), filepath.Base(src))
+	err := filepath.WalkDir(src, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, err := filepath.Rel(src, path)
+		if err != nil {
+			return err
+		}
+		info, err := d.Info()
+		if err != nil {
+			return err
+		}
+		if d.IsDir() {
+			return os.MkdirAll(filepath.Join(dst, rel), info.Mode().Perm())
+		}
+		if !d.Type().IsRegular() {
+			return nil // a lock's socket or the like: nothing a reader needs
+		}
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		return os.WriteFile(filepath.Join(dst, rel), b, info.Mode().Perm())
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return dst
+}
+
+// serve runs camview serve with args (and --listen 127.0.0.1:0) until the test ends, and
+// returns its base URL once it serves, and its log.
+func serve(t *testing.T, args ...string) (string, *fleettest.Output) {
 	t.Helper()
 	out, logs := &fleettest.Output{}, &fleettest.Output{}
 	ctx, cancel := context.WithCancel(context.Background())
 	finished := make(chan error, 1)
 	go func() {
-		finished <- cli.Run(ctx, []string{"serve", "--identity", idDir, "--broker", broker, "--listen", "127.0.0.1:0"}, out, logs)
+		finished <- cli.Run(ctx, append(append([]string{"serve"}, args...), "--listen", "127.0.0.1:0"), out, logs)
 	}()
 	t.Cleanup(func() {
 		cancel()

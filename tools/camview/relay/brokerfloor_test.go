@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
@@ -89,24 +90,42 @@ func waitConnected(t *testing.T, r *relay.Relay, want bool, rec *logtest.Recorde
 	}
 }
 
+// dialFunc dials a relay of fleet f to the broker at url, handing the key sets it takes to
+// onKeySet.
+type dialFunc func(ctx context.Context, f *fleet.Fleet, url string, log *slog.Logger, onKeySet func(*certs.KeySet)) (*relay.Relay, error)
+
 // A breach reached the broker's key: the fleet gave the broker a new certificate and put in
-// force a key set whose floor retires the old one. A relay with an identity of its own that
-// learns the set while connected to a broker presenting the old certificate (whoever holds the
-// stolen key) drops that connection, and connects again only once the broker presents a
-// certificate issued from the floor on. Before, it stayed connected, and reconnected, to
-// whoever held the old broker key.
-func TestAnIdentityRelayLeavesABrokerItsNewKeySetRetired(t *testing.T) {
+// force a key set whose floor retires the old one. A relay, with an identity of its own or on
+// the fleet directory, that learns the set while connected to a broker presenting the old
+// certificate (whoever holds the stolen key) drops that connection, and connects again only
+// once the broker presents a certificate issued from the floor on. Before, it stayed connected,
+// and reconnected, to whoever held the old broker key; a relay on the fleet directory did not
+// even read the set.
+func TestARelayLeavesABrokerItsNewKeySetRetired(t *testing.T) {
+	dials := map[string]dialFunc{
+		"with an identity of its own": func(ctx context.Context, f *fleet.Fleet, url string, log *slog.Logger, onKeySet func(*certs.KeySet)) (*relay.Relay, error) {
+			return relay.DialIdentity(ctx, enrollIdentity(t, f, "cloud"), url, log, onKeySet)
+		},
+		"on the fleet directory": func(ctx context.Context, f *fleet.Fleet, url string, log *slog.Logger, onKeySet func(*certs.KeySet)) (*relay.Relay, error) {
+			return relay.DialFleetKeySets(ctx, f, "web", url, log, onKeySet)
+		},
+	}
+	for name, dial := range dials {
+		t.Run(name, func(t *testing.T) { leavesABrokerItsNewKeySetRetired(t, dial) })
+	}
+}
+
+func leavesABrokerItsNewKeySetRetired(t *testing.T, dial dialFunc) {
 	f, _ := fleettest.NewFleet(t)
 	now := time.Now()
 	stolen, replaced := brokerCert(t, f, now.Add(-time.Hour)), brokerCert(t, f, now)
 	url, served := swappableBroker(t, f, stolen)
-	id := enrollIdentity(t, f, "cloud")
 
 	ctx, cancel := context.WithTimeout(context.Background(), fleettest.Timeout)
 	defer cancel()
 	log, rec := logtest.New()
 	got := make(chan *certs.KeySet, 4)
-	r, err := relay.DialIdentity(ctx, id, url, log, func(ks *certs.KeySet) { got <- ks })
+	r, err := dial(ctx, f, url, log, func(ks *certs.KeySet) { got <- ks })
 	if err != nil {
 		t.Fatalf("before the floor the relay connects to the broker: %v", err)
 	}

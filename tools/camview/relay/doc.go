@@ -10,10 +10,11 @@
 // is published at QoS 0 and never retained, on a clean session, so no broker keeps signaling for
 // a party that is offline (P2b).
 //
-// A relay with an identity of its own (DialIdentity) also reads the fleet's key set, retained
-// on fleet/keyset after a breach that replaced the signing keys, and takes it only when the root
-// key of its viewer bundle signed it and it is newer than the one it holds, so that camview
-// serve checks grants with the keys in force without a new bundle.
+// A relay also reads the fleet's key set, retained on fleet/keyset after a breach that replaced
+// the signing keys, and takes it only when the fleet's root signed it (the root key of its viewer
+// bundle, DialIdentity, or of the fleet directory, DialFleetKeySets) and it is newer than the one
+// it holds, so that camview serve checks grants with the keys in force without a restart or a
+// new bundle.
 //
 // Every relay refuses, in the TLS handshake, a broker whose certificate the key set it holds
 // retired (certs.KeySet.BrokerNotBefore, certs.BrokerFloor): after a breach that reached the

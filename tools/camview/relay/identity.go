@@ -9,7 +9,6 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"sync"
 	"time"
 
 	"github.com/camagent/camagent/certs"
@@ -37,49 +36,28 @@ type Identity struct {
 	Key    crypto.Signer
 	Bundle *certs.VerifiedViewerBundle
 
-	mu     sync.Mutex
-	keySet *certs.KeySet // the newest of the bundle's and IdentityKeySetFile's; nil without a root
+	keySets keySets // the newest of the bundle's and IdentityKeySetFile's; none without a root
 }
 
 // KeySet returns the newest key set the identity holds: its bundle's, or a newer one, signed
 // by the bundle's root, that a relay dialed with it learnt from the broker since. It is nil for
 // a bundle made before bundles carried a key set.
-func (id *Identity) KeySet() *certs.KeySet {
-	id.mu.Lock()
-	defer id.mu.Unlock()
-	return id.keySet
-}
+func (id *Identity) KeySet() *certs.KeySet { return id.keySets.get() }
 
-// acceptKeySet takes the key set b, as published on topic.FleetKeySet, if the bundle's root
-// signed it and it is newer than the identity's, and returns it. It also keeps it in
-// IdentityKeySetFile, so that the relay still has it after a restart; when that fails the set
-// is taken all the same and keepErr says why. It returns nil for a set that is not newer, and
-// err for one it refuses.
-func (id *Identity) acceptKeySet(b []byte) (ks *certs.KeySet, keepErr, err error) {
-	id.mu.Lock()
-	defer id.mu.Unlock()
-	if id.keySet == nil {
-		return nil, nil, errors.New("relay: the viewer bundle has no fleet root key to check key sets with")
-	}
-	ks, err = certs.AcceptKeySet(ed25519.PublicKey(id.Bundle.Bundle.Root), b, id.keySet.Version)
-	if errors.Is(err, certs.ErrNotNewer) {
-		return nil, nil, nil
-	}
-	if err != nil {
-		return nil, nil, fmt.Errorf("relay: key set from the broker: %w", err)
-	}
-	id.keySet = ks
+// keepKeySet keeps the key set b, which the relay took from the broker, in
+// IdentityKeySetFile, so that the relay still has it after a restart.
+func (id *Identity) keepKeySet(b []byte, ks *certs.KeySet) error {
 	if err := atomicfile.WriteFile(filepath.Join(id.Dir, IdentityKeySetFile), b, 0o644); err != nil {
-		keepErr = fmt.Errorf("relay: keep key set v%d in %s: %w", ks.Version, id.Dir, err)
+		return fmt.Errorf("relay: keep key set v%d in %s: %w", ks.Version, id.Dir, err)
 	}
-	return ks, keepErr, nil
+	return nil
 }
 
 // loadKeySet sets the identity's key set: the bundle's, or the one in IdentityKeySetFile when
 // the bundle's root signed it and it is newer.
 func (id *Identity) loadKeySet() error {
-	id.keySet = id.Bundle.KeySet
-	if id.keySet == nil {
+	id.keySets.root, id.keySets.ks = ed25519.PublicKey(id.Bundle.Bundle.Root), id.Bundle.KeySet
+	if id.keySets.ks == nil {
 		return nil
 	}
 	path := filepath.Join(id.Dir, IdentityKeySetFile)
@@ -94,8 +72,8 @@ func (id *Identity) loadKeySet() error {
 	if err != nil {
 		return fmt.Errorf("relay: %s: %w (remove it: the relay then starts from its bundle's key set and reads the fleet's from the broker)", path, err)
 	}
-	if ks.Version > id.keySet.Version {
-		id.keySet = ks
+	if ks.Version > id.keySets.ks.Version {
+		id.keySets.ks = ks
 	}
 	return nil
 }
@@ -154,7 +132,7 @@ func InstallIdentity(dir string, b []byte, now time.Time) (*Identity, error) {
 		if err := os.Remove(filepath.Join(dir, IdentityKeySetFile)); err != nil {
 			return nil, fmt.Errorf("relay: %w", err)
 		}
-		id.keySet = id.Bundle.KeySet
+		id.keySets.ks = id.Bundle.KeySet
 	}
 	return id, nil
 }
@@ -222,38 +200,10 @@ func DialIdentity(ctx context.Context, id *Identity, brokerOverride string, log 
 		}
 		broker = brokerOverride
 	}
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
-	floor := new(certs.BrokerFloor)
-	floor.Set(id.KeySet())
-	var follow func([]byte) *certs.KeySet
-	if id.KeySet() != nil {
-		follow = func(b []byte) *certs.KeySet {
-			ks, keepErr, err := id.acceptKeySet(b)
-			if err != nil {
-				log.Warn("relay: key set refused", "err", err)
-				return nil
-			}
-			if ks == nil {
-				return nil // the one it holds, or an older one
-			}
-			log.Info("relay: key set accepted", "version", ks.Version, "grant_keys", len(ks.GrantKeys))
-			if keepErr != nil {
-				log.Warn("relay: the key set is in use but could not be kept: after a restart the relay starts from the older one until the broker sends it again", "err", keepErr)
-			}
-			if onKeySet != nil {
-				onKeySet(ks)
-			}
-			return ks
-		}
-	}
-	return Dial(ctx, Config{
-		BrokerURL:   broker,
-		TLS:         certs.ClientTLSConfig(id.Bundle.Pool, host, certs.NewHolder(cert)),
-		ClientID:    fleet.ClientID(id.Bundle.Bundle.Identity),
-		Logger:      log,
-		OnKeySet:    follow,
-		BrokerFloor: floor,
-	})
+	return id.keySets.dial(ctx, Config{
+		BrokerURL: broker,
+		TLS:       certs.ClientTLSConfig(id.Bundle.Pool, host, certs.NewHolder(cert)),
+		ClientID:  fleet.ClientID(id.Bundle.Bundle.Identity),
+		Logger:    log,
+	}, id.keepKeySet, onKeySet)
 }

@@ -64,6 +64,18 @@ func nextKeySet(t *testing.T, f *fleet.Fleet, drop ...string) []byte {
 	return b
 }
 
+// fleetOn makes a fleet and starts a broker of kind "embedded" or "mosquitto" for it, which
+// lets viewer (viewer:<name>) in too, until the test ends; it returns the fleet and the
+// broker's URL.
+func fleetOn(t *testing.T, kind, viewer string) (*fleet.Fleet, string) {
+	t.Helper()
+	f, pki := fleettest.NewFleet(t)
+	if kind == "embedded" {
+		return f, fleettest.StartBroker(t, f)
+	}
+	return f, mqtttest.StartMosquitto(t, pki, fleettest.Identities(), mqtttest.WithIdentities(viewer)).URL()
+}
+
 // following dials a relay as id to the broker at url, handing the key sets it takes to the
 // returned channel, and an operator session of fleet f; both end with the test.
 func following(t *testing.T, ctx context.Context, f *fleet.Fleet, id *relay.Identity, url string) (<-chan *certs.KeySet, *logtest.Recorder, *fleet.Operator) {
@@ -90,81 +102,20 @@ func following(t *testing.T, ctx context.Context, f *fleet.Fleet, id *relay.Iden
 func TestAnIdentityRelayTakesTheFleetsNewerKeySet(t *testing.T) {
 	for _, kind := range []string{"embedded", "mosquitto"} {
 		t.Run(kind, func(t *testing.T) {
-			f, pki := fleettest.NewFleet(t)
-			url := ""
-			if kind == "embedded" {
-				url = fleettest.StartBroker(t, f)
-			} else {
-				url = mqtttest.StartMosquitto(t, pki, fleettest.Identities(), mqtttest.WithIdentities("viewer:cloud")).URL()
-			}
+			f, url := fleetOn(t, kind, "viewer:cloud")
 			id := enrollIdentity(t, f, "cloud")
 			old := id.KeySet()
 			if old == nil || old.Version != f.KeySet().Version {
 				t.Fatalf("the identity starts from key set %+v, want the bundle's v%d", old, f.KeySet().Version)
 			}
-			dropped := old.GrantKeys[0].ID
 
 			ctx, cancel := context.WithTimeout(context.Background(), fleettest.Timeout)
 			defer cancel()
 			got, rec, op := following(t, ctx, f, id, url)
-			publish := func(b []byte) {
-				t.Helper()
-				if err := op.Client().Publish(ctx, topic.FleetKeySet, 1, true, b); err != nil {
-					t.Fatal(err)
-				}
+			next := takesOnlyNewerKeySets(t, ctx, f, old, got, rec, op)
+			if id.KeySet().Version != old.Version+2 {
+				t.Errorf("Identity.KeySet is v%d after the relay took v%d", id.KeySet().Version, old.Version+2)
 			}
-
-			// Another fleet's next set: signed by a root this relay does not pin.
-			other, _ := fleettest.NewFleet(t)
-			publish(nextKeySet(t, other))
-			// The set the relay holds already.
-			if err := op.PublishKeySet(ctx); err != nil {
-				t.Fatal(err)
-			}
-			// The fleet's next set, without the old grant key.
-			next := nextKeySet(t, f, dropped)
-			publish(next)
-
-			var ks *certs.KeySet
-			select {
-			case ks = <-got:
-			case <-ctx.Done():
-				t.Fatalf("the relay never took the new key set; log:\n%s", rec.Text())
-			}
-			if ks.Version != old.Version+1 || ks.GrantVerifier().Trusts(dropped) {
-				t.Fatalf("the relay took key set v%d (trusts the dropped key: %v), want v%d without it", ks.Version, ks.GrantVerifier().Trusts(dropped), old.Version+1)
-			}
-			if id.KeySet().Version != ks.Version {
-				t.Errorf("Identity.KeySet is v%d after the relay took v%d", id.KeySet().Version, ks.Version)
-			}
-			if !strings.Contains(rec.Text(), "key set refused") {
-				t.Errorf("the other fleet's key set was not refused in the log:\n%s", rec.Text())
-			}
-
-			// An older set published again (another operator's stale copy), and the same one
-			// again, change nothing: the next set the relay takes is the one after them.
-			if err := op.PublishKeySet(ctx); err != nil {
-				t.Fatal(err)
-			}
-			publish(next)
-			rk, err := f.LoadRootKey(f.RootKeyPath())
-			if err != nil {
-				t.Fatal(err)
-			}
-			third, err := certs.SignKeySet(rk, certs.KeySet{Version: ks.Version + 1, IssuedAt: time.Now().Unix(), CommandKeys: ks.CommandKeys, GrantKeys: ks.GrantKeys})
-			if err != nil {
-				t.Fatal(err)
-			}
-			publish(third)
-			select {
-			case marker := <-got:
-				if marker.Version != ks.Version+1 {
-					t.Fatalf("after v%d the relay took v%d, want the marker v%d", ks.Version, marker.Version, ks.Version+1)
-				}
-			case <-ctx.Done():
-				t.Fatalf("the relay never took the marker key set; log:\n%s", rec.Text())
-			}
-			next = third
 
 			// Kept across a restart, and the file is what the root signed.
 			kept, err := os.ReadFile(filepath.Join(id.Dir, relay.IdentityKeySetFile))
@@ -179,6 +130,130 @@ func TestAnIdentityRelayTakesTheFleetsNewerKeySet(t *testing.T) {
 				t.Errorf("after a restart the identity holds key set v%d, want v%d", again.KeySet().Version, old.Version+2)
 			}
 		})
+	}
+}
+
+// takesOnlyNewerKeySets publishes on the broker, through op, key sets that a relay holding
+// old, of fleet f, must refuse or ignore (another fleet's, the one it holds, an older one) and
+// two it must take in turn (f's next without old's first grant key, then one more), and checks
+// that the relay hands exactly those two to got. It returns the last one as its root signed it.
+func takesOnlyNewerKeySets(t *testing.T, ctx context.Context, f *fleet.Fleet, old *certs.KeySet, got <-chan *certs.KeySet, rec *logtest.Recorder, op *fleet.Operator) []byte {
+	t.Helper()
+	dropped := old.GrantKeys[0].ID
+	publish := func(b []byte) {
+		t.Helper()
+		if err := op.Client().Publish(ctx, topic.FleetKeySet, 1, true, b); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	// Another fleet's next set: signed by a root this relay does not pin.
+	other, _ := fleettest.NewFleet(t)
+	publish(nextKeySet(t, other))
+	// The set the relay holds already.
+	if err := op.PublishKeySet(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// The fleet's next set, without the old grant key.
+	next := nextKeySet(t, f, dropped)
+	publish(next)
+
+	var ks *certs.KeySet
+	select {
+	case ks = <-got:
+	case <-ctx.Done():
+		t.Fatalf("the relay never took the new key set; log:\n%s", rec.Text())
+	}
+	if ks.Version != old.Version+1 || ks.GrantVerifier().Trusts(dropped) {
+		t.Fatalf("the relay took key set v%d (trusts the dropped key: %v), want v%d without it", ks.Version, ks.GrantVerifier().Trusts(dropped), old.Version+1)
+	}
+	if !strings.Contains(rec.Text(), "key set refused") {
+		t.Errorf("the other fleet's key set was not refused in the log:\n%s", rec.Text())
+	}
+
+	// An older set published again (another operator's stale copy), and the same one
+	// again, change nothing: the next set the relay takes is the one after them.
+	if err := op.PublishKeySet(ctx); err != nil {
+		t.Fatal(err)
+	}
+	publish(next)
+	rk, err := f.LoadRootKey(f.RootKeyPath())
+	if err != nil {
+		t.Fatal(err)
+	}
+	third, err := certs.SignKeySet(rk, certs.KeySet{Version: ks.Version + 1, IssuedAt: time.Now().Unix(), CommandKeys: ks.CommandKeys, GrantKeys: ks.GrantKeys})
+	if err != nil {
+		t.Fatal(err)
+	}
+	publish(third)
+	select {
+	case marker := <-got:
+		if marker.Version != ks.Version+1 {
+			t.Fatalf("after v%d the relay took v%d, want the marker v%d", ks.Version, marker.Version, ks.Version+1)
+		}
+	case <-ctx.Done():
+		t.Fatalf("the relay never took the marker key set; log:\n%s", rec.Text())
+	}
+	return third
+}
+
+// A relay on the operator's fleet directory (camview serve --fleet) follows the fleet's key
+// set on the broker too: it takes only a newer set that the directory's root signed, keeps it
+// in memory and never writes it into the directory (which may be a read-only copy), and after
+// a restart the broker hands it the set again, retained. Before, it held the set in force in
+// the directory when it started, until it was restarted.
+func TestAFleetRelayTakesTheFleetsNewerKeySet(t *testing.T) {
+	for _, kind := range []string{"embedded", "mosquitto"} {
+		t.Run(kind, func(t *testing.T) { fleetRelayTakesTheFleetsNewerKeySet(t, kind) })
+	}
+}
+
+func fleetRelayTakesTheFleetsNewerKeySet(t *testing.T, kind string) {
+	f, url := fleetOn(t, kind, "viewer:web")
+	inForce := f.KeySetBytes()
+	old := f.KeySet()
+
+	ctx, cancel := context.WithTimeout(context.Background(), fleettest.Timeout)
+	defer cancel()
+	dial := func() (<-chan *certs.KeySet, *logtest.Recorder) {
+		t.Helper()
+		opened, err := fleet.Open(f.Dir) // as camview serve --fleet opens it
+		if err != nil {
+			t.Fatal(err)
+		}
+		log, rec := logtest.New()
+		got := make(chan *certs.KeySet, 8)
+		r, err := relay.DialFleetKeySets(ctx, opened, "web", url, log, func(ks *certs.KeySet) { got <- ks })
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { r.Close() })
+		return got, rec
+	}
+	got, rec := dial()
+	op, err := f.Dial(ctx, fleet.OperatorOptions{Broker: url})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { op.Close() })
+	last := takesOnlyNewerKeySets(t, ctx, f, old, got, rec, op)
+
+	if b, err := os.ReadFile(filepath.Join(f.Dir, "keyset.json")); err != nil || !bytes.Equal(b, inForce) {
+		t.Errorf("the fleet directory's key set changed (err %v): the relay must not write there", err)
+	}
+	ks, err := certs.OpenKeySet(f.RootKey(), last)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Restarted: it starts from the directory's set and the broker sends it the newer one.
+	got, rec = dial()
+	select {
+	case again := <-got:
+		if again.Version != ks.Version {
+			t.Fatalf("after a restart the relay took v%d, want the retained v%d", again.Version, ks.Version)
+		}
+	case <-ctx.Done():
+		t.Fatalf("after a restart the relay never took the retained key set; log:\n%s", rec.Text())
 	}
 }
 

@@ -178,10 +178,22 @@ func Dial(ctx context.Context, cfg Config) (*Relay, error) {
 
 // DialFleet dials the broker of fleet f (or brokerOverride when not empty) as the viewer
 // relay identity viewer:<name>, with that identity's certificate from the fleet directory
-// (issued there on first use, renewed there while the relay runs). It refuses a broker whose
-// certificate the key set in force in f retired (certs.KeySet.BrokerNotBefore). log may be
-// nil.
+// (issued there on first use, renewed there while the relay runs). It is DialFleetKeySets
+// with no onKeySet. log may be nil.
 func DialFleet(ctx context.Context, f *fleet.Fleet, name, brokerOverride string, log *slog.Logger) (*Relay, error) {
+	return DialFleetKeySets(ctx, f, name, brokerOverride, log, nil)
+}
+
+// DialFleetKeySets is DialFleet, and hands each key set the relay takes to onKeySet, if not
+// nil. The relay starts from the key set in force in f when f was opened, and also reads the
+// key set operators publish on topic.FleetKeySet after a breach: a newer one that f's root
+// (f.RootKey) signed becomes the relay's, kept in memory only (the fleet directory may be a
+// read-only copy; after a restart the broker sends the set again, retained). A broker whose
+// ACL does not let the relay read that topic is logged, and the relay goes on without it. The
+// relay refuses a broker whose certificate the set it holds retired
+// (certs.KeySet.BrokerNotBefore), and when a set it learns retires the broker it is connected
+// to, it disconnects and connects again (Config.BrokerFloor). log may be nil.
+func DialFleetKeySets(ctx context.Context, f *fleet.Fleet, name, brokerOverride string, log *slog.Logger, onKeySet func(*certs.KeySet)) (*Relay, error) {
 	identity, err := certs.IdentityFor(certs.RoleViewer, name)
 	if err != nil {
 		return nil, fmt.Errorf("relay: viewer name: %w", err)
@@ -199,15 +211,13 @@ func DialFleet(ctx context.Context, f *fleet.Fleet, name, brokerOverride string,
 		return nil, fmt.Errorf("relay: %w", err)
 	}
 	holder := certs.NewHolder(cert)
-	floor := new(certs.BrokerFloor)
-	floor.Set(f.KeySet())
-	r, err := Dial(ctx, Config{
-		BrokerURL:   broker,
-		TLS:         certs.ClientTLSConfig(f.Pool, host, holder),
-		ClientID:    fleet.ClientID(identity),
-		Logger:      log,
-		BrokerFloor: floor,
-	})
+	held := &keySets{root: f.RootKey(), ks: f.KeySet()}
+	r, err := held.dial(ctx, Config{
+		BrokerURL: broker,
+		TLS:       certs.ClientTLSConfig(f.Pool, host, holder),
+		ClientID:  fleet.ClientID(identity),
+		Logger:    log,
+	}, nil, onKeySet)
 	if err != nil {
 		return nil, err
 	}
