@@ -135,6 +135,9 @@ type Agent struct {
 	// grantEpoch is the grant epoch the hooks last ran for (or the one at start): see
 	// GrantEpoch.
 	grantEpoch uint64
+	// brokers is the broker floor of the key set in force (set with keySet), applied in the
+	// handshakes of the operational and the bootstrap connection.
+	brokers certs.BrokerFloor
 
 	replies replyCache // replies of recent commands, to send again when lost
 	stateMu sync.Mutex // one device-state publish at a time, so the newest arrives last
@@ -380,6 +383,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	tlsConf := certs.ClientTLSConfig(a.id.bundle.Pool, serverName, a.holder)
 	tlsConf.Time = a.clk.Now
+	tlsConf.VerifyConnection = a.brokers.VerifyConnection
 	id := a.DeviceID()
 	client, err := mqtt.New(mqtt.Config{
 		BrokerURL:    a.brokerURL(),
@@ -565,6 +569,10 @@ func (a *Agent) switching() bool {
 	return next != nil && next.cert != nil && serialHex(next.cert) == serialHex(a.Certificate())
 }
 
+// codeBrokerRetired is the code logged when a broker presents a certificate the key set in
+// force retired.
+const codeBrokerRetired = "broker_retired"
+
 func (a *Agent) onConnectError(err error) {
 	var inv x509.CertificateInvalidError
 	var ae tls.AlertError
@@ -578,6 +586,10 @@ func (a *Agent) onConnectError(err error) {
 		a.log.Warn("cannot connect: the broker's certificate is not valid at this device's clock; is the clock right?", "clock", a.clk.Now().UTC().Format(time.RFC3339), "err", err)
 	case errors.As(err, &ae) && ae == 45: // certificate_expired, RFC 8446 §6.2
 		a.log.Warn("cannot connect: the broker refused this device's certificate as expired", "not_after", a.Certificate().NotAfter.UTC().Format(time.RFC3339), "err", err)
+	case errors.Is(err, certs.ErrRetiredBroker):
+		// Retried with the usual backoff: the broker is accepted again once it presents a
+		// certificate issued since (fleetctl replace broker).
+		a.log.Warn("cannot connect: the broker presents a certificate the fleet's key set retired; retrying until it presents a newer one", "code", codeBrokerRetired, "err", err)
 	default:
 		a.log.Warn("cannot connect to broker", "broker", a.brokerURL(), "err", err)
 	}

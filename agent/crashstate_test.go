@@ -36,6 +36,12 @@ func enrolledWithBootstrap(t *testing.T, pki *mqtttest.PKI, broker, id string, i
 // returns the state directory.
 func enrolledWith(t *testing.T, pki *mqtttest.PKI, broker, id string, issued time.Time, validity time.Duration, bootstrap bool) string {
 	t.Helper()
+	return enrolledFleet(t, pki, broker, id, issued, validity, bootstrap).dir
+}
+
+// enrolledFleet is enrolledWith, returning the fleet keys that made the enrollment too.
+func enrolledFleet(t *testing.T, pki *mqtttest.PKI, broker, id string, issued time.Time, validity time.Duration, bootstrap bool) *fixture {
+	t.Helper()
 	root, _ := certs.NewSigningKey()
 	cmdKey, _ := certs.NewSigningKey()
 	ks, _ := certs.SignKeySet(root, certs.KeySet{Version: 1, CommandKeys: []certs.PublicKey{cmdKey.Public()}, GrantKeys: []certs.PublicKey{cmdKey.Public()}})
@@ -66,7 +72,7 @@ func enrolledWith(t *testing.T, pki *mqtttest.PKI, broker, id string, issued tim
 	if _, err := InstallBundle(dir, bundle, issued); err != nil {
 		t.Fatal(err)
 	}
-	return dir
+	return &fixture{dir: dir, ca: pki.CA, cmdKey: cmdKey, root: root}
 }
 
 // writeGeneration lays out generation gen as makeGeneration and request leave it: key and

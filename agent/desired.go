@@ -11,21 +11,33 @@ import (
 	"github.com/camagent/camagent/transport/mqtt/topic"
 )
 
-// loadKeySet sets the trusted command and grant keys: the newest key set accepted after
-// enrollment, else the bundle's.
+// loadKeySet sets the trusted command and grant keys and the broker floor: the newest key set
+// accepted after enrollment, else the bundle's.
 func (a *Agent) loadKeySet() error {
-	ks := a.id.bundle.KeySet
-	if a.st.KeySet != "" {
-		got, err := certs.OpenKeySet(a.id.bundle.Root, []byte(a.st.KeySet))
+	ks, err := heldKeySet(a.id, a.st.KeySet)
+	if err != nil {
+		return err
+	}
+	a.verifier, a.grants, a.keySet = ks.CommandVerifier(), ks.GrantVerifier(), ks.Version
+	a.brokers.Set(ks)
+	return nil
+}
+
+// heldKeySet returns the key set a device holds: stored (state.State.KeySet, the newest it
+// accepted since enrollment; "" for none) if the root signed it and it is newer than the
+// bundle's, else the bundle's.
+func heldKeySet(id *identity, stored string) (*certs.KeySet, error) {
+	ks := id.bundle.KeySet
+	if stored != "" {
+		got, err := certs.OpenKeySet(id.bundle.Root, []byte(stored))
 		if err != nil {
-			return fmt.Errorf("agent: stored key set: %w", err)
+			return nil, fmt.Errorf("agent: stored key set: %w", err)
 		}
 		if got.Version > ks.Version {
 			ks = got
 		}
 	}
-	a.verifier, a.grants, a.keySet = ks.CommandVerifier(), ks.GrantVerifier(), ks.Version
-	return nil
+	return ks, nil
 }
 
 // handleDesired applies a signed, retained desired-state document. A key set it carries is
@@ -111,7 +123,15 @@ func (a *Agent) acceptKeySet(b []byte) {
 	a.mu.Lock()
 	a.verifier, a.grants, a.keySet = ks.CommandVerifier(), ks.GrantVerifier(), ks.Version
 	a.mu.Unlock()
-	a.log.Info("key set accepted", "version", ks.Version, "command_keys", len(ks.CommandKeys), "grant_keys", len(ks.GrantKeys))
+	retired := a.brokers.Set(ks)
+	a.log.Info("key set accepted", "version", ks.Version, "command_keys", len(ks.CommandKeys), "grant_keys", len(ks.GrantKeys), "broker_not_before", ks.BrokerNotBefore)
+	if retired {
+		// Reconnect never blocks: this runs on the MQTT client's handler goroutine (R3).
+		a.log.Warn("the broker certificate in use was retired by the new key set; reconnecting", "code", codeBrokerRetired, "key_set", ks.Version)
+		if c := a.mqttc.Load(); c != nil {
+			c.Reconnect()
+		}
+	}
 }
 
 // CheckGrant verifies a signed viewer or integration grant for this device and scope: signed

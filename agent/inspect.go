@@ -31,6 +31,9 @@ type Credentials struct {
 	Generation uint64
 	// TimeFloor is the persisted time floor (R5); zero when none was persisted.
 	TimeFloor time.Time
+	// KeySet is the key set the device holds: the newest it accepted, else its bundle's.
+	// Its BrokerNotBefore retires broker certificates, as in the agent's connections.
+	KeySet *certs.KeySet
 }
 
 // ReadCredentials reads the device's credentials from dir without changing anything in it:
@@ -70,12 +73,17 @@ func ReadCredentials(dir string) (*Credentials, error) {
 	if err != nil {
 		return nil, fmt.Errorf("agent: %w", err)
 	}
+	ks, err := heldKeySet(id, st.KeySet)
+	if err != nil {
+		return nil, err
+	}
 	cr := &Credentials{
 		DeviceID:   id.bundle.Bundle.DeviceID,
 		Broker:     id.bundle.Bundle.Broker,
 		Pool:       id.bundle.Pool,
 		Cert:       tc,
 		Generation: gen,
+		KeySet:     ks,
 	}
 	if st.TimeFloor > 0 {
 		cr.TimeFloor = time.Unix(st.TimeFloor, 0)

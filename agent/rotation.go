@@ -694,6 +694,7 @@ func (a *Agent) bootstrapSession(ctx context.Context) (*bootSession, error) {
 	serverName, _ := certs.BrokerHost(a.brokerURL())
 	conf := certs.ClientTLSConfig(a.id.bundle.Pool, serverName, certs.NewHolder(btls))
 	conf.Time = a.clk.Now
+	conf.VerifyConnection = a.brokers.VerifyConnection
 	id := a.DeviceID()
 	bid, _ := certs.IdentityFor(certs.RoleBootstrap, id)
 	client, err := mqtt.New(mqtt.Config{

@@ -17,7 +17,6 @@ import (
 	"strings"
 	"sync"
 	"syscall"
-	"text/tabwriter"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -150,14 +149,23 @@ func runSelftest(ctx context.Context, args []string, stdout, stderr io.Writer, t
 	return nil
 }
 
-// writeTable prints the report as a table: CHECK, RESULT, DETAIL.
+// writeTable prints the report as a table: CHECK, RESULT, DETAIL, the first two columns
+// padded to their widest cell and two spaces, as text/tabwriter would lay them out (which
+// costs the binary about 10 KB for this one table).
 func writeTable(w io.Writer, rep selftestReport) {
-	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "CHECK\tRESULT\tDETAIL")
+	rows := [][3]string{{"CHECK", "RESULT", "DETAIL"}}
 	for _, c := range rep.Checks {
-		fmt.Fprintf(tw, "%s\t%s\t%s\n", c.Check, strings.ToUpper(c.Result), c.Detail)
+		rows = append(rows, [3]string{c.Check, strings.ToUpper(c.Result), c.Detail})
 	}
-	tw.Flush()
+	var w0, w1 int
+	for _, r := range rows {
+		w0, w1 = max(w0, len(r[0])), max(w1, len(r[1]))
+	}
+	var b strings.Builder
+	for _, r := range rows {
+		fmt.Fprintf(&b, "%-*s%-*s%s\n", w0+2, r[0], w1+2, r[1], r[2])
+	}
+	io.WriteString(w, b.String())
 }
 
 // run runs every check and returns the report.
@@ -322,10 +330,14 @@ func (st *selfTest) checkBroker(ctx context.Context, creds *agent.Credentials) c
 	ctx, cancel := context.WithTimeout(ctx, st.timeout)
 	defer cancel()
 	failed := make(chan error, 1)
+	conf := certs.ClientTLSConfig(creds.Pool, host, certs.NewHolder(creds.Cert))
+	var floor certs.BrokerFloor // as the agent: brokers the device's key set retired are refused
+	floor.Set(creds.KeySet)
+	conf.VerifyConnection = floor.VerifyConnection
 	client, err := mqtt.New(mqtt.Config{
 		BrokerURL:    url,
 		ClientID:     creds.DeviceID,
-		TLS:          certs.ClientTLSConfig(creds.Pool, host, certs.NewHolder(creds.Cert)),
+		TLS:          conf,
 		CleanSession: false, // a clean session would discard the agent's queued commands
 		// Hold whatever the broker delivers, unacknowledged, until the connection ends.
 		Handler:        func(ctx context.Context, _ mqtt.Message) { <-ctx.Done() },
@@ -366,9 +378,10 @@ func (st *selfTest) checkBroker(ctx context.Context, creds *agent.Credentials) c
 	}
 }
 
-// classifyConnectError names the class of a failed broker connection, for a person: refused,
-// timeout, dns, certificate (the broker refused the device's), tls (the broker's certificate
-// or the handshake), or error.
+// classifyConnectError names the class of a failed broker connection, for a person: retired
+// (the broker's certificate is one the device's key set retired), refused, timeout, dns,
+// certificate (the broker refused the device's), tls (the broker's certificate or the
+// handshake), or error.
 func classifyConnectError(err error) string {
 	var (
 		dnsErr  *net.DNSError
@@ -380,6 +393,8 @@ func classifyConnectError(err error) string {
 	)
 	msg := err.Error()
 	switch {
+	case errors.Is(err, certs.ErrRetiredBroker):
+		return "retired: the broker presents a certificate the fleet retired (the device's key set refuses brokers issued before its broker_not_before); the broker needs its new certificate (fleetctl replace broker, then restart it): " + msg
 	case errors.Is(err, syscall.ECONNREFUSED) || strings.Contains(msg, "connection refused"):
 		return "refused: nothing accepts connections there (broker down, wrong port?): " + msg
 	case errors.As(err, &dnsErr) || strings.Contains(msg, "no such host"):
