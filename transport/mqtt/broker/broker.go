@@ -166,21 +166,24 @@ type Config struct {
 	// it expires (SessionExpiry). A device holds one session at most, its client id being its
 	// identity. Zero means DefaultMaxSessionsPerIdentity; negative means no cap.
 	MaxSessionsPerIdentity int
-	// DevicePublishLimit is the token bucket of each device and bootstrap identity's
-	// connection: a publish over it is acknowledged and dropped (never retained nor
-	// delivered), counted (PublishesDropped) and logged once per episode. The bucket belongs to
-	// the client id: a reconnection, clean or not, carries on with it. The zero value means
+	// DevicePublishLimit is the token bucket of each device and bootstrap identity: a publish
+	// over it is acknowledged and dropped (never retained nor delivered), counted
+	// (PublishesDropped) and logged once per episode. The bucket belongs to the identity:
+	// every connection of it shares it, whatever the "~suffix" of its client id, and a
+	// reconnection, clean or not, carries on with it. The zero value means
 	// DefaultDevicePublishLimit.
 	DevicePublishLimit PublishLimit
-	// ViewerPublishLimit is the same for each viewer relay connection. Operators and signers
+	// ViewerPublishLimit is the same for each viewer relay identity (relays sharing one
+	// identity share it: give each relay a name of its own). Operators and signers
 	// have none: an operator's fleet-wide command or a signer's answers are one message per
 	// device, thousands within seconds. The zero value means DefaultViewerPublishLimit.
 	ViewerPublishLimit PublishLimit
 	// PublishFloodCut disconnects a client still publishing over its limit this long after
-	// the first message it had dropped (its episode ends only once its bucket has refilled
-	// completely). No camagent client ever exceeds the defaults, so such a client is broken
-	// or its certificate stolen: cutting it stops the broker reading its flood, and as its
-	// bucket survives the reconnection, coming back gains it nothing. Zero means
+	// the first message it had dropped (its episode ends once 5 s pass without a drop). No
+	// camagent client ever exceeds the defaults, so such a client is broken or its
+	// certificate stolen: cutting it stops the broker reading its flood, and as its identity's
+	// bucket survives the reconnection, coming back, under any client id, gains it nothing.
+	// Zero means
 	// DefaultPublishFloodCut; negative means never.
 	PublishFloodCut time.Duration
 }
@@ -200,10 +203,10 @@ type Broker struct {
 
 	closeOnce sync.Once
 
-	sessions sessionCap    // MaxSessionsPerIdentity; a max below 1: no cap
-	parked   parkedBuckets // the publish buckets of connections that ended
-	dropped  atomic.Uint64 // publishes dropped over their client's limit
-	cut      atomic.Uint64 // clients disconnected for publishing over their limit
+	sessions sessionCap      // MaxSessionsPerIdentity; a max below 1: no cap
+	buckets  identityBuckets // the publish buckets, by identity
+	dropped  atomic.Uint64   // publishes dropped over their client's limit
+	cut      atomic.Uint64   // clients disconnected for publishing over their limit
 }
 
 // New validates cfg, applies its defaults and returns a broker that is not yet listening.

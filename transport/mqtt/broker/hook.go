@@ -82,9 +82,10 @@ func (h *hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 			return code
 		}
 	}
-	if c, ok := cl.Net.Conn.(*clientConn); ok {
+	if c, ok := cl.Net.Conn.(*clientConn); ok && c.rate.Load() == nil {
 		if limit := h.b.publishLimit(role); !limit.off() {
-			c.rate.Store(h.b.bucketFor(h.srv, cl.ID, limit))
+			c.limited = identity
+			c.rate.Store(h.b.buckets.acquire(identity, limit, h.b.cfg.Now()))
 		}
 	}
 	// What mochi stores and shows as the username is the certificate identity, never what
@@ -236,16 +237,14 @@ func (h *hook) OnWillSent(cl *mqtt.Client, pk packets.Packet) {
 }
 
 // OnDisconnect runs when a connection ends, under the lock of its session. A clean session
-// ends with it: it stops counting against its identity's cap at once. The connection's publish
-// bucket, unless it has refilled, is kept for the client id's next connection.
+// ends with it: it stops counting against its identity's cap at once. The connection gives back
+// its share of its identity's publish bucket, which the last one parks until it has refilled.
 func (h *hook) OnDisconnect(cl *mqtt.Client, _ error, expire bool) {
 	if expire && !cl.IsTakenOver() {
 		h.b.sessions.forget(cl)
 	}
-	if c, ok := cl.Net.Conn.(*clientConn); ok {
-		if bk := c.rate.Load(); bk != nil {
-			h.b.parked.park(cl.ID, bk, h.b.cfg.Now())
-		}
+	if c, ok := cl.Net.Conn.(*clientConn); ok && c.rate.Load() != nil && c.released.CompareAndSwap(false, true) {
+		h.b.buckets.release(c.limited, h.b.cfg.Now())
 	}
 }
 
@@ -325,7 +324,9 @@ func (h *hook) withinLimit(cl *mqtt.Client, c *clientConn, bk *bucket) bool {
 			"dropped", v.dropped, "rate_per_s", bk.rate, "burst", bk.burst)
 		if cl.Properties.ProtocolVersion >= 5 {
 			// Best effort: the connection closes right behind it. MQTT 3.1.1 has no
-			// DISCONNECT from the server.
+			// DISCONNECT from the server. A client that reads nothing must not hold this
+			// goroutine: mochi's write has no deadline of its own when keepalive is 0.
+			_ = c.SetWriteDeadline(time.Now().Add(time.Second))
 			_ = cl.WritePacket(packets.Packet{
 				FixedHeader: packets.FixedHeader{Type: packets.Disconnect},
 				ReasonCode:  packets.ErrMessageRateTooHigh.Code,

@@ -17,9 +17,14 @@ import (
 type clientConn struct {
 	*tls.Conn
 	// rate is the publish limit of the connection's identity, set by OnConnect; nil: none
-	// (operators, signers). A session taken over, or a clean session the same client id opens
-	// again, keeps the bucket of the connection before: a reconnection refills nothing.
+	// (operators, signers). Every connection of one identity shares its bucket, whatever the
+	// "~suffix" of its client id, and a reconnection keeps the bucket of the connection before
+	// until it has refilled: neither more sessions nor reconnecting earns more messages.
 	rate atomic.Pointer[bucket]
+	// limited is the identity whose bucket rate is, set with it; released says the
+	// connection gave its share of that bucket back (identityBuckets.release), once.
+	limited  string
+	released atomic.Bool
 	// cut is set once the connection is closed for publishing over its limit for too long.
 	cut atomic.Bool
 }
@@ -62,11 +67,12 @@ type verdict struct {
 	endedFor time.Duration
 }
 
-// bucket is one client id's token bucket. Its episode is a span during which messages were
-// dropped: it starts with the first drop and ends once the bucket has refilled completely, so
-// a client that goes on publishing over its rate stays in one episode and is logged once.
-// It is safe for concurrent use: a connection taking a session over shares it with the one
-// it replaces.
+// bucket is one identity's token bucket. Its episode is a span during which messages were
+// dropped: it starts with a drop and ends once episodeQuiet has passed without one, so a
+// client that goes on publishing over its rate stays in one episode and is logged once, while
+// one that overran its burst now and then, publishing within its rate in between, starts a
+// new episode each time and is never cut for the sum of them. It is safe for concurrent use:
+// every connection of the identity shares it.
 type bucket struct {
 	rate, burst float64
 
@@ -74,9 +80,16 @@ type bucket struct {
 	tokens    float64
 	last      time.Time // when tokens was last refilled
 	since     time.Time // the episode's first drop; zero: no episode
+	lastDrop  time.Time // the episode's last drop
 	dropped   uint64    // the episode's drops
 	cutLogged bool      // the episode's disconnection was logged
 }
+
+// episodeQuiet is how long a bucket must go without dropping a message for its episode over
+// the limit to end: longer than any pause a flooding client makes between its messages, and
+// short enough that a client publishing within its rate between two bursts is not one
+// flooding for the whole time.
+const episodeQuiet = 5 * time.Second
 
 func newBucket(l PublishLimit, now time.Time) *bucket {
 	return &bucket{rate: l.Rate, burst: float64(l.Burst), tokens: float64(l.Burst), last: now}
@@ -99,8 +112,8 @@ func (b *bucket) take(now time.Time) verdict {
 	defer b.mu.Unlock()
 	b.refill(now)
 	var v verdict
-	if !b.since.IsZero() && b.tokens >= b.burst {
-		v.ended, v.endedN, v.endedFor = true, b.dropped, b.last.Sub(b.since)
+	if !b.since.IsZero() && now.Sub(b.lastDrop) >= episodeQuiet {
+		v.ended, v.endedN, v.endedFor = true, b.dropped, b.lastDrop.Sub(b.since)
 		b.since, b.dropped, b.cutLogged = time.Time{}, 0, false
 	}
 	if b.tokens >= 1 {
@@ -110,6 +123,7 @@ func (b *bucket) take(now time.Time) verdict {
 	if b.since.IsZero() {
 		b.since, v.started = now, true
 	}
+	b.lastDrop = now
 	b.dropped++
 	v.drop, v.over, v.dropped = true, now.Sub(b.since), b.dropped
 	return v
@@ -137,9 +151,8 @@ func (b *bucket) full(now time.Time) bool {
 // minParked is the size of the table of parked buckets below which it is never swept.
 const minParked = 1024
 
-// parkedBuckets keeps the buckets of connections that ended, by client id, until they are
-// full again, so that a client connecting again with a clean session (whose session mochi
-// forgets) does not start over with a full bucket. It is swept of full buckets whenever it
+// parkedBuckets keeps the buckets of identities whose last connection ended, until they are
+// full again, so that an identity connecting again does not start over with a full bucket. It is swept of full buckets whenever it
 // has doubled since the last sweep, so it holds about what was parked within the last
 // Burst/Rate seconds. It is used at connection and disconnection only, never per publish.
 type parkedBuckets struct {
@@ -284,19 +297,52 @@ func (b *Broker) publishLimit(role certs.Role) PublishLimit {
 	return PublishLimit{Rate: -1}
 }
 
-// bucketFor returns the publish bucket for a new connection of client id: the one of the
-// connection it takes over, or of its last connection if that has not refilled yet, or a new
-// full one.
-func (b *Broker) bucketFor(srv *mqtt.Server, id string, limit PublishLimit) *bucket {
-	if prev, ok := srv.Clients.Get(id); ok {
-		if c, ok := prev.Net.Conn.(*clientConn); ok {
-			if bk := c.rate.Load(); bk != nil {
-				return bk
-			}
-		}
+// identityBuckets holds the publish bucket of every identity with a connection open, shared by
+// all of them, and parks it when the last closes. It is used at connection and disconnection
+// only, never per publish.
+type identityBuckets struct {
+	mu     sync.Mutex
+	live   map[string]*liveBucket
+	parked parkedBuckets
+}
+
+// liveBucket is an identity's bucket and how many of its connections hold it.
+type liveBucket struct {
+	bk    *bucket
+	conns int
+}
+
+// acquire returns identity's bucket for one more connection: the one its open connections
+// share, or the one its last connection left if that has not refilled yet, or a new full one.
+func (ib *identityBuckets) acquire(identity string, limit PublishLimit, now time.Time) *bucket {
+	ib.mu.Lock()
+	defer ib.mu.Unlock()
+	if lb := ib.live[identity]; lb != nil {
+		lb.conns++
+		return lb.bk
 	}
-	if bk := b.parked.take(id); bk != nil {
-		return bk
+	bk := ib.parked.take(identity)
+	if bk == nil {
+		bk = newBucket(limit, now)
 	}
-	return newBucket(limit, b.cfg.Now())
+	if ib.live == nil {
+		ib.live = make(map[string]*liveBucket)
+	}
+	ib.live[identity] = &liveBucket{bk: bk, conns: 1}
+	return bk
+}
+
+// release gives back one connection's share of identity's bucket; the last one parks it.
+func (ib *identityBuckets) release(identity string, now time.Time) {
+	ib.mu.Lock()
+	defer ib.mu.Unlock()
+	lb := ib.live[identity]
+	if lb == nil {
+		return
+	}
+	if lb.conns--; lb.conns > 0 {
+		return
+	}
+	delete(ib.live, identity)
+	ib.parked.park(identity, lb.bk, now)
 }
