@@ -24,6 +24,7 @@ import (
 	"github.com/camagent/camagent/tools/fleetctl/signer"
 	"github.com/camagent/camagent/transport/mqtt/broker"
 	"github.com/camagent/camagent/transport/mqtt/mosquitto"
+	"github.com/camagent/camagent/transport/mqtt/topic"
 )
 
 const usage = `usage: fleetctl <command> [flags]
@@ -423,9 +424,14 @@ func pingCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if err != nil {
 		return err
 	}
+	if err := certs.ValidDeviceID(*device); err != nil {
+		return fmt.Errorf("ping: --device: %w", err)
+	}
 	// As rotate and breach do: a copy of the fleet directory whose signing keys the devices no
-	// longer trust (a key set rotated elsewhere) would send a ping every device refuses.
-	st, err := readFleetState(ctx, f, operatorFlags{broker: brokerURL, timeout: timeout}, stderr)
+	// longer trust (a key set rotated elsewhere) would send a ping every device refuses. Only
+	// the desired state that may carry a newer key set is read, not the whole fleet's state.
+	st, err := readRetained(ctx, f, operatorFlags{broker: brokerURL, timeout: timeout}, stderr,
+		[]string{topic.FleetDesired, topic.DeviceDesired(*device)}, false)
 	if err != nil {
 		return err
 	}

@@ -60,24 +60,20 @@ type fleetState struct {
 // Retired devices (fleetctl retire) are left out of the collector's reports; if the registry
 // cannot be read they are not, and a warning says so on warn.
 func readFleetState(ctx context.Context, f *fleet.Fleet, of operatorFlags, warn io.Writer) (*fleetState, error) {
+	return readRetained(ctx, f, of, warn, status.Filters(), true)
+}
+
+// readRetained is readFleetState reading only the retained messages of filters (a subset of
+// status.Filters()), and the registry only if devices is set: for a command that needs the
+// desired state's key set but not every device's state (ping).
+func readRetained(ctx context.Context, f *fleet.Fleet, of operatorFlags, warn io.Writer, filters []string, devices bool) (*fleetState, error) {
 	st := &fleetState{col: status.NewCollector(f.RootKey(), f.KeySet())}
-	if reg, err := f.OpenRegistry(nil); err != nil {
-		fmt.Fprintf(warn, "warning: cannot read the registry, so retired devices are counted too: %v\n", err)
-	} else {
-		st.col.Retire(reg.RetiredDevices()...)
-		// An empty registry is a copy of the fleet directory without it (OpenRegistry made
-		// an empty one), not a fleet that enrolled nothing: it says nothing about devices.
-		if ids := reg.Devices(); len(ids) > 0 {
-			st.enrolled = make(map[string]bool, len(ids))
-			for _, id := range ids {
-				st.enrolled[id] = true
-			}
-		}
-		reg.Close()
+	if devices {
+		st.readRegistry(f, warn)
 	}
 	ctx, cancel := context.WithTimeout(ctx, *of.timeout)
 	defer cancel()
-	op, err := f.Dial(ctx, fleet.OperatorOptions{Broker: *of.broker, Subscriptions: status.Filters(), OnMessage: st.col.Add})
+	op, err := f.Dial(ctx, fleet.OperatorOptions{Broker: *of.broker, Subscriptions: filters, OnMessage: st.col.Add})
 	if err != nil {
 		return nil, err
 	}
@@ -91,6 +87,25 @@ func readFleetState(ctx context.Context, f *fleet.Fleet, of operatorFlags, warn 
 	}
 	st.op = op
 	return st, nil
+}
+
+// readRegistry takes from f's registry the devices retired and enrolled.
+func (st *fleetState) readRegistry(f *fleet.Fleet, warn io.Writer) {
+	reg, err := f.OpenRegistry(nil)
+	if err != nil {
+		fmt.Fprintf(warn, "warning: cannot read the registry, so retired devices are counted too: %v\n", err)
+		return
+	}
+	defer reg.Close()
+	st.col.Retire(reg.RetiredDevices()...)
+	// An empty registry is a copy of the fleet directory without it (OpenRegistry made an
+	// empty one), not a fleet that enrolled nothing: it says nothing about devices.
+	if ids := reg.Devices(); len(ids) > 0 {
+		st.enrolled = make(map[string]bool, len(ids))
+		for _, id := range ids {
+			st.enrolled[id] = true
+		}
+	}
 }
 
 // catchUpKeySet looks for a key set newer than this fleet directory's in the retained desired
