@@ -363,3 +363,30 @@ func TestCheckFailsOnARetiredBrokerCertificate(t *testing.T) {
 		t.Fatalf("check with the broker certificate retired: %v", err)
 	}
 }
+
+// A broker certificate issued on a machine whose clock ran ahead would make a floor in the
+// future, retiring every broker certificate until then: keys rotate --retire-brokers refuses it.
+func TestKeysRotateRefusesAFloorInTheFuture(t *testing.T) {
+	dir, f := initOldFleet(t)
+	k, err := certs.GenerateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ahead, err := f.CA.Issue(certs.IssueRequest{Role: certs.RoleServer, Name: "camagent broker", PublicKey: k.Public(), IPs: []net.IP{net.IPv4(127, 0, 0, 1)}, Now: time.Now().Add(24 * time.Hour)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := certs.WriteKeyFile(filepath.Join(dir, "broker", "server.key"), k); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "broker", "server.crt"), certs.EncodeCertPEM(ahead), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, errOut, err := run(t, "keys", "rotate", "--dir", dir, "--retire-brokers")
+	if err == nil || !strings.Contains(err.Error(), "check the clocks") {
+		t.Fatalf("keys rotate --retire-brokers with a broker certificate valid only from tomorrow: %v\n%s", err, errOut)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "keysets", fleet.PendingKeySetName(2))); err == nil {
+		t.Fatal("a key set was written all the same")
+	}
+}

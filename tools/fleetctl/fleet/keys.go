@@ -82,6 +82,12 @@ func (f *Fleet) RotateKeysWith(root *certs.SigningKey, o RotateOptions, now time
 			return "", nil, fmt.Errorf("fleet: keys rotate --retire-brokers: %w", err)
 		}
 		nb := c.NotBefore.Unix()
+		if c.NotBefore.After(now.Add(certs.Backdate)) {
+			// Issued on a machine whose clock runs ahead: a floor in the future would retire
+			// every broker certificate until that date, the one clients could be given too.
+			return "", nil, fmt.Errorf("fleet: keys rotate --retire-brokers: the broker certificate in %s is valid only from %s, later than now (%s) on this machine: check the clocks of this machine and of the one that issued it; a floor in the future would cut every camera off every broker until then",
+				filepath.Join(f.Dir, serverCert), c.NotBefore.UTC().Format(time.RFC3339), now.UTC().Format(time.RFC3339))
+		}
 		if nb <= cur.BrokerNotBefore {
 			return "", nil, fmt.Errorf("fleet: keys rotate --retire-brokers: the broker certificate in %s (serial %s, issued %s) is not newer than the floor of key set v%d (%s): a set with its floor would retire no broker certificate more, or the broker's own; run fleetctl replace broker first",
 				filepath.Join(f.Dir, serverCert), c.SerialNumber.Text(16), c.NotBefore.UTC().Format(time.RFC3339), cur.Version, time.Unix(cur.BrokerNotBefore, 0).UTC().Format(time.RFC3339))
