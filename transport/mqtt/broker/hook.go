@@ -44,7 +44,34 @@ func (h *hook) Provides(event byte) bool {
 		mqtt.OnWillSent,
 		mqtt.OnDisconnect,
 		mqtt.OnClientExpired,
+		mqtt.OnPacketSent,
 	}, []byte{event})
+}
+
+// OnPacketSent credits a device's publish bucket with one message for each command or
+// signaling message delivered to it, not retained: a device answers those (a reply per
+// command, an answer or refusal per offer), so an operator pinging a camera back to back, or
+// many viewers at once, never make it run out. The credit comes only from what operators
+// (commands, signed) and viewer relays (offers, within their own limit) publish to it: a
+// device cannot send itself a message (its ACL lets it publish under its up topics only),
+// retained messages, which it could have sent again by subscribing again, earn nothing, and
+// nor do the signer's answers, which a stolen bootstrap or device certificate could otherwise
+// turn into requests at the signer's own pace.
+func (h *hook) OnPacketSent(cl *mqtt.Client, pk packets.Packet, _ []byte) {
+	if pk.FixedHeader.Type != packets.Publish || pk.FixedHeader.Retain {
+		return
+	}
+	c, ok := cl.Net.Conn.(*clientConn)
+	if !ok {
+		return
+	}
+	bk := c.rate.Load()
+	if bk == nil {
+		return
+	}
+	if _, dir, leaf, ok := topic.Parse(pk.TopicName); ok && dir == topic.Down && (leaf == topic.LeafCmd || leaf == topic.LeafSignal) {
+		bk.credit()
+	}
 }
 
 // OnConnect admits or refuses a client once its CONNECT packet is read. A refused client gets

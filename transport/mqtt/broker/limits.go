@@ -129,6 +129,14 @@ func (b *bucket) take(now time.Time) verdict {
 	return v
 }
 
+// credit gives back one token, up to the burst: for a message delivered to the bucket's
+// client, which may owe an answer to it.
+func (b *bucket) credit() {
+	b.mu.Lock()
+	b.tokens = min(b.burst, b.tokens+1)
+	b.mu.Unlock()
+}
+
 // markCutLogged records that the episode's disconnection was logged, and reports whether it
 // had been already.
 func (b *bucket) markCutLogged() bool {

@@ -94,3 +94,73 @@ func TestARelayWithinItsRateBetweenTwoOverrunsIsNotCut(t *testing.T) {
 	default:
 	}
 }
+
+// A device answers every command and offer it is sent: each one delivered (not retained)
+// credits its bucket, so an operator pinging a camera back to back, three bursts' worth with
+// the broker's clock standing still, gets every reply. Retained messages earn nothing: a
+// device subscribing again and again to have the retained desired state sent again gains no
+// message to flood with.
+func TestADeviceAnsweringWhatItIsSentIsNeverLimited(t *testing.T) {
+	pki := mqtttest.NewPKI(t)
+	clk := newFakeClock()
+	var logs logtest.Buffer
+	b := startLimited(t, pki, clk, &logs)
+	url := urlBroker(b.URL())
+	limit := broker.DefaultDevicePublishLimit
+	replies := subscriber(t, b, pki, pki.ClientCert(t, certs.RoleOperator, "watch"), "dev/cam-a/up/reply")
+	op := mqtttest.Connect(t, mqtttest.ClientOptions(url, pki.ClientTLS(t, pki.ClientCert(t, certs.RoleOperator, "admin")), "operator:admin~ping").SetCleanSession(true))
+
+	cam := pki.ClientCert(t, certs.RoleDevice, "cam-a")
+	var dev paho.Client
+	answered := make(chan struct{}, 1)
+	dev = mqtttest.Connect(t, mqtttest.ClientOptions(url, pki.ClientTLS(t, cam), "cam-a").SetCleanSession(true))
+	mqtttest.Wait(t, dev.Subscribe("dev/cam-a/down/cmd", 1, func(_ paho.Client, m paho.Message) {
+		// Answered from paho's handler, as the agent's reply would be: at QoS 0, in order.
+		dev.Publish("dev/cam-a/up/reply", 0, false, "reply")
+		answered <- struct{}{}
+	}), "subscribe")
+	n := 3 * limit.Burst
+	for i := range n {
+		mqtttest.Wait(t, op.Publish("dev/cam-a/down/cmd", 1, false, "ping"), "command")
+		select {
+		case <-answered:
+		case <-time.After(mqtttest.ClientTimeout):
+			t.Fatalf("command %d was not delivered", i)
+		}
+	}
+	publish(t, dev, "dev/cam-a/up/reply", "control 1")
+	replies.awaitControl(t, "control 1")
+	if got := replies.count("reply"); got != n {
+		t.Fatalf("%d of %d replies to back-to-back commands delivered (PublishesDropped %d)", got, n, b.PublishesDropped())
+	}
+
+	// Retained: the operator keeps a desired state retained. The device empties its bucket,
+	// has the retained message sent again three bursts' worth of times, and floods again:
+	// with the clock standing still, nothing of the second flood gets through.
+	mqtttest.Wait(t, op.Publish("dev/cam-a/down/desired", 1, true, "desired"), "retained")
+	clk.Advance(time.Hour) // a full bucket to start from
+	flood := subscriber(t, b, pki, pki.ClientCert(t, certs.RoleOperator, "watch2"), "dev/cam-a/up/telemetry")
+	burst(t, dev, "dev/cam-a/up/telemetry", "flood", 2*limit.Burst)
+	barrier(t, dev, "dev/cam-a/up/telemetry")
+	got := make(chan struct{}, 16)
+	for range n {
+		mqtttest.Wait(t, dev.Unsubscribe("dev/cam-a/down/desired"), "unsubscribe")
+		mqtttest.Wait(t, dev.Subscribe("dev/cam-a/down/desired", 0, func(paho.Client, paho.Message) { got <- struct{}{} }), "subscribe")
+		select {
+		case <-got:
+		case <-time.After(mqtttest.ClientTimeout):
+			t.Fatal("the retained desired state was not sent again")
+		}
+	}
+	burst(t, dev, "dev/cam-a/up/telemetry", "flood again", 2*limit.Burst)
+	barrier(t, dev, "dev/cam-a/up/telemetry")
+	clk.Advance(time.Second)
+	publish(t, dev, "dev/cam-a/up/telemetry", "control 2")
+	flood.awaitControl(t, "control 2")
+	if got := flood.count("flood"); got != limit.Burst {
+		t.Fatalf("%d of the first flood delivered, want the burst of %d", got, limit.Burst)
+	}
+	if got := flood.count("flood again"); got != 0 {
+		t.Fatalf("a device that had a retained message sent again %d times then delivered %d messages of a flood with no token earned", n, got)
+	}
+}
