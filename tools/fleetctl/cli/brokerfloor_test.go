@@ -217,9 +217,14 @@ func TestRetiringABrokerCertificate(t *testing.T) {
 		}
 
 		b.Present(t, serverPair(t, dir))
-		out := mustRun(t, "breach", "--dir", dir, "--broker", url, "--incident", "INC-2", "--keyset", path)
-		if !strings.Contains(out, "key set v2 published and in force") {
-			t.Fatalf("breach --keyset through the broker presenting the new certificate said:\n%s", out)
+		out, errOut, err := run(t, "breach", "--dir", dir, "--broker", url, "--incident", "INC-2", "--keyset", path)
+		if err != nil || !strings.Contains(out, "key set v2 published and in force") {
+			t.Fatalf("breach --keyset through the broker presenting the new certificate: %v\n%s%s", err, out, errOut)
+		}
+		// --broker is not the fleet's URL, which the cameras use: only the broker at --broker
+		// was seen to present the new certificate, and breach says so.
+		if !strings.Contains(errOut, "make sure every broker there presents the new certificate") {
+			t.Errorf("breach --keyset through --broker %s, not the fleet's URL, gave no warning:\n%s", url, errOut)
 		}
 
 		// Whoever holds the old key poses as the broker: fleetctl refuses it, and says why.

@@ -264,6 +264,11 @@ func breachCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		if err := op.CheckKeySet(ks); err != nil {
 			return fmt.Errorf("breach: --keyset %s: %w; nothing was published", *keyset, err)
 		}
+		if ks.BrokerNotBefore > f.KeySet().BrokerNotBefore && *of.broker != "" && *of.broker != f.Meta.Broker {
+			// The check saw the broker at --broker; the cameras use the fleet's URL.
+			fmt.Fprintf(stderr, "warning: key set v%d retires broker certificates issued before %s; only the broker at %s was seen to present a newer one, and the cameras connect to %s: make sure every broker there presents the new certificate, or those cameras stay off it until it does\n",
+				ks.Version, time.Unix(ks.BrokerNotBefore, 0).UTC().Format(time.RFC3339), *of.broker, f.Meta.Broker)
+		}
 	}
 	if ks != nil && f.KeySet().Version >= ks.Version {
 		// Reading the retained notice put a set in force here: this one, published before by a
