@@ -105,6 +105,9 @@ func (f *BrokerFloor) Set(ks *KeySet) (lastRetired bool) {
 	return last != nil && checkBrokerFloor(nb, last) != nil
 }
 
+// Last returns the broker certificate of the last handshake the floor accepted; nil before one.
+func (f *BrokerFloor) Last() *x509.Certificate { return f.last.Load() }
+
 // NotBefore returns the floor in Unix seconds; 0 when none.
 func (f *BrokerFloor) NotBefore() int64 { return f.notBefore.Load() }
 

@@ -22,10 +22,9 @@ type BrokerGuard struct {
 	floor certs.BrokerFloor
 
 	mu       sync.Mutex
-	version  uint64            // of the key set the floor is from
-	leaf     *x509.Certificate // of the last handshake accepted; nil before one
-	refused  error             // of the last handshake refused; nil after one accepted
-	onRefuse func(error)       // nil: none
+	version  uint64      // of the key set the floor is from
+	refused  error       // of the last handshake refused; nil after one accepted
+	onRefuse func(error) // nil: none
 }
 
 // NewBrokerGuard returns a guard whose floor is that of the key set in force in f.
@@ -75,7 +74,7 @@ func (g *BrokerGuard) VerifyConnection(cs tls.ConnectionState) error {
 		return err
 	}
 	g.mu.Lock()
-	g.leaf, g.refused = cs.PeerCertificates[0], nil
+	g.refused = nil
 	g.mu.Unlock()
 	return nil
 }
@@ -87,11 +86,7 @@ func (g *BrokerGuard) keySetVersion() uint64 {
 }
 
 // Presented returns the broker certificate of the last handshake accepted; nil before one.
-func (g *BrokerGuard) Presented() *x509.Certificate {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	return g.leaf
-}
+func (g *BrokerGuard) Presented() *x509.Certificate { return g.floor.Last() }
 
 // Refused returns the error of the last handshake refused for a retired broker certificate,
 // or nil if none was, or one was accepted since.

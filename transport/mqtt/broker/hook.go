@@ -301,7 +301,7 @@ func upPayloadCap(name string) int {
 		}
 		return MaxDeviceMessage
 	}
-	if levels := strings.Split(name, "/"); len(levels) == 4 && levels[0] == "boot" && levels[2] == topic.Up {
+	if _, dir, _, ok := topic.ParseBoot(name); ok && dir == topic.Up {
 		return MaxDeviceMessage
 	}
 	return 0

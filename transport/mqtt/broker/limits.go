@@ -160,11 +160,11 @@ func (b *bucket) full(now time.Time) bool {
 const minParked = 1024
 
 // parkedBuckets keeps the buckets of identities whose last connection ended, until they are
-// full again, so that an identity connecting again does not start over with a full bucket. It is swept of full buckets whenever it
+// full again, so that an identity connecting again does not start over with a full bucket.
+// identityBuckets guards it with its lock. It is swept of full buckets whenever it
 // has doubled since the last sweep, so it holds about what was parked within the last
 // Burst/Rate seconds. It is used at connection and disconnection only, never per publish.
 type parkedBuckets struct {
-	mu    sync.Mutex
 	m     map[string]*bucket
 	sweep int // the size that triggers the next sweep
 }
@@ -174,8 +174,6 @@ func (p *parkedBuckets) park(id string, bk *bucket, now time.Time) {
 	if bk.full(now) {
 		return
 	}
-	p.mu.Lock()
-	defer p.mu.Unlock()
 	if p.m == nil {
 		p.m = make(map[string]*bucket)
 	}
@@ -193,8 +191,6 @@ func (p *parkedBuckets) park(id string, bk *bucket, now time.Time) {
 
 // take returns and forgets the bucket parked for id, or nil.
 func (p *parkedBuckets) take(id string) *bucket {
-	p.mu.Lock()
-	defer p.mu.Unlock()
 	bk := p.m[id]
 	if bk != nil {
 		delete(p.m, id)
