@@ -2,6 +2,7 @@ package receiver
 
 import (
 	"bytes"
+	"cmp"
 	"errors"
 	"io"
 	"time"
@@ -102,7 +103,9 @@ func newTrack(s *Session, ssrc uint32) *track {
 type h264Depacketizer struct {
 	codecs.H264Packet
 	fragmented int  // payload bytes of the NAL unit being reassembled
-	skipping   bool // the NAL unit being received went over maxAU
+	skipping   bool // the NAL unit being received went over the cap
+	// maxNAL caps one reassembled NAL unit; 0 means maxAU. Tests set a small one.
+	maxNAL int
 }
 
 func (d *h264Depacketizer) Unmarshal(payload []byte) ([]byte, error) {
@@ -116,7 +119,7 @@ func (d *h264Depacketizer) Unmarshal(payload []byte) ([]byte, error) {
 	end := payload[1]&fuEnd != 0
 	if !d.skipping {
 		d.fragmented += len(payload) - 2
-		d.skipping = d.fragmented > maxAU
+		d.skipping = d.fragmented > cmp.Or(d.maxNAL, maxAU)
 		if d.skipping {
 			d.H264Packet = codecs.H264Packet{}
 		}
