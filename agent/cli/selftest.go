@@ -10,10 +10,13 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -58,6 +61,9 @@ const (
 
 // syncedFile is where systemd-timesyncd says the clock is synchronised (systemd-timesyncd(8)).
 const syncedFile = "/run/systemd/timesync/synchronized"
+
+// procLocks is where Linux lists the file locks held on the system (proc(5)).
+const procLocks = "/proc/locks"
 
 // checkResult is one line of the report.
 type checkResult struct {
@@ -171,16 +177,22 @@ func writeTable(w io.Writer, rep selftestReport) {
 // run runs every check and returns the report.
 func (st *selfTest) run(ctx context.Context) selftestReport {
 	creds, credErr := agent.ReadCredentials(st.opts.state)
+	holder, held := stateHolder(st.opts.state)
 	checks := []checkResult{
 		st.checkBoard(),
 		st.checkClock(ctx, creds),
 		st.checkCredentials(creds, credErr),
 		st.checkBroker(ctx, creds),
-		st.checkCamera(ctx),
+		st.checkCamera(ctx, holder),
 		st.checkStorage(),
 	}
 	if st.interactive {
 		checks = append(checks, st.checkLEDAndButton(ctx))
+	}
+	if held {
+		checks = append([]checkResult{result("agent", resultWarn,
+			"%s holds %s: a camagent is running on it; stop it (sudo systemctl stop camagent) and run the self-test again: the agent may have the camera open, and the broker check takes over its MQTT session",
+			holder, st.opts.state)}, checks...)
 	}
 	if c, ok := st.checkConfig(); !ok {
 		checks = append([]checkResult{c}, checks...)
@@ -204,7 +216,7 @@ func result(check, res, format string, args ...any) checkResult {
 // (commentRule) is a warning. The row is in the report only when it fails or warns.
 func (st *selfTest) checkConfig() (checkResult, bool) {
 	if _, err := st.opts.build(io.Discard); err != nil {
-		return result("config", resultFail, "camagent run would refuse these settings and exit: %v", err), false
+		return configRefused(err), false
 	}
 	if c := st.opts.commentedValues(); len(c) > 0 {
 		var at []string
@@ -217,12 +229,28 @@ func (st *selfTest) checkConfig() (checkResult, bool) {
 	return checkResult{}, true
 }
 
+// configRefused is the config row for an error of build. One that is only this user's lack of
+// permission is not a setting camagent run refuses: it says as whom to run the self-test.
+func configRefused(err error) checkResult {
+	if errors.Is(err, fs.ErrPermission) {
+		return result("config", resultFail, "cannot read what camagent run reads at start: %v: %s", err, serviceUserHint)
+	}
+	return result("config", resultFail, "camagent run would refuse these settings and exit: %v", err)
+}
+
 // checkBoard names the board. The hardware serial is shown: the report is for the person at
-// the board, and never leaves it (device/board).
+// the board, and never leaves it (device/board). It passes only when the board says what it is
+// and has a hardware serial (device tree, /proc/cpuinfo): a board without a model, or with a
+// serial derived from /etc/machine-id (which a new SD card image changes), is a warning.
 func (st *selfTest) checkBoard() checkResult {
 	id, err := st.ident()
-	if err != nil {
+	switch {
+	case err != nil:
 		return result("board", resultWarn, "%s; %v", id.Model, err)
+	case id.Model == boardid.Unknown:
+		return result("board", resultWarn, "the board does not say what it is (no /proc/device-tree/model, no Model line in /proc/cpuinfo): not a Raspberry Pi, or its device tree is not readable; serial %s (from %s)", id.Serial, id.Source)
+	case id.Source == boardid.SourceMachineID:
+		return result("board", resultWarn, "%s, no hardware serial (device tree, /proc/cpuinfo): serial %s derived from /etc/machine-id, which changes with the SD card image", id.Model, id.Serial)
 	}
 	return result("board", resultPass, "%s, serial %s (from %s)", id.Model, id.Serial, id.Source)
 }
@@ -281,6 +309,8 @@ func (st *selfTest) checkCredentials(creds *agent.Credentials, err error) checkR
 	switch {
 	case errors.Is(err, agent.ErrNotEnrolled):
 		return result(name, resultFail, "not enrolled: no bundle in %s (camagent enroll)", st.opts.state)
+	case errors.Is(err, fs.ErrPermission):
+		return result(name, resultFail, "%v: %s", err, serviceUserHint)
 	case err != nil:
 		return result(name, resultFail, "%v", err)
 	}
@@ -301,6 +331,10 @@ func (st *selfTest) checkCredentials(creds *agent.Credentials, err error) checkR
 	}
 	return result(name, resultPass, "%s: %s left (until %s), generation %d, serial %s", creds.DeviceID, days(left), until, creds.Generation, c.SerialNumber.Text(16))
 }
+
+// serviceUserHint is what to do when the self-test may not read the state directory: the
+// service user owns it (0700), and the self-test must run as that user to see what it sees.
+const serviceUserHint = "the self-test must run as the service user, who owns the state directory: sudo -u camagent camagent selftest --config /etc/camagent/camagent.conf"
 
 // days writes d in days, or hours under two days.
 func days(d time.Duration) string {
@@ -370,13 +404,16 @@ func (st *selfTest) checkBroker(ctx context.Context, creds *agent.Credentials) c
 		if err == nil {
 			return result(name, resultPass, "%s: connected over mTLS as %s in %v", url, creds.DeviceID, time.Since(start).Round(time.Millisecond))
 		}
-		return result(name, resultFail, "%s: timeout: no connection within %v", url, st.timeout)
+		return result(name, resultFail, "%s: timeout: no connection within %v: %s", url, st.timeout, brokerTimeoutHint)
 	case err := <-failed:
 		cancel()
 		<-up
 		return result(name, resultFail, "%s: %s", url, classifyConnectError(err))
 	}
 }
+
+// brokerTimeoutHint is what a broker connection that timed out may mean.
+const brokerTimeoutHint = "something on the path drops the packets (a firewall, a wrong address) or what listens there is not an MQTT broker answering TLS; check the address and port and that the broker runs"
 
 // classifyConnectError names the class of a failed broker connection, for a person: retired
 // (the broker's certificate is one the device's key set retired), refused, timeout, dns,
@@ -409,17 +446,48 @@ func classifyConnectError(err error) string {
 		strings.Contains(msg, "bad user name or password"):
 		return "certificate: the broker refused this device's certificate (expired, revoked, or another fleet's): " + msg
 	case errors.Is(err, context.DeadlineExceeded) || (errors.As(err, &netErr) && netErr.Timeout()) || strings.Contains(msg, "timeout"):
-		return "timeout: " + msg
+		return "timeout: " + brokerTimeoutHint + ": " + msg
 	case strings.Contains(msg, "tls:") || strings.Contains(msg, "handshake"):
 		return "tls: " + msg
 	}
 	return "error: " + msg
 }
 
+// stateHolder reports whether a process holds the state directory's lock (agent.LockState),
+// and names it ("process PID"). It only looks, in procLocks, for a lock on the directory's
+// LockFile: taking the lock, even for a moment, could make the service's own LockState fail.
+// Where procLocks cannot be read it reports no holder.
+func stateHolder(dir string) (string, bool) {
+	var fst unix.Stat_t
+	if err := unix.Stat(filepath.Join(dir, agent.LockFile), &fst); err != nil {
+		return "", false
+	}
+	locks, err := os.ReadFile(procLocks)
+	if err != nil {
+		return "", false
+	}
+	// A held lock's line: "1: FLOCK  ADVISORY  WRITE 1234 fe:00:10002626 0 EOF", the device in
+	// hex; a waiter's line has "->" after the number.
+	file := fmt.Sprintf("%02x:%02x:%d", unix.Major(uint64(fst.Dev)), unix.Minor(uint64(fst.Dev)), fst.Ino)
+	for line := range strings.Lines(string(locks)) {
+		f := strings.Fields(line)
+		if len(f) < 6 || f[1] != "FLOCK" || f[5] != file {
+			continue
+		}
+		if pid, err := strconv.Atoi(f[4]); err == nil && pid > 0 {
+			return "process " + f[4], true
+		}
+		return "another process", true // in another PID namespace
+	}
+	return "", false
+}
+
 // checkCamera runs the configured video source until it has yielded an SPS and a keyframe,
 // within the timeout, and reports the stream's size and profile. A profile browsers may not
-// decode (anything but Constrained Baseline) is a warning.
-func (st *selfTest) checkCamera(ctx context.Context) checkResult {
+// decode (anything but Constrained Baseline) is a warning. A failure shows the encoder's last
+// line of stderr and the last log line, and, when holder (stateHolder) is not "", that a
+// running agent may have the camera open.
+func (st *selfTest) checkCamera(ctx context.Context, holder string) checkResult {
 	const name = "camera"
 	tail := newTailHandler()
 	src, err := st.opts.videoSource(slog.New(tail))
@@ -468,8 +536,14 @@ func (st *selfTest) checkCamera(ctx context.Context) checkResult {
 		if runErr != nil && !errors.Is(runErr, context.Canceled) && !errors.Is(runErr, context.DeadlineExceeded) {
 			why += "; " + runErr.Error()
 		}
+		if said := tail.encoderSaid(); said != "" {
+			why += "; the encoder said: " + said
+		}
 		if last := tail.text(); last != "" {
 			why += "; last log: " + last
+		}
+		if holder != "" {
+			why += "; " + holder + " (a running camagent) holds the state directory and may have the camera open: stop it (sudo systemctl stop camagent) and run the self-test again"
 		}
 		return result(name, resultFail, "%s: %s", what, why)
 	}
@@ -502,14 +576,17 @@ func profileName(s *h264.SPS) string {
 func (st *selfTest) checkStorage() checkResult {
 	const name = "storage"
 	dir := st.opts.state
-	var fs unix.Statfs_t
-	if err := unix.Statfs(dir, &fs); err != nil {
-		return result(name, resultFail, "%s: %v", dir, err)
+	var sfs unix.Statfs_t
+	if err := unix.Statfs(dir, &sfs); err != nil {
+		if errors.Is(err, syscall.ENOENT) {
+			return result(name, resultFail, "%s: missing: the package makes it at install, and the service at start; is the state setting (or --state) the service's directory?", dir)
+		}
+		return result(name, resultFail, "%s: %v", dir, writeProblem("statfs", err))
 	}
 	if err := probeWrite(dir); err != nil {
 		return result(name, resultFail, "%s: cannot write a file there: %v", dir, err)
 	}
-	free := uint64(fs.Bavail) * uint64(fs.Bsize)
+	free := uint64(sfs.Bavail) * uint64(sfs.Bsize)
 	mib := float64(free) / (1 << 20)
 	if free < minFreeBytes {
 		return result(name, resultFail, "%s: %.1f MiB free, under %d MiB", dir, mib, minFreeBytes>>20)
@@ -627,16 +704,22 @@ func (st *selfTest) checkLEDAndButton(ctx context.Context) checkResult {
 	return res
 }
 
-// tailHandler keeps the last log record, as text, for a failed check's detail.
+// tailHandler keeps the last log record, as text, and the last line of the encoder's stderr
+// (the camera package's encoderStderrMsg records), for a failed check's detail.
 type tailHandler struct {
 	last  *tailLine
 	attrs []slog.Attr
 }
 
-// tailLine is the line the handlers derived from one tailHandler share.
+// encoderStderrMsg is the message with which device/camera logs each line of an encoder's
+// stderr, in its "line" attribute.
+const encoderStderrMsg = "camera: command stderr"
+
+// tailLine is the lines the handlers derived from one tailHandler share.
 type tailLine struct {
-	mu   sync.Mutex
-	line string
+	mu      sync.Mutex
+	line    string
+	encoder string // the last line of the encoder's stderr
 }
 
 func newTailHandler() *tailHandler { return &tailHandler{last: &tailLine{}} }
@@ -654,8 +737,21 @@ func (h *tailHandler) Handle(_ context.Context, r slog.Record) error {
 	if err := th.WithAttrs(h.attrs).Handle(context.Background(), r); err != nil {
 		return err
 	}
+	var said string
+	if r.Message == encoderStderrMsg {
+		r.Attrs(func(a slog.Attr) bool {
+			if a.Key == "line" {
+				said = strings.TrimSpace(a.Value.String())
+				return false
+			}
+			return true
+		})
+	}
 	h.last.mu.Lock()
 	h.last.line = strings.TrimSpace(b.String())
+	if said != "" {
+		h.last.encoder = said
+	}
 	h.last.mu.Unlock()
 	return nil
 }
@@ -665,6 +761,13 @@ func (h *tailHandler) WithAttrs(as []slog.Attr) slog.Handler {
 }
 
 func (h *tailHandler) WithGroup(string) slog.Handler { return h }
+
+// encoderSaid returns the last line of the encoder's stderr, or "".
+func (h *tailHandler) encoderSaid() string {
+	h.last.mu.Lock()
+	defer h.last.mu.Unlock()
+	return h.last.encoder
+}
 
 // text returns the last record logged, or "".
 func (h *tailHandler) text() string {

@@ -5,8 +5,11 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -15,6 +18,7 @@ import (
 	"periph.io/x/conn/v3/gpio"
 	"periph.io/x/conn/v3/gpio/gpiotest"
 
+	"github.com/camagent/camagent/agent"
 	"github.com/camagent/camagent/certs"
 	boardid "github.com/camagent/camagent/device/board"
 	camgpio "github.com/camagent/camagent/device/gpio"
@@ -364,5 +368,150 @@ func TestSelftestWarnsOfAValueThatSeemsToCarryAComment(t *testing.T) {
 	}
 	if rep.Checks[0].Check != "config" {
 		t.Errorf("the config row is not first: %+v", rep.Checks)
+	}
+}
+
+// A camera that fails says why in the encoder's own words (rpicam-vid's "failed to acquire
+// camera", "no cameras available"), not only in the agent's restart line that follows them.
+func TestSelftestCameraShowsWhatTheEncoderSaid(t *testing.T) {
+	enc := encoderScript(t, "echo 'ERROR: *** failed to acquire camera ***' >&2\nexit 1\n")
+	rep, _, _ := selftestRun(t, synced, nil, "--state", t.TempDir(), "--video-exec", enc, "--timeout", "2s")
+	res, det := results(rep)
+	if res["camera"] != resultFail || !strings.Contains(det["camera"], "the encoder said: ERROR: *** failed to acquire camera ***") {
+		t.Fatalf("camera: %s (%s)", res["camera"], det["camera"])
+	}
+}
+
+// A self-test beside a running agent says so, naming the process that holds the state
+// directory and how to stop it: the agent may have the camera open, and the broker check takes
+// over its MQTT session. Only the row is added; the exit code stays the checks'.
+func TestSelftestSaysWhenAnAgentHoldsTheStateDirectory(t *testing.T) {
+	dir := t.TempDir()
+	t.Run("no holder, no row", func(t *testing.T) {
+		rep, _, _ := selftestRun(t, synced, nil, "--state", dir)
+		if res, det := results(rep); res["agent"] != "" {
+			t.Fatalf("agent: %s (%s)", res["agent"], det["agent"])
+		}
+	})
+	t.Run("a holder warns, and a failed camera check points at it", func(t *testing.T) {
+		l, err := agent.LockState(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer l.Unlock()
+		rep, _, _ := selftestRun(t, synced, nil, "--state", dir, "--video-exec", encoderScript(t, "exit 1\n"), "--timeout", "500ms")
+		res, det := results(rep)
+		pid := "process " + strconv.Itoa(os.Getpid())
+		if res["agent"] != resultWarn || !strings.Contains(det["agent"], pid) || !strings.Contains(det["agent"], "sudo systemctl stop camagent") {
+			t.Fatalf("agent: %s (%s)", res["agent"], det["agent"])
+		}
+		if res["camera"] != resultFail || !strings.Contains(det["camera"], pid) {
+			t.Errorf("camera: %s (%s)", res["camera"], det["camera"])
+		}
+	})
+	t.Run("a released lock is no holder", func(t *testing.T) {
+		rep, _, _ := selftestRun(t, synced, nil, "--state", dir)
+		if res, det := results(rep); res["agent"] != "" {
+			t.Fatalf("agent: %s (%s)", res["agent"], det["agent"])
+		}
+	})
+}
+
+// encoderScript writes a shell script with body as an encoder for --video-exec.
+func encoderScript(t *testing.T, body string) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "encoder")
+	if err := os.WriteFile(path, []byte("#!/bin/sh\n"+body), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// A state directory the self-test may not read (it ran as the wrong user: the directory is the
+// service user's, 0700) is named as such, with the command to run instead, not as a setting
+// camagent run would refuse or a broken credential. Root reads whatever the permission bits
+// say, so the error is the one os.Open gives another user.
+func TestSelftestSaysAsWhomToRunWhenTheStateDirectoryIsUnreadable(t *testing.T) {
+	denied := fmt.Errorf("agent: seal: device secret: %w", &os.PathError{Op: "lstat", Path: "/var/lib/camagent/device.secret", Err: syscall.EACCES})
+	if c := configRefused(denied); c.Result != resultFail || strings.Contains(c.Detail, "would refuse") || !strings.Contains(c.Detail, "sudo -u camagent camagent selftest") {
+		t.Errorf("config: %s (%s)", c.Result, c.Detail)
+	}
+	st := &selfTest{opts: &runOptions{state: "/var/lib/camagent"}, now: time.Now}
+	denied = fmt.Errorf("agent: %w", &os.PathError{Op: "open", Path: "/var/lib/camagent/bundle.json", Err: syscall.EACCES})
+	if c := st.checkCredentials(nil, denied); c.Result != resultFail || !strings.Contains(c.Detail, "permission denied") || !strings.Contains(c.Detail, "sudo -u camagent camagent selftest") {
+		t.Errorf("credentials: %s (%s)", c.Result, c.Detail)
+	}
+	if c := configRefused(errors.New("run: --log-level \"loud\": want debug, info, warn or error")); !strings.Contains(c.Detail, "would refuse") {
+		t.Errorf("a refused setting: %s", c.Detail)
+	}
+}
+
+// A state directory that is not there says so and what to check; a broker address where
+// something accepts the connection and never answers says what may be wrong.
+func TestSelftestSaysWhatToCheckForAMissingDirectoryAndASilentBroker(t *testing.T) {
+	t.Run("a missing state directory", func(t *testing.T) {
+		dir := filepath.Join(t.TempDir(), "camagent")
+		rep, _, _ := selftestRun(t, synced, nil, "--state", dir)
+		if res, det := results(rep); res["storage"] != resultFail || !strings.HasPrefix(det["storage"], dir+": missing: the package makes it") {
+			t.Fatalf("storage: %s (%s)", res["storage"], det["storage"])
+		}
+	})
+	t.Run("a broker that accepts and never answers", func(t *testing.T) {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var held []net.Conn
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			for {
+				c, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				held = append(held, c)
+			}
+		}()
+		t.Cleanup(func() {
+			ln.Close()
+			<-done
+			for _, c := range held {
+				c.Close()
+			}
+		})
+		pki := mqtttest.NewPKI(t)
+		dir := enrollDevice(t, pki, "", "cam-0001", "mqtts://"+ln.Addr().String(), time.Now(), 0)
+		rep, _, _ := selftestRun(t, synced, nil, "--state", dir, "--timeout", "1s")
+		if res, det := results(rep); res["broker"] != resultFail || !strings.HasPrefix(strings.SplitN(det["broker"], ": ", 2)[1], "timeout: ") || !strings.Contains(det["broker"], "check the address and port") {
+			t.Fatalf("broker: %s (%s)", res["broker"], det["broker"])
+		}
+	})
+}
+
+// The board row passes only for a board that says what it is and has a hardware serial: a
+// machine whose serial comes from /etc/machine-id, or that names no model, warns.
+func TestSelftestBoardPassesOnlyWithAModelAndAHardwareSerial(t *testing.T) {
+	for _, tt := range []struct {
+		name string
+		id   boardid.Identity
+		want string
+	}{
+		{"a Raspberry Pi's device tree passes", boardid.Identity{Model: "Raspberry Pi 4 Model B Rev 1.4", Serial: "10000000a1b2c3d4", Source: boardid.SourceDeviceTree}, resultPass},
+		{"a serial from /proc/cpuinfo passes", boardid.Identity{Model: "Raspberry Pi Zero W Rev 1.1", Serial: "00000000a1b2c3d4", Source: boardid.SourceCPUInfo}, resultPass},
+		{"a board without a model warns", boardid.Identity{Model: boardid.Unknown, Serial: "95db97d5419452e9", Source: boardid.SourceMachineID}, resultWarn},
+		{"a serial from the machine id warns", boardid.Identity{Model: "Raspberry Pi 4 Model B Rev 1.4", Serial: "95db97d5419452e9", Source: boardid.SourceMachineID}, resultWarn},
+		{"no serial warns", boardid.Identity{Model: "Raspberry Pi 4 Model B Rev 1.4"}, resultWarn},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			var err error
+			if tt.id.Serial == "" {
+				err = boardid.ErrNoSerial
+			}
+			st := &selfTest{ident: func() (boardid.Identity, error) { return tt.id, err }}
+			if c := st.checkBoard(); c.Result != tt.want {
+				t.Errorf("board: %s (%s), want %s", c.Result, c.Detail, tt.want)
+			}
+		})
 	}
 }

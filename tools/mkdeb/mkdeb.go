@@ -113,7 +113,7 @@ func build(o options) ([]string, error) {
 
 	camagent := &nfpm.Info{
 		Name:        "camagent",
-		Description: "camera agent: mTLS fleet client, credential rotation and end-to-end encrypted live video\nRuns as the hardened systemd service camagent.service under the camagent user.\nThe device's keys and state in /var/lib/camagent survive upgrades, removal and purge.",
+		Description: "camera agent: mTLS fleet client, credential rotation and end-to-end encrypted live video\nRuns as the hardened systemd service camagent.service under the camagent user.\nThe device's keys and state in /var/lib/camagent survive upgrades and removal;\npurge wipes them, as a factory reset does.",
 		Section:     "net",
 		Overridables: nfpm.Overridables{
 			Depends: []string{"adduser"},

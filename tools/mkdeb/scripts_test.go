@@ -125,7 +125,6 @@ func TestRemovalKeepsTheDevicesKeys(t *testing.T) {
 		{"prerm", []string{"remove"}},
 		{"prerm", []string{"upgrade", "1.1.0"}},
 		{"postrm", []string{"remove"}},
-		{"postrm", []string{"purge"}},
 		{"postrm", []string{"upgrade", "1.1.0"}},
 	} {
 		t.Run(tc.script+" "+strings.Join(tc.args, " ")+" leaves /var/lib/camagent and the user alone", func(t *testing.T) {
@@ -135,14 +134,71 @@ func TestRemovalKeepsTheDevicesKeys(t *testing.T) {
 					t.Errorf("ran %q", c)
 				}
 			}
-			if tc.script == "postrm" && tc.args[0] == "purge" {
-				want := []string{"deb-systemd-helper purge camagent.service", "deb-systemd-helper unmask camagent.service"}
-				if !slices.Equal(calls, want) {
-					t.Errorf("purge ran %q, want %q", calls, want)
-				}
-			}
 		})
 	}
+}
+
+// Purge wipes the device as a factory reset does (SECURITY-BAR S10): a camera whose package
+// was purged keeps no key, token, sealed Wi-Fi settings or journal. The script runs with the
+// real rm on a state directory below DPKG_ROOT; the user stays.
+func TestPurgeWipesTheDevice(t *testing.T) {
+	sh := need(t, "sh", "dash")
+	rm := need(t, "rm", "coreutils")
+	root := t.TempDir()
+	state := filepath.Join(root, "var", "lib", "camagent")
+	for _, f := range []string{"device.key", "bootstrap.key", "device.token", "device.secret", "settings.sealed", "bundle.json", "creds/1/device.key", "journal/rotation.json"} {
+		path := filepath.Join(state, f)
+		if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(path, []byte("secret"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	bin := t.TempDir()
+	calls := filepath.Join(bin, "calls")
+	for _, name := range []string{"deb-systemd-helper", "deluser", "delgroup"} {
+		body := "#!/bin/sh\necho \"" + name + " $*\" >> \"$CALLS\"\n"
+		if err := os.WriteFile(filepath.Join(bin, name), []byte(body), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.Symlink(rm, filepath.Join(bin, "rm")); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(sh, filepath.Join(packagingDir, "postrm"), "purge")
+	cmd.Env = []string{"PATH=" + bin, "CALLS=" + calls, "DPKG_ROOT=" + root}
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("postrm purge: %v\n%s", err, out)
+	}
+	if _, err := os.Lstat(state); !os.IsNotExist(err) {
+		left, _ := os.ReadDir(state)
+		t.Errorf("purge left %s (%v): %v", state, err, left)
+	}
+	if !strings.Contains(string(out), "deleted "+state) {
+		t.Errorf("purge did not say what it deleted: %s", out)
+	}
+	b, _ := os.ReadFile(calls)
+	if want := "deb-systemd-helper purge camagent.service\ndeb-systemd-helper unmask camagent.service\n"; string(b) != want {
+		t.Errorf("purge ran %q, want %q (the user and its groups stay)", b, want)
+	}
+
+	t.Run("and says so, failing, when it cannot", func(t *testing.T) {
+		if err := os.MkdirAll(state, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		os.Remove(filepath.Join(bin, "rm"))
+		if err := os.WriteFile(filepath.Join(bin, "rm"), []byte("#!/bin/sh\necho \"rm: cannot remove: Read-only file system\" >&2\nexit 1\n"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		cmd := exec.Command(sh, filepath.Join(packagingDir, "postrm"), "purge")
+		cmd.Env = []string{"PATH=" + bin, "CALLS=" + calls, "DPKG_ROOT=" + root}
+		out, err := cmd.CombinedOutput()
+		if err == nil || !strings.Contains(string(out), "could not delete "+state) {
+			t.Fatalf("postrm purge with a failing rm: err = %v\n%s", err, out)
+		}
+	})
 }
 
 // The fleetctl package makes the fleetctl user and /var/lib/fleetctl, enables no service (the
