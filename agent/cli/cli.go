@@ -56,6 +56,15 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 }
 
 func runCommand(ctx context.Context, args []string, stdout, stderr io.Writer, env Env) error {
+	err := dispatch(ctx, args, stdout, stderr, env)
+	if errors.Is(err, flag.ErrHelp) {
+		return nil // -h: the flag package printed the command's flags
+	}
+	return err
+}
+
+// dispatch runs the command args names.
+func dispatch(ctx context.Context, args []string, stdout, stderr io.Writer, env Env) error {
 	if len(args) == 0 {
 		fmt.Fprint(stderr, usage)
 		return errors.New("no command given")

@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"context"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -69,5 +70,21 @@ func TestVideoICEServersFromFlags(t *testing.T) {
 				t.Errorf("the error carries the credential: %v", err)
 			}
 		})
+	}
+}
+
+// -h and --help on any command print its flags and succeed, as they do for the whole
+// program: a person asking for help has made no mistake.
+func TestHelpOnACommandSucceeds(t *testing.T) {
+	for _, cmd := range []string{"enroll", "run", "selftest", "onboard", "reset"} {
+		for _, h := range []string{"-h", "--help"} {
+			var stdout, stderr strings.Builder
+			if err := Run(context.Background(), []string{cmd, h}, &stdout, &stderr); err != nil {
+				t.Errorf("camagent %s %s: %v", cmd, h, err)
+			}
+			if !strings.Contains(stderr.String(), "-state") {
+				t.Errorf("camagent %s %s printed no flags:\n%s", cmd, h, stderr.String())
+			}
+		}
 	}
 }
