@@ -349,7 +349,14 @@ func measureBinarySizes(t *testing.T, r *report) {
 		if err != nil {
 			t.Fatalf("%v: make bench runs make cross first", err)
 		}
-		r.add("camagent binary size, "+arch+", static, stripped", "≤ 12 MiB", fmt.Sprintf("%.1f MiB", float64(fi.Size())/(1<<20)), "CGO_ENABLED=0 -trimpath -ldflags=-s -w", fi.Size() <= 12<<20)
+		size := fmt.Sprintf("%.1f MiB", float64(fi.Size())/(1<<20))
+		if arch == "linux-amd64" {
+			// Not a camera build: issue 2 sets the goal for the ARM builds. It is the build
+			// the resident-memory row above runs, and shown for that.
+			r.add("camagent binary size, "+arch+", static, stripped", "beside the ARM figures", fmt.Sprintf("%s (%d bytes)", size, fi.Size()), "CGO_ENABLED=0 -trimpath -ldflags=-s -w; the build for PCs (tests, demos) and the one the resident-memory row runs", true)
+			continue
+		}
+		r.add("camagent binary size, "+arch+", static, stripped", "≤ 12 MiB", size, "CGO_ENABLED=0 -trimpath -ldflags=-s -w", fi.Size() <= 12<<20)
 	}
 }
 
