@@ -258,7 +258,10 @@ func New(cfg Config) (*Agent, error) {
 		// Grants from before the last breach stay void, and its dropped keys untrusted.
 		a.recoverFloor(&st)
 		if err := a.store.Save(st); err != nil {
-			return nil, fmt.Errorf("agent: %w", err)
+			// A full or failing disk. The corrupt file stays where it is (state.Store), so the
+			// next start recovers the same way; failing here instead would keep the camera off
+			// line, restarting, for as long as the disk stays full.
+			a.log.Error("could not save the recovered state; running on it, and the next start recovers again", "err", err)
 		}
 	case err != nil:
 		return nil, fmt.Errorf("agent: %w", err)

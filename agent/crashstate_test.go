@@ -2,16 +2,22 @@ package agent
 
 import (
 	"context"
+	"crypto/sha256"
 	"crypto/x509"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	paho "github.com/eclipse/paho.mqtt.golang"
+
 	"github.com/camagent/camagent/agent/state"
+	"github.com/camagent/camagent/agent/wire"
 	"github.com/camagent/camagent/certs"
 	"github.com/camagent/camagent/internal/atomicfile"
 	"github.com/camagent/camagent/internal/clock/clocktest"
@@ -355,5 +361,222 @@ func TestAnIssuedCertificateThatExpiredIsGivenUpForTheActiveOne(t *testing.T) {
 	}
 	if strings.Contains(rec.Text(), "bootstrap identity") {
 		t.Fatalf("went through the bootstrap identity with a working certificate; log:\n%s", rec.Text())
+	}
+}
+
+// A storage fault that damages a file of the active generation — the key, the certificate —
+// must not leave the camera restarting for good: it starts, gets a new generation through its
+// bootstrap identity, and ends on it with the damaged generation wiped (R6, R7). Before, New
+// failed on the file at every start.
+func TestADamagedActiveCredentialIsReplacedThroughTheBootstrapIdentity(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		rotated bool   // generation 1 is active, generation 0 wiped
+		file    string // relative to the state directory
+		content []byte // nil: removed
+	}{
+		{"the enrollment key truncated", false, KeyFile, []byte("-----BEGIN EC PRIVATE KEY-----\nMHcCAQEEI")},
+		{"a rotated generation's certificate truncated", true, filepath.Join(credsDir, "1", certFile), []byte("-----BEGIN CERTIFICATE-----\nMIIB")},
+		{"a rotated generation's key zeroed", true, filepath.Join(credsDir, "1", KeyFile), make([]byte, 227)},
+		{"a rotated generation's key gone", true, filepath.Join(credsDir, "1", KeyFile), nil},
+		{"a rotated generation's certificate gone", true, filepath.Join(credsDir, "1", certFile), nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			const id = "cam-0001"
+			pki := mqtttest.NewPKI(t)
+			b := mqtttest.StartEmbedded(t, pki)
+			now := time.Now()
+			dir := enrolledWithBootstrap(t, pki, b.URL(), id, now, 0)
+			active := uint64(0)
+			if tc.rotated {
+				active = 1
+				writeGeneration(t, pki, dir, id, 1, now, 0)
+				if err := wipeGeneration(dir, 0); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := state.NewFileStore(filepath.Join(dir, StateFile), nil).Save(state.State{Cred: state.Cred{Active: active, Epoch: 1}}); err != nil {
+				t.Fatal(err)
+			}
+			p := filepath.Join(dir, tc.file)
+			if err := os.Remove(p); err != nil {
+				t.Fatal(err)
+			}
+			if tc.content != nil {
+				if err := os.WriteFile(p, tc.content, 0o600); err != nil {
+					t.Fatal(err)
+				}
+			}
+			fullSigner(t, b, pki, id)
+
+			log, rec := logtest.New()
+			a, err := New(Config{StateDir: dir, Logger: log, SwitchTimeout: 5 * time.Second, RequestTimeout: 5 * time.Second,
+				RetryMin: 100 * time.Millisecond, RetryMax: 200 * time.Millisecond, MinBackoff: 50 * time.Millisecond, MaxBackoff: 200 * time.Millisecond})
+			if err != nil {
+				t.Fatalf("the agent does not start: %v", err)
+			}
+			ctx, cancel := context.WithCancel(context.Background())
+			done := make(chan error, 1)
+			go func() { done <- a.Run(ctx) }()
+			t.Cleanup(func() { cancel(); <-done })
+			deadline := time.Now().Add(30 * time.Second)
+			for st := a.Status(); a.Rotations() != 1 || !st.Connected; st = a.Status() {
+				if time.Now().After(deadline) {
+					t.Fatalf("no recovery; log:\n%s", rec.Text())
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+			if c := a.Certificate(); certs.CertIdentity(c) != id {
+				t.Fatalf("connected as %q", certs.CertIdentity(c))
+			}
+			got, err := state.NewFileStore(filepath.Join(dir, StateFile), nil).Load()
+			if err != nil || got.Cred.Phase != state.PhaseNone || got.Cred.Active != active+1 || got.Cred.Epoch != 1 {
+				t.Fatalf("journal: %+v, %v", got.Cred, err)
+			}
+			if _, err := os.Stat(p); !errors.Is(err, os.ErrNotExist) {
+				t.Fatalf("the damaged file is still there: %v", err)
+			}
+			if !strings.Contains(rec.Text(), "through the bootstrap identity") {
+				t.Fatalf("did not go through the bootstrap identity; log:\n%s", rec.Text())
+			}
+		})
+	}
+}
+
+// aheadClock is the system clock moved ahead by d: a device clock that jumped (a bad time
+// source), while the broker and the signer keep the right time.
+type aheadClock struct{ d time.Duration }
+
+func (c aheadClock) Now() time.Time                         { return time.Now().Add(c.d) }
+func (c aheadClock) After(d time.Duration) <-chan time.Time { return time.After(d) }
+
+// A device killed after its confirmation (the signer then revokes the old certificate) that
+// restarts with a clock jumped past the issued certificate's end must not throw that
+// certificate away on its own clock's word: the broker, whose clock is right, takes it, and it
+// is the only one left that works. Before, the agent gave it up unasked and went back to the
+// revoked one; without a bootstrap identity it could never connect again.
+func TestAnIssuedCertificateIsGivenUpOnlyWhenTheBrokerRefusesIt(t *testing.T) {
+	const id = "cam-0001"
+	now := time.Now()
+	pki := mqtttest.NewPKI(t)
+	dir := enrolledWith(t, pki, closedPort(t), id, now, 0, false)
+	old, err := certs.ParseBundle(mustRead(t, filepath.Join(dir, BundleFile)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	oldCert, err := certs.ParseCertPEM([]byte(old.CertPEM))
+	if err != nil {
+		t.Fatal(err)
+	}
+	issued := writeGeneration(t, pki, dir, id, 1, now, time.Hour)
+	if err := state.NewFileStore(filepath.Join(dir, StateFile), nil).Save(state.State{DesiredEpoch: 1,
+		Cred: state.Cred{Active: 0, Phase: state.PhaseIssued, Next: 1, TargetEpoch: 1, ReqID: "0123456789abcdef"}}); err != nil {
+		t.Fatal(err)
+	}
+	b := mqtttest.StartEmbedded(t, pki, mqtttest.WithCRL(pki.CRL(t, oldCert.SerialNumber)))
+	fullSigner(t, b, pki, id)
+
+	log, rec := logtest.New()
+	a, err := New(Config{StateDir: dir, BrokerURL: b.URL(), Logger: log, Clock: aheadClock{2 * time.Hour}, SwitchTimeout: 2 * time.Second, RequestTimeout: 5 * time.Second,
+		RetryMin: 100 * time.Millisecond, RetryMax: 200 * time.Millisecond, MinBackoff: 50 * time.Millisecond, MaxBackoff: 200 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	committed := make(chan string, 8)
+	a.OnCommit(func(uint64) { committed <- serialHex(a.activeCred().cert) })
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	select {
+	case s := <-committed:
+		if s != serialHex(issued) {
+			t.Fatalf("committed certificate %s, want the issued one %s; log:\n%s", s, serialHex(issued), rec.Text())
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatalf("no commit; log:\n%s", rec.Text())
+	}
+}
+
+func mustRead(t *testing.T, p string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// A device token damaged on disk (truncated) is never registered with the signer, whose
+// registry would then hold the hash of a short, guessable token, and is replaced: a pending
+// generation with one is started over, an active one is renewed. Before, the pending
+// generation's hash went out as it was, and an active one stayed damaged for good.
+func TestADamagedDeviceTokenIsReplacedAndNeverRegistered(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		pending bool // a rotation to generation 1 is pending, and its token is the damaged one
+	}{
+		{"the active generation's token", false},
+		{"a pending generation's token", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			const id = "cam-0001"
+			pki := mqtttest.NewPKI(t)
+			b := mqtttest.StartEmbedded(t, pki)
+			dir := enrolledOn(t, pki, b, id, time.Now())
+			damaged := filepath.Join(dir, TokenFile)
+			if tc.pending {
+				if _, _, err := makeGeneration(dir, 1); err != nil {
+					t.Fatal(err)
+				}
+				if err := state.NewFileStore(filepath.Join(dir, StateFile), nil).Save(state.State{DesiredEpoch: 1,
+					Cred: state.Cred{Phase: state.PhasePending, Next: 1, TargetEpoch: 1, ReqID: "0123456789abcdef"}}); err != nil {
+					t.Fatal(err)
+				}
+				damaged = filepath.Join(genDir(dir, 1), TokenFile)
+			}
+			if err := os.WriteFile(damaged, []byte{0x5a, 0x01, 0x02}, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			var mu sync.Mutex
+			var sent []string
+			observer := mqtttest.Connect(t, mqtttest.ClientOptions(b, pki.ClientTLS(t, pki.ClientCert(t, certs.RoleSigner, "observer")), "signer:observer"))
+			mqtttest.Wait(t, observer.Subscribe(topic.CSR(id), 1, func(_ paho.Client, m paho.Message) {
+				var req wire.CertRequest
+				if wire.Decode(m.Payload(), &req) == nil && req.Kind == wire.KindRequest {
+					mu.Lock()
+					sent = append(sent, req.TokenHash)
+					mu.Unlock()
+				}
+			}), "observer subscribe")
+			fullSigner(t, b, pki, id)
+
+			log, rec := logtest.New()
+			a := startAgent(t, Config{StateDir: dir, Logger: log, SwitchTimeout: 5 * time.Second, RequestTimeout: 5 * time.Second,
+				RetryMin: 100 * time.Millisecond, RetryMax: 200 * time.Millisecond, MinBackoff: 50 * time.Millisecond, MaxBackoff: 200 * time.Millisecond})
+			deadline := time.Now().Add(20 * time.Second)
+			for st := a.Status(); a.Rotations() != 1 || !st.Connected || st.Rotating; st = a.Status() {
+				if time.Now().After(deadline) {
+					t.Fatalf("no rotation; log:\n%s", rec.Text())
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+			got, err := state.NewFileStore(filepath.Join(dir, StateFile), nil).Load()
+			if err != nil {
+				t.Fatal(err)
+			}
+			tok, err := os.ReadFile(filepath.Join(genDir(dir, got.Cred.Active), TokenFile))
+			if err != nil || len(tok) != tokenBytes {
+				t.Fatalf("the active generation's token after the rotation: %d bytes, %v", len(tok), err)
+			}
+			want := sha256.Sum256(tok)
+			mu.Lock()
+			defer mu.Unlock()
+			for _, h := range sent {
+				if h != hex.EncodeToString(want[:]) {
+					t.Fatalf("a request registered the hash of another token than the device's (%d requests)", len(sent))
+				}
+			}
+		})
 	}
 }

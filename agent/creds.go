@@ -13,6 +13,7 @@ import (
 
 	"github.com/camagent/camagent/certs"
 	"github.com/camagent/camagent/internal/atomicfile"
+	"github.com/camagent/camagent/internal/cappedfile"
 )
 
 // Credential generations. Generation 0 is what enrollment made: device.key, device.token and
@@ -41,6 +42,15 @@ type credential struct {
 	gen  uint64
 	key  crypto.Signer
 	cert *x509.Certificate // nil while a rotation waits for it
+	// lost marks an active generation whose key or certificate could not be loaded (a
+	// storage fault): key and cert are then the bootstrap identity's, held meanwhile so that
+	// everything that reads the certificate in use has one. The MQTT client does not present
+	// them as the device (their identity is not its client id), and the rotation asks for a
+	// new generation through the bootstrap identity (R6, R7).
+	lost bool
+	// badToken marks a generation whose device token is damaged (not tokenBytes long): its
+	// key and certificate work, but a rotation is due to give the device a token again.
+	badToken bool
 }
 
 // newToken makes a 256-bit device token in dir and returns its SHA-256.
@@ -55,11 +65,17 @@ func newToken(dir string) ([32]byte, error) {
 	return sha256.Sum256(tok[:]), nil
 }
 
-// tokenHash returns the SHA-256 of a generation's device token.
+// tokenHash returns the SHA-256 of a generation's device token. A token file that is not
+// tokenBytes long is damaged (truncated by a storage fault) and an error: its hash would
+// register a short, guessable token.
 func tokenHash(stateDir string, gen uint64) ([32]byte, error) {
-	b, err := os.ReadFile(filepath.Join(genDir(stateDir, gen), TokenFile))
+	p := filepath.Join(genDir(stateDir, gen), TokenFile)
+	b, err := cappedfile.Read(p, tokenBytes)
 	if err != nil {
 		return [32]byte{}, fmt.Errorf("agent: token: %w", err)
+	}
+	if len(b) != tokenBytes {
+		return [32]byte{}, fmt.Errorf("agent: token: %s is %d bytes, want %d", p, len(b), tokenBytes)
 	}
 	return sha256.Sum256(b), nil
 }
@@ -92,7 +108,8 @@ func makeGeneration(stateDir string, gen uint64) (crypto.Signer, [32]byte, error
 }
 
 // loadGeneration loads generation gen's key and, if present, its certificate. For
-// generation 0 the certificate is the bundle's.
+// generation 0 the certificate is the bundle's. A damaged token is no error: the credential
+// comes back with badToken set.
 func loadGeneration(stateDir string, gen uint64, bundleCert *x509.Certificate) (*credential, error) {
 	dir := genDir(stateDir, gen)
 	key, err := certs.LoadKeyFile(filepath.Join(dir, KeyFile))
@@ -117,6 +134,8 @@ func loadGeneration(stateDir string, gen uint64, bundleCert *x509.Certificate) (
 	if c.cert != nil && !certs.SamePublicKey(c.cert, key) {
 		return nil, fmt.Errorf("agent: generation %d: %w", gen, certs.ErrKeyMismatch)
 	}
+	_, err = tokenHash(stateDir, gen)
+	c.badToken = err != nil
 	return c, nil
 }
 

@@ -16,7 +16,21 @@ import (
 func (a *Agent) loadKeySet() error {
 	ks, err := heldKeySet(a.id, a.st.KeySet)
 	if err != nil {
-		return err
+		// The stored set does not open with the fleet root: damaged inside a state file that
+		// still parses. Refusing to start would keep the camera restarting for good; the
+		// floor's copy is taken if it opens, else the enrollment's, and the retained desired
+		// state brings the set in force again at the first connect.
+		a.log.Error("the stored key set does not open with the fleet root; taking the floor's, or the enrollment's", "err", err)
+		st := a.st
+		st.KeySet = ""
+		a.recoverFloor(&st)
+		if ks, err = heldKeySet(a.id, st.KeySet); err != nil {
+			return err
+		}
+		if err := a.store.Save(st); err != nil {
+			a.log.Error("could not save the state without the damaged key set; the next start does this again", "err", err)
+		}
+		a.st = st
 	}
 	a.verifier, a.grants, a.keySet = ks.CommandVerifier(), ks.GrantVerifier(), ks.Version
 	a.brokers.Set(ks)

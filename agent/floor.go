@@ -36,8 +36,11 @@ type floor struct {
 }
 
 // readFloor reads the floor file; a missing one is the zero floor.
-func (a *Agent) readFloor() (floor, error) {
-	b, err := cappedfile.Read(filepath.Join(a.cfg.StateDir, FloorFile), maxFloorSize)
+func (a *Agent) readFloor() (floor, error) { return readFloorFile(a.cfg.StateDir) }
+
+// readFloorFile reads stateDir's floor file; a missing one is the zero floor.
+func readFloorFile(stateDir string) (floor, error) {
+	b, err := cappedfile.Read(filepath.Join(stateDir, FloorFile), maxFloorSize)
 	if errors.Is(err, fs.ErrNotExist) {
 		return floor{}, nil
 	}
@@ -56,6 +59,13 @@ func (a *Agent) readFloor() (floor, error) {
 // if that file is lost too.
 func (a *Agent) keepFloor(st state.State) {
 	want := floor{V: 1, GrantEpoch: max(st.Cred.Epoch, st.DesiredEpoch), KeySet: st.KeySet}
+	if want.KeySet != "" {
+		if _, err := certs.OpenKeySet(a.id.bundle.Root, []byte(want.KeySet)); err != nil {
+			// Damaged in a state file that still parses: the floor keeps the copy it has,
+			// which is what the agent recovers the set from (loadKeySet).
+			want.KeySet = ""
+		}
+	}
 	have, err := a.readFloor()
 	if err == nil && have.GrantEpoch >= want.GrantEpoch && (want.KeySet == "" || have.KeySet == want.KeySet) {
 		return

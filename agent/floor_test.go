@@ -124,3 +124,53 @@ func FuzzRecoverFloor(f *testing.F) {
 		}
 	})
 }
+
+// A key set damaged inside a state file that still parses (a flipped byte in its signature)
+// must not keep the agent from starting: it takes the floor's copy, the same set, and goes
+// on. Before, New failed on it at every start.
+func TestADamagedStoredKeySetIsTakenFromTheFloor(t *testing.T) {
+	f := enrolled(t, "cam-0001", time.Now(), closedPort(t))
+	a, err := New(Config{StateDir: f.dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	newKey, _ := certs.NewSigningKey()
+	ks, err := certs.SignKeySet(f.root, certs.KeySet{Version: 2, CommandKeys: []certs.PublicKey{newKey.Public()}, GrantKeys: []certs.PublicKey{newKey.Public()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	notice, err := certs.SignDesired(newKey, certs.Desired{Target: certs.TargetFleet, Version: 10, Epoch: 1, KeySet: ks})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.handleDesired(context.Background(), topic.FleetDesired, notice)
+	store := state.NewFileStore(filepath.Join(f.dir, StateFile), nil)
+	st, err := store.Load()
+	if err != nil || st.KeySet == "" {
+		t.Fatalf("the accepted key set was not stored: %v", err)
+	}
+	b := []byte(st.KeySet)
+	i := len(b) * 3 / 4 // inside the signature
+	if b[i] == 'A' {
+		b[i] = 'B'
+	} else {
+		b[i] = 'A'
+	}
+	st.KeySet = string(b)
+	if err := store.Save(st); err != nil {
+		t.Fatal(err)
+	}
+
+	log, rec := logtest.New()
+	c, err := New(Config{StateDir: f.dir, Logger: log})
+	if err != nil {
+		t.Fatalf("a damaged stored key set stopped the agent: %v", err)
+	}
+	rec.WaitFor(t, time.Second, "stored key set does not open")
+	if c.keySet != 2 {
+		t.Fatalf("key set version %d, want the floor's 2", c.keySet)
+	}
+	if got, err := store.Load(); err != nil || got.KeySet != string(ks) {
+		t.Fatalf("the state was not saved with the floor's key set: %v", err)
+	}
+}

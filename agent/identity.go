@@ -122,16 +122,18 @@ func InstallBundle(stateDir string, bundle []byte, now time.Time) (*certs.Verifi
 func restartJournal(stateDir string, now time.Time) error {
 	store := state.NewFileStore(filepath.Join(stateDir, StateFile), func() time.Time { return now })
 	st, err := store.Load()
-	if err != nil {
-		// A corrupt journal was quarantined: the agent recovers from the credentials on
-		// disk, and the new bundle's key is generation 0.
-		var ce *state.CorruptError
-		if errors.As(err, &ce) {
-			return nil
-		}
+	var ce *state.CorruptError
+	switch {
+	case errors.As(err, &ce):
+		// The corrupt journal stays until saved over, and the agent would recover from it
+		// the newest generation on disk, an old one, and wipe the new key as a stale
+		// generation 0: the new enrollment is journaled here, with the values the agent's
+		// own recovery uses (no command sequenced before now; the grant epoch of the floor).
+		f, _ := readFloorFile(stateDir)
+		return store.Save(state.State{CommandHWM: uint64(max(now.UnixNano(), 0)), Cred: state.Cred{Epoch: f.GrantEpoch}})
+	case err != nil:
 		return err
-	}
-	if st.Cred == (state.Cred{Epoch: st.Cred.Epoch}) {
+	case st.Cred == (state.Cred{Epoch: st.Cred.Epoch}):
 		return nil
 	}
 	st.Cred = state.Cred{Epoch: st.Cred.Epoch}

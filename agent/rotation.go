@@ -64,20 +64,30 @@ func rotErr(code string, format string, args ...any) error {
 func (a *Agent) loadCredentials() error {
 	c := a.st.Cred
 	act, err := loadGeneration(a.cfg.StateDir, c.Active, a.id.bundle.Cert)
+	if err == nil && act.cert == nil {
+		err = fmt.Errorf("agent: generation %d: no %s", c.Active, certFile)
+	}
 	if err != nil {
-		return fmt.Errorf("agent: active credential (generation %d): %w", c.Active, err)
+		if act, err = a.lostCredential(c.Active, err); err != nil {
+			return err
+		}
 	}
 	a.active = act
 	present := act
 	switch c.Phase {
 	case state.PhasePending, state.PhaseIssued:
 		next, err := loadGeneration(a.cfg.StateDir, c.Next, nil)
-		if err != nil || (c.Phase == state.PhaseIssued && next.cert == nil) {
+		// A pending generation's damaged token would be registered with its certificate; an
+		// issued one's is registered already, and its certificate, which the signer may have
+		// made the only valid one, is kept: a renewal after the commit replaces the token.
+		if err != nil || (c.Phase == state.PhaseIssued && next.cert == nil) || (c.Phase == state.PhasePending && next.badToken) {
 			// The half-made generation is unusable; start that rotation over.
-			a.log.Warn("unfinished rotation's credential is unusable; starting it over", "generation", c.Next, "err", err)
+			a.log.Warn("unfinished rotation's credential is unusable; starting it over", "generation", c.Next, "err", err, "token_damaged", next != nil && next.badToken)
 			a.st.Cred.Phase, a.st.Cred.Next, a.st.Cred.ReqID = state.PhaseNone, 0, ""
 			if err := a.store.Save(a.st); err != nil {
-				return fmt.Errorf("agent: %w", err)
+				// A full or failing disk: the journal on disk still names the unusable
+				// generation, and the next start gives it up the same way.
+				a.log.Error("could not journal the restart of the rotation; going on without it", "err", err)
 			}
 			break
 		}
@@ -96,6 +106,27 @@ func (a *Agent) loadCredentials() error {
 	a.holder.Set(tc)
 	a.wipeStale()
 	return nil
+}
+
+// lostCredential stands in for the active generation gen, which could not be loaded (loadErr):
+// a file of it is corrupt, truncated or gone. Without a way to get a new certificate the agent
+// cannot run, and the error says why. With the bootstrap identity it runs, holding the
+// bootstrap certificate, and its first rotation gets a new generation through that identity:
+// refusing to start would leave the camera restarting for good over one damaged file (R6, R7).
+func (a *Agent) lostCredential(gen uint64, loadErr error) (*credential, error) {
+	fail := fmt.Errorf("agent: active credential (generation %d): %w", gen, loadErr)
+	if a.id.bundle.Bootstrap == nil {
+		return nil, fail
+	}
+	bkey, err := certs.LoadKeyFile(filepath.Join(a.cfg.StateDir, BootstrapKey))
+	if err != nil {
+		return nil, errors.Join(fail, fmt.Errorf("agent: bootstrap key: %w", err))
+	}
+	if !certs.SamePublicKey(a.id.bundle.Bootstrap, bkey) {
+		return nil, errors.Join(fail, fmt.Errorf("agent: bootstrap key: %w", certs.ErrKeyMismatch))
+	}
+	a.log.Error("the active credential cannot be loaded; getting a new one through the bootstrap identity", "generation", gen, "err", loadErr)
+	return &credential{gen: gen, key: bkey, cert: a.id.bundle.Bootstrap, lost: true}, nil
 }
 
 // wipeStale removes generations the journal no longer names: the old generation of a rotation
@@ -205,6 +236,10 @@ func (a *Agent) needs() (bool, string) {
 	switch {
 	case c.Phase != state.PhaseNone:
 		return true, "resuming " + c.Phase + " rotation"
+	case act.lost:
+		return true, "the active credential cannot be loaded"
+	case act.badToken:
+		return true, "the device token is damaged"
 	case a.st.DesiredEpoch > c.Epoch:
 		return true, fmt.Sprintf("fleet wants epoch %d, device is at %d", a.st.DesiredEpoch, c.Epoch)
 	case !now.Before(act.cert.NotAfter):
@@ -296,14 +331,14 @@ func (a *Agent) canRotate() bool {
 }
 
 // mustBootstrap reports whether the operational certificate cannot be used any more (expired,
-// or refused by the broker several times in a row), so the rotation must go through the
-// bootstrap identity.
+// refused by the broker several times in a row, or lost to a damaged file), so the rotation
+// must go through the bootstrap identity.
 func (a *Agent) mustBootstrap() bool {
 	if a.id.bundle.Bootstrap == nil {
 		return false
 	}
 	act := a.activeCred()
-	return !a.clk.Now().Before(act.cert.NotAfter) || int(a.authFails.Load()) >= a.cfg.AuthFailuresBeforeBootstrap
+	return act.lost || !a.clk.Now().Before(act.cert.NotAfter) || int(a.authFails.Load()) >= a.cfg.AuthFailuresBeforeBootstrap
 }
 
 func (a *Agent) setStatus(status, code string) {
@@ -341,6 +376,15 @@ func (a *Agent) rotate(ctx context.Context) error {
 	phase, next := a.st.Cred.Phase, a.next
 	a.mu.Unlock()
 	if phase == state.PhaseIssued && !a.clk.Now().Before(next.cert.NotAfter) {
+		// Expired by this device's clock, which may have jumped ahead while the broker's is
+		// right; and once confirmed (a kill before the commit), the issued certificate is
+		// the only one the signer left unrevoked. It is given up only when one more try to
+		// connect with it fails too.
+		err := a.switchAndCommit(ctx)
+		var re *rotationError
+		if err == nil || ctx.Err() != nil || !errors.As(err, &re) || re.code != wire.ErrCodeBrokerRefuse {
+			return err
+		}
 		if err := a.abandonIssued(next); err != nil {
 			return err
 		}
@@ -361,10 +405,10 @@ func (a *Agent) rotate(ctx context.Context) error {
 }
 
 // abandonIssued gives up an issued certificate that expired before the broker took it (the
-// device was off, or the broker kept refusing it): retrying it can never succeed, and the
-// rotation must ask for a new one instead, through the bootstrap identity if the active
-// certificate expired too (R7). The journal goes back to PhaseNone first, then the dead
-// generation is wiped (a crash in between leaves it for wipeStale).
+// device was off, or the broker kept refusing it, and did not take it once more): retrying it
+// can never succeed, and the rotation must ask for a new one instead, through the bootstrap
+// identity if the active certificate expired too (R7). The journal goes back to PhaseNone
+// first, then the dead generation is wiped (a crash in between leaves it for wipeStale).
 func (a *Agent) abandonIssued(next *credential) error {
 	a.log.Warn("issued certificate expired before the broker accepted it; asking for a new one",
 		"generation", next.gen, "serial", serialHex(next.cert), "not_after", next.cert.NotAfter.UTC().Format(time.RFC3339))

@@ -83,7 +83,9 @@ type Cred struct {
 // Store loads and saves State. Implementations are safe for concurrent use.
 type Store interface {
 	// Load returns the saved state; a store with nothing saved returns the zero State and no
-	// error. A corrupt store returns the zero State and a *CorruptError after quarantining it.
+	// error. A corrupt store returns the zero State and a *CorruptError after quarantining a
+	// copy of it; it stays corrupt, and each Load says so again, until a Save replaces it, so
+	// a caller killed before it saved what it recovered recovers again at its next Load.
 	Load() (State, error)
 	// Save replaces the saved state durably before returning.
 	Save(State) error
@@ -122,7 +124,8 @@ const MaxFileSize = 64 << 10
 // ErrCorrupt is matched (errors.Is) by a *CorruptError.
 var ErrCorrupt = errors.New("state: corrupt state file")
 
-// CorruptError reports a state file that could not be parsed and where it was moved.
+// CorruptError reports a state file that could not be parsed and where its quarantined copy
+// is. The file itself stays until the next Save replaces it.
 type CorruptError struct {
 	Path        string
 	Quarantined string
@@ -130,7 +133,7 @@ type CorruptError struct {
 }
 
 func (e *CorruptError) Error() string {
-	return fmt.Sprintf("state: corrupt state file %s (moved to %s): %v", e.Path, e.Quarantined, e.Err)
+	return fmt.Sprintf("state: corrupt state file %s (copied to %s): %v", e.Path, e.Quarantined, e.Err)
 }
 
 // Unwrap lets errors.Is match both ErrCorrupt and the parse error.
@@ -182,8 +185,17 @@ func (s *FileStore) Load() (State, error) {
 		return st, nil
 	}
 	q := fmt.Sprintf("%s.corrupt-%d", s.path, s.now().UnixNano())
-	if err := os.Rename(s.path, q); err != nil {
-		return State{}, fmt.Errorf("state: quarantine %s: %w", s.path, err)
+	// The copy is a hard link, which needs no free space (the disk may be full: that may be
+	// why the file is corrupt), and the corrupt file stays where it is until the caller saves
+	// the state it recovers over it. Moving it away instead left no state file at all when
+	// that save failed or the process was killed before it: the next start then loaded the
+	// zero State as if the device were new, with no command high-water mark and a journal
+	// naming the enrollment key, which a rotated device has wiped (R6).
+	if err := os.Link(s.path, q); err != nil {
+		// A file system without hard links: a copy of what was read.
+		if err := atomicfile.WriteFile(q, b[:min(n, MaxFileSize)], 0o600); err != nil {
+			return State{}, fmt.Errorf("state: quarantine %s: %w", s.path, err)
+		}
 	}
 	s.pruneQuarantined(q)
 	if err := atomicfile.SyncDir(filepath.Dir(s.path)); err != nil {

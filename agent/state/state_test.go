@@ -55,14 +55,40 @@ func TestCorruptFilesAreQuarantinedNotFatal(t *testing.T) {
 			if b, _ := os.ReadFile(ce.Quarantined); string(b) != tc.content {
 				t.Fatal("quarantined copy differs from the corrupt file")
 			}
-			// The next load starts clean: no crash loop.
-			if _, err := s.Load(); err != nil {
-				t.Fatalf("second load: %v", err)
-			}
+			// Saving the recovered state replaces the corrupt file: no crash loop.
 			if err := s.Save(State{CommandHWM: 5}); err != nil {
 				t.Fatal(err)
 			}
+			if st, err := s.Load(); err != nil || st.CommandHWM != 5 {
+				t.Fatalf("load after the recovery was saved: %+v, %v", st, err)
+			}
 		})
+	}
+}
+
+// A process killed (or a disk full) between the quarantine of a corrupt file and the save of
+// the state recovered from it must find the file corrupt again at its next start and recover
+// again, not find no file and take the zero State for a new device's (R6).
+func TestACorruptFileStaysCorruptUntilTheRecoveredStateIsSaved(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, "state.json")
+	os.WriteFile(p, []byte(`{"command_hwm":4`), 0o600)
+	var tick int64
+	s := NewFileStore(p, func() time.Time { tick++; return time.Unix(0, tick) })
+	for i := range 2 {
+		if _, err := s.Load(); !errors.Is(err, ErrCorrupt) {
+			t.Fatalf("load %d of a corrupt file not saved over: err = %v, want ErrCorrupt", i+1, err)
+		}
+	}
+	if err := s.Save(State{CommandHWM: 9}); err != nil {
+		t.Fatal(err)
+	}
+	if st, err := s.Load(); err != nil || st.CommandHWM != 9 {
+		t.Fatalf("load after the save: %+v, %v", st, err)
+	}
+	m, _ := filepath.Glob(p + ".corrupt-*")
+	if len(m) != 2 {
+		t.Fatalf("quarantined copies: %v, want one per load that found the file corrupt", m)
 	}
 }
 
