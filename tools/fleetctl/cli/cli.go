@@ -155,6 +155,9 @@ func enrollCmd(_ context.Context, args []string, stdout, stderr io.Writer) error
 		return err
 	}
 	csr, err := cappedfile.Read(*csrPath, fleet.MaxEnrollmentSize)
+	if errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("enroll: --csr: %w (camagent enroll --id writes device.csr in the camera's --state directory, /var/lib/camagent by default)", err)
+	}
 	if err != nil {
 		return fmt.Errorf("enroll: %w", err)
 	}
@@ -449,6 +452,9 @@ func pingCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		pctx, cancel := context.WithTimeout(ctx, *timeout)
 		r, rtt, err := op.Ping(pctx, *device)
 		cancel()
+		if errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
+			return fmt.Errorf("ping: %s did not answer within %s (--timeout): it is off or cannot reach the broker; fleetctl status --dir %s shows when it last published its state (%w)", *device, *timeout, *dir, err)
+		}
 		if err != nil {
 			return err
 		}

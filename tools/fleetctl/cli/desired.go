@@ -12,6 +12,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -39,6 +40,21 @@ func addOperatorFlags(fs *flag.FlagSet) operatorFlags {
 		timeout: fs.Duration("timeout", 15*time.Second, "how long to wait for the broker: to connect, and for the retained state"),
 	}
 }
+
+// statusCommand is the status --wait command that follows a rollout published with the
+// fleet directory dir through of's broker: the operator copies it as printed, so it names
+// the same directory and broker.
+func statusCommand(dir string, of operatorFlags) string {
+	s := "fleetctl status --dir " + dir
+	if *of.broker != "" {
+		s += " --broker " + *of.broker
+	}
+	return s + " --wait 10m"
+}
+
+// incidentRe is the shape of an incident id, as certs checks it when it signs the notice:
+// breach checks it before it connects, with a message that names the flag.
+var incidentRe = regexp.MustCompile(`^[A-Za-z0-9._-]{1,64}$`)
 
 // fleetState is what readFleetState learnt: the operator session, the collector it feeds,
 // and the devices this copy's registry has enrolled.
@@ -174,7 +190,7 @@ func rotateCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	}
 	st, err := readFleetState(ctx, f, of, stderr)
 	if err != nil {
-		return err
+		return fmt.Errorf("rotate: %w; nothing was published", err)
 	}
 	defer st.op.Close()
 	op, col := st.op, st.col
@@ -210,7 +226,7 @@ func rotateCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if *device != "" {
 		target = *device
 	}
-	fmt.Fprintf(stdout, "desired credential epoch of %s raised to %d (version %d); follow it with fleetctl status --wait 10m\n", target, got.Epoch, got.Version)
+	fmt.Fprintf(stdout, "desired credential epoch of %s raised to %d (version %d); follow it with %s\n", target, got.Epoch, got.Version, statusCommand(*dir, of))
 	warnAborted(f, *dir, stderr)
 	warnSigners(col, stderr)
 	return nil
@@ -226,6 +242,9 @@ func breachCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	}
 	if *incident == "" {
 		return errors.New("breach: --incident is required")
+	}
+	if !incidentRe.MatchString(*incident) {
+		return fmt.Errorf("breach: --incident %q: use letters, digits, '.', '_' and '-' only, at most 64 (INC-2019-12); nothing was published", *incident)
 	}
 	f, err := fleet.Open(*dir)
 	if err != nil {
@@ -251,7 +270,7 @@ func breachCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	}
 	st, err := readFleetState(ctx, f, of, stderr)
 	if err != nil {
-		return err
+		return fmt.Errorf("breach: %w; nothing was published", err)
 	}
 	defer st.op.Close()
 	op, col := st.op, st.col
@@ -292,6 +311,11 @@ func breachCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		fmt.Fprintf(stdout, "breach %s: already published %s ago: every device rotates to epoch %d (version %d); not raising it again (for another rotation wave, give a new incident id)\n",
 			prev.Incident, time.Since(published).Round(time.Second), prev.Epoch, prev.Version)
 	} else {
+		if prev != nil && prev.Incident != "" && prev.Incident != *incident && time.Since(published) < breachRetryWindow {
+			// A retry with a mistyped id is a second rotation wave through the whole fleet.
+			fmt.Fprintf(stderr, "note: the fleet's last breach notice, %s, was published %s ago; %s starts another rotation wave through every device (a retry of %s takes its id)\n",
+				prev.Incident, time.Since(published).Round(time.Second), *incident, prev.Incident)
+		}
 		if err := aboveRetained(f, col, stderr); err != nil {
 			return fmt.Errorf("breach: %w", err)
 		}
@@ -324,7 +348,7 @@ func breachCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		}
 		fmt.Fprintf(stdout, "key set v%d sent to viewer relays (%s): camview relays that run with an identity of their own check grants with it from now on\n", f.KeySet().Version, topic.FleetKeySet)
 	}
-	fmt.Fprintln(stdout, "follow it with: fleetctl status --wait 10m")
+	fmt.Fprintln(stdout, "follow it with:", statusCommand(*dir, of))
 	warnAborted(f, *dir, stderr)
 	warnSigners(col, stderr)
 	return nil
@@ -508,9 +532,15 @@ func statusCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		return fmt.Errorf("status: no devices enrolled: the registry (%s) lists none, or could not be read, and the broker holds no device state; nothing to wait for", f.RegistryPath())
 	}
 	if *wait > 0 {
-		r, err = follow(ctx, col, *wait, stderr, op.Client().Reconnect)
+		r, err = follow(ctx, col, *wait, stderr, op.Client().Reconnect, op.Client().Connected)
 		if err != nil {
-			return err
+			// Ctrl-C: what was seen so far is still worth showing, and the operator must hear
+			// that stopping to watch stopped nothing else.
+			if werr := write(r); werr != nil {
+				return werr
+			}
+			return fmt.Errorf("status: stopped watching (%w): %d of %d devices converged (%d rotating, %d failed, %d behind); the rollout goes on without it: fleetctl status --dir %s shows it again",
+				err, r.Counts.Converged, r.Total, r.Counts.Rotating, r.Counts.Failed, r.Counts.Behind, *dir)
 		}
 	}
 	if err := write(r); err != nil {
@@ -563,8 +593,10 @@ var stallResync, maxStallResync = 5 * time.Second, time.Minute
 // converged it calls resync, which must make the broker send the retained state again (a new
 // connection and subscription): a long-lived subscription can hold a device's older state for
 // good when, across a broker restart, the broker sends the retained copy it read before the
-// device's newer publish after that publish itself (docs/scale-out.md, item 3).
-func follow(ctx context.Context, col *status.Collector, wait time.Duration, w io.Writer, resync func()) (status.Report, error) {
+// device's newer publish after that publish itself (docs/scale-out.md, item 3). connected
+// reports whether the session to the broker is up: while it is not, the bar says so, since
+// what it shows is then no longer news; nil counts it as always up.
+func follow(ctx context.Context, col *status.Collector, wait time.Duration, w io.Writer, resync func(), connected func() bool) (status.Report, error) {
 	deadline := time.NewTimer(wait)
 	defer deadline.Stop()
 	stall := stallResync
@@ -577,8 +609,14 @@ func follow(ctx context.Context, col *status.Collector, wait time.Duration, w io
 		progressbar.OptionShowCount(),
 		progressbar.OptionSetElapsedTime(true),
 		progressbar.OptionSetPredictTime(false),
-		progressbar.OptionThrottle(statusEvery),
+		// No throttle: the loop below recomputes at most every statusEvery, and a throttled
+		// bar drops the render of the last change before a quiet spell, showing a count that
+		// is no longer true until the next one.
 	)
+	// The elapsed time moves on while nothing changes, so that a quiet rollout does not
+	// look like a hung command.
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
 	for {
 		changed := col.Changed()
 		r = col.Report()
@@ -589,6 +627,9 @@ func follow(ctx context.Context, col *status.Collector, wait time.Duration, w io
 		}
 		if !r.Converged && r.SignerWarning(time.Now()) != "" {
 			desc += " NO SIGNER SERVES"
+		}
+		if connected != nil && !connected() {
+			desc += " BROKER CONNECTION LOST, reconnecting"
 		}
 		bar.Describe(desc)
 		if r.Converged {
@@ -602,6 +643,8 @@ func follow(ctx context.Context, col *status.Collector, wait time.Duration, w io
 		case <-changed:
 			stall = stallResync
 			quiet.Reset(stall)
+		case <-tick.C:
+			continue // a render, with the elapsed time
 		case <-quiet.C:
 			resync()
 			stall = min(2*stall, maxStallResync)
@@ -622,6 +665,7 @@ func follow(ctx context.Context, col *status.Collector, wait time.Duration, w io
 			fmt.Fprintln(w)
 			return col.Report(), nil
 		case <-ctx.Done():
+			fmt.Fprintln(w)
 			return col.Report(), ctx.Err()
 		}
 	}

@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -92,6 +93,16 @@ func serveCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		fmt.Fprintf(stdout, "signer %q retired: the broker discarded session %s\n", *name, clientID)
 		return nil
 	}
+	// A second `fleetctl serve` of one name (the README's, while fleetctl-signer@default runs)
+	// would take the session of the first over, and the first this one's, without end.
+	unlock, err := f.LockSignerInstance(*name)
+	if errors.Is(err, fleet.ErrSignerRunning) {
+		return fmt.Errorf("serve: %w: two instances of one name take each other's broker session over in turn; leave that one serving (systemctl status fleetctl-signer@%s, if it is the service), or give this one another --name", err, *name)
+	}
+	if err != nil {
+		return fmt.Errorf("serve: %w", err)
+	}
+	defer unlock()
 	reg, err := f.OpenRegistry(log)
 	if err != nil {
 		return err

@@ -82,7 +82,7 @@ const DefaultOperator = "admin"
 const DefaultSigner = "default"
 
 // ErrNoFleet reports a directory that holds no fleet.
-var ErrNoFleet = errors.New("fleet: no fleet in directory; run fleetctl init")
+var ErrNoFleet = errors.New("fleet: no fleet in directory")
 
 // Meta is fleet.json: the fleet's public settings.
 type Meta struct {
@@ -299,7 +299,13 @@ type Fleet struct {
 func Open(dir string) (*Fleet, error) {
 	mb, err := os.ReadFile(filepath.Join(dir, fleetFile))
 	if errors.Is(err, os.ErrNotExist) {
-		return nil, fmt.Errorf("%w: %s", ErrNoFleet, dir)
+		// Most often a wrong --dir, or a command run from another directory: fleetctl init
+		// would make a new fleet, with a CA no camera trusts, so it is not the advice.
+		abs, aerr := filepath.Abs(dir)
+		if aerr != nil {
+			abs = dir
+		}
+		return nil, fmt.Errorf("%w %s (no %s in %s): give the fleet's directory with --dir (default ./fleet); only for a fleet that does not exist yet, fleetctl init makes one", ErrNoFleet, dir, fleetFile, abs)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("fleet: %w", err)

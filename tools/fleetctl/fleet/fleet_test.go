@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -264,5 +265,43 @@ func TestReadKeySetReadsTheKeySetInForceAlone(t *testing.T) {
 	}
 	if _, err := fleet.ReadKeySet(f.Dir); err == nil {
 		t.Fatal("ReadKeySet took a key set another fleet's root signed")
+	}
+}
+
+// A wrong --dir at 3 a.m. must be named as one, with where fleetctl looked: the advice to run
+// fleetctl init there would make a new fleet, with a CA no camera trusts.
+func TestOpenOfADirectoryWithoutAFleetSaysWhereItLookedAndAsksForDir(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "flet")
+	_, err := fleet.Open(dir)
+	if !errors.Is(err, fleet.ErrNoFleet) {
+		t.Fatalf("Open: %v, want ErrNoFleet", err)
+	}
+	for _, w := range []string{dir, "fleet.json", "--dir"} {
+		if !strings.Contains(err.Error(), w) {
+			t.Errorf("error %q does not say %q", err, w)
+		}
+	}
+	if strings.Contains(err.Error(), "; run fleetctl init") {
+		t.Errorf("error %q tells the operator to make a new fleet", err)
+	}
+}
+
+// --drop of an id that is not in the key set names the ids that are: the operator has no
+// other place to read them, keyset.json holding them inside its encoded body.
+func TestRotateKeysDropOfAnUnknownIDListsTheKeysInForce(t *testing.T) {
+	f := newFleet(t)
+	root, err := f.LoadRootKey(f.RootKeyPath())
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _, err = f.RotateKeys(root, []string{"k-bogus"}, time.Now())
+	if err == nil {
+		t.Fatal("keys rotate --drop k-bogus succeeded")
+	}
+	ks := f.KeySet()
+	for _, k := range append(slices.Clone(ks.CommandKeys), ks.GrantKeys...) {
+		if !strings.Contains(err.Error(), k.ID) {
+			t.Errorf("error %q does not name key %s", err, k.ID)
+		}
 	}
 }

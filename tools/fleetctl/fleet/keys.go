@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/camagent/camagent/certs"
@@ -102,7 +103,17 @@ func (f *Fleet) RotateKeysWith(root *certs.SigningKey, o RotateOptions, now time
 	for _, kid := range drop {
 		if !slices.ContainsFunc(cur.CommandKeys, func(k certs.PublicKey) bool { return k.ID == kid }) &&
 			!slices.ContainsFunc(cur.GrantKeys, func(k certs.PublicKey) bool { return k.ID == kid }) {
-			return "", nil, fmt.Errorf("fleet: keys rotate: --drop %s: no such key in key set v%d", kid, cur.Version)
+			ids := func(keys []certs.PublicKey) string {
+				var s []string
+				for _, k := range keys {
+					s = append(s, k.ID)
+				}
+				return strings.Join(s, " ")
+			}
+			// The operator has to learn the ids somewhere: keyset.json holds them only inside
+			// its signed, encoded body.
+			return "", nil, fmt.Errorf("fleet: keys rotate: --drop %s: no such key in key set v%d, whose command keys are %s and grant keys %s",
+				kid, cur.Version, ids(cur.CommandKeys), ids(cur.GrantKeys))
 		}
 		dropped[kid] = true
 	}

@@ -9,7 +9,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/camagent/camagent/agent/wire"
@@ -114,6 +116,10 @@ func (f *Fleet) Dial(ctx context.Context, o OperatorOptions) (*Operator, error) 
 	for _, s := range o.Subscriptions {
 		subs = append(subs, mqtt.Subscription{Filter: s, QoS: 0})
 	}
+	// Why the last attempt failed, for the error when no attempt succeeds in time: an
+	// operator must hear "nothing listens there", not only that the wait ran out.
+	var lastMu sync.Mutex
+	var last error
 	client, err := mqtt.New(mqtt.Config{
 		BrokerURL:     broker,
 		ClientID:      clientID,
@@ -125,6 +131,11 @@ func (f *Fleet) Dial(ctx context.Context, o OperatorOptions) (*Operator, error) 
 		MinBackoff:    100 * time.Millisecond,
 		MaxBackoff:    2 * time.Second,
 		Logger:        o.Logger,
+		OnConnectError: func(err error) {
+			lastMu.Lock()
+			last = err
+			lastMu.Unlock()
+		},
 	})
 	if err != nil {
 		return nil, fmt.Errorf("fleet: %w", err)
@@ -142,11 +153,38 @@ func (f *Fleet) Dial(ctx context.Context, o OperatorOptions) (*Operator, error) 
 	if err != nil {
 		op.Close()
 		if cause := context.Cause(wctx); errors.Is(cause, certs.ErrRetiredBroker) {
-			err = cause
+			return nil, fmt.Errorf("fleet: connect to %s: %w", broker, cause)
+		}
+		lastMu.Lock()
+		defer lastMu.Unlock()
+		if ctx.Err() == nil || errors.Is(ctx.Err(), context.DeadlineExceeded) {
+			return nil, fmt.Errorf("fleet: cannot connect to %s (%w): %s", broker, err, f.explainConnectError(last))
 		}
 		return nil, fmt.Errorf("fleet: connect to %s: %w", broker, err)
 	}
 	return op, nil
+}
+
+// explainConnectError says, for an operator, why no connection to the broker came up: last
+// is the reason of the last failed attempt, nil when none failed yet (no answer at all).
+func (f *Fleet) explainConnectError(last error) string {
+	if last == nil {
+		return "the broker did not answer: check that it runs and that the broker URL (--broker, or fleet.json's) names it; a firewall may drop the connection"
+	}
+	// paho flattens the errors it wraps: the standard ones are recognised by their text too.
+	msg := last.Error()
+	switch {
+	case errors.Is(last, syscall.ECONNREFUSED) || strings.Contains(msg, "connection refused"):
+		return fmt.Sprintf("nothing accepts connections there: start the broker (fleetctl broker --dir %s, or Mosquitto) or check the broker URL (--broker, or fleet.json's); last attempt: %v", f.Dir, last)
+	case strings.Contains(msg, "certificate signed by unknown authority"):
+		return fmt.Sprintf("the broker there presents a certificate from another CA than this fleet's (%s): --dir names another fleet than the broker serves, or --broker another fleet's broker; last attempt: %v", f.Dir, last)
+	case strings.Contains(msg, "no such host"):
+		return fmt.Sprintf("the broker's host name does not resolve: check the broker URL (--broker, or fleet.json's); last attempt: %v", last)
+	case strings.Contains(msg, "not Authorized"), strings.Contains(msg, "bad certificate"),
+		strings.Contains(msg, "certificate revoked"), strings.Contains(msg, "expired certificate"):
+		return fmt.Sprintf("the broker refuses this fleet directory's operator certificate: revoked since (fleetctl replace operator ran on another copy of the fleet directory: copy its operator/ here), or expired (fleetctl check --dir %s shows when it expires); last attempt: %v", f.Dir, last)
+	}
+	return "last attempt: " + msg
 }
 
 // BrokerCertificate returns the certificate the broker presented in the session's last
