@@ -10,9 +10,13 @@ import (
 const (
 	// SignerServing: the instance is running and answering requests.
 	SignerServing = "serving"
-	// SignerStopped: the instance stopped cleanly. One that crashed says nothing more: its
-	// last "serving" ages.
+	// SignerStopped: the instance stopped cleanly.
 	SignerStopped = "stopped"
+	// SignerLost: the instance's connection ended without it stopping (it crashed, was
+	// killed, or its network was cut): its will, which the broker publishes. An instance
+	// that comes back says SignerServing again at once. Where no will was left (a broker
+	// that lost it), its last "serving" ages instead.
+	SignerLost = "lost"
 )
 
 // MaxSignerPresenceEvery caps SignerPresence.Every, in seconds.
@@ -27,7 +31,7 @@ type SignerPresence struct {
 	V int `json:"v"`
 	// Name is the instance's name (fleetctl serve --name).
 	Name string `json:"name"`
-	// State is SignerServing or SignerStopped.
+	// State is SignerServing, SignerStopped or SignerLost.
 	State string `json:"state"`
 	// Since is when the instance started, Unix seconds by its clock.
 	Since int64 `json:"since"`
@@ -44,7 +48,7 @@ func (p *SignerPresence) Validate() error {
 		return fmt.Errorf("%w: version %d", ErrMalformed, p.V)
 	case !SignerNameRe.MatchString(p.Name):
 		return fmt.Errorf("%w: signer name %q", ErrMalformed, p.Name)
-	case p.State != SignerServing && p.State != SignerStopped:
+	case p.State != SignerServing && p.State != SignerStopped && p.State != SignerLost:
 		return fmt.Errorf("%w: signer state %q", ErrMalformed, p.State)
 	case p.Since <= 0 || p.At < p.Since:
 		return fmt.Errorf("%w: since %d, at %d", ErrMalformed, p.Since, p.At)

@@ -5,8 +5,10 @@ import (
 	"context"
 	"encoding/json"
 	"os"
+	"os/exec"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -110,6 +112,66 @@ func TestStatusSaysWhetherASignerServes(t *testing.T) {
 			if r, warned := statusOf(t, f, url); len(r.Signers) != 0 || !strings.Contains(warned, "no signer has said it serves") {
 				t.Fatalf("s1 retired, and status said %+v:\n%s", r.Signers, warned)
 			}
+		})
+	}
+}
+
+// A signer that is killed (SIGKILL: no "stopped") is gone for fleetctl status at once, by the
+// will the broker publishes for it, rather than after its word has aged three intervals; a
+// signer started again under its name is serving again. On both brokers.
+func TestStatusSaysAtOnceThatAKilledSignerIsGone(t *testing.T) {
+	bin, err := fleetctlBin()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, kind := range []string{"embedded", "mosquitto"} {
+		t.Run(kind, func(t *testing.T) {
+			f, pki := newFleet(t)
+			var url string
+			if kind == "embedded" {
+				url = fleettest.StartBroker(t, f)
+			} else {
+				fleetctl(t, "crl", "--dir", f.Dir)
+				crl, err := os.ReadFile(f.CRLPath())
+				if err != nil {
+					t.Fatal(err)
+				}
+				url = mqtttest.StartMosquitto(t, pki, fleettest.Identities(), mqtttest.WithCRL(crl)).URL()
+			}
+			out := new(logtest.Buffer)
+			cmd := exec.Command(bin, "serve", "--dir", f.Dir, "--broker", url, "--name", "s1", "--log-level", "warn")
+			cmd.Stdout, cmd.Stderr = out, out
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+			waitFor(t, 30*time.Second, "status to list s1 serving", func() bool {
+				r, _ := statusOf(t, f, url)
+				return len(r.Signers) == 1 && r.Signers[0].State == wire.SignerServing
+			})
+
+			if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
+				t.Fatal(err)
+			}
+			cmd.Wait()
+			killed := time.Now()
+			var r status.Report
+			var warned string
+			// Its word is 30 s apart: aged out, it would be gone 90 s after it last spoke.
+			waitFor(t, 20*time.Second, "status to say s1 is lost", func() bool {
+				r, warned = statusOf(t, f, url)
+				return len(r.Signers) == 1 && r.Signers[0].State == wire.SignerLost
+			})
+			if !strings.Contains(warned, "no signer serves: the broker says s1 lost its connection without stopping") {
+				t.Fatalf("s1 killed, and status warned:\n%s", warned)
+			}
+			t.Logf("status said s1 was lost %v after the kill", time.Since(killed).Round(time.Millisecond))
+
+			startServe(t, f, url, "s1")
+			waitFor(t, 30*time.Second, "status to list s1 serving again", func() bool {
+				r, warned = statusOf(t, f, url)
+				return len(r.Signers) == 1 && r.Signers[0].State == wire.SignerServing && !strings.Contains(warned, "signer")
+			})
 		})
 	}
 }

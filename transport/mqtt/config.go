@@ -1,6 +1,7 @@
 package mqtt
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"fmt"
@@ -134,6 +135,25 @@ type Config struct {
 	// connection attempt (TLS errors such as a certificate not yet valid because the clock is
 	// behind, refused CONNACKs, refused subscriptions). It must return quickly.
 	OnConnectError func(err error)
+
+	// Will, if set, is sent with every CONNECT (MQTT 3.1.1 section 3.1.2.5): the broker
+	// publishes it when that connection ends without the client's DISCONNECT (a crash, a
+	// kill, a network cut, the broker closing it) and discards it when the client ends it
+	// (Run's return, Reconnect). Nil means none.
+	Will *Will
+}
+
+// Will is a message the broker publishes on a client's behalf when its connection ends
+// without a DISCONNECT.
+type Will struct {
+	// Topic is a topic name: no wildcards.
+	Topic string
+	// Payload is the message, at most Config.MaxPayload bytes.
+	Payload []byte
+	// QoS is 0 or 1.
+	QoS byte
+	// Retained makes the broker keep it as the topic's retained message.
+	Retained bool
 }
 
 // Subscription is one topic filter to subscribe to.
@@ -278,6 +298,20 @@ func withDefaults(cfg Config) (Config, *url.URL, error) {
 		return bad("MaxPayload", "negative")
 	case cfg.MaxPayload == 0:
 		cfg.MaxPayload = DefaultMaxPayload
+	}
+
+	// Will.
+	if w := cfg.Will; w != nil {
+		if err := validTopic(w.Topic); err != nil {
+			return bad("Will.Topic", "%v", err)
+		}
+		if w.QoS > 1 {
+			return bad("Will.QoS", "%d; the fleet uses QoS 0 and 1 only", w.QoS)
+		}
+		if len(w.Payload) > cfg.MaxPayload {
+			return bad("Will.Payload", "%d bytes, over MaxPayload %d", len(w.Payload), cfg.MaxPayload)
+		}
+		cfg.Will = &Will{Topic: w.Topic, Payload: bytes.Clone(w.Payload), QoS: w.QoS, Retained: w.Retained}
 	}
 	switch {
 	case cfg.QueueLength < 0:

@@ -94,6 +94,9 @@ func (c *Client) pahoOptions(s *session) *paho.ClientOptions {
 	// We dial ourselves: a fresh TLS handshake per connection (so the certificate in the
 	// Holder is the one presented), cancellation by ctx, and a handle to close on abort.
 	o.SetCustomOpenConnectionFn(s.dial)
+	if w := c.cfg.Will; w != nil {
+		o.SetBinaryWill(w.Topic, w.Payload, w.QoS, w.Retained)
+	}
 	return o
 }
 

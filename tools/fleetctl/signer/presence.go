@@ -15,15 +15,20 @@ func PresenceTopic(clientID string) string {
 	return topic.SignersPrefix + certs.ClientIDSession(clientID)
 }
 
-// presenceLoop keeps the instance's presence retained: "serving" once connected and then every
-// Config.PresenceEvery, so that a crashed signer shows as one whose word is getting old, and
-// "stopped" when ctx ends, before stop closes the connection. It calls stop when it returns.
+// presence is the instance's presence document in state, said at now.
+func (s *Signer) presence(state string, now int64) ([]byte, error) {
+	return wire.Encode(&wire.SignerPresence{V: wire.Version, Name: s.cfg.Name, State: state, Since: s.since, At: max(now, s.since), Every: int64(s.cfg.PresenceEvery / time.Second)})
+}
+
+// presenceLoop keeps the instance's presence retained: "serving" on every connection and then
+// every Config.PresenceEvery, and "stopped" when ctx ends, before stop closes the connection.
+// A connection that ends otherwise (a crash, a kill, a network cut) makes the broker publish
+// the instance's will, "lost" (New); the next connection says "serving" over it at once. It
+// calls stop when it returns.
 func (s *Signer) presenceLoop(ctx context.Context, stop func()) {
 	defer stop()
-	since := s.clk.Now().Unix()
 	say := func(ctx context.Context, state string) {
-		now := s.clk.Now().Unix()
-		b, err := wire.Encode(&wire.SignerPresence{V: wire.Version, Name: s.cfg.Name, State: state, Since: since, At: max(now, since), Every: int64(s.cfg.PresenceEvery / time.Second)})
+		b, err := s.presence(state, s.clk.Now().Unix())
 		if err != nil {
 			s.log.Error("signer: presence", "err", err)
 			return
@@ -34,6 +39,10 @@ func (s *Signer) presenceLoop(ctx context.Context, stop func()) {
 	}
 	if s.client.WaitConnected(ctx) == nil {
 		for {
+			select {
+			case <-s.connected: // the connection this says it on
+			default:
+			}
 			pctx, cancel := context.WithTimeout(ctx, s.cfg.PresenceEvery)
 			say(pctx, wire.SignerServing)
 			cancel()
@@ -41,6 +50,8 @@ func (s *Signer) presenceLoop(ctx context.Context, stop func()) {
 			case <-ctx.Done():
 			case <-s.clk.After(s.cfg.PresenceEvery):
 				continue
+			case <-s.connected:
+				continue // a new connection, after the broker published the will of the last
 			}
 			break
 		}

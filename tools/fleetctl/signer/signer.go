@@ -43,6 +43,9 @@ type Signer struct {
 
 	beat atomic.Int64 // Unix nanoseconds of the monitor loop's last pass
 
+	since     int64         // Unix seconds of New: the presence's Since
+	connected chan struct{} // capacity 1: a connection came up (mqtt.Config.OnConnect)
+
 	stats struct {
 		issued, reissued, refused, rateLimited, confirmed, revoked, ignored, dropped, held atomic.Uint64
 	}
@@ -112,6 +115,15 @@ func New(cfg Config) (*Signer, error) {
 		out:    make(chan answer, cfg.BatchSize*2),
 		crl:    make(chan struct{}, 1),
 		bucket: newBucket(cfg.MaxRate, cfg.Burst),
+		since:  cfg.Clock.Now().Unix(),
+		// One pending signal is enough: presenceLoop says "serving" for the newest connection.
+		connected: make(chan struct{}, 1),
+	}
+	// The broker says "lost" for the instance when its connection ends without it stopping:
+	// fleetctl status need not wait for its word to age.
+	will, err := s.presence(wire.SignerLost, s.since)
+	if err != nil {
+		return nil, fmt.Errorf("signer: %w", err)
 	}
 	client, err := mqtt.New(mqtt.Config{
 		BrokerURL:     cfg.BrokerURL,
@@ -124,6 +136,13 @@ func New(cfg Config) (*Signer, error) {
 		MinBackoff:    cfg.MinBackoff,
 		MaxBackoff:    cfg.MaxBackoff,
 		Logger:        cfg.Logger,
+		OnConnect: func(context.Context) {
+			select {
+			case s.connected <- struct{}{}:
+			default:
+			}
+		},
+		Will: &mqtt.Will{Topic: PresenceTopic(cfg.ClientID), Payload: will, QoS: 1, Retained: true},
 	})
 	if err != nil {
 		return nil, fmt.Errorf("signer: %w", err)

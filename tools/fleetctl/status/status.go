@@ -354,7 +354,7 @@ type Report struct {
 // Signer is one signer instance's last word.
 type Signer struct {
 	Name string `json:"name"`
-	// State is wire.SignerServing or wire.SignerStopped.
+	// State is wire.SignerServing, wire.SignerStopped or wire.SignerLost.
 	State string `json:"state"`
 	// Since is when it started and Said when it last spoke, by its clock.
 	Since time.Time `json:"since"`
@@ -383,13 +383,26 @@ func SignerWarning(signers []Signer, now time.Time) string {
 		return "no signer has said it serves on this broker: devices' certificate requests wait until one runs (fleetctl serve)"
 	}
 	var last Signer
+	var lost []string
 	for _, s := range signers {
 		if s.Alive(now) {
 			return ""
 		}
+		if s.State == wire.SignerLost {
+			lost = append(lost, s.Name)
+		}
 		if s.Said.After(last.Said) {
 			last = s
 		}
+	}
+	if len(lost) > 0 {
+		// A will says nothing of when: the broker published it when the connection ended.
+		whose := "its"
+		if len(lost) > 1 {
+			whose = "their"
+		}
+		return fmt.Sprintf("no signer serves: the broker says %s lost %s connection without stopping (crashed, killed, or cut off from the broker): devices' certificate requests wait until one runs again (fleetctl serve)",
+			strings.Join(lost, ", "), whose)
 	}
 	if last.State == wire.SignerStopped {
 		return fmt.Sprintf("every signer has stopped (the last, %s, at %s): devices' certificate requests wait until one runs (fleetctl serve)", last.Name, last.Said.UTC().Format(time.RFC3339))
@@ -583,6 +596,10 @@ func (r Report) WriteTable(w io.Writer) error {
 	if len(r.Signers) > 0 {
 		var said []string
 		for _, sg := range r.Signers {
+			if sg.State == wire.SignerLost {
+				said = append(said, fmt.Sprintf("%s lost (its connection ended without it stopping; started %s)", sg.Name, sg.Since.UTC().Format(time.RFC3339)))
+				continue
+			}
 			said = append(said, fmt.Sprintf("%s %s (said %s)", sg.Name, sg.State, sg.Said.UTC().Format(time.RFC3339)))
 		}
 		if _, err := fmt.Fprintf(w, "signers: %s\n\n", strings.Join(said, ", ")); err != nil {
