@@ -579,7 +579,9 @@ const codeBrokerRetired = "broker_retired"
 func (a *Agent) onConnectError(err error) {
 	var inv x509.CertificateInvalidError
 	var ae tls.AlertError
-	if refusedCredential(err) {
+	// Only refusals of the active certificate count toward the bootstrap identity: an issued
+	// one a rotation tries (switching) may be refused without the active one being so.
+	if refusedCredential(err) && !a.switching() {
 		if int(a.authFails.Add(1)) >= a.cfg.AuthFailuresBeforeBootstrap {
 			a.poke()
 		}

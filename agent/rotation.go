@@ -539,7 +539,8 @@ func (a *Agent) askSigner(ctx context.Context, c state.Cred, next *credential) (
 	}
 	rctx, cancel := context.WithTimeout(ctx, a.cfg.RequestTimeout)
 	defer cancel()
-	if a.mustBootstrap() {
+	bootstrap := a.mustBootstrap()
+	if bootstrap {
 		a.log.Warn("operational certificate unusable; asking for a new one through the bootstrap identity", "not_after", a.activeCred().cert.NotAfter.UTC().Format(time.RFC3339))
 		if err := a.save(func(st *state.State) { st.Cred.Bootstrap = true }); err != nil {
 			return nil, rotErr(wire.ErrCodeInternal, "journal: %w", err)
@@ -556,10 +557,25 @@ func (a *Agent) askSigner(ctx context.Context, c state.Cred, next *credential) (
 		return nil, rotErr(wire.ErrCodeTimeout, "send csr: %w", err)
 	}
 	a.step(StepRequested)
+	// A signer that takes a while (busy, or not running) leaves the rotation waiting: the
+	// device says so, once, so that fleetctl status counts it rotating rather than behind. A
+	// quick answer adds no publish to the rotation's own at its end. Through the bootstrap
+	// identity the operational connection is not up to say it.
+	var notice <-chan time.Time
+	if !bootstrap {
+		t := time.NewTimer(pendingNoticeAfter)
+		defer t.Stop()
+		notice = t.C
+	}
 	for {
 		select {
 		case <-rctx.Done():
 			return nil, rotErr(wire.ErrCodeTimeout, "no certificate from the signer within %s", a.cfg.RequestTimeout)
+		case <-notice:
+			notice = nil
+			if err := a.publishState(rctx); err != nil && rctx.Err() == nil {
+				a.log.Debug("could not publish that the rotation waits for the signer", "err", err)
+			}
 		case r := <-a.certResp:
 			if r.ReqID == c.ReqID {
 				return r, nil
@@ -567,6 +583,10 @@ func (a *Agent) askSigner(ctx context.Context, c state.Cred, next *credential) (
 		}
 	}
 }
+
+// pendingNoticeAfter is how long a rotation waits for the signer's answer before the device
+// publishes its state (rotation "pending").
+const pendingNoticeAfter = 3 * time.Second
 
 // maxIssuedLifetime bounds the validity of a certificate the agent accepts from the signer.
 const maxIssuedLifetime = 400 * 24 * time.Hour

@@ -64,3 +64,40 @@ func TestARotationPublishesTheStateOnceItEnds(t *testing.T) {
 		t.Fatalf("states published: %+v; want the first connection's, then only the committed one", states)
 	}
 }
+
+// A rotation that waits for a signer that does not answer (none runs, here) says so once, a
+// few seconds in: fleetctl status then counts the device rotating, not behind as if it had
+// not heard of the breach.
+func TestARotationWaitingForTheSignerSaysItIsPending(t *testing.T) {
+	pki := mqtttest.NewPKI(t)
+	states := make(chan wire.DeviceState, 16)
+	b := mqtttest.StartEmbedded(t, pki, mqtttest.WithOnPublish(func(_, tp string, payload []byte, _ bool) {
+		var s wire.DeviceState
+		if tp == topic.State("cam-0001") && wire.Decode(payload, &s) == nil {
+			states <- s
+		}
+	}))
+	dir := enrolledOn(t, pki, b, "cam-0001", time.Now())
+	log, rec := logtest.New()
+	a := running(t, Config{StateDir: dir, Logger: log, MinBackoff: 50 * time.Millisecond, MaxBackoff: 200 * time.Millisecond})
+	next := func(what string) wire.DeviceState {
+		t.Helper()
+		select {
+		case s := <-states:
+			return s
+		case <-time.After(pendingNoticeAfter + 10*time.Second):
+			t.Fatalf("no state published: %s; log:\n%s", what, rec.Text())
+		}
+		return wire.DeviceState{}
+	}
+	if s := next("the first connection's"); s.Rotation != wire.RotationIdle {
+		t.Fatalf("first state %+v", s)
+	}
+	if err := a.save(func(st *state.State) { st.DesiredEpoch = 1 }); err != nil {
+		t.Fatal(err)
+	}
+	a.poke()
+	if s := next("the rotation's"); s.Rotation != wire.RotationPending || s.Epoch != 0 {
+		t.Fatalf("state while waiting for the signer: %+v, want rotation pending at epoch 0", s)
+	}
+}
