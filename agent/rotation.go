@@ -394,6 +394,9 @@ func (a *Agent) rotate(ctx context.Context) error {
 		if err := a.begin(); err != nil {
 			return err
 		}
+		if err := a.raiseTarget(); err != nil {
+			return err
+		}
 		phase = state.PhasePending
 	}
 	if phase == state.PhasePending {
@@ -467,6 +470,25 @@ func (a *Agent) begin() error {
 // request gets the pending request's certificate — an answer that came after the last
 // attempt stopped waiting, or else a new answer from the signer (askSigner) — verifies it and
 // journals PhaseIssued.
+// raiseTarget makes a rotation begin just made, whose request has not been sent, ask for the
+// desired epoch if one higher came meanwhile: a device back after several breaches gets their
+// notices one after another, and would otherwise rotate once for each. Only here is the
+// request known unsent: a journaled request id may have reached the signer before a restart,
+// and the signer answers a repeated id with the certificate of its first epoch.
+func (a *Agent) raiseTarget() error {
+	a.mu.Lock()
+	target, desired := a.st.Cred.TargetEpoch, a.st.DesiredEpoch
+	a.mu.Unlock()
+	if desired <= target {
+		return nil
+	}
+	if err := a.save(func(st *state.State) { st.Cred.TargetEpoch = max(st.Cred.TargetEpoch, st.DesiredEpoch) }); err != nil {
+		return rotErr(wire.ErrCodeInternal, "journal pending: %w", err)
+	}
+	a.log.Info("rotation pending: a newer desired epoch came before the request", "target_epoch", desired)
+	return nil
+}
+
 func (a *Agent) request(ctx context.Context) error {
 	a.mu.Lock()
 	c, next := a.st.Cred, a.next

@@ -101,3 +101,40 @@ func TestARotationWaitingForTheSignerSaysItIsPending(t *testing.T) {
 		t.Fatalf("state while waiting for the signer: %+v, want rotation pending at epoch 0", s)
 	}
 }
+
+// A device back after several breaches gets their notices one after another: one that comes
+// while its rotation is being made, before the request goes out, is taken into that rotation
+// rather than making the device rotate again right after.
+func TestANewerEpochBeforeTheRequestIsTakenIntoTheRotation(t *testing.T) {
+	pki := mqtttest.NewPKI(t)
+	b := mqtttest.StartEmbedded(t, pki)
+	dir := enrolledOn(t, pki, b, "cam-0001", time.Now())
+	testSigner(t, b, pki, "cam-0001", time.Now)
+	log, rec := logtest.New()
+	var a *Agent
+	var once sync.Once
+	a = running(t, Config{StateDir: dir, Logger: log, MinBackoff: 50 * time.Millisecond, MaxBackoff: 200 * time.Millisecond,
+		AfterStep: func(s string) {
+			if s == StepPending {
+				once.Do(func() {
+					if err := a.save(func(st *state.State) { st.DesiredEpoch = 3 }); err != nil {
+						t.Error(err)
+					}
+				})
+			}
+		}})
+	if err := a.save(func(st *state.State) { st.DesiredEpoch = 1 }); err != nil {
+		t.Fatal(err)
+	}
+	a.poke()
+	deadline := time.Now().Add(20 * time.Second)
+	for a.Epoch() != 3 {
+		if time.Now().After(deadline) {
+			t.Fatalf("epoch %d, want 3; log:\n%s", a.Epoch(), rec.Text())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if n := a.Rotations(); n != 1 {
+		t.Errorf("%d rotations to reach epoch 3, want 1; log:\n%s", n, rec.Text())
+	}
+}
