@@ -246,6 +246,7 @@ func New(cfg Config) (*Agent, error) {
 		wake:      make(chan struct{}, 1),
 		beat:      make(chan struct{}),
 	}
+	a.repairBundle()
 	st, err := a.store.Load()
 	var ce *state.CorruptError
 	switch {

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"os"
@@ -19,6 +20,10 @@ const (
 	CSRFile    = "device.csr"
 	BundleFile = "bundle.json"
 	StateFile  = "state.json"
+	// BundleCopyFile is a second copy of BundleFile, the only record of the fleet CA, the
+	// root key and the bootstrap certificate on the device: the agent starts from it when a
+	// storage fault damaged or lost the first, and writes the first again from it (R6).
+	BundleCopyFile = "bundle.copy.json"
 )
 
 // ErrNotEnrolled reports a state directory without a key or bundle.
@@ -109,6 +114,11 @@ func InstallBundle(stateDir string, bundle []byte, now time.Time) (*certs.Verifi
 	if err := atomicfile.WriteFile(filepath.Join(stateDir, BundleFile), bundle, 0o600); err != nil {
 		return nil, fmt.Errorf("agent: install bundle: %w", err)
 	}
+	// Killed before this, the copy is the old bundle's (or none): the agent writes it again
+	// from the bundle at its next start.
+	if err := atomicfile.WriteFile(filepath.Join(stateDir, BundleCopyFile), bundle, 0o600); err != nil {
+		return nil, fmt.Errorf("agent: install bundle: %w", err)
+	}
 	return vb, nil
 }
 
@@ -159,25 +169,64 @@ func checkBootstrap(stateDir string, vb *certs.VerifiedBundle) error {
 // identity is the device's loaded enrollment key and bundle.
 type identity struct {
 	bundle *certs.VerifiedBundle
+	// raw is the bundle as read, from BundleFile or, when damaged is set, from BundleCopyFile.
+	raw []byte
+	// damaged is why BundleFile could not be used; nil when it was.
+	damaged error
+	// copied reports that BundleCopyFile holds raw.
+	copied bool
 }
 
+// loadIdentity reads the bundle, or its copy when the bundle is damaged or gone. It writes
+// nothing (ReadCredentials uses it beside a running agent): Agent.repairBundle does.
 func loadIdentity(stateDir string) (*identity, error) {
-	b, err := os.ReadFile(filepath.Join(stateDir, BundleFile))
-	if errors.Is(err, os.ErrNotExist) {
+	vb, raw, err := readBundle(filepath.Join(stateDir, BundleFile))
+	cvb, craw, cerr := readBundle(filepath.Join(stateDir, BundleCopyFile))
+	switch {
+	case err == nil:
+		return &identity{bundle: vb, raw: raw, copied: cerr == nil && bytes.Equal(craw, raw)}, nil
+	case cerr == nil:
+		return &identity{bundle: cvb, raw: craw, damaged: err, copied: true}, nil
+	case errors.Is(err, os.ErrNotExist):
 		return nil, fmt.Errorf("%w: no %s in %s; install the bundle from fleetctl enroll", ErrNotEnrolled, BundleFile, stateDir)
 	}
+	return nil, err
+}
+
+// readBundle reads and checks the bundle at path.
+func readBundle(path string) (*certs.VerifiedBundle, []byte, error) {
+	b, err := os.ReadFile(path)
 	if err != nil {
-		return nil, fmt.Errorf("agent: %w", err)
+		return nil, nil, fmt.Errorf("agent: %w", err)
 	}
 	bu, err := certs.ParseBundle(b)
 	if err != nil {
-		return nil, fmt.Errorf("agent: %s: %w", BundleFile, err)
+		return nil, nil, fmt.Errorf("agent: %s: %w", filepath.Base(path), err)
 	}
 	// Check at the certificate's own start: an expired certificate still loads, so the run loop
 	// can say so and recover, instead of the agent crash-looping.
 	vb, err := bu.Verify(nil, time.Time{})
 	if err != nil {
-		return nil, fmt.Errorf("agent: %s: %w", BundleFile, err)
+		return nil, nil, fmt.Errorf("agent: %s: %w", filepath.Base(path), err)
 	}
-	return &identity{bundle: vb}, nil
+	return vb, b, nil
+}
+
+// repairBundle writes again, from the bundle the agent loaded, a bundle file that was damaged
+// or lost, and a copy that is missing, damaged or older (a device enrolled before the copy
+// existed, or killed between the two writes of InstallBundle). A write that fails is logged:
+// the agent runs on what it loaded, and the next start tries again.
+func (a *Agent) repairBundle() {
+	dir := a.cfg.StateDir
+	if err := a.id.damaged; err != nil {
+		a.log.Error("the enrollment bundle is damaged or gone; starting from its copy and writing it again", "err", err)
+		if err := atomicfile.WriteFile(filepath.Join(dir, BundleFile), a.id.raw, 0o600); err != nil {
+			a.log.Error("could not write the enrollment bundle again", "err", err)
+		}
+	}
+	if !a.id.copied {
+		if err := atomicfile.WriteFile(filepath.Join(dir, BundleCopyFile), a.id.raw, 0o600); err != nil {
+			a.log.Error("could not write the copy of the enrollment bundle", "err", err)
+		}
+	}
 }

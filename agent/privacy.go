@@ -237,7 +237,7 @@ func (a *Agent) applyPrivacy(on bool) {
 
 // resetPatterns are what a factory reset removes from the state directory, as glob patterns.
 var resetPatterns = []string{
-	KeyFile, CSRFile, BundleFile, StateFile, FloorFile, TokenFile, BootstrapKey, credsDir,
+	KeyFile, CSRFile, BundleFile, BundleCopyFile, StateFile, FloorFile, TokenFile, BootstrapKey, credsDir,
 	StateFile + ".corrupt*", ".*.tmp*", ".tmp*",
 }
 

@@ -302,7 +302,7 @@ func TestResetLeavesNothingAndTheDeviceCannotRunUntilEnrolled(t *testing.T) {
 		}
 		return nil
 	})
-	for _, want := range []string{agent.KeyFile, agent.BundleFile, agent.StateFile, agent.BootstrapKey, seal.SecretFile, seal.SettingsFile, "creds"} {
+	for _, want := range []string{agent.KeyFile, agent.BundleFile, agent.BundleCopyFile, agent.StateFile, agent.BootstrapKey, seal.SecretFile, seal.SettingsFile, "creds"} {
 		if !slices.ContainsFunc(before, func(p string) bool { return strings.HasSuffix(p, want) }) {
 			t.Fatalf("no %s in the state directory before the reset: %v", want, before)
 		}
