@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"crypto/x509"
@@ -514,10 +515,14 @@ func mustRead(t *testing.T, p string) []byte {
 func TestADamagedDeviceTokenIsReplacedAndNeverRegistered(t *testing.T) {
 	for _, tc := range []struct {
 		name    string
-		pending bool // a rotation to generation 1 is pending, and its token is the damaged one
+		pending bool   // a rotation to generation 1 is pending, and its token is the damaged one
+		content []byte // what the damaged token file holds
 	}{
-		{"the active generation's token", false},
-		{"a pending generation's token", true},
+		{"the active generation's token, truncated", false, []byte{0x5a, 0x01, 0x02}},
+		{"a pending generation's token, truncated", true, []byte{0x5a, 0x01, 0x02}},
+		{"the active generation's token, zeroed", false, make([]byte, tokenBytes)},
+		{"a pending generation's token, zeroed", true, make([]byte, tokenBytes)},
+		{"the active generation's token, erased to ones", false, bytes.Repeat([]byte{0xff}, tokenBytes)},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			const id = "cam-0001"
@@ -535,7 +540,7 @@ func TestADamagedDeviceTokenIsReplacedAndNeverRegistered(t *testing.T) {
 				}
 				damaged = filepath.Join(genDir(dir, 1), TokenFile)
 			}
-			if err := os.WriteFile(damaged, []byte{0x5a, 0x01, 0x02}, 0o600); err != nil {
+			if err := os.WriteFile(damaged, tc.content, 0o600); err != nil {
 				t.Fatal(err)
 			}
 			var mu sync.Mutex
@@ -566,8 +571,8 @@ func TestADamagedDeviceTokenIsReplacedAndNeverRegistered(t *testing.T) {
 				t.Fatal(err)
 			}
 			tok, err := os.ReadFile(filepath.Join(genDir(dir, got.Cred.Active), TokenFile))
-			if err != nil || len(tok) != tokenBytes {
-				t.Fatalf("the active generation's token after the rotation: %d bytes, %v", len(tok), err)
+			if err != nil || len(tok) != tokenBytes || bytes.Equal(tok, make([]byte, tokenBytes)) {
+				t.Fatalf("the active generation's token after the rotation: %d bytes (%x), %v", len(tok), tok, err)
 			}
 			want := sha256.Sum256(tok)
 			mu.Lock()

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 
 	"github.com/camagent/camagent/certs"
@@ -76,6 +77,11 @@ func tokenHash(stateDir string, gen uint64) ([32]byte, error) {
 	}
 	if len(b) != tokenBytes {
 		return [32]byte{}, fmt.Errorf("agent: token: %s is %d bytes, want %d", p, len(b), tokenBytes)
+	}
+	// Zeroed by a storage fault (flash that lost a block reads as zeros or ones); a random
+	// token is either with probability 2^-255.
+	if !slices.ContainsFunc(b, func(c byte) bool { return c != 0 }) || !slices.ContainsFunc(b, func(c byte) bool { return c != 0xff }) {
+		return [32]byte{}, fmt.Errorf("agent: token: %s holds %d bytes of %#02x: damaged", p, len(b), b[0])
 	}
 	return sha256.Sum256(b), nil
 }
