@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/camagent/camagent/certs"
+	"github.com/camagent/camagent/tools/camview/receiver"
 	"github.com/camagent/camagent/tools/camview/relay"
 	"github.com/camagent/camagent/tools/camview/whep"
 	"github.com/camagent/camagent/tools/fleetctl/fleet"
@@ -172,11 +173,62 @@ func (c *common) grantKeys(log *slog.Logger, learnt func() *certs.KeySet) (*whep
 
 var errNoKeySet = errors.New("the viewer bundle carries no key set")
 
+// endError is an error of a receiver session told in words for a person, unwrapping to it.
+type endError struct {
+	text string
+	err  error
+}
+
+func (e *endError) Error() string { return e.text }
+func (e *endError) Unwrap() error { return e.err }
+
+// explainEnd explains why a receiver session ended before its time to the person running
+// camview: the camera's reason and what to do, rather than the receiver's error chain.
+// flowed says whether video had arrived: a connection that failed before then points at the
+// network path, one that failed after at the camera going away.
+func explainEnd(err error, flowed bool) error {
+	var bye *receiver.ByeError
+	switch {
+	case errors.As(err, &bye) && bye.Reason == signal.ByeFailed && flowed,
+		!errors.As(err, &bye) && errors.Is(err, receiver.ErrICEFailed) && flowed:
+		return &endError{"the connection to the camera was lost (did it go offline?): try again once it is back", err}
+	case errors.As(err, &bye):
+		return &endError{"the camera ended the session: " + byeText(bye.Reason), err}
+	case errors.Is(err, receiver.ErrICEFailed):
+		return &endError{"the connection to the camera failed: " + noPath, err}
+	default:
+		return err
+	}
+}
+
+// noPath says what to do when no network path to the camera was found.
+const noPath = "no network path between camview and the camera (ICE or DTLS failed); with a camera on this machine run with --video-loopback, add --loopback; across NATs, give a TURN server with --ice-server"
+
+// byeText explains a camera's Bye to a person.
+func byeText(r signal.ByeReason) string {
+	switch r {
+	case signal.ByeExpired:
+		return "expired: the grant expired; get a new one with fleetctl grant"
+	case signal.ByeRevoked:
+		return "revoked: the camera's credentials were rotated, which voids every grant issued before; get a new one with fleetctl grant"
+	case signal.ByePrivacy:
+		return "privacy: the camera turned privacy mode on; it sends no video while it is on"
+	case signal.ByeFailed:
+		return "failed: " + noPath
+	case signal.ByeShutdown:
+		return "shutdown: the camera is stopping; try again once it is back"
+	case signal.ByeHangup:
+		return "hangup: the camera ended it"
+	default:
+		return string(r)
+	}
+}
+
 // refusalText explains a camera's refusal to a person.
 func refusalText(r signal.RefusalReason) string {
 	switch r {
 	case signal.RefuseGrant:
-		return "grant: it is expired, for another camera, or from before the camera's last credential rotation; get a new one with fleetctl grant"
+		return "grant: it is expired, for another camera, from before the camera's last credential rotation, or signed by a key a breach response dropped; get a new one with fleetctl grant"
 	case signal.RefuseLimit:
 		return "limit: the camera serves as many viewers as it can; try again later"
 	case signal.RefusePrivacy:

@@ -19,6 +19,7 @@ import (
 	"github.com/camagent/camagent/device/h264"
 	"github.com/camagent/camagent/tools/camview/camviewtest"
 	"github.com/camagent/camagent/tools/camview/cli"
+	"github.com/camagent/camagent/tools/camview/receiver"
 	"github.com/camagent/camagent/tools/fleetctl/fleettest"
 	"github.com/camagent/camagent/transport/webrtc/signal"
 )
@@ -89,6 +90,56 @@ func TestRecordSaysWhyTheCameraRefused(t *testing.T) {
 	}
 	if entries, _ := os.ReadDir(filepath.Dir(out)); len(entries) != 0 {
 		t.Errorf("files left after a refusal: %v", entries)
+	}
+}
+
+// A recording the camera ends (here a rotation, which voids the grant) stops at once, keeps
+// what it recorded, and says why in words with what to do, not the receiver's error chain.
+func TestRecordSaysWhyTheCameraEndedIt(t *testing.T) {
+	cam := camviewtest.Start(t, camviewtest.Options{})
+	out := filepath.Join(t.TempDir(), "cam.h264")
+	type result struct {
+		stderr string
+		err    error
+	}
+	done := make(chan result, 1)
+	go func() {
+		_, stderr, err := run(t, "record", "--fleet", cam.Fleet.Dir, "--broker", cam.URL, "--name", "test",
+			"--device", cam.ID, "--grant-file", grantFile(t, cam.Grant(t, nil)), "--seconds", "60", "--out", out, "--loopback")
+		done <- result{stderr, err}
+	}()
+	deadline := time.Now().Add(camviewtest.Timeout)
+	for !strings.Contains(cam.Log.Text(), "session started") {
+		if time.Now().After(deadline) {
+			t.Fatalf("the recording did not start; camera log:\n%s", cam.Log.Text())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	cam.Rotate(t)
+	var r result
+	select {
+	case r = <-done:
+	case <-time.After(camviewtest.Timeout):
+		t.Fatal("record went on after the camera ended the session")
+	}
+	if r.err == nil {
+		t.Fatal("record succeeded after the camera ended the session")
+	}
+	msg := r.err.Error()
+	for _, want := range []string{"ended early", "the camera ended the session", "rotated", "fleetctl grant"} {
+		if !strings.Contains(msg, want) {
+			t.Errorf("record: %q does not say %q", msg, want)
+		}
+	}
+	if strings.Contains(msg, "receiver:") {
+		t.Errorf("record: %q shows the receiver's error chain", msg)
+	}
+	var bye *receiver.ByeError
+	if !errors.As(r.err, &bye) || bye.Reason != signal.ByeRevoked {
+		t.Errorf("record: %v does not unwrap to the camera's Bye (revoked)", r.err)
+	}
+	if _, err := os.Stat(out); err != nil {
+		t.Errorf("what was recorded before is not kept: %v", err)
 	}
 }
 

@@ -249,7 +249,7 @@ func breachTakenBy(t *testing.T, cam *camviewtest.Camera, url string, logs *flee
 	}
 
 	code, text := whepPost(t, url, cam.ID, leaked)
-	if code != http.StatusForbidden || !strings.Contains(text, "not valid for this camera") {
+	if code != http.StatusForbidden || !strings.Contains(text, "signed by a key the fleet does not trust") || strings.Contains(text, "the camera refused") {
 		t.Fatalf("a grant of the dropped key after the breach: %d %s; want the relay's 403", code, text)
 	}
 	f, err := fleet.Open(cam.Fleet.Dir)

@@ -103,7 +103,7 @@ func recordCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	select {
 	case <-s.FirstKeyframe():
 	case <-s.Done():
-		return fmt.Errorf("record: no frame arrived: %w", s.Err())
+		return fmt.Errorf("record: no frame arrived: %w", explainEnd(s.Err(), s.Stats().Packets > 0))
 	case <-wctx.Done():
 		if ctx.Err() != nil {
 			return fmt.Errorf("record: interrupted before the first frame")
@@ -130,7 +130,7 @@ func recordCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	fmt.Fprintf(stderr, "camview: wrote %s: %d bytes, %.2f s of video\n", *out, file.n, st.MediaDuration.Seconds())
 	switch {
 	case !errors.Is(ended, receiver.ErrClosed):
-		return fmt.Errorf("record: the recording ended early: %w", ended)
+		return fmt.Errorf("record: the recording ended early: %w", explainEnd(ended, st.Packets > 0))
 	case stalled:
 		return fmt.Errorf("record: the stream stalled: %.2f s of video in %v", st.MediaDuration.Seconds(), want+stallGrace)
 	}

@@ -4,7 +4,10 @@
 // (#device=ID&grant=G), which browsers never send to a server, so the grant stays out of
 // every request line and access log; it hands the grant to the WHEP endpoint as a bearer
 // token, plays the video, shows the connection state and a stats line, and deletes its WHEP
-// session when the page goes away. For automated tests it exposes window.camview.stats().
+// session when the page goes away. When the camera closes the connection, or ICE calls it
+// disconnected or failed, the page asks its WHEP session why (the camera's reason: privacy, the
+// grant's expiry, a rotation, …) and shows that, with what to do. For automated tests it
+// exposes window.camview.stats().
 //
 // What it must never do: load anything from another origin, or need inline script or style
 // (the Content-Security-Policy is default-src 'self').

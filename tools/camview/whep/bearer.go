@@ -2,19 +2,10 @@ package whep
 
 import (
 	"encoding/base64"
-	"errors"
 	"fmt"
 	"strings"
 
 	"github.com/camagent/camagent/transport/webrtc/signal"
-)
-
-// Sentinel errors of ParseBearer.
-var (
-	// ErrNoGrant reports a request without an Authorization header.
-	ErrNoGrant = errors.New("whep: no grant: want Authorization: Bearer <grant>")
-	// ErrBadGrant reports an Authorization header that is not a bearer grant in base64url.
-	ErrBadGrant = errors.New("whep: malformed grant")
 )
 
 // maxTokenSize is the length of the largest grant in base64url without padding.

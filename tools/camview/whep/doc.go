@@ -4,9 +4,11 @@
 //	POST   /whep/{device}            an SDP offer (application/sdp), Authorization: Bearer <grant>
 //	                                 → 201 Created, the camera's SDP answer, Location: /whep/{device}/{resource}
 //	DELETE /whep/{device}/{resource} → 200 OK; the camera gets a Bye
+//	GET    /whep/{device}/{resource} → 200 "live"; 410 Gone and why, for EndedMemory after the
+//	                                 camera ended it; 404 unknown
 //
-// The resource id is random and known only to the client it was given to: DELETE takes no
-// grant, so it is not the signaling session id, which is logged and crosses the broker.
+// The resource id is random and known only to the client it was given to: DELETE and GET take
+// no grant, so it is not the signaling session id, which is logged and crosses the broker.
 //
 // The grant is the signed view grant in base64url without padding, as `fleetctl grant`
 // prints it; the handler passes it to the camera, which decides (S9). With Config.CheckGrant
@@ -15,7 +17,8 @@
 // MaxSessions: made-up grants offered to cameras that never answer cannot fill them. One grant
 // has at most MaxPendingPerGrant offers waiting (429 beyond). There is no trickle ICE over
 // WHEP (PATCH is answered 405): the client sends its offer once ICE gathering has completed,
-// and the camera's answer carries its candidates. Errors: a missing or malformed grant 401
+// and the camera's answer carries its candidates. Every error's text says, in words for the
+// person holding the grant, what is wrong and what to do. Errors: a missing or malformed grant 401
 // with WWW-Authenticate: Bearer; a grant the relay refused 403; the camera's refusal 403
 // (grant, privacy), 503 with Retry-After (viewer limit, busy) or 400 (bad offer); wrong
 // content type 415; an offer over MaxOfferSize 413; too many offers of one grant waiting 429

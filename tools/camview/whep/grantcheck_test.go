@@ -77,26 +77,52 @@ func TestMadeUpGrantsHoldNoPlace(t *testing.T) {
 }
 
 // The relay refuses, before sending anything, a grant its fleet's keys did not sign, one for
-// another camera, one for another scope, and an expired one, each with a reason.
+// another camera, one for another scope, an expired one and bytes that are no grant, each
+// saying in words what is wrong and what to do: the page shows the text to a viewer, who can
+// make nothing of a Go error chain.
 func TestTheRelayRefusesGrantsItsFleetWouldNot(t *testing.T) {
 	cam := camviewtest.Start(t, camviewtest.Options{})
 	s := startServer(t, cam, whep.Config{CheckGrant: fleetKeys(t, cam).Check})
+	expired := cam.ExpiredGrant(t)
+	expiry, err := certs.GrantExpiryUnverified(expired)
+	if err != nil {
+		t.Fatal(err)
+	}
 	for _, c := range []struct {
-		name  string
-		grant []byte
-		text  string
+		name   string
+		grant  []byte
+		status int
+		text   []string
 	}{
-		{"signed by no key of the fleet", forgedGrant(t, cam.ID), "unknown key"},
-		{"for another camera", cam.Grant(t, func(g *certs.Grant) { g.Device = "cam-0002" }), "wrong target"},
-		{"for the owner scope", cam.Grant(t, func(g *certs.Grant) { g.Scope = certs.ScopeOwner }), "scope"},
-		{"expired", cam.ExpiredGrant(t), "expired"},
+		{"signed by no key of the fleet", forgedGrant(t, cam.ID), 403, []string{"unknown key", "breach", "fleetctl grant --device " + cam.ID}},
+		{"for another camera", cam.Grant(t, func(g *certs.Grant) { g.Device = "cam-0002" }), 403, []string{"another camera", "wrong target", "fleetctl grant --device " + cam.ID}},
+		{"for the owner scope", cam.Grant(t, func(g *certs.Grant) { g.Scope = certs.ScopeOwner }), 403, []string{"scope", "watch"}},
+		{"expired", expired, 403, []string{"expired at " + expiry.UTC().Format(time.RFC3339), "new link"}},
+		{"bytes that are no grant", []byte("abc"), 401, []string{"not a grant", "copy the whole link"}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			resp := s.post(t, cam.ID, "Bearer "+token(c.grant), "application/sdp", camviewtest.NewViewer(t).SDP)
-			if text := body(resp); resp.StatusCode != http.StatusForbidden || !strings.Contains(text, c.text) {
-				t.Fatalf("POST: %s (%s), want 403 saying %q", resp.Status, strings.TrimSpace(text), c.text)
+			text := body(resp)
+			if resp.StatusCode != c.status {
+				t.Fatalf("POST: %s (%s), want %d", resp.Status, strings.TrimSpace(text), c.status)
+			}
+			for _, want := range c.text {
+				if !strings.Contains(text, want) {
+					t.Errorf("the refusal %q does not say %q", strings.TrimSpace(text), want)
+				}
+			}
+			for _, chain := range []string{"certs:", "whep:", "envelope:"} {
+				if strings.Contains(text, chain) {
+					t.Errorf("the refusal %q shows a viewer a Go error chain (%q)", strings.TrimSpace(text), chain)
+				}
+			}
+			if c.status == http.StatusUnauthorized && !strings.Contains(resp.Header.Get("WWW-Authenticate"), `error="invalid_token"`) {
+				t.Errorf("WWW-Authenticate %q, want an invalid_token challenge", resp.Header.Get("WWW-Authenticate"))
 			}
 		})
+	}
+	if !strings.Contains(s.log.String(), "grant refused by the relay: certs: wrong target") {
+		t.Errorf("the log does not keep certs' reason:\n%s", s.log.String())
 	}
 	if strings.Contains(cam.Log.Text(), "viewer refused") {
 		t.Errorf("an offer the relay refused reached the camera:\n%s", cam.Log.Text())

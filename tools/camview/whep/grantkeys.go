@@ -2,6 +2,7 @@ package whep
 
 import (
 	"errors"
+	"fmt"
 	"log/slog"
 	"sync"
 	"time"
@@ -54,8 +55,9 @@ func NewGrantKeys(load func() (*certs.Verifier, error), clk clock.Clock, log *sl
 
 // Check opens grant with the fleet's grant keys and checks it is a view grant for device,
 // valid now (with certs.ClockSkew). It does not know the camera's epoch: the camera checks
-// that. The errors are certs' (ErrUnknownKey, ErrBadSignature, ErrWrongTarget, ErrExpired,
-// …), which name fields, never the grant's bytes.
+// that. The errors are ErrNotViewGrant for another scope, and certs' (ErrMalformed,
+// ErrUnknownKey, ErrBadSignature, ErrWrongTarget, ErrExpired, …), which name fields, never the
+// grant's bytes.
 func (k *GrantKeys) Check(device string, grant []byte) error {
 	g, err := certs.OpenGrant(k.verifier(false), grant)
 	if errors.Is(err, certs.ErrUnknownKey) {
@@ -63,6 +65,9 @@ func (k *GrantKeys) Check(device string, grant []byte) error {
 	}
 	if err != nil {
 		return err
+	}
+	if g.Scope != certs.ScopeView {
+		return fmt.Errorf("%w: scope %q", ErrNotViewGrant, g.Scope)
 	}
 	return certs.CheckGrant(g, device, 0, certs.ScopeView, k.clock.Now())
 }

@@ -99,4 +99,14 @@ func TestASessionIsForgottenOnceItsGrantExpired(t *testing.T) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+	// Its page, asking why its video stopped, is told; after EndedMemory the reason is
+	// forgotten too.
+	loc := resp.Header.Get("Location")
+	if st := s.get(t, loc); st.StatusCode != http.StatusGone || !strings.Contains(body(st), "grant expired") {
+		t.Errorf("GET after the grant's end: %s, want 410 saying the grant expired", st.Status)
+	}
+	clk.Advance(whep.EndedMemory)
+	if st := s.get(t, loc); st.StatusCode != http.StatusNotFound {
+		t.Errorf("GET after EndedMemory: %s, want 404", st.Status)
+	}
 }

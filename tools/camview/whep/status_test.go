@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"testing"
+	"time"
 
 	"github.com/camagent/camagent/tools/camview/relay"
 	"github.com/camagent/camagent/transport/mqtt"
@@ -38,5 +39,22 @@ func TestEveryOfferErrorMapsToAStatus(t *testing.T) {
 				t.Errorf("statusFor = %d %q, want %d", got, msg, tc.status)
 			}
 		})
+	}
+}
+
+// The handler remembers why at most MaxSessions sessions ended, forgetting the oldest first,
+// and none longer than EndedMemory: a stream of ended sessions cannot grow its memory.
+func TestEndedSessionsAreRememberedBoundedly(t *testing.T) {
+	h := &Handler{cfg: Config{MaxSessions: 2}, ended: map[string]ending{}}
+	t0 := time.Unix(1_800_000_000, 0)
+	h.remember("a", ending{device: "cam-0001", reason: signal.ByePrivacy, at: t0})
+	h.remember("b", ending{device: "cam-0001", reason: signal.ByePrivacy, at: t0.Add(time.Second)})
+	h.remember("c", ending{device: "cam-0001", reason: signal.ByePrivacy, at: t0.Add(2 * time.Second)})
+	if _, ok := h.ended["a"]; ok || len(h.ended) != 2 {
+		t.Errorf("after three endings with MaxSessions 2: %v, want b and c", h.ended)
+	}
+	h.remember("d", ending{device: "cam-0001", reason: signal.ByePrivacy, at: t0.Add(time.Second + EndedMemory)})
+	if _, ok := h.ended["b"]; ok || len(h.ended) != 2 {
+		t.Errorf("an ending older than EndedMemory is kept: %v", h.ended)
 	}
 }

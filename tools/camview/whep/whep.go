@@ -43,6 +43,10 @@ const (
 	// SessionGrace is how long past its grant's expiry (and certs.ClockSkew) a session is
 	// remembered: the camera's Bye for it comes before then, if it comes.
 	SessionGrace = 30 * time.Second
+	// EndedMemory is how long the handler remembers why the camera ended a session, for the
+	// client's GET on its resource: a page that lost its connection asks then. At most
+	// Config.MaxSessions ended sessions are remembered; the oldest are forgotten first.
+	EndedMemory = 10 * time.Minute
 )
 
 // Relay is what the handler needs of a signaling relay; *relay.Relay is one.
@@ -101,6 +105,14 @@ type Handler struct {
 	pending  int                  // offers waiting for an answer
 	perGrant map[[32]byte]int     // the same, by the SHA-256 of their grant
 	sessions map[string]*resource // by resource id
+	ended    map[string]ending    // sessions the camera ended, by resource id, for GET
+}
+
+// ending is why and when a session ended without its client's DELETE.
+type ending struct {
+	device string
+	reason signal.ByeReason
+	at     time.Time
 }
 
 // resource is one live WHEP session. Its URL is /whep/{device}/{resource id}: the resource id
@@ -114,8 +126,9 @@ type resource struct {
 
 var _ http.Handler = (*Handler)(nil)
 
-// New checks cfg and returns a Handler serving POST /whep/{device} and
-// DELETE /whep/{device}/{resource}.
+// New checks cfg and returns a Handler serving POST /whep/{device},
+// DELETE /whep/{device}/{resource}, and GET /whep/{device}/{resource}, which says whether the
+// session is live or, for EndedMemory, why the camera ended it.
 func New(cfg Config) (*Handler, error) {
 	if cfg.Relay == nil {
 		return nil, errors.New("whep: Config.Relay is required")
@@ -146,11 +159,12 @@ func New(cfg Config) (*Handler, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	h := &Handler{cfg: cfg, log: cfg.Logger, mux: http.NewServeMux(), stop: make(chan struct{}), perGrant: map[[32]byte]int{}, sessions: map[string]*resource{}}
+	h := &Handler{cfg: cfg, log: cfg.Logger, mux: http.NewServeMux(), stop: make(chan struct{}), perGrant: map[[32]byte]int{}, sessions: map[string]*resource{}, ended: map[string]ending{}}
 	// Other methods get 405 with Allow from the mux: PATCH (trickle ICE, ICE restart) too,
 	// which this endpoint does not support.
 	h.mux.HandleFunc("POST /whep/{device}", h.post)
 	h.mux.HandleFunc("DELETE /whep/{device}/{resource}", h.delete)
+	h.mux.HandleFunc("GET /whep/{device}/{resource}", h.status)
 	return h, nil
 }
 
@@ -220,8 +234,12 @@ func (h *Handler) post(w http.ResponseWriter, r *http.Request) {
 	}
 	if h.cfg.CheckGrant != nil {
 		if err := h.cfg.CheckGrant(device, grant); err != nil {
+			st, msg := grantRefusal(err, device, grant)
+			if st == http.StatusUnauthorized {
+				w.Header().Set("WWW-Authenticate", `Bearer realm="camview", error="invalid_token"`)
+			}
 			// certs' errors name the field that failed, never the grant's bytes.
-			h.fail(w, http.StatusForbidden, device, "", "the grant is not valid for this camera: "+err.Error(), "grant refused by the relay: "+err.Error())
+			h.fail(w, st, device, "", msg, "grant refused by the relay: "+err.Error())
 			return
 		}
 	}
@@ -262,7 +280,7 @@ func (h *Handler) post(w http.ResponseWriter, r *http.Request) {
 	switch h.reserve(gid) {
 	case reservedNoRoom:
 		w.Header().Set("Retry-After", strconv.Itoa(RetryAfter))
-		h.fail(w, http.StatusServiceUnavailable, device, o.Session, "too many sessions", "session limit")
+		h.fail(w, http.StatusServiceUnavailable, device, o.Session, "this viewer relay serves as many viewers as it may (camview serve --max-sessions): try again in a while", "session limit")
 		return
 	case reservedGrantBusy:
 		w.Header().Set("Retry-After", strconv.Itoa(RetryAfter))
@@ -334,13 +352,13 @@ func statusFor(err error) (int, string) {
 	case errors.As(err, &refused):
 		switch reason := refused.Refusal.Reason; reason {
 		case signal.RefuseGrant:
-			return http.StatusForbidden, "the camera refused the grant (grant): it is expired, for another camera, or from before the camera's last credential rotation"
+			return http.StatusForbidden, "the camera refused the grant (grant): it is expired, for another camera, from before the camera's last credential rotation, or signed by a key a breach response dropped; ask for a new link (fleetctl grant)"
 		case signal.RefusePrivacy:
-			return http.StatusForbidden, "the camera is in privacy mode (privacy)"
+			return http.StatusForbidden, "the camera is in privacy mode (privacy): it sends no video while it is on"
 		case signal.RefuseLimit:
-			return http.StatusServiceUnavailable, "the camera serves as many viewers as it can (limit)"
+			return http.StatusServiceUnavailable, "the camera serves as many viewers as it can (limit): try again in a while"
 		case signal.RefuseBusy:
-			return http.StatusServiceUnavailable, "the camera cannot stream now (busy)"
+			return http.StatusServiceUnavailable, "the camera cannot stream now (busy): try again in a few seconds"
 		case signal.RefuseBadOffer:
 			return http.StatusBadRequest, "the camera cannot answer this offer: it needs to receive H.264 (bad_offer)"
 		default:
@@ -350,7 +368,7 @@ func statusFor(err error) (int, string) {
 		return http.StatusGatewayTimeout, "the camera did not answer in time (is it online?)"
 	case errors.Is(err, relay.ErrClosed), errors.Is(err, relay.ErrEnded),
 		errors.Is(err, mqtt.ErrNotConnected), errors.Is(err, mqtt.ErrConnectionLost):
-		return http.StatusServiceUnavailable, "the camera cannot be reached now"
+		return http.StatusServiceUnavailable, "the camera cannot be reached now: try again in a few seconds"
 	default:
 		return http.StatusBadGateway, "the offer could not be sent to the camera"
 	}
@@ -425,23 +443,24 @@ func (h *Handler) add(device, session string, grant []byte, gid [32]byte) (strin
 	h.wg.Add(1)
 	go func() {
 		defer h.wg.Done()
-		drop := func() {
+		drop := func(reason signal.ByeReason) {
 			h.mu.Lock()
 			if h.sessions[id] == res {
 				delete(h.sessions, id)
+				h.remember(id, ending{device: device, reason: reason, at: h.cfg.Clock.Now()})
 			}
 			h.mu.Unlock()
 		}
 		select {
 		case <-expired:
 			// The camera ended it at the grant's expiry; its Bye was lost.
-			drop()
+			drop(signal.ByeExpired)
 			hctx, cancel := context.WithTimeout(context.Background(), hangupTimeout)
 			err := h.cfg.Relay.Hangup(hctx, device, session)
 			cancel()
 			h.log.Info("whep: the session outlived its grant; forgotten", "session", session, "device", device, "hangup_err", err)
 		case bye := <-ended:
-			drop()
+			drop(bye.Reason)
 			h.cfg.Relay.Forget(session)
 			h.log.Info("whep: the camera ended the session", "session", session, "device", device, "reason", bye.Reason)
 		case <-res.gone:
@@ -449,4 +468,69 @@ func (h *Handler) add(device, session string, grant []byte, gid [32]byte) (strin
 		}
 	}()
 	return id, true
+}
+
+// remember keeps why the session with resource id ended, for EndedMemory, forgetting the
+// oldest beyond MaxSessions; h.mu must be held.
+func (h *Handler) remember(id string, e ending) {
+	for k, old := range h.ended {
+		if e.at.Sub(old.at) >= EndedMemory {
+			delete(h.ended, k)
+		}
+	}
+	for len(h.ended) >= h.cfg.MaxSessions {
+		oldest := ""
+		for k, old := range h.ended {
+			if oldest == "" || old.at.Before(h.ended[oldest].at) {
+				oldest = k
+			}
+		}
+		delete(h.ended, oldest)
+	}
+	h.ended[id] = e
+}
+
+// status answers GET on a session's resource: 200 "live" while it is, 410 Gone with why the
+// camera ended it (for EndedMemory), 404 for a session the handler does not know (deleted,
+// forgotten, or of a relay that was restarted). A page asks when its connection breaks, to
+// tell its viewer why. Like DELETE it takes no grant: the resource id is the secret.
+func (h *Handler) status(w http.ResponseWriter, r *http.Request) {
+	device, id := r.PathValue("device"), r.PathValue("resource")
+	h.mu.Lock()
+	res, live := h.sessions[id]
+	e, ended := h.ended[id]
+	if ended && h.cfg.Clock.Now().Sub(e.at) >= EndedMemory {
+		delete(h.ended, id)
+		ended = false
+	}
+	h.mu.Unlock()
+	switch {
+	case live && res.device == device:
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		io.WriteString(w, "live\n")
+	case ended && e.device == device:
+		http.Error(w, endedText(e.reason), http.StatusGone)
+	default:
+		http.Error(w, "no such session", http.StatusNotFound)
+	}
+}
+
+// endedText explains to a viewer why the camera ended a session, and what to do.
+func endedText(reason signal.ByeReason) string {
+	switch reason {
+	case signal.ByeExpired:
+		return "the grant expired, so the camera ended the session (expired): ask for a new link (fleetctl grant)"
+	case signal.ByeRevoked:
+		return "the camera's credentials were rotated, which voids every grant issued before (revoked): ask for a new link (fleetctl grant)"
+	case signal.ByePrivacy:
+		return "the camera turned privacy mode on (privacy): it sends no video while it is on"
+	case signal.ByeFailed:
+		return "the network path to the camera failed (failed): reload the page to try again"
+	case signal.ByeShutdown:
+		return "the camera is stopping (shutdown): it may be restarting; reload the page in a minute"
+	case signal.ByeHangup:
+		return "the camera ended the session (hangup)"
+	default:
+		return "the camera ended the session (" + string(reason) + ")"
+	}
 }

@@ -2,6 +2,7 @@ package whep_test
 
 import (
 	"bytes"
+	"context"
 	"encoding/base64"
 	"io"
 	"log/slog"
@@ -87,6 +88,15 @@ func body(resp *http.Response) string {
 	return string(b)
 }
 
+func (s *server) get(t *testing.T, location string) *http.Response {
+	t.Helper()
+	req, err := http.NewRequest(http.MethodGet, s.url+location, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return do(t, req)
+}
+
 func (s *server) delete(t *testing.T, location string) *http.Response {
 	t.Helper()
 	req, err := http.NewRequest(http.MethodDelete, s.url+location, nil)
@@ -131,8 +141,11 @@ func TestAnOfferGetsTheCamerasAnswerAndVideo(t *testing.T) {
 	// PATCH (trickle, ICE restart) is not supported; DELETE ends the session once.
 	req, _ := http.NewRequest(http.MethodPatch, s.url+loc, strings.NewReader("a=end-of-candidates\r\n"))
 	req.Header.Set("Content-Type", "application/trickle-ice-sdpfrag")
-	if resp := do(t, req); resp.StatusCode != http.StatusMethodNotAllowed || resp.Header.Get("Allow") != "DELETE" {
-		t.Errorf("PATCH: %s, Allow %q; want 405 and Allow: DELETE", resp.Status, resp.Header.Get("Allow"))
+	if resp := do(t, req); resp.StatusCode != http.StatusMethodNotAllowed || !strings.Contains(resp.Header.Get("Allow"), "DELETE") || strings.Contains(resp.Header.Get("Allow"), "PATCH") {
+		t.Errorf("PATCH: %s, Allow %q; want 405 and Allow: DELETE, GET", resp.Status, resp.Header.Get("Allow"))
+	}
+	if resp := s.get(t, loc); resp.StatusCode != http.StatusOK || body(resp) != "live\n" {
+		t.Errorf("GET of a live session: %s, want 200 live", resp.Status)
 	}
 	if resp := s.delete(t, loc); resp.StatusCode != http.StatusOK {
 		t.Fatalf("DELETE: %s", resp.Status)
@@ -242,23 +255,59 @@ func TestBusyIs503WithRetryAfter(t *testing.T) {
 	})
 }
 
+// A session the camera ended is no longer live, and a GET on its resource says why, in words
+// a viewer understands, for the page to show when its connection breaks.
 func TestASessionTheCameraEndsIsGone(t *testing.T) {
-	cam := camviewtest.Start(t, camviewtest.Options{})
-	s := startServer(t, cam, whep.Config{})
-	resp := s.post(t, cam.ID, "Bearer "+token(cam.Grant(t, nil)), "application/sdp", camviewtest.NewViewer(t).SDP)
-	if resp.StatusCode != http.StatusCreated {
-		t.Fatalf("POST: %s", resp.Status)
-	}
-	cam.Rotate(t) // the camera ends every session with "revoked"
-	deadline := time.Now().Add(camviewtest.Timeout)
-	for s.h.Sessions() != 0 {
-		if time.Now().After(deadline) {
-			t.Fatal("the session stayed live after the camera ended it")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	if resp := s.delete(t, resp.Header.Get("Location")); resp.StatusCode != http.StatusNotFound {
-		t.Errorf("DELETE of an ended session: %s, want 404", resp.Status)
+	for _, tc := range []struct {
+		name string
+		end  func(t *testing.T, cam *camviewtest.Camera)
+		says []string
+	}{
+		{"after a rotation, the page is told to get a new link", func(t *testing.T, cam *camviewtest.Camera) {
+			cam.Rotate(t) // the camera ends every session with "revoked"
+		}, []string{"rotated", "new link"}},
+		{"after the privacy switch, the page is told the camera is private", func(t *testing.T, cam *camviewtest.Camera) {
+			if err := cam.Agent.SetPrivacy(context.Background(), true, "test"); err != nil {
+				t.Fatal(err)
+			}
+		}, []string{"privacy mode on"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cam := camviewtest.Start(t, camviewtest.Options{})
+			s := startServer(t, cam, whep.Config{})
+			resp := s.post(t, cam.ID, "Bearer "+token(cam.Grant(t, nil)), "application/sdp", camviewtest.NewViewer(t).SDP)
+			if resp.StatusCode != http.StatusCreated {
+				t.Fatalf("POST: %s", resp.Status)
+			}
+			tc.end(t, cam)
+			deadline := time.Now().Add(camviewtest.Timeout)
+			for s.h.Sessions() != 0 {
+				if time.Now().After(deadline) {
+					t.Fatal("the session stayed live after the camera ended it")
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
+			loc := resp.Header.Get("Location")
+			st := s.get(t, loc)
+			text := body(st)
+			if st.StatusCode != http.StatusGone {
+				t.Errorf("GET of a session the camera ended: %s %q, want 410", st.Status, text)
+			}
+			for _, want := range tc.says {
+				if !strings.Contains(text, want) {
+					t.Errorf("GET of a session the camera ended: %q does not say %q", text, want)
+				}
+			}
+			if st := s.get(t, strings.Replace(loc, cam.ID, "cam-0002", 1)); st.StatusCode != http.StatusNotFound {
+				t.Errorf("GET of the session under another camera: %s, want 404", st.Status)
+			}
+			if resp := s.delete(t, loc); resp.StatusCode != http.StatusNotFound {
+				t.Errorf("DELETE of an ended session: %s, want 404", resp.Status)
+			}
+			if st := s.get(t, "/whep/"+cam.ID+"/00000000000000000000000000000000"); st.StatusCode != http.StatusNotFound {
+				t.Errorf("GET of an unknown session: %s, want 404", st.Status)
+			}
+		})
 	}
 }
 

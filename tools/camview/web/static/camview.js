@@ -7,7 +7,9 @@
 //      (no trickle: the offer carries every candidate),
 //   2. POSTs the offer to /whep/<device> with the grant as a bearer token,
 //   3. applies the camera's answer and plays the video,
-//   4. DELETEs its WHEP session when the page goes away.
+//   4. DELETEs its WHEP session when the page goes away,
+//   5. when its connection breaks, GETs its WHEP session, which says (410 Gone) why the camera
+//      ended it (privacy mode, the grant's expiry, a rotation, …), and shows that.
 //
 // window.camview.stats() reports what the browser decoded, for people and for tests.
 'use strict';
@@ -70,10 +72,12 @@
       video.srcObject = e.streams[0] || new MediaStream([e.track]);
     });
     conn.addEventListener('connectionstatechange', () => {
-      if (conn.connectionState === 'failed') {
-        fail(new Error('the connection to the camera failed'));
-      } else {
-        show('Connection: ' + conn.connectionState);
+      if (pc !== conn) return; // an earlier connection, closed to watch again
+      const state = conn.connectionState;
+      if (state === 'disconnected' || state === 'failed') {
+        explain(conn, state).catch(fail);
+      } else if (state !== 'closed') {
+        show('Connection: ' + state);
       }
     });
 
@@ -95,7 +99,65 @@
     }
     resource = new URL(res.headers.get('Location'), location.href).href;
     await conn.setRemoteDescription({ type: 'answer', sdp: await res.text() });
+    // The camera closes DTLS when it ends the session: the browser says so at once, while ICE
+    // would take seconds to notice the silence.
+    const receiver = conn.getReceivers()[0];
+    const dtls = receiver && receiver.transport;
+    if (dtls) {
+      dtls.addEventListener('statechange', () => {
+        if (pc === conn && (dtls.state === 'closed' || dtls.state === 'failed')) {
+          explain(conn, 'ended').catch(fail);
+        }
+      });
+    }
     show('Connecting…');
+  }
+
+  // Says why the connection broke ('disconnected' or 'failed', or 'ended' when the camera
+  // closed it): asks the WHEP session, which says (410 Gone) when the camera ended it, and why.
+  // The camera closes the connection just before it sends its reason, so an ended connection
+  // asks a few times while the session is still live.
+  async function explain(conn, state) {
+    let why = '';
+    let relay = 'live'; // 'live', 'unknown' (404: restarted?) or 'unreachable'
+    for (let attempt = 0; resource && !why; attempt++) {
+      try {
+        const res = await fetch(resource, { cache: 'no-store', redirect: 'error' });
+        if (res.status === 410) why = (await res.text()).trim();
+        relay = res.status === 404 ? 'unknown' : 'live';
+      } catch (e) {
+        relay = 'unreachable';
+      }
+      if (why || relay !== 'live' || state !== 'ended' || attempt >= 5) break;
+      await new Promise((resolve) => setTimeout(resolve, 500));
+    }
+    if (pc !== conn) return; // the viewer moved on meanwhile
+    if (why) {
+      resource = null; // the camera ended it: there is nothing to DELETE
+      pc = null;
+      conn.close();
+      lastError = why;
+      show('Stopped: ' + why);
+      return;
+    }
+    if (state === 'disconnected' && conn.connectionState === 'disconnected') {
+      show('Connection interrupted: waiting for the camera…');
+      return;
+    }
+    if (state === 'disconnected') return; // it recovered, or failed meanwhile: that says more
+    // The camera closed the connection, or ICE gave up (this page does no ICE restart): it is
+    // over. The DELETE frees the session's place on the relay at once, which a camera that
+    // lost power would otherwise hold until the grant's expiry.
+    deleteSession();
+    pc = null;
+    conn.close();
+    if (relay === 'unknown') {
+      fail(new Error('the connection to the camera was lost, and camview no longer knows this session (was it restarted?): reload the page to watch again'));
+    } else if (relay === 'unreachable') {
+      fail(new Error('the connection to the camera was lost, and camview does not answer (is it running?): reload the page once it is back'));
+    } else {
+      fail(new Error('the connection to the camera was lost (is the camera online?): reload the page to try again'));
+    }
   }
 
   // Deletes the WHEP session, so the camera is told at once rather than when ICE consent
