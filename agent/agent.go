@@ -414,6 +414,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	a.pub.Store(&publisherBox{egress.Wrap(client, a.guard)})
 
 	var wg sync.WaitGroup
+	videoDone := make(chan struct{})
 	if a.cfg.Video != nil {
 		v, err := a.startVideo(ctx)
 		if err != nil {
@@ -423,12 +424,37 @@ func (a *Agent) Run(ctx context.Context) error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			defer close(videoDone)
 			if err := v.s.Run(ctx); err != nil && ctx.Err() == nil {
 				a.log.Error("video stopped", "err", err)
 			}
 			v.wg.Wait()
 		}()
+	} else {
+		close(videoDone)
 	}
+	// The broker connection outlives ctx until the video sessions have ended, for at most
+	// shutdownGrace: their byes ("shutdown") reach the viewers, who otherwise see the
+	// connection go quiet and fail seconds later.
+	clientCtx, stopClient := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopClient()
+	clientDone := make(chan struct{})
+	defer close(clientDone)
+	go func() {
+		select {
+		case <-ctx.Done():
+		case <-clientDone:
+			return
+		}
+		t := time.NewTimer(shutdownGrace)
+		defer t.Stop()
+		select {
+		case <-videoDone:
+		case <-t.C:
+		case <-clientDone:
+		}
+		stopClient()
+	}()
 	wg.Add(3)
 	go func() {
 		defer wg.Done()
@@ -442,11 +468,16 @@ func (a *Agent) Run(ctx context.Context) error {
 		defer wg.Done()
 		a.reconcile(ctx)
 	}()
-	err = client.Run(ctx)
+	err = client.Run(clientCtx)
+	stopClient() // when the client ended on its own
 	wg.Wait()
 	a.raiseTimeFloor()
 	return err
 }
+
+// shutdownGrace bounds how long a stopping agent keeps its broker connection for the byes of
+// its video sessions.
+const shutdownGrace = 2 * time.Second
 
 // waitForClock blocks while the clock is below the certificate's NotBefore, the persisted time
 // floor or the build time (a Raspberry Pi boots with no RTC, R5). It says why, looks again every

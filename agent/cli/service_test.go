@@ -453,7 +453,7 @@ func TestServiceRemovesTemporaryFilesOfKilledWrites(t *testing.T) {
 	if err := certs.WriteKeyFile(filepath.Join(gen, agent.KeyFile), key); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(filepath.Join(gen, agent.TokenFile), make([]byte, 32), 0o600); err != nil {
+	if err := os.WriteFile(filepath.Join(gen, agent.TokenFile), []byte(strings.Repeat("tok-", 8)), 0o600); err != nil { // 32 bytes, not zeros: a damaged token would start the rotation over
 		t.Fatal(err)
 	}
 	store := state.NewFileStore(filepath.Join(dir, agent.StateFile), time.Now)

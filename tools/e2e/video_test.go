@@ -275,3 +275,24 @@ func watchLive(t *testing.T, r *relay, device string, grant []byte) (*viewer, si
 	}
 	return v, ans
 }
+
+// A camera that stops (SIGTERM, a restart) tells its viewers so before it leaves the broker:
+// each live session ends with "shutdown", which camview shows, rather than a connection that
+// goes quiet and fails seconds later.
+func TestAStoppingCameraTellsItsViewersItIsShuttingDown(t *testing.T) {
+	forEachFleetBroker(t, func(t *testing.T, e *env) {
+		dir := enroll(t, e.f, "cam-0001")
+		src, err := camera.NewFileSource(camera.FileConfig{Path: filepath.Join("..", "..", "device", "camera", "testdata", "clip.h264")})
+		if err != nil {
+			t.Fatal(err)
+		}
+		a := startAgent(t, dir, e.url, func(c *agent.Config) { c.Video, c.VideoLoopbackOnly = src, true })
+		a.waitConnected(t)
+		r := dialRelay(t, e.f, e.url)
+		v, _ := watchLive(t, r, "cam-0001", signGrant(t, e.f, "cam-0001", 0))
+		a.stop(t)
+		if bye, ok := r.await(t, v.offer.Session).(signal.Bye); !ok || bye.Reason != signal.ByeShutdown {
+			t.Fatalf("after the camera stopped: %#v, want bye shutdown", bye)
+		}
+	})
+}
