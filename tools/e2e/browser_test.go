@@ -101,11 +101,12 @@ const statsJS = `(async () => {
   return JSON.stringify(Object.assign({}, s, {distinct}));
 })()`
 
-// watch opens pageURL and waits until the page has decoded frames of the given size,
-// returning its last stats and the path of a screenshot saved under the test's temp dir.
-func (b *browser) watch(t *testing.T, pageURL string, width, height int) (pageStats, string) {
+// until opens pageURL and reads the page's stats every 250 ms until done says they are what
+// the caller waits for, and returns them; after timeout it fails the test, saying what it
+// waited for.
+func (b *browser) until(t *testing.T, pageURL string, timeout time.Duration, what string, done func(pageStats) bool) pageStats {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(b.ctx, 90*time.Second)
+	ctx, cancel := context.WithTimeout(b.ctx, timeout)
 	defer cancel()
 	if err := chromedp.Do(ctx, chromedp.Navigate(pageURL), chromedp.WaitReady("video")); err != nil {
 		t.Fatalf("opening the camview page: %v", err)
@@ -116,14 +117,25 @@ func (b *browser) watch(t *testing.T, pageURL string, width, height int) (pageSt
 		if err == nil {
 			err = json.Unmarshal([]byte(js), &st)
 		}
-		if err == nil && st.FramesDecoded >= 30 && st.FrameWidth == width && st.FrameHeight == height && st.Distinct > 8 {
-			break
+		if err == nil && done(st) {
+			return st
 		}
 		if ctx.Err() != nil {
-			t.Fatalf("the browser decoded no live video: last stats %+v (err %v)", st, err)
+			t.Fatalf("%s: last stats %+v (err %v)", what, st, err)
 		}
 		time.Sleep(250 * time.Millisecond)
 	}
+}
+
+// watch opens pageURL and waits until the page has decoded frames of the given size,
+// returning its last stats and the path of a screenshot saved under the test's temp dir.
+func (b *browser) watch(t *testing.T, pageURL string, width, height int) (pageStats, string) {
+	t.Helper()
+	st := b.until(t, pageURL, 90*time.Second, "the browser decoded no live video", func(st pageStats) bool {
+		return st.FramesDecoded >= 30 && st.FrameWidth == width && st.FrameHeight == height && st.Distinct > 8
+	})
+	ctx, cancel := context.WithTimeout(b.ctx, 30*time.Second)
+	defer cancel()
 	png, err := chromedp.Run(ctx, chromedp.FullScreenshot(100))
 	if err != nil {
 		t.Fatalf("screenshot: %v", err)

@@ -2,8 +2,6 @@ package e2e
 
 import (
 	"bufio"
-	"context"
-	"encoding/json"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -12,8 +10,6 @@ import (
 	"syscall"
 	"testing"
 	"time"
-
-	"github.com/chromedp/chromedp"
 
 	"github.com/camagent/camagent/internal/logtest"
 )
@@ -145,26 +141,10 @@ func TestMakeDemoPlaysInABrowserAndStopsOnCtrlC(t *testing.T) {
 // frame, and returns its stats.
 func (b *browser) refused(t *testing.T, pageURL string) pageStats {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(b.ctx, 60*time.Second)
-	defer cancel()
-	if err := chromedp.Do(ctx, chromedp.Navigate(pageURL), chromedp.WaitReady("video")); err != nil {
-		t.Fatalf("opening the camview page: %v", err)
-	}
-	var st pageStats
-	for {
-		js, err := chromedp.Run(ctx, chromedp.Evaluate[string](statsJS, chromedp.EvalAwaitPromise, chromedp.EvalAsValue))
-		if err == nil {
-			err = json.Unmarshal([]byte(js), &st)
-		}
-		if err == nil && st.FramesDecoded > 0 {
+	return b.until(t, pageURL, 60*time.Second, "the page showed no error", func(st pageStats) bool {
+		if st.FramesDecoded > 0 {
 			t.Fatalf("the page played video with a grant it should have been refused: %+v", st)
 		}
-		if err == nil && st.Error != "" {
-			return st
-		}
-		if ctx.Err() != nil {
-			t.Fatalf("the page showed no error: last stats %+v (err %v)", st, err)
-		}
-		time.Sleep(250 * time.Millisecond)
-	}
+		return st.Error != ""
+	})
 }

@@ -60,6 +60,22 @@ func statusOf(t *testing.T, f *fleet.Fleet, url string) (status.Report, string) 
 	return r, errb.String()
 }
 
+// fleetWithBroker makes a fleet and starts its broker of kind ("embedded": fleetctl broker;
+// "mosquitto"), with no signer, and returns the fleet and the broker's URL.
+func fleetWithBroker(t *testing.T, kind string) (*fleet.Fleet, string) {
+	t.Helper()
+	f, pki := newFleet(t)
+	if kind == "embedded" {
+		return f, fleettest.StartBroker(t, f)
+	}
+	fleetctl(t, "crl", "--dir", f.Dir)
+	crl, err := os.ReadFile(f.CRLPath())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return f, mqtttest.StartMosquitto(t, pki, fleettest.Identities(), mqtttest.WithCRL(crl)).URL()
+}
+
 // An operator at 3 a.m. learns from fleetctl status (and breach, rotate) whether any signer
 // serves, before waiting for a rollout that cannot move: each running fleetctl serve keeps its
 // presence retained, says "stopped" when it stops, and serve --retire clears it. On both
@@ -67,18 +83,7 @@ func statusOf(t *testing.T, f *fleet.Fleet, url string) (status.Report, string) 
 func TestStatusSaysWhetherASignerServes(t *testing.T) {
 	for _, kind := range []string{"embedded", "mosquitto"} {
 		t.Run(kind, func(t *testing.T) {
-			f, pki := newFleet(t)
-			var url string
-			if kind == "embedded" {
-				url = fleettest.StartBroker(t, f)
-			} else {
-				fleetctl(t, "crl", "--dir", f.Dir)
-				crl, err := os.ReadFile(f.CRLPath())
-				if err != nil {
-					t.Fatal(err)
-				}
-				url = mqtttest.StartMosquitto(t, pki, fleettest.Identities(), mqtttest.WithCRL(crl)).URL()
-			}
+			f, url := fleetWithBroker(t, kind)
 			if _, warned := statusOf(t, f, url); !strings.Contains(warned, "WARNING: no signer has said it serves") {
 				t.Fatalf("no signer ever ran, and status said:\n%s", warned)
 			}
@@ -126,18 +131,7 @@ func TestStatusSaysAtOnceThatAKilledSignerIsGone(t *testing.T) {
 	}
 	for _, kind := range []string{"embedded", "mosquitto"} {
 		t.Run(kind, func(t *testing.T) {
-			f, pki := newFleet(t)
-			var url string
-			if kind == "embedded" {
-				url = fleettest.StartBroker(t, f)
-			} else {
-				fleetctl(t, "crl", "--dir", f.Dir)
-				crl, err := os.ReadFile(f.CRLPath())
-				if err != nil {
-					t.Fatal(err)
-				}
-				url = mqtttest.StartMosquitto(t, pki, fleettest.Identities(), mqtttest.WithCRL(crl)).URL()
-			}
+			f, url := fleetWithBroker(t, kind)
 			out := new(logtest.Buffer)
 			cmd := exec.Command(bin, "serve", "--dir", f.Dir, "--broker", url, "--name", "s1", "--log-level", "warn")
 			cmd.Stdout, cmd.Stderr = out, out
