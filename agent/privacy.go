@@ -235,18 +235,22 @@ func (a *Agent) applyPrivacy(on bool) {
 	}
 }
 
-// resetPatterns are what a factory reset removes from the state directory, as glob patterns.
+// resetPatterns are what a factory reset removes from the state directory, as glob patterns,
+// in order. A reset killed part way must not leave a device that comes back on its own: the
+// bootstrap key goes before any credential (the agent would get a new one through it), and
+// the bundle's copy before the bundle (the agent would write the bundle again from it).
 var resetPatterns = []string{
-	KeyFile, CSRFile, BundleFile, BundleCopyFile, StateFile, FloorFile, TokenFile, BootstrapKey, credsDir,
+	BootstrapKey, KeyFile, CSRFile, BundleCopyFile, BundleFile, StateFile, FloorFile, TokenFile, credsDir,
 	StateFile + ".corrupt*", ".*.tmp*", ".tmp*",
 }
 
 // Reset wipes the device back to the factory: the device secret first (which makes every
-// sealed value unreadable at once), then the sealed settings, the device and bootstrap keys,
-// the device token, the certificates, the bundle and the journal. Afterwards the device cannot
-// connect until it is enrolled again. The agent must not be running. Key files are overwritten
-// with zeros before they are removed; on flash storage that is best effort (the sealed
-// settings do not depend on it: their key is gone with the secret).
+// sealed value unreadable at once), then the sealed settings, the bootstrap and device keys,
+// the bundle (its copy first), the journal, the device token and the certificates, in the
+// order of resetPatterns. Afterwards the device cannot connect until it is enrolled again.
+// The agent must not be running. Key files are overwritten with zeros before they are
+// removed; on flash storage that is best effort (the sealed settings do not depend on it:
+// their key is gone with the secret).
 //
 // It returns the names of files in dir it did not recognise and left alone.
 func Reset(dir string) (left []string, err error) {

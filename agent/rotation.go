@@ -109,12 +109,20 @@ func (a *Agent) loadCredentials() error {
 }
 
 // lostCredential stands in for the active generation gen, which could not be loaded (loadErr):
-// a file of it is corrupt, truncated or gone. Without a way to get a new certificate the agent
-// cannot run, and the error says why. With the bootstrap identity it runs, holding the
-// bootstrap certificate, and its first rotation gets a new generation through that identity:
-// refusing to start would leave the camera restarting for good over one damaged file (R6, R7).
+// a file of it is corrupt, truncated or gone. Without a way to get a new certificate, or when
+// its key and certificate load but do not match, the agent cannot run, and the error says
+// why. With the bootstrap identity it runs, holding the bootstrap certificate, and its first
+// rotation gets a new generation through that identity: refusing to start would leave the
+// camera restarting for good over one damaged file (R6, R7).
 func (a *Agent) lostCredential(gen uint64, loadErr error) (*credential, error) {
 	fail := fmt.Errorf("agent: active credential (generation %d): %w", gen, loadErr)
+	if errors.Is(loadErr, certs.ErrKeyMismatch) {
+		// A key and a certificate that both load but do not match are no storage fault: a
+		// re-enrollment killed between its journal and its bundle (restartJournal) left the
+		// old bundle beside the new key. Installing the bundle again finishes it; a new
+		// generation through the bootstrap identity would wipe the new key at its commit.
+		return nil, fmt.Errorf("%w (an enrollment interrupted before its bundle was written? install the bundle again: camagent enroll --bundle FILE)", fail)
+	}
 	if a.id.bundle.Bootstrap == nil {
 		return nil, fail
 	}
