@@ -184,6 +184,38 @@ func TestPurgeWipesTheDevice(t *testing.T) {
 		t.Errorf("purge ran %q, want %q (the user and its groups stay)", b, want)
 	}
 
+	t.Run("what lets a device come back goes first, even when the rest cannot", func(t *testing.T) {
+		first := []string{"device.secret", "bootstrap.key", "device.key", "bundle.copy.json", "bundle.json"}
+		for _, f := range append(first, "creds/1/device.key") {
+			path := filepath.Join(state, f)
+			if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(path, []byte("secret"), 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}
+		// An rm that removes single files but fails on the directory, as a read-only or
+		// damaged subdirectory would make it.
+		wrapper := filepath.Join(bin, "rm")
+		os.Remove(wrapper)
+		body := "#!/bin/sh\nfor a in \"$@\"; do [ \"$a\" = -rf ] && { echo 'rm: cannot remove: Input/output error' >&2; exit 1; }; done\nexec " + rm + " \"$@\"\n"
+		if err := os.WriteFile(wrapper, []byte(body), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		cmd := exec.Command(sh, filepath.Join(packagingDir, "postrm"), "purge")
+		cmd.Env = []string{"PATH=" + bin, "CALLS=" + calls, "DPKG_ROOT=" + root}
+		out, err := cmd.CombinedOutput()
+		if err == nil {
+			t.Fatalf("postrm purge with a failing rm -rf succeeded:\n%s", out)
+		}
+		for _, f := range first {
+			if _, err := os.Lstat(filepath.Join(state, f)); !os.IsNotExist(err) {
+				t.Errorf("%s survived a purge that failed later (%v)", f, err)
+			}
+		}
+	})
+
 	t.Run("and says so, failing, when it cannot", func(t *testing.T) {
 		if err := os.MkdirAll(state, 0o700); err != nil {
 			t.Fatal(err)
