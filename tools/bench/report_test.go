@@ -104,7 +104,7 @@ locks 9 % and malloc and free 11 %, the kernel 14 %). A profile of one breach on
 (embedded broker, 6.3 ms of CPU a rotation) finds no part whose removal would halve it:
 system calls 24 % (loopback TCP writes, whose receiving side the kernel runs in the sender's
 time, the state files' opens, writes and renames on tmpfs), the new connection's handshake 19 %,
-the device's atomic state writes 13 %, allocation and garbage collection 12 %, ECDSA
+the device's atomic state writes 13 % (with their system calls), allocation and garbage collection 12 %, ECDSA
 verifications outside the handshake 11 %.
 
 **Live video.** The clip is made by the benchmark itself with tools/mkclip
