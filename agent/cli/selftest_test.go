@@ -312,17 +312,25 @@ func TestSelftestStorageFailsWhenTheStateDirectoryTakesNoWrite(t *testing.T) {
 		}
 	})
 	t.Run("a directory the user may not write", func(t *testing.T) {
-		if os.Geteuid() == 0 {
-			t.Skip("root writes whatever the permission bits say")
-		}
 		dir := t.TempDir()
-		if err := os.Chmod(dir, 0o500); err != nil {
-			t.Fatal(err)
+		want := dir + ": cannot write a file there: create: permission denied"
+		if os.Geteuid() == 0 {
+			// Root writes whatever the permission bits say; a read-only mount refuses it too,
+			// as a card the kernel remounted read-only after I/O errors does.
+			if err := syscall.Mount("tmpfs", dir, "tmpfs", syscall.MS_RDONLY, "size=1m"); err != nil {
+				t.Fatalf("mount a read-only tmpfs, as root: %v", err)
+			}
+			t.Cleanup(func() { syscall.Unmount(dir, 0) })
+			want = dir + ": cannot write a file there: create: read-only file system"
+		} else {
+			if err := os.Chmod(dir, 0o500); err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { os.Chmod(dir, 0o700) })
 		}
-		t.Cleanup(func() { os.Chmod(dir, 0o700) })
 		rep, _, _ := selftestRun(t, synced, nil, "--state", dir)
 		res, det := results(rep)
-		if res["storage"] != resultFail || !strings.HasPrefix(det["storage"], dir+": cannot write a file there: create: permission denied") {
+		if res["storage"] != resultFail || !strings.HasPrefix(det["storage"], want) {
 			t.Fatalf("storage %s (%s)", res["storage"], det["storage"])
 		}
 	})
