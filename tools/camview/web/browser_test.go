@@ -92,18 +92,7 @@ func TestThePageSaysWhyTheCameraEndedTheSession(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	mux := http.NewServeMux()
-	mux.Handle("/whep/", h)
-	mux.Handle("/", web.Handler())
-	srv := httptest.NewServer(mux)
-	t.Cleanup(func() { srv.Close(); h.Close() })
-
-	ctx := startChromium(t)
-	link := srv.URL + "/#device=" + cam.ID + "&grant=" + token(cam.Grant(t, nil))
-	if _, err := chromedp.Run(ctx, chromedp.Navigate(link)); err != nil {
-		t.Fatalf("opening the page: %v", err)
-	}
-	waitPage(t, ctx, camviewtest.Timeout, "play the video", func(st pageStats) bool { return st.FramesDecoded >= 10 })
+	ctx := playing(t, cam, h)
 
 	cam.Rotate(t) // the camera ends every session with "revoked"
 	// ICE takes 5 s to call the connection disconnected and 15 s more to call it failed; the
@@ -134,18 +123,7 @@ func TestThePageFreesItsSessionWhenTheConnectionEnds(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	mux := http.NewServeMux()
-	mux.Handle("/whep/", h)
-	mux.Handle("/", web.Handler())
-	srv := httptest.NewServer(mux)
-	t.Cleanup(func() { srv.Close(); h.Close() })
-
-	ctx := startChromium(t)
-	link := srv.URL + "/#device=" + cam.ID + "&grant=" + token(cam.Grant(t, nil))
-	if _, err := chromedp.Run(ctx, chromedp.Navigate(link)); err != nil {
-		t.Fatalf("opening the page: %v", err)
-	}
-	waitPage(t, ctx, camviewtest.Timeout, "play the video", func(st pageStats) bool { return st.FramesDecoded >= 10 })
+	ctx := playing(t, cam, h)
 	cam.Rotate(t) // the camera closes the connection; its Bye goes unheard
 	st := waitPage(t, ctx, 8*time.Second, "say the connection was lost", func(st pageStats) bool { return st.Error != "" })
 	if !strings.Contains(st.Error, "lost") || !strings.Contains(st.Error, "reload") {
@@ -158,6 +136,24 @@ func TestThePageFreesItsSessionWhenTheConnectionEnds(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// playing serves the page and h, opens the page in Chromium with a grant for cam, and waits
+// until it plays; it returns the browser's context.
+func playing(t *testing.T, cam *camviewtest.Camera, h *whep.Handler) context.Context {
+	t.Helper()
+	mux := http.NewServeMux()
+	mux.Handle("/whep/", h)
+	mux.Handle("/", web.Handler())
+	srv := httptest.NewServer(mux)
+	t.Cleanup(func() { srv.Close(); h.Close() })
+	ctx := startChromium(t)
+	link := srv.URL + "/#device=" + cam.ID + "&grant=" + token(cam.Grant(t, nil))
+	if _, err := chromedp.Run(ctx, chromedp.Navigate(link)); err != nil {
+		t.Fatalf("opening the page: %v", err)
+	}
+	waitPage(t, ctx, camviewtest.Timeout, "play the video", func(st pageStats) bool { return st.FramesDecoded >= 10 })
+	return ctx
 }
 
 func token(grant []byte) string { return base64.RawURLEncoding.EncodeToString(grant) }

@@ -18,12 +18,10 @@ import (
 	"github.com/camagent/camagent/transport/mqtt/topic"
 )
 
-// status --wait reads the retained state again when nothing changed for a while: a held-back
-// older state of a device (docs/scale-out.md, item 3) must not keep it waiting until the timeout.
-func TestFollowReadsTheRetainedStateAgainWhenItStalls(t *testing.T) {
-	defer func(a, b time.Duration) { stallResync, maxStallResync = a, b }(stallResync, maxStallResync)
-	stallResync, maxStallResync = 50*time.Millisecond, 200*time.Millisecond
-
+// followFixture is a collector of a new fleet that holds its breach notice to epoch 1, and
+// state(epoch), the retained state of a converged device at epoch.
+func followFixture(t *testing.T) (*status.Collector, func(epoch uint64) []byte) {
+	t.Helper()
 	f, err := fleet.Init(filepath.Join(t.TempDir(), "fleet"), fleet.InitOptions{})
 	if err != nil {
 		t.Fatal(err)
@@ -41,6 +39,16 @@ func TestFollowReadsTheRetainedStateAgainWhenItStalls(t *testing.T) {
 	}
 	col := status.NewCollector(f.RootKey(), f.KeySet())
 	col.Add(topic.FleetDesired, notice)
+	return col, state
+}
+
+// status --wait reads the retained state again when nothing changed for a while: a held-back
+// older state of a device (docs/scale-out.md, item 3) must not keep it waiting until the timeout.
+func TestFollowReadsTheRetainedStateAgainWhenItStalls(t *testing.T) {
+	defer func(a, b time.Duration) { stallResync, maxStallResync = a, b }(stallResync, maxStallResync)
+	stallResync, maxStallResync = 50*time.Millisecond, 200*time.Millisecond
+
+	col, state := followFixture(t)
 	col.Add(topic.State("cam-0001"), state(0)) // the stale copy the subscription kept
 
 	var resyncs atomic.Int32
@@ -94,23 +102,7 @@ func TestFollowShowsTheLastChangeAndTheTimeGoingOn(t *testing.T) {
 	defer func(a, b time.Duration) { stallResync, maxStallResync = a, b }(stallResync, maxStallResync)
 	stallResync, maxStallResync = time.Hour, time.Hour // no re-read renders it for the bar
 
-	f, err := fleet.Init(filepath.Join(t.TempDir(), "fleet"), fleet.InitOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	notice, err := f.SignDesired(certs.Desired{Target: certs.TargetFleet, Version: 1, Epoch: 1, IssuedAt: time.Now().Unix()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	state := func(epoch uint64) []byte {
-		b, err := wire.Encode(&wire.DeviceState{V: wire.Version, Firmware: "1.0.0", CertSerial: "ab", KeySet: 1, Epoch: epoch, Rotation: wire.RotationIdle, Updated: time.Now().Unix()})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return b
-	}
-	col := status.NewCollector(f.RootKey(), f.KeySet())
-	col.Add(topic.FleetDesired, notice)
+	col, state := followFixture(t)
 	col.Add(topic.State("cam-0001"), state(0))
 	col.Add(topic.State("cam-0002"), state(0))
 
@@ -137,21 +129,8 @@ func TestFollowShowsTheLastChangeAndTheTimeGoingOn(t *testing.T) {
 // While status --wait has lost the broker, the bar says so: the count it shows is the last
 // the broker sent, and nothing new can come until the session is back.
 func TestFollowSaysWhenTheBrokerConnectionIsLost(t *testing.T) {
-	f, err := fleet.Init(filepath.Join(t.TempDir(), "fleet"), fleet.InitOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	notice, err := f.SignDesired(certs.Desired{Target: certs.TargetFleet, Version: 1, Epoch: 1, IssuedAt: time.Now().Unix()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := wire.Encode(&wire.DeviceState{V: wire.Version, Firmware: "1.0.0", CertSerial: "ab", KeySet: 1, Epoch: 0, Rotation: wire.RotationIdle, Updated: time.Now().Unix()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	col := status.NewCollector(f.RootKey(), f.KeySet())
-	col.Add(topic.FleetDesired, notice)
-	col.Add(topic.State("cam-0001"), b)
+	col, state := followFixture(t)
+	col.Add(topic.State("cam-0001"), state(0))
 
 	var up atomic.Bool
 	up.Store(true)
