@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"crypto/x509"
 	"encoding/json"
 	"os"
 	"path/filepath"
@@ -58,25 +59,7 @@ func TestEnrollingARotatedDeviceAgainStartsOnTheNewEnrollment(t *testing.T) {
 	}
 
 	// Enrolled again: a new key, a new certificate, a new bundle.
-	csrPEM, err := Enroll(dir, id)
-	if err != nil {
-		t.Fatal(err)
-	}
-	csr, _ := certs.ParseCSR(csrPEM)
-	c, err := pki.CA.Issue(certs.IssueRequest{Role: certs.RoleDevice, Name: id, CSR: csr, Now: time.Now()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	old, err := os.ReadFile(filepath.Join(dir, BundleFile))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var bu certs.Bundle
-	if err := json.Unmarshal(old, &bu); err != nil {
-		t.Fatal(err)
-	}
-	bu.CertPEM = string(certs.EncodeCertPEM(c))
-	nb, _ := json.Marshal(bu)
+	c, nb := reenrollment(t, pki, dir, id, time.Now())
 	if _, err := InstallBundle(dir, nb, time.Now()); err != nil {
 		t.Fatal(err)
 	}
@@ -123,25 +106,7 @@ func TestEnrollingARotatedDeviceWithACorruptJournalAgainStartsOnTheNewEnrollment
 		t.Fatal(err)
 	}
 
-	csrPEM, err := Enroll(fx.dir, id)
-	if err != nil {
-		t.Fatal(err)
-	}
-	csr, _ := certs.ParseCSR(csrPEM)
-	c, err := pki.CA.Issue(certs.IssueRequest{Role: certs.RoleDevice, Name: id, CSR: csr, Now: now})
-	if err != nil {
-		t.Fatal(err)
-	}
-	old, err := os.ReadFile(filepath.Join(fx.dir, BundleFile))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var bu certs.Bundle
-	if err := json.Unmarshal(old, &bu); err != nil {
-		t.Fatal(err)
-	}
-	bu.CertPEM = string(certs.EncodeCertPEM(c))
-	nb, _ := json.Marshal(bu)
+	c, nb := reenrollment(t, pki, fx.dir, id, now)
 	if _, err := InstallBundle(fx.dir, nb, time.Now()); err != nil {
 		t.Fatal(err)
 	}
@@ -164,4 +129,30 @@ func TestEnrollingARotatedDeviceWithACorruptJournalAgainStartsOnTheNewEnrollment
 	if a.cmdsOK.Load() != 0 {
 		t.Error("a command accepted before the re-enrollment was accepted again")
 	}
+}
+
+// reenrollment enrolls id in dir again, as a person does: a new key and CSR (Enroll), a
+// certificate for it from pki, issued at now, and the bundle in dir with that certificate. It
+// returns the certificate and the new bundle, which the caller installs (or not).
+func reenrollment(t *testing.T, pki *mqtttest.PKI, dir, id string, now time.Time) (*x509.Certificate, []byte) {
+	t.Helper()
+	csrPEM, err := Enroll(dir, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	csr, _ := certs.ParseCSR(csrPEM)
+	c, err := pki.CA.Issue(certs.IssueRequest{Role: certs.RoleDevice, Name: id, CSR: csr, Now: now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var bu certs.Bundle
+	if err := json.Unmarshal(mustRead(t, filepath.Join(dir, BundleFile)), &bu); err != nil {
+		t.Fatal(err)
+	}
+	bu.CertPEM = string(certs.EncodeCertPEM(c))
+	nb, err := json.Marshal(bu)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c, nb
 }

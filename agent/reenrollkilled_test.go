@@ -2,14 +2,12 @@ package agent
 
 import (
 	"context"
-	"encoding/json"
 	"os"
 	"path/filepath"
 	"testing"
 	"time"
 
 	"github.com/camagent/camagent/agent/state"
-	"github.com/camagent/camagent/certs"
 	"github.com/camagent/camagent/internal/logtest"
 	"github.com/camagent/camagent/transport/mqtt/mqtttest"
 )
@@ -36,21 +34,7 @@ func TestAReenrollmentKilledBeforeItsBundleIsWrittenIsFinishedByInstallingItAgai
 	}
 
 	// Enrolled again: a new key and certificate, the same bootstrap identity.
-	csrPEM, err := Enroll(dir, id)
-	if err != nil {
-		t.Fatal(err)
-	}
-	csr, _ := certs.ParseCSR(csrPEM)
-	c, err := pki.CA.Issue(certs.IssueRequest{Role: certs.RoleDevice, Name: id, CSR: csr, Now: now})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var bu certs.Bundle
-	if err := json.Unmarshal(mustRead(t, filepath.Join(dir, BundleFile)), &bu); err != nil {
-		t.Fatal(err)
-	}
-	bu.CertPEM = string(certs.EncodeCertPEM(c))
-	nb, _ := json.Marshal(bu)
+	c, nb := reenrollment(t, pki, dir, id, now)
 	// What InstallBundle leaves when killed after its journal write.
 	if err := restartJournal(dir, now); err != nil {
 		t.Fatal(err)
