@@ -46,6 +46,8 @@ func FuzzDepacketizer(f *testing.F) {
 	f.Add(joinPayloads([]byte{0x78, 0x00, 0x02, 0x67, 0x42, 0x00, 0x02, 0x68, 0xce}))
 	f.Add(joinPayloads([]byte{0x78, 0xff, 0xff, 0x67}))
 	f.Add(joinPayloads([]byte{0x7c}, []byte{}, []byte{0x7c, 0x85}))
+	// A NAL unit that went over the cap, then a packet of another kind while it is dropped.
+	f.Add(joinPayloads(fuA(true, false, 1400), fuA(false, false, 1400), fuA(false, false, 1400), single(), fuA(false, true, 10)))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		const maxNAL = 4 << 10
 		d := h264Depacketizer{maxNAL: maxNAL}
@@ -59,8 +61,13 @@ func FuzzDepacketizer(f *testing.F) {
 			if limit := maxNAL + 5 + 5*len(p); len(out) > limit {
 				t.Fatalf("payload %d (%d bytes) handed over %d bytes, over %d", i, len(p), len(out), limit)
 			}
-			if d.fragmented > maxNAL+len(p) {
-				t.Fatalf("payload %d: holding %d bytes of a fragmented NAL unit, over the cap %d and one packet", i, d.fragmented, maxNAL)
+			// Only a NAL unit within the cap is held; one that went over it is counted no further
+			// than the packet that crossed the cap, and is dropped.
+			if !d.skipping && d.fragmented > maxNAL {
+				t.Fatalf("payload %d: holding %d bytes of a fragmented NAL unit, over the cap %d", i, d.fragmented, maxNAL)
+			}
+			if d.skipping && d.fragmented > maxNAL+1500 {
+				t.Fatalf("payload %d: counted %d bytes of a dropped NAL unit, over the cap %d and one packet", i, d.fragmented, maxNAL)
 			}
 			if d.skipping && d.fragmented <= maxNAL {
 				t.Fatalf("payload %d: skipping a NAL unit of %d bytes, within the cap %d", i, d.fragmented, maxNAL)
