@@ -461,7 +461,7 @@ func TestServiceRemovesTemporaryFilesOfKilledWrites(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	st.Cred = state.Cred{Phase: state.PhasePending, Next: 1, TargetEpoch: 1, ReqID: "r1"}
+	st.Cred = state.Cred{Phase: state.PhasePending, Next: 1, TargetEpoch: 1, ReqID: "0123456789abcdef"}
 	if err := store.Save(st); err != nil {
 		t.Fatal(err)
 	}

@@ -118,6 +118,53 @@ func (s *State) AcceptCommand(seq uint64) bool {
 	return true
 }
 
+// check reports a state that parses but that no sequence of the agent's own writes leaves: a
+// storage fault changed a byte inside a value (a phase, a generation, a number of the replay
+// window). Acting on it could commit a generation that was never made, renew nothing while
+// calling it a rotation, or accept a command already executed; such a file is as corrupt as
+// one that does not parse. Only what the agent relies on is checked, so that no state it
+// wrote is ever refused.
+func (s *State) check() error {
+	c := s.Cred
+	switch c.Phase {
+	case PhaseNone:
+	case PhasePending, PhaseIssued:
+		if c.Next <= c.Active {
+			return fmt.Errorf("cred: a %s rotation to generation %d, not above the active %d", c.Phase, c.Next, c.Active)
+		}
+		if !isReqID(c.ReqID) {
+			return fmt.Errorf("cred: a %s rotation with request id %q, not 16 to 32 lowercase hex digits", c.Phase, c.ReqID)
+		}
+	default:
+		return fmt.Errorf("cred: phase %q is none of %q, %q and %q", c.Phase, PhaseNone, PhasePending, PhaseIssued)
+	}
+	if len(s.SeenCommands) > ReplayWindow {
+		return fmt.Errorf("seen_commands: %d, over the window of %d", len(s.SeenCommands), ReplayWindow)
+	}
+	last := s.CommandHWM
+	for i, seq := range s.SeenCommands {
+		if seq <= last {
+			return fmt.Errorf("seen_commands: entry %d (%d) is not above %d", i, seq, last)
+		}
+		last = seq
+	}
+	return nil
+}
+
+// isReqID reports whether id has the shape of a rotation attempt's id (agent.begin; wire's
+// req_id).
+func isReqID(id string) bool {
+	if len(id) < 16 || len(id) > 32 {
+		return false
+	}
+	for i := range len(id) {
+		if c := id[i]; (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+			return false
+		}
+	}
+	return true
+}
+
 // MaxFileSize caps the state file; anything larger is treated as corrupt.
 const MaxFileSize = 64 << 10
 
@@ -178,8 +225,8 @@ func (s *FileStore) Load() (State, error) {
 	perr := error(nil)
 	if n > MaxFileSize {
 		perr = fmt.Errorf("over %d bytes", MaxFileSize)
-	} else {
-		perr = strictjson.Unmarshal(b[:n], &st)
+	} else if perr = strictjson.Unmarshal(b[:n], &st); perr == nil {
+		perr = st.check()
 	}
 	if perr == nil {
 		return st, nil

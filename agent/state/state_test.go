@@ -1,11 +1,13 @@
 package state
 
 import (
+	"bytes"
 	"errors"
 	"os"
 	"path/filepath"
 	"reflect"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -38,6 +40,16 @@ func TestCorruptFilesAreQuarantinedNotFatal(t *testing.T) {
 		{"random bytes", "\x00\xff\x13garbage"},
 		{"an unknown field", `{"command_hwm":4,"evil":1}`},
 		{"an oversized file", `{"command_hwm":4}` + strings.Repeat(" ", MaxFileSize)},
+		// Files that parse, with one value a storage fault changed.
+		{"an unknown phase", `{"command_hwm":4,"cred":{"active":1,"phase":"pendinf","next":2,"req_id":"0123456789abcdef"}}`},
+		{"a rotation to the active generation", `{"command_hwm":4,"cred":{"active":1,"phase":"pending","next":1,"req_id":"0123456789abcdef"}}`},
+		{"a rotation to an older generation", `{"command_hwm":4,"cred":{"active":3,"phase":"issued","next":2,"req_id":"0123456789abcdef"}}`},
+		{"a rotation without its request id", `{"command_hwm":4,"cred":{"active":1,"phase":"pending","next":2}}`},
+		{"a request id that is not hex", `{"command_hwm":4,"cred":{"active":1,"phase":"issued","next":2,"req_id":"0123456789abcdeg"}}`},
+		{"seen commands out of order", `{"command_hwm":4,"seen_commands":[9,7],"cred":{}}`},
+		{"a seen command at the mark", `{"command_hwm":4,"seen_commands":[4,7],"cred":{}}`},
+		{"a seen command twice", `{"command_hwm":4,"seen_commands":[7,7],"cred":{}}`},
+		{"a replay window over its size", `{"command_hwm":0,"seen_commands":[` + seqs(ReplayWindow+1) + `],"cred":{}}`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := t.TempDir()
@@ -161,4 +173,87 @@ func TestOnlyTheNewestQuarantinedCopiesStay(t *testing.T) {
 	if b, err := os.ReadFile(other); err != nil || string(b) != "mine" {
 		t.Fatalf("a file that only looks like a quarantined copy was touched: %v", err)
 	}
+}
+
+// seqs returns "1,2,…,n".
+func seqs(n int) string {
+	var b strings.Builder
+	for i := 1; i <= n; i++ {
+		if i > 1 {
+			b.WriteByte(',')
+		}
+		b.WriteString(strconv.Itoa(i))
+	}
+	return b.String()
+}
+
+// Every state the agent's own writes leave loads again as it was: the check of a loaded file
+// refuses none of them.
+func TestStatesTheAgentWritesAreNeverCorrupt(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "state.json")
+	s := NewFileStore(p, nil)
+	full := State{CommandHWM: 10}
+	for seq := uint64(11); seq <= 11+ReplayWindow+5; seq++ {
+		full.AcceptCommand(seq)
+	}
+	for _, st := range []State{
+		{},
+		full,
+		{Cred: Cred{Active: 0, Phase: PhasePending, Next: 1, TargetEpoch: 1, ReqID: "0123456789abcdef"}},
+		{Cred: Cred{Active: 4, Epoch: 3, Phase: PhaseIssued, Next: 7, TargetEpoch: 5, ReqID: strings.Repeat("f", 32), Bootstrap: true}},
+		{Cred: Cred{Active: 7, Epoch: 5, TargetEpoch: 5}}, // abandonIssued keeps the target
+	} {
+		if err := s.Save(st); err != nil {
+			t.Fatal(err)
+		}
+		if got, err := s.Load(); err != nil || !got.Equal(st) {
+			t.Fatalf("saved %+v, loaded %+v, %v", st, got, err)
+		}
+	}
+}
+
+// FuzzLoad checks what Load promises for any bytes in the state file: no panic; either a state
+// the agent could have written, which saves and loads again unchanged, or a CorruptError with
+// the zero State and the bytes kept in a quarantined copy.
+func FuzzLoad(f *testing.F) {
+	for _, s := range []string{
+		`{"command_hwm":4,"seen_commands":[5,9],"time_floor":1700000000,"cred":{"active":1,"epoch":1}}`,
+		`{"command_hwm":4,"cred":{"active":1,"epoch":1,"phase":"pending","next":2,"target_epoch":2,"req_id":"0123456789abcdef"}}`,
+		`{"command_hwm":4,"cred":{"active":1,"phase":"pendinf","next":2,"req_id":"0123456789abcdef"}}`,
+		`{"command_hwm":4,"seen_commands":[9,7],"cred":{}}`,
+		`{"keyset":"x","fleet_desired":3,"device_desired":2,"desired_epoch":2,"cred":{},"privacy":true}`,
+		"\x00garbage",
+	} {
+		f.Add([]byte(s))
+	}
+	p := filepath.Join(f.TempDir(), "state.json") // one file, written over: a directory an input is slow
+	f.Fuzz(func(t *testing.T, b []byte) {
+		if err := os.WriteFile(p, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		s := NewFileStore(p, nil)
+		st, err := s.Load()
+		var ce *CorruptError
+		switch {
+		case errors.As(err, &ce):
+			if !reflect.DeepEqual(st, State{}) {
+				t.Fatalf("state %+v with a corrupt file", st)
+			}
+			if q, _ := os.ReadFile(ce.Quarantined); len(b) <= MaxFileSize && !bytes.Equal(q, b) {
+				t.Fatal("the quarantined copy differs from the file")
+			}
+			return
+		case err != nil:
+			t.Fatalf("neither a state nor a CorruptError: %v", err)
+		}
+		if err := st.check(); err != nil {
+			t.Fatalf("loaded a state the check refuses: %v", err)
+		}
+		if err := s.Save(st); err != nil {
+			t.Fatal(err)
+		}
+		if again, err := s.Load(); err != nil || !again.Equal(st) {
+			t.Fatalf("loaded %+v, saved, loaded %+v, %v", st, again, err)
+		}
+	})
 }
