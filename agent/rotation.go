@@ -593,9 +593,7 @@ func (a *Agent) askSigner(ctx context.Context, c state.Cred, next *credential) (
 	// identity the operational connection is not up to say it.
 	var notice <-chan time.Time
 	if !bootstrap {
-		t := time.NewTimer(pendingNoticeAfter)
-		defer t.Stop()
-		notice = t.C
+		notice = a.clk.After(pendingNoticeAfter)
 	}
 	for {
 		select {
