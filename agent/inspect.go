@@ -12,7 +12,6 @@ import (
 	"github.com/camagent/camagent/agent/state"
 	"github.com/camagent/camagent/certs"
 	"github.com/camagent/camagent/internal/cappedfile"
-	"github.com/camagent/camagent/internal/strictjson"
 )
 
 // Credentials are the device's identity as its state directory holds it: what `camagent
@@ -52,7 +51,7 @@ func ReadCredentials(dir string) (*Credentials, error) {
 	case err != nil:
 		return nil, fmt.Errorf("agent: %w", err)
 	default:
-		if err := strictjson.Unmarshal(b, &st); err != nil {
+		if st, err = state.Parse(b); err != nil {
 			return nil, fmt.Errorf("agent: %s is corrupt (the agent quarantines it and recovers at its next start): %w", StateFile, err)
 		}
 	}

@@ -32,19 +32,26 @@ func TestReadCredentialsChangesNothing(t *testing.T) {
 			t.Fatalf("err = %v, want ErrNotEnrolled", err)
 		}
 	})
-	t.Run("a corrupt state file is reported and left where it is", func(t *testing.T) {
-		p := filepath.Join(f.dir, StateFile)
-		if err := os.WriteFile(p, []byte("{garbage"), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := ReadCredentials(f.dir); err == nil || !strings.Contains(err.Error(), "corrupt") {
-			t.Fatalf("err = %v", err)
-		}
-		if b, _ := os.ReadFile(p); string(b) != "{garbage" {
-			t.Fatal("ReadCredentials changed the state file")
-		}
-		if m, _ := filepath.Glob(p + ".corrupt*"); len(m) != 0 {
-			t.Fatalf("ReadCredentials quarantined: %v", m)
-		}
-	})
+	for _, tc := range []struct{ name, content string }{
+		{"a corrupt state file is reported and left where it is", "{garbage"},
+		// Parses, but no agent write leaves it: the agent quarantines it too.
+		{"a damaged journal is reported and left where it is", `{"command_hwm":4,"cred":{"active":0,"phase":"pendinf","next":1,"req_id":"0123456789abcdef"}}`},
+	} {
+		content := tc.content
+		t.Run(tc.name, func(t *testing.T) {
+			p := filepath.Join(f.dir, StateFile)
+			if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := ReadCredentials(f.dir); err == nil || !strings.Contains(err.Error(), "corrupt") {
+				t.Fatalf("err = %v", err)
+			}
+			if b, _ := os.ReadFile(p); string(b) != content {
+				t.Fatal("ReadCredentials changed the state file")
+			}
+			if m, _ := filepath.Glob(p + ".corrupt*"); len(m) != 0 {
+				t.Fatalf("ReadCredentials quarantined: %v", m)
+			}
+		})
+	}
 }

@@ -118,6 +118,19 @@ func (s *State) AcceptCommand(seq uint64) bool {
 	return true
 }
 
+// Parse decodes a state file's bytes. A file that does not parse, or parses into a state no
+// sequence of the agent's writes leaves, is an error, and the State is the zero one.
+func Parse(b []byte) (State, error) {
+	var st State
+	if err := strictjson.Unmarshal(b, &st); err != nil {
+		return State{}, err
+	}
+	if err := st.check(); err != nil {
+		return State{}, err
+	}
+	return st, nil
+}
+
 // check reports a state that parses but that no sequence of the agent's own writes leaves: a
 // storage fault changed a byte inside a value (a phase, a generation, a number of the replay
 // window). Acting on it could commit a generation that was never made, renew nothing while
@@ -222,11 +235,11 @@ func (s *FileStore) Load() (State, error) {
 		return State{}, fmt.Errorf("state: read %s: %w", s.path, rerr)
 	}
 	var st State
-	perr := error(nil)
+	var perr error
 	if n > MaxFileSize {
 		perr = fmt.Errorf("over %d bytes", MaxFileSize)
-	} else if perr = strictjson.Unmarshal(b[:n], &st); perr == nil {
-		perr = st.check()
+	} else {
+		st, perr = Parse(b[:n])
 	}
 	if perr == nil {
 		return st, nil
