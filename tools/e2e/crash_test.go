@@ -83,7 +83,8 @@ func pingOK(t testing.TB, e *env, device string) string {
 }
 
 // converged waits until the device reports epoch and an idle rotation, and checks that only
-// the active generation's key is left on disk.
+// the active generation's key is left on disk, and that the agent never found its state file
+// corrupt: its writes are atomic, so no kill leaves one it would quarantine.
 func converged(t testing.TB, e *env, device, dir string, epoch uint64) {
 	t.Helper()
 	waitFor(t, 90*time.Second, device+" to converge", func() bool {
@@ -100,6 +101,9 @@ func converged(t testing.TB, e *env, device, dir string, epoch uint64) {
 	}
 	if len(keys) != 1 {
 		t.Fatalf("%d device keys left on disk after convergence: %v", len(keys), keys)
+	}
+	if q, _ := filepath.Glob(filepath.Join(dir, agent.StateFile+".corrupt-*")); len(q) != 0 {
+		t.Fatalf("the agent found its state file corrupt: %v", q)
 	}
 }
 
