@@ -128,6 +128,9 @@ func Parse(b []byte) (State, error) {
 	if err := st.check(); err != nil {
 		return State{}, err
 	}
+	if len(st.SeenCommands) == 0 {
+		st.SeenCommands = nil // as a save of it loads again: "[]" is omitted
+	}
 	return st, nil
 }
 
