@@ -156,6 +156,7 @@ type Agent struct {
 	authFails    atomic.Int32
 	connected    chan struct{} // closed at the first successful connect
 	connOnce     sync.Once
+	provenOnce   sync.Once               // bundleProven
 	video        atomic.Pointer[video]   // set by Run when Config.Video is set
 	connEv       chan string             // serial of each new connection's certificate
 	certResp     chan *wire.CertResponse // signer answers
@@ -249,13 +250,18 @@ func New(cfg Config) (*Agent, error) {
 	a.repairBundle()
 	st, err := a.store.Load()
 	var ce *state.CorruptError
+	lost := err == nil && stateLost(cfg.StateDir)
 	switch {
-	case errors.As(err, &ce):
+	case errors.As(err, &ce) || lost:
 		// Recover with values that cannot be abused: no command sequence below now (fleetctl
 		// sequences are Unix nanoseconds) is accepted again, and the newest credential that
 		// still loads becomes the active one.
 		st = state.State{CommandHWM: uint64(max(cfg.Clock.Now().UnixNano(), 0)), Cred: a.recoverCred()}
-		a.log.Error("state file was corrupt; quarantined it and recovered", "quarantined", ce.Quarantined, "err", ce.Err, "active_generation", st.Cred.Active)
+		if lost {
+			a.log.Error("state file is gone, though the device wrote it before; recovered", "active_generation", st.Cred.Active)
+		} else {
+			a.log.Error("state file was corrupt; quarantined it and recovered", "quarantined", ce.Quarantined, "err", ce.Err, "active_generation", st.Cred.Active)
+		}
 		// Grants from before the last breach stay void, and its dropped keys untrusted.
 		a.recoverFloor(&st)
 		if err := a.store.Save(st); err != nil {
@@ -584,6 +590,7 @@ func (a *Agent) onConnect(ctx context.Context) {
 	a.poke()
 	a.log.Info("connected to broker", "broker", a.brokerURL(), "cert_serial", serialHex(a.Certificate()))
 	a.raiseTimeFloor()
+	a.bundleProven()
 	// A connection a rotation made to try its new certificate is followed at once by the
 	// rotation's own state publish (committed, or failed), which would replace this one.
 	if !rotations {

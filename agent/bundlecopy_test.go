@@ -99,3 +99,54 @@ func TestReadCredentialsReadsTheCopyOfADamagedBundleAndWritesNothing(t *testing.
 		t.Errorf("ReadCredentials wrote the bundle (%d bytes)", fi.Size())
 	}
 }
+
+// A bundle and its copy that both verify, with the same certificate, differ only where a
+// storage fault changed one of them outside every signature: the broker URL. Which one is
+// right the agent learns only by connecting. Before, it wrote the copy over from the bundle at
+// every start, and when the bundle was the damaged one it destroyed the only record of the
+// right broker, leaving a camera that could never connect again. The copy is now written
+// again only once the bundle's broker took a connection.
+func TestABundleAndItsCopyThatDifferOnlyInTheBrokerAreKeptUntilAConnectionDecides(t *testing.T) {
+	pki := mqtttest.NewPKI(t)
+	b := mqtttest.StartEmbedded(t, pki)
+	// flipPort changes the first digit of the broker's port in the bundle file at p.
+	flipPort := func(t *testing.T, p string) {
+		t.Helper()
+		raw := mustRead(t, p)
+		prefix := []byte(`"broker":"` + b.URL()[:strings.LastIndex(b.URL(), ":")+1])
+		i := bytes.Index(raw, prefix)
+		if i < 0 {
+			t.Fatalf("no broker URL in %s", raw)
+		}
+		raw[i+len(prefix)] ^= 0x01
+		if err := os.WriteFile(p, raw, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	t.Run("the bundle's broker damaged: the good copy stays", func(t *testing.T) {
+		dir := enrolledOn(t, pki, b, "cam-0001", time.Now())
+		good := mustRead(t, filepath.Join(dir, BundleCopyFile))
+		flipPort(t, filepath.Join(dir, BundleFile))
+		log, rec := logtest.New()
+		startAgent(t, Config{StateDir: dir, Logger: log, MinBackoff: 50 * time.Millisecond, MaxBackoff: 200 * time.Millisecond})
+		rec.WaitFor(t, 5*time.Second, "cannot connect to broker")
+		if !bytes.Equal(mustRead(t, filepath.Join(dir, BundleCopyFile)), good) {
+			t.Fatal("the copy was written over from the damaged bundle")
+		}
+		if !strings.Contains(rec.Text(), "hold the same enrollment but differ") {
+			t.Errorf("the agent did not say the two differ:\n%s", rec.Text())
+		}
+	})
+
+	t.Run("the copy's broker damaged: written again once the bundle's broker connects", func(t *testing.T) {
+		dir := enrolledOn(t, pki, b, "cam-0001", time.Now())
+		flipPort(t, filepath.Join(dir, BundleCopyFile))
+		log, rec := logtest.New()
+		running(t, Config{StateDir: dir, Logger: log, MinBackoff: 50 * time.Millisecond, MaxBackoff: 200 * time.Millisecond})
+		rec.WaitFor(t, 5*time.Second, "wrote the copy of the enrollment bundle again")
+		if !bytes.Equal(mustRead(t, filepath.Join(dir, BundleCopyFile)), mustRead(t, filepath.Join(dir, BundleFile))) {
+			t.Fatal("the damaged copy was not written again from the bundle")
+		}
+	})
+}

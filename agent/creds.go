@@ -114,9 +114,13 @@ func makeGeneration(stateDir string, gen uint64) (crypto.Signer, [32]byte, error
 }
 
 // loadGeneration loads generation gen's key and, if present, its certificate. For
-// generation 0 the certificate is the bundle's. A damaged token is no error: the credential
+// generation 0 the certificate is the bundle's (vb, which readBundle verified); any other
+// generation's must chain to the bundle's fleet CA, at its own NotBefore as readBundle checks
+// the bundle's: a storage fault that changed a byte of it (its NotBefore years ahead, which
+// kept the agent waiting for a clock that never comes; its NotAfter) breaks the CA's
+// signature, and such a certificate is damaged. A damaged token is no error: the credential
 // comes back with badToken set.
-func loadGeneration(stateDir string, gen uint64, bundleCert *x509.Certificate) (*credential, error) {
+func loadGeneration(stateDir string, gen uint64, vb *certs.VerifiedBundle) (*credential, error) {
 	dir := genDir(stateDir, gen)
 	key, err := certs.LoadKeyFile(filepath.Join(dir, KeyFile))
 	if err != nil {
@@ -124,7 +128,7 @@ func loadGeneration(stateDir string, gen uint64, bundleCert *x509.Certificate) (
 	}
 	c := &credential{gen: gen, key: key}
 	if gen == 0 {
-		c.cert = bundleCert
+		c.cert = vb.Cert
 	} else {
 		b, err := os.ReadFile(filepath.Join(dir, certFile))
 		switch {
@@ -133,6 +137,9 @@ func loadGeneration(stateDir string, gen uint64, bundleCert *x509.Certificate) (
 			return nil, fmt.Errorf("agent: %w", err)
 		default:
 			if c.cert, err = certs.ParseCertPEM(b); err != nil {
+				return nil, fmt.Errorf("agent: generation %d certificate: %w", gen, err)
+			}
+			if _, err := certs.VerifyClient(c.cert, vb.Pool, c.cert.NotBefore); err != nil {
 				return nil, fmt.Errorf("agent: generation %d certificate: %w", gen, err)
 			}
 		}

@@ -5,7 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"os"
 	"path/filepath"
+	"slices"
+	"strconv"
 
 	"github.com/camagent/camagent/agent/state"
 	"github.com/camagent/camagent/certs"
@@ -105,4 +108,29 @@ func (a *Agent) recoverFloor(st *state.State) {
 		}
 	}
 	a.log.Info("recovered the grant epoch and key set floor", "grant_epoch", f.GrantEpoch, "key_set", f.KeySet != "")
+}
+
+// stateLost reports whether stateDir's state file is gone although the device wrote it
+// before: the floor file or a generation with an issued certificate is there, which only a
+// device that saved its state leaves (a rotation journals its pending generation before it
+// asks for the certificate; a generation killed before that has none). A storage fault that
+// lost the file otherwise made the agent start as a device enrolled a moment ago: generation
+// 0 active, whose key a rotated device wiped (a failure at every start without a bootstrap
+// identity, the working generation wiped with one), no command high-water mark, and grant
+// epoch 0, honouring grants from before the last breach.
+func stateLost(stateDir string) bool {
+	if _, err := os.Lstat(filepath.Join(stateDir, StateFile)); !errors.Is(err, fs.ErrNotExist) {
+		return false
+	}
+	if _, err := os.Lstat(filepath.Join(stateDir, FloorFile)); err == nil {
+		return true
+	}
+	ents, _ := os.ReadDir(filepath.Join(stateDir, credsDir))
+	return slices.ContainsFunc(ents, func(e fs.DirEntry) bool {
+		if _, err := strconv.ParseUint(e.Name(), 10, 64); err != nil {
+			return false
+		}
+		_, err := os.Lstat(filepath.Join(stateDir, credsDir, e.Name(), certFile))
+		return err == nil
+	})
 }

@@ -134,11 +134,12 @@ func restartJournal(stateDir string, now time.Time) error {
 	st, err := store.Load()
 	var ce *state.CorruptError
 	switch {
-	case errors.As(err, &ce):
-		// The corrupt journal stays until saved over, and the agent would recover from it
-		// the newest generation on disk, an old one, and wipe the new key as a stale
-		// generation 0: the new enrollment is journaled here, with the values the agent's
-		// own recovery uses (no command sequenced before now; the grant epoch of the floor).
+	case errors.As(err, &ce) || (err == nil && stateLost(stateDir)):
+		// The corrupt journal stays until saved over (or the lost one stays lost), and the
+		// agent would recover from it the newest generation on disk, an old one, and wipe
+		// the new key as a stale generation 0: the new enrollment is journaled here, with
+		// the values the agent's own recovery uses (no command sequenced before now; the
+		// grant epoch of the floor).
 		f, _ := readFloorFile(stateDir)
 		return store.Save(state.State{CommandHWM: uint64(max(now.UnixNano(), 0)), Cred: state.Cred{Epoch: f.GrantEpoch}})
 	case err != nil:
@@ -175,6 +176,12 @@ type identity struct {
 	damaged error
 	// copied reports that BundleCopyFile holds raw.
 	copied bool
+	// disputed is the broker URL of a copy that verifies, holds the same enrollment (the same
+	// certificate) and yet other bytes: a storage fault changed one of the two where no
+	// signature covers it (the broker URL), and which one is not known. The copy is written
+	// again only once a connection to the bundle's broker proved the bundle right
+	// (Agent.bundleProven); "" when there is no such copy.
+	disputed string
 }
 
 // loadIdentity reads the bundle, or its copy when the bundle is damaged or gone. It writes
@@ -184,7 +191,13 @@ func loadIdentity(stateDir string) (*identity, error) {
 	cvb, craw, cerr := readBundle(filepath.Join(stateDir, BundleCopyFile))
 	switch {
 	case err == nil:
-		return &identity{bundle: vb, raw: raw, copied: cerr == nil && bytes.Equal(craw, raw)}, nil
+		id := &identity{bundle: vb, raw: raw, copied: cerr == nil && bytes.Equal(craw, raw)}
+		if cerr == nil && !id.copied && bytes.Equal(cvb.Cert.Raw, vb.Cert.Raw) {
+			// Not an enrollment killed between its two writes (InstallBundle): that copy
+			// holds the certificate of an enrollment before.
+			id.disputed = cvb.Bundle.Broker
+		}
+		return id, nil
 	case cerr == nil:
 		return &identity{bundle: cvb, raw: craw, damaged: err, copied: true}, nil
 	case errors.Is(err, os.ErrNotExist):
@@ -224,9 +237,36 @@ func (a *Agent) repairBundle() {
 			a.log.Error("could not write the enrollment bundle again", "err", err)
 		}
 	}
-	if !a.id.copied {
-		if err := atomicfile.WriteFile(filepath.Join(dir, BundleCopyFile), a.id.raw, 0o600); err != nil {
-			a.log.Error("could not write the copy of the enrollment bundle", "err", err)
-		}
+	switch {
+	case a.id.disputed != "":
+		// Writing the copy over from the bundle would destroy the only good record when
+		// the bundle is the damaged one (its broker URL: the camera could never connect).
+		a.log.Error("the enrollment bundle and its copy hold the same enrollment but differ: a storage fault changed one of them; the copy is written again from the bundle once the bundle's broker takes a connection",
+			"broker", a.id.bundle.Bundle.Broker, "copy_broker", a.id.disputed)
+	case !a.id.copied:
+		a.writeBundleCopy()
 	}
+}
+
+// writeBundleCopy writes BundleCopyFile from the bundle loaded, and reports whether it did.
+func (a *Agent) writeBundleCopy() bool {
+	if err := atomicfile.WriteFile(filepath.Join(a.cfg.StateDir, BundleCopyFile), a.id.raw, 0o600); err != nil {
+		a.log.Error("could not write the copy of the enrollment bundle", "err", err)
+		return false
+	}
+	return true
+}
+
+// bundleProven writes again, after a connection to the bundle's broker, a copy of the bundle
+// that was disputed: the bundle is the right one. A broker set in Config.BrokerURL proves
+// nothing about the bundle's. It runs once per agent.
+func (a *Agent) bundleProven() {
+	if a.id.disputed == "" || (a.cfg.BrokerURL != "" && a.cfg.BrokerURL != a.id.bundle.Bundle.Broker) {
+		return
+	}
+	a.provenOnce.Do(func() {
+		if a.writeBundleCopy() {
+			a.log.Info("the bundle's broker took a connection: wrote the copy of the enrollment bundle again from the bundle", "copy_broker_was", a.id.disputed)
+		}
+	})
 }

@@ -56,12 +56,12 @@ func ReadCredentials(dir string) (*Credentials, error) {
 		}
 	}
 	gen := st.Cred.Active
-	c, err := loadGeneration(dir, gen, id.bundle.Cert)
+	c, err := loadGeneration(dir, gen, id.bundle)
 	if err != nil {
 		return nil, fmt.Errorf("agent: active credential (generation %d): %w", gen, err)
 	}
 	if st.Cred.Phase == state.PhaseIssued {
-		if next, err := loadGeneration(dir, st.Cred.Next, nil); err == nil && next.cert != nil {
+		if next, err := loadGeneration(dir, st.Cred.Next, id.bundle); err == nil && next.cert != nil {
 			c, gen = next, st.Cred.Next
 		}
 	}

@@ -79,6 +79,11 @@ func loadSettings(dir string, repair bool) (*seal.Secret, *seal.Settings, error)
 	if err != nil {
 		return nil, nil, unusableSettings(dir, err, repair)
 	}
+	if fi, err := os.Lstat(filepath.Join(dir, seal.SettingsFile)); err == nil && !fi.Mode().IsRegular() {
+		// A directory (or anything else) where the file should be: reading it fails the
+		// same way at every start, which is no I/O error to wait out.
+		return nil, nil, unusableSettings(dir, fmt.Errorf("%w: %s is not a regular file (mode %s)", seal.ErrMalformed, seal.SettingsFile, fi.Mode()), repair)
+	}
 	st, err := seal.LoadSettings(dir, sec)
 	if errors.Is(err, fs.ErrNotExist) {
 		return sec, nil, nil

@@ -87,47 +87,57 @@ func TestEnrollingARotatedDeviceAgainStartsOnTheNewEnrollment(t *testing.T) {
 // moved the corrupt journal away, and the agent started from a zero State: command high-water
 // mark 0, grant epoch 0.
 func TestEnrollingARotatedDeviceWithACorruptJournalAgainStartsOnTheNewEnrollment(t *testing.T) {
-	const id = "cam-0001"
-	pki := mqtttest.NewPKI(t)
-	now := time.Now()
-	fx := enrolledFleet(t, pki, closedPort(t), id, now, 0, true)
-	writeGeneration(t, pki, fx.dir, id, 1, now, 0)
-	if err := wipeGeneration(fx.dir, 0); err != nil {
-		t.Fatal(err)
-	}
-	hwm := uint64(now.UnixNano())
-	if err := state.NewFileStore(filepath.Join(fx.dir, StateFile), nil).Save(state.State{CommandHWM: hwm, DesiredEpoch: 1, Cred: state.Cred{Active: 1, Epoch: 1}}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := New(Config{StateDir: fx.dir}); err != nil { // writes the floor
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(fx.dir, StateFile), []byte("{\x00garbage"), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	for name, spoil := range map[string]func(path string) error{
+		"corrupt": func(p string) error { return os.WriteFile(p, []byte("{\x00garbage"), 0o600) },
+		// Gone, beside the floor and the old generation: the agent recovers as from a
+		// corrupt one (TestALostStateFileIsRecoveredWhenTheDeviceHadWrittenOne), so the
+		// install journals the new enrollment as it does for a corrupt one.
+		"gone": os.Remove,
+	} {
+		t.Run(name, func(t *testing.T) {
+			const id = "cam-0001"
+			pki := mqtttest.NewPKI(t)
+			now := time.Now()
+			fx := enrolledFleet(t, pki, closedPort(t), id, now, 0, true)
+			writeGeneration(t, pki, fx.dir, id, 1, now, 0)
+			if err := wipeGeneration(fx.dir, 0); err != nil {
+				t.Fatal(err)
+			}
+			hwm := uint64(now.UnixNano())
+			if err := state.NewFileStore(filepath.Join(fx.dir, StateFile), nil).Save(state.State{CommandHWM: hwm, DesiredEpoch: 1, Cred: state.Cred{Active: 1, Epoch: 1}}); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := New(Config{StateDir: fx.dir}); err != nil { // writes the floor
+				t.Fatal(err)
+			}
+			if err := spoil(filepath.Join(fx.dir, StateFile)); err != nil {
+				t.Fatal(err)
+			}
 
-	c, nb := reenrollment(t, pki, fx.dir, id, now)
-	if _, err := InstallBundle(fx.dir, nb, time.Now()); err != nil {
-		t.Fatal(err)
-	}
+			c, nb := reenrollment(t, pki, fx.dir, id, now)
+			if _, err := InstallBundle(fx.dir, nb, time.Now()); err != nil {
+				t.Fatal(err)
+			}
 
-	a, err := New(Config{StateDir: fx.dir})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if got := a.Certificate().SerialNumber; got.Cmp(c.SerialNumber) != 0 {
-		t.Errorf("starts with certificate %x, want the new enrollment's %x", got, c.SerialNumber)
-	}
-	if _, err := os.Stat(filepath.Join(fx.dir, KeyFile)); err != nil {
-		t.Errorf("the new enrollment key: %v", err)
-	}
-	if e := a.GrantEpoch(); e != 1 {
-		t.Errorf("grant epoch %d after re-enrollment, want 1: grants voided by the rotation stay void", e)
-	}
-	cmd, _ := certs.SignCommand(fx.cmdKey, certs.Command{Type: "ping", Target: id, Seq: hwm, IssuedAt: now.Unix(), ExpiresAt: now.Add(time.Minute).Unix()})
-	a.handleCommand(context.Background(), "dev/"+id+"/down/cmd", cmd)
-	if a.cmdsOK.Load() != 0 {
-		t.Error("a command accepted before the re-enrollment was accepted again")
+			a, err := New(Config{StateDir: fx.dir})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := a.Certificate().SerialNumber; got.Cmp(c.SerialNumber) != 0 {
+				t.Errorf("starts with certificate %x, want the new enrollment's %x", got, c.SerialNumber)
+			}
+			if _, err := os.Stat(filepath.Join(fx.dir, KeyFile)); err != nil {
+				t.Errorf("the new enrollment key: %v", err)
+			}
+			if e := a.GrantEpoch(); e != 1 {
+				t.Errorf("grant epoch %d after re-enrollment, want 1: grants voided by the rotation stay void", e)
+			}
+			cmd, _ := certs.SignCommand(fx.cmdKey, certs.Command{Type: "ping", Target: id, Seq: hwm, IssuedAt: now.Unix(), ExpiresAt: now.Add(time.Minute).Unix()})
+			a.handleCommand(context.Background(), "dev/"+id+"/down/cmd", cmd)
+			if a.cmdsOK.Load() != 0 {
+				t.Error("a command accepted before the re-enrollment was accepted again")
+			}
+		})
 	}
 }
 

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"crypto"
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
@@ -21,6 +22,7 @@ import (
 	"github.com/camagent/camagent/agent/state"
 	"github.com/camagent/camagent/agent/wire"
 	"github.com/camagent/camagent/certs"
+	"github.com/camagent/camagent/internal/cappedfile"
 	"github.com/camagent/camagent/transport/mqtt"
 	"github.com/camagent/camagent/transport/mqtt/topic"
 )
@@ -63,7 +65,7 @@ func rotErr(code string, format string, args ...any) error {
 // signer may already have made the only valid one.
 func (a *Agent) loadCredentials() error {
 	c := a.st.Cred
-	act, err := loadGeneration(a.cfg.StateDir, c.Active, a.id.bundle.Cert)
+	act, err := loadGeneration(a.cfg.StateDir, c.Active, a.id.bundle)
 	if err == nil && act.cert == nil {
 		err = fmt.Errorf("agent: generation %d: no %s", c.Active, certFile)
 	}
@@ -76,7 +78,7 @@ func (a *Agent) loadCredentials() error {
 	present := act
 	switch c.Phase {
 	case state.PhasePending, state.PhaseIssued:
-		next, err := loadGeneration(a.cfg.StateDir, c.Next, nil)
+		next, err := loadGeneration(a.cfg.StateDir, c.Next, a.id.bundle)
 		// A pending generation's damaged token would be registered with its certificate; an
 		// issued one's is registered already, and its certificate, which the signer may have
 		// made the only valid one, is kept: a renewal after the commit replaces the token.
@@ -110,16 +112,15 @@ func (a *Agent) loadCredentials() error {
 
 // lostCredential stands in for the active generation gen, which could not be loaded (loadErr):
 // a file of it is corrupt, truncated or gone. Without a way to get a new certificate, or when
-// its key and certificate load but do not match, the agent cannot run, and the error says
-// why. With the bootstrap identity it runs, holding the bootstrap certificate, and its first
-// rotation gets a new generation through that identity: refusing to start would leave the
-// camera restarting for good over one damaged file (R6, R7).
+// its key and certificate load but do not match after a re-enrollment (reenrolling), the agent
+// cannot run, and the error says why. With the bootstrap identity it runs, holding the
+// bootstrap certificate, and its first rotation gets a new generation through that identity:
+// refusing to start would leave the camera restarting for good over one damaged file (R6, R7).
 func (a *Agent) lostCredential(gen uint64, loadErr error) (*credential, error) {
 	fail := fmt.Errorf("agent: active credential (generation %d): %w", gen, loadErr)
-	if errors.Is(loadErr, certs.ErrKeyMismatch) {
-		// A key and a certificate that both load but do not match are no storage fault: a
-		// re-enrollment killed between its journal and its bundle (restartJournal) left the
-		// old bundle beside the new key. Installing the bundle again finishes it; a new
+	if errors.Is(loadErr, certs.ErrKeyMismatch) && gen == 0 && a.reenrolling() {
+		// A re-enrollment killed between its journal and its bundle (restartJournal) left
+		// the old bundle beside the new key. Installing the bundle again finishes it; a new
 		// generation through the bootstrap identity would wipe the new key at its commit.
 		return nil, fmt.Errorf("%w (an enrollment interrupted before its bundle was written? install the bundle again: camagent enroll --bundle FILE)", fail)
 	}
@@ -135,6 +136,25 @@ func (a *Agent) lostCredential(gen uint64, loadErr error) (*credential, error) {
 	}
 	a.log.Error("the active credential cannot be loaded; getting a new one through the bootstrap identity", "generation", gen, "err", loadErr)
 	return &credential{gen: gen, key: bkey, cert: a.id.bundle.Bootstrap, lost: true}, nil
+}
+
+// reenrolling reports whether the enrollment key does not match the bundle's certificate
+// because an enrollment made since is waiting for its bundle. Only when the last enrollment
+// request (CSRFile) carries the certificate's key, the enrollment the bundle answers, is the
+// key file what changed since, and a storage fault (a bit flipped in a key that still
+// loads): Enroll writes the request of every key it makes. Without a readable request the
+// agent cannot tell, and takes it for a re-enrollment, as it always did.
+func (a *Agent) reenrolling() bool {
+	b, err := cappedfile.Read(filepath.Join(a.cfg.StateDir, CSRFile), 2*certs.MaxCSRSize)
+	if err != nil {
+		return true
+	}
+	csr, err := certs.ParseCSR(b)
+	if err != nil {
+		return true
+	}
+	pub, ok := a.id.bundle.Cert.PublicKey.(interface{ Equal(crypto.PublicKey) bool })
+	return !ok || !pub.Equal(csr.PublicKey)
 }
 
 // wipeStale removes generations the journal no longer names: the old generation of a rotation
@@ -181,7 +201,7 @@ func (a *Agent) recoverCred() state.Cred {
 	}
 	slices.Sort(gens)
 	for i := len(gens) - 1; i >= 0; i-- {
-		c, err := loadGeneration(a.cfg.StateDir, gens[i], a.id.bundle.Cert)
+		c, err := loadGeneration(a.cfg.StateDir, gens[i], a.id.bundle)
 		if err != nil || c.cert == nil {
 			continue
 		}

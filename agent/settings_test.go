@@ -34,6 +34,18 @@ func TestUnusableSealedSettingsAreWipedAndTheAgentRuns(t *testing.T) {
 				t.Fatal(err)
 			}
 		}, true},
+		{"a directory where the settings file should be", func(t *testing.T, dir string) {
+			// Before, reading it failed ("is a directory") at every start: New, and the
+			// CLI's LoadPrivacy before it, returned the error, and the camera restarted
+			// for good.
+			p := filepath.Join(dir, seal.SettingsFile)
+			if err := os.Remove(p); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Mkdir(p, 0o700); err != nil {
+				t.Fatal(err)
+			}
+		}, true},
 		{"a secret others could read", func(t *testing.T, dir string) {
 			if err := os.Chmod(filepath.Join(dir, seal.SecretFile), 0o640); err != nil {
 				t.Fatal(err)
