@@ -250,18 +250,30 @@ func New(cfg Config) (*Agent, error) {
 	a.repairBundle()
 	st, err := a.store.Load()
 	var ce *state.CorruptError
+	corrupt := errors.As(err, &ce)
 	lost := err == nil && stateLost(cfg.StateDir)
+	orphaned := err == nil && !lost && journalOrphaned(cfg.StateDir, st)
 	switch {
-	case errors.As(err, &ce) || lost:
+	case corrupt || lost || orphaned:
 		// Recover with values that cannot be abused: no command sequence below now (fleetctl
-		// sequences are Unix nanoseconds) is accepted again, and the newest credential that
-		// still loads becomes the active one.
+		// sequences are Unix nanoseconds) is accepted again, and the credentials on disk
+		// that still load make the journal (recoverCred).
+		was := st
 		st = state.State{CommandHWM: uint64(max(cfg.Clock.Now().UnixNano(), 0)), Cred: a.recoverCred()}
-		if lost {
-			a.log.Error("state file is gone, though the device wrote it before; recovered", "active_generation", st.Cred.Active)
-		} else {
-			a.log.Error("state file was corrupt; quarantined it and recovered", "quarantined", ce.Quarantined, "err", ce.Err, "active_generation", st.Cred.Active)
+		switch {
+		case lost:
+			a.log.Error("state file is gone, though the device wrote it before; recovered", "active_generation", st.Cred.Active, "phase", st.Cred.Phase, "next_generation", st.Cred.Next)
+		case orphaned:
+			a.log.Error("the state file names an active generation that is not on disk; recovered from the generations that are", "named", was.Cred.Active, "active_generation", st.Cred.Active, "phase", st.Cred.Phase, "next_generation", st.Cred.Next)
+		default:
+			a.log.Error("state file was corrupt; quarantined it and recovered", "quarantined", ce.Quarantined, "err", ce.Err, "active_generation", st.Cred.Active, "phase", st.Cred.Phase, "next_generation", st.Cred.Next)
+			if ce.Parsed != nil {
+				was = *ce.Parsed
+			}
 		}
+		// Privacy mode the owner turned on stays on: a damaged value elsewhere in the file
+		// must not make the camera stream again. (A file that does not parse cannot say.)
+		st.Privacy = was.Privacy
 		// Grants from before the last breach stay void, and its dropped keys untrusted.
 		a.recoverFloor(&st)
 		if err := a.store.Save(st); err != nil {

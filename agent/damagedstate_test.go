@@ -120,3 +120,107 @@ func TestAReplayWindowOutOfOrderDoesNotLetAnExecutedCommandThrough(t *testing.T)
 		t.Fatalf("a command already executed: ok=%d rejected=%d", a.cmdsOK.Load(), a.cmdsRejected.Load())
 	}
 }
+
+// recoverAgent starts an agent on dir with short retries and waits until it is connected with
+// one rotation committed since it started, or fails with its log.
+func recoverAgent(t *testing.T, dir string, rotations uint64) (*Agent, *logtest.Recorder) {
+	t.Helper()
+	log, rec := logtest.New()
+	a := startAgent(t, Config{StateDir: dir, Logger: log, SwitchTimeout: time.Second, RequestTimeout: 5 * time.Second,
+		RetryMin: 100 * time.Millisecond, RetryMax: 200 * time.Millisecond, MinBackoff: 50 * time.Millisecond, MaxBackoff: 200 * time.Millisecond})
+	deadline := time.Now().Add(30 * time.Second)
+	for a.Rotations() != rotations || !a.Status().Connected {
+		if time.Now().After(deadline) {
+			t.Fatalf("the device did not converge (connected=%v, rotations=%d); log:\n%s", a.Status().Connected, a.Rotations(), rec.Text())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return a, rec
+}
+
+// A journal rebuilt from the disk (the state file corrupt, lost, or naming a generation that
+// is not there) with two working generations on it tries the newest and keeps the one before
+// as the fallback, as a rotation killed after its certificate arrived does. Before, the newest
+// alone became active and the one before was wiped as stale: when the newest had expired while
+// the device was off, a device without a bootstrap identity held no working credential again.
+func TestARebuiltJournalTriesTheNewestGenerationAndFallsBackToTheOneBefore(t *testing.T) {
+	for _, tc := range []struct {
+		name        string
+		expired     bool        // generation 1's certificate expired while the device was off
+		damage      state.State // what is on disk as state.json; Active 0 is the working one
+		wantRotated bool        // generation 1 was given up for a new one
+	}{
+		{"a journal with one flipped bit, the newest expired", true,
+			state.State{Cred: state.Cred{Active: 0, Phase: state.PhaseIssued, Next: 1, TargetEpoch: 1, ReqID: "0123456789abcdeg"}}, true},
+		{"a journal naming a generation not on disk, the newest expired", true,
+			state.State{Cred: state.Cred{Active: 9, Epoch: 1}}, true},
+		{"a journal with one flipped bit, the newest working", false,
+			state.State{Cred: state.Cred{Active: 0, Phase: state.PhaseIssued, Next: 1, TargetEpoch: 1, ReqID: "0123456789abcdeg"}}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			const id = "cam-0001"
+			now := time.Now()
+			pki := pkiSince(t, now.Add(-30*24*time.Hour))
+			b := mqtttest.StartEmbedded(t, pki)
+			dir := enrolledWith(t, pki, b.URL(), id, now.Add(-time.Hour), 0, false) // no bootstrap identity
+			issued, validity := now.Add(-time.Minute), time.Duration(0)
+			if tc.expired {
+				issued, validity = now.Add(-9*24*time.Hour), time.Hour
+			}
+			newest := writeGeneration(t, pki, dir, id, 1, issued, validity)
+			if err := state.NewFileStore(filepath.Join(dir, StateFile), nil).Save(tc.damage); err != nil {
+				t.Fatal(err)
+			}
+			fullSigner(t, b, pki, id)
+
+			a, rec := recoverAgent(t, dir, 1)
+			if !strings.Contains(rec.Text(), "recovered") {
+				t.Fatalf("the journal was taken as it is; log:\n%s", rec.Text())
+			}
+			// Generation 1 active: the newest, or (given up) the next one made, numbered again.
+			got, err := state.NewFileStore(filepath.Join(dir, StateFile), nil).Load()
+			if err != nil || got.Cred.Active != 1 || got.Cred.Phase != state.PhaseNone {
+				t.Fatalf("journal %+v, %v; want generation 1 active; log:\n%s", got.Cred, err, rec.Text())
+			}
+			if serial := serialHex(a.Certificate()); (serial == serialHex(newest)) == tc.wantRotated {
+				t.Fatalf("connected with %s; the newest generation's is %s, given up: %v", serial, serialHex(newest), tc.wantRotated)
+			}
+			if _, err := os.Stat(filepath.Join(dir, KeyFile)); !errors.Is(err, os.ErrNotExist) {
+				t.Fatalf("the enrollment key is still there after the commit: %v", err)
+			}
+		})
+	}
+}
+
+// Privacy mode the owner turned on survives a state file that is rebuilt because another of
+// its values was damaged: the camera must not stream again after the restart.
+func TestARebuiltStateKeepsPrivacyModeOn(t *testing.T) {
+	const id = "cam-0001"
+	now := time.Now()
+	f := enrolled(t, id, now, closedPort(t))
+	store := state.NewFileStore(filepath.Join(f.dir, StateFile), nil)
+	st, err := store.Load()
+	if err != nil {
+		t.Fatal(err)
+	}
+	mark := uint64(now.Add(-time.Minute).UnixNano())
+	st.Privacy = true
+	st.CommandHWM, st.SeenCommands = mark, []uint64{mark + 3000, mark + 2000} // out of order
+	if err := store.Save(st); err != nil {
+		t.Fatal(err)
+	}
+	log, rec := logtest.New()
+	a, err := New(Config{StateDir: f.dir, Logger: log})
+	if err != nil {
+		t.Fatalf("the agent does not start: %v", err)
+	}
+	if !strings.Contains(rec.Text(), "state file was corrupt") {
+		t.Fatalf("the damaged window was taken as it is; log:\n%s", rec.Text())
+	}
+	if !a.Privacy() {
+		t.Fatalf("privacy mode off after the state was rebuilt; log:\n%s", rec.Text())
+	}
+	if got, err := store.Load(); err != nil || !got.Privacy {
+		t.Fatalf("the rebuilt state saved %+v, %v; want privacy on", got, err)
+	}
+}

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
+	"io/fs"
 	mrand "math/rand/v2"
 	"os"
 	"path/filepath"
@@ -189,30 +190,55 @@ func (a *Agent) wipeStale() {
 	}
 }
 
-// recoverCred rebuilds the credential journal after state.json was lost: the newest
-// generation whose key and certificate load and chain to the fleet CA becomes active.
+// recoverCred rebuilds the credential journal from the generations on disk whose key and
+// certificate load and chain to the fleet CA, after state.json was lost, found corrupt, or
+// named a generation that is not there. One becomes the active generation. Of two or more,
+// the newest two are journaled as a rotation whose certificate arrived (PhaseIssued, with a
+// new request id): the newest is tried first and the one before it is the fallback, as after
+// a rotation killed in that phase. Which one works is the broker's word, not this device's
+// clock: the newest may have expired while the device was off (it is given up for the older
+// one, and a new rotation follows), or be the only one the signer left unrevoked (the older is
+// wiped at the commit). Taking the newest alone wiped the older as stale, the only working
+// credential of a device without a bootstrap identity when the newest had expired.
 func (a *Agent) recoverCred() state.Cred {
 	gens := []uint64{0}
 	ents, _ := os.ReadDir(filepath.Join(a.cfg.StateDir, credsDir))
 	for _, e := range ents {
-		if g, err := strconv.ParseUint(e.Name(), 10, 64); err == nil {
+		if g, err := strconv.ParseUint(e.Name(), 10, 64); err == nil && g > 0 {
 			gens = append(gens, g)
 		}
 	}
 	slices.Sort(gens)
-	for i := len(gens) - 1; i >= 0; i-- {
+	var usable []uint64 // newest first
+	for i := len(gens) - 1; i >= 0 && len(usable) < 2; i-- {
 		c, err := loadGeneration(a.cfg.StateDir, gens[i], a.id.bundle)
 		if err != nil || c.cert == nil {
 			continue
 		}
-		if _, err := certs.VerifyClient(c.cert, a.id.bundle.Pool, c.cert.NotBefore); err != nil {
-			continue
-		}
-		// The epoch is unknown; 0 makes the device rotate again if the fleet wants more, which
-		// is always safe.
-		return state.Cred{Active: gens[i]}
+		usable = append(usable, gens[i])
 	}
-	return state.Cred{}
+	// The epoch is unknown; 0 makes the device rotate again if the fleet wants more, which is
+	// always safe.
+	switch len(usable) {
+	case 0:
+		return state.Cred{}
+	case 1:
+		return state.Cred{Active: usable[0]}
+	}
+	var rid [8]byte
+	rand.Read(rid[:])
+	return state.Cred{Active: usable[1], Phase: state.PhaseIssued, Next: usable[0], ReqID: hex.EncodeToString(rid[:])}
+}
+
+// journalOrphaned reports whether st names an active generation of which nothing is on disk:
+// no write of the agent leaves that (a commit names a generation whose files exist, and wipes
+// only others), so a storage fault changed the number, or lost the directory.
+func journalOrphaned(stateDir string, st state.State) bool {
+	if st.Cred.Active == 0 {
+		return false // the enrollment's, whose files are outside creds/
+	}
+	_, err := os.Lstat(genDir(stateDir, st.Cred.Active))
+	return errors.Is(err, fs.ErrNotExist)
 }
 
 func (a *Agent) activeCred() *credential {

@@ -121,17 +121,24 @@ func (s *State) AcceptCommand(seq uint64) bool {
 // Parse decodes a state file's bytes. A file that does not parse, or parses into a state no
 // sequence of the agent's writes leaves, is an error, and the State is the zero one.
 func Parse(b []byte) (State, error) {
+	st, _, err := parse(b)
+	return st, err
+}
+
+// parse is Parse also returning, when the bytes parse but fail the check, what they parsed
+// into (nil otherwise).
+func parse(b []byte) (State, *State, error) {
 	var st State
 	if err := strictjson.Unmarshal(b, &st); err != nil {
-		return State{}, err
-	}
-	if err := st.check(); err != nil {
-		return State{}, err
+		return State{}, nil, err
 	}
 	if len(st.SeenCommands) == 0 {
 		st.SeenCommands = nil // as a save of it loads again: "[]" is omitted
 	}
-	return st, nil
+	if err := st.check(); err != nil {
+		return State{}, &st, err
+	}
+	return st, nil, nil
 }
 
 // check reports a state that parses but that no sequence of the agent's own writes leaves: a
@@ -193,6 +200,10 @@ type CorruptError struct {
 	Path        string
 	Quarantined string
 	Err         error
+	// Parsed is what a file that parsed but failed the check parsed into (nil for one that did
+	// not parse): some of its values may be damaged, and a caller takes from it only what it
+	// can check, or what errs on the safe side (privacy mode on).
+	Parsed *State
 }
 
 func (e *CorruptError) Error() string {
@@ -224,6 +235,9 @@ func NewFileStore(path string, now func() time.Time) *FileStore {
 func (s *FileStore) Load() (State, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if fi, err := os.Stat(s.path); err == nil && !fi.Mode().IsRegular() {
+		return State{}, s.moveAside(fi.Mode())
+	}
 	f, err := os.Open(s.path)
 	if errors.Is(err, os.ErrNotExist) {
 		return State{}, nil
@@ -238,16 +252,17 @@ func (s *FileStore) Load() (State, error) {
 		return State{}, fmt.Errorf("state: read %s: %w", s.path, rerr)
 	}
 	var st State
+	var parsed *State
 	var perr error
 	if n > MaxFileSize {
 		perr = fmt.Errorf("over %d bytes", MaxFileSize)
 	} else {
-		st, perr = Parse(b[:n])
+		st, parsed, perr = parse(b[:n])
 	}
 	if perr == nil {
 		return st, nil
 	}
-	q := fmt.Sprintf("%s.corrupt-%d", s.path, s.now().UnixNano())
+	q := s.quarantineName()
 	// The copy is a hard link, which needs no free space (the disk may be full: that may be
 	// why the file is corrupt), and the corrupt file stays where it is until the caller saves
 	// the state it recovers over it. Moving it away instead left no state file at all when
@@ -264,7 +279,27 @@ func (s *FileStore) Load() (State, error) {
 	if err := atomicfile.SyncDir(filepath.Dir(s.path)); err != nil {
 		return State{}, err
 	}
-	return State{}, &CorruptError{Path: s.path, Quarantined: q, Err: perr}
+	return State{}, &CorruptError{Path: s.path, Quarantined: q, Err: perr, Parsed: parsed}
+}
+
+// quarantineName returns the name of a new quarantined copy of the state file.
+func (s *FileStore) quarantineName() string {
+	return fmt.Sprintf("%s.corrupt-%d", s.path, s.now().UnixNano())
+}
+
+// moveAside quarantines a state file that is not a regular file (a directory, after a file
+// system repair): it is renamed away, since no save could replace it, and the caller
+// recovers as for a corrupt file.
+func (s *FileStore) moveAside(mode os.FileMode) error {
+	q := s.quarantineName()
+	if err := os.Rename(s.path, q); err != nil {
+		return fmt.Errorf("state: quarantine %s: %w", s.path, err)
+	}
+	s.pruneQuarantined(q)
+	if err := atomicfile.SyncDir(filepath.Dir(s.path)); err != nil {
+		return err
+	}
+	return &CorruptError{Path: s.path, Quarantined: q, Err: fmt.Errorf("not a regular file (mode %s)", mode)}
 }
 
 // MaxQuarantined is how many quarantined copies of a corrupt state file are kept, the newest:

@@ -268,3 +268,55 @@ func FuzzLoad(f *testing.F) {
 		}
 	})
 }
+
+// A directory where the state file should be (a file system repair leaves such things) is
+// moved aside as a quarantined copy: no save could replace it, and the agent would fail at
+// every start on "is a directory".
+func TestADirectoryInPlaceOfTheStateFileIsMovedAside(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, "state.json")
+	if err := os.MkdirAll(filepath.Join(p, "lost+found"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	s := NewFileStore(p, nil)
+	st, err := s.Load()
+	var ce *CorruptError
+	if !errors.As(err, &ce) || !reflect.DeepEqual(st, State{}) || ce.Parsed != nil {
+		t.Fatalf("Load = %+v, %v; want a CorruptError", st, err)
+	}
+	if fi, err := os.Stat(ce.Quarantined); err != nil || !fi.IsDir() {
+		t.Fatalf("the directory was not moved to %s: %v", ce.Quarantined, err)
+	}
+	if err := s.Save(State{CommandHWM: 5}); err != nil {
+		t.Fatal(err)
+	}
+	if st, err := s.Load(); err != nil || st.CommandHWM != 5 {
+		t.Fatalf("load after the recovery was saved: %+v, %v", st, err)
+	}
+}
+
+// What a file that parses but fails the check parsed into comes with the error, for the
+// values a caller can still take from it; a file that does not parse has none.
+func TestACorruptErrorCarriesWhatTheFileParsedInto(t *testing.T) {
+	for _, tc := range []struct {
+		content string
+		parsed  *State
+	}{
+		{`{"command_hwm":4,"seen_commands":[9,7],"privacy":true,"cred":{"active":1}}`,
+			&State{CommandHWM: 4, SeenCommands: []uint64{9, 7}, Privacy: true, Cred: Cred{Active: 1}}},
+		{`{"command_hwm":4,"privacy":true,"cred":{"active":1`, nil},
+	} {
+		p := filepath.Join(t.TempDir(), "state.json")
+		if err := os.WriteFile(p, []byte(tc.content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		_, err := NewFileStore(p, nil).Load()
+		var ce *CorruptError
+		if !errors.As(err, &ce) {
+			t.Fatalf("%s: Load error %v, want a CorruptError", tc.content, err)
+		}
+		if !reflect.DeepEqual(ce.Parsed, tc.parsed) {
+			t.Fatalf("%s: parsed %+v, want %+v", tc.content, ce.Parsed, tc.parsed)
+		}
+	}
+}
