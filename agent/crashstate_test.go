@@ -125,6 +125,28 @@ func startAgent(t *testing.T, cfg Config) *Agent {
 	return a
 }
 
+// recovering starts an agent on dir with the short timeouts and retries of the recovery tests
+// (startAgent), and returns it with its log.
+func recovering(t *testing.T, dir string) (*Agent, *logtest.Recorder) {
+	t.Helper()
+	log, rec := logtest.New()
+	return startAgent(t, Config{StateDir: dir, Logger: log, SwitchTimeout: 5 * time.Second, RequestTimeout: 5 * time.Second,
+		RetryMin: 100 * time.Millisecond, RetryMax: 200 * time.Millisecond, MinBackoff: 50 * time.Millisecond, MaxBackoff: 200 * time.Millisecond}), rec
+}
+
+// waitRecovered waits until a is connected, not rotating, with rotations committed since it
+// started, or fails with its log.
+func waitRecovered(t *testing.T, a *Agent, rec *logtest.Recorder, rotations uint64) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for st := a.Status(); a.Rotations() != rotations || !st.Connected || st.Rotating; st = a.Status() {
+		if time.Now().After(deadline) {
+			t.Fatalf("no recovery (connected=%v, rotating=%v, rotations=%d, want %d); log:\n%s", st.Connected, st.Rotating, a.Rotations(), rotations, rec.Text())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
 // pkiSince is an mqtttest.PKI whose CA is valid from start, so it can issue certificates that
 // expired long ago.
 func pkiSince(t *testing.T, start time.Time) *mqtttest.PKI {
@@ -370,17 +392,26 @@ func TestAnIssuedCertificateThatExpiredIsGivenUpForTheActiveOne(t *testing.T) {
 // bootstrap identity, and ends on it with the damaged generation wiped (R6, R7). Before, New
 // failed on the file at every start.
 func TestADamagedActiveCredentialIsReplacedThroughTheBootstrapIdentity(t *testing.T) {
+	rotatedKey, rotatedCert := filepath.Join(credsDir, "1", KeyFile), filepath.Join(credsDir, "1", certFile)
 	for _, tc := range []struct {
 		name    string
 		rotated bool   // generation 1 is active, generation 0 wiped
 		file    string // relative to the state directory
-		content []byte // nil: removed
+		spoil   func(t *testing.T, p string)
 	}{
-		{"the enrollment key truncated", false, KeyFile, []byte("-----BEGIN EC PRIVATE KEY-----\nMHcCAQEEI")},
-		{"a rotated generation's certificate truncated", true, filepath.Join(credsDir, "1", certFile), []byte("-----BEGIN CERTIFICATE-----\nMIIB")},
-		{"a rotated generation's key zeroed", true, filepath.Join(credsDir, "1", KeyFile), make([]byte, 227)},
-		{"a rotated generation's key gone", true, filepath.Join(credsDir, "1", KeyFile), nil},
-		{"a rotated generation's certificate gone", true, filepath.Join(credsDir, "1", certFile), nil},
+		{"the enrollment key truncated", false, KeyFile, writeOver([]byte("-----BEGIN EC PRIVATE KEY-----\nMHcCAQEEI"))},
+		{"a rotated generation's certificate truncated", true, rotatedCert, writeOver([]byte("-----BEGIN CERTIFICATE-----\nMIIB"))},
+		{"a rotated generation's key zeroed", true, rotatedKey, writeOver(make([]byte, 227))},
+		{"a rotated generation's key gone", true, rotatedKey, writeOver(nil)},
+		{"a rotated generation's certificate gone", true, rotatedCert, writeOver(nil)},
+		// A bit flipped by a storage fault: the file still loads and parses. Before, a rotated
+		// generation's certificate was not checked against the fleet CA when loaded, and one
+		// whose NotBefore moved ten years ahead kept the agent waiting for its clock, never
+		// connecting; and a key that no longer matched its certificate was taken for an
+		// interrupted re-enrollment, which made New fail at every start.
+		{"a rotated generation's certificate valid from ten years later", true, rotatedCert, flipNotBeforeDecade},
+		{"a rotated generation's key with a bit flipped", true, rotatedKey, flipInKey},
+		{"the enrollment key with a bit flipped", false, KeyFile, flipInKey},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			const id = "cam-0001"
@@ -400,33 +431,11 @@ func TestADamagedActiveCredentialIsReplacedThroughTheBootstrapIdentity(t *testin
 				t.Fatal(err)
 			}
 			p := filepath.Join(dir, tc.file)
-			if err := os.Remove(p); err != nil {
-				t.Fatal(err)
-			}
-			if tc.content != nil {
-				if err := os.WriteFile(p, tc.content, 0o600); err != nil {
-					t.Fatal(err)
-				}
-			}
+			tc.spoil(t, p)
 			fullSigner(t, b, pki, id)
 
-			log, rec := logtest.New()
-			a, err := New(Config{StateDir: dir, Logger: log, SwitchTimeout: 5 * time.Second, RequestTimeout: 5 * time.Second,
-				RetryMin: 100 * time.Millisecond, RetryMax: 200 * time.Millisecond, MinBackoff: 50 * time.Millisecond, MaxBackoff: 200 * time.Millisecond})
-			if err != nil {
-				t.Fatalf("the agent does not start: %v", err)
-			}
-			ctx, cancel := context.WithCancel(context.Background())
-			done := make(chan error, 1)
-			go func() { done <- a.Run(ctx) }()
-			t.Cleanup(func() { cancel(); <-done })
-			deadline := time.Now().Add(30 * time.Second)
-			for st := a.Status(); a.Rotations() != 1 || !st.Connected; st = a.Status() {
-				if time.Now().After(deadline) {
-					t.Fatalf("no recovery; log:\n%s", rec.Text())
-				}
-				time.Sleep(20 * time.Millisecond)
-			}
+			a, rec := recovering(t, dir)
+			waitRecovered(t, a, rec, 1)
 			if c := a.Certificate(); certs.CertIdentity(c) != id {
 				t.Fatalf("connected as %q", certs.CertIdentity(c))
 			}
@@ -441,6 +450,21 @@ func TestADamagedActiveCredentialIsReplacedThroughTheBootstrapIdentity(t *testin
 				t.Fatalf("did not go through the bootstrap identity; log:\n%s", rec.Text())
 			}
 		})
+	}
+}
+
+// writeOver returns a spoil that writes content over a file, or removes it for nil.
+func writeOver(content []byte) func(t *testing.T, p string) {
+	return func(t *testing.T, p string) {
+		t.Helper()
+		if err := os.Remove(p); err != nil {
+			t.Fatal(err)
+		}
+		if content != nil {
+			if err := os.WriteFile(p, content, 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}
 	}
 }
 
@@ -556,16 +580,8 @@ func TestADamagedDeviceTokenIsReplacedAndNeverRegistered(t *testing.T) {
 			}), "observer subscribe")
 			fullSigner(t, b, pki, id)
 
-			log, rec := logtest.New()
-			a := startAgent(t, Config{StateDir: dir, Logger: log, SwitchTimeout: 5 * time.Second, RequestTimeout: 5 * time.Second,
-				RetryMin: 100 * time.Millisecond, RetryMax: 200 * time.Millisecond, MinBackoff: 50 * time.Millisecond, MaxBackoff: 200 * time.Millisecond})
-			deadline := time.Now().Add(20 * time.Second)
-			for st := a.Status(); a.Rotations() != 1 || !st.Connected || st.Rotating; st = a.Status() {
-				if time.Now().After(deadline) {
-					t.Fatalf("no rotation; log:\n%s", rec.Text())
-				}
-				time.Sleep(20 * time.Millisecond)
-			}
+			a, rec := recovering(t, dir)
+			waitRecovered(t, a, rec, 1)
 			got, err := state.NewFileStore(filepath.Join(dir, StateFile), nil).Load()
 			if err != nil {
 				t.Fatal(err)

@@ -51,29 +51,14 @@ func TestAStateFileThatParsesButIsDamagedIsRecovered(t *testing.T) {
 			}
 			fullSigner(t, b, pki, id)
 
-			log, rec := logtest.New()
-			a, err := New(Config{StateDir: dir, Logger: log, SwitchTimeout: 5 * time.Second, RequestTimeout: 5 * time.Second,
-				RetryMin: 100 * time.Millisecond, RetryMax: 200 * time.Millisecond, MinBackoff: 50 * time.Millisecond, MaxBackoff: 200 * time.Millisecond})
-			if err != nil {
-				t.Fatalf("the agent does not start: %v", err)
-			}
+			// The rebuilt journal names generation 1, whose certificate the broker takes.
+			a, rec := recovering(t, dir)
+			waitRecovered(t, a, rec, 0)
 			if !strings.Contains(rec.Text(), "state file was corrupt") {
 				t.Fatalf("the damaged journal was taken as it is; log:\n%s", rec.Text())
 			}
 			if m, _ := filepath.Glob(filepath.Join(dir, StateFile+".corrupt-*")); len(m) != 1 {
 				t.Fatalf("quarantined copies: %v", m)
-			}
-			ctx, cancel := context.WithCancel(context.Background())
-			done := make(chan error, 1)
-			go func() { done <- a.Run(ctx) }()
-			t.Cleanup(func() { cancel(); <-done })
-			// The recovered journal names generation 1, whose certificate the broker takes.
-			deadline := time.Now().Add(30 * time.Second)
-			for !a.Status().Connected {
-				if time.Now().After(deadline) {
-					t.Fatalf("never connected; log:\n%s", rec.Text())
-				}
-				time.Sleep(20 * time.Millisecond)
 			}
 			if c := a.Certificate(); certs.CertIdentity(c) != id {
 				t.Fatalf("connected as %q", certs.CertIdentity(c))
@@ -82,15 +67,13 @@ func TestAStateFileThatParsesButIsDamagedIsRecovered(t *testing.T) {
 			if err != nil || got.Cred.Active != 1 || got.Cred.Phase != state.PhaseNone {
 				t.Fatalf("journal: %+v, %v", got.Cred, err)
 			}
-			if _, err := os.Stat(filepath.Join(dir, StateFile)); errors.Is(err, os.ErrNotExist) {
-				t.Fatal("no state file")
-			}
 		})
 	}
 }
 
 // A replay window a storage fault put out of order must not let a command already executed
-// through again: the file is corrupt, and the recovery's high-water mark refuses it.
+// through again: the file is corrupt, and the recovery's high-water mark refuses it. Privacy
+// mode the owner turned on stays on through the rebuild: the camera must not stream again.
 func TestAReplayWindowOutOfOrderDoesNotLetAnExecutedCommandThrough(t *testing.T) {
 	const id = "cam-0001"
 	now := time.Now()
@@ -103,6 +86,7 @@ func TestAReplayWindowOutOfOrderDoesNotLetAnExecutedCommandThrough(t *testing.T)
 		t.Fatal(err)
 	}
 	st.CommandHWM, st.SeenCommands = mark, []uint64{executed + uint64(time.Second), executed}
+	st.Privacy = true
 	if err := store.Save(st); err != nil {
 		t.Fatal(err)
 	}
@@ -114,28 +98,17 @@ func TestAReplayWindowOutOfOrderDoesNotLetAnExecutedCommandThrough(t *testing.T)
 	if !strings.Contains(rec.Text(), "state file was corrupt") {
 		t.Fatalf("the damaged window was taken as it is; log:\n%s", rec.Text())
 	}
+	if !a.Privacy() {
+		t.Fatalf("privacy mode off after the state was rebuilt; log:\n%s", rec.Text())
+	}
+	if got, err := store.Load(); err != nil || !got.Privacy {
+		t.Fatalf("the rebuilt state saved %+v, %v; want privacy on", got, err)
+	}
 	again, _ := certs.SignCommand(f.cmdKey, certs.Command{Type: "ping", Target: id, Seq: executed, IssuedAt: now.Unix(), ExpiresAt: now.Add(time.Minute).Unix()})
 	a.handleCommand(context.Background(), "dev/"+id+"/down/cmd", again)
 	if a.cmdsRejected.Load() != 1 || a.cmdsOK.Load() != 0 {
 		t.Fatalf("a command already executed: ok=%d rejected=%d", a.cmdsOK.Load(), a.cmdsRejected.Load())
 	}
-}
-
-// recoverAgent starts an agent on dir with short retries and waits until it is connected with
-// one rotation committed since it started, or fails with its log.
-func recoverAgent(t *testing.T, dir string, rotations uint64) (*Agent, *logtest.Recorder) {
-	t.Helper()
-	log, rec := logtest.New()
-	a := startAgent(t, Config{StateDir: dir, Logger: log, SwitchTimeout: time.Second, RequestTimeout: 5 * time.Second,
-		RetryMin: 100 * time.Millisecond, RetryMax: 200 * time.Millisecond, MinBackoff: 50 * time.Millisecond, MaxBackoff: 200 * time.Millisecond})
-	deadline := time.Now().Add(30 * time.Second)
-	for a.Rotations() != rotations || !a.Status().Connected {
-		if time.Now().After(deadline) {
-			t.Fatalf("the device did not converge (connected=%v, rotations=%d); log:\n%s", a.Status().Connected, a.Rotations(), rec.Text())
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	return a, rec
 }
 
 // A journal rebuilt from the disk (the state file corrupt, lost, or naming a generation that
@@ -173,7 +146,8 @@ func TestARebuiltJournalTriesTheNewestGenerationAndFallsBackToTheOneBefore(t *te
 			}
 			fullSigner(t, b, pki, id)
 
-			a, rec := recoverAgent(t, dir, 1)
+			a, rec := recovering(t, dir)
+			waitRecovered(t, a, rec, 1)
 			if !strings.Contains(rec.Text(), "recovered") {
 				t.Fatalf("the journal was taken as it is; log:\n%s", rec.Text())
 			}
@@ -189,38 +163,5 @@ func TestARebuiltJournalTriesTheNewestGenerationAndFallsBackToTheOneBefore(t *te
 				t.Fatalf("the enrollment key is still there after the commit: %v", err)
 			}
 		})
-	}
-}
-
-// Privacy mode the owner turned on survives a state file that is rebuilt because another of
-// its values was damaged: the camera must not stream again after the restart.
-func TestARebuiltStateKeepsPrivacyModeOn(t *testing.T) {
-	const id = "cam-0001"
-	now := time.Now()
-	f := enrolled(t, id, now, closedPort(t))
-	store := state.NewFileStore(filepath.Join(f.dir, StateFile), nil)
-	st, err := store.Load()
-	if err != nil {
-		t.Fatal(err)
-	}
-	mark := uint64(now.Add(-time.Minute).UnixNano())
-	st.Privacy = true
-	st.CommandHWM, st.SeenCommands = mark, []uint64{mark + 3000, mark + 2000} // out of order
-	if err := store.Save(st); err != nil {
-		t.Fatal(err)
-	}
-	log, rec := logtest.New()
-	a, err := New(Config{StateDir: f.dir, Logger: log})
-	if err != nil {
-		t.Fatalf("the agent does not start: %v", err)
-	}
-	if !strings.Contains(rec.Text(), "state file was corrupt") {
-		t.Fatalf("the damaged window was taken as it is; log:\n%s", rec.Text())
-	}
-	if !a.Privacy() {
-		t.Fatalf("privacy mode off after the state was rebuilt; log:\n%s", rec.Text())
-	}
-	if got, err := store.Load(); err != nil || !got.Privacy {
-		t.Fatalf("the rebuilt state saved %+v, %v; want privacy on", got, err)
 	}
 }
