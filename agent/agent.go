@@ -267,12 +267,10 @@ func New(cfg Config) (*Agent, error) {
 			a.log.Error("the state file names an active generation that is not on disk; recovered from the generations that are", "named", was.Cred.Active, "active_generation", st.Cred.Active, "phase", st.Cred.Phase, "next_generation", st.Cred.Next)
 		default:
 			a.log.Error("state file was corrupt; quarantined it and recovered", "quarantined", ce.Quarantined, "err", ce.Err, "active_generation", st.Cred.Active, "phase", st.Cred.Phase, "next_generation", st.Cred.Next)
-			if ce.Parsed != nil {
-				was = *ce.Parsed
-			}
+			was.Privacy = ce.Privacy
 		}
 		// Privacy mode the owner turned on stays on: a damaged value elsewhere in the file
-		// must not make the camera stream again. (A file that does not parse cannot say.)
+		// must not make the camera stream again.
 		st.Privacy = was.Privacy
 		// Grants from before the last breach stay void, and its dropped keys untrusted.
 		a.recoverFloor(&st)

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"os"
@@ -163,5 +164,66 @@ func TestARebuiltJournalTriesTheNewestGenerationAndFallsBackToTheOneBefore(t *te
 				t.Fatalf("the enrollment key is still there after the commit: %v", err)
 			}
 		})
+	}
+}
+
+// Installing the bundle again over a state file that parses but fails the check (what the
+// agent tells the owner to do after an interrupted enrollment) journals the enrollment from
+// scratch: privacy mode the file had on stays on there too.
+func TestInstallingTheBundleAgainOverADamagedStateKeepsPrivacyModeOn(t *testing.T) {
+	const id = "cam-0001"
+	now := time.Now()
+	f := enrolled(t, id, now, closedPort(t))
+	store := state.NewFileStore(filepath.Join(f.dir, StateFile), nil)
+	// A journal a storage fault damaged where it still parses (as in
+	// TestAStateFileThatParsesButIsDamagedIsRecovered), with privacy mode on.
+	if err := store.Save(state.State{Privacy: true, Cred: state.Cred{Phase: "pendinf", Next: 1, TargetEpoch: 1, ReqID: "0123456789abcdef"}}); err != nil {
+		t.Fatal(err)
+	}
+	bundle := mustRead(t, filepath.Join(f.dir, BundleFile))
+	if _, err := InstallBundle(f.dir, bundle, now); err != nil {
+		t.Fatalf("install the bundle again: %v", err)
+	}
+	log, rec := logtest.New()
+	a, err := New(Config{StateDir: f.dir, Logger: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !a.Privacy() {
+		t.Fatalf("privacy mode off after the bundle was installed again over a damaged state that had it on; log:\n%s", rec.Text())
+	}
+}
+
+// One flipped bit in a key name ("time_floor" becomes "time_fmoor") makes the strict parse
+// fail while "privacy":true is intact in the file: most single-bit faults in the file are of
+// this kind. Privacy mode stays on through the rebuild.
+func TestPrivacyModeSurvivesAStateFileThatNoLongerParses(t *testing.T) {
+	const id = "cam-0001"
+	now := time.Now()
+	f := enrolled(t, id, now, closedPort(t))
+	p := filepath.Join(f.dir, StateFile)
+	store := state.NewFileStore(p, nil)
+	if err := store.Save(state.State{Privacy: true, CommandHWM: uint64(now.UnixNano()), TimeFloor: now.Unix()}); err != nil {
+		t.Fatal(err)
+	}
+	raw := mustRead(t, p)
+	i := bytes.Index(raw, []byte(`"time_floor"`))
+	if i < 0 || !bytes.Contains(raw, []byte(`"privacy":true`)) {
+		t.Fatalf("unexpected state file %s", raw)
+	}
+	raw[i+len(`"time_f`)] ^= 0x01 // 'l' -> 'm'
+	if err := os.WriteFile(p, raw, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	log, rec := logtest.New()
+	a, err := New(Config{StateDir: f.dir, Logger: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(rec.Text(), "state file was corrupt") {
+		t.Fatalf("not recovered; log:\n%s", rec.Text())
+	}
+	if !a.Privacy() {
+		t.Fatalf("privacy mode off, though the damaged file %s still says \"privacy\":true", raw)
 	}
 }

@@ -140,8 +140,9 @@ func restartJournal(stateDir string, now time.Time) error {
 		// the new key as a stale generation 0: the new enrollment is journaled here, with
 		// the values the agent's own recovery uses (no command sequenced before now; the
 		// grant epoch of the floor).
+		// Privacy mode the file says is on stays on, as in the agent's own recovery.
 		f, _ := readFloorFile(stateDir)
-		return store.Save(state.State{CommandHWM: uint64(max(now.UnixNano(), 0)), Cred: state.Cred{Epoch: f.GrantEpoch}})
+		return store.Save(state.State{CommandHWM: uint64(max(now.UnixNano(), 0)), Cred: state.Cred{Epoch: f.GrantEpoch}, Privacy: ce != nil && ce.Privacy})
 	case err != nil:
 		return err
 	case st.Cred == (state.Cred{Epoch: st.Cred.Epoch}):

@@ -37,12 +37,15 @@ func TestUnusableSealedSettingsAreWipedAndTheAgentRuns(t *testing.T) {
 		{"a directory where the settings file should be", func(t *testing.T, dir string) {
 			// Before, reading it failed ("is a directory") at every start: New, and the
 			// CLI's LoadPrivacy before it, returned the error, and the camera restarted
-			// for good.
+			// for good. It holds a file: wiping it must remove that too.
 			p := filepath.Join(dir, seal.SettingsFile)
 			if err := os.Remove(p); err != nil {
 				t.Fatal(err)
 			}
 			if err := os.Mkdir(p, 0o700); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(filepath.Join(p, "lost"), []byte("x"), 0o600); err != nil {
 				t.Fatal(err)
 			}
 		}, true},

@@ -7,6 +7,7 @@
 package state
 
 import (
+	"bytes"
 	"cmp"
 	"encoding/json"
 	"errors"
@@ -200,10 +201,11 @@ type CorruptError struct {
 	Path        string
 	Quarantined string
 	Err         error
-	// Parsed is what a file that parsed but failed the check parsed into (nil for one that did
-	// not parse): some of its values may be damaged, and a caller takes from it only what it
-	// can check, or what errs on the safe side (privacy mode on).
-	Parsed *State
+	// Privacy reports that the file says privacy mode is on: it parsed with Privacy set and
+	// failed the check, or it does not parse and still holds "privacy":true as Save writes
+	// it (privacy off is omitted, so no one-bit fault writes that). A caller keeps privacy
+	// mode on: the owner's choice must not be undone by a value damaged elsewhere in the file.
+	Privacy bool
 }
 
 func (e *CorruptError) Error() string {
@@ -279,7 +281,8 @@ func (s *FileStore) Load() (State, error) {
 	if err := atomicfile.SyncDir(filepath.Dir(s.path)); err != nil {
 		return State{}, err
 	}
-	return State{}, &CorruptError{Path: s.path, Quarantined: q, Err: perr, Parsed: parsed}
+	privacy := parsed != nil && parsed.Privacy || parsed == nil && bytes.Contains(b[:min(n, MaxFileSize)], []byte(`"privacy":true`))
+	return State{}, &CorruptError{Path: s.path, Quarantined: q, Err: perr, Privacy: privacy}
 }
 
 // quarantineName returns the name of a new quarantined copy of the state file.

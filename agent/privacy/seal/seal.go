@@ -4,7 +4,6 @@ import (
 	"crypto/cipher"
 	"crypto/rand"
 	"fmt"
-	"os"
 
 	"golang.org/x/crypto/chacha20poly1305"
 
@@ -96,12 +95,4 @@ func (s *Secret) ReadFile(path, purpose string) ([]byte, error) {
 		return nil, fmt.Errorf("seal: %s: %w", path, err)
 	}
 	return pt, nil
-}
-
-// removeIfExists removes path, treating a missing file as removed.
-func removeIfExists(path string) error {
-	if err := os.Remove(path); err != nil && !os.IsNotExist(err) {
-		return err
-	}
-	return nil
 }

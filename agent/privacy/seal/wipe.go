@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"os"
 	"path/filepath"
 
 	"github.com/camagent/camagent/internal/atomicfile"
@@ -26,7 +27,8 @@ func Wipe(dir string) error {
 			continue
 		}
 		for _, p := range paths {
-			if err := removeIfExists(p); err != nil {
+			// RemoveAll: a directory where a file should be (after a file system repair) goes too.
+			if err := os.RemoveAll(p); err != nil {
 				errs = append(errs, err)
 			}
 		}
