@@ -139,8 +139,7 @@ func restartJournal(stateDir string, now time.Time) error {
 		// agent would recover from it the newest generation on disk, an old one, and wipe
 		// the new key as a stale generation 0: the new enrollment is journaled here, with
 		// the values the agent's own recovery uses (no command sequenced before now; the
-		// grant epoch of the floor).
-		// Privacy mode the file says is on stays on, as in the agent's own recovery.
+		// grant epoch of the floor; privacy mode on if the file says so).
 		f, _ := readFloorFile(stateDir)
 		return store.Save(state.State{CommandHWM: uint64(max(now.UnixNano(), 0)), Cred: state.Cred{Epoch: f.GrantEpoch}, Privacy: ce != nil && ce.Privacy})
 	case err != nil:

@@ -195,8 +195,10 @@ const MaxFileSize = 64 << 10
 // ErrCorrupt is matched (errors.Is) by a *CorruptError.
 var ErrCorrupt = errors.New("state: corrupt state file")
 
-// CorruptError reports a state file that could not be parsed and where its quarantined copy
-// is. The file itself stays until the next Save replaces it.
+// CorruptError reports a state file that does not parse, parses into a state the check
+// refuses, or is not a regular file, and where its quarantined copy is. The file itself
+// stays until the next Save replaces it (one that is not a regular file is moved to the
+// quarantined name instead).
 type CorruptError struct {
 	Path        string
 	Quarantined string
