@@ -37,7 +37,13 @@ func (s *Signer) presenceLoop(ctx context.Context, stop func()) {
 			s.log.Warn("signer: could not say it serves; operators may think no signer runs", "err", err)
 		}
 	}
-	if s.client.WaitConnected(ctx) == nil {
+	// The first word waits for the first connection's OnConnect, not for the client to be
+	// up: OnConnect signals every connection, the first too, and said once more after the
+	// client was up, it sent "serving" twice on one connection, the second of which could
+	// land after the will of that connection cut meanwhile.
+	select {
+	case <-ctx.Done():
+	case <-s.connected:
 		for {
 			select {
 			case <-s.connected: // the connection this says it on
