@@ -125,6 +125,17 @@ func startAgent(t *testing.T, cfg Config) *Agent {
 	return a
 }
 
+// rotatedByHand lays out what a committed rotation to generation 1 leaves on disk for id in
+// dir: generation 1's key, token and certificate (issued at now), and generation 0 wiped. The
+// journal is the caller's.
+func rotatedByHand(t *testing.T, pki *mqtttest.PKI, dir, id string, now time.Time) {
+	t.Helper()
+	writeGeneration(t, pki, dir, id, 1, now, 0)
+	if err := wipeGeneration(dir, 0); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // recovering starts an agent on dir with the short timeouts and retries of the recovery tests
 // (startAgent), and returns it with its log.
 func recovering(t *testing.T, dir string) (*Agent, *logtest.Recorder) {
@@ -422,10 +433,7 @@ func TestADamagedActiveCredentialIsReplacedThroughTheBootstrapIdentity(t *testin
 			active := uint64(0)
 			if tc.rotated {
 				active = 1
-				writeGeneration(t, pki, dir, id, 1, now, 0)
-				if err := wipeGeneration(dir, 0); err != nil {
-					t.Fatal(err)
-				}
+				rotatedByHand(t, pki, dir, id, now)
 			}
 			if err := state.NewFileStore(filepath.Join(dir, StateFile), nil).Save(state.State{Cred: state.Cred{Active: active, Epoch: 1}}); err != nil {
 				t.Fatal(err)

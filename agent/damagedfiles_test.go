@@ -81,10 +81,7 @@ func TestALostStateFileIsRecoveredWhenTheDeviceHadWrittenOne(t *testing.T) {
 	b := mqtttest.StartEmbedded(t, pki)
 	now := time.Now()
 	dir := enrolledWith(t, pki, b.URL(), id, now, 0, false)
-	writeGeneration(t, pki, dir, id, 1, now, 0)
-	if err := wipeGeneration(dir, 0); err != nil {
-		t.Fatal(err)
-	}
+	rotatedByHand(t, pki, dir, id, now)
 	hwm := uint64(now.UnixNano())
 	store := state.NewFileStore(filepath.Join(dir, StateFile), nil)
 	if err := store.Save(state.State{CommandHWM: hwm, DesiredEpoch: 3, Cred: state.Cred{Active: 1, Epoch: 3}}); err != nil {

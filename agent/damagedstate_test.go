@@ -38,10 +38,7 @@ func TestAStateFileThatParsesButIsDamagedIsRecovered(t *testing.T) {
 			b := mqtttest.StartEmbedded(t, pki)
 			now := time.Now()
 			dir := enrolledWithBootstrap(t, pki, b.URL(), id, now, 0)
-			writeGeneration(t, pki, dir, id, 1, now, 0)
-			if err := wipeGeneration(dir, 0); err != nil {
-				t.Fatal(err)
-			}
+			rotatedByHand(t, pki, dir, id, now)
 			if tc.cred.Next == 2 {
 				if _, _, err := makeGeneration(dir, 2); err != nil {
 					t.Fatal(err)

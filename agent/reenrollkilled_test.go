@@ -25,10 +25,7 @@ func TestAReenrollmentKilledBeforeItsBundleIsWrittenIsFinishedByInstallingItAgai
 	now := time.Now()
 	dir := enrolledWithBootstrap(t, pki, b.URL(), id, now, 0)
 	// Rotated: generation 1 active, the enrollment key wiped.
-	writeGeneration(t, pki, dir, id, 1, now, 0)
-	if err := wipeGeneration(dir, 0); err != nil {
-		t.Fatal(err)
-	}
+	rotatedByHand(t, pki, dir, id, now)
 	if err := state.NewFileStore(filepath.Join(dir, StateFile), nil).Save(state.State{Cred: state.Cred{Active: 1, Epoch: 1}}); err != nil {
 		t.Fatal(err)
 	}

@@ -30,10 +30,7 @@ func TestAResetKilledPartWayNeverBringsTheDeviceBack(t *testing.T) {
 				now := time.Now()
 				dir := enrolledWithBootstrap(t, pki, closedPort(t), id, now, 0)
 				if rotated {
-					writeGeneration(t, pki, dir, id, 1, now, 0)
-					if err := wipeGeneration(dir, 0); err != nil {
-						t.Fatal(err)
-					}
+					rotatedByHand(t, pki, dir, id, now)
 					if err := state.NewFileStore(filepath.Join(dir, StateFile), nil).Save(state.State{Cred: state.Cred{Active: 1, Epoch: 1}}); err != nil {
 						t.Fatal(err)
 					}
