@@ -156,7 +156,7 @@ type Agent struct {
 	authFails    atomic.Int32
 	connected    chan struct{} // closed at the first successful connect
 	connOnce     sync.Once
-	provenOnce   sync.Once               // bundleProven
+	provenOnce   sync.Once               // brokerProven
 	video        atomic.Pointer[video]   // set by Run when Config.Video is set
 	connEv       chan string             // serial of each new connection's certificate
 	certResp     chan *wire.CertResponse // signer answers
@@ -397,19 +397,21 @@ func (a *Agent) Run(ctx context.Context) error {
 	if !a.waitForClock(ctx) {
 		return nil
 	}
-	serverName, err := certs.BrokerHost(a.brokerURL())
+	broker, fallbacks, err := a.brokerURLs()
 	if err != nil {
 		return fmt.Errorf("agent: %w", err)
 	}
-	tlsConf := certs.ClientTLSConfig(a.id.bundle.Pool, serverName, a.holder)
+	// ServerName "": each address is verified under its own host.
+	tlsConf := certs.ClientTLSConfig(a.id.bundle.Pool, "", a.holder)
 	tlsConf.Time = a.clk.Now
 	tlsConf.VerifyConnection = a.brokers.VerifyConnection
 	id := a.DeviceID()
 	client, err := mqtt.New(mqtt.Config{
-		BrokerURL:    a.brokerURL(),
-		ClientID:     id,
-		TLS:          tlsConf,
-		CleanSession: false,
+		BrokerURL:          broker,
+		FallbackBrokerURLs: fallbacks,
+		ClientID:           id,
+		TLS:                tlsConf,
+		CleanSession:       false,
 		Subscriptions: []mqtt.Subscription{
 			{Filter: "dev/" + id + "/down/#", QoS: 1},
 			{Filter: topic.FleetDownFilter, QoS: 1},
@@ -598,9 +600,9 @@ func (a *Agent) onConnect(ctx context.Context) {
 	default:
 	}
 	a.poke()
-	a.log.Info("connected to broker", "broker", a.brokerURL(), "cert_serial", serialHex(a.Certificate()))
+	a.log.Info("connected to broker", "broker", mqtt.ConnectedBroker(ctx), "cert_serial", serialHex(a.Certificate()))
 	a.raiseTimeFloor()
-	a.bundleProven()
+	a.brokerProven(ctx)
 	// A connection a rotation made to try its new certificate is followed at once by the
 	// rotation's own state publish (committed, or failed), which would replace this one.
 	if !rotations {
@@ -645,7 +647,7 @@ func (a *Agent) onConnectError(err error) {
 		// certificate issued since (fleetctl replace broker).
 		a.log.Warn("cannot connect: the broker presents a certificate the fleet's key set retired; retrying until it presents a newer one", "code", codeBrokerRetired, "err", err)
 	default:
-		a.log.Warn("cannot connect to broker", "broker", a.brokerURL(), "err", err)
+		a.log.Warn("cannot connect to broker", "err", err) // err names the address dialled
 	}
 }
 

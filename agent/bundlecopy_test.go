@@ -2,6 +2,7 @@ package agent
 
 import (
 	"bytes"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -102,15 +103,17 @@ func TestReadCredentialsReadsTheCopyOfADamagedBundleAndWritesNothing(t *testing.
 
 // A bundle and its copy that both verify, with the same certificate, differ only where a
 // storage fault changed one of them outside every signature: the broker URL. Which one is
-// right the agent learns only by connecting. Before, it wrote the copy over from the bundle at
-// every start, and when the bundle was the damaged one it destroyed the only record of the
-// right broker, leaving a camera that could never connect again. The copy is now written
-// again only once the bundle's broker took a connection.
+// right the agent learns only by connecting: it tries the bundle's broker and then the
+// copy's, and the first that takes a connection decides which record is written over the
+// other. Before, it wrote the copy over from the bundle at every start, and when the bundle
+// was the damaged one it destroyed the only record of the right broker; later it kept both
+// but dialled only the bundle's broker, and the camera stayed offline until someone installed
+// the copy by hand.
 func TestABundleAndItsCopyThatDifferOnlyInTheBrokerAreKeptUntilAConnectionDecides(t *testing.T) {
 	pki := mqtttest.NewPKI(t)
 	b := mqtttest.StartEmbedded(t, pki)
-	// flipPort changes the first digit of the broker's port in the bundle file at p.
-	flipPort := func(t *testing.T, p string) {
+	// portDigit changes digit k of the broker's port in the bundle file at p with edit.
+	portDigit := func(t *testing.T, p string, k int, edit func(byte) byte) {
 		t.Helper()
 		raw := mustRead(t, p)
 		prefix := []byte(`"broker":"` + b.URL()[:strings.LastIndex(b.URL(), ":")+1])
@@ -118,35 +121,76 @@ func TestABundleAndItsCopyThatDifferOnlyInTheBrokerAreKeptUntilAConnectionDecide
 		if i < 0 {
 			t.Fatalf("no broker URL in %s", raw)
 		}
-		raw[i+len(prefix)] ^= 0x01
+		raw[i+len(prefix)+k] = edit(raw[i+len(prefix)+k])
 		if err := os.WriteFile(p, raw, 0o600); err != nil {
 			t.Fatal(err)
 		}
 	}
+	flipPort := func(t *testing.T, p string) { portDigit(t, p, 0, func(c byte) byte { return c ^ 0x01 }) }
+	fast := func(log *slog.Logger, dir string) Config {
+		return Config{StateDir: dir, Logger: log, MinBackoff: 50 * time.Millisecond, MaxBackoff: 200 * time.Millisecond}
+	}
 
-	t.Run("the bundle's broker damaged: the good copy stays", func(t *testing.T) {
-		dir := enrolledOn(t, pki, b, "cam-0001", time.Now())
-		good := mustRead(t, filepath.Join(dir, BundleCopyFile))
-		flipPort(t, filepath.Join(dir, BundleFile))
-		log, rec := logtest.New()
-		startAgent(t, Config{StateDir: dir, Logger: log, MinBackoff: 50 * time.Millisecond, MaxBackoff: 200 * time.Millisecond})
-		rec.WaitFor(t, 5*time.Second, "cannot connect to broker")
-		if !bytes.Equal(mustRead(t, filepath.Join(dir, BundleCopyFile)), good) {
-			t.Fatal("the copy was written over from the damaged bundle")
-		}
-		if !strings.Contains(rec.Text(), "hold the same enrollment but differ") {
-			t.Errorf("the agent did not say the two differ:\n%s", rec.Text())
-		}
-	})
+	for _, tc := range []struct {
+		name   string
+		damage func(t *testing.T, p string)
+		// refused: the damaged URL is one the MQTT client refuses outright, so it is never
+		// dialled.
+		refused bool
+	}{
+		{name: "the bundle's broker damaged: connects through the copy's and writes the bundle again from it", damage: flipPort},
+		{
+			name: "the bundle's broker damaged into a URL the client refuses: the same",
+			// A port digit become '?' (one bit of '7') still parses, as a port and a query.
+			damage:  func(t *testing.T, p string) { portDigit(t, p, 1, func(byte) byte { return '?' }) },
+			refused: true,
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := enrolledOn(t, pki, b, "cam-0001", time.Now())
+			good := mustRead(t, filepath.Join(dir, BundleCopyFile))
+			tc.damage(t, filepath.Join(dir, BundleFile))
+			if _, _, err := readBundle(filepath.Join(dir, BundleFile)); err != nil {
+				t.Fatalf("the damaged bundle does not load, so this is not the case under test: %v", err)
+			}
+			log, rec := logtest.New()
+			_, stop := runFor(t, fast(log, dir))
+			rec.WaitFor(t, 5*time.Second, "wrote the enrollment bundle again from its copy")
+			if !bytes.Equal(mustRead(t, filepath.Join(dir, BundleFile)), good) {
+				t.Fatal("the bundle was not written again from its good copy")
+			}
+			if !bytes.Equal(mustRead(t, filepath.Join(dir, BundleCopyFile)), good) {
+				t.Fatal("the good copy was written over")
+			}
+			if !tc.refused && !strings.Contains(rec.Text(), "cannot connect") {
+				t.Errorf("the agent did not try the bundle's broker first:\n%s", rec.Text())
+			}
+			if !strings.Contains(rec.Text(), "hold the same enrollment but differ") {
+				t.Errorf("the agent did not say the two differ:\n%s", rec.Text())
+			}
+			stop()
+
+			// The next start has one record again and connects at once.
+			log, rec = logtest.New()
+			running(t, fast(log, dir))
+			if strings.Contains(rec.Text(), "differ") || strings.Contains(rec.Text(), "cannot connect") {
+				t.Errorf("after the repair:\n%s", rec.Text())
+			}
+		})
+	}
 
 	t.Run("the copy's broker damaged: written again once the bundle's broker connects", func(t *testing.T) {
 		dir := enrolledOn(t, pki, b, "cam-0001", time.Now())
+		bundle := mustRead(t, filepath.Join(dir, BundleFile))
 		flipPort(t, filepath.Join(dir, BundleCopyFile))
 		log, rec := logtest.New()
-		running(t, Config{StateDir: dir, Logger: log, MinBackoff: 50 * time.Millisecond, MaxBackoff: 200 * time.Millisecond})
+		running(t, fast(log, dir))
 		rec.WaitFor(t, 5*time.Second, "wrote the copy of the enrollment bundle again")
-		if !bytes.Equal(mustRead(t, filepath.Join(dir, BundleCopyFile)), mustRead(t, filepath.Join(dir, BundleFile))) {
+		if !bytes.Equal(mustRead(t, filepath.Join(dir, BundleCopyFile)), bundle) {
 			t.Fatal("the damaged copy was not written again from the bundle")
+		}
+		if !bytes.Equal(mustRead(t, filepath.Join(dir, BundleFile)), bundle) {
+			t.Fatal("the good bundle was written over")
 		}
 	})
 }

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -11,6 +12,7 @@ import (
 	"github.com/camagent/camagent/agent/state"
 	"github.com/camagent/camagent/certs"
 	"github.com/camagent/camagent/internal/atomicfile"
+	"github.com/camagent/camagent/transport/mqtt"
 )
 
 // Files in the state directory. The directory is 0700 and every file in it 0600 (but for
@@ -179,9 +181,12 @@ type identity struct {
 	// disputed is the broker URL of a copy that verifies, holds the same enrollment (the same
 	// certificate) and yet other bytes: a storage fault changed one of the two where no
 	// signature covers it (the broker URL), and which one is not known. The copy is written
-	// again only once a connection to the bundle's broker proved the bundle right
-	// (Agent.bundleProven); "" when there is no such copy.
+	// again only once a connection to the bundle's broker proved the bundle right, and the
+	// bundle is written from the copy once a connection to the copy's broker proved the copy
+	// right (Agent.brokerProven); "" when there is no such copy.
 	disputed string
+	// disputedRaw is that copy as read.
+	disputedRaw []byte
 }
 
 // loadIdentity reads the bundle, or its copy when the bundle is damaged or gone. It writes
@@ -195,7 +200,7 @@ func loadIdentity(stateDir string) (*identity, error) {
 		if cerr == nil && !id.copied && bytes.Equal(cvb.Cert.Raw, vb.Cert.Raw) {
 			// Not an enrollment killed between its two writes (InstallBundle): that copy
 			// holds the certificate of an enrollment before.
-			id.disputed = cvb.Bundle.Broker
+			id.disputed, id.disputedRaw = cvb.Bundle.Broker, craw
 		}
 		return id, nil
 	case cerr == nil:
@@ -241,7 +246,7 @@ func (a *Agent) repairBundle() {
 	case a.id.disputed != "":
 		// Writing the copy over from the bundle would destroy the only good record when
 		// the bundle is the damaged one (its broker URL: the camera could never connect).
-		a.log.Error("the enrollment bundle and its copy hold the same enrollment but differ: a storage fault changed one of them; the copy is written again from the bundle once the bundle's broker takes a connection",
+		a.log.Error("the enrollment bundle and its copy hold the same enrollment but differ: a storage fault changed one of them; trying both brokers, and the one whose broker takes a connection is written over the other",
 			"broker", a.id.bundle.Bundle.Broker, "copy_broker", a.id.disputed)
 	case !a.id.copied:
 		a.writeBundleCopy()
@@ -257,16 +262,53 @@ func (a *Agent) writeBundleCopy() bool {
 	return true
 }
 
-// bundleProven writes again, after a connection to the bundle's broker, a copy of the bundle
-// that was disputed: the bundle is the right one. A broker set in Config.BrokerURL proves
-// nothing about the bundle's. It runs once per agent.
-func (a *Agent) bundleProven() {
-	if a.id.disputed == "" || (a.cfg.BrokerURL != "" && a.cfg.BrokerURL != a.id.bundle.Bundle.Broker) {
+// brokerURLs returns the addresses to dial the broker at: Config.BrokerURL or the bundle's,
+// and, when the bundle's copy is disputed, the copy's as a fallback. An address the MQTT
+// client would refuse (a storage fault can leave one that still parses as a URL) is left
+// out, so that a damaged bundle with a good copy still connects; error when none is left.
+func (a *Agent) brokerURLs() (string, []string, error) {
+	urls := []string{a.brokerURL()}
+	if a.cfg.BrokerURL == "" && a.id.disputed != "" && a.id.disputed != a.id.bundle.Bundle.Broker {
+		urls = append(urls, a.id.disputed)
+	}
+	var errs []error
+	ok := urls[:0:0]
+	for _, u := range urls {
+		if err := mqtt.CheckBrokerURL(u); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		ok = append(ok, u)
+	}
+	if len(ok) == 0 {
+		return "", nil, errors.Join(errs...)
+	}
+	return ok[0], ok[1:], nil
+}
+
+// brokerProven settles a disputed bundle once a connection shows which record holds the
+// broker's address: made to the bundle's broker, it writes the copy again from the bundle;
+// made to the copy's, it writes the bundle from the copy. Either is written at most once per
+// agent, and only the first connection decides. A broker set in Config.BrokerURL proves only
+// the record holding that same address.
+func (a *Agent) brokerProven(ctx context.Context) {
+	if a.id.disputed == "" {
 		return
 	}
-	a.provenOnce.Do(func() {
-		if a.writeBundleCopy() {
-			a.log.Info("the bundle's broker took a connection: wrote the copy of the enrollment bundle again from the bundle", "copy_broker_was", a.id.disputed)
-		}
-	})
+	switch mqtt.ConnectedBroker(ctx) {
+	case a.id.bundle.Bundle.Broker:
+		a.provenOnce.Do(func() {
+			if a.writeBundleCopy() {
+				a.log.Info("the bundle's broker took a connection: wrote the copy of the enrollment bundle again from the bundle", "copy_broker_was", a.id.disputed)
+			}
+		})
+	case a.id.disputed:
+		a.provenOnce.Do(func() {
+			if err := atomicfile.WriteFile(filepath.Join(a.cfg.StateDir, BundleFile), a.id.disputedRaw, 0o600); err != nil {
+				a.log.Error("the copy's broker took a connection, but the enrollment bundle could not be written again from its copy", "err", err)
+				return
+			}
+			a.log.Info("the copy's broker took a connection: wrote the enrollment bundle again from its copy", "broker_was", a.id.bundle.Bundle.Broker, "broker", a.id.disputed)
+		})
+	}
 }

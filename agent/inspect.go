@@ -21,6 +21,10 @@ type Credentials struct {
 	DeviceID string
 	// Broker is the enrollment bundle's broker URL.
 	Broker string
+	// CopyBroker is the broker URL of the bundle's copy when the two hold the same
+	// enrollment but disagree on it (a storage fault in one of them): the agent tries it
+	// after Broker. "" when they agree.
+	CopyBroker string
 	// Pool holds the pinned fleet CA.
 	Pool *x509.CertPool
 	// Cert is the certificate the agent presents to the broker, with its private key: the
@@ -83,6 +87,9 @@ func ReadCredentials(dir string) (*Credentials, error) {
 		Cert:       tc,
 		Generation: gen,
 		KeySet:     ks,
+	}
+	if id.disputed != cr.Broker {
+		cr.CopyBroker = id.disputed
 	}
 	if st.TimeFloor > 0 {
 		cr.TimeFloor = time.Unix(st.TimeFloor, 0)

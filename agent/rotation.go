@@ -829,18 +829,22 @@ func (a *Agent) bootstrapSession(ctx context.Context) (*bootSession, error) {
 	if err != nil {
 		return nil, rotErr(wire.ErrCodeInternal, "bootstrap: %w", err)
 	}
-	serverName, _ := certs.BrokerHost(a.brokerURL())
-	conf := certs.ClientTLSConfig(a.id.bundle.Pool, serverName, certs.NewHolder(btls))
+	broker, fallbacks, err := a.brokerURLs()
+	if err != nil {
+		return nil, rotErr(wire.ErrCodeInternal, "bootstrap: %w", err)
+	}
+	conf := certs.ClientTLSConfig(a.id.bundle.Pool, "", certs.NewHolder(btls))
 	conf.Time = a.clk.Now
 	conf.VerifyConnection = a.brokers.VerifyConnection
 	id := a.DeviceID()
 	bid, _ := certs.IdentityFor(certs.RoleBootstrap, id)
 	client, err := mqtt.New(mqtt.Config{
-		BrokerURL:     a.brokerURL(),
-		ClientID:      bid,
-		TLS:           conf,
-		CleanSession:  true,
-		Subscriptions: []mqtt.Subscription{{Filter: topic.BootCert(id), QoS: 1}},
+		BrokerURL:          broker,
+		FallbackBrokerURLs: fallbacks,
+		ClientID:           bid,
+		TLS:                conf,
+		CleanSession:       true,
+		Subscriptions:      []mqtt.Subscription{{Filter: topic.BootCert(id), QoS: 1}},
 		Handler: func(_ context.Context, m mqtt.Message) {
 			if m.Topic == topic.BootCert(id) {
 				a.handleCertResponse(m.Payload)

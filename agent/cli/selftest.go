@@ -348,6 +348,8 @@ func days(d time.Duration) string {
 // would, and disconnects. It takes over the device's MQTT session for that moment (the broker
 // allows one connection per client id): a running agent is disconnected and reconnects. It
 // acknowledges nothing, so a command the broker delivers meanwhile is redelivered to the agent.
+// When the bundle and its copy disagree on the broker's address, it tries the copy's after the
+// bundle's, as the agent does, and says which one took the connection.
 func (st *selfTest) checkBroker(ctx context.Context, creds *agent.Credentials) checkResult {
 	const name = "broker"
 	if creds == nil {
@@ -357,14 +359,34 @@ func (st *selfTest) checkBroker(ctx context.Context, creds *agent.Credentials) c
 	if url == "" {
 		url = creds.Broker
 	}
-	host, err := certs.BrokerHost(url)
-	if err != nil {
-		return result(name, resultFail, "%s: %v", url, err)
+	took, failed := st.dialBroker(ctx, creds, url)
+	if st.opts.broker != "" || creds.CopyBroker == "" {
+		if failed != "" {
+			return result(name, resultFail, "%s: %s", url, failed)
+		}
+		return result(name, resultPass, "%s: connected over mTLS as %s in %v", url, creds.DeviceID, took)
+	}
+	if failed == "" {
+		return result(name, resultWarn, "%s: connected over mTLS as %s in %v; the bundle's copy names another broker, %s, damaged: the agent writes the copy again from the bundle", url, creds.DeviceID, took, creds.CopyBroker)
+	}
+	ctook, cfailed := st.dialBroker(ctx, creds, creds.CopyBroker)
+	if cfailed != "" {
+		return result(name, resultFail, "%s: %s; the bundle's copy names another broker, %s: %s", url, failed, creds.CopyBroker, cfailed)
+	}
+	return result(name, resultWarn, "%s: connected over mTLS as %s in %v, the broker the bundle's copy names; the bundle's own, %s, damaged: %s; the agent writes the bundle again from its copy", creds.CopyBroker, creds.DeviceID, ctook, url, failed)
+}
+
+// dialBroker connects to the broker at url as checkBroker says, and returns how long the
+// connection took, or why it failed ("" when it did not).
+func (st *selfTest) dialBroker(ctx context.Context, creds *agent.Credentials, url string) (time.Duration, string) {
+	if _, err := certs.BrokerHost(url); err != nil {
+		return 0, err.Error()
 	}
 	ctx, cancel := context.WithTimeout(ctx, st.timeout)
 	defer cancel()
 	failed := make(chan error, 1)
-	conf := certs.ClientTLSConfig(creds.Pool, host, certs.NewHolder(creds.Cert))
+	// ServerName "": the client verifies the broker under url's host.
+	conf := certs.ClientTLSConfig(creds.Pool, "", certs.NewHolder(creds.Cert))
 	var floor certs.BrokerFloor // as the agent: brokers the device's key set retired are refused
 	floor.Set(creds.KeySet)
 	conf.VerifyConnection = floor.VerifyConnection
@@ -386,7 +408,7 @@ func (st *selfTest) checkBroker(ctx context.Context, creds *agent.Credentials) c
 		},
 	})
 	if err != nil {
-		return result(name, resultFail, "%s: %v", url, err)
+		return 0, err.Error()
 	}
 	var wg sync.WaitGroup
 	wg.Add(1)
@@ -402,13 +424,13 @@ func (st *selfTest) checkBroker(ctx context.Context, creds *agent.Credentials) c
 	select {
 	case err := <-up:
 		if err == nil {
-			return result(name, resultPass, "%s: connected over mTLS as %s in %v", url, creds.DeviceID, time.Since(start).Round(time.Millisecond))
+			return time.Since(start).Round(time.Millisecond), ""
 		}
-		return result(name, resultFail, "%s: timeout: no connection within %v: %s", url, st.timeout, brokerTimeoutHint)
+		return 0, fmt.Sprintf("timeout: no connection within %v: %s", st.timeout, brokerTimeoutHint)
 	case err := <-failed:
 		cancel()
 		<-up
-		return result(name, resultFail, "%s: %s", url, classifyConnectError(err))
+		return 0, classifyConnectError(err)
 	}
 }
 

@@ -523,3 +523,77 @@ func TestSelftestBoardPassesOnlyWithAModelAndAHardwareSerial(t *testing.T) {
 		})
 	}
 }
+
+// A bundle and its copy that disagree on the broker's address (a storage fault in one of
+// them): the broker check tries both, as the agent does, and says which one took the
+// connection and which record the agent writes over the other. It writes nothing itself.
+func TestSelftestTriesTheBrokerOfADisputedBundleCopy(t *testing.T) {
+	pki := mqtttest.NewPKI(t)
+	b := mqtttest.StartEmbedded(t, pki)
+	dead := closedBroker(t)
+	for _, tc := range []struct {
+		name, damaged string
+	}{
+		{"the bundle's broker damaged", agent.BundleFile},
+		{"the copy's broker damaged", agent.BundleCopyFile},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := enrollDevice(t, pki, "", "cam-0001", b.URL(), time.Now(), 0)
+			p := filepath.Join(dir, tc.damaged)
+			raw, err := os.ReadFile(p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			raw = bytes.Replace(raw, []byte(`"`+b.URL()+`"`), []byte(`"`+dead+`"`), 1)
+			if err := os.WriteFile(p, raw, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			before := map[string][]byte{}
+			for _, f := range []string{agent.BundleFile, agent.BundleCopyFile} {
+				before[f], _ = os.ReadFile(filepath.Join(dir, f))
+			}
+			rep, _, err := selftestRun(t, synced, nil, "--state", dir, "--timeout", "5s")
+			res, det := results(rep)
+			if err != nil || !rep.OK || res["broker"] != resultWarn {
+				t.Fatalf("err = %v; broker: %s (%s)", err, res["broker"], det["broker"])
+			}
+			if !strings.HasPrefix(det["broker"], b.URL()+": connected over mTLS") || !strings.Contains(det["broker"], dead) {
+				t.Errorf("broker detail does not name the broker that connected first and the damaged one: %s", det["broker"])
+			}
+			wantRewrite := "writes the bundle again from its copy"
+			if tc.damaged == agent.BundleCopyFile {
+				wantRewrite = "writes the copy again from the bundle"
+			}
+			if !strings.Contains(det["broker"], wantRewrite) {
+				t.Errorf("broker detail does not say %q: %s", wantRewrite, det["broker"])
+			}
+			for f, want := range before {
+				if got, _ := os.ReadFile(filepath.Join(dir, f)); !bytes.Equal(got, want) {
+					t.Errorf("selftest changed %s", f)
+				}
+			}
+		})
+	}
+
+	t.Run("both brokers down: the check fails naming both", func(t *testing.T) {
+		dir := enrollDevice(t, pki, "", "cam-0001", b.URL(), time.Now(), 0)
+		p := filepath.Join(dir, agent.BundleFile)
+		raw, _ := os.ReadFile(p)
+		dead2 := closedBroker(t)
+		raw = bytes.Replace(raw, []byte(`"`+b.URL()+`"`), []byte(`"`+dead+`"`), 1)
+		if err := os.WriteFile(p, raw, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		p = filepath.Join(dir, agent.BundleCopyFile)
+		raw, _ = os.ReadFile(p)
+		raw = bytes.Replace(raw, []byte(`"`+b.URL()+`"`), []byte(`"`+dead2+`"`), 1)
+		if err := os.WriteFile(p, raw, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		rep, _, _ := selftestRun(t, synced, nil, "--state", dir, "--timeout", "5s")
+		res, det := results(rep)
+		if rep.OK || res["broker"] != resultFail || !strings.Contains(det["broker"], dead) || !strings.Contains(det["broker"], dead2) || strings.Count(det["broker"], "refused") < 2 {
+			t.Fatalf("broker: %s (%s)", res["broker"], det["broker"])
+		}
+	})
+}

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net/url"
 	"sync"
 	"sync/atomic"
 
@@ -23,9 +22,9 @@ var _ Publisher = (*Client)(nil)
 // Client is a fleet MQTT client. Create it with New and start it with Run; its other methods
 // are safe for concurrent use from any goroutine, before, during and after Run.
 type Client struct {
-	cfg Config   // validated, with defaults
-	url *url.URL // scheme://host:port
-	log *slog.Logger
+	cfg     Config    // validated, with defaults
+	brokers []address // BrokerURL, then FallbackBrokerURLs
+	log     *slog.Logger
 
 	in        *inbox
 	reconnect chan struct{} // capacity 1; see Reconnect
@@ -85,13 +84,13 @@ type Stats struct {
 // New validates cfg, applies its defaults and returns a Client that is not yet connected.
 // A bad field is reported as a *ConfigError (matching ErrInvalidConfig) naming it.
 func New(cfg Config) (*Client, error) {
-	cfg, u, err := withDefaults(cfg)
+	cfg, brokers, err := withDefaults(cfg)
 	if err != nil {
 		return nil, err
 	}
 	return &Client{
 		cfg:       cfg,
-		url:       u,
+		brokers:   brokers,
 		log:       cfg.Logger,
 		in:        newInbox(cfg.QueueLength),
 		reconnect: make(chan struct{}, 1),
@@ -137,10 +136,11 @@ func (c *Client) Run(ctx context.Context) error {
 	bo := backoff{min: c.cfg.MinBackoff, max: c.cfg.MaxBackoff, rand: c.cfg.Rand}
 	wait := false   // the first attempt does not wait
 	resume := false // the last connection was up and ended on request (see session.resume)
+	at := 0         // the address to dial: the one that last worked, or the next after a failure
 	for {
 		if wait {
 			d := bo.next()
-			c.log.Info("mqtt: next connection attempt", "broker", c.url.Host, "in", d)
+			c.log.Info("mqtt: next connection attempt", "broker", c.brokers[at].url.Host, "in", d)
 			select {
 			case <-ctx.Done():
 				return nil
@@ -151,7 +151,7 @@ func (c *Client) Run(ctx context.Context) error {
 		if ctx.Err() != nil {
 			return nil
 		}
-		s := newSession(c, ctx)
+		s := newSession(c, ctx, &c.brokers[at])
 		s.resume = resume
 		why, upFor := s.run(ctx, &wg)
 		resume = why == endReconnect
@@ -161,7 +161,10 @@ func (c *Client) Run(ctx context.Context) error {
 		switch why {
 		case endStopped:
 			return nil
-		case endFailed, endLost:
+		case endFailed:
+			wait = true
+			at = (at + 1) % len(c.brokers)
+		case endLost:
 			wait = true
 		case endReconnect:
 			wait = false
@@ -215,10 +218,10 @@ func (c *Client) work(ctx context.Context) {
 	}
 }
 
-// connectFailed records and reports a failed attempt.
-func (c *Client) connectFailed(err error) {
+// connectFailed records and reports a failed attempt to b.
+func (c *Client) connectFailed(b *address, err error) {
 	c.stats.connectFailures.Add(1)
-	c.log.Warn("mqtt: cannot connect", "broker", c.url.Host, "err", err)
+	c.log.Warn("mqtt: cannot connect", "broker", b.url.Host, "err", err)
 	if f := c.cfg.OnConnectError; f != nil {
 		f(err)
 	}

@@ -636,3 +636,89 @@ func TestARequestedReconnectionDoesNotSubscribeAgain(t *testing.T) {
 		t.Fatalf("after a loss: got %q after %d SUBSCRIBEs, want the retained message after 2", p, b.subscribes.Load())
 	}
 }
+
+// deadAddr returns a loopback address with nothing listening.
+func deadAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	return addr
+}
+
+// A device whose records disagree on the broker's address tries each in turn: a failed
+// attempt moves to the next address, and the last wraps round to the first.
+func TestAFailedAttemptTriesTheNextBrokerAddress(t *testing.T) {
+	b := newBroker(t) // only for its CA and certificates
+	first, second := deadAddr(t), deadAddr(t)
+	clock := newFakeClock()
+	errs := make(chan error, 8)
+	cfg := b.deviceConfig(device, certs.NewHolder(b.issue(device)))
+	cfg.BrokerURL = "mqtts://" + first
+	cfg.FallbackBrokerURLs = []string{"mqtts://" + second}
+	cfg.Clock = clock
+	cfg.OnConnectError = func(err error) { errs <- err }
+	c, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	run(t, c)
+	for i, want := range []string{first, second, first, second} {
+		err := recv(t, errs, fmt.Sprintf("connect error %d", i))
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("attempt %d: %v; want it made to %s", i, err, want)
+		}
+		clock.fire(clock.next(t))
+	}
+}
+
+// Once a connection through a fallback address is up, the client stays on it: a lost
+// connection is made again there, without first failing at the address that did not work.
+// OnConnect learns which address took the connection.
+func TestTheClientStaysOnTheBrokerAddressThatWorked(t *testing.T) {
+	b := newBroker(t)
+	dead := "mqtts://" + deadAddr(t)
+	clock := newFakeClock()
+	errs := make(chan error, 8)
+	connectedTo := make(chan string, 8)
+	cfg := b.deviceConfig(device, certs.NewHolder(b.issue(device)))
+	cfg.BrokerURL = dead
+	cfg.FallbackBrokerURLs = []string{b.url()}
+	cfg.Clock = clock
+	cfg.Rand = func() float64 { return 0.5 }
+	cfg.OnConnectError = func(err error) { errs <- err }
+	cfg.OnConnect = func(ctx context.Context) { connectedTo <- ConnectedBroker(ctx) }
+	c, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	run(t, c)
+	if err := recv(t, errs, "the error at the dead address"); !strings.Contains(err.Error(), "connection refused") {
+		t.Fatalf("first attempt: %v, want connection refused", err)
+	}
+	clock.fire(clock.next(t))
+	if got := recv(t, connectedTo, "the first connection"); got != b.url() {
+		t.Fatalf("OnConnect says %q, want the fallback %q", got, b.url())
+	}
+	b.nextConn()
+	if ConnectedBroker(context.Background()) != "" {
+		t.Error("ConnectedBroker names an address for a ctx of no connection")
+	}
+
+	b.cut(device)
+	clock.fire(clock.next(t)) // the wait after the loss
+	if got := recv(t, connectedTo, "the connection after the loss"); got != b.url() {
+		t.Fatalf("after the loss OnConnect says %q, want %q", got, b.url())
+	}
+	select {
+	case err := <-errs:
+		t.Errorf("after the loss the client tried the address that did not work: %v", err)
+	default:
+	}
+	if s := c.Stats(); s.ConnectFailures != 1 || s.Connects != 2 {
+		t.Errorf("Stats = %+v, want 1 failure and 2 connects", s)
+	}
+}

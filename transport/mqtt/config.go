@@ -9,6 +9,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/url"
+	"slices"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -43,6 +44,15 @@ type Config struct {
 	// accepted as synonyms. The port defaults to 8883. Plaintext schemes (tcp://, mqtt://,
 	// ws://, ...) are refused: the fleet speaks MQTT over mutual TLS only (S3). Required.
 	BrokerURL string
+
+	// FallbackBrokerURLs are other addresses, each given as BrokerURL is, tried in turn after
+	// an attempt fails: BrokerURL, then each of these, then BrokerURL again. Once a
+	// connection through one is up the client stays on it until an attempt there fails. A
+	// TLS ServerName left empty is taken from the address dialled. For a device whose records
+	// disagree on the broker's address (a storage fault where no signature covers it): only
+	// a broker whose certificate chains to the pinned CA ever takes the connection. May be
+	// empty.
+	FallbackBrokerURLs []string
 
 	// ClientID is the MQTT client identifier. It must equal the identity (Subject CN) of the
 	// client certificate; the client checks this before each connection attempt and refuses to
@@ -128,7 +138,8 @@ type Config struct {
 
 	// OnConnect, if set, is called on a goroutine of its own each time a connection is up and
 	// its subscriptions are confirmed; Publish works from it. Its ctx is cancelled when that
-	// connection ends. Run waits for it before returning.
+	// connection ends, and ConnectedBroker(ctx) says which address it was made to. Run waits
+	// for it before returning.
 	OnConnect func(ctx context.Context)
 
 	// OnConnectError, if set, is called on Run's goroutine with the reason of every failed
@@ -198,40 +209,38 @@ func (systemClock) After(d time.Duration) <-chan time.Time { return time.After(d
 // brokerSchemes are the URL schemes meaning MQTT over TLS.
 var brokerSchemes = map[string]bool{"mqtts": true, "ssl": true, "tls": true}
 
+// address is one address of the broker.
+type address struct {
+	given string   // as configured: what ConnectedBroker returns
+	url   *url.URL // scheme://host:port, the port defaulted
+	// tls is the TLS configuration to dial it with: ServerName is this address's host
+	// unless the configuration named one.
+	tls *tls.Config
+}
+
 // withDefaults validates cfg and returns it with defaults applied and its TLS configuration
-// cloned, and the broker URL reduced to scheme://host:port. It is the only place defaults are
-// applied.
-func withDefaults(cfg Config) (Config, *url.URL, error) {
-	bad := func(field, format string, args ...any) (Config, *url.URL, error) {
+// cloned, and the broker's addresses, BrokerURL first, each reduced to scheme://host:port.
+// It is the only place defaults are applied.
+func withDefaults(cfg Config) (Config, []address, error) {
+	bad := func(field, format string, args ...any) (Config, []address, error) {
 		return Config{}, nil, &ConfigError{Field: field, Reason: fmt.Sprintf(format, args...)}
 	}
 
-	// BrokerURL.
-	if cfg.BrokerURL == "" {
-		return bad("BrokerURL", "required")
+	// BrokerURL and FallbackBrokerURLs.
+	urls := make([]*url.URL, 0, 1+len(cfg.FallbackBrokerURLs))
+	for i, s := range append([]string{cfg.BrokerURL}, cfg.FallbackBrokerURLs...) {
+		field := "BrokerURL"
+		if i > 0 {
+			field = fmt.Sprintf("FallbackBrokerURLs[%d]", i-1)
+		}
+		u, reason := parseBrokerURL(s)
+		if reason != "" {
+			return bad(field, "%s", reason)
+		}
+		urls = append(urls, u)
 	}
-	u, err := url.Parse(cfg.BrokerURL)
-	if err != nil {
-		return bad("BrokerURL", "%v", err)
-	}
-	scheme := strings.ToLower(u.Scheme)
-	if !brokerSchemes[scheme] {
-		return bad("BrokerURL", "scheme %q is not MQTT over TLS; use mqtts://host:port", u.Scheme)
-	}
-	if u.User != nil {
-		return bad("BrokerURL", "must not carry credentials; the client authenticates with its certificate")
-	}
-	if u.Hostname() == "" {
-		return bad("BrokerURL", "no host")
-	}
-	if (u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.Fragment != "" {
-		return bad("BrokerURL", "must be scheme://host:port with no path, query or fragment")
-	}
-	port := u.Port()
-	if port == "" {
-		port = "8883"
-	}
-	u = &url.URL{Scheme: scheme, Host: net.JoinHostPort(u.Hostname(), port)}
+	cfg.FallbackBrokerURLs = slices.Clone(cfg.FallbackBrokerURLs)
+	u := urls[0]
 
 	// ClientID.
 	if cfg.ClientID == "" {
@@ -255,7 +264,8 @@ func withDefaults(cfg Config) (Config, *url.URL, error) {
 		return bad("TLS", "no client certificate (set GetClientCertificate, e.g. certs.Holder)")
 	}
 	tlsCfg := cfg.TLS.Clone()
-	if tlsCfg.ServerName == "" {
+	nameFromURL := tlsCfg.ServerName == ""
+	if nameFromURL {
 		tlsCfg.ServerName = u.Hostname()
 	}
 	if tlsCfg.MinVersion < tls.VersionTLS12 {
@@ -359,7 +369,56 @@ func withDefaults(cfg Config) (Config, *url.URL, error) {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	cfg.TLS = tlsCfg
-	return cfg, u, nil
+	brokers := make([]address, len(urls))
+	for i, u := range urls {
+		brokers[i] = address{given: cfg.BrokerURL, url: u, tls: tlsCfg}
+		if i > 0 {
+			brokers[i].given = cfg.FallbackBrokerURLs[i-1]
+			if nameFromURL && u.Hostname() != tlsCfg.ServerName {
+				brokers[i].tls = tlsCfg.Clone()
+				brokers[i].tls.ServerName = u.Hostname()
+			}
+		}
+	}
+	return cfg, brokers, nil
+}
+
+// CheckBrokerURL reports whether New would take s as Config.BrokerURL, and if not, why.
+func CheckBrokerURL(s string) error {
+	if _, reason := parseBrokerURL(s); reason != "" {
+		return &ConfigError{Field: "BrokerURL", Reason: reason}
+	}
+	return nil
+}
+
+// parseBrokerURL checks a broker address and reduces it to scheme://host:port; it returns
+// what is wrong, or "".
+func parseBrokerURL(s string) (*url.URL, string) {
+	if s == "" {
+		return nil, "required"
+	}
+	u, err := url.Parse(s)
+	if err != nil {
+		return nil, err.Error()
+	}
+	scheme := strings.ToLower(u.Scheme)
+	if !brokerSchemes[scheme] {
+		return nil, fmt.Sprintf("scheme %q is not MQTT over TLS; use mqtts://host:port", u.Scheme)
+	}
+	if u.User != nil {
+		return nil, "must not carry credentials; the client authenticates with its certificate"
+	}
+	if u.Hostname() == "" {
+		return nil, "no host"
+	}
+	if (u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.Fragment != "" {
+		return nil, "must be scheme://host:port with no path, query or fragment"
+	}
+	port := u.Port()
+	if port == "" {
+		port = "8883"
+	}
+	return &url.URL{Scheme: scheme, Host: net.JoinHostPort(u.Hostname(), port)}, ""
 }
 
 // validFilter checks an MQTT topic filter (MQTT 3.1.1 §4.7); it returns what is wrong, or "".

@@ -37,6 +37,8 @@ func TestNewRefusesBadConfig(t *testing.T) {
 		{"a URL with credentials is refused", func(c *Config) { c.BrokerURL = "mqtts://user:pw@broker.example" }, "BrokerURL"},
 		{"a URL with a path is refused", func(c *Config) { c.BrokerURL = "mqtts://broker.example/x" }, "BrokerURL"},
 		{"a URL without host is refused", func(c *Config) { c.BrokerURL = "mqtts://:8883" }, "BrokerURL"},
+		{"a plaintext fallback broker URL is refused", func(c *Config) { c.FallbackBrokerURLs = []string{"mqtts://b.example", "tcp://c.example:1883"} }, "FallbackBrokerURLs[1]"},
+		{"an empty fallback broker URL is refused", func(c *Config) { c.FallbackBrokerURLs = []string{""} }, "FallbackBrokerURLs[0]"},
 		{"an empty client id is refused", func(c *Config) { c.ClientID = "" }, "ClientID"},
 		{"a nil TLS config is refused", func(c *Config) { c.TLS = nil }, "TLS"},
 		{"InsecureSkipVerify is refused", func(c *Config) { c.TLS.InsecureSkipVerify = true }, "TLS"},
@@ -88,11 +90,36 @@ func TestNewAcceptsTLSSchemesAndAppliesDefaults(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if c.url.Host != tc.host {
-				t.Errorf("dials %q, want %q", c.url.Host, tc.host)
+			if c.brokers[0].url.Host != tc.host {
+				t.Errorf("dials %q, want %q", c.brokers[0].url.Host, tc.host)
 			}
 		})
 	}
+
+	t.Run("each broker address is verified under its own host name unless one is set", func(t *testing.T) {
+		cfg := validConfig()
+		cfg.TLS.ServerName = ""
+		cfg.BrokerURL = "mqtts://a.example:1"
+		cfg.FallbackBrokerURLs = []string{"mqtts://b.example:2", "mqtts://a.example:3"}
+		c, err := New(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i, want := range []string{"a.example", "b.example", "a.example"} {
+			if got := c.brokers[i].tls.ServerName; got != want {
+				t.Errorf("address %d (%s) is verified as %q, want %q", i, c.brokers[i].url.Host, got, want)
+			}
+		}
+		cfg.TLS.ServerName = "pinned.example"
+		if c, err = New(cfg); err != nil {
+			t.Fatal(err)
+		}
+		for i := range c.brokers {
+			if got := c.brokers[i].tls.ServerName; got != "pinned.example" {
+				t.Errorf("address %d is verified as %q, want the configured pinned.example", i, got)
+			}
+		}
+	})
 
 	t.Run("zero fields get their documented defaults", func(t *testing.T) {
 		cfg := validConfig()

@@ -23,6 +23,7 @@ import (
 // session survives because the client id and CleanSession=false stay the same.
 type session struct {
 	c   *Client
+	b   *address // the address this session dials
 	cli paho.Client
 
 	// ctx is cancelled when the session ends; it bounds the dial, OnConnect and Publish.
@@ -52,22 +53,34 @@ type session struct {
 	dropped    int  // how many were refused
 }
 
-func newSession(c *Client, ctx context.Context) *session {
+func newSession(c *Client, ctx context.Context, b *address) *session {
 	s := &session{
 		c:    c,
+		b:    b,
 		lost: make(chan struct{}),
 		kick: make(chan struct{}, 1),
 		up:   make(chan struct{}),
 	}
-	s.ctx, s.cancel = context.WithCancel(ctx)
+	s.ctx, s.cancel = context.WithCancel(context.WithValue(ctx, brokerKey{}, b.given))
 	s.cli = paho.NewClient(c.pahoOptions(s))
 	return s
+}
+
+// brokerKey is the context key under which a session's ctx holds its address as configured.
+type brokerKey struct{}
+
+// ConnectedBroker returns the broker address, as given in Config.BrokerURL or
+// Config.FallbackBrokerURLs, of the connection whose OnConnect ctx is ctx; "" for any other
+// ctx.
+func ConnectedBroker(ctx context.Context) string {
+	b, _ := ctx.Value(brokerKey{}).(string)
+	return b
 }
 
 // pahoOptions configures paho for one session. See the package doc for why each is set.
 func (c *Client) pahoOptions(s *session) *paho.ClientOptions {
 	o := paho.NewClientOptions()
-	o.Servers = []*url.URL{c.url}
+	o.Servers = []*url.URL{s.b.url}
 	o.SetClientID(c.cfg.ClientID)
 	o.SetCleanSession(c.cfg.CleanSession)
 	// MQTT 3.1.1 only: otherwise paho retries a refused CONNECT as MQTT 3.1, a second
@@ -110,7 +123,7 @@ func (s *session) run(ctx context.Context, wg *sync.WaitGroup) (endReason, time.
 		if ctx.Err() != nil {
 			return endStopped, 0
 		}
-		c.connectFailed(err)
+		c.connectFailed(s.b, err)
 		return endFailed, 0
 	}
 	defer s.close()
@@ -127,7 +140,7 @@ func (s *session) run(ctx context.Context, wg *sync.WaitGroup) (endReason, time.
 			if ctx.Err() != nil {
 				return endStopped, 0
 			}
-			c.connectFailed(err)
+			c.connectFailed(s.b, err)
 			return endFailed, 0
 		}
 	}
@@ -136,7 +149,7 @@ func (s *session) run(ctx context.Context, wg *sync.WaitGroup) (endReason, time.
 	c.setUp(s)
 	close(s.up)
 	c.stats.connects.Add(1)
-	c.log.Info("mqtt: connected", "broker", c.url.Host)
+	c.log.Info("mqtt: connected", "broker", s.b.url.Host)
 	if f := c.cfg.OnConnect; f != nil {
 		wg.Add(1)
 		go func() {
@@ -151,10 +164,10 @@ func (s *session) run(ctx context.Context, wg *sync.WaitGroup) (endReason, time.
 	case <-s.lost:
 		upFor := c.cfg.Clock.Now().Sub(upAt)
 		c.stats.connectionsLost.Add(1)
-		c.log.Warn("mqtt: connection lost", "broker", c.url.Host, "err", s.lostErr, "up_for", upFor)
+		c.log.Warn("mqtt: connection lost", "broker", s.b.url.Host, "err", s.lostErr, "up_for", upFor)
 		return endLost, upFor
 	case <-c.reconnect:
-		c.log.Info("mqtt: reconnecting on request", "broker", c.url.Host)
+		c.log.Info("mqtt: reconnecting on request", "broker", s.b.url.Host)
 		return endReconnect, c.cfg.Clock.Now().Sub(upAt)
 	case <-s.kick:
 		return endReconnect, c.cfg.Clock.Now().Sub(upAt)
@@ -173,7 +186,7 @@ func (s *session) connect(ctx context.Context) error {
 		<-tok.Done()
 	}
 	if err := tok.Error(); err != nil {
-		return fmt.Errorf("mqtt: connect to %s: %w", s.c.url.Host, err)
+		return fmt.Errorf("mqtt: connect to %s: %w", s.b.url.Host, err)
 	}
 	if ct, ok := tok.(*paho.ConnectToken); ok {
 		s.present = ct.SessionPresent()
@@ -260,7 +273,7 @@ func (s *session) close() {
 	select {
 	case <-conn.closed:
 	case <-t.C:
-		s.c.log.Warn("mqtt: connection not closed after disconnect", "broker", s.c.url.Host)
+		s.c.log.Warn("mqtt: connection not closed after disconnect", "broker", s.b.url.Host)
 	}
 }
 
@@ -285,22 +298,22 @@ func (s *session) dial(*url.URL, paho.ClientOptions) (net.Conn, error) {
 	}
 	ctx, cancel := context.WithTimeout(s.ctx, c.cfg.ConnectTimeout)
 	defer cancel()
-	d := tls.Dialer{Config: c.cfg.TLS}
-	raw, err := d.DialContext(ctx, "tcp", c.url.Host)
+	d := tls.Dialer{Config: s.b.tls}
+	raw, err := d.DialContext(ctx, "tcp", s.b.url.Host)
 	if err != nil {
 		var invalid x509.CertificateInvalidError
 		if errors.As(err, &invalid) && invalid.Reason == x509.Expired {
 			// R5: a Raspberry Pi without RTC boots with a clock years behind.
-			return nil, fmt.Errorf("mqtt: dial %s: %w (is the device clock right?)", c.url.Host, err)
+			return nil, fmt.Errorf("mqtt: dial %s: %w (is the device clock right?)", s.b.url.Host, err)
 		}
-		return nil, fmt.Errorf("mqtt: dial %s: %w", c.url.Host, err)
+		return nil, fmt.Errorf("mqtt: dial %s: %w", s.b.url.Host, err)
 	}
 	conn := &trackedConn{Conn: raw, closed: make(chan struct{})}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.aborted {
 		conn.Close()
-		return nil, fmt.Errorf("mqtt: dial %s: %w", c.url.Host, context.Canceled)
+		return nil, fmt.Errorf("mqtt: dial %s: %w", s.b.url.Host, context.Canceled)
 	}
 	s.conn = conn
 	return conn, nil
