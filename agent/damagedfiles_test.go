@@ -76,6 +76,25 @@ func flipNotBeforeDecade(t *testing.T, p string) {
 // one, the working generation was wiped as stale); command high-water mark 0; and grant epoch
 // 0, honouring grants from before the last breach until the retained notice came again.
 func TestALostStateFileIsRecoveredWhenTheDeviceHadWrittenOne(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		lose func(p string) error
+		says string
+	}{
+		{"gone", os.Remove, "state file is gone"},
+		// Before, a symbolic link to nothing loaded as a device enrolled a moment ago.
+		{"a link to nothing in its place", func(p string) error {
+			if err := os.Remove(p); err != nil {
+				return err
+			}
+			return os.Symlink(p+".gone", p)
+		}, "state file was corrupt"},
+	} {
+		t.Run(tc.name, func(t *testing.T) { testLostStateFile(t, tc.lose, tc.says) })
+	}
+}
+
+func testLostStateFile(t *testing.T, lose func(string) error, says string) {
 	const id = "cam-0001"
 	pki := mqtttest.NewPKI(t)
 	b := mqtttest.StartEmbedded(t, pki)
@@ -90,7 +109,7 @@ func TestALostStateFileIsRecoveredWhenTheDeviceHadWrittenOne(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dir, FloorFile), []byte(`{"v":1,"grant_epoch":3}`), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.Remove(filepath.Join(dir, StateFile)); err != nil {
+	if err := lose(filepath.Join(dir, StateFile)); err != nil {
 		t.Fatal(err)
 	}
 
@@ -99,8 +118,8 @@ func TestALostStateFileIsRecoveredWhenTheDeviceHadWrittenOne(t *testing.T) {
 	if err != nil {
 		t.Fatalf("the agent does not start: %v", err)
 	}
-	if !strings.Contains(rec.Text(), "state file is gone") {
-		t.Errorf("the agent did not say the state file is gone; log:\n%s", rec.Text())
+	if !strings.Contains(rec.Text(), says) {
+		t.Errorf("the agent did not say %q; log:\n%s", says, rec.Text())
 	}
 	if g := a.GrantEpoch(); g != 3 {
 		t.Errorf("grant epoch %d, want the floor's 3", g)

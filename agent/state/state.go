@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -239,8 +240,18 @@ func NewFileStore(path string, now func() time.Time) *FileStore {
 func (s *FileStore) Load() (State, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if fi, err := os.Stat(s.path); err == nil && !fi.Mode().IsRegular() {
+	fi, err := os.Stat(s.path)
+	switch {
+	case err == nil && !fi.Mode().IsRegular():
 		return State{}, s.moveAside(fi.Mode())
+	case errors.Is(err, fs.ErrNotExist):
+		// A symbolic link to nothing (what a file system repair or a half-restored backup
+		// can leave) is not a new device's missing file: the device wrote its state, and
+		// recovers it as from a corrupt one. A link to a file is read through, and the next
+		// save replaces the link.
+		if li, lerr := os.Lstat(s.path); lerr == nil {
+			return State{}, s.moveAside(li.Mode())
+		}
 	}
 	f, err := os.Open(s.path)
 	if errors.Is(err, os.ErrNotExist) {

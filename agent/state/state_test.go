@@ -3,6 +3,7 @@ package state
 import (
 	"bytes"
 	"errors"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -293,6 +294,43 @@ func TestADirectoryInPlaceOfTheStateFileIsMovedAside(t *testing.T) {
 	if st, err := s.Load(); err != nil || st.CommandHWM != 5 {
 		t.Fatalf("load after the recovery was saved: %+v, %v", st, err)
 	}
+}
+
+// A symbolic link to nothing in place of the state file is a state file the device wrote and
+// lost, not a new device's missing one: it is moved aside and reported corrupt, so that the
+// agent recovers the journal from the disk. Before, it loaded as a device enrolled a moment
+// ago. A link to a state file is read through it.
+func TestADanglingLinkInPlaceOfTheStateFileIsMovedAside(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, "state.json")
+	if err := os.Symlink(filepath.Join(dir, "gone.json"), p); err != nil {
+		t.Fatal(err)
+	}
+	s := NewFileStore(p, nil)
+	st, err := s.Load()
+	var ce *CorruptError
+	if !errors.As(err, &ce) || !reflect.DeepEqual(st, State{}) {
+		t.Fatalf("Load = %+v, %v; want a CorruptError", st, err)
+	}
+	if fi, err := os.Lstat(ce.Quarantined); err != nil || fi.Mode()&fs.ModeSymlink == 0 {
+		t.Fatalf("the link was not moved to %s: %v", ce.Quarantined, err)
+	}
+	if _, err := os.Lstat(p); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("the link is still in place: %v", err)
+	}
+
+	t.Run("a link to a state file is read through", func(t *testing.T) {
+		target := filepath.Join(dir, "elsewhere.json")
+		if err := NewFileStore(target, nil).Save(State{CommandHWM: 7}); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Symlink(target, p); err != nil {
+			t.Fatal(err)
+		}
+		if st, err := s.Load(); err != nil || st.CommandHWM != 7 {
+			t.Fatalf("Load = %+v, %v; want the linked state", st, err)
+		}
+	})
 }
 
 // A corrupt file that says privacy mode is on says so with the error, whether it parsed and
