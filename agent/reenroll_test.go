@@ -1,16 +1,19 @@
 package agent
 
 import (
+	"bytes"
 	"context"
 	"crypto/x509"
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/camagent/camagent/agent/state"
 	"github.com/camagent/camagent/certs"
+	"github.com/camagent/camagent/internal/logtest"
 	"github.com/camagent/camagent/transport/mqtt/mqtttest"
 )
 
@@ -165,4 +168,70 @@ func reenrollment(t *testing.T, pki *mqtttest.PKI, dir, id string, now time.Time
 		t.Fatal(err)
 	}
 	return c, nb
+}
+
+// `camagent enroll --id` on a camera that rotated makes a new enrollment key while its old
+// bundle and generation stay in use until the new bundle is installed. An agent started in
+// between (the service after a reboot) must keep that key: it is not a stale generation 0
+// but the key of the request the operator took to fleetctl. Before, the agent wiped it and
+// installing the bundle then failed with "no device key". A leftover enrollment key the
+// installed bundle's certificate carries (a wipe killed half-way) is still wiped.
+func TestAnEnrollmentWaitingForItsBundleKeepsItsKeyThroughAnAgentStart(t *testing.T) {
+	const id = "cam-0001"
+	pki := mqtttest.NewPKI(t)
+	b := mqtttest.StartEmbedded(t, pki)
+	now := time.Now()
+	dir := enrolledOn(t, pki, b, id, now)
+	rotatedByHand(t, pki, dir, id, now)
+	if err := state.NewFileStore(filepath.Join(dir, StateFile), nil).Save(state.State{Cred: state.Cred{Active: 1, Epoch: 1}}); err != nil {
+		t.Fatal(err)
+	}
+	cfg := Config{StateDir: dir, MinBackoff: 50 * time.Millisecond, MaxBackoff: 200 * time.Millisecond}
+
+	c, nb := reenrollment(t, pki, dir, id, now)
+	key := mustRead(t, filepath.Join(dir, KeyFile))
+	log, rec := logtest.New()
+	cfg.Logger = log
+	_, stop := runFor(t, cfg)
+	rec.WaitFor(t, 10*time.Second, "connected to broker")
+	stop()
+	if got, err := os.ReadFile(filepath.Join(dir, KeyFile)); err != nil || !bytes.Equal(got, key) {
+		t.Fatalf("the waiting enrollment's key was not kept (%v); log:\n%s", err, rec.Text())
+	}
+	if !strings.Contains(rec.Text(), "waits for its bundle") {
+		t.Errorf("the agent did not say an enrollment waits for its bundle; log:\n%s", rec.Text())
+	}
+	if _, err := InstallBundle(dir, nb, time.Now()); err != nil {
+		t.Fatalf("the bundle of the waiting enrollment: %v", err)
+	}
+	a := startAgent(t, cfg)
+	select {
+	case <-a.Connected():
+	case <-time.After(30 * time.Second):
+		t.Fatal("the re-enrolled device did not connect")
+	}
+	if got := a.Certificate().SerialNumber; got.Cmp(c.SerialNumber) != 0 {
+		t.Errorf("connected with certificate %x, want the new enrollment's %x", got, c.SerialNumber)
+	}
+}
+
+// The enrollment key of the installed bundle, left by a wipe killed half-way through, is a
+// stale generation 0 on a rotated device, and is wiped at start.
+func TestALeftoverEnrollmentKeyOfTheInstalledBundleIsWiped(t *testing.T) {
+	const id = "cam-0001"
+	pki := mqtttest.NewPKI(t)
+	b := mqtttest.StartEmbedded(t, pki)
+	now := time.Now()
+	dir := enrolledOn(t, pki, b, id, now)
+	writeGeneration(t, pki, dir, id, 1, now, 0) // generation 0 left in place
+	if err := state.NewFileStore(filepath.Join(dir, StateFile), nil).Save(state.State{Cred: state.Cred{Active: 1, Epoch: 1}}); err != nil {
+		t.Fatal(err)
+	}
+	log, rec := logtest.New()
+	if _, err := New(Config{StateDir: dir, Logger: log}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, KeyFile)); !os.IsNotExist(err) {
+		t.Fatalf("the stale enrollment key: %v; log:\n%s", err, rec.Text())
+	}
 }
