@@ -8,8 +8,10 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net"
+	"net/netip"
 	"net/url"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -408,8 +410,12 @@ func parseBrokerURL(s string) (*url.URL, string) {
 	if u.User != nil {
 		return nil, "must not carry credentials; the client authenticates with its certificate"
 	}
-	if u.Hostname() == "" {
+	host := u.Hostname()
+	if host == "" {
 		return nil, "no host"
+	}
+	if _, err := netip.ParseAddr(host); err != nil && !validHostName(host) {
+		return nil, fmt.Sprintf("host %q is neither an IP address nor a DNS name (letters, digits, '-', '.'; punycode for others)", host)
 	}
 	if (u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.Fragment != "" {
 		return nil, "must be scheme://host:port with no path, query or fragment"
@@ -418,7 +424,26 @@ func parseBrokerURL(s string) (*url.URL, string) {
 	if port == "" {
 		port = "8883"
 	}
+	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+		return nil, fmt.Sprintf("port %q is not between 1 and 65535", port)
+	}
 	return &url.URL{Scheme: scheme, Host: net.JoinHostPort(u.Hostname(), port)}, ""
+}
+
+// validHostName reports whether h is made of what DNS names are (RFC 1123, with '_' as some
+// internal names have), at most 253 bytes.
+func validHostName(h string) bool {
+	if h == "" || len(h) > 253 {
+		return false
+	}
+	for _, r := range h {
+		switch {
+		case r >= 'a' && r <= 'z', r >= 'A' && r <= 'Z', r >= '0' && r <= '9', r == '-', r == '.', r == '_':
+		default:
+			return false
+		}
+	}
+	return true
 }
 
 // validFilter checks an MQTT topic filter (MQTT 3.1.1 §4.7); it returns what is wrong, or "".

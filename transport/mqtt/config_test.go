@@ -37,6 +37,8 @@ func TestNewRefusesBadConfig(t *testing.T) {
 		{"a URL with credentials is refused", func(c *Config) { c.BrokerURL = "mqtts://user:pw@broker.example" }, "BrokerURL"},
 		{"a URL with a path is refused", func(c *Config) { c.BrokerURL = "mqtts://broker.example/x" }, "BrokerURL"},
 		{"a URL without host is refused", func(c *Config) { c.BrokerURL = "mqtts://:8883" }, "BrokerURL"},
+		{"a host that is no name nor address is refused", func(c *Config) { c.BrokerURL = "mqtts://::" }, "BrokerURL"},
+		{"a port over 65535 is refused", func(c *Config) { c.BrokerURL = "mqtts://broker.example:88830" }, "BrokerURL"},
 		{"a plaintext fallback broker URL is refused", func(c *Config) { c.FallbackBrokerURLs = []string{"mqtts://b.example", "tcp://c.example:1883"} }, "FallbackBrokerURLs[1]"},
 		{"an empty fallback broker URL is refused", func(c *Config) { c.FallbackBrokerURLs = []string{""} }, "FallbackBrokerURLs[0]"},
 		{"an empty client id is refused", func(c *Config) { c.ClientID = "" }, "ClientID"},
@@ -82,6 +84,7 @@ func TestNewAcceptsTLSSchemesAndAppliesDefaults(t *testing.T) {
 		{"tls:// is accepted", "tls://broker.example:8883", "broker.example:8883"},
 		{"the port defaults to 8883", "mqtts://broker.example", "broker.example:8883"},
 		{"the scheme is case-insensitive", "MQTTS://broker.example", "broker.example:8883"},
+		{"an IPv6 address is accepted", "mqtts://[::1]:8883", "[::1]:8883"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			cfg := validConfig()
