@@ -14,6 +14,7 @@ import (
 	"github.com/camagent/camagent/certs"
 	"github.com/camagent/camagent/internal/atomicfile"
 	"github.com/camagent/camagent/internal/cappedfile"
+	"github.com/camagent/camagent/internal/jsonsum"
 	"github.com/camagent/camagent/internal/strictjson"
 )
 
@@ -50,6 +51,12 @@ func readFloorFile(stateDir string) (floor, error) {
 	if err != nil {
 		return floor{}, fmt.Errorf("agent: %s: %w", FloorFile, err)
 	}
+	// The checksum catches a digit a fault changed in the grant epoch: raised, it was kept
+	// for good (the floor only rises), and a recovery refused every grant of the fleet.
+	b, err = jsonsum.Strip(b)
+	if err != nil {
+		return floor{}, fmt.Errorf("agent: %s: %w", FloorFile, err)
+	}
 	var f floor
 	if err := strictjson.Unmarshal(b, &f); err != nil || f.V != 1 {
 		return floor{}, fmt.Errorf("agent: %s is not a version 1 floor: %v", FloorFile, err)
@@ -83,7 +90,7 @@ func (a *Agent) keepFloor(st state.State) {
 	}
 	b, err := json.Marshal(want)
 	if err == nil {
-		err = atomicfile.WriteFile(filepath.Join(a.cfg.StateDir, FloorFile), b, 0o600)
+		err = atomicfile.WriteFile(filepath.Join(a.cfg.StateDir, FloorFile), jsonsum.Append(b), 0o600)
 	}
 	if err != nil {
 		a.log.Error("could not keep the grant epoch and key set floor", "err", err)

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"log/slog"
@@ -93,6 +94,39 @@ func TestADamagedFloorFileDoesNotStopARecovery(t *testing.T) {
 	rec.WaitFor(t, time.Second, "floor cannot be read either")
 	if a.GrantEpoch() != 0 {
 		t.Fatalf("grant epoch %d", a.GrantEpoch())
+	}
+}
+
+// A digit a storage fault raised inside the floor's grant epoch is caught by its checksum: an
+// agent whose state file is whole writes the floor again from it at start. Before, the raised
+// epoch stayed for good (the floor only rises), and a recovery after a later loss of the state
+// file refused every grant the fleet issued.
+func TestAFloorWhoseGrantEpochAFaultRaisedIsWrittenAgain(t *testing.T) {
+	f := enrolled(t, "cam-0001", time.Now(), closedPort(t))
+	if err := state.NewFileStore(filepath.Join(f.dir, StateFile), nil).Save(state.State{Cred: state.Cred{Epoch: 3}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := New(Config{StateDir: f.dir, Logger: slog.New(slog.DiscardHandler)}); err != nil {
+		t.Fatal(err)
+	}
+	p := filepath.Join(f.dir, FloorFile)
+	b := mustRead(t, p)
+	i := bytes.Index(b, []byte(`"grant_epoch":3`))
+	if i < 0 {
+		t.Fatalf("floor: %s", b)
+	}
+	b[i+len(`"grant_epoch":`)] = '7' // '3' with one bit set
+	if err := os.WriteFile(p, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if fl, err := readFloorFile(f.dir); err == nil {
+		t.Fatalf("the damaged floor reads as %+v", fl)
+	}
+	if _, err := New(Config{StateDir: f.dir, Logger: slog.New(slog.DiscardHandler)}); err != nil {
+		t.Fatal(err)
+	}
+	if fl, err := readFloorFile(f.dir); err != nil || fl.GrantEpoch != 3 {
+		t.Fatalf("floor after a start on a whole state file: %+v, %v", fl, err)
 	}
 }
 

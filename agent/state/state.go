@@ -7,12 +7,10 @@
 package state
 
 import (
-	"bytes"
 	"cmp"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"hash/crc32"
 	"io"
 	"io/fs"
 	"os"
@@ -25,6 +23,7 @@ import (
 	"time"
 
 	"github.com/camagent/camagent/internal/atomicfile"
+	"github.com/camagent/camagent/internal/jsonsum"
 	"github.com/camagent/camagent/internal/strictjson"
 )
 
@@ -131,7 +130,7 @@ func Parse(b []byte) (State, error) {
 // parse is Parse also returning, when the bytes parse but fail the check, what they parsed
 // into (nil otherwise).
 func parse(b []byte) (State, *State, error) {
-	b, err := unseal(b)
+	b, err := jsonsum.Strip(b)
 	if err != nil {
 		return State{}, nil, err
 	}
@@ -146,51 +145,6 @@ func parse(b []byte) (State, *State, error) {
 		return State{}, &st, err
 	}
 	return st, nil, nil
-}
-
-// sumMember opens the checksum Save writes as the file's last member: a CRC-32C (Castagnoli)
-// of the file with that member left out, in 8 lowercase hex digits. A storage fault that
-// changes a byte inside a value (a digit of the command mark or the grant epoch, which check
-// cannot tell from a right one) then makes the file corrupt, and the agent recovers with safe
-// values instead of refusing every command or grant for good.
-const sumMember = `,"crc32c":"`
-
-var castagnoli = crc32.MakeTable(crc32.Castagnoli)
-
-// seal appends the checksum member to b, a JSON object.
-func seal(b []byte) []byte {
-	sum := crc32.Checksum(b, castagnoli)
-	return fmt.Appendf(b[:len(b)-1:len(b)-1], `%s%08x"}`, sumMember, sum)
-}
-
-// unseal checks the checksum member that ends b and returns b without it. A file without one
-// (written before the agent wrote checksums) is returned as it is: one bit changed anywhere in
-// a member Save wrote still leaves no valid file without it.
-func unseal(b []byte) ([]byte, error) {
-	i := bytes.LastIndex(b, []byte(sumMember))
-	if i < 0 {
-		return b, nil
-	}
-	hex := b[i+len(sumMember):]
-	if len(hex) != 10 || hex[8] != '"' || hex[9] != '}' {
-		return nil, errors.New(`crc32c: the checksum is not 8 hex digits closing the file`)
-	}
-	var want uint32
-	for _, c := range hex[:8] {
-		switch {
-		case c >= '0' && c <= '9':
-			want = want<<4 | uint32(c-'0')
-		case c >= 'a' && c <= 'f':
-			want = want<<4 | uint32(c-'a'+10)
-		default:
-			return nil, fmt.Errorf("crc32c: %q is not 8 lowercase hex digits", hex[:8])
-		}
-	}
-	body := append(b[:i:i], '}')
-	if got := crc32.Checksum(body, castagnoli); got != want {
-		return nil, fmt.Errorf("crc32c: the file says %08x and sums to %08x: a storage fault changed it", want, got)
-	}
-	return body, nil
 }
 
 // check reports a state that parses but that no sequence of the agent's own writes leaves: a
@@ -446,7 +400,7 @@ func (s *FileStore) Save(st State) error {
 	if err != nil {
 		return fmt.Errorf("state: %w", err)
 	}
-	b = seal(b)
+	b = jsonsum.Append(b)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if err := atomicfile.WriteFile(s.path, b, 0o600); err != nil {
