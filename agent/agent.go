@@ -157,6 +157,7 @@ type Agent struct {
 	connected    chan struct{} // closed at the first successful connect
 	connOnce     sync.Once
 	provenOnce   sync.Once               // brokerProven
+	brokerWon    atomic.Pointer[string]  // the disputed bundle's broker that took a connection
 	video        atomic.Pointer[video]   // set by Run when Config.Video is set
 	connEv       chan string             // serial of each new connection's certificate
 	certResp     chan *wire.CertResponse // signer answers

@@ -154,8 +154,12 @@ func TestABundleAndItsCopyThatDifferOnlyInTheBrokerAreKeptUntilAConnectionDecide
 				t.Fatalf("the damaged bundle does not load, so this is not the case under test: %v", err)
 			}
 			log, rec := logtest.New()
-			_, stop := runFor(t, fast(log, dir))
+			a, stop := runFor(t, fast(log, dir))
 			rec.WaitFor(t, 5*time.Second, "wrote the enrollment bundle again from its copy")
+			// A later client (a bootstrap session) dials only the broker that won.
+			if broker, fallbacks, err := a.brokerURLs(); broker != b.URL() || len(fallbacks) != 0 || err != nil {
+				t.Errorf("after the copy's broker took a connection, new clients dial %q then %q (%v), want only %q", broker, fallbacks, err, b.URL())
+			}
 			if !bytes.Equal(mustRead(t, filepath.Join(dir, BundleFile)), good) {
 				t.Fatal("the bundle was not written again from its good copy")
 			}

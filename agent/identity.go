@@ -263,10 +263,14 @@ func (a *Agent) writeBundleCopy() bool {
 }
 
 // brokerURLs returns the addresses to dial the broker at: Config.BrokerURL or the bundle's,
-// and, when the bundle's copy is disputed, the copy's as a fallback. An address the MQTT
-// client would refuse (a storage fault can leave one that still parses as a URL) is left
-// out, so that a damaged bundle with a good copy still connects; error when none is left.
+// and, when the bundle's copy is disputed, the copy's as a fallback; once a connection settled
+// the dispute (brokerProven), only the address that took it. An address the MQTT client would
+// refuse (a storage fault can leave one that still parses as a URL) is left out, so that a
+// damaged bundle with a good copy still connects; error when none is left.
 func (a *Agent) brokerURLs() (string, []string, error) {
+	if won := a.brokerWon.Load(); won != nil {
+		return *won, nil, nil
+	}
 	urls := []string{a.brokerURL()}
 	if a.cfg.BrokerURL == "" && a.id.disputed != "" && a.id.disputed != a.id.bundle.Bundle.Broker {
 		urls = append(urls, a.id.disputed)
@@ -295,15 +299,17 @@ func (a *Agent) brokerProven(ctx context.Context) {
 	if a.id.disputed == "" {
 		return
 	}
-	switch mqtt.ConnectedBroker(ctx) {
+	switch broker := mqtt.ConnectedBroker(ctx); broker {
 	case a.id.bundle.Bundle.Broker:
 		a.provenOnce.Do(func() {
+			a.brokerWon.Store(&broker)
 			if a.writeBundleCopy() {
 				a.log.Info("the bundle's broker took a connection: wrote the copy of the enrollment bundle again from the bundle", "copy_broker_was", a.id.disputed)
 			}
 		})
 	case a.id.disputed:
 		a.provenOnce.Do(func() {
+			a.brokerWon.Store(&broker)
 			if err := atomicfile.WriteFile(filepath.Join(a.cfg.StateDir, BundleFile), a.id.disputedRaw, 0o600); err != nil {
 				a.log.Error("the copy's broker took a connection, but the enrollment bundle could not be written again from its copy", "err", err)
 				return

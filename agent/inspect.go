@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"os"
 	"path/filepath"
 	"time"
 
@@ -50,13 +51,19 @@ func ReadCredentials(dir string) (*Credentials, error) {
 	}
 	var st state.State
 	b, err := cappedfile.Read(filepath.Join(dir, StateFile), state.MaxFileSize)
+	corrupt := fmt.Sprintf("agent: %s is corrupt (the agent quarantines it and recovers at its next start)", StateFile)
 	switch {
+	case err != nil && isLink(filepath.Join(dir, StateFile)):
+		// A link to nothing readable, which the agent moves aside (state.FileStore.Load).
+		return nil, fmt.Errorf("%s: a symbolic link to nothing readable: %w", corrupt, err)
+	case errors.Is(err, fs.ErrNotExist) && stateLost(dir):
+		return nil, fmt.Errorf("agent: %s is gone although the device wrote one (%s or an issued generation is there); the agent rebuilds it at its next start", StateFile, FloorFile)
 	case errors.Is(err, fs.ErrNotExist):
 	case err != nil:
 		return nil, fmt.Errorf("agent: %w", err)
 	default:
 		if st, err = state.Parse(b); err != nil {
-			return nil, fmt.Errorf("agent: %s is corrupt (the agent quarantines it and recovers at its next start): %w", StateFile, err)
+			return nil, fmt.Errorf("%s: %w", corrupt, err)
 		}
 	}
 	gen := st.Cred.Active
@@ -95,4 +102,10 @@ func ReadCredentials(dir string) (*Credentials, error) {
 		cr.TimeFloor = time.Unix(st.TimeFloor, 0)
 	}
 	return cr, nil
+}
+
+// isLink reports whether p is a symbolic link.
+func isLink(p string) bool {
+	fi, err := os.Lstat(p)
+	return err == nil && fi.Mode()&fs.ModeSymlink != 0
 }

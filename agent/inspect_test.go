@@ -55,3 +55,41 @@ func TestReadCredentialsChangesNothing(t *testing.T) {
 		})
 	}
 }
+
+// A state file the agent would rebuild is reported as such, not read as a device enrolled a
+// moment ago: on a rotated camera that reported generation 0's missing key, and an operator
+// could have enrolled a healthy camera again. Nothing is changed.
+func TestReadCredentialsReportsAStateFileTheAgentWouldRebuild(t *testing.T) {
+	for _, tc := range []struct {
+		name, says string
+		lose       func(p string) error
+	}{
+		{"a link to nothing", "symbolic link", func(p string) error { return os.Symlink(p+".gone", p) }},
+		{"a link in a loop", "symbolic link", func(p string) error { return os.Symlink(p, p) }},
+		{"gone, with the floor there", "is gone although the device wrote one", func(string) error { return nil }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := enrolled(t, "cam-0001", time.Now(), "mqtts://127.0.0.1:1")
+			p := filepath.Join(f.dir, StateFile)
+			if err := state.NewFileStore(p, nil).Save(state.State{Cred: state.Cred{Epoch: 1}}); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := New(Config{StateDir: f.dir}); err != nil { // writes floor.json
+				t.Fatal(err)
+			}
+			if err := os.Remove(p); err != nil {
+				t.Fatal(err)
+			}
+			if err := tc.lose(p); err != nil {
+				t.Fatal(err)
+			}
+			before, _ := os.ReadDir(f.dir)
+			if c, err := ReadCredentials(f.dir); err == nil || !strings.Contains(err.Error(), tc.says) {
+				t.Fatalf("ReadCredentials = %+v, %v; want it to say %q", c, err, tc.says)
+			}
+			if after, _ := os.ReadDir(f.dir); len(after) != len(before) {
+				t.Fatalf("ReadCredentials changed the directory: %v, then %v", before, after)
+			}
+		})
+	}
+}

@@ -177,6 +177,28 @@ func reenrollment(t *testing.T, pki *mqtttest.PKI, dir, id string, now time.Time
 // installing the bundle then failed with "no device key". A leftover enrollment key the
 // installed bundle's certificate carries (a wipe killed half-way) is still wiped.
 func TestAnEnrollmentWaitingForItsBundleKeepsItsKeyThroughAnAgentStart(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		request func(t *testing.T, p string) // what happens to device.csr meanwhile
+	}{
+		{"its request whole", func(*testing.T, string) {}},
+		// The request is not what tells: a fault in it must not cost the key.
+		{"its request truncated", func(t *testing.T, p string) {
+			if err := os.WriteFile(p, mustRead(t, p)[:100], 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}},
+		{"its request gone", func(t *testing.T, p string) {
+			if err := os.Remove(p); err != nil {
+				t.Fatal(err)
+			}
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) { testEnrollmentWaiting(t, tc.request) })
+	}
+}
+
+func testEnrollmentWaiting(t *testing.T, request func(t *testing.T, p string)) {
 	const id = "cam-0001"
 	pki := mqtttest.NewPKI(t)
 	b := mqtttest.StartEmbedded(t, pki)
@@ -189,6 +211,7 @@ func TestAnEnrollmentWaitingForItsBundleKeepsItsKeyThroughAnAgentStart(t *testin
 	cfg := Config{StateDir: dir, MinBackoff: 50 * time.Millisecond, MaxBackoff: 200 * time.Millisecond}
 
 	c, nb := reenrollment(t, pki, dir, id, now)
+	request(t, filepath.Join(dir, CSRFile))
 	key := mustRead(t, filepath.Join(dir, KeyFile))
 	log, rec := logtest.New()
 	cfg.Logger = log

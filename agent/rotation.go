@@ -158,26 +158,16 @@ func (a *Agent) reenrolling() bool {
 	return !ok || !pub.Equal(csr.PublicKey)
 }
 
-// enrollmentWaiting reports whether the enrollment key (KeyFile) is one that `camagent enroll`
-// made for an enrollment still waiting for its bundle: the last enrollment request (CSRFile)
-// carries that key, and the installed bundle's certificate another. On a device that rotated,
-// generation 0 is otherwise stale, and wiping it left the request the operator took to
-// fleetctl answerable by no key here: the bundle could not be installed.
+// enrollmentWaiting reports whether the enrollment key (KeyFile), on a device whose journal
+// names another generation, is one `camagent enroll` made for an enrollment still waiting for
+// its bundle: a key the installed bundle's certificate does not carry. On a device that
+// rotated, generation 0 is otherwise stale, and wiping it left the request the operator took
+// to fleetctl answerable by no key here: the bundle could not be installed. The request file
+// (CSRFile) is not asked, so that a fault in it cannot cost the key; the one key that must go,
+// the installed certificate's (a wipe killed half-way), is told apart by the certificate.
 func (a *Agent) enrollmentWaiting() bool {
 	key, err := certs.LoadKeyFile(filepath.Join(a.cfg.StateDir, KeyFile))
-	if err != nil {
-		return false
-	}
-	b, err := cappedfile.Read(filepath.Join(a.cfg.StateDir, CSRFile), 2*certs.MaxCSRSize)
-	if err != nil {
-		return false
-	}
-	csr, err := certs.ParseCSR(b)
-	if err != nil {
-		return false
-	}
-	pub, ok := key.Public().(interface{ Equal(crypto.PublicKey) bool })
-	return ok && pub.Equal(csr.PublicKey) && !pub.Equal(a.id.bundle.Cert.PublicKey)
+	return err == nil && !certs.SamePublicKey(a.id.bundle.Cert, key)
 }
 
 // wipeStale removes generations the journal no longer names: the old generation of a rotation
@@ -190,7 +180,7 @@ func (a *Agent) wipeStale() {
 	stale := []uint64{}
 	if !keep[0] && a.enrollmentWaiting() {
 		keep[0] = true
-		a.log.Warn("an enrollment made since this device's bundle waits for its bundle: its key is kept; install the bundle with camagent enroll --bundle FILE", "request", CSRFile)
+		a.log.Warn("an enrollment key other than the installed bundle's is kept: an enrollment waits for its bundle; install it with camagent enroll --bundle FILE", "request", CSRFile)
 	}
 	if !keep[0] {
 		// Either file: a wipe killed between the key and the token leaves the token alone.

@@ -249,12 +249,13 @@ func (s *FileStore) Load() (State, error) {
 	switch {
 	case err == nil && !fi.Mode().IsRegular():
 		return State{}, s.moveAside(fi.Mode())
-	case errors.Is(err, fs.ErrNotExist):
-		// A symbolic link to nothing (what a file system repair or a half-restored backup
-		// can leave) is not a new device's missing file: the device wrote its state, and
-		// recovers it as from a corrupt one. A link to a file is read through, and the next
-		// save replaces the link.
-		if li, lerr := os.Lstat(s.path); lerr == nil {
+	case err != nil:
+		// A symbolic link that leads to nothing readable (gone, a loop, a path through a
+		// file: what a file system repair or a half-restored backup can leave) is not a new
+		// device's missing file, and no open of it would ever work: the device wrote its
+		// state, and recovers it as from a corrupt one. A link to a file is read through,
+		// and the next save replaces the link.
+		if li, lerr := os.Lstat(s.path); lerr == nil && li.Mode()&fs.ModeSymlink != 0 {
 			return State{}, s.moveAside(li.Mode())
 		}
 	}

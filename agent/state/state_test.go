@@ -366,20 +366,29 @@ func TestADirectoryInPlaceOfTheStateFileIsMovedAside(t *testing.T) {
 func TestADanglingLinkInPlaceOfTheStateFileIsMovedAside(t *testing.T) {
 	dir := t.TempDir()
 	p := filepath.Join(dir, "state.json")
-	if err := os.Symlink(filepath.Join(dir, "gone.json"), p); err != nil {
+	if err := os.WriteFile(filepath.Join(dir, "file"), nil, 0o600); err != nil {
 		t.Fatal(err)
 	}
 	s := NewFileStore(p, nil)
-	st, err := s.Load()
-	var ce *CorruptError
-	if !errors.As(err, &ce) || !reflect.DeepEqual(st, State{}) {
-		t.Fatalf("Load = %+v, %v; want a CorruptError", st, err)
-	}
-	if fi, err := os.Lstat(ce.Quarantined); err != nil || fi.Mode()&fs.ModeSymlink == 0 {
-		t.Fatalf("the link was not moved to %s: %v", ce.Quarantined, err)
-	}
-	if _, err := os.Lstat(p); !errors.Is(err, fs.ErrNotExist) {
-		t.Fatalf("the link is still in place: %v", err)
+	for _, target := range []string{
+		filepath.Join(dir, "gone.json"),
+		p,                               // a loop
+		filepath.Join(dir, "file", "x"), // a path through a file
+	} {
+		if err := os.Symlink(target, p); err != nil {
+			t.Fatal(err)
+		}
+		st, err := s.Load()
+		var ce *CorruptError
+		if !errors.As(err, &ce) || !reflect.DeepEqual(st, State{}) {
+			t.Fatalf("a link to %s: Load = %+v, %v; want a CorruptError", target, st, err)
+		}
+		if fi, err := os.Lstat(ce.Quarantined); err != nil || fi.Mode()&fs.ModeSymlink == 0 {
+			t.Fatalf("the link to %s was not moved to %s: %v", target, ce.Quarantined, err)
+		}
+		if _, err := os.Lstat(p); !errors.Is(err, fs.ErrNotExist) {
+			t.Fatalf("the link to %s is still in place: %v", target, err)
+		}
 	}
 
 	t.Run("a link to a state file is read through", func(t *testing.T) {
