@@ -13,7 +13,9 @@
 //     from the next connection on (Client.Reconnect forces one);
 //   - hands inbound messages to one Handler goroutine, in arrival order, and acknowledges each
 //     only after the Handler has returned, so a message is never lost to a crash or a cut;
-//   - reports why it cannot connect (Config.OnConnectError) and keeps retrying (R5).
+//   - reports why it cannot connect (Config.OnConnectError) and keeps retrying (R5), turning
+//     to the next of the broker's addresses after a failed attempt when it was given more
+//     than one (Config.FallbackBrokerURLs), each verified under its own name.
 //
 // What it must never do:
 //   - block paho's goroutines: the paho callbacks only append to a bounded queue;
