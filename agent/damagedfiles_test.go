@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/ecdsa"
 	"encoding/pem"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -141,5 +142,39 @@ func testLostStateFile(t *testing.T, lose func(string) error, says string) {
 	}
 	if got, err := store.Load(); err != nil || got.Cred.Active != 1 {
 		t.Fatalf("journal: %+v, %v", got.Cred, err)
+	}
+}
+
+// A state file that was not a regular file is moved away when found (state.FileStore.Load):
+// a device killed before it saved the state it rebuilt, or whose disk was full, has no state
+// file at its next start. The quarantined copy shows the device wrote one, and it is rebuilt
+// again. Before, the device started as new: command mark 0, commands it ran accepted again.
+func TestAStateFileMovedAsideIsRebuiltAgainAfterAKill(t *testing.T) {
+	f := enrolled(t, "cam-0001", time.Now(), closedPort(t))
+	p := filepath.Join(f.dir, StateFile)
+	hwm := uint64(time.Now().UnixNano())
+	if err := state.NewFileStore(p, nil).Save(state.State{CommandHWM: hwm}); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(p); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(p, p); err != nil { // a loop
+		t.Fatal(err)
+	}
+	var ce *state.CorruptError
+	if _, err := state.NewFileStore(p, nil).Load(); !errors.As(err, &ce) { // and killed here
+		t.Fatalf("Load = %v, want a CorruptError", err)
+	}
+	log, rec := logtest.New()
+	a, err := New(Config{StateDir: f.dir, Logger: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m := a.state().CommandHWM; m < hwm {
+		t.Fatalf("command mark %d, below the %d the device had; log:\n%s", m, hwm, rec.Text())
+	}
+	if !strings.Contains(rec.Text(), "state file is gone") {
+		t.Errorf("the agent did not say the state file is gone; log:\n%s", rec.Text())
 	}
 }

@@ -14,7 +14,6 @@ import (
 	"github.com/camagent/camagent/certs"
 	"github.com/camagent/camagent/internal/atomicfile"
 	"github.com/camagent/camagent/internal/cappedfile"
-	"github.com/camagent/camagent/internal/jsonsum"
 	"github.com/camagent/camagent/internal/strictjson"
 )
 
@@ -51,12 +50,6 @@ func readFloorFile(stateDir string) (floor, error) {
 	if err != nil {
 		return floor{}, fmt.Errorf("agent: %s: %w", FloorFile, err)
 	}
-	// The checksum catches a digit a fault changed in the grant epoch: raised, it was kept
-	// for good (the floor only rises), and a recovery refused every grant of the fleet.
-	b, err = jsonsum.Strip(b)
-	if err != nil {
-		return floor{}, fmt.Errorf("agent: %s: %w", FloorFile, err)
-	}
 	var f floor
 	if err := strictjson.Unmarshal(b, &f); err != nil || f.V != 1 {
 		return floor{}, fmt.Errorf("agent: %s is not a version 1 floor: %v", FloorFile, err)
@@ -88,9 +81,13 @@ func (a *Agent) keepFloor(st state.State) {
 			want.KeySet = have.KeySet
 		}
 	}
+	// No checksum (jsonsum), unlike the state file: an older agent, after a rollback, reads
+	// the floor strictly and would find an unknown member, lose its grant epoch and key set,
+	// and write a lower floor over this one. The floor is what that agent rebuilds the state
+	// file from, which it cannot read for its checksum.
 	b, err := json.Marshal(want)
 	if err == nil {
-		err = atomicfile.WriteFile(filepath.Join(a.cfg.StateDir, FloorFile), jsonsum.Append(b), 0o600)
+		err = atomicfile.WriteFile(filepath.Join(a.cfg.StateDir, FloorFile), b, 0o600)
 	}
 	if err != nil {
 		a.log.Error("could not keep the grant epoch and key set floor", "err", err)
@@ -118,8 +115,8 @@ func (a *Agent) recoverFloor(st *state.State) {
 }
 
 // stateLost reports whether stateDir's state file is gone although the device wrote it
-// before: the floor file or a generation with an issued certificate is there, which only a
-// device that saved its state leaves (a rotation journals its pending generation before it
+// before: the floor file, a quarantined state file or a generation with an issued certificate
+// is there, which only a device that saved its state leaves (a rotation journals its pending generation before it
 // asks for the certificate; a generation killed before that has none). A storage fault that
 // lost the file otherwise made the agent start as a device enrolled a moment ago: generation
 // 0 active, whose key a rotated device wiped (a failure at every start without a bootstrap
@@ -130,6 +127,12 @@ func stateLost(stateDir string) bool {
 		return false
 	}
 	if _, err := os.Lstat(filepath.Join(stateDir, FloorFile)); err == nil {
+		return true
+	}
+	// A state file quarantined as corrupt: one that was not a regular file (a directory, a
+	// link to nothing) is moved away, and a device killed, or whose disk was full, before it
+	// saved the state it rebuilt has none in its place.
+	if m, _ := filepath.Glob(filepath.Join(stateDir, StateFile+".corrupt-*")); len(m) > 0 {
 		return true
 	}
 	ents, _ := os.ReadDir(filepath.Join(stateDir, credsDir))
