@@ -115,9 +115,10 @@ func (a *Agent) recoverFloor(st *state.State) {
 }
 
 // stateLost reports whether stateDir's state file is gone although the device wrote it
-// before: the floor file, a quarantined state file or a generation with an issued certificate
-// is there, which only a device that saved its state leaves (a rotation journals its pending generation before it
-// asks for the certificate; a generation killed before that has none). A storage fault that
+// before: the floor file, a quarantined state file or a generation with an issued
+// certificate is there, which only a device that saved its state leaves (a rotation journals
+// its pending generation before it asks for the certificate; a generation killed before that
+// has none). A storage fault that
 // lost the file otherwise made the agent start as a device enrolled a moment ago: generation
 // 0 active, whose key a rotated device wiped (a failure at every start without a bootstrap
 // identity, the working generation wiped with one), no command high-water mark, and grant

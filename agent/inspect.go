@@ -57,7 +57,7 @@ func ReadCredentials(dir string) (*Credentials, error) {
 		// A link to nothing readable, which the agent moves aside (state.FileStore.Load).
 		return nil, fmt.Errorf("%s: a symbolic link to nothing readable: %w", corrupt, err)
 	case errors.Is(err, fs.ErrNotExist) && stateLost(dir):
-		return nil, fmt.Errorf("agent: %s is gone although the device wrote one (%s or an issued generation is there); the agent rebuilds it at its next start", StateFile, FloorFile)
+		return nil, fmt.Errorf("agent: %s is gone although the device wrote one (%s, a quarantined %s or an issued generation is there); the agent rebuilds it at its next start", StateFile, FloorFile, StateFile)
 	case errors.Is(err, fs.ErrNotExist):
 	case err != nil:
 		return nil, fmt.Errorf("agent: %w", err)

@@ -180,7 +180,7 @@ func (a *Agent) wipeStale() {
 	stale := []uint64{}
 	if !keep[0] && a.enrollmentWaiting() {
 		keep[0] = true
-		a.log.Warn("an enrollment key other than the installed bundle's is kept: an enrollment waits for its bundle; install it with camagent enroll --bundle FILE", "request", CSRFile)
+		a.log.Warn("an enrollment key other than the installed bundle's is kept: an enrollment waits for its bundle; install it with camagent enroll --bundle FILE", "key", KeyFile)
 	}
 	if !keep[0] {
 		// Either file: a wipe killed between the key and the token leaves the token alone.
