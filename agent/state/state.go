@@ -211,8 +211,8 @@ type CorruptError struct {
 	// Privacy reports that the file says privacy mode is on: it parsed with Privacy set and
 	// failed the check, or it does not parse and still holds "privacy":true as Save writes
 	// it, give or take the one byte a fault may have changed there too (privacy off is
-	// omitted, so no one-bit fault writes that). A caller keeps privacy
-	// mode on: the owner's choice must not be undone by a value damaged elsewhere in the file.
+	// omitted, so no one-bit fault writes that). A caller keeps privacy mode on: the owner's
+	// choice must not be undone by a value damaged elsewhere in the file.
 	Privacy bool
 }
 
