@@ -613,7 +613,38 @@ func (st *selfTest) checkStorage() checkResult {
 	if free < minFreeBytes {
 		return result(name, resultFail, "%s: %.1f MiB free, under %d MiB", dir, mib, minFreeBytes>>20)
 	}
+	if n, last := quarantinedStates(dir); n > 0 {
+		return result(name, resultWarn, "%s: %.0f MiB free, writable; but the agent found its state file corrupt %d time(s), the last at %s (%s.corrupt-*, kept to look at): this storage changed a file the agent wrote. The agent recovered; check the kernel log for storage errors (dmesg | grep -i mmc) and replace the card if it happens again",
+			dir, mib, n, last.UTC().Format(time.RFC3339), agent.StateFile)
+	}
 	return result(name, resultPass, "%s: %.0f MiB free, writable", dir, mib)
+}
+
+// quarantinedStates counts the copies of a corrupt state file the agent quarantined in dir
+// (state.FileStore keeps the newest few, named by the time it found each) and returns the
+// newest one's time: the sign of storage that changes what was written to it.
+func quarantinedStates(dir string) (int, time.Time) {
+	prefix := agent.StateFile + ".corrupt-"
+	ents, _ := os.ReadDir(dir)
+	var n int
+	var last time.Time
+	for _, e := range ents {
+		ns, ok := strings.CutPrefix(e.Name(), prefix)
+		if !ok {
+			continue
+		}
+		n++
+		at := time.Time{}
+		if v, err := strconv.ParseInt(ns, 10, 64); err == nil {
+			at = time.Unix(0, v)
+		} else if fi, err := e.Info(); err == nil {
+			at = fi.ModTime()
+		}
+		if at.After(last) {
+			last = at
+		}
+	}
+	return n, last
 }
 
 // probeData is what probeWrite writes.

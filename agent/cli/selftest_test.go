@@ -334,6 +334,20 @@ func TestSelftestStorageFailsWhenTheStateDirectoryTakesNoWrite(t *testing.T) {
 			t.Fatalf("storage %s (%s)", res["storage"], det["storage"])
 		}
 	})
+	t.Run("copies of a corrupt state file the agent quarantined are a warning about the storage", func(t *testing.T) {
+		dir := t.TempDir()
+		at := time.Date(2026, 11, 20, 3, 4, 5, 0, time.UTC)
+		for _, ns := range []int64{at.Add(-time.Hour).UnixNano(), at.UnixNano()} {
+			if err := os.WriteFile(filepath.Join(dir, fmt.Sprintf("%s.corrupt-%d", agent.StateFile, ns)), []byte("{"), 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}
+		rep, _, _ := selftestRun(t, synced, nil, "--state", dir)
+		res, det := results(rep)
+		if res["storage"] != resultWarn || !strings.Contains(det["storage"], "corrupt 2 time(s), the last at 2026-11-20T03:04:05Z") || !strings.Contains(det["storage"], "dmesg") {
+			t.Fatalf("storage %s (%s)", res["storage"], det["storage"])
+		}
+	})
 	t.Run("a directory that takes the write passes and keeps nothing", func(t *testing.T) {
 		dir := t.TempDir()
 		rep, _, _ := selftestRun(t, synced, nil, "--state", dir)
