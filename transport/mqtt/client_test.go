@@ -471,13 +471,7 @@ func TestRunReturnsAfterCancelWithoutLeakingGoroutines(t *testing.T) {
 
 func TestRunKeepsRetryingWhileTheBrokerIsDown(t *testing.T) {
 	checkNoGoroutines(t)
-	// A port with nothing listening.
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := l.Addr().String()
-	l.Close()
+	addr := deadAddr(t)
 
 	b := newBroker(t) // only for its CA and certificates
 	clock := newFakeClock()
