@@ -128,24 +128,40 @@ func (r *Registry) Compact(now time.Time) (Compacted, error) {
 	return res, nil
 }
 
-// keepLine decides one line of the log: a line that does not parse is dropped (readers skip
-// it anyway, and the archive keeps it). The retirement and reinstatement records of a device
-// that is retired are all kept, in their order, which still ends retired; those of a device
-// that is not are dropped together.
+// keepLine decides one line of the log. A damaged line (one that is not a record) is dropped
+// to the archive, unless it still names a revocation that a record of its own would keep: it
+// stays as it is, for readers to salvage again (Damage). The retirement and reinstatement
+// records of a device that is retired are all kept, in their order, which still ends retired;
+// those of a device that is not are dropped together.
 func keepLine(line []byte, keep map[string]bool, retired map[string]time.Time, now time.Time) bool {
 	var rec Record
-	if len(line) > MaxRecordSize || strictjson.Unmarshal(bytes.TrimSuffix(line, []byte("\n")), &rec) != nil {
+	if len(line) > MaxRecordSize || strictjson.Unmarshal(bytes.TrimSuffix(line, []byte("\n")), &rec) != nil || rec.Validate() != nil {
+		for _, s := range salvageRevocations(line) {
+			// A revocation without a readable time is kept: nothing says it is old.
+			if keepRevocation(s.serial, s.time, keep, now) || s.time.IsZero() {
+				return true
+			}
+		}
 		return false
 	}
 	if rec.Type == TypeRetired || rec.Type == TypeReinstated {
 		_, ok := retired[rec.Device]
 		return ok
 	}
-	if keep[rec.Serial] {
-		return true
+	if rec.Type == TypeRevoked {
+		return keepRevocation(rec.Serial, rec.Time, keep, now)
 	}
-	_, issued := keep[rec.Serial]
-	return rec.Type == TypeRevoked && !issued && rec.Time.Add(revocationKeep).After(now)
+	return keep[rec.Serial]
+}
+
+// keepRevocation reports whether Compact keeps the revocation of serial made at: with the
+// certificate's records, or, for a serial the log never issued, for revocationKeep.
+func keepRevocation(serial string, at time.Time, keep map[string]bool, now time.Time) bool {
+	k, issued := keep[serial]
+	if issued {
+		return k
+	}
+	return at.Add(revocationKeep).After(now)
 }
 
 // compactKeep maps every serial the log issued to whether Compact keeps its records.

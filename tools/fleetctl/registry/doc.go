@@ -12,7 +12,10 @@
 // and a map lookup, cheap enough for every broker CONNECT.
 //
 // A record half-written by a process that died is cut off by the next writer; a line that does
-// not parse is logged and skipped, never a reason to stop serving.
+// not parse (a storage fault) is logged and skipped, never a reason to stop serving, but every
+// serial it still names as revoked stays revoked, and Damaged lists it for `fleetctl check`.
+// A revocation is never undone, so the CRL the signers write keeps what it listed even when the
+// log lost it (signer.WriteCRL), and `fleetctl broker` refuses what either names.
 //
 // The log does not grow with the fleet's whole history: Compact (which every signer runs daily)
 // moves the records of certificates that expired over a month ago to an archive beside it and

@@ -100,16 +100,20 @@ func (x *index) apply(r *Record, off int64, der []byte) {
 			e.Confirmed = r.Time
 		}
 	case TypeRevoked:
-		if x.revoked[r.Serial] {
-			return
-		}
 		serial, ok := new(big.Int).SetString(r.Serial, 16)
 		if !ok {
 			return
 		}
-		x.revoked[r.Serial] = true
+		// fleetctl writes serials without leading zeros; another writer, or a fault that
+		// turned a digit into a 0, may not, and Revoked looks the serial up as fleetctl
+		// writes it.
+		hex := SerialHex(serial)
+		if x.revoked[hex] {
+			return
+		}
+		x.revoked[hex] = true
 		rv := Revocation{Serial: serial, Device: r.Device, Time: r.Time}
-		if e := x.serials[r.Serial]; e != nil {
+		if e := x.serials[hex]; e != nil {
 			e.Revoked = r.Time
 			rv.NotAfter = e.NotAfter
 		}

@@ -45,6 +45,12 @@ type Registry struct {
 	// gen counts the indexings of the log from its start; an IssueCursor of an earlier one
 	// points into a list that no longer exists.
 	gen uint64
+	// damage describes the first MaxDamageReported lines that are not records; damaged
+	// counts them all. last is the time of the last record indexed, which a revocation
+	// salvaged from a damaged line without a readable time of its own takes.
+	damage  []Damage
+	damaged int
+	last    time.Time
 }
 
 // Open opens (creating it if needed, mode 0600 in a 0700 directory) the log at path and
@@ -154,6 +160,7 @@ func (r *Registry) resetLocked() {
 	r.revBase += len(r.idx.revocations)
 	r.gen++
 	r.idx, r.off, r.seen = newIndex(), 0, 0
+	r.damage, r.damaged, r.last = nil, 0, time.Time{}
 }
 
 // lockLocked takes the flock of the log that r.path names now, reopening it first if Compact
@@ -232,11 +239,44 @@ func (r *Registry) parseLine(line []byte, off int64) {
 	} else if err = strictjson.Unmarshal(bytes.TrimSuffix(line, []byte("\n")), &rec); err == nil {
 		err = rec.Validate()
 	}
-	if err != nil {
-		r.log.Error("registry: skipping a malformed record", "path", r.path, "offset", off, "err", err)
+	if err == nil {
+		r.idx.apply(&rec, off, nil)
+		r.last = rec.Time
 		return
 	}
-	r.idx.apply(&rec, off, nil)
+	d := Damage{Offset: off, Err: err.Error()}
+	for _, s := range salvageRevocations(line) {
+		at := s.time
+		if at.IsZero() {
+			at = r.last // records are appended in time order, near enough for a CRL
+		}
+		r.idx.apply(&Record{Type: TypeRevoked, Serial: s.serial, Device: s.device, Time: at}, off, nil)
+		d.Revoked = append(d.Revoked, s.serial)
+	}
+	r.damaged++
+	if len(r.damage) < MaxDamageReported {
+		r.damage = append(r.damage, d)
+	}
+	if len(d.Revoked) > 0 {
+		r.log.Error("registry: a damaged line of the log still names revoked serials: they stay revoked", "path", r.path, "offset", off, "serials", d.Revoked, "err", err)
+		return
+	}
+	r.log.Error("registry: skipping a damaged line of the log (fleetctl check lists them)", "path", r.path, "offset", off, "err", err)
+}
+
+// Damaged returns the lines of the log that are not records (the first MaxDamageReported of
+// them, in log order) and how many there are in all. Readers skip them, but for the
+// revocations they still name (Damage.Revoked).
+func (r *Registry) Damaged() ([]Damage, int) {
+	r.refresh()
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	out := make([]Damage, len(r.damage))
+	for i, d := range r.damage {
+		d.Revoked = append([]string(nil), d.Revoked...)
+		out[i] = d
+	}
+	return out, r.damaged
 }
 
 // certificateLocked returns the certificate of e, from memory or from its line in the file.
@@ -435,6 +475,7 @@ func (tx *Tx) Append(rec Record) error {
 		return fmt.Errorf("%w: %s record for %s refused", ErrInvalidRecord, rec.Type, rec.Device)
 	}
 	off := tx.r.off + int64(tx.buf.Len())
+	tx.r.last = rec.Time
 	tx.buf.Write(line)
 	tx.buf.WriteByte('\n')
 	var der []byte

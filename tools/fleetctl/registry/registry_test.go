@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -335,6 +336,9 @@ func FuzzOpen(f *testing.F) {
 	f.Add([]byte(`{"type":"revoked","serial":"cd","device":"viewer:cloud","time":"2026-11-01T12:00:00Z"}` + "\n"))
 	f.Add([]byte(`{"type":"revoked","serial":"ef","device":"operator:admin","time":"2026-11-01T12:00:00Z"}` + "\n" + `{"type":"confirmed","serial":"ef","device":"signer:default","time":"2026-11-01T12:00:00Z"}` + "\n"))
 	f.Add([]byte(`{"type":"retired","device":"cam-0001","time":"2026-11-01T12:00:00Z"}` + "\n" + `{"type":"reinstated","device":"cam-0001","time":"2026-11-01T13:00:00Z"}` + "\n"))
+	// Damaged revocations: a time without its quote, two records run together.
+	f.Add([]byte(`{"type":"revoked","serial":"ab","device":"cam-0001","time":2026-11-01T12:00:00Z"}` + "\n" +
+		`{"type":"revoked","serial":"cd","device":"cam-0002","time":"2026-11-01T12:00:00Z"}` + "\x0b" + `{"type":"revoked","serial":"ef","device":"cam-0003","time":"2026-11-01T12:00:00Z"}` + "\n"))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		path := filepath.Join(t.TempDir(), "log.jsonl")
 		if err := os.WriteFile(path, b, 0o600); err != nil {
@@ -345,7 +349,26 @@ func FuzzOpen(f *testing.F) {
 			t.Fatal(err)
 		}
 		defer r.Close()
-		r.Revocations()
+		revs := map[string]bool{}
+		for _, rv := range r.Revocations() {
+			revs[registry.SerialHex(rv.Serial)] = true
+		}
+		ds, n := r.Damaged()
+		if len(ds) > n || len(ds) > registry.MaxDamageReported || n > bytes.Count(b, []byte("\n"))+1 {
+			t.Fatalf("Damaged reports %d lines and counts %d in a log of %d bytes", len(ds), n, len(b))
+		}
+		for _, d := range ds {
+			if d.Err == "" || d.Offset < 0 || d.Offset >= int64(len(b)) {
+				t.Fatalf("Damaged reports %+v", d)
+			}
+			for _, s := range d.Revoked {
+				// A serial salvaged is one the line names, and it reads as revoked.
+				named := regexp.MustCompile(`"serial":"0*` + s + `"`).Match(b[d.Offset:])
+				if !named || !revs[s] {
+					t.Fatalf("the damaged line at %d names %s as revoked: in the line %v, revoked %v", d.Offset, s, named, revs[s])
+				}
+			}
+		}
 		for _, d := range r.Devices() {
 			if strings.Contains(d, ":") {
 				t.Fatalf("Devices lists %q, which is no device id", d)
