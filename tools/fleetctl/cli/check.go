@@ -2,12 +2,12 @@ package cli
 
 import (
 	"context"
-	"crypto/x509"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
 	"os"
+	"strconv"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -41,7 +41,11 @@ func checkCmd(_ context.Context, args []string, stdout, stderr io.Writer) error 
 	} else {
 		defer reg.Close()
 		devices, retired := len(reg.Devices()), len(reg.RetiredDevices())
-		findings = append(findings, fleet.Finding{What: "registry", Level: fleet.OK, Detail: fmt.Sprintf("%d devices enrolled, %d of them retired; %d revocations", devices, retired, len(reg.Revocations()))})
+		fd := fleet.Finding{What: "registry", Level: fleet.OK, Detail: fmt.Sprintf("%d devices enrolled, %d of them retired; %d revocations", devices, retired, len(reg.Revocations()))}
+		if damage, n := reg.Damaged(); n > 0 {
+			fd.Level, fd.Detail = fleet.Warn, fd.Detail+"; "+damageDetail(reg.Path(), damage, n)
+		}
+		findings = append(findings, fd)
 	}
 	findings = append(findings, f.Check(reg, now)...)
 	if reg != nil {
@@ -75,23 +79,12 @@ func checkCRL(f *fleet.Fleet, reg *registry.Registry, now time.Time) fleet.Findi
 		fd.Level, fd.Detail = l, fmt.Sprintf(format, args...)
 		return fd
 	}
-	b, err := os.ReadFile(f.CRLPath())
+	rl, err := signer.ReadCRL(f.CRLPath(), f.CA.Cert)
 	if errors.Is(err, os.ErrNotExist) {
-		return set(fleet.OK, "none: only Mosquitto needs one (fleetctl mosquitto-config writes it)")
+		return set(fleet.OK, "none yet: fleetctl serve writes it when it starts, fleetctl crl or mosquitto-config on demand (Mosquitto needs it; fleetctl broker reads it as the second copy of the revocations)")
 	}
 	if err != nil {
-		return set(fleet.Fail, "%v", err)
-	}
-	block, _ := pem.Decode(b)
-	if block == nil || block.Type != "X509 CRL" {
-		return set(fleet.Fail, "no PEM X509 CRL block: Mosquitto will not start with it; run fleetctl crl")
-	}
-	rl, err := x509.ParseRevocationList(block.Bytes)
-	if err != nil {
-		return set(fleet.Fail, "%v: Mosquitto will not start with it; run fleetctl crl", err)
-	}
-	if err := rl.CheckSignatureFrom(f.CA.Cert); err != nil {
-		return set(fleet.Fail, "not signed by this fleet's CA (%v): run fleetctl crl", err)
+		return set(fleet.Fail, "%v: Mosquitto will not start with it, and fleetctl broker keeps refusing only what it listed before; run fleetctl crl", err)
 	}
 	if !now.Before(rl.NextUpdate) {
 		return set(fleet.Fail, "past its nextUpdate (%s): Mosquitto refuses every client with it; run fleetctl crl and restart Mosquitto", rl.NextUpdate.UTC().Format(time.RFC3339))
@@ -101,7 +94,8 @@ func checkCRL(f *fleet.Fleet, reg *registry.Registry, now time.Time) fleet.Findi
 		listed[registry.SerialHex(e.SerialNumber)] = true
 	}
 	missing := 0
-	for _, r := range signer.CRLEntries(reg.Revocations(), now) {
+	revs := reg.Revocations()
+	for _, r := range signer.CRLEntries(revs, now) {
 		if !listed[registry.SerialHex(r.Serial)] {
 			missing++
 		}
@@ -109,5 +103,47 @@ func checkCRL(f *fleet.Fleet, reg *registry.Registry, now time.Time) fleet.Findi
 	if missing > 0 {
 		return set(fleet.Warn, "lacks %d of the registry's revocations: run fleetctl crl, then restart Mosquitto (it reads the CRL only when it starts)", missing)
 	}
+	// The other way round: a serial the CRL lists and the log does not revoke is a revocation
+	// the log lost (a revocation is never undone). Every CRL written keeps it, and fleetctl
+	// broker refuses it.
+	inLog := make(map[string]bool, len(revs))
+	for _, r := range revs {
+		inLog[registry.SerialHex(r.Serial)] = true
+	}
+	lost := 0
+	for serial := range listed {
+		if !inLog[serial] {
+			lost++
+		}
+	}
+	if lost > 0 {
+		return set(fleet.Warn, "lists %d serial%s the registry's log lacks: revocations the log lost to damage (see the registry line). They stay revoked: every CRL written keeps them and fleetctl broker refuses them", lost, plural(lost))
+	}
 	return set(fleet.OK, "lists every revocation (%d), written %s; Mosquitto applies it once restarted after that", len(rl.RevokedCertificateEntries), rl.ThisUpdate.Add(certs.Backdate).UTC().Format(time.RFC3339))
+}
+
+// damageDetail describes the damaged lines of the registry's log at path for fleetctl check.
+func damageDetail(path string, damage []registry.Damage, n int) string {
+	offsets := make([]string, 0, min(len(damage), 5))
+	salvaged := 0
+	for i, d := range damage {
+		if i < 5 {
+			offsets = append(offsets, strconv.FormatInt(d.Offset, 10))
+		}
+		salvaged += len(d.Revoked)
+	}
+	more := ""
+	if n > len(offsets) {
+		more = ", …"
+	}
+	return fmt.Sprintf("%d damaged line%s in %s (at byte %s%s), skipped; the %d serial%s they still name as revoked stay revoked, and so does every serial crl.pem lists. The storage changed the file: check the disk (dmesg), and restore lost records from a backup",
+		n, plural(n), path, strings.Join(offsets, ", "), more, salvaged, plural(salvaged))
+}
+
+// plural is "s" unless n is 1.
+func plural(n int) string {
+	if n == 1 {
+		return ""
+	}
+	return "s"
 }

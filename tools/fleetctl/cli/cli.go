@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"math"
+	"math/big"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -252,6 +253,8 @@ func brokerCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	// Revocations made before the broker starts are refused at CONNECT; the enforcer only
 	// needs to cut sessions for the ones that come after.
 	before := len(reg.Revocations())
+	// The CRL is the revocations' second copy: a serial the log lost to damage stays refused.
+	crl := signer.NewCRLFile(f.CRLPath(), f.CA.Cert, log)
 	// The broker runs for months: its certificate is renewed while it runs (fleet.Refresh),
 	// and each handshake presents the one in the holder.
 	serverCert := certs.NewHolder(sc)
@@ -264,7 +267,7 @@ func brokerCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		Addr:           addr,
 		TLS:            tlsConf,
 		DataDir:        *data,
-		Revoked:        reg.Revoked,
+		Revoked:        func(serial *big.Int) bool { return reg.Revoked(serial) || crl.Listed(serial) },
 		Logger:         log,
 		MaxConnectRate: *connRate,
 		SessionExpiry:  *sessionExpiry,
@@ -372,11 +375,14 @@ func mosquittoCmd(_ context.Context, args []string, stdout, stderr io.Writer) er
 	}
 	// Mosquitto refuses to start without its crlfile, and reads it only then: write a fresh
 	// one now, under the registry lock so a signer's newer one is not overwritten.
-	if err := reg.Update(func(tx *registry.Tx) error {
-		return signer.WriteCRL(f.CRLPath(), f.CA, tx.Revocations(), time.Now())
+	var w signer.CRLWritten
+	if err := reg.Update(func(tx *registry.Tx) (err error) {
+		w, err = signer.WriteCRL(f.CRLPath(), f.CA, tx, time.Now())
+		return err
 	}); err != nil {
 		return err
 	}
+	w.Log(logger(stderr), f.CRLPath())
 	// Renew the broker's certificate first if it is due: Mosquitto reads the files again on
 	// SIGHUP, so running this command now and then (and sending SIGHUP) keeps it valid.
 	if _, err := f.ServerCertificate(); err != nil {

@@ -81,20 +81,21 @@ func crlCmd(_ context.Context, args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	defer reg.Close()
-	var n int
+	// The fleet's CRL is the one kept on the new one (signer.MergedCRL), wherever that goes.
+	var w signer.CRLWritten
 	err = reg.Update(func(tx *registry.Tx) error {
-		revs := tx.Revocations()
-		b, err := signer.CRL(f.CA, revs, time.Now(), 0)
-		if err != nil {
+		var b []byte
+		var err error
+		if b, w, err = signer.MergedCRL(f.CRLPath(), f.CA, tx, time.Now()); err != nil {
 			return err
 		}
-		n = len(revs)
 		return atomicfile.WriteFile(*out, b, 0o644)
 	})
 	if err != nil {
 		return fmt.Errorf("crl: %w", err)
 	}
-	fmt.Fprintf(stdout, "wrote %s (%d serials revoked so far; certificates expired for over a day are left out)\nMosquitto reads its crlfile only when it starts: restart it to apply.\n", *out, n)
+	w.Log(logger(stderr), f.CRLPath())
+	fmt.Fprintf(stdout, "wrote %s (%d revoked serials listed; certificates expired for over a day are left out)\nMosquitto reads its crlfile only when it starts: restart it to apply.\n", *out, w.Listed)
 	return nil
 }
 

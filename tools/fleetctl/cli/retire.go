@@ -124,9 +124,15 @@ func writeCRL(f *fleet.Fleet, stderr io.Writer, now time.Time) error {
 		return err
 	}
 	defer reg.Close()
-	return reg.Update(func(tx *registry.Tx) error {
-		return signer.WriteCRL(f.CRLPath(), f.CA, tx.Revocations(), now)
-	})
+	var w signer.CRLWritten
+	if err := reg.Update(func(tx *registry.Tx) (err error) {
+		w, err = signer.WriteCRL(f.CRLPath(), f.CA, tx, now)
+		return err
+	}); err != nil {
+		return err
+	}
+	w.Log(logger(stderr), f.CRLPath())
+	return nil
 }
 
 // clearRetired deletes the retained state of the retired devices, several at a time, with a

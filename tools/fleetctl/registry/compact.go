@@ -20,10 +20,10 @@ import (
 // out a day after.
 const CompactAfter = 30 * 24 * time.Hour
 
-// revocationKeep is how long a revocation of a serial the log never issued (a certificate made
+// RevocationKeep is how long a revocation of a serial the log never issued (a certificate made
 // before the registry recorded its kind) is kept: longer than any certificate the fleet issues
-// lives.
-const revocationKeep = 400 * 24 * time.Hour
+// lives. The CRL keeps a serial the log lost as long (signer.WriteCRL).
+const RevocationKeep = 400 * 24 * time.Hour
 
 // ArchiveSuffix names the file beside the log that Compact appends the records it drops to.
 const ArchiveSuffix = ".archive"
@@ -38,7 +38,7 @@ type Compacted struct {
 // CompactAfter before now, so the log and every process's index stop growing with the fleet's
 // history. It keeps every device's newest certificate whatever its age (the log still knows
 // the device), every record of a certificate it keeps, revocations of serials it never issued
-// for revocationKeep, and the retirement records of every device that is retired. The records it drops are appended to the archive beside the log
+// for RevocationKeep, and the retirement records of every device that is retired. The records it drops are appended to the archive beside the log
 // (path + ArchiveSuffix) and synced before the log is replaced, so nothing is lost (a crash
 // between the two leaves them in both, and the next Compact archives them again). The new log
 // replaces the old by rename, under the log's lock; other processes notice on their next read
@@ -155,13 +155,13 @@ func keepLine(line []byte, keep map[string]bool, retired map[string]time.Time, n
 }
 
 // keepRevocation reports whether Compact keeps the revocation of serial made at: with the
-// certificate's records, or, for a serial the log never issued, for revocationKeep.
+// certificate's records, or, for a serial the log never issued, for RevocationKeep.
 func keepRevocation(serial string, at time.Time, keep map[string]bool, now time.Time) bool {
 	k, issued := keep[serial]
 	if issued {
 		return k
 	}
-	return at.Add(revocationKeep).After(now)
+	return at.Add(RevocationKeep).After(now)
 }
 
 // compactKeep maps every serial the log issued to whether Compact keeps its records.

@@ -4,8 +4,12 @@ import (
 	"crypto/rand"
 	"crypto/x509"
 	"encoding/pem"
+	"errors"
 	"fmt"
+	"io/fs"
+	"log/slog"
 	"math/big"
+	"os"
 	"time"
 
 	"github.com/camagent/camagent/certs"
@@ -70,14 +74,124 @@ func CRLEntries(revoked []registry.Revocation, now time.Time) []registry.Revocat
 	return out
 }
 
-// WriteCRL writes CRL's output to path atomically, mode 0644 (a CRL is public).
-func WriteCRL(path string, ca *certs.CA, revoked []registry.Revocation, now time.Time) error {
-	b, err := CRL(ca, revoked, now, 0)
+// A revocation is never undone, and the CRL is its second copy: a fault that damages a
+// revocation's line in the registry's log beyond what the log can salvage (the serial itself,
+// or the word "revoked") must not drop the serial from the next CRL, nor let the embedded
+// broker admit it (CRLFile). So every CRL written keeps the serials the one before it listed,
+// read from the file and checked against the fleet CA's signature: those the log lacks stay
+// listed while the log would have kept their revocation (the certificate's expiry plus a day
+// when the log still holds the certificate, registry.RevocationKeep after the revocation
+// when it does not).
+
+// CRLWritten says what WriteCRL or MergedCRL made.
+type CRLWritten struct {
+	// Listed counts the serials the CRL lists.
+	Listed int
+	// Kept lists the serials the CRL before listed and the registry's log lacks, kept on the
+	// CRL: revocations the log lost to damage (fleetctl check says more).
+	Kept []registry.Revocation
+	// Unread says why the CRL before could not be read (nil when it was, or there was none):
+	// the new one was made from the log alone.
+	Unread error
+}
+
+// Log reports w's news, if any: serials the log lost, or a CRL that could not be read.
+func (w CRLWritten) Log(log *slog.Logger, path string) {
+	if len(w.Kept) > 0 {
+		serials := make([]string, 0, min(len(w.Kept), 20))
+		for _, r := range w.Kept[:min(len(w.Kept), 20)] {
+			serials = append(serials, registry.SerialHex(r.Serial))
+		}
+		log.Warn("crl: the registry's log lacks serials the CRL listed; they stay revoked (run fleetctl check: the log has damaged lines)", "path", path, "kept", len(w.Kept), "serials", serials)
+	}
+	if w.Unread != nil {
+		log.Error("crl: the CRL on disk could not be read; it is written again from the registry's log alone", "path", path, "err", w.Unread)
+	}
+}
+
+// ReadCRL reads the PEM CRL at path and checks that ca signed it.
+func ReadCRL(path string, ca *x509.Certificate) (*x509.RevocationList, error) {
+	b, err := os.ReadFile(path)
 	if err != nil {
-		return err
+		return nil, err
+	}
+	block, _ := pem.Decode(b)
+	if block == nil || block.Type != "X509 CRL" {
+		return nil, fmt.Errorf("%s: no PEM X509 CRL block", path)
+	}
+	rl, err := x509.ParseRevocationList(block.Bytes)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	if err := rl.CheckSignatureFrom(ca); err != nil {
+		return nil, fmt.Errorf("%s: not signed by the fleet CA: %w", path, err)
+	}
+	return rl, nil
+}
+
+// MergedCRL returns the CRL (PEM, signed by ca) of the revocations tx holds and of those the
+// CRL at prev lists that tx lacks and that are still to be listed at now. A missing or
+// unreadable prev is no error: the CRL is made from tx alone (CRLWritten.Unread says why
+// for an unreadable one).
+func MergedCRL(prev string, ca *certs.CA, tx *registry.Tx, now time.Time) ([]byte, CRLWritten, error) {
+	var w CRLWritten
+	revoked := tx.Revocations()
+	rl, err := ReadCRL(prev, ca.Cert)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+	case err != nil:
+		w.Unread = err
+	default:
+		w.Kept = keepListed(rl, revoked, tx.Cert, now)
+	}
+	all := append(revoked, w.Kept...)
+	b, err := CRL(ca, all, now, 0)
+	if err != nil {
+		return nil, CRLWritten{}, err
+	}
+	w.Listed = len(CRLEntries(all, now))
+	return b, w, nil
+}
+
+// keepListed returns the entries of rl that revoked lacks and that are still to be listed at
+// now, as revocations; lookup tells what the log holds of a certificate.
+func keepListed(rl *x509.RevocationList, revoked []registry.Revocation, lookup func(serial string) (registry.Cert, bool), now time.Time) []registry.Revocation {
+	have := make(map[string]bool, len(revoked))
+	for _, r := range revoked {
+		have[registry.SerialHex(r.Serial)] = true
+	}
+	var kept []registry.Revocation
+	for _, e := range rl.RevokedCertificateEntries {
+		hex := registry.SerialHex(e.SerialNumber)
+		if e.SerialNumber.Sign() < 0 || have[hex] {
+			continue
+		}
+		r := registry.Revocation{Serial: e.SerialNumber, Time: e.RevocationTime}
+		if c, ok := lookup(hex); ok {
+			r.Device, r.NotAfter = c.Device, c.NotAfter
+		} else if !e.RevocationTime.Add(registry.RevocationKeep).After(now) {
+			continue
+		}
+		if len(CRLEntries([]registry.Revocation{r}, now)) == 0 {
+			continue // its certificate expired over a day ago
+		}
+		have[hex] = true
+		kept = append(kept, r)
+	}
+	return kept
+}
+
+// WriteCRL writes MergedCRL's output, the CRL at path kept on it, to path atomically, mode
+// 0644 (a CRL is public). Call it under the registry's lock (in Registry.Update, with that
+// transaction), as every writer of the CRL does, so that a CRL made from the revocations read
+// before another process's newer CRL does not replace it.
+func WriteCRL(path string, ca *certs.CA, tx *registry.Tx, now time.Time) (CRLWritten, error) {
+	b, w, err := MergedCRL(path, ca, tx, now)
+	if err != nil {
+		return CRLWritten{}, err
 	}
 	if err := atomicfile.WriteFile(path, b, 0o644); err != nil {
-		return fmt.Errorf("signer: write crl: %w", err)
+		return CRLWritten{}, fmt.Errorf("signer: write crl: %w", err)
 	}
-	return nil
+	return w, nil
 }

@@ -156,11 +156,14 @@ func New(cfg Config) (*Signer, error) {
 // it first writes a fresh CRL.
 func (s *Signer) Run(ctx context.Context) error {
 	if s.cfg.CRLPath != "" {
-		if err := s.reg.Update(func(tx *registry.Tx) error {
-			return WriteCRL(s.cfg.CRLPath, s.cfg.CA, tx.Revocations(), s.clk.Now())
+		var w CRLWritten
+		if err := s.reg.Update(func(tx *registry.Tx) (err error) {
+			w, err = WriteCRL(s.cfg.CRLPath, s.cfg.CA, tx, s.clk.Now())
+			return err
 		}); err != nil {
 			return err
 		}
+		w.Log(s.log, s.cfg.CRLPath)
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -489,16 +492,16 @@ func (s *Signer) writeCRL() {
 	// Under the registry's lock, as every other writer of the CRL does (the other signers,
 	// fleetctl revoke, retire and mosquitto-config): a CRL made from the revocations read
 	// before another process's newer CRL must not replace it.
-	n := 0
-	err := s.reg.Update(func(tx *registry.Tx) error {
-		revs := tx.Revocations()
-		n = len(revs)
-		return WriteCRL(s.cfg.CRLPath, s.cfg.CA, revs, s.clk.Now())
+	var w CRLWritten
+	err := s.reg.Update(func(tx *registry.Tx) (err error) {
+		w, err = WriteCRL(s.cfg.CRLPath, s.cfg.CA, tx, s.clk.Now())
+		return err
 	})
 	if err != nil {
 		s.log.Error("signer: cannot write the CRL; Mosquitto will not learn of the revocation until it is written (trying again)", "path", s.cfg.CRLPath, "err", err)
 		s.crlDirty()
 		return
 	}
-	s.log.Info("signer: crl written; Mosquitto applies it when it restarts", "path", s.cfg.CRLPath, "revoked", n)
+	w.Log(s.log, s.cfg.CRLPath)
+	s.log.Info("signer: crl written; Mosquitto applies it when it restarts", "path", s.cfg.CRLPath, "listed", w.Listed)
 }

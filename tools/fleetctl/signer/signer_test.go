@@ -399,7 +399,7 @@ func TestARestartedMosquittoRefusesARevokedCertificate(t *testing.T) {
 	d.Close()
 	d2 := fleettest.Connect(t, f, m.URL(), newCert)
 	d2.Send(t, fleettest.Confirmation(req.ReqID, 1, newCert.Leaf, e.Cert.Leaf))
-	s.log.WaitFor(t, fleettest.Timeout, "crl written", "revoked=1")
+	s.log.WaitFor(t, fleettest.Timeout, "crl written", "listed=1")
 	d2.Close()
 	crl := readCRL(t, crlPath)
 	if err := crl.CheckSignatureFrom(f.CA.Cert); err != nil {

@@ -1,0 +1,287 @@
+package signer_test
+
+import (
+	"crypto/x509"
+	"encoding/pem"
+	"math/big"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/camagent/camagent/certs"
+	"github.com/camagent/camagent/internal/atomicfile"
+	"github.com/camagent/camagent/internal/logtest"
+	"github.com/camagent/camagent/tools/fleetctl/registry"
+	"github.com/camagent/camagent/tools/fleetctl/signer"
+)
+
+// mergeFixture is a fleet CA, a registry log and a CRL path, on a clock of its own.
+type mergeFixture struct {
+	ca  *certs.CA
+	log string
+	crl string
+	now time.Time
+}
+
+func newMergeFixture(t *testing.T) *mergeFixture {
+	t.Helper()
+	now := time.Date(2026, 11, 1, 12, 0, 0, 0, time.UTC)
+	ca, err := certs.NewCA("crl merge test", now.Add(-2*365*24*time.Hour), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	return &mergeFixture{ca: ca, log: filepath.Join(dir, "signer", "log.jsonl"), crl: filepath.Join(dir, "crl.pem"), now: now}
+}
+
+func (fx *mergeFixture) open(t *testing.T) *registry.Registry {
+	t.Helper()
+	r, err := registry.Open(fx.log, registry.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.Close() })
+	return r
+}
+
+// issue records a device certificate issued at at.
+func (fx *mergeFixture) issue(t *testing.T, r *registry.Registry, device string, at time.Time) *x509.Certificate {
+	t.Helper()
+	key, err := certs.GenerateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := fx.ca.Issue(certs.IssueRequest{Role: certs.RoleDevice, Name: device, PublicKey: key.Public(), Now: at})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec, err := registry.IssuedRecord(c, device, registry.ViaEnroll, 1, "", "", at)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fx.append(t, r, rec)
+	return c
+}
+
+func (fx *mergeFixture) append(t *testing.T, r *registry.Registry, recs ...registry.Record) {
+	t.Helper()
+	if err := r.Update(func(tx *registry.Tx) error {
+		for _, rec := range recs {
+			if err := tx.Append(rec); err != nil {
+				return err
+			}
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func (fx *mergeFixture) write(t *testing.T, r *registry.Registry) signer.CRLWritten {
+	t.Helper()
+	var w signer.CRLWritten
+	if err := r.Update(func(tx *registry.Tx) (err error) {
+		w, err = signer.WriteCRL(fx.crl, fx.ca, tx, fx.now)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	return w
+}
+
+// listed returns the serials the CRL at fx.crl lists, after checking its signature.
+func (fx *mergeFixture) listed(t *testing.T) map[string]bool {
+	t.Helper()
+	rl, err := signer.ReadCRL(fx.crl, fx.ca.Cert)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]bool{}
+	for _, e := range rl.RevokedCertificateEntries {
+		out[registry.SerialHex(e.SerialNumber)] = true
+	}
+	return out
+}
+
+func hexOf(c *x509.Certificate) string { return registry.SerialHex(c.SerialNumber) }
+
+func revocation(serial, device string, at time.Time) registry.Record {
+	return registry.Record{Type: registry.TypeRevoked, Serial: serial, Device: device, Time: at}
+}
+
+// A fault that changes a revoked serial in the registry's log into another one still parses:
+// the log then revokes a serial nobody holds and no longer the stolen certificate. The CRL,
+// the revocations' second copy, keeps listing it, and says so.
+func TestTheCRLKeepsASerialTheLogLost(t *testing.T) {
+	fx := newMergeFixture(t)
+	r := fx.open(t)
+	stolen := fx.issue(t, r, "cam-0001", fx.now.Add(-time.Hour))
+	other := fx.issue(t, r, "cam-0002", fx.now.Add(-time.Hour))
+	fx.append(t, r,
+		revocation(hexOf(stolen), "cam-0001", fx.now.Add(-time.Minute)),
+		revocation(hexOf(other), "cam-0002", fx.now.Add(-time.Minute)))
+	if w := fx.write(t, r); w.Listed != 2 || len(w.Kept) != 0 || w.Unread != nil {
+		t.Fatalf("first CRL: %+v", w)
+	}
+
+	// One hex digit of the stolen certificate's revocation changes into another.
+	b, err := os.ReadFile(fx.log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := hexOf(stolen)
+	flipped := s[:len(s)-1] + map[bool]string{true: "0", false: "1"}[s[len(s)-1] != '0']
+	line := `"type":"revoked","serial":"` + s + `"`
+	if !strings.Contains(string(b), line) {
+		t.Fatalf("no revocation of %s in the log", s)
+	}
+	b = []byte(strings.Replace(string(b), line, `"type":"revoked","serial":"`+flipped+`"`, 1))
+	if err := os.WriteFile(fx.log, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r = fx.open(t)
+	if r.Revoked(stolen.SerialNumber) {
+		t.Fatal("the log still revokes the stolen certificate: the fault did not take")
+	}
+
+	w := fx.write(t, r)
+	got := fx.listed(t)
+	if !got[s] || !got[hexOf(other)] || !got[flipped] || len(got) != 3 {
+		t.Fatalf("the CRL written after the fault lists %v; want the stolen certificate's %s still, the other's and the changed serial", got, s)
+	}
+	if len(w.Kept) != 1 || registry.SerialHex(w.Kept[0].Serial) != s || w.Kept[0].Device != "cam-0001" || !w.Kept[0].NotAfter.Equal(stolen.NotAfter) || w.Listed != 3 {
+		t.Errorf("CRLWritten = %+v; want the stolen certificate's serial kept, with its device and expiry from the log", w)
+	}
+	// Kept again by every later CRL.
+	fx.write(t, r)
+	if !fx.listed(t)[s] {
+		t.Fatal("a second CRL dropped the kept serial")
+	}
+}
+
+// A serial kept from the CRL before stays listed while the log would have kept its
+// revocation: until a day after its certificate expired when the log holds the certificate,
+// for registry.RevocationKeep after the revocation when it does not.
+func TestTheCRLKeepsALostSerialAsLongAsTheLogWould(t *testing.T) {
+	fx := newMergeFixture(t)
+	r := fx.open(t)
+	expired := fx.issue(t, r, "cam-0001", fx.now.Add(-40*24*time.Hour)) // 30 days' validity: expired 10 days ago
+	valid := fx.issue(t, r, "cam-0002", fx.now.Add(-time.Hour))
+	before := []registry.Revocation{
+		{Serial: expired.SerialNumber, Time: fx.now.Add(-35 * 24 * time.Hour)},
+		{Serial: valid.SerialNumber, Time: fx.now.Add(-time.Minute)},
+		{Serial: big.NewInt(0xabc), Time: fx.now.Add(-(registry.RevocationKeep - time.Hour))}, // unknown, recent enough
+		{Serial: big.NewInt(0xdef), Time: fx.now.Add(-(registry.RevocationKeep + time.Hour))}, // unknown, too old
+	}
+	pemCRL, err := signer.CRL(fx.ca, before, fx.now.Add(-time.Minute), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(fx.crl, pemCRL, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	w := fx.write(t, r)
+	got := fx.listed(t)
+	if !got[hexOf(valid)] || !got["abc"] || got[hexOf(expired)] || got["def"] || len(got) != 2 {
+		t.Fatalf("the CRL lists %v; want the valid certificate's serial and abc only", got)
+	}
+	if len(w.Kept) != 2 || w.Listed != 2 {
+		t.Errorf("CRLWritten = %+v", w)
+	}
+}
+
+// A CRL on disk that is not the fleet CA's, or not a CRL, is not kept from: the new one is
+// made from the log alone, and the writer says why.
+func TestAnUnreadableCRLIsWrittenFromTheLogAlone(t *testing.T) {
+	fx := newMergeFixture(t)
+	r := fx.open(t)
+	c := fx.issue(t, r, "cam-0001", fx.now.Add(-time.Hour))
+	fx.append(t, r, revocation(hexOf(c), "cam-0001", fx.now.Add(-time.Minute)))
+	stranger, err := certs.NewCA("another fleet", fx.now.Add(-time.Hour), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	foreign, err := signer.CRL(stranger, []registry.Revocation{{Serial: big.NewInt(0x123), Time: fx.now}}, fx.now, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, content := range map[string][]byte{
+		"another CA's CRL":  foreign,
+		"no PEM":            []byte("not a crl\n"),
+		"a broken DER body": pem.EncodeToMemory(&pem.Block{Type: "X509 CRL", Bytes: []byte{0x30, 0x03, 0x02, 0x01}}),
+	} {
+		if err := os.WriteFile(fx.crl, content, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		w := fx.write(t, r)
+		if w.Unread == nil || len(w.Kept) != 0 {
+			t.Errorf("%s: CRLWritten = %+v; want Unread set and nothing kept", name, w)
+		}
+		if got := fx.listed(t); !got[hexOf(c)] || len(got) != 1 {
+			t.Errorf("%s: the CRL lists %v; want only the log's revocation", name, got)
+		}
+	}
+}
+
+// The embedded broker's view of the CRL follows the file as signers replace it, and nothing a
+// fault does to the file admits a serial it listed: an unreadable file, or one another CA
+// signed, leaves the serials read before listed, and is reported once.
+func TestCRLFileFollowsTheFileAndFailsClosed(t *testing.T) {
+	fx := newMergeFixture(t)
+	log, rec := logtest.New()
+	crl := signer.NewCRLFile(fx.crl, fx.ca.Cert, log)
+	a, b := big.NewInt(0xa), big.NewInt(0xb)
+	if crl.Listed(a) || crl.Len() != 0 {
+		t.Fatal("a serial listed before any CRL was written")
+	}
+	put := func(ca *certs.CA, serials ...*big.Int) {
+		t.Helper()
+		var rs []registry.Revocation
+		for _, s := range serials {
+			rs = append(rs, registry.Revocation{Serial: s, Time: fx.now})
+		}
+		b, err := signer.CRL(ca, rs, fx.now, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := atomicfile.WriteFile(fx.crl, b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	put(fx.ca, a)
+	if !crl.Listed(a) || crl.Listed(b) {
+		t.Fatal("the CRL written is not read")
+	}
+	if err := atomicfile.WriteFile(fx.crl, []byte("-----BEGIN X509 CRL-----\nAAAA\n-----END X509 CRL-----\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		if !crl.Listed(a) {
+			t.Fatal("a damaged CRL admits the serial it listed")
+		}
+	}
+	stranger, err := certs.NewCA("another fleet", fx.now.Add(-time.Hour), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	put(stranger, b)
+	if !crl.Listed(a) || crl.Listed(b) {
+		t.Fatal("another CA's CRL replaced the fleet's")
+	}
+	if n := strings.Count(rec.Text(), "cannot be read"); n != 2 {
+		t.Errorf("%d reports of an unreadable CRL for two bad files, want 2:\n%s", n, rec.Text())
+	}
+	put(fx.ca, b)
+	if crl.Listed(a) || !crl.Listed(b) {
+		t.Fatal("the fleet's next CRL is not what is listed")
+	}
+	// Gone (moved away by hand): what was read stays.
+	if err := os.Remove(fx.crl); err != nil {
+		t.Fatal(err)
+	}
+	if !crl.Listed(b) {
+		t.Fatal("a removed CRL admits the serial it listed")
+	}
+}
