@@ -25,7 +25,7 @@ type mergeFixture struct {
 	now time.Time
 }
 
-func newMergeFixture(t *testing.T) *mergeFixture {
+func newMergeFixture(t testing.TB) *mergeFixture {
 	t.Helper()
 	now := time.Date(2026, 11, 1, 12, 0, 0, 0, time.UTC)
 	ca, err := certs.NewCA("crl merge test", now.Add(-2*365*24*time.Hour), 0)
@@ -284,4 +284,45 @@ func TestCRLFileFollowsTheFileAndFailsClosed(t *testing.T) {
 	if !crl.Listed(b) {
 		t.Fatal("a removed CRL admits the serial it listed")
 	}
+}
+
+// FuzzReadCRL: any bytes in crl.pem are an error naming what is wrong, or a CRL the fleet CA
+// signed; CRLFile takes them without a panic and keeps what the one before listed.
+func FuzzReadCRL(f *testing.F) {
+	fx := newMergeFixture(f)
+	good, err := signer.CRL(fx.ca, []registry.Revocation{{Serial: big.NewInt(0xa), Time: fx.now}}, fx.now, 0)
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add(good)
+	f.Add([]byte("-----BEGIN X509 CRL-----\nAAAA\n-----END X509 CRL-----\n"))
+	f.Add([]byte("not a crl"))
+	// One file for the whole run, replaced by rename as the signers do (without their fsync:
+	// this is about the bytes).
+	path := filepath.Join(f.TempDir(), "crl.pem")
+	put := func(t testing.TB, b []byte) {
+		if err := os.WriteFile(path+".tmp", b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(path+".tmp", path); err != nil {
+			t.Fatal(err)
+		}
+	}
+	put(f, good)
+	crl := signer.NewCRLFile(path, fx.ca.Cert, nil)
+	f.Fuzz(func(t *testing.T, b []byte) {
+		put(t, b)
+		rl, err := signer.ReadCRL(path, fx.ca.Cert)
+		switch {
+		case err != nil && !strings.Contains(err.Error(), path):
+			t.Fatalf("the error does not name the file: %v", err)
+		case err == nil && rl.CheckSignatureFrom(fx.ca.Cert) != nil:
+			t.Fatal("ReadCRL returned a CRL the fleet CA did not sign")
+		case err != nil && !crl.Listed(big.NewInt(0xa)):
+			t.Fatal("an unreadable CRL admits what the one before listed")
+		case err == nil:
+			put(t, good) // the fleet's own: the one before for the next input
+			crl.Listed(big.NewInt(0xa))
+		}
+	})
 }
