@@ -160,6 +160,10 @@ func TestABundleAndItsCopyThatDifferOnlyInTheBrokerAreKeptUntilAConnectionDecide
 			if broker, fallbacks, err := a.brokerURLs(); broker != b.URL() || len(fallbacks) != 0 || err != nil {
 				t.Errorf("after the copy's broker took a connection, new clients dial %q then %q (%v), want only %q", broker, fallbacks, err, b.URL())
 			}
+			// And so does the running client, after a failed attempt.
+			if got := a.mqttc.Load().Brokers(); len(got) != 1 || got[0] != b.URL() {
+				t.Errorf("after the copy's broker took a connection, the running client may still dial %q, want only %q", got, b.URL())
+			}
 			if !bytes.Equal(mustRead(t, filepath.Join(dir, BundleFile)), good) {
 				t.Fatal("the bundle was not written again from its good copy")
 			}

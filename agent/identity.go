@@ -302,19 +302,29 @@ func (a *Agent) brokerProven(ctx context.Context) {
 	switch broker := mqtt.ConnectedBroker(ctx); broker {
 	case a.id.bundle.Bundle.Broker:
 		a.provenOnce.Do(func() {
-			a.brokerWon.Store(&broker)
+			a.settleBroker(broker)
 			if a.writeBundleCopy() {
 				a.log.Info("the bundle's broker took a connection: wrote the copy of the enrollment bundle again from the bundle", "copy_broker_was", a.id.disputed)
 			}
 		})
 	case a.id.disputed:
 		a.provenOnce.Do(func() {
-			a.brokerWon.Store(&broker)
+			a.settleBroker(broker)
 			if err := atomicfile.WriteFile(filepath.Join(a.cfg.StateDir, BundleFile), a.id.disputedRaw, 0o600); err != nil {
 				a.log.Error("the copy's broker took a connection, but the enrollment bundle could not be written again from its copy", "err", err)
 				return
 			}
 			a.log.Info("the copy's broker took a connection: wrote the enrollment bundle again from its copy", "broker_was", a.id.bundle.Bundle.Broker, "broker", a.id.disputed)
 		})
+	}
+}
+
+// settleBroker makes broker, the address that took the first connection of a disputed
+// bundle, the only one dialled from now on: by new clients (brokerURLs) and by the running
+// one, which would otherwise still try the losing address after every failed attempt.
+func (a *Agent) settleBroker(broker string) {
+	a.brokerWon.Store(&broker)
+	if c := a.mqttc.Load(); c != nil {
+		c.DialOnly(broker)
 	}
 }

@@ -28,6 +28,7 @@ type Client struct {
 
 	in        *inbox
 	reconnect chan struct{} // capacity 1; see Reconnect
+	only      atomic.Int32  // 1 + the index in brokers DialOnly kept; 0: all of them
 
 	state atomic.Int32 // runIdle, runRunning, runDone
 
@@ -151,6 +152,9 @@ func (c *Client) Run(ctx context.Context) error {
 		if ctx.Err() != nil {
 			return nil
 		}
+		if only := c.only.Load(); only > 0 {
+			at = int(only) - 1
+		}
 		s := newSession(c, ctx, &c.brokers[at])
 		s.resume = resume
 		why, upFor := s.run(ctx, &wg)
@@ -170,6 +174,34 @@ func (c *Client) Run(ctx context.Context) error {
 			wait = false
 		}
 	}
+}
+
+// DialOnly makes every later connection attempt go to broker, one of Config.BrokerURL and
+// Config.FallbackBrokerURLs as given, and reports whether it is one (if not, nothing
+// changes). It is for a caller that learnt which address is the right one, typically in
+// OnConnect (ConnectedBroker): the client then stops trying the others after a failure.
+// The connection that is up, if any, is left alone.
+func (c *Client) DialOnly(broker string) bool {
+	for i := range c.brokers {
+		if c.brokers[i].given == broker {
+			c.only.Store(int32(i) + 1)
+			return true
+		}
+	}
+	return false
+}
+
+// Brokers returns the addresses later connection attempts may go to, as given: BrokerURL and
+// FallbackBrokerURLs, or only the one DialOnly kept.
+func (c *Client) Brokers() []string {
+	if only := c.only.Load(); only > 0 {
+		return []string{c.brokers[only-1].given}
+	}
+	out := make([]string, len(c.brokers))
+	for i, b := range c.brokers {
+		out[i] = b.given
+	}
+	return out
 }
 
 // work is the one goroutine that calls the Handler, in arrival order, and acknowledges each

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -714,5 +715,46 @@ func TestTheClientStaysOnTheBrokerAddressThatWorked(t *testing.T) {
 	}
 	if s := c.Stats(); s.ConnectFailures != 1 || s.Connects != 2 {
 		t.Errorf("Stats = %+v, want 1 failure and 2 connects", s)
+	}
+}
+
+// DialOnly keeps the client on the address its caller learnt is the right one: from then on
+// a failed attempt is followed by another at that address, not at the next one. An address
+// the client was not given changes nothing.
+func TestDialOnlyKeepsTheClientOnOneAddress(t *testing.T) {
+	b := newBroker(t) // only for its CA and certificates
+	first, second := deadAddr(t), deadAddr(t)
+	clock := newFakeClock()
+	errs := make(chan error, 8)
+	cfg := b.deviceConfig(device, certs.NewHolder(b.issue(device)))
+	cfg.BrokerURL = "mqtts://" + first
+	cfg.FallbackBrokerURLs = []string{"mqtts://" + second}
+	cfg.Clock = clock
+	cfg.OnConnectError = func(err error) { errs <- err }
+	c, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.DialOnly("mqtts://" + deadAddr(t)) {
+		t.Fatal("DialOnly took an address the client was not given")
+	}
+	if got := c.Brokers(); !slices.Equal(got, []string{"mqtts://" + first, "mqtts://" + second}) {
+		t.Fatalf("Brokers = %v before DialOnly", got)
+	}
+	run(t, c)
+	for i, want := range []string{first, second, first, first, first} {
+		err := recv(t, errs, fmt.Sprintf("connect error %d", i))
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("attempt %d: %v; want it made to %s", i, err, want)
+		}
+		if i == 1 {
+			if !c.DialOnly("mqtts://" + first) {
+				t.Fatal("DialOnly refused the client's own BrokerURL")
+			}
+			if got := c.Brokers(); !slices.Equal(got, []string{"mqtts://" + first}) {
+				t.Fatalf("Brokers = %v after DialOnly", got)
+			}
+		}
+		clock.fire(clock.next(t))
 	}
 }
