@@ -139,6 +139,9 @@ func (c *Client) Run(ctx context.Context) error {
 	resume := false // the last connection was up and ended on request (see session.resume)
 	at := 0         // the address to dial: the one that last worked, or the next after a failure
 	for {
+		if only := c.only.Load(); only > 0 {
+			at = int(only) - 1
+		}
 		if wait {
 			d := bo.next()
 			c.log.Info("mqtt: next connection attempt", "broker", c.brokers[at].url.Host, "in", d)
@@ -151,9 +154,6 @@ func (c *Client) Run(ctx context.Context) error {
 		}
 		if ctx.Err() != nil {
 			return nil
-		}
-		if only := c.only.Load(); only > 0 {
-			at = int(only) - 1
 		}
 		s := newSession(c, ctx, &c.brokers[at])
 		s.resume = resume
@@ -176,7 +176,8 @@ func (c *Client) Run(ctx context.Context) error {
 	}
 }
 
-// DialOnly makes every later connection attempt go to broker, one of Config.BrokerURL and
+// DialOnly makes every later connection attempt (from the next that has not yet started its
+// backoff wait, which the log names) go to broker, one of Config.BrokerURL and
 // Config.FallbackBrokerURLs as given, and reports whether it is one (if not, nothing
 // changes). It is for a caller that learnt which address is the right one, typically in
 // OnConnect (ConnectedBroker): the client then stops trying the others after a failure.

@@ -758,3 +758,37 @@ func TestDialOnlyKeepsTheClientOnOneAddress(t *testing.T) {
 		clock.fire(clock.next(t))
 	}
 }
+
+// After DialOnly, the log line announcing the next attempt names the address that attempt goes
+// to.
+func TestAfterDialOnlyTheLogNamesTheAddressDialled(t *testing.T) {
+	b := newBroker(t)
+	first, second := deadAddr(t), deadAddr(t)
+	clock := newFakeClock()
+	errs := make(chan error, 8)
+	log, rec := logtest.New()
+	cfg := b.deviceConfig(device, certs.NewHolder(b.issue(device)))
+	cfg.BrokerURL = "mqtts://" + first
+	cfg.FallbackBrokerURLs = []string{"mqtts://" + second}
+	cfg.Clock = clock
+	cfg.Logger = log
+	cfg.OnConnectError = func(err error) { errs <- err }
+	c, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.DialOnly("mqtts://" + first)
+	run(t, c)
+	for i := range 2 {
+		err := recv(t, errs, fmt.Sprintf("connect error %d", i))
+		if !strings.Contains(err.Error(), first) {
+			t.Fatalf("attempt %d went to %v", i, err)
+		}
+		clock.fire(clock.next(t))
+	}
+	for _, l := range rec.Lines() {
+		if strings.Contains(l, "next connection attempt") && !strings.Contains(l, first) {
+			t.Errorf("log says %q, but the attempt goes to %s", l, first)
+		}
+	}
+}

@@ -100,9 +100,6 @@ func checkCRL(f *fleet.Fleet, reg *registry.Registry, now time.Time) fleet.Findi
 			missing++
 		}
 	}
-	if missing > 0 {
-		return set(fleet.Warn, "lacks %d of the registry's revocations: run fleetctl crl, then restart Mosquitto (it reads the CRL only when it starts)", missing)
-	}
 	// The other way round: a serial the CRL lists and the log does not revoke is a revocation
 	// the log lost (a revocation is never undone). Every CRL written keeps it, and fleetctl
 	// broker refuses it.
@@ -116,8 +113,15 @@ func checkCRL(f *fleet.Fleet, reg *registry.Registry, now time.Time) fleet.Findi
 			lost++
 		}
 	}
+	var warn []string
+	if missing > 0 {
+		warn = append(warn, fmt.Sprintf("lacks %d of the registry's revocations: run fleetctl crl, then restart Mosquitto (it reads the CRL only when it starts)", missing))
+	}
 	if lost > 0 {
-		return set(fleet.Warn, "lists %d serial%s the registry's log lacks: revocations the log lost to damage (see the registry line). They stay revoked: every CRL written keeps them and fleetctl broker refuses them", lost, plural(lost))
+		warn = append(warn, fmt.Sprintf("lists %d serial%s the registry's log lacks: revocations the log lost to damage (see the registry line). They stay revoked: every CRL written keeps them and fleetctl broker refuses them", lost, plural(lost)))
+	}
+	if len(warn) > 0 {
+		return set(fleet.Warn, "%s", strings.Join(warn, "; it also "))
 	}
 	return set(fleet.OK, "lists every revocation (%d), written %s; Mosquitto applies it once restarted after that", len(rl.RevokedCertificateEntries), rl.ThisUpdate.Add(certs.Backdate).UTC().Format(time.RFC3339))
 }

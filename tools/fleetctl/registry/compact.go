@@ -21,9 +21,11 @@ import (
 const CompactAfter = 30 * 24 * time.Hour
 
 // RevocationKeep is how long a revocation of a serial the log never issued (a certificate made
-// before the registry recorded its kind) is kept: longer than any certificate the fleet issues
-// lives. The CRL keeps a serial the log lost as long (signer.WriteCRL).
-const RevocationKeep = 400 * 24 * time.Hour
+// before the registry recorded its kind, or one whose issued record a fault damaged) is kept:
+// as long as any certificate of the fleet can be valid, which is no longer than the fleet CA
+// above it (a bootstrap certificate lives that long). The CRL keeps a serial the log lost as
+// long (signer.WriteCRL).
+const RevocationKeep = certs.DefaultCAValidity + CompactAfter
 
 // ArchiveSuffix names the file beside the log that Compact appends the records it drops to.
 const ArchiveSuffix = ".archive"
@@ -137,8 +139,10 @@ func keepLine(line []byte, keep map[string]bool, retired map[string]time.Time, n
 	var rec Record
 	if len(line) > MaxRecordSize || strictjson.Unmarshal(bytes.TrimSuffix(line, []byte("\n")), &rec) != nil || rec.Validate() != nil {
 		for _, s := range salvageRevocations(line) {
-			// A revocation without a readable time is kept: nothing says it is old.
-			if keepRevocation(s.serial, s.time, keep, now) || s.time.IsZero() {
+			// A revocation of a serial the log never issued, without a readable time, is
+			// kept: nothing says it is old.
+			_, issued := keep[s.serial]
+			if keepRevocation(s.serial, s.time, keep, now) || !issued && s.time.IsZero() {
 				return true
 			}
 		}
@@ -157,7 +161,7 @@ func keepLine(line []byte, keep map[string]bool, retired map[string]time.Time, n
 // keepRevocation reports whether Compact keeps the revocation of serial made at: with the
 // certificate's records, or, for a serial the log never issued, for RevocationKeep.
 func keepRevocation(serial string, at time.Time, keep map[string]bool, now time.Time) bool {
-	k, issued := keep[serial]
+	k, issued := keep[canonicalSerial(serial)]
 	if issued {
 		return k
 	}

@@ -57,8 +57,8 @@ func TestCompactDropsLongExpiredCertificatesAndArchivesThem(t *testing.T) {
 		confirmed(hex(cur1), "cam-0001", now.Add(-24*time.Hour)),
 		revoked(hex(old1), "cam-0001", now.Add(-24*time.Hour)),
 		revoked(hex(viewer), "viewer:web", t0),
-		revoked("abcdef", "cam-0009", now.Add(-100*24*time.Hour)), // a serial never issued here, recent: kept
-		revoked("fedcba", "cam-0009", now.Add(-500*24*time.Hour)), // a serial never issued here, old: dropped
+		revoked("abcdef", "cam-0009", now.Add(-100*24*time.Hour)),                     // a serial never issued here, recent: kept
+		revoked("fedcba", "cam-0009", now.Add(-registry.RevocationKeep-24*time.Hour)), // a serial never issued here, old: dropped
 	)
 	// A line that does not parse: readers skip it, Compact archives it.
 	if f, err := os.OpenFile(fx.path, os.O_WRONLY|os.O_APPEND, 0); err != nil {

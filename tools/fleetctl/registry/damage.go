@@ -2,7 +2,6 @@ package registry
 
 import (
 	"bytes"
-	"math/big"
 	"regexp"
 	"time"
 
@@ -63,8 +62,7 @@ func salvageRevocations(line []byte) []salvaged {
 		if next := bytes.Index(rest, []byte(`{"type":`)); next >= 0 {
 			rest = rest[:next]
 		}
-		n, _ := new(big.Int).SetString(string(line[m[2]:m[3]]), 16) // hex by the pattern
-		s := salvaged{serial: SerialHex(n)}
+		s := salvaged{serial: canonicalSerial(string(line[m[2]:m[3]]))}
 		if d := salvageDeviceRe.FindSubmatch(rest); d != nil {
 			id := string(d[1])
 			if _, named := identityRole(id); named || certs.ValidDeviceID(id) == nil {

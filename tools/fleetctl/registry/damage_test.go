@@ -157,3 +157,100 @@ func TestCompactKeepsADamagedRevocation(t *testing.T) {
 		t.Errorf("%d damaged lines after the compaction, want 1", n)
 	}
 }
+
+// A damaged revocation without a readable time, of a certificate the log issued, leaves the
+// log with that certificate's records (it expired long ago): kept, it would be a revocation of
+// a serial the log no longer knows, listed by every CRL for years.
+func TestADamagedRevocationWithoutATimeLeavesWithItsCertificate(t *testing.T) {
+	fx := newFixture(t)
+	w := fx.open(t)
+	old := fx.issueAt(t, certs.RoleDevice, "cam-0001", t0)
+	appendAll(t, w, fx.issued(t, old, registry.ViaEnroll, "", t0), revoked(hex(old), "cam-0001", t0.Add(time.Hour)))
+	damage(t, fx.path, func(i int, l string) string {
+		if i == 1 {
+			return strings.Replace(l, `"time":"`, `"time":`, 1) + "\n"
+		}
+		return l + "\n"
+	})
+	r := fx.open(t)
+	later := t0.Add(5 * 365 * 24 * time.Hour)
+	cur := fx.issueAt(t, certs.RoleDevice, "cam-0001", later.Add(-time.Hour))
+	appendAll(t, r, fx.issued(t, cur, registry.ViaCSR, "0123456789abcdef", later.Add(-time.Hour)))
+	if _, err := r.Compact(later); err != nil {
+		t.Fatal(err)
+	}
+	b, _ := os.ReadFile(fx.path)
+	var na time.Time
+	for _, rv := range r.Revocations() {
+		if registry.SerialHex(rv.Serial) == hex(old) {
+			na = rv.NotAfter
+		}
+	}
+	if strings.Contains(string(b), hex(old)) {
+		t.Fatalf("5 years on (certificate expired %s), the log still holds the damaged revocation of %s (NotAfter now %v: a CRL lists it forever)",
+			old.NotAfter.Format(time.DateOnly), hex(old), na)
+	}
+}
+
+// Compact compares a revocation's serial in its canonical form, as the index does (0abc
+// revokes abc): a revocation written with a leading zero, by a clock long behind, is kept with
+// its certificate.
+func TestCompactKeepsARevocationWrittenWithALeadingZero(t *testing.T) {
+	fx := newFixture(t)
+	w := fx.open(t)
+	now := t0.Add(time.Hour)
+	c := fx.issueAt(t, certs.RoleDevice, "cam-0001", t0)
+	// A revocation written by a process whose clock was 500 days behind, with a leading zero.
+	appendAll(t, w, fx.issued(t, c, registry.ViaEnroll, "", t0), revoked("0"+hex(c), "cam-0001", now.Add(-500*24*time.Hour)))
+	other := fx.issueAt(t, certs.RoleDevice, "cam-0002", t0.Add(-90*24*time.Hour))
+	appendAll(t, w, fx.issued(t, other, registry.ViaEnroll, "", t0.Add(-90*24*time.Hour)))
+	other2 := fx.issueAt(t, certs.RoleDevice, "cam-0002", t0)
+	appendAll(t, w, fx.issued(t, other2, registry.ViaEnroll, "", t0)) // something to compact
+	if !w.Revoked(c.SerialNumber) {
+		t.Fatal("not revoked before compaction")
+	}
+	if _, err := w.Compact(now); err != nil {
+		t.Fatal(err)
+	}
+	if !w.Revoked(c.SerialNumber) {
+		t.Fatalf("Compact un-revoked %s, a certificate valid until %s", hex(c), c.NotAfter.Format(time.DateOnly))
+	}
+}
+
+// A fault that changes the newline ending the log's last line (case 5 of
+// TestARevocationOnADamagedLineStaysRevoked, on the last line) must not make the next writer
+// cut the revocation off as a half-written record: the line gets its newline back.
+func TestALastLineThatLostItsNewlineIsEndedNotCutOff(t *testing.T) {
+	fx := newFixture(t)
+	w := fx.open(t)
+	c := fx.issue(t, certs.RoleDevice, "cam-0001")
+	appendAll(t, w, fx.issued(t, c, registry.ViaEnroll, "", t0), revoked(hex(c), "cam-0001", t0.Add(time.Hour)))
+	damage(t, fx.path, func(i int, l string) string {
+		if i == 1 {
+			return l + "\x0b"
+		}
+		return l + "\n"
+	})
+	r := fx.open(t)
+	revokedOnRead := r.Revoked(c.SerialNumber)
+	other := fx.issue(t, certs.RoleDevice, "cam-0002")
+	appendAll(t, r, fx.issued(t, other, registry.ViaEnroll, "", t0.Add(2*time.Hour)))
+	b, _ := os.ReadFile(fx.path)
+	a, _ := os.ReadFile(fx.path + registry.ArchiveSuffix)
+	if !revokedOnRead || !r.Revoked(c.SerialNumber) {
+		t.Fatalf("revoked on read %v, after the next write %v; the line is in the log %v, in the archive %v",
+			revokedOnRead, r.Revoked(c.SerialNumber), strings.Contains(string(b), `"type":"revoked"`), strings.Contains(string(a), `"type":"revoked"`))
+	}
+}
+
+// A revoked serial written with leading zeros (another writer, or a fault that turned a
+// leading digit into a 0) revokes the certificate.
+func TestARevocationWithLeadingZerosRevokes(t *testing.T) {
+	fx := newFixture(t)
+	w := fx.open(t)
+	c := fx.issue(t, certs.RoleDevice, "cam-0001")
+	appendAll(t, w, fx.issued(t, c, registry.ViaEnroll, "", t0), revoked("00"+hex(c), "cam-0001", t0.Add(time.Hour)))
+	if !fx.open(t).Revoked(c.SerialNumber) {
+		t.Fatal("a revocation written with leading zeros does not revoke")
+	}
+}

@@ -104,10 +104,7 @@ func (x *index) apply(r *Record, off int64, der []byte) {
 		if !ok {
 			return
 		}
-		// fleetctl writes serials without leading zeros; another writer, or a fault that
-		// turned a digit into a 0, may not, and Revoked looks the serial up as fleetctl
-		// writes it.
-		hex := SerialHex(serial)
+		hex := SerialHex(serial) // canonicalSerial
 		if x.revoked[hex] {
 			return
 		}
@@ -225,4 +222,15 @@ func (x *index) deviceIDs() []string {
 	}
 	sort.Strings(out)
 	return out
+}
+
+// canonicalSerial returns serial (hex) as fleetctl writes it, without leading zeros: another
+// writer, or a fault that turned a leading digit into a 0, may not, and every lookup is by
+// the canonical form. A serial that is not hex is returned as it is.
+func canonicalSerial(serial string) string {
+	n, ok := new(big.Int).SetString(serial, 16)
+	if !ok {
+		return serial
+	}
+	return SerialHex(n)
 }

@@ -212,12 +212,19 @@ func (r *Registry) readLocked(repair bool) error {
 	for {
 		line, err := br.ReadBytes('\n')
 		if errors.Is(err, io.EOF) {
-			if len(line) > 0 && repair {
-				r.log.Warn("registry: cutting off a record left half-written by a process that died", "path", r.path, "offset", r.off, "bytes", len(line))
-				if err := r.f.Truncate(r.off); err != nil {
-					return fmt.Errorf("registry: repair %s: %w", r.path, err)
+			switch {
+			case len(line) > 0 && repair:
+				var err error
+				if size, err = r.repairTailLocked(line); err != nil {
+					return err
 				}
-				size = r.off
+			case len(line) > 0:
+				// A writer busy with it, or a fault that hit the last newline: until a
+				// writer ends the line, what it still revokes is revoked (a revocation a
+				// failing writer then takes back stays so in this index: the safe side).
+				for _, sv := range salvageRevocations(line) {
+					r.idx.apply(&Record{Type: TypeRevoked, Serial: sv.serial, Device: sv.device, Time: sv.time}, r.off, nil)
+				}
 			}
 			break
 		}
@@ -229,6 +236,46 @@ func (r *Registry) readLocked(repair bool) error {
 	}
 	r.seen = size
 	return nil
+}
+
+// repairTailLocked deals with line, the log's last line, which has no newline, under the file
+// lock (no writer is busy with it): the remains of a writer that died, cut off (and kept in the
+// archive), unless it is a whole record or still names a revocation, which a fault that hit
+// its newline leaves. That line gets its newline back and is indexed. It returns the log's
+// size after.
+func (r *Registry) repairTailLocked(line []byte) (int64, error) {
+	var rec Record
+	whole := len(line) < MaxRecordSize && strictjson.Unmarshal(line, &rec) == nil && rec.Validate() == nil
+	if whole || len(salvageRevocations(line)) > 0 {
+		r.log.Warn("registry: the log's last line lacks its newline; ending it", "path", r.path, "offset", r.off, "bytes", len(line), "whole_record", whole)
+		if _, err := r.f.Write([]byte{'\n'}); err != nil {
+			return 0, fmt.Errorf("registry: repair %s: %w", r.path, err)
+		}
+		if err := r.f.Sync(); err != nil {
+			return 0, fmt.Errorf("registry: repair %s: %w", r.path, err)
+		}
+		r.parseLine(append(line, '\n'), r.off)
+		r.off += int64(len(line)) + 1
+		return r.off, nil
+	}
+	r.log.Warn("registry: cutting off a record left half-written by a process that died; its bytes go to the archive", "path", r.path, "offset", r.off, "bytes", len(line))
+	a, err := openArchive(r.path + ArchiveSuffix)
+	if err == nil {
+		err = a.write(append(line, '\n'))
+		if err == nil {
+			err = a.sync()
+		}
+		a.close()
+	}
+	if err != nil {
+		// The bytes are no record any process committed: losing them loses nothing a writer
+		// reported as done.
+		r.log.Error("registry: could not keep the half-written record in the archive; cutting it off anyway", "path", r.path, "err", err)
+	}
+	if err := r.f.Truncate(r.off); err != nil {
+		return 0, fmt.Errorf("registry: repair %s: %w", r.path, err)
+	}
+	return r.off, nil
 }
 
 func (r *Registry) parseLine(line []byte, off int64) {

@@ -46,9 +46,15 @@ func CRL(ca *certs.CA, revoked []registry.Revocation, now time.Time, validity ti
 		NextUpdate: next,
 	}
 	for _, r := range CRLEntries(revoked, now) {
+		at := r.Time
+		if at.IsZero() {
+			// A revocation salvaged from a damaged line of the log may have no time left;
+			// x509 refuses an entry without one, which would stop every CRL.
+			at = tmpl.ThisUpdate
+		}
 		tmpl.RevokedCertificateEntries = append(tmpl.RevokedCertificateEntries, x509.RevocationListEntry{
 			SerialNumber:   r.Serial,
-			RevocationTime: r.Time,
+			RevocationTime: at,
 		})
 	}
 	if ca.Key == nil {
@@ -83,6 +89,10 @@ func CRLEntries(revoked []registry.Revocation, now time.Time) []registry.Revocat
 // when the log still holds the certificate, registry.RevocationKeep after the revocation
 // when it does not).
 
+// ErrBadCRL reports a CRL file whose content is no CRL the fleet CA signed: not PEM, not a
+// CRL, or another signature.
+var ErrBadCRL = errors.New("signer: not a CRL of the fleet CA")
+
 // CRLWritten says what WriteCRL or MergedCRL made.
 type CRLWritten struct {
 	// Listed counts the serials the CRL lists.
@@ -91,8 +101,12 @@ type CRLWritten struct {
 	// CRL: revocations the log lost to damage (fleetctl check says more).
 	Kept []registry.Revocation
 	// Unread says why the CRL before could not be read (nil when it was, or there was none):
-	// the new one was made from the log alone.
+	// its content is no CRL of the fleet CA (ErrBadCRL), and the new one was made from the
+	// log alone.
 	Unread error
+	// MovedAside is where WriteCRL moved that unreadable CRL, so that what it held can still
+	// be looked at; "" if it was not moved.
+	MovedAside string
 }
 
 // Log reports w's news, if any: serials the log lost, or a CRL that could not be read.
@@ -105,11 +119,12 @@ func (w CRLWritten) Log(log *slog.Logger, path string) {
 		log.Warn("crl: the registry's log lacks serials the CRL listed; they stay revoked (run fleetctl check: the log has damaged lines)", "path", path, "kept", len(w.Kept), "serials", serials)
 	}
 	if w.Unread != nil {
-		log.Error("crl: the CRL on disk could not be read; it is written again from the registry's log alone", "path", path, "err", w.Unread)
+		log.Error("crl: the CRL on disk could not be read; it is written again from the registry's log alone", "path", path, "err", w.Unread, "moved_aside_to", w.MovedAside)
 	}
 }
 
-// ReadCRL reads the PEM CRL at path and checks that ca signed it.
+// ReadCRL reads the PEM CRL at path and checks that ca signed it. Content that is no such
+// CRL is an error matching ErrBadCRL; one reading the file is returned as it is.
 func ReadCRL(path string, ca *x509.Certificate) (*x509.RevocationList, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
@@ -117,30 +132,33 @@ func ReadCRL(path string, ca *x509.Certificate) (*x509.RevocationList, error) {
 	}
 	block, _ := pem.Decode(b)
 	if block == nil || block.Type != "X509 CRL" {
-		return nil, fmt.Errorf("%s: no PEM X509 CRL block", path)
+		return nil, fmt.Errorf("%w: %s: no PEM X509 CRL block", ErrBadCRL, path)
 	}
 	rl, err := x509.ParseRevocationList(block.Bytes)
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
+		return nil, fmt.Errorf("%w: %s: %v", ErrBadCRL, path, err)
 	}
 	if err := rl.CheckSignatureFrom(ca); err != nil {
-		return nil, fmt.Errorf("%s: not signed by the fleet CA: %w", path, err)
+		return nil, fmt.Errorf("%w: %s: not signed by the fleet CA: %v", ErrBadCRL, path, err)
 	}
 	return rl, nil
 }
 
 // MergedCRL returns the CRL (PEM, signed by ca) of the revocations tx holds and of those the
-// CRL at prev lists that tx lacks and that are still to be listed at now. A missing or
-// unreadable prev is no error: the CRL is made from tx alone (CRLWritten.Unread says why
-// for an unreadable one).
+// CRL at prev lists that tx lacks and that are still to be listed at now. A missing prev, or
+// one whose content is no CRL of the fleet's (ErrBadCRL: CRLWritten.Unread says why), is no
+// error: the CRL is made from tx alone. A prev that cannot be read (an I/O error) is: what it
+// lists would be lost.
 func MergedCRL(prev string, ca *certs.CA, tx *registry.Tx, now time.Time) ([]byte, CRLWritten, error) {
 	var w CRLWritten
 	revoked := tx.Revocations()
 	rl, err := ReadCRL(prev, ca.Cert)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
-	case err != nil:
+	case errors.Is(err, ErrBadCRL):
 		w.Unread = err
+	case err != nil:
+		return nil, CRLWritten{}, fmt.Errorf("signer: read the crl before: %w", err)
 	default:
 		w.Kept = keepListed(rl, revoked, tx.Cert, now)
 	}
@@ -185,10 +203,21 @@ func keepListed(rl *x509.RevocationList, revoked []registry.Revocation, lookup f
 // 0644 (a CRL is public). Call it under the registry's lock (in Registry.Update, with that
 // transaction), as every writer of the CRL does, so that a CRL made from the revocations read
 // before another process's newer CRL does not replace it.
+//
+// An unreadable CRL (CRLWritten.Unread) is moved aside first, to path.corrupt-<Unix time>:
+// the new CRL lacks what it listed and the log lost, and CRLFile keeps refusing that until it
+// restarts.
 func WriteCRL(path string, ca *certs.CA, tx *registry.Tx, now time.Time) (CRLWritten, error) {
 	b, w, err := MergedCRL(path, ca, tx, now)
 	if err != nil {
 		return CRLWritten{}, err
+	}
+	if w.Unread != nil {
+		aside := fmt.Sprintf("%s.corrupt-%d", path, now.Unix())
+		if err := os.Rename(path, aside); err != nil {
+			return CRLWritten{}, fmt.Errorf("signer: move the unreadable crl aside: %w", err)
+		}
+		w.MovedAside = aside
 	}
 	if err := atomicfile.WriteFile(path, b, 0o644); err != nil {
 		return CRLWritten{}, fmt.Errorf("signer: write crl: %w", err)

@@ -16,9 +16,11 @@ import (
 // registry's log, the second copy of every revocation (see WriteCRL), so that a revocation
 // the log lost to damage is still refused at CONNECT. It reads the file again whenever the
 // file changed (every writer replaces it by rename), at the cost of a stat(2) per question.
-// A file that cannot be read, or is not signed by the fleet CA, is reported once per change
-// and the serials read before stay listed: nothing a fault does to the file admits a serial.
-// It is safe for concurrent use.
+// A file that cannot be read, or is not signed by the fleet CA, is reported once per change.
+// A serial once listed stays listed for as long as the CRLFile lives, whatever later files
+// say: nothing a fault does to the file, nor a CRL written from a damaged log after it, admits
+// it (a serial leaves a CRL only after its certificate expired, which the TLS handshake
+// refuses anyway). It is safe for concurrent use.
 type CRLFile struct {
 	path string
 	ca   *x509.Certificate
@@ -86,11 +88,7 @@ func (c *CRLFile) refreshLocked() {
 		c.log.Error("crl: the fleet's CRL cannot be read; the serials it listed before stay refused (run fleetctl crl)", "path", c.path, "err", err)
 		return
 	}
-	// Serials drop off the CRL a day after their certificate expired, which the TLS
-	// handshake refuses anyway: the CRL read now replaces the one before.
-	listed := make(map[string]bool, len(rl.RevokedCertificateEntries))
 	for _, e := range rl.RevokedCertificateEntries {
-		listed[registry.SerialHex(e.SerialNumber)] = true
+		c.listed[registry.SerialHex(e.SerialNumber)] = true
 	}
-	c.listed = listed
 }

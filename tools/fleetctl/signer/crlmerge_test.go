@@ -1,8 +1,10 @@
 package signer_test
 
 import (
+	"bytes"
 	"crypto/x509"
 	"encoding/pem"
+	"errors"
 	"math/big"
 	"os"
 	"path/filepath"
@@ -13,8 +15,10 @@ import (
 	"github.com/camagent/camagent/certs"
 	"github.com/camagent/camagent/internal/atomicfile"
 	"github.com/camagent/camagent/internal/logtest"
+	"github.com/camagent/camagent/tools/fleetctl/fleettest"
 	"github.com/camagent/camagent/tools/fleetctl/registry"
 	"github.com/camagent/camagent/tools/fleetctl/signer"
+	"github.com/camagent/camagent/transport/mqtt/mqtttest"
 )
 
 // mergeFixture is a fleet CA, a registry log and a CRL path, on a clock of its own.
@@ -216,18 +220,24 @@ func TestAnUnreadableCRLIsWrittenFromTheLogAlone(t *testing.T) {
 			t.Fatal(err)
 		}
 		w := fx.write(t, r)
-		if w.Unread == nil || len(w.Kept) != 0 {
+		if w.Unread == nil || !errors.Is(w.Unread, signer.ErrBadCRL) || len(w.Kept) != 0 {
 			t.Errorf("%s: CRLWritten = %+v; want Unread set and nothing kept", name, w)
 		}
+		// Moved aside, not lost: an operator can still see what it held.
+		if aside, err := os.ReadFile(w.MovedAside); err != nil || !bytes.Equal(aside, content) {
+			t.Errorf("%s: the unreadable CRL was not moved aside as it was (%q: %v)", name, w.MovedAside, err)
+		}
+		os.Remove(w.MovedAside) // the next case is moved to the same name (same time)
 		if got := fx.listed(t); !got[hexOf(c)] || len(got) != 1 {
 			t.Errorf("%s: the CRL lists %v; want only the log's revocation", name, got)
 		}
 	}
 }
 
-// The embedded broker's view of the CRL follows the file as signers replace it, and nothing a
-// fault does to the file admits a serial it listed: an unreadable file, or one another CA
-// signed, leaves the serials read before listed, and is reported once.
+// The embedded broker's view of the CRL follows the file as signers replace it, and nothing
+// admits a serial it listed: an unreadable file, or one another CA signed, leaves the serials
+// read before listed, and is reported once; a valid CRL that lacks one (written from a log that
+// lost it, after the CRL before was damaged) adds its serials to those.
 func TestCRLFileFollowsTheFileAndFailsClosed(t *testing.T) {
 	fx := newMergeFixture(t)
 	log, rec := logtest.New()
@@ -273,9 +283,10 @@ func TestCRLFileFollowsTheFileAndFailsClosed(t *testing.T) {
 	if n := strings.Count(rec.Text(), "cannot be read"); n != 2 {
 		t.Errorf("%d reports of an unreadable CRL for two bad files, want 2:\n%s", n, rec.Text())
 	}
+	// A valid CRL without a (written from a log that lost it) adds b and keeps a.
 	put(fx.ca, b)
-	if crl.Listed(a) || !crl.Listed(b) {
-		t.Fatal("the fleet's next CRL is not what is listed")
+	if !crl.Listed(a) || !crl.Listed(b) || crl.Len() != 2 {
+		t.Fatal("the fleet's next CRL dropped what the one before listed, or was not read")
 	}
 	// Gone (moved away by hand): what was read stays.
 	if err := os.Remove(fx.crl); err != nil {
@@ -325,4 +336,184 @@ func FuzzReadCRL(f *testing.F) {
 			crl.Listed(big.NewInt(0xa))
 		}
 	})
+}
+
+// A damaged revocation whose time is unreadable takes the time of the record before it; when
+// there is none (the first line of the log, once Compact archived what came before) it has no
+// time, which x509.CreateRevocationList refuses: the CRL lists it at its own time instead of
+// failing every write from then on.
+func TestASalvagedRevocationWithoutATimeDoesNotStopTheCRL(t *testing.T) {
+	fx := newMergeFixture(t)
+	t0 := fx.now
+	r := fx.open(t)
+	old := fx.issue(t, r, "cam-0001", t0)
+	fx.append(t, r, revocation(hexOf(old), "cam-0001", t0.Add(time.Hour)))
+	fx.issue(t, r, "cam-0001", t0.Add(20*24*time.Hour)) // the device's newest
+	b, _ := os.ReadFile(fx.log)
+	b = []byte(strings.Replace(string(b), `"type":"revoked","serial":"`+hexOf(old)+`","device":"cam-0001","time":"`,
+		`"type":"revoked","serial":"`+hexOf(old)+`","device":"cam-0001","time":`, 1)) // a quote lost
+	if err := os.WriteFile(fx.log, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r = fx.open(t)
+	fx.now = t0.Add(100 * 24 * time.Hour)
+	if err := r.Update(func(tx *registry.Tx) error { _, err := signer.WriteCRL(fx.crl, fx.ca, tx, fx.now); return err }); err != nil {
+		t.Fatalf("before compaction: %v", err)
+	}
+	res, err := r.Compact(fx.now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	after, _ := os.ReadFile(fx.log)
+	t.Logf("compact: %+v; first line now: %.80s", res, after)
+	err = r.Update(func(tx *registry.Tx) error { _, err := signer.WriteCRL(fx.crl, fx.ca, tx, fx.now); return err })
+	if err != nil {
+		t.Fatalf("after compaction every CRL write fails: %v", err)
+	}
+}
+
+// A revoked certificate that expired, whose revocation a later Compact archives (as designed,
+// CompactAfter past expiry) while the CRL on disk still lists it (no CRL was written in the 29
+// days between NotAfter+1d and the compaction: a quiet fleet). The next CRL must not list it
+// (the log would not have kept it), and must not report it as lost to damage. The signer
+// writes a CRL before each compaction for that (TestTheSignerWritesTheCRLBeforeItCompacts);
+// this is the rule it relies on.
+func TestACompactedRevocationIsNotKeptAsDamage(t *testing.T) {
+	fx := newMergeFixture(t)
+	r := fx.open(t)
+	c := fx.issue(t, r, "cam-0001", fx.now.Add(-time.Hour))
+	fx.append(t, r, revocation(hexOf(c), "cam-0001", fx.now.Add(-time.Minute)))
+	fx.write(t, r)
+	if !fx.listed(t)[hexOf(c)] {
+		t.Fatal("first CRL does not list it")
+	}
+	fx.now = c.NotAfter.Add(registry.CompactAfter + 24*time.Hour)
+	fx.issue(t, r, "cam-0001", fx.now.Add(-time.Hour)) // its rotation: c is no longer the newest
+	fx.write(t, r)                                     // as the signer does before it compacts
+	res, err := r.Compact(fx.now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("compact: %+v", res)
+	w := fx.write(t, r)
+	if fx.listed(t)[hexOf(c)] || len(w.Kept) != 0 {
+		t.Fatalf("the CRL still lists %s (expired %s ago) and reports it as a revocation the log lost: Kept=%d; it stays until %s",
+			hexOf(c), fx.now.Sub(c.NotAfter), len(w.Kept), fx.now.Add(-time.Minute).Add(registry.RevocationKeep).Format(time.DateOnly))
+	}
+}
+
+// A bootstrap certificate lives 10 years. When the issued line of a revoked bootstrap
+// certificate is damaged (the longest line, the likeliest hit), the log treats the serial as
+// never issued, and keeps its revocation for registry.RevocationKeep, as the CRL does: that
+// must outlast the certificate.
+func TestABootstrapRevocationLastsAsLongAsTheCertificate(t *testing.T) {
+	fx := newMergeFixture(t)
+	r := fx.open(t)
+	key, _ := certs.GenerateKey()
+	boot, err := fx.ca.Issue(certs.IssueRequest{Role: certs.RoleBootstrap, Name: "cam-0001", PublicKey: key.Public(), Now: fx.now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec, err := registry.IssuedRecord(boot, "cam-0001", registry.ViaEnroll, 1, "", "", fx.now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fx.append(t, r, rec, revocation(hexOf(boot), "cam-0001", fx.now.Add(time.Hour)))
+	fx.write(t, r)
+	b, _ := os.ReadFile(fx.log)
+	b = []byte(strings.Replace(string(b), `"cert":"M`, `"cert":"\u0000`, 1)) // one byte of the certificate
+	if err := os.WriteFile(fx.log, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r = fx.open(t)
+	// Two days before the fleet CA, and so the bootstrap certificate's chain, expires.
+	fx.now = fx.ca.Cert.NotAfter.Add(-48 * time.Hour)
+	if !boot.NotAfter.After(fx.now) {
+		t.Fatal("the bootstrap certificate expired before the CA: this is not the case under test")
+	}
+	if _, err := r.Compact(fx.now); err != nil {
+		t.Fatal(err)
+	}
+	fx.write(t, r)
+	if !r.Revoked(boot.SerialNumber) && !fx.listed(t)[hexOf(boot)] {
+		t.Fatalf("the bootstrap certificate %s, valid until %s, is revoked neither by the log nor by the CRL at %s",
+			hexOf(boot), boot.NotAfter.Format(time.DateOnly), fx.now.Format(time.DateOnly))
+	}
+}
+
+// A fault that hits both files (same disk): the log loses a revocation and crl.pem a byte.
+// WriteCRL cannot read the damaged CRL, moves it aside and writes one from the log alone;
+// CRLFile, in the running broker, still refuses what it listed.
+func TestAWriteAfterADamagedCRLAdmitsNothingCRLFileListed(t *testing.T) {
+	fx := newMergeFixture(t)
+	r := fx.open(t)
+	stolen := fx.issue(t, r, "cam-0001", fx.now.Add(-time.Hour))
+	fx.append(t, r, revocation(hexOf(stolen), "cam-0001", fx.now.Add(-time.Minute)))
+	fx.write(t, r)
+	crl := signer.NewCRLFile(fx.crl, fx.ca.Cert, nil)
+	// The log loses the revocation (a digit changed) and crl.pem a byte.
+	b, _ := os.ReadFile(fx.log)
+	s := hexOf(stolen)
+	flipped := s[:len(s)-1] + map[bool]string{true: "0", false: "1"}[s[len(s)-1] != '0']
+	os.WriteFile(fx.log, []byte(strings.Replace(string(b), `"serial":"`+s+`","device":"cam-0001","time"`, `"serial":"`+flipped+`","device":"cam-0001","time"`, 1)), 0o600)
+	c, _ := os.ReadFile(fx.crl)
+	c[len(c)/2] ^= 0x01
+	os.WriteFile(fx.crl+".tmp", c, 0o644)
+	os.Rename(fx.crl+".tmp", fx.crl)
+	r = fx.open(t)
+	if !crl.Listed(stolen.SerialNumber) {
+		t.Fatal("precondition: CRLFile lost it at once")
+	}
+	w := fx.write(t, r) // the next revocation, or a signer start
+	if !crl.Listed(stolen.SerialNumber) {
+		t.Fatalf("after one CRL write (Unread=%v), fleetctl broker admits %s", w.Unread, s)
+	}
+}
+
+// The signer writes the CRL before each compaction, so that the CRL lists nothing the
+// compaction drops from the log (certificates expired over a month): otherwise a quiet fleet's
+// CRL would still list a revoked certificate whose records the log archived, and the next CRL
+// would keep it for years as a revocation the log lost.
+func TestTheSignerWritesTheCRLBeforeItCompacts(t *testing.T) {
+	f, pki := fleettest.NewFleet(t)
+	e := fleettest.Enroll(t, f, "cam-0001")
+	b := mqtttest.StartEmbedded(t, pki)
+	start := time.Now()
+	later := e.Cert.Leaf.NotAfter.Add(registry.CompactAfter + 48*time.Hour)
+	reg := fleetRegistry(t, f)
+	key, err := certs.GenerateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// cam-0001's newer certificate, so that the revoked one is not its newest (kept for ever).
+	next, err := f.CA.Issue(certs.IssueRequest{Role: certs.RoleDevice, Name: "cam-0001", PublicKey: key.Public(), Now: later.Add(-time.Hour)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec, err := registry.IssuedRecord(next, "cam-0001", registry.ViaEnroll, 1, "", "", later.Add(-time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := reg.Update(func(tx *registry.Tx) error {
+		if err := tx.Append(revocation(hexOf(e.Cert.Leaf), "cam-0001", start.UTC())); err != nil {
+			return err
+		}
+		return tx.Append(rec)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	clk := newClock(start)
+	s := startSigner(t, f, b.URL(), "a", func(c *signer.Config) { c.Clock = clk })
+	if !crlLists(readCRL(t, f.CRLPath()), e.Cert.Leaf) {
+		t.Fatal("the CRL at start does not list the revoked certificate")
+	}
+
+	clk.Set(later) // the next daily compaction drops the revoked certificate's records
+	s.log.WaitFor(t, fleettest.Timeout, "registry compacted")
+	if _, ok := reg.Cert(hexOf(e.Cert.Leaf)); ok {
+		t.Fatal("the compaction kept the revoked certificate's records: this is not the case under test")
+	}
+	if crlLists(readCRL(t, f.CRLPath()), e.Cert.Leaf) {
+		t.Fatal("after the compaction the CRL still lists the certificate whose records the log archived")
+	}
 }

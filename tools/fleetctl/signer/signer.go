@@ -452,7 +452,13 @@ const CompactInterval = 24 * time.Hour
 
 // compactLoop compacts the registry every CompactInterval.
 func (s *Signer) compactLoop(ctx context.Context) {
-	for {
+	for first := true; ; first = false {
+		if s.cfg.CRLPath != "" && !first { // Run has just written one before the first
+			// A CRL written now leaves out every certificate expired over a day, so it lists
+			// nothing the compaction drops from the log: a serial on the CRL and not in the
+			// log then only ever means a revocation the log lost (WriteCRL keeps those).
+			s.writeCRL()
+		}
 		res, err := s.reg.Compact(s.clk.Now())
 		switch {
 		case err != nil:
