@@ -177,6 +177,7 @@ func TestTheCRLKeepsALostSerialAsLongAsTheLogWould(t *testing.T) {
 		{Serial: expired.SerialNumber, Time: fx.now.Add(-35 * 24 * time.Hour)},
 		{Serial: valid.SerialNumber, Time: fx.now.Add(-time.Minute)},
 		{Serial: big.NewInt(0xabc), Time: fx.now.Add(-(registry.RevocationKeep - time.Hour))}, // unknown, recent enough
+		{Serial: big.NewInt(0xabc), Time: fx.now.Add(-(registry.RevocationKeep - time.Hour))}, // listed twice: kept once
 		{Serial: big.NewInt(0xdef), Time: fx.now.Add(-(registry.RevocationKeep + time.Hour))}, // unknown, too old
 	}
 	pemCRL, err := signer.CRL(fx.ca, before, fx.now.Add(-time.Minute), 0)
