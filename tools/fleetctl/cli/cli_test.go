@@ -544,7 +544,8 @@ func TestGrantIsForTheEpochTheDeviceWillHold(t *testing.T) {
 }
 
 // When fleetctl broker stops, --cpuprofile has written a CPU profile, gzip-compressed as pprof
-// reads it, and with --max-connect-rate it says the most connections it admitted in a second.
+// reads it, and with --max-connect-rate it says the most connections it admitted in a second,
+// and how many it closed over the budget and from sources failing TLS handshakes.
 func TestBrokerStopWritesTheProfileAndTheAdmissionPeak(t *testing.T) {
 	dir, f := initFleet(t)
 	e := fleettest.Enroll(t, f, "cam-0001")
@@ -567,7 +568,7 @@ func TestBrokerStopWritesTheProfileAndTheAdmissionPeak(t *testing.T) {
 	if err := <-done; err != nil {
 		t.Fatalf("fleetctl broker: %v\n%s", err, stderr.String())
 	}
-	if !strings.Contains(stdout.String(), "most connections admitted in one second 1 (budget 50 a second); closed over the budget 0") {
+	if !strings.Contains(stdout.String(), "most connections admitted in one second 1 (budget 50 a second); closed over the budget 0; closed from sources failing TLS handshakes while the budget was contended 0\n") {
 		t.Errorf("fleetctl broker said:\n%s", stdout.String())
 	}
 	pf, err := os.Open(path)

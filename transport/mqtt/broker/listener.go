@@ -5,10 +5,12 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"math/big"
 	"net"
+	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -19,15 +21,17 @@ import (
 )
 
 // listener is the broker's only network listener: TCP with TLS, implementing mochi's
-// listeners.Listener. It replaces mochi's listeners.TCP for three reasons: every goroutine it
+// listeners.Listener. It replaces mochi's listeners.TCP for four reasons: every goroutine it
 // starts is tracked and awaited by Close; the TLS handshake and the CONNECT packet must arrive
 // within a deadline (mochi sets none before CONNECT, so an idle socket would hold a goroutine
-// forever); and it keeps every live connection so that DisconnectSerial, Close and the
-// certificate's expiry can cut them at the socket, which never blocks on a stalled peer.
+// forever); it keeps every live connection so that DisconnectSerial, Close and the
+// certificate's expiry can cut them at the socket, which never blocks on a stalled peer; and
+// it holds the connection budget (Config.MaxConnectRate), whose turns it hands out from inside
+// the TLS handshake, once a ClientHello has arrived (clientHello).
 type listener struct {
 	id      string
 	addr    string
-	tls     *tls.Config
+	tls     *tls.Config // a clone of the broker's; with a budget, its GetConfigForClient is clientHello
 	timeout time.Duration
 	log     *slog.Logger
 
@@ -35,11 +39,15 @@ type listener struct {
 	ctx    context.Context // cancelled by Close: aborts handshakes in progress
 	cancel context.CancelFunc
 
-	budget    *pacer        // Config.MaxConnectRate; nil: no limit
-	throttled atomic.Uint64 // connections closed because their turn would come too late
-	lastWarn  atomic.Int64  // Unix ns of the last "over budget" warning
-	admitted  admissions    // handshakes started, per second
-	expiring  atomic.Int64  // expiry timers armed and neither stopped nor fired
+	budget         *pacer        // Config.MaxConnectRate; nil: no limit
+	sources        *failScores   // failed handshakes per source; nil without a budget
+	throttled      atomic.Uint64 // connections closed because their turn would come too late
+	deprioritized  atomic.Uint64 // connections of suspect sources closed for want of a free turn
+	lastWarn       atomic.Int64  // Unix ns of the last "over budget" warning
+	lastDeprioWarn atomic.Int64  // Unix ns of the last warning about suspect sources refused
+	lastFullWarn   atomic.Int64  // Unix ns of the last warning that a failure went unscored
+	admitted       admissions    // turns taken (without a budget: connections accepted), per second
+	expiring       atomic.Int64  // expiry timers armed and neither stopped nor fired
 
 	mu       sync.Mutex
 	closed   bool
@@ -57,14 +65,35 @@ type liveConn struct {
 	expiry *time.Timer       // cuts the connection when its certificate chain expires; nil before
 }
 
-func newListener(id, addr string, conf *tls.Config, timeout time.Duration, log *slog.Logger) *listener {
+// admission is a connection's socket as its TLS handshake sees it (tls.ClientHelloInfo.Conn
+// is the net.Conn given to tls.Server): it carries what the connection budget learns of the
+// connection between its ClientHello and the end of its handshake. Only the connection's own
+// goroutine touches its fields.
+type admission struct {
+	net.Conn
+	source netip.Addr // sourceOf the remote address; the zero Addr is never scored
+	asked  bool       // a ClientHello arrived and asked for a turn
+	turn   bool       // it got one
+}
+
+// newListener returns a listener on addr serving conf, which it clones. A positive rate is the
+// connection budget, Config.MaxConnectRate.
+func newListener(id, addr string, conf *tls.Config, timeout time.Duration, rate float64, log *slog.Logger) *listener {
 	ctx, cancel := context.WithCancel(context.Background())
-	return &listener{
-		id: id, addr: addr, tls: conf, timeout: timeout, log: log,
+	l := &listener{
+		id: id, addr: addr, tls: conf.Clone(), timeout: timeout, log: log,
 		ctx: ctx, cancel: cancel,
 		conns:    make(map[*tls.Conn]*liveConn),
 		bySerial: make(map[string]map[*tls.Conn]*liveConn),
 	}
+	if rate > 0 {
+		l.budget = newPacer(rate)
+		l.sources = newFailScores(maxSources)
+		// New refuses a Config.TLS with a GetConfigForClient of its own, so the hook is free.
+		// clientHello returns nil: the handshake goes on with this very configuration.
+		l.tls.GetConfigForClient = l.clientHello
+	}
+	return l
 }
 
 // Init binds the address. mochi calls it from Server.AddListener.
@@ -122,7 +151,8 @@ func (l *listener) Serve(establish listeners.EstablishFn) {
 			continue
 		}
 		backoff = 0
-		conn := tls.Server(raw, l.tls)
+		adm := &admission{Conn: raw, source: sourceOf(raw.RemoteAddr())}
+		conn := tls.Server(adm, l.tls)
 		l.mu.Lock()
 		if l.closed {
 			l.mu.Unlock()
@@ -132,12 +162,12 @@ func (l *listener) Serve(establish listeners.EstablishFn) {
 		l.conns[conn] = &liveConn{raw: raw}
 		l.wg.Add(1)
 		l.mu.Unlock()
-		go l.handle(conn, raw, establish)
+		go l.handle(conn, raw, adm, establish)
 	}
 }
 
 // handle runs one connection: the TLS handshake, then mochi's session until it ends.
-func (l *listener) handle(conn *tls.Conn, raw net.Conn, establish listeners.EstablishFn) {
+func (l *listener) handle(conn *tls.Conn, raw net.Conn, adm *admission, establish listeners.EstablishFn) {
 	defer l.wg.Done()
 	defer func() {
 		l.mu.Lock()
@@ -158,20 +188,31 @@ func (l *listener) handle(conn *tls.Conn, raw net.Conn, establish listeners.Esta
 		raw.Close()
 	}()
 	remote := raw.RemoteAddr().String()
+	limit := l.timeout
 	if l.budget == nil {
 		l.admitted.add(time.Now())
-	} else if !l.takeTurn() {
-		return
+	} else {
+		// The ClientHello must arrive within the timeout; its turn comes at most half a
+		// timeout later, and the turn gives the rest of the handshake a whole timeout again
+		// (takeTurn). The socket deadline bounds each step; this bounds them all.
+		limit += l.timeout/2 + l.timeout
 	}
-	// The deadline covers the handshake and the CONNECT packet; mochi replaces it with one
-	// derived from the keepalive once the client is accepted.
+	// The deadline covers the handshake and the CONNECT packet (with a budget, the ClientHello,
+	// then from its turn the rest of the handshake and the CONNECT packet); mochi replaces it
+	// with one derived from the keepalive once the client is accepted.
 	if err := raw.SetDeadline(time.Now().Add(l.timeout)); err != nil {
 		return
 	}
-	ctx, cancel := context.WithTimeout(l.ctx, l.timeout)
+	ctx, cancel := context.WithTimeout(l.ctx, limit)
 	err := conn.HandshakeContext(ctx)
 	cancel()
 	if err != nil {
+		if errors.Is(err, errNoTurn) {
+			return // counted and logged by takeTurn
+		}
+		if adm.turn && l.ctx.Err() == nil && !l.fleetCertificateOutOfDate(err) {
+			l.failed(adm.source)
+		}
 		level := slog.LevelWarn
 		if errors.Is(err, io.EOF) {
 			level = slog.LevelDebug // a port probe or a client that gave up
@@ -246,31 +287,137 @@ func chainExpiry(st tls.ConnectionState) time.Time {
 	return end
 }
 
-// takeTurn waits for the connection's turn in the connection budget, for at most half of the
-// connect timeout, and reports whether it got one. One that would wait longer is refused at
-// once, without a turn, so that it takes nothing from the connections behind it.
-func (l *listener) takeTurn() bool {
-	now := time.Now()
-	at, ok := l.budget.turn(now, l.timeout/2)
+// clientHello is the listener's tls.Config.GetConfigForClient when it has a connection budget.
+// crypto/tls calls it on the connection's goroutine once it has read a whole ClientHello and
+// before it answers, so only a connection that speaks TLS takes a turn: one that sends nothing,
+// or bytes that are no ClientHello, never gets here, and its deadline or the TLS error ends
+// it. clientHello waits for the turn (takeTurn) and returns nil, so the handshake goes on with
+// the listener's configuration; without a turn it closes the socket, so the client is left
+// unanswered as before (no TLS alert reaches it), and returns errNoTurn.
+func (l *listener) clientHello(hello *tls.ClientHelloInfo) (*tls.Config, error) {
+	adm, ok := hello.Conn.(*admission)
 	if !ok {
+		// Every connection is made by Serve; refuse one that is not rather than let it
+		// past the budget.
+		return nil, fmt.Errorf("broker: internal error: a handshake on a %T", hello.Conn)
+	}
+	if adm.asked {
+		// crypto/tls asks once per handshake (not again for the ClientHello that follows a
+		// HelloRetryRequest); were it to ask again, the connection keeps its one turn.
+		return nil, nil
+	}
+	adm.asked = true
+	if err := l.takeTurn(hello.Context(), adm); err != nil {
+		adm.Conn.Close()
+		return nil, err
+	}
+	return nil, nil
+}
+
+// takeTurn takes the connection's turn in the connection budget and waits for it, for at
+// most half of the connect timeout, or until ctx (the handshake's, which Close cancels) is
+// done. One that would wait longer is refused at once, without a turn, so that it takes
+// nothing from the connections behind it. A connection from a suspect source (failScores)
+// waits for no turn: it takes one only if one is free at once, and is refused otherwise.
+//
+// Once the turn has come, the socket deadline is set a whole connect timeout ahead: the
+// handshake and the CONNECT packet have as long from their turn as before it was taken
+// inside the handshake, and a client is not made to time out, and counted as failing, for a
+// wait that was the broker's.
+func (l *listener) takeTurn(ctx context.Context, adm *admission) error {
+	now := time.Now()
+	wait := l.timeout / 2
+	suspect := l.sources.suspect(adm.source, l.now())
+	if suspect {
+		wait = 0
+	}
+	at, ok := l.budget.turn(now, wait)
+	if !ok {
+		if suspect {
+			l.refusedSuspect(adm.source, now)
+			return errNoTurn
+		}
 		n := l.throttled.Add(1)
-		if last := l.lastWarn.Load(); now.UnixNano()-last > int64(10*time.Second) && l.lastWarn.CompareAndSwap(last, now.UnixNano()) {
+		if warnDue(&l.lastWarn, now) {
 			l.log.Warn("broker: connection rate over budget; closing new connections that would wait too long",
 				"budget_per_s", l.budget.rate, "closed_so_far", n, "admitted_peak_per_s", l.admitted.peak())
 		}
-		return false
+		return errNoTurn
 	}
+	adm.turn = true
 	l.admitted.add(at)
 	if d := at.Sub(now); d > 0 {
 		t := time.NewTimer(d)
 		defer t.Stop()
 		select {
 		case <-t.C:
-		case <-l.ctx.Done():
-			return false
+		case <-ctx.Done():
+			return ctx.Err()
 		}
 	}
-	return true
+	return adm.Conn.SetDeadline(time.Now().Add(l.timeout))
+}
+
+// refusedSuspect counts a connection from the suspect source src closed for want of a free
+// turn, and says so at most every 10 s.
+func (l *listener) refusedSuspect(src netip.Addr, now time.Time) {
+	n := l.deprioritized.Add(1)
+	if warnDue(&l.lastDeprioWarn, now) {
+		sources, suspects, _ := l.sources.stats(l.now())
+		l.log.Warn("broker: connection rate over budget; closing new connections from sources that keep failing TLS handshakes, which get only free turns",
+			"budget_per_s", l.budget.rate, "closed_so_far", n, "source", sourceString(src),
+			"suspect_sources", suspects, "scored_sources", sources)
+	}
+}
+
+// failed counts a failed handshake of a connection that had taken a turn against its source.
+func (l *listener) failed(src netip.Addr) {
+	became, scored := l.sources.fail(src, l.now())
+	switch {
+	case became:
+		l.log.Warn("broker: a source keeps failing TLS handshakes; while the connection budget is contended it gets no turn",
+			"source", sourceString(src), "failures_over", suspectAbove, "leak_per_minute", leakPerSecond*60)
+	case !scored && src.IsValid() && warnDue(&l.lastFullWarn, time.Now()):
+		_, _, unscored := l.sources.stats(l.now())
+		l.log.Warn("broker: too many sources failing TLS handshakes to score them all; the new ones are not scored",
+			"max_sources", maxSources, "unscored_so_far", unscored)
+	}
+}
+
+// fleetCertificateOutOfDate reports whether err, a failed handshake, is a client certificate
+// from the fleet CA that is expired or not yet valid by the broker's clock: a real camera that
+// was offline too long (it falls back to its bootstrap identity, R7) or whose certificate is
+// ahead of the broker's clock. Such a failure does not count against its source. crypto/tls
+// returns a *tls.CertificateVerificationError wrapping x509.CertificateInvalidError{Reason:
+// x509.Expired} for both, but x509 checks the leaf's validity period before its chain, so
+// any expired certificate, from any CA, fails that way: the chain is verified again here, as
+// of the leaf's NotAfter, when every certificate the fleet CA issued was valid with its CA
+// (certs.CA.Issue ends none after the CA).
+func (l *listener) fleetCertificateOutOfDate(err error) bool {
+	var verr *tls.CertificateVerificationError
+	var invalid x509.CertificateInvalidError
+	if !errors.As(err, &verr) || !errors.As(err, &invalid) || invalid.Reason != x509.Expired || len(verr.UnverifiedCertificates) == 0 {
+		return false
+	}
+	leaf := verr.UnverifiedCertificates[0]
+	intermediates := x509.NewCertPool()
+	for _, c := range verr.UnverifiedCertificates[1:] {
+		intermediates.AddCert(c)
+	}
+	_, err = leaf.Verify(x509.VerifyOptions{
+		Roots:         l.tls.ClientCAs,
+		Intermediates: intermediates,
+		CurrentTime:   leaf.NotAfter,
+		KeyUsages:     []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	})
+	return err == nil
+}
+
+// warnDue reports whether a warning last said at *last (Unix ns) may be said again at now, at
+// most every 10 s, and if so records now.
+func warnDue(last *atomic.Int64, now time.Time) bool {
+	prev := last.Load()
+	return now.UnixNano()-prev > int64(10*time.Second) && last.CompareAndSwap(prev, now.UnixNano())
 }
 
 // pacer hands out turns, a smooth budget of rate a second with a burst of one: each turn comes
