@@ -141,22 +141,28 @@ type Config struct {
 	// MaxConnectRate handshakes go on past their ClientHello, plus one.
 	//
 	// A connection that sends nothing, or bytes that are no ClientHello, takes no turn: it
-	// ends at ConnectTimeout, or at the first bytes that are not TLS, so port scanners and
-	// silent sockets cannot starve the fleet's cameras of turns. The broker also scores the
-	// failed handshakes (no client certificate, one the fleet CA did not issue, a client
-	// giving up or timing out after its turn; not a fleet certificate that is merely expired
-	// or not yet valid) of each source, an IPv4 address or an IPv6 /64, in a leaky bucket:
-	// a source with more than 16 failures beyond the 15 a minute that leak away is suspect
-	// (a home with a few broken cameras retrying with backoff stays below it; a host
-	// hammering without a fleet certificate passes it within seconds). A suspect source
-	// takes a turn only when one is free at once; while turns are contended its connections
-	// are closed without one (Deprioritized counts them), so it is never locked out while
-	// capacity is free. At most 65,536 sources are scored at once: an attacker with many
-	// addresses still gets about 16 failures per address, then 15 a minute each, and once
-	// the table is full new addresses go unscored. Behind a load balancer that does not pass
-	// client addresses on (PROXY protocol), every connection is one source: a few failing
-	// clients make it suspect, which is safe (it is only deprioritized) but no longer tells
-	// cameras from an attacker. Zero means no limit, and nothing is scored.
+	// ends at ConnectTimeout, or at the first bytes that are not TLS. One source (an IPv4
+	// address or an IPv6 /64) may have at most 256 such sockets waiting (more with a larger
+	// budget: the turns within half a ConnectTimeout), and all sources 4,096; those over are
+	// closed at accept. A source holding half the turns within half a ConnectTimeout (at
+	// least 8) whose handshakes have not finished takes more only when one is free at once,
+	// and is closed otherwise (Throttled): one host cannot fill the queue, so a camera
+	// elsewhere always finds room in it. The broker also scores every failed handshake that
+	// had a turn (no client certificate, one the fleet CA did not issue, an expired one, a
+	// client giving up or timing out after its turn) of each source, in a leaky bucket: a
+	// source with more than 16 failures beyond the 15 a minute that leak away is suspect (a
+	// home with a few broken cameras retrying with backoff stays below it; a host hammering
+	// without a fleet certificate passes it within seconds). A suspect source takes a turn
+	// only when one is free at once; while turns are contended its connections are closed
+	// without one (Deprioritized counts them), so it is never locked out while capacity is
+	// free. At most 65,536 sources are scored at once. What it cannot do: an attacker with
+	// many addresses (a routed IPv6 /48 is 65,536 sources) gets its share of the queue and
+	// about 16 failures per address, then 15 a minute each, and once the table is full new
+	// addresses go unscored; a client whose own connect timeout is shorter than the wait for
+	// its turn counts as failing. Behind a load balancer that does not pass client addresses
+	// on (PROXY protocol), every connection is one source: its share halves the queue, and a
+	// few failing clients make it suspect, which is safe (it is only deprioritized) but no
+	// longer tells cameras from an attacker. Zero means no limit, and nothing is counted.
 	MaxConnectRate float64
 	// SessionExpiry is how long a persistent session (MQTT 3.1.1 CleanSession false; an MQTT
 	// 5 client's own interval is capped at it) outlives its client's connection. Then the
@@ -402,9 +408,10 @@ func (b *Broker) Addr() string {
 }
 
 // Throttled returns how many new connections were closed unanswered, after their ClientHello,
-// because the connection budget (Config.MaxConnectRate) had no turn for them in time. The
-// connections of suspect sources closed for want of a free turn are not among them:
-// Deprioritized counts those.
+// because the connection budget (Config.MaxConnectRate) had no turn for them in time, or
+// none free at once for a source holding its share of the turns. The connections of suspect
+// sources closed for want of a free turn are not among them (Deprioritized counts those), nor
+// those closed at accept over the sockets waiting for their ClientHello.
 func (b *Broker) Throttled() uint64 {
 	if ln := b.listener(); ln != nil {
 		return ln.throttled.Load()

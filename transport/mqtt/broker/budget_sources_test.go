@@ -1,12 +1,16 @@
 package broker_test
 
 import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"crypto/tls"
 	"errors"
 	"io"
 	"log/slog"
 	"net"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -163,7 +167,7 @@ func TestASourceThatKeepsFailingHandshakesGetsOnlyFreeTurns(t *testing.T) {
 	// refused without a turn already.
 	before := b.Deprioritized()
 
-	const cameras = 16
+	const cameras = 12 // within one source's share of the turns (half of the 30 queued)
 	served := make(chan error, cameras)
 	for range cameras {
 		go func() { served <- handshakeFrom(camera, b.Addr(), good) }()
@@ -195,12 +199,12 @@ func TestASourceThatKeepsFailingHandshakesGetsOnlyFreeTurns(t *testing.T) {
 	}
 }
 
-// A fleet certificate that expired, or is not yet valid by the broker's clock, is a real
-// camera that was away (it falls back to its bootstrap identity) or a clock out of step: its
-// failed handshakes do not count against its source. An expired certificate of another CA does
-// (x509 reports it expired before it looks at its issuer), as do a certificate of another CA
-// and none at all.
-func TestOutOfDateFleetCertificatesDoNotMakeASourceSuspect(t *testing.T) {
+// Every failed handshake that had a turn counts against its source: a certificate of another
+// CA, none at all, and a fleet certificate that expired or is not yet valid, even with a key
+// that is not its own. The broker checks the chain before the client proves it holds the key,
+// so an expired fleet certificate, which every owner keeps and TLS 1.2 sends in clear, proves
+// nothing; a real camera tries one three times before its bootstrap identity.
+func TestEveryFailedHandshakeCountsAgainstItsSource(t *testing.T) {
 	pki := mqtttest.NewPKI(t)
 	other := mqtttest.NewPKI(t)
 	var logs logtest.Buffer
@@ -209,18 +213,21 @@ func TestOutOfDateFleetCertificatesDoNotMakeASourceSuspect(t *testing.T) {
 	// Within the test CA's life, which starts certs.Backdate before now.
 	expired := pki.ClientCertValidity(t, certs.RoleDevice, "cam-expired", now.Add(-4*time.Minute), time.Minute)
 	early := pki.ClientCertValidity(t, certs.RoleDevice, "cam-early", now.Add(time.Hour), 0)
+	stranger, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stolen := &tls.Certificate{Certificate: expired.Certificate, PrivateKey: stranger, Leaf: expired.Leaf}
 	tests := []struct {
-		name    string
-		from    string
-		conf    *tls.Config
-		suspect bool
+		name string
+		from string
+		conf *tls.Config
 	}{
-		{"a fleet certificate that expired does not make its source suspect", "127.0.0.11", pki.ClientTLS(t, expired), false},
-		{"a fleet certificate not yet valid does not make its source suspect", "127.0.0.12", pki.ClientTLS(t, early), false},
-		{"an expired certificate of another CA makes its source suspect", "127.0.0.13",
-			pki.ClientTLS(t, other.ClientCertValidity(t, certs.RoleDevice, "cam-x", now.Add(-4*time.Minute), time.Minute)), true},
-		{"a certificate of another CA makes its source suspect", "127.0.0.14", pki.ClientTLS(t, other.ClientCert(t, certs.RoleDevice, "cam-x")), true},
-		{"no certificate makes its source suspect", "127.0.0.15", noCertificate(pki.ClientTLS(t, expired)), true},
+		{"a fleet certificate that expired", "127.0.0.11", pki.ClientTLS(t, expired)},
+		{"a fleet certificate not yet valid", "127.0.0.12", pki.ClientTLS(t, early)},
+		{"an expired fleet certificate shown without its key", "127.0.0.13", pki.ClientTLS(t, stolen)},
+		{"a certificate of another CA", "127.0.0.14", pki.ClientTLS(t, other.ClientCert(t, certs.RoleDevice, "cam-x"))},
+		{"no certificate", "127.0.0.15", noCertificate(pki.ClientTLS(t, expired))},
 	}
 	for _, tt := range tests {
 		for i := range 24 {
@@ -233,8 +240,8 @@ func TestOutOfDateFleetCertificatesDoNotMakeASourceSuspect(t *testing.T) {
 	b.Close()
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			if got := b.Suspect(tt.from); got != tt.suspect {
-				t.Fatalf("after 24 failed handshakes, suspect %v", got)
+			if !b.Suspect(tt.from) {
+				t.Fatal("after 24 failed handshakes, its source is not suspect")
 			}
 		})
 	}
@@ -280,5 +287,128 @@ func TestCloseReturnsWhileHandshakesWaitForTheirTurn(t *testing.T) {
 	}
 	if refused < clients-1 {
 		t.Fatalf("%d of %d waiting clients served", clients-refused, clients)
+	}
+}
+
+// recordConn records what a TLS client writes and fails its first read: it captures one
+// ClientHello, to replay at no crypto cost.
+type recordConn struct {
+	net.Conn
+	out []byte
+}
+
+func (r *recordConn) Write(p []byte) (int, error)      { r.out = append(r.out, p...); return len(p), nil }
+func (r *recordConn) Read([]byte) (int, error)         { return 0, io.EOF }
+func (r *recordConn) Close() error                     { return nil }
+func (r *recordConn) SetDeadline(time.Time) error      { return nil }
+func (r *recordConn) SetReadDeadline(time.Time) error  { return nil }
+func (r *recordConn) SetWriteDeadline(time.Time) error { return nil }
+
+func captureClientHello(t *testing.T, conf *tls.Config) []byte {
+	t.Helper()
+	rc := &recordConn{}
+	_ = tls.Client(rc, conf).Handshake()
+	if len(rc.out) == 0 || rc.out[0] != 0x16 {
+		t.Fatal("no ClientHello captured")
+	}
+	return rc.out
+}
+
+// One host replaying a captured ClientHello at 500 connections a second (no crypto on its
+// side) and leaving each hanging is scored only when its first handshakes time out, a connect
+// timeout after their turns. Meanwhile it holds at most its share of the turns (half the
+// queue), so a camera elsewhere always finds room in the queue and is served. Before, such a
+// host filled the queue at once and every camera was refused for a whole connect timeout.
+func TestOneHostReplayingClientHellosCannotFillTheQueue(t *testing.T) {
+	const attacker, camera = "127.0.0.31", "127.0.0.32"
+	pki := mqtttest.NewPKI(t)
+	var logs logtest.Buffer
+	const rate, timeout = 20, 4 * time.Second
+	b := startBudgeted(t, pki, rate, timeout, &logs)
+	hello := captureClientHello(t, pki.ClientTLS(t, pki.ClientCert(t, certs.RoleDevice, "cam-x")))
+
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		tick := time.NewTicker(2 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-tick.C:
+			}
+			d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(attacker)}}
+			c, err := d.Dial("tcp", b.Addr())
+			if err != nil {
+				continue
+			}
+			c.Write(hello)
+			wg.Go(func() {
+				c.SetReadDeadline(time.Now().Add(2 * timeout))
+				io.Copy(io.Discard, c)
+				c.Close()
+			})
+		}
+	})
+	defer func() {
+		close(stop)
+		wg.Wait()
+	}()
+	waitUntil(t, func() bool { return b.NextTurnIn() > 500*time.Millisecond }, "the attacker takes turns ahead")
+
+	good := pki.ClientTLS(t, pki.ClientCert(t, certs.RoleDevice, "cam-a"))
+	start := time.Now()
+	for time.Since(start) < timeout+timeout/2 {
+		at := time.Since(start)
+		if err := handshakeFrom(camera, b.Addr(), good); err != nil {
+			t.Errorf("camera at %.1f s: refused (%v) while one host replays ClientHellos; Throttled %d, Deprioritized %d",
+				at.Seconds(), err, b.Throttled(), b.Deprioritized())
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+	if next := b.NextTurnIn(); next > timeout/2 {
+		t.Errorf("the queue runs %v ahead, past the wait a camera is given", next)
+	}
+}
+
+// Sockets that send nothing take no turn, but each takes a goroutine and a file descriptor
+// until the connect timeout: one address may hold at most 256 of them, the rest closed at
+// once, and a camera elsewhere is served meanwhile.
+func TestOneHostHoldsABoundedNumberOfSilentSockets(t *testing.T) {
+	const attacker, camera = "127.0.0.51", "127.0.0.52"
+	pki := mqtttest.NewPKI(t)
+	var logs logtest.Buffer
+	b := startBudgeted(t, pki, 1, 4*time.Second, &logs)
+	const silent = 300
+	var conns []net.Conn
+	for range silent {
+		d := &net.Dialer{Timeout: mqtttest.ClientTimeout, LocalAddr: &net.TCPAddr{IP: net.ParseIP(attacker)}}
+		c, err := d.Dial("tcp", b.Addr())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		conns = append(conns, c)
+	}
+	waitUntil(t, func() bool { return b.RefusedEarly() >= silent-256 }, "the sockets over 256 are closed")
+	open := 0
+	for _, c := range conns {
+		c.SetReadDeadline(time.Now().Add(5 * time.Millisecond))
+		var one [1]byte
+		_, err := c.Read(one[:])
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() {
+			open++
+		}
+	}
+	if open > 256 {
+		t.Errorf("%d of %d silent connections from one address held by the broker, want at most 256", open, silent)
+	}
+	if err := handshakeFrom(camera, b.Addr(), pki.ClientTLS(t, pki.ClientCert(t, certs.RoleDevice, "cam-a"))); err != nil {
+		t.Errorf("a camera elsewhere was refused meanwhile: %v", err)
+	}
+	if !strings.Contains(logs.String(), `msg="broker: too many connections waiting to send their TLS ClientHello; closing new ones at once" source=127.0.0.51 per_source=256`) {
+		t.Errorf("the broker did not say so:\n%s", logs.String())
 	}
 }

@@ -39,8 +39,16 @@ type listener struct {
 	ctx    context.Context // cancelled by Close: aborts handshakes in progress
 	cancel context.CancelFunc
 
-	budget         *pacer        // Config.MaxConnectRate; nil: no limit
-	sources        *failScores   // failed handshakes per source; nil without a budget
+	budget         *pacer      // Config.MaxConnectRate; nil: no limit
+	sources        *failScores // failed handshakes per source; nil without a budget
+	maxWaiting     int         // per source: connections before their ClientHello (sourceCounts)
+	maxAllWaiting  int         // all sources together: the same
+	maxHolding     int         // per source: turns held before any is free at once only
+	srcMu          sync.Mutex  // guards counts and allWaiting
+	counts         map[netip.Addr]*sourceCounts
+	allWaiting     int
+	refusedEarly   atomic.Uint64 // connections closed at accept over maxWaiting or maxAllWaiting
+	lastEarlyWarn  atomic.Int64  // Unix ns of the last warning about those
 	throttled      atomic.Uint64 // connections closed because their turn would come too late
 	deprioritized  atomic.Uint64 // connections of suspect sources closed for want of a free turn
 	lastWarn       atomic.Int64  // Unix ns of the last "over budget" warning
@@ -74,6 +82,16 @@ type admission struct {
 	source netip.Addr // sourceOf the remote address; the zero Addr is never scored
 	asked  bool       // a ClientHello arrived and asked for a turn
 	turn   bool       // it got one
+	// waiting: counted in its source's connections before their ClientHello; holding:
+	// counted in its source's turns taken and not yet ended by a finished handshake
+	// (sourceCounts).
+	waiting, holding bool
+}
+
+// sourceCounts is what the connection budget counts of one source's live connections.
+type sourceCounts struct {
+	waiting int // accepted, their ClientHello not yet read
+	holding int // with a turn (coming or come) and a handshake not yet finished
 }
 
 // newListener returns a listener on addr serving conf, which it clones. A positive rate is the
@@ -89,6 +107,12 @@ func newListener(id, addr string, conf *tls.Config, timeout time.Duration, rate 
 	if rate > 0 {
 		l.budget = newPacer(rate)
 		l.sources = newFailScores(maxSources)
+		l.counts = make(map[netip.Addr]*sourceCounts)
+		// The queue holds at most this many turns: those within half a timeout.
+		queue := int(rate * (timeout / 2).Seconds())
+		l.maxHolding = max(minHolding, queue/holdingShare)
+		l.maxWaiting = max(minWaiting, queue)
+		l.maxAllWaiting = max(minAllWaiting, allWaitingPerQueue*queue)
 		// New refuses a Config.TLS with a GetConfigForClient of its own, so the hook is free.
 		// clientHello returns nil: the handshake goes on with this very configuration.
 		l.tls.GetConfigForClient = l.clientHello
@@ -152,10 +176,15 @@ func (l *listener) Serve(establish listeners.EstablishFn) {
 		}
 		backoff = 0
 		adm := &admission{Conn: raw, source: sourceOf(raw.RemoteAddr())}
+		if l.budget != nil && !l.admitWaiting(adm) {
+			raw.Close()
+			continue
+		}
 		conn := tls.Server(adm, l.tls)
 		l.mu.Lock()
 		if l.closed {
 			l.mu.Unlock()
+			l.release(adm)
 			raw.Close()
 			return
 		}
@@ -185,6 +214,7 @@ func (l *listener) handle(conn *tls.Conn, raw net.Conn, adm *admission, establis
 		}
 		delete(l.conns, conn)
 		l.mu.Unlock()
+		l.release(adm)
 		raw.Close()
 	}()
 	remote := raw.RemoteAddr().String()
@@ -206,11 +236,19 @@ func (l *listener) handle(conn *tls.Conn, raw net.Conn, adm *admission, establis
 	ctx, cancel := context.WithTimeout(l.ctx, limit)
 	err := conn.HandshakeContext(ctx)
 	cancel()
+	if l.budget != nil {
+		l.release(adm) // the handshake is over: its turn is no longer held
+	}
 	if err != nil {
 		if errors.Is(err, errNoTurn) {
 			return // counted and logged by takeTurn
 		}
-		if adm.turn && l.ctx.Err() == nil && !l.fleetCertificateOutOfDate(err) {
+		// Every failure after a turn counts, a fleet certificate that expired too: the
+		// broker checks the chain before the client proves it holds the key, so showing an
+		// expired certificate (public, and sent in clear by TLS 1.2) proves nothing. A
+		// camera whose certificate expired tries it three times before its bootstrap
+		// identity (agent), well under suspectAbove.
+		if adm.turn && l.ctx.Err() == nil {
 			l.failed(adm.source)
 		}
 		level := slog.LevelWarn
@@ -307,6 +345,7 @@ func (l *listener) clientHello(hello *tls.ClientHelloInfo) (*tls.Config, error) 
 		return nil, nil
 	}
 	adm.asked = true
+	l.helloArrived(adm)
 	if err := l.takeTurn(hello.Context(), adm); err != nil {
 		adm.Conn.Close()
 		return nil, err
@@ -327,20 +366,25 @@ func (l *listener) clientHello(hello *tls.ClientHelloInfo) (*tls.Config, error) 
 func (l *listener) takeTurn(ctx context.Context, adm *admission) error {
 	now := time.Now()
 	wait := l.timeout / 2
+	// A source that keeps failing handshakes, or that holds its share of the turns already,
+	// waits for no turn: it takes one only if one is free at once. The turn is held from now (hold), so that many ClientHellos at once
+	// from one source cannot all pass before any is counted.
+	under := l.hold(adm)
 	suspect := l.sources.suspect(adm.source, l.now())
-	if suspect {
+	if !under || suspect {
 		wait = 0
 	}
 	at, ok := l.budget.turn(now, wait)
 	if !ok {
+		l.release(adm)
 		if suspect {
 			l.refusedSuspect(adm.source, now)
 			return errNoTurn
 		}
 		n := l.throttled.Add(1)
 		if warnDue(&l.lastWarn, now) {
-			l.log.Warn("broker: connection rate over budget; closing new connections that would wait too long",
-				"budget_per_s", l.budget.rate, "closed_so_far", n, "admitted_peak_per_s", l.admitted.peak())
+			l.log.Warn("broker: connection rate over budget; closing new connections that would wait too long, or whose source holds its share of the turns already",
+				"budget_per_s", l.budget.rate, "closed_so_far", n, "admitted_peak_per_s", l.admitted.peak(), "share_per_source", l.maxHolding)
 		}
 		return errNoTurn
 	}
@@ -384,33 +428,93 @@ func (l *listener) failed(src netip.Addr) {
 	}
 }
 
-// fleetCertificateOutOfDate reports whether err, a failed handshake, is a client certificate
-// from the fleet CA that is expired or not yet valid by the broker's clock: a real camera that
-// was offline too long (it falls back to its bootstrap identity, R7) or whose certificate is
-// ahead of the broker's clock. Such a failure does not count against its source. crypto/tls
-// returns a *tls.CertificateVerificationError wrapping x509.CertificateInvalidError{Reason:
-// x509.Expired} for both, but x509 checks the leaf's validity period before its chain, so
-// any expired certificate, from any CA, fails that way: the chain is verified again here, as
-// of the leaf's NotAfter, when every certificate the fleet CA issued was valid with its CA
-// (certs.CA.Issue ends none after the CA).
-func (l *listener) fleetCertificateOutOfDate(err error) bool {
-	var verr *tls.CertificateVerificationError
-	var invalid x509.CertificateInvalidError
-	if !errors.As(err, &verr) || !errors.As(err, &invalid) || invalid.Reason != x509.Expired || len(verr.UnverifiedCertificates) == 0 {
-		return false
+// admitWaiting counts adm, a connection just accepted, among those waiting for their
+// ClientHello, and reports whether there is room for it: at most maxWaiting from its source and
+// maxAllWaiting in all. One over is closed at once: a socket that sends nothing takes no
+// turn, but it takes a goroutine and a file descriptor until its timeout, so one host cannot
+// hold more than its share of them.
+func (l *listener) admitWaiting(adm *admission) bool {
+	l.srcMu.Lock()
+	c := l.counts[adm.source]
+	full := l.allWaiting >= l.maxAllWaiting || c != nil && c.waiting >= l.maxWaiting
+	if !full {
+		if c == nil {
+			c = &sourceCounts{}
+			l.counts[adm.source] = c
+		}
+		c.waiting++
+		l.allWaiting++
+		adm.waiting = true
 	}
-	leaf := verr.UnverifiedCertificates[0]
-	intermediates := x509.NewCertPool()
-	for _, c := range verr.UnverifiedCertificates[1:] {
-		intermediates.AddCert(c)
+	l.srcMu.Unlock()
+	if full {
+		n := l.refusedEarly.Add(1)
+		if now := time.Now(); warnDue(&l.lastEarlyWarn, now) {
+			l.log.Warn("broker: too many connections waiting to send their TLS ClientHello; closing new ones at once",
+				"source", sourceString(adm.source), "per_source", l.maxWaiting, "in_all", l.maxAllWaiting, "closed_so_far", n)
+		}
 	}
-	_, err = leaf.Verify(x509.VerifyOptions{
-		Roots:         l.tls.ClientCAs,
-		Intermediates: intermediates,
-		CurrentTime:   leaf.NotAfter,
-		KeyUsages:     []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
-	})
-	return err == nil
+	return !full
+}
+
+// helloArrived counts adm out of the connections waiting for their ClientHello.
+func (l *listener) helloArrived(adm *admission) {
+	l.srcMu.Lock()
+	defer l.srcMu.Unlock()
+	l.unwaitLocked(adm)
+}
+
+func (l *listener) unwaitLocked(adm *admission) {
+	if !adm.waiting {
+		return
+	}
+	adm.waiting = false
+	l.allWaiting--
+	if c := l.counts[adm.source]; c != nil {
+		c.waiting--
+		l.forgetLocked(adm.source, c)
+	}
+}
+
+// hold counts a turn adm is about to take against its source, and reports whether the source
+// held fewer than maxHolding before. It counts it either way: release undoes it.
+func (l *listener) hold(adm *admission) bool {
+	l.srcMu.Lock()
+	defer l.srcMu.Unlock()
+	c := l.counts[adm.source]
+	if c == nil {
+		c = &sourceCounts{}
+		l.counts[adm.source] = c
+	}
+	under := c.holding < l.maxHolding
+	c.holding++
+	adm.holding = true
+	return under
+}
+
+// release takes adm out of every count it is in; it may be called more than once.
+func (l *listener) release(adm *admission) {
+	if l.budget == nil {
+		return
+	}
+	l.srcMu.Lock()
+	defer l.srcMu.Unlock()
+	l.unwaitLocked(adm)
+	if !adm.holding {
+		return
+	}
+	adm.holding = false
+	if c := l.counts[adm.source]; c != nil {
+		c.holding--
+		l.forgetLocked(adm.source, c)
+	}
+}
+
+// forgetLocked drops src's counts once they are both zero.
+func (l *listener) forgetLocked(src netip.Addr, c *sourceCounts) {
+	if c.waiting == 0 && c.holding == 0 {
+		delete(l.counts, src)
+	}
 }
 
 // warnDue reports whether a warning last said at *last (Unix ns) may be said again at now, at

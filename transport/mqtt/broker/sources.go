@@ -31,6 +31,31 @@ import (
 // connection has the balancer's address: the fleet is one source, and a few failing clients
 // make all of it suspect. That is still safe, since a suspect source still gets every free
 // turn, but the budget then no longer tells cameras from an attacker.
+// Besides its score, the budget counts each source's live connections (sourceCounts), for
+// what a score learns too late: a failure is scored only when its handshake ends, up to a
+// connect timeout after its turn, and a ClientHello costs its sender nothing (one captured is
+// replayed as is). So a source holding maxHolding turns (its share: half the turns within
+// half a connect timeout, the queue's length, at least minHolding) whose handshakes have not
+// finished gets only free turns for more (the others are counted as throttled): one host can
+// no longer fill the queue, so a camera elsewhere always finds room in it. A source may have
+// at most maxWaiting connections (the queue's length, at least minWaiting) that have not sent
+// their ClientHello, and all sources together maxAllWaiting, the excess closed at accept.
+// Cameras behind one address lose nothing while the budget has turns free; during a storm
+// their share halves their queue, not their rate: the budget's turns still all go to them.
+const (
+	// holdingShare: a source may hold 1/holdingShare of the queue's turns, at least
+	// minHolding, before it gets only free turns.
+	holdingShare = 2
+	minHolding   = 8
+	// minWaiting is the least maxWaiting: a storm's connections are accepted faster than
+	// their goroutines get to read the ClientHello already in their socket, so the count of
+	// a busy source's sockets not yet read runs well above what its sender holds.
+	minWaiting = 256
+	// maxAllWaiting is allWaitingPerQueue times the queue's length, at least minAllWaiting.
+	allWaitingPerQueue = 4
+	minAllWaiting      = 4096
+)
+
 const (
 	// suspectAbove is the score above which a source is suspect: more than 16 failed
 	// handshakes beyond what leaked away.
