@@ -296,8 +296,8 @@ func brokerCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	svc.notify("STOPPING=1")
 	err = errors.Join(err, b.Close())
 	if *connRate > 0 {
-		fmt.Fprintf(stdout, "broker stopped: most connections admitted in one second %d (budget %g a second); closed over the budget %d; closed from sources failing TLS handshakes while the budget was contended %d\n",
-			b.PeakAdmitted(), *connRate, b.Throttled(), b.Deprioritized())
+		fmt.Fprintf(stdout, "broker stopped: most connections admitted in one second %d (budget %g a second); closed over the budget %d; closed from sources failing TLS handshakes while the budget was contended %d; closed before their TLS ClientHello, over the sockets that may wait for one %d\n",
+			b.PeakAdmitted(), *connRate, b.Throttled(), b.Deprioritized(), b.RefusedEarly())
 	}
 	if n, c, r := b.PublishesDropped(), b.FloodCuts(), b.SessionsRefused(); n+c+r > 0 {
 		fmt.Fprintf(stdout, "broker stopped: publishes dropped over a client's limit %d; clients cut for flooding %d; sessions refused over an identity's cap %d\n", n, c, r)

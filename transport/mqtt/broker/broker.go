@@ -143,8 +143,9 @@ type Config struct {
 	// A connection that sends nothing, or bytes that are no ClientHello, takes no turn: it
 	// ends at ConnectTimeout, or at the first bytes that are not TLS. One source (an IPv4
 	// address or an IPv6 /64) may have at most 256 such sockets waiting (more with a larger
-	// budget: the turns within half a ConnectTimeout), and all sources 4,096; those over are
-	// closed at accept. A source holding half the turns within half a ConnectTimeout (at
+	// budget: the turns within half a ConnectTimeout), and all sources 4,096; one over its
+	// source's share is closed at accept, and when all are taken a waiting socket of the
+	// source holding the most makes room (RefusedEarly counts both). A source holding half the turns within half a ConnectTimeout (at
 	// least 8) whose handshakes have not finished takes more only when one is free at once,
 	// and is closed otherwise (Throttled): one host cannot fill the queue, so a camera
 	// elsewhere always finds room in it. The broker also scores every failed handshake that
@@ -415,6 +416,16 @@ func (b *Broker) Addr() string {
 func (b *Broker) Throttled() uint64 {
 	if ln := b.listener(); ln != nil {
 		return ln.throttled.Load()
+	}
+	return 0
+}
+
+// RefusedEarly returns how many new connections were closed at accept, or later while they
+// still had not sent their TLS ClientHello, to keep within the sockets that may wait for one
+// (Config.MaxConnectRate says how many). It is 0 without a budget.
+func (b *Broker) RefusedEarly() uint64 {
+	if ln := b.listener(); ln != nil {
+		return ln.refusedEarly.Load()
 	}
 	return 0
 }

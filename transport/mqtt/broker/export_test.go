@@ -37,12 +37,3 @@ func (b *Broker) NextTurnIn() time.Duration {
 	defer ln.budget.mu.Unlock()
 	return time.Until(ln.budget.next)
 }
-
-// RefusedEarly returns how many connections were closed at accept, over the count of sockets
-// waiting for their ClientHello.
-func (b *Broker) RefusedEarly() uint64 {
-	if ln := b.listener(); ln != nil {
-		return ln.refusedEarly.Load()
-	}
-	return 0
-}

@@ -92,6 +92,9 @@ type admission struct {
 type sourceCounts struct {
 	waiting int // accepted, their ClientHello not yet read
 	holding int // with a turn (coming or come) and a handshake not yet finished
+	// waiters are the waiting connections themselves, one of which admitWaiting may close
+	// to make room for another source's.
+	waiters map[*admission]struct{}
 }
 
 // newListener returns a listener on addr serving conf, which it clones. A positive rate is the
@@ -430,29 +433,64 @@ func (l *listener) failed(src netip.Addr) {
 
 // admitWaiting counts adm, a connection just accepted, among those waiting for their
 // ClientHello, and reports whether there is room for it: at most maxWaiting from its source and
-// maxAllWaiting in all. One over is closed at once: a socket that sends nothing takes no
-// turn, but it takes a goroutine and a file descriptor until its timeout, so one host cannot
-// hold more than its share of them.
+// maxAllWaiting in all. A socket that sends nothing takes no turn, but it takes a goroutine and
+// a file descriptor until its timeout, so one host cannot hold more than its share of them.
+// One over its source's share is closed at once. When all sources together hold
+// maxAllWaiting, room is made by closing a waiting socket of the source that holds the most,
+// if that is more than adm's source holds after adm: a few hosts filling the room cannot
+// lock every other source out, they only crowd each other.
 func (l *listener) admitWaiting(adm *admission) bool {
 	l.srcMu.Lock()
 	c := l.counts[adm.source]
-	full := l.allWaiting >= l.maxAllWaiting || c != nil && c.waiting >= l.maxWaiting
+	mine := 0
+	if c != nil {
+		mine = c.waiting
+	}
+	full := mine >= l.maxWaiting
+	var victim *admission
+	var victimSource netip.Addr
+	if !full && l.allWaiting >= l.maxAllWaiting {
+		var heavy *sourceCounts
+		for src, hc := range l.counts {
+			if src != adm.source && (heavy == nil || hc.waiting > heavy.waiting) {
+				heavy, victimSource = hc, src
+			}
+		}
+		if heavy != nil && heavy.waiting > mine+1 {
+			for v := range heavy.waiters {
+				victim = v
+				break
+			}
+			l.unwaitLocked(victim)
+		} else {
+			full = true
+		}
+	}
 	if !full {
 		if c == nil {
 			c = &sourceCounts{}
 			l.counts[adm.source] = c
 		}
+		if c.waiters == nil {
+			c.waiters = make(map[*admission]struct{})
+		}
+		c.waiters[adm] = struct{}{}
 		c.waiting++
 		l.allWaiting++
 		adm.waiting = true
 	}
 	l.srcMu.Unlock()
-	if full {
-		n := l.refusedEarly.Add(1)
-		if now := time.Now(); warnDue(&l.lastEarlyWarn, now) {
-			l.log.Warn("broker: too many connections waiting to send their TLS ClientHello; closing new ones at once",
-				"source", sourceString(adm.source), "per_source", l.maxWaiting, "in_all", l.maxAllWaiting, "closed_so_far", n)
-		}
+	closed, from := adm, adm.source
+	if victim != nil {
+		victim.Conn.Close() // its handshake fails, unscored: it took no turn
+		closed, from = victim, victimSource
+	} else if !full {
+		return true
+	}
+	n := l.refusedEarly.Add(1)
+	if now := time.Now(); warnDue(&l.lastEarlyWarn, now) {
+		l.log.Warn("broker: too many connections waiting to send their TLS ClientHello; closing one at once",
+			"source", sourceString(from), "per_source", l.maxWaiting, "in_all", l.maxAllWaiting, "closed_so_far", n, "made_room", closed != adm)
 	}
 	return !full
 }
@@ -471,6 +509,7 @@ func (l *listener) unwaitLocked(adm *admission) {
 	adm.waiting = false
 	l.allWaiting--
 	if c := l.counts[adm.source]; c != nil {
+		delete(c.waiters, adm)
 		c.waiting--
 		l.forgetLocked(adm.source, c)
 	}
