@@ -252,6 +252,7 @@ func New(cfg Config) (*Agent, error) {
 	st, err := a.store.Load()
 	var ce *state.CorruptError
 	corrupt := errors.As(err, &ce)
+	marked := privacyMarked(cfg.StateDir)
 	lost := err == nil && stateLost(cfg.StateDir)
 	orphaned := err == nil && !lost && journalOrphaned(cfg.StateDir, st)
 	switch {
@@ -270,9 +271,9 @@ func New(cfg Config) (*Agent, error) {
 			a.log.Error("state file was corrupt; quarantined it and recovered", "quarantined", ce.Quarantined, "err", ce.Err, "active_generation", st.Cred.Active, "phase", st.Cred.Phase, "next_generation", st.Cred.Next)
 			was.Privacy = ce.Privacy
 		}
-		// Privacy mode the owner turned on stays on: a damaged value elsewhere in the file
-		// must not make the camera stream again.
-		st.Privacy = was.Privacy
+		// Privacy mode the owner turned on stays on: a damaged value elsewhere in the file,
+		// or a file gone or moved aside whole, must not make the camera stream again.
+		st.Privacy = was.Privacy || marked
 		// Grants from before the last breach stay void, and its dropped keys untrusted.
 		a.recoverFloor(&st)
 		if err := a.store.Save(st); err != nil {
@@ -285,6 +286,18 @@ func New(cfg Config) (*Agent, error) {
 		return nil, fmt.Errorf("agent: %w", err)
 	default:
 		a.keepFloor(st) // a state written before the floor file was
+		if marked && !st.Privacy {
+			// Killed between saving "off" and removing the marker, or the marker of a
+			// camera rolled back to an agent without it: on is the safe side.
+			a.log.Warn("privacy mode marker present though the state says off; privacy mode stays on until it is turned off", "file", PrivacyMarkerFile)
+			st.Privacy = true
+		}
+	}
+	if st.Privacy && !marked {
+		// A state from before the marker, or a marker lost: write it now.
+		if err := markPrivacy(cfg.StateDir); err != nil {
+			a.log.Error("privacy mode is on, but its marker could not be written", "file", PrivacyMarkerFile, "err", err)
+		}
 	}
 	a.st = st
 	a.grantEpoch = a.grantEpochLocked()

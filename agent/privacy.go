@@ -201,10 +201,23 @@ func (a *Agent) SetPrivacy(ctx context.Context, on bool, why string) error {
 	saved, before := a.st.Privacy, a.privacyLocked()
 	a.mu.Unlock()
 	var saveErr error
+	if on {
+		// The marker first, whatever the state says: it may be the one record that lasts.
+		if err := markPrivacy(a.cfg.StateDir); err != nil {
+			a.log.Error("privacy mode is on, but its marker could not be written", "file", PrivacyMarkerFile, "err", err)
+		}
+	}
 	if saved != on {
 		saveErr = a.save(func(st *state.State) { st.Privacy = on })
 		if saveErr != nil && !on {
 			return fmt.Errorf("agent: privacy mode stays on: %w", saveErr)
+		}
+	}
+	if !on {
+		if err := unmarkPrivacy(a.cfg.StateDir); err != nil {
+			// The state says off: this run streams, and the next start keeps privacy mode
+			// on until it is turned off again.
+			a.log.Error("privacy mode is off, but its marker could not be removed: the next start turns it on again", "file", PrivacyMarkerFile, "err", err)
 		}
 	}
 	a.mu.Lock()
@@ -228,6 +241,43 @@ func (a *Agent) SetPrivacy(ctx context.Context, on bool, why string) error {
 	return nil
 }
 
+// PrivacyMarkerFile exists in the state directory while privacy mode is on: a second record
+// of it beside state.json, so that privacy mode survives what leaves nothing of state.json to
+// read (a directory or a link to nothing in its place, or the file gone), and a full disk,
+// where an empty file can often still be made when state.json cannot be written again. Its
+// content means nothing; anything there, even unreadable, keeps privacy mode on. It is made
+// before the state says on and removed after the state says off, so a kill between the two
+// leaves privacy mode on: a wrong "on" only keeps the camera stopped until its owner turns it
+// off, where a wrong "off" would stream against their choice.
+const PrivacyMarkerFile = "privacy.on"
+
+// privacyMarked reports whether PrivacyMarkerFile is in dir; true too when that cannot be
+// told (an I/O error).
+func privacyMarked(dir string) bool {
+	_, err := os.Lstat(filepath.Join(dir, PrivacyMarkerFile))
+	return !errors.Is(err, fs.ErrNotExist)
+}
+
+// markPrivacy makes PrivacyMarkerFile in dir, durably.
+func markPrivacy(dir string) error {
+	f, err := os.OpenFile(filepath.Join(dir, PrivacyMarkerFile), os.O_WRONLY|os.O_CREATE, 0o600)
+	if err != nil {
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	return atomicfile.SyncDir(dir)
+}
+
+// unmarkPrivacy removes PrivacyMarkerFile from dir, durably.
+func unmarkPrivacy(dir string) error {
+	if err := os.Remove(filepath.Join(dir, PrivacyMarkerFile)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	return atomicfile.SyncDir(dir)
+}
+
 // applyPrivacy makes the video layer follow privacy mode.
 func (a *Agent) applyPrivacy(on bool) {
 	v := a.video.Load()
@@ -245,7 +295,7 @@ func (a *Agent) applyPrivacy(on bool) {
 // bootstrap key goes before any credential (the agent would get a new one through it), and
 // the bundle's copy before the bundle (the agent would write the bundle again from it).
 var resetPatterns = []string{
-	BootstrapKey, KeyFile, CSRFile, BundleCopyFile, BundleFile, StateFile, FloorFile, TokenFile, credsDir,
+	BootstrapKey, KeyFile, CSRFile, BundleCopyFile, BundleFile, StateFile, FloorFile, TokenFile, credsDir, PrivacyMarkerFile,
 	StateFile + ".corrupt*", ".*.tmp*", ".tmp*",
 }
 

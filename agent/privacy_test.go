@@ -408,6 +408,7 @@ func TestResetWipesEverySecretAndTheDeviceMustEnrollAgain(t *testing.T) {
 	write("."+seal.SecretFile+".new-0011223344556677", bytes.Repeat([]byte{7}, seal.SecretSize))
 	write("."+seal.SettingsFile+".tmp-9", []byte("sealed leftovers"))
 	write(StateFile+".corrupt-1700000000", []byte("{garbage"))
+	write(PrivacyMarkerFile, nil) // a reset device streams once enrolled again
 	write("operator-notes.txt", []byte("not the agent's"))
 
 	// A second name for the key's inode shows whether it was overwritten before removal.
