@@ -192,7 +192,8 @@ func (a *Agent) privacyLocked() bool { return a.st.Privacy || a.privacyUnsaved }
 //
 // Privacy never waits on the disk. Turned on, it takes effect even when it cannot be saved (a
 // full or failing flash): SetPrivacy then returns the error, and a later SetPrivacy(true)
-// tries the save again. Turned off, it takes effect only once saved: failing, the camera
+// tries the save again; meanwhile its marker (PrivacyMarkerFile, an empty file, which a full
+// disk usually still takes) keeps it on across a restart. Turned off, it takes effect only once saved: failing, the camera
 // stays private.
 func (a *Agent) SetPrivacy(ctx context.Context, on bool, why string) error {
 	a.privMu.Lock()
@@ -200,11 +201,11 @@ func (a *Agent) SetPrivacy(ctx context.Context, on bool, why string) error {
 	a.mu.Lock()
 	saved, before := a.st.Privacy, a.privacyLocked()
 	a.mu.Unlock()
-	var saveErr error
+	var saveErr, markErr error
 	if on {
 		// The marker first, whatever the state says: it may be the one record that lasts.
-		if err := markPrivacy(a.cfg.StateDir); err != nil {
-			a.log.Error("privacy mode is on, but its marker could not be written", "file", PrivacyMarkerFile, "err", err)
+		if markErr = markPrivacy(a.cfg.StateDir); markErr != nil {
+			a.log.Error("privacy mode is on, but its marker could not be written", "file", PrivacyMarkerFile, "err", markErr)
 		}
 	}
 	if saved != on {
@@ -224,6 +225,8 @@ func (a *Agent) SetPrivacy(ctx context.Context, on bool, why string) error {
 	a.privacyUnsaved = on && saveErr != nil
 	a.mu.Unlock()
 	switch {
+	case saveErr != nil && markErr == nil:
+		a.log.Error("privacy mode is on, but the state could not be saved; its marker keeps it on across a restart", "by", why, "file", PrivacyMarkerFile, "err", saveErr)
 	case saveErr != nil:
 		a.log.Error("privacy mode is on, but could not be saved: a restart before it is saved turns it off", "by", why, "err", saveErr)
 	case before != on:
