@@ -90,11 +90,10 @@ type admission struct {
 
 // sourceCounts is what the connection budget counts of one source's live connections.
 type sourceCounts struct {
-	waiting int // accepted, their ClientHello not yet read
+	// waiting are the connections accepted whose ClientHello is not yet read; admitWaiting
+	// may close one to make room for another source's.
+	waiting map[*admission]struct{}
 	holding int // with a turn (coming or come) and a handshake not yet finished
-	// waiters are the waiting connections themselves, one of which admitWaiting may close
-	// to make room for another source's.
-	waiters map[*admission]struct{}
 }
 
 // newListener returns a listener on addr serving conf, which it clones. A positive rate is the
@@ -444,7 +443,7 @@ func (l *listener) admitWaiting(adm *admission) bool {
 	c := l.counts[adm.source]
 	mine := 0
 	if c != nil {
-		mine = c.waiting
+		mine = len(c.waiting)
 	}
 	full := mine >= l.maxWaiting
 	var victim *admission
@@ -452,12 +451,12 @@ func (l *listener) admitWaiting(adm *admission) bool {
 	if !full && l.allWaiting >= l.maxAllWaiting {
 		var heavy *sourceCounts
 		for src, hc := range l.counts {
-			if src != adm.source && (heavy == nil || hc.waiting > heavy.waiting) {
+			if src != adm.source && (heavy == nil || len(hc.waiting) > len(heavy.waiting)) {
 				heavy, victimSource = hc, src
 			}
 		}
-		if heavy != nil && heavy.waiting > mine+1 {
-			for v := range heavy.waiters {
+		if heavy != nil && len(heavy.waiting) > mine+1 {
+			for v := range heavy.waiting {
 				victim = v
 				break
 			}
@@ -471,11 +470,10 @@ func (l *listener) admitWaiting(adm *admission) bool {
 			c = &sourceCounts{}
 			l.counts[adm.source] = c
 		}
-		if c.waiters == nil {
-			c.waiters = make(map[*admission]struct{})
+		if c.waiting == nil {
+			c.waiting = make(map[*admission]struct{})
 		}
-		c.waiters[adm] = struct{}{}
-		c.waiting++
+		c.waiting[adm] = struct{}{}
 		l.allWaiting++
 		adm.waiting = true
 	}
@@ -509,8 +507,7 @@ func (l *listener) unwaitLocked(adm *admission) {
 	adm.waiting = false
 	l.allWaiting--
 	if c := l.counts[adm.source]; c != nil {
-		delete(c.waiters, adm)
-		c.waiting--
+		delete(c.waiting, adm)
 		l.forgetLocked(adm.source, c)
 	}
 }
@@ -551,7 +548,7 @@ func (l *listener) release(adm *admission) {
 
 // forgetLocked drops src's counts once they are both zero.
 func (l *listener) forgetLocked(src netip.Addr, c *sourceCounts) {
-	if c.waiting == 0 && c.holding == 0 {
+	if len(c.waiting) == 0 && c.holding == 0 {
 		delete(l.counts, src)
 	}
 }
