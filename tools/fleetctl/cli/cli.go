@@ -198,7 +198,7 @@ func brokerCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	listen := fs.String("listen", "", "listen address host:port (default: the fleet's broker URL)")
 	data := fs.String("data", "", "persistence directory for sessions and retained messages (default <dir>/broker/data)")
 	poll := fs.Duration("revocation-poll", signer.DefaultEnforceInterval, "how often to look for newly revoked certificates, to cut their live sessions")
-	connRate := fs.Float64("max-connect-rate", 0, "budget of new connections per second: a connection takes its turn once its TLS ClientHello arrives (a socket that sends none, or no TLS, takes none), and one whose turn would come more than 5 s later is closed and its client retries with backoff; a source (IPv4 address or IPv6 /64) holds at most half the queued turns and 256 sockets that have not sent their ClientHello, and one that keeps failing handshakes gets only turns that are free at once, so one host without a fleet certificate cannot starve the fleet (many addresses still can; behind a load balancer without PROXY protocol the fleet is one source); 0: no limit")
+	connRate := fs.Float64("max-connect-rate", 0, "budget of new connections per second (TLS handshakes started); a connection whose turn would come more than 5 s later is closed and its client retries with backoff; 0: no limit")
 	sessionExpiry := fs.Duration("session-expiry", broker.DefaultSessionExpiry, "how long the persistent session of a client that is away is kept, with what is queued for it; a device away longer subscribes again and converges from the retained desired state (whole seconds)")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the broker to this file when it stops (SIGTERM or SIGINT), for go tool pprof")
 	maxSessions := fs.Int("max-sessions-per-identity", broker.DefaultMaxSessionsPerIdentity, "sessions, connected or kept, one operator, signer, viewer or bootstrap identity may hold (a device holds one); negative: no cap")
@@ -296,8 +296,8 @@ func brokerCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	svc.notify("STOPPING=1")
 	err = errors.Join(err, b.Close())
 	if *connRate > 0 {
-		fmt.Fprintf(stdout, "broker stopped: most connections admitted in one second %d (budget %g a second); closed over the budget %d; closed from sources failing TLS handshakes while the budget was contended %d; closed before their TLS ClientHello, over the sockets that may wait for one %d\n",
-			b.PeakAdmitted(), *connRate, b.Throttled(), b.Deprioritized(), b.RefusedEarly())
+		fmt.Fprintf(stdout, "broker stopped: most connections admitted in one second %d (budget %g a second); closed over the budget %d\n",
+			b.PeakAdmitted(), *connRate, b.Throttled())
 	}
 	if n, c, r := b.PublishesDropped(), b.FloodCuts(), b.SessionsRefused(); n+c+r > 0 {
 		fmt.Fprintf(stdout, "broker stopped: publishes dropped over a client's limit %d; clients cut for flooding %d; sessions refused over an identity's cap %d\n", n, c, r)

@@ -544,8 +544,7 @@ func TestGrantIsForTheEpochTheDeviceWillHold(t *testing.T) {
 }
 
 // When fleetctl broker stops, --cpuprofile has written a CPU profile, gzip-compressed as pprof
-// reads it, and with --max-connect-rate it says the most connections it admitted in a second,
-// and how many it closed over the budget and from sources failing TLS handshakes.
+// reads it, and with --max-connect-rate it says the most connections it admitted in a second.
 func TestBrokerStopWritesTheProfileAndTheAdmissionPeak(t *testing.T) {
 	dir, f := initFleet(t)
 	e := fleettest.Enroll(t, f, "cam-0001")
@@ -568,7 +567,7 @@ func TestBrokerStopWritesTheProfileAndTheAdmissionPeak(t *testing.T) {
 	if err := <-done; err != nil {
 		t.Fatalf("fleetctl broker: %v\n%s", err, stderr.String())
 	}
-	if !strings.Contains(stdout.String(), "most connections admitted in one second 1 (budget 50 a second); closed over the budget 0; closed from sources failing TLS handshakes while the budget was contended 0; closed before their TLS ClientHello, over the sockets that may wait for one 0\n") {
+	if !strings.Contains(stdout.String(), "most connections admitted in one second 1 (budget 50 a second); closed over the budget 0") {
 		t.Errorf("fleetctl broker said:\n%s", stdout.String())
 	}
 	pf, err := os.Open(path)

@@ -128,42 +128,14 @@ type Config struct {
 	// disconnected. Zero means DefaultMaxPacketSize.
 	MaxPacketSize int
 	// ConnectTimeout bounds the TLS handshake plus the CONNECT packet of a new connection.
-	// With MaxConnectRate it bounds the arrival of the ClientHello, and then, from the
-	// connection's turn, the rest of the handshake plus the CONNECT packet: the wait for the
-	// turn is the broker's, not the client's. Zero means DefaultConnectTimeout.
+	// Zero means DefaultConnectTimeout.
 	ConnectTimeout time.Duration
 	// MaxConnectRate, if positive, is the budget of new connections per second: a connection
-	// takes its turn once its TLS ClientHello has arrived, waits for it, for at most half of
-	// ConnectTimeout, before the broker answers, and is closed unanswered if its turn would
-	// come later (the client backs off and retries; Throttled counts it). This spreads the
-	// reconnection storm after a restart or a network cut over time, at a rate the broker's
-	// host can take. The budget is smooth (a burst of one): no second sees more than
-	// MaxConnectRate handshakes go on past their ClientHello, plus one.
-	//
-	// A connection that sends nothing, or bytes that are no ClientHello, takes no turn: it
-	// ends at ConnectTimeout, or at the first bytes that are not TLS. One source (an IPv4
-	// address or an IPv6 /64) may have at most 256 such sockets waiting (more with a larger
-	// budget: the turns within half a ConnectTimeout), and all sources 4,096; one over its
-	// source's share is closed at accept, and when all are taken a waiting socket of the
-	// source holding the most makes room (RefusedEarly counts both). A source holding half the turns within half a ConnectTimeout (at
-	// least 8) whose handshakes have not finished takes more only when one is free at once,
-	// and is closed otherwise (Throttled): one host cannot fill the queue, so a camera
-	// elsewhere always finds room in it. The broker also scores every failed handshake that
-	// had a turn (no client certificate, one the fleet CA did not issue, an expired one, a
-	// client giving up or timing out after its turn) of each source, in a leaky bucket: a
-	// source with more than 16 failures beyond the 15 a minute that leak away is suspect (a
-	// home with a few broken cameras retrying with backoff stays below it; a host hammering
-	// without a fleet certificate passes it within seconds). A suspect source takes a turn
-	// only when one is free at once; while turns are contended its connections are closed
-	// without one (Deprioritized counts them), so it is never locked out while capacity is
-	// free. At most 65,536 sources are scored at once. What it cannot do: an attacker with
-	// many addresses (a routed IPv6 /48 is 65,536 sources) gets its share of the queue and
-	// about 16 failures per address, then 15 a minute each, and once the table is full new
-	// addresses go unscored; a client whose own connect timeout is shorter than the wait for
-	// its turn counts as failing. Behind a load balancer that does not pass client addresses
-	// on (PROXY protocol), every connection is one source: its share halves the queue, and a
-	// few failing clients make it suspect, which is safe (it is only deprioritized) but no
-	// longer tells cameras from an attacker. Zero means no limit, and nothing is counted.
+	// waits for its turn before its TLS handshake, for at most half of ConnectTimeout, and is
+	// closed unanswered if its turn would come later (the client backs off and retries). This
+	// spreads the reconnection storm after a restart or a network cut over time, at a rate the
+	// broker's host can take. The budget is smooth (a burst of one): no second sees more than
+	// MaxConnectRate handshakes start, plus one. Zero means no limit.
 	MaxConnectRate float64
 	// SessionExpiry is how long a persistent session (MQTT 3.1.1 CleanSession false; an MQTT
 	// 5 client's own interval is capped at it) outlives its client's connection. Then the
@@ -181,8 +153,7 @@ type Config struct {
 	// Now, if set, is the clock certificate validity is checked against, in the TLS handshake
 	// and again at CONNECT, and that tells how long a connection has left before its
 	// certificate chain expires and the broker cuts it (the wait itself runs on the real
-	// clock). The publish limits refill by it too, and the connection budget's scores of
-	// failed handshakes leak by it (MaxConnectRate). Nil means TLS.Time if that is set, else
+	// clock). The publish limits refill by it too. Nil means TLS.Time if that is set, else
 	// time.Now.
 	Now func() time.Time
 	// MaxSessionsPerIdentity caps the sessions one identity of a role other than device
@@ -385,7 +356,10 @@ func (b *Broker) Start() error {
 			return fmt.Errorf("broker: open %s: %w", filepath.Join(b.cfg.DataDir, dbFile), err)
 		}
 	}
-	ln := newListener(listenerID, b.cfg.Addr, b.tls, b.cfg.ConnectTimeout, b.cfg.MaxConnectRate, b.log)
+	ln := newListener(listenerID, b.cfg.Addr, b.tls, b.cfg.ConnectTimeout, b.log)
+	if b.cfg.MaxConnectRate > 0 {
+		ln.budget = newPacer(b.cfg.MaxConnectRate)
+	}
 	if err := srv.AddListener(ln); err != nil {
 		srv.Close()
 		return fmt.Errorf("broker: listen on %s: %w", b.cfg.Addr, err)
@@ -408,11 +382,8 @@ func (b *Broker) Addr() string {
 	return b.ln.Address()
 }
 
-// Throttled returns how many new connections were closed unanswered, after their ClientHello,
-// because the connection budget (Config.MaxConnectRate) had no turn for them in time, or
-// none free at once for a source holding its share of the turns. The connections of suspect
-// sources closed for want of a free turn are not among them (Deprioritized counts those), nor
-// those closed at accept over the sockets waiting for their ClientHello.
+// Throttled returns how many new connections were closed unanswered because the connection
+// budget (Config.MaxConnectRate) had no turn for them in time.
 func (b *Broker) Throttled() uint64 {
 	if ln := b.listener(); ln != nil {
 		return ln.throttled.Load()
@@ -420,33 +391,11 @@ func (b *Broker) Throttled() uint64 {
 	return 0
 }
 
-// RefusedEarly returns how many new connections were closed at accept, or later while they
-// still had not sent their TLS ClientHello, to keep within the sockets that may wait for one
-// (Config.MaxConnectRate says how many). It is 0 without a budget.
-func (b *Broker) RefusedEarly() uint64 {
-	if ln := b.listener(); ln != nil {
-		return ln.refusedEarly.Load()
-	}
-	return 0
-}
-
-// Deprioritized returns how many new connections from sources that keep failing TLS
-// handshakes (Config.MaxConnectRate says which) were closed unanswered, after their
-// ClientHello, because no turn of the connection budget was free at once. It is 0 without a
-// budget.
-func (b *Broker) Deprioritized() uint64 {
-	if ln := b.listener(); ln != nil {
-		return ln.deprioritized.Load()
-	}
-	return 0
-}
-
 // PeakAdmitted returns the most connections admitted in any one second of the clock since
 // Start, counted by the time of their turn in the budget (without Config.MaxConnectRate, by
-// their arrival): with MaxConnectRate N, at most N+1. With a budget, only connections whose
-// ClientHello arrived take a turn, so silent sockets and port probes are not counted. A
-// handshake goes on at its turn, or a little later on a busy machine; connections completed
-// can bunch above the budget when handshakes the broker let on within it finish together.
+// their arrival): with MaxConnectRate N, at most N+1. A handshake starts at its turn, or a
+// little later on a busy machine; connections completed can bunch above the budget when
+// handshakes the broker started within it finish together.
 func (b *Broker) PeakAdmitted() int {
 	if ln := b.listener(); ln != nil {
 		return ln.admitted.peak()

@@ -24,8 +24,3 @@ var (
 	// refused. It cannot happen with a Config.TLS that passes New.
 	ErrNoPeerCertificate = errors.New("broker: no verified client certificate")
 )
-
-// errNoTurn is why the handshake of a connection the connection budget had no turn for ends:
-// the listener closes such a connection unanswered, and counts it as throttled or
-// deprioritized rather than as a failed handshake.
-var errNoTurn = errors.New("broker: no turn in the connection budget")
