@@ -38,35 +38,30 @@ func NewCRLFile(path string, ca *x509.Certificate, log *slog.Logger) *CRLFile {
 		log = slog.New(slog.DiscardHandler)
 	}
 	c := &CRLFile{path: path, ca: ca, log: log, listed: map[string]bool{}}
+	fi, err := os.Stat(path)
 	c.mu.Lock()
-	c.refreshLocked()
+	c.refreshLocked(fi, err)
 	c.mu.Unlock()
 	return c
 }
 
 // Listed reports whether the CRL lists serial. It is meant for broker.Config.Revoked, next to
-// the registry's Revoked.
+// the registry's Revoked. The stat(2) runs outside the lock: connections asking at once wait
+// for one another only while a changed file is read.
 func (c *CRLFile) Listed(serial *big.Int) bool {
 	if serial == nil {
 		return false
 	}
+	fi, err := os.Stat(c.path)
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.refreshLocked()
+	c.refreshLocked(fi, err)
 	return c.listed[registry.SerialHex(serial)]
 }
 
-// Len returns how many serials are listed.
-func (c *CRLFile) Len() int {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.refreshLocked()
-	return len(c.listed)
-}
-
-// refreshLocked reads the file again if it changed since it was last looked at.
-func (c *CRLFile) refreshLocked() {
-	fi, err := os.Stat(c.path)
+// refreshLocked reads the file again if fi and err, its stat(2), say it changed since it was
+// last looked at.
+func (c *CRLFile) refreshLocked(fi os.FileInfo, err error) {
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
 		c.seen, c.failing = nil, false // none yet (a signer writes it), or moved away: what was read stays
