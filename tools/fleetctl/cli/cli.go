@@ -198,7 +198,7 @@ func brokerCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	listen := fs.String("listen", "", "listen address host:port (default: the fleet's broker URL)")
 	data := fs.String("data", "", "persistence directory for sessions and retained messages (default <dir>/broker/data)")
 	poll := fs.Duration("revocation-poll", signer.DefaultEnforceInterval, "how often to look for newly revoked certificates, to cut their live sessions")
-	connRate := fs.Float64("max-connect-rate", 0, "budget of new connections per second (TLS handshakes started); a connection whose turn would come more than 5 s later is closed and its client retries with backoff; 0: no limit")
+	connRate := fs.Float64("max-connect-rate", 0, "budget of new connections per second (TLS handshakes answered), shared fairly between source addresses; a connection whose turn would come more than 5 s later is closed and its client retries with backoff; 0: no limit")
 	sessionExpiry := fs.Duration("session-expiry", broker.DefaultSessionExpiry, "how long the persistent session of a client that is away is kept, with what is queued for it; a device away longer subscribes again and converges from the retained desired state (whole seconds)")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the broker to this file when it stops (SIGTERM or SIGINT), for go tool pprof")
 	maxSessions := fs.Int("max-sessions-per-identity", broker.DefaultMaxSessionsPerIdentity, "sessions, connected or kept, one operator, signer, viewer or bootstrap identity may hold (a device holds one); negative: no cap")
@@ -296,8 +296,8 @@ func brokerCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	svc.notify("STOPPING=1")
 	err = errors.Join(err, b.Close())
 	if *connRate > 0 {
-		fmt.Fprintf(stdout, "broker stopped: most connections admitted in one second %d (budget %g a second); closed over the budget %d\n",
-			b.PeakAdmitted(), *connRate, b.Throttled())
+		fmt.Fprintf(stdout, "broker stopped: most connections admitted in one second %d (budget %g a second); closed over the budget %d; closed before their TLS ClientHello, too many waiting for one %d\n",
+			b.PeakAdmitted(), *connRate, b.Throttled(), b.RefusedEarly())
 	}
 	if n, c, r := b.PublishesDropped(), b.FloodCuts(), b.SessionsRefused(); n+c+r > 0 {
 		fmt.Fprintf(stdout, "broker stopped: publishes dropped over a client's limit %d; clients cut for flooding %d; sessions refused over an identity's cap %d\n", n, c, r)

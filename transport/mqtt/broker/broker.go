@@ -130,12 +130,18 @@ type Config struct {
 	// ConnectTimeout bounds the TLS handshake plus the CONNECT packet of a new connection.
 	// Zero means DefaultConnectTimeout.
 	ConnectTimeout time.Duration
-	// MaxConnectRate, if positive, is the budget of new connections per second: a connection
-	// waits for its turn before its TLS handshake, for at most half of ConnectTimeout, and is
-	// closed unanswered if its turn would come later (the client backs off and retries). This
-	// spreads the reconnection storm after a restart or a network cut over time, at a rate the
-	// broker's host can take. The budget is smooth (a burst of one): no second sees more than
-	// MaxConnectRate handshakes start, plus one. Zero means no limit.
+	// MaxConnectRate, if positive, is the budget of new connections per second: once its TLS
+	// ClientHello has arrived, a connection waits for its turn before the broker answers, for
+	// at most half of ConnectTimeout, and is closed unanswered if its turn would come later
+	// (the client backs off and retries). This spreads the reconnection storm after a restart
+	// or a network cut over time, at a rate the broker's host can take. The budget is smooth
+	// (a burst of one): no second sees more than MaxConnectRate handshakes go on, plus one.
+	// It is shared fairly between sources (IPv4 addresses, IPv6 /64s): when the queue is
+	// full, a connection from a source holding fewer queued turns takes the last one of the
+	// source holding the most, if that holds at least two more; and sockets that have not sent
+	// their ClientHello, which take no turn, are capped, the excess closed the same way. One
+	// host can so not starve the cameras of turns; a sender with as many addresses as the
+	// cameras waiting can. Zero means no limit.
 	MaxConnectRate float64
 	// SessionExpiry is how long a persistent session (MQTT 3.1.1 CleanSession false; an MQTT
 	// 5 client's own interval is capped at it) outlives its client's connection. Then the
@@ -356,10 +362,7 @@ func (b *Broker) Start() error {
 			return fmt.Errorf("broker: open %s: %w", filepath.Join(b.cfg.DataDir, dbFile), err)
 		}
 	}
-	ln := newListener(listenerID, b.cfg.Addr, b.tls, b.cfg.ConnectTimeout, b.log)
-	if b.cfg.MaxConnectRate > 0 {
-		ln.budget = newPacer(b.cfg.MaxConnectRate)
-	}
+	ln := newListener(listenerID, b.cfg.Addr, b.tls, b.cfg.ConnectTimeout, b.cfg.MaxConnectRate, b.log)
 	if err := srv.AddListener(ln); err != nil {
 		srv.Close()
 		return fmt.Errorf("broker: listen on %s: %w", b.cfg.Addr, err)
@@ -383,10 +386,21 @@ func (b *Broker) Addr() string {
 }
 
 // Throttled returns how many new connections were closed unanswered because the connection
-// budget (Config.MaxConnectRate) had no turn for them in time.
+// budget (Config.MaxConnectRate) had no turn for them in time, or because a connection from a
+// source holding fewer turns took theirs.
 func (b *Broker) Throttled() uint64 {
 	if ln := b.listener(); ln != nil {
 		return ln.throttled.Load()
+	}
+	return 0
+}
+
+// RefusedEarly returns how many connections the connection budget (Config.MaxConnectRate)
+// closed before their TLS ClientHello arrived, because the room for such connections was full:
+// the oldest of the source holding the most, or new ones.
+func (b *Broker) RefusedEarly() uint64 {
+	if ln := b.listener(); ln != nil {
+		return ln.refusedEarly.Load()
 	}
 	return 0
 }

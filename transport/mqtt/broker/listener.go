@@ -1,14 +1,17 @@
 package broker
 
 import (
+	"container/list"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"math/big"
 	"net"
+	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -19,15 +22,18 @@ import (
 )
 
 // listener is the broker's only network listener: TCP with TLS, implementing mochi's
-// listeners.Listener. It replaces mochi's listeners.TCP for three reasons: every goroutine it
+// listeners.Listener. It replaces mochi's listeners.TCP for four reasons: every goroutine it
 // starts is tracked and awaited by Close; the TLS handshake and the CONNECT packet must arrive
 // within a deadline (mochi sets none before CONNECT, so an idle socket would hold a goroutine
-// forever); and it keeps every live connection so that DisconnectSerial, Close and the
-// certificate's expiry can cut them at the socket, which never blocks on a stalled peer.
+// forever); it keeps every live connection so that DisconnectSerial, Close and the
+// certificate's expiry can cut them at the socket, which never blocks on a stalled peer; and
+// it holds the connection budget (Config.MaxConnectRate), whose turns it hands out from inside
+// the TLS handshake once a ClientHello has arrived (clientHello), shared fairly between
+// sources (fair.go).
 type listener struct {
 	id      string
 	addr    string
-	tls     *tls.Config
+	tls     *tls.Config // a clone of the broker's; with a budget, its GetConfigForClient is clientHello
 	timeout time.Duration
 	log     *slog.Logger
 
@@ -35,11 +41,14 @@ type listener struct {
 	ctx    context.Context // cancelled by Close: aborts handshakes in progress
 	cancel context.CancelFunc
 
-	budget    *pacer        // Config.MaxConnectRate; nil: no limit
-	throttled atomic.Uint64 // connections closed because their turn would come too late
-	lastWarn  atomic.Int64  // Unix ns of the last "over budget" warning
-	admitted  admissions    // handshakes started, per second
-	expiring  atomic.Int64  // expiry timers armed and neither stopped nor fired
+	budget        *pacer        // Config.MaxConnectRate; nil: no limit
+	room          *helloRoom    // sockets waiting for their ClientHello; nil without a budget
+	throttled     atomic.Uint64 // connections closed for want of a turn, or whose turn another took
+	refusedEarly  atomic.Uint64 // sockets closed before their ClientHello, the room for them full
+	lastWarn      atomic.Int64  // Unix ns of the last "over budget" warning
+	lastEarlyWarn atomic.Int64  // Unix ns of the last warning about refusedEarly
+	admitted      admissions    // turns come (without a budget: connections accepted), per second
+	expiring      atomic.Int64  // expiry timers armed and neither stopped nor fired
 
 	mu       sync.Mutex
 	closed   bool
@@ -57,14 +66,53 @@ type liveConn struct {
 	expiry *time.Timer       // cuts the connection when its certificate chain expires; nil before
 }
 
-func newListener(id, addr string, conf *tls.Config, timeout time.Duration, log *slog.Logger) *listener {
+// admission is a connection's socket as its TLS handshake sees it (tls.ClientHelloInfo.Conn
+// is the net.Conn given to tls.Server): it carries what the connection budget knows of the
+// connection until its ClientHello has taken a turn.
+type admission struct {
+	net.Conn
+	source netip.Addr // sourceOf the remote address
+	// Its places in the helloRoom, of its source and of all, while it waits there, and when
+	// it came in; guarded by the room's mu.
+	inRoom, inAll *list.Element
+	since         time.Time
+	pushedOut     atomic.Bool // another source's socket took its place in the helloRoom
+	asked         bool        // its ClientHello asked for a turn; only the connection's goroutine touches it
+}
+
+// Sizing the helloRoom: it holds helloRoomPerQueue times the queue's length (the turns within
+// half a connect timeout), at least minHelloRoom. A storm's sockets are accepted faster than
+// their goroutines get to read the ClientHello already in them, so the room must hold well
+// more than the queue, or the fleet's own reconnections would be closed at accept.
+const helloRoomPerQueue = 4
+
+// minHelloRoom is a variable for the tests, which set it low rather than open thousands of
+// sockets.
+var minHelloRoom = 8192
+
+// errNoTurn is why a handshake ends without a turn in the connection budget; the listener has
+// counted it and closed the socket.
+var errNoTurn = errors.New("broker: no turn in the connection budget")
+
+// newListener returns a listener on addr serving conf, which it clones. A positive rate is the
+// connection budget, Config.MaxConnectRate.
+func newListener(id, addr string, conf *tls.Config, timeout time.Duration, rate float64, log *slog.Logger) *listener {
 	ctx, cancel := context.WithCancel(context.Background())
-	return &listener{
-		id: id, addr: addr, tls: conf, timeout: timeout, log: log,
+	l := &listener{
+		id: id, addr: addr, tls: conf.Clone(), timeout: timeout, log: log,
 		ctx: ctx, cancel: cancel,
 		conns:    make(map[*tls.Conn]*liveConn),
 		bySerial: make(map[string]map[*tls.Conn]*liveConn),
 	}
+	if rate > 0 {
+		l.budget = newPacer(rate)
+		queue := int(rate * (timeout / 2).Seconds())
+		l.room = newHelloRoom(max(minHelloRoom, helloRoomPerQueue*queue), timeout/4)
+		// New refuses a Config.TLS with a GetConfigForClient of its own, so the hook is free.
+		// clientHello returns nil: the handshake goes on with this very configuration.
+		l.tls.GetConfigForClient = l.clientHello
+	}
+	return l
 }
 
 // Init binds the address. mochi calls it from Server.AddListener.
@@ -122,24 +170,35 @@ func (l *listener) Serve(establish listeners.EstablishFn) {
 			continue
 		}
 		backoff = 0
-		conn := tls.Server(raw, l.tls)
+		adm := &admission{Conn: raw, source: sourceOf(raw.RemoteAddr())}
+		if l.room != nil && !l.enterRoom(adm) {
+			raw.Close()
+			continue
+		}
+		conn := tls.Server(adm, l.tls)
 		l.mu.Lock()
 		if l.closed {
 			l.mu.Unlock()
+			if l.room != nil {
+				l.room.leave(adm)
+			}
 			raw.Close()
 			return
 		}
 		l.conns[conn] = &liveConn{raw: raw}
 		l.wg.Add(1)
 		l.mu.Unlock()
-		go l.handle(conn, raw, establish)
+		go l.handle(conn, raw, adm, establish)
 	}
 }
 
 // handle runs one connection: the TLS handshake, then mochi's session until it ends.
-func (l *listener) handle(conn *tls.Conn, raw net.Conn, establish listeners.EstablishFn) {
+func (l *listener) handle(conn *tls.Conn, raw net.Conn, adm *admission, establish listeners.EstablishFn) {
 	defer l.wg.Done()
 	defer func() {
+		if l.room != nil {
+			l.room.leave(adm)
+		}
 		l.mu.Lock()
 		c := l.conns[conn]
 		if c != nil && c.expiry != nil && c.expiry.Stop() {
@@ -158,20 +217,28 @@ func (l *listener) handle(conn *tls.Conn, raw net.Conn, establish listeners.Esta
 		raw.Close()
 	}()
 	remote := raw.RemoteAddr().String()
+	limit := l.timeout
 	if l.budget == nil {
 		l.admitted.add(time.Now())
-	} else if !l.takeTurn() {
-		return
+	} else {
+		// The ClientHello must arrive within the timeout; its turn comes at most half a
+		// timeout later, and the turn gives the rest of the handshake a whole timeout again
+		// (takeTurn). The socket deadline bounds each step; this bounds them all.
+		limit += l.timeout/2 + l.timeout
 	}
-	// The deadline covers the handshake and the CONNECT packet; mochi replaces it with one
-	// derived from the keepalive once the client is accepted.
+	// The deadline covers the handshake and the CONNECT packet (with a budget, the ClientHello,
+	// then from its turn the rest of the handshake and the CONNECT packet); mochi replaces it
+	// with one derived from the keepalive once the client is accepted.
 	if err := raw.SetDeadline(time.Now().Add(l.timeout)); err != nil {
 		return
 	}
-	ctx, cancel := context.WithTimeout(l.ctx, l.timeout)
+	ctx, cancel := context.WithTimeout(l.ctx, limit)
 	err := conn.HandshakeContext(ctx)
 	cancel()
 	if err != nil {
+		if errors.Is(err, errNoTurn) || adm.pushedOut.Load() {
+			return // counted, and logged at most every 10 s
+		}
 		level := slog.LevelWarn
 		if errors.Is(err, io.EOF) {
 			level = slog.LevelDebug // a port probe or a client that gave up
@@ -246,62 +313,104 @@ func chainExpiry(st tls.ConnectionState) time.Time {
 	return end
 }
 
-// takeTurn waits for the connection's turn in the connection budget, for at most half of the
-// connect timeout, and reports whether it got one. One that would wait longer is refused at
-// once, without a turn, so that it takes nothing from the connections behind it.
-func (l *listener) takeTurn() bool {
-	now := time.Now()
-	at, ok := l.budget.turn(now, l.timeout/2)
+// enterRoom counts adm, just accepted, as waiting for its ClientHello (helloRoom), and reports
+// whether it may wait. A socket of another source that it pushes out is closed here.
+func (l *listener) enterRoom(adm *admission) bool {
+	out, ok := l.room.enter(adm, time.Now())
+	if out != nil {
+		out.Conn.Close()
+	}
+	if out != nil || !ok {
+		n := l.refusedEarly.Add(1)
+		if now := time.Now(); warnDue(&l.lastEarlyWarn, now) {
+			l.log.Warn("broker: too many connections have not sent their TLS ClientHello; closing the oldest of the source that holds the most, or the oldest of all, or new ones",
+				"waiting_at_most", l.room.max, "closed_so_far", n, "source", adm.source.String())
+		}
+	}
+	return ok
+}
+
+// clientHello is the listener's tls.Config.GetConfigForClient when it has a connection budget.
+// crypto/tls calls it on the connection's goroutine once it has read a whole ClientHello and
+// before it answers, so only a connection that speaks TLS takes a turn: one that sends nothing,
+// or bytes that are no ClientHello, never gets here, and its deadline, the TLS error or the
+// helloRoom ends it. clientHello waits for the turn (takeTurn) and returns nil, so the
+// handshake goes on with the listener's configuration; without a turn it closes the socket,
+// so the client is left unanswered as before (no TLS alert reaches it), and returns errNoTurn.
+func (l *listener) clientHello(hello *tls.ClientHelloInfo) (*tls.Config, error) {
+	adm, ok := hello.Conn.(*admission)
 	if !ok {
-		n := l.throttled.Add(1)
-		if last := l.lastWarn.Load(); now.UnixNano()-last > int64(10*time.Second) && l.lastWarn.CompareAndSwap(last, now.UnixNano()) {
-			l.log.Warn("broker: connection rate over budget; closing new connections that would wait too long",
-				"budget_per_s", l.budget.rate, "closed_so_far", n, "admitted_peak_per_s", l.admitted.peak())
-		}
-		return false
+		// Every connection is made by Serve; refuse one that is not rather than let it past
+		// the budget.
+		return nil, fmt.Errorf("broker: internal error: a handshake on a %T", hello.Conn)
 	}
-	l.admitted.add(at)
-	if d := at.Sub(now); d > 0 {
-		t := time.NewTimer(d)
-		defer t.Stop()
+	if adm.asked {
+		// crypto/tls asks once per handshake (not again for the ClientHello that follows a
+		// HelloRetryRequest); were it to ask again, the connection keeps its one turn.
+		return nil, nil
+	}
+	adm.asked = true
+	if !l.room.leave(adm) {
+		return nil, errNoTurn // pushed out of the room: its socket is closed already
+	}
+	if err := l.takeTurn(hello.Context(), adm); err != nil {
+		adm.Conn.Close()
+		return nil, err
+	}
+	return nil, nil
+}
+
+// takeTurn takes the connection's turn in the connection budget and waits for it, for at
+// most half of the connect timeout, or until ctx (the handshake's, which Close cancels) is
+// done. One that would wait longer is refused at once, without a turn, so that it takes
+// nothing from the connections behind it, unless another source holds at least two more
+// queued turns than its own: then it takes the last of those (pacer.take), and the connection
+// that had it is refused when it learns so.
+//
+// Once the turn has come, the socket deadline is set a whole connect timeout ahead: the
+// handshake and the CONNECT packet have as long from their turn as when the turn was taken at
+// accept, and a client is not made to time out for a wait that was the broker's.
+func (l *listener) takeTurn(ctx context.Context, adm *admission) error {
+	now := time.Now()
+	t, ok := l.budget.take(adm.source, now, l.timeout/2)
+	if !ok {
+		l.overBudget(now)
+		return errNoTurn
+	}
+	if d := t.at.Sub(now); d > 0 {
+		// Queued (pacer.take queues every turn still to come), so t.taken is set.
+		timer := time.NewTimer(d)
+		defer timer.Stop()
 		select {
-		case <-t.C:
-		case <-l.ctx.Done():
-			return false
+		case <-timer.C:
+		case <-t.taken:
+		case <-ctx.Done():
+			l.budget.claim(t)
+			return ctx.Err()
 		}
 	}
-	return true
-}
-
-// pacer hands out turns, a smooth budget of rate a second with a burst of one: each turn comes
-// at least 1/rate after the one before, in the order asked for, so no second of the clock
-// holds more than rate turns, plus one. It is safe for concurrent use.
-type pacer struct {
-	rate     float64
-	interval time.Duration
-
-	mu   sync.Mutex
-	next time.Time // the earliest time of the next turn
-}
-
-func newPacer(rate float64) *pacer {
-	return &pacer{rate: rate, interval: time.Duration(float64(time.Second) / rate)}
-}
-
-// turn takes the next turn and returns its time, if that is at most wait after now; else it
-// takes nothing and returns false.
-func (p *pacer) turn(now time.Time, wait time.Duration) (time.Time, bool) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	at := p.next
-	if at.Before(now) {
-		at = now
+	if !l.budget.claim(t) {
+		l.overBudget(time.Now())
+		return errNoTurn
 	}
-	if at.Sub(now) > wait {
-		return time.Time{}, false
+	l.admitted.add(t.at)
+	return adm.Conn.SetDeadline(time.Now().Add(l.timeout))
+}
+
+// overBudget counts a connection closed for want of a turn, and says so at most every 10 s.
+func (l *listener) overBudget(now time.Time) {
+	n := l.throttled.Add(1)
+	if warnDue(&l.lastWarn, now) {
+		l.log.Warn("broker: connection rate over budget; closing new connections that would wait too long, and queued ones of the sources that hold the most turns",
+			"budget_per_s", l.budget.rate, "closed_so_far", n, "admitted_peak_per_s", l.admitted.peak())
 	}
-	p.next = at.Add(p.interval)
-	return at, true
+}
+
+// warnDue reports whether a warning last given at *last (Unix ns) may be given again at now,
+// at most every 10 s, and if so records now.
+func warnDue(last *atomic.Int64, now time.Time) bool {
+	prev := last.Load()
+	return now.UnixNano()-prev > int64(10*time.Second) && last.CompareAndSwap(prev, now.UnixNano())
 }
 
 // Close stops accepting, cuts every connection at the socket, lets mochi forget its clients

@@ -1,9 +1,20 @@
 package broker
 
 import (
+	"net/netip"
 	"testing"
 	"time"
 )
+
+// turnAt takes a turn from p for a connection from one and the same source and returns its
+// time.
+func turnAt(p *pacer, now time.Time, wait time.Duration) (time.Time, bool) {
+	t, ok := p.take(netip.Addr{}, now, wait)
+	if !ok {
+		return time.Time{}, false
+	}
+	return t.at, true
+}
 
 // The pacer spaces turns by 1/rate in the order asked for, refuses a caller whose turn would
 // come too late without taking a turn from those behind it, and so never gives any second of
@@ -19,7 +30,7 @@ func TestThePacerSpacesTurnsAndRefusesWithoutTakingOne(t *testing.T) {
 	refused := 0
 	for i := range 5000 {
 		now := t0.Add(time.Duration(i) * 2 * time.Microsecond)
-		at, ok := p.turn(now, wait)
+		at, ok := turnAt(p, now, wait)
 		if !ok {
 			refused++
 			continue
@@ -51,13 +62,13 @@ func TestThePacerSpacesTurnsAndRefusesWithoutTakingOne(t *testing.T) {
 
 	// The refusals took nothing: the next caller's turn follows the last one given.
 	last := turns[len(turns)-1]
-	at, ok := p.turn(last.Add(p.interval-wait), wait) // its turn is exactly wait away
+	at, ok := turnAt(p, last.Add(p.interval-wait), wait) // its turn is exactly wait away
 	if !ok || !at.Equal(last.Add(p.interval)) {
 		t.Fatalf("turn after the storm at %v (%v), want %v", at, ok, last.Add(p.interval))
 	}
 	// After a quiet spell the next caller goes at once.
 	later := at.Add(time.Minute)
-	if at, ok := p.turn(later, 0); !ok || !at.Equal(later) {
+	if at, ok := turnAt(p, later, 0); !ok || !at.Equal(later) {
 		t.Fatalf("turn after a quiet minute at %v (%v), want at once", at, ok)
 	}
 }

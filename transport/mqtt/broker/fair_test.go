@@ -1,0 +1,217 @@
+package broker
+
+import (
+	"math/rand/v2"
+	"net"
+	"net/netip"
+	"testing"
+	"time"
+)
+
+// sourceOf counts an IPv4 address as itself, an IPv4-mapped one as the IPv4 address, and
+// every IPv6 address as its /64.
+func TestSourceOfIsTheAddressOrItsSlash64(t *testing.T) {
+	for _, c := range []struct{ ip, want string }{
+		{"127.0.0.1", "127.0.0.1"},
+		{"::ffff:192.0.2.7", "192.0.2.7"},
+		{"2001:db8:1:2:aaaa:bbbb:cccc:dddd", "2001:db8:1:2::"},
+		{"2001:db8:1:2::1", "2001:db8:1:2::"},
+		{"::1", "::"},
+	} {
+		got := sourceOf(&net.TCPAddr{IP: net.ParseIP(c.ip), Port: 1234})
+		if got != netip.MustParseAddr(c.want) {
+			t.Errorf("sourceOf(%s) = %v, want %s", c.ip, got, c.want)
+		}
+	}
+	if got := sourceOf(&net.UnixAddr{Name: "/x"}); got.IsValid() {
+		t.Errorf("sourceOf(a unix address) = %v, want the zero Addr", got)
+	}
+}
+
+// tally's most is always a source holding the highest count, through any sequence of
+// increments and decrements: checked against counting by hand.
+func TestTallyKnowsTheSourceHoldingTheMost(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	srcs := make([]netip.Addr, 12)
+	for i := range srcs {
+		srcs[i] = netip.AddrFrom4([4]byte{10, 0, 0, byte(i)})
+	}
+	var tl tally
+	want := map[netip.Addr]int{}
+	for step := range 20000 {
+		s := srcs[rng.IntN(len(srcs))]
+		if want[s] > 0 && rng.IntN(2) == 0 {
+			tl.dec(s)
+			want[s]--
+		} else {
+			tl.inc(s)
+			want[s]++
+		}
+		hi := 0
+		for _, n := range want {
+			hi = max(hi, n)
+		}
+		top, n := tl.most()
+		if n != hi || (hi > 0 && want[top] != hi) {
+			t.Fatalf("step %d: most = %v holding %d (really %d), highest count %d", step, top, n, want[top], hi)
+		}
+		for _, x := range srcs {
+			if tl.count(x) != want[x] {
+				t.Fatalf("step %d: count(%v) = %d, want %d", step, x, tl.count(x), want[x])
+			}
+		}
+	}
+}
+
+// When one source has filled the queue, a connection from another source takes the last turn
+// the first one queued, and the connection that had it learns so; this goes on until the two
+// hold within one of each other, and no turn is ever made that the budget did not have: the
+// turns handed out stay 1/rate apart.
+func TestTheQueueIsSharedBetweenSources(t *testing.T) {
+	const rate = 100
+	p := newPacer(rate)
+	t0 := time.Date(2026, 11, 28, 9, 0, 0, 0, time.UTC)
+	wait := time.Second
+	a, b := netip.MustParseAddr("192.0.2.1"), netip.MustParseAddr("198.51.100.2")
+
+	var ofA []*turn
+	for {
+		tn, ok := p.take(a, t0, wait)
+		if !ok {
+			break
+		}
+		ofA = append(ofA, tn)
+	}
+	// Turns at 0, 10 ms, …, 1 s: 101 of them, the first one at once and not queued.
+	if len(ofA) != 101 || p.queued.count(a) != 100 {
+		t.Fatalf("source a got %d turns, %d queued; want 101 and 100", len(ofA), p.queued.count(a))
+	}
+	// a itself gets no more: it holds the most.
+	if _, ok := p.take(a, t0, wait); ok {
+		t.Fatal("source a took a turn with the queue full of its own")
+	}
+
+	var ofB []*turn
+	for {
+		tn, ok := p.take(b, t0, wait)
+		if !ok {
+			break
+		}
+		ofB = append(ofB, tn)
+	}
+	if len(ofB) != 50 || p.queued.count(a) != 50 || p.queued.count(b) != 50 {
+		t.Fatalf("source b took %d turns, leaving a %d and b %d queued; want 50, 50, 50", len(ofB), p.queued.count(a), p.queued.count(b))
+	}
+	lost := 0
+	for _, tn := range ofA {
+		select {
+		case <-tn.taken:
+			lost++
+			if p.claim(tn) {
+				t.Fatalf("a turn of a's at %v was taken by b, and claim still gives it to a", tn.at)
+			}
+		default:
+		}
+	}
+	if lost != 50 {
+		t.Fatalf("%d of a's turns were taken, want 50", lost)
+	}
+	// The turns still held are the budget's 101, each once, 10 ms apart.
+	held := map[time.Time]int{}
+	for _, tn := range ofA {
+		if !tn.lost {
+			held[tn.at]++
+		}
+	}
+	for _, tn := range ofB {
+		held[tn.at]++
+	}
+	if len(held) != 101 {
+		t.Fatalf("%d distinct turn times held, want 101", len(held))
+	}
+	for i := range 101 {
+		if at := t0.Add(time.Duration(i) * p.interval); held[at] != 1 {
+			t.Fatalf("turn at %v held %d times, want once", at, held[at])
+		}
+	}
+
+	// A third source takes from whichever holds the most.
+	c := netip.MustParseAddr("203.0.113.3")
+	if _, ok := p.take(c, t0, wait); !ok {
+		t.Fatal("source c, holding nothing, found no turn while a and b hold 50 each")
+	}
+	if na, nb := p.queued.count(a), p.queued.count(b); na+nb != 99 || min(na, nb) != 49 {
+		t.Fatalf("after c took one: a %d, b %d queued", na, nb)
+	}
+
+	// Claimed turns leave the queue: once a's have come, a newcomer from a finds b dominant.
+	for _, tn := range ofA {
+		p.claim(tn)
+	}
+	if n := p.queued.count(a); n != 0 {
+		t.Fatalf("%d of a's turns still queued after all were claimed", n)
+	}
+	if _, ok := p.take(a, t0, wait); !ok {
+		t.Fatal("a, its turns all come, found no turn while b holds the queue")
+	}
+}
+
+// The room for sockets waiting for their ClientHello: a newcomer from a source holding at least
+// two fewer pushes out the oldest socket of the source holding the most; with no such source,
+// the oldest of all once it has waited longer than grace; otherwise the newcomer is refused.
+func TestTheHelloRoomIsSharedBetweenSources(t *testing.T) {
+	r := newHelloRoom(4, time.Second)
+	t0 := time.Date(2026, 11, 28, 9, 0, 0, 0, time.UTC)
+	src := func(i byte) netip.Addr { return netip.AddrFrom4([4]byte{192, 0, 2, i}) }
+	adm := func(i byte) *admission { return &admission{source: src(i)} }
+
+	var ofA []*admission
+	for range 4 {
+		x := adm(1)
+		if out, ok := r.enter(x, t0); !ok || out != nil {
+			t.Fatalf("room not full: enter = %v, %v", out, ok)
+		}
+		ofA = append(ofA, x)
+	}
+	if _, ok := r.enter(adm(1), t0); ok {
+		t.Fatal("a fifth socket of the source holding the whole room got in")
+	}
+	b1 := adm(2)
+	out, ok := r.enter(b1, t0)
+	if !ok || out != ofA[0] || !out.pushedOut.Load() {
+		t.Fatalf("b's first socket: pushed out %v (%v), want a's oldest", out, ok)
+	}
+	if r.leave(ofA[0]) {
+		t.Fatal("leave says a's pushed-out socket was still in the room")
+	}
+	if out, ok = r.enter(adm(2), t0); !ok || out != ofA[1] {
+		t.Fatalf("b's second socket: pushed out %v (%v), want a's second oldest", out, ok)
+	}
+	// a and b hold 2 each: a third of b's is refused until the oldest has waited past grace.
+	if _, ok := r.enter(adm(2), t0.Add(time.Second)); ok {
+		t.Fatal("b's third socket got in with a and b holding 2 each and none past grace")
+	}
+	if !r.leave(ofA[2]) {
+		t.Fatal("leave says a socket still waiting was not in the room")
+	}
+	// ofA[2]'s place is free: a newcomer gets in without pushing anyone out.
+	if out, ok := r.enter(adm(3), t0.Add(time.Second)); !ok || out != nil {
+		t.Fatalf("with a free place: enter = %v, %v", out, ok)
+	}
+	// Full again, a holding 1, b 2, the third source 1: a fourth source, holding none, pushes
+	// out b's oldest.
+	if out, ok := r.enter(adm(4), t0.Add(time.Second)); !ok || out != b1 {
+		t.Fatalf("full again: pushed out %v (%v), want b's oldest", out, ok)
+	}
+	// Now each source holds one: a newcomer gets in only by pushing out the oldest of all (a's
+	// last, in at t0), and only once it has waited longer than grace.
+	if _, ok := r.enter(adm(5), t0.Add(time.Second)); ok {
+		t.Fatal("a newcomer got in with the room full, no source holding two more, none past grace")
+	}
+	if out, ok := r.enter(adm(5), t0.Add(time.Second+time.Nanosecond)); !ok || out != ofA[3] {
+		t.Fatalf("past grace: pushed out %v (%v), want a's last, the oldest", out, ok)
+	}
+	if n := r.all.Len(); n != 4 {
+		t.Fatalf("%d sockets in a room of 4", n)
+	}
+}
