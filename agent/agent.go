@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"path/filepath"
 	"slices"
 	"sync"
@@ -50,6 +51,11 @@ type Config struct {
 	// MinBackoff, MaxBackoff and KeepAlive tune the MQTT session; 0 means transport/mqtt's
 	// defaults (sized for a large fleet).
 	MinBackoff, MaxBackoff, KeepAlive time.Duration
+	// LocalAddr is the local address of every connection the agent makes to the broker, its
+	// own and the bootstrap identity's (transport/mqtt Config.LocalAddr). The zero value lets
+	// the system choose, as a camera should; it is for simulations, where many agents share one
+	// host and each is given an address of its own.
+	LocalAddr netip.Addr
 	// RequestTimeout is how long a rotation waits for the signer's certificate; 0 means 30s.
 	RequestTimeout time.Duration
 	// SwitchTimeout is how long a rotation waits to connect with its new certificate before it
@@ -232,6 +238,9 @@ func New(cfg Config) (*Agent, error) {
 		if _, err := certs.BrokerHost(cfg.BrokerURL); err != nil {
 			return nil, fmt.Errorf("agent: Config.BrokerURL: %w", err)
 		}
+	}
+	if err := mqtt.CheckLocalAddr(cfg.LocalAddr); err != nil {
+		return nil, fmt.Errorf("agent: Config.LocalAddr: %w", err)
 	}
 	a := &Agent{
 		cfg:       cfg,
@@ -436,6 +445,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		MinBackoff:     a.cfg.MinBackoff,
 		MaxBackoff:     a.cfg.MaxBackoff,
 		KeepAlive:      a.cfg.KeepAlive,
+		LocalAddr:      a.cfg.LocalAddr,
 		Logger:         a.log,
 	})
 	if err != nil {

@@ -868,6 +868,7 @@ func (a *Agent) bootstrapSession(ctx context.Context) (*bootSession, error) {
 		},
 		MinBackoff: a.cfg.MinBackoff,
 		MaxBackoff: a.cfg.MaxBackoff,
+		LocalAddr:  a.cfg.LocalAddr,
 		Logger:     a.log.With("identity", bid),
 	})
 	if err != nil {

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"runtime"
 	"slices"
 	"strings"
@@ -715,6 +716,47 @@ func TestTheClientStaysOnTheBrokerAddressThatWorked(t *testing.T) {
 	}
 	if s := c.Stats(); s.ConnectFailures != 1 || s.Connects != 2 {
 		t.Errorf("Stats = %+v, want 1 failure and 2 connects", s)
+	}
+}
+
+// Every connection, the first and each one after a loss, is made from Config.LocalAddr, and
+// the broker sees that address; without it the system chooses (127.0.0.1 for a broker on
+// 127.0.0.1). Linux routes all of 127.0.0.0/8 to the loopback interface, so 127.0.0.42 can be
+// bound without setup.
+func TestConnectionsAreMadeFromTheLocalAddress(t *testing.T) {
+	if runtime.GOOS != "linux" {
+		t.Skip("only Linux has all of 127.0.0.0/8 on the loopback interface")
+	}
+	for _, tc := range []struct {
+		name  string
+		local netip.Addr
+		want  netip.Addr
+	}{
+		{"the system chooses without a local address", netip.Addr{}, netip.MustParseAddr("127.0.0.1")},
+		{"the broker sees the local address given", netip.MustParseAddr("127.0.0.42"), netip.MustParseAddr("127.0.0.42")},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			b := newBroker(t)
+			clock := newFakeClock()
+			cfg := b.deviceConfig(device, certs.NewHolder(b.issue(device)))
+			cfg.LocalAddr = tc.local
+			cfg.Clock = clock
+			cfg.Rand = func() float64 { return 0.5 }
+			c, err := New(cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			run(t, c)
+			if got := b.nextConn().remote.Addr(); got != tc.want {
+				t.Fatalf("the broker sees the first connection from %v, want %v", got, tc.want)
+			}
+			waitConnected(t, c)
+			b.cut(device)
+			clock.fire(clock.next(t)) // the wait after the loss
+			if got := b.nextConn().remote.Addr(); got != tc.want {
+				t.Fatalf("the broker sees the connection after the loss from %v, want %v", got, tc.want)
+			}
+		})
 	}
 }
 

@@ -149,6 +149,14 @@ type Config struct {
 	// behind, refused CONNACKs, refused subscriptions). It must return quickly.
 	OnConnectError func(err error)
 
+	// LocalAddr is the local address every connection is made from. The zero value lets the
+	// system choose, as devices should. It is for simulations (fleetsim gives each simulated
+	// camera its own loopback address, so that a broker sees a fleet of hosts rather than one)
+	// and for multi-homed hosts that must leave through one interface. It must be a unicast
+	// address of this host, of the broker's family: an IPv4 LocalAddr cannot reach an IPv6
+	// broker, which the kernel reports when the connection is attempted.
+	LocalAddr netip.Addr
+
 	// Will, if set, is sent with every CONNECT (MQTT 3.1.1 section 3.1.2.5): the broker
 	// publishes it when that connection ends without the client's DISCONNECT (a crash, a
 	// kill, a network cut, the broker closing it) and discards it when the client ends it
@@ -360,6 +368,11 @@ func withDefaults(cfg Config) (Config, []address, error) {
 		return bad("MaxBackoff", "%v is below MinBackoff %v", cfg.MaxBackoff, cfg.MinBackoff)
 	}
 
+	// LocalAddr.
+	if err := CheckLocalAddr(cfg.LocalAddr); err != nil {
+		return Config{}, nil, err
+	}
+
 	// Injected dependencies.
 	if cfg.Rand == nil {
 		cfg.Rand = rand.Float64
@@ -389,6 +402,22 @@ func withDefaults(cfg Config) (Config, []address, error) {
 func CheckBrokerURL(s string) error {
 	if _, reason := parseBrokerURL(s); reason != "" {
 		return &ConfigError{Field: "BrokerURL", Reason: reason}
+	}
+	return nil
+}
+
+// CheckLocalAddr reports whether New would take a as Config.LocalAddr, and if not, why. The
+// zero Addr is taken (the system chooses); so is any unicast address, whether or not this
+// host has it, which only the connection attempt can tell.
+func CheckLocalAddr(a netip.Addr) error {
+	switch {
+	case !a.IsValid():
+		return nil
+	case a.IsUnspecified():
+		// Binding 0.0.0.0 is the system's choice in disguise: ask for it with the zero Addr.
+		return &ConfigError{Field: "LocalAddr", Reason: fmt.Sprintf("%s is unspecified; leave LocalAddr zero for the system's choice", a)}
+	case a.IsMulticast():
+		return &ConfigError{Field: "LocalAddr", Reason: fmt.Sprintf("%s is a multicast address; a connection is made from a unicast one", a)}
 	}
 	return nil
 }

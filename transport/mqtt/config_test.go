@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"log/slog"
+	"net/netip"
 	"strings"
 	"testing"
 	"time"
@@ -59,6 +60,9 @@ func TestNewRefusesBadConfig(t *testing.T) {
 		{"a negative connect timeout is refused", func(c *Config) { c.ConnectTimeout = -time.Second }, "ConnectTimeout"},
 		{"a negative min backoff is refused", func(c *Config) { c.MinBackoff = -time.Second }, "MinBackoff"},
 		{"a max backoff below the min is refused", func(c *Config) { c.MinBackoff, c.MaxBackoff = time.Minute, time.Second }, "MaxBackoff"},
+		{"an unspecified IPv4 local address is refused", func(c *Config) { c.LocalAddr = netip.IPv4Unspecified() }, "LocalAddr"},
+		{"an unspecified IPv6 local address is refused", func(c *Config) { c.LocalAddr = netip.IPv6Unspecified() }, "LocalAddr"},
+		{"a multicast local address is refused", func(c *Config) { c.LocalAddr = netip.MustParseAddr("224.0.0.1") }, "LocalAddr"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			cfg := validConfig()

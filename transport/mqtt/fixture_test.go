@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"math/big"
 	"net"
+	"net/netip"
 	"runtime"
 	"strings"
 	"sync"
@@ -31,6 +32,7 @@ type brokerConn struct {
 	clientID string
 	cn       string
 	serial   *big.Int
+	remote   netip.AddrPort // the client's address, as the broker's socket sees it
 }
 
 // broker is an in-test MQTT broker (mochi) behind a TLS listener that requires a client
@@ -209,7 +211,8 @@ func (h *brokerHook) OnConnectAuthenticate(cl *mochi.Client, _ packets.Packet) b
 	if len(peers) == 0 || certs.CertIdentity(peers[0]) != cl.ID {
 		return false
 	}
-	h.b.conns <- brokerConn{clientID: cl.ID, cn: certs.CertIdentity(peers[0]), serial: peers[0].SerialNumber}
+	remote, _ := netip.ParseAddrPort(tc.RemoteAddr().String())
+	h.b.conns <- brokerConn{clientID: cl.ID, cn: certs.CertIdentity(peers[0]), serial: peers[0].SerialNumber, remote: remote}
 	return true
 }
 

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"net/url"
 	"sync"
 	"time"
@@ -299,6 +300,9 @@ func (s *session) dial(*url.URL, paho.ClientOptions) (net.Conn, error) {
 	ctx, cancel := context.WithTimeout(s.ctx, c.cfg.ConnectTimeout)
 	defer cancel()
 	d := tls.Dialer{Config: s.b.tls}
+	if a := c.cfg.LocalAddr; a.IsValid() {
+		d.NetDialer = &net.Dialer{LocalAddr: net.TCPAddrFromAddrPort(netip.AddrPortFrom(a, 0))}
+	}
 	raw, err := d.DialContext(ctx, "tcp", s.b.url.Host)
 	if err != nil {
 		var invalid x509.CertificateInvalidError

@@ -1,7 +1,8 @@
 // Package mqtttest gives tests of any package real MQTT brokers to talk to: a throw-away fleet
 // PKI (PKI), the embedded broker (StartEmbedded), a real Mosquitto 2.0 process configured by
-// transport/mqtt/mosquitto (StartMosquitto), and ForEachBroker to run one test against both
-// (rule 17 of STYLE.md: integration tests use real parts).
+// transport/mqtt/mosquitto (StartMosquitto), ForEachBroker to run one test against both
+// (rule 17 of STYLE.md: integration tests use real parts), and a TCP forwarder that records
+// where clients connect from (StartTap).
 //
 // Both brokers listen on loopback only, on a free port, with their state in t.TempDir(), and
 // are stopped when the test ends. Their logs are shown only when the test fails.
