@@ -58,8 +58,9 @@ chaos:
 	$(GO) run ./tools/fleetsim --embedded --devices $(CHAOS_N) --scenario fault --fault slow
 
 # The 10,000-device runs of docs/scale-out.md, the broker and the signers in processes of their
-# own: a breach on Mosquitto, and a restart of fleetctl broker mid-campaign (SCALE_N,
-# SCALE_RATE, SCALE_MAX_BACKOFF). About 10 minutes.
+# own: a breach on Mosquitto, and a restart of fleetctl broker mid-campaign, each device from a
+# loopback address of its own (SCALE_N, SCALE_RATE, SCALE_MAX_BACKOFF, SCALE_SOURCES). About 10
+# minutes.
 scale: build
 	@tools/fleetsim/scale.sh
 

@@ -9,8 +9,14 @@
 #             breach campaign runs; the devices' reconnect backoff is capped at
 #             SCALE_MAX_BACKOFF (reconnect-max-backoff, sized as docs/scale-out.md says)
 #
+# In both, each device dials the broker from a loopback address of its own (fleetsim
+# --source-addrs, 127.1.0.0 and up), as a real fleet does from a host of its own: a broker that
+# counts connections per source address then sees SCALE_SOURCES hosts, not one, and the
+# reconnections are not all drawn from the ephemeral ports of 127.0.0.1.
+#
 # Usage: tools/fleetsim/scale.sh [breach|restart]... (default: both). SCALE_N devices
-# (10000), SCALE_RATE connections a second (400), SCALE_MAX_BACKOFF (30s). Each run prints
+# (10000), SCALE_RATE connections a second (400), SCALE_MAX_BACKOFF (30s), SCALE_SOURCES
+# source addresses (SCALE_N; 0: every device from 127.0.0.1, as before). Each run prints
 # fleetsim's report and fails if a device did not converge or a command was lost. It needs
 # SCALE_N + 1,000 open files (ulimit -n) in each process and Mosquitto for the breach run.
 set -euo pipefail
@@ -19,6 +25,7 @@ cd "$(dirname "$0")/../.."
 n=${SCALE_N:-10000}
 rate=${SCALE_RATE:-400}
 backoff=${SCALE_MAX_BACKOFF:-30s}
+sources=${SCALE_SOURCES:-$n}
 runs=("$@")
 [ ${#runs[@]} -gt 0 ] || runs=(breach restart)
 
@@ -88,8 +95,8 @@ breach() {
 	pids+=($!)
 	waitport "$p"
 	signers "$dir"
-	echo "== breach: $n devices, Mosquitto $(mosquitto -h | head -1 | awk '{print $3}'), two fleetctl serve; load $(cut -d' ' -f1-3 /proc/loadavg)"
-	"$work/fleetsim" --broker "mqtts://127.0.0.1:$p" --fleet "$dir" --devices "$n" --scenario breach 2>/dev/null
+	echo "== breach: $n devices (--source-addrs $sources), Mosquitto $(mosquitto -h | head -1 | awk '{print $3}'), two fleetctl serve; load $(cut -d' ' -f1-3 /proc/loadavg)"
+	"$work/fleetsim" --broker "mqtts://127.0.0.1:$p" --fleet "$dir" --devices "$n" --source-addrs "$sources" --scenario breach 2>/dev/null
 }
 
 restart() {
@@ -121,8 +128,8 @@ restart() {
 	chmod +x "$work/broker.sh"
 	"$work/broker.sh"
 	signers "$dir"
-	echo "== restart: $n devices, fleetctl broker --max-connect-rate $rate, two fleetctl serve, device backoff cap $backoff; load $(cut -d' ' -f1-3 /proc/loadavg)"
-	"$work/fleetsim" --broker "mqtts://127.0.0.1:$p" --fleet "$dir" --devices "$n" --scenario broker-restart \
+	echo "== restart: $n devices (--source-addrs $sources), fleetctl broker --max-connect-rate $rate, two fleetctl serve, device backoff cap $backoff; load $(cut -d' ' -f1-3 /proc/loadavg)"
+	"$work/fleetsim" --broker "mqtts://127.0.0.1:$p" --fleet "$dir" --devices "$n" --source-addrs "$sources" --scenario broker-restart \
 		--restart-command "$work/broker.sh" --max-backoff "$backoff" 2>/dev/null
 	echo "   broker peak RSS: $(awk '/VmHWM/ {printf "%.0f MiB", $2/1024}' "/proc/$(cat "$work/broker.pid")/status")"
 	"$work/broker.sh" stop

@@ -1,9 +1,15 @@
 package sim
 
 import (
+	"context"
+	"encoding/binary"
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
+	"net/netip"
+	"net/url"
+	"strings"
 	"time"
 
 	"github.com/camagent/camagent/tools/fleetsim/proxy"
@@ -96,6 +102,19 @@ type Config struct {
 	// --max-connect-rate`), new connections per second; 0 means no limit. Embedded only.
 	MaxConnectRate float64
 
+	// SourceAddrs is how many loopback addresses the devices dial the broker from: device i
+	// dials from SourceAddr(i mod SourceAddrs), 127.1.0.0 and up, so that a broker which
+	// treats each source address as a host (a per-source connection budget, a firewall's
+	// limit) sees a fleet of hosts, as it would in the field, rather than one. Each address
+	// also has its own range of ephemeral ports, which a fleet of thousands reconnecting at
+	// once can exhaust on one address. 0 means every device dials from the system's choice
+	// (127.0.0.1); at most MaxSourceAddrs. The broker must be on IPv4 loopback (127.0.0.0/8, or
+	// localhost resolving there), and the host must route the addresses to itself, as Linux
+	// does for all of 127.0.0.0/8 without setup (CheckSourceAddrs). Devices behind the fault
+	// proxy dial the proxy from their address; the broker sees the proxy's, 127.0.0.1, for
+	// them. The signers and fleetsim's own sessions dial from the system's choice.
+	SourceAddrs int
+
 	// Agent tuning, passed to every agent.Config; 0 means the agent's production default, so
 	// a run measures what the fleet does.
 	MinBackoff, MaxBackoff, KeepAlive time.Duration
@@ -136,6 +155,91 @@ const (
 	DefaultTimeout        = 5 * time.Minute
 	DefaultPingTimeout    = 30 * time.Second
 )
+
+// MaxSourceAddrs is the most loopback addresses Config.SourceAddrs may ask for: 127.1.0.0 to
+// 127.16.255.255.
+const MaxSourceAddrs = 1 << 20
+
+// firstSourceAddr is SourceAddr(0). It is outside 127.0.0.0/16, where the broker, the proxy
+// and anything else on this host listen by default (127.0.0.1).
+var firstSourceAddr = netip.AddrFrom4([4]byte{127, 1, 0, 0})
+
+// SourceAddr returns the k-th source address of Config.SourceAddrs, counting up from
+// 127.1.0.0 across octets (127.1.0.255, then 127.1.1.0), for k in [0, MaxSourceAddrs).
+func SourceAddr(k int) netip.Addr {
+	b := firstSourceAddr.As4()
+	n := binary.BigEndian.Uint32(b[:]) + uint32(k)
+	binary.BigEndian.PutUint32(b[:], n)
+	return netip.AddrFrom4(b)
+}
+
+// CheckSourceAddrs reports whether the devices of c can dial from c.SourceAddrs loopback
+// addresses: the count is in range, the broker they dial (BrokerURL, or Listen when Embedded)
+// is on IPv4 loopback, and this host lets the first and the last address be bound. It does
+// nothing for a SourceAddrs of 0. Its errors match ErrConfig. Run checks it; cmd fleetsim
+// calls it first, to name its flag in the error.
+func CheckSourceAddrs(ctx context.Context, c Config) error {
+	switch {
+	case c.SourceAddrs == 0:
+		return nil
+	case c.SourceAddrs < 0 || c.SourceAddrs > MaxSourceAddrs:
+		return bad("SourceAddrs", "%d is outside [0, %d]", c.SourceAddrs, MaxSourceAddrs)
+	}
+	host := "127.0.0.1" // the embedded broker's default address
+	switch {
+	case !c.Embedded:
+		u, err := url.Parse(c.BrokerURL)
+		if err != nil {
+			return bad("SourceAddrs", "needs a broker URL: %v", err)
+		}
+		host = u.Hostname()
+	case c.Listen != "":
+		h, _, err := net.SplitHostPort(c.Listen)
+		if err != nil {
+			return bad("SourceAddrs", "needs a listen address: %v", err)
+		}
+		host = h
+	}
+	if err := onIPv4Loopback(ctx, host); err != nil {
+		return err
+	}
+	for _, a := range []netip.Addr{SourceAddr(0), SourceAddr(c.SourceAddrs - 1)} {
+		ln, err := net.Listen("tcp", netip.AddrPortFrom(a, 0).String())
+		if err != nil {
+			return bad("SourceAddrs", "needs %s, which cannot be bound (Linux routes all of 127.0.0.0/8 to the loopback interface; other systems need each address added to it): %v", a, err)
+		}
+		ln.Close()
+	}
+	return nil
+}
+
+// onIPv4Loopback reports why the devices cannot dial host from 127.1.0.0 and up, or nil: it
+// must be an address in 127.0.0.0/8, or localhost resolving only there. An IPv6 address of
+// localhost does not matter: a dialer bound to an IPv4 address dials only IPv4 ones.
+func onIPv4Loopback(ctx context.Context, host string) error {
+	notLoopback := func(why string) error {
+		return bad("SourceAddrs", "needs a broker on IPv4 loopback (127.0.0.0/8, or localhost), the only one the devices can reach from 127.1.0.0 and up; its host %q %s", host, why)
+	}
+	if a, err := netip.ParseAddr(host); err == nil {
+		if a = a.Unmap(); !a.Is4() || !a.IsLoopback() {
+			return notLoopback("is not in 127.0.0.0/8")
+		}
+		return nil
+	}
+	if !strings.EqualFold(host, "localhost") {
+		return notLoopback("is a name other than localhost")
+	}
+	addrs, err := net.DefaultResolver.LookupNetIP(ctx, "ip4", host)
+	if err != nil {
+		return notLoopback(fmt.Sprintf("has no IPv4 address (%v)", err))
+	}
+	for _, a := range addrs {
+		if !a.Unmap().IsLoopback() {
+			return notLoopback(fmt.Sprintf("resolves to %s, outside 127.0.0.0/8", a))
+		}
+	}
+	return nil
+}
 
 func bad(field, format string, args ...any) error {
 	return fmt.Errorf("%w: Config.%s %s", ErrConfig, field, fmt.Sprintf(format, args...))

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"path/filepath"
 	"sync"
 	"sync/atomic"
@@ -20,6 +21,7 @@ type device struct {
 	i       int
 	id, dir string
 	url     string        // the broker, or the fault proxy in front of it
+	src     netip.Addr    // the address it dials from; zero: the system's choice
 	faulted bool          // behind the fault proxy
 	skew    time.Duration // added to its clock
 
@@ -59,6 +61,7 @@ func (d *device) prepare(cfg *Config, h *countingHandler, onEpoch func(*device, 
 		MinBackoff:     cfg.MinBackoff,
 		MaxBackoff:     cfg.MaxBackoff,
 		KeepAlive:      cfg.KeepAlive,
+		LocalAddr:      d.src,
 		RetryMin:       cfg.RetryMin,
 		RetryMax:       cfg.RetryMax,
 		RequestTimeout: cfg.RequestTimeout,
@@ -191,14 +194,17 @@ func (h *countingHandler) WithGroup(name string) slog.Handler {
 	return &countingHandler{m: h.m, out: h.out.WithGroup(name)}
 }
 
-// newDevices lays out n devices under stateDir, with the share behind the proxy and the share
-// with a skewed clock.
+// newDevices lays out n devices under stateDir, with the share behind the proxy, the share
+// with a skewed clock, and their source addresses.
 func newDevices(cfg *Config, prefix, brokerURL, proxyURL string) []*device {
 	ds := make([]*device, cfg.Devices)
 	width := len(fmt.Sprint(cfg.Devices - 1))
 	for i := range ds {
 		id := fmt.Sprintf("%s%0*d", prefix, max(width, 5), i)
 		d := &device{i: i, id: id, dir: filepath.Join(cfg.StateDir, "devices", id), url: brokerURL}
+		if cfg.SourceAddrs > 0 {
+			d.src = SourceAddr(i % cfg.SourceAddrs)
+		}
 		if proxyURL != "" && inShare(i, cfg.FaultShare) {
 			d.faulted, d.url = true, proxyURL
 		}

@@ -27,6 +27,9 @@ type Report struct {
 	// Skewed devices had their clock moved by ClockSkewSeconds.
 	Skewed           int     `json:"skewed,omitempty"`
 	ClockSkewSeconds float64 `json:"clock_skew_s,omitempty"`
+	// SourceAddrs is how many loopback addresses the devices dialled from (Config.SourceAddrs,
+	// 127.1.0.0 and up); 0: all from the system's choice.
+	SourceAddrs int `json:"source_addrs,omitempty"`
 
 	EnrollSeconds float64 `json:"enroll_s"`
 	// ConnectSeconds is the time from the first agent's start until every device connected;
@@ -139,6 +142,9 @@ func (r *Report) WriteText(w io.Writer) error {
 	}
 	if r.Skewed > 0 {
 		fmt.Fprintf(&b, "; %d with clocks off by %+.0f s", r.Skewed, r.ClockSkewSeconds)
+	}
+	if r.SourceAddrs > 0 {
+		fmt.Fprintf(&b, "; dialling from %d loopback address(es), %s to %s", r.SourceAddrs, SourceAddr(0), SourceAddr(r.SourceAddrs-1))
 	}
 	fmt.Fprintf(&b, "\n  enrolled in %.1f s; all connected %.1f s after the first start (%.0f/s, peak %d connections in one second",
 		r.EnrollSeconds, r.ConnectSeconds, r.ConnectRate, r.PeakConnects)

@@ -72,6 +72,9 @@ func Run(ctx context.Context, cfg Config) (_ *Report, err error) {
 	if err := checkFiles(cfg); err != nil {
 		return nil, err
 	}
+	if err := CheckSourceAddrs(ctx, cfg); err != nil {
+		return nil, err
+	}
 	r := &run{cfg: cfg, log: cfg.Logger, queued: map[uint64]string{}}
 	defer func() { err = errors.Join(err, r.close()) }()
 	if err := r.setup(ctx); err != nil {
@@ -177,7 +180,8 @@ func (r *run) setup(ctx context.Context) error {
 	if r.rep.Skewed > 0 {
 		r.rep.ClockSkewSeconds = c.ClockSkew.Seconds()
 	}
-	r.log.Info("fleetsim: environment ready", "broker", r.brokerURL, "fleet", r.f.Dir, "signers", len(r.signers), "devices", c.Devices, "prefix", prefix)
+	r.rep.SourceAddrs = c.SourceAddrs
+	r.log.Info("fleetsim: environment ready", "broker", r.brokerURL, "fleet", r.f.Dir, "signers", len(r.signers), "devices", c.Devices, "prefix", prefix, "source_addrs", c.SourceAddrs)
 	return nil
 }
 

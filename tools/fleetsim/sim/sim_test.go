@@ -7,8 +7,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -197,6 +199,91 @@ func TestBrokerRestartOfAnExternalBrokerByItsCommand(t *testing.T) {
 	<-restarted
 	if r.BrokerRestarts != 1 || r.Rotated != n || r.NotBack != 0 {
 		t.Fatalf("%d restarts, %d rotated, %d not back", r.BrokerRestarts, r.Rotated, r.NotBack)
+	}
+}
+
+// With SourceAddrs, the devices reach the broker from that many loopback addresses, 127.1.0.0
+// and up, device i from the (i mod SourceAddrs)-th, at every connection: the first and the one
+// each makes with its new certificate. A tap in front of the embedded broker sees where every
+// connection comes from; the signer and fleetsim's own sessions come from 127.0.0.1.
+func TestDevicesDialFromTheirSourceAddresses(t *testing.T) {
+	if runtime.GOOS != "linux" {
+		t.Skip("only Linux has all of 127.0.0.0/8 on the loopback interface")
+	}
+	const addrs = 4
+	f, _ := fleettest.NewFleet(t)
+	tap := mqtttest.StartTap(t, fleettest.StartBroker(t, f))
+	r := runOK(t, small(t, sim.Breach, func(c *sim.Config) {
+		c.Embedded, c.BrokerURL, c.FleetDir, c.Signers = false, tap.URL(), f.Dir, 1
+		c.SourceAddrs = addrs
+	}))
+	if r.SourceAddrs != addrs || r.Rotated != n {
+		t.Fatalf("report: %d source addresses, %d rotated", r.SourceAddrs, r.Rotated)
+	}
+	perAddr := map[netip.Addr]int{}
+	for _, a := range tap.Sources() {
+		perAddr[a]++
+	}
+	t.Logf("connections by source address: %v", perAddr)
+	if perAddr[netip.MustParseAddr("127.0.0.1")] == 0 {
+		t.Error("no connection from 127.0.0.1: the signer and fleetsim's sessions should dial from the system's choice")
+	}
+	delete(perAddr, netip.MustParseAddr("127.0.0.1"))
+	if len(perAddr) != addrs {
+		t.Errorf("the devices dialled from %d addresses, want %d", len(perAddr), addrs)
+	}
+	for k := range addrs {
+		// n/addrs devices each, each connecting at least twice: before and after its rotation.
+		if a := sim.SourceAddr(k); perAddr[a] < 2*n/addrs {
+			t.Errorf("%d connections from %v, want at least %d", perAddr[a], a, 2*n/addrs)
+		}
+	}
+}
+
+// CheckSourceAddrs takes only a broker on IPv4 loopback, which devices dialling from
+// 127.1.0.0 and up can reach, and a count the range 127.1.0.0 to 127.16.255.255 holds.
+func TestSourceAddrsNeedABrokerOnIPv4Loopback(t *testing.T) {
+	if runtime.GOOS != "linux" {
+		t.Skip("only Linux has all of 127.0.0.0/8 on the loopback interface")
+	}
+	external := func(url string, addrs int) sim.Config {
+		return sim.Config{Devices: 1, StateDir: "x", BrokerURL: url, FleetDir: "f", SourceAddrs: addrs}
+	}
+	for _, tc := range []struct {
+		name string
+		cfg  sim.Config
+		ok   bool
+	}{
+		{"no source addresses need nothing", external("mqtts://broker.example:8883", 0), true},
+		{"a broker on 127.0.0.1 is taken", external("mqtts://127.0.0.1:8883", 4), true},
+		{"a broker elsewhere in 127.0.0.0/8 is taken", external("mqtts://127.9.9.9:8883", 4), true},
+		{"a broker on localhost is taken", external("mqtts://localhost:8883", 4), true},
+		{"the embedded broker on its default address is taken", sim.Config{Devices: 1, Embedded: true, StateDir: "x", SourceAddrs: sim.MaxSourceAddrs}, true},
+		{"a broker on another host is refused", external("mqtts://192.0.2.1:8883", 4), false},
+		{"a broker on IPv6 loopback is refused", external("mqtts://[::1]:8883", 4), false},
+		{"a broker named other than localhost is refused", external("mqtts://broker.example:8883", 4), false},
+		{"the embedded broker on every address is refused", sim.Config{Devices: 1, Embedded: true, StateDir: "x", Listen: "0.0.0.0:8883", SourceAddrs: 4}, false},
+		{"a negative count is refused", external("mqtts://127.0.0.1:8883", -1), false},
+		{"more addresses than the range holds are refused", external("mqtts://127.0.0.1:8883", sim.MaxSourceAddrs+1), false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := sim.CheckSourceAddrs(context.Background(), tc.cfg)
+			switch {
+			case tc.ok && err != nil:
+				t.Fatalf("CheckSourceAddrs = %v, want nil", err)
+			case !tc.ok && (!errors.Is(err, sim.ErrConfig) || !strings.Contains(err.Error(), "SourceAddrs")):
+				t.Fatalf("CheckSourceAddrs = %v, want ErrConfig naming SourceAddrs", err)
+			}
+		})
+	}
+	// Run refuses it too, before it makes anything.
+	c := external("mqtts://192.0.2.1:8883", 4)
+	c.StateDir = filepath.Join(t.TempDir(), "state")
+	if _, err := sim.Run(context.Background(), c); !errors.Is(err, sim.ErrConfig) {
+		t.Fatalf("Run = %v, want ErrConfig", err)
+	}
+	if _, err := os.Stat(c.StateDir); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("Run made its state directory before refusing: %v", err)
 	}
 }
 
