@@ -128,7 +128,9 @@ type Config struct {
 	// disconnected. Zero means DefaultMaxPacketSize.
 	MaxPacketSize int
 	// ConnectTimeout bounds the TLS handshake plus the CONNECT packet of a new connection.
-	// Zero means DefaultConnectTimeout.
+	// With MaxConnectRate, it bounds the wait for the ClientHello, and then again, from the
+	// connection's turn, the rest of the handshake and the CONNECT packet. Zero means
+	// DefaultConnectTimeout.
 	ConnectTimeout time.Duration
 	// MaxConnectRate, if positive, is the budget of new connections per second: once its TLS
 	// ClientHello has arrived, a connection waits for its turn before the broker answers, for
@@ -136,12 +138,14 @@ type Config struct {
 	// (the client backs off and retries). This spreads the reconnection storm after a restart
 	// or a network cut over time, at a rate the broker's host can take. The budget is smooth
 	// (a burst of one): no second sees more than MaxConnectRate handshakes go on, plus one.
-	// It is shared fairly between sources (IPv4 addresses, IPv6 /64s): when the queue is
-	// full, a connection from a source holding fewer queued turns takes the last one of the
-	// source holding the most, if that holds at least two more; and sockets that have not sent
-	// their ClientHello, which take no turn, are capped, the excess closed the same way. One
-	// host can so not starve the cameras of turns; a sender with as many addresses as the
-	// cameras waiting can. Zero means no limit.
+	// It is shared fairly between sources (IPv4 addresses, IPv6 /56s): when the queue is
+	// full, a connection from a source that weighs less takes the last queued turn of the
+	// source that weighs the most, if that weighs at least three more (a source weighs its
+	// TLS handshakes failed after their turn within the last minute or so, and its turns
+	// queued beyond eight); and sockets that have not sent their ClientHello, which take no
+	// turn, are capped in number and in the bytes each may send, the excess closed in a like
+	// way. One host can so not starve the cameras of turns; a sender with so many addresses
+	// that each fails fewer than three handshakes a minute can. Zero means no limit.
 	MaxConnectRate float64
 	// SessionExpiry is how long a persistent session (MQTT 3.1.1 CleanSession false; an MQTT
 	// 5 client's own interval is capped at it) outlives its client's connection. Then the
@@ -397,7 +401,8 @@ func (b *Broker) Throttled() uint64 {
 
 // RefusedEarly returns how many connections the connection budget (Config.MaxConnectRate)
 // closed before their TLS ClientHello arrived, because the room for such connections was full:
-// the oldest of the source holding the most, or new ones.
+// the oldest of the source holding the most, old ones of sources holding more than the
+// newcomer's or of its own, or new ones.
 func (b *Broker) RefusedEarly() uint64 {
 	if ln := b.listener(); ln != nil {
 		return ln.refusedEarly.Load()

@@ -7,8 +7,10 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -255,4 +257,203 @@ func TestSilentSocketsFromManyHostsCannotHoldTheRoom(t *testing.T) {
 			t.Fatalf("a camera with the room full of silent sockets older than a quarter of the timeout: %v", err)
 		}
 	})
+}
+
+// A host holding every place in the room for sockets waiting for their ClientHello gives one
+// up to a camera, and the warning names the host, whose socket was closed, not the camera.
+func TestTheEarlyWarningNamesTheSourceThatWasCut(t *testing.T) {
+	broker.SetMinHelloRoom(t, 4)
+	pki := mqtttest.NewPKI(t)
+	var logs logtest.Buffer
+	b := startBudgeted(t, pki, 1, 2*time.Second, &logs) // a queue of 1: a room of 4
+	for range 4 {
+		dialFrom(t, "127.0.1.1", b.Addr(), nil)
+	}
+	waitUntil(t, func() bool { return b.WaitingForHello() == 4 }, "4 silent sockets wait")
+	cam := pki.ClientTLS(t, pki.ClientCert(t, certs.RoleDevice, "cam-a"))
+	if err := handshakeFrom("127.0.0.5", b.Addr(), cam); err != nil {
+		t.Fatalf("camera: %v", err)
+	}
+	var line string
+	for _, l := range strings.Split(logs.String(), "\n") {
+		if strings.Contains(l, "ClientHello") {
+			line = l
+		}
+	}
+	if !strings.Contains(line, "closed_source=127.0.1.1") || !strings.Contains(line, "pushed_out=true") || !strings.Contains(line, "newcomer_source=127.0.0.5") {
+		t.Errorf("the warning does not say that 127.0.1.1's socket was pushed out by 127.0.0.5's:\n%s", line)
+	}
+}
+
+// A HelloRetryRequest (the server insists on a group the client sent no key share for) and a
+// TLS 1.2 client are each served with one turn.
+func TestAHelloRetryAndTLS12TakeOneTurnEach(t *testing.T) {
+	pki := mqtttest.NewPKI(t)
+	srv := pki.ServerTLS(t)
+	srv.CurvePreferences = []tls.CurveID{tls.CurveP384}
+	var logs logtest.Buffer
+	b, err := broker.New(broker.Config{Addr: "127.0.0.1:0", TLS: srv, MaxConnectRate: 2, ConnectTimeout: 2 * time.Second,
+		Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close() })
+
+	hrr := pki.ClientTLS(t, pki.ClientCert(t, certs.RoleDevice, "cam-hrr"))
+	hrr.CurvePreferences = []tls.CurveID{tls.CurveP256, tls.CurveP384} // a key share for P-256 only
+	if err := handshakeFrom("127.0.0.3", b.Addr(), hrr); err != nil {
+		t.Fatalf("a client sent a HelloRetryRequest: %v", err)
+	}
+	t12 := pki.ClientTLS(t, pki.ClientCert(t, certs.RoleDevice, "cam-12"))
+	t12.MaxVersion = tls.VersionTLS12
+	t12.CurvePreferences = []tls.CurveID{tls.CurveP384}
+	if err := handshakeFrom("127.0.0.4", b.Addr(), t12); err != nil {
+		t.Fatalf("a TLS 1.2 client: %v", err)
+	}
+	if n := b.Throttled(); n != 0 {
+		t.Errorf("Throttled = %d", n)
+	}
+	if n := b.PeakAdmitted(); n != 1 && n != 2 {
+		t.Errorf("PeakAdmitted = %d, want one turn for each of the 2 connections", n)
+	}
+	if n := b.QueuedTurns(); n != 0 {
+		t.Errorf("%d turns queued after both were served", n)
+	}
+	if strings.Contains(logs.String(), "refused") {
+		t.Errorf("log:\n%s", logs.String())
+	}
+}
+
+// Close, with connections queued for a turn and sockets waiting for their ClientHello,
+// returns at once, leaves no goroutine behind and logs none of them as a refused handshake.
+func TestCloseWithConnectionsQueuedAndWaiting(t *testing.T) {
+	pki := mqtttest.NewPKI(t)
+	var logs logtest.Buffer
+	before := runtime.NumGoroutine()
+	b, err := broker.New(broker.Config{Addr: "127.0.0.1:0", TLS: pki.ServerTLS(t), MaxConnectRate: 1, ConnectTimeout: 10 * time.Second,
+		Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Start(); err != nil {
+		t.Fatal(err)
+	}
+	for range 5 {
+		dialFrom(t, "127.0.0.2", b.Addr(), nil)
+	}
+	cam := pki.ClientTLS(t, pki.ClientCert(t, certs.RoleDevice, "cam-a"))
+	var wg sync.WaitGroup
+	for i := range 4 {
+		wg.Go(func() { handshakeFrom(fmt.Sprintf("127.0.0.%d", 10+i), b.Addr(), cam) })
+	}
+	waitUntil(t, func() bool { return b.QueuedTurns() == 3 && b.WaitingForHello() == 5 }, "3 turns queued, 5 sockets waiting")
+	start := time.Now()
+	if err := b.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if d := time.Since(start); d > time.Second {
+		t.Errorf("Close took %v", d)
+	}
+	wg.Wait()
+	waitUntil(t, func() bool { return runtime.NumGoroutine() <= before+2 }, "the broker's goroutines gone")
+	if strings.Contains(logs.String(), "handshake refused") {
+		t.Errorf("Close logged queued connections as refused handshakes:\n%s", logs.String())
+	}
+}
+
+// A connection that sends more than maxHelloBytes (8 KiB) without a whole ClientHello is
+// closed as soon as it has: crypto/tls would buffer up to 64 KiB for each of the thousands of
+// sockets the room holds.
+func TestALongClientHelloIsCutAt8KiB(t *testing.T) {
+	pki := mqtttest.NewPKI(t)
+	var logs logtest.Buffer
+	b := startBudgeted(t, pki, 20, 10*time.Second, &logs)
+	// A ClientHello announced at 65,000 bytes, in records of 16 KiB, all but its last 100
+	// bytes.
+	n := 65000
+	msg := make([]byte, 4+n-100)
+	msg[0] = 1 // client_hello
+	msg[1], msg[2], msg[3] = byte(n>>16), byte(n>>8), byte(n)
+	var hello []byte
+	for len(msg) > 0 {
+		k := min(len(msg), 16384)
+		hello = append(hello, 0x16, 0x03, 0x01, byte(k>>8), byte(k))
+		hello = append(hello, msg[:k]...)
+		msg = msg[k:]
+	}
+	d := &net.Dialer{Timeout: mqtttest.ClientTimeout}
+	c, err := d.Dial("tcp", b.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	go c.Write(hello) // the broker stops reading, and the write may block
+	if !closedSoon(c, 2*time.Second) {
+		t.Fatal("a connection that sent 64 KiB of ClientHello was not closed before its timeout")
+	}
+	waitUntil(t, func() bool { return b.WaitingForHello() == 0 }, "the room is empty")
+	// A camera is served after it.
+	cam := pki.ClientTLS(t, pki.ClientCert(t, certs.RoleDevice, "cam-a"))
+	if err := handshakeFrom("127.0.0.5", b.Addr(), cam); err != nil {
+		t.Fatalf("a camera: %v", err)
+	}
+}
+
+// A sender with more addresses than the queue has turns, each handshaking without a fleet
+// certificate again as soon as the last attempt ended, does not take every turn: each of its
+// failed handshakes weighs against its address, and cameras from addresses that failed none
+// take the turns those addresses queue.
+func TestManyAddressesFailingHandshakesCannotStarveTheCameras(t *testing.T) {
+	pki := mqtttest.NewPKI(t)
+	var logs logtest.Buffer
+	b := startBudgeted(t, pki, 20, 2*time.Second, &logs) // 20 turns within the 1 s wait
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	defer func() { close(stop); wg.Wait() }()
+	noCert := &tls.Config{InsecureSkipVerify: true, MinVersion: tls.VersionTLS13}
+	const addrs = 25
+	for h := range addrs {
+		wg.Go(func() {
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				handshakeFrom(fmt.Sprintf("127.0.4.%d", 1+h), b.Addr(), noCert)
+			}
+		})
+	}
+	waitUntil(t, func() bool {
+		for h := range addrs {
+			if b.SourceWeight(fmt.Sprintf("127.0.4.%d", 1+h)) < 3 {
+				return false
+			}
+		}
+		return b.Throttled() > 0
+	}, "each of the sender's addresses failed 3 handshakes, and the queue is full")
+	var served atomic.Int64
+	var cams sync.WaitGroup
+	for i := range 5 {
+		cam := pki.ClientTLS(t, pki.ClientCert(t, certs.RoleDevice, fmt.Sprintf("cam-%d", i)))
+		cams.Go(func() {
+			for range 3 {
+				if handshakeFrom(fmt.Sprintf("127.0.5.%d", 1+i), b.Addr(), cam) == nil {
+					served.Add(1)
+					return
+				}
+				time.Sleep(300 * time.Millisecond) // a camera's backoff, short
+			}
+		})
+	}
+	cams.Wait()
+	if served.Load() != 5 {
+		t.Errorf("%d of 5 cameras (5 addresses, 3 tries each) were served while %d addresses of one sender kept the queue full", served.Load(), addrs)
+	}
+	if w := b.SourceWeight("127.0.5.1"); w != 0 {
+		t.Errorf("a camera that was served weighs %d", w)
+	}
 }

@@ -1,5 +1,7 @@
 package broker
 
+import "net"
+
 // ExpiryTimers returns how many live connections have a certificate-expiry timer pending, for
 // tests that check none is left behind.
 func (b *Broker) ExpiryTimers() int64 {
@@ -44,4 +46,16 @@ func (b *Broker) QueuedTurns() int {
 		n += l.Len()
 	}
 	return n
+}
+
+// SourceWeight returns what the source of the address ip weighs in the sharing of the
+// connection budget's queue.
+func (b *Broker) SourceWeight(ip string) int {
+	ln := b.listener()
+	if ln == nil || ln.budget == nil {
+		return 0
+	}
+	ln.budget.mu.Lock()
+	defer ln.budget.mu.Unlock()
+	return ln.budget.weight(sourceOf(&net.TCPAddr{IP: net.ParseIP(ip)}))
 }

@@ -10,28 +10,38 @@ import (
 
 // The connection budget (Config.MaxConnectRate) is shared fairly between sources, so that one
 // host cannot take the turns the fleet's cameras wait for. A source is an IPv4 address or an
-// IPv6 /64 (sourceOf). Two things are shared:
+// IPv6 /56 (sourceOf). Two things are shared:
 //
 //   - the turns queued in the budget (pacer): when a ClientHello finds the queue full, it
-//     takes the last queued turn of the source that holds the most, if that source holds at
-//     least two more than the newcomer's (that connection is closed unanswered, counted as
-//     throttled). Otherwise it is closed itself, as before.
-//   - the room for sockets accepted whose ClientHello has not arrived (helloRoom): when it is
-//     full, a newcomer closes the oldest waiting socket of the source that holds the most, on
-//     the same condition, or else the oldest waiting socket of all if that has waited longer
-//     than a client takes to send its ClientHello (a quarter of the connect timeout);
-//     otherwise the newcomer is closed at accept.
+//     takes the last queued turn of the source that weighs the most, if that weighs at least
+//     stealMargin more than the newcomer's source. A source weighs its TLS handshakes that
+//     failed after their turn within the last minute or so (recentWindow), plus its turns
+//     queued beyond queuedAllowance. The connection whose turn is taken is closed unanswered
+//     (counted as throttled). Without such a source the newcomer is closed itself, as before.
+//   - the room for sockets accepted whose ClientHello has not arrived (helloRoom), and the
+//     bytes each may send before it: when the room is full, a newcomer closes the oldest
+//     waiting socket of the source that holds the most, if that holds at least two more than
+//     the newcomer's source, or else the oldest socket of a source holding more than the
+//     newcomer's, or of its own, once it has waited longer than a client takes to send its
+//     ClientHello (a quarter of the connect timeout); otherwise the newcomer is closed at
+//     accept.
 //
-// So a source is only ever cut back while another source waits, and then only to within one
-// of the others: a fleet whose cameras all reach the broker from one address (a NAT, or a
-// load balancer that does not pass the client's address on with PROXY protocol) keeps the
-// whole budget when nobody else asks for it. What it cannot do: a sender with as many
-// addresses as there are cameras waiting gets as many turns as they do.
+// So a source is only ever cut back while another waits, and a host whose clients hold fleet
+// certificates weighs nothing until it queues more than queuedAllowance connections at once:
+// the signers' host, or a home with a few cameras, keeps its turns in a reconnection storm,
+// and a fleet whose cameras all reach the broker from one address (a NAT, or a load balancer
+// that does not pass the client's address on with PROXY protocol) keeps the whole budget when
+// nobody else asks for it. A host that keeps handshaking without a fleet certificate gains a
+// turn's weight each time it is served, and is soon cut back in favour of sources that had
+// none. What the sharing cannot do is tell cameras from a sender with so many addresses that
+// each fails fewer than stealMargin handshakes in a window: about a third of the budget's
+// turns in a minute (rate × 60 / 3) addresses.
 
 // sourceOf returns the source the connection budget counts a remote address under: an IPv4
-// address (an IPv4-mapped IPv6 one unmapped) as it is, an IPv6 address as its /64, the prefix
-// one host or one home network is given. It returns the zero Addr, one source like any other,
-// for an address that is no IP.
+// address (an IPv4-mapped IPv6 one unmapped) as it is, an IPv6 address as its /56, the prefix
+// an ISP commonly delegates to one home (a /64 is one network, and one host may hold
+// thousands). It returns the zero Addr, one source like any other, for an address that is no
+// IP.
 func sourceOf(a net.Addr) netip.Addr {
 	tcp, ok := a.(*net.TCPAddr)
 	if !ok {
@@ -43,7 +53,7 @@ func sourceOf(a net.Addr) netip.Addr {
 	}
 	ip = ip.Unmap()
 	if ip.Is6() {
-		p, _ := ip.Prefix(64)
+		p, _ := ip.Prefix(56)
 		return p.Addr()
 	}
 	return ip
@@ -79,6 +89,16 @@ func (t *tally) inc(s netip.Addr) {
 	t.top = max(t.top, c)
 }
 
+// set makes s's count c (0 removes s).
+func (t *tally) set(s netip.Addr, c int) {
+	for t.count(s) < c {
+		t.inc(s)
+	}
+	for t.count(s) > c {
+		t.dec(s)
+	}
+}
+
 // dec takes one from s, whose count must be positive.
 func (t *tally) dec(s netip.Addr) {
 	c := t.n[s]
@@ -112,19 +132,39 @@ func (t *tally) dominates(s netip.Addr) (netip.Addr, bool) {
 	return top, n >= t.count(s)+2
 }
 
+const (
+	// recentWindow: a failed handshake counts in its source's weight for one to two of these
+	// (the current window and the one before), long enough to remember a host that keeps
+	// handshaking without a fleet certificate, short enough that a camera whose handshake
+	// timed out in the last storm weighs nothing in the next.
+	recentWindow = 30 * time.Second
+	// queuedAllowance: the turns a source may have queued at once before they weigh. A host
+	// runs a few clients that all reconnect after a broker restart (fleetctl serve, several
+	// of them; a home with a few cameras).
+	queuedAllowance = 8
+	// stealMargin: a newcomer takes a queued turn of a source that weighs at least this much
+	// more than its own. A camera whose certificate expired fails three handshakes before it
+	// turns to its bootstrap identity (agent), and one in a storm may time out once or twice.
+	stealMargin = 3
+)
+
 // pacer hands out turns, a smooth budget of rate a second with a burst of one: each turn comes
-// at least 1/rate after the one before, in the order asked for, so no second of the clock
-// holds more than rate turns, plus one. A turn still to come is queued under its source; when
-// the queue is full, a source holding fewer takes the last queued turn of the source holding
-// the most (see the top of this file). It is safe for concurrent use.
+// at least 1/rate after the one before, so no second of the clock holds more than rate turns,
+// plus one. Turns are given in the order asked for, except that when the queue is full a
+// source that weighs stealMargin less takes the last queued turn of the source that weighs the
+// most (see the top of this file). It is safe for concurrent use.
 type pacer struct {
 	rate     float64
 	interval time.Duration
 
-	mu     sync.Mutex
-	next   time.Time // the earliest time of the next turn
-	queued tally     // turns queued, by source
-	bySrc  map[netip.Addr]*list.List
+	mu      sync.Mutex
+	next    time.Time                 // the earliest time of the next turn
+	bySrc   map[netip.Addr]*list.List // the turns queued, not yet come, by source
+	weighed tally                     // the weight of each source with turns queued
+	// The handshakes failed after their turn, by source, in the window ending at windowEnd
+	// and in the one before.
+	failed, previous map[netip.Addr]int
+	windowEnd        time.Time
 }
 
 // turn is one connection's turn in the budget.
@@ -139,17 +179,21 @@ type turn struct {
 }
 
 func newPacer(rate float64) *pacer {
-	return &pacer{rate: rate, interval: time.Duration(float64(time.Second) / rate), bySrc: make(map[netip.Addr]*list.List)}
+	return &pacer{
+		rate: rate, interval: time.Duration(float64(time.Second) / rate),
+		bySrc: make(map[netip.Addr]*list.List), failed: make(map[netip.Addr]int),
+	}
 }
 
 // take takes a turn for a connection from src, at most wait after now, and reports whether
-// it got one. If the next turn is further away and another source holds at least two more
-// queued turns than src, the last one that source queued is taken from it: its connection
-// learns so from its turn's taken channel (and claim). A refusal takes nothing. The caller
-// claims the turn when its time comes, or abandons it, with claim.
+// it got one. If the next turn is further away and the source that weighs the most weighs at
+// least stealMargin more than src, the last turn that source queued is taken from it: its
+// connection learns so from its turn's taken channel (and claim). A refusal takes nothing.
+// The caller claims the turn when its time comes, or abandons it.
 func (p *pacer) take(src netip.Addr, now time.Time, wait time.Duration) (*turn, bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	p.roll(now)
 	at := p.next
 	if at.Before(now) {
 		at = now
@@ -162,8 +206,8 @@ func (p *pacer) take(src netip.Addr, now time.Time, wait time.Duration) (*turn, 
 		}
 		return t, true
 	}
-	top, ok := p.queued.dominates(src)
-	if !ok {
+	top, n := p.weighed.most()
+	if n < p.weight(src)+stealMargin {
 		return nil, false
 	}
 	v := p.bySrc[top].Back().Value.(*turn)
@@ -177,8 +221,8 @@ func (p *pacer) take(src netip.Addr, now time.Time, wait time.Duration) (*turn, 
 	return t, true
 }
 
-// claim takes t out of the queue, its time come or its wait abandoned, and reports whether it
-// is still the caller's: false if another connection took it.
+// claim takes t out of the queue, its time come, and reports whether it is still the
+// caller's: false if another connection took it.
 func (p *pacer) claim(t *turn) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -191,6 +235,61 @@ func (p *pacer) claim(t *turn) bool {
 	return true
 }
 
+// handshakeFailed counts against src a TLS handshake that failed after its turn.
+func (p *pacer) handshakeFailed(src netip.Addr, now time.Time) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.roll(now)
+	p.failed[src]++
+	p.reweigh(src)
+}
+
+// abandon takes t out of the queue unused, its connection gone before its time.
+func (p *pacer) abandon(t *turn) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if t.elem != nil {
+		p.dequeue(t)
+	}
+}
+
+// weight is what src weighs in the sharing of the queue: its handshakes failed within the
+// current window and the one before, and its turns queued beyond queuedAllowance.
+func (p *pacer) weight(src netip.Addr) int {
+	n := p.failed[src] + p.previous[src]
+	if l := p.bySrc[src]; l != nil {
+		n += max(0, l.Len()-queuedAllowance)
+	}
+	return n
+}
+
+// reweigh brings src's entry in weighed up to date: its weight while it has turns queued,
+// none otherwise (it has no turn to take).
+func (p *pacer) reweigh(src netip.Addr) {
+	if p.bySrc[src] == nil {
+		p.weighed.set(src, 0)
+		return
+	}
+	p.weighed.set(src, p.weight(src))
+}
+
+// roll starts a new window once now has passed the current one's end.
+func (p *pacer) roll(now time.Time) {
+	if now.Before(p.windowEnd) {
+		return
+	}
+	if now.Sub(p.windowEnd) < recentWindow {
+		p.previous = p.failed
+	} else {
+		p.previous = nil // more than a window went by with no failure counted
+	}
+	p.failed = make(map[netip.Addr]int)
+	p.windowEnd = now.Add(recentWindow)
+	for src := range p.bySrc {
+		p.reweigh(src)
+	}
+}
+
 func (p *pacer) enqueue(t *turn) {
 	l := p.bySrc[t.src]
 	if l == nil {
@@ -199,7 +298,7 @@ func (p *pacer) enqueue(t *turn) {
 	}
 	t.elem = l.PushBack(t)
 	t.taken = make(chan struct{})
-	p.queued.inc(t.src)
+	p.reweigh(t.src)
 }
 
 func (p *pacer) dequeue(t *turn) {
@@ -209,17 +308,20 @@ func (p *pacer) dequeue(t *turn) {
 	if l.Len() == 0 {
 		delete(p.bySrc, t.src)
 	}
-	p.queued.dec(t.src)
+	p.reweigh(t.src)
 }
 
 // helloRoom holds the sockets accepted whose ClientHello has not arrived, at most max of
 // them: a socket that sends nothing takes no turn from the budget (the turn is taken once the
-// ClientHello is read), so this is what bounds them, and the file descriptors and goroutines
-// they hold, until the connect timeout ends them. When the room is full, a newcomer makes room
-// by closing the oldest waiting socket of the source that holds the most, if that source holds
-// at least two more than the newcomer's; or else the oldest waiting socket of all, if it has
-// waited longer than grace, so that senders with many addresses and a socket each cannot hold
-// the room either; otherwise the newcomer is refused. It is safe for concurrent use.
+// ClientHello is read), so this is what bounds them, and the file descriptors, goroutines and
+// buffers they hold (admission caps the bytes each may send first), until the connect timeout
+// ends them. When the room is full, a newcomer makes room by closing the oldest waiting socket
+// of the source that holds the most, if that source holds at least two more than the
+// newcomer's; or else, once it has waited longer than grace, the oldest socket of all if its
+// source holds more than the newcomer's, or the newcomer's own source's oldest: so senders
+// with many addresses and a socket each cannot hold the room, and a host that keeps its own
+// sockets young cannot push out a camera's slow one. Otherwise the newcomer is refused. It is
+// safe for concurrent use.
 type helloRoom struct {
 	max   int
 	grace time.Duration
@@ -241,10 +343,13 @@ func (r *helloRoom) enter(adm *admission, now time.Time) (out *admission, ok boo
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.all.Len() >= r.max {
+		mine := r.held.count(adm.source)
 		if top, ok := r.held.dominates(adm.source); ok {
 			out = r.bySrc[top].Front().Value.(*admission)
-		} else if oldest := r.all.Front().Value.(*admission); now.Sub(oldest.since) > r.grace {
+		} else if oldest := r.all.Front().Value.(*admission); now.Sub(oldest.since) > r.grace && r.held.count(oldest.source) > mine {
 			out = oldest
+		} else if own := r.bySrc[adm.source]; own != nil && now.Sub(own.Front().Value.(*admission).since) > r.grace {
+			out = own.Front().Value.(*admission)
 		} else {
 			return nil, false
 		}

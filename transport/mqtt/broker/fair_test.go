@@ -9,13 +9,13 @@ import (
 )
 
 // sourceOf counts an IPv4 address as itself, an IPv4-mapped one as the IPv4 address, and
-// every IPv6 address as its /64.
-func TestSourceOfIsTheAddressOrItsSlash64(t *testing.T) {
+// every IPv6 address as its /56.
+func TestSourceOfIsTheAddressOrItsSlash56(t *testing.T) {
 	for _, c := range []struct{ ip, want string }{
 		{"127.0.0.1", "127.0.0.1"},
 		{"::ffff:192.0.2.7", "192.0.2.7"},
-		{"2001:db8:1:2:aaaa:bbbb:cccc:dddd", "2001:db8:1:2::"},
-		{"2001:db8:1:2::1", "2001:db8:1:2::"},
+		{"2001:db8:1:2:aaaa:bbbb:cccc:dddd", "2001:db8:1::"},
+		{"2001:db8:1:2ff::1", "2001:db8:1:200::"},
 		{"::1", "::"},
 	} {
 		got := sourceOf(&net.TCPAddr{IP: net.ParseIP(c.ip), Port: 1234})
@@ -64,8 +64,9 @@ func TestTallyKnowsTheSourceHoldingTheMost(t *testing.T) {
 }
 
 // When one source has filled the queue, a connection from another source takes the last turn
-// the first one queued, and the connection that had it learns so; this goes on until the two
-// hold within one of each other, and no turn is ever made that the budget did not have: the
+// the first one queued, and the connection that had it learns so; this goes on until the
+// first weighs less than stealMargin more than the second (turns queued beyond
+// queuedAllowance weigh one each), and no turn is ever made that the budget did not have: the
 // turns handed out stay 1/rate apart.
 func TestTheQueueIsSharedBetweenSources(t *testing.T) {
 	const rate = 100
@@ -83,10 +84,13 @@ func TestTheQueueIsSharedBetweenSources(t *testing.T) {
 		ofA = append(ofA, tn)
 	}
 	// Turns at 0, 10 ms, …, 1 s: 101 of them, the first one at once and not queued.
-	if len(ofA) != 101 || p.queued.count(a) != 100 {
-		t.Fatalf("source a got %d turns, %d queued; want 101 and 100", len(ofA), p.queued.count(a))
+	if len(ofA) != 101 || p.weight(a) != 100-queuedAllowance {
+		t.Fatalf("source a got %d turns, weighs %d; want 101 and %d", len(ofA), p.weight(a), 100-queuedAllowance)
 	}
-	// a itself gets no more: it holds the most.
+	if !p.claim(ofA[0]) {
+		t.Fatal("a's first turn, at once, is not a's")
+	}
+	// a itself gets no more: it weighs the most.
 	if _, ok := p.take(a, t0, wait); ok {
 		t.Fatal("source a took a turn with the queue full of its own")
 	}
@@ -99,11 +103,12 @@ func TestTheQueueIsSharedBetweenSources(t *testing.T) {
 		}
 		ofB = append(ofB, tn)
 	}
-	if len(ofB) != 50 || p.queued.count(a) != 50 || p.queued.count(b) != 50 {
-		t.Fatalf("source b took %d turns, leaving a %d and b %d queued; want 50, 50, 50", len(ofB), p.queued.count(a), p.queued.count(b))
+	// b takes while a weighs 3 more: 49 turns, leaving a 51 queued (43) and b 49 (41).
+	if len(ofB) != 49 || p.weight(a) != 43 || p.weight(b) != 41 {
+		t.Fatalf("source b took %d turns, leaving a weighing %d and b %d; want 49, 43, 41", len(ofB), p.weight(a), p.weight(b))
 	}
 	lost := 0
-	for _, tn := range ofA {
+	for _, tn := range ofA[1:] {
 		select {
 		case <-tn.taken:
 			lost++
@@ -113,8 +118,8 @@ func TestTheQueueIsSharedBetweenSources(t *testing.T) {
 		default:
 		}
 	}
-	if lost != 50 {
-		t.Fatalf("%d of a's turns were taken, want 50", lost)
+	if lost != 49 {
+		t.Fatalf("%d of a's turns were taken, want 49", lost)
 	}
 	// The turns still held are the budget's 101, each once, 10 ms apart.
 	held := map[time.Time]int{}
@@ -135,24 +140,88 @@ func TestTheQueueIsSharedBetweenSources(t *testing.T) {
 		}
 	}
 
-	// A third source takes from whichever holds the most.
+	// A third source takes from the one that weighs the most, a.
 	c := netip.MustParseAddr("203.0.113.3")
 	if _, ok := p.take(c, t0, wait); !ok {
-		t.Fatal("source c, holding nothing, found no turn while a and b hold 50 each")
+		t.Fatal("source c, weighing nothing, found no turn while a and b weigh 43 and 41")
 	}
-	if na, nb := p.queued.count(a), p.queued.count(b); na+nb != 99 || min(na, nb) != 49 {
-		t.Fatalf("after c took one: a %d, b %d queued", na, nb)
+	if p.weight(a) != 42 || p.weight(b) != 41 {
+		t.Fatalf("after c took one: a weighs %d, b %d; want 42 and 41", p.weight(a), p.weight(b))
+	}
+}
+
+// A source's weight remembers its failed handshakes for a window or two: a host that keeps
+// failing them, each time with one turn queued, loses that turn to a newcomer; a host with
+// up to queuedAllowance turns queued and no failure (the signers' host after a broker
+// restart) keeps them, and so does a camera that failed fewer than stealMargin; two windows
+// on, the failures are forgotten.
+func TestFailedHandshakesWeighForAWhile(t *testing.T) {
+	const rate = 10
+	p := newPacer(rate)
+	t0 := time.Date(2026, 11, 28, 9, 0, 0, 0, time.UTC)
+	wait := time.Second // a queue of 10 turns beyond the one at once
+	host, signers, cam := netip.MustParseAddr("192.0.2.1"), netip.MustParseAddr("198.51.100.2"), netip.MustParseAddr("203.0.113.3")
+
+	for range 5 {
+		p.handshakeFailed(host, t0)
+	}
+	p.handshakeFailed(cam, t0)
+	p.handshakeFailed(cam, t0)
+	// The queue: a turn at once, then the signers' 8, the camera's and the host's.
+	p.take(netip.MustParseAddr("203.0.113.9"), t0, wait)
+	var ofSigners []*turn
+	for range queuedAllowance {
+		tn, ok := p.take(signers, t0, wait)
+		if !ok {
+			t.Fatal("the signers found no turn")
+		}
+		ofSigners = append(ofSigners, tn)
+	}
+	camTurn, ok := p.take(cam, t0, wait)
+	if !ok {
+		t.Fatal("the camera found no turn")
+	}
+	hostTurn, ok := p.take(host, t0, wait)
+	if !ok {
+		t.Fatal("the host found no turn")
+	}
+	if p.weight(host) != 5 || p.weight(cam) != 2 || p.weight(signers) != 0 {
+		t.Fatalf("host weighs %d, camera %d, signers %d; want 5, 2, 0", p.weight(host), p.weight(cam), p.weight(signers))
+	}
+	newcomer := netip.MustParseAddr("203.0.113.4")
+	if _, ok := p.take(newcomer, t0, wait); !ok {
+		t.Fatal("a newcomer found no turn while the host, 5 failures, has one queued")
+	}
+	if !hostTurn.lost {
+		t.Fatal("the newcomer did not take the host's turn")
+	}
+	// Another newcomer finds nothing to take: the camera weighs 2, the signers nothing.
+	if _, ok := p.take(netip.MustParseAddr("203.0.113.5"), t0, wait); ok {
+		t.Fatal("a newcomer took a turn of the camera (2 failures) or the signers (8 queued)")
+	}
+	if camTurn.lost {
+		t.Fatal("the camera's turn was taken")
+	}
+	for _, tn := range ofSigners {
+		if tn.lost {
+			t.Fatal("a turn of the signers' was taken")
+		}
 	}
 
-	// Claimed turns leave the queue: once a's have come, a newcomer from a finds b dominant.
-	for _, tn := range ofA {
-		p.claim(tn)
+	// Two windows on, the host's failures are forgotten: with one turn queued it keeps it.
+	later := t0.Add(2*recentWindow + time.Second)
+	p.handshakeFailed(netip.MustParseAddr("203.0.113.6"), later) // starts a new window
+	if p.weight(host) != 0 {
+		t.Fatalf("two windows on, the host weighs %d, want 0", p.weight(host))
 	}
-	if n := p.queued.count(a); n != 0 {
-		t.Fatalf("%d of a's turns still queued after all were claimed", n)
+	// One window on, they still count.
+	p2 := newPacer(rate)
+	for range 5 {
+		p2.handshakeFailed(host, t0)
 	}
-	if _, ok := p.take(a, t0, wait); !ok {
-		t.Fatal("a, its turns all come, found no turn while b holds the queue")
+	p2.handshakeFailed(cam, t0.Add(recentWindow+time.Second))
+	if p2.weight(host) != 5 {
+		t.Fatalf("one window on, the host weighs %d, want 5", p2.weight(host))
 	}
 }
 
@@ -213,5 +282,37 @@ func TestTheHelloRoomIsSharedBetweenSources(t *testing.T) {
 	}
 	if n := r.all.Len(); n != 4 {
 		t.Fatalf("%d sockets in a room of 4", n)
+	}
+}
+
+// The grace rule does not let the source holding the most push out a camera's slow socket:
+// a host holding 3 of 4 places, its newcomer finds the camera's socket the oldest, past
+// grace, and pushes out its own oldest instead, once that is past grace too.
+func TestTheGraceRuleSparesSmallerSources(t *testing.T) {
+	r := newHelloRoom(4, time.Second)
+	t0 := time.Date(2026, 11, 28, 9, 0, 0, 0, time.UTC)
+	cam := &admission{source: netip.MustParseAddr("192.0.2.5")}
+	if _, ok := r.enter(cam, t0); !ok {
+		t.Fatal("camera refused in an empty room")
+	}
+	host := netip.MustParseAddr("198.51.100.1")
+	later := t0.Add(1500 * time.Millisecond)
+	var ofHost []*admission
+	for range 3 {
+		x := &admission{source: host}
+		if _, ok := r.enter(x, later); !ok {
+			t.Fatal("room not full")
+		}
+		ofHost = append(ofHost, x)
+	}
+	if out, ok := r.enter(&admission{source: host}, later); ok {
+		t.Fatalf("the host's newcomer got in, pushing out %v", out)
+	}
+	out, ok := r.enter(&admission{source: host}, later.Add(time.Second+time.Nanosecond))
+	if !ok || out != ofHost[0] {
+		t.Fatalf("past grace, the host's newcomer pushed out %v (%v), want the host's own oldest", out, ok)
+	}
+	if cam.pushedOut.Load() {
+		t.Fatal("the camera's socket was pushed out")
 	}
 }

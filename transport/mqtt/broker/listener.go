@@ -76,8 +76,40 @@ type admission struct {
 	// it came in; guarded by the room's mu.
 	inRoom, inAll *list.Element
 	since         time.Time
-	pushedOut     atomic.Bool // another source's socket took its place in the helloRoom
-	asked         bool        // its ClientHello asked for a turn; only the connection's goroutine touches it
+	pushedOut     atomic.Bool // another socket took its place in the helloRoom
+	// Only the connection's goroutine touches these: whether its ClientHello has asked for a
+	// turn and got one, and the bytes read before it asked (capped: with a budget only).
+	asked, turn bool
+	capped      bool
+	early       int
+}
+
+// maxHelloBytes caps what a connection may send before its ClientHello is whole: crypto/tls
+// would buffer a ClientHello of up to 64 KiB, and the helloRoom holds thousands of sockets.
+// A ClientHello is 200 bytes to 2 KiB (a post-quantum key share included), a few more with a
+// session ticket.
+const maxHelloBytes = 8 << 10
+
+// errHelloTooLong is why a connection that sent more than maxHelloBytes before a whole
+// ClientHello is closed.
+var errHelloTooLong = fmt.Errorf("broker: more than %d bytes before a whole TLS ClientHello", maxHelloBytes)
+
+// Read reads from the socket, with a budget at most maxHelloBytes in all until the ClientHello
+// has asked for a turn. crypto/tls reads records into a buffer of its own, so a short read costs nothing.
+func (a *admission) Read(p []byte) (int, error) {
+	if !a.capped || a.asked {
+		return a.Conn.Read(p)
+	}
+	left := maxHelloBytes - a.early
+	if left <= 0 {
+		return 0, errHelloTooLong
+	}
+	if len(p) > left {
+		p = p[:left]
+	}
+	n, err := a.Conn.Read(p)
+	a.early += n
+	return n, err
 }
 
 // Sizing the helloRoom: it holds helloRoomPerQueue times the queue's length (the turns within
@@ -88,7 +120,7 @@ const helloRoomPerQueue = 4
 
 // minHelloRoom is a variable for the tests, which set it low rather than open thousands of
 // sockets.
-var minHelloRoom = 8192
+var minHelloRoom = 4096
 
 // errNoTurn is why a handshake ends without a turn in the connection budget; the listener has
 // counted it and closed the socket.
@@ -170,7 +202,7 @@ func (l *listener) Serve(establish listeners.EstablishFn) {
 			continue
 		}
 		backoff = 0
-		adm := &admission{Conn: raw, source: sourceOf(raw.RemoteAddr())}
+		adm := &admission{Conn: raw, source: sourceOf(raw.RemoteAddr()), capped: l.budget != nil}
 		if l.room != nil && !l.enterRoom(adm) {
 			raw.Close()
 			continue
@@ -238,6 +270,16 @@ func (l *listener) handle(conn *tls.Conn, raw net.Conn, adm *admission, establis
 	if err != nil {
 		if errors.Is(err, errNoTurn) || adm.pushedOut.Load() {
 			return // counted, and logged at most every 10 s
+		}
+		if l.ctx.Err() != nil {
+			return // Close cut it, waiting for its turn or in its handshake
+		}
+		if adm.turn {
+			// It weighs against its source when the queue is shared (pacer). Every failure
+			// counts, a fleet certificate that expired too: the broker checks the chain before
+			// the client proves it holds the key, so showing one (public, and sent in clear
+			// by TLS 1.2) proves nothing.
+			l.budget.handshakeFailed(adm.source, time.Now())
 		}
 		level := slog.LevelWarn
 		if errors.Is(err, io.EOF) {
@@ -316,15 +358,19 @@ func chainExpiry(st tls.ConnectionState) time.Time {
 // enterRoom counts adm, just accepted, as waiting for its ClientHello (helloRoom), and reports
 // whether it may wait. A socket of another source that it pushes out is closed here.
 func (l *listener) enterRoom(adm *admission) bool {
-	out, ok := l.room.enter(adm, time.Now())
+	now := time.Now()
+	out, ok := l.room.enter(adm, now)
+	cut := adm
 	if out != nil {
 		out.Conn.Close()
+		cut = out
 	}
 	if out != nil || !ok {
 		n := l.refusedEarly.Add(1)
-		if now := time.Now(); warnDue(&l.lastEarlyWarn, now) {
-			l.log.Warn("broker: too many connections have not sent their TLS ClientHello; closing the oldest of the source that holds the most, or the oldest of all, or new ones",
-				"waiting_at_most", l.room.max, "closed_so_far", n, "source", adm.source.String())
+		if warnDue(&l.lastEarlyWarn, now) {
+			l.log.Warn("broker: too many connections have not sent their TLS ClientHello; closing the oldest of the source that holds the most, or old ones, or new ones",
+				"waiting_at_most", l.room.max, "closed_so_far", n, "closed_source", cut.source.String(),
+				"closed_remote", cut.RemoteAddr().String(), "pushed_out", out != nil, "newcomer_source", adm.source.String())
 		}
 	}
 	return ok
@@ -351,7 +397,10 @@ func (l *listener) clientHello(hello *tls.ClientHelloInfo) (*tls.Config, error) 
 	}
 	adm.asked = true
 	if !l.room.leave(adm) {
-		return nil, errNoTurn // pushed out of the room: its socket is closed already
+		// Pushed out of the room. Serve closes the socket, perhaps not yet: close it here, so
+		// that crypto/tls's alert for the error goes nowhere.
+		adm.Conn.Close()
+		return nil, errNoTurn
 	}
 	if err := l.takeTurn(hello.Context(), adm); err != nil {
 		adm.Conn.Close()
@@ -363,9 +412,9 @@ func (l *listener) clientHello(hello *tls.ClientHelloInfo) (*tls.Config, error) 
 // takeTurn takes the connection's turn in the connection budget and waits for it, for at
 // most half of the connect timeout, or until ctx (the handshake's, which Close cancels) is
 // done. One that would wait longer is refused at once, without a turn, so that it takes
-// nothing from the connections behind it, unless another source holds at least two more
-// queued turns than its own: then it takes the last of those (pacer.take), and the connection
-// that had it is refused when it learns so.
+// nothing from the connections behind it, unless the source that weighs the most weighs at
+// least stealMargin more than its own: then it takes the last turn that source queued
+// (pacer.take), and the connection that had it is refused when it learns so.
 //
 // Once the turn has come, the socket deadline is set a whole connect timeout ahead: the
 // handshake and the CONNECT packet have as long from their turn as when the turn was taken at
@@ -385,7 +434,7 @@ func (l *listener) takeTurn(ctx context.Context, adm *admission) error {
 		case <-timer.C:
 		case <-t.taken:
 		case <-ctx.Done():
-			l.budget.claim(t)
+			l.budget.abandon(t)
 			return ctx.Err()
 		}
 	}
@@ -393,6 +442,7 @@ func (l *listener) takeTurn(ctx context.Context, adm *admission) error {
 		l.overBudget(time.Now())
 		return errNoTurn
 	}
+	adm.turn = true
 	l.admitted.add(t.at)
 	return adm.Conn.SetDeadline(time.Now().Add(l.timeout))
 }
