@@ -457,3 +457,35 @@ func TestManyAddressesFailingHandshakesCannotStarveTheCameras(t *testing.T) {
 		t.Errorf("a camera that was served weighs %d", w)
 	}
 }
+
+// A host whose clients hold fleet certificates keeps the turns it queued in a storm of
+// cameras from other addresses: the signers and operators reconnecting after a broker
+// restart, all from one address, are not made to back off while the cameras wait for the
+// certificates only they can sign. Sharing by turns queued alone took theirs (a 10,000-device
+// scale run converged 70 % slower).
+func TestTheSignersHostKeepsItsTurnsInAStorm(t *testing.T) {
+	pki := mqtttest.NewPKI(t)
+	var logs logtest.Buffer
+	b := startBudgeted(t, pki, 10, 2*time.Second, &logs) // 10 turns within the 1 s wait
+	signer := pki.ClientTLS(t, pki.ClientCert(t, certs.RoleSigner, "signer-1"))
+	const signers = 6
+	errs := make(chan error, signers)
+	for range signers {
+		go func() { errs <- handshakeFrom("127.0.0.1", b.Addr(), signer) }()
+	}
+	waitUntil(t, func() bool { return b.QueuedTurns() == signers-1 }, "the signers' host queues its turns")
+	var wg sync.WaitGroup
+	for i := range 30 {
+		cam := pki.ClientTLS(t, pki.ClientCert(t, certs.RoleDevice, fmt.Sprintf("cam-%d", i)))
+		wg.Go(func() { handshakeFrom(fmt.Sprintf("127.0.6.%d", 1+i), b.Addr(), cam) })
+	}
+	for range signers {
+		if err := <-errs; err != nil {
+			t.Errorf("a signer from the host that queued %d turns: %v", signers-1, err)
+		}
+	}
+	wg.Wait()
+	if b.Throttled() == 0 {
+		t.Error("no camera was throttled: the storm did not fill the queue")
+	}
+}
