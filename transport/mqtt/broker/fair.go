@@ -60,9 +60,9 @@ func sourceOf(a net.Addr) netip.Addr {
 }
 
 // tally counts something per source and knows at every moment a source that holds the most:
-// a count moves by one at a time, so each source sits in the set of its count and the highest
-// non-empty set is found in constant time. The zero tally is empty and ready; it is not safe
-// for concurrent use.
+// each source sits in the set of its count, and the highest count held is kept, walked down
+// when the sources holding it leave. The zero tally is empty and ready; it is not safe for
+// concurrent use.
 type tally struct {
 	n   map[netip.Addr]int
 	by  []map[netip.Addr]struct{} // by[c]: the sources whose count is c ≥ 1 (by[0] is unused)
@@ -71,44 +71,37 @@ type tally struct {
 
 func (t *tally) count(s netip.Addr) int { return t.n[s] }
 
-func (t *tally) inc(s netip.Addr) {
-	if t.n == nil {
-		t.n = make(map[netip.Addr]int)
-		t.by = []map[netip.Addr]struct{}{nil}
-	}
-	c := t.n[s]
-	if c > 0 {
-		delete(t.by[c], s)
-	}
-	c++
-	t.n[s] = c
-	if c == len(t.by) {
-		t.by = append(t.by, make(map[netip.Addr]struct{}))
-	}
-	t.by[c][s] = struct{}{}
-	t.top = max(t.top, c)
-}
-
-// set makes s's count c (0 removes s).
-func (t *tally) set(s netip.Addr, c int) {
-	for t.count(s) < c {
-		t.inc(s)
-	}
-	for t.count(s) > c {
-		t.dec(s)
-	}
-}
+func (t *tally) inc(s netip.Addr) { t.set(s, t.n[s]+1) }
 
 // dec takes one from s, whose count must be positive.
-func (t *tally) dec(s netip.Addr) {
-	c := t.n[s]
-	delete(t.by[c], s)
-	c--
+func (t *tally) dec(s netip.Addr) { t.set(s, t.n[s]-1) }
+
+// set makes s's count c (0 removes s), in constant time but for the walk down to the next
+// highest count held when s held the most alone: a step for each count in between, a few
+// nanoseconds each.
+func (t *tally) set(s netip.Addr, c int) {
+	old := t.n[s]
+	if old == c {
+		return
+	}
+	if t.n == nil {
+		t.n = make(map[netip.Addr]int)
+	}
+	if old > 0 {
+		delete(t.by[old], s)
+	}
 	if c == 0 {
 		delete(t.n, s)
 	} else {
-		t.n[s] = c
+		for len(t.by) <= c {
+			t.by = append(t.by, nil)
+		}
+		if t.by[c] == nil {
+			t.by[c] = make(map[netip.Addr]struct{})
+		}
 		t.by[c][s] = struct{}{}
+		t.n[s] = c
+		t.top = max(t.top, c)
 	}
 	for t.top > 0 && len(t.by[t.top]) == 0 {
 		t.top--

@@ -29,7 +29,7 @@ func TestSourceOfIsTheAddressOrItsSlash56(t *testing.T) {
 }
 
 // tally's most is always a source holding the highest count, through any sequence of
-// increments and decrements: checked against counting by hand.
+// increments, decrements and counts set outright: checked against counting by hand.
 func TestTallyKnowsTheSourceHoldingTheMost(t *testing.T) {
 	rng := rand.New(rand.NewPCG(1, 2))
 	srcs := make([]netip.Addr, 12)
@@ -40,10 +40,15 @@ func TestTallyKnowsTheSourceHoldingTheMost(t *testing.T) {
 	want := map[netip.Addr]int{}
 	for step := range 20000 {
 		s := srcs[rng.IntN(len(srcs))]
-		if want[s] > 0 && rng.IntN(2) == 0 {
+		switch r := rng.IntN(5); {
+		case r == 0:
+			c := rng.IntN(3) * rng.IntN(40) // 0 a third of the time
+			tl.set(s, c)
+			want[s] = c
+		case want[s] > 0 && r < 3:
 			tl.dec(s)
 			want[s]--
-		} else {
+		default:
 			tl.inc(s)
 			want[s]++
 		}
