@@ -140,12 +140,12 @@ type Config struct {
 	// (a burst of one): no second sees more than MaxConnectRate handshakes go on, plus one.
 	// It is shared fairly between sources (IPv4 addresses, IPv6 /56s): when the queue is
 	// full, a connection from a source that weighs less takes the last queued turn of the
-	// source that weighs the most, if that weighs at least three more (a source weighs its
-	// TLS handshakes failed after their turn within the last minute or so, and its turns
+	// source that weighs the most, if that weighs at least six more (a source weighs its
+	// turns of the last 30 to 60 s that did not end in an accepted CONNECT, and its turns
 	// queued beyond eight); and sockets that have not sent their ClientHello, which take no
 	// turn, are capped in number and in the bytes each may send, the excess closed in a like
 	// way. One host can so not starve the cameras of turns; a sender with so many addresses
-	// that each fails fewer than three handshakes a minute can. Zero means no limit.
+	// that each wastes fewer than six turns a minute can. Zero means no limit.
 	MaxConnectRate float64
 	// SessionExpiry is how long a persistent session (MQTT 3.1.1 CleanSession false; an MQTT
 	// 5 client's own interval is capped at it) outlives its client's connection. Then the

@@ -14,10 +14,12 @@ import (
 //
 //   - the turns queued in the budget (pacer): when a ClientHello finds the queue full, it
 //     takes the last queued turn of the source that weighs the most, if that weighs at least
-//     stealMargin more than the newcomer's source. A source weighs its TLS handshakes that
-//     failed after their turn within the last minute or so (recentWindow), plus its turns
-//     queued beyond queuedAllowance. The connection whose turn is taken is closed unanswered
-//     (counted as throttled). Without such a source the newcomer is closed itself, as before.
+//     stealMargin more than the newcomer's source. A source weighs its turns of the last 30 to
+//     60 s (recentWindow) that did not end in an MQTT connection the broker accepted (a TLS
+//     handshake that failed, a client that left before its turn, no CONNECT or a refused
+//     one), plus its turns queued beyond queuedAllowance. The connection whose turn is taken
+//     is closed unanswered (counted as throttled). Without such a source the newcomer is
+//     closed itself, as before.
 //   - the room for sockets accepted whose ClientHello has not arrived (helloRoom), and the
 //     bytes each may send before it: when the room is full, a newcomer closes the oldest
 //     waiting socket of the source that holds the most, if that holds at least two more than
@@ -26,16 +28,17 @@ import (
 //     ClientHello (a quarter of the connect timeout); otherwise the newcomer is closed at
 //     accept.
 //
-// So a source is only ever cut back while another waits, and a host whose clients hold fleet
-// certificates weighs nothing until it queues more than queuedAllowance connections at once:
-// the signers' host, or a home with a few cameras, keeps its turns in a reconnection storm,
-// and a fleet whose cameras all reach the broker from one address (a NAT, or a load balancer
-// that does not pass the client's address on with PROXY protocol) keeps the whole budget when
-// nobody else asks for it. A host that keeps handshaking without a fleet certificate gains a
-// turn's weight each time it is served, and is soon cut back in favour of sources that had
-// none. What the sharing cannot do is tell cameras from a sender with so many addresses that
-// each fails fewer than stealMargin handshakes in a window: about a third of the budget's
-// turns in a minute (rate × 60 / 3) addresses.
+// So a source is only ever cut back while another waits, and a host whose clients connect
+// weighs nothing until it queues more than queuedAllowance connections at once: the signers'
+// host, or a home with a few cameras, keeps its turns in a reconnection storm, and a fleet
+// whose cameras all reach the broker from one address (a NAT, or a load balancer that does
+// not pass the client's address on with PROXY protocol) keeps the whole budget when nobody
+// else asks for it. A host that keeps taking turns without connecting (no fleet certificate,
+// a revoked one, or a stolen one it only handshakes with) gains a turn's weight each time it
+// is served, and is soon cut back in favour of sources that had none. What the sharing
+// cannot do is tell cameras from a sender with so many addresses that each wastes fewer than
+// stealMargin turns in a window: about a sixth of the budget's turns in a minute (rate × 10)
+// addresses.
 
 // sourceOf returns the source the connection budget counts a remote address under: an IPv4
 // address (an IPv4-mapped IPv6 one unmapped) as it is, an IPv6 address as its /56, the prefix
@@ -126,7 +129,7 @@ func (t *tally) dominates(s netip.Addr) (netip.Addr, bool) {
 }
 
 const (
-	// recentWindow: a failed handshake counts in its source's weight for one to two of these
+	// recentWindow: a wasted turn counts in its source's weight for one to two of these
 	// (the current window and the one before), long enough to remember a host that keeps
 	// handshaking without a fleet certificate, short enough that a camera whose handshake
 	// timed out in the last storm weighs nothing in the next.
@@ -137,8 +140,12 @@ const (
 	queuedAllowance = 8
 	// stealMargin: a newcomer takes a queued turn of a source that weighs at least this much
 	// more than its own. A camera whose certificate expired fails three handshakes before it
-	// turns to its bootstrap identity (agent), and one in a storm may time out once or twice.
-	stealMargin = 3
+	// turns to its bootstrap identity (agent), and one in a storm may time out once or twice
+	// more: five, and it keeps its turn.
+	stealMargin = 6
+	// maxWeight caps a source's weight: past it, a source has had far more than its share
+	// either way, and the tally of weights stays small.
+	maxWeight = 1 << 10
 )
 
 // pacer hands out turns, a smooth budget of rate a second with a burst of one: each turn comes
@@ -154,8 +161,8 @@ type pacer struct {
 	next    time.Time                 // the earliest time of the next turn
 	bySrc   map[netip.Addr]*list.List // the turns queued, not yet come, by source
 	weighed tally                     // the weight of each source with turns queued
-	// The handshakes failed after their turn, by source, in the window ending at windowEnd
-	// and in the one before.
+	// The turns wasted (pacer.wasted), by source, in the window ending at windowEnd and in
+	// the one before.
 	failed, previous map[netip.Addr]int
 	windowEnd        time.Time
 }
@@ -228,8 +235,9 @@ func (p *pacer) claim(t *turn) bool {
 	return true
 }
 
-// handshakeFailed counts against src a TLS handshake that failed after its turn.
-func (p *pacer) handshakeFailed(src netip.Addr, now time.Time) {
+// wasted counts against src a turn that did not end in an MQTT connection the broker
+// accepted.
+func (p *pacer) wasted(src netip.Addr, now time.Time) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.roll(now)
@@ -246,14 +254,14 @@ func (p *pacer) abandon(t *turn) {
 	}
 }
 
-// weight is what src weighs in the sharing of the queue: its handshakes failed within the
-// current window and the one before, and its turns queued beyond queuedAllowance.
+// weight is what src weighs in the sharing of the queue: its turns wasted within the current
+// window and the one before, and its turns queued beyond queuedAllowance, at most maxWeight.
 func (p *pacer) weight(src netip.Addr) int {
 	n := p.failed[src] + p.previous[src]
 	if l := p.bySrc[src]; l != nil {
 		n += max(0, l.Len()-queuedAllowance)
 	}
-	return n
+	return min(n, maxWeight)
 }
 
 // reweigh brings src's entry in weighed up to date: its weight while it has turns queued,
@@ -266,18 +274,20 @@ func (p *pacer) reweigh(src netip.Addr) {
 	p.weighed.set(src, p.weight(src))
 }
 
-// roll starts a new window once now has passed the current one's end.
+// roll starts a new window once now has passed the current one's end. Windows follow one
+// another without a gap, so what was counted in one weighs for at most two.
 func (p *pacer) roll(now time.Time) {
 	if now.Before(p.windowEnd) {
 		return
 	}
 	if now.Sub(p.windowEnd) < recentWindow {
 		p.previous = p.failed
+		p.windowEnd = p.windowEnd.Add(recentWindow)
 	} else {
-		p.previous = nil // more than a window went by with no failure counted
+		p.previous = nil // a whole window went by with nothing counted
+		p.windowEnd = now.Add(recentWindow)
 	}
 	p.failed = make(map[netip.Addr]int)
-	p.windowEnd = now.Add(recentWindow)
 	for src := range p.bySrc {
 		p.reweigh(src)
 	}

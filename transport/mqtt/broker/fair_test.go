@@ -108,9 +108,9 @@ func TestTheQueueIsSharedBetweenSources(t *testing.T) {
 		}
 		ofB = append(ofB, tn)
 	}
-	// b takes while a weighs 3 more: 49 turns, leaving a 51 queued (43) and b 49 (41).
-	if len(ofB) != 49 || p.weight(a) != 43 || p.weight(b) != 41 {
-		t.Fatalf("source b took %d turns, leaving a weighing %d and b %d; want 49, 43, 41", len(ofB), p.weight(a), p.weight(b))
+	// b takes while a weighs 6 more: 48 turns, leaving a 52 queued (44) and b 48 (40).
+	if len(ofB) != 48 || p.weight(a) != 44 || p.weight(b) != 40 {
+		t.Fatalf("source b took %d turns, leaving a weighing %d and b %d; want 48, 44, 40", len(ofB), p.weight(a), p.weight(b))
 	}
 	lost := 0
 	for _, tn := range ofA[1:] {
@@ -123,8 +123,8 @@ func TestTheQueueIsSharedBetweenSources(t *testing.T) {
 		default:
 		}
 	}
-	if lost != 49 {
-		t.Fatalf("%d of a's turns were taken, want 49", lost)
+	if lost != 48 {
+		t.Fatalf("%d of a's turns were taken, want 48", lost)
 	}
 	// The turns still held are the budget's 101, each once, 10 ms apart.
 	held := map[time.Time]int{}
@@ -148,30 +148,32 @@ func TestTheQueueIsSharedBetweenSources(t *testing.T) {
 	// A third source takes from the one that weighs the most, a.
 	c := netip.MustParseAddr("203.0.113.3")
 	if _, ok := p.take(c, t0, wait); !ok {
-		t.Fatal("source c, weighing nothing, found no turn while a and b weigh 43 and 41")
+		t.Fatal("source c, weighing nothing, found no turn while a and b weigh 44 and 40")
 	}
-	if p.weight(a) != 42 || p.weight(b) != 41 {
-		t.Fatalf("after c took one: a weighs %d, b %d; want 42 and 41", p.weight(a), p.weight(b))
+	if p.weight(a) != 43 || p.weight(b) != 40 {
+		t.Fatalf("after c took one: a weighs %d, b %d; want 43 and 40", p.weight(a), p.weight(b))
 	}
 }
 
-// A source's weight remembers its failed handshakes for a window or two: a host that keeps
-// failing them, each time with one turn queued, loses that turn to a newcomer; a host with
-// up to queuedAllowance turns queued and no failure (the signers' host after a broker
-// restart) keeps them, and so does a camera that failed fewer than stealMargin; two windows
-// on, the failures are forgotten.
-func TestFailedHandshakesWeighForAWhile(t *testing.T) {
+// A source's weight remembers its wasted turns for a window or two: a host that keeps wasting
+// them, each time with one turn queued, loses that turn to a newcomer; a host with up to
+// queuedAllowance turns queued and none wasted (the signers' host after a broker restart)
+// keeps them, and so does a camera whose certificate expired (3 handshakes failed before it
+// turns to its bootstrap identity) and whose handshake then timed out twice in the storm;
+// two windows on, the turns wasted are forgotten.
+func TestWastedTurnsWeighForAWhile(t *testing.T) {
 	const rate = 10
 	p := newPacer(rate)
 	t0 := time.Date(2026, 11, 28, 9, 0, 0, 0, time.UTC)
 	wait := time.Second // a queue of 10 turns beyond the one at once
 	host, signers, cam := netip.MustParseAddr("192.0.2.1"), netip.MustParseAddr("198.51.100.2"), netip.MustParseAddr("203.0.113.3")
 
-	for range 5 {
-		p.handshakeFailed(host, t0)
+	for range 7 {
+		p.wasted(host, t0)
 	}
-	p.handshakeFailed(cam, t0)
-	p.handshakeFailed(cam, t0)
+	for range 5 {
+		p.wasted(cam, t0)
+	}
 	// The queue: a turn at once, then the signers' 8, the camera's and the host's.
 	p.take(netip.MustParseAddr("203.0.113.9"), t0, wait)
 	var ofSigners []*turn
@@ -190,19 +192,19 @@ func TestFailedHandshakesWeighForAWhile(t *testing.T) {
 	if !ok {
 		t.Fatal("the host found no turn")
 	}
-	if p.weight(host) != 5 || p.weight(cam) != 2 || p.weight(signers) != 0 {
-		t.Fatalf("host weighs %d, camera %d, signers %d; want 5, 2, 0", p.weight(host), p.weight(cam), p.weight(signers))
+	if p.weight(host) != 7 || p.weight(cam) != 5 || p.weight(signers) != 0 {
+		t.Fatalf("host weighs %d, camera %d, signers %d; want 7, 5, 0", p.weight(host), p.weight(cam), p.weight(signers))
 	}
 	newcomer := netip.MustParseAddr("203.0.113.4")
 	if _, ok := p.take(newcomer, t0, wait); !ok {
-		t.Fatal("a newcomer found no turn while the host, 5 failures, has one queued")
+		t.Fatal("a newcomer found no turn while the host, 7 turns wasted, has one queued")
 	}
 	if !hostTurn.lost {
 		t.Fatal("the newcomer did not take the host's turn")
 	}
-	// Another newcomer finds nothing to take: the camera weighs 2, the signers nothing.
+	// Another newcomer finds nothing to take: the camera weighs 5, the signers nothing.
 	if _, ok := p.take(netip.MustParseAddr("203.0.113.5"), t0, wait); ok {
-		t.Fatal("a newcomer took a turn of the camera (2 failures) or the signers (8 queued)")
+		t.Fatal("a newcomer took a turn of the camera (5 wasted) or the signers (8 queued)")
 	}
 	if camTurn.lost {
 		t.Fatal("the camera's turn was taken")
@@ -213,20 +215,52 @@ func TestFailedHandshakesWeighForAWhile(t *testing.T) {
 		}
 	}
 
-	// Two windows on, the host's failures are forgotten: with one turn queued it keeps it.
+	// Two windows on, the host's turns wasted are forgotten.
 	later := t0.Add(2*recentWindow + time.Second)
-	p.handshakeFailed(netip.MustParseAddr("203.0.113.6"), later) // starts a new window
+	p.wasted(netip.MustParseAddr("203.0.113.6"), later) // starts a new window
 	if p.weight(host) != 0 {
 		t.Fatalf("two windows on, the host weighs %d, want 0", p.weight(host))
 	}
 	// One window on, they still count.
 	p2 := newPacer(rate)
-	for range 5 {
-		p2.handshakeFailed(host, t0)
+	for range 7 {
+		p2.wasted(host, t0)
 	}
-	p2.handshakeFailed(cam, t0.Add(recentWindow+time.Second))
-	if p2.weight(host) != 5 {
-		t.Fatalf("one window on, the host weighs %d, want 5", p2.weight(host))
+	p2.wasted(cam, t0.Add(recentWindow+time.Second))
+	if p2.weight(host) != 7 {
+		t.Fatalf("one window on, the host weighs %d, want 7", p2.weight(host))
+	}
+}
+
+// Windows follow one another without a gap: a turn wasted weighs for at most two of them,
+// however the calls fall. Before, a window started whenever the first call after the last one
+// came, and a failure counted just before a quiet spell weighed for nearly three.
+func TestAWastedTurnWeighsAtMostTwoWindows(t *testing.T) {
+	p := newPacer(10)
+	t0 := time.Date(2026, 11, 28, 9, 0, 0, 0, time.UTC)
+	cam := netip.MustParseAddr("203.0.113.3")
+	other := netip.MustParseAddr("198.51.100.9")
+	p.wasted(cam, t0) // the window [t0, t0+30 s)
+	p.wasted(other, t0.Add(59*time.Second))
+	if w := p.weight(cam); w != 1 {
+		t.Fatalf("59 s on, a turn wasted in the window before weighs %d, want 1", w)
+	}
+	p.wasted(other, t0.Add(61*time.Second))
+	if w := p.weight(cam); w != 0 {
+		t.Fatalf("61 s on, two windows past, a turn wasted weighs %d, want 0", w)
+	}
+}
+
+// A source's weight stops at maxWeight.
+func TestAWeightStopsAtItsCap(t *testing.T) {
+	p := newPacer(10)
+	t0 := time.Date(2026, 11, 28, 9, 0, 0, 0, time.UTC)
+	host := netip.MustParseAddr("198.51.100.1")
+	for range maxWeight + 100 {
+		p.wasted(host, t0)
+	}
+	if w := p.weight(host); w != maxWeight {
+		t.Fatalf("weight %d, want the cap %d", w, maxWeight)
 	}
 }
 

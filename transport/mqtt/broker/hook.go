@@ -132,7 +132,11 @@ func (h *hook) OnConnectAuthenticate(cl *mqtt.Client, _ packets.Packet) bool {
 		return false
 	}
 	leaf := verifiedLeaf(conn)
-	return leaf != nil && certs.ClientIDAllowed(certs.CertIdentity(leaf), cl.ID) && string(cl.Properties.Username) == certs.CertIdentity(leaf)
+	ok := leaf != nil && certs.ClientIDAllowed(certs.CertIdentity(leaf), cl.ID) && string(cl.Properties.Username) == certs.CertIdentity(leaf)
+	if c, isCC := cl.Net.Conn.(*clientConn); ok && isCC {
+		c.accepted.Store(true)
+	}
+	return ok
 }
 
 // OnPacketRead caps the session expiry interval an MQTT 5 client sets in its DISCONNECT

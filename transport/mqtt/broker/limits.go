@@ -27,6 +27,10 @@ type clientConn struct {
 	released atomic.Bool
 	// cut is set once the connection is closed for publishing over its limit for too long.
 	cut atomic.Bool
+	// accepted is set once the broker accepted the connection's CONNECT
+	// (OnConnectAuthenticate): a turn of the connection budget that ends without it was
+	// wasted (pacer.wasted).
+	accepted atomic.Bool
 }
 
 // tlsConn returns the TLS connection under a client's net.Conn, or nil.

@@ -275,11 +275,12 @@ func (l *listener) handle(conn *tls.Conn, raw net.Conn, adm *admission, establis
 			return // Close cut it, waiting for its turn or in its handshake
 		}
 		if adm.turn {
-			// It weighs against its source when the queue is shared (pacer). Every failure
-			// counts, a fleet certificate that expired too: the broker checks the chain before
-			// the client proves it holds the key, so showing one (public, and sent in clear
-			// by TLS 1.2) proves nothing.
-			l.budget.handshakeFailed(adm.source, time.Now())
+			// A turn wasted weighs against its source when the queue is shared (pacer). Every
+			// failure counts: a fleet certificate that expired too, since the broker checks the
+			// chain before the client proves it holds the key, so showing one (public, and sent
+			// in clear by TLS 1.2) proves nothing; and a client that left while it waited for
+			// its turn, or queueing and leaving would cost nothing.
+			l.budget.wasted(adm.source, time.Now())
 		}
 		level := slog.LevelWarn
 		if errors.Is(err, io.EOF) {
@@ -308,8 +309,15 @@ func (l *listener) handle(conn *tls.Conn, raw net.Conn, adm *admission, establis
 	l.mu.Unlock()
 	// mochi keeps the connection it is handed as the client's net.Conn: the wrapper carries
 	// the broker's per-connection state to its hooks.
-	if err := establish(l.id, &clientConn{Conn: conn}); err != nil {
+	cc := &clientConn{Conn: conn}
+	if err := establish(l.id, cc); err != nil {
 		l.log.Debug("broker: connection ended", "remote", remote, "error", err)
+	}
+	if adm.turn && !cc.accepted.Load() && l.ctx.Err() == nil {
+		// A turn that ended in no MQTT connection (no CONNECT, or a refused one: a revoked
+		// certificate, another's client id) is wasted too: a fleet certificate, stolen or
+		// revoked, must not earn a host turns it does not weigh for.
+		l.budget.wasted(adm.source, time.Now())
 	}
 }
 
