@@ -129,11 +129,15 @@ restart() {
 	"$work/broker.sh"
 	signers "$dir"
 	echo "== restart: $n devices (--source-addrs $sources), fleetctl broker --max-connect-rate $rate, two fleetctl serve, device backoff cap $backoff; load $(cut -d' ' -f1-3 /proc/loadavg)"
+	local rc=0
 	"$work/fleetsim" --broker "mqtts://127.0.0.1:$p" --fleet "$dir" --devices "$n" --source-addrs "$sources" --scenario broker-restart \
-		--restart-command "$work/broker.sh" --max-backoff "$backoff" 2>/dev/null
+		--restart-command "$work/broker.sh" --max-backoff "$backoff" 2>/dev/null || rc=$?
+	# The broker's own account, also when the run failed: it says what the budget did.
 	echo "   broker peak RSS: $(awk '/VmHWM/ {printf "%.0f MiB", $2/1024}' "/proc/$(cat "$work/broker.pid")/status")"
 	"$work/broker.sh" stop
 	echo "   since it came back, $(grep -a 'broker stopped' "$work/broker.log" | tail -1 | sed 's/^broker stopped: m/m/')"
+	grep -a 'gives its queued turns' "$work/broker.log" | head -3 | sed 's/^/   /' || true
+	return "$rc"
 }
 
 for r in "${runs[@]}"; do

@@ -399,6 +399,16 @@ func (b *Broker) Throttled() uint64 {
 	return 0
 }
 
+// TakenTurns returns how many turns of the connection budget (Config.MaxConnectRate) were
+// taken from a queued connection of a source that weighed more (see Config.MaxConnectRate),
+// its connection closed unanswered and counted in Throttled too.
+func (b *Broker) TakenTurns() uint64 {
+	if ln := b.listener(); ln != nil {
+		return ln.taken.Load()
+	}
+	return 0
+}
+
 // RefusedEarly returns how many connections the connection budget (Config.MaxConnectRate)
 // closed before their TLS ClientHello arrived, because the room for such connections was full:
 // the oldest of the source holding the most, old ones of sources holding more than the

@@ -197,6 +197,12 @@ func TestOneHostsClientHellosCannotTakeTheCamerasTurns(t *testing.T) {
 	if n, most := b.QueuedTurns(), int(rate*timeout.Seconds()/2)+1; n > most {
 		t.Errorf("%d turns queued, more than the budget's %d within half a timeout", n, most)
 	}
+	if n := b.TakenTurns(); n < 6 || n > b.Throttled() {
+		t.Errorf("TakenTurns = %d (Throttled %d): want one at least for each camera, and counted in Throttled", n, b.Throttled())
+	}
+	if !strings.Contains(logs.String(), "gives its queued turns to others") || !strings.Contains(logs.String(), "source=127.0.0.2") {
+		t.Errorf("no warning names the host whose turns were taken; log:\n%s", logs.String())
+	}
 }
 
 // Silent sockets from many hosts cannot hold the room for connections waiting for their
@@ -528,5 +534,8 @@ func TestTheSignersHostKeepsItsTurnsInAStorm(t *testing.T) {
 	wg.Wait()
 	if b.Throttled() == 0 {
 		t.Error("no camera was throttled: the storm did not fill the queue")
+	}
+	if n := b.TakenTurns(); n != 0 {
+		t.Errorf("%d turns taken, from the signers' host or from cameras that waste none", n)
 	}
 }

@@ -176,6 +176,11 @@ type turn struct {
 	elem  *list.Element
 	taken chan struct{}
 	lost  bool // another connection took it
+	// stolen says this turn was taken from a connection of the source from, which weighed
+	// fromWeight then.
+	stolen     bool
+	from       netip.Addr
+	fromWeight int
 }
 
 func newPacer(rate float64) *pacer {
@@ -214,7 +219,7 @@ func (p *pacer) take(src netip.Addr, now time.Time, wait time.Duration) (*turn, 
 	p.dequeue(v)
 	v.lost = true
 	close(v.taken)
-	t := &turn{at: v.at, src: src}
+	t := &turn{at: v.at, src: src, stolen: true, from: top, fromWeight: n}
 	if t.at.After(now) {
 		p.enqueue(t)
 	}

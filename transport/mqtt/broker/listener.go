@@ -44,6 +44,8 @@ type listener struct {
 	budget        *pacer        // Config.MaxConnectRate; nil: no limit
 	room          *helloRoom    // sockets waiting for their ClientHello; nil without a budget
 	throttled     atomic.Uint64 // connections closed for want of a turn, or whose turn another took
+	taken         atomic.Uint64 // turns taken from another source's connection (pacer.take)
+	lastTakeWarn  atomic.Int64  // Unix ns of the last warning about those
 	refusedEarly  atomic.Uint64 // sockets closed before their ClientHello, the room for them full
 	lastWarn      atomic.Int64  // Unix ns of the last "over budget" warning
 	lastEarlyWarn atomic.Int64  // Unix ns of the last warning about refusedEarly
@@ -433,6 +435,13 @@ func (l *listener) takeTurn(ctx context.Context, adm *admission) error {
 	if !ok {
 		l.overBudget(now)
 		return errNoTurn
+	}
+	if t.stolen {
+		n := l.taken.Add(1)
+		if warnDue(&l.lastTakeWarn, now) {
+			l.log.Warn("broker: connection budget full; a source that wasted turns or queued many gives its queued turns to others",
+				"source", t.from.String(), "weight", t.fromWeight, "taken_so_far", n)
+		}
 	}
 	if d := t.at.Sub(now); d > 0 {
 		// Queued (pacer.take queues every turn still to come), so t.taken is set.
