@@ -20,14 +20,10 @@ import (
 	"github.com/camagent/camagent/transport/mqtt/mqtttest"
 )
 
-// startBudgeted starts a broker with a connection budget of rate a second and the given
-// connect timeout, logging to logs.
-func startBudgeted(t *testing.T, pki *mqtttest.PKI, rate float64, timeout time.Duration, logs *logtest.Buffer) *broker.Broker {
+// startConfigured starts a broker with cfg and closes it when the test ends.
+func startConfigured(t *testing.T, cfg broker.Config) *broker.Broker {
 	t.Helper()
-	b, err := broker.New(broker.Config{
-		Addr: "127.0.0.1:0", TLS: pki.ServerTLS(t), MaxConnectRate: rate, ConnectTimeout: timeout,
-		Logger: slog.New(slog.NewTextHandler(logs, nil)),
-	})
+	b, err := broker.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -36,6 +32,16 @@ func startBudgeted(t *testing.T, pki *mqtttest.PKI, rate float64, timeout time.D
 	}
 	t.Cleanup(func() { b.Close() })
 	return b
+}
+
+// startBudgeted starts a broker with a connection budget of rate a second and the given
+// connect timeout, logging to logs.
+func startBudgeted(t *testing.T, pki *mqtttest.PKI, rate float64, timeout time.Duration, logs *logtest.Buffer) *broker.Broker {
+	t.Helper()
+	return startConfigured(t, broker.Config{
+		Addr: "127.0.0.1:0", TLS: pki.ServerTLS(t), MaxConnectRate: rate, ConnectTimeout: timeout,
+		Logger: slog.New(slog.NewTextHandler(logs, nil)),
+	})
 }
 
 // handshakeFrom makes a TLS handshake with the broker at addr from the loopback address from,
@@ -304,15 +310,8 @@ func TestAHelloRetryAndTLS12TakeOneTurnEach(t *testing.T) {
 	srv := pki.ServerTLS(t)
 	srv.CurvePreferences = []tls.CurveID{tls.CurveP384}
 	var logs logtest.Buffer
-	b, err := broker.New(broker.Config{Addr: "127.0.0.1:0", TLS: srv, MaxConnectRate: 2, ConnectTimeout: 2 * time.Second,
+	b := startConfigured(t, broker.Config{Addr: "127.0.0.1:0", TLS: srv, MaxConnectRate: 2, ConnectTimeout: 2 * time.Second,
 		Logger: slog.New(slog.NewTextHandler(&logs, nil))})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := b.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { b.Close() })
 
 	hrr := pki.ClientTLS(t, pki.ClientCert(t, certs.RoleDevice, "cam-hrr"))
 	hrr.CurvePreferences = []tls.CurveID{tls.CurveP256, tls.CurveP384} // a key share for P-256 only

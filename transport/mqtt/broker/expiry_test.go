@@ -21,18 +21,10 @@ import (
 // logs to logs.
 func startBroker(t *testing.T, pki *mqtttest.PKI, dir string, expiry time.Duration, logs *logtest.Buffer) *broker.Broker {
 	t.Helper()
-	b, err := broker.New(broker.Config{
+	return startConfigured(t, broker.Config{
 		Addr: "127.0.0.1:0", TLS: pki.ServerTLS(t), DataDir: dir, SessionExpiry: expiry,
 		Logger: slog.New(slog.NewTextHandler(logs, nil)),
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := b.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { b.Close() })
-	return b
 }
 
 // leaveWithACommandQueued connects device id with a persistent session subscribed to its

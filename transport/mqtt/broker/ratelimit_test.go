@@ -33,18 +33,10 @@ func (c *fakeClock) Advance(d time.Duration) { c.off.Add(int64(d)) }
 // startLimited starts a broker on clk with the default limits, logging to logs.
 func startLimited(t *testing.T, pki *mqtttest.PKI, clk *fakeClock, logs *logtest.Buffer) *broker.Broker {
 	t.Helper()
-	b, err := broker.New(broker.Config{
+	return startConfigured(t, broker.Config{
 		Addr: "127.0.0.1:0", TLS: pki.ServerTLS(t), DataDir: t.TempDir(), Now: clk.Now,
 		Logger: slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := b.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { b.Close() })
-	return b
 }
 
 // tally counts the messages a subscriber gets by payload, and hands on those whose payload
