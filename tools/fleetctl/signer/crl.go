@@ -3,6 +3,8 @@ package signer
 import (
 	"crypto/rand"
 	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/asn1"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -30,6 +32,13 @@ import (
 // a certificate past NotAfter is refused for that reason alone, but brokers' clocks may lag.
 const crlExpiredGrace = 24 * time.Hour
 
+// oidCertNotAfter names the CRL entry extension (non-critical, under the fleet's private
+// arc, next to certs' token hash) that carries the revoked certificate's NotAfter as an ASN.1
+// GeneralizedTime. RFC 5280 has no field for it; a reader of the CRL needs it to know when a
+// serial may be forgotten (CRLFile, keepListed). Readers that do not know it ignore it, as
+// RFC 5280 asks of non-critical extensions: OpenSSL (Mosquitto) does.
+var oidCertNotAfter = asn1.ObjectIdentifier{1, 3, 6, 1, 4, 1, 59999, 1, 2}
+
 // CRL returns a PEM certificate revocation list (RFC 5280, section 5) signed by ca, listing the
 // revoked serials, except those whose certificate expired more than a day before now. validity
 // is the time to nextUpdate, capped at the CA's own expiry; zero means until the CA expires.
@@ -52,10 +61,15 @@ func CRL(ca *certs.CA, revoked []registry.Revocation, now time.Time, validity ti
 			// x509 refuses an entry without one, which would stop every CRL.
 			at = tmpl.ThisUpdate
 		}
-		tmpl.RevokedCertificateEntries = append(tmpl.RevokedCertificateEntries, x509.RevocationListEntry{
-			SerialNumber:   r.Serial,
-			RevocationTime: at,
-		})
+		e := x509.RevocationListEntry{SerialNumber: r.Serial, RevocationTime: at}
+		if !r.NotAfter.IsZero() {
+			v, err := asn1.MarshalWithParams(r.NotAfter.UTC().Truncate(time.Second), "generalized")
+			if err != nil {
+				return nil, fmt.Errorf("signer: create crl: serial %s: expiry %v: %w", registry.SerialHex(r.Serial), r.NotAfter, err)
+			}
+			e.ExtraExtensions = []pkix.Extension{{Id: oidCertNotAfter, Value: v}}
+		}
+		tmpl.RevokedCertificateEntries = append(tmpl.RevokedCertificateEntries, e)
 	}
 	if ca.Key == nil {
 		return nil, fmt.Errorf("signer: create crl: %w", certs.ErrNoCAKey)
@@ -65,6 +79,28 @@ func CRL(ca *certs.CA, revoked []registry.Revocation, now time.Time, validity ti
 		return nil, fmt.Errorf("signer: create crl: %w", err)
 	}
 	return pem.EncodeToMemory(&pem.Block{Type: "X509 CRL", Bytes: der}), nil
+}
+
+// ListedNotAfter returns the expiry of the certificate a CRL entry revokes, as the CRL's
+// writer recorded it (oidCertNotAfter), and false if the entry does not say (a CRL written by
+// a fleetctl before this extension, or a revocation whose certificate the log lacked). An
+// extension that does not hold one GeneralizedTime is an error naming the serial.
+func ListedNotAfter(e x509.RevocationListEntry) (time.Time, bool, error) {
+	for _, ext := range e.Extensions {
+		if !ext.Id.Equal(oidCertNotAfter) {
+			continue
+		}
+		var t time.Time
+		rest, err := asn1.UnmarshalWithParams(ext.Value, &t, "generalized")
+		if err == nil && len(rest) > 0 {
+			err = fmt.Errorf("%d bytes after the time", len(rest))
+		}
+		if err != nil {
+			return time.Time{}, false, fmt.Errorf("signer: crl entry for serial %s: certificate expiry extension: %v", registry.SerialHex(e.SerialNumber), err)
+		}
+		return t, true, nil
+	}
+	return time.Time{}, false, nil
 }
 
 // CRLEntries returns the revocations a CRL made at now lists: all but those whose certificate
@@ -86,8 +122,8 @@ func CRLEntries(revoked []registry.Revocation, now time.Time) []registry.Revocat
 // broker admit it (CRLFile). So every CRL written keeps the serials the one before it listed,
 // read from the file and checked against the fleet CA's signature: those the log lacks stay
 // listed while the log would have kept their revocation (the certificate's expiry plus a day
-// when the log still holds the certificate, registry.RevocationKeep after the revocation
-// when it does not).
+// when the log still holds the certificate or the CRL before recorded that expiry,
+// registry.RevocationKeep after the revocation when neither does).
 
 // ErrBadCRL reports a CRL file whose content is no CRL the fleet CA signed: not PEM, not a
 // CRL, or another signature.
@@ -172,7 +208,8 @@ func MergedCRL(prev string, ca *certs.CA, tx *registry.Tx, now time.Time) ([]byt
 }
 
 // keepListed returns the entries of rl that revoked lacks and that are still to be listed at
-// now, as revocations; lookup tells what the log holds of a certificate.
+// now, as revocations; lookup tells what the log holds of a certificate, and an entry's
+// ListedNotAfter what the CRL's writer knew of it.
 func keepListed(rl *x509.RevocationList, revoked []registry.Revocation, lookup func(serial string) (registry.Cert, bool), now time.Time) []registry.Revocation {
 	have := make(map[string]bool, len(revoked))
 	for _, r := range revoked {
@@ -187,6 +224,8 @@ func keepListed(rl *x509.RevocationList, revoked []registry.Revocation, lookup f
 		r := registry.Revocation{Serial: e.SerialNumber, Time: e.RevocationTime}
 		if c, ok := lookup(hex); ok {
 			r.Device, r.NotAfter = c.Device, c.NotAfter
+		} else if notAfter, ok, err := ListedNotAfter(e); err == nil && ok {
+			r.NotAfter = notAfter // the CRL before knew when the certificate expires
 		} else if !e.RevocationTime.Add(registry.RevocationKeep).After(now) {
 			continue
 		}

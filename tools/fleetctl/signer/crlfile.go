@@ -8,6 +8,7 @@ import (
 	"math/big"
 	"os"
 	"sync"
+	"time"
 
 	"github.com/camagent/camagent/tools/fleetctl/registry"
 )
@@ -17,18 +18,24 @@ import (
 // the log lost to damage is still refused at CONNECT. It reads the file again whenever the
 // file changed (every writer replaces it by rename), at the cost of a stat(2) per question.
 // A file that cannot be read, or is not signed by the fleet CA, is reported once per change.
-// A serial once listed stays listed for as long as the CRLFile lives, whatever later files
-// say: nothing a fault does to the file, nor a CRL written from a damaged log after it, admits
-// it (a serial leaves a CRL only after its certificate expired, which the TLS handshake
-// refuses anyway). It is safe for concurrent use.
+// A serial once listed stays listed whatever later files say (nothing a fault does to the
+// file, nor a CRL written from a damaged log after it, admits it) until a day after the
+// certificate it revokes expired, as a CRL recorded that expiry (ListedNotAfter): the TLS
+// handshake refuses such a certificate anyway, and a broker that runs for years holds only
+// what its fleet's CRL holds, not every serial ever revoked. A serial whose expiry no CRL
+// recorded (written by a fleetctl before that, or revoked without the log holding the
+// certificate) stays listed for as long as the CRLFile lives. It is safe for concurrent use.
 type CRLFile struct {
 	path string
 	ca   *x509.Certificate
 	log  *slog.Logger
+	now  func() time.Time
 
-	mu      sync.Mutex
-	seen    os.FileInfo // the file last looked at, nil if none
-	listed  map[string]bool
+	mu   sync.Mutex
+	seen os.FileInfo // the file last looked at, nil if none
+	// listed maps a serial to the time from which it may be forgotten: a day after its
+	// certificate's NotAfter, the latest any CRL recorded; zero while none did (kept).
+	listed  map[string]time.Time
 	failing bool // the last stat(2) failed other than for a missing file, and was reported
 }
 
@@ -37,7 +44,7 @@ func NewCRLFile(path string, ca *x509.Certificate, log *slog.Logger) *CRLFile {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	c := &CRLFile{path: path, ca: ca, log: log, listed: map[string]bool{}}
+	c := &CRLFile{path: path, ca: ca, log: log, now: time.Now, listed: map[string]time.Time{}}
 	fi, err := os.Stat(path)
 	c.mu.Lock()
 	c.refreshLocked(fi, err)
@@ -56,7 +63,8 @@ func (c *CRLFile) Listed(serial *big.Int) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.refreshLocked(fi, err)
-	return c.listed[registry.SerialHex(serial)]
+	_, ok := c.listed[registry.SerialHex(serial)]
+	return ok
 }
 
 // refreshLocked reads the file again if fi and err, its stat(2), say it changed since it was
@@ -83,7 +91,32 @@ func (c *CRLFile) refreshLocked(fi os.FileInfo, err error) {
 		c.log.Error("crl: the fleet's CRL cannot be read; the serials it listed before stay refused (run fleetctl crl)", "path", c.path, "err", err)
 		return
 	}
+	bad := 0
 	for _, e := range rl.RevokedCertificateEntries {
-		c.listed[registry.SerialHex(e.SerialNumber)] = true
+		hex := registry.SerialHex(e.SerialNumber)
+		notAfter, ok, err := ListedNotAfter(e)
+		if err != nil {
+			bad++ // listed, kept for as long as the CRLFile lives
+		}
+		forget, had := c.listed[hex]
+		switch {
+		case !had:
+			forget = time.Time{}
+			if ok {
+				forget = notAfter.Add(crlExpiredGrace)
+			}
+		case ok && notAfter.Add(crlExpiredGrace).After(forget):
+			forget = notAfter.Add(crlExpiredGrace)
+		}
+		c.listed[hex] = forget
+	}
+	if bad > 0 {
+		c.log.Error("crl: entries of the fleet's CRL carry a certificate expiry that does not parse; those serials stay refused until the broker restarts", "path", c.path, "entries", bad)
+	}
+	now := c.now()
+	for hex, forget := range c.listed {
+		if !forget.IsZero() && forget.Before(now) {
+			delete(c.listed, hex) // its certificate expired over a day ago
+		}
 	}
 }

@@ -3,6 +3,8 @@ package signer_test
 import (
 	"bytes"
 	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/asn1"
 	"encoding/pem"
 	"errors"
 	"math/big"
@@ -517,4 +519,136 @@ func TestTheSignerWritesTheCRLBeforeItCompacts(t *testing.T) {
 	if crlLists(readCRL(t, f.CRLPath()), e.Cert.Leaf) {
 		t.Fatal("after the compaction the CRL still lists the certificate whose records the log archived")
 	}
+}
+
+// A broker that runs for years must not hold every serial ever revoked: CRLFile forgets a
+// serial a day after its certificate expired, as a CRL recorded that expiry, and not before,
+// whatever later CRLs leave out. A serial whose expiry no CRL recorded stays listed.
+func TestCRLFileForgetsASerialADayAfterItsCertificateExpired(t *testing.T) {
+	fx := newMergeFixture(t)
+	now := fx.now
+	crl := signer.NewCRLFile(fx.crl, fx.ca.Cert, nil)
+	crl.SetClock(func() time.Time { return now })
+	soon, later, unknown, adopted := big.NewInt(0xa), big.NewInt(0xb), big.NewInt(0xc), big.NewInt(0xd)
+	put := func(rs ...registry.Revocation) {
+		t.Helper()
+		b, err := signer.CRL(fx.ca, rs, now, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := atomicfile.WriteFile(fx.crl, b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	put(
+		registry.Revocation{Serial: soon, Time: now, NotAfter: now.Add(10 * 24 * time.Hour)},
+		registry.Revocation{Serial: later, Time: now, NotAfter: now.Add(20 * 24 * time.Hour)},
+		registry.Revocation{Serial: unknown, Time: now},
+		registry.Revocation{Serial: adopted, Time: now},
+	)
+	check := func(when string, want map[*big.Int]bool) {
+		t.Helper()
+		for s, w := range want {
+			if got := crl.Listed(s); got != w {
+				t.Errorf("%s: serial %x listed = %v, want %v", when, s, got, w)
+			}
+		}
+	}
+	all := map[*big.Int]bool{soon: true, later: true, unknown: true, adopted: true}
+	check("first CRL", all)
+	// The next CRL names only adopted, now with its expiry (the log learnt it): what the
+	// first listed stays listed.
+	put(registry.Revocation{Serial: adopted, Time: now, NotAfter: now.Add(5 * 24 * time.Hour)})
+	check("second CRL", all)
+	// Past a day after soon's and adopted's expiry, the next CRL that is read drops them.
+	now = fx.now.Add(11*24*time.Hour + time.Second)
+	put()
+	check("eleven days later", map[*big.Int]bool{soon: false, later: true, unknown: true, adopted: false})
+	now = fx.now.Add(21*24*time.Hour + time.Second)
+	put()
+	check("21 days later", map[*big.Int]bool{soon: false, later: false, unknown: true, adopted: false})
+	if crl.Len() != 1 {
+		t.Errorf("CRLFile holds %d serials, want 1 (the one whose expiry no CRL recorded)", crl.Len())
+	}
+}
+
+// The CRL records each revoked certificate's expiry in a non-critical entry extension, and a
+// CRL kept from that lacks the certificate in the log keeps the serial only until a day after
+// that expiry, not for registry.RevocationKeep.
+func TestTheCRLRecordsWhenARevokedCertificateExpires(t *testing.T) {
+	fx := newMergeFixture(t)
+	r := fx.open(t)
+	notAfter := fx.now.Add(3 * 24 * time.Hour).Add(500 * time.Millisecond)
+	gone := fx.now.Add(-2 * 24 * time.Hour)
+	b, err := signer.CRL(fx.ca, []registry.Revocation{
+		{Serial: big.NewInt(0x1), Time: fx.now.Add(-time.Hour), NotAfter: notAfter},
+		{Serial: big.NewInt(0x2), Time: fx.now.Add(-time.Hour)},
+		{Serial: big.NewInt(0x3), Time: fx.now.Add(-3 * 24 * time.Hour), NotAfter: gone.Add(time.Hour)}, // expired over a day ago by the time the log's CRL is written
+	}, gone, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(fx.crl, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	rl, err := signer.ReadCRL(fx.crl, fx.ca.Cert)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]time.Time{"1": notAfter.Truncate(time.Second), "2": {}, "3": gone.Add(time.Hour)}
+	for _, e := range rl.RevokedCertificateEntries {
+		got, ok, err := signer.ListedNotAfter(e)
+		w := want[registry.SerialHex(e.SerialNumber)]
+		if err != nil || ok != !w.IsZero() || !got.Equal(w) {
+			t.Errorf("serial %x: ListedNotAfter = %v, %v, %v; want %v", e.SerialNumber, got, ok, err, w)
+		}
+		for _, ext := range e.Extensions {
+			if ext.Critical {
+				t.Errorf("serial %x: a critical entry extension %v: a broker that does not know it would refuse the CRL", e.SerialNumber, ext.Id)
+			}
+		}
+	}
+	// The log holds none of the three: 1 is kept with its expiry, 2 for RevocationKeep, 3
+	// is dropped (expired over a day before now).
+	w := fx.write(t, r)
+	got := fx.listed(t)
+	if !got["1"] || !got["2"] || got["3"] || len(got) != 2 {
+		t.Fatalf("the CRL lists %v; want 1 and 2", got)
+	}
+	for _, k := range w.Kept {
+		if registry.SerialHex(k.Serial) == "1" && !k.NotAfter.Equal(notAfter.Truncate(time.Second)) {
+			t.Errorf("kept serial 1 with expiry %v, want %v", k.NotAfter, notAfter.Truncate(time.Second))
+		}
+	}
+	rl, err = signer.ReadCRL(fx.crl, fx.ca.Cert)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range rl.RevokedCertificateEntries {
+		if got, ok, _ := signer.ListedNotAfter(e); registry.SerialHex(e.SerialNumber) == "1" && (!ok || !got.Equal(notAfter.Truncate(time.Second))) {
+			t.Errorf("the CRL written from the one before lost serial 1's expiry: %v, %v", got, ok)
+		}
+	}
+}
+
+// FuzzListedNotAfter: the certificate expiry extension of a CRL entry is a GeneralizedTime,
+// or an error naming the serial; never a panic.
+func FuzzListedNotAfter(f *testing.F) {
+	v, err := asn1.MarshalWithParams(time.Date(2027, 1, 2, 3, 4, 5, 0, time.UTC), "generalized")
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add(v)
+	f.Add([]byte{0x18, 0x00})
+	f.Add(append(v, 0))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		e := x509.RevocationListEntry{SerialNumber: big.NewInt(0xbeef), Extensions: []pkix.Extension{{Id: signer.OIDCertNotAfter, Value: b}}}
+		got, ok, err := signer.ListedNotAfter(e)
+		switch {
+		case err != nil && (ok || !strings.Contains(err.Error(), "beef")):
+			t.Fatalf("ListedNotAfter = %v, %v, %v: an error must name the serial and say no expiry", got, ok, err)
+		case err == nil && !ok:
+			t.Fatal("an extension that parses gave no expiry")
+		}
+	})
 }
