@@ -51,7 +51,8 @@ scenarios:
 
 --source-addrs N makes the devices dial from N loopback addresses (127.1.0.0 and up) instead of
 all from 127.0.0.1, as a real fleet dials from many hosts: a broker that counts connections or
-handshakes per source address then sees N hosts. It needs a broker on 127.0.0.0/8, and Linux.
+handshakes per source address then sees N hosts, devices behind --fault's proxy included (the
+proxy dials the broker from each device's address). It needs a broker on 127.0.0.0/8, and Linux.
 
 Device state goes to --state-dir, by default a new directory on /dev/shm (tmpfs) when there is
 one: a real camera fsyncs its own storage, while N simulated ones writing to this machine's one
@@ -91,7 +92,7 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.DurationVar(&c.RestartDowntime, "restart-downtime", 0, "broker-restart: how long the broker stays down (--embedded)")
 	fs.StringVar(&c.RestartCommand, "restart-command", "", "broker-restart with --broker: a shell command that restarts the broker with its persistence and returns once it listens (e.g. 'systemctl restart mosquitto')")
 	fs.Float64Var(&c.MaxConnectRate, "max-connect-rate", 0, "the embedded broker's budget of new connections per second (fleetctl broker --max-connect-rate); 0: no limit")
-	fs.IntVar(&c.SourceAddrs, "source-addrs", 0, "devices dial the broker from this many loopback addresses, 127.1.0.0 and up, device i from number i mod N (at most 1048576), so that a broker limiting each source address sees N hosts, not one; the broker must be on 127.0.0.0/8 or localhost (Linux routes all of 127.0.0.0/8 to lo); devices behind --fault's proxy dial the proxy, and the broker sees the proxy's 127.0.0.1 for them; 0: the system's choice for all")
+	fs.IntVar(&c.SourceAddrs, "source-addrs", 0, "devices dial the broker from this many loopback addresses, 127.1.0.0 and up, device i from number i mod N (at most 1048576), so that a broker limiting each source address sees N hosts, not one; the broker must be on 127.0.0.0/8 or localhost (Linux routes all of 127.0.0.0/8 to lo); devices behind --fault's proxy dial it from their address and it dials the broker from the same, so the broker sees each device's address with or without the proxy; 0: the system's choice for all")
 
 	fs.DurationVar(&c.MinBackoff, "min-backoff", 0, "agent reconnect backoff of the first retry (default: the agent's, 1s)")
 	fs.DurationVar(&c.MaxBackoff, "max-backoff", 0, "agent reconnect backoff cap (default: the agent's, 5m)")

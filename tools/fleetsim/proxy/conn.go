@@ -67,10 +67,16 @@ func (c *conn) serve() {
 			}
 		}
 	}
-	up, err := net.DialTimeout("tcp", p.cfg.Target, p.cfg.DialTimeout)
+	d := net.Dialer{Timeout: p.cfg.DialTimeout}
+	if p.cfg.KeepSource {
+		// The listener is TCP, so its connections' remote addresses are too.
+		from := c.client.RemoteAddr().(*net.TCPAddr)
+		d.LocalAddr = &net.TCPAddr{IP: from.IP, Zone: from.Zone}
+	}
+	up, err := d.Dial("tcp", p.cfg.Target)
 	if err != nil {
 		p.dialFailed.Add(1)
-		p.log.Warn("proxy: cannot reach the upstream", "target", p.cfg.Target, "err", err)
+		p.log.Warn("proxy: cannot reach the upstream", "target", p.cfg.Target, "client", c.client.RemoteAddr().String(), "err", err)
 		return
 	}
 	c.mu.Lock()

@@ -89,6 +89,15 @@ type Config struct {
 	Target string
 	// Fault is the initial fault; the zero value passes everything.
 	Fault Fault
+	// KeepSource dials each upstream connection from its client's own IP address, with a port
+	// of the system's choice, so that the upstream sees every client at the address it dialled
+	// the proxy from rather than all of them at the proxy's: fleetsim's devices that dial from
+	// addresses of their own (sim Config.SourceAddrs) look to the broker as they would without
+	// the proxy. The upstream must be reachable from the clients' addresses, as it is on
+	// loopback (any address of 127.0.0.0/8 reaches one there); a dial that fails is counted in
+	// Stats.DialFailed. False lets the system choose, as for any outgoing connection
+	// (127.0.0.1 for an upstream on loopback).
+	KeepSource bool
 	// DialTimeout bounds each upstream connection attempt; 0 means 10s.
 	DialTimeout time.Duration
 	// Logger receives connection events at debug level and upstream failures at warn

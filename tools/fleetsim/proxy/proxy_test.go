@@ -6,6 +6,9 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
+	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -18,11 +21,22 @@ import (
 // timeout bounds every wait in these tests; none is a performance assertion.
 const timeout = 10 * time.Second
 
-// upstream is an echo server that also counts the bytes it received.
+// upstream is an echo server that also counts the bytes it received and records where each
+// connection came from.
 type upstream struct {
 	ln       net.Listener
 	received atomic.Int64
 	wg       sync.WaitGroup
+
+	mu      sync.Mutex
+	sources []netip.Addr
+}
+
+// Sources returns the source address of every connection accepted so far, in order.
+func (u *upstream) Sources() []netip.Addr {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return append([]netip.Addr(nil), u.sources...)
 }
 
 func startUpstream(t *testing.T) *upstream {
@@ -40,6 +54,9 @@ func startUpstream(t *testing.T) *upstream {
 			if err != nil {
 				return
 			}
+			u.mu.Lock()
+			u.sources = append(u.sources, c.RemoteAddr().(*net.TCPAddr).AddrPort().Addr().Unmap())
+			u.mu.Unlock()
 			u.wg.Add(1)
 			go func() {
 				defer u.wg.Done()
@@ -241,6 +258,60 @@ func TestSwitchingFaultsOnALiveConnectionKeepsOrder(t *testing.T) {
 		if err != nil || line != fmt.Sprintf("%d\n", i) {
 			t.Fatalf("line %d: got %q, %v", i, line, err)
 		}
+	}
+}
+
+// With KeepSource, the upstream sees each client at the address it dialled the proxy from,
+// at every connection (a cut and the reconnection after it included); without, at the
+// proxy's own, 127.0.0.1.
+func TestKeepSourceDialsTheUpstreamFromTheClientsAddress(t *testing.T) {
+	if runtime.GOOS != "linux" {
+		t.Skip("only Linux has all of 127.0.0.0/8 on the loopback interface")
+	}
+	clients := []netip.Addr{netip.MustParseAddr("127.1.0.7"), netip.MustParseAddr("127.1.2.3")}
+	for _, tc := range []struct {
+		name       string
+		keepSource bool
+	}{
+		{"with KeepSource the upstream sees each client's address", true},
+		{"without KeepSource the upstream sees the proxy's", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			u := startUpstream(t)
+			p, err := proxy.New(proxy.Config{Target: u.ln.Addr().String(), KeepSource: tc.keepSource})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer p.Close()
+			dialFrom := func(a netip.Addr) net.Conn {
+				t.Helper()
+				d := net.Dialer{Timeout: timeout, LocalAddr: net.TCPAddrFromAddrPort(netip.AddrPortFrom(a, 0))}
+				c, err := d.Dial("tcp", p.Addr())
+				if err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(func() { c.Close() })
+				return c
+			}
+			var want []netip.Addr
+			for _, a := range clients {
+				echo(t, dialFrom(a), "from "+a.String())
+				want = append(want, a)
+			}
+			// Cut and restored: the first connection after it keeps its client's address too.
+			p.SetFault(proxy.Fault{Mode: proxy.Cut})
+			p.SetFault(proxy.Fault{})
+			echo(t, dialFrom(clients[1]), "again")
+			want = append(want, clients[1])
+			if !tc.keepSource {
+				for i := range want {
+					want[i] = netip.MustParseAddr("127.0.0.1")
+				}
+			}
+			if got := u.Sources(); !slices.Equal(got, want) {
+				t.Fatalf("the upstream saw connections from %v, want %v", got, want)
+			}
+		})
 	}
 }
 

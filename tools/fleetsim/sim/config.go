@@ -111,8 +111,9 @@ type Config struct {
 	// (127.0.0.1); at most MaxSourceAddrs. The broker must be on IPv4 loopback (127.0.0.0/8, or
 	// localhost resolving there), and the host must route the addresses to itself, as Linux
 	// does for all of 127.0.0.0/8 without setup (CheckSourceAddrs). Devices behind the fault
-	// proxy dial the proxy from their address; the broker sees the proxy's, 127.0.0.1, for
-	// them. The signers and fleetsim's own sessions dial from the system's choice.
+	// proxy dial the proxy from their address, and the proxy dials the broker for each from
+	// the same (proxy.Config.KeepSource): the broker sees every device at its address, behind
+	// the proxy or not. The signers and fleetsim's own sessions dial from the system's choice.
 	SourceAddrs int
 
 	// Agent tuning, passed to every agent.Config; 0 means the agent's production default, so

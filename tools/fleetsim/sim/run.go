@@ -151,7 +151,10 @@ func (r *run) setup(ctx context.Context) error {
 	proxyURL := ""
 	if c.Fault.Mode != proxy.Pass {
 		host := strings.TrimPrefix(r.brokerURL, "mqtts://")
-		if r.px, err = proxy.New(proxy.Config{Target: host}); err != nil {
+		// With source addresses, the proxy dials the broker from the address each device
+		// dialled it from, so that a faulted device is the same host to the broker as the
+		// others, and not one more connection from 127.0.0.1 with the signers.
+		if r.px, err = proxy.New(proxy.Config{Target: host, KeepSource: c.SourceAddrs > 0}); err != nil {
 			return err
 		}
 		// The devices verify the broker's certificate for the proxy's address, 127.0.0.1:

@@ -240,6 +240,43 @@ func TestDevicesDialFromTheirSourceAddresses(t *testing.T) {
 	}
 }
 
+// Devices behind the fault proxy reach the broker from their own source addresses too: the
+// proxy dials the broker for each from the address the device dialled it from. With every
+// device behind a cut, every device connection the tap sees came through the proxy, the first
+// ones and those after the cut; were they made from the proxy's address, the tap would see
+// them all from 127.0.0.1.
+func TestDevicesBehindTheFaultProxyDialFromTheirSourceAddresses(t *testing.T) {
+	if runtime.GOOS != "linux" {
+		t.Skip("only Linux has all of 127.0.0.0/8 on the loopback interface")
+	}
+	const addrs = 4
+	f, _ := fleettest.NewFleet(t)
+	tap := mqtttest.StartTap(t, fleettest.StartBroker(t, f))
+	r := runOK(t, small(t, sim.FaultCampaign, func(c *sim.Config) {
+		c.Embedded, c.BrokerURL, c.FleetDir, c.Signers = false, tap.URL(), f.Dir, 1
+		c.SourceAddrs = addrs
+		c.Fault, c.FaultShare = proxy.Fault{Mode: proxy.Cut}, 1
+	}))
+	if r.SourceAddrs != addrs || r.Faulted != n || r.Rotated != n {
+		t.Fatalf("report: %d source addresses, %d faulted, %d rotated", r.SourceAddrs, r.Faulted, r.Rotated)
+	}
+	perAddr := map[netip.Addr]int{}
+	for _, a := range tap.Sources() {
+		perAddr[a]++
+	}
+	t.Logf("connections by source address: %v", perAddr)
+	delete(perAddr, netip.MustParseAddr("127.0.0.1")) // the signer and fleetsim's sessions
+	if len(perAddr) != addrs {
+		t.Errorf("the devices reached the broker from %d addresses, want %d", len(perAddr), addrs)
+	}
+	for k := range addrs {
+		// n/addrs devices each, each connecting at least twice: before and after its rotation.
+		if a := sim.SourceAddr(k); perAddr[a] < 2*n/addrs {
+			t.Errorf("%d connections from %v, want at least %d", perAddr[a], a, 2*n/addrs)
+		}
+	}
+}
+
 // CheckSourceAddrs takes only a broker on IPv4 loopback, which devices dialling from
 // 127.1.0.0 and up can reach, and a count the range 127.1.0.0 to 127.16.255.255 holds.
 func TestSourceAddrsNeedABrokerOnIPv4Loopback(t *testing.T) {
