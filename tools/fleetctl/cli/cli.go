@@ -296,8 +296,8 @@ func brokerCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	svc.notify("STOPPING=1")
 	err = errors.Join(err, b.Close())
 	if *connRate > 0 {
-		fmt.Fprintf(stdout, "broker stopped: most connections admitted in one second %d (budget %g a second); closed over the budget %d, of which turns taken by a source that weighed less %d; closed before their TLS ClientHello, too many waiting for one %d\n",
-			b.PeakAdmitted(), *connRate, b.Throttled(), b.TakenTurns(), b.RefusedEarly())
+		fmt.Fprintf(stdout, "broker stopped: most connections admitted in one second %d (budget %g a second); closed over the budget %d, of which turns taken by a source that weighed less %d; closed before their TLS ClientHello, too many waiting for one %d; gone before their turn, the turn passed on %d\n",
+			b.PeakAdmitted(), *connRate, b.Throttled(), b.TakenTurns(), b.RefusedEarly(), b.SkippedGone())
 	}
 	if n, c, r := b.PublishesDropped(), b.FloodCuts(), b.SessionsRefused(); n+c+r > 0 {
 		fmt.Fprintf(stdout, "broker stopped: publishes dropped over a client's limit %d; clients cut for flooding %d; sessions refused over an identity's cap %d\n", n, c, r)

@@ -567,7 +567,7 @@ func TestBrokerStopWritesTheProfileAndTheAdmissionPeak(t *testing.T) {
 	if err := <-done; err != nil {
 		t.Fatalf("fleetctl broker: %v\n%s", err, stderr.String())
 	}
-	if !strings.Contains(stdout.String(), "most connections admitted in one second 1 (budget 50 a second); closed over the budget 0, of which turns taken by a source that weighed less 0; closed before their TLS ClientHello, too many waiting for one 0") {
+	if !strings.Contains(stdout.String(), "most connections admitted in one second 1 (budget 50 a second); closed over the budget 0, of which turns taken by a source that weighed less 0; closed before their TLS ClientHello, too many waiting for one 0; gone before their turn, the turn passed on 0") {
 		t.Errorf("fleetctl broker said:\n%s", stdout.String())
 	}
 	pf, err := os.Open(path)

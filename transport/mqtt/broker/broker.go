@@ -145,7 +145,13 @@ type Config struct {
 	// queued beyond eight); and sockets that have not sent their ClientHello, which take no
 	// turn, are capped in number and in the bytes each may send, the excess closed in a like
 	// way. One host can so not starve the cameras of turns; a sender with so many addresses
-	// that each wastes fewer than six turns a minute can. Zero means no limit.
+	// that each wastes fewer than six turns a minute can. A queued connection whose client has
+	// left by the time its turn comes (it closed or reset the socket, as a client whose
+	// connect timeout ended does before it dials again) does not spend the turn: the broker
+	// closes it without a handshake and the connections queued after it move up (on Linux,
+	// macOS, the BSDs and Solaris, which let it look at the socket without reading; elsewhere
+	// it spends the turn and its handshake fails). It weighs as a turn wasted all the same, and
+	// SkippedGone counts it. Zero means no limit.
 	MaxConnectRate float64
 	// SessionExpiry is how long a persistent session (MQTT 3.1.1 CleanSession false; an MQTT
 	// 5 client's own interval is capped at it) outlives its client's connection. Then the
@@ -416,6 +422,19 @@ func (b *Broker) TakenTurns() uint64 {
 func (b *Broker) RefusedEarly() uint64 {
 	if ln := b.listener(); ln != nil {
 		return ln.refusedEarly.Load()
+	}
+	return 0
+}
+
+// SkippedGone returns how many queued connections the connection budget (Config.MaxConnectRate)
+// found gone when their turn came (their client had closed or reset the socket, as one whose
+// connect timeout ended does before it dials again) and closed without a handshake, passing
+// the turn to the connections queued after them. Each weighs as a turn wasted by its source.
+// It stays 0 where the broker cannot look at a socket without reading it (other than Linux,
+// macOS, the BSDs and Solaris).
+func (b *Broker) SkippedGone() uint64 {
+	if ln := b.listener(); ln != nil {
+		return ln.skippedGone.Load()
 	}
 	return 0
 }

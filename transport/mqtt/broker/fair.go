@@ -152,14 +152,17 @@ const (
 // at least 1/rate after the one before, so no second of the clock holds more than rate turns,
 // plus one. Turns are given in the order asked for, except that when the queue is full a
 // source that weighs stealMargin less takes the last queued turn of the source that weighs the
-// most (see the top of this file). It is safe for concurrent use.
+// most (see the top of this file), and that a turn whose connection is found gone when it
+// comes is passed on (pass): every turn queued after it moves up by one, so only connections
+// still there spend the budget's turns. It is safe for concurrent use.
 type pacer struct {
 	rate     float64
 	interval time.Duration
 
 	mu      sync.Mutex
 	next    time.Time                 // the earliest time of the next turn
-	bySrc   map[netip.Addr]*list.List // the turns queued, not yet come, by source
+	order   list.List                 // the turns queued, not yet come, of all sources, by time
+	bySrc   map[netip.Addr]*list.List // the same turns by source, in the same order
 	weighed tally                     // the weight of each source with turns queued
 	// The turns wasted (pacer.wasted), by source, in the window ending at windowEnd and in
 	// the one before.
@@ -169,13 +172,19 @@ type pacer struct {
 
 // turn is one connection's turn in the budget.
 type turn struct {
+	// at is when the turn comes. Once the turn is queued it is guarded by the pacer's mu, and
+	// may move earlier (pass): its connection reads it through due and claim.
 	at  time.Time
 	src netip.Addr
-	// Set while the turn is queued, guarded by the pacer's mu: its place in its source's
-	// list, and a channel closed if another connection takes it.
-	elem  *list.Element
-	taken chan struct{}
-	lost  bool // another connection took it
+	// Set while the turn is queued, guarded by the pacer's mu: its places in its source's
+	// list and in the pacer's order, a channel closed if another connection takes it, one
+	// that is sent on when its time has moved earlier than the connection waits for, and the
+	// time it waits for (due).
+	elem, inOrder *list.Element
+	taken         chan struct{}
+	moved         chan struct{} // buffered, of one
+	wake          time.Time
+	lost          bool // another connection took it
 	// stolen says this turn was taken from a connection of the source from, which weighed
 	// fromWeight then.
 	stolen     bool
@@ -207,7 +216,7 @@ func (p *pacer) take(src netip.Addr, now time.Time, wait time.Duration) (*turn, 
 		p.next = at.Add(p.interval)
 		t := &turn{at: at, src: src}
 		if at.After(now) {
-			p.enqueue(t)
+			p.enqueue(t, nil)
 		}
 		return t, true
 	}
@@ -216,19 +225,50 @@ func (p *pacer) take(src netip.Addr, now time.Time, wait time.Duration) (*turn, 
 		return nil, false
 	}
 	v := p.bySrc[top].Back().Value.(*turn)
+	t := &turn{at: v.at, src: src, stolen: true, from: top, fromWeight: n}
+	if t.at.After(now) {
+		p.enqueue(t, v.inOrder) // in v's place in the order
+	}
 	p.dequeue(v)
 	v.lost = true
 	close(v.taken)
-	t := &turn{at: v.at, src: src, stolen: true, from: top, fromWeight: n}
-	if t.at.After(now) {
-		p.enqueue(t)
-	}
 	return t, true
 }
 
+// due returns how long after now t comes, and records that its connection waits until then:
+// a turn queued may come earlier later on (pass), and its connection then learns so from
+// t.moved, and asks again.
+func (p *pacer) due(t *turn, now time.Time) time.Duration {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	t.wake = t.at
+	return t.at.Sub(now)
+}
+
 // claim takes t out of the queue, its time come, and reports whether it is still the
-// caller's: false if another connection took it.
-func (p *pacer) claim(t *turn) bool {
+// caller's, and its time: not if another connection took it.
+func (p *pacer) claim(t *turn) (time.Time, bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if t.lost {
+		return time.Time{}, false
+	}
+	if t.elem != nil {
+		p.dequeue(t)
+	}
+	return t.at, true
+}
+
+// pass gives t, its time come and its connection gone (a client that left before its turn),
+// to the turns queued after it, and reports whether it could: not if another connection took
+// it. Each of those turns moves up to the time of the one before it (the first to t's), and
+// the time of the last, if it was the last given, is given again to the next connection to
+// ask: as if t had never been queued, so the turns spent stay 1/rate apart and none is spent
+// on a connection that is gone. The first turn moved is told at once; each one after it is
+// told when the one before it leaves the queue (dequeue). t's turn is counted as wasted
+// against its source, as the turn of a connection that left is when it is spent. It costs a
+// step for each turn queued.
+func (p *pacer) pass(t *turn, now time.Time) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if t.lost {
@@ -237,6 +277,25 @@ func (p *pacer) claim(t *turn) bool {
 	if t.elem != nil {
 		p.dequeue(t)
 	}
+	slot := t.at
+	var first *turn
+	for e := p.order.Front(); e != nil; e = e.Next() {
+		q := e.Value.(*turn)
+		if !q.at.After(slot) {
+			continue // come already, and not yet claimed
+		}
+		if first == nil {
+			first = q
+		}
+		q.at, slot = slot, q.at
+	}
+	if slot.Equal(p.next.Add(-p.interval)) {
+		p.next = slot
+	}
+	if first != nil {
+		p.nudge(first)
+	}
+	p.countWasted(t.src, now)
 	return true
 }
 
@@ -245,12 +304,18 @@ func (p *pacer) claim(t *turn) bool {
 func (p *pacer) wasted(src netip.Addr, now time.Time) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	p.countWasted(src, now)
+}
+
+// countWasted is wasted with p.mu held.
+func (p *pacer) countWasted(src netip.Addr, now time.Time) {
 	p.roll(now)
 	p.failed[src]++
 	p.reweigh(src)
 }
 
-// abandon takes t out of the queue unused, its connection gone before its time.
+// abandon takes t out of the queue unused, its connection cut before its time (the
+// handshake's context done).
 func (p *pacer) abandon(t *turn) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -298,17 +363,28 @@ func (p *pacer) roll(now time.Time) {
 	}
 }
 
-func (p *pacer) enqueue(t *turn) {
+// enqueue queues t, in the order before mark (the place of the turn t takes), or last if mark
+// is nil.
+func (p *pacer) enqueue(t *turn, mark *list.Element) {
 	l := p.bySrc[t.src]
 	if l == nil {
 		l = list.New()
 		p.bySrc[t.src] = l
 	}
 	t.elem = l.PushBack(t)
+	if mark != nil {
+		t.inOrder = p.order.InsertBefore(t, mark)
+	} else {
+		t.inOrder = p.order.PushBack(t)
+	}
 	t.taken = make(chan struct{})
+	t.moved = make(chan struct{}, 1)
+	t.wake = t.at
 	p.reweigh(t.src)
 }
 
+// dequeue takes t out of the queue, and tells the turn after it in the order if that has moved
+// earlier than its connection waits for (pass).
 func (p *pacer) dequeue(t *turn) {
 	l := p.bySrc[t.src]
 	l.Remove(t.elem)
@@ -316,7 +392,22 @@ func (p *pacer) dequeue(t *turn) {
 	if l.Len() == 0 {
 		delete(p.bySrc, t.src)
 	}
+	if next := t.inOrder.Next(); next != nil {
+		p.nudge(next.Value.(*turn))
+	}
+	p.order.Remove(t.inOrder)
+	t.inOrder = nil
 	p.reweigh(t.src)
+}
+
+// nudge tells q's connection that q comes earlier than it waits for, if it does.
+func (p *pacer) nudge(q *turn) {
+	if q.wake.After(q.at) {
+		select {
+		case q.moved <- struct{}{}:
+		default: // told already
+		}
+	}
 }
 
 // helloRoom holds the sockets accepted whose ClientHello has not arrived, at most max of

@@ -92,7 +92,7 @@ func TestTheQueueIsSharedBetweenSources(t *testing.T) {
 	if len(ofA) != 101 || p.weight(a) != 100-queuedAllowance {
 		t.Fatalf("source a got %d turns, weighs %d; want 101 and %d", len(ofA), p.weight(a), 100-queuedAllowance)
 	}
-	if !p.claim(ofA[0]) {
+	if _, ok := p.claim(ofA[0]); !ok {
 		t.Fatal("a's first turn, at once, is not a's")
 	}
 	// a itself gets no more: it weighs the most.
@@ -117,7 +117,7 @@ func TestTheQueueIsSharedBetweenSources(t *testing.T) {
 		select {
 		case <-tn.taken:
 			lost++
-			if p.claim(tn) {
+			if _, ok := p.claim(tn); ok {
 				t.Fatalf("a turn of a's at %v was taken by b, and claim still gives it to a", tn.at)
 			}
 		default:

@@ -47,6 +47,7 @@ type listener struct {
 	taken         atomic.Uint64 // turns taken from another source's connection (pacer.take)
 	lastTakeWarn  atomic.Int64  // Unix ns of the last warning about those
 	refusedEarly  atomic.Uint64 // sockets closed before their ClientHello, the room for them full
+	skippedGone   atomic.Uint64 // queued connections found gone when their turn came, the turn passed on
 	lastWarn      atomic.Int64  // Unix ns of the last "over budget" warning
 	lastEarlyWarn atomic.Int64  // Unix ns of the last warning about refusedEarly
 	admitted      admissions    // turns come (without a budget: connections accepted), per second
@@ -127,6 +128,10 @@ var minHelloRoom = 4096
 // errNoTurn is why a handshake ends without a turn in the connection budget; the listener has
 // counted it and closed the socket.
 var errNoTurn = errors.New("broker: no turn in the connection budget")
+
+// errGoneBeforeTurn is why a handshake ends when its client had left by the time its turn came;
+// the listener has passed the turn on, counted it and closed the socket.
+var errGoneBeforeTurn = errors.New("broker: client gone before its turn in the connection budget")
 
 // newListener returns a listener on addr serving conf, which it clones. A positive rate is the
 // connection budget, Config.MaxConnectRate.
@@ -273,6 +278,10 @@ func (l *listener) handle(conn *tls.Conn, raw net.Conn, adm *admission, establis
 		if errors.Is(err, errNoTurn) || adm.pushedOut.Load() {
 			return // counted, and logged at most every 10 s
 		}
+		if errors.Is(err, errGoneBeforeTurn) {
+			l.log.Debug("broker: client gone before its turn; turn passed on", "remote", remote)
+			return // counted, as wasted too
+		}
 		if l.ctx.Err() != nil {
 			return // Close cut it, waiting for its turn or in its handshake
 		}
@@ -280,8 +289,8 @@ func (l *listener) handle(conn *tls.Conn, raw net.Conn, adm *admission, establis
 			// A turn wasted weighs against its source when the queue is shared (pacer). Every
 			// failure counts: a fleet certificate that expired too, since the broker checks the
 			// chain before the client proves it holds the key, so showing one (public, and sent
-			// in clear by TLS 1.2) proves nothing; and a client that left while it waited for
-			// its turn, or queueing and leaving would cost nothing.
+			// in clear by TLS 1.2) proves nothing. (A client found gone when its turn came
+			// weighs too, counted by pacer.pass: or queueing and leaving would cost nothing.)
 			l.budget.wasted(adm.source, time.Now())
 		}
 		level := slog.LevelWarn
@@ -426,7 +435,14 @@ func (l *listener) clientHello(hello *tls.ClientHelloInfo) (*tls.Config, error) 
 // least stealMargin more than its own: then it takes the last turn that source queued
 // (pacer.take), and the connection that had it is refused when it learns so.
 //
-// Once the turn has come, the socket deadline is set a whole connect timeout ahead: the
+// When the turn comes, a connection whose client has left (peerGone: it closed or reset the
+// socket, as a client whose connect timeout ended while it was queued does before it dials
+// again) does not spend it: the turn passes to the connections queued after it (pacer.pass),
+// counted in skippedGone and as a turn wasted by its source, and the connection is closed,
+// so the broker does no handshake for a peer that is gone and a storm's reconnections do not
+// cost the turns of the clients still there.
+//
+// Once the turn is spent, the socket deadline is set a whole connect timeout ahead: the
 // handshake and the CONNECT packet have as long from their turn as when the turn was taken at
 // accept, and a client is not made to time out for a wait that was the broker's.
 func (l *listener) takeTurn(ctx context.Context, adm *admission) error {
@@ -443,25 +459,49 @@ func (l *listener) takeTurn(ctx context.Context, adm *admission) error {
 				"source", t.from.String(), "weight", t.fromWeight, "taken_so_far", n)
 		}
 	}
-	if d := t.at.Sub(now); d > 0 {
-		// Queued (pacer.take queues every turn still to come), so t.taken is set.
-		timer := time.NewTimer(d)
-		defer timer.Stop()
+	if err := l.awaitTurn(ctx, t); err != nil {
+		return err
+	}
+	if peerGone(adm.Conn) && l.budget.pass(t, time.Now()) {
+		l.skippedGone.Add(1)
+		return errGoneBeforeTurn
+	}
+	at, ok := l.budget.claim(t)
+	if !ok {
+		l.overBudget(time.Now())
+		return errNoTurn
+	}
+	adm.turn = true
+	l.admitted.add(at)
+	return adm.Conn.SetDeadline(time.Now().Add(l.timeout))
+}
+
+// awaitTurn waits until t comes, or another connection takes it, or ctx is done: then it
+// abandons t and returns ctx's error. t may come earlier than it was given for (pacer.pass).
+func (l *listener) awaitTurn(ctx context.Context, t *turn) error {
+	var timer *time.Timer
+	for {
+		d := l.budget.due(t, time.Now())
+		if d <= 0 {
+			return nil
+		}
+		// Queued (pacer.take queues every turn still to come), so t.taken and t.moved are set.
+		if timer == nil {
+			timer = time.NewTimer(d)
+			defer timer.Stop()
+		} else {
+			timer.Reset(d) // since Go 1.23, no value of the timer as it was is received after
+		}
 		select {
 		case <-timer.C:
+		case <-t.moved:
 		case <-t.taken:
+			return nil // claim says so
 		case <-ctx.Done():
 			l.budget.abandon(t)
 			return ctx.Err()
 		}
 	}
-	if !l.budget.claim(t) {
-		l.overBudget(time.Now())
-		return errNoTurn
-	}
-	adm.turn = true
-	l.admitted.add(t.at)
-	return adm.Conn.SetDeadline(time.Now().Add(l.timeout))
 }
 
 // overBudget counts a connection closed for want of a turn, and says so at most every 10 s.

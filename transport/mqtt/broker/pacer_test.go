@@ -96,3 +96,89 @@ func TestAdmissionsKeepThePeakSecond(t *testing.T) {
 		t.Fatalf("peak = %d, want 9 (out of order)", b.peak())
 	}
 }
+
+// A turn passed on, its connection gone when it came, is as if it had never been given: each
+// turn queued after it moves up to the time of the one before it, the first to the passed
+// turn's, which its connection learns at once (the others when the turn before them leaves
+// the queue), the last time given is given again, and the turns held stay 1/rate apart. The
+// passed turn weighs as a turn wasted by its source; one another connection took cannot be
+// passed on.
+func TestATurnPassedOnMovesTheQueueUp(t *testing.T) {
+	p := newPacer(10) // a turn every 100 ms
+	t0 := time.Date(2026, 11, 29, 9, 0, 0, 0, time.UTC)
+	a, b := netip.MustParseAddr("192.0.2.1"), netip.MustParseAddr("198.51.100.2")
+	first, _ := p.take(b, t0, time.Second)
+	if _, ok := p.claim(first); !ok {
+		t.Fatal("the first turn, at once, is not its caller's")
+	}
+	var q []*turn // a's, at 100 to 400 ms, then b's at 500 ms
+	for range 4 {
+		tn, _ := p.take(a, t0, time.Second)
+		q = append(q, tn)
+	}
+	last, _ := p.take(b, t0, time.Second)
+	q = append(q, last)
+
+	if !p.pass(q[0], t0.Add(100*time.Millisecond)) {
+		t.Fatal("pass refused a turn still its caller's")
+	}
+	for i, tn := range q[1:] {
+		if want := t0.Add(time.Duration(i+1) * p.interval); !tn.at.Equal(want) {
+			t.Errorf("queued turn %d at %v after the pass, want %v", i+1, tn.at.Sub(t0), want.Sub(t0))
+		}
+	}
+	if w := p.weight(a); w != 1 {
+		t.Errorf("a weighs %d after its turn was passed on, want 1 (wasted)", w)
+	}
+	told := func(tn *turn) bool {
+		select {
+		case <-tn.moved:
+			return true
+		default:
+			return false
+		}
+	}
+	if d := p.due(q[1], t0.Add(100*time.Millisecond)); !told(q[1]) || d != 0 {
+		t.Fatalf("the turn moved to now: told %v, due in %v; want told, due now", told(q[1]), d)
+	}
+	if told(q[2]) {
+		t.Fatal("the second turn moved was told before the first left the queue")
+	}
+	if at, ok := p.claim(q[1]); !ok || !at.Equal(t0.Add(100*time.Millisecond)) {
+		t.Fatalf("claim = %v, %v", at.Sub(t0), ok)
+	}
+	if !told(q[2]) {
+		t.Fatal("the next turn moved was not told when the one before it left the queue")
+	}
+	// The 500 ms time, last given and freed, is the next caller's.
+	if tn, ok := p.take(b, t0.Add(100*time.Millisecond), time.Second); !ok || !tn.at.Equal(t0.Add(5*p.interval)) {
+		t.Fatalf("the next turn after the pass is at %v (%v), want 500 ms", tn.at.Sub(t0), ok)
+	}
+
+	// A turn given at once and passed on gives its time back to the next caller.
+	p2 := newPacer(10)
+	now, _ := p2.take(b, t0, 0)
+	p2.pass(now, t0)
+	if tn, ok := p2.take(b, t0, 0); !ok || !tn.at.Equal(t0) {
+		t.Fatalf("after a turn at once was passed on, the next is at %v (%v), want at once", tn.at.Sub(t0), ok)
+	}
+
+	// A turn taken by another connection (its source weighs 6) is not passed on, and the
+	// connection that took it has its place in the order.
+	p3 := newPacer(10)
+	for range stealMargin {
+		p3.wasted(a, t0)
+	}
+	p3.take(b, t0, 0)
+	victim, _ := p3.take(a, t0, 100*time.Millisecond)
+	thief, ok := p3.take(b, t0, 100*time.Millisecond)
+	if !ok || !thief.stolen || !victim.lost {
+		t.Fatal("b did not take a's turn")
+	}
+	if p3.pass(victim, t0.Add(100*time.Millisecond)) {
+		t.Fatal("a turn another connection took was passed on")
+	}
+	if p3.order.Len() != 1 || p3.order.Front().Value.(*turn) != thief {
+		t.Fatal("the turn taken is not in the order in the place of the one it took")
+	}
+}
