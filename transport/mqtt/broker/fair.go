@@ -164,10 +164,11 @@ type pacer struct {
 	order   list.List                 // the turns queued, not yet come, of all sources, by time
 	bySrc   map[netip.Addr]*list.List // the same turns by source, in the same order
 	weighed tally                     // the weight of each source with turns queued
-	// The turns wasted (pacer.wasted), by source, in the window ending at windowEnd and in
-	// the one before.
-	failed, previous map[netip.Addr]int
-	windowEnd        time.Time
+	// The turns wasted (every turn that did not end in an MQTT connection the broker
+	// accepted: pacer.waste), by source, in the window ending at windowEnd and in the one
+	// before.
+	wasted, wastedBefore map[netip.Addr]int
+	windowEnd            time.Time
 }
 
 // turn is one connection's turn in the budget.
@@ -195,7 +196,7 @@ type turn struct {
 func newPacer(rate float64) *pacer {
 	return &pacer{
 		rate: rate, interval: time.Duration(float64(time.Second) / rate),
-		bySrc: make(map[netip.Addr]*list.List), failed: make(map[netip.Addr]int),
+		bySrc: make(map[netip.Addr]*list.List), wasted: make(map[netip.Addr]int),
 	}
 }
 
@@ -295,22 +296,22 @@ func (p *pacer) pass(t *turn, now time.Time) bool {
 	if first != nil {
 		p.nudge(first)
 	}
-	p.countWasted(t.src, now)
+	p.addWaste(t.src, now)
 	return true
 }
 
-// wasted counts against src a turn that did not end in an MQTT connection the broker
-// accepted.
-func (p *pacer) wasted(src netip.Addr, now time.Time) {
+// waste counts against src a turn wasted: one that did not end in an MQTT connection the
+// broker accepted.
+func (p *pacer) waste(src netip.Addr, now time.Time) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.countWasted(src, now)
+	p.addWaste(src, now)
 }
 
-// countWasted is wasted with p.mu held.
-func (p *pacer) countWasted(src netip.Addr, now time.Time) {
+// addWaste is waste with p.mu held.
+func (p *pacer) addWaste(src netip.Addr, now time.Time) {
 	p.roll(now)
-	p.failed[src]++
+	p.wasted[src]++
 	p.reweigh(src)
 }
 
@@ -327,7 +328,7 @@ func (p *pacer) abandon(t *turn) {
 // weight is what src weighs in the sharing of the queue: its turns wasted within the current
 // window and the one before, and its turns queued beyond queuedAllowance, at most maxWeight.
 func (p *pacer) weight(src netip.Addr) int {
-	n := p.failed[src] + p.previous[src]
+	n := p.wasted[src] + p.wastedBefore[src]
 	if l := p.bySrc[src]; l != nil {
 		n += max(0, l.Len()-queuedAllowance)
 	}
@@ -351,13 +352,13 @@ func (p *pacer) roll(now time.Time) {
 		return
 	}
 	if now.Sub(p.windowEnd) < recentWindow {
-		p.previous = p.failed
+		p.wastedBefore = p.wasted
 		p.windowEnd = p.windowEnd.Add(recentWindow)
 	} else {
-		p.previous = nil // a whole window went by with nothing counted
+		p.wastedBefore = nil // a whole window went by with nothing counted
 		p.windowEnd = now.Add(recentWindow)
 	}
-	p.failed = make(map[netip.Addr]int)
+	p.wasted = make(map[netip.Addr]int)
 	for src := range p.bySrc {
 		p.reweigh(src)
 	}

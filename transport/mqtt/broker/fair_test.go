@@ -169,10 +169,10 @@ func TestWastedTurnsWeighForAWhile(t *testing.T) {
 	host, signers, cam := netip.MustParseAddr("192.0.2.1"), netip.MustParseAddr("198.51.100.2"), netip.MustParseAddr("203.0.113.3")
 
 	for range 7 {
-		p.wasted(host, t0)
+		p.waste(host, t0)
 	}
 	for range 5 {
-		p.wasted(cam, t0)
+		p.waste(cam, t0)
 	}
 	// The queue: a turn at once, then the signers' 8, the camera's and the host's.
 	p.take(netip.MustParseAddr("203.0.113.9"), t0, wait)
@@ -217,16 +217,16 @@ func TestWastedTurnsWeighForAWhile(t *testing.T) {
 
 	// Two windows on, the host's turns wasted are forgotten.
 	later := t0.Add(2*recentWindow + time.Second)
-	p.wasted(netip.MustParseAddr("203.0.113.6"), later) // starts a new window
+	p.waste(netip.MustParseAddr("203.0.113.6"), later) // starts a new window
 	if p.weight(host) != 0 {
 		t.Fatalf("two windows on, the host weighs %d, want 0", p.weight(host))
 	}
 	// One window on, they still count.
 	p2 := newPacer(rate)
 	for range 7 {
-		p2.wasted(host, t0)
+		p2.waste(host, t0)
 	}
-	p2.wasted(cam, t0.Add(recentWindow+time.Second))
+	p2.waste(cam, t0.Add(recentWindow+time.Second))
 	if p2.weight(host) != 7 {
 		t.Fatalf("one window on, the host weighs %d, want 7", p2.weight(host))
 	}
@@ -240,12 +240,12 @@ func TestAWastedTurnWeighsAtMostTwoWindows(t *testing.T) {
 	t0 := time.Date(2026, 11, 28, 9, 0, 0, 0, time.UTC)
 	cam := netip.MustParseAddr("203.0.113.3")
 	other := netip.MustParseAddr("198.51.100.9")
-	p.wasted(cam, t0) // the window [t0, t0+30 s)
-	p.wasted(other, t0.Add(59*time.Second))
+	p.waste(cam, t0) // the window [t0, t0+30 s)
+	p.waste(other, t0.Add(59*time.Second))
 	if w := p.weight(cam); w != 1 {
 		t.Fatalf("59 s on, a turn wasted in the window before weighs %d, want 1", w)
 	}
-	p.wasted(other, t0.Add(61*time.Second))
+	p.waste(other, t0.Add(61*time.Second))
 	if w := p.weight(cam); w != 0 {
 		t.Fatalf("61 s on, two windows past, a turn wasted weighs %d, want 0", w)
 	}
@@ -257,7 +257,7 @@ func TestAWeightStopsAtItsCap(t *testing.T) {
 	t0 := time.Date(2026, 11, 28, 9, 0, 0, 0, time.UTC)
 	host := netip.MustParseAddr("198.51.100.1")
 	for range maxWeight + 100 {
-		p.wasted(host, t0)
+		p.waste(host, t0)
 	}
 	if w := p.weight(host); w != maxWeight {
 		t.Fatalf("weight %d, want the cap %d", w, maxWeight)

@@ -74,7 +74,7 @@ type liveConn struct {
 // connection until its ClientHello has taken a turn.
 type admission struct {
 	net.Conn
-	source netip.Addr // sourceOf the remote address
+	source netip.Addr // sourceOf the remote address; with a budget only (the zero Addr without)
 	// Its places in the helloRoom, of its source and of all, while it waits there, and when
 	// it came in; guarded by the room's mu.
 	inRoom, inAll *list.Element
@@ -209,7 +209,10 @@ func (l *listener) Serve(establish listeners.EstablishFn) {
 			continue
 		}
 		backoff = 0
-		adm := &admission{Conn: raw, source: sourceOf(raw.RemoteAddr()), capped: l.budget != nil}
+		adm := &admission{Conn: raw, capped: l.budget != nil}
+		if l.budget != nil {
+			adm.source = sourceOf(raw.RemoteAddr()) // only the budget counts by source
+		}
 		if l.room != nil && !l.enterRoom(adm) {
 			raw.Close()
 			continue
@@ -291,7 +294,7 @@ func (l *listener) handle(conn *tls.Conn, raw net.Conn, adm *admission, establis
 			// chain before the client proves it holds the key, so showing one (public, and sent
 			// in clear by TLS 1.2) proves nothing. (A client found gone when its turn came
 			// weighs too, counted by pacer.pass: or queueing and leaving would cost nothing.)
-			l.budget.wasted(adm.source, time.Now())
+			l.budget.waste(adm.source, time.Now())
 		}
 		level := slog.LevelWarn
 		if errors.Is(err, io.EOF) {
@@ -328,7 +331,7 @@ func (l *listener) handle(conn *tls.Conn, raw net.Conn, adm *admission, establis
 		// A turn that ended in no MQTT connection (no CONNECT, or a refused one: a revoked
 		// certificate, another's client id) is wasted too: a fleet certificate, stolen or
 		// revoked, must not earn a host turns it does not weigh for.
-		l.budget.wasted(adm.source, time.Now())
+		l.budget.waste(adm.source, time.Now())
 	}
 }
 

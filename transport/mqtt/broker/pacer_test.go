@@ -167,7 +167,7 @@ func TestATurnPassedOnMovesTheQueueUp(t *testing.T) {
 	// connection that took it has its place in the order.
 	p3 := newPacer(10)
 	for range stealMargin {
-		p3.wasted(a, t0)
+		p3.waste(a, t0)
 	}
 	p3.take(b, t0, 0)
 	victim, _ := p3.take(a, t0, 100*time.Millisecond)
