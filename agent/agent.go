@@ -174,6 +174,7 @@ type Agent struct {
 	running     atomic.Bool                 // Run has started and not returned
 	clockBehind atomic.Bool                 // Run waits for a plausible clock
 	mqttc       atomic.Pointer[mqtt.Client] // the client of the running Run
+	bootc       atomic.Pointer[mqtt.Client] // the client of the bootstrap session under way, if any
 	beat        chan struct{}               // Alive's heartbeat; the waiting loops take it
 	busySince   atomic.Int64                // Unix ns a rotation attempt started; 0: none running
 }

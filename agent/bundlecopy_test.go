@@ -2,6 +2,7 @@ package agent
 
 import (
 	"bytes"
+	"context"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -112,20 +113,7 @@ func TestReadCredentialsReadsTheCopyOfADamagedBundleAndWritesNothing(t *testing.
 func TestABundleAndItsCopyThatDifferOnlyInTheBrokerAreKeptUntilAConnectionDecides(t *testing.T) {
 	pki := mqtttest.NewPKI(t)
 	b := mqtttest.StartEmbedded(t, pki)
-	// portDigit changes digit k of the broker's port in the bundle file at p with edit.
-	portDigit := func(t *testing.T, p string, k int, edit func(byte) byte) {
-		t.Helper()
-		raw := mustRead(t, p)
-		prefix := []byte(`"broker":"` + b.URL()[:strings.LastIndex(b.URL(), ":")+1])
-		i := bytes.Index(raw, prefix)
-		if i < 0 {
-			t.Fatalf("no broker URL in %s", raw)
-		}
-		raw[i+len(prefix)+k] = edit(raw[i+len(prefix)+k])
-		if err := os.WriteFile(p, raw, 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
+	portDigit := func(t *testing.T, p string, k int, edit func(byte) byte) { brokerPortDigit(t, b, p, k, edit) }
 	flipPort := func(t *testing.T, p string) { portDigit(t, p, 0, func(c byte) byte { return c ^ 0x01 }) }
 	fast := func(log *slog.Logger, dir string) Config {
 		return Config{StateDir: dir, Logger: log, MinBackoff: 50 * time.Millisecond, MaxBackoff: 200 * time.Millisecond}
@@ -201,4 +189,61 @@ func TestABundleAndItsCopyThatDifferOnlyInTheBrokerAreKeptUntilAConnectionDecide
 			t.Fatal("the good bundle was written over")
 		}
 	})
+}
+
+// brokerPortDigit changes digit k of b's port in the broker URL of the bundle file at p with
+// edit.
+func brokerPortDigit(t *testing.T, b mqtttest.Broker, p string, k int, edit func(byte) byte) {
+	t.Helper()
+	raw := mustRead(t, p)
+	prefix := []byte(`"broker":"` + b.URL()[:strings.LastIndex(b.URL(), ":")+1])
+	i := bytes.Index(raw, prefix)
+	if i < 0 {
+		t.Fatalf("no broker URL in %s", raw)
+	}
+	raw[i+len(prefix)+k] = edit(raw[i+len(prefix)+k])
+	if err := os.WriteFile(p, raw, 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A camera whose own certificate no longer gets it in (expired offline, revoked, damaged)
+// reaches the broker only as its bootstrap identity. When its bundle and the copy dispute the
+// broker's address, that connection decides as well as one of the device's own, and the
+// bootstrap session dials only the address that won from then on. Before, only Run's client
+// settled a dispute, so the bootstrap session went on trying the losing address after every
+// failed attempt.
+func TestABootstrapConnectionSettlesADisputedBundle(t *testing.T) {
+	const id = "cam-0001"
+	pki := mqtttest.NewPKI(t)
+	b := mqtttest.StartEmbedded(t, pki)
+	dir := enrolledWithBootstrap(t, pki, b.URL(), id, time.Now(), 0)
+	good := mustRead(t, filepath.Join(dir, BundleCopyFile))
+	brokerPortDigit(t, b, filepath.Join(dir, BundleFile), 0, func(c byte) byte { return c ^ 0x01 })
+	log, rec := logtest.New()
+	a, err := New(Config{StateDir: dir, Logger: log, MinBackoff: 50 * time.Millisecond, MaxBackoff: 200 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	// Run is not running: only the bootstrap session connects.
+	bs, err := a.bootstrapSession(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec.WaitFor(t, 5*time.Second, "wrote the enrollment bundle again from its copy")
+	if !bytes.Equal(mustRead(t, filepath.Join(dir, BundleFile)), good) {
+		t.Error("the bundle was not written again from its good copy")
+	}
+	if got := bs.client.Brokers(); len(got) != 1 || got[0] != b.URL() {
+		t.Errorf("the bootstrap session may still dial %q, want only %q", got, b.URL())
+	}
+	if a.bootc.Load() != bs.client {
+		t.Error("the bootstrap session's client is not known to the agent while it runs")
+	}
+	bs.stop()
+	if a.bootc.Load() != nil {
+		t.Error("the agent still knows the bootstrap session's client after it stopped")
+	}
 }

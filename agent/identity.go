@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"time"
 
 	"github.com/camagent/camagent/agent/state"
@@ -321,10 +322,13 @@ func (a *Agent) brokerProven(ctx context.Context) {
 
 // settleBroker makes broker, the address that took the first connection of a disputed
 // bundle, the only one dialled from now on: by new clients (brokerURLs) and by the running
-// one, which would otherwise still try the losing address after every failed attempt.
+// ones, Run's and a bootstrap session's under way, which would otherwise still try the losing
+// address after every failed attempt.
 func (a *Agent) settleBroker(broker string) {
 	a.brokerWon.Store(&broker)
-	if c := a.mqttc.Load(); c != nil {
-		c.DialOnly(broker)
+	for _, p := range []*atomic.Pointer[mqtt.Client]{&a.mqttc, &a.bootc} {
+		if c := p.Load(); c != nil {
+			c.DialOnly(broker)
+		}
 	}
 }

@@ -866,6 +866,10 @@ func (a *Agent) bootstrapSession(ctx context.Context) (*bootSession, error) {
 				a.handleCertResponse(m.Payload)
 			}
 		},
+		// The broker that takes the bootstrap identity's connection proves a disputed
+		// bundle's address as well as one that takes the device's own: the device's
+		// certificate may be what keeps Run's client out.
+		OnConnect:  a.brokerProven,
 		MinBackoff: a.cfg.MinBackoff,
 		MaxBackoff: a.cfg.MaxBackoff,
 		LocalAddr:  a.cfg.LocalAddr,
@@ -876,7 +880,15 @@ func (a *Agent) bootstrapSession(ctx context.Context) (*bootSession, error) {
 	}
 	runCtx, cancel := context.WithCancel(context.Background())
 	bs := &bootSession{client: client, pub: egress.Wrap(client, a.guard), cancel: cancel, done: make(chan error, 1)}
-	go func() { bs.done <- client.Run(runCtx) }()
+	a.bootc.Store(client)
+	if won := a.brokerWon.Load(); won != nil {
+		client.DialOnly(*won) // settled between brokerURLs and the Store
+	}
+	go func() {
+		err := client.Run(runCtx)
+		a.bootc.CompareAndSwap(client, nil)
+		bs.done <- err
+	}()
 	if err := client.WaitConnected(ctx); err != nil {
 		bs.stop()
 		return nil, rotErr(wire.ErrCodeTimeout, "bootstrap connect: %w", err)
