@@ -220,24 +220,33 @@ func TestDevicesDialFromTheirSourceAddresses(t *testing.T) {
 	if r.SourceAddrs != addrs || r.Rotated != n {
 		t.Fatalf("report: %d source addresses, %d rotated", r.SourceAddrs, r.Rotated)
 	}
+	if checkDeviceSources(t, tap, addrs) == 0 {
+		t.Error("no connection from 127.0.0.1: the signer and fleetsim's sessions should dial from the system's choice")
+	}
+}
+
+// checkDeviceSources checks that the connections tap saw from elsewhere than 127.0.0.1 (the
+// signer's and fleetsim's sessions) came from the first addrs source addresses, at least twice
+// for each device (before and after its rotation), and returns how many came from 127.0.0.1.
+func checkDeviceSources(t *testing.T, tap *mqtttest.Tap, addrs int) int {
+	t.Helper()
 	perAddr := map[netip.Addr]int{}
 	for _, a := range tap.Sources() {
 		perAddr[a]++
 	}
 	t.Logf("connections by source address: %v", perAddr)
-	if perAddr[netip.MustParseAddr("127.0.0.1")] == 0 {
-		t.Error("no connection from 127.0.0.1: the signer and fleetsim's sessions should dial from the system's choice")
-	}
+	local := perAddr[netip.MustParseAddr("127.0.0.1")]
 	delete(perAddr, netip.MustParseAddr("127.0.0.1"))
 	if len(perAddr) != addrs {
-		t.Errorf("the devices dialled from %d addresses, want %d", len(perAddr), addrs)
+		t.Errorf("the devices reached the broker from %d addresses, want %d", len(perAddr), addrs)
 	}
 	for k := range addrs {
-		// n/addrs devices each, each connecting at least twice: before and after its rotation.
+		// n/addrs devices each.
 		if a := sim.SourceAddr(k); perAddr[a] < 2*n/addrs {
 			t.Errorf("%d connections from %v, want at least %d", perAddr[a], a, 2*n/addrs)
 		}
 	}
+	return local
 }
 
 // Devices behind the fault proxy reach the broker from their own source addresses too: the
@@ -260,21 +269,7 @@ func TestDevicesBehindTheFaultProxyDialFromTheirSourceAddresses(t *testing.T) {
 	if r.SourceAddrs != addrs || r.Faulted != n || r.Rotated != n {
 		t.Fatalf("report: %d source addresses, %d faulted, %d rotated", r.SourceAddrs, r.Faulted, r.Rotated)
 	}
-	perAddr := map[netip.Addr]int{}
-	for _, a := range tap.Sources() {
-		perAddr[a]++
-	}
-	t.Logf("connections by source address: %v", perAddr)
-	delete(perAddr, netip.MustParseAddr("127.0.0.1")) // the signer and fleetsim's sessions
-	if len(perAddr) != addrs {
-		t.Errorf("the devices reached the broker from %d addresses, want %d", len(perAddr), addrs)
-	}
-	for k := range addrs {
-		// n/addrs devices each, each connecting at least twice: before and after its rotation.
-		if a := sim.SourceAddr(k); perAddr[a] < 2*n/addrs {
-			t.Errorf("%d connections from %v, want at least %d", perAddr[a], a, 2*n/addrs)
-		}
-	}
+	checkDeviceSources(t, tap, addrs)
 }
 
 // CheckSourceAddrs takes only a broker on IPv4 loopback, which devices dialling from
