@@ -265,10 +265,10 @@ func (p *pacer) claim(t *turn) (time.Time, bool) {
 // it. Each of those turns moves up to the time of the one before it (the first to t's), and
 // the time of the last, if it was the last given, is given again to the next connection to
 // ask: as if t had never been queued, so the turns spent stay 1/rate apart and none is spent
-// on a connection that is gone. The first turn moved is told at once; each one after it is
-// told when the one before it leaves the queue (dequeue). t's turn is counted as wasted
-// against its source, as the turn of a connection that left is when it is spent. It costs a
-// step for each turn queued.
+// on a connection that is gone. Each turn moved is told at once (its connection waits again
+// for its new time). t's turn is counted as wasted against its source, as the turn of a
+// connection that left is when it is spent. It costs a step, and a wake-up of a waiting
+// connection, for each turn queued.
 func (p *pacer) pass(t *turn, now time.Time) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -279,22 +279,19 @@ func (p *pacer) pass(t *turn, now time.Time) bool {
 		p.dequeue(t)
 	}
 	slot := t.at
-	var first *turn
 	for e := p.order.Front(); e != nil; e = e.Next() {
 		q := e.Value.(*turn)
 		if !q.at.After(slot) {
 			continue // come already, and not yet claimed
 		}
-		if first == nil {
-			first = q
-		}
 		q.at, slot = slot, q.at
+		// Told now, each of them: telling one only when the one before it left the queue
+		// made them all wait for a connection whose goroutine was slow to run, at their
+		// old times, while the time freed at the end went to a newcomer.
+		p.nudge(q)
 	}
 	if slot.Equal(p.next.Add(-p.interval)) {
 		p.next = slot
-	}
-	if first != nil {
-		p.nudge(first)
 	}
 	p.addWaste(t.src, now)
 	return true
@@ -384,17 +381,13 @@ func (p *pacer) enqueue(t *turn, mark *list.Element) {
 	p.reweigh(t.src)
 }
 
-// dequeue takes t out of the queue, and tells the turn after it in the order if that has moved
-// earlier than its connection waits for (pass).
+// dequeue takes t out of the queue.
 func (p *pacer) dequeue(t *turn) {
 	l := p.bySrc[t.src]
 	l.Remove(t.elem)
 	t.elem = nil
 	if l.Len() == 0 {
 		delete(p.bySrc, t.src)
-	}
-	if next := t.inOrder.Next(); next != nil {
-		p.nudge(next.Value.(*turn))
 	}
 	p.order.Remove(t.inOrder)
 	t.inOrder = nil
