@@ -49,11 +49,12 @@ func clientHello(t *testing.T, conf *tls.Config) []byte {
 func TestClientsGoneBeforeTheirTurnDoNotSpendIt(t *testing.T) {
 	pki := mqtttest.NewPKI(t)
 	var logs logtest.Buffer
-	// A turn every 2 s, a queue of 5 within the 10 s wait.
-	b := startBudgeted(t, pki, 0.5, 20*time.Second, &logs)
+	// A turn every 4 s, a queue of 5 within the 20 s wait: the clients below have 4 s to
+	// queue and leave before the first of their turns comes (under qemu-arm too).
+	b := startBudgeted(t, pki, 0.25, 40*time.Second, &logs)
 	hello := clientHello(t, noCert)
 
-	// A camera takes the turn at once; the next comes 2 s later.
+	// A camera takes the turn at once; the next comes 4 s later.
 	camA := pki.ClientTLS(t, pki.ClientCert(t, certs.RoleDevice, "cam-a"))
 	if err := handshakeFrom("127.0.0.3", b.Addr(), camA); err != nil {
 		t.Fatalf("the first camera: %v", err)
@@ -88,7 +89,7 @@ func TestClientsGoneBeforeTheirTurnDoNotSpendIt(t *testing.T) {
 	// The camera's handshake was served after every one of them was found gone, and none was
 	// answered.
 	if n := b.SkippedGone(); n != gone {
-		t.Errorf("SkippedGone = %d when the camera was served, want %d (the connections queued before it; setup took %v of the 2 s before the first of their turns)", n, gone, setup)
+		t.Errorf("SkippedGone = %d when the camera was served, want %d (the connections queued before it; setup took %v of the 4 s before the first of their turns)", n, gone, setup)
 	}
 	for _, c := range halfClosed {
 		c.SetReadDeadline(time.Now().Add(mqtttest.ClientTimeout))

@@ -82,32 +82,24 @@ func TestPeerGoneTellsAClosedOrResetSocket(t *testing.T) {
 			t.Fatalf("read %q, %v after peerGone; want the bytes sent", b, err)
 		}
 	})
-	t.Run("a peer that closed is gone", func(t *testing.T) {
-		c, s := tcpPair(t)
-		s.SetDeadline(time.Now().Add(-time.Second)) // a deadline passed, as at a late turn
-		c.Close()
-		arrived(t, s)
-		if !peerGone(s) {
-			t.Fatal("peerGone = false")
-		}
-	})
-	t.Run("a peer that closed its sending side is gone", func(t *testing.T) {
-		c, s := tcpPair(t)
-		c.CloseWrite()
-		arrived(t, s)
-		if !peerGone(s) {
-			t.Fatal("peerGone = false")
-		}
-	})
-	t.Run("a peer that reset is gone", func(t *testing.T) {
-		c, s := tcpPair(t)
-		c.SetLinger(0)
-		c.Close()
-		arrived(t, s)
-		if !peerGone(s) {
-			t.Fatal("peerGone = false")
-		}
-	})
+	for _, tc := range []struct {
+		name string
+		end  func(c *net.TCPConn)
+	}{
+		{"a peer that closed is gone", func(c *net.TCPConn) { c.Close() }},
+		{"a peer that closed its sending side is gone", func(c *net.TCPConn) { c.CloseWrite() }},
+		{"a peer that reset is gone", func(c *net.TCPConn) { c.SetLinger(0); c.Close() }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, s := tcpPair(t)
+			s.SetDeadline(time.Now().Add(-time.Second)) // a deadline passed, as at a late turn
+			tc.end(c)
+			arrived(t, s)
+			if !peerGone(s) {
+				t.Fatal("peerGone = false")
+			}
+		})
+	}
 	t.Run("a peer that sent data and then closed is there until the data is read", func(t *testing.T) {
 		c, s := tcpPair(t)
 		c.Write([]byte("x"))

@@ -195,7 +195,7 @@ func checkSpacing(t *testing.T, r simResult, label string) {
 	}
 }
 
-func TestReviewSimulatedPacerKeepsItsSpacing(t *testing.T) {
+func TestSimulatedPacerKeepsItsSpacing(t *testing.T) {
 	for seed := range uint64(15) {
 		label := fmt.Sprintf("seed %d", seed)
 		n := 300 + int(seed%3)*300
@@ -216,7 +216,7 @@ func TestReviewSimulatedPacerKeepsItsSpacing(t *testing.T) {
 }
 
 // With goroutines that run late, the turn times claim returns still never coincide.
-func TestReviewSimulatedPacerKeepsItsSpacingWithLateGoroutines(t *testing.T) {
+func TestSimulatedPacerKeepsItsSpacingWithLateGoroutines(t *testing.T) {
 	for seed := range uint64(15) {
 		label := fmt.Sprintf("seed %d", seed)
 		n := 300 + int(seed%3)*300
@@ -232,7 +232,7 @@ func TestReviewSimulatedPacerKeepsItsSpacingWithLateGoroutines(t *testing.T) {
 
 // With prompt goroutines, each connection that is there is served when its turn comes: spent
 // in real time 1/rate apart, and no later than its turn's time as given at take.
-func TestReviewSimulatedPromptConnectionsAreServedOnTime(t *testing.T) {
+func TestSimulatedPromptConnectionsAreServedOnTime(t *testing.T) {
 	for seed := range uint64(15) {
 		label := fmt.Sprintf("seed %d", seed)
 		n := 300 + int(seed%3)*300
@@ -256,7 +256,7 @@ func TestReviewSimulatedPromptConnectionsAreServedOnTime(t *testing.T) {
 }
 
 // Every turn passed on counts once as wasted by its source.
-func TestReviewSimulatedPassesCountAsWasted(t *testing.T) {
+func TestSimulatedPassesCountAsWasted(t *testing.T) {
 	for seed := range uint64(8) {
 		r := simulate(t, seed, 50, 600, 4*time.Second, time.Second, 0.3, 60*time.Millisecond, 0.1)
 		passed := map[netip.Addr]int{}

@@ -12,7 +12,7 @@ import (
 // the queue: with the first one's goroutine late, the others kept waiting for their old times
 // while the time freed at the end was already given to a newcomer, and two connections that
 // ran on time started their handshakes at the same instant.
-func TestReviewASlowConnectionDoesNotHoldBackTheTurnsMovedBehindIt(t *testing.T) {
+func TestASlowConnectionDoesNotHoldBackTheTurnsMovedBehindIt(t *testing.T) {
 	p := newPacer(10) // a turn every 100 ms
 	t0 := time.Date(2026, 11, 30, 9, 0, 0, 0, time.UTC)
 	ms := func(n int) time.Time { return t0.Add(time.Duration(n) * time.Millisecond) }
@@ -23,7 +23,6 @@ func TestReviewASlowConnectionDoesNotHoldBackTheTurnsMovedBehindIt(t *testing.T)
 		t     *turn
 		timer time.Time // when its timer fires, zero if it is not waiting
 		slow  time.Time // a slow goroutine runs only from then on
-		spent time.Time
 	}
 	var conns []*conn
 	spent := map[string]time.Time{}
