@@ -624,8 +624,12 @@ func TestARequestedReconnectionDoesNotSubscribeAgain(t *testing.T) {
 	b.cut(device)
 	clock.fire(clock.next(t))
 	b.nextConn()
+	// The control message may come again, more than once (QoS 1 is at least once; CI on
+	// qemu-arm saw it twice): published just as the broker marked the connection live, it can
+	// go out both directly and in the resend after the CONNACK; and the cut may have beaten
+	// its PUBACK, so the next session resends it.
 	p := recv(t, got, "the retained message, subscribed again")
-	if p == "control" { // redelivered: the cut may have beaten its PUBACK (at least once)
+	for again := 0; p == "control" && again < 5; again++ {
 		p = recv(t, got, "the retained message, subscribed again")
 	}
 	if p != "retained" || b.subscribes.Load() != 2 {
