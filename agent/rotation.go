@@ -52,6 +52,9 @@ func (a *Agent) step(name string) {
 type rotationError struct {
 	code string
 	err  error
+	// retryAfter is the signer's word on when to ask again (wire.CertResponse RetryAfter);
+	// 0 without one.
+	retryAfter time.Duration
 }
 
 func (e *rotationError) Error() string { return e.code + ": " + e.err.Error() }
@@ -340,23 +343,33 @@ func (a *Agent) reconcile(ctx context.Context) {
 				return
 			}
 			if err != nil {
-				failures++
-				code := wire.ErrCodeInternal
+				code, hint := wire.ErrCodeInternal, time.Duration(0)
 				var re *rotationError
 				if errors.As(err, &re) {
-					code = re.code
+					code, hint = re.code, re.retryAfter
+				}
+				var delay time.Duration
+				if hint > 0 {
+					// The signer said when it will have a place: its pace, not this
+					// device's failures, sets the wait (a device paced many times would
+					// otherwise wait minutes after the campaign had room for it).
+					delay = hintedDelay(hint)
+				} else {
+					failures++
+					delay = a.retryDelay(failures)
 				}
 				a.setStatus(wire.RotationFailed, code)
-				a.log.Warn("rotation step failed; will retry", "err", err, "code", code, "failures", failures)
+				a.log.Warn("rotation step failed; will retry", "err", err, "code", code, "failures", failures, "retry_in", delay.Round(time.Millisecond))
 				if err := a.publishState(ctx); err != nil {
 					a.log.Debug("could not publish state", "err", err)
 				}
-				if !a.sleep(ctx, a.retryDelay(failures)) {
+				if !a.sleep(ctx, delay) {
 					return
 				}
 				continue
 			}
 			failures = 0
+			a.certV = wire.CertVersion // a signer upgraded meanwhile is asked in its newest
 			continue
 		}
 		wait := time.Hour
@@ -380,6 +393,16 @@ func (a *Agent) reconcile(ctx context.Context) {
 // in a tight loop.
 func (a *Agent) sleep(ctx context.Context, d time.Duration) bool {
 	return a.await(ctx, a.clk.After(d))
+}
+
+// maxHint bounds the wait a signer's retry hint can impose on the device.
+const maxHint = time.Hour
+
+// hintedDelay is the wait before asking again after the signer's hint h: h, and up to a
+// second and a tenth of h more, so that the devices told the same whole second spread.
+func hintedDelay(h time.Duration) time.Duration {
+	h = min(h, maxHint)
+	return h + time.Duration(mrand.Int64N(int64(time.Second+h/10)))
 }
 
 // retryDelay is full-jitter exponential backoff between failed rotation attempts.
@@ -573,7 +596,7 @@ func (a *Agent) request(ctx context.Context) error {
 		a.log.Info("rotation: using the signer's answer that came after the last attempt stopped waiting", "req_id", c.ReqID)
 	}
 	if resp.Error != "" {
-		return rotErr(resp.Error, "signer refused the request")
+		return &rotationError{code: resp.Error, err: errors.New("signer refused the request"), retryAfter: time.Duration(resp.RetryAfter) * time.Second}
 	}
 	cert, err := certs.ParseCertPEM([]byte(resp.Cert))
 	if err != nil {
@@ -625,7 +648,8 @@ func (a *Agent) askSigner(ctx context.Context, c state.Cred, next *credential) (
 	if err != nil {
 		return nil, rotErr(wire.ErrCodeInternal, "%w", err)
 	}
-	req, err := wire.Encode(&wire.CertRequest{V: wire.Version, Kind: wire.KindRequest, ReqID: c.ReqID, Epoch: c.TargetEpoch, CSR: string(csr), TokenHash: hex.EncodeToString(th[:])})
+	v := a.certV
+	req, err := wire.Encode(&wire.CertRequest{V: v, Kind: wire.KindRequest, ReqID: c.ReqID, Epoch: c.TargetEpoch, CSR: string(csr), TokenHash: hex.EncodeToString(th[:])})
 	if err != nil {
 		return nil, rotErr(wire.ErrCodeInternal, "%w", err)
 	}
@@ -660,6 +684,14 @@ func (a *Agent) askSigner(ctx context.Context, c state.Cred, next *credential) (
 	for {
 		select {
 		case <-rctx.Done():
+			// A signer holds a request it has no place for at most 25 s, less than
+			// RequestTimeout, then answers. A signer from before version 2 of the request
+			// drops it as malformed, so an unanswered request is asked next in the other
+			// version: one that went unanswered for another reason is answered either way.
+			if ctx.Err() == nil {
+				a.certV = wire.Version + wire.CertVersion - v
+				a.log.Info("no answer from the signer; asking in the other version of the request next", "version", v, "next_version", a.certV)
+			}
 			return nil, rotErr(wire.ErrCodeTimeout, "no certificate from the signer within %s", a.cfg.RequestTimeout)
 		case <-notice:
 			notice = nil

@@ -35,11 +35,14 @@ func TestSeedCorpus(t *testing.T) {
 			[]byte(`{"v":1,"kind":"confirm","req_id":"0123456789abcdef","epoch":2,"new_serial":"ab","old_serial":"cd"}`),
 			[]byte(`{"v":1,"kind":"request","req_id":"0123456789abcdef","epoch":2,"csr":`+q(csr)+`,"token_hash":"`+tokenHash+`"}`),
 			[]byte(`{"v":1,"kind":"request","req_id":"0123456789abcdef","epoch":2,"csr":`+q("ssid=HomeNet\n"+csr)+`,"token_hash":"`+tokenHash+`"}`),
+			[]byte(`{"v":2,"kind":"request","req_id":"0123456789abcdef","epoch":2,"csr":`+q(csr)+`,"token_hash":"`+tokenHash+`"}`),
 		),
 		"FuzzDecodeCertResponse": fuzzseed.BytesSeeds(
 			[]byte(`{"v":1,"req_id":"0123456789abcdef","error":"refused"}`),
 			[]byte(`{"v":1,"req_id":"0123456789abcdef","cert":`+q(cert)+`}`),
 			[]byte(`{"v":1,"req_id":"0123456789abcdef","cert":`+q(cert+"trailing text\n")+`}`),
+			[]byte(`{"v":2,"req_id":"0123456789abcdef","error":"rate_limited","retry_after":42}`),
+			[]byte(`{"v":1,"req_id":"0123456789abcdef","error":"rate_limited","retry_after":42}`),
 		),
 		"FuzzDecodeSignerPresence": fuzzseed.BytesSeeds(
 			[]byte(`{"v":1,"name":"s1","state":"serving","since":1795790000,"at":1795790030,"every_s":30}`),

@@ -41,8 +41,20 @@ var (
 	rotStatuses = map[string]bool{"": true, RotationIdle: true, RotationPending: true, RotationIssued: true, RotationFailed: true}
 )
 
+// CertVersion is the newest version of the rotation messages, CertRequest and CertResponse.
+// A version 2 request is a version 1 request that says the device reads version 2 answers;
+// a version 2 answer may carry RetryAfter. A signer answers in the version it was asked in, so
+// a device that sends version 1 never sees a field it does not know. A signer from before
+// version 2 drops a version 2 request as malformed, unanswered: a device whose version 2
+// request times out asks in version 1 next (docs/protocol.md, "Two-phase rotation").
+const CertVersion = 2
+
+// MaxRetryAfter bounds CertResponse.RetryAfter, in seconds.
+const MaxRetryAfter = 24 * 60 * 60
+
 // CertRequest is what a device sends the signer during a rotation.
 type CertRequest struct {
+	// V is Version or CertVersion.
 	V    int    `json:"v"`
 	Kind string `json:"kind"`
 	// ReqID names one rotation attempt (random hex); the signer's answer carries it back.
@@ -61,7 +73,7 @@ type CertRequest struct {
 
 // Validate checks every field's shape.
 func (r *CertRequest) Validate() error {
-	if r.V != Version {
+	if r.V != Version && r.V != CertVersion {
 		return fmt.Errorf("%w: version %d", ErrMalformed, r.V)
 	}
 	if !reqIDRe.MatchString(r.ReqID) {
@@ -93,17 +105,23 @@ func (r *CertRequest) Validate() error {
 
 // CertResponse is the signer's answer on dev/<id>/down/cert (boot/<id>/down/cert).
 type CertResponse struct {
+	// V is the version of the request it answers: Version or CertVersion.
 	V     int    `json:"v"`
 	ReqID string `json:"req_id"`
 	// Cert is the PEM certificate, when issued.
 	Cert string `json:"cert,omitempty"`
 	// Error is an error code when refused.
 	Error string `json:"error,omitempty"`
+	// RetryAfter (version 2, with ErrCodeRateLimited only) is how many seconds the device
+	// should wait before it asks again: the signer's estimate of when a place will be free
+	// for it, spread so that the devices it tells do not come back at once. Zero: no hint,
+	// the device retries after its own backoff.
+	RetryAfter int `json:"retry_after,omitempty"`
 }
 
 // Validate checks every field's shape.
 func (r *CertResponse) Validate() error {
-	if r.V != Version {
+	if r.V != Version && r.V != CertVersion {
 		return fmt.Errorf("%w: version %d", ErrMalformed, r.V)
 	}
 	if !reqIDRe.MatchString(r.ReqID) {
@@ -111,6 +129,16 @@ func (r *CertResponse) Validate() error {
 	}
 	if !rotErrCodes[r.Error] || (r.Error == "") == (r.Cert == "") {
 		return fmt.Errorf("%w: a response carries a certificate or an error code, not both", ErrMalformed)
+	}
+	if r.RetryAfter != 0 {
+		switch {
+		case r.V < CertVersion:
+			return fmt.Errorf("%w: retry_after in a version %d response", ErrMalformed, r.V)
+		case r.Error != ErrCodeRateLimited:
+			return fmt.Errorf("%w: retry_after with error %q, not %q", ErrMalformed, r.Error, ErrCodeRateLimited)
+		case r.RetryAfter < 0 || r.RetryAfter > MaxRetryAfter:
+			return fmt.Errorf("%w: retry_after %d s, not within 1..%d", ErrMalformed, r.RetryAfter, MaxRetryAfter)
+		}
 	}
 	if r.Cert != "" {
 		if !isPEMBlock(r.Cert, "CERTIFICATE") {

@@ -114,3 +114,34 @@ func TestSignerPresenceIsStrict(t *testing.T) {
 		}
 	}
 }
+
+// Version 2 of the rotation messages adds one field, the signer's retry hint, and only where
+// the device asked in version 2 and was told rate_limited.
+func TestCertResponseRetryAfter(t *testing.T) {
+	for _, tc := range []struct {
+		body string
+		ok   bool
+	}{
+		{`{"v":2,"req_id":"0123456789abcdef","error":"rate_limited","retry_after":42}`, true},
+		{`{"v":2,"req_id":"0123456789abcdef","error":"rate_limited"}`, true},
+		{`{"v":2,"req_id":"0123456789abcdef","error":"refused"}`, true},
+		{`{"v":1,"req_id":"0123456789abcdef","error":"rate_limited","retry_after":42}`, false},
+		{`{"v":2,"req_id":"0123456789abcdef","error":"refused","retry_after":42}`, false},
+		{`{"v":2,"req_id":"0123456789abcdef","error":"rate_limited","retry_after":-1}`, false},
+		{`{"v":2,"req_id":"0123456789abcdef","error":"rate_limited","retry_after":86401}`, false},
+		{`{"v":3,"req_id":"0123456789abcdef","error":"rate_limited"}`, false},
+	} {
+		var r CertResponse
+		if err := Decode([]byte(tc.body), &r); (err == nil) != tc.ok {
+			t.Errorf("%s: got %v, want ok %v", tc.body, err, tc.ok)
+		} else if err != nil && !errors.Is(err, ErrMalformed) {
+			t.Errorf("%s: %v does not say it is malformed", tc.body, err)
+		}
+	}
+	for v, ok := range map[int]bool{0: false, 1: true, 2: true, 3: false} {
+		r := CertRequest{V: v, Kind: KindConfirm, ReqID: "0123456789abcdef", Epoch: 2, NewSerial: "ab", OldSerial: "cd"}
+		if err := r.Validate(); (err == nil) != ok {
+			t.Errorf("request version %d: got %v, want ok %v", v, err, ok)
+		}
+	}
+}

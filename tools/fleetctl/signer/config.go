@@ -81,7 +81,7 @@ type Config struct {
 	// means DefaultPendingTimeout.
 	PendingTimeout time.Duration
 	// HoldTimeout is how long a request waits for a place in the window before it is
-	// answered wire.ErrCodeRateLimited (the device retries after its backoff). Keep it below
+	// answered wire.ErrCodeRateLimited (the device retries after the hint, or its backoff). Keep it below
 	// the agent's request timeout (30 s), so that the device hears back before it gives up.
 	// Zero means DefaultHoldTimeout.
 	HoldTimeout time.Duration

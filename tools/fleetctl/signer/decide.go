@@ -75,6 +75,7 @@ func (s *Signer) decide(batch []request) (answers []answer, deferred []request, 
 	})
 	if err == nil {
 		t.add(s)
+		s.pace.issued(now, int(t.issued))
 		return answers, deferred, full
 	}
 	s.log.Error("signer: registry transaction failed; answering the batch with an internal error", "requests", len(batch), "err", err)
@@ -85,7 +86,9 @@ func (s *Signer) decide(batch []request) (answers []answer, deferred []request, 
 	for _, r := range batch {
 		if r.msg.Kind == wire.KindRequest {
 			s.stats.refused.Add(1)
-			answers = append(answers, answer{topic: replyTopic(r), resp: wire.CertResponse{V: wire.Version, ReqID: r.msg.ReqID, Error: wire.ErrCodeInternal}})
+			a := answerTo(&r)
+			a.resp.Error = wire.ErrCodeInternal
+			answers = append(answers, a)
 		}
 	}
 	return answers, nil, false
@@ -102,12 +105,13 @@ func replyTopic(r request) string {
 // certificate, or a nil answer when a new certificate is due and mayIssue is false (the window
 // is full: the request is held). An error aborts the whole transaction.
 func (s *Signer) request(tx *registry.Tx, r *request, st *RolloutState, now time.Time, t *tally, mayIssue bool) (*answer, bool, error) {
-	a := answer{topic: replyTopic(*r), resp: wire.CertResponse{V: wire.Version, ReqID: r.msg.ReqID}}
+	a := answerTo(r)
 	refuse := func(code, why string, args ...any) (*answer, bool, error) {
 		a.resp.Error = code
 		if code == wire.ErrCodeRateLimited {
 			t.rateLimited++
-			s.log.Info("signer: request paced by the rate limit; the device will retry", "device", r.device, "via", r.via, "req_id", r.msg.ReqID)
+			a = s.rateLimited(r, now)
+			s.log.Info("signer: request paced by the rate limit; the device will retry", "device", r.device, "via", r.via, "req_id", r.msg.ReqID, "retry_after_s", a.resp.RetryAfter)
 			return &a, false, nil
 		}
 		t.refused++

@@ -39,8 +39,9 @@
 //
 // Like AWS IoT Jobs, a rollout can be paced and aborted. Config.MaxRate caps new certificates
 // per minute with a token bucket fed by the registry, so every signer of the fleet shares the
-// budget; a request beyond it is answered wire.ErrCodeRateLimited and the device retries with
-// backoff. Config.AbortRatio stops the rollout when, among at least Config.AbortMin
+// budget; a request beyond it is answered wire.ErrCodeRateLimited and the device retries
+// after the hint the answer carries (wire.CertResponse RetryAfter, to a device that asked in
+// wire.CertVersion; see pace) or else after its backoff. Config.AbortRatio stops the rollout when, among at least Config.AbortMin
 // certificates issued within Config.AbortWindow (and since the last resume), the share not
 // confirmed within Config.ConfirmTimeout exceeds it: the signer logs it at error level,
 // persists the aborted state in the fleet directory, and refuses every new certificate until

@@ -65,3 +65,11 @@ func (b *bucket) allow(now time.Time) bool {
 	b.refill(now)
 	return b.tokens >= 1
 }
+
+// wait is how long from now until a token is available (0 if one is).
+func (b *bucket) wait(now time.Time) time.Duration {
+	if b.rate == 0 || b.allow(now) {
+		return 0
+	}
+	return time.Duration((1 - b.tokens) / b.rate * float64(time.Second))
+}

@@ -38,6 +38,10 @@ type Signer struct {
 	out chan answer  // from the decision loop to the publishers
 
 	bucket *bucket // used by the decision loop only, under the registry lock
+	pace   pace    // used by the decision loop only
+	// held is how many requests the decision loop holds for a place in the window, as of
+	// its last decision: those go before a device told rate_limited (pace.retryAfter).
+	held int
 
 	crl chan struct{} // capacity 1: revocations not yet in the CRL file
 
@@ -91,6 +95,23 @@ type request struct {
 type answer struct {
 	topic string
 	resp  wire.CertResponse
+}
+
+// answerTo starts the answer to r: on its device's reply topic, in the version it was asked
+// in (a device that asked in version 1 must not see a field it does not know).
+func answerTo(r *request) answer {
+	return answer{topic: replyTopic(*r), resp: wire.CertResponse{V: r.msg.V, ReqID: r.msg.ReqID}}
+}
+
+// rateLimited is the answer telling r's device to ask again later; in version 2, with the
+// time to wait (pace.retryAfter). It is called by the decision loop only.
+func (s *Signer) rateLimited(r *request, now time.Time) answer {
+	a := answerTo(r)
+	a.resp.Error = wire.ErrCodeRateLimited
+	if r.msg.V >= wire.CertVersion {
+		a.resp.RetryAfter = s.pace.retryAfter(now, s.held, s.bucket.rate, s.bucket.wait(now))
+	}
+	return a
 }
 
 // New validates cfg and returns a Signer that is not yet connected.
@@ -314,6 +335,7 @@ func (s *Signer) decideLoop(ctx context.Context) {
 		}
 		n := min(len(held), s.cfg.BatchSize)
 		reqs := append(held[:n:n], batch...)
+		s.held = len(held)
 		answers, deferred, full := s.decide(reqs)
 		held = s.requeue(held, n, deferred, &answers)
 		retry = !full
@@ -343,8 +365,10 @@ func (s *Signer) requeue(held []request, n int, deferred []request, answers *[]a
 	held = held[n-k:]
 	tellRetry := func(r request) {
 		s.stats.rateLimited.Add(1)
-		s.log.Info("signer: request held too long for a place in the window; the device will retry", "device", r.device, "via", r.via, "req_id", r.msg.ReqID)
-		*answers = append(*answers, answer{topic: replyTopic(r), resp: wire.CertResponse{V: wire.Version, ReqID: r.msg.ReqID, Error: wire.ErrCodeRateLimited}})
+		s.held = len(held)
+		a := s.rateLimited(&r, now)
+		s.log.Info("signer: request held too long for a place in the window; the device will retry", "device", r.device, "via", r.via, "req_id", r.msg.ReqID, "retry_after_s", a.resp.RetryAfter)
+		*answers = append(*answers, a)
 	}
 	for len(held) > 0 && now.Sub(held[0].heldSince) >= s.cfg.HoldTimeout {
 		tellRetry(held[0])

@@ -509,8 +509,18 @@ func TestTheRateLimitPacesARollout(t *testing.T) {
 	fleettest.Certificate(t, f, d.AwaitFor(t, first.ReqID), "cam-0001", key)
 	second, key2 := fleettest.NewRequest(t, "cam-0001", 1)
 	d.Send(t, second)
-	if r := d.AwaitFor(t, second.ReqID); r.Error != wire.ErrCodeRateLimited {
-		t.Fatalf("answer %+v, want rate_limited", r)
+	if r := d.AwaitFor(t, second.ReqID); r.Error != wire.ErrCodeRateLimited || r.V != wire.Version || r.RetryAfter != 0 {
+		t.Fatalf("answer %+v, want rate_limited in version 1, without a retry hint", r)
+	}
+	// Asked in version 2, the signer says when to come back: when the limit has the next
+	// certificate (60 s, at one a minute), and for the next device told, a minute later.
+	for _, want := range []int{60, 120} {
+		r2, _ := fleettest.NewRequest(t, "cam-0001", 1)
+		r2.V = wire.CertVersion
+		d.Send(t, r2)
+		if r := d.AwaitFor(t, r2.ReqID); r.Error != wire.ErrCodeRateLimited || r.V != wire.CertVersion || r.RetryAfter != want {
+			t.Fatalf("answer %+v, want rate_limited in version 2, retry after %d s", r, want)
+		}
 	}
 	d.Send(t, first) // a retry is not a new certificate: never paced
 	if r := d.AwaitFor(t, first.ReqID); r.Error != "" {
@@ -519,7 +529,7 @@ func TestTheRateLimitPacesARollout(t *testing.T) {
 	clk.Advance(61 * time.Second)
 	d.Send(t, second)
 	fleettest.Certificate(t, f, d.AwaitFor(t, second.ReqID), "cam-0001", key2)
-	if st := s.Stats(); st.RateLimited != 1 || st.Issued != 2 {
+	if st := s.Stats(); st.RateLimited != 3 || st.Issued != 2 {
 		t.Fatalf("stats %+v", st)
 	}
 }
@@ -710,11 +720,13 @@ func TestARequestHeldTooLongIsToldToRetry(t *testing.T) {
 	fleettest.Certificate(t, f, da.AwaitFor(t, ra.ReqID), "cam-0001", ka)
 
 	rb, _ := fleettest.NewRequest(t, "cam-0002", 1)
+	rb.V = wire.CertVersion
 	db.Send(t, rb)
 	waitHeld(t, s, 1)
 	r, passed := advanceUntilAnswered(t, clk, db)
-	if r.ReqID != rb.ReqID || r.Error != wire.ErrCodeRateLimited {
-		t.Fatalf("answer %+v, want rate_limited for %s", r, rb.ReqID)
+	// The signer issued one certificate in the hold: its pace says a place a few seconds on.
+	if r.ReqID != rb.ReqID || r.Error != wire.ErrCodeRateLimited || r.V != wire.CertVersion || r.RetryAfter < 1 || r.RetryAfter > 10 {
+		t.Fatalf("answer %+v, want rate_limited for %s, in version 2 with a hint of a few seconds", r, rb.ReqID)
 	}
 	if passed < 5*time.Second || passed > 10*time.Second {
 		t.Fatalf("answered after %s on the signer's clock, want about the hold timeout of 5s", passed)

@@ -1,0 +1,129 @@
+package agent
+
+import (
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	paho "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/camagent/camagent/agent/state"
+	"github.com/camagent/camagent/agent/wire"
+	"github.com/camagent/camagent/certs"
+	"github.com/camagent/camagent/internal/logtest"
+	"github.com/camagent/camagent/transport/mqtt/mqtttest"
+	"github.com/camagent/camagent/transport/mqtt/topic"
+)
+
+// scriptedSigner answers id's certificate requests on b with what answer returns for each
+// (nil: no answer, as a signer that drops the request); issue makes the certificate for one.
+// It returns the versions the requests came in, in order.
+func scriptedSigner(t *testing.T, b mqtttest.Broker, pki *mqtttest.PKI, id string, answer func(n int, req wire.CertRequest, issue func() string) *wire.CertResponse) func() []int {
+	t.Helper()
+	var mu sync.Mutex
+	var versions []int
+	signer := mqtttest.Connect(t, mqtttest.ClientOptions(b, pki.ClientTLS(t, pki.ClientCert(t, certs.RoleSigner, "test")), "signer:test"))
+	tok := signer.Subscribe(topic.CSR(id), 1, func(cl paho.Client, m paho.Message) {
+		var req wire.CertRequest
+		if err := wire.Decode(m.Payload(), &req); err != nil || req.Kind != wire.KindRequest {
+			return
+		}
+		mu.Lock()
+		versions = append(versions, req.V)
+		n := len(versions)
+		mu.Unlock()
+		issue := func() string {
+			r, err := certs.ParseCSR([]byte(req.CSR))
+			if err != nil {
+				t.Errorf("csr: %v", err)
+				return ""
+			}
+			c, err := pki.CA.Issue(certs.IssueRequest{Role: certs.RoleDevice, Name: id, CSR: r, Now: time.Now()})
+			if err != nil {
+				t.Errorf("issue: %v", err)
+				return ""
+			}
+			return string(certs.EncodeCertPEM(c))
+		}
+		if resp := answer(n, req, issue); resp != nil {
+			b, err := wire.Encode(resp)
+			if err != nil {
+				t.Errorf("encode: %v", err)
+				return
+			}
+			cl.Publish(topic.Cert(id), 1, false, b)
+		}
+	})
+	mqtttest.Wait(t, tok, "signer subscribe")
+	return func() []int {
+		mu.Lock()
+		defer mu.Unlock()
+		return append([]int(nil), versions...)
+	}
+}
+
+// A device told rate_limited with the signer's hint asks again after that hint, not after its
+// own backoff (here an hour): the signer knows when it will have a place.
+func TestTheSignersRetryHintSetsTheWait(t *testing.T) {
+	pki := mqtttest.NewPKI(t)
+	b := mqtttest.StartEmbedded(t, pki)
+	dir := enrolledOn(t, pki, b, "cam-0001", time.Now())
+	versions := scriptedSigner(t, b, pki, "cam-0001", func(n int, req wire.CertRequest, issue func() string) *wire.CertResponse {
+		if n == 1 {
+			return &wire.CertResponse{V: req.V, ReqID: req.ReqID, Error: wire.ErrCodeRateLimited, RetryAfter: 1}
+		}
+		return &wire.CertResponse{V: req.V, ReqID: req.ReqID, Cert: issue()}
+	})
+	log, rec := logtest.New()
+	a := running(t, Config{StateDir: dir, Logger: log, RetryMin: time.Hour, RetryMax: time.Hour,
+		MinBackoff: 50 * time.Millisecond, MaxBackoff: 200 * time.Millisecond})
+	if err := a.save(func(st *state.State) { st.DesiredEpoch = 1 }); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	a.poke()
+	rec.WaitFor(t, 20*time.Second, "rotation step failed", wire.ErrCodeRateLimited)
+	rec.WaitFor(t, 20*time.Second, "rotation committed")
+	if took := time.Since(start); took < time.Second {
+		t.Errorf("committed %s after the first request, before the hint of 1 s", took)
+	}
+	if v := versions(); len(v) != 2 || v[0] != wire.CertVersion || v[1] != wire.CertVersion {
+		t.Errorf("requests in versions %v, want two in version %d", v, wire.CertVersion)
+	}
+}
+
+// A signer from before version 2 of the request drops it as malformed. The device, whose
+// request went unanswered, asks in version 1 and gets its certificate; its next rotation
+// asks in version 2 first again (the signer may have been upgraded).
+func TestAnUnansweredRequestIsAskedInTheOtherVersion(t *testing.T) {
+	pki := mqtttest.NewPKI(t)
+	b := mqtttest.StartEmbedded(t, pki)
+	dir := enrolledOn(t, pki, b, "cam-0001", time.Now())
+	versions := scriptedSigner(t, b, pki, "cam-0001", func(_ int, req wire.CertRequest, issue func() string) *wire.CertResponse {
+		if req.V != wire.Version {
+			return nil // what a version 1 signer's strict decoder does
+		}
+		return &wire.CertResponse{V: wire.Version, ReqID: req.ReqID, Cert: issue()}
+	})
+	log, rec := logtest.New()
+	a := running(t, Config{StateDir: dir, Logger: log, RequestTimeout: 300 * time.Millisecond, RetryMin: 100 * time.Millisecond, RetryMax: 100 * time.Millisecond,
+		MinBackoff: 50 * time.Millisecond, MaxBackoff: 200 * time.Millisecond})
+	for epoch := uint64(1); epoch <= 2; epoch++ {
+		if err := a.save(func(st *state.State) { st.DesiredEpoch = epoch }); err != nil {
+			t.Fatal(err)
+		}
+		a.poke()
+		deadline := time.Now().Add(20 * time.Second)
+		for a.Rotations() != epoch {
+			if time.Now().After(deadline) {
+				t.Fatalf("rotation %d not committed; log:\n%s", epoch, rec.Text())
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	want := []int{wire.CertVersion, wire.Version, wire.CertVersion, wire.Version}
+	if v := versions(); !slices.Equal(v, want) {
+		t.Fatalf("requests in versions %v, want %v; log:\n%s", v, want, rec.Text())
+	}
+}
