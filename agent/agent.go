@@ -169,10 +169,7 @@ type Agent struct {
 	certResp     chan *wire.CertResponse // signer answers
 	wake         chan struct{}           // pokes the reconcile loop
 	rotations    atomic.Uint64           // committed rotations, for tests and status
-	// certV is the version the next certificate request is sent in (the reconcile loop's
-	// only): wire.CertVersion, or wire.Version after a request in it went unanswered
-	// (askSigner).
-	certV int
+	certV        certVersion             // the reconcile loop's only
 
 	// For Status and Alive (health.go).
 	running     atomic.Bool                 // Run has started and not returned
@@ -259,7 +256,6 @@ func New(cfg Config) (*Agent, error) {
 		connected: make(chan struct{}),
 		connEv:    make(chan string, 16),
 		certResp:  make(chan *wire.CertResponse, 8),
-		certV:     wire.CertVersion,
 		wake:      make(chan struct{}, 1),
 		beat:      make(chan struct{}),
 	}

@@ -127,3 +127,30 @@ func TestAnUnansweredRequestIsAskedInTheOtherVersion(t *testing.T) {
 		t.Fatalf("requests in versions %v, want %v; log:\n%s", v, want, rec.Text())
 	}
 }
+
+// The version of the next request: 2 until a request goes unanswered, then the other one;
+// once a signer answered in version 2, only after three unanswered in a row; 2 again after a
+// rotation completes.
+func TestCertVersionChoice(t *testing.T) {
+	var c certVersion
+	step := func(what string, switched, wantSwitch bool, want int) {
+		t.Helper()
+		if switched != wantSwitch || c.next() != want {
+			t.Fatalf("%s: switched %v, next version %d; want %v and %d", what, switched, c.next(), wantSwitch, want)
+		}
+	}
+	step("at first", false, false, wire.CertVersion)
+	step("a version 2 request unanswered", c.unanswered(wire.CertVersion), true, wire.Version)
+	c.answered(wire.Version)
+	step("a version 1 request unanswered", c.unanswered(wire.Version), true, wire.CertVersion)
+	c.answered(wire.CertVersion) // this signer speaks version 2
+	step("unanswered once", c.unanswered(wire.CertVersion), false, wire.CertVersion)
+	step("unanswered twice", c.unanswered(wire.CertVersion), false, wire.CertVersion)
+	c.answered(wire.CertVersion)
+	step("answered: the count starts again", c.unanswered(wire.CertVersion), false, wire.CertVersion)
+	step("twice", c.unanswered(wire.CertVersion), false, wire.CertVersion)
+	step("three times in a row", c.unanswered(wire.CertVersion), true, wire.Version)
+	step("a late report about the version left", c.unanswered(wire.CertVersion), false, wire.Version)
+	c.committed()
+	step("after a rotation", false, false, wire.CertVersion)
+}

@@ -369,7 +369,7 @@ func (a *Agent) reconcile(ctx context.Context) {
 				continue
 			}
 			failures = 0
-			a.certV = wire.CertVersion // a signer upgraded meanwhile is asked in its newest
+			a.certV.committed()
 			continue
 		}
 		wait := time.Hour
@@ -648,7 +648,7 @@ func (a *Agent) askSigner(ctx context.Context, c state.Cred, next *credential) (
 	if err != nil {
 		return nil, rotErr(wire.ErrCodeInternal, "%w", err)
 	}
-	v := a.certV
+	v := a.certV.next()
 	req, err := wire.Encode(&wire.CertRequest{V: v, Kind: wire.KindRequest, ReqID: c.ReqID, Epoch: c.TargetEpoch, CSR: string(csr), TokenHash: hex.EncodeToString(th[:])})
 	if err != nil {
 		return nil, rotErr(wire.ErrCodeInternal, "%w", err)
@@ -684,13 +684,8 @@ func (a *Agent) askSigner(ctx context.Context, c state.Cred, next *credential) (
 	for {
 		select {
 		case <-rctx.Done():
-			// A signer holds a request it has no place for at most 25 s, less than
-			// RequestTimeout, then answers. A signer from before version 2 of the request
-			// drops it as malformed, so an unanswered request is asked next in the other
-			// version: one that went unanswered for another reason is answered either way.
-			if ctx.Err() == nil {
-				a.certV = wire.Version + wire.CertVersion - v
-				a.log.Info("no answer from the signer; asking in the other version of the request next", "version", v, "next_version", a.certV)
+			if ctx.Err() == nil && a.certV.unanswered(v) {
+				a.log.Info("no answer from the signer; asking in the other version of the request next", "version", v, "next_version", a.certV.next())
 			}
 			return nil, rotErr(wire.ErrCodeTimeout, "no certificate from the signer within %s", a.cfg.RequestTimeout)
 		case <-notice:
@@ -700,11 +695,63 @@ func (a *Agent) askSigner(ctx context.Context, c state.Cred, next *credential) (
 			}
 		case r := <-a.certResp:
 			if r.ReqID == c.ReqID {
+				a.certV.answered(r.V)
 				return r, nil
 			}
 		}
 	}
 }
+
+// certVersion chooses the version of the next certificate request: wire.CertVersion, whose
+// answers may carry the signer's retry hint, unless requests in it go unanswered. A signer
+// holds a request it has no place for at most 25 s, less than RequestTimeout, then answers;
+// a signer from before version 2 drops a version 2 request as malformed. So a request that
+// went unanswered is asked next in the other version; once a signer answered in version 2,
+// only after three in a row (under load answers are lost or late, and each switch to version
+// 1 gives up the hints; a signer rolled back to an old version is still reached). Its zero
+// value asks in wire.CertVersion.
+type certVersion struct {
+	v      int  // the version of the next request; 0 for wire.CertVersion
+	missed int  // requests in v in a row that went unanswered
+	seen2  bool // a signer answered in wire.CertVersion since the agent started
+}
+
+func (c *certVersion) next() int {
+	if c.v == 0 {
+		return wire.CertVersion
+	}
+	return c.v
+}
+
+// answered records an answer, in version v, to a request.
+func (c *certVersion) answered(v int) {
+	c.missed = 0
+	if v == wire.CertVersion {
+		c.seen2 = true
+	}
+}
+
+// unanswered records that a request in version v went unanswered, and reports whether the
+// next one goes in the other version.
+func (c *certVersion) unanswered(v int) bool {
+	if v != c.next() {
+		return false
+	}
+	c.missed++
+	limit := 1
+	if c.seen2 {
+		limit = 3
+	}
+	if c.missed < limit {
+		return false
+	}
+	c.v, c.missed = wire.Version+wire.CertVersion-v, 0
+	return true
+}
+
+// committed starts the next rotation in wire.CertVersion again: the signers may have been
+// upgraded meanwhile.
+func (c *certVersion) committed() { c.v, c.missed = 0, 0 }
 
 // pendingNoticeAfter is how long a rotation waits for the signer's answer before the device
 // publishes its state (rotation "pending").

@@ -7,30 +7,39 @@ import (
 	"github.com/camagent/camagent/agent/wire"
 )
 
-// paceSpan is how far back the signer's own issues count towards its pace.
-const paceSpan = 30 * time.Second
+const (
+	// paceSpan is how far back the signer remembers its issues.
+	paceSpan = 5 * time.Minute
+	// paceWindow is the span over which an issue rate is averaged.
+	paceWindow = 10 * time.Second
+	// maxRetryAfter caps the retry hints the signer gives.
+	maxRetryAfter = time.Hour
+)
 
-// maxRetryAfter caps the retry hints the signer gives, so that a device told to wait for a
-// pace that then picks up is not left idle for long.
-const maxRetryAfter = time.Hour
+const paceSlots = int(paceSpan / time.Second)
 
 // pace tells each device answered rate_limited when to come back (wire.CertResponse
-// RetryAfter): after the requests this signer holds, and after the devices it told before,
-// one place apart at the pace it has been issuing at. Without the hint a device retries after
-// its own backoff, which grows with every rate_limited answer: in a 10,000-device breach the
-// devices paced most often waited minutes after the campaign had room for them
-// (docs/scale-out.md). Each signer of a fleet spaces its own answers at its own pace, so the
-// devices come back at about the fleet's pace in all.
+// RetryAfter): one place apart from the devices told before it, at the fastest pace the
+// signer issued at over the last paceSpan (averaged over paceWindow), or at the fleet's rate
+// limit if that is slower; and not before the requests it holds have had their places.
+// Without the hint a device retries after its own backoff, which grows with every rate_limited
+// answer: in 10,000-device breaches the devices paced most often waited minutes after the
+// campaign had room for them (docs/scale-out.md).
 //
-// It is used by the decision loop only.
+// The fastest recent pace, not the latest: the signer issues only as fast as devices ask, so
+// the latest pace is set by the hints it gave, and after a lull (a broker restart, a window
+// full of devices that vanished) it would keep the devices coming back as slowly as they did
+// in the lull. A pace above what the signer can do now costs little: a device that comes back
+// too early is held, then told again.
+//
+// Each signer of a fleet spaces its own answers at its own pace, so the devices come back at
+// about the fleet's pace in all. It is used by the decision loop only.
 type pace struct {
 	counts [paceSlots]int   // issues in each second, by Unix second modulo paceSlots
 	secs   [paceSlots]int64 // the Unix second each count is for
 	first  time.Time        // the first issue this signer made; zero before
-	next   time.Time        // the time after the last one told
+	next   time.Time        // the place after the last one told
 }
-
-const paceSlots = int(paceSpan / time.Second)
 
 // issued records n new certificates issued at now.
 func (p *pace) issued(now time.Time, n int) {
@@ -48,30 +57,39 @@ func (p *pace) issued(now time.Time, n int) {
 	p.counts[i] += n
 }
 
-// rate is the signer's issues per second over the last paceSpan (or since its first issue,
-// if that is more recent, but at least a second); 0 when it issued none in that time.
+// rate is the most certificates a second the signer issued over any paceWindow of the last
+// paceSpan (over the time since its first issue, if that is shorter); 0 if it issued none.
 func (p *pace) rate(now time.Time) float64 {
 	sec := now.Unix()
-	n := 0
+	var byAge [paceSlots]int
 	for i := range p.counts {
 		if age := sec - p.secs[i]; age >= 0 && age < int64(paceSlots) {
-			n += p.counts[i]
+			byAge[age] = p.counts[i]
 		}
 	}
-	if n == 0 {
+	w := int(paceWindow / time.Second)
+	best, sum := 0, 0
+	for age := range byAge {
+		sum += byAge[age]
+		if age >= w {
+			sum -= byAge[age-w]
+		}
+		best = max(best, sum)
+	}
+	if best == 0 {
 		return 0
 	}
-	span := min(paceSpan, now.Sub(p.first))
-	return float64(n) / max(span.Seconds(), 1)
+	span := min(paceWindow, now.Sub(p.first))
+	return float64(best) / max(span.Seconds(), 1)
 }
 
 // retryAfter gives a device told rate_limited at now its place: in whole seconds, at least
 // one, or 0 when the signer has no pace to go by (it issued nothing lately and has no rate
 // limit): the device then retries after its own backoff. held is the number of requests
-// the signer holds, which go before it; limit is the fleet's rate limit in certificates a
-// second (0: none), which bounds the pace, and wait how long until that limit allows the
-// next certificate.
-func (p *pace) retryAfter(now time.Time, held int, limit float64, wait time.Duration) int {
+// the signer holds, which go before it for as long as it holds them (hold); limit is the
+// fleet's rate limit in certificates a second (0: none), and wait how long until that limit
+// allows the next certificate.
+func (p *pace) retryAfter(now time.Time, held int, hold time.Duration, limit float64, wait time.Duration) int {
 	r := p.rate(now)
 	if limit > 0 && (r == 0 || r > limit) {
 		r = limit
@@ -80,7 +98,8 @@ func (p *pace) retryAfter(now time.Time, held int, limit float64, wait time.Dura
 		return 0
 	}
 	gap := time.Duration(float64(time.Second) / r)
-	at := now.Add(wait + time.Duration(float64(held)/r*float64(time.Second)))
+	ahead := min(time.Duration(float64(held)/r*float64(time.Second)), hold)
+	at := now.Add(wait + ahead)
 	if p.next.After(at) {
 		at = p.next
 	}
