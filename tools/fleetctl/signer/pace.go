@@ -2,6 +2,7 @@ package signer
 
 import (
 	"math"
+	mrand "math/rand/v2"
 	"time"
 
 	"github.com/camagent/camagent/agent/wire"
@@ -21,7 +22,7 @@ const paceSlots = int(paceSpan / time.Second)
 // pace tells each device answered rate_limited when to come back (wire.CertResponse
 // RetryAfter): one place apart from the devices told before it, at the fastest pace the
 // signer issued at over the last paceSpan (averaged over paceWindow), or at the fleet's rate
-// limit if that is slower; and not before the requests it holds have had their places.
+// limit if that is slower.
 // Without the hint a device retries after its own backoff, which grows with every rate_limited
 // answer: in 10,000-device breaches the devices paced most often waited minutes after the
 // campaign had room for them (docs/scale-out.md).
@@ -83,13 +84,22 @@ func (p *pace) rate(now time.Time) float64 {
 	return float64(best) / max(span.Seconds(), 1)
 }
 
-// retryAfter gives a device told rate_limited at now its place: in whole seconds, at least
-// one, or 0 when the signer has no pace to go by (it issued nothing lately and has no rate
-// limit): the device then retries after its own backoff. held is the number of requests
-// the signer holds, which go before it for as long as it holds them (hold); limit is the
-// fleet's rate limit in certificates a second (0: none), and wait how long until that limit
-// allows the next certificate.
-func (p *pace) retryAfter(now time.Time, held int, hold time.Duration, limit float64, wait time.Duration) int {
+// retryAfter gives a device told rate_limited at now its place, in whole seconds, at least
+// one; or 0 when the signer has no pace to go by (it issued nothing lately and has no rate
+// limit): the device then retries after its own backoff. limit is the fleet's rate limit in
+// certificates a second (0: none) and wait how long until that limit allows the next
+// certificate.
+//
+// The requests the signer holds do not push the place back: the device told is the oldest of
+// them (held the longest), and the others are served or told in turn within the hold, while
+// the device is on its way back. Counting them put every device told in a breach's first
+// burst (all held since the same moment) a hold's length ahead, and the signers stood idle
+// until they came back (a 10,000-device run on Mosquitto).
+//
+// A place further than maxRetryAfter ahead is drawn at random from its second half, so that
+// a fleet much larger than an hour's pace does not come back all at once; the places after it
+// stay taken.
+func (p *pace) retryAfter(now time.Time, limit float64, wait time.Duration) int {
 	r := p.rate(now)
 	if limit > 0 && (r == 0 || r > limit) {
 		r = limit
@@ -97,16 +107,15 @@ func (p *pace) retryAfter(now time.Time, held int, hold time.Duration, limit flo
 	if r == 0 {
 		return 0
 	}
-	gap := time.Duration(float64(time.Second) / r)
-	ahead := min(time.Duration(float64(held)/r*float64(time.Second)), hold)
-	at := now.Add(wait + ahead)
+	at := now.Add(wait)
 	if p.next.After(at) {
 		at = p.next
 	}
-	if cap := now.Add(maxRetryAfter); at.After(cap) {
-		at = cap
+	if at.Sub(now) > maxRetryAfter {
+		at = now.Add(maxRetryAfter/2 + time.Duration(mrand.Int64N(int64(maxRetryAfter/2))))
+	} else {
+		p.next = at.Add(time.Duration(float64(time.Second) / r))
 	}
-	p.next = at.Add(gap)
 	secs := int(math.Ceil(at.Sub(now).Seconds()))
 	return min(max(secs, 1), wire.MaxRetryAfter)
 }

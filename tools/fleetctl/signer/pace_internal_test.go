@@ -5,24 +5,21 @@ import (
 	"time"
 )
 
-const hold = 25 * time.Second
-
 // The hints a signer gives the devices it tells rate_limited: none without a pace to go by;
-// otherwise after the requests it holds (for as long as it holds them) and one place apart at
-// its fastest recent pace, or at the fleet's rate limit if that is slower; never past
-// maxRetryAfter.
+// otherwise one place apart at its fastest recent pace, or at the fleet's rate limit if that
+// is slower; never past maxRetryAfter.
 func TestPaceSpacesTheDevicesItTellsToRetry(t *testing.T) {
 	t0 := time.Unix(1_800_000_000, 0)
 
 	var p pace
-	if got := p.retryAfter(t0, 100, hold, 0, 0); got != 0 {
+	if got := p.retryAfter(t0, 0, 0); got != 0 {
 		t.Fatalf("no issue yet, no rate limit: hint %d s, want none", got)
 	}
-	if got := p.retryAfter(t0, 0, hold, 0.5, 4*time.Second); got != 4 {
+	if got := p.retryAfter(t0, 0.5, 4*time.Second); got != 4 {
 		t.Fatalf("no issue yet, a limit whose next token is 4 s away: hint %d s, want 4", got)
 	}
 
-	// 10 a second for 10 s; told at the end, with 50 requests held before it.
+	// 10 a second for 10 s; devices told at the end.
 	p = pace{}
 	for i := range 10 {
 		p.issued(t0.Add(time.Duration(i)*time.Second), 10)
@@ -31,16 +28,16 @@ func TestPaceSpacesTheDevicesItTellsToRetry(t *testing.T) {
 	if r := p.rate(now); r != 10 {
 		t.Fatalf("rate %v, want 10 a second", r)
 	}
-	// 50 held: the first is told 5 s; then 0.1 s apart, rounded up to whole seconds.
+	// The first is told to come back now (1 s, rounded up); then 0.1 s apart.
 	var hints []int
 	perSecond := map[int]int{}
 	for range 21 {
-		h := p.retryAfter(now, 50, hold, 0, 0)
+		h := p.retryAfter(now, 0, 0)
 		hints = append(hints, h)
 		perSecond[h]++
 	}
-	if hints[0] != 5 || hints[20] < 7 || hints[20] > 8 {
-		t.Errorf("hints %v: want the first 5 s and the 21st 7 s (5 + 20 × 0.1)", hints)
+	if hints[0] != 1 || hints[20] < 2 || hints[20] > 3 {
+		t.Errorf("hints %v: want the first 1 s and the 21st 2 s (20 × 0.1)", hints)
 	}
 	for i := 1; i < len(hints); i++ {
 		if hints[i] < hints[i-1] {
@@ -57,7 +54,7 @@ func TestPaceSpacesTheDevicesItTellsToRetry(t *testing.T) {
 	q := pace{}
 	q.issued(t0, 30)
 	at := t0.Add(time.Second)
-	if a, b, c := q.retryAfter(at, 0, hold, 1, 0), q.retryAfter(at, 0, hold, 1, 0), q.retryAfter(at, 0, hold, 1, 0); a != 1 || b != 1 || c != 2 {
+	if a, b, c := q.retryAfter(at, 1, 0), q.retryAfter(at, 1, 0), q.retryAfter(at, 1, 0); a != 1 || b != 1 || c != 2 {
 		t.Errorf("at a limit of 1 a second: hints %d, %d and %d s, want 1 (now, rounded up), 1 and 2", a, b, c)
 	}
 
@@ -83,17 +80,28 @@ func TestPaceSpacesTheDevicesItTellsToRetry(t *testing.T) {
 	}
 
 	// A place taken long ago does not push a new device back.
-	if got := p.retryAfter(now.Add(time.Hour), 0, hold, 1, 0); got != 1 {
+	if got := p.retryAfter(now.Add(time.Hour), 1, 0); got != 1 {
 		t.Errorf("an hour later: hint %d s, want 1", got)
 	}
-	// The requests held go first only for as long as the signer holds them: after that they
-	// are told to come back too, and take places after this one.
-	p.next = time.Time{}
-	if got := p.retryAfter(now, 1_000_000, hold, 0, 0); got != int(hold/time.Second) {
-		t.Errorf("a million held: hint %d s, want the hold of %s", got, hold)
+	// A place further than maxRetryAfter ahead is drawn from its second half, and takes no
+	// place after it: the devices beyond an hour's pace spread over the next half hour.
+	half := int(maxRetryAfter/time.Second) / 2
+	seen := map[int]bool{}
+	p.next = now.Add(2 * maxRetryAfter)
+	for range 20 {
+		h := p.retryAfter(now, 1, 0)
+		if h < half || h > 2*half {
+			t.Fatalf("a place two hours ahead: hint %d s, want %d to %d", h, half, 2*half)
+		}
+		seen[h] = true
 	}
-	// Nothing is told to wait more than maxRetryAfter.
-	if got := p.retryAfter(now, 0, hold, 1, 2*time.Hour); got != int(maxRetryAfter/time.Second) {
-		t.Errorf("a limit's next token 2 h away: hint %d s, want %d", got, int(maxRetryAfter/time.Second))
+	if len(seen) < 10 {
+		t.Errorf("20 devices beyond an hour were told only %d different hints", len(seen))
+	}
+	if !p.next.Equal(now.Add(2 * maxRetryAfter)) {
+		t.Errorf("the places beyond an hour moved on to %s", p.next)
+	}
+	if got := p.retryAfter(now, 1, 2*maxRetryAfter); got < half || got > 2*half {
+		t.Errorf("a limit's next token 2 h away: hint %d s, want %d to %d", got, half, 2*half)
 	}
 }

@@ -39,9 +39,6 @@ type Signer struct {
 
 	bucket *bucket // used by the decision loop only, under the registry lock
 	pace   pace    // used by the decision loop only
-	// held is how many requests the decision loop holds for a place in the window, as of
-	// its last decision: those go before a device told rate_limited (pace.retryAfter).
-	held int
 
 	crl chan struct{} // capacity 1: revocations not yet in the CRL file
 
@@ -109,7 +106,7 @@ func (s *Signer) rateLimited(r *request, now time.Time) answer {
 	a := answerTo(r)
 	a.resp.Error = wire.ErrCodeRateLimited
 	if r.msg.V >= wire.CertVersion {
-		a.resp.RetryAfter = s.pace.retryAfter(now, s.held, s.cfg.HoldTimeout, s.bucket.rate, s.bucket.wait(now))
+		a.resp.RetryAfter = s.pace.retryAfter(now, s.bucket.rate, s.bucket.wait(now))
 	}
 	return a
 }
@@ -335,7 +332,6 @@ func (s *Signer) decideLoop(ctx context.Context) {
 		}
 		n := min(len(held), s.cfg.BatchSize)
 		reqs := append(held[:n:n], batch...)
-		s.held = len(held)
 		answers, deferred, full := s.decide(reqs)
 		held = s.requeue(held, n, deferred, &answers)
 		retry = !full
@@ -365,7 +361,6 @@ func (s *Signer) requeue(held []request, n int, deferred []request, answers *[]a
 	held = held[n-k:]
 	tellRetry := func(r request) {
 		s.stats.rateLimited.Add(1)
-		s.held = len(held)
 		a := s.rateLimited(&r, now)
 		s.log.Info("signer: request held too long for a place in the window; the device will retry", "device", r.device, "via", r.via, "req_id", r.msg.ReqID, "retry_after_s", a.resp.RetryAfter)
 		*answers = append(*answers, a)
