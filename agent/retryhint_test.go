@@ -154,3 +154,47 @@ func TestCertVersionChoice(t *testing.T) {
 	c.committed()
 	step("after a rotation", false, false, wire.CertVersion)
 }
+
+// A request whose connection dropped while it waited says nothing about the signer's
+// version (a broker restart loses requests and answers by the thousand): the next request
+// goes in the same version. Only one that went unanswered on a connection that stayed up
+// switches it.
+func TestARequestLostWithItsConnectionKeepsTheVersion(t *testing.T) {
+	pki := mqtttest.NewPKI(t)
+	b := mqtttest.StartEmbedded(t, pki)
+	dir := enrolledOn(t, pki, b, "cam-0001", time.Now())
+	first := make(chan struct{}, 1)
+	versions := scriptedSigner(t, b, pki, "cam-0001", func(n int, req wire.CertRequest, issue func() string) *wire.CertResponse {
+		if n == 1 {
+			first <- struct{}{}
+		}
+		if req.V != wire.Version {
+			return nil // a version 1 signer
+		}
+		return &wire.CertResponse{V: wire.Version, ReqID: req.ReqID, Cert: issue()}
+	})
+	log, rec := logtest.New()
+	a := running(t, Config{StateDir: dir, Logger: log, RequestTimeout: time.Second, RetryMin: 100 * time.Millisecond, RetryMax: 100 * time.Millisecond,
+		MinBackoff: 50 * time.Millisecond, MaxBackoff: 200 * time.Millisecond})
+	if err := a.save(func(st *state.State) { st.DesiredEpoch = 1 }); err != nil {
+		t.Fatal(err)
+	}
+	a.poke()
+	select {
+	case <-first:
+	case <-time.After(20 * time.Second):
+		t.Fatalf("no request; log:\n%s", rec.Text())
+	}
+	a.client.Reconnect() // the connection the request went out on ends while it waits
+	deadline := time.Now().Add(20 * time.Second)
+	for a.Rotations() != 1 {
+		if time.Now().After(deadline) {
+			t.Fatalf("rotation not committed; log:\n%s", rec.Text())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	want := []int{wire.CertVersion, wire.CertVersion, wire.Version}
+	if v := versions(); !slices.Equal(v, want) {
+		t.Fatalf("requests in versions %v, want %v; log:\n%s", v, want, rec.Text())
+	}
+}

@@ -656,6 +656,8 @@ func (a *Agent) askSigner(ctx context.Context, c state.Cred, next *credential) (
 	rctx, cancel := context.WithTimeout(ctx, a.cfg.RequestTimeout)
 	defer cancel()
 	bootstrap := a.mustBootstrap()
+	client := a.client
+	var conns uint64 // the client's connections before the request was sent
 	if bootstrap {
 		a.log.Warn("operational certificate unusable; asking for a new one through the bootstrap identity", "not_after", a.activeCred().cert.NotAfter.UTC().Format(time.RFC3339))
 		if err := a.save(func(st *state.State) { st.Cred.Bootstrap = true }); err != nil {
@@ -666,11 +668,15 @@ func (a *Agent) askSigner(ctx context.Context, c state.Cred, next *credential) (
 			return nil, err
 		}
 		defer bs.stop()
+		client, conns = bs.client, bs.client.Stats().Connects
 		if err := bs.publish(rctx, topic.BootCSR(id), req); err != nil {
 			return nil, rotErr(wire.ErrCodeTimeout, "send bootstrap csr: %w", err)
 		}
-	} else if err := a.publishRaw(rctx, topic.CSR(id), 1, req); err != nil {
-		return nil, rotErr(wire.ErrCodeTimeout, "send csr: %w", err)
+	} else {
+		conns = client.Stats().Connects
+		if err := a.publishRaw(rctx, topic.CSR(id), 1, req); err != nil {
+			return nil, rotErr(wire.ErrCodeTimeout, "send csr: %w", err)
+		}
 	}
 	a.step(StepRequested)
 	// A signer that takes a while (busy, or not running) leaves the rotation waiting: the
@@ -684,7 +690,10 @@ func (a *Agent) askSigner(ctx context.Context, c state.Cred, next *credential) (
 	for {
 		select {
 		case <-rctx.Done():
-			if ctx.Err() == nil && a.certV.unanswered(v) {
+			// Only a request sent and waited for on one connection that stayed up says
+			// anything about the signer's version: one whose connection dropped may have
+			// been lost with it, or its answer (a broker restart loses thousands).
+			if ctx.Err() == nil && client.Connected() && client.Stats().Connects == conns && a.certV.unanswered(v) {
 				a.log.Info("no answer from the signer; asking in the other version of the request next", "version", v, "next_version", a.certV.next())
 			}
 			return nil, rotErr(wire.ErrCodeTimeout, "no certificate from the signer within %s", a.cfg.RequestTimeout)
