@@ -114,13 +114,7 @@ func TestAnUnansweredRequestIsAskedInTheOtherVersion(t *testing.T) {
 			t.Fatal(err)
 		}
 		a.poke()
-		deadline := time.Now().Add(20 * time.Second)
-		for a.Rotations() != epoch {
-			if time.Now().After(deadline) {
-				t.Fatalf("rotation %d not committed; log:\n%s", epoch, rec.Text())
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
+		waitRecovered(t, a, rec, epoch)
 	}
 	want := []int{wire.CertVersion, wire.Version, wire.CertVersion, wire.Version}
 	if v := versions(); !slices.Equal(v, want) {
@@ -186,13 +180,7 @@ func TestARequestLostWithItsConnectionKeepsTheVersion(t *testing.T) {
 		t.Fatalf("no request; log:\n%s", rec.Text())
 	}
 	a.client.Reconnect() // the connection the request went out on ends while it waits
-	deadline := time.Now().Add(20 * time.Second)
-	for a.Rotations() != 1 {
-		if time.Now().After(deadline) {
-			t.Fatalf("rotation not committed; log:\n%s", rec.Text())
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	waitRecovered(t, a, rec, 1)
 	want := []int{wire.CertVersion, wire.CertVersion, wire.Version}
 	if v := versions(); !slices.Equal(v, want) {
 		t.Fatalf("requests in versions %v, want %v; log:\n%s", v, want, rec.Text())
