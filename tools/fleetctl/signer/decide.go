@@ -168,6 +168,7 @@ func (s *Signer) request(tx *registry.Tx, r *request, st *RolloutState, now time
 		return nil, false, err
 	}
 	s.bucket.sync(tx)
+	s.pace.served(r.device)
 	t.issued++
 	s.log.Info("signer: certificate issued", "device", r.device, "via", r.via, "req_id", r.msg.ReqID, "serial", rec.Serial, "epoch", r.msg.Epoch, "not_after", c.NotAfter.UTC().Format(time.RFC3339))
 	a.resp.Cert = string(certs.EncodeCertPEM(c))

@@ -1,6 +1,7 @@
 package signer
 
 import (
+	"container/heap"
 	"math"
 	mrand "math/rand/v2"
 	"time"
@@ -20,9 +21,10 @@ const (
 const paceSlots = int(paceSpan / time.Second)
 
 // pace tells each device answered rate_limited when to come back (wire.CertResponse
-// RetryAfter): one place apart from the devices told before it, at the fastest pace the
+// RetryAfter): one place after the devices told before it, at the fastest pace the
 // signer issued at over the last paceSpan (averaged over paceWindow), or at the fleet's rate
 // limit if that is slower.
+//
 // Without the hint a device retries after its own backoff, which grows with every rate_limited
 // answer: in 10,000-device breaches the devices paced most often waited minutes after the
 // campaign had room for them (docs/scale-out.md).
@@ -36,10 +38,11 @@ const paceSlots = int(paceSpan / time.Second)
 // Each signer of a fleet spaces its own answers at its own pace, so the devices come back at
 // about the fleet's pace in all. It is used by the decision loop only.
 type pace struct {
-	counts [paceSlots]int   // issues in each second, by Unix second modulo paceSlots
-	secs   [paceSlots]int64 // the Unix second each count is for
-	first  time.Time        // the first issue this signer made; zero before
-	next   time.Time        // the place after the last one told
+	counts  [paceSlots]int       // issues in each second, by Unix second modulo paceSlots
+	secs    [paceSlots]int64     // the Unix second each count is for
+	first   time.Time            // the first issue this signer made; zero before
+	places  map[string]time.Time // device → the end of its place (see place), while ahead
+	soonest placeHeap            // the places, soonest first, some stale (see place)
 }
 
 // issued records n new certificates issued at now.
@@ -84,22 +87,29 @@ func (p *pace) rate(now time.Time) float64 {
 	return float64(best) / max(span.Seconds(), 1)
 }
 
-// retryAfter gives a device told rate_limited at now its place, in whole seconds, at least
+// retryAfter gives device, told rate_limited at now, its place: in whole seconds, at least
 // one; or 0 when the signer has no pace to go by (it issued nothing lately and has no rate
 // limit): the device then retries after its own backoff. limit is the fleet's rate limit in
 // certificates a second (0: none) and wait how long until that limit allows the next
 // certificate.
 //
-// The requests the signer holds do not push the place back: the device told is the oldest of
-// them (held the longest), and the others are served or told in turn within the hold, while
-// the device is on its way back. Counting them put every device told in a breach's first
-// burst (all held since the same moment) a hold's length ahead, and the signers stood idle
-// until they came back (a 10,000-device run on Mosquitto).
+// The place is after the places of the devices told before it that are still ahead: one
+// place apart, at the pace. A device told again gives up its earlier place, and one issued a
+// certificate gives up its own (served): a device whose answer was lost (a broker restart
+// loses thousands) asks again before its place, and would otherwise hold two, pushing every
+// later device back while the signers stand idle. A device that comes back to another signer
+// of the fleet keeps its place here until the place passes.
 //
-// A place further than maxRetryAfter ahead is drawn at random from its second half, so that
-// a fleet much larger than an hour's pace does not come back all at once; the places after it
-// stay taken.
-func (p *pace) retryAfter(now time.Time, limit float64, wait time.Duration) int {
+// The requests the signer holds do not push the place back: the device told is mostly the
+// oldest of them (held the longest), and the others are served or told in turn within the
+// hold, while the device is on its way back. Counting them put every device told in a
+// breach's first burst (all held since the same moment) a hold's length ahead, and the
+// signers stood idle until they came back (a 10,000-device run on Mosquitto).
+//
+// A place further than maxRetryAfter ahead is drawn at random from its second half and not
+// kept, so that a fleet much larger than an hour's pace does not come back all at once.
+func (p *pace) retryAfter(now time.Time, device string, limit float64, wait time.Duration) int {
+	p.served(device)
 	r := p.rate(now)
 	if limit > 0 && (r == 0 || r > limit) {
 		r = limit
@@ -107,15 +117,55 @@ func (p *pace) retryAfter(now time.Time, limit float64, wait time.Duration) int 
 	if r == 0 {
 		return 0
 	}
-	at := now.Add(wait)
-	if p.next.After(at) {
-		at = p.next
-	}
+	p.expire(now)
+	gap := float64(time.Second) / r
+	at := now.Add(wait + time.Duration(float64(len(p.places))*gap))
 	if at.Sub(now) > maxRetryAfter {
 		at = now.Add(maxRetryAfter/2 + time.Duration(mrand.Int64N(int64(maxRetryAfter/2))))
 	} else {
-		p.next = at.Add(time.Duration(float64(time.Second) / r))
+		if p.places == nil {
+			p.places = make(map[string]time.Time)
+		}
+		end := at.Add(time.Duration(gap))
+		p.places[device] = end
+		heap.Push(&p.soonest, place{end: end, device: device})
 	}
 	secs := int(math.Ceil(at.Sub(now).Seconds()))
 	return min(max(secs, 1), wire.MaxRetryAfter)
+}
+
+// served gives up device's place, if it has one: it was issued a certificate, or is told
+// again.
+func (p *pace) served(device string) { delete(p.places, device) }
+
+// expire forgets the places that have passed.
+func (p *pace) expire(now time.Time) {
+	for len(p.soonest) > 0 && !p.soonest[0].end.After(now) {
+		pl := heap.Pop(&p.soonest).(place)
+		if end, ok := p.places[pl.device]; ok && end.Equal(pl.end) {
+			delete(p.places, pl.device)
+		}
+	}
+}
+
+// place is a device's place in pace.soonest: the time it is told to come back, and one gap
+// of the pace after, which end marks. One whose device has another place in pace.places, or
+// none, is stale and only waits to be popped.
+type place struct {
+	end    time.Time
+	device string
+}
+
+// placeHeap orders places soonest first (container/heap).
+type placeHeap []place
+
+func (h placeHeap) Len() int           { return len(h) }
+func (h placeHeap) Less(i, j int) bool { return h[i].end.Before(h[j].end) }
+func (h placeHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
+func (h *placeHeap) Push(x any)        { *h = append(*h, x.(place)) }
+func (h *placeHeap) Pop() any {
+	old := *h
+	x := old[len(old)-1]
+	*h = old[:len(old)-1]
+	return x
 }

@@ -106,7 +106,7 @@ func (s *Signer) rateLimited(r *request, now time.Time) answer {
 	a := answerTo(r)
 	a.resp.Error = wire.ErrCodeRateLimited
 	if r.msg.V >= wire.CertVersion {
-		a.resp.RetryAfter = s.pace.retryAfter(now, s.bucket.rate, s.bucket.wait(now))
+		a.resp.RetryAfter = s.pace.retryAfter(now, r.device, s.bucket.rate, s.bucket.wait(now))
 	}
 	return a
 }
