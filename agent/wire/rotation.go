@@ -46,7 +46,8 @@ var (
 // a version 2 answer may carry RetryAfter. A signer answers in the version it was asked in, so
 // a device that sends version 1 never sees a field it does not know. A signer from before
 // version 2 drops a version 2 request as malformed, unanswered: a device whose version 2
-// request times out asks in version 1 next (docs/protocol.md, "Two-phase rotation").
+// request times out asks in version 1 next (docs/protocol.md, "Versions of the rotation
+// messages").
 const CertVersion = 2
 
 // MaxRetryAfter bounds CertResponse.RetryAfter, in seconds.

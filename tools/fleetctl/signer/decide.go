@@ -107,13 +107,13 @@ func replyTopic(r request) string {
 func (s *Signer) request(tx *registry.Tx, r *request, st *RolloutState, now time.Time, t *tally, mayIssue bool) (*answer, bool, error) {
 	a := answerTo(r)
 	refuse := func(code, why string, args ...any) (*answer, bool, error) {
-		a.resp.Error = code
 		if code == wire.ErrCodeRateLimited {
 			t.rateLimited++
 			a = s.rateLimited(r, now)
 			s.log.Info("signer: request paced by the rate limit; the device will retry", "device", r.device, "via", r.via, "req_id", r.msg.ReqID, "retry_after_s", a.resp.RetryAfter)
 			return &a, false, nil
 		}
+		a.resp.Error = code
 		t.refused++
 		s.log.Warn("signer: certificate request refused: "+why, append([]any{"device", r.device, "via", r.via, "req_id", r.msg.ReqID, "code", code}, args...)...)
 		return &a, false, nil
