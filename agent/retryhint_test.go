@@ -186,3 +186,43 @@ func TestARequestLostWithItsConnectionKeepsTheVersion(t *testing.T) {
 		t.Fatalf("requests in versions %v, want %v; log:\n%s", v, want, rec.Text())
 	}
 }
+
+// A device whose connection ends while it waits for the signer sends its request again, with
+// the same req_id, as soon as it is back, rather than after its request timeout (here an
+// hour): a broker restart loses the requests it holds and the answers to devices offline.
+func TestARequestIsSentAgainWhenTheConnectionComesBack(t *testing.T) {
+	pki := mqtttest.NewPKI(t)
+	b := mqtttest.StartEmbedded(t, pki)
+	dir := enrolledOn(t, pki, b, "cam-0001", time.Now())
+	first := make(chan struct{}, 1)
+	var mu sync.Mutex
+	var ids []string
+	scriptedSigner(t, b, pki, "cam-0001", func(n int, req wire.CertRequest, issue func() string) *wire.CertResponse {
+		mu.Lock()
+		ids = append(ids, req.ReqID)
+		mu.Unlock()
+		if n == 1 {
+			first <- struct{}{}
+			return nil // lost
+		}
+		return &wire.CertResponse{V: req.V, ReqID: req.ReqID, Cert: issue()}
+	})
+	log, rec := logtest.New()
+	a := running(t, Config{StateDir: dir, Logger: log, RequestTimeout: time.Hour, MinBackoff: 50 * time.Millisecond, MaxBackoff: 200 * time.Millisecond})
+	if err := a.save(func(st *state.State) { st.DesiredEpoch = 1 }); err != nil {
+		t.Fatal(err)
+	}
+	a.poke()
+	select {
+	case <-first:
+	case <-time.After(20 * time.Second):
+		t.Fatalf("no request; log:\n%s", rec.Text())
+	}
+	a.client.Reconnect()
+	rec.WaitFor(t, 20*time.Second, "rotation committed")
+	mu.Lock()
+	defer mu.Unlock()
+	if len(ids) != 2 || ids[0] != ids[1] {
+		t.Fatalf("requests %v, want the same one twice; log:\n%s", ids, rec.Text())
+	}
+}

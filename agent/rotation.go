@@ -653,8 +653,11 @@ func (a *Agent) askSigner(ctx context.Context, c state.Cred, next *credential) (
 	if err != nil {
 		return nil, rotErr(wire.ErrCodeInternal, "%w", err)
 	}
-	rctx, cancel := context.WithTimeout(ctx, a.cfg.RequestTimeout)
+	// The wait ends RequestTimeout after the request was last sent.
+	rctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	deadline := time.AfterFunc(a.cfg.RequestTimeout, cancel)
+	defer deadline.Stop()
 	bootstrap := a.mustBootstrap()
 	client := a.client
 	var conns uint64 // the client's connections before the request was sent
@@ -684,8 +687,10 @@ func (a *Agent) askSigner(ctx context.Context, c state.Cred, next *credential) (
 	// quick answer adds no publish to the rotation's own at its end. Through the bootstrap
 	// identity the operational connection is not up to say it.
 	var notice <-chan time.Time
+	var reconnected <-chan string
 	if !bootstrap {
 		notice = a.clk.After(pendingNoticeAfter)
+		reconnected = a.connEv
 	}
 	for {
 		select {
@@ -702,6 +707,21 @@ func (a *Agent) askSigner(ctx context.Context, c state.Cred, next *credential) (
 			if err := a.publishState(rctx); err != nil && rctx.Err() == nil {
 				a.log.Debug("could not publish that the rotation waits for the signer", "err", err)
 			}
+		case <-reconnected:
+			// The request, or the signer's answer, may have been lost with the connection
+			// that ended (a broker restart loses both): it is sent again at once, with the
+			// same req_id, and waited for afresh, rather than waited out. A signer answers a
+			// request it decided before with the certificate it issued for it, and holds one
+			// copy of a request it is holding.
+			if client.Stats().Connects == conns || !deadline.Reset(a.cfg.RequestTimeout) {
+				continue
+			}
+			conns = client.Stats().Connects
+			if err := a.publishRaw(rctx, topic.CSR(id), 1, req); err != nil {
+				a.log.Debug("could not send the certificate request again after reconnecting", "req_id", c.ReqID, "err", err)
+				continue
+			}
+			a.log.Info("reconnected while waiting for the signer; certificate request sent again", "req_id", c.ReqID)
 		case r := <-a.certResp:
 			if r.ReqID == c.ReqID {
 				a.certV.answered(r.V)

@@ -33,7 +33,8 @@
 //
 // A request is acknowledged to the broker once queued, so a signer that crashes loses the
 // requests it had queued; the device asks again after its request timeout, with the same ReqID,
-// and gets the same certificate if one had been issued.
+// and gets the same certificate if one had been issued. A device that reconnects while it
+// waits asks again at once; a signer holding the request for a place drops the copy.
 //
 // # Rollout controls
 //

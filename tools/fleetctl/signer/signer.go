@@ -39,6 +39,10 @@ type Signer struct {
 
 	bucket *bucket // used by the decision loop only, under the registry lock
 	pace   pace    // used by the decision loop only
+	// holding names the requests in the decision loop's hold queue, which it alone uses: a
+	// device that reconnects while it waits sends its request again, with the same req_id,
+	// and a copy of a request held already is not held twice.
+	holding map[heldKey]struct{}
 
 	crl chan struct{} // capacity 1: revocations not yet in the CRL file
 
@@ -67,7 +71,7 @@ type Stats struct {
 	// Revoked counts serials revoked.
 	Revoked uint64
 	// Ignored counts messages that were malformed or had no effect (e.g. a duplicate
-	// confirmation).
+	// confirmation, or a copy of a request held already).
 	Ignored uint64
 	// Dropped counts answers that could not be published; the device asks again.
 	Dropped uint64
@@ -87,6 +91,11 @@ type request struct {
 	// request not held yet.
 	heldSince time.Time
 }
+
+// heldKey names a request in the hold queue.
+type heldKey struct{ via, device, reqID string }
+
+func (r *request) key() heldKey { return heldKey{r.via, r.device, r.msg.ReqID} }
 
 // answer is one response to publish.
 type answer struct {
@@ -125,15 +134,16 @@ func New(cfg Config) (*Signer, error) {
 		return nil, err
 	}
 	s := &Signer{
-		cfg:    cfg,
-		log:    cfg.Logger,
-		clk:    cfg.Clock,
-		reg:    cfg.Registry,
-		in:     make(chan request, cfg.BatchSize),
-		out:    make(chan answer, cfg.BatchSize*2),
-		crl:    make(chan struct{}, 1),
-		bucket: newBucket(cfg.MaxRate, cfg.Burst),
-		since:  cfg.Clock.Now().Unix(),
+		cfg:     cfg,
+		log:     cfg.Logger,
+		clk:     cfg.Clock,
+		reg:     cfg.Registry,
+		in:      make(chan request, cfg.BatchSize),
+		out:     make(chan answer, cfg.BatchSize*2),
+		crl:     make(chan struct{}, 1),
+		bucket:  newBucket(cfg.MaxRate, cfg.Burst),
+		holding: make(map[heldKey]struct{}),
+		since:   cfg.Clock.Now().Unix(),
 		// One pending signal is enough: presenceLoop says "serving" for the newest connection.
 		connected: make(chan struct{}, 1),
 	}
@@ -330,6 +340,7 @@ func (s *Signer) decideLoop(ctx context.Context) {
 				break fill
 			}
 		}
+		batch = s.dropHeld(batch)
 		n := min(len(held), s.cfg.BatchSize)
 		reqs := append(held[:n:n], batch...)
 		answers, deferred, full := s.decide(reqs)
@@ -345,6 +356,24 @@ func (s *Signer) decideLoop(ctx context.Context) {
 	}
 }
 
+// dropHeld removes from batch, in place, the copies of requests in the hold queue: the held
+// one is answered when its turn comes, on the device's reply topic.
+func (s *Signer) dropHeld(batch []request) []request {
+	if len(s.holding) == 0 {
+		return batch
+	}
+	kept := batch[:0]
+	for _, r := range batch {
+		if _, dup := s.holding[r.key()]; dup && r.msg.Kind == wire.KindRequest {
+			s.stats.ignored.Add(1)
+			s.log.Debug("signer: request already held; the copy is dropped", "device", r.device, "via", r.via, "req_id", r.msg.ReqID)
+			continue
+		}
+		kept = append(kept, r)
+	}
+	return kept
+}
+
 // requeue returns the held requests after a decision on the first n of held: those of them
 // deferred again go back in front of the ones not decided this time, in place (the queue can
 // hold thousands, and is not copied per decision), and the newly deferred ones go at the back.
@@ -357,6 +386,16 @@ func (s *Signer) requeue(held []request, n int, deferred []request, answers *[]a
 	for k < len(deferred) && !deferred[k].heldSince.IsZero() {
 		k++
 	}
+	// The others of the n were answered: they leave the queue. deferred[:k] is a subsequence
+	// of held[:n], in order, and the queue holds each request once.
+	j := 0
+	for i := range n {
+		if j < k && deferred[j].key() == held[i].key() {
+			j++
+			continue
+		}
+		delete(s.holding, held[i].key())
+	}
 	copy(held[n-k:n], deferred[:k])
 	held = held[n-k:]
 	tellRetry := func(r request) {
@@ -366,10 +405,16 @@ func (s *Signer) requeue(held []request, n int, deferred []request, answers *[]a
 		*answers = append(*answers, a)
 	}
 	for len(held) > 0 && now.Sub(held[0].heldSince) >= s.cfg.HoldTimeout {
+		delete(s.holding, held[0].key())
 		tellRetry(held[0])
 		held = held[1:]
 	}
 	for _, r := range deferred[k:] {
+		if _, dup := s.holding[r.key()]; dup {
+			// Two copies came in one batch: the first is held.
+			s.stats.ignored.Add(1)
+			continue
+		}
 		r.heldSince = now
 		s.stats.held.Add(1)
 		if len(held) >= s.cfg.MaxHeld {
@@ -377,6 +422,7 @@ func (s *Signer) requeue(held []request, n int, deferred []request, answers *[]a
 			continue
 		}
 		held = append(held, r)
+		s.holding[r.key()] = struct{}{}
 	}
 	return held
 }

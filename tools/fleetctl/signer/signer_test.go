@@ -737,6 +737,52 @@ func TestARequestHeldTooLongIsToldToRetry(t *testing.T) {
 	}
 }
 
+// A device that reconnects while its request is held sends it again, with the same req_id:
+// the signer holds one copy and answers once, and a copy that comes after the answer is
+// answered again.
+func TestACopyOfAHeldRequestIsHeldOnce(t *testing.T) {
+	f, pki := fleettest.NewFleet(t)
+	ea := fleettest.Enroll(t, f, "cam-0001")
+	eb := fleettest.Enroll(t, f, "cam-0002")
+	b := mqtttest.StartEmbedded(t, pki)
+	s := startSigner(t, f, b.URL(), "a", func(c *signer.Config) {
+		c.MaxPending, c.PendingTimeout, c.HoldTimeout = 1, time.Hour, time.Hour
+	})
+	da := fleettest.Connect(t, f, b.URL(), ea.Cert)
+	db := fleettest.Connect(t, f, b.URL(), eb.Cert)
+	ra, ka := fleettest.NewRequest(t, "cam-0001", 1)
+	da.Send(t, ra)
+	certA := fleettest.Certificate(t, f, da.AwaitFor(t, ra.ReqID), "cam-0001", ka)
+
+	rb, kb := fleettest.NewRequest(t, "cam-0002", 1)
+	db.Send(t, rb)
+	waitHeld(t, s, 1)
+	db.Send(t, rb)
+	deadline := time.Now().Add(fleettest.Timeout)
+	for st := s.Stats(); st.Ignored == 0 && st.Held == 1; st = s.Stats() {
+		if time.Now().After(deadline) {
+			t.Fatalf("the copy was neither dropped nor held: %+v", st)
+		}
+		time.Sleep(5 * time.Millisecond) // polling a counter with a deadline
+	}
+	if st := s.Stats(); st.Ignored != 1 || st.Held != 1 {
+		t.Fatalf("stats %+v, want the copy ignored and one request held", st)
+	}
+	da.Send(t, fleettest.Confirmation(ra.ReqID, 1, certA.Leaf, ea.Cert.Leaf))
+	fleettest.Certificate(t, f, db.AwaitFor(t, rb.ReqID), "cam-0002", kb)
+	if st := s.Stats(); st.Issued != 2 || st.Reissued != 0 {
+		t.Fatalf("stats %+v, want two certificates issued and none again", st)
+	}
+	// A copy that comes after the answer (which the device may have missed) gets it again.
+	db.Send(t, rb)
+	if r := db.AwaitFor(t, rb.ReqID); r.Error != "" || r.Cert == "" {
+		t.Fatalf("a copy sent after the answer: %+v", r)
+	}
+	if st := s.Stats(); st.Issued != 2 || st.Reissued != 1 {
+		t.Fatalf("stats %+v, want the copy answered with the certificate issued before", st)
+	}
+}
+
 // A signer compacts the registry as it starts: the records of a certificate that expired long
 // ago move to the archive, the enrolled device's stay.
 func TestTheSignerCompactsTheRegistry(t *testing.T) {
