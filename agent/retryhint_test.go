@@ -1,7 +1,10 @@
 package agent
 
 import (
+	"context"
+	"errors"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -12,6 +15,7 @@ import (
 	"github.com/camagent/camagent/agent/wire"
 	"github.com/camagent/camagent/certs"
 	"github.com/camagent/camagent/internal/logtest"
+	"github.com/camagent/camagent/transport/mqtt"
 	"github.com/camagent/camagent/transport/mqtt/mqtttest"
 	"github.com/camagent/camagent/transport/mqtt/topic"
 )
@@ -23,7 +27,8 @@ func scriptedSigner(t *testing.T, b mqtttest.Broker, pki *mqtttest.PKI, id strin
 	t.Helper()
 	var mu sync.Mutex
 	var versions []int
-	signer := mqtttest.Connect(t, mqtttest.ClientOptions(b, pki.ClientTLS(t, pki.ClientCert(t, certs.RoleSigner, "test")), "signer:test"))
+	// It reconnects to its session after a broker restart.
+	signer := mqtttest.Connect(t, mqtttest.ClientOptions(b, pki.ClientTLS(t, pki.ClientCert(t, certs.RoleSigner, "test")), "signer:test").SetAutoReconnect(true).SetMaxReconnectInterval(100*time.Millisecond))
 	tok := signer.Subscribe(topic.CSR(id), 1, func(cl paho.Client, m paho.Message) {
 		var req wire.CertRequest
 		if err := wire.Decode(m.Payload(), &req); err != nil || req.Kind != wire.KindRequest {
@@ -224,5 +229,75 @@ func TestARequestIsSentAgainWhenTheConnectionComesBack(t *testing.T) {
 	defer mu.Unlock()
 	if len(ids) != 2 || ids[0] != ids[1] {
 		t.Fatalf("requests %v, want the same one twice; log:\n%s", ids, rec.Text())
+	}
+}
+
+// heldCSR is the agent's publisher with its first certificate request held until the test
+// lets it go.
+type heldCSR struct {
+	Publisher
+	once    sync.Once
+	reached chan struct{} // closed when the first request reaches Publish
+	resume  chan struct{} // the test closes it to let the request go
+	result  chan error    // the first request's Publish error
+}
+
+func (p *heldCSR) Publish(ctx context.Context, t string, qos byte, retained bool, b []byte) error {
+	first := false
+	if strings.HasSuffix(t, "/up/"+topic.LeafCSR) {
+		p.once.Do(func() { first = true })
+	}
+	if !first {
+		return p.Publisher.Publish(ctx, t, qos, retained, b)
+	}
+	close(p.reached)
+	<-p.resume
+	err := p.Publisher.Publish(ctx, t, qos, retained, b)
+	p.result <- err
+	return err
+}
+
+// A request the device could not send, its connection gone as it published (a broker
+// restart), goes out as soon as the connection is back, rather than after the rotation's
+// retry backoff (here an hour).
+func TestARequestNotSentGoesOutOnReconnection(t *testing.T) {
+	pki := mqtttest.NewPKI(t)
+	b := mqtttest.StartEmbedded(t, pki)
+	dir := enrolledOn(t, pki, b, "cam-0001", time.Now())
+	versions := scriptedSigner(t, b, pki, "cam-0001", func(_ int, req wire.CertRequest, issue func() string) *wire.CertResponse {
+		return &wire.CertResponse{V: req.V, ReqID: req.ReqID, Cert: issue()}
+	})
+	log, rec := logtest.New()
+	a := running(t, Config{StateDir: dir, Logger: log, RequestTimeout: time.Hour, RetryMin: time.Hour, RetryMax: time.Hour,
+		MinBackoff: 50 * time.Millisecond, MaxBackoff: 200 * time.Millisecond})
+	rec.WaitFor(t, 20*time.Second, "connected to broker")
+	held := &heldCSR{Publisher: a.pub.Load().Publisher, reached: make(chan struct{}), resume: make(chan struct{}), result: make(chan error, 1)}
+	a.pub.Store(&publisherBox{held})
+	if err := a.save(func(st *state.State) { st.DesiredEpoch = 1 }); err != nil {
+		t.Fatal(err)
+	}
+	a.poke()
+	select {
+	case <-held.reached:
+	case <-time.After(20 * time.Second):
+		t.Fatalf("no certificate request; log:\n%s", rec.Text())
+	}
+	b.Stop(t)
+	deadline := time.Now().Add(20 * time.Second)
+	for a.client.Connected() {
+		if time.Now().After(deadline) {
+			t.Fatal("still connected to a stopped broker")
+		}
+		time.Sleep(10 * time.Millisecond) // polling the connection with a deadline
+	}
+	close(held.resume)
+	if err := <-held.result; !errors.Is(err, mqtt.ErrNotConnected) {
+		t.Fatalf("the request's publish: %v, want mqtt.ErrNotConnected", err)
+	}
+	rec.WaitFor(t, 20*time.Second, "not connected; the certificate request goes out when the connection is back")
+	b.Restart(t)
+	rec.WaitFor(t, 20*time.Second, "rotation committed")
+	if v := versions(); len(v) != 1 {
+		t.Fatalf("%d requests, want 1; log:\n%s", len(v), rec.Text())
 	}
 }

@@ -661,6 +661,7 @@ func (a *Agent) askSigner(ctx context.Context, c state.Cred, next *credential) (
 	bootstrap := a.mustBootstrap()
 	client := a.client
 	var conns uint64 // the client's connections before the request was sent
+	unsent := false  // the request could not be sent: the connection was down
 	if bootstrap {
 		a.log.Warn("operational certificate unusable; asking for a new one through the bootstrap identity", "not_after", a.activeCred().cert.NotAfter.UTC().Format(time.RFC3339))
 		if err := a.save(func(st *state.State) { st.Cred.Bootstrap = true }); err != nil {
@@ -678,7 +679,13 @@ func (a *Agent) askSigner(ctx context.Context, c state.Cred, next *credential) (
 	} else {
 		conns = client.Stats().Connects
 		if err := a.publishRaw(rctx, topic.CSR(id), 1, req); err != nil {
-			return nil, rotErr(wire.ErrCodeTimeout, "send csr: %w", err)
+			if !errors.Is(err, mqtt.ErrNotConnected) && !errors.Is(err, mqtt.ErrConnectionLost) {
+				return nil, rotErr(wire.ErrCodeTimeout, "send csr: %w", err)
+			}
+			// Offline (a broker restart): sent as soon as the connection is back, below,
+			// rather than after the rotation's backoff.
+			unsent = true
+			a.log.Info("not connected; the certificate request goes out when the connection is back", "req_id", c.ReqID)
 		}
 	}
 	a.step(StepRequested)
@@ -698,7 +705,7 @@ func (a *Agent) askSigner(ctx context.Context, c state.Cred, next *credential) (
 			// Only a request sent and waited for on one connection that stayed up says
 			// anything about the signer's version: one whose connection dropped may have
 			// been lost with it, or its answer (a broker restart loses thousands).
-			if ctx.Err() == nil && client.Connected() && client.Stats().Connects == conns && a.certV.unanswered(v) {
+			if ctx.Err() == nil && !unsent && client.Connected() && client.Stats().Connects == conns && a.certV.unanswered(v) {
 				a.log.Info("no answer from the signer; asking in the other version of the request next", "version", v, "next_version", a.certV.next())
 			}
 			return nil, rotErr(wire.ErrCodeTimeout, "no certificate from the signer within %s", a.cfg.RequestTimeout)
@@ -709,19 +716,20 @@ func (a *Agent) askSigner(ctx context.Context, c state.Cred, next *credential) (
 			}
 		case <-reconnected:
 			// The request, or the signer's answer, may have been lost with the connection
-			// that ended (a broker restart loses both): it is sent again at once, with the
-			// same req_id, and waited for afresh, rather than waited out. A signer answers a
-			// request it decided before with the certificate it issued for it, and holds one
-			// copy of a request it is holding.
-			if client.Stats().Connects == conns || !deadline.Reset(a.cfg.RequestTimeout) {
+			// that ended (a broker restart loses both), or the request could not be sent: it
+			// is sent (again) at once, with the same req_id, and waited for afresh, rather
+			// than waited out. A signer answers a request it decided before with the
+			// certificate it issued for it, and holds one copy of a request it is holding.
+			if (!unsent && client.Stats().Connects == conns) || !deadline.Reset(a.cfg.RequestTimeout) {
 				continue
 			}
 			conns = client.Stats().Connects
 			if err := a.publishRaw(rctx, topic.CSR(id), 1, req); err != nil {
-				a.log.Debug("could not send the certificate request again after reconnecting", "req_id", c.ReqID, "err", err)
+				a.log.Debug("could not send the certificate request after reconnecting", "req_id", c.ReqID, "err", err)
 				continue
 			}
-			a.log.Info("reconnected while waiting for the signer; certificate request sent again", "req_id", c.ReqID)
+			unsent = false
+			a.log.Info("reconnected while waiting for the signer; certificate request sent", "req_id", c.ReqID)
 		case r := <-a.certResp:
 			if r.ReqID == c.ReqID {
 				a.certV.answered(r.V)
