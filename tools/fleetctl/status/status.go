@@ -458,6 +458,24 @@ func (c *Collector) signersLocked() []Signer {
 	return out
 }
 
+// Devices returns, for each of ids, the device as Report would list it in Report.Devices,
+// and false for one it would not list (nothing retained of it, retired, or not enrolled).
+// Without building the whole report: a simulation checks thousands of devices ten times a
+// second.
+func (c *Collector) Devices(ids []string) ([]Device, []bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out, listed := make([]Device, len(ids)), make([]bool, len(ids))
+	for i, id := range ids {
+		known := c.states[id] != nil || c.desired[id] != nil || c.enrolled[id]
+		if !known || c.retired[id] || (c.enrolled != nil && !c.enrolled[id]) {
+			continue
+		}
+		out[i], listed[i] = c.deviceLocked(id), true
+	}
+	return out, listed
+}
+
 // Report returns the status as of the messages added so far.
 func (c *Collector) Report() Report {
 	c.mu.Lock()

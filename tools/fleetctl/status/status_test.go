@@ -309,3 +309,47 @@ func ids(ds []status.Device) []string {
 	}
 	return out
 }
+
+// Devices answers for each device what Report lists of it, before and after the registry's
+// list of enrolled devices is known: states, desired state alone, retired, not enrolled,
+// enrolled without state, and unknown.
+func TestDevicesAgreesWithTheReport(t *testing.T) {
+	f := newFleet(t)
+	c := status.NewCollector(f.RootKey(), f.KeySet())
+	c.Add("fleet/down/desired", desired(t, f, certs.TargetFleet, 2, "INC-7"))
+	c.Add("dev/cam-0001/up/state", state(2, wire.RotationIdle, ""))
+	c.Add("dev/cam-0002/up/state", state(2, wire.RotationPending, ""))
+	c.Add("dev/cam-0003/up/state", state(1, wire.RotationFailed, "timeout"))
+	c.Add("dev/cam-0004/down/desired", desired(t, f, "cam-0004", 3, ""))
+	c.Add("dev/cam-0005/up/state", state(1, wire.RotationIdle, ""))
+	c.Add("dev/cam-0009/up/state", state(2, wire.RotationIdle, ""))
+	all := []string{"cam-0001", "cam-0002", "cam-0003", "cam-0004", "cam-0005", "cam-0006", "cam-0009", "cam-0010"}
+	check := func(when string, wantListed []string) {
+		t.Helper()
+		byID := map[string]status.Device{}
+		for _, d := range c.Report().Devices {
+			byID[d.ID] = d
+		}
+		got, listed := c.Devices(all)
+		var gotListed []string
+		for i, id := range all {
+			want, ok := byID[id]
+			if listed[i] != ok {
+				t.Fatalf("%s: %s listed %v, the report %v", when, id, listed[i], ok)
+			}
+			if ok {
+				gotListed = append(gotListed, id)
+				if got[i] != want {
+					t.Fatalf("%s: %s is %+v, the report has %+v", when, id, got[i], want)
+				}
+			}
+		}
+		if !slices.Equal(gotListed, wantListed) {
+			t.Fatalf("%s: listed %v, want %v", when, gotListed, wantListed)
+		}
+	}
+	check("from the broker", []string{"cam-0001", "cam-0002", "cam-0003", "cam-0004", "cam-0005", "cam-0009"})
+	c.Enroll("cam-0001", "cam-0002", "cam-0003", "cam-0004", "cam-0005", "cam-0006")
+	c.Retire("cam-0005")
+	check("with the registry", []string{"cam-0001", "cam-0002", "cam-0003", "cam-0004", "cam-0006"})
+}
