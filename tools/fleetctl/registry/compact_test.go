@@ -14,7 +14,7 @@ import (
 	"github.com/camagent/camagent/tools/fleetctl/registry"
 )
 
-func (fx *fixture) issueAt(t *testing.T, role certs.Role, name string, at time.Time) *x509.Certificate {
+func (fx *fixture) issueAt(t testing.TB, role certs.Role, name string, at time.Time) *x509.Certificate {
 	t.Helper()
 	key, err := certs.GenerateKey()
 	if err != nil {

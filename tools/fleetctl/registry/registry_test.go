@@ -24,7 +24,7 @@ type fixture struct {
 	path string
 }
 
-func newFixture(t *testing.T) *fixture {
+func newFixture(t testing.TB) *fixture {
 	t.Helper()
 	ca, err := certs.NewCA("registry test", t0, 0)
 	if err != nil {
@@ -33,7 +33,7 @@ func newFixture(t *testing.T) *fixture {
 	return &fixture{ca: ca, path: filepath.Join(t.TempDir(), "signer", "log.jsonl")}
 }
 
-func (fx *fixture) open(t *testing.T) *registry.Registry {
+func (fx *fixture) open(t testing.TB) *registry.Registry {
 	t.Helper()
 	r, err := registry.Open(fx.path, registry.Options{})
 	if err != nil {
@@ -48,7 +48,7 @@ func (fx *fixture) issue(t *testing.T, role certs.Role, device string) *x509.Cer
 	return fx.issueAt(t, role, device, t0)
 }
 
-func (fx *fixture) issued(t *testing.T, c *x509.Certificate, via, reqID string, at time.Time) registry.Record {
+func (fx *fixture) issued(t testing.TB, c *x509.Certificate, via, reqID string, at time.Time) registry.Record {
 	t.Helper()
 	_, device, _ := certs.ParseIdentity(certs.CertIdentity(c))
 	th := ""
@@ -62,7 +62,7 @@ func (fx *fixture) issued(t *testing.T, c *x509.Certificate, via, reqID string, 
 	return rec
 }
 
-func appendAll(t *testing.T, r *registry.Registry, recs ...registry.Record) {
+func appendAll(t testing.TB, r *registry.Registry, recs ...registry.Record) {
 	t.Helper()
 	if err := r.Update(func(tx *registry.Tx) error {
 		for _, rec := range recs {
@@ -491,6 +491,25 @@ func TestOperatorAndSignerCertificatesAreRecordedButAreNoDevice(t *testing.T) {
 		edit(&bad)
 		if err := bad.Validate(); !errors.Is(err, registry.ErrInvalidRecord) {
 			t.Errorf("an operator record with %s: %v", name, err)
+		}
+	}
+}
+
+// BenchmarkOutcomes: the rollout statistics over a window holding a 10,000-device breach, what
+// a signer with an abort threshold computes once per batch of decisions.
+func BenchmarkOutcomes(b *testing.B) {
+	fx := newFixture(b)
+	r := fx.open(b)
+	var recs []registry.Record
+	for i := range 10000 {
+		c := fx.issueAt(b, certs.RoleDevice, fmt.Sprintf("cam-%05d", i), t0)
+		recs = append(recs, fx.issued(b, c, registry.ViaCSR, "0123456789abcdef", t0.Add(time.Duration(i)*time.Millisecond)))
+	}
+	appendAll(b, r, recs...)
+	b.ResetTimer()
+	for b.Loop() {
+		if o := r.Outcomes(t0.Add(-time.Hour), t0.Add(time.Minute), 5*time.Minute); o.Issued != 10000 {
+			b.Fatalf("outcomes %+v", o)
 		}
 	}
 }

@@ -45,6 +45,17 @@ func (s *Signer) decide(batch []request) (answers []answer, deferred []request, 
 			}
 			revoked += n
 		}
+		// The abort check walks every certificate issued in the abort window: it is made once
+		// a batch, when a request first needs it (held requests are decided again batch after
+		// batch). Within a batch its answer cannot turn: the batch's certificates count as
+		// pending, not failed.
+		checked, aborted := false, false
+		abort := func() bool {
+			if !checked {
+				checked, aborted = true, s.checkAbort(tx, &st, now)
+			}
+			return aborted
+		}
 		room := -1 // no cap
 		if s.cfg.MaxPending > 0 {
 			room = max(0, s.cfg.MaxPending-tx.Outcomes(now.Add(-s.cfg.PendingTimeout), now, s.cfg.PendingTimeout).Pending)
@@ -54,7 +65,7 @@ func (s *Signer) decide(batch []request) (answers []answer, deferred []request, 
 			if r.msg.Kind != wire.KindRequest {
 				continue
 			}
-			a, issued, err := s.request(tx, r, &st, now, &t, room != 0)
+			a, issued, err := s.request(tx, r, &st, abort, now, &t, room != 0)
 			switch {
 			case err != nil:
 				return err
@@ -104,7 +115,7 @@ func replyTopic(r request) string {
 // request decides one certificate request: it returns the answer and whether it is a new
 // certificate, or a nil answer when a new certificate is due and mayIssue is false (the window
 // is full: the request is held). An error aborts the whole transaction.
-func (s *Signer) request(tx *registry.Tx, r *request, st *RolloutState, now time.Time, t *tally, mayIssue bool) (*answer, bool, error) {
+func (s *Signer) request(tx *registry.Tx, r *request, st *RolloutState, aborted func() bool, now time.Time, t *tally, mayIssue bool) (*answer, bool, error) {
 	a := answerTo(r)
 	refuse := func(code, why string, args ...any) (*answer, bool, error) {
 		if code == wire.ErrCodeRateLimited {
@@ -144,7 +155,7 @@ func (s *Signer) request(tx *registry.Tx, r *request, st *RolloutState, now time
 		a.resp.Cert = string(certs.EncodeCertPEM(prevCert))
 		return &a, false, nil
 	}
-	if s.checkAbort(tx, st, now) {
+	if aborted() {
 		return refuse(wire.ErrCodeRefused, "the rollout is aborted; run fleetctl rollout resume", "reason", st.Reason)
 	}
 	if !s.bucket.allow(now) {
