@@ -86,11 +86,11 @@ func (a *Agent) Alive(ctx context.Context) error {
 	return fmt.Errorf("agent: the main loop did not answer: %w", ctx.Err())
 }
 
-// maxBusy bounds one rotation attempt: the signer's answer, the switch to the new certificate,
-// and a margin for connection attempts and publishes on a dying link (keepalive plus connect
-// timeout, twice).
+// maxBusy bounds one rotation attempt: the signer's answer (sent again after a reconnection,
+// maxRequestWaits RequestTimeouts at most), the switch to the new certificate, and a margin for
+// connection attempts and publishes on a dying link (keepalive plus connect timeout, twice).
 func (a *Agent) maxBusy() time.Duration {
-	return a.cfg.RequestTimeout + a.cfg.SwitchTimeout + 2*time.Minute
+	return maxRequestWaits*a.cfg.RequestTimeout + a.cfg.SwitchTimeout + 2*time.Minute
 }
 
 // await waits until ch receives or ctx ends, taking Alive's heartbeats meanwhile. It returns

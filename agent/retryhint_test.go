@@ -301,3 +301,53 @@ func TestARequestNotSentGoesOutOnReconnection(t *testing.T) {
 		t.Fatalf("%d requests, want 1; log:\n%s", len(v), rec.Text())
 	}
 }
+
+// A link that keeps dropping while the device waits for the signer sends the request again
+// after each reconnection, but the attempt still ends, after two request timeouts at most:
+// Alive must not take a rotation waiting on a flapping link for a wedged loop.
+func TestAFlappingLinkDoesNotKeepARequestWaitingForever(t *testing.T) {
+	pki := mqtttest.NewPKI(t)
+	b := mqtttest.StartEmbedded(t, pki)
+	dir := enrolledOn(t, pki, b, "cam-0001", time.Now())
+	first := make(chan struct{}, 1)
+	scriptedSigner(t, b, pki, "cam-0001", func(n int, _ wire.CertRequest, _ func() string) *wire.CertResponse {
+		if n == 1 {
+			first <- struct{}{}
+		}
+		return nil // a signer that never answers
+	})
+	log, rec := logtest.New()
+	a := running(t, Config{StateDir: dir, Logger: log, RequestTimeout: time.Second, RetryMin: time.Hour, RetryMax: time.Hour,
+		MinBackoff: 10 * time.Millisecond, MaxBackoff: 50 * time.Millisecond})
+	if err := a.save(func(st *state.State) { st.DesiredEpoch = 1 }); err != nil {
+		t.Fatal(err)
+	}
+	a.poke()
+	select {
+	case <-first:
+	case <-time.After(20 * time.Second):
+		t.Fatalf("no request; log:\n%s", rec.Text())
+	}
+	start := time.Now()
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() {
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(200 * time.Millisecond):
+				a.client.Reconnect()
+			}
+		}
+	}()
+	rec.WaitFor(t, 20*time.Second, "rotation step failed", wire.ErrCodeTimeout)
+	// Two request timeouts are 2 s; without the bound the wait would last as long as the
+	// flapping (20 s here, the WaitFor's limit).
+	if took := time.Since(start); took > 10*time.Second {
+		t.Fatalf("the attempt ended %s after the request, want about 2 s", took)
+	}
+	if n := strings.Count(rec.Text(), "certificate request sent"); n == 0 {
+		t.Fatalf("the request was not sent again after a reconnection; log:\n%s", rec.Text())
+	}
+}

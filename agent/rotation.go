@@ -653,11 +653,14 @@ func (a *Agent) askSigner(ctx context.Context, c state.Cred, next *credential) (
 	if err != nil {
 		return nil, rotErr(wire.ErrCodeInternal, "%w", err)
 	}
-	// The wait ends RequestTimeout after the request was last sent.
+	// The wait ends RequestTimeout after the request was last sent, and at the latest
+	// maxRequestWaits RequestTimeouts after it was first: a link that keeps dropping must not
+	// keep the attempt going past what Alive allows one (maxBusy).
 	rctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	deadline := time.AfterFunc(a.cfg.RequestTimeout, cancel)
 	defer deadline.Stop()
+	waitEnd := time.Now().Add(maxRequestWaits * a.cfg.RequestTimeout)
 	bootstrap := a.mustBootstrap()
 	client := a.client
 	var conns uint64 // the client's connections before the request was sent
@@ -720,7 +723,10 @@ func (a *Agent) askSigner(ctx context.Context, c state.Cred, next *credential) (
 			// is sent (again) at once, with the same req_id, and waited for afresh, rather
 			// than waited out. A signer answers a request it decided before with the
 			// certificate it issued for it, and holds one copy of a request it is holding.
-			if (!unsent && client.Stats().Connects == conns) || !deadline.Reset(a.cfg.RequestTimeout) {
+			if !unsent && client.Stats().Connects == conns {
+				continue
+			}
+			if left := time.Until(waitEnd); left <= 0 || !deadline.Reset(min(a.cfg.RequestTimeout, left)) {
 				continue
 			}
 			conns = client.Stats().Connects
@@ -738,6 +744,10 @@ func (a *Agent) askSigner(ctx context.Context, c state.Cred, next *credential) (
 		}
 	}
 }
+
+// maxRequestWaits bounds one rotation attempt's wait for the signer, in RequestTimeouts, however
+// often the request is sent again after a reconnection.
+const maxRequestWaits = 2
 
 // certVersion chooses the version of the next certificate request: wire.CertVersion, whose
 // answers may carry the signer's retry hint, unless requests in it go unanswered. A signer
