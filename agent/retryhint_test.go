@@ -317,7 +317,7 @@ func TestAFlappingLinkDoesNotKeepARequestWaitingForever(t *testing.T) {
 		return nil // a signer that never answers
 	})
 	log, rec := logtest.New()
-	a := running(t, Config{StateDir: dir, Logger: log, RequestTimeout: time.Second, RetryMin: time.Hour, RetryMax: time.Hour,
+	a := running(t, Config{StateDir: dir, Logger: log, RequestTimeout: 2 * time.Second, RetryMin: time.Hour, RetryMax: time.Hour,
 		MinBackoff: 10 * time.Millisecond, MaxBackoff: 50 * time.Millisecond})
 	if err := a.save(func(st *state.State) { st.DesiredEpoch = 1 }); err != nil {
 		t.Fatal(err)
@@ -331,21 +331,23 @@ func TestAFlappingLinkDoesNotKeepARequestWaitingForever(t *testing.T) {
 	start := time.Now()
 	stop := make(chan struct{})
 	defer close(stop)
-	go func() {
+	go func() { // each connection cut 200 ms after it is up, as long as the test runs
 		for {
 			select {
 			case <-stop:
 				return
 			case <-time.After(200 * time.Millisecond):
-				a.client.Reconnect()
+				if a.client.Connected() {
+					a.client.Reconnect()
+				}
 			}
 		}
 	}()
-	rec.WaitFor(t, 20*time.Second, "rotation step failed", wire.ErrCodeTimeout)
-	// Two request timeouts are 2 s; without the bound the wait would last as long as the
-	// flapping (20 s here, the WaitFor's limit).
-	if took := time.Since(start); took > 10*time.Second {
-		t.Fatalf("the attempt ended %s after the request, want about 2 s", took)
+	rec.WaitFor(t, 30*time.Second, "rotation step failed", wire.ErrCodeTimeout)
+	// Two request timeouts are 4 s; without the bound the wait would last as long as the
+	// flapping (30 s here, the WaitFor's limit).
+	if took := time.Since(start); took > 15*time.Second {
+		t.Fatalf("the attempt ended %s after the request, want about 4 s", took)
 	}
 	if n := strings.Count(rec.Text(), "certificate request sent"); n == 0 {
 		t.Fatalf("the request was not sent again after a reconnection; log:\n%s", rec.Text())
