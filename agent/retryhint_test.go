@@ -353,3 +353,32 @@ func TestAFlappingLinkDoesNotKeepARequestWaitingForever(t *testing.T) {
 		t.Fatalf("the request was not sent again after a reconnection; log:\n%s", rec.Text())
 	}
 }
+
+// A request whose wait ends while the device is offline says so: the signer is most likely
+// not the one to blame.
+func TestATimeoutWhileOfflineSaysSo(t *testing.T) {
+	pki := mqtttest.NewPKI(t)
+	b := mqtttest.StartEmbedded(t, pki)
+	dir := enrolledOn(t, pki, b, "cam-0001", time.Now())
+	first := make(chan struct{}, 1)
+	scriptedSigner(t, b, pki, "cam-0001", func(n int, _ wire.CertRequest, _ func() string) *wire.CertResponse {
+		if n == 1 {
+			first <- struct{}{}
+		}
+		return nil
+	})
+	log, rec := logtest.New()
+	a := running(t, Config{StateDir: dir, Logger: log, RequestTimeout: time.Second, RetryMin: time.Hour, RetryMax: time.Hour,
+		MinBackoff: 50 * time.Millisecond, MaxBackoff: 200 * time.Millisecond})
+	if err := a.save(func(st *state.State) { st.DesiredEpoch = 1 }); err != nil {
+		t.Fatal(err)
+	}
+	a.poke()
+	select {
+	case <-first:
+	case <-time.After(20 * time.Second):
+		t.Fatalf("no request; log:\n%s", rec.Text())
+	}
+	b.Stop(t)
+	rec.WaitFor(t, 20*time.Second, "rotation step failed", "no certificate from the signer within 1s, and not connected now")
+}

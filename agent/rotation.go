@@ -711,6 +711,10 @@ func (a *Agent) askSigner(ctx context.Context, c state.Cred, next *credential) (
 			if ctx.Err() == nil && !unsent && client.Connected() && client.Stats().Connects == conns && a.certV.unanswered(v) {
 				a.log.Info("no answer from the signer; asking in the other version of the request next", "version", v, "next_version", a.certV.next())
 			}
+			if ctx.Err() == nil && !bootstrap && !client.Connected() {
+				// Most likely not the signer's doing: say so to whoever reads the log.
+				return nil, rotErr(wire.ErrCodeTimeout, "no certificate from the signer within %s, and not connected now: the request goes out again once the connection is back", a.cfg.RequestTimeout)
+			}
 			return nil, rotErr(wire.ErrCodeTimeout, "no certificate from the signer within %s", a.cfg.RequestTimeout)
 		case <-notice:
 			notice = nil
