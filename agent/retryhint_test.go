@@ -68,6 +68,35 @@ func scriptedSigner(t *testing.T, b mqtttest.Broker, pki *mqtttest.PKI, id strin
 	}
 }
 
+// silentSigner takes id's certificate requests on b and never answers; the channel it returns
+// receives when the first comes.
+func silentSigner(t *testing.T, b mqtttest.Broker, pki *mqtttest.PKI, id string) <-chan struct{} {
+	t.Helper()
+	first := make(chan struct{}, 1)
+	scriptedSigner(t, b, pki, id, func(n int, _ wire.CertRequest, _ func() string) *wire.CertResponse {
+		if n == 1 {
+			first <- struct{}{}
+		}
+		return nil
+	})
+	return first
+}
+
+// startRotation asks a for epoch 1 and waits until the signer has had its first request
+// (first receives, or is closed).
+func startRotation(t *testing.T, a *Agent, rec *logtest.Recorder, first <-chan struct{}) {
+	t.Helper()
+	if err := a.save(func(st *state.State) { st.DesiredEpoch = 1 }); err != nil {
+		t.Fatal(err)
+	}
+	a.poke()
+	select {
+	case <-first:
+	case <-time.After(20 * time.Second):
+		t.Fatalf("no request; log:\n%s", rec.Text())
+	}
+}
+
 // A device told rate_limited with the signer's hint asks again after that hint, not after its
 // own backoff (here an hour): the signer knows when it will have a place.
 func TestTheSignersRetryHintSetsTheWait(t *testing.T) {
@@ -175,15 +204,7 @@ func TestARequestLostWithItsConnectionKeepsTheVersion(t *testing.T) {
 	log, rec := logtest.New()
 	a := running(t, Config{StateDir: dir, Logger: log, RequestTimeout: time.Second, RetryMin: 100 * time.Millisecond, RetryMax: 100 * time.Millisecond,
 		MinBackoff: 50 * time.Millisecond, MaxBackoff: 200 * time.Millisecond})
-	if err := a.save(func(st *state.State) { st.DesiredEpoch = 1 }); err != nil {
-		t.Fatal(err)
-	}
-	a.poke()
-	select {
-	case <-first:
-	case <-time.After(20 * time.Second):
-		t.Fatalf("no request; log:\n%s", rec.Text())
-	}
+	startRotation(t, a, rec, first)
 	a.client.Reconnect() // the connection the request went out on ends while it waits
 	waitRecovered(t, a, rec, 1)
 	want := []int{wire.CertVersion, wire.CertVersion, wire.Version}
@@ -214,15 +235,7 @@ func TestARequestIsSentAgainWhenTheConnectionComesBack(t *testing.T) {
 	})
 	log, rec := logtest.New()
 	a := running(t, Config{StateDir: dir, Logger: log, RequestTimeout: time.Hour, MinBackoff: 50 * time.Millisecond, MaxBackoff: 200 * time.Millisecond})
-	if err := a.save(func(st *state.State) { st.DesiredEpoch = 1 }); err != nil {
-		t.Fatal(err)
-	}
-	a.poke()
-	select {
-	case <-first:
-	case <-time.After(20 * time.Second):
-		t.Fatalf("no request; log:\n%s", rec.Text())
-	}
+	startRotation(t, a, rec, first)
 	a.client.Reconnect()
 	rec.WaitFor(t, 20*time.Second, "rotation committed")
 	mu.Lock()
@@ -273,15 +286,7 @@ func TestARequestNotSentGoesOutOnReconnection(t *testing.T) {
 	rec.WaitFor(t, 20*time.Second, "connected to broker")
 	held := &heldCSR{Publisher: a.pub.Load().Publisher, reached: make(chan struct{}), resume: make(chan struct{}), result: make(chan error, 1)}
 	a.pub.Store(&publisherBox{held})
-	if err := a.save(func(st *state.State) { st.DesiredEpoch = 1 }); err != nil {
-		t.Fatal(err)
-	}
-	a.poke()
-	select {
-	case <-held.reached:
-	case <-time.After(20 * time.Second):
-		t.Fatalf("no certificate request; log:\n%s", rec.Text())
-	}
+	startRotation(t, a, rec, held.reached)
 	b.Stop(t)
 	deadline := time.Now().Add(20 * time.Second)
 	for a.client.Connected() {
@@ -309,25 +314,11 @@ func TestAFlappingLinkDoesNotKeepARequestWaitingForever(t *testing.T) {
 	pki := mqtttest.NewPKI(t)
 	b := mqtttest.StartEmbedded(t, pki)
 	dir := enrolledOn(t, pki, b, "cam-0001", time.Now())
-	first := make(chan struct{}, 1)
-	scriptedSigner(t, b, pki, "cam-0001", func(n int, _ wire.CertRequest, _ func() string) *wire.CertResponse {
-		if n == 1 {
-			first <- struct{}{}
-		}
-		return nil // a signer that never answers
-	})
+	first := silentSigner(t, b, pki, "cam-0001")
 	log, rec := logtest.New()
 	a := running(t, Config{StateDir: dir, Logger: log, RequestTimeout: 2 * time.Second, RetryMin: time.Hour, RetryMax: time.Hour,
 		MinBackoff: 10 * time.Millisecond, MaxBackoff: 50 * time.Millisecond})
-	if err := a.save(func(st *state.State) { st.DesiredEpoch = 1 }); err != nil {
-		t.Fatal(err)
-	}
-	a.poke()
-	select {
-	case <-first:
-	case <-time.After(20 * time.Second):
-		t.Fatalf("no request; log:\n%s", rec.Text())
-	}
+	startRotation(t, a, rec, first)
 	start := time.Now()
 	stop := make(chan struct{})
 	defer close(stop)
@@ -360,25 +351,11 @@ func TestATimeoutWhileOfflineSaysSo(t *testing.T) {
 	pki := mqtttest.NewPKI(t)
 	b := mqtttest.StartEmbedded(t, pki)
 	dir := enrolledOn(t, pki, b, "cam-0001", time.Now())
-	first := make(chan struct{}, 1)
-	scriptedSigner(t, b, pki, "cam-0001", func(n int, _ wire.CertRequest, _ func() string) *wire.CertResponse {
-		if n == 1 {
-			first <- struct{}{}
-		}
-		return nil
-	})
+	first := silentSigner(t, b, pki, "cam-0001")
 	log, rec := logtest.New()
 	a := running(t, Config{StateDir: dir, Logger: log, RequestTimeout: time.Second, RetryMin: time.Hour, RetryMax: time.Hour,
 		MinBackoff: 50 * time.Millisecond, MaxBackoff: 200 * time.Millisecond})
-	if err := a.save(func(st *state.State) { st.DesiredEpoch = 1 }); err != nil {
-		t.Fatal(err)
-	}
-	a.poke()
-	select {
-	case <-first:
-	case <-time.After(20 * time.Second):
-		t.Fatalf("no request; log:\n%s", rec.Text())
-	}
+	startRotation(t, a, rec, first)
 	b.Stop(t)
 	rec.WaitFor(t, 20*time.Second, "rotation step failed", "no certificate from the signer within 1s, and not connected now")
 }
