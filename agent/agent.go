@@ -438,8 +438,8 @@ func (a *Agent) Run(ctx context.Context) error {
 		TLS:                tlsConf,
 		CleanSession:       false,
 		Subscriptions: []mqtt.Subscription{
-			{Filter: "dev/" + id + "/down/#", QoS: 1},
-			{Filter: topic.FleetDownFilter, QoS: 1},
+			{Filter: topic.DeviceDownFilter(id), QoS: 1},
+			{Filter: topic.FleetDownFilter(topic.FleetShard(id)), QoS: 1},
 		},
 		Handler:        a.handleMessage,
 		OnConnect:      a.onConnect,

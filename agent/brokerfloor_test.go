@@ -184,7 +184,7 @@ func TestAKeySetRetiringTheBrokerDropsTheConnectionUntilTheBrokerHasANewCertific
 	if err != nil {
 		t.Fatal(err)
 	}
-	cb.publishRetained(t, pki, topic.FleetDesired, notice)
+	cb.publishRetained(t, pki, fleetDesired(a), notice)
 	rec.WaitFor(t, 20*time.Second, "key set accepted", "version=2")
 	refusedOnly(t, a, rec)
 	rec.WaitFor(t, time.Second, "broker certificate in use was retired by the new key set", "key_set=2")

@@ -21,9 +21,9 @@ import (
 func (a *Agent) handleMessage(ctx context.Context, m mqtt.Message) {
 	id := a.DeviceID()
 	switch m.Topic {
-	case topic.DeviceCmd(id), topic.FleetCmd:
+	case topic.DeviceCmd(id):
 		a.handleCommand(ctx, m.Topic, m.Payload)
-	case topic.DeviceDesired(id), topic.FleetDesired:
+	case topic.DeviceDesired(id):
 		a.handleDesired(ctx, m.Topic, m.Payload)
 	case topic.Cert(id):
 		a.handleCertResponse(m.Payload)
@@ -32,7 +32,16 @@ func (a *Agent) handleMessage(ctx context.Context, m mqtt.Message) {
 			v.handle(ctx, m.Payload)
 		}
 	default:
-		a.log.Debug("ignoring message on unhandled topic", "topic", m.Topic, "bytes", len(m.Payload))
+		// Fleet-wide messages come on the device's own shard; any shard's are the same signed
+		// messages, so which one brought it does not matter.
+		switch _, leaf, _ := topic.ParseFleet(m.Topic); leaf {
+		case topic.LeafCmd:
+			a.handleCommand(ctx, m.Topic, m.Payload)
+		case topic.LeafDesired:
+			a.handleDesired(ctx, m.Topic, m.Payload)
+		default:
+			a.log.Debug("ignoring message on unhandled topic", "topic", m.Topic, "bytes", len(m.Payload))
+		}
 	}
 }
 

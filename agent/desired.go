@@ -79,7 +79,8 @@ func (a *Agent) handleDesired(_ context.Context, t string, payload []byte) {
 		a.log.Warn("desired state refused", "topic", t, "reason", err)
 		return
 	}
-	fleetWide := t == topic.FleetDesired
+	_, leaf, fleetWide := topic.ParseFleet(t)
+	fleetWide = fleetWide && leaf == topic.LeafDesired
 	if (fleetWide && d.Target != certs.TargetFleet) || (!fleetWide && d.Target != a.DeviceID()) {
 		a.log.Warn("desired state refused", "topic", t, "reason", fmt.Errorf("%w: target %q", certs.ErrWrongTarget, d.Target))
 		return

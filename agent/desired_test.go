@@ -46,36 +46,36 @@ func TestARedeliveredDesiredStateIsNotAppliedAgain(t *testing.T) {
 	}
 	ctx := context.Background()
 	first := notice(10, 1)
-	a.handleDesired(ctx, topic.FleetDesired, first)
+	a.handleDesired(ctx, fleetDesired(a), first)
 	if a.st.DesiredEpoch != 1 || a.st.FleetDesired != 10 {
 		t.Fatalf("after the notice: desired epoch %d, version %d", a.st.DesiredEpoch, a.st.FleetDesired)
 	}
 	ino := inode(t, f.dir)
 
-	a.handleDesired(ctx, topic.FleetDesired, first)
+	a.handleDesired(ctx, fleetDesired(a), first)
 	if got := inode(t, f.dir); got != ino {
 		t.Fatal("a redelivered notice rewrote the state file")
 	}
 	// An older notice is checked and ignored: nothing to write either.
-	a.handleDesired(ctx, topic.FleetDesired, notice(9, 5))
+	a.handleDesired(ctx, fleetDesired(a), notice(9, 5))
 	if got := inode(t, f.dir); got != ino || a.st.DesiredEpoch != 1 {
 		t.Fatalf("an older notice changed the state (epoch %d)", a.st.DesiredEpoch)
 	}
 	// A forged copy of a newer notice is refused, not mistaken for the applied one.
 	forged := notice(11, 2)
 	forged[len(forged)/2] ^= 1
-	a.handleDesired(ctx, topic.FleetDesired, forged)
+	a.handleDesired(ctx, fleetDesired(a), forged)
 	if a.st.DesiredEpoch != 1 {
 		t.Fatalf("a forged notice raised the epoch to %d", a.st.DesiredEpoch)
 	}
-	a.handleDesired(ctx, topic.FleetDesired, notice(11, 2))
+	a.handleDesired(ctx, fleetDesired(a), notice(11, 2))
 	if got := inode(t, f.dir); got == ino || a.st.DesiredEpoch != 2 {
 		t.Fatalf("a newer notice was not applied (epoch %d)", a.st.DesiredEpoch)
 	}
 	// After the verifier changes (a new key set), the same bytes are checked again: here
 	// under a key set that trusts no key, so the copy is refused.
 	third := notice(12, 3)
-	a.handleDesired(ctx, topic.FleetDesired, third)
+	a.handleDesired(ctx, fleetDesired(a), third)
 	if a.st.DesiredEpoch != 3 {
 		t.Fatalf("epoch %d after the third notice", a.st.DesiredEpoch)
 	}
@@ -84,7 +84,7 @@ func TestARedeliveredDesiredStateIsNotAppliedAgain(t *testing.T) {
 	a.verifier = none.CommandVerifier()
 	a.mu.Unlock()
 	before := refusals(rec)
-	a.handleDesired(ctx, topic.FleetDesired, third)
+	a.handleDesired(ctx, fleetDesired(a), third)
 	if refusals(rec) != before+1 {
 		t.Fatal("the applied notice was not checked again under the new keys")
 	}
@@ -131,7 +131,7 @@ func TestABreachNoticeVoidsEarlierGrantsBeforeTheRotation(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	a.handleDesired(context.Background(), topic.FleetDesired, notice)
+	a.handleDesired(context.Background(), fleetDesired(a), notice)
 	if _, err := a.CheckGrant(leaked, certs.ScopeView); !errors.Is(err, certs.ErrOldEpoch) {
 		t.Fatalf("a grant from before the breach notice, with the rotation not done: %v, want ErrOldEpoch", err)
 	}
@@ -148,7 +148,7 @@ func TestABreachNoticeVoidsEarlierGrantsBeforeTheRotation(t *testing.T) {
 		t.Fatalf("the commit hooks ran for %v at the notice, with no rotation", committed)
 	}
 	// The same notice again, as the broker redelivers it on every connect: nothing more.
-	a.handleDesired(context.Background(), topic.FleetDesired, notice)
+	a.handleDesired(context.Background(), fleetDesired(a), notice)
 	if !slices.Equal(raised, []uint64{1}) {
 		t.Fatalf("the epoch hooks ran again for a redelivered notice: %v", raised)
 	}
@@ -161,3 +161,6 @@ func TestABreachNoticeVoidsEarlierGrantsBeforeTheRotation(t *testing.T) {
 		t.Fatalf("after a restart, a grant from before the notice: %v, want ErrOldEpoch", err)
 	}
 }
+
+// fleetDesired is the fleet-wide desired-state topic on a's shard, where a reads it.
+func fleetDesired(a *Agent) string { return topic.FleetDesired(topic.FleetShard(a.DeviceID())) }

@@ -13,7 +13,6 @@ import (
 	"github.com/camagent/camagent/certs"
 	"github.com/camagent/camagent/internal/logtest"
 	"github.com/camagent/camagent/internal/strictjson"
-	"github.com/camagent/camagent/transport/mqtt/topic"
 )
 
 // A breach notice that raised the grant epoch and replaced the keys, then a state file lost to
@@ -36,7 +35,7 @@ func TestACorruptStateFileDoesNotBringBackVoidedGrantsOrDroppedKeys(t *testing.T
 	if err != nil {
 		t.Fatal(err)
 	}
-	a.handleDesired(context.Background(), topic.FleetDesired, notice)
+	a.handleDesired(context.Background(), fleetDesired(a), notice)
 	if a.GrantEpoch() != 3 {
 		t.Fatalf("grant epoch %d after the notice, want 3", a.GrantEpoch())
 	}
@@ -168,7 +167,7 @@ func TestADamagedStoredKeySetIsTakenFromTheFloor(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	a.handleDesired(context.Background(), topic.FleetDesired, notice)
+	a.handleDesired(context.Background(), fleetDesired(a), notice)
 	store := state.NewFileStore(filepath.Join(f.dir, StateFile), nil)
 	st, err := store.Load()
 	if err != nil || st.KeySet == "" {

@@ -901,7 +901,7 @@ func primeSession(t *testing.T, e *env, dir string, c *x509.Certificate) {
 	client, err := mqtt.New(mqtt.Config{
 		BrokerURL: e.url, ClientID: id, CleanSession: false,
 		TLS:           certs.ClientTLSConfig(e.f.Pool, host, certs.NewHolder(tc)),
-		Subscriptions: []mqtt.Subscription{{Filter: topic.DeviceDownFilter(id), QoS: 1}, {Filter: topic.FleetDownFilter, QoS: 1}},
+		Subscriptions: []mqtt.Subscription{{Filter: topic.DeviceDownFilter(id), QoS: 1}, {Filter: topic.FleetDownFilter(topic.FleetShard(id)), QoS: 1}},
 		Handler:       func(context.Context, mqtt.Message) {},
 	})
 	if err != nil {

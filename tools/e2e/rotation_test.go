@@ -282,9 +282,10 @@ func TestForgedAndReplayedDesiredStateIsIgnored(t *testing.T) {
 			}
 		}
 		now := time.Now()
+		fleetDesired := topic.FleetDesired(topic.FleetShard("cam-0001")) // the device's shard
 		rogue, _ := certs.NewSigningKey()
 		forged, _ := certs.SignDesired(rogue, certs.Desired{Target: certs.TargetFleet, Version: uint64(now.UnixNano()), Epoch: 5, IssuedAt: now.Unix()})
-		pub(topic.FleetDesired, forged)
+		pub(fleetDesired, forged)
 		a.log.WaitFor(t, 10*time.Second, "desired state refused", "unknown key id")
 
 		// A genuine notice raises the epoch to 1.
@@ -293,7 +294,7 @@ func TestForgedAndReplayedDesiredStateIsIgnored(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		pub(topic.FleetDesired, genuine)
+		pub(fleetDesired, genuine)
 		waitFor(t, 30*time.Second, "rotation to epoch 1", func() bool { return a.Epoch() == 1 && a.Rotations() == 1 })
 
 		// A document for another device on this device's topic, and an old version replayed,
@@ -302,14 +303,23 @@ func TestForgedAndReplayedDesiredStateIsIgnored(t *testing.T) {
 		pub(topic.DeviceDesired("cam-0001"), other)
 		a.log.WaitFor(t, 10*time.Second, "desired state refused", "wrong target")
 		old, _ := e.f.SignDesired(certs.Desired{Target: certs.TargetFleet, Version: v1 - 10, Epoch: 7, IssuedAt: now.Unix()})
-		pub(topic.FleetDesired, old)
-		pub(topic.FleetDesired, genuine) // a duplicate
+		pub(fleetDesired, old)
+		pub(fleetDesired, genuine) // a duplicate
+		// A genuine notice on another shard never reaches the device: it reads its own shard
+		// only, which is what spares the broker a walk over the whole fleet (topic.FleetShards).
+		elsewhere, _ := e.f.SignDesired(certs.Desired{Target: certs.TargetFleet, Version: v1 + 2, Epoch: 4, IssuedAt: now.Unix()})
+		for _, sh := range topic.Shards() {
+			if sh != topic.FleetShard("cam-0001") {
+				pub(topic.FleetDesired(sh), elsewhere)
+				break
+			}
+		}
 		// A ping is answered after the agent handled everything before it (in order).
 		env2, seq, _ := e.f.SignCommand("ping", "cam-0001", nil, time.Now(), time.Minute)
 		op.publish(t, "cam-0001", env2)
 		op.await(t, seq, 20*time.Second)
 		if a.Epoch() != 1 || a.Rotations() != 1 {
-			t.Fatalf("epoch %d, rotations %d after forged, foreign, old and duplicate documents", a.Epoch(), a.Rotations())
+			t.Fatalf("epoch %d, rotations %d after forged, foreign, old and duplicate documents and another shard's", a.Epoch(), a.Rotations())
 		}
 	})
 }

@@ -185,7 +185,7 @@ func TestRetiringABrokerCertificate(t *testing.T) {
 		}
 		url := b.URL()
 		mustRun(t, "breach", "--dir", dir, "--broker", url, "--incident", "INC-1")
-		notice := retainedOn(t, dir, url, topic.FleetDesired)
+		notice := retainedOn(t, dir, url, topic.FleetDesired("3f"))
 		if len(notice) == 0 {
 			t.Fatal("no retained breach notice after breach INC-1")
 		}
@@ -206,7 +206,7 @@ func TestRetiringABrokerCertificate(t *testing.T) {
 			!strings.Contains(err.Error(), "restart the broker") || !strings.Contains(err.Error(), "nothing was published") {
 			t.Fatalf("breach --keyset through the broker presenting the retired certificate: %v\n%s", err, errOut)
 		}
-		if got := retainedOn(t, dir, url, topic.FleetDesired); !bytes.Equal(got, notice) {
+		if got := retainedOn(t, dir, url, topic.FleetDesired("3f")); !bytes.Equal(got, notice) {
 			t.Fatal("the refused breach changed the retained breach notice")
 		}
 		if got := retainedOn(t, dir, url, topic.FleetKeySet); got != nil {

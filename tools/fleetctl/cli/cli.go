@@ -438,9 +438,10 @@ func pingCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	}
 	// As rotate and breach do: a copy of the fleet directory whose signing keys the devices no
 	// longer trust (a key set rotated elsewhere) would send a ping every device refuses. Only
-	// the desired state that may carry a newer key set is read, not the whole fleet's state.
+	// the desired state that may carry a newer key set is read (the fleet-wide one on the
+	// device's shard, as the device reads it), not the whole fleet's state.
 	st, err := readRetained(ctx, f, operatorFlags{broker: brokerURL, timeout: timeout}, stderr,
-		[]string{topic.FleetDesired, topic.DeviceDesired(*device)}, false)
+		[]string{topic.FleetDesired(topic.FleetShard(*device)), topic.DeviceDesired(*device)}, false)
 	if err != nil {
 		return err
 	}

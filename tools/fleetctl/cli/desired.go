@@ -205,6 +205,18 @@ func rotateCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 			return err
 		}
 	}
+	if *device == "" {
+		// The last fleet-wide rotation reached only some shards (its publication broke off):
+		// running the same command again finishes it rather than starting another wave.
+		done, err := completeFleet(ctx, op, col, *of.timeout, stdout)
+		if err != nil {
+			return fmt.Errorf("rotate: %w", err)
+		}
+		if done {
+			fmt.Fprintf(stdout, "run rotate --all again for another rotation wave; follow this one with %s\n", statusCommand(*dir, of))
+			return nil
+		}
+	}
 	d := certs.Desired{Target: certs.TargetFleet, Epoch: col.MaxEpoch() + 1}
 	if *device != "" {
 		cur, known := col.DeviceEpoch(*device)
@@ -307,7 +319,14 @@ func breachCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if prev != nil {
 		published = time.Unix(0, int64(min(prev.Version, math.MaxInt64))) // versions are fleetctl's Unix-nanosecond sequence
 	}
-	if prev != nil && prev.Incident == *incident && (ksb == nil || sameJSON(prev.KeySet, ksb)) && time.Since(published) < breachRetryWindow {
+	_, behind := col.FleetShardsBehind()
+	if prev != nil && prev.Incident == *incident && (ksb == nil || sameJSON(prev.KeySet, ksb)) && len(behind) > 0 {
+		// The same breach, whose notice reached only some shards: finish publishing it, however
+		// long ago, since the devices of the others have not rotated.
+		if _, err := completeFleet(ctx, op, col, *of.timeout, stdout); err != nil {
+			return fmt.Errorf("breach: %w", err)
+		}
+	} else if prev != nil && prev.Incident == *incident && (ksb == nil || sameJSON(prev.KeySet, ksb)) && time.Since(published) < breachRetryWindow {
 		fmt.Fprintf(stdout, "breach %s: already published %s ago: every device rotates to epoch %d (version %d); not raising it again (for another rotation wave, give a new incident id)\n",
 			prev.Incident, time.Since(published).Round(time.Second), prev.Epoch, prev.Version)
 	} else {
@@ -364,6 +383,58 @@ func aboveRetained(f *fleet.Fleet, col *status.Collector, w io.Writer) error {
 		fmt.Fprintf(w, "warning: the retained desired state was published by a clock %s ahead of this machine's; publishing above its version\n", ahead.Round(time.Second))
 	}
 	return f.AdvanceSeq(v)
+}
+
+// completeFleet publishes the newest fleet-wide desired state on the shards that do not hold
+// it, if any (a publication that broke off part-way: fleet.PartialError), and reports whether
+// there were any. It publishes the document as signed, so nothing is raised again: the devices
+// that already have it ignore it.
+func completeFleet(ctx context.Context, op *fleet.Operator, col *status.Collector, timeout time.Duration, stdout io.Writer) (bool, error) {
+	raw, behind := col.FleetShardsBehind()
+	if len(behind) == 0 {
+		return false, nil
+	}
+	d := col.FleetDesired()
+	pctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	if _, err := op.RepublishFleetDesired(pctx, raw, behind); err != nil {
+		return true, err
+	}
+	fmt.Fprintf(stdout, "the fleet-wide desired state of epoch %d (version %d%s) had reached %d of %d shards; now published on the other %d: every device rotates to epoch %d\n",
+		d.Epoch, d.Version, incidentNote(d.Incident), topic.FleetShards-len(behind), topic.FleetShards, len(behind), d.Epoch)
+	return true, nil
+}
+
+func incidentNote(incident string) string {
+	if incident == "" {
+		return ""
+	}
+	return ", breach " + incident
+}
+
+// warnPartialFleet says so on w when the newest fleet-wide desired state is not on every
+// shard: the devices of the others do not have it and cannot converge.
+func warnPartialFleet(r status.Report, dir string, of operatorFlags, w io.Writer) {
+	if len(r.FleetShardsBehind) == 0 {
+		return
+	}
+	again := "fleetctl rotate --all --dir " + dir
+	if r.Incident != "" {
+		again = "fleetctl breach --dir " + dir + " --incident " + r.Incident
+	}
+	if *of.broker != "" {
+		again += " --broker " + *of.broker
+	}
+	fmt.Fprintf(w, "warning: the fleet-wide desired state of epoch %d reached %d of %d shards (its publication broke off): the devices of shards %s do not have it and stay behind; %s publishes it on them\n",
+		r.FleetEpoch, topic.FleetShards-len(r.FleetShardsBehind), topic.FleetShards, someShards(r.FleetShardsBehind), again)
+}
+
+// someShards lists shard names for a message, the first ten and how many more.
+func someShards(shards []string) string {
+	if len(shards) > 10 {
+		return fmt.Sprintf("%s and %d more", strings.Join(shards[:10], ", "), len(shards)-10)
+	}
+	return strings.Join(shards, ", ")
 }
 
 // breachRetryWindow is how long after a breach notice the same incident id is taken for a
@@ -507,6 +578,7 @@ func statusCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		fmt.Fprintf(stderr, "warning: the broker holds state of %d devices this fleet directory's registry has not enrolled, left out of the counts: %s; if they were enrolled from another copy of the fleet directory, run status where the signers' registry is\n", n, someIDs(r.NotEnrolled, nil))
 	}
 	warnLostDesired(r, col, stderr)
+	warnPartialFleet(r, *dir, of, stderr)
 	if st.staleKeys != nil {
 		fmt.Fprintf(stderr, "warning: %v\n", st.staleKeys)
 	}

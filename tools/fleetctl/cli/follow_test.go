@@ -38,7 +38,9 @@ func followFixture(t *testing.T) (*status.Collector, func(epoch uint64) []byte) 
 		return b
 	}
 	col := status.NewCollector(f.RootKey(), f.KeySet())
-	col.Add(topic.FleetDesired, notice)
+	for _, sh := range topic.Shards() {
+		col.Add(topic.FleetDesired(sh), notice)
+	}
 	return col, state
 }
 

@@ -1,6 +1,7 @@
 package cli_test
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"os"
@@ -17,6 +18,7 @@ import (
 	"github.com/camagent/camagent/tools/fleetctl/fleettest"
 	"github.com/camagent/camagent/tools/fleetctl/status"
 	"github.com/camagent/camagent/transport/mqtt/mqtttest"
+	"github.com/camagent/camagent/transport/mqtt/topic"
 )
 
 // statusJSON runs status --json and decodes its report.
@@ -132,6 +134,69 @@ func TestBreachWithAnOldIncidentIDAgainIsANewWave(t *testing.T) {
 	out := mustRun(t, "breach", "--dir", dir, "--broker", url, "--incident", "INC-1")
 	if r := statusJSON(t, dir, url); r.FleetEpoch != 2 {
 		t.Fatalf("breach INC-1 a day after INC-1: fleet epoch %d, want 2; it said:\n%s", r.FleetEpoch, out)
+	}
+}
+
+// A breach notice that reached only some shards (the operator's connection broke part-way
+// through publishing it) is named by status, and breach run again with the same incident id —
+// even after the retry window — publishes it on the other shards as it was signed, without a
+// second rotation wave; so does rotate --all for a rotation of every device.
+func TestAFleetWidePublicationThatBrokeOffIsFinishedByRunningItAgain(t *testing.T) {
+	dir, f := initFleet(t)
+	brk := mqtttest.StartEmbedded(t, &mqtttest.PKI{CA: f.CA, CAPEM: f.CAPEM, Pool: f.Pool})
+	url := brk.URL()
+	shards := topic.Shards()
+	// breakOff publishes d fleet-wide as if the connection broke after the first 20 shards:
+	// the others keep what they held before.
+	breakOff := func(d certs.Desired, at time.Time) {
+		t.Helper()
+		before := retainedOn(t, dir, url, topic.FleetDesired(shards[20]))
+		op, err := f.Dial(context.Background(), fleet.OperatorOptions{Broker: url})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer op.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), fleettest.Timeout)
+		defer cancel()
+		if _, err := op.PublishDesired(ctx, d, at); err != nil {
+			t.Fatal(err)
+		}
+		for _, sh := range shards[20:] {
+			if err := op.Client().Publish(ctx, topic.FleetDesired(sh), 1, true, before); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+
+	breakOff(certs.Desired{Target: certs.TargetFleet, Epoch: 1, Incident: "INC-1"}, time.Now().Add(-25*time.Hour))
+	out, errOut, err := run(t, "status", "--dir", dir, "--broker", url)
+	if err != nil || !strings.Contains(errOut, "reached 20 of 64 shards") || !strings.Contains(errOut, "fleetctl breach --dir "+dir+" --incident INC-1") {
+		t.Fatalf("status after a notice that reached 20 shards: %v, said:\n%s\n%s", err, out, errOut)
+	}
+	if r := statusJSON(t, dir, url); r.FleetEpoch != 1 || !slices.Equal(r.FleetShardsBehind, shards[20:]) {
+		t.Fatalf("status --json: epoch %d, shards behind %v; want 1 and the last 44", r.FleetEpoch, r.FleetShardsBehind)
+	}
+	out = mustRun(t, "breach", "--dir", dir, "--broker", url, "--incident", "INC-1")
+	if !strings.Contains(out, "had reached 20 of 64 shards; now published on the other 44") {
+		t.Errorf("breach INC-1 again did not say it finished the publication:\n%s", out)
+	}
+	if r := statusJSON(t, dir, url); r.FleetEpoch != 1 || r.FleetShardsBehind != nil {
+		t.Fatalf("after breach INC-1 again: epoch %d (want 1: no second wave), shards behind %v", r.FleetEpoch, r.FleetShardsBehind)
+	}
+	first := retainedOn(t, dir, url, topic.FleetDesired(shards[0]))
+	for _, sh := range []string{shards[20], shards[63]} {
+		if got := retainedOn(t, dir, url, topic.FleetDesired(sh)); !bytes.Equal(got, first) {
+			t.Fatalf("shard %s holds another document than shard %s after the retry", sh, shards[0])
+		}
+	}
+
+	breakOff(certs.Desired{Target: certs.TargetFleet, Epoch: 2}, time.Now())
+	out = mustRun(t, "rotate", "--dir", dir, "--broker", url, "--all")
+	if !strings.Contains(out, "now published on the other 44") {
+		t.Errorf("rotate --all after a rotation that reached 20 shards did not finish it:\n%s", out)
+	}
+	if r := statusJSON(t, dir, url); r.FleetEpoch != 2 || r.FleetShardsBehind != nil {
+		t.Fatalf("after rotate --all: epoch %d (want 2: the one that broke off, finished), shards behind %v", r.FleetEpoch, r.FleetShardsBehind)
 	}
 }
 

@@ -260,10 +260,6 @@ func (o *Operator) Command(ctx context.Context, typ, target string, args json.Ra
 	if err != nil {
 		return nil, 0, err
 	}
-	t := topic.FleetCmd
-	if target != certs.TargetFleet {
-		t = topic.DeviceCmd(target)
-	}
 	ch := make(chan *wire.Reply, 1)
 	o.mu.Lock()
 	o.waiters[seq] = waiter{device: target, ch: ch}
@@ -274,11 +270,14 @@ func (o *Operator) Command(ctx context.Context, typ, target string, args json.Ra
 		o.mu.Unlock()
 	}()
 	start := time.Now()
-	if err := o.client.Publish(ctx, t, 1, false, env); err != nil {
-		return nil, 0, fmt.Errorf("fleet: send %s: %w", typ, err)
-	}
 	if target == certs.TargetFleet {
+		if _, err := o.publishFleet(ctx, topic.Shards(), topic.FleetCmd, false, env); err != nil {
+			return nil, 0, fmt.Errorf("fleet: send %s: %w", typ, err)
+		}
 		return nil, time.Since(start), nil
+	}
+	if err := o.client.Publish(ctx, topic.DeviceCmd(target), 1, false, env); err != nil {
+		return nil, 0, fmt.Errorf("fleet: send %s: %w", typ, err)
 	}
 	select {
 	case r := <-ch:
@@ -373,7 +372,8 @@ func (o *Operator) PublishKeySet(ctx context.Context) error {
 }
 
 // PublishDesired signs d (SignDesired) and publishes it retained, QoS 1, on the target's
-// desired-state topic: fleet/down/desired for certs.TargetFleet, else dev/<id>/down/desired.
+// desired-state topic: for certs.TargetFleet fleet/down/<shard>/desired on every shard (an
+// error that reached only some is a *PartialError), else dev/<id>/down/desired.
 // It sets d.Version from NextSeq and d.IssuedAt from now, and returns the document as signed.
 // Every document carries a key set (SignDesired): one that retires the certificate of the
 // broker it is connected to is refused, and nothing published (CheckKeySet).
@@ -389,12 +389,10 @@ func (o *Operator) PublishDesired(ctx context.Context, d certs.Desired, now time
 	if err := o.CheckKeySet(carried); err != nil {
 		return nil, err
 	}
-	t := topic.FleetDesired
 	if d.Target != certs.TargetFleet {
 		if err := certs.ValidDeviceID(d.Target); err != nil {
 			return nil, fmt.Errorf("fleet: desired state: %w", err)
 		}
-		t = topic.DeviceDesired(d.Target)
 	}
 	seq, err := o.f.NextSeq(now)
 	if err != nil {
@@ -405,8 +403,64 @@ func (o *Operator) PublishDesired(ctx context.Context, d certs.Desired, now time
 	if err != nil {
 		return nil, err
 	}
+	if d.Target == certs.TargetFleet {
+		if _, err := o.publishFleet(ctx, topic.Shards(), topic.FleetDesired, true, b); err != nil {
+			return nil, fmt.Errorf("fleet: publish fleet-wide desired state (version %d): %w", d.Version, err)
+		}
+		return &d, nil
+	}
+	t := topic.DeviceDesired(d.Target)
 	if err := o.client.Publish(ctx, t, 1, true, b); err != nil {
 		return nil, fmt.Errorf("fleet: publish desired state on %s: %w", t, err)
 	}
 	return &d, nil
+}
+
+// RepublishFleetDesired publishes a fleet-wide desired-state document as signed before (raw),
+// retained, on the given shards: it completes a publication that reached only some of them
+// (status.Collector.FleetShardsBehind names the others). It returns how many shards have it.
+func (o *Operator) RepublishFleetDesired(ctx context.Context, raw []byte, shards []string) (int, error) {
+	n, err := o.publishFleet(ctx, shards, topic.FleetDesired, true, raw)
+	if err != nil {
+		return n, fmt.Errorf("fleet: publish fleet-wide desired state again: %w", err)
+	}
+	return n, nil
+}
+
+// PartialError says that the broker acknowledged a fleet-wide message on only some shards: the
+// devices of the others may not have it. Publishing it again is harmless — devices take each
+// version, and each command sequence, once — and reaches them.
+type PartialError struct {
+	Published, Shards int   // acknowledged, of the shards it was published on
+	Err               error // the first shard's error
+}
+
+func (e *PartialError) Error() string {
+	return fmt.Sprintf("the broker acknowledged it on %d of %d shards, so the devices of the others may not have it (run the same command again to reach them): %v", e.Published, e.Shards, e.Err)
+}
+
+func (e *PartialError) Unwrap() error { return e.Err }
+
+// publishFleet publishes payload, QoS 1, on build(shard) for each of shards, all at once, and
+// returns how many the broker acknowledged; any it did not is a *PartialError.
+func (o *Operator) publishFleet(ctx context.Context, shards []string, build func(shard string) string, retained bool, payload []byte) (int, error) {
+	errs := make([]error, len(shards))
+	var wg sync.WaitGroup
+	for i, s := range shards {
+		wg.Go(func() { errs[i] = o.client.Publish(ctx, build(s), 1, retained, payload) })
+	}
+	wg.Wait()
+	var first error
+	published := 0
+	for i, err := range errs {
+		if err == nil {
+			published++
+		} else if first == nil {
+			first = fmt.Errorf("%s: %w", build(shards[i]), err)
+		}
+	}
+	if first != nil {
+		return published, &PartialError{Published: published, Shards: len(shards), Err: first}
+	}
+	return published, nil
 }

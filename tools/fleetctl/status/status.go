@@ -70,7 +70,7 @@ const (
 
 // Filters returns the topic filters whose messages a Collector takes.
 func Filters() []string {
-	return []string{"dev/+/up/" + topic.LeafState, topic.FleetDesired, "dev/+/down/" + topic.LeafDesired, topic.SignersFilter}
+	return []string{"dev/+/up/" + topic.LeafState, topic.FleetDesiredFilter, "dev/+/down/" + topic.LeafDesired, topic.SignersFilter}
 }
 
 // Collector accumulates retained messages. It is safe for concurrent use.
@@ -78,15 +78,21 @@ type Collector struct {
 	root ed25519.PublicKey
 	ks   *certs.KeySet
 
-	mu       sync.Mutex
-	fleet    *certs.Desired
-	desired  map[string]*certs.Desired
-	states   map[string]*wire.DeviceState
-	retired  map[string]bool
-	enrolled map[string]bool // nil until Enroll
-	signers  map[string]*wire.SignerPresence
-	rejected int
-	changed  chan struct{}
+	mu sync.Mutex
+	// fleet is the fleet-wide desired state by shard (topic.FleetShard), fleetRaw as signed.
+	fleet    map[string]*certs.Desired
+	fleetRaw map[string][]byte
+	// newestShard holds the newest of fleet (the highest version), newest is its state; "",
+	// nil when fleet is empty. Kept by Add: every device's row reads it.
+	newestShard string
+	newest      *certs.Desired
+	desired     map[string]*certs.Desired
+	states      map[string]*wire.DeviceState
+	retired     map[string]bool
+	enrolled    map[string]bool // nil until Enroll
+	signers     map[string]*wire.SignerPresence
+	rejected    int
+	changed     chan struct{}
 	// newer is the newest key set, signed by root and newer than ks, that a verified
 	// desired-state document carried (newerRaw as signed); nil if none.
 	newer    *certs.KeySet
@@ -96,7 +102,7 @@ type Collector struct {
 // NewCollector returns a Collector that believes desired-state documents signed by ks's
 // command keys, or by a newer key set signed by root.
 func NewCollector(root ed25519.PublicKey, ks *certs.KeySet) *Collector {
-	return &Collector{root: root, ks: ks, desired: map[string]*certs.Desired{}, states: map[string]*wire.DeviceState{}, retired: map[string]bool{}, signers: map[string]*wire.SignerPresence{}, changed: make(chan struct{})}
+	return &Collector{root: root, ks: ks, fleet: map[string]*certs.Desired{}, fleetRaw: map[string][]byte{}, desired: map[string]*certs.Desired{}, states: map[string]*wire.DeviceState{}, retired: map[string]bool{}, signers: map[string]*wire.SignerPresence{}, changed: make(chan struct{})}
 }
 
 // Retired reports whether Retire was told about device.
@@ -169,9 +175,12 @@ func (c *Collector) Add(t string, payload []byte) {
 		c.states[id] = &s
 	case ok && dir == topic.Down && leaf == topic.LeafDesired:
 		fleetWide := id == ""
+		shard, _, _ := topic.ParseFleet(t)
 		if len(payload) == 0 {
 			if fleetWide {
-				c.fleet = nil
+				delete(c.fleet, shard)
+				delete(c.fleetRaw, shard)
+				c.findNewestLocked()
 			} else {
 				delete(c.desired, id)
 			}
@@ -183,7 +192,8 @@ func (c *Collector) Add(t string, payload []byte) {
 			return
 		}
 		if fleetWide {
-			c.fleet = d
+			c.fleet[shard], c.fleetRaw[shard] = d, bytes.Clone(payload)
+			c.findNewestLocked()
 		} else {
 			c.desired[id] = d
 		}
@@ -240,6 +250,43 @@ func (c *Collector) Rejected() int {
 	return c.rejected
 }
 
+// newestFleetLocked returns the shard holding the newest fleet-wide desired state (the highest
+// version), and that state; "", nil when no shard holds one. c.mu is held.
+func (c *Collector) newestFleetLocked() (string, *certs.Desired) { return c.newestShard, c.newest }
+
+// findNewestLocked sets newestShard and newest from fleet. c.mu is held.
+func (c *Collector) findNewestLocked() {
+	c.newestShard, c.newest = "", nil
+	for s, d := range c.fleet {
+		if c.newest == nil || d.Version > c.newest.Version || (d.Version == c.newest.Version && (d.Epoch > c.newest.Epoch || (d.Epoch == c.newest.Epoch && s < c.newestShard))) {
+			c.newestShard, c.newest = s, d
+		}
+	}
+}
+
+// FleetShardsBehind returns the newest fleet-wide desired state as signed, and the shards
+// (topic.Shards) that do not hold it: a publication that stopped part-way (PartialError of
+// fleetctl's operator) left their devices without it. Both are nil when no shard holds one,
+// and behind is nil when every shard does.
+func (c *Collector) FleetShardsBehind() (raw []byte, behind []string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.fleetShardsBehindLocked()
+}
+
+func (c *Collector) fleetShardsBehindLocked() (raw []byte, behind []string) {
+	at, newest := c.newestFleetLocked()
+	if newest == nil {
+		return nil, nil
+	}
+	for _, s := range topic.Shards() {
+		if !bytes.Equal(c.fleetRaw[s], c.fleetRaw[at]) {
+			behind = append(behind, s)
+		}
+	}
+	return bytes.Clone(c.fleetRaw[at]), behind
+}
+
 // DesiredEpoch returns the epoch wanted of device: the highest of the fleet-wide and the
 // device's own desired state.
 func (c *Collector) DesiredEpoch(device string) uint64 {
@@ -249,9 +296,11 @@ func (c *Collector) DesiredEpoch(device string) uint64 {
 }
 
 func (c *Collector) desiredEpochLocked(device string) uint64 {
+	// The newest fleet-wide state, whichever shard has it: a device whose shard lacks it is
+	// behind the operator's intent, not converged (Report.FleetShardsBehind says why).
 	var e uint64
-	if c.fleet != nil {
-		e = c.fleet.Epoch
+	if _, f := c.newestFleetLocked(); f != nil {
+		e = f.Epoch
 	}
 	if d := c.desired[device]; d != nil {
 		e = max(e, d.Epoch)
@@ -259,15 +308,16 @@ func (c *Collector) desiredEpochLocked(device string) uint64 {
 	return e
 }
 
-// FleetDesired returns a copy of the fleet-wide desired state as verified, or nil when none
-// was published (or none verified).
+// FleetDesired returns a copy of the newest fleet-wide desired state as verified (of every
+// shard's, the highest version), or nil when none was published (or none verified).
 func (c *Collector) FleetDesired() *certs.Desired {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.fleet == nil {
+	_, f := c.newestFleetLocked()
+	if f == nil {
 		return nil
 	}
-	d := *c.fleet
+	d := *f
 	d.KeySet = slices.Clone(d.KeySet)
 	return &d
 }
@@ -290,8 +340,8 @@ func (c *Collector) MaxEpoch() uint64 {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	var e uint64
-	if c.fleet != nil {
-		e = c.fleet.Epoch
+	for _, d := range c.fleet {
+		e = max(e, d.Epoch)
 	}
 	for _, d := range c.desired {
 		e = max(e, d.Epoch)
@@ -309,8 +359,8 @@ func (c *Collector) MaxVersion() uint64 {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	var v uint64
-	if c.fleet != nil {
-		v = c.fleet.Version
+	for _, d := range c.fleet {
+		v = max(v, d.Version)
 	}
 	for _, d := range c.desired {
 		v = max(v, d.Version)
@@ -324,6 +374,11 @@ type Report struct {
 	FleetEpoch uint64 `json:"fleet_epoch"`
 	// Incident is the incident id of the fleet-wide desired state, if any.
 	Incident string `json:"incident,omitempty"`
+	// FleetShardsBehind are the shards (topic.Shards) that do not hold the fleet-wide desired
+	// state of FleetEpoch: its publication stopped part-way, and their devices, counted
+	// Behind, cannot converge until it is published again (the same fleetctl breach again
+	// does). Absent when every shard holds it.
+	FleetShardsBehind []string `json:"fleet_shards_behind,omitempty"`
 	// Source says where Devices come from: SourceRegistry or SourceBroker.
 	Source string `json:"source"`
 	// Total is the number of devices in Devices.
@@ -481,8 +536,9 @@ func (c *Collector) Report() Report {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	r := Report{Source: SourceBroker}
-	if c.fleet != nil {
-		r.FleetEpoch, r.Incident = c.fleet.Epoch, c.fleet.Incident
+	if _, f := c.newestFleetLocked(); f != nil {
+		r.FleetEpoch, r.Incident = f.Epoch, f.Incident
+		_, r.FleetShardsBehind = c.fleetShardsBehindLocked()
 	}
 	ids := make(map[string]bool, len(c.states)+len(c.enrolled))
 	for id := range c.states {

@@ -15,6 +15,7 @@ import (
 	"github.com/camagent/camagent/certs"
 	"github.com/camagent/camagent/tools/fleetctl/fleet"
 	"github.com/camagent/camagent/tools/fleetctl/status"
+	"github.com/camagent/camagent/transport/mqtt/topic"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files in testdata")
@@ -66,7 +67,7 @@ func golden(t *testing.T, name string, got []byte) {
 func TestAReportCountsDevicesByState(t *testing.T) {
 	f := newFleet(t)
 	c := status.NewCollector(f.RootKey(), f.KeySet())
-	c.Add("fleet/down/desired", desired(t, f, certs.TargetFleet, 2, "INC-7"))
+	addFleet(c, desired(t, f, certs.TargetFleet, 2, "INC-7"))
 	c.Add("dev/cam-0005/down/desired", desired(t, f, "cam-0005", 3, ""))
 	c.Add("dev/cam-0001/up/state", state(2, wire.RotationIdle, ""))
 	c.Add("dev/cam-0002/up/state", state(1, wire.RotationPending, ""))
@@ -107,13 +108,14 @@ func TestForgedOrMisaddressedDocumentsAreIgnored(t *testing.T) {
 	f := newFleet(t)
 	other := newFleet(t)
 	c := status.NewCollector(f.RootKey(), f.KeySet())
-	c.Add("fleet/down/desired", desired(t, other, certs.TargetFleet, 9, "")) // another fleet's key
-	c.Add("dev/cam-0001/down/desired", desired(t, f, "cam-0002", 9, ""))     // wrong target
-	c.Add("fleet/down/desired", desired(t, f, "cam-0001", 9, ""))            // a device doc fleet-wide
-	c.Add("dev/cam-0001/up/state", []byte(`{"v":1,"fw":"my home wifi"}`))    // malformed
-	c.Add("dev/cam-0001/up/reply", state(1, "", ""))                         // not a status topic
-	if got := c.Rejected(); got != 5 {
-		t.Fatalf("rejected %d, want 5", got)
+	c.Add(topic.FleetDesired("00"), desired(t, other, certs.TargetFleet, 9, "")) // another fleet's key
+	c.Add("dev/cam-0001/down/desired", desired(t, f, "cam-0002", 9, ""))         // wrong target
+	c.Add(topic.FleetDesired("01"), desired(t, f, "cam-0001", 9, ""))            // a device doc fleet-wide
+	c.Add("fleet/down/desired", desired(t, f, certs.TargetFleet, 9, ""))         // no shard
+	c.Add("dev/cam-0001/up/state", []byte(`{"v":1,"fw":"my home wifi"}`))        // malformed
+	c.Add("dev/cam-0001/up/reply", state(1, "", ""))                             // not a status topic
+	if got := c.Rejected(); got != 6 {
+		t.Fatalf("rejected %d, want 6", got)
 	}
 	if e := c.MaxEpoch(); e != 0 {
 		t.Fatalf("MaxEpoch %d after only forged documents", e)
@@ -123,7 +125,7 @@ func TestForgedOrMisaddressedDocumentsAreIgnored(t *testing.T) {
 func TestMaxEpochCoversDevicesAheadOfTheFleet(t *testing.T) {
 	f := newFleet(t)
 	c := status.NewCollector(f.RootKey(), f.KeySet())
-	c.Add("fleet/down/desired", desired(t, f, certs.TargetFleet, 2, ""))
+	addFleet(c, desired(t, f, certs.TargetFleet, 2, ""))
 	c.Add("dev/cam-0001/down/desired", desired(t, f, "cam-0001", 5, ""))
 	c.Add("dev/cam-0002/up/state", state(7, wire.RotationIdle, ""))
 	if e := c.MaxEpoch(); e != 7 {
@@ -139,7 +141,7 @@ func TestMaxEpochCoversDevicesAheadOfTheFleet(t *testing.T) {
 func TestRetiredDevicesAreLeftOut(t *testing.T) {
 	f := newFleet(t)
 	c := status.NewCollector(f.RootKey(), f.KeySet())
-	c.Add("fleet/down/desired", desired(t, f, certs.TargetFleet, 2, "INC-7"))
+	addFleet(c, desired(t, f, certs.TargetFleet, 2, "INC-7"))
 	c.Add("dev/cam-0001/up/state", state(2, wire.RotationIdle, ""))
 	c.Add("dev/cam-0002/up/state", state(1, wire.RotationIdle, ""))      // gone for good
 	c.Add("dev/cam-0003/down/desired", desired(t, f, "cam-0003", 3, "")) // gone before it reported
@@ -222,7 +224,7 @@ func TestTheReportSaysWhetherASignerServes(t *testing.T) {
 func TestEnrolledDevicesWithoutStateAreBehind(t *testing.T) {
 	f := newFleet(t)
 	c := status.NewCollector(f.RootKey(), f.KeySet())
-	c.Add("fleet/down/desired", desired(t, f, certs.TargetFleet, 2, "INC-7"))
+	addFleet(c, desired(t, f, certs.TargetFleet, 2, "INC-7"))
 	c.Add("dev/cam-0001/up/state", state(2, wire.RotationIdle, ""))
 	c.Add("dev/cam-0002/up/state", state(2, wire.RotationIdle, ""))
 	c.Add("dev/cam-0005/up/state", state(1, wire.RotationIdle, "")) // retired, its state still there
@@ -316,7 +318,7 @@ func ids(ds []status.Device) []string {
 func TestDevicesAgreesWithTheReport(t *testing.T) {
 	f := newFleet(t)
 	c := status.NewCollector(f.RootKey(), f.KeySet())
-	c.Add("fleet/down/desired", desired(t, f, certs.TargetFleet, 2, "INC-7"))
+	addFleet(c, desired(t, f, certs.TargetFleet, 2, "INC-7"))
 	c.Add("dev/cam-0001/up/state", state(2, wire.RotationIdle, ""))
 	c.Add("dev/cam-0002/up/state", state(2, wire.RotationPending, ""))
 	c.Add("dev/cam-0003/up/state", state(1, wire.RotationFailed, "timeout"))
@@ -352,4 +354,53 @@ func TestDevicesAgreesWithTheReport(t *testing.T) {
 	c.Enroll("cam-0001", "cam-0002", "cam-0003", "cam-0004", "cam-0005", "cam-0006")
 	c.Retire("cam-0005")
 	check("with the registry", []string{"cam-0001", "cam-0002", "cam-0003", "cam-0004", "cam-0006"})
+}
+
+// addFleet adds a fleet-wide desired-state document on every shard, as fleetctl publishes it.
+func addFleet(c *status.Collector, b []byte) {
+	for _, sh := range topic.Shards() {
+		c.Add(topic.FleetDesired(sh), b)
+	}
+}
+
+// A fleet-wide notice that reached only some shards (the operator's connection broke part-way)
+// leaves the devices of the others behind, and the report names those shards until the same
+// document is on every one of them.
+func TestAPartialFleetPublicationIsReported(t *testing.T) {
+	f := newFleet(t)
+	c := status.NewCollector(f.RootKey(), f.KeySet())
+	addFleet(c, desired(t, f, certs.TargetFleet, 1, "INC-6"))
+	if raw, behind := c.FleetShardsBehind(); raw == nil || behind != nil {
+		t.Fatalf("one notice on every shard: raw %d bytes, behind %v", len(raw), behind)
+	}
+	notice, err := f.SignDesired(certs.Desired{Target: certs.TargetFleet, Version: 2, Epoch: 2, Incident: "INC-7", IssuedAt: 1795000000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	shards := topic.Shards()
+	for _, sh := range shards[:40] {
+		c.Add(topic.FleetDesired(sh), notice)
+	}
+	c.Add("dev/cam-0001/up/state", state(1, wire.RotationIdle, ""))
+	r := c.Report()
+	if r.FleetEpoch != 2 || r.Incident != "INC-7" || !slices.Equal(r.FleetShardsBehind, shards[40:]) || r.Converged {
+		t.Fatalf("report: epoch %d, incident %q, shards behind %v, converged %v; want 2, INC-7, %v, false", r.FleetEpoch, r.Incident, r.FleetShardsBehind, r.Converged, shards[40:])
+	}
+	if e := c.DesiredEpoch("cam-0001"); e != 2 {
+		t.Fatalf("DesiredEpoch %d, want the newest notice's 2 whatever the device's shard", e)
+	}
+	raw, behind := c.FleetShardsBehind()
+	if !bytes.Equal(raw, notice) || !slices.Equal(behind, shards[40:]) {
+		t.Fatalf("FleetShardsBehind: %d bytes (the notice: %v), %v", len(raw), bytes.Equal(raw, notice), behind)
+	}
+	for _, sh := range behind {
+		c.Add(topic.FleetDesired(sh), raw)
+	}
+	if r := c.Report(); r.FleetShardsBehind != nil {
+		t.Fatalf("shards behind after publishing on them: %v", r.FleetShardsBehind)
+	}
+	c.Add(topic.FleetDesired(shards[7]), nil) // cleared on one
+	if _, behind := c.FleetShardsBehind(); !slices.Equal(behind, []string{shards[7]}) {
+		t.Fatalf("after clearing shard %s: behind %v", shards[7], behind)
+	}
 }

@@ -2,8 +2,15 @@
 // (docs/protocol.md), so that no other package spells a topic by hand.
 //
 // Device topics live under dev/<id>/{up,down}/<leaf>, fleet-wide commands under
-// fleet/down/<leaf>, and the bootstrap identity's topics under boot/<id>/{up,down}/<leaf>.
+// fleet/down/<shard>/<leaf>, and the bootstrap identity's topics under boot/<id>/{up,down}/<leaf>.
 // "up" is device → cloud, "down" is cloud → device.
+//
+// The fleet-wide topics are spread over FleetShards shards, each device reading its own
+// (FleetShard): operators publish every fleet-wide message on every shard. One filter that
+// every device subscribes to makes a broker's per-filter work O(fleet size) — Mosquitto
+// walks the list of a filter's subscribers whenever one of them takes over its persistent
+// session, so a fleet-wide rotation on one Mosquitto was O(N²) — and the shards divide it by
+// FleetShards (docs/scale-out.md).
 //
 // The builders do not validate their argument: they must only be given device ids that have
 // already been validated (certs.ValidDeviceID, or the identity of a verified certificate).
@@ -13,6 +20,7 @@
 package topic
 
 import (
+	"crypto/sha256"
 	"slices"
 	"strings"
 
@@ -40,15 +48,71 @@ const (
 	LeafClaim     = "claim"     // the owner's claim token from onboarding, once (up)
 )
 
-// Fleet-wide topics, delivered to every device.
-const (
-	// FleetCmd carries signed commands whose target is "*".
-	FleetCmd = "fleet/down/" + LeafCmd
-	// FleetDesired carries the fleet-wide desired state.
-	FleetDesired = "fleet/down/" + LeafDesired
-	// FleetDownFilter is the subscription filter matching every fleet-wide topic.
-	FleetDownFilter = "fleet/down/#"
-)
+// FleetShards is how many shards the fleet-wide topics are spread over. Devices and operators
+// must agree on it: it is part of the protocol (docs/protocol.md).
+const FleetShards = 64
+
+// FleetShard returns the shard whose fleet-wide topics device id reads: two lower-case hex
+// digits, "00" to "3f", from the first byte of the id's SHA-256.
+func FleetShard(id string) string {
+	h := sha256.Sum256([]byte(id))
+	return shardName(h[0] % FleetShards)
+}
+
+func shardName(i byte) string {
+	const hex = "0123456789abcdef"
+	return string([]byte{hex[i>>4], hex[i&15]})
+}
+
+// Shards returns every shard's name, in order: the shards an operator publishes a fleet-wide
+// message on.
+func Shards() []string {
+	s := make([]string, FleetShards)
+	for i := range s {
+		s[i] = shardName(byte(i))
+	}
+	return s
+}
+
+func validShard(s string) bool {
+	if len(s) != 2 {
+		return false
+	}
+	for _, c := range []byte(s) {
+		if (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+			return false
+		}
+	}
+	return (hexVal(s[0])<<4 | hexVal(s[1])) < FleetShards
+}
+
+func hexVal(c byte) byte {
+	if c <= '9' {
+		return c - '0'
+	}
+	return c - 'a' + 10
+}
+
+// FleetCmd is fleet/down/<shard>/cmd: signed commands whose target is "*", published on
+// every shard.
+func FleetCmd(shard string) string { return fleetDown + shard + "/" + LeafCmd }
+
+// FleetDesired is fleet/down/<shard>/desired: the fleet-wide desired state, retained on every
+// shard.
+func FleetDesired(shard string) string { return fleetDown + shard + "/" + LeafDesired }
+
+// FleetDownFilter is fleet/down/<shard>/#, the subscription filter of the devices of one
+// shard: every fleet-wide topic they read.
+func FleetDownFilter(shard string) string { return fleetDown + shard + "/#" }
+
+// FleetDesiredFilter is fleet/down/+/desired: the fleet-wide desired state of every shard, as
+// operators read it.
+const FleetDesiredFilter = "fleet/down/+/" + LeafDesired
+
+// FleetACLFilter is fleet/down/#: every fleet-wide topic, of every shard. Devices may read it
+// (only their own shard is any use to them, and every shard carries the same messages);
+// only operators may publish on it.
+const FleetACLFilter = "fleet/down/#"
 
 // FleetKeySet holds, retained, the fleet's key set in force as its root key signed it
 // (certs.SignKeySet). Operators publish it when a breach puts a new set in force; viewer relays
@@ -65,9 +129,9 @@ const (
 )
 
 const (
-	devPrefix   = "dev/"
-	fleetPrefix = "fleet/"
-	bootPrefix  = "boot/"
+	devPrefix  = "dev/"
+	fleetDown  = "fleet/down/"
+	bootPrefix = "boot/"
 )
 
 func dev(id, dir, leaf string) string { return devPrefix + id + "/" + dir + "/" + leaf }
@@ -136,7 +200,7 @@ func setOf(leaves []string) map[string]bool {
 	return m
 }
 
-// fleetLeaves lists the leaves of fleet/down/ topics.
+// fleetLeaves lists the leaves of fleet/down/<shard>/ topics.
 var fleetLeaves = map[string]bool{LeafCmd: true, LeafDesired: true}
 
 // bootLeaves lists, per direction, the leaves of boot/<id>/<dir>/ topics.
@@ -147,22 +211,34 @@ var bootLeaves = map[string]map[string]bool{
 
 // Parse splits a device or fleet topic of the protocol into its parts. For
 // dev/<id>/<dir>/<leaf> it returns the device id, the direction (Up or Down) and the leaf; for
-// fleet/down/<leaf> it returns an empty device id, Down and the leaf. Anything else — another
-// prefix, a malformed device id, a wildcard, an extra or missing level, a leaf the protocol does
-// not define for that direction — returns ok == false and empty strings.
+// fleet/down/<shard>/<leaf> it returns an empty device id, Down and the leaf (ParseFleet also
+// gives the shard). Anything else — another prefix, a malformed device id or shard, a
+// wildcard, an extra or missing level, a leaf the protocol does not define for that direction
+// — returns ok == false and empty strings.
 func Parse(topic string) (deviceID, dir, leaf string, ok bool) {
 	switch {
 	case strings.HasPrefix(topic, devPrefix):
 		return parseDevice(topic[len(devPrefix):], devLeaves)
-	case strings.HasPrefix(topic, fleetPrefix):
-		rest := topic[len(fleetPrefix):]
-		d, l, found := strings.Cut(rest, "/")
-		if !found || d != Down || !fleetLeaves[l] {
-			return "", "", "", false
+	case strings.HasPrefix(topic, fleetDown):
+		if _, l, ok := ParseFleet(topic); ok {
+			return "", Down, l, true
 		}
-		return "", d, l, true
 	}
 	return "", "", "", false
+}
+
+// ParseFleet splits a fleet-wide topic fleet/down/<shard>/<leaf> into its shard and leaf.
+// Anything else returns ok == false and empty strings.
+func ParseFleet(topic string) (shard, leaf string, ok bool) {
+	rest, found := strings.CutPrefix(topic, fleetDown)
+	if !found {
+		return "", "", false
+	}
+	s, l, found := strings.Cut(rest, "/")
+	if !found || !validShard(s) || !fleetLeaves[l] {
+		return "", "", false
+	}
+	return s, l, true
 }
 
 // ParseBoot splits a bootstrap topic boot/<id>/<dir>/<leaf> into the device id the bootstrap

@@ -1,6 +1,7 @@
 package topic
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 	"unicode/utf8"
@@ -14,11 +15,11 @@ func TestBuilders(t *testing.T) {
 		want string
 	}{
 		{"DeviceCmd is the device's command topic", DeviceCmd(id), "dev/cam-0042/down/cmd"},
-		{"FleetCmd is the fleet-wide command topic", FleetCmd, "fleet/down/cmd"},
+		{"FleetCmd is the fleet-wide command topic of a shard", FleetCmd("2a"), "fleet/down/2a/cmd"},
 		{"Reply is the device's reply topic", Reply(id), "dev/cam-0042/up/reply"},
 		{"State is the device's state topic", State(id), "dev/cam-0042/up/state"},
 		{"DeviceDesired is the device's desired-state topic", DeviceDesired(id), "dev/cam-0042/down/desired"},
-		{"FleetDesired is the fleet desired-state topic", FleetDesired, "fleet/down/desired"},
+		{"FleetDesired is the fleet desired-state topic of a shard", FleetDesired("00"), "fleet/down/00/desired"},
 		{"CSR is the device's CSR topic", CSR(id), "dev/cam-0042/up/csr"},
 		{"Cert is the device's certificate topic", Cert(id), "dev/cam-0042/down/cert"},
 		{"Signal is signaling down to the device", Signal(id), "dev/cam-0042/down/signal"},
@@ -27,7 +28,9 @@ func TestBuilders(t *testing.T) {
 		{"BootCSR is under boot/", BootCSR(id), "boot/cam-0042/up/csr"},
 		{"BootCert is under boot/", BootCert(id), "boot/cam-0042/down/cert"},
 		{"DeviceDownFilter matches everything down to one device", DeviceDownFilter(id), "dev/cam-0042/down/#"},
-		{"FleetDownFilter matches everything down to the fleet", FleetDownFilter, "fleet/down/#"},
+		{"FleetDownFilter matches everything down to the fleet on a shard", FleetDownFilter("3f"), "fleet/down/3f/#"},
+		{"FleetDesiredFilter matches every shard's desired state", FleetDesiredFilter, "fleet/down/+/desired"},
+		{"FleetACLFilter matches every fleet-wide topic", FleetACLFilter, "fleet/down/#"},
 		{"BootDownFilter matches everything down to a bootstrap identity", BootDownFilter(id), "boot/cam-0042/down/#"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -54,8 +57,8 @@ func TestParse(t *testing.T) {
 		{"signal down parses", "dev/abc/down/signal", "abc", Down, LeafSignal, true},
 		{"signal up parses", "dev/abc/up/signal", "abc", Up, LeafSignal, true},
 		{"telemetry parses", "dev/abc/up/telemetry", "abc", Up, LeafTelemetry, true},
-		{"a fleet command parses with no device id", "fleet/down/cmd", "", Down, LeafCmd, true},
-		{"fleet desired state parses", "fleet/down/desired", "", Down, LeafDesired, true},
+		{"a fleet command parses with no device id", "fleet/down/00/cmd", "", Down, LeafCmd, true},
+		{"fleet desired state parses", "fleet/down/3f/desired", "", Down, LeafDesired, true},
 
 		{"a reply sent down is refused", "dev/abc/down/reply", "", "", "", false},
 		{"a command sent up is refused", "dev/abc/up/cmd", "", "", "", false},
@@ -72,7 +75,13 @@ func TestParse(t *testing.T) {
 		{"an empty device id is refused", "dev//down/cmd", "", "", "", false},
 		{"fleet up is refused", "fleet/up/cmd", "", "", "", false},
 		{"a fleet topic with a device id is refused", "fleet/abc/down/cmd", "", "", "", false},
-		{"fleet signal is refused", "fleet/down/signal", "", "", "", false},
+		{"fleet signal is refused", "fleet/down/00/signal", "", "", "", false},
+		{"a fleet topic without a shard is refused", "fleet/down/cmd", "", "", "", false},
+		{"a shard beyond the last is refused", "fleet/down/40/cmd", "", "", "", false},
+		{"an upper-case shard is refused", "fleet/down/2A/cmd", "", "", "", false},
+		{"a one-digit shard is refused", "fleet/down/2/cmd", "", "", "", false},
+		{"a wildcard shard is refused", "fleet/down/+/desired", "", "", "", false},
+		{"an extra level under a shard is refused", "fleet/down/00/desired/x", "", "", "", false},
 		{"a boot topic is not a device topic", "boot/abc/up/csr", "", "", "", false},
 		{"a leading slash is refused", "/dev/abc/down/cmd", "", "", "", false},
 		{"the empty topic is refused", "", "", "", "", false},
@@ -141,14 +150,18 @@ func TestBuildersRoundTrip(t *testing.T) {
 // FuzzParse checks that Parse never panics and that whatever it accepts is exactly the topic a
 // builder would make from the parts it returned.
 func FuzzParse(f *testing.F) {
-	for _, s := range []string{"dev/cam-1/down/cmd", "fleet/down/cmd", "boot/cam-1/up/csr", "dev/+/down/#", ""} {
+	for _, s := range []string{"dev/cam-1/down/cmd", "fleet/down/2a/cmd", "boot/cam-1/up/csr", "dev/+/down/#", ""} {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, s string) {
 		if id, dir, leaf, ok := Parse(s); ok {
 			var want string
 			if id == "" {
-				want = "fleet/" + dir + "/" + leaf
+				shard, l, fleetOK := ParseFleet(s)
+				if !fleetOK || l != leaf || dir != Down {
+					t.Fatalf("Parse(%q) took a fleet topic that ParseFleet refuses", s)
+				}
+				want = "fleet/down/" + shard + "/" + leaf
 			} else {
 				want = dev(id, dir, leaf)
 			}
@@ -165,4 +178,46 @@ func FuzzParse(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestShards checks that every shard's topics parse back to that shard, that a device's shard
+// is one of them and stays the same, and that devices spread over all of them: a shard that
+// held most of the fleet would bring back the per-filter cost the shards are there to divide.
+func TestShards(t *testing.T) {
+	shards := Shards()
+	if len(shards) != FleetShards {
+		t.Fatalf("Shards() has %d names, want %d", len(shards), FleetShards)
+	}
+	known := map[string]bool{}
+	for _, s := range shards {
+		if known[s] {
+			t.Fatalf("shard %q named twice", s)
+		}
+		known[s] = true
+		for _, leaf := range []string{LeafCmd, LeafDesired} {
+			name := "fleet/down/" + s + "/" + leaf
+			if got, l, ok := ParseFleet(name); !ok || got != s || l != leaf {
+				t.Errorf("ParseFleet(%q) = %q, %q, %v", name, got, l, ok)
+			}
+		}
+	}
+	count := map[string]int{}
+	const n = 64 * 200
+	for i := range n {
+		id := fmt.Sprintf("sim-%05d", i)
+		s := FleetShard(id)
+		if !known[s] {
+			t.Fatalf("FleetShard(%q) = %q, not a shard", id, s)
+		}
+		if again := FleetShard(id); again != s {
+			t.Fatalf("FleetShard(%q) gave %q, then %q", id, s, again)
+		}
+		count[s]++
+	}
+	for _, s := range shards {
+		// 200 expected per shard; a binomial spread stays well within 100..300.
+		if c := count[s]; c < 100 || c > 300 {
+			t.Errorf("shard %s holds %d of %d sequential ids, expected about %d", s, c, n, n/FleetShards)
+		}
+	}
 }
