@@ -143,7 +143,7 @@ func (c *Client) Run(ctx context.Context) error {
 			at = int(only) - 1
 		}
 		if wait {
-			d := bo.next()
+			d := bo.next(c.cfg.Clock.Now())
 			c.log.Info("mqtt: next connection attempt", "broker", c.brokers[at].url.Host, "in", d)
 			select {
 			case <-ctx.Done():

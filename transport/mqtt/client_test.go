@@ -492,17 +492,20 @@ func TestRunKeepsRetryingWhileTheBrokerIsDown(t *testing.T) {
 	}
 	stop := run(t, c)
 
-	// Ceilings 1s, 2s, 4s, 8s, then the 10s cap.
+	// Ceilings 1s, 2s, 4s, 8s, then the 10s cap, each at most how long the broker has been
+	// unreachable (at least 1s): attempts refused at once do not run ahead of the outage.
 	ceil := []time.Duration{1, 2, 4, 8, 10, 10, 10, 10, 10, 10}
+	var out time.Duration
 	for i, cl := range ceil {
 		err := recv(t, errs, fmt.Sprintf("connect error %d", i))
 		if !strings.Contains(err.Error(), "connection refused") {
 			t.Errorf("attempt %d: OnConnectError got %v, want connection refused", i, err)
 		}
 		w := clock.next(t)
-		if want := time.Duration(rs[i] * float64(cl*time.Second)); w.d != want {
-			t.Errorf("retry %d waits %v, want %v", i, w.d, want)
+		if want := time.Duration(rs[i] * float64(min(cl*time.Second, max(time.Second, out)))); w.d != want {
+			t.Errorf("retry %d, %v into the outage, waits %v, want %v", i, out, w.d, want)
 		}
+		out += w.d
 		clock.fire(w)
 	}
 	recv(t, errs, "the attempt after the last retry")

@@ -116,14 +116,15 @@ type Config struct {
 	// (https://aws.amazon.com/blogs/architecture/exponential-backoff-and-jitter/). Before
 	// retry number n (counting from 0 since the last connection that stayed up for
 	// KeepAlive) the client sleeps a uniformly random duration in
-	// [0, min(MaxBackoff, MinBackoff·2ⁿ)). The first connection attempt of Run, and the one
-	// after Reconnect, do not wait.
+	// [0, min(MaxBackoff, MinBackoff·2ⁿ, max(MinBackoff, out))), where out is how long it has
+	// been retrying since then: attempts that fail at once do not push the window ahead of the
+	// outage. The first connection attempt of Run, and the one after Reconnect, do not wait.
 	//
 	// The defaults, 1s and 5min, are sized for a fleet of millions (R4): a device whose
-	// link blips is back within about a second, while a fleet that lost its broker reaches
-	// the 5-minute ceiling after nine failed attempts and then arrives spread evenly over
-	// five minutes — about 3,300 connections per second per million devices — instead of
-	// all at once. Zero means the default; MaxBackoff must not be below MinBackoff.
+	// link blips is back within about a second, one cut off for 10 s within about 10 s more,
+	// while a fleet that lost its broker for long reaches the 5-minute ceiling and then
+	// arrives spread evenly over five minutes — about 3,300 connections per second per
+	// million devices — instead of all at once. Zero means the default; MaxBackoff must not be below MinBackoff.
 	MinBackoff, MaxBackoff time.Duration
 
 	// Rand returns a uniformly distributed number in [0, 1) for the backoff jitter. Nil means
