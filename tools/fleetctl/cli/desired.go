@@ -397,7 +397,7 @@ func completeFleet(ctx context.Context, op *fleet.Operator, col *status.Collecto
 	d := col.FleetDesired()
 	pctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	if _, err := op.RepublishFleetDesired(pctx, raw, behind); err != nil {
+	if err := op.RepublishFleetDesired(pctx, raw, behind); err != nil {
 		return true, err
 	}
 	fmt.Fprintf(stdout, "the fleet-wide desired state of epoch %d (version %d%s) had reached %d of %d shards; now published on the other %d: every device rotates to epoch %d\n",

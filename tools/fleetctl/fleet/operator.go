@@ -271,7 +271,7 @@ func (o *Operator) Command(ctx context.Context, typ, target string, args json.Ra
 	}()
 	start := time.Now()
 	if target == certs.TargetFleet {
-		if _, err := o.publishFleet(ctx, topic.Shards(), topic.FleetCmd, false, env); err != nil {
+		if err := o.publishFleet(ctx, topic.Shards(), topic.FleetCmd, false, env); err != nil {
 			return nil, 0, fmt.Errorf("fleet: send %s: %w", typ, err)
 		}
 		return nil, time.Since(start), nil
@@ -404,7 +404,7 @@ func (o *Operator) PublishDesired(ctx context.Context, d certs.Desired, now time
 		return nil, err
 	}
 	if d.Target == certs.TargetFleet {
-		if _, err := o.publishFleet(ctx, topic.Shards(), topic.FleetDesired, true, b); err != nil {
+		if err := o.publishFleet(ctx, topic.Shards(), topic.FleetDesired, true, b); err != nil {
 			return nil, fmt.Errorf("fleet: publish fleet-wide desired state (version %d): %w", d.Version, err)
 		}
 		return &d, nil
@@ -418,13 +418,13 @@ func (o *Operator) PublishDesired(ctx context.Context, d certs.Desired, now time
 
 // RepublishFleetDesired publishes a fleet-wide desired-state document as signed before (raw),
 // retained, on the given shards: it completes a publication that reached only some of them
-// (status.Collector.FleetShardsBehind names the others). It returns how many shards have it.
-func (o *Operator) RepublishFleetDesired(ctx context.Context, raw []byte, shards []string) (int, error) {
-	n, err := o.publishFleet(ctx, shards, topic.FleetDesired, true, raw)
-	if err != nil {
-		return n, fmt.Errorf("fleet: publish fleet-wide desired state again: %w", err)
+// (status.Collector.FleetShardsBehind names the others). An error that reached only some of
+// them is a *PartialError.
+func (o *Operator) RepublishFleetDesired(ctx context.Context, raw []byte, shards []string) error {
+	if err := o.publishFleet(ctx, shards, topic.FleetDesired, true, raw); err != nil {
+		return fmt.Errorf("fleet: publish fleet-wide desired state again: %w", err)
 	}
-	return n, nil
+	return nil
 }
 
 // PartialError says that the broker acknowledged a fleet-wide message on only some shards: the
@@ -441,9 +441,9 @@ func (e *PartialError) Error() string {
 
 func (e *PartialError) Unwrap() error { return e.Err }
 
-// publishFleet publishes payload, QoS 1, on build(shard) for each of shards, all at once, and
-// returns how many the broker acknowledged; any it did not is a *PartialError.
-func (o *Operator) publishFleet(ctx context.Context, shards []string, build func(shard string) string, retained bool, payload []byte) (int, error) {
+// publishFleet publishes payload, QoS 1, on build(shard) for each of shards, all at once; if
+// the broker did not acknowledge them all, it returns a *PartialError saying how many it did.
+func (o *Operator) publishFleet(ctx context.Context, shards []string, build func(shard string) string, retained bool, payload []byte) error {
 	errs := make([]error, len(shards))
 	var wg sync.WaitGroup
 	for i, s := range shards {
@@ -460,7 +460,7 @@ func (o *Operator) publishFleet(ctx context.Context, shards []string, build func
 		}
 	}
 	if first != nil {
-		return published, &PartialError{Published: published, Shards: len(shards), Err: first}
+		return &PartialError{Published: published, Shards: len(shards), Err: first}
 	}
-	return published, nil
+	return nil
 }
