@@ -147,13 +147,15 @@ func ClientTLSConfig(pool *x509.CertPool, serverName string, h *Holder) *tls.Con
 }
 
 // ServerTLSConfig is the TLS configuration of a broker: it presents cert and requires a client
-// certificate that chains to pool with the clientAuth EKU.
+// certificate that chains to pool with the clientAuth EKU. It gives no session tickets, so
+// every connection makes a full handshake with a certificate the broker checks.
 func ServerTLSConfig(pool *x509.CertPool, cert *tls.Certificate) *tls.Config {
 	return &tls.Config{
-		MinVersion:   tls.VersionTLS12,
-		CipherSuites: CipherSuites(),
-		Certificates: []tls.Certificate{*cert},
-		ClientAuth:   tls.RequireAndVerifyClientCert,
-		ClientCAs:    pool,
+		MinVersion:             tls.VersionTLS12,
+		CipherSuites:           CipherSuites(),
+		Certificates:           []tls.Certificate{*cert},
+		ClientAuth:             tls.RequireAndVerifyClientCert,
+		ClientCAs:              pool,
+		SessionTicketsDisabled: true,
 	}
 }

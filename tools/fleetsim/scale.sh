@@ -3,8 +3,8 @@
 # machine"), each with the broker and the signers in processes of their own, as a deployment
 # runs them, and fleetsim's agents in its process:
 #
-#   breach    Mosquitto (the configuration fleetctl mosquitto-config writes), two fleetctl serve
-#   restart   fleetctl broker --max-connect-rate SCALE_RATE, two fleetctl serve; the broker is
+#   breach    Mosquitto (the configuration fleetctl mosquitto-config writes), SCALE_SIGNERS fleetctl serve
+#   restart   fleetctl broker --max-connect-rate SCALE_RATE, SCALE_SIGNERS fleetctl serve; the broker is
 #             stopped (SIGTERM), down 2 s and started again on its port with its data while a
 #             breach campaign runs; the devices' reconnect backoff is capped at
 #             SCALE_MAX_BACKOFF (reconnect-max-backoff, sized as docs/scale-out.md says)
@@ -16,9 +16,12 @@
 #
 # Usage: tools/fleetsim/scale.sh [breach|restart]... (default: both). SCALE_N devices
 # (10000), SCALE_RATE connections a second (400), SCALE_MAX_BACKOFF (30s), SCALE_SOURCES
-# source addresses (SCALE_N; 0: every device from 127.0.0.1, as before). Each run prints
-# fleetsim's report and fails if a device did not converge or a command was lost. It needs
-# SCALE_N + 1,000 open files (ulimit -n) in each process and Mosquitto for the breach run.
+# source addresses (SCALE_N; 0: every device from 127.0.0.1, as before), SCALE_SIGNERS
+# signers (2), SCALE_OPENSSL_CONF Mosquitto's OPENSSL_CONF (the openssl.cnf fleetctl
+# mosquitto-config writes; /etc/ssl/openssl.cnf: OpenSSL's defaults, session tickets
+# included). Each run prints fleetsim's report and fails if a device did not converge or a
+# command was lost. It needs SCALE_N + 1,000 open files (ulimit -n) in each process and
+# Mosquitto for the breach run.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -26,6 +29,7 @@ n=${SCALE_N:-10000}
 rate=${SCALE_RATE:-400}
 backoff=${SCALE_MAX_BACKOFF:-30s}
 sources=${SCALE_SOURCES:-$n}
+nsigners=${SCALE_SIGNERS:-2}
 runs=("$@")
 [ ${#runs[@]} -gt 0 ] || runs=(breach restart)
 
@@ -72,9 +76,9 @@ waitport() {
 	return 1
 }
 
-# signers starts two fleetctl serve processes for fleet directory $1.
+# signers starts SCALE_SIGNERS fleetctl serve processes for fleet directory $1.
 signers() {
-	for s in s1 s2; do
+	for s in $(seq -f s%g 1 "$nsigners"); do
 		"$work/fleetctl" serve --dir "$1" --name "$s" --log-level warn >>"$work/serve-$s.log" 2>&1 &
 		pids+=($!)
 	done
@@ -91,11 +95,12 @@ breach() {
 	[ "$(id -u)" != 0 ] || user=(--user root)
 	"$work/fleetctl" init --dir "$dir" --broker "mqtts://127.0.0.1:$p" >/dev/null
 	"$work/fleetctl" mosquitto-config --dir "$dir" --out "$dir/mosquitto" --port "$p" "${user[@]}" >/dev/null
-	mosquitto -c "$dir/mosquitto/mosquitto.conf" >"$work/mosquitto.log" 2>&1 &
+	# As fleetctl mosquitto-config says: no TLS session tickets (a third of each handshake).
+	OPENSSL_CONF=${SCALE_OPENSSL_CONF-$dir/mosquitto/openssl.cnf} mosquitto -c "$dir/mosquitto/mosquitto.conf" >"$work/mosquitto.log" 2>&1 &
 	pids+=($!)
 	waitport "$p"
 	signers "$dir"
-	echo "== breach: $n devices (--source-addrs $sources), Mosquitto $(mosquitto -h | head -1 | awk '{print $3}'), two fleetctl serve; load $(cut -d' ' -f1-3 /proc/loadavg)"
+	echo "== breach: $n devices (--source-addrs $sources), Mosquitto $(mosquitto -h | head -1 | awk '{print $3}'), $nsigners fleetctl serve; load $(cut -d' ' -f1-3 /proc/loadavg)"
 	"$work/fleetsim" --broker "mqtts://127.0.0.1:$p" --fleet "$dir" --devices "$n" --source-addrs "$sources" --scenario breach 2>/dev/null
 }
 
@@ -128,7 +133,7 @@ restart() {
 	chmod +x "$work/broker.sh"
 	"$work/broker.sh"
 	signers "$dir"
-	echo "== restart: $n devices (--source-addrs $sources), fleetctl broker --max-connect-rate $rate, two fleetctl serve, device backoff cap $backoff; load $(cut -d' ' -f1-3 /proc/loadavg)"
+	echo "== restart: $n devices (--source-addrs $sources), fleetctl broker --max-connect-rate $rate, $nsigners fleetctl serve, device backoff cap $backoff; load $(cut -d' ' -f1-3 /proc/loadavg)"
 	local rc=0
 	"$work/fleetsim" --broker "mqtts://127.0.0.1:$p" --fleet "$dir" --devices "$n" --source-addrs "$sources" --scenario broker-restart \
 		--restart-command "$work/broker.sh" --max-backoff "$backoff" 2>/dev/null || rc=$?

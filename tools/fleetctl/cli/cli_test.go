@@ -25,6 +25,7 @@ import (
 	"github.com/camagent/camagent/tools/fleetctl/fleettest"
 	"github.com/camagent/camagent/tools/fleetctl/signer"
 	"github.com/camagent/camagent/tools/fleetctl/status"
+	"github.com/camagent/camagent/transport/mqtt/mosquitto"
 	"github.com/camagent/camagent/transport/mqtt/mqtttest"
 	"github.com/camagent/camagent/transport/mqtt/topic"
 )
@@ -420,7 +421,18 @@ func TestMosquittoConfigNamesTheSignerAndBootstrapIdentities(t *testing.T) {
 		t.Fatal(err)
 	}
 	out := filepath.Join(t.TempDir(), "mosquitto")
-	mustRun(t, "mosquitto-config", "--dir", dir, "--out", out, "--port", "18883", "--viewer", "qa")
+	said := mustRun(t, "mosquitto-config", "--dir", dir, "--out", out, "--port", "18883", "--viewer", "qa")
+	// Mosquitto runs with OPENSSL_CONF naming the file written beside its configuration.
+	ossl, err := filepath.Abs(filepath.Join(out, mosquitto.OpenSSLConfFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := os.ReadFile(ossl); err != nil || !bytes.Equal(got, mosquitto.RenderOpenSSLConf()) {
+		t.Errorf("%s: %v, want RenderOpenSSLConf's output:\n%s", ossl, err, got)
+	}
+	if !strings.Contains(said, "OPENSSL_CONF="+ossl) {
+		t.Errorf("mosquitto-config does not say to run Mosquitto with OPENSSL_CONF=%s:\n%s", ossl, said)
+	}
 	acl, _ := os.ReadFile(filepath.Join(out, "acl"))
 	for _, want := range []string{"user operator:admin\n", "user signer:default\n", "user bootstrap:cam-0001\n", "user bootstrap:cam-0002\n", "topic write boot/cam-0001/up/csr\n", "topic read dev/+/up/csr\n",
 		"user viewer:web\n", "user viewer:lobby\n", "user viewer:qa\n", "topic write dev/+/down/signal\n"} {

@@ -110,7 +110,8 @@ type Config struct {
 	Addr string
 	// TLS is the server side of mutual TLS, normally certs.ServerTLSConfig. It must require
 	// and verify client certificates (tls.RequireAndVerifyClientCert with ClientCAs set); nil
-	// is an error. The broker uses a clone and never modifies it.
+	// is an error. The broker uses a clone and never modifies it; the clone gives no session
+	// tickets (SessionTicketsDisabled).
 	TLS *tls.Config
 	// SyncWrites makes every persisted change wait for fsync. Off by default: like Mosquitto
 	// (which saves its database every autosave_interval), the embedded broker then survives a
@@ -314,6 +315,10 @@ func New(cfg Config) (*Broker, error) {
 		conf.MinVersion = tls.VersionTLS12
 	}
 	conf.Time = cfg.Now
+	// No session tickets: every connection makes a full handshake with a certificate the
+	// broker checks (camagent's clients never resume; Mosquitto is configured the same way,
+	// mosquitto.RenderOpenSSLConf).
+	conf.SessionTicketsDisabled = true
 	b := &Broker{cfg: cfg, tls: conf, log: logger}
 	b.sessions.max = cfg.MaxSessionsPerIdentity
 	return b, nil

@@ -55,6 +55,7 @@ func TestRenderingMatchesTheGoldenFiles(t *testing.T) {
 	}{
 		{"the shipped example configuration is what RenderConf renders", "camagent.conf.example", RenderConf(exampleConf)},
 		{"the shipped example ACL is what RenderACL renders", "camagent.acl.example", RenderACL(exampleIdentities)},
+		{"the shipped example OpenSSL configuration is what RenderOpenSSLConf renders", "camagent-openssl.cnf.example", RenderOpenSSLConf()},
 		{"a minimal configuration gets every default", filepath.Join("testdata", "minimal.conf.golden"), RenderConf(Conf{
 			Bind: "127.0.0.1", CAFile: "/c/ca.pem", CertFile: "/c/s.pem", KeyFile: "/c/s.key",
 			ACLFile: "/c/acl", PersistenceDir: "/d/",

@@ -2,8 +2,10 @@ package mqtttest
 
 import (
 	"crypto/tls"
+	"errors"
 	"net"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -222,6 +224,49 @@ func TestWeakTLSIsRefused(t *testing.T) {
 					t.Logf("refused: %v", err)
 				}
 			})
+		}
+	})
+}
+
+// ticketCount is a tls.ClientSessionCache that counts the session tickets it is given.
+type ticketCount struct{ n atomic.Int32 }
+
+func (c *ticketCount) Get(string) (*tls.ClientSessionState, bool) { return nil, false }
+func (c *ticketCount) Put(_ string, cs *tls.ClientSessionState) {
+	if cs != nil {
+		c.n.Add(1)
+	}
+}
+
+// TestBrokersGiveNoSessionTickets: a client that would resume (one with a session cache, which
+// camagent's own never have) is given no TLS 1.3 session ticket by either broker, as
+// configured for deployment: a resumed session would skip the certificate check, and for
+// Mosquitto the tickets cost about a third of every handshake (mosquitto.RenderOpenSSLConf).
+func TestBrokersGiveNoSessionTickets(t *testing.T) {
+	pki := NewPKI(t)
+	cert := pki.ClientCert(t, certs.RoleDevice, "cam-a")
+	ForEachBroker(t, pki, func(t *testing.T, b Broker) {
+		conf := pki.ClientTLS(t, cert)
+		cache := &ticketCount{}
+		conf.ClientSessionCache = cache
+		conn, err := tls.DialWithDialer(&net.Dialer{Timeout: ClientTimeout}, "tcp", strings.TrimPrefix(b.URL(), "mqtts://"), conf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		if v := conn.ConnectionState().Version; v != tls.VersionTLS13 {
+			t.Fatalf("negotiated TLS version %#x, want TLS 1.3", v)
+		}
+		// A server sends its tickets right after the handshake; the client takes them in
+		// while it reads. The broker sends nothing else before a CONNECT.
+		conn.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
+		n, err := conn.Read(make([]byte, 1))
+		var ne net.Error
+		if n != 0 || !errors.As(err, &ne) || !ne.Timeout() {
+			t.Fatalf("read after the handshake: %d bytes, %v; want a timeout", n, err)
+		}
+		if got := cache.n.Load(); got != 0 {
+			t.Fatalf("%s gave %d session tickets, want none", b.Name(), got)
 		}
 	})
 }

@@ -162,6 +162,7 @@ func (m *Mosquitto) writeConfig(t testing.TB) {
 	identities := append(m.pki.Identities(), m.opts.identities...)
 	mustf(t, os.WriteFile(m.path("acl"), mosquitto.RenderACL(identities), 0o644), "write acl")
 	mustf(t, os.WriteFile(m.path("mosquitto.conf"), mosquitto.RenderConf(conf), 0o644), "write mosquitto.conf")
+	mustf(t, os.WriteFile(m.path(mosquitto.OpenSSLConfFile), mosquitto.RenderOpenSSLConf(), 0o644), "write %s", mosquitto.OpenSSLConfFile)
 }
 
 // start runs mosquitto and waits until it completes TLS handshakes. On error the process is
@@ -174,6 +175,8 @@ func (m *Mosquitto) start(t testing.TB) error {
 	defer logf.Close() // the child has its own descriptor
 	cmd := exec.Command(m.bin, "-c", m.path("mosquitto.conf"))
 	cmd.Dir = m.dir
+	// As deployed (fleetctl mosquitto-config says so): no TLS 1.3 session tickets.
+	cmd.Env = append(os.Environ(), "OPENSSL_CONF="+m.path(mosquitto.OpenSSLConfFile))
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = sysProcAttr()
 	if err := cmd.Start(); err != nil {
