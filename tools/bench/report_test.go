@@ -93,12 +93,15 @@ commit (about 3.9 transactions per rotation instead of 8): a profiled rotation t
 moves between about 850 and 1,070 a second here. The goal of 0.5 × the handshake rate is not
 met; what is left is
 mostly the handshake and the signatures the protocol needs, the broker's per-message work and
-its store, and the garbage collector. On the Mosquitto row the goal is out of reach on this
-machine whatever the rotation costs: Mosquitto does every TLS handshake on its one thread and
-accepts fewer than half as many handshakes a second as the Go pair does (the row's note has the
-figure, measured in the same run), and every rotation is one new connection to it. Where
-Mosquitto's time goes in a handshake (OpenSSL 3.0's allocation, locking and decoder lookups
-around the curve arithmetic, which no Mosquitto setting removes) is in docs/scale-out.md; a
+its store, and the garbage collector. On the Mosquitto row the rate is bounded by Mosquitto
+itself: it does every TLS handshake on its one thread, so it accepts fewer handshakes a second
+than the Go pair does (the row's note has the figure, measured in the same run), and every
+rotation is one new connection to it. Until 2026-11-29 it accepted fewer than half as many, and
+a third of its CPU in each handshake went into two TLS 1.3 session tickets that no fleet client
+uses; it now runs, as deployed, with the openssl.cnf of ` + "`fleetctl mosquitto-config`" + `, which
+stops them (docs/scale-out.md). Where the rest of Mosquitto's time goes in a handshake
+(OpenSSL 3.0's allocation, locking and decoder lookups around the curve arithmetic, which no
+Mosquitto setting removes) is in docs/scale-out.md; a
 second perf profile taken 2026-11-27 agrees (libcrypto 55 %, libc 27 % of which read-write
 locks 9 % and malloc and free 11 %, the kernel 14 %). A profile of one breach on 2026-11-28
 (embedded broker, 6.3 ms of CPU a rotation) finds no part whose removal would halve it:
