@@ -252,7 +252,9 @@ func RenderOpenSSLConf() []byte {
 #
 # No TLS 1.3 session tickets: OpenSSL makes two after every handshake (about a third of the
 # broker's CPU in one), and no client of the fleet resumes a session; every connection makes
-# a full handshake, checked against the CRL.
+# a full handshake, checked against the CRL. Where the system's openssl.cnf sets more (a
+# crypto policy, a FIPS provider), add the NumTickets line to its system_default section
+# instead of using this file.
 openssl_conf = camagent_openssl_init
 
 [camagent_openssl_init]
