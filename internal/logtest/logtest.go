@@ -80,22 +80,31 @@ func (r *Recorder) Text() string { return strings.Join(r.Lines(), "\n") }
 // timeout. It returns the line.
 func (r *Recorder) WaitFor(t testing.TB, timeout time.Duration, subs ...string) string {
 	t.Helper()
+	return r.WaitForNth(t, timeout, 1, subs...)
+}
+
+// WaitForNth waits until n lines containing every one of subs are recorded, failing the test
+// after timeout. It returns the nth.
+func (r *Recorder) WaitForNth(t testing.TB, timeout time.Duration, n int, subs ...string) string {
+	t.Helper()
 	root := r.root()
 	deadline := time.After(timeout)
-	seen := 0
+	seen, found := 0, 0
 	for {
 		root.mu.Lock()
 		lines, ch := root.lines, root.changed
 		root.mu.Unlock()
 		for ; seen < len(lines); seen++ {
 			if containsAll(lines[seen], subs) {
-				return lines[seen]
+				if found++; found == n {
+					return lines[seen]
+				}
 			}
 		}
 		select {
 		case <-ch:
 		case <-deadline:
-			t.Fatalf("no log line with %q within %s; log:\n%s", subs, timeout, r.Text())
+			t.Fatalf("%d log lines with %q wanted within %s, %d seen; log:\n%s", n, subs, timeout, found, r.Text())
 			return ""
 		}
 	}

@@ -161,6 +161,29 @@ func TestNewAcceptsTLSSchemesAndAppliesDefaults(t *testing.T) {
 		}
 	})
 
+	t.Run("OnSessionTicket is told of tickets and no session is ever resumed", func(t *testing.T) {
+		cfg := validConfig()
+		cfg.TLS.ClientSessionCache = tls.NewLRUClientSessionCache(4)
+		told := 0
+		cfg.OnSessionTicket = func() { told++ }
+		c, err := New(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cache := c.cfg.TLS.ClientSessionCache
+		if cache == nil {
+			t.Fatal("no session cache: the client would ignore the tickets it is given")
+		}
+		cache.Put("broker.example:8883", &tls.ClientSessionState{})
+		cache.Put("broker.example:8883", nil) // crypto/tls removing an entry
+		if told != 1 {
+			t.Errorf("OnSessionTicket called %d times for one ticket, want 1", told)
+		}
+		if cs, ok := cache.Get("broker.example:8883"); ok || cs != nil {
+			t.Error("the cache gave back a session: a connection would resume and skip the client certificate")
+		}
+	})
+
 	t.Run("a publish-only client needs no handler", func(t *testing.T) {
 		cfg := validConfig()
 		cfg.Subscriptions, cfg.Handler = nil, nil

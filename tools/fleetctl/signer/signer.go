@@ -48,6 +48,8 @@ type Signer struct {
 
 	beat atomic.Int64 // Unix nanoseconds of the monitor loop's last pass
 
+	ticketsSeen atomic.Bool // the broker gave a TLS session ticket: warned once
+
 	since     int64         // Unix seconds of New: the presence's Since
 	connected chan struct{} // capacity 1: a connection came up (mqtt.Config.OnConnect)
 
@@ -171,12 +173,27 @@ func New(cfg Config) (*Signer, error) {
 			}
 		},
 		Will: &mqtt.Will{Topic: PresenceTopic(cfg.ClientID), Payload: will, QoS: 1, Retained: true},
+		// The signer offers to take TLS session tickets only to see whether the broker
+		// makes them; it never resumes a session.
+		OnSessionTicket: s.sessionTicket,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("signer: %w", err)
 	}
 	s.client = client
 	return s, nil
+}
+
+// sessionTicket warns, once, that the broker makes TLS session tickets: no fleet client
+// resumes a session, so each is wasted, and Mosquitto spends about a third of every
+// handshake's CPU on its two (docs/scale-out.md, "Session tickets"). A breach makes one new
+// connection per device, so it runs slower on such a broker.
+func (s *Signer) sessionTicket() {
+	if s.ticketsSeen.Swap(true) {
+		return
+	}
+	s.log.Warn("signer: the broker makes TLS session tickets, which no fleet client uses: they cost Mosquitto about a third of every handshake and slow a breach; run Mosquitto with OPENSSL_CONF naming the openssl.cnf that fleetctl mosquitto-config writes beside mosquitto.conf (systemd: Environment=OPENSSL_CONF=...)",
+		"broker", s.cfg.BrokerURL)
 }
 
 // Run connects and serves until ctx is done, then waits for every goroutine it started and

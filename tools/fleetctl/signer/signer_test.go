@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -811,4 +812,34 @@ func TestTheSignerCompactsTheRegistry(t *testing.T) {
 	if _, ok := reg.Cert(registry.SerialHex(e.Cert.Leaf.SerialNumber)); !ok {
 		t.Error("the enrolled device's certificate left the log")
 	}
+}
+
+// A signer tells its operator, once, when the broker makes TLS session tickets: Mosquitto run
+// without the openssl.cnf of fleetctl mosquitto-config. Brokers as deployed make none, and
+// the signer says nothing of them.
+func TestTheSignerWarnsOfABrokerThatMakesSessionTickets(t *testing.T) {
+	const warning = "the broker makes TLS session tickets"
+	f, pki := fleettest.NewFleet(t)
+	mqtttest.ForEachBroker(t, pki, func(t *testing.T, b mqtttest.Broker) {
+		s := startSigner(t, f, b.URL(), "a", nil)
+		// Tickets come right after the handshake, before the CONNACK: a connected signer
+		// has seen any it was given.
+		if strings.Contains(s.log.Text(), warning) {
+			t.Fatalf("%s, as deployed, makes no tickets, but the signer says:\n%s", b.Name(), s.log.Text())
+		}
+	}, fleettest.Identities())
+	t.Run("mosquitto with OpenSSL's defaults", func(t *testing.T) {
+		m := mqtttest.StartMosquitto(t, pki, mqtttest.WithOpenSSLDefaults(), fleettest.Identities())
+		s := startSigner(t, f, m.URL(), "a", nil)
+		line := s.log.WaitFor(t, fleettest.Timeout, warning, "OPENSSL_CONF", "mosquitto-config")
+		if !strings.Contains(line, m.URL()) {
+			t.Errorf("the warning does not name the broker %s: %s", m.URL(), line)
+		}
+		// Once: a reconnection gets two more tickets, and the log says nothing new.
+		m.Restart(t)
+		s.log.WaitForNth(t, fleettest.Timeout, 2, "mqtt: connected")
+		if n := strings.Count(s.log.Text(), warning); n != 1 {
+			t.Errorf("the warning was logged %d times, want once:\n%s", n, s.log.Text())
+		}
+	})
 }

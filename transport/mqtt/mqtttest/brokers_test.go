@@ -242,33 +242,47 @@ func (c *ticketCount) Put(_ string, cs *tls.ClientSessionState) {
 // camagent's own never have) is given no TLS 1.3 session ticket by either broker, as
 // configured for deployment: a resumed session would skip the certificate check, and for
 // Mosquitto the tickets cost about a third of every handshake (mosquitto.RenderOpenSSLConf).
+// Mosquitto run without that openssl.cnf gives them, which the same probe sees.
 func TestBrokersGiveNoSessionTickets(t *testing.T) {
 	pki := NewPKI(t)
 	cert := pki.ClientCert(t, certs.RoleDevice, "cam-a")
 	ForEachBroker(t, pki, func(t *testing.T, b Broker) {
-		conf := pki.ClientTLS(t, cert)
-		cache := &ticketCount{}
-		conf.ClientSessionCache = cache
-		conn, err := tls.DialWithDialer(&net.Dialer{Timeout: ClientTimeout}, "tcp", strings.TrimPrefix(b.URL(), "mqtts://"), conf)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer conn.Close()
-		if v := conn.ConnectionState().Version; v != tls.VersionTLS13 {
-			t.Fatalf("negotiated TLS version %#x, want TLS 1.3", v)
-		}
-		// A server sends its tickets right after the handshake; the client takes them in
-		// while it reads. The broker sends nothing else before a CONNECT.
-		conn.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
-		n, err := conn.Read(make([]byte, 1))
-		var ne net.Error
-		if n != 0 || !errors.As(err, &ne) || !ne.Timeout() {
-			t.Fatalf("read after the handshake: %d bytes, %v; want a timeout", n, err)
-		}
-		if got := cache.n.Load(); got != 0 {
-			t.Fatalf("%s gave %d session tickets, want none", b.Name(), got)
+		if n := ticketsGiven(t, pki, cert, b); n != 0 {
+			t.Fatalf("%s gave %d session tickets, want none", b.Name(), n)
 		}
 	})
+	t.Run("mosquitto with OpenSSL's defaults", func(t *testing.T) {
+		m := StartMosquitto(t, pki, WithOpenSSLDefaults())
+		if n := ticketsGiven(t, pki, cert, m); n == 0 {
+			t.Fatal("Mosquitto without the openssl.cnf gave no session ticket: the probe sees none either way")
+		}
+	})
+}
+
+// ticketsGiven makes one TLS handshake with b as a client that would take session tickets,
+// and returns how many b gave.
+func ticketsGiven(t *testing.T, pki *PKI, cert *tls.Certificate, b Broker) int32 {
+	t.Helper()
+	conf := pki.ClientTLS(t, cert)
+	cache := &ticketCount{}
+	conf.ClientSessionCache = cache
+	conn, err := tls.DialWithDialer(&net.Dialer{Timeout: ClientTimeout}, "tcp", strings.TrimPrefix(b.URL(), "mqtts://"), conf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if v := conn.ConnectionState().Version; v != tls.VersionTLS13 {
+		t.Fatalf("negotiated TLS version %#x, want TLS 1.3", v)
+	}
+	// A server sends its tickets right after the handshake; the client takes them in
+	// while it reads. The broker sends nothing else before a CONNECT.
+	conn.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
+	n, err := conn.Read(make([]byte, 1))
+	var ne net.Error
+	if n != 0 || !errors.As(err, &ne) || !ne.Timeout() {
+		t.Fatalf("read after the handshake: %d bytes, %v; want a timeout", n, err)
+	}
+	return cache.n.Load()
 }
 
 func TestAQueuedCommandSurvivesABrokerRestart(t *testing.T) {

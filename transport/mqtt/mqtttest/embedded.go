@@ -20,6 +20,9 @@ type Embedded struct {
 func StartEmbedded(t testing.TB, pki *PKI, opts ...Option) *Embedded {
 	t.Helper()
 	o := collect(opts)
+	if o.opensslDefaults {
+		t.Fatalf("mqtttest: WithOpenSSLDefaults needs Mosquitto: the embedded broker does not use OpenSSL")
+	}
 	cfg := broker.Config{
 		Addr:      "127.0.0.1:0",
 		TLS:       pki.ServerTLS(t),

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -177,6 +178,9 @@ func (m *Mosquitto) start(t testing.TB) error {
 	cmd.Dir = m.dir
 	// As deployed (fleetctl mosquitto-config says so): no TLS 1.3 session tickets.
 	cmd.Env = append(os.Environ(), "OPENSSL_CONF="+m.path(mosquitto.OpenSSLConfFile))
+	if m.opts.opensslDefaults {
+		cmd.Env = slices.DeleteFunc(os.Environ(), func(kv string) bool { return strings.HasPrefix(kv, "OPENSSL_CONF=") })
+	}
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = sysProcAttr()
 	if err := cmd.Start(); err != nil {

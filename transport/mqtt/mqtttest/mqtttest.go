@@ -51,6 +51,8 @@ type options struct {
 	crl        []byte
 	onPublish  func(clientID, topic string, payload []byte, retained bool)
 	now        func() time.Time
+	// opensslDefaults runs Mosquitto without the openssl.cnf of fleetctl mosquitto-config.
+	opensslDefaults bool
 }
 
 func collect(opts []Option) options {
@@ -59,6 +61,14 @@ func collect(opts []Option) options {
 		opt(&o)
 	}
 	return o
+}
+
+// WithOpenSSLDefaults runs Mosquitto with the system's OpenSSL configuration instead of the
+// openssl.cnf fleetctl mosquitto-config writes beside mosquitto.conf, as an operator who
+// skipped that file would: OpenSSL then sends two TLS 1.3 session tickets after every
+// handshake. Mosquitto only.
+func WithOpenSSLDefaults() Option {
+	return func(o *options) { o.opensslDefaults = true }
 }
 
 // WithIdentities names non-device identities ("operator:alice", "bootstrap:cam-a", ...) that
