@@ -208,7 +208,10 @@ func (r *Registry) readLocked(repair bool) error {
 		r.log.Warn("registry: the log shrank; indexing it again from the start", "path", r.path, "size", size, "indexed", r.off)
 		r.resetLocked()
 	}
-	br := bufio.NewReaderSize(io.NewSectionReader(r.f, r.off, size-r.off), 64<<10)
+	// Most calls find a line or two written since the last (a signer reads before each
+	// transaction): the buffer is no bigger than what is new. ReadBytes reads a longer line
+	// all the same.
+	br := bufio.NewReaderSize(io.NewSectionReader(r.f, r.off, size-r.off), int(min(64<<10, max(size-r.off, 16))))
 	for {
 		line, err := br.ReadBytes('\n')
 		if errors.Is(err, io.EOF) {

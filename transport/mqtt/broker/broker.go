@@ -369,8 +369,11 @@ func (b *Broker) Start() error {
 			return fmt.Errorf("broker: data dir: %w", err)
 		}
 		err := srv.AddHook(boltStore{new(bolt.Hook)}, &bolt.Options{
-			Path:    filepath.Join(b.cfg.DataDir, dbFile),
-			Options: &bbolt.Options{Timeout: time.Second, NoSync: !b.cfg.SyncWrites},
+			Path: filepath.Join(b.cfg.DataDir, dbFile),
+			// The free-page list is not written at each commit but rebuilt when the store
+			// opens (a scan of its pages, as etcd runs bbolt), and kept as a map: a breach
+			// commits a few transactions per rotation, each of which wrote the whole list.
+			Options: &bbolt.Options{Timeout: time.Second, NoSync: !b.cfg.SyncWrites, NoFreelistSync: true, FreelistType: bbolt.FreelistMapType},
 		})
 		if err != nil {
 			srv.Close()

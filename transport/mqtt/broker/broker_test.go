@@ -6,12 +6,14 @@ import (
 	"errors"
 	"log/slog"
 	"math/big"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
 	pahopackets "github.com/eclipse/paho.mqtt.golang/packets"
+	"go.etcd.io/bbolt"
 
 	"github.com/camagent/camagent/certs"
 	"github.com/camagent/camagent/internal/logtest"
@@ -410,5 +412,63 @@ func TestAFreshStoreStartsWithoutAnError(t *testing.T) {
 		if strings.Contains(logs.String(), "level=ERROR") {
 			t.Fatalf("%s: an error logged:\n%s", run, logs.String())
 		}
+	}
+}
+
+// The store is bbolt with its free-page list left unwritten (rebuilt when the store opens). A
+// store made with bbolt's defaults, as brokers before 2026-11-29 made it, opens and keeps what
+// it holds, and the store the broker leaves opens with the defaults (a downgrade) and checks
+// clean.
+func TestTheStoreOpensEitherWayItsFreePagesWereKept(t *testing.T) {
+	pki := mqtttest.NewPKI(t)
+	dir := t.TempDir()
+	path := filepath.Join(dir, "broker.db")
+	db, err := bbolt.Open(path, 0o600, nil) // bbolt's defaults: the free-page list is written
+	if err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+	start := func() *broker.Broker {
+		b, err := broker.New(broker.Config{Addr: "127.0.0.1:0", TLS: pki.ServerTLS(t), DataDir: dir})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := b.Start(); err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	b := start()
+	dev := connect(t, urlBroker(b.URL()), pki, pki.ClientCert(t, certs.RoleDevice, "cam-a"), nil)
+	mqtttest.Wait(t, dev.Publish("dev/cam-a/up/state", 1, true, "epoch 7"), "publish the retained state")
+	dev.Disconnect(250)
+	b.Close()
+
+	db, err = bbolt.Open(path, 0o600, nil)
+	if err != nil {
+		t.Fatalf("the broker's store does not open with bbolt's defaults: %v", err)
+	}
+	err = db.Update(func(tx *bbolt.Tx) error { // a write: the defaults write the list again
+		if _, err := tx.CreateBucketIfNotExists([]byte("downgrade")); err != nil {
+			return err
+		}
+		for err := range tx.Check() {
+			return err
+		}
+		return nil
+	})
+	db.Close()
+	if err != nil {
+		t.Fatalf("the broker's store, opened with bbolt's defaults: %v", err)
+	}
+
+	b = start()
+	defer b.Close()
+	inbox := mqtttest.NewInbox()
+	op := connect(t, urlBroker(b.URL()), pki, pki.ClientCert(t, certs.RoleOperator, "alice"), nil)
+	defer op.Disconnect(250)
+	subscribe(t, op, "dev/+/up/state", inbox)
+	if m := inbox.Next(t); m.Topic != "dev/cam-a/up/state" || string(m.Payload) != "epoch 7" || !m.Retained {
+		t.Fatalf("after the store went through both: %s %q retained=%v, want the retained state", m.Topic, m.Payload, m.Retained)
 	}
 }
