@@ -238,8 +238,8 @@ func (c *ticketCount) Put(_ string, cs *tls.ClientSessionState) {
 	}
 }
 
-// TestBrokersGiveNoSessionTickets: a client that would resume (one with a session cache, which
-// camagent's own never have) is given no TLS 1.3 session ticket by either broker, as
+// TestBrokersGiveNoSessionTickets: a client that would take tickets (one with a session cache;
+// of camagent's, only the signer's has one, which keeps nothing) is given no TLS 1.3 session ticket by either broker, as
 // configured for deployment: a resumed session would skip the certificate check, and for
 // Mosquitto the tickets cost about a third of every handshake (mosquitto.RenderOpenSSLConf).
 // Mosquitto run without that openssl.cnf gives them, which the same probe sees.
