@@ -176,10 +176,11 @@ func (m *Mosquitto) start(t testing.TB) error {
 	defer logf.Close() // the child has its own descriptor
 	cmd := exec.Command(m.bin, "-c", m.path("mosquitto.conf"))
 	cmd.Dir = m.dir
-	// As deployed (fleetctl mosquitto-config says so): no TLS 1.3 session tickets.
-	cmd.Env = append(os.Environ(), "OPENSSL_CONF="+m.path(mosquitto.OpenSSLConfFile))
-	if m.opts.opensslDefaults {
-		cmd.Env = slices.DeleteFunc(os.Environ(), func(kv string) bool { return strings.HasPrefix(kv, "OPENSSL_CONF=") })
+	// As deployed (fleetctl mosquitto-config says so): no TLS 1.3 session tickets, unless the
+	// test asked for OpenSSL's defaults.
+	cmd.Env = slices.DeleteFunc(os.Environ(), func(kv string) bool { return strings.HasPrefix(kv, "OPENSSL_CONF=") })
+	if !m.opts.opensslDefaults {
+		cmd.Env = append(cmd.Env, "OPENSSL_CONF="+m.path(mosquitto.OpenSSLConfFile))
 	}
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = sysProcAttr()
